@@ -1,0 +1,174 @@
+"""Reading audio as 16 kHz mono float32, and writing it atomically.
+
+``load_audio`` accepts whatever libsndfile reads (WAV, FLAC, OGG/Vorbis, MP3 with libsndfile >= 1.1,
+AIFF, ...), mixes the channels down and resamples to the front end's 16 kHz (spec §1; MSD resampled
+with librosa, we use scipy's polyphase resampler). ``save_wav`` never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from specdiff.errors import AudioError
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000  # spec §1 (mirrors specdiff.mel.SAMPLE_RATE without importing torch)
+# Rates outside this range are almost certainly a corrupt header or a typo (8 Hz, 16_000_000 Hz).
+MIN_SAMPLE_RATE = 1000
+MAX_SAMPLE_RATE = 768_000
+
+
+def _check_rate(rate: int, what: str) -> int:
+    if isinstance(rate, (float, np.floating)) and float(rate).is_integer():
+        rate = int(rate)
+    if not isinstance(rate, (int, np.integer)) or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"{what} sample rate {rate!r} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
+    return int(rate)
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Read an audio file as mono float32 at ``sample_rate`` (default 16 kHz): shape ``[num_samples]``.
+
+    Channels are averaged; other rates are resampled by the exact rational ratio (:func:`resample`). Raises ``AudioError`` for a missing,
+    unreadable or empty file, non-finite samples, or a sample rate outside 1 kHz..768 kHz.
+    """
+    import soundfile
+
+    target_rate = _check_rate(sample_rate, "requested")
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if not path.is_file():
+        raise AudioError(f"{path}: not a file")
+    try:
+        audio, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, ValueError) as err:
+        raise AudioError(f"{path}: cannot read audio ({_one_line(err)})") from None
+    except OSError as err:
+        raise AudioError(f"{path}: cannot read ({err.strerror or err})") from None
+    file_rate = _check_rate(file_rate, f"{path}:")
+    if audio.shape[0] == 0 or audio.shape[1] == 0:
+        raise AudioError(f"{path}: the file holds no audio samples")
+    if not np.isfinite(audio).all():
+        raise AudioError(f"{path}: the audio contains NaN or infinite samples")
+
+    mono = audio.mean(axis=1, dtype=np.float64) if audio.shape[1] > 1 else audio[:, 0].astype(np.float64)
+    if file_rate != target_rate:
+        mono = resample(mono, file_rate, target_rate)
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Resample along the last axis by the exact ratio ``to_rate / from_rate``.
+
+    ``scipy.signal.resample_poly`` with our own anti-aliasing filter: its default filter is centred
+    on the lower Nyquist frequency, so 8-9 kHz content of a 44.1 kHz file folds back into the top
+    mel bands at only ~-14 dB. Ours (Kaiser beta 10, 32 zero crossings, cutoff at 96% of the lower
+    Nyquist) is flat to 7 kHz at 16 kHz and rejects everything above 8.5 kHz by > 100 dB.
+    The output has ``ceil(N * to_rate / from_rate)`` samples.
+    """
+    from scipy.signal import resample_poly
+
+    if from_rate == to_rate:
+        return audio
+    g = math.gcd(int(from_rate), int(to_rate))
+    up, down = int(to_rate) // g, int(from_rate) // g
+    return resample_poly(audio, up, down, axis=-1, window=_antialiasing_filter(up, down))
+
+
+@lru_cache(maxsize=8)
+def _antialiasing_filter(up: int, down: int) -> np.ndarray:
+    from scipy.signal import firwin
+
+    # Normalised to the Nyquist frequency of the up-sampled rate: 1 / max(up, down) is the lower of
+    # the two Nyquist frequencies. resample_poly itself multiplies the taps by `up`.
+    ratio = max(up, down)
+    return firwin(2 * 32 * ratio + 1, 0.96 / ratio, window=("kaiser", 10.0))
+
+
+def save_wav(
+    path: str | os.PathLike,
+    audio: np.ndarray,
+    sample_rate: int = SAMPLE_RATE,
+    subtype: str = "PCM_16",
+) -> Path:
+    """Write mono audio ``[num_samples]`` (or ``[1, num_samples]``) atomically; return the path.
+
+    The data goes to a temporary file in the destination folder that then replaces ``path`` in one
+    ``os.replace``, so readers never see a partial file and a failure leaves any old file untouched.
+    The container follows the extension (.wav, .flac, .ogg, ...; WAV when there is none). With an
+    integer ``subtype`` (default 16-bit PCM), samples beyond [-1, 1] are clipped, with a warning.
+    Missing parent folders are created. Raises ``AudioError`` when the file cannot be written.
+    """
+    import soundfile
+
+    rate = _check_rate(sample_rate, "output")
+    path = Path(path)
+    data = np.asarray(audio)
+    while data.ndim > 1 and data.shape[0] == 1:
+        data = data[0]
+    if data.ndim != 1:
+        raise ValueError(f"save_wav expects mono audio [num_samples], got shape {list(np.shape(audio))}")
+    if not (np.issubdtype(data.dtype, np.floating) or data.dtype in (np.int16, np.int32)):
+        raise ValueError(f"save_wav expects float, int16 or int32 audio, got dtype {data.dtype}")
+    file_format = _format_for(path)
+    if not soundfile.check_format(file_format, subtype):
+        subtype = soundfile.default_subtype(file_format)  # e.g. VORBIS for .ogg
+    if np.issubdtype(data.dtype, np.floating):
+        if not np.isfinite(data).all():
+            raise AudioError(f"{path}: refusing to write audio that contains NaN or infinite samples")
+        data = data.astype(np.float32)
+        if subtype.upper().startswith("PCM"):
+            peak = float(np.abs(data).max(initial=0.0))
+            if peak > 1.0:
+                logger.warning("%s: peak %.2f exceeds full scale; clipping to [-1, 1]", path, peak)
+                data = np.clip(data, -1.0, 1.0)
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise AudioError(f"cannot write {path}: {err.strerror or err}") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            soundfile.write(handle, data, rate, subtype=subtype, format=file_format)
+        os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise AudioError(f"cannot write {path}: {err.strerror or err}") from None
+        if isinstance(err, (soundfile.LibsndfileError, ValueError, TypeError)):
+            raise AudioError(f"cannot write {path}: {_one_line(err)}") from None
+        raise
+    return path
+
+
+def _format_for(path: Path) -> str:
+    import soundfile
+
+    extension = path.suffix.lstrip(".").upper() or "WAV"
+    formats = soundfile.available_formats()
+    if extension in formats:
+        return extension
+    if extension in ("OGA", "OPUS"):
+        return "OGG"
+    raise AudioError(f"{path}: unsupported audio file extension .{extension.lower()} (use .wav or .flac)")
+
+
+def _new_file_mode() -> int:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
