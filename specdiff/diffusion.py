@@ -1,0 +1,80 @@
+"""The continuous-time cosine log-SNR diffusion schedule of the original (spec §4.1).
+
+Time ``t`` runs over [0, 1]; ``t = 0`` is (almost) clean data and ``t = 1`` is (almost) pure noise:
+
+    logsnr(t) = -2 ln tan(a t + b),   b = arctan(e^-10),   a = arctan(e^10) - b,
+
+so logSNR falls from +20 at t=0 to -20 at t=1. With ``alpha^2 = sigmoid(logsnr)`` and
+``sigma^2 = sigmoid(-logsnr)`` this is exactly ``alpha = cos(a t + b)`` and ``sigma = sin(a t + b)``
+(because ``sigmoid(-2 ln tan u) = 1 / (1 + tan^2 u) = cos^2 u``), i.e. the cosine schedule
+``alpha^2 ~ cos^2(pi t / 2)`` with no 0.008 offset. We evaluate the cos/sin form in float64: it is the
+same function and stays accurate where sigmoid(logsnr) is within 1e-9 of 1.
+
+Used by the training objective (``specdiff.train``) and by samplers (``posterior`` is one DDPM
+ancestral step of the original ``SamplerConfig``: ``logvar_type="large"``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+LOGSNR_MAX = 20.0
+#: ``b`` and ``a`` of spec §4.1: logsnr(0) = +20 and logsnr(1) = -20.
+SCHEDULE_B = math.atan(math.exp(-LOGSNR_MAX / 2))
+SCHEDULE_A = math.atan(math.exp(LOGSNR_MAX / 2)) - SCHEDULE_B
+
+
+def _angle(t: Tensor) -> Tensor:
+    return SCHEDULE_A * torch.as_tensor(t, dtype=torch.float64) + SCHEDULE_B
+
+
+def logsnr(t: Tensor | float) -> Tensor:
+    """``-2 ln tan(a t + b)`` (spec §4.1), in the dtype of ``t`` (float32 for Python floats)."""
+    t = torch.as_tensor(t)
+    out = -2.0 * torch.log(torch.tan(_angle(t)))
+    return out.to(t.dtype if t.is_floating_point() else torch.float32)
+
+
+def alpha_sigma(t: Tensor | float) -> tuple[Tensor, Tensor]:
+    """``(alpha_t, sigma_t)`` with ``alpha^2 = sigmoid(logsnr(t))`` and ``alpha^2 + sigma^2 = 1``."""
+    t = torch.as_tensor(t)
+    angle = _angle(t)
+    dtype = t.dtype if t.is_floating_point() else torch.float32
+    return torch.cos(angle).to(dtype), torch.sin(angle).to(dtype)
+
+
+def _expand(coef: Tensor, like: Tensor) -> Tensor:
+    """``[B]`` -> ``[B, 1, ..., 1]`` so a per-example coefficient broadcasts over ``like``."""
+    return coef.to(device=like.device, dtype=like.dtype).reshape(coef.shape + (1,) * (like.dim() - coef.dim()))
+
+
+def q_sample(x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+    """Forward process ``z_t = alpha_t x0 + sigma_t eps`` with one time per example (``t`` is ``[B]``)."""
+    alpha, sigma = alpha_sigma(t)
+    return _expand(alpha, x0) * x0 + _expand(sigma, x0) * noise
+
+
+def predict_x0(z_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+    """Invert the forward process for ``x0`` given an epsilon prediction: ``(z - sigma eps) / alpha``."""
+    alpha, sigma = alpha_sigma(t)
+    return (z_t - _expand(sigma, z_t) * eps) / _expand(alpha, z_t)
+
+
+def posterior(z_t: Tensor, x0: Tensor, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and variance of ``q(z_s | z_t, x0)`` for ``s < t`` (spec §4.1 sampler, ``logvar_type="large"``).
+
+    With ``r = SNR_t / SNR_s``: ``mean = r (alpha_s / alpha_t) z_t + (1 - r) alpha_s x0`` and the "large"
+    variance ``(1 - r) sigma_t^2`` (the forward step's variance). Careful: the original code calls the
+    factor ``alpha_s / alpha_t`` "alpha_st"; it is the *inverse* of the usual alpha_{t|s} = alpha_t / alpha_s.
+    Written with alpha_{t|s} the mean is the textbook ``alpha_{t|s} sigma_s^2 / sigma_t^2 z_t + ...``.
+    """
+    alpha_t, sigma_t = alpha_sigma(t)
+    alpha_s, _ = alpha_sigma(s)
+    r = torch.exp(logsnr(torch.as_tensor(t, dtype=torch.float64)) - logsnr(torch.as_tensor(s, dtype=torch.float64)))
+    r = r.to(alpha_t.dtype)
+    mean = _expand(r * alpha_s / alpha_t, z_t) * z_t + _expand((1 - r) * alpha_s, z_t) * x0
+    variance = _expand((1 - r) * sigma_t**2, z_t)
+    return mean, variance

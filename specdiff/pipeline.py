@@ -1,0 +1,553 @@
+"""``SpectrogramDiffusionPipeline``: MIDI tokens -> log-mel -> audio, segment by segment (spec §5).
+
+Folder layout (the one diffusers uses for ``google/music-spectrogram-diffusion``, spec §3.5)::
+
+    model_index.json
+    notes_encoder/      config.json + diffusion_pytorch_model.safetensors (or .bin)
+    continuous_encoder/ config.json + diffusion_pytorch_model.safetensors (or .bin)
+    decoder/            config.json + diffusion_pytorch_model.safetensors (or .bin)
+    scheduler/          scheduler_config.json
+    melgan/model.onnx   optional: the official spectrogram inverter (spec §6)
+
+The full-song loop follows diffusers' pipeline (spec §5.1): the first segment gets an all-zero
+context in feature space with an all-False mask, every later one the previous generated mel with an
+all-True mask; the context is scaled with ``clip=True``, the output unscaled without clipping. With
+``scheduler="ddpm"`` and ``guidance_scale=1`` it reproduces diffusers' pipeline for the same seed.
+Our defaults differ on purpose: the original sampler with classifier-free guidance (spec §4.1,
+``specdiff.sampler``) and output trimmed to the music instead of whole 5.12 s segments.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from specdiff import sampler as samplers
+from specdiff.errors import MidiError, ModelError, SpecdiffError
+from specdiff.mel import FRAMES_PER_SECOND, SAMPLE_RATE, scale_features, scale_to_features
+from specdiff.model import ContinuousEncoder, FilmDecoder, NotesEncoder
+
+#: Seconds of audio kept after the music's end (TokenizedMidi.duration): room for the release of
+#: the last notes, which the notes themselves do not include. The rest of the last 5.12 s segment
+#: is cut off (diffusers returns whole segments, spec §5.1).
+RELEASE_TAIL_SECONDS = 0.5
+#: A raised-cosine fade over the last samples of trimmed audio, so the cut never clicks.
+FADE_OUT_SECONDS = 0.05
+
+MODEL_INDEX = "model_index.json"
+CONFIG_NAME = "config.json"
+SAFETENSORS_NAME = "diffusion_pytorch_model.safetensors"
+BIN_NAME = "diffusion_pytorch_model.bin"
+SCHEDULER_CONFIG_NAME = "scheduler_config.json"
+MELGAN_FOLDER = "melgan"
+#: Inverter folders copied along by save_pretrained (the official ONNX file, our own vocoder).
+INVERTER_FOLDERS = ("melgan", "vocoder")
+#: Class names as diffusers writes them, so diffusers can load our folders (and we load theirs).
+COMPONENTS: dict[str, tuple[str, type]] = {
+    "notes_encoder": ("SpectrogramNotesEncoder", NotesEncoder),
+    "continuous_encoder": ("SpectrogramContEncoder", ContinuousEncoder),
+    "decoder": ("T5FilmDecoder", FilmDecoder),
+}
+DIFFUSERS_VERSION = "0.20.0"  # the version the official checkpoint's layout comes from
+
+
+@dataclass
+class AudioPipelineOutput:
+    """``audios``: audio ``[1, n_samples]`` (output_type "np") or log-mel ``[1, frames, 128]``
+    ("mel"), as diffusers returns them; ``mels``: the log-mel ``[1, frames, 128]`` in both cases."""
+
+    audios: np.ndarray
+    mels: np.ndarray
+
+
+@dataclass
+class SegmentOutput:
+    """One finished segment from :meth:`SpectrogramDiffusionPipeline.segments`."""
+
+    index: int
+    start_time: float  # seconds from the start of the song
+    mel: np.ndarray  # [frames, 128] log-mel (the last segment trimmed like __call__'s output)
+    audio: np.ndarray | None  # [frames * 320] when the pipeline has an inverter
+
+
+def _module_config(module: torch.nn.Module, key: str) -> Any:
+    config = module.config
+    return config[key] if isinstance(config, dict) else getattr(config, key)
+
+
+def _first_param(module: torch.nn.Module) -> Tensor:
+    return next(module.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_segments(input_tokens: Any) -> tuple[list[list[int]], float | None]:
+    """Token segments and the music's duration (None for bare token lists: no trimming)."""
+    if isinstance(input_tokens, (str, os.PathLike)):
+        from specdiff.tokenizer import midi_to_segments
+
+        input_tokens = midi_to_segments(input_tokens)
+    if hasattr(input_tokens, "segments") and hasattr(input_tokens, "duration"):
+        segments, duration = list(input_tokens.segments), float(input_tokens.duration)
+    else:
+        segments, duration = list(input_tokens), None
+    if not segments:
+        raise MidiError("nothing to synthesize: the input has no token segments")
+    return segments, duration
+
+
+def _segment_tensor(tokens: Sequence[int], index: int, vocab_size: int, max_length: int) -> Tensor:
+    try:
+        ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
+    except (TypeError, ValueError, OverflowError):
+        raise MidiError(f"token segment {index} is not a list of integers") from None
+    if ids.ndim != 1 or len(ids) > max_length:
+        raise MidiError(f"token segment {index} must be a flat list of at most {max_length} tokens, got shape {tuple(ids.shape)}")
+    if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise MidiError(f"token segment {index} has ids outside the vocabulary [0, {vocab_size})")
+    return ids
+
+
+def frames_to_keep(num_segments: int, segment_frames: int, duration: float | None) -> int:
+    """Output length in frames: the music plus :data:`RELEASE_TAIL_SECONDS`, at most the segments."""
+    total = num_segments * segment_frames
+    if duration is None:
+        return total
+    return max(1, min(total, math.ceil((duration + RELEASE_TAIL_SECONDS) * FRAMES_PER_SECOND)))
+
+
+def fade_out(audio: np.ndarray, num_samples: int) -> np.ndarray:
+    """Raised-cosine fade over the last ``num_samples`` of ``audio [..., n]`` (a copy)."""
+    audio = np.array(audio, dtype=np.float32, copy=True)
+    n = min(num_samples, audio.shape[-1])
+    if n > 0:
+        audio[..., -n:] *= (0.5 + 0.5 * np.cos(np.pi * np.arange(1, n + 1) / n)).astype(np.float32)
+    return audio
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and saving
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelError(f"{what}: {path} is missing")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelError(f"{what}: cannot read {path} ({err})") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{what}: {path} is not a JSON object")
+    return data
+
+
+def _load_state_dict(folder: Path) -> dict[str, Tensor]:
+    safetensors_path, bin_path = folder / SAFETENSORS_NAME, folder / BIN_NAME
+    try:
+        if safetensors_path.is_file():
+            from safetensors.torch import load_file
+
+            return load_file(str(safetensors_path))
+        if bin_path.is_file():
+            state = torch.load(bin_path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict):
+                raise ModelError(f"{bin_path} does not hold a state dict")
+            return state
+    except ModelError:
+        raise
+    except Exception as err:  # safetensors / pickle errors have many types
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelError(f"cannot read the weights in {folder}: {message}") from None
+    raise ModelError(f"{folder} has no weights ({SAFETENSORS_NAME} or {BIN_NAME})")
+
+
+def _describe_keys(keys: Sequence[str]) -> str:
+    keys = list(keys)
+    shown = ", ".join(keys[:3]) + (f", ... ({len(keys)} in all)" if len(keys) > 3 else "")
+    return shown
+
+
+def load_component(folder: str | Path, cls: type) -> torch.nn.Module:
+    """One network from ``folder/config.json`` + weights, loaded with ``strict=True``, in eval mode."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelError(f"model folder is incomplete: {folder} is missing")
+    config = {k: v for k, v in _read_json(folder / CONFIG_NAME, folder.name).items() if not k.startswith("_")}
+    try:
+        with torch.device("meta"):  # no random init of weights that are about to be replaced
+            module = cls.from_config(config)
+    except (TypeError, ValueError) as err:
+        raise ModelError(f"{folder / CONFIG_NAME} does not fit {cls.__name__}: {err}") from None
+    state = _load_state_dict(folder)
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = ([f"missing {_describe_keys(missing)}"] if missing else []) + (
+            [f"unexpected {_describe_keys(unexpected)}"] if unexpected else []
+        )
+        raise ModelError(f"weights in {folder} do not match {cls.__name__}: {'; '.join(parts)}")
+    wrong = [k for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)]
+    if wrong:
+        k = wrong[0]
+        raise ModelError(
+            f"weights in {folder} do not match its config: {k} has shape {tuple(state[k].shape)}, "
+            f"expected {tuple(expected[k].shape)} ({len(wrong)} mismatched)"
+        )
+    module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
+    return module.eval()
+
+
+def _resolve_inverter(inverter: Any, path: Path | None) -> Any:
+    """``None``/"none", an inverter object, or a name for ``specdiff.inverters.load_inverter``."""
+    if inverter is None or (isinstance(inverter, str) and inverter == "none"):
+        return None
+    if not isinstance(inverter, str):
+        if not callable(inverter):
+            raise TypeError(f"inverter must be a name or a callable mel -> audio, got {type(inverter).__name__}")
+        return inverter
+    try:
+        from specdiff.inverters import load_inverter
+    except ModuleNotFoundError as err:
+        if err.name == "specdiff.inverters" and inverter == "auto":
+            return None  # mel output still works; "np" output will say what is missing
+        raise
+    return load_inverter(path, inverter)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline
+# ---------------------------------------------------------------------------------------------
+
+
+class SpectrogramDiffusionPipeline:
+    """Notes encoder + context encoder + FiLM decoder + sampler (+ spectrogram inverter).
+
+    ``scheduler``: a name (``specdiff.sampler.SCHEDULERS``), one of our samplers, or a diffusers
+    scheduler; default ``"original"``. ``inverter``: a callable ``log_mel [B, T, 128] (numpy) ->
+    audio [B, T * 320]`` (``specdiff.inverters``), needed only for audio output.
+    """
+
+    def __init__(
+        self,
+        notes_encoder: torch.nn.Module,
+        continuous_encoder: torch.nn.Module,
+        decoder: torch.nn.Module,
+        scheduler: Any = None,
+        inverter: Any = None,
+        scheduler_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.notes_encoder = notes_encoder.eval()
+        self.continuous_encoder = continuous_encoder.eval()
+        self.decoder = decoder.eval()
+        self.scheduler = scheduler if scheduler is not None else samplers.DEFAULT_SCHEDULER
+        #: diffusers scheduler config used when a diffusers sampler is chosen by name (spec §3.5).
+        self.scheduler_config = dict(scheduler_config or samplers.OFFICIAL_SCHEDULER_CONFIG)
+        self.inverter = inverter
+        self._source: Path | None = None  # folder loaded from: its inverter files travel on save
+
+    # -- folders ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        inverter: Any = "auto",
+        scheduler: Any = None,
+    ) -> "SpectrogramDiffusionPipeline":
+        """Load a diffusers-layout folder (ours, or diffusers' own such as the official checkpoint).
+
+        ``inverter``: "auto" (whatever the folder offers, see ``specdiff.inverters``), another
+        name, an inverter object, or None. Problems with the folder raise :class:`ModelError`.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise ModelError(f"model folder not found: {path}")
+        index = _read_json(path / MODEL_INDEX, "not a pipeline folder")
+        for name in COMPONENTS:
+            if name not in index:
+                raise ModelError(f"{path / MODEL_INDEX} names no {name}; is this a Spectrogram Diffusion model?")
+        modules = {name: load_component(path / name, module_cls) for name, (_, module_cls) in COMPONENTS.items()}
+        scheduler_file = path / "scheduler" / SCHEDULER_CONFIG_NAME
+        scheduler_config = _read_json(scheduler_file, "scheduler") if scheduler_file.exists() else None
+        pipe = cls(**modules, scheduler=scheduler, scheduler_config=scheduler_config)
+        pipe.inverter = _resolve_inverter(inverter, path)
+        pipe._source = path
+        return pipe.to(device, dtype)
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write the folder layout (safetensors weights), atomically: a temporary folder is renamed
+        into place, so a failure leaves no half-written model. Replaces an existing pipeline folder."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if path.exists() and not (path / MODEL_INDEX).is_file() and (not path.is_dir() or any(path.iterdir())):
+            raise ModelError(f"refusing to overwrite {path}: it exists and is not a pipeline folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            index: dict[str, Any] = {"_class_name": type(self).__name__, "_diffusers_version": DIFFUSERS_VERSION}
+            for name, (class_name, _) in COMPONENTS.items():
+                module = getattr(self, name)
+                (tmp / name).mkdir()
+                config = {"_class_name": class_name, "_diffusers_version": DIFFUSERS_VERSION, **dict(module.config)}
+                _write_json(tmp / name / CONFIG_NAME, config)
+                tensors = {k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()}
+                save_file(tensors, str(tmp / name / SAFETENSORS_NAME), metadata={"format": "pt"})
+                index[name] = ["diffusers", class_name]
+            (tmp / "scheduler").mkdir()
+            scheduler_config = {"_class_name": "DDPMScheduler", **self.scheduler_config}
+            scheduler_config["_diffusers_version"] = DIFFUSERS_VERSION
+            _write_json(tmp / "scheduler" / SCHEDULER_CONFIG_NAME, scheduler_config)
+            index["scheduler"] = ["diffusers", scheduler_config["_class_name"]]
+            index["melgan"] = [None, None]
+            if self._source is not None:
+                for folder in INVERTER_FOLDERS:
+                    if (self._source / folder).is_dir():
+                        shutil.copytree(self._source / folder, tmp / folder)
+                if (tmp / MELGAN_FOLDER).is_dir():
+                    index["melgan"] = ["diffusers", "OnnxRuntimeModel"]
+            _write_json(tmp / MODEL_INDEX, index)
+            if path.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+                os.replace(path, old / "model")
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._source = path
+        return path
+
+    # -- device ----------------------------------------------------------------------------------
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "SpectrogramDiffusionPipeline":
+        """Move (and optionally cast) the three networks; the sampler state stays float32."""
+        for module in (self.notes_encoder, self.continuous_encoder, self.decoder):
+            module.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return _first_param(self.decoder).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return _first_param(self.decoder).dtype
+
+    @property
+    def sample_rate(self) -> int:
+        return int(getattr(self.inverter, "sample_rate", SAMPLE_RATE))
+
+    # -- one segment -----------------------------------------------------------------------------
+
+    def encode(self, tokens: Tensor, context: Tensor, context_mask: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Both encoders for one segment: tokens ``[L]``, context ``[1, T, 128]`` scaled, mask ``[1, T]``.
+
+        Only the tokens up to the last non-PAD one go through the notes encoder: padding is masked
+        out of every attention, so the encodings of the real tokens are the same, and the encoder
+        runs over ~100-500 tokens instead of 2048 (spec §8 / ENVIRONMENT: padding dominates).
+        """
+        device = self.device
+        nonzero = torch.nonzero(tokens).flatten()
+        length = max(1, int(nonzero[-1]) + 1 if len(nonzero) else 1)
+        ids = tokens[:length].unsqueeze(0).to(device)
+        notes = self.notes_encoder(encoder_input_tokens=ids, encoder_inputs_mask=ids > 0)
+        ctx_dtype = _first_param(self.continuous_encoder).dtype
+        ctx = self.continuous_encoder(
+            encoder_inputs=context.to(device, ctx_dtype), encoder_inputs_mask=context_mask.to(device)
+        )
+        return [tuple(notes), tuple(ctx)]
+
+    def _sampler(self, scheduler: Any) -> samplers.Sampler:
+        scheduler = self.scheduler if scheduler is None else scheduler
+        if isinstance(scheduler, str):
+            return samplers.make_scheduler(scheduler, config=self.scheduler_config)
+        return samplers.as_sampler(scheduler)
+
+    @torch.no_grad()
+    def _generate(
+        self,
+        segments: Sequence[Sequence[int]],
+        generator: torch.Generator | None,
+        num_inference_steps: int,
+        guidance_scale: float,
+        sampler: samplers.Sampler,
+        on_step: Callable[[], None] | None,
+    ) -> Iterator[Tensor]:
+        """The full-song loop of spec §5.1; yields each segment's log-mel ``[1, T, 128]`` (float32)."""
+        segment_frames = int(_module_config(self.decoder, "targets_length"))
+        n_dims = int(_module_config(self.decoder, "input_dims"))
+        vocab = int(_module_config(self.notes_encoder, "vocab_size"))
+        max_length = int(_module_config(self.notes_encoder, "max_length"))
+        token_tensors = [_segment_tensor(s, i, vocab, max_length) for i, s in enumerate(segments)]
+        device = self.device
+        # First segment: zeros in *feature* space (0.4843 once scaled) with nothing valid (spec §9.6).
+        context = torch.zeros(1, segment_frames, n_dims, device=device)
+        context_mask = torch.zeros(1, segment_frames, dtype=torch.bool, device=device)
+        for tokens in token_tensors:
+            encodings = self.encode(tokens, scale_features(context, clip=True), context_mask)
+            denoise = samplers.GuidedDenoiser(self.decoder, encodings, guidance_scale)
+            noise = samplers.randn((1, segment_frames, n_dims), generator, device, torch.float32)
+            x = samplers.sample_loop(sampler, denoise, noise, num_inference_steps, generator, on_step)
+            mel = scale_to_features(x)  # no clip (spec §1.1); x0 was clipped by the sampler
+            yield mel
+            context = mel
+            context_mask = torch.ones(1, segment_frames, dtype=torch.bool, device=device)
+
+    def _check_args(self, num_inference_steps: int, guidance_scale: float, callback_steps: int) -> None:
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise SpecdiffError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        if not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise SpecdiffError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        if not isinstance(callback_steps, int) or callback_steps < 1:
+            raise SpecdiffError(f"callback_steps must be a positive integer, got {callback_steps!r}")
+
+    def _progress(self, total: int, show: bool):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, disable=not show, unit="step", desc="denoising", leave=True)
+
+    def _require_inverter(self) -> None:
+        if self.inverter is None:
+            raise ModelError(
+                "audio output needs a spectrogram inverter (the model folder has none); "
+                "pass inverter=... or use output_type='mel'"
+            )
+
+    def _invert(self, mel: Tensor) -> np.ndarray:
+        self._require_inverter()
+        audio = self.inverter(mel.detach().float().cpu().numpy())
+        if isinstance(audio, (list, tuple)):  # ONNX sessions return a list of outputs
+            audio = audio[0]
+        return np.asarray(audio, dtype=np.float32)
+
+    # -- public ----------------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        input_tokens: Any,
+        generator: torch.Generator | None = None,
+        num_inference_steps: int = samplers.DEFAULT_NUM_STEPS,
+        guidance_scale: float = samplers.DEFAULT_GUIDANCE,
+        scheduler: Any = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        callback: Callable[[int, np.ndarray], None] | None = None,
+        callback_steps: int = 1,
+        show_progress: bool = True,
+        progress: bool | None = None,
+    ) -> AudioPipelineOutput | tuple[np.ndarray]:
+        """Synthesize a song.
+
+        ``input_tokens``: token segments (``list[list[int]]``, as diffusers' ``MidiProcessor`` gives),
+        a ``TokenizedMidi``, or a MIDI file path. ``output_type``: "np" (audio ``[1, n_samples]``
+        through the inverter) or "mel" (log-mel ``[1, frames, 128]``). With a duration (TokenizedMidi
+        or a path) the output stops :data:`RELEASE_TAIL_SECONDS` after the music; bare token lists
+        give whole segments, like diffusers. ``callback(i, mel_so_far)`` runs after every
+        ``callback_steps``-th segment ``i`` with the untrimmed log-mel so far (numpy, as diffusers).
+        ``progress`` is an alias of ``show_progress``. The same generator seed gives the same output.
+        """
+        if output_type not in ("np", "mel"):
+            raise SpecdiffError(f"output_type must be 'np' or 'mel', got {output_type!r}")
+        self._check_args(num_inference_steps, guidance_scale, callback_steps)
+        show = show_progress if progress is None else progress
+        segments, duration = _as_segments(input_tokens)
+        segment_frames = int(_module_config(self.decoder, "targets_length"))
+        keep = frames_to_keep(len(segments), segment_frames, duration)
+        segments = segments[: math.ceil(keep / segment_frames)]  # nothing after the tail is needed
+        if output_type == "np":
+            self._require_inverter()  # fail before the slow part
+        sampler = self._sampler(scheduler)
+        mels: list[Tensor] = []
+        with self._progress(len(segments) * num_inference_steps, show) as bar:
+            generated = self._generate(segments, generator, num_inference_steps, guidance_scale, sampler, bar.update)
+            for i, mel in enumerate(generated):
+                mels.append(mel.float().cpu())
+                if callback is not None and i % callback_steps == 0:
+                    callback(i, torch.cat(mels, dim=1).numpy())
+        full = torch.cat(mels, dim=1)
+        mel_out = full[:, :keep].numpy()
+        if output_type == "mel":
+            audios = mel_out
+        else:
+            # Invert the untrimmed mel, then cut: the inverter sees no artificial edge at the cut.
+            audio = self._invert(full)
+            hop = audio.shape[-1] // full.shape[1]
+            audios = audio[:, : keep * hop]
+            if keep < full.shape[1]:
+                audios = fade_out(audios, int(FADE_OUT_SECONDS * self.sample_rate))
+        if not return_dict:
+            return (audios,)
+        return AudioPipelineOutput(audios=audios, mels=mel_out)
+
+    def segments(
+        self,
+        input_tokens: Any,
+        generator: torch.Generator | None = None,
+        num_inference_steps: int = samplers.DEFAULT_NUM_STEPS,
+        guidance_scale: float = samplers.DEFAULT_GUIDANCE,
+        scheduler: Any = None,
+        show_progress: bool = False,
+    ) -> Iterator[SegmentOutput]:
+        """Yield each segment as soon as it is generated (for streaming).
+
+        The mels equal ``__call__``'s for the same arguments. Audio (when there is an inverter) is
+        inverted per segment, so it can differ from ``__call__``'s whole-song inversion near the
+        5.12 s boundaries.
+        """
+        self._check_args(num_inference_steps, guidance_scale, 1)
+        segments, duration = _as_segments(input_tokens)
+        segment_frames = int(_module_config(self.decoder, "targets_length"))
+        keep = frames_to_keep(len(segments), segment_frames, duration)
+        segments = segments[: math.ceil(keep / segment_frames)]
+        sampler = self._sampler(scheduler)
+        with self._progress(len(segments) * num_inference_steps, show_progress) as bar:
+            generated = self._generate(segments, generator, num_inference_steps, guidance_scale, sampler, bar.update)
+            for i, mel in enumerate(generated):
+                start = i * segment_frames
+                frames = min(segment_frames, keep - start)
+                audio = None
+                if self.inverter is not None:
+                    wave = self._invert(mel)[0]
+                    hop = wave.shape[-1] // segment_frames
+                    audio = wave[: frames * hop]
+                    if frames < segment_frames:
+                        audio = fade_out(audio, int(FADE_OUT_SECONDS * self.sample_rate))
+                yield SegmentOutput(i, start / FRAMES_PER_SECOND, mel[0, :frames].float().cpu().numpy(), audio)
+
+    def __repr__(self) -> str:
+        d = self.decoder
+        return (
+            f"{type(self).__name__}(d_model={_module_config(d, 'd_model')}, "
+            f"decoder_layers={_module_config(d, 'num_layers')}, scheduler={self.scheduler!r}, "
+            f"inverter={self.inverter!r}, device={self.device}, dtype={self.dtype})"
+        )
+
+
+__all__ = [
+    "AudioPipelineOutput", "FADE_OUT_SECONDS", "RELEASE_TAIL_SECONDS", "SegmentOutput",
+    "SpectrogramDiffusionPipeline", "frames_to_keep", "load_component",
+]  # fmt: skip

@@ -1,0 +1,250 @@
+"""Samplers (spec §4.1, §5.1): the original log-SNR DDPM sampler, diffusers adapters, and CFG.
+
+Expectations are derived independently: closed-form schedule values, the textbook Gaussian
+posterior q(z_s | z_t, x0) written with alpha_{t|s}, an exactly solvable one-point data set, and
+diffusers' own DDPMScheduler run side by side.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from specdiff import sampler as S
+from specdiff.errors import SpecdiffError
+
+torch.set_num_threads(1)
+
+SHAPE = (1, 256, 128)
+B = math.atan(math.exp(-10.0))  # spec §4.1
+A = math.atan(math.exp(10.0)) - B
+
+
+def alpha_sigma_ref(t: float) -> tuple[float, float]:
+    """alpha^2 = sigmoid(logsnr), logsnr = -2 ln tan(a t + b), in float64 (spec §4.1)."""
+    lsnr = -2.0 * math.log(math.tan(A * t + B))
+    return math.sqrt(1 / (1 + math.exp(-lsnr))), math.sqrt(1 / (1 + math.exp(lsnr)))
+
+
+def perfect_eps(x_star: torch.Tensor, sampler) -> callable:
+    """The exact eps-predictor for data that is the single point x_star, on the sampler's schedule."""
+
+    def eps(z: torch.Tensor, noise_time: torch.Tensor) -> torch.Tensor:
+        if isinstance(sampler, S.CosineLogSNRSampler):
+            a, s = alpha_sigma_ref(float(noise_time))
+        else:
+            t = round(float(noise_time) * sampler.num_train_timesteps)
+            abar = float(sampler.scheduler.alphas_cumprod[t])
+            a, s = math.sqrt(abar), math.sqrt(1 - abar)
+        return (z - a * x_star) / s
+
+    return eps
+
+
+# ---------------------------------------------------------------------------------------------
+# The schedule
+# ---------------------------------------------------------------------------------------------
+
+
+def test_schedule_endpoints_and_midpoint():
+    t = torch.linspace(0, 1, 101, dtype=torch.float64)
+    lsnr = S.logsnr(t)
+    assert lsnr[0].item() == pytest.approx(20.0, abs=1e-6)
+    assert lsnr[-1].item() == pytest.approx(-20.0, abs=1e-6)
+    assert torch.all(lsnr[1:] < lsnr[:-1])  # strictly decreasing: more noise with time
+    alpha, sigma = S.alpha_sigma(torch.tensor(0.5, dtype=torch.float64))
+    assert alpha.item() ** 2 == pytest.approx(0.5, abs=1e-12)  # a/2 + b = pi/4 exactly
+    alpha, sigma = S.alpha_sigma(t)
+    assert torch.allclose(alpha**2, torch.sigmoid(lsnr), atol=1e-12)
+    assert torch.allclose(alpha**2 + sigma**2, torch.ones_like(t), atol=1e-12)
+    for tt in (0.1, 0.37, 0.9):
+        a, s = alpha_sigma_ref(tt)
+        assert S.alpha_sigma(torch.tensor(tt, dtype=torch.float64))[0].item() == pytest.approx(a, rel=1e-12)
+
+
+def test_original_timesteps_and_noise_time():
+    sampler = S.CosineLogSNRSampler()
+    sampler.set_timesteps(4)
+    assert sampler.timesteps.tolist() == [1.0, 0.75, 0.5, 0.25]
+    assert sampler.noise_time(sampler.timesteps[1]).dtype == torch.float32
+    assert sampler.noise_time(sampler.timesteps[1]).item() == 0.75
+    with pytest.raises(ValueError):
+        sampler.step(torch.zeros(SHAPE), 0.6, torch.zeros(SHAPE))  # not one of its times
+
+
+# ---------------------------------------------------------------------------------------------
+# The step
+# ---------------------------------------------------------------------------------------------
+
+
+def test_one_step_matches_textbook_posterior():
+    n, i = 4, 2  # t = 0.75 -> s = 0.5
+    t, s = (i + 1) / n, i / n
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(SHAPE, generator=g, dtype=torch.float64)
+    eps = torch.randn(SHAPE, generator=g, dtype=torch.float64) * 3  # large: x0 needs clipping
+    sampler = S.CosineLogSNRSampler()
+    sampler.set_timesteps(n)
+    out = sampler.step(eps.float(), sampler.timesteps[n - 1 - i], z.float(), generator=torch.Generator().manual_seed(7))
+
+    a_t, s_t = alpha_sigma_ref(t)
+    a_s, s_s = alpha_sigma_ref(s)
+    x0 = ((z - s_t * eps) / a_t).clamp(-1, 1)
+    assert (x0.abs() == 1).float().mean() > 0.1  # the clip is exercised
+    a_ts = a_t / a_s  # q(z_t | z_s) = N(a_ts z_s, var_ts)
+    var_ts = s_t**2 - a_ts**2 * s_s**2
+    mean = a_ts * s_s**2 / s_t**2 * z + a_s * var_ts / s_t**2 * x0
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(7)).double()
+    expected = mean + math.sqrt(var_ts) * noise  # "large" variance = the forward step's variance
+    assert torch.allclose(out.pred_original_sample.double(), x0, atol=1e-5)
+    assert (out.prev_sample.double() - expected).abs().max() < 1e-5
+
+
+def test_last_step_returns_clipped_x0_without_noise():
+    sampler = S.CosineLogSNRSampler()
+    sampler.set_timesteps(10)
+    z = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+    eps = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
+    a, s = alpha_sigma_ref(0.1)
+    g = torch.Generator().manual_seed(3)
+    state = g.get_state()
+    out = sampler.step(eps, sampler.timesteps[-1], z, generator=g)
+    assert torch.equal(g.get_state(), state)  # no noise drawn
+    assert torch.allclose(out.prev_sample, ((z - s * eps) / a).clamp(-1, 1), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name, steps", [("original", 1), ("original", 7), ("ddpm", 1), ("ddpm", 7), ("ddim", 7), ("dpmsolver++", 7), ("unipc", 7)]
+)
+def test_perfect_predictor_recovers_the_single_data_point(name, steps):
+    # Data = one point x*: the exact eps-predictor makes every x0 prediction x*, so any correct
+    # sampler ends exactly on x* (the noise it adds is along directions the predictor removes).
+    # float64: at t=1, alpha ~ 5e-5 and float32 cancellation in (z - sigma eps) / alpha would show.
+    # (The diffusers solvers keep float32 tables, so their 1-step runs are not exact; not tested.)
+    if name != "original":
+        pytest.importorskip("diffusers")
+    x_star = torch.rand(SHAPE, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 1.8 - 0.9
+    sampler = S.make_scheduler(name)
+    g = torch.Generator().manual_seed(1)
+    noise = S.randn(SHAPE, g, "cpu", torch.float64)
+    out = S.sample_loop(sampler, perfect_eps(x_star, sampler), noise, steps, g)
+    assert (out - x_star).abs().max() < 1e-5
+
+
+def test_same_generator_same_samples():
+    def toy_eps(z, noise_time):  # any smooth function of (z, t)
+        return torch.tanh(z * 0.7 + noise_time)
+
+    def run(seed):
+        g = torch.Generator().manual_seed(seed)
+        return S.sample_loop(S.CosineLogSNRSampler(), toy_eps, S.randn(SHAPE, g, "cpu"), 6, g)
+
+    assert torch.equal(run(3), run(3))
+    assert not torch.allclose(run(3), run(4))
+
+
+# ---------------------------------------------------------------------------------------------
+# diffusers adapters
+# ---------------------------------------------------------------------------------------------
+
+
+def test_ddpm_adapter_reproduces_diffusers_ddpm_scheduler():
+    diffusers = pytest.importorskip("diffusers")
+    config = {k: v for k, v in S.OFFICIAL_SCHEDULER_CONFIG.items() if not k.startswith("_")}
+    reference = diffusers.DDPMScheduler(**config)
+    ours = S.make_scheduler("ddpm")
+    for sched in (reference, ours):
+        sched.set_timesteps(100)
+    assert reference.timesteps.tolist() == list(range(990, -1, -10))  # "leading" (spec §5.1)
+    assert ours.timesteps.tolist() == reference.timesteps.tolist()
+
+    def toy_eps(z, t):
+        return torch.sin(3 * z) * (1 - t)
+
+    g_ref, g_ours = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    x_ref = torch.randn(SHAPE, generator=g_ref)
+    x_ours = S.randn(SHAPE, g_ours, "cpu")
+    for t in reference.timesteps:
+        # The diffusers pipeline feeds the decoder t / num_train_timesteps (spec §5.1).
+        x_ref = reference.step(toy_eps(x_ref, t / 1000), t, x_ref, generator=g_ref).prev_sample
+        nt = ours.noise_time(t)
+        assert nt.dtype == torch.float32 and nt == t / 1000
+        x_ours = ours.step(toy_eps(x_ours, nt), t, x_ours, generator=g_ours).prev_sample
+    assert torch.equal(x_ours, x_ref)
+
+
+def test_solver_configs():
+    pytest.importorskip("diffusers")
+    dpm = S.make_scheduler("dpmsolver++")
+    assert type(dpm.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    assert dpm.config.algorithm_type == "dpmsolver++" and dpm.config.solver_order == 2
+    assert dpm.config.beta_schedule == "squaredcos_cap_v2"  # from the checkpoint's config
+    for name in ("ddim", "dpmsolver++", "unipc"):
+        s = S.make_scheduler(name)
+        s.set_timesteps(10)
+        assert int(s.timesteps[0]) == 999  # "trailing": the first step starts from pure noise
+    with pytest.raises(SpecdiffError, match="unknown scheduler"):
+        S.make_scheduler("euler")
+    assert isinstance(S.make_scheduler("original"), S.CosineLogSNRSampler)
+
+
+def test_cli_mirrors_stay_in_sync():
+    from specdiff import cli
+
+    assert cli.SCHEDULERS == S.SCHEDULERS
+    assert cli.DEFAULT_SCHEDULER == S.DEFAULT_SCHEDULER
+    assert (cli.DEFAULT_NUM_STEPS, cli.DEFAULT_GUIDANCE) == (S.DEFAULT_NUM_STEPS, S.DEFAULT_GUIDANCE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Classifier-free guidance
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def decoder_and_encodings():
+    from specdiff.model import FilmDecoder
+
+    torch.manual_seed(0)
+    dec = FilmDecoder(d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=48).eval()
+    g = torch.Generator().manual_seed(1)
+    notes = (torch.randn(1, 40, 32, generator=g), torch.tensor([[True] * 30 + [False] * 10]))
+    context = (torch.randn(1, 256, 32, generator=g), torch.ones(1, 256, dtype=torch.bool))
+    return dec, [notes, context]
+
+
+def test_guidance_one_is_the_plain_conditional_prediction(decoder_and_encodings):
+    dec, encodings = decoder_and_encodings
+    z, t = torch.randn(SHAPE), torch.tensor(0.3)
+    with torch.no_grad():
+        guided = S.GuidedDenoiser(dec, encodings, guidance_scale=1.0)(z, t)
+        plain = dec(encodings, z, t.reshape(1))
+    assert not S.GuidedDenoiser(dec, encodings, 1.0).guided  # no unconditional pass at all
+    assert (guided - plain).abs().max() < 1e-5
+
+
+def test_guidance_combines_conditional_and_zeroed_unconditional(decoder_and_encodings):
+    dec, encodings = decoder_and_encodings
+    z, t = torch.randn(SHAPE), torch.tensor(0.6)
+    calls = []
+    hook = dec.register_forward_pre_hook(lambda m, args, kwargs: calls.append(kwargs["decoder_input_tokens"].shape[0]), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            guided = S.GuidedDenoiser(dec, encodings, guidance_scale=2.5)(z, t)
+    finally:
+        hook.remove()
+    assert calls == [2]  # cond + uncond in one batched decoder call
+    with torch.no_grad():
+        cond = dec(encodings, z, t.reshape(1))
+        # Unconditional (spec §4.1): every encoding and mask times zero.
+        uncond = dec([(e * 0, m & False) for e, m in encodings], z, t.reshape(1))
+    assert (guided - (2.5 * cond - 1.5 * uncond)).abs().max() < 1e-4
+    assert (cond - uncond).abs().max() > 1e-3  # guidance actually changes something
+
+
+def test_unconditional_zeroes_encodings_and_masks():
+    enc = [(torch.randn(1, 5, 4), torch.ones(1, 5, dtype=torch.bool))]
+    [(e, m)] = S.unconditional(enc)
+    assert torch.equal(e, torch.zeros(1, 5, 4)) and m.dtype == torch.bool and not m.any()
