@@ -1,0 +1,643 @@
+"""The ``specdiff`` command line: ``specdiff synth song.mid -o song.wav``, plus ``prepare``,
+``train``, ``export``, ``evaluate``, ``train-vocoder``, ``vocode`` and ``serve`` from their own
+modules.
+
+Error policy: a ``SpecdiffError`` (bad user input) becomes one ``specdiff: error: ...`` line on
+stderr and a non-zero exit status, never a traceback; Ctrl-C exits 130; any other exception is a
+bug and keeps its traceback. Everything cheap that can fail (output folder writable, MIDI readable,
+model folder present, device available) is checked before the slow synthesis starts, and outputs
+are written atomically, so a failed run leaves no partial file behind.
+
+Heavy libraries (torch, the pipeline) are imported only inside the command that needs them, so
+``specdiff --help`` stays fast. The other commands live in modules that may import torch at the
+top, so the parser imports a command's module only when that command is the one being run (see
+:data:`COMMANDS`); for the others it adds a placeholder that carries just the one-line help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import math
+import os
+import secrets
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from specdiff import __version__
+from specdiff.errors import SpecdiffError
+
+PROG = "specdiff"
+EXIT_ERROR = 1
+EXIT_USAGE = 2  # argparse's code for a bad command line; also "no model to run"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+# Mirrors of specdiff.sampler's names, kept here so building the parser (and --help) does not
+# import torch; tests/test_cli.py checks they stay equal to the sampler's.
+SCHEDULERS = ("original", "ddpm", "ddim", "dpmsolver++", "unipc")
+DEFAULT_SCHEDULER = "original"
+DEFAULT_NUM_STEPS = 100
+DEFAULT_GUIDANCE = 2.0
+INVERTERS = ("auto", "onnx", "vocoder", "griffinlim")  # specdiff.inverters' registered names
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+class UsageError(SpecdiffError):
+    """The command cannot run as given (e.g. no model to use); exits with status 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser
+# ---------------------------------------------------------------------------------------------
+
+_SYNTH_DESCRIPTION = """\
+Synthesize audio from a MIDI file with a Spectrogram Diffusion model.
+
+The MIDI file is tokenized into 5.12 s segments; each segment's log-mel spectrogram is generated
+by the diffusion model, conditioned on the notes and on the previous segment's spectrogram, and
+the whole spectrogram is turned into 16 kHz mono audio by a spectrogram inverter.
+"""
+
+_SYNTH_EPILOG = """\
+examples:
+  specdiff synth song.mid --model ./music-spectrogram-diffusion
+  specdiff synth song.mid -o out.wav --model DIR --scheduler dpmsolver++ --steps 20 --seed 1
+  specdiff synth song.mid --model DIR --mel-png song.png --device cuda
+  specdiff synth long_song.mid --model DIR --stream --scheduler dpmsolver++ --steps 20
+"""
+
+_SCHEDULER_HELP = f"""\
+sampler (default: {DEFAULT_SCHEDULER}).
+original: the paper's continuous-time cosine log-SNR DDPM sampler with x0 clipping (the schedule
+the model was trained with; ancestral, best with many steps, e.g. 100-1000).
+ddpm: diffusers' DDPMScheduler exactly as the Hugging Face pipeline uses it (100 steps reproduce
+its output).
+ddim: deterministic given the seed's start noise; usable from about 50 steps.
+dpmsolver++ / unipc: multistep ODE solvers; good quality at 10-25 steps, so several times faster.
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0.0 or value == float("inf"):  # rejects nan and inf too
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {value}")
+    return value
+
+
+def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``synth`` subcommand (``set_defaults(func=run_synth)``)."""
+    p = subparsers.add_parser(
+        "synth",
+        help="render a MIDI file to a WAV file",
+        description=_SYNTH_DESCRIPTION,
+        epilog=_SYNTH_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("midi", type=Path, metavar="MIDI", help="input Standard MIDI File (.mid/.midi)")
+    p.add_argument(
+        "-o", "--output", type=Path, metavar="WAV",
+        help="output audio file, 16 kHz mono (default: the MIDI file's path with .wav instead of its "
+        "extension). The extension picks the format: .wav (16-bit PCM), .flac, .ogg, ... An existing "
+        "file is replaced, only once synthesis has succeeded.",
+    )
+    p.add_argument(
+        "--model", type=Path, metavar="DIR",
+        help="pipeline folder in diffusers layout (model_index.json, notes_encoder/, "
+        "continuous_encoder/, decoder/, scheduler/, optionally melgan/model.onnx), e.g. a converted "
+        "google/music-spectrogram-diffusion or a trained model exported with "
+        "`specdiff export CHECKPOINT DIR` (default: the model bundled with the package, if any).",
+    )
+    p.add_argument(
+        "--steps", type=_positive_int, default=DEFAULT_NUM_STEPS, metavar="N",
+        help=f"denoising steps per 5.12 s segment (default: {DEFAULT_NUM_STEPS}). Run time grows "
+        "linearly with N; fewer steps are faster but noisier, the multistep schedulers (dpmsolver++, "
+        "unipc) tolerate far fewer steps than original/ddpm.",
+    )
+    p.add_argument(
+        "--scheduler", choices=SCHEDULERS, default=DEFAULT_SCHEDULER,
+        help=" ".join(_SCHEDULER_HELP.split()),
+    )
+    p.add_argument(
+        "--guidance", type=_non_negative_float, default=DEFAULT_GUIDANCE, metavar="W",
+        help=f"classifier-free guidance weight w: eps = w*eps_cond + (1-w)*eps_uncond (default: "
+        f"{DEFAULT_GUIDANCE}, the paper's colab; its training default was 5). w = 1 turns guidance "
+        "off and halves the decoder work; larger w follows the notes more closely but can sound "
+        "harsher.",
+    )
+    p.add_argument(
+        "--seed", type=_seed, default=None, metavar="N",
+        help="random seed of the start noise and sampler noise; the same seed, model, options and "
+        "device give the same audio (default: a fresh random seed, printed in the summary).",
+    )
+    p.add_argument(
+        "--device", choices=DEVICES, default="auto",
+        help="where to run the model (default: auto = cuda if available, else mps, else cpu). A GPU "
+        "is many times faster; results can differ slightly between devices.",
+    )
+    p.add_argument(
+        "--inverter", choices=INVERTERS, default="auto",
+        help="spectrogram-to-audio inverter (default: auto = the model folder's own inverter: "
+        "melgan/model.onnx when onnxruntime is installed, else a trained vocoder/, else griffinlim "
+        "with a warning). onnx: the official neural inverter (needs onnxruntime and the ONNX file; "
+        "best quality). vocoder: our trained vocoder in the model folder's vocoder/ (needs its "
+        "weights). griffinlim: phase reconstruction with no learned weights; always available but "
+        "audibly phasey.",
+    )
+    p.add_argument(
+        "--stream", action="store_true",
+        help="write the audio segment by segment, as soon as each 5.12 s segment is generated, "
+        "printing a line per segment (default: off: the whole song's spectrogram is inverted at "
+        "once). Each segment is inverted on its own, so the audio can differ slightly near segment "
+        "boundaries. The output file still appears only when the song is finished (until then the "
+        "audio grows in a hidden temporary file next to it).",
+    )
+    p.add_argument(
+        "--mel-png", type=Path, metavar="PATH",
+        help="also save a picture of the generated log-mel spectrogram as PNG (needs matplotlib; "
+        "default: no picture)",
+    )
+    p.add_argument(
+        "-q", "--quiet", action="store_true",
+        help="no progress bar, summary or warnings on stderr; errors are still printed (default: off)",
+    )
+    p.set_defaults(func=run_synth)
+    return p
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand defined in another module.
+
+    ``modules``: where ``add`` may live, tried in order (the first that exists and defines it wins;
+    a command none of whose modules exists is left out of the CLI). ``add(subparsers)`` adds the
+    subparser named ``name`` and ``set_defaults(func=...)``; if it sets no ``func``, ``run`` (a
+    function of the same module) runs the command. ``help`` is the line shown by
+    ``specdiff --help``, kept here so that listing the commands imports none of them.
+    """
+
+    name: str
+    modules: tuple[str, ...]
+    add: str
+    help: str
+    run: str | None = None
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("synth", (__name__,), "add_synth_arguments", "render a MIDI file to a WAV file", "run_synth"),
+    Command("prepare", ("specdiff.train_cli",), "add_prepare_arguments",
+            "build a training feature cache from (MIDI, audio) pairs or MIDI files to render", "run_prepare"),
+    Command("train", ("specdiff.train_cli", "specdiff.train"), "add_train_arguments",
+            "train a model (single process, or under torchrun for DDP)", "run_train"),
+    Command("export", ("specdiff.train_cli", "specdiff.train"), "add_export_arguments",
+            "write a training checkpoint as a pipeline folder for --model", "run_export"),
+    Command("evaluate", ("specdiff.evaluate",), "add_evaluate_arguments",
+            "score a model on MIDI files against reference audio", "run_evaluate"),
+    Command("train-vocoder", ("specdiff.vocoder_cli", "specdiff.vocoder_train"), "add_vocoder_arguments",
+            "train the neural vocoder (log-mel -> 16 kHz audio)", "run_train_vocoder"),
+    Command("vocode", ("specdiff.vocoder_cli", "specdiff.vocoder_train"), "add_vocode_arguments",
+            "log-mel (.npy) or audio -> WAV with the neural vocoder", "run_vocode"),
+    Command("serve", ("specdiff.serve",), "add_serve_arguments",
+            "run the HTTP synthesis service and its web page", "run_serve"),
+)  # fmt: skip
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # a parent package is missing
+        return False
+
+
+def available_commands() -> list[Command]:
+    """The commands whose module is installed (without importing any of them)."""
+    return [c for c in COMMANDS if any(_module_exists(m) for m in c.modules)]
+
+
+def _add_real_command(subparsers: argparse._SubParsersAction, command: Command) -> None:
+    """Import the command's module and let it add its parser (heavy imports happen here)."""
+    failure: ImportError | None = None
+    for name in command.modules:
+        if not _module_exists(name):
+            continue
+        try:
+            module = importlib.import_module(name)
+        except ImportError as err:  # e.g. an optional dependency of that command is missing
+            failure = err
+            continue
+        add = getattr(module, command.add, None)
+        if add is None:
+            continue
+        parser = add(subparsers)
+        if parser.get_default("func") is None and command.run is not None and hasattr(module, command.run):
+            parser.set_defaults(func=getattr(module, command.run))
+        return
+    reason = f": {_one_line(failure)}" if failure is not None else ""
+    raise SpecdiffError(f"the {command.name} command is not available in this installation{reason}")
+
+
+def _selected_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line: the first word that is not an option.
+
+    The top-level parser has only --help and --version, which take no value, so this is exact.
+    """
+    for word in argv:
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``specdiff`` parser for this command line.
+
+    Only the command named in ``argv`` gets its real parser (importing its module); the others are
+    placeholders with their one-line help, enough for ``specdiff --help`` and for argparse's "invalid
+    choice" message. ``argv=None`` builds just the placeholders (and synth, which is cheap).
+    """
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Multi-instrument MIDI synthesis with spectrogram diffusion "
+        "(Hawthorne et al., ISMIR 2022).",
+        epilog="Run `specdiff COMMAND --help` for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    selected = _selected_command(argv or [])
+    for command in available_commands():
+        if command.name == "synth":
+            add_synth_arguments(subparsers)
+        elif command.name == selected:
+            _add_real_command(subparsers, command)
+        else:
+            subparsers.add_parser(command.name, help=command.help, add_help=False)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+
+
+def _one_line(message: object) -> str:
+    """Error text on one line, whatever the raiser put in it."""
+    return "; ".join(line.strip() for line in str(message).splitlines() if line.strip()) or "unknown error"
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # Warnings (e.g. a segment with too many notes was truncated) as one plain line, no source dump.
+    print(f"{PROG}: warning: {_one_line(message)}", file=sys.stderr)
+
+
+class _LogHandler(logging.Handler):
+    """specdiff's log messages (e.g. "using Griffin-Lim, a low-quality fallback") as one plain line
+    each on the current stderr, like the warnings."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(f"{PROG}: {record.levelname.lower()}: {_one_line(record.getMessage())}", file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never break the command
+            self.handleError(record)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (also for --help and bad arguments)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(argv)
+    except SpecdiffError as err:  # the named command's module cannot be imported
+        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, or argparse's own usage error (status 2)
+        return exit_.code if isinstance(exit_.code, int) else EXIT_ERROR
+    quiet = bool(getattr(args, "quiet", False))
+    handler = _LogHandler(logging.ERROR if quiet else logging.WARNING)
+    package_logger = logging.getLogger("specdiff")
+    package_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            if quiet:
+                warnings.simplefilter("ignore")
+            return int(args.func(args))
+    except UsageError as err:
+        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except SpecdiffError as err:
+        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        package_logger.removeHandler(handler)
+
+
+# ---------------------------------------------------------------------------------------------
+# synth
+# ---------------------------------------------------------------------------------------------
+
+
+def default_output_path(midi: Path) -> Path:
+    """``song.mid`` -> ``song.wav`` next to it."""
+    return midi.with_suffix(".wav")
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Fail now, not after minutes of synthesis, if ``path`` cannot be (re)placed.
+
+    Atomic writes create a temp file in the same folder and rename it over ``path``, so what must
+    work is exactly that: creating a file in the folder. We try it.
+    """
+    if path.is_dir():
+        raise SpecdiffError(f"{what} {path} is a directory")
+    folder = path.parent
+    if not folder.is_dir():
+        raise SpecdiffError(f"cannot write {what} {path}: folder {folder} does not exist")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".check"):
+            pass
+    except OSError as err:
+        raise SpecdiffError(f"cannot write {what} {path}: {err.strerror or err}") from None
+
+
+def resolve_model_dir(model: Path | None) -> Path:
+    """The ``--model`` folder, else the bundled one; UsageError when there is neither."""
+    if model is not None:
+        if not model.exists():
+            raise SpecdiffError(f"model folder not found: {model}")
+        if not model.is_dir():
+            raise SpecdiffError(f"--model must be a folder (diffusers layout), got a file: {model}")
+        return model
+    from specdiff.default_model import default_model_path
+
+    bundled = default_model_path()
+    if bundled is None:
+        raise UsageError(
+            "no default model is bundled yet; pass --model DIR, a pipeline folder in diffusers layout "
+            "(with model_index.json): a converted google/music-spectrogram-diffusion, or a trained "
+            "checkpoint written by `specdiff export CHECKPOINT DIR`"
+        )
+    return bundled
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> cuda / mps / cpu; an explicit accelerator that is not there is an error."""
+    import torch
+
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SpecdiffError("--device cuda: no CUDA GPU is available to PyTorch here (try --device cpu)")
+    if name == "mps" and not has_mps:
+        raise SpecdiffError("--device mps: Apple MPS is not available here (try --device cpu)")
+    return name
+
+
+def check_steps(scheduler: str, steps: int, scheduler_config: dict) -> None:
+    """diffusers schedulers cannot take more steps than their discrete training timesteps."""
+    limit = int(scheduler_config.get("num_train_timesteps", 1000))
+    if scheduler != "original" and steps > limit:
+        raise SpecdiffError(f"--steps {steps} is more than --scheduler {scheduler} allows for this model "
+                            f"({limit} training timesteps); use at most {limit} or --scheduler original")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _log(args: argparse.Namespace, message: str) -> None:
+    if not args.quiet:
+        print(f"{PROG}: {message}", file=sys.stderr)
+
+
+def check_audio_extension(path: Path) -> None:
+    """The output's extension must name a container soundfile can write (.wav, .flac, .ogg...)."""
+    import soundfile
+
+    extension = path.suffix.lstrip(".").upper() or "WAV"
+    if extension not in soundfile.available_formats():
+        raise SpecdiffError(f"cannot write {path}: unsupported audio file extension .{extension.lower()} "
+                            "(use .wav or .flac)")
+
+
+class StreamingAudioFile:
+    """An audio file written chunk by chunk into a hidden temp file, renamed into place at the end.
+
+    ``write`` appends mono float samples (clipped to [-1, 1] for integer formats, with one warning);
+    ``commit`` closes the file and replaces ``path`` with it; ``abort`` (also on any exception inside
+    a ``with`` block) deletes the temp file, so a failed or interrupted run leaves no partial file.
+    """
+
+    def __init__(self, path: Path, sample_rate: int, subtype: str = "PCM_16"):
+        import soundfile
+
+        self.path = path
+        file_format = path.suffix.lstrip(".").upper() or "WAV"
+        if not soundfile.check_format(file_format, subtype):
+            subtype = soundfile.default_subtype(file_format)  # e.g. VORBIS for .ogg
+        self._clip = subtype.upper().startswith("PCM")
+        self._clipped = False
+        self.num_samples = 0
+        try:
+            fd, self._tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        except OSError as err:
+            raise SpecdiffError(f"cannot write {path}: {err.strerror or err}") from None
+        os.close(fd)
+        try:
+            self._file = soundfile.SoundFile(self._tmp, "w", samplerate=sample_rate, channels=1,
+                                             subtype=subtype, format=file_format)
+        except BaseException:
+            Path(self._tmp).unlink(missing_ok=True)
+            raise
+
+    def write(self, audio: Any) -> None:
+        import numpy as np
+
+        from specdiff.errors import AudioError
+
+        data = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if not np.isfinite(data).all():
+            raise AudioError(f"{self.path}: refusing to write audio that contains NaN or infinite samples")
+        if self._clip and data.size and float(np.abs(data).max()) > 1.0:
+            if not self._clipped:
+                warnings.warn(f"{self.path}: the audio exceeds full scale; clipping to [-1, 1]", stacklevel=2)
+                self._clipped = True
+            data = np.clip(data, -1.0, 1.0)
+        self._file.write(data)
+        self._file.flush()  # the samples are on disk as soon as the segment is done
+        self.num_samples += data.size
+
+    def commit(self) -> Path:
+        self._file.close()
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(self._tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        Path(self._tmp).unlink(missing_ok=True)
+
+    def __enter__(self) -> "StreamingAudioFile":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def _segments_used(pipe: Any, tokenized: Any) -> int:
+    """How many 5.12 s segments the pipeline will generate (those after the release tail are skipped)."""
+    from specdiff.pipeline import frames_to_keep
+
+    segment_frames = int(pipe.decoder.config["targets_length"])
+    keep = frames_to_keep(len(tokenized.segments), segment_frames, tokenized.duration)
+    return math.ceil(keep / segment_frames)
+
+
+def _synthesize_streaming(args: argparse.Namespace, pipe: Any, tokenized: Any, generator: Any, output: Path,
+                          started: float) -> tuple[int, Any]:
+    """``--stream``: write each segment's audio as soon as it is done; returns (samples, log-mel)."""
+    import numpy as np
+
+    total = _segments_used(pipe, tokenized)
+    mels = []
+    with StreamingAudioFile(output, pipe.sample_rate) as sink:
+        for segment in pipe.segments(tokenized, generator=generator, num_inference_steps=args.steps,
+                                     guidance_scale=args.guidance, scheduler=args.scheduler, show_progress=False):
+            sink.write(segment.audio)
+            mels.append(segment.mel)
+            end = sink.num_samples / pipe.sample_rate
+            _log(args, f"segment {segment.index + 1}/{total}: {segment.start_time:.2f}-{end:.2f} s written "
+                       f"({time.perf_counter() - started:.1f} s elapsed)")
+        mel = np.concatenate(mels) if mels else np.zeros((0, 128), np.float32)
+        _save_png(args, mel)  # before the rename: a failed picture leaves no audio file either
+        sink.commit()
+    return sink.num_samples, mel
+
+
+def _save_png(args: argparse.Namespace, mel: Any) -> None:
+    if args.mel_png is not None:
+        from specdiff.plotting import save_spectrogram_png
+
+        save_spectrogram_png(mel, args.mel_png, title=args.midi.name)
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    """``specdiff synth``: MIDI -> WAV (and optionally a spectrogram PNG)."""
+    started = time.perf_counter()
+    midi: Path = args.midi
+    output: Path = args.output if args.output is not None else default_output_path(midi)
+
+    # 1. Everything cheap first (no torch yet): model folder, output paths, optional dependency.
+    model_dir = resolve_model_dir(args.model)
+    if not midi.exists():
+        raise SpecdiffError(f"MIDI file not found: {midi}")
+    for path, what in ((output, "output"), (args.mel_png, "--mel-png")):
+        if path is None:
+            continue
+        if _same_file(path, midi):
+            raise SpecdiffError(f"{what} {path} is the input MIDI file; choose another name with -o")
+        check_writable(path, f"{what} file" if what == "output" else f"{what} picture")
+    check_audio_extension(output)
+    if args.mel_png is not None and output.resolve() == args.mel_png.resolve():
+        raise SpecdiffError(f"the WAV and the --mel-png picture would both be written to {output}")
+    if args.mel_png is not None and importlib.util.find_spec("matplotlib") is None:
+        raise SpecdiffError("--mel-png needs matplotlib: pip install matplotlib (or specdiff[plot])")
+    if args.scheduler != "original" and importlib.util.find_spec("diffusers") is None:
+        raise SpecdiffError(f"--scheduler {args.scheduler} needs diffusers: pip install diffusers "
+                            "(or use --scheduler original)")
+
+    # 2. Read the MIDI before loading a model: a bad file fails in milliseconds.
+    from specdiff.tokenizer import midi_to_segments
+
+    tokenized = midi_to_segments(midi)
+
+    # 3. Model, device, sampler.
+    import torch
+
+    from specdiff.pipeline import SpectrogramDiffusionPipeline
+
+    device = resolve_device(args.device)
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    pipe = SpectrogramDiffusionPipeline.from_pretrained(model_dir, device=device, inverter=args.inverter)
+    check_steps(args.scheduler, args.steps, pipe.scheduler_config)
+    # A CPU generator: the same seed gives the same start noise on every device (sampler.randn).
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    sample_rate = pipe.sample_rate
+
+    # 4. Synthesis (the slow part) and the outputs, atomically: a failure or Ctrl-C leaves no new
+    # file behind and any previous file untouched.
+    if args.stream:
+        num_samples, _ = _synthesize_streaming(args, pipe, tokenized, generator, output, started)
+    else:
+        result = pipe(
+            tokenized,
+            num_inference_steps=args.steps,
+            scheduler=args.scheduler,
+            guidance_scale=args.guidance,
+            generator=generator,
+            show_progress=not args.quiet,
+        )
+        audio = result.audios[0]
+        num_samples = len(audio)
+        from specdiff.audio_io import save_wav
+
+        png_existed = args.mel_png is not None and args.mel_png.exists()
+        _save_png(args, result.mels[0])
+        try:
+            save_wav(output, audio, sample_rate)
+        except BaseException:
+            if args.mel_png is not None and not png_existed:
+                args.mel_png.unlink(missing_ok=True)  # all outputs or none
+            raise
+
+    wall = time.perf_counter() - started
+    seconds = num_samples / sample_rate
+    written = f"{output}" + (f" and {args.mel_png}" if args.mel_png is not None else "")
+    _log(
+        args,
+        f"wrote {written}: {seconds:.2f} s of audio in {wall:.1f} s (real-time factor "
+        f"{wall / max(seconds, 1e-9):.2f}; {_segments_used(pipe, tokenized)} segments, {args.scheduler} "
+        f"x {args.steps} steps, guidance {args.guidance:g}, seed {seed}, {device})",
+    )
+    return 0

@@ -1,0 +1,585 @@
+"""`specdiff synth` end to end, in-process, with a tiny random model folder.
+
+What is checked: the WAV is 16 kHz mono with the expected length, --mel-png writes a PNG, a seed
+fixes the audio, and every kind of bad input ends with exit status != 0, one `specdiff: error:`
+line on stderr, no traceback and no output file (checked *before* the model is loaded where the
+problem is knowable up front).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from specdiff import cli
+from specdiff.errors import SpecdiffError
+
+ROOT = Path(__file__).resolve().parents[1]
+SR = 16000
+TICKS_PER_BEAT = 480  # at the default 120 bpm a beat is 0.5 s
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures
+# ---------------------------------------------------------------------------------------------
+
+
+def write_midi(path: Path, notes: list[tuple[int, float, float]], program: int = 0) -> Path:
+    """A one-track MIDI file; notes are (pitch, start s, end s) at 120 bpm."""
+    mido = pytest.importorskip("mido")
+    events = []
+    for pitch, start, end in notes:
+        events.append((round(start * 2 * TICKS_PER_BEAT), "note_on", pitch, 100))
+        events.append((round(end * 2 * TICKS_PER_BEAT), "note_off", pitch, 0))
+    events.sort(key=lambda e: (e[0], e[1] == "note_on"))  # note-offs before note-ons at a tick
+    track = mido.MidiTrack([mido.Message("program_change", program=program, time=0)])
+    now = 0
+    for tick, kind, pitch, velocity in events:
+        track.append(mido.Message(kind, note=pitch, velocity=velocity, time=tick - now))
+        now = tick
+    track.append(mido.MetaMessage("end_of_track", time=0))
+    mido.MidiFile(ticks_per_beat=TICKS_PER_BEAT, tracks=[track]).save(path)
+    return path
+
+
+#: The test song: C major arpeggio, 1.5 s of music (NoteSequence total_time = last note-off).
+SONG_NOTES = [(60, 0.0, 0.5), (64, 0.5, 1.0), (67, 1.0, 1.5)]
+SONG_SECONDS = 1.5
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny random pipeline folder written by SpectrogramDiffusionPipeline.save_pretrained."""
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from specdiff.model import build_models
+    from specdiff.pipeline import SpectrogramDiffusionPipeline
+
+    notes_encoder, continuous_encoder, decoder = build_models(
+        "tiny", seed=0, d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=64
+    )
+    pipe = SpectrogramDiffusionPipeline(
+        notes_encoder=notes_encoder, continuous_encoder=continuous_encoder, decoder=decoder
+    )
+    folder = tmp_path_factory.mktemp("model") / "tiny-pipeline"
+    pipe.save_pretrained(folder)
+    assert (folder / "model_index.json").is_file()
+    return folder
+
+
+@pytest.fixture
+def song(tmp_path) -> Path:
+    return write_midi(tmp_path / "song.mid", SONG_NOTES)
+
+
+# Few steps and the plain phase-reconstruction inverter keep each run well under a second.
+FAST = ["--steps", "2", "--inverter", "griffinlim", "--device", "cpu", "--seed", "7"]
+
+
+def run(argv: list[str], capsys) -> tuple[int, str]:
+    code = cli.main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def read_wav(path: Path):
+    import soundfile as sf
+
+    audio, rate = sf.read(path, dtype="float32", always_2d=True)
+    return audio, rate
+
+
+def files_in(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser and help
+# ---------------------------------------------------------------------------------------------
+
+
+def test_help_runs_as_module_without_importing_torch():
+    code = "import runpy, sys; sys.argv = ['specdiff', '--help']\n" \
+           "try:\n    runpy.run_module('specdiff', run_name='__main__')\nexcept SystemExit as e:\n" \
+           "    assert e.code == 0, e.code\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "synth" in out.stdout
+    assert out.stdout.strip().endswith("False"), "building the parser must not import torch"
+
+    plain = subprocess.run([sys.executable, "-m", "specdiff", "--help"], capture_output=True, text=True,
+                           cwd=ROOT, timeout=60)
+    assert plain.returncode == 0 and "usage: specdiff" in plain.stdout and plain.stderr == ""
+
+
+HEAVY_MODULES = ("torch", "numpy", "matplotlib", "onnxruntime", "soundfile", "specdiff.pipeline", "specdiff.train",
+                 "specdiff.train_cli", "specdiff.evaluate", "specdiff.vocoder_train", "specdiff.vocoder_cli",
+                 "specdiff.serve")
+
+
+def _modules_loaded_after(code: str) -> list[str]:
+    """Run ``code`` in a fresh interpreter; the heavy modules it left in sys.modules."""
+    probe = f"import sys\n{code}\nprint([m for m in {HEAVY_MODULES!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return eval(out.stdout.strip().splitlines()[-1])
+
+
+def test_listing_commands_imports_none_of_them():
+    assert _modules_loaded_after("import specdiff.cli") == []
+    loaded = _modules_loaded_after(
+        "from specdiff import cli\nimport contextlib, io\nwith contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    assert cli.main(['--help']) == 0\n    assert cli.main(['synth', '--help']) == 0\n"
+        "assert all(c.name in out.getvalue() for c in cli.available_commands())")
+    assert loaded == []
+
+
+def test_every_command_is_listed_and_has_its_own_help(capsys):
+    names = [c.name for c in cli.available_commands()]
+    assert names[0] == "synth" and {"train", "export", "evaluate"} <= set(names)
+    assert cli.main(["--help"]) == 0
+    listing = capsys.readouterr().out
+    for command in cli.available_commands():
+        assert command.name in listing and command.help in " ".join(listing.split())
+        # The real parser, from the command's own module: it must accept --help.
+        assert cli.main([command.name, "--help"]) == 0, command.name
+        assert capsys.readouterr().out.startswith(f"usage: specdiff {command.name}")
+
+
+def _write_module(folder: Path, name: str, text: str) -> None:
+    (folder / f"{name}.py").write_text(text)
+
+
+@pytest.fixture
+def extra_commands(tmp_path, monkeypatch):
+    """Extra commands in throw-away modules: missing, broken, and one without set_defaults."""
+    _write_module(tmp_path, "specdiff_test_broken_cmd", "import specdiff_no_such_dependency\n")
+    _write_module(tmp_path, "specdiff_test_plain_cmd", (
+        "def add_plain(subparsers):\n"
+        "    p = subparsers.add_parser('plain', help='x')\n    p.add_argument('--value', type=int)\n    return p\n"
+        "def run_plain(args):\n    print('ran with', args.value)\n    return 3\n"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "COMMANDS", cli.COMMANDS + (
+        cli.Command("ghost", ("specdiff_test_no_such_module",), "add_ghost", "never there"),
+        cli.Command("broken", ("specdiff_test_broken_cmd",), "add_broken", "cannot import"),
+        cli.Command("plain", ("specdiff_test_no_such_module", "specdiff_test_plain_cmd"), "add_plain", "plain", "run_plain"),
+    ))
+
+
+def test_commands_whose_module_is_missing_are_left_out(extra_commands, capsys):
+    assert cli.main(["--help"]) == 0
+    listing = capsys.readouterr().out
+    assert "ghost" not in listing and "broken" in listing and "plain" in listing
+    code, err = run(["ghost"], capsys)
+    assert code == 2 and "invalid choice: 'ghost'" in err
+
+
+def test_a_command_whose_module_fails_to_import_is_a_one_line_error(extra_commands, capsys):
+    code, err = run(["broken", "--anything"], capsys)
+    assert code == 1
+    assert err.strip().splitlines() == [
+        "specdiff: error: the broken command is not available in this installation: "
+        "No module named 'specdiff_no_such_dependency'"]
+
+
+def test_run_function_from_the_table_when_the_parser_sets_none(extra_commands, capsys):
+    assert cli.main(["plain", "--value", "5"]) == 3  # the second candidate module, run_plain
+    assert capsys.readouterr().out == "ran with 5\n"
+
+
+def test_synth_help_states_every_option_and_default(capsys):
+    assert cli.main(["synth", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for option in ("--output", "--model", "--steps", "--scheduler", "--guidance", "--seed", "--device",
+                   "--mel-png", "--inverter", "--stream", "--quiet"):
+        assert option in text
+    for name in cli.SCHEDULERS + cli.INVERTERS:
+        assert name in text
+    assert f"default: {cli.DEFAULT_NUM_STEPS}" in text
+    assert f"default: {cli.DEFAULT_GUIDANCE}" in text
+    assert f"default: {cli.DEFAULT_SCHEDULER}" in text
+
+
+def test_cli_defaults_mirror_the_sampler():
+    # The CLI keeps copies so that --help does not import torch; they must not drift.
+    sampler = pytest.importorskip("specdiff.sampler")
+    assert cli.DEFAULT_NUM_STEPS == sampler.DEFAULT_NUM_STEPS
+    assert cli.DEFAULT_GUIDANCE == sampler.DEFAULT_GUIDANCE
+    for name in cli.SCHEDULERS:
+        assert name in sampler.SCHEDULERS
+    inverters = pytest.importorskip("specdiff.inverters")
+    assert set(cli.INVERTERS) == set(inverters.available_inverters())
+
+
+@pytest.mark.parametrize("argv", [
+    ["synth"],  # no MIDI
+    ["synth", "a.mid", "--steps", "0"],
+    ["synth", "a.mid", "--guidance", "-1"],
+    ["synth", "a.mid", "--guidance", "nan"],
+    ["synth", "a.mid", "--scheduler", "euler"],
+    ["nosuchcommand"],
+])
+def test_bad_command_lines_exit_2_without_traceback(argv, capsys):
+    code, err = run(argv, capsys)
+    assert code == 2
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(("specdiff: error:", "specdiff synth: error:"))
+
+
+def test_no_bundled_model_is_a_one_line_usage_error(monkeypatch, tmp_path, capsys):
+    from specdiff import default_model
+
+    monkeypatch.setattr(default_model, "DEFAULT_MODEL_DIR", tmp_path / "nothing-here")
+    assert default_model.default_model_path() is None
+    song = write_midi(tmp_path / "song.mid", SONG_NOTES)
+    code, err = run(["synth", song], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("specdiff: error:")
+    assert "no default model" in lines[0] and "--model" in lines[0] and "model_index.json" in lines[0]
+    assert files_in(tmp_path) == {"song.mid"}
+
+
+def test_default_model_path_finds_a_bundled_folder(monkeypatch, tmp_path):
+    from specdiff import default_model
+
+    folder = tmp_path / "default_model"
+    folder.mkdir()
+    monkeypatch.setattr(default_model, "DEFAULT_MODEL_DIR", folder)
+    assert default_model.default_model_path() is None  # an empty folder is not a model
+    (folder / "model_index.json").write_text("{}")
+    assert default_model.default_model_path() == folder
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthesis
+# ---------------------------------------------------------------------------------------------
+
+
+def expected_num_samples() -> int:
+    """Music length + the pipeline's release tail, in whole 320-sample frames."""
+    import math
+
+    from specdiff import pipeline
+
+    tail = getattr(pipeline, "RELEASE_TAIL_SECONDS")
+    frames = math.ceil(round((SONG_SECONDS + tail) * 50, 6))
+    return frames * 320
+
+
+def test_synth_writes_16k_mono_wav_of_the_song_length(model_dir, song, tmp_path, capsys):
+    out = tmp_path / "out.wav"
+    code, err = run(["synth", song, "-o", out, "--model", model_dir, *FAST], capsys)
+    assert code == 0, err
+    audio, rate = read_wav(out)
+    assert rate == SR and audio.shape[1] == 1
+    assert audio.shape[0] == expected_num_samples()
+    assert abs(audio).max() > 0  # random weights still make sound, not an empty buffer
+    # The summary: one line with the audio duration, wall time and real-time factor.
+    summary = [line for line in err.splitlines() if "real-time factor" in line]
+    assert len(summary) == 1 and f"{audio.shape[0] / SR:.2f} s of audio" in summary[0]
+    assert "Traceback" not in err
+    assert files_in(tmp_path) == {"song.mid", "out.wav"}  # no temp files left over
+
+
+def test_output_defaults_to_the_midi_name(model_dir, song, tmp_path, capsys):
+    code, err = run(["synth", song, "--model", model_dir, "--quiet", *FAST], capsys)
+    assert code == 0, err
+    assert err == ""  # --quiet: no progress bar, no summary
+    assert (tmp_path / "song.wav").is_file()
+
+
+def test_mel_png(model_dir, song, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "mel.png"
+    code, err = run(["synth", song, "-o", tmp_path / "a.wav", "--mel-png", png, "--model", model_dir, *FAST], capsys)
+    assert code == 0, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_same_seed_same_audio_other_seed_other_audio(model_dir, song, tmp_path, capsys):
+    import numpy as np
+
+    base = ["synth", song, "--model", model_dir, "--steps", "2", "--inverter", "griffinlim", "--device", "cpu", "-q"]
+    for name, seed in (("a.wav", 3), ("b.wav", 3), ("c.wav", 4)):
+        code, err = run([*base, "--seed", seed, "-o", tmp_path / name], capsys)
+        assert code == 0, err
+    a, b, c = (read_wav(tmp_path / n)[0] for n in ("a.wav", "b.wav", "c.wav"))
+    assert np.array_equal(a, b)
+    assert a.shape == c.shape and not np.array_equal(a, c)
+
+
+def test_fallback_inverter_warning_is_one_plain_line(model_dir, song, tmp_path, capsys):
+    fast_auto = [a if a != "griffinlim" else "auto" for a in FAST]
+    code, err = run(["synth", song, "-o", tmp_path / "a.wav", "--model", model_dir, *fast_auto], capsys)
+    assert code == 0, err
+    warnings_ = [line for line in err.splitlines() if line.startswith("specdiff: warning:")]
+    assert any("Griffin-Lim" in line and "low-quality fallback" in line for line in warnings_), err
+    code, err = run(["synth", song, "-o", tmp_path / "b.wav", "--model", model_dir, *fast_auto, "-q"], capsys)
+    assert code == 0 and err == ""  # --quiet silences warnings too
+
+
+@pytest.mark.parametrize("inverter", ["onnx", "vocoder"])
+def test_named_inverter_missing_from_the_model_folder(inverter, model_dir, song, tmp_path, capsys):
+    argv = [a if a != "griffinlim" else inverter for a in FAST]
+    code, err = run(["synth", song, "-o", tmp_path / "o.wav", "--model", model_dir, *argv], capsys)
+    assert_clean_failure(code, err, tmp_path, {"song.mid"})
+    assert f"{inverter} inverter" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# --stream
+# ---------------------------------------------------------------------------------------------
+
+#: Two segments: 6 s of music + the release tail = 325 frames > 256.
+LONG_NOTES = [(48 + 2 * i, 0.5 * i, 0.5 * i + 0.5) for i in range(12)]
+LONG_SECONDS = 6.0
+
+
+def test_stream_writes_the_same_length_with_a_line_per_segment(model_dir, tmp_path, capsys):
+    import math
+
+    from specdiff.pipeline import RELEASE_TAIL_SECONDS
+
+    long_song = write_midi(tmp_path / "long.mid", LONG_NOTES)
+    code, err = run(["synth", long_song, "-o", tmp_path / "s.wav", "--model", model_dir, "--stream",
+                     "--mel-png", tmp_path / "s.png", *FAST], capsys)
+    assert code == 0, err
+    audio, rate = read_wav(tmp_path / "s.wav")
+    assert rate == SR and audio.shape[0] == math.ceil((LONG_SECONDS + RELEASE_TAIL_SECONDS) * 50) * 320
+    lines = [line for line in err.splitlines() if line.startswith("specdiff: segment")]
+    assert len(lines) == 2, err
+    assert lines[0].startswith("specdiff: segment 1/2: 0.00-5.12 s written")
+    assert lines[1].startswith("specdiff: segment 2/2: 5.12-6.50 s written")
+    assert "2 segments" in err.splitlines()[-1]
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    assert files_in(tmp_path) == {"long.mid", "s.wav", "s.png"}
+
+
+def test_stream_of_one_segment_equals_the_whole_song_output(model_dir, song, tmp_path, capsys):
+    import numpy as np
+
+    # One segment is inverted whole either way, so the audio must be identical.
+    for name, extra in (("whole.wav", []), ("stream.wav", ["--stream"])):
+        code, err = run(["synth", song, "-o", tmp_path / name, "--model", model_dir, *FAST, *extra], capsys)
+        assert code == 0, err
+    whole, stream = read_wav(tmp_path / "whole.wav")[0], read_wav(tmp_path / "stream.wav")[0]
+    assert whole.shape == stream.shape and np.array_equal(whole, stream)
+
+
+def _spy_on_segments(monkeypatch, after_first):
+    """Wrap pipeline.segments: call ``after_first()`` when the CLI asks for the second segment."""
+    from specdiff.pipeline import SpectrogramDiffusionPipeline
+
+    original = SpectrogramDiffusionPipeline.segments
+
+    def segments(self, *args, **kwargs):
+        for i, segment in enumerate(original(self, *args, **kwargs)):
+            if i == 1:
+                after_first()
+            yield segment
+
+    monkeypatch.setattr(SpectrogramDiffusionPipeline, "segments", segments)
+
+
+def test_stream_writes_each_segment_before_the_next_is_generated(model_dir, tmp_path, capsys, monkeypatch):
+    import soundfile
+
+    long_song = write_midi(tmp_path / "long.mid", LONG_NOTES)
+    seen = {}
+
+    def look():
+        hidden = [p for p in tmp_path.iterdir() if p.name.startswith(".out.wav.")]
+        seen["hidden"] = len(hidden)
+        seen["final_exists"] = (tmp_path / "out.wav").exists()
+        seen["bytes"] = hidden[0].stat().st_size if hidden else 0
+
+    _spy_on_segments(monkeypatch, look)
+    code, err = run(["synth", long_song, "-o", tmp_path / "out.wav", "--model", model_dir, "--stream", *FAST], capsys)
+    assert code == 0, err
+    assert seen["hidden"] == 1 and not seen["final_exists"]
+    assert seen["bytes"] >= 256 * 320 * 2  # the first 5.12 s segment as 16-bit PCM is already on disk
+    assert soundfile.info(tmp_path / "out.wav").frames == 325 * 320
+
+
+def test_stream_interrupted_leaves_nothing(model_dir, tmp_path, capsys, monkeypatch):
+    long_song = write_midi(tmp_path / "long.mid", LONG_NOTES)
+    (tmp_path / "out.wav").write_bytes(b"previous")
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    _spy_on_segments(monkeypatch, interrupt)
+    code, err = run(["synth", long_song, "-o", tmp_path / "out.wav", "--model", model_dir, "--stream", *FAST], capsys)
+    assert code == 130 and err.strip().splitlines()[-1] == "specdiff: interrupted"
+    assert files_in(tmp_path) == {"long.mid", "out.wav"}
+    assert (tmp_path / "out.wav").read_bytes() == b"previous"  # the old file is untouched
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line, no traceback, no output
+# ---------------------------------------------------------------------------------------------
+
+
+def _valid_midi_bytes(tmp_path: Path) -> bytes:
+    return write_midi(tmp_path / "valid.mid", SONG_NOTES).read_bytes()
+
+
+BAD_MIDI = {
+    "not_midi": lambda tmp: (tmp / "notes.mid").write_text("these are not the notes you are looking for\n"),
+    "truncated": lambda tmp: (tmp / "notes.mid").write_bytes(_valid_midi_bytes(tmp)[:30]),
+    "no_notes": lambda tmp: write_midi(tmp / "notes.mid", []),
+    "empty_file": lambda tmp: (tmp / "notes.mid").write_bytes(b""),
+    "directory": lambda tmp: (tmp / "notes.mid").mkdir(),
+}
+
+
+def assert_clean_failure(code: int, err: str, folder: Path, allowed: set[str]) -> None:
+    assert code != 0
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("specdiff: error: ")
+    assert files_in(folder) <= allowed, "no output (or temp) file may be left behind"
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Fail the test if the model gets loaded: the error must be found before that."""
+    from specdiff.pipeline import SpectrogramDiffusionPipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded although the input was already known to be bad")
+
+    monkeypatch.setattr(SpectrogramDiffusionPipeline, "from_pretrained", classmethod(refuse))
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MIDI))
+def test_bad_midi(case, model_dir, tmp_path, capsys, no_model_loading):
+    work = tmp_path / "work"
+    work.mkdir()
+    BAD_MIDI[case](work)
+    before = files_in(work)
+    code, err = run(["synth", work / "notes.mid", "--model", model_dir, *FAST], capsys)
+    assert_clean_failure(code, err, work, before)
+    assert not (work / "notes.wav").exists()
+
+
+def test_missing_midi(model_dir, tmp_path, capsys, no_model_loading):
+    code, err = run(["synth", tmp_path / "missing.mid", "--model", model_dir, *FAST], capsys)
+    assert_clean_failure(code, err, tmp_path, set())
+    assert "missing.mid" in err
+
+
+def test_missing_model_folder(song, tmp_path, capsys):
+    code, err = run(["synth", song, "-o", tmp_path / "o.wav", "--model", tmp_path / "nope", *FAST], capsys)
+    assert_clean_failure(code, err, tmp_path, {"song.mid"})
+    assert "nope" in err
+
+
+BROKEN_MODELS = {
+    "empty_folder": lambda d: None,
+    "bad_index_json": lambda d: (d / "model_index.json").write_text("{not json"),
+    "index_without_weights": lambda d: (d / "model_index.json").write_text(
+        '{"_class_name": "SpectrogramDiffusionPipeline", "notes_encoder": ["spectrogram_diffusion", '
+        '"SpectrogramNotesEncoder"]}'),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_MODELS))
+def test_broken_model_folder(case, song, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    BROKEN_MODELS[case](broken)
+    code, err = run(["synth", song, "-o", tmp_path / "o.wav", "--model", broken, *FAST], capsys)
+    assert_clean_failure(code, err, tmp_path, {"song.mid", "broken"})
+
+
+def test_model_folder_with_corrupt_weights(model_dir, song, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    weights = sorted((broken / "decoder").glob("*.safetensors")) + sorted((broken / "decoder").glob("*.bin"))
+    assert weights, "the fixture's decoder folder should hold a weights file"
+    weights[0].write_bytes(weights[0].read_bytes()[:100])
+    code, err = run(["synth", song, "-o", tmp_path / "o.wav", "--model", broken, *FAST], capsys)
+    assert_clean_failure(code, err, tmp_path, {"song.mid", "broken"})
+
+
+UNWRITABLE = {
+    "missing_folder": lambda tmp: tmp / "no" / "such" / "folder" / "out.wav",
+    "parent_is_a_file": lambda tmp: tmp / "song.mid" / "out.wav",
+    "output_is_a_folder": lambda tmp: tmp,
+    "output_is_the_input": lambda tmp: tmp / "song.mid",
+}
+
+
+def test_unsupported_output_extension_fails_before_loading_the_model(model_dir, song, tmp_path, capsys, no_model_loading):
+    code, err = run(["synth", song, "-o", tmp_path / "song.m4a", "--model", model_dir, *FAST], capsys)
+    assert_clean_failure(code, err, tmp_path, {"song.mid"})
+    assert ".m4a" in err
+
+
+@pytest.mark.parametrize("case", sorted(UNWRITABLE))
+def test_unwritable_output_fails_before_loading_the_model(case, model_dir, song, tmp_path, capsys, no_model_loading):
+    out = UNWRITABLE[case](tmp_path)
+    original = song.read_bytes()
+    code, err = run(["synth", song, "-o", out, "--model", model_dir, *FAST], capsys)
+    assert_clean_failure(code, err, tmp_path, {"song.mid"})
+    assert song.read_bytes() == original
+
+
+@pytest.mark.parametrize("case", ["missing_folder", "parent_is_a_file", "output_is_a_folder"])
+def test_unwritable_mel_png_fails_before_loading_the_model(case, model_dir, song, tmp_path, capsys, no_model_loading):
+    png = UNWRITABLE[case](tmp_path)
+    code, err = run(["synth", song, "-o", tmp_path / "o.wav", "--mel-png", png, "--model", model_dir, *FAST], capsys)
+    assert_clean_failure(code, err, tmp_path, {"song.mid"})
+
+
+def test_check_writable_leaves_nothing_behind(tmp_path):
+    cli.check_writable(tmp_path / "x.wav", "output")
+    assert files_in(tmp_path) == set()
+    with pytest.raises(SpecdiffError, match="does not exist"):
+        cli.check_writable(tmp_path / "sub" / "x.wav", "output")
+
+
+# ---------------------------------------------------------------------------------------------
+# Interrupts and bugs
+# ---------------------------------------------------------------------------------------------
+
+
+def _fail_during_synthesis(monkeypatch, exc: BaseException) -> None:
+    from specdiff.pipeline import SpectrogramDiffusionPipeline
+
+    def boom(self, *args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(SpectrogramDiffusionPipeline, "__call__", boom)
+
+
+def test_ctrl_c_exits_130_and_writes_nothing(model_dir, song, tmp_path, capsys, monkeypatch):
+    _fail_during_synthesis(monkeypatch, KeyboardInterrupt())
+    code, err = run(["synth", song, "-o", tmp_path / "o.wav", "--model", model_dir, *FAST], capsys)
+    assert code == 130
+    assert "Traceback" not in err and err.strip().splitlines() == ["specdiff: interrupted"]
+    assert files_in(tmp_path) == {"song.mid"}
+
+
+def test_unexpected_errors_keep_their_traceback(model_dir, song, tmp_path, monkeypatch):
+    # A non-SpecdiffError is a bug: main must not turn it into a tidy one-liner.
+    _fail_during_synthesis(monkeypatch, RuntimeError("a bug"))
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["synth", str(song), "-o", str(tmp_path / "o.wav"), "--model", str(model_dir), *FAST])
+    assert files_in(tmp_path) == {"song.mid"}
+
+
+def test_specdiff_errors_become_one_line(monkeypatch, song, tmp_path, capsys, model_dir):
+    from specdiff.errors import ModelError
+
+    _fail_during_synthesis(monkeypatch, ModelError("first line\nsecond line"))
+    code, err = run(["synth", song, "-o", tmp_path / "o.wav", "--model", model_dir, *FAST], capsys)
+    assert code == 1
+    assert err.strip().splitlines() == ["specdiff: error: first line; second line"]
