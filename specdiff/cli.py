@@ -165,6 +165,11 @@ def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "is many times faster; results can differ slightly between devices.",
     )
     p.add_argument(
+        "--threads", type=int, default=None, metavar="N",
+        help="CPU threads for PyTorch (default: PyTorch's own choice, one per core). On a busy "
+        "machine fewer threads can be faster.",
+    )
+    p.add_argument(
         "--inverter", choices=INVERTERS, default="auto",
         help="spectrogram-to-audio inverter (default: auto = the model folder's own inverter: "
         "melgan/model.onnx when onnxruntime is installed, else a trained vocoder/, else griffinlim "
@@ -597,6 +602,10 @@ def run_synth(args: argparse.Namespace) -> int:
 
     from specdiff.pipeline import SpectrogramDiffusionPipeline
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SpecdiffError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     pipe = SpectrogramDiffusionPipeline.from_pretrained(model_dir, device=device, inverter=args.inverter)
