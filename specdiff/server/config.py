@@ -1,0 +1,58 @@
+"""Limits and defaults of the web service (imports nothing heavy: the CLI builds one for --help)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Mirrors of specdiff.sampler's defaults (kept here so building the CLI parser imports no torch).
+DEFAULT_NUM_STEPS = 100
+DEFAULT_GUIDANCE = 2.0
+DEFAULT_SCHEDULER = "original"
+
+
+@dataclass
+class ServeConfig:
+    """What the service accepts and how long it keeps things.
+
+    The defaults suit one person on a laptop: a MIDI file is rarely over a few hundred kB, and on a
+    CPU the base model needs minutes per minute of music, so long songs and deep queues only pile
+    up waiting time.
+    """
+
+    #: Largest accepted upload (the MIDI file; the form around it may add a few kB).
+    max_upload_bytes: int = 2 * 1024 * 1024
+    #: Longest accepted music, in seconds (the MIDI's NoteSequence total_time).
+    max_midi_seconds: float = 120.0
+    #: Jobs that may wait behind the running one; one more is refused with 429.
+    max_queued: int = 8
+    #: Upper bound on ``steps`` per request (cost grows linearly with it).
+    max_steps: int = 1000
+    #: Upper bound on ``guidance`` (the paper uses 1-5; far larger values only distort).
+    max_guidance: float = 20.0
+    #: Seconds a finished job's results are kept when nobody fetches its audio.
+    result_ttl: float = 3600.0
+    #: Seconds a job's results are kept after its audio was first fetched (a browser's <audio>
+    #: element fetches in several range requests, so "delete on first fetch" would break playback).
+    fetched_ttl: float = 300.0
+    #: Defaults offered by the page and used when a request leaves a setting out.
+    default_steps: int = DEFAULT_NUM_STEPS
+    default_guidance: float = DEFAULT_GUIDANCE
+    default_scheduler: str = DEFAULT_SCHEDULER
+    #: Bundled example MIDI files offered by name (default: the demo corpus' test split).
+    examples: list[Path] = field(default_factory=list)
+    #: Folder for results; None: a fresh temporary folder, removed on shutdown.
+    workdir: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_upload_bytes", "max_queued", "max_steps", "default_steps"):
+            if int(getattr(self, name)) < (0 if name == "max_queued" else 1):
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("max_midi_seconds", "result_ttl", "fetched_ttl", "max_guidance"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 1 <= self.default_steps <= self.max_steps:
+            raise ValueError(f"default_steps {self.default_steps} is not in [1, max_steps={self.max_steps}]")
+        if not 0 <= self.default_guidance <= self.max_guidance:
+            raise ValueError(f"default_guidance {self.default_guidance} is not in [0, {self.max_guidance}]")
+        self.examples = [Path(p) for p in self.examples]

@@ -1,0 +1,314 @@
+"""A bounded job queue with one worker thread: one model in memory, one synthesis at a time.
+
+Requests never wait on the model: ``submit`` puts a job in the queue (or refuses it with
+:class:`QueueFull` when ``max_queued`` jobs already wait) and returns at once; the worker thread
+runs the jobs in arrival order through a ``runner(job, queue)`` function (``specdiff.server.synth``
+in the service, a stub in tests). Every accepted job ends in exactly one terminal state: ``done``,
+``failed`` with a one-line reason, or ``cancelled``. Finished jobs are kept until they expire:
+``result_ttl`` seconds after they end, or ``fetched_ttl`` seconds after their audio was first
+fetched, whichever is sooner; then their files are deleted and their id is unknown (404).
+
+This module knows nothing about HTTP; ``specdiff.server.app`` maps its exceptions to status codes.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import secrets
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable
+
+from specdiff.errors import SpecdiffError
+
+logger = logging.getLogger("specdiff.serve")
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+class QueueFull(SpecdiffError):
+    """Too many jobs are waiting; the client should retry later (HTTP 429)."""
+
+
+class JobNotFound(SpecdiffError):
+    """No such job: never existed, deleted, or its results expired (HTTP 404)."""
+
+
+class JobCancelled(Exception):
+    """Raised inside a runner (from its progress hook) to abandon a cancelled job."""
+
+
+@dataclass
+class JobSettings:
+    """What a client chose for one synthesis."""
+
+    steps: int
+    guidance: float
+    seed: int
+    scheduler: str
+
+
+@dataclass
+class Job:
+    """One synthesis request and everything known about it. Mutated only under the queue's lock."""
+
+    id: str
+    settings: JobSettings
+    midi: Any  # specdiff.tokenizer.TokenizedMidi (already validated at submission)
+    midi_name: str
+    notes: list[dict]  # for the piano roll: pitch, start, end, velocity, program, is_drum
+    folder: Path
+    state: JobState = JobState.QUEUED
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    expires_at: float | None = None
+    audio_fetched_at: float | None = None
+    step: int = 0  # denoising steps done, over all segments
+    total_steps: int = 0
+    segments_done: int = 0
+    total_segments: int = 0
+    error: str | None = None
+    audio_path: Path | None = None
+    spectrogram_path: Path | None = None
+    audio_seconds: float | None = None
+    sample_rate: int | None = None
+    version: int = 0  # bumped on every change, so progress streams know when to send
+    cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def duration(self) -> float:
+        return float(self.midi.duration)
+
+    def check_cancelled(self) -> None:
+        """For runners: raise :class:`JobCancelled` once cancellation was asked for."""
+        if self.cancel_requested.is_set():
+            raise JobCancelled()
+
+
+Runner = Callable[[Job, "JobQueue"], None]
+
+
+def new_job_id() -> str:
+    """An unguessable id: it is the only key to a job's results."""
+    return secrets.token_urlsafe(12)
+
+
+class JobQueue:
+    """Jobs by id, a FIFO of waiting ones, and the worker thread that runs them one at a time."""
+
+    def __init__(self, runner: Runner, workdir: Path, max_queued: int = 8, result_ttl: float = 3600.0,
+                 fetched_ttl: float = 300.0, clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+        self.runner = runner
+        self.workdir = Path(workdir)
+        self.max_queued = int(max_queued)
+        self.result_ttl = float(result_ttl)
+        self.fetched_ttl = float(fetched_ttl)
+        self.clock = clock
+        self._jobs: dict[str, Job] = {}
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._running: Job | None = None
+        self._lock = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.counts = collections.Counter()  # submitted / refused / done / failed / cancelled / expired
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._stopping = False
+            self._thread = threading.Thread(target=self._work, name="specdiff-worker", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Cancel the running job and every waiting one, and wait for the worker to finish."""
+        with self._lock:
+            self._stopping = True
+            if self._running is not None:
+                self._running.cancel_requested.set()
+            while self._waiting:
+                self._finish(self._waiting.popleft(), JobState.CANCELLED, "the server is shutting down")
+            self._lock.notify_all()
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+
+    # -- client side -----------------------------------------------------------------------------
+
+    def new_folder(self, job_id: str) -> Path:
+        folder = self.workdir / job_id
+        folder.mkdir(parents=True, exist_ok=False)
+        return folder
+
+    def submit(self, job: Job) -> Job:
+        """Queue a job, or raise :class:`QueueFull` (its folder is then removed)."""
+        with self._lock:
+            self._purge_locked()
+            if self._stopping:
+                shutil.rmtree(job.folder, ignore_errors=True)
+                raise QueueFull("the server is shutting down")
+            if len(self._waiting) >= self.max_queued:
+                self.counts["refused"] += 1
+                shutil.rmtree(job.folder, ignore_errors=True)
+                raise QueueFull(f"the queue is full ({self.max_queued} jobs waiting); try again later")
+            self._jobs[job.id] = job
+            self._waiting.append(job)
+            self.counts["submitted"] += 1
+            self._bump(job)
+            self._lock.notify_all()
+        return job
+
+    def get(self, job_id: str) -> Job:
+        with self._lock:
+            self._purge_locked()
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise JobNotFound(f"no job {job_id!r} (unknown, deleted, or its results expired)")
+            return job
+
+    def snapshot(self, job_id: str, view: Callable[[Job, int | None], Any] | None = None) -> Any:
+        """``view(job, position)`` computed under the lock, so it sees one consistent state
+        (position: jobs ahead in the queue, 0 = next; None when not waiting). Default view:
+        the tuple ``(job, position)``."""
+        with self._lock:
+            job = self.get(job_id)
+            position = self._waiting.index(job) if job.state is JobState.QUEUED else None
+            return (job, position) if view is None else view(job, position)
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a waiting job at once, or ask the running one to stop at its next step.
+
+        Cancelling a job that already ended changes nothing (the caller can look at its state).
+        """
+        with self._lock:
+            job = self.get(job_id)
+            if job.state is JobState.QUEUED:
+                self._waiting.remove(job)
+                self._finish(job, JobState.CANCELLED, "cancelled by the client")
+            elif job.state is JobState.RUNNING:
+                job.cancel_requested.set()
+                self._bump(job)
+            return job
+
+    def delete(self, job_id: str) -> None:
+        """Cancel the job if it has not ended, forget it and delete its files."""
+        with self._lock:
+            job = self.cancel(job_id)
+            del self._jobs[job.id]
+            if job.state is not JobState.RUNNING:  # a running job's folder goes when it stops
+                shutil.rmtree(job.folder, ignore_errors=True)
+            self._bump(job)
+
+    def mark_audio_fetched(self, job: Job) -> None:
+        """The audio was handed out: keep the results only ``fetched_ttl`` longer."""
+        with self._lock:
+            now = self.clock()
+            if job.audio_fetched_at is None:
+                job.audio_fetched_at = now
+                job.expires_at = min(job.expires_at or float("inf"), now + self.fetched_ttl)
+                self._bump(job)
+
+    def update(self, job: Job, **changes: Any) -> None:
+        """For runners: record progress (``step``, ``segments_done``, ...)."""
+        with self._lock:
+            for key, value in changes.items():
+                setattr(job, key, value)
+            self._bump(job)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            self._purge_locked()
+            return {
+                "queued": len(self._waiting),
+                "running": int(self._running is not None),
+                "max_queued": self.max_queued,
+                "kept": sum(1 for j in self._jobs.values() if j.state.terminal),
+                **{k: self.counts[k] for k in ("submitted", "refused", "done", "failed", "cancelled", "expired")},
+            }
+
+    def purge(self) -> None:
+        with self._lock:
+            self._purge_locked()
+
+    # -- worker ----------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._waiting and not self._stopping:
+                    # Wake now and then to delete expired results even when nobody asks.
+                    self._lock.wait(timeout=min(5.0, self.fetched_ttl, self.result_ttl))
+                    self._purge_locked()
+                if self._stopping:
+                    return
+                job = self._waiting.popleft()
+                self._running = job
+                job.state = JobState.RUNNING
+                job.started_at = self.clock()
+                self._bump(job)
+            state, error = JobState.DONE, None
+            try:
+                job.check_cancelled()
+                self.runner(job, self)
+            except JobCancelled:
+                state, error = JobState.CANCELLED, "cancelled by the client"
+                if self._stopping:
+                    error = "the server is shutting down"
+            except SpecdiffError as err:
+                state, error = JobState.FAILED, _one_line(err)
+            except Exception as err:  # a bug or resource problem: keep the server alive, say what
+                logger.exception("job %s failed", job.id)
+                state, error = JobState.FAILED, f"internal error: {type(err).__name__}: {_one_line(err)}"
+            with self._lock:
+                self._running = None
+                if job.id not in self._jobs:  # deleted while running
+                    shutil.rmtree(job.folder, ignore_errors=True)
+                self._finish(job, state, error)
+
+    # -- helpers (lock held) ---------------------------------------------------------------------
+
+    def _finish(self, job: Job, state: JobState, error: str | None) -> None:
+        job.state, job.error = state, error
+        job.finished_at = self.clock()
+        job.expires_at = job.finished_at + self.result_ttl
+        if state is not JobState.DONE:  # nothing of a failed or cancelled job is worth keeping
+            shutil.rmtree(job.folder, ignore_errors=True)
+            job.audio_path = job.spectrogram_path = None
+        self.counts[state.value] += 1
+        self._bump(job)
+
+    def _bump(self, job: Job) -> None:
+        job.version += 1
+        self._lock.notify_all()
+
+    def _purge_locked(self) -> None:
+        now = self.clock()
+        for job in [j for j in self._jobs.values() if j.state.terminal and j.expires_at is not None]:
+            if now >= job.expires_at:
+                del self._jobs[job.id]
+                shutil.rmtree(job.folder, ignore_errors=True)
+                self.counts["expired"] += 1
+
+
+def _one_line(err: BaseException) -> str:
+    text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return text or type(err).__name__

@@ -1,0 +1,153 @@
+"""The service's synthesis side: read an uploaded MIDI, run one job on the loaded pipeline.
+
+Progress and cancellation come from a forward pre-hook on the pipeline's decoder: every
+denoising step is exactly one decoder call (classifier-free guidance batches its two passes into
+one call, ``specdiff.sampler.GuidedDenoiser``), so counting calls counts steps, and raising
+:class:`~specdiff.server.jobs.JobCancelled` from the hook stops a cancelled job within one step
+without any cooperation from the pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from specdiff.errors import MidiError
+from specdiff.server.jobs import Job, JobQueue
+
+logger = logging.getLogger("specdiff.serve")
+
+AUDIO_NAME = "audio.wav"
+SPECTROGRAM_NAME = "spectrogram.png"
+
+
+def read_midi(data: bytes, name: str, max_seconds: float, max_bytes: int) -> tuple[Any, list[dict]]:
+    """Tokenize MIDI bytes: ``(TokenizedMidi, notes for the piano roll)``; MidiError if unusable.
+
+    The notes are read once and tokenized from there (``notes_to_segments`` on ``midi_to_notes``'
+    output is what ``midi_to_segments`` does), so the piano roll shows exactly what the model gets:
+    sustain applied, programs mapped to Slakh classes.
+    """
+    from specdiff.tokenizer import TokenizedMidi, midi_to_notes, notes_to_segments
+
+    try:
+        notes, total_time = midi_to_notes(data, max_bytes=max_bytes, max_seconds=max_seconds)
+    except MidiError as err:
+        # The tokenizer names bytes input "MIDI data"; the client knows its file by name.
+        raise MidiError(str(err).replace("MIDI data", name, 1)) from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        segments = notes_to_segments(notes, total_time)
+    for warning in caught:  # e.g. a segment too dense for 2048 tokens was truncated
+        logger.warning("%s: %s", name, warning.message)
+    roll = [
+        {"pitch": n.pitch, "start": round(n.start, 4), "end": round(n.end, 4), "velocity": n.velocity,
+         "program": n.program, "is_drum": n.is_drum}
+        for n in notes
+    ]  # fmt: skip
+    return TokenizedMidi(segments, total_time), roll
+
+
+def save_spectrogram(mel: Any, path: Path, title: str | None = None) -> Path:
+    """The spectrogram PNG: ``specdiff.plotting`` (matplotlib) when it works, else our plain one."""
+    try:
+        from specdiff.plotting import save_spectrogram_png
+
+        return save_spectrogram_png(mel, path, title=title)
+    except ImportError:  # matplotlib missing (plotting's PlottingUnavailable is an ImportError)
+        pass
+    from specdiff.server.png import write_spectrogram_png
+
+    return write_spectrogram_png(mel, path)
+
+
+class Synthesizer:
+    """Runs jobs on one pipeline (the job queue's ``runner``); only one job at a time."""
+
+    def __init__(self, pipe: Any, draw_spectrogram: Callable[[Any, Path, str | None], Any] | None = None) -> None:
+        """``draw_spectrogram(mel, path, title)`` writes the PNG (default :func:`save_spectrogram`)."""
+        self.pipe = pipe
+        self.draw_spectrogram = draw_spectrogram or save_spectrogram
+        self._current: tuple[Job, JobQueue] | None = None
+        self._hooks = [
+            pipe.decoder.register_forward_pre_hook(self._before_step),
+            pipe.decoder.register_forward_hook(self._after_step),
+        ]
+
+    # -- facts about the model, for validation and /api/info ----------------------------------------
+
+    @property
+    def segment_frames(self) -> int:
+        config = self.pipe.decoder.config
+        return int(config["targets_length"] if isinstance(config, dict) else config.targets_length)
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.pipe.sample_rate)
+
+    def max_steps_for(self, scheduler: str) -> int | None:
+        """diffusers' schedulers cannot take more steps than their training timesteps."""
+        if scheduler == "original":
+            return None
+        return int(self.pipe.scheduler_config.get("num_train_timesteps", 1000))
+
+    def segments_for(self, midi: Any) -> int:
+        """How many segments the pipeline will generate (it stops after the release tail)."""
+        from specdiff.pipeline import frames_to_keep
+
+        keep = frames_to_keep(len(midi.segments), self.segment_frames, float(midi.duration))
+        return math.ceil(keep / self.segment_frames)
+
+    # -- the runner -------------------------------------------------------------------------------
+
+    def __call__(self, job: Job, queue: JobQueue) -> None:
+        import torch
+
+        from specdiff.audio_io import save_wav
+
+        settings = job.settings
+        segments = self.segments_for(job.midi)
+        queue.update(job, total_segments=segments, total_steps=segments * settings.steps)
+        # A CPU generator: the same seed gives the same audio on every device (as `specdiff synth`).
+        generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+        self._current = (job, queue)
+        try:
+            result = self.pipe(
+                job.midi,
+                generator=generator,
+                num_inference_steps=settings.steps,
+                guidance_scale=settings.guidance,
+                scheduler=settings.scheduler,
+                callback=lambda i, _mel: queue.update(job, segments_done=i + 1),
+                show_progress=False,
+            )
+        finally:
+            self._current = None
+        job.check_cancelled()  # cancelled while the inverter ran: do not write anything
+        audio_path = save_wav(job.folder / AUDIO_NAME, result.audios[0], self.sample_rate)
+        spectrogram_path = self.draw_spectrogram(result.mels[0], job.folder / SPECTROGRAM_NAME, job.midi_name)
+        queue.update(
+            job,
+            audio_path=audio_path,
+            spectrogram_path=spectrogram_path,
+            audio_seconds=result.audios.shape[-1] / self.sample_rate,
+            sample_rate=self.sample_rate,
+        )
+
+    def _before_step(self, module: Any, args: Any) -> None:
+        if self._current is not None:
+            self._current[0].check_cancelled()
+
+    def _after_step(self, module: Any, args: Any, output: Any) -> None:
+        if self._current is not None:
+            job, queue = self._current
+            queue.update(job, step=min(job.step + 1, job.total_steps))
+
+    def close(self) -> None:
+        """Remove the decoder hooks (the pipeline is then as it was)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []

@@ -1,0 +1,705 @@
+"""`specdiff serve` over real HTTP on loopback, with a tiny random model.
+
+What is checked: a job's WAV equals a direct pipeline call with the same settings and seed; progress
+is reported step by step (polling and server-sent events); bad, oversized and too-long uploads and
+bad settings get clear 4xx answers without reaching the queue; concurrent submissions are each
+either refused with 429 or finished (none lost); cancellation of waiting and running jobs; results
+expire; the OpenAPI schema and the page are served; the CLI side builds an app from a model folder.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib.util
+import io
+import json
+import math
+import struct
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="the `serve` extra is not installed (pip install 'specdiff[serve]')")
+pytest.importorskip("uvicorn", reason="the `serve` extra is not installed (pip install 'specdiff[serve]')")
+pytest.importorskip("multipart", reason="the `serve` extra is not installed (pip install 'specdiff[serve]')")
+httpx = pytest.importorskip("httpx", reason="the tests talk HTTP with httpx (pip install httpx)")
+torch = pytest.importorskip("torch")
+
+from specdiff.errors import SpecdiffError  # noqa: E402
+from specdiff.model import build_models  # noqa: E402
+from specdiff.pipeline import SpectrogramDiffusionPipeline  # noqa: E402
+from specdiff.server import png  # noqa: E402
+from specdiff.server.app import create_app, running_server  # noqa: E402
+from specdiff.server.config import ServeConfig  # noqa: E402
+from specdiff.server.jobs import Job, JobQueue, JobSettings, JobState  # noqa: E402
+from specdiff.server.synth import Synthesizer, read_midi  # noqa: E402
+from specdiff.tokenizer import midi_to_notes, midi_to_segments  # noqa: E402
+
+torch.set_num_threads(1)
+
+TINY = dict(d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=48)
+STEPS = 2
+SR = 16000
+DATA = Path(__file__).parent / "data" / "tokenizer"
+TIMEOUT = 60.0
+
+
+# ---------------------------------------------------------------------------------------------
+# MIDI files made here (no third-party writer: the bytes are the Standard MIDI File spec's)
+# ---------------------------------------------------------------------------------------------
+
+
+def _varlen(value: int) -> bytes:
+    out = [value & 0x7F]
+    while value > 0x7F:
+        value >>= 7
+        out.append(0x80 | (value & 0x7F))
+    return bytes(reversed(out))
+
+
+def midi_bytes(notes: list[tuple[int, float, float]], program: int = 0, tpq: int = 480) -> bytes:
+    """Format-0 SMF at the default 120 bpm (a beat is 0.5 s); notes are (pitch, start s, end s)."""
+    events = []
+    for pitch, start, end in notes:
+        events.append((round(start * 2 * tpq), 0, bytes([0x90, pitch, 100])))
+        events.append((round(end * 2 * tpq), -1, bytes([0x80, pitch, 0])))  # offs first at a tick
+    body, now = bytearray(_varlen(0) + bytes([0xC0, program])), 0
+    for tick, _, message in sorted(events):
+        body += _varlen(tick - now) + message
+        now = tick
+    body += _varlen(0) + b"\xff\x2f\x00"
+    return b"MThd" + struct.pack(">IHHH", 6, 0, 1, tpq) + b"MTrk" + struct.pack(">I", len(body)) + bytes(body)
+
+
+SONG = midi_bytes([(60, 0.0, 0.4), (64, 0.4, 0.8), (67, 0.8, 1.2)])  # 1.2 s: one segment
+SONG_SECONDS = 1.2
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny model with a cheap inverter whose audio depends on the mel (so seeds matter)
+# ---------------------------------------------------------------------------------------------
+
+
+class MeanInverter:
+    """Stand-in inverter: each frame's mean log-mel, squashed into [-1, 1], held for 320 samples."""
+
+    sample_rate = SR
+
+    def __init__(self):
+        self.fail_with: Exception | None = None
+
+    def __call__(self, mel: np.ndarray) -> np.ndarray:
+        if self.fail_with is not None:
+            raise self.fail_with
+        return np.repeat(np.tanh(mel.mean(-1) / 4.0), 320, axis=-1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def pipe() -> SpectrogramDiffusionPipeline:
+    return SpectrogramDiffusionPipeline(*build_models("tiny", seed=0, **TINY), inverter=MeanInverter())
+
+
+class Gate:
+    """Holds the worker at its next denoising step until opened (a decoder pre-hook)."""
+
+    def __init__(self, pipe):
+        self.open_event, self.reached = threading.Event(), threading.Event()
+        self.handle = pipe.decoder.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        self.reached.set()
+        assert self.open_event.wait(TIMEOUT), "the test never opened the gate"
+
+    def open(self):
+        self.open_event.set()
+        self.handle.remove()
+
+
+@pytest.fixture
+def serve(pipe, tmp_path):
+    """``serve(**config) -> (client, app)``: a server on loopback for this test only."""
+    stack = []
+
+    def start(**overrides):
+        config = ServeConfig(**{"default_steps": STEPS, "workdir": tmp_path / "work", **overrides})
+        # The plain PNG writer: matplotlib takes ~1 s a picture (tested once, directly, below).
+        synthesizer = Synthesizer(pipe, draw_spectrogram=lambda mel, path, title: png.write_spectrogram_png(mel, path))
+        app = create_app(synthesizer, config, model_name="tiny-test")
+        context = running_server(app)
+        url = context.__enter__()
+        client = httpx.Client(base_url=url, timeout=TIMEOUT)
+        stack.append((client, context, synthesizer))
+        return client, app
+
+    yield start
+    for client, context, synthesizer in reversed(stack):
+        client.close()
+        context.__exit__(None, None, None)
+        synthesizer.close()
+
+
+def submit(client, data: bytes = SONG, name: str = "song.mid", **settings):
+    fields = {k: str(v) for k, v in {"steps": STEPS, **settings}.items()}
+    return client.post("/api/jobs", files={"midi": (name, data, "audio/midi")}, data=fields)
+
+
+def wait_until(client, job_id: str, states=("done", "failed", "cancelled")) -> dict:
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        status = client.get(f"/api/jobs/{job_id}").json()
+        if status["state"] in states:
+            return status
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} did not reach {states}: {status}")
+
+
+def read_wav(data: bytes) -> tuple[np.ndarray, int]:
+    import soundfile
+
+    audio, rate = soundfile.read(io.BytesIO(data), dtype="float32")
+    return audio, rate
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------------
+
+
+def test_job_audio_equals_a_direct_pipeline_call_with_the_same_settings(serve, pipe):
+    client, _ = serve()
+    response = submit(client, steps=3, guidance=1.5, seed=7, scheduler="original")
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == f"/api/jobs/{job['id']}"
+    assert job["settings"] == {"steps": 3, "guidance": 1.5, "seed": 7, "scheduler": "original"}
+    assert job["midi"] == {"name": "song.mid", "duration_s": SONG_SECONDS, "notes": 3, "segments": 1}
+    status = wait_until(client, job["id"])
+    assert status["state"] == "done", status["error"]
+    assert status["progress"] == {"step": 3, "total_steps": 3, "segments_done": 1, "total_segments": 1,
+                                  "fraction": 1.0}  # fmt: skip
+
+    wav = client.get(status["links"]["audio"])
+    assert wav.status_code == 200 and wav.headers["content-type"] == "audio/wav"
+    audio, rate = read_wav(wav.content)
+    expected = pipe(midi_to_segments(SONG), generator=torch.Generator().manual_seed(7), num_inference_steps=3,
+                    guidance_scale=1.5, show_progress=False).audios[0]  # fmt: skip
+    assert rate == SR and audio.shape == expected.shape
+    np.testing.assert_allclose(audio, expected, atol=1.5 / 32768)  # 16-bit PCM quantization
+    assert status["audio_seconds"] == pytest.approx(len(expected) / SR)
+    assert status["sample_rate"] == SR
+
+    picture = client.get(status["links"]["spectrogram"])
+    assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
+    assert picture.content[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", picture.content[16:24])
+    frames = round(status["audio_seconds"] * 50)  # 85: repeated to ceil(1000 / 85) = 12 columns each
+    assert (width, height) == (frames * 12, 128 * png.BIN_HEIGHT)
+
+
+def test_notes_endpoint_gives_the_notes_the_model_sees(serve):
+    client, _ = serve()
+    job = submit(client).json()
+    roll = client.get(job["links"]["notes"]).json()
+    notes, total = midi_to_notes(SONG)
+    assert roll["duration_s"] == pytest.approx(total)
+    assert [(n["pitch"], n["start"], n["end"], n["program"], n["is_drum"]) for n in roll["notes"]] == [
+        (n.pitch, pytest.approx(n.start, abs=1e-4), pytest.approx(n.end, abs=1e-4), n.program, n.is_drum)
+        for n in notes
+    ]
+    wait_until(client, job["id"])
+
+
+def test_read_midi_tokens_equal_midi_to_segments():
+    data = (DATA / "bach_bwv66_6.mid").read_bytes()
+    tokenized, roll = read_midi(data, "bach.mid", max_seconds=600, max_bytes=10**6)
+    reference = midi_to_segments(data)
+    assert tokenized.segments == reference.segments
+    assert tokenized.duration == reference.duration
+    assert len(roll) == len(midi_to_notes(data)[0])
+
+
+def test_progress_streams_as_server_sent_events_until_done(serve):
+    client, _ = serve()
+    job = submit(client, steps=4, data=midi_bytes([(60, 0.0, 6.0)])).json()  # 6.5 s: two segments
+    assert job["midi"]["segments"] == 2
+    statuses = []
+    with client.stream("GET", job["links"]["events"]) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        event = None
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                assert event == "status"
+                statuses.append(json.loads(line[5:]))
+    states = [s["state"] for s in statuses]
+    assert states[-1] == "done" and set(states) <= {"queued", "running", "done"}
+    steps = [s["progress"]["step"] for s in statuses]
+    assert steps == sorted(steps) and steps[-1] == 8
+    assert statuses[-1]["links"]["audio"].endswith("/audio.wav")
+
+
+def test_same_seed_gives_the_same_audio_and_another_seed_does_not(serve):
+    client, _ = serve()
+    ids = [submit(client, seed=seed).json()["id"] for seed in (5, 5, 6)]
+    wavs = []
+    for job_id in ids:
+        assert wait_until(client, job_id)["state"] == "done"
+        wavs.append(client.get(f"/api/jobs/{job_id}/audio.wav").content)
+    assert wavs[0] == wavs[1]
+    assert wavs[0] != wavs[2]
+
+
+def test_a_missing_seed_is_drawn_and_reported(serve):
+    client, _ = serve()
+    job = submit(client).json()
+    assert isinstance(job["settings"]["seed"], int) and 0 <= job["settings"]["seed"] < 2**31
+    wait_until(client, job["id"])
+
+
+def test_bundled_example_can_be_chosen_by_name(serve):
+    example = DATA / "bach_bwv66_6.mid"
+    client, _ = serve(examples=[example])
+    assert client.get("/api/info").json()["examples"] == [{"name": example.name}]
+    job = client.post("/api/jobs", data={"example": example.name, "steps": "1", "seed": "0"}).json()
+    assert job["midi"]["name"] == example.name
+    assert job["midi"]["duration_s"] == pytest.approx(midi_to_segments(example).duration, abs=1e-3)
+    assert wait_until(client, job["id"])["state"] == "done"
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+
+NO_NOTES = b"MThd" + struct.pack(">IHHH", 6, 0, 1, 480) + b"MTrk" + struct.pack(">I", 4) + b"\x00\xff\x2f\x00"
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"this is not a MIDI file at all", "not a MIDI file"),
+    (SONG[:30], "song.mid"),  # truncated inside the track
+    (NO_NOTES, "no notes"),
+    (b"", "song.mid"),
+])  # fmt: skip
+def test_bad_midi_is_refused_with_400_and_one_line(serve, data, message):
+    client, _ = serve()
+    response = submit(client, data=data)
+    assert response.status_code == 400, response.text
+    detail = response.json()["detail"]
+    assert message in detail and "\n" not in detail
+    assert client.get("/api/health").json()["submitted"] == 0
+
+
+def test_too_long_music_is_refused(serve):
+    client, _ = serve(max_midi_seconds=2.0)
+    response = submit(client, data=midi_bytes([(60, 0.0, 3.0)]))
+    assert response.status_code == 400
+    assert "too long" in response.json()["detail"]
+    assert submit(client, data=midi_bytes([(60, 0.0, 1.5)])).status_code == 202
+
+
+def test_neither_or_both_sources_and_unknown_examples_are_refused(serve):
+    client, _ = serve(examples=[DATA / "bach_bwv66_6.mid"])
+    neither = client.post("/api/jobs", data={"steps": "1"})
+    assert neither.status_code == 400 and "either" in neither.json()["detail"]
+    both = client.post("/api/jobs", files={"midi": ("a.mid", SONG)}, data={"example": "bach_bwv66_6.mid"})
+    assert both.status_code == 400
+    unknown = client.post("/api/jobs", data={"example": "../../etc/passwd"})
+    assert unknown.status_code == 404 and "unknown example" in unknown.json()["detail"]
+
+
+def test_oversized_uploads_are_refused_with_413(serve):
+    client, _ = serve(max_upload_bytes=1000)
+    padded = SONG + b"\0" * 4000  # under the form's allowance: caught after parsing
+    huge = SONG + b"\0" * 200_000  # over it: refused from Content-Length before reading the body
+    for data in (padded, huge):
+        response = submit(client, data=data)
+        assert response.status_code == 413, response.text
+        assert "limit is 1000 bytes" in response.json()["detail"]
+
+    # A chunked upload (no Content-Length) is counted as it arrives.
+    boundary = "specdiffboundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"midi\"; filename=\"big.mid\"\r\n"
+            "Content-Type: audio/midi\r\n\r\n").encode()  # fmt: skip
+
+    def body():
+        yield head
+        for _ in range(50):
+            yield b"\0" * 4096
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    response = client.post("/api/jobs", content=body(),
+                           headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
+    assert response.status_code == 413
+    assert "limit is 1000 bytes" in response.json()["detail"]
+    assert client.get("/api/health").json()["submitted"] == 0
+    assert submit(client).status_code == 202  # the server is fine afterwards
+
+
+@pytest.mark.parametrize("settings", [
+    {"steps": 0}, {"steps": 1001}, {"steps": "many"}, {"guidance": -1}, {"guidance": "nan"},
+    {"guidance": "inf"}, {"seed": -1}, {"seed": 2**63}, {"scheduler": "euler"},
+])  # fmt: skip
+def test_bad_settings_are_refused_with_422(serve, settings):
+    client, _ = serve(max_steps=1000)
+    response = submit(client, **settings)
+    assert response.status_code == 422, response.text
+    assert client.get("/api/health").json()["submitted"] == 0
+
+
+def test_diffusers_schedulers_are_limited_to_their_training_timesteps(serve):
+    if importlib.util.find_spec("diffusers") is None:
+        pytest.skip("the diffusers schedulers need diffusers")
+    client, _ = serve(max_steps=5000)
+    response = submit(client, steps=1001, scheduler="ddim")
+    assert response.status_code == 422
+    assert "at most 1000 steps" in response.json()["detail"]
+
+
+def test_unknown_jobs_are_404(serve):
+    client, _ = serve()
+    for method, path in [("GET", "/api/jobs/nope"), ("GET", "/api/jobs/nope/audio.wav"),
+                         ("GET", "/api/jobs/nope/events"), ("POST", "/api/jobs/nope/cancel"),
+                         ("DELETE", "/api/jobs/nope")]:  # fmt: skip
+        response = client.request(method, path)
+        assert response.status_code == 404, (method, path)
+        assert "nope" in response.json()["detail"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The queue: concurrency, limits, cancellation, failures, expiry
+# ---------------------------------------------------------------------------------------------
+
+
+def test_concurrent_submissions_all_finish(serve):
+    client, _ = serve(max_queued=8)
+    seeds = [0, 1, 2, 3, 0, 1, 2, 3]
+    with concurrent.futures.ThreadPoolExecutor(len(seeds)) as pool:
+        responses = list(pool.map(lambda seed: submit(client, seed=seed), seeds))
+    assert [r.status_code for r in responses] == [202] * len(seeds)
+    ids = [r.json()["id"] for r in responses]
+    assert len(set(ids)) == len(ids)
+    statuses = [wait_until(client, job_id) for job_id in ids]
+    assert [s["state"] for s in statuses] == ["done"] * len(seeds)
+    wavs = [client.get(s["links"]["audio"]).content for s in statuses]
+    assert wavs[:4] == wavs[4:]  # equal seeds, equal audio: no job got another's settings
+    assert len(set(wavs[:4])) == 4
+    health = client.get("/api/health").json()
+    assert (health["submitted"], health["done"], health["failed"], health["refused"]) == (8, 8, 0, 0)
+
+
+def test_a_full_queue_refuses_with_429_and_loses_nothing(serve, pipe):
+    client, _ = serve(max_queued=2)
+    gate = Gate(pipe)
+    try:
+        first = submit(client).json()
+        assert gate.reached.wait(TIMEOUT)  # the first job holds the model
+        with concurrent.futures.ThreadPoolExecutor(5) as pool:
+            responses = list(pool.map(lambda seed: submit(client, seed=seed), range(5)))
+    finally:
+        gate.open()
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [202, 202, 429, 429, 429]
+    for refused in (r for r in responses if r.status_code == 429):
+        assert "queue is full" in refused.json()["detail"]
+        assert int(refused.headers["retry-after"]) > 0
+    accepted = [first["id"]] + [r.json()["id"] for r in responses if r.status_code == 202]
+    assert [wait_until(client, job_id)["state"] for job_id in accepted] == ["done"] * 3
+    health = client.get("/api/health").json()
+    assert (health["submitted"], health["refused"], health["done"]) == (3, 3, 3)
+
+
+def test_queue_position_counts_the_jobs_ahead(serve, pipe):
+    client, _ = serve()
+    gate = Gate(pipe)
+    try:
+        running = submit(client).json()
+        assert gate.reached.wait(TIMEOUT)
+        waiting = [submit(client).json() for _ in range(3)]
+        assert client.get(f"/api/jobs/{running['id']}").json()["state"] == "running"
+        assert [client.get(f"/api/jobs/{j['id']}").json()["queue_position"] for j in waiting] == [0, 1, 2]
+        early = client.get(f"/api/jobs/{waiting[0]['id']}/audio.wav")
+        assert early.status_code == 409 and "queued" in early.json()["detail"]
+    finally:
+        gate.open()
+    for job in [running, *waiting]:
+        wait_until(client, job["id"])
+
+
+def test_cancel_a_waiting_and_a_running_job(serve, pipe):
+    client, _ = serve()
+    gate = Gate(pipe)
+    try:
+        running = submit(client, steps=4).json()
+        assert gate.reached.wait(TIMEOUT)
+        waiting = submit(client).json()
+        cancelled = client.post(f"/api/jobs/{waiting['id']}/cancel").json()
+        assert cancelled["state"] == "cancelled" and cancelled["error"] == "cancelled by the client"
+        asked = client.post(f"/api/jobs/{running['id']}/cancel").json()
+        assert asked["state"] == "running" and asked["cancel_requested"]
+    finally:
+        gate.open()
+    status = wait_until(client, running["id"])
+    assert status["state"] == "cancelled" and status["error"] == "cancelled by the client"
+    assert status["progress"]["step"] < status["progress"]["total_steps"]  # it stopped early
+    assert client.get(f"/api/jobs/{running['id']}/audio.wav").status_code == 409
+    assert "links" in status and "audio" not in status["links"]
+    # The worker goes on with the next job.
+    after = submit(client).json()
+    assert wait_until(client, after["id"])["state"] == "done"
+    # Cancelling a finished job changes nothing.
+    assert client.post(f"/api/jobs/{after['id']}/cancel").json()["state"] == "done"
+
+
+def test_a_failing_job_reports_why_and_the_worker_goes_on(serve, pipe):
+    client, _ = serve()
+    pipe.inverter.fail_with = RuntimeError("inverter exploded")
+    try:
+        failed = wait_until(client, submit(client).json()["id"])
+    finally:
+        pipe.inverter.fail_with = None
+    assert failed["state"] == "failed"
+    assert failed["error"] == "internal error: RuntimeError: inverter exploded"
+    assert client.get(f"/api/jobs/{failed['id']}/audio.wav").status_code == 409
+    assert wait_until(client, submit(client).json()["id"])["state"] == "done"
+
+
+def test_delete_forgets_the_job_and_its_files(serve, tmp_path):
+    client, _ = serve()
+    job = wait_until(client, submit(client).json()["id"])
+    folder = tmp_path / "work" / job["id"]
+    assert (folder / "audio.wav").is_file()
+    assert client.delete(f"/api/jobs/{job['id']}").status_code == 204
+    assert client.get(f"/api/jobs/{job['id']}").status_code == 404
+    assert not folder.exists()
+
+
+def test_results_expire_after_the_ttl(serve, tmp_path):
+    client, _ = serve(result_ttl=0.4)
+    job = wait_until(client, submit(client).json()["id"])
+    assert job["expires_at"] == pytest.approx(job["finished_at"] + 0.4)
+    time.sleep(0.6)
+    response = client.get(f"/api/jobs/{job['id']}")
+    assert response.status_code == 404 and "expired" in response.json()["detail"]
+    assert not (tmp_path / "work" / job["id"]).exists()
+
+
+def test_fetched_results_expire_sooner(serve):
+    client, _ = serve(result_ttl=60, fetched_ttl=0.4)
+    job = wait_until(client, submit(client).json()["id"])
+    assert job["expires_at"] == pytest.approx(job["finished_at"] + 60)
+    assert client.get(job["links"]["audio"]).status_code == 200
+    assert client.get(job["links"]["audio"], headers={"Range": "bytes=0-99"}).status_code == 206  # <audio> seeks
+    assert client.get(f"/api/jobs/{job['id']}").json()["expires_at"] < job["finished_at"] + 1
+    time.sleep(0.6)
+    assert client.get(f"/api/jobs/{job['id']}").status_code == 404
+
+
+def test_job_queue_without_http_fails_jobs_with_reasons_and_keeps_running(tmp_path):
+    def runner(job, queue):
+        if job.midi_name == "user-error":
+            raise SpecdiffError("bad input\nsecond line")
+        if job.midi_name == "bug":
+            raise KeyError("oops")
+        queue.update(job, step=1)
+
+    queue = JobQueue(runner, tmp_path, max_queued=10)
+    queue.start()
+    try:
+        jobs = [Job(id=name, settings=JobSettings(1, 1.0, 0, "original"), midi=None, midi_name=name, notes=[],
+                    folder=queue.new_folder(name)) for name in ("user-error", "bug", "fine")]  # fmt: skip
+        for job in jobs:
+            queue.submit(job)
+        deadline = time.monotonic() + TIMEOUT
+        while not all(j.state.terminal for j in jobs) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        queue.stop()
+    assert [(j.state, j.error) for j in jobs] == [
+        (JobState.FAILED, "bad input; second line"),
+        (JobState.FAILED, "internal error: KeyError: 'oops'"),
+        (JobState.DONE, None),
+    ]
+    assert not (tmp_path / "user-error").exists()  # nothing of a failed job is kept
+    assert (tmp_path / "fine").is_dir()
+
+
+def test_stopping_the_queue_cancels_waiting_jobs(tmp_path):
+    started, release = threading.Event(), threading.Event()
+
+    def runner(job, queue):
+        started.set()
+        release.wait(TIMEOUT)
+        job.check_cancelled()
+
+    queue = JobQueue(runner, tmp_path)
+    queue.start()
+    jobs = [Job(id=f"j{i}", settings=JobSettings(1, 1.0, 0, "original"), midi=None, midi_name="x", notes=[],
+                folder=queue.new_folder(f"j{i}")) for i in range(2)]  # fmt: skip
+    for job in jobs:
+        queue.submit(job)
+    assert started.wait(TIMEOUT)
+    threading.Timer(0.2, release.set).start()
+    queue.stop()
+    assert [(j.state, j.error) for j in jobs] == [(JobState.CANCELLED, "the server is shutting down")] * 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema, page, CLI side
+# ---------------------------------------------------------------------------------------------
+
+
+def test_openapi_schema_describes_the_api(serve):
+    client, _ = serve()
+    schema = client.get("/openapi.json").json()
+    paths = schema["paths"]
+    assert {"post"} <= set(paths["/api/jobs"])
+    assert {"get", "delete"} <= set(paths["/api/jobs/{job_id}"])
+    for path in ("/api/jobs/{job_id}/events", "/api/jobs/{job_id}/audio.wav", "/api/jobs/{job_id}/spectrogram.png",
+                 "/api/jobs/{job_id}/notes", "/api/info", "/api/health"):  # fmt: skip
+        assert "get" in paths[path], path
+    assert "post" in paths["/api/jobs/{job_id}/cancel"]
+    post = paths["/api/jobs"]["post"]
+    assert {"202", "400", "413", "422", "429"} <= set(post["responses"])
+    form_ref = post["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"].split("/")[-1]
+    fields = schema["components"]["schemas"][form_ref]["properties"]
+    assert {"midi", "example", "steps", "guidance", "seed", "scheduler"} <= set(fields)
+    assert client.get("/docs").status_code == 200
+
+
+def test_the_page_and_its_files_are_served(serve):
+    client, _ = serve()
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for asset, kind in (("/static/app.js", "javascript"), ("/static/style.css", "text/css")):
+        assert asset in page.text
+        response = client.get(asset)
+        assert response.status_code == 200 and kind in response.headers["content-type"]
+    for element_id in ("midi-file", "steps", "guidance", "seed", "submit", "player", "spectrogram", "piano-roll"):
+        assert f'id="{element_id}"' in page.text
+
+
+def test_info_reports_limits_and_defaults(serve):
+    client, _ = serve(max_upload_bytes=12345, max_midi_seconds=30, default_guidance=1.0)
+    info = client.get("/api/info").json()
+    assert info["model"] == "tiny-test" and info["sample_rate"] == SR
+    assert info["segment_seconds"] == pytest.approx(5.12)
+    assert info["limits"]["max_upload_bytes"] == 12345 and info["limits"]["max_midi_seconds"] == 30
+    assert info["defaults"] == {"steps": STEPS, "guidance": 1.0, "scheduler": "original"}
+    assert "original" in info["schedulers"]
+
+
+def test_cli_builds_the_app_from_a_model_folder(pipe, tmp_path):
+    import argparse
+
+    from specdiff import serve as serve_cli
+
+    parser = argparse.ArgumentParser()
+    serve_cli.add_serve_arguments(parser.add_subparsers(dest="command"))
+    defaults = parser.parse_args(["serve"])
+    assert (defaults.host, defaults.port, defaults.func) == ("127.0.0.1", 8000, serve_cli.run_serve)
+
+    folder = SpectrogramDiffusionPipeline(*build_models("tiny", seed=0, **TINY)).save_pretrained(tmp_path / "model")
+    args = parser.parse_args(["serve", "--model", str(folder), "--device", "cpu", "--inverter", "griffinlim",
+                              "--max-queued", "3", "--max-upload-mb", "0.5", "--steps", "7"])  # fmt: skip
+    app = serve_cli.build_app(args)
+    assert app.state.config.max_queued == 3
+    assert app.state.config.max_upload_bytes == 2**19
+    assert app.state.config.default_steps == 7
+    app.state.synthesizer.close()
+
+    missing = parser.parse_args(["serve", "--model", str(tmp_path / "nowhere")])
+    with pytest.raises(SpecdiffError, match="model folder not found"):
+        serve_cli.build_app(missing)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--port", "70000"])
+
+
+def test_no_model_at_all_is_a_clear_error(monkeypatch):
+    import argparse
+
+    from specdiff import default_model
+    from specdiff import serve as serve_cli
+
+    monkeypatch.setattr(default_model, "default_model_path", lambda: None)
+    parser = argparse.ArgumentParser()
+    serve_cli.add_serve_arguments(parser.add_subparsers(dest="command"))
+    with pytest.raises(SpecdiffError, match="--model"):
+        serve_cli.build_app(parser.parse_args(["serve"]))
+
+
+def test_loopback_detection():
+    from specdiff.serve import is_loopback
+
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.5.0.1", "localhost", "::1", "[::1]"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "192.168.1.2", "::", "example.org"))
+
+
+def test_default_examples_are_existing_midi_files():
+    from specdiff.serve import default_examples
+
+    for path in default_examples():
+        assert path.is_file() and path.suffix == ".mid"
+
+
+# ---------------------------------------------------------------------------------------------
+# The matplotlib-free spectrogram picture
+# ---------------------------------------------------------------------------------------------
+
+
+def test_spectrogram_picture_uses_plotting_and_falls_back_without_matplotlib(tmp_path, monkeypatch):
+    from specdiff.server.synth import save_spectrogram
+
+    mel = np.linspace(-11, 4, 60 * 128, dtype=np.float32).reshape(60, 128)
+    if importlib.util.find_spec("matplotlib") is not None:
+        save_spectrogram(mel, tmp_path / "plot.png", "song.mid")
+        width, height = struct.unpack(">II", (tmp_path / "plot.png").read_bytes()[16:24])
+        assert (width, height) == (1000, 400)  # specdiff.plotting's size, not the plain picture's
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed: import raises
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    save_spectrogram(mel, tmp_path / "plain.png", "song.mid")
+    assert (tmp_path / "plain.png").read_bytes() == png.encode_png(png.spectrogram_image(mel))
+
+
+def test_fallback_png_decodes_to_the_heat_map(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    mel = np.full((1200, 128), math.log(1e-5), np.float32)
+    mel[:, 0] = 4.0  # the lowest mel bin at full level
+    mel[600:, 127] = 4.0  # the highest bin, second half only
+    path = png.write_spectrogram_png(mel, tmp_path / "s.png")
+    image = np.asarray(Image.open(path).convert("RGB"))
+    assert image.shape == (128 * png.BIN_HEIGHT, 1200, 3)
+    bright, dark = (252, 253, 191), (0, 0, 4)  # the ends of magma
+    assert (image[-png.BIN_HEIGHT:] == bright).all()  # low frequencies at the bottom
+    assert (image[: png.BIN_HEIGHT, :600] == dark).all() and (image[: png.BIN_HEIGHT, 600:] == bright).all()
+    assert (image[png.BIN_HEIGHT:-png.BIN_HEIGHT] == dark).all()
+    assert [p.name for p in tmp_path.iterdir()] == ["s.png"]  # no temporary file left
+
+
+def test_fallback_png_averages_long_songs_down_in_time():
+    mel = np.zeros((png.MAX_WIDTH * 3 + 1, 128), np.float32)
+    # 6001 frames: averaged in groups of ceil(6001 / 2000) = 4, so ceil(6001 / 4) = 1501 columns.
+    assert png.spectrogram_image(mel).shape[1] == 1501
+    # 300 frames: each repeated ceil(1000 / 300) = 4 times; the repeats are equal columns.
+    ramp = np.repeat(np.linspace(-11, 4, 300, dtype=np.float32)[:, None], 128, axis=1)
+    image = png.spectrogram_image(ramp)
+    assert image.shape[1] == 1200
+    assert (image[:, 0::4] == image[:, 3::4]).all() and (image[:, :-4:4] != image[:, 4::4]).any()
+    assert png.colorize(np.array([0.0, 0.5, 1.0])).tolist() == [[0, 0, 4], [183, 55, 121], [252, 253, 191]]
+
+
+def test_a_temporary_workdir_is_made_at_startup_and_removed_at_shutdown(pipe):
+    synthesizer = Synthesizer(pipe, draw_spectrogram=lambda mel, path, title: png.write_spectrogram_png(mel, path))
+    app = create_app(synthesizer, ServeConfig(default_steps=STEPS))
+    try:
+        with running_server(app) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+            workdir = app.state.queue.workdir
+            assert workdir.name.startswith("specdiff-serve-") and workdir.is_dir()
+            job = wait_until(client, submit(client).json()["id"])
+            assert (workdir / job["id"] / "audio.wav").is_file()
+        assert not workdir.exists()
+    finally:
+        synthesizer.close()

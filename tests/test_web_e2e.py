@@ -1,0 +1,180 @@
+"""The web page end to end in headless Chromium: upload a MIDI file, follow the job, play the result.
+
+Needs Playwright's Python package and a system Chromium (never Playwright's own download):
+
+    pip install playwright          # the Python side only; do NOT run `playwright install`
+    apt-get install -y chromium     # Debian's browser, used through executable_path
+
+Without either the tests skip and say which is missing. ``SPECDIFF_CHROMIUM`` overrides the path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="the `serve` extra is not installed (pip install 'specdiff[serve]')")
+pytest.importorskip("uvicorn", reason="the `serve` extra is not installed (pip install 'specdiff[serve]')")
+pytest.importorskip("multipart", reason="the `serve` extra is not installed (pip install 'specdiff[serve]')")
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="Playwright is not installed (pip install playwright; no `playwright install`)"
+)
+torch = pytest.importorskip("torch")
+
+from specdiff.model import build_models  # noqa: E402
+from specdiff.pipeline import SpectrogramDiffusionPipeline  # noqa: E402
+from specdiff.server import png  # noqa: E402
+from specdiff.server.app import create_app, running_server  # noqa: E402
+from specdiff.server.config import ServeConfig  # noqa: E402
+from specdiff.server.synth import Synthesizer  # noqa: E402
+
+torch.set_num_threads(1)
+
+TINY = dict(d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=48)
+EXAMPLE = Path(__file__).parent / "data" / "tokenizer" / "bach_bwv66_6.mid"
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+TIMEOUT_MS = 60_000
+
+
+def find_chromium() -> tuple[str | None, str]:
+    """(path of a system Chromium, or None and why not)."""
+    path = os.environ.get("SPECDIFF_CHROMIUM")
+    if path:
+        return (path, "") if os.access(path, os.X_OK) else (None, f"SPECDIFF_CHROMIUM={path} is not an executable")
+    found = next((found for name in CHROMIUM_NAMES if (found := shutil.which(name))), None)
+    return found, "" if found else "no system Chromium found (apt-get install -y chromium, or set SPECDIFF_CHROMIUM)"
+
+
+def midi_bytes(notes: list[tuple[int, float, float]], tpq: int = 480) -> bytes:
+    """Format-0 Standard MIDI File at 120 bpm; notes are (pitch, start s, end s)."""
+
+    def varlen(value: int) -> bytes:
+        out = [value & 0x7F]
+        while value > 0x7F:
+            value >>= 7
+            out.append(0x80 | (value & 0x7F))
+        return bytes(reversed(out))
+
+    events = sorted([(round(s * 2 * tpq), 1, bytes([0x90, p, 100])) for p, s, _ in notes]
+                    + [(round(e * 2 * tpq), 0, bytes([0x80, p, 0])) for p, _, e in notes])  # fmt: skip
+    body, now = bytearray(b"\x00\xc0\x00"), 0
+    for tick, _, message in events:
+        body += varlen(tick - now) + message
+        now = tick
+    body += b"\x00\xff\x2f\x00"
+    return b"MThd" + struct.pack(">IHHH", 6, 0, 1, tpq) + b"MTrk" + struct.pack(">I", len(body)) + bytes(body)
+
+
+class MeanInverter:
+    """Cheap stand-in inverter: each frame's mean log-mel, squashed into [-1, 1], for 320 samples."""
+
+    sample_rate = 16000
+
+    def __call__(self, mel: np.ndarray) -> np.ndarray:
+        return np.repeat(np.tanh(mel.mean(-1) / 4.0), 320, axis=-1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable, why_not = find_chromium()
+    if executable is None:
+        pytest.skip(why_not)
+    with sync_api.sync_playwright() as playwright:
+        try:
+            browser = playwright.chromium.launch(
+                executable_path=executable, args=["--autoplay-policy=no-user-gesture-required", "--mute-audio"]
+            )
+        except sync_api.Error as err:
+            pytest.skip(f"Chromium at {executable} does not start under Playwright: {str(err).splitlines()[0]}")
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory):
+    pipe = SpectrogramDiffusionPipeline(*build_models("tiny", seed=0, **TINY), inverter=MeanInverter())
+    synthesizer = Synthesizer(pipe, draw_spectrogram=lambda mel, path, title: png.write_spectrogram_png(mel, path))
+    config = ServeConfig(default_steps=2, workdir=tmp_path_factory.mktemp("work"), examples=[EXAMPLE])
+    with running_server(create_app(synthesizer, config, model_name="tiny-test")) as url:
+        yield url
+    synthesizer.close()
+
+
+@pytest.fixture
+def page(browser, base_url):
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(base_url)
+    page.wait_for_selector("body[data-state=ready]")
+    yield page
+    context.close()
+
+
+def test_upload_synthesize_and_play(page, tmp_path):
+    song = tmp_path / "arpeggio.mid"
+    song.write_bytes(midi_bytes([(60, 0.0, 0.4), (64, 0.4, 0.8), (67, 0.8, 1.2), (72, 1.2, 1.6)]))
+    assert "tiny-test" in page.inner_text("#model-info")
+    page.set_input_files("#midi-file", str(song))
+    page.fill("#steps", "3")
+    page.fill("#seed", "11")
+    page.click("#submit")
+    page.wait_for_selector("body[data-state=done]")
+
+    state = page.inner_text("#state")
+    assert state.startswith("Done:") and "seed 11" in state
+    assert page.eval_on_selector("#progress", "p => p.value") == 1
+    assert "arpeggio.mid: 3 steps" in page.inner_text("#result-info")
+
+    # The piano roll shows the four notes: some pixels differ from the background.
+    page.wait_for_selector("#roll-panel:not([hidden])")
+    lit = page.evaluate("""() => {
+        const c = document.getElementById('piano-roll');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i] > 60 || d[i + 1] > 60 || d[i + 2] > 60) n++;
+        return n;
+    }""")
+    assert lit > 50
+
+    # The spectrogram picture loaded: 1.6 s + 0.5 s release tail = 105 frames, 10 columns each.
+    page.wait_for_function("document.getElementById('spectrogram').complete")
+    assert page.eval_on_selector("#spectrogram", "img => img.naturalWidth") == 1050
+
+    # The audio plays to its end in the page's own player.
+    duration = page.evaluate("""() => new Promise((resolve, reject) => {
+        const player = document.getElementById('player');
+        player.addEventListener('ended', () => resolve(player.duration));
+        player.addEventListener('error', () => reject(new Error('audio error ' + player.error.code)));
+        player.play().catch(reject);
+    })""")
+    assert duration == pytest.approx(2.1, abs=0.01)
+    assert page.eval_on_selector("#player", "p => p.currentTime") == pytest.approx(2.1, abs=0.05)
+    if os.environ.get("SPECDIFF_E2E_SCREENSHOT"):
+        page.screenshot(path=os.environ["SPECDIFF_E2E_SCREENSHOT"], full_page=True)
+
+
+def test_a_bad_file_shows_the_servers_reason(page, tmp_path):
+    bad = tmp_path / "notes.mid"
+    bad.write_bytes(b"not a MIDI file")
+    page.set_input_files("#midi-file", str(bad))
+    page.click("#submit")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "notes.mid: not a MIDI file" in page.inner_text("#error")
+    assert page.get_attribute("body", "data-state") == "error"
+
+
+def test_pick_a_bundled_example(page):
+    page.check('input[name="source"][value="example"]')
+    assert page.is_disabled("#midi-file") and not page.is_disabled("#example")
+    page.select_option("#example", EXAMPLE.name)
+    page.fill("#steps", "1")
+    page.click("#submit")
+    page.wait_for_selector("body[data-state=done]")
+    assert page.inner_text("#result-info").startswith(f"{EXAMPLE.name}: 1 steps")
+    assert page.eval_on_selector("#player", "p => p.src").endswith("/audio.wav")
