@@ -1,0 +1,372 @@
+"""Evaluation metrics (the offline counterparts of the paper's, spec §4.5).
+
+Three families:
+
+1. **Transcription** (the paper uses MT3, which is not available offline): Spotify's basic-pitch
+   (its ONNX model ships inside the wheel) transcribes the audio; mir_eval scores the note onsets
+   against the MIDI file's notes (drums excluded): a note matches when its pitch is within 50
+   cents and its onset within 50 ms; offsets are ignored. basic-pitch is an imperfect
+   transcriber (onset F1 0.80-0.89 on piano renders, 0.45-0.54 on dense multi-instrument
+   renders, see ENVIRONMENT.md), so a model's F1 is reported next to the F1 of the SoundFont
+   reference render of the same MIDI, and as the ratio of the two.
+2. **Reconstruction** against the reference audio, both cropped to their common length (the
+   pipeline always returns whole 5.12 s segments; the reference has a release tail):
+   - log-mel L1: mean absolute difference of our log-mel features (spec §1, natural log);
+   - multi-resolution STFT distance over FFT sizes 256/512/1024/2048 (16-128 ms windows at
+     16 kHz; Hann window of the FFT size, hop = FFT/4, centred frames): the mean over
+     resolutions of the L1 distance of natural-log magnitudes (clamped at 1e-5) and of the
+     spectral convergence ``||A - B||_F / ||A||_F`` (the Parallel WaveGAN / DDSP losses).
+   These compare against a SoundFont render, not against the audio the model was trained on, so
+   they measure closeness to that render's timbres.
+3. **Fréchet distance** between the distributions of window embeddings of generated and
+   reference audio (the Fréchet audio distance); the embedding is pluggable
+   (:mod:`specdiff.embeddings`; VGGish/TRILL are not available offline).
+
+basic-pitch, mir_eval and soxr are imported lazily; :func:`transcription_unavailable` says why
+transcription cannot run, so callers can skip it with a message.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from specdiff.errors import SpecdiffError
+
+SAMPLE_RATE = 16000
+ONSET_TOLERANCE = 0.05  # seconds (mir_eval's default, the paper's MT3 evaluation uses the same)
+#: (FFT size, hop) pairs of the multi-resolution STFT distance.
+STFT_RESOLUTIONS: tuple[tuple[int, int], ...] = ((256, 64), (512, 128), (1024, 256), (2048, 512))
+LOG_FLOOR = 1e-5  # magnitude floor before the log, as in the mel front end (spec §1)
+#: basic-pitch's frame rate: 22050 Hz audio, hop 256.
+BASIC_PITCH_FRAMES_PER_SECOND = 22050 / 256
+BASIC_PITCH_INSTALL = (
+    'pip install --no-deps basic-pitch==0.4.0 && pip install librosa mir_eval "resampy<0.4.3,>=0.2.2" '
+    'scikit-learn onnxruntime "setuptools<81"'
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Note lists and onset F1
+# ---------------------------------------------------------------------------------------------
+
+
+def midi_to_hz(pitch: np.ndarray | Sequence[float]) -> np.ndarray:
+    return 440.0 * 2.0 ** ((np.asarray(pitch, dtype=np.float64) - 69.0) / 12.0)
+
+
+def _as_note_arrays(notes: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Notes -> (onset/offset intervals [n, 2] in s, pitches [n] in MIDI numbers), drums dropped.
+
+    Accepts objects with ``pitch``, ``start``, ``end`` (and optionally ``is_drum``), or an
+    ``(intervals, midi_pitches)`` pair. Offsets are only made strictly later than onsets
+    (mir_eval requires positive durations; the onset metric ignores them).
+    """
+    if isinstance(notes, tuple) and len(notes) == 2 and isinstance(notes[0], np.ndarray):
+        intervals, pitches = np.asarray(notes[0], np.float64).reshape(-1, 2), np.asarray(notes[1], np.float64)
+    else:
+        kept = [n for n in notes if not getattr(n, "is_drum", False)]
+        intervals = np.array([[n.start, n.end] for n in kept], dtype=np.float64).reshape(-1, 2)
+        pitches = np.array([n.pitch for n in kept], dtype=np.float64)
+    intervals = intervals.copy()
+    intervals[:, 1] = np.maximum(intervals[:, 1], intervals[:, 0] + 1e-3)
+    return intervals, pitches
+
+
+def onset_scores(reference: Any, estimate: Any, onset_tolerance: float = ONSET_TOLERANCE) -> dict[str, float]:
+    """mir_eval note-onset precision/recall/F1 (pitch within 50 cents, onset within
+    ``onset_tolerance`` seconds, offsets ignored) of ``estimate`` against ``reference``.
+
+    Drums are excluded from both. Two empty lists score 1.0 (nothing to play, nothing played);
+    one empty list scores 0.0.
+    """
+    ref_intervals, ref_pitches = _as_note_arrays(reference)
+    est_intervals, est_pitches = _as_note_arrays(estimate)
+    counts = {"reference_notes": float(len(ref_pitches)), "estimated_notes": float(len(est_pitches))}
+    if len(ref_pitches) == 0 or len(est_pitches) == 0:
+        value = 1.0 if len(ref_pitches) == len(est_pitches) else 0.0
+        return {"precision": value, "recall": value, "f1": value, **counts}
+    try:
+        import mir_eval
+    except ImportError:
+        raise SpecdiffError("note F1 needs mir_eval: pip install mir_eval") from None
+    precision, recall, f1, _ = mir_eval.transcription.precision_recall_f1_overlap(
+        ref_intervals, midi_to_hz(ref_pitches), est_intervals, midi_to_hz(est_pitches),
+        onset_tolerance=onset_tolerance, offset_ratio=None,
+    )  # fmt: skip
+    return {"precision": float(precision), "recall": float(recall), "f1": float(f1), **counts}
+
+
+def midi_reference_notes(midi: Any) -> tuple[list, float]:
+    """The MIDI file's non-drum notes as the pipeline sees them (sustain applied, spec §2.5) and its
+    duration in seconds."""
+    from specdiff.tokenizer import midi_to_notes
+
+    notes, total_time = midi_to_notes(midi)
+    return [n for n in notes if not n.is_drum], total_time
+
+
+# ---------------------------------------------------------------------------------------------
+# basic-pitch transcription
+# ---------------------------------------------------------------------------------------------
+
+_BASIC_PITCH: dict[str, Any] = {}
+_BASIC_PITCH_LOCK = threading.Lock()
+
+
+def transcription_unavailable() -> str | None:
+    """None when basic-pitch and mir_eval import; otherwise a one-line reason with the fix."""
+    try:
+        _basic_pitch()
+        import mir_eval  # noqa: F401
+    except ImportError as exc:
+        return f"transcription metrics skipped ({exc}); install with: {BASIC_PITCH_INSTALL}"
+    except Exception as exc:  # a broken install (e.g. a missing ONNX file) should not stop evaluation
+        return f"transcription metrics skipped (basic-pitch failed to load: {exc})"
+    return None
+
+
+def _basic_pitch() -> dict[str, Any]:
+    """Import basic-pitch and load its ONNX model once per process (cached)."""
+    with _BASIC_PITCH_LOCK:
+        if not _BASIC_PITCH:
+            # basic-pitch logs a warning per missing optional backend (TF, CoreML, TFLite) at import.
+            # and resampy (imported by basic-pitch) warns that pkg_resources is deprecated.
+            previous = logging.root.manager.disable
+            logging.disable(logging.WARNING)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    from basic_pitch import ICASSP_2022_MODEL_PATH, constants, note_creation
+                    from basic_pitch.inference import Model
+            finally:
+                logging.disable(previous)
+            _BASIC_PITCH.update(model=Model(ICASSP_2022_MODEL_PATH), constants=constants, note_creation=note_creation)
+        return _BASIC_PITCH
+
+
+def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Resample with soxr "HQ" (what librosa.load(sr=...) uses inside basic-pitch), else scipy."""
+    audio = np.ascontiguousarray(audio, dtype=np.float32)
+    if orig_sr == target_sr:
+        return audio
+    try:
+        import soxr
+
+        return soxr.resample(audio, orig_sr, target_sr, "HQ").astype(np.float32)
+    except ImportError:
+        from scipy.signal import resample_poly
+
+        g = math.gcd(orig_sr, target_sr)
+        return resample_poly(audio, target_sr // g, orig_sr // g).astype(np.float32)
+
+
+def basic_pitch_output(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> dict[str, np.ndarray]:
+    """basic-pitch's posteriorgrams ``{"note": [F, 88], "onset": [F, 88], "contour": [F, 264]}`` at
+    22050/256 frames per second.
+
+    Same windowing as ``basic_pitch.inference.run_inference`` (2 s windows overlapping by 30
+    frames, half the overlap trimmed from each side), but on an array: no temporary file and no
+    librosa import, whose numba JIT warm-up costs ~20-50 s.
+    """
+    bp = _basic_pitch()
+    c = bp["constants"]
+    audio = resample(np.asarray(audio, np.float32).reshape(-1), sample_rate, c.AUDIO_SAMPLE_RATE)
+    n_overlap = 30
+    overlap = n_overlap * c.FFT_HOP
+    hop = c.AUDIO_N_SAMPLES - overlap
+    original_length = len(audio)
+    audio = np.concatenate([np.zeros(overlap // 2, np.float32), audio])
+    outputs: dict[str, list[np.ndarray]] = {"note": [], "onset": [], "contour": []}
+    for start in range(0, max(len(audio), 1), hop):
+        window = audio[start : start + c.AUDIO_N_SAMPLES]
+        window = np.pad(window, (0, c.AUDIO_N_SAMPLES - len(window)))
+        for key, value in bp["model"].predict(window[None, :, None]).items():
+            outputs[key].append(value)
+    n_frames = int(np.floor(original_length * (c.ANNOTATIONS_FPS / c.AUDIO_SAMPLE_RATE)))
+    half = n_overlap // 2
+    return {
+        key: np.concatenate(chunks)[:, half:-half, :].reshape(-1, chunks[0].shape[-1])[:n_frames]
+        for key, chunks in outputs.items()
+    }
+
+
+def transcribe(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, normalize: bool = True) -> list:
+    """basic-pitch notes of ``audio`` with its default thresholds (onset 0.5, frame 0.3, minimum
+    note length 127.7 ms, melodia trick), as :class:`specdiff.tokenizer.Note` (program 0).
+
+    ``normalize`` scales the audio to a 0.9 peak first so that the result does not depend on the
+    output level (a quiet model and a loud reference render are judged alike).
+    """
+    from specdiff.tokenizer import Note
+
+    bp = _basic_pitch()
+    c = bp["constants"]
+    audio = np.asarray(audio, np.float32).reshape(-1)
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    if normalize and peak > 0:
+        audio = audio * np.float32(0.9 / peak)
+    output = basic_pitch_output(audio, sample_rate)
+    if len(output["note"]) == 0:
+        return []
+    with np.errstate(divide="ignore", invalid="ignore"):  # basic-pitch divides by 0 on silence
+        _, events = bp["note_creation"].model_output_to_notes(
+            output,
+            onset_thresh=0.5,
+            frame_thresh=0.3,
+            min_note_len=int(np.round(127.70 / 1000 * (c.AUDIO_SAMPLE_RATE / c.FFT_HOP))),
+            min_freq=None,
+            max_freq=None,
+            multiple_pitch_bends=False,
+            melodia_trick=True,
+            midi_tempo=120,
+        )
+    notes = [
+        Note(pitch=int(pitch), start=float(start), end=float(end), velocity=int(round(127 * min(max(amp, 0.0), 1.0))),
+             program=0, is_drum=False)
+        for start, end, pitch, amp, *_ in events
+    ]  # fmt: skip
+    return sorted(notes, key=lambda n: (n.start, n.pitch))
+
+
+def transcription_scores(
+    generated: np.ndarray,
+    reference: np.ndarray | None,
+    notes: Sequence,
+    sample_rate: int = SAMPLE_RATE,
+) -> dict[str, float]:
+    """Onset P/R/F1 of the transcribed generated audio (and reference audio, when given) against
+    ``notes``, plus ``f1_ratio`` = generated F1 / reference F1 (NaN when the reference scores 0)."""
+    scores = {f"generated_{k}": v for k, v in onset_scores(notes, transcribe(generated, sample_rate)).items()}
+    if reference is not None:
+        scores.update({f"reference_{k}": v for k, v in onset_scores(notes, transcribe(reference, sample_rate)).items()})
+        ref_f1 = scores["reference_f1"]
+        scores["f1_ratio"] = scores["generated_f1"] / ref_f1 if ref_f1 > 0 else float("nan")
+    return scores
+
+
+# ---------------------------------------------------------------------------------------------
+# Reconstruction distances
+# ---------------------------------------------------------------------------------------------
+
+
+def crop_to_common_length(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n = min(len(a), len(b))
+    return np.asarray(a[:n], np.float32), np.asarray(b[:n], np.float32)
+
+
+def log_mel_l1(generated: np.ndarray, reference: np.ndarray) -> float:
+    """Mean |log-mel(generated) - log-mel(reference)| on our front end (spec §1, natural log,
+    floor ln 1e-5), after cropping both to their common length."""
+    import torch
+
+    from specdiff.mel import log_mel
+
+    a, b = crop_to_common_length(np.asarray(generated).reshape(-1), np.asarray(reference).reshape(-1))
+    if len(a) == 0:
+        return float("nan")
+    with torch.no_grad():
+        return float((log_mel(torch.from_numpy(a)) - log_mel(torch.from_numpy(b))).abs().mean())
+
+
+def multi_resolution_stft_distance(
+    generated: np.ndarray,
+    reference: np.ndarray,
+    resolutions: Iterable[tuple[int, int]] = STFT_RESOLUTIONS,
+) -> dict[str, float]:
+    """``{"mr_stft_log_l1", "spectral_convergence"}`` averaged over ``resolutions`` (FFT, hop), after
+    cropping both signals to their common length (see the module docstring)."""
+    import torch
+
+    a, b = crop_to_common_length(np.asarray(generated).reshape(-1), np.asarray(reference).reshape(-1))
+    log_l1, convergence = [], []
+    with torch.no_grad():
+        ta, tb = torch.from_numpy(a).double(), torch.from_numpy(b).double()
+        for n_fft, hop in resolutions:
+            if len(a) <= n_fft // 2:  # reflect padding needs more samples than half a window
+                continue
+            window = torch.hann_window(n_fft, dtype=torch.float64)
+            mg = torch.stft(ta, n_fft, hop, window=window, return_complex=True).abs()
+            mr = torch.stft(tb, n_fft, hop, window=window, return_complex=True).abs()
+            log_l1.append(float((mg.clamp_min(LOG_FLOOR).log() - mr.clamp_min(LOG_FLOOR).log()).abs().mean()))
+            convergence.append(float(torch.linalg.norm(mr - mg) / torch.linalg.norm(mr).clamp_min(1e-12)))
+    if not log_l1:
+        return {"mr_stft_log_l1": float("nan"), "spectral_convergence": float("nan")}
+    return {"mr_stft_log_l1": float(np.mean(log_l1)), "spectral_convergence": float(np.mean(convergence))}
+
+
+def reconstruction_scores(generated: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    return {"log_mel_l1": log_mel_l1(generated, reference), **multi_resolution_stft_distance(generated, reference)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Fréchet distance
+# ---------------------------------------------------------------------------------------------
+
+
+def gaussian_statistics(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``[d]`` and unbiased covariance ``[d, d]`` of ``[n, d]`` embeddings (n >= 2)."""
+    x = np.asarray(embeddings, dtype=np.float64)
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError(f"need at least 2 embedding rows of shape [n, d], got {x.shape}")
+    return x.mean(axis=0), np.atleast_2d(np.cov(x, rowvar=False))
+
+
+def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Fréchet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2):
+    ``|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1^1/2 S2 S1^1/2)^1/2)``.
+
+    ``tr((S1 S2)^1/2)`` is computed as the trace of the square root of the symmetric PSD matrix
+    ``S1^1/2 S2 S1^1/2`` (same eigenvalues), with symmetric eigendecompositions: no complex
+    round-off and no ``sqrtm`` failures on the rank-deficient covariances of small sets.
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    root1 = _sqrt_psd(s1)
+    middle = root1 @ s2 @ root1
+    trace_sqrt = float(np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0, None)).sum())
+    value = float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt)
+    return max(value, 0.0)
+
+
+def frechet_distance_of_embeddings(a: np.ndarray, b: np.ndarray) -> float:
+    return frechet_distance(*gaussian_statistics(a), *gaussian_statistics(b))
+
+
+def frechet_audio_distance(
+    generated: Sequence[np.ndarray], reference: Sequence[np.ndarray], embedding: str = "mfcc-stats"
+) -> dict[str, Any]:
+    """Fréchet distance between the pooled window embeddings of two sets of 16 kHz clips.
+
+    The value grows with the embedding's scale and shrinks with more windows (the covariance
+    estimate is biased for small sets), so compare it only between runs with the same embedding
+    and clip set. Returns ``{"frechet_distance", "embedding", "windows_generated",
+    "windows_reference", "windows_dropped"}`` (non-finite windows are dropped); the distance is
+    NaN with fewer than 2 windows on a side.
+    """
+    from specdiff.embeddings import get_embedding
+
+    fn = get_embedding(embedding)
+    a = [fn(x) for x in generated]
+    b = [fn(x) for x in reference]
+    a_rows = np.concatenate(a) if a else np.zeros((0, 0))
+    b_rows = np.concatenate(b) if b else np.zeros((0, 0))
+    # Windows of overflowing audio (|x| ~ 1e20 makes float32 power spectra inf) cannot enter a
+    # covariance; they are dropped and counted.
+    finite_a, finite_b = np.isfinite(a_rows).all(axis=1), np.isfinite(b_rows).all(axis=1)
+    dropped = int((~finite_a).sum() + (~finite_b).sum())
+    a_rows, b_rows = a_rows[finite_a], b_rows[finite_b]
+    value = frechet_distance_of_embeddings(a_rows, b_rows) if len(a_rows) >= 2 and len(b_rows) >= 2 else float("nan")
+    return {"frechet_distance": value, "embedding": embedding, "windows_generated": len(a_rows),
+            "windows_reference": len(b_rows), "windows_dropped": dropped}  # fmt: skip
