@@ -395,50 +395,26 @@ def _save_audio(path: Path, audio: np.ndarray) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Picture (small and local until specdiff.plotting has a comparison figure)
+# Picture
 # ---------------------------------------------------------------------------------------------
 
 
 def save_comparison_png(path: Path, reference: np.ndarray, generated: np.ndarray, notes: Sequence, title: str = "") -> str | None:
-    """Reference log-mel, generated log-mel and the piano roll, stacked on one time axis; atomic.
+    """Reference and generated log-mel with the piano roll (specdiff.plotting); atomic.
     Returns the path, or None (with a message) when matplotlib is missing."""
-    try:
-        from matplotlib.figure import Figure  # no pyplot: no global backend state
-    except ImportError:
-        print("note: --png needs matplotlib (pip install matplotlib); no picture written", file=sys.stderr)
-        return None
     import torch
 
-    from specdiff.mel import MAX_VALUE, MIN_VALUE, log_mel
+    from specdiff import plotting
+    from specdiff.mel import log_mel
 
     with torch.no_grad():
         mels = [log_mel(torch.from_numpy(np.ascontiguousarray(a, np.float32))).numpy() for a in (reference, generated)]
-    seconds = len(reference) / SAMPLE_RATE
-    fig = Figure(figsize=(12, 8), layout="constrained")
-    axes = fig.subplots(3, 1, sharex=True)
-    for ax, mel, name in zip(axes, mels, ("reference", "generated")):
-        ax.imshow(mel.T, origin="lower", aspect="auto", vmin=MIN_VALUE, vmax=MAX_VALUE, cmap="magma",
-                  extent=(0, len(mel) / FRAMES_PER_SECOND, 0, mel.shape[1]), interpolation="nearest")  # fmt: skip
-        ax.set_ylabel(f"{name}\nmel bin")
-    roll = axes[2]
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab10"]
-    programs = sorted({n.program for n in notes if not n.is_drum})
-    for n in notes:
-        if n.is_drum:
-            roll.plot([n.start], [20], marker="|", color="black", markersize=6)
-        else:
-            roll.hlines(n.pitch, n.start, n.end, color=cmap(programs.index(n.program) % 10), linewidth=2)
-    roll.set_ylim(15, 110)
-    roll.set_xlim(0, seconds)
-    roll.set_ylabel("piano roll\npitch (drums at 20)")
-    roll.set_xlabel("seconds")
-    fig.suptitle(title)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=80)
-    os.replace(tmp, path)
+    try:
+        plotting.save_comparison_png(path, mels[0], mels[1], notes=list(notes), title=title)
+    except plotting.PlottingUnavailable:
+        print("note: --png needs matplotlib (pip install matplotlib); no picture written", file=sys.stderr)
+        return None
     return str(path)
 
 
