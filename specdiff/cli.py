@@ -231,6 +231,8 @@ COMMANDS: tuple[Command, ...] = (
             "train the neural vocoder (log-mel -> 16 kHz audio)", "run_train_vocoder"),
     Command("vocode", ("specdiff.vocoder_cli", "specdiff.vocoder_train"), "add_vocode_arguments",
             "log-mel (.npy) or audio -> WAV with the neural vocoder", "run_vocode"),
+    Command("export-vocoder", ("specdiff.vocoder_cli",), "add_export_vocoder_arguments",
+            "write a vocoder checkpoint as a vocoder/ folder (optionally ONNX)", None),
     Command("serve", ("specdiff.serve",), "add_serve_arguments",
             "run the HTTP synthesis service and its web page", "run_serve"),
 )  # fmt: skip

@@ -1,0 +1,275 @@
+"""Benchmark: our neural vocoder vs Griffin-Lim, analysis-resynthesis of held-out rendered audio.
+
+For every held-out demo-corpus MIDI file (rendered with specdiff.render), the audio goes through the
+log-mel front end (spec §1) and back through each inverter. Reported per inverter:
+- log-mel L1 between the resynthesis and the original (natural-log units, our front end);
+- multi-resolution STFT distance: mean L1 of log magnitudes and spectral convergence over
+  4 resolutions (FFT 256/512/1024/2048, hop = FFT/4);
+- note-onset F1 (mir_eval, 50 ms, offsets ignored) of basic-pitch's transcription of the
+  resynthesis against basic-pitch's transcription of the original audio, when basic-pitch is
+  installed (and, for reference, of each against the MIDI file itself);
+- CPU speed as x real time (audio seconds per compute second) on 1 and 2 threads.
+
+Usage:
+  python benchmarks/vocoder_benchmark.py --vocoder /work/runs/vocoder/export [--split test]
+Writes benchmarks/results/vocoder_benchmark.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from specdiff.mel import log_mel  # noqa: E402
+
+RESOLUTIONS = ((256, 64), (512, 128), (1024, 256), (2048, 512))
+
+
+def held_out_clips(split: str, max_files: int, seconds: float, audio_dir: Path | None, midi_dir: Path | None = None):
+    """[(name, 16 kHz audio, midi path or None)] from the demo corpus split, a MIDI folder (rendered
+    with specdiff.render) or audio files."""
+    clips = []
+    if audio_dir is not None:
+        from specdiff.audio_io import load_audio
+
+        for path in sorted(p for p in Path(audio_dir).iterdir() if p.suffix.lower() in {".wav", ".flac"})[:max_files]:
+            clips.append((path.name, np.asarray(load_audio(path), np.float32)[: int(seconds * 16000)], None))
+        return clips
+    from specdiff.render import render_midi
+
+    if midi_dir is not None:
+        midi_files = sorted(p for p in Path(midi_dir).iterdir() if p.suffix.lower() in {".mid", ".midi"})
+    else:
+        from specdiff.corpus import demo_midi_files
+
+        midi_files = list(demo_midi_files(split))
+    for midi in midi_files[:max_files]:
+        clips.append((Path(midi).name, render_midi(midi)[: int(seconds * 16000)], Path(midi)))
+    return clips
+
+
+def _magnitude(audio: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
+    window = torch.hann_window(n_fft)
+    return torch.stft(audio, n_fft, hop, window=window, return_complex=True).abs()
+
+
+def distances(original: np.ndarray, resynthesis: np.ndarray) -> dict[str, float]:
+    a, b = torch.from_numpy(original)[None], torch.from_numpy(resynthesis)[None]
+    log_l1, convergence = [], []
+    for n_fft, hop in RESOLUTIONS:
+        ma, mb = _magnitude(a, n_fft, hop), _magnitude(b, n_fft, hop)
+        log_l1.append((ma.clamp_min(1e-5).log() - mb.clamp_min(1e-5).log()).abs().mean().item())
+        convergence.append((torch.linalg.norm(ma - mb) / torch.linalg.norm(ma).clamp_min(1e-8)).item())
+    mel_l1 = (log_mel(a) - log_mel(b)).abs().mean().item()
+    return {"log_mel_l1": mel_l1, "mr_stft_log_l1": float(np.mean(log_l1)), "spectral_convergence": float(np.mean(convergence))}
+
+
+class OnsetScorer:
+    """basic-pitch transcription + mir_eval onset F1 (None when basic-pitch is not installed)."""
+
+    def __init__(self):
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        from basic_pitch import ICASSP_2022_MODEL_PATH
+        from basic_pitch.inference import Model, predict
+
+        self.model, self.predict = Model(ICASSP_2022_MODEL_PATH), predict
+
+    def notes(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import soundfile as sf
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "a.wav"
+            sf.write(path, audio, 16000)
+            _, _, events = self.predict(path, self.model)
+        intervals = np.array([[s, max(e, s + 1e-3)] for s, e, *_ in events]).reshape(-1, 2)
+        pitches = np.array([440.0 * 2 ** ((p - 69) / 12) for _, _, p, *_ in events])
+        return intervals, pitches
+
+    @staticmethod
+    def f1(reference, estimate) -> float:
+        import mir_eval
+
+        if len(reference[1]) == 0 or len(estimate[1]) == 0:
+            return float(len(reference[1]) == len(estimate[1]))
+        _, _, f, _ = mir_eval.transcription.precision_recall_f1_overlap(
+            reference[0], reference[1], estimate[0], estimate[1], onset_tolerance=0.05, offset_ratio=None
+        )
+        return float(f)
+
+
+def midi_notes(path: Path, seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    import pretty_midi
+
+    notes = [n for inst in pretty_midi.PrettyMIDI(str(path)).instruments if not inst.is_drum for n in inst.notes]
+    notes = [n for n in notes if n.start < seconds]
+    intervals = np.array([[n.start, max(n.end, n.start + 1e-3)] for n in notes]).reshape(-1, 2)
+    return intervals, np.array([440.0 * 2 ** ((n.pitch - 69) / 12) for n in notes])
+
+
+def speed(inverter, mel: np.ndarray, threads: int, repeats: int = 3) -> float:
+    """x real time: seconds of audio per second of compute."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        inverter(mel)  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            inverter(mel)
+        elapsed = (time.perf_counter() - start) / repeats
+    finally:
+        torch.set_num_threads(previous)
+    return mel.shape[1] * 320 / 16000 / elapsed
+
+
+class OnnxRunner:
+    """The exported vocoder.onnx under onnxruntime, with a fixed number of intra-op threads."""
+
+    def __init__(self, path: Path, threads: int):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, mel: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"input_features": mel.astype(np.float32)})[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vocoder", type=Path, required=True, help="model folder with vocoder/, or a vocoder folder")
+    parser.add_argument("--split", default="test", help="demo corpus split (default: test, never trained on)")
+    parser.add_argument("--audio-dir", type=Path, help="use these audio files instead of the demo corpus")
+    parser.add_argument("--midi-dir", type=Path, help="render these MIDI files instead of the demo corpus split")
+    parser.add_argument("--max-files", type=int, default=12)
+    parser.add_argument("--seconds", type=float, default=20.0, help="crop each clip to this length")
+    parser.add_argument("--onnx", type=Path, help="also time this exported vocoder.onnx under onnxruntime")
+    parser.add_argument("--note", default="", help="free text recorded with the results (e.g. the training step)")
+    parser.add_argument("--no-onsets", action="store_true", help="skip the basic-pitch onset F1")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = parser.parse_args()
+
+    from specdiff.inverters import GriffinLimInverter
+    from specdiff.vocoder import load_vocoder
+
+    torch.set_num_threads(1)
+    inverters = {"griffin-lim": GriffinLimInverter(), "vocoder (ours)": load_vocoder(args.vocoder)}
+    clips = held_out_clips(args.split, args.max_files, args.seconds, args.audio_dir, args.midi_dir)
+    if not clips:
+        raise SystemExit("no held-out clips")
+
+    scorer, onset_note = None, ""
+    if not args.no_onsets:
+        try:
+            scorer = OnsetScorer()
+        except ImportError as err:
+            onset_note = f"onset F1 skipped: basic-pitch not installed ({err})"
+            print(onset_note)
+
+    per_clip = []
+    for name, audio, midi in clips:
+        mel = log_mel(torch.from_numpy(audio)[None]).numpy()
+        row = {"clip": name, "seconds": len(audio) / 16000}
+        reference_notes = scorer.notes(audio) if scorer else None
+        truth = midi_notes(midi, args.seconds) if (scorer and midi is not None) else None
+        if truth is not None:
+            row["original/onset_f1_vs_midi"] = scorer.f1(truth, reference_notes)
+        for label, inverter in inverters.items():
+            resynthesis = inverter(mel)[0, : len(audio)].astype(np.float32)
+            for key, value in distances(audio, resynthesis).items():
+                row[f"{label}/{key}"] = value
+            if scorer:
+                notes = scorer.notes(resynthesis)
+                row[f"{label}/onset_f1_vs_original"] = scorer.f1(reference_notes, notes)
+                if truth is not None:
+                    row[f"{label}/onset_f1_vs_midi"] = scorer.f1(truth, notes)
+        per_clip.append(row)
+        print(name, {k: round(v, 4) for k, v in row.items() if isinstance(v, float)})
+
+    # Speed on a 10 s excerpt (or the longest clip when shorter).
+    longest = max(clips, key=lambda c: len(c[1]))[1][: 10 * 16000]
+    mel = log_mel(torch.from_numpy(longest)[None]).numpy()
+    speeds = {label: {f"{t}_thread": speed(inv, mel, t) for t in (1, 2)} for label, inv in inverters.items()}
+    if args.onnx is not None:
+        speeds["vocoder (ours), onnxruntime"] = {f"{t}_thread": speed(OnnxRunner(args.onnx, t), mel, 1) for t in (1, 2)}
+
+    keys = sorted({k.split("/", 1)[1] for row in per_clip for k in row if "/" in k})
+    summary = {}
+    for label in ["original", *inverters]:
+        values = {k: float(np.mean([r[f"{label}/{k}"] for r in per_clip if f"{label}/{k}" in r])) for k in keys
+                  if any(f"{label}/{k}" in r for r in per_clip)}
+        if values:
+            summary[label] = values
+    result = {
+        "split": (args.audio_dir or args.midi_dir).as_posix() if (args.audio_dir or args.midi_dir) else args.split,
+        "clips": len(clips),
+        "seconds_per_clip_max": args.seconds,
+        "vocoder": str(args.vocoder),
+        "note": args.note,
+        "summary": summary,
+        "speed_x_real_time": speeds,
+        "speed_excerpt_seconds": len(longest) / 16000,
+        "onset_note": onset_note,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared), torch {torch.__version__}",
+        "per_clip": per_clip,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(args.out / "vocoder_benchmark.json", json.dumps(result, indent=2) + "\n")
+    _write_atomic(args.out / "vocoder_benchmark.md", markdown(result, keys))
+    print(markdown(result, keys))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def markdown(result: dict, keys: list[str]) -> str:
+    order = ["log_mel_l1", "mr_stft_log_l1", "spectral_convergence", "onset_f1_vs_original", "onset_f1_vs_midi"]
+    names = {
+        "log_mel_l1": "log-mel L1 ↓",
+        "mr_stft_log_l1": "MR-STFT log-mag L1 ↓",
+        "spectral_convergence": "MR spectral convergence ↓",
+        "onset_f1_vs_original": "onset F1 vs original ↑",
+        "onset_f1_vs_midi": "onset F1 vs MIDI ↑",
+    }
+    cols = [k for k in order if k in keys]
+    lines = [
+        f"# Vocoder benchmark: analysis-resynthesis of {result['clips']} held-out clips ({result['split']})",
+        "",
+        "| inverter | " + " | ".join(names[k] for k in cols) + " | x real time, 1 thread | 2 threads |",
+        "|---" * (len(cols) + 3) + "|",
+    ]
+    for label, values in result["summary"].items():
+        cells = [f"{values[k]:.4f}" if k in values else "" for k in cols]
+        sp = result["speed_x_real_time"].get(label, {})
+        speed_cells = [f"{sp[t]:.1f}" if t in sp else "" for t in ("1_thread", "2_thread")]
+        lines.append(f"| {label} | " + " | ".join(cells + speed_cells) + " |")
+    for label, sp in result["speed_x_real_time"].items():
+        if label not in result["summary"]:
+            lines.append(f"| {label} | " + " | ".join([""] * len(cols)) + f" | {sp['1_thread']:.1f} | {sp['2_thread']:.1f} |")
+    lines += ["", f"Vocoder: {result['vocoder']}" + (f" ({result['note']})" if result.get("note") else "") + "."]
+    lines += [f"Speed: {result['speed_excerpt_seconds']:.1f} s excerpt, {result['machine']}."]
+    if result["onset_note"]:
+        lines.append(result["onset_note"])
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

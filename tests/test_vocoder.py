@@ -1,0 +1,407 @@
+"""Tests of the neural vocoder (specdiff/vocoder.py) and its training code (specdiff/vocoder_train.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from specdiff.errors import AudioError, ModelError
+from specdiff.vocoder import (
+    ISTFTHead,
+    Vocoder,
+    VocoderConfig,
+    VocoderInverter,
+    export_onnx,
+    find_vocoder_dir,
+    load_vocoder,
+)
+
+torch.set_num_threads(1)
+
+TINY = VocoderConfig(dim=16, intermediate_dim=32, num_layers=2)
+
+
+def tiny_vocoder(seed: int = 0) -> Vocoder:
+    torch.manual_seed(seed)
+    model = Vocoder(TINY).eval()
+    # Non-trivial layer scales and head bias so every layer matters in the comparisons below.
+    with torch.no_grad():
+        for block in model.blocks:
+            block.gamma.fill_(0.5)
+        model.head.out.bias.normal_(0, 0.5)
+    return model
+
+
+def random_log_mel(batch: int, frames: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(math.log(1e-5), 2.0, size=(batch, frames, 128)).astype(np.float32)
+
+
+def test_config_matches_front_end_constants():
+    mel = pytest.importorskip("specdiff.mel")
+    c = VocoderConfig()
+    assert (c.sample_rate, c.hop_length, c.n_mels) == (mel.SAMPLE_RATE, mel.HOP_LENGTH, mel.N_MELS)
+    assert c.feature_min == pytest.approx(mel.MIN_VALUE) and c.feature_max == pytest.approx(mel.MAX_VALUE)
+
+
+@pytest.mark.parametrize("frames", [1, 7, 33])
+def test_output_is_exactly_frames_times_hop(frames):
+    audio = tiny_vocoder()(torch.from_numpy(random_log_mel(2, frames)))
+    assert audio.shape == (2, frames * 320)
+    assert torch.isfinite(audio).all()
+
+
+def test_batch_items_are_independent():
+    model = tiny_vocoder()
+    mel = torch.from_numpy(random_log_mel(3, 12))
+    together = model(mel)
+    alone = model(mel[1:2])
+    torch.testing.assert_close(together[1:2], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_istft_head_inverts_the_matching_stft():
+    """Analysis with torch.fft (frames centred on 320 i + 320, spec §1) -> head.istft gives the signal back."""
+    head = ISTFTHead(dim=4, n_fft=1280, hop_length=320, max_log_magnitude=7.0)
+    frames = 25
+    signal = torch.randn(2, frames * 320, dtype=torch.float32)
+    padded = torch.nn.functional.pad(signal, (320, 1280))  # frame i starts at 320 i - 320
+    windows = padded.unfold(-1, 1280, 320)[:, :frames] * torch.hann_window(1280)
+    spectrum = torch.fft.rfft(windows.double()).transpose(1, 2)
+    rebuilt = head.istft(spectrum.abs().float(), spectrum.angle().float())
+    assert rebuilt.shape == signal.shape
+    torch.testing.assert_close(rebuilt, signal, rtol=0, atol=1e-5)
+
+
+def test_absolute_phase_turns_a_constant_output_into_a_steady_sinusoid():
+    """Why the head uses absolute phase: the same output in every frame (what a convolutional backbone
+    gives for a steady note) must be a steady tone. Bin 37 is not a multiple of n_fft / hop = 4,
+    so in the frame-relative convention neighbouring frames cancel (half the amplitude is lost)."""
+    head = ISTFTHead(dim=4, n_fft=1280, hop_length=320, max_log_magnitude=7.0, absolute_phase=True)
+    frames = 20
+    magnitude = torch.zeros(1, 641, frames)
+    magnitude[0, 37] = 100.0
+    phase = torch.full((1, 641, frames), 0.3)
+    steady = head.istft(magnitude, phase + head.frame_phase(frames))[0].double()
+    t = torch.arange(frames * 320, dtype=torch.float64)
+    # Frame i's inverse DFT starts at output sample 320 i - 320; the windowed overlap-add divided by
+    # the summed squared window scales the bin's 2 |X| / n_fft by sum(w) / sum(w^2) = 4/3.
+    expected = (4 / 3) * (2 * 100 / 1280) * torch.cos(2 * math.pi * 37 * (t + 320) / 1280 + 0.3)
+    inner = slice(640, -640)  # away from the edges, where fewer frames overlap
+    torch.testing.assert_close(steady[inner], expected[inner], rtol=0, atol=1e-6)
+    frame_relative = head.istft(magnitude, phase)[0].double()
+    assert frame_relative[inner].pow(2).mean().sqrt() < 0.6 * expected[inner].pow(2).mean().sqrt()
+    # Integer reduction: exact even where k * i * hop is far beyond float32's integers.
+    late = head.frame_phase(100_000)[:, -1].double()
+    k = torch.arange(641, dtype=torch.float64)
+    exact = 2 * math.pi * k * 99_999 * 320 / 1280  # float64 holds these integers exactly
+    torch.testing.assert_close(torch.polar(torch.ones_like(late), late), torch.polar(torch.ones_like(exact), exact), rtol=0, atol=1e-5)
+
+
+def test_config_without_phase_key_loads_as_frame_relative():
+    old = {k: v for k, v in VocoderConfig().to_dict().items() if k != "phase"}
+    assert VocoderConfig.from_dict(old).phase == "frame" and VocoderConfig().phase == "absolute"
+    assert Vocoder(VocoderConfig.from_dict(old)).head.absolute_phase is False
+    with pytest.raises(ModelError):
+        VocoderConfig.from_dict({**old, "phase": "sideways"})
+
+
+def test_fft_and_onnx_paths_of_the_istft_agree(monkeypatch):
+    """The PyTorch path (irfft + fold) equals the exported one (conv_transpose with the DFT basis)."""
+    head = ISTFTHead(dim=4, n_fft=1280, hop_length=320, max_log_magnitude=7.0)
+    generator = torch.Generator().manual_seed(0)
+    magnitude = torch.rand(2, 641, 9, generator=generator)
+    phase = (torch.rand(2, 641, 9, generator=generator) - 0.5) * 6.5
+    fast = head.istft(magnitude, phase)
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    exported = head.istft(magnitude, phase)
+    assert fast.shape == exported.shape == (2, 9 * 320)
+    torch.testing.assert_close(fast, exported, rtol=1e-4, atol=1e-5)
+
+
+def test_istft_head_places_a_click_in_the_right_frame():
+    """A single impulse-like frame spectrum (flat magnitude, linear phase) lands at its frame's centre."""
+    head = ISTFTHead(dim=4, n_fft=1280, hop_length=320, max_log_magnitude=7.0)
+    bins, frames, frame = 641, 10, 4
+    magnitude = torch.zeros(1, bins, frames)
+    magnitude[0, :, frame] = 1.0
+    k = torch.arange(bins, dtype=torch.float32)
+    phase = torch.zeros(1, bins, frames)
+    phase[0, :, frame] = -2 * math.pi * k * 640 / 1280  # impulse at the middle of the 1280 window
+    audio = head.istft(magnitude, phase)[0]
+    assert int(audio.abs().argmax()) == 320 * frame + 320  # centre of analysis frame 4 (spec §1)
+
+
+def test_inverter_protocol():
+    inverter = VocoderInverter(tiny_vocoder())
+    assert inverter.sample_rate == 16000
+    out = inverter(random_log_mel(2, 9))
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (2, 9 * 320)
+    assert inverter(np.zeros((1, 0, 128), np.float32)).shape == (1, 0)
+    with pytest.raises(ValueError):
+        inverter(random_log_mel(1, 9)[0])  # [T, 128] without the batch axis
+
+
+def test_save_load_round_trip(tmp_path):
+    model = tiny_vocoder()
+    model.save_pretrained(tmp_path / "model" / "vocoder")
+    config = json.loads((tmp_path / "model" / "vocoder" / "config.json").read_text())
+    assert config["dim"] == 16 and config["model_type"] == "vocos"
+    # Stored as fp16: the loaded model equals the original with its weights rounded to fp16.
+    rounded = tiny_vocoder()
+    with torch.no_grad():
+        for p in rounded.parameters():
+            p.copy_(p.half().float())
+    mel = random_log_mel(1, 20)
+    assert find_vocoder_dir(tmp_path / "model") == tmp_path / "model" / "vocoder"
+    loaded = load_vocoder(tmp_path / "model")  # the model folder, as load_inverter passes it
+    np.testing.assert_allclose(loaded(mel), VocoderInverter(rounded)(mel), rtol=1e-5, atol=1e-6)
+    direct = load_vocoder(tmp_path / "model" / "vocoder")  # or the vocoder folder itself
+    np.testing.assert_allclose(direct(mel), loaded(mel), rtol=0, atol=0)
+
+
+def test_load_errors(tmp_path):
+    assert find_vocoder_dir(tmp_path) is None
+    with pytest.raises(ModelError):
+        load_vocoder(tmp_path)
+    tiny_vocoder().save_pretrained(tmp_path / "v")
+    config = json.loads((tmp_path / "v" / "config.json").read_text())
+    config["dim"] = 24  # weights no longer fit
+    (tmp_path / "v" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="do not match"):
+        load_vocoder(tmp_path / "v")
+
+
+def test_onnx_export_matches_pytorch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model = tiny_vocoder()
+    try:
+        path = export_onnx(model, tmp_path / "vocoder.onnx")
+    except Exception as err:  # an exporter missing from this torch build
+        pytest.skip(f"ONNX export unavailable: {err}")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input_features"]
+    for batch, frames in [(1, 5), (3, 40)]:  # neither is the export example's shape: axes are dynamic
+        mel = random_log_mel(batch, frames, seed=frames)
+        (audio,) = session.run(None, {"input_features": mel})
+        assert audio.shape == (batch, frames * 320)
+        with torch.no_grad():
+            expected = model(torch.from_numpy(mel)).numpy()
+        np.testing.assert_allclose(audio, expected, rtol=1e-4, atol=1e-5)
+    # The official inverter's loader accepts it as is (one input named input_features, output 0).
+    from specdiff.inverters import OnnxInverter
+
+    mel = random_log_mel(2, 17, seed=1)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(mel)).numpy()
+    np.testing.assert_allclose(OnnxInverter(path, num_threads=1)(mel), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_pipeline_from_pretrained_uses_the_folders_vocoder(tmp_path):
+    """End to end: a model folder with vocoder/ -> from_pretrained picks it (auto) -> audio = vocoder(mel)."""
+    pytest.importorskip("specdiff.pipeline")
+    from specdiff.inverters import load_inverter
+    from specdiff.model import build_models
+    from specdiff.pipeline import SpectrogramDiffusionPipeline
+    from specdiff.tokenizer import TokenizedMidi, midi_to_segments
+
+    tiny = dict(d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=48)
+    folder = SpectrogramDiffusionPipeline(*build_models("tiny", seed=0, **tiny)).save_pretrained(tmp_path / "model")
+    tiny_vocoder().save_pretrained(folder / "vocoder")
+    assert isinstance(load_inverter(folder), VocoderInverter)
+    pipe = SpectrogramDiffusionPipeline.from_pretrained(folder)
+    assert isinstance(pipe.inverter, VocoderInverter)
+    midi = Path(__file__).parent / "data" / "tokenizer" / "bach_bwv66_6.mid"
+    segments = midi_to_segments(midi).segments[:1]
+    out = pipe(TokenizedMidi(segments, duration=2.0), num_inference_steps=2, output_type="np",
+               generator=torch.Generator().manual_seed(0), show_progress=False)  # fmt: skip
+    frames = out.mels.shape[1]
+    assert out.audios.shape == (1, frames * 320) and np.isfinite(out.audios).all()
+    expected = load_vocoder(folder)(out.mels.astype(np.float32))[0]
+    # The pipeline inverts the untrimmed song and then cuts (and fades the last 50 ms): compare
+    # before the cut's reach, 3 convolutions of kernel 7 (9 frames) plus the iSTFT overlap (2 frames).
+    keep = (frames - 12) * 320
+    np.testing.assert_allclose(out.audios[0, :keep], expected[:keep], rtol=1e-4, atol=1e-5)
+    # save_pretrained carries the vocoder along.
+    copy = pipe.save_pretrained(tmp_path / "copy")
+    assert find_vocoder_dir(copy) == copy / "vocoder"
+
+
+# ---- training -----------------------------------------------------------------------------------
+
+
+def _tone_clips(seconds: float = 2.0) -> list[np.ndarray]:
+    t = np.arange(int(seconds * 16000)) / 16000
+    a = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 660 * t) * (t % 0.5 < 0.25)
+    b = 0.4 * np.sign(np.sin(2 * np.pi * 110 * t)) * np.exp(-3 * (t % 0.7))
+    return [a.astype(np.float32), b.astype(np.float32)]
+
+
+def test_loss_functions_are_zero_only_for_identical_audio():
+    from specdiff.vocoder_train import multi_resolution_stft_loss
+
+    x = torch.from_numpy(np.stack(_tone_clips(0.5)))
+    assert multi_resolution_stft_loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
+    assert multi_resolution_stft_loss(0.5 * x, x).item() > 0.1
+
+
+def test_segment_sampler_lengths_and_determinism():
+    from specdiff.vocoder_train import SegmentSampler, features_and_target
+
+    a, b = SegmentSampler(_tone_clips(), 8, seed=3), SegmentSampler(_tone_clips(), 8, seed=3)
+    batch = a.sample(4)
+    assert batch.shape == (4, 8 * 320 + 320)
+    torch.testing.assert_close(batch, b.sample(4))
+    pytest.importorskip("specdiff.mel")
+    mel, target = features_and_target(batch, 8)
+    assert mel.shape == (4, 8, 128) and target.shape == (4, 8 * 320)
+
+
+def _trainer(warmup_steps: int):
+    from specdiff.vocoder_train import TrainConfig, VocoderTrainer
+
+    config = TrainConfig(batch_size=2, segment_frames=8, warmup_steps=warmup_steps, lr=2e-3, lr_warmup_steps=1)
+    return VocoderTrainer(TINY, config)
+
+
+def test_a_few_steps_reduce_the_reconstruction_loss():
+    pytest.importorskip("specdiff.mel")
+    from specdiff.vocoder_train import SegmentSampler, features_and_target, mel_l1
+
+    trainer = _trainer(warmup_steps=10_000)  # reconstruction losses only
+    batch = SegmentSampler(_tone_clips(), 8, seed=0).sample(2)
+    mel, real = features_and_target(batch, 8)
+
+    def loss() -> float:
+        with torch.no_grad():
+            return mel_l1(trainer.generator(mel), real).item()
+
+    before = loss()
+    for _ in range(30):
+        trainer.train_step(batch)
+    assert loss() < 0.85 * before  # measured: ~0.75 after 25 steps
+
+
+def test_checkpoint_resume_restores_step_weights_and_randomness(tmp_path):
+    pytest.importorskip("specdiff.mel")
+    from specdiff.vocoder_train import SegmentSampler
+
+    first, sampler = _trainer(warmup_steps=1), SegmentSampler(_tone_clips(), 8, seed=1)
+    for _ in range(2):  # one reconstruction-only step, one adversarial step
+        first.train_step(sampler.sample(2))
+    first.save_checkpoint(tmp_path / "checkpoint.pt", sampler)
+
+    second, sampler2 = _trainer(warmup_steps=1), SegmentSampler(_tone_clips(), 8, seed=99)
+    second.load_checkpoint(tmp_path / "checkpoint.pt", sampler2)
+    assert second.step == 2
+    for p, q in zip(first.generator.parameters(), second.generator.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    # Same data stream and optimiser states: the next step gives the same weights in both.
+    first.train_step(sampler.sample(2))
+    second.train_step(sampler2.sample(2))
+    for module in ("generator", "mpd", "mrd"):
+        for p, q in zip(getattr(first, module).parameters(), getattr(second, module).parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+# ---- command line ---------------------------------------------------------------------------------
+
+
+def _parser():
+    from specdiff.vocoder_cli import add_vocode_arguments, add_vocoder_arguments
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    add_vocoder_arguments(sub)
+    add_vocode_arguments(sub)
+    return parser
+
+
+def test_cli_module_imports_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = "import sys, specdiff.vocoder_cli; print(sorted(m for m in ('torch', 'numpy', 'specdiff.vocoder') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_train_vocoder_arguments():
+    from specdiff.vocoder_train import TrainConfig
+
+    args = _parser().parse_args(
+        ["train-vocoder", "--midi-dir", "m", "--audio-dir", "a", "--audio-dir", "b", "--run-dir", "r", "--max-steps", "7"]
+    )
+    assert args.max_steps == 7 and args.midi_dir == [Path("m")] and args.audio_dir == [Path("a"), Path("b")]
+    assert args.lr is None and not args.demo_corpus  # None: TrainConfig's default applies
+    assert TrainConfig().lr == 5e-4
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["train-vocoder", "--audio-dir", "a"])  # --run-dir is required
+
+
+def test_train_vocoder_command_trains_resumes_and_exports(tmp_path):
+    pytest.importorskip("specdiff.mel")
+    pytest.importorskip("specdiff.audio_io")
+    import soundfile as sf
+
+    for i, clip in enumerate(_tone_clips()):
+        sf.write(tmp_path / f"clip{i}.wav", clip, 16000)
+    common = ["train-vocoder", "--audio-dir", str(tmp_path), "--run-dir", str(tmp_path / "run"), "--no-progress",
+              "--dim", "16", "--intermediate-dim", "32", "--num-layers", "2", "--batch-size", "2",
+              "--segment-frames", "8", "--warmup-steps", "2", "--gan-batch-size", "1", "--checkpoint-every", "2"]  # fmt: skip
+    args = _parser().parse_args([*common, "--max-steps", "2"])
+    assert args.func(args) == 0
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 2 and state["vocoder_config"]["dim"] == 16
+    args = _parser().parse_args([*common, "--max-steps", "4", "--dim", "32"])  # resumes: keeps dim 16
+    assert args.func(args) == 0
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 4
+    assert load_vocoder(tmp_path / "run").model.config.dim == 16
+
+
+def test_cache_audio_reads_the_train_songs_sources(tmp_path):
+    pytest.importorskip("specdiff.data")
+    import soundfile as sf
+
+    from specdiff.vocoder_train import cache_audio
+
+    wav = tmp_path / "song.wav"
+    sf.write(wav, _tone_clips(0.5)[0], 16000)
+    songs = [
+        {"id": "a", "split": "train", "source": f"{wav} + {tmp_path / 'song.mid'}"},
+        {"id": "b", "split": "validation", "source": f"{wav} + {tmp_path / 'song.mid'}"},
+        {"id": "c", "split": "train", "source": "SlakhMix-like source that cannot be read back"},
+    ]
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "index.json").write_text(json.dumps({"format": 1, "songs": songs}))
+    with pytest.warns(UserWarning, match="1 train songs"):
+        assert cache_audio(tmp_path / "cache", tmp_path / "out") == [wav]
+    assert cache_audio(tmp_path / "cache", tmp_path / "out", split="validation") == [wav]
+
+
+def test_vocode_command(tmp_path):
+    pytest.importorskip("specdiff.audio_io")
+    pytest.importorskip("specdiff.mel")
+    import soundfile as sf
+
+    tiny_vocoder().save_pretrained(tmp_path / "model" / "vocoder")
+    np.save(tmp_path / "mel.npy", random_log_mel(1, 11)[0])
+    args = _parser().parse_args(["vocode", str(tmp_path / "mel.npy"), "-o", str(tmp_path / "a.wav"), "--vocoder", str(tmp_path / "model")])
+    assert args.func(args) == 0
+    audio, rate = sf.read(tmp_path / "a.wav")
+    assert rate == 16000 and audio.shape == (11 * 320,)
+
+    sf.write(tmp_path / "in.wav", _tone_clips(0.5)[0][:7777], 16000)  # not a whole number of frames
+    args = _parser().parse_args(["vocode", str(tmp_path / "in.wav"), "-o", str(tmp_path / "b.wav"), "--vocoder", str(tmp_path / "model")])
+    args.func(args)
+    assert sf.read(tmp_path / "b.wav")[0].shape == (7777,)
+
+    np.save(tmp_path / "bad.npy", np.zeros((5, 64), np.float32))
+    args = _parser().parse_args(["vocode", str(tmp_path / "bad.npy"), "-o", str(tmp_path / "c.wav"), "--vocoder", str(tmp_path / "model")])
+    with pytest.raises(AudioError):
+        args.func(args)
