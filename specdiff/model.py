@@ -74,8 +74,8 @@ class GatedGeluFeedForward(nn.Module):
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
     """``[B, L, H*dk] -> [B, H, L, dk]``."""
-    batch, length, _ = x.shape
-    return x.view(batch, length, num_heads, -1).transpose(1, 2)
+    batch, length, inner = x.shape
+    return x.view(batch, length, num_heads, inner // num_heads).transpose(1, 2)  # no -1: may be empty
 
 
 def merge_heads(x: Tensor) -> Tensor:
@@ -204,7 +204,12 @@ class _T5Encoder(nn.Module):
 
     def _run_stack(self, x: Tensor, mask: Tensor) -> Tensor:
         x = self.dropout_pre(x)
-        bias = encoder_attention_bias(mask, x.dtype)
+        dtype = x.dtype
+        if torch.is_autocast_enabled(x.device.type):
+            # Autocast runs attention in its dtype: float32's finfo.min would become -inf in
+            # float16 and a fully masked row (the empty first context, a silent segment) NaN.
+            dtype = torch.get_autocast_dtype(x.device.type)
+        bias = encoder_attention_bias(mask, dtype)
         for block in self.encoders:
             x = block(x, bias)
         return self.dropout_post(self.layer_norm(x))
@@ -308,16 +313,32 @@ def terminal_relative_positions(mask: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
+FilmParams = tuple[Tensor, Tensor]  # (scale, shift), each [B or 1, 1, D]
+
+
 class FiLMLayer(nn.Module):
-    """``x * (1 + scale) + shift`` with ``[scale | shift] = Linear(4D -> 2D)(cond)`` (spec §3.4)."""
+    """``x * (1 + scale) + shift`` with ``[scale | shift] = Linear(4D -> 2D)(cond)`` (spec §3.4).
+
+    ``params`` depends on the noise time only, so a sampler computes it once per step (or once
+    per distinct time for a whole song, :meth:`FilmDecoder.film_conditioning`) and ``apply`` uses it
+    at every position. ``forward`` is the two together.
+    """
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
         self.scale_bias = nn.Linear(in_features, out_features * 2, bias=False)
 
-    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+    def params(self, cond: Tensor) -> FilmParams:
         scale, shift = self.scale_bias(cond).chunk(2, dim=-1)
+        return scale, shift
+
+    @staticmethod
+    def apply(x: Tensor, params: FilmParams) -> Tensor:
+        scale, shift = params
         return x * (1 + scale) + shift
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        return self.apply(x, self.params(cond))
 
 
 class Attention(nn.Module):
@@ -351,9 +372,9 @@ class T5LayerSelfAttentionCond(nn.Module):
         self.attention = Attention(d_model, num_heads, d_kv, dropout_rate)
         self.dropout = SequenceDropout(dropout_rate)
 
-    def forward(self, y: Tensor, cond: Tensor) -> Tensor:
+    def forward(self, y: Tensor, film: FilmParams) -> Tensor:
         # The decoder's self-attention is unmasked and not causal (spec §3.4).
-        return y + self.dropout(self.attention(self.FiLMLayer(self.layer_norm(y), cond)))
+        return y + self.dropout(self.attention(FiLMLayer.apply(self.layer_norm(y), film)))
 
 
 class T5LayerCrossAttention(nn.Module):
@@ -363,11 +384,21 @@ class T5LayerCrossAttention(nn.Module):
         self.layer_norm = RMSNorm(d_model)
         self.dropout = SequenceDropout(dropout_rate)
 
-    def forward(self, y: Tensor, keys_values: tuple[Tensor, Tensor], bias: Tensor, any_key: Tensor) -> Tensor:
-        out = self.attention(self.layer_norm(y), keys_values, bias)
-        # MSD's zero_activations_if_masked: no attention output at all when every key is masked
-        # (the unconditional pass of classifier-free guidance, spec §3.4).
-        return y + self.dropout(out * any_key)
+    def forward(self, y: Tensor, keys_values: tuple[Tensor, Tensor], bias: Tensor, rows: Tensor | None) -> Tensor:
+        """``rows``: the batch rows that have at least one valid key (None: all of them).
+
+        MSD's zero_activations_if_masked: a row whose keys are all masked (the unconditional pass
+        of classifier-free guidance, spec §3.4) gets no attention output at all, so it is not
+        computed for those rows: exactly the same result, and half the cross-attention under CFG.
+        """
+        if rows is None:
+            out = self.attention(self.layer_norm(y), keys_values, bias)
+        else:
+            out = y.new_zeros(y.shape)
+            if rows.numel():
+                some = self.attention(self.layer_norm(y.index_select(0, rows)), keys_values, bias)
+                out = out.to(some.dtype).index_copy(0, rows, some)
+        return y + self.dropout(out)
 
 
 class T5LayerFFCond(nn.Module):
@@ -378,8 +409,8 @@ class T5LayerFFCond(nn.Module):
         self.layer_norm = RMSNorm(d_model)
         self.dropout = SequenceDropout(dropout_rate)
 
-    def forward(self, y: Tensor, cond: Tensor) -> Tensor:
-        return y + self.dropout(self.DenseReluDense(self.film(self.layer_norm(y), cond)))
+    def forward(self, y: Tensor, film: FilmParams) -> Tensor:
+        return y + self.dropout(self.DenseReluDense(FiLMLayer.apply(self.layer_norm(y), film)))
 
 
 class DecoderLayer(nn.Module):
@@ -395,10 +426,17 @@ class DecoderLayer(nn.Module):
             ]
         )
 
-    def forward(self, y: Tensor, cond: Tensor, keys_values: tuple[Tensor, Tensor], bias: Tensor, any_key: Tensor):
-        y = self.layer[0](y, cond)
-        y = self.layer[1](y, keys_values, bias, any_key)
-        return self.layer[2](y, cond)
+    def forward(self, y: Tensor, film: "LayerFilm", keys_values: tuple[Tensor, Tensor], bias: Tensor,
+                rows: Tensor | None) -> Tensor:  # fmt: skip
+        y = self.layer[0](y, film[0])
+        y = self.layer[1](y, keys_values, bias, rows)
+        return self.layer[2](y, film[1])
+
+    def film_params(self, cond: Tensor) -> "LayerFilm":
+        return self.layer[0].FiLMLayer.params(cond), self.layer[2].film.params(cond)
+
+
+LayerFilm = tuple[FilmParams, FilmParams]  # (self-attention FiLM, feed-forward FiLM) of one layer
 
 
 @dataclass
@@ -406,34 +444,72 @@ class CrossAttentionCache:
     """Cross-attention keys/values of every decoder layer for one set of encodings.
 
     They depend only on the encodings, so a sampler computes them once per segment instead of once
-    per denoising step.
+    per denoising step. Only what can matter is kept (spec §9.4 masking; exact, not approximate):
+
+    - rows: batch rows with no valid key at all (the unconditional half of CFG) get zero
+      cross-attention output, so they hold no keys and are skipped (``rows`` lists the others);
+    - keys: positions masked in every kept row get weight exp(-1e10 - max) = 0 exactly, so they are
+      dropped (e.g. the empty first-segment context, the PAD tail of a batch).
     """
 
-    keys_values: list[tuple[Tensor, Tensor]]  # per layer, each [B, H, K, d_kv]
-    bias: Tensor  # [B, 1, 1, K] additive mask, 0 or -1e10
-    any_key: Tensor  # [B, 1, 1] 1.0 if at least one key is valid, else 0.0
+    keys_values: list[tuple[Tensor, Tensor]]  # per layer, each [R, H, K, d_kv] for the R kept rows
+    bias: Tensor  # [R, 1, 1, K] additive mask, 0 or -1e10
+    rows: Tensor | None  # [R] batch indices of the rows with a valid key; None: every row
+    batch: int  # B, the decoder batch the cache serves
 
     @property
     def batch_size(self) -> int:
-        return self.bias.shape[0]
+        return self.batch
+
+    @property
+    def any_key(self) -> Tensor:
+        """``[B, 1, 1]``: 1.0 where a row has at least one valid key, else 0.0."""
+        flags = torch.ones(self.batch, dtype=self.bias.dtype, device=self.bias.device)
+        if self.rows is not None:
+            flags = torch.zeros_like(flags).index_fill(0, self.rows, 1.0)
+        return flags[:, None, None]
+
+    @property
+    def num_keys(self) -> int:
+        return self.bias.shape[-1]
+
+    def _row_indices(self) -> Tensor:
+        if self.rows is None:
+            return torch.arange(self.batch, device=self.bias.device)
+        return self.rows
 
     def repeat(self, n: int) -> "CrossAttentionCache":
         """The same cache for ``n`` times the batch (e.g. several noise samples of one segment)."""
+        rows = None
+        if self.rows is not None:
+            rows = torch.cat([self.rows + i * self.batch for i in range(n)])
         return CrossAttentionCache(
             [(k.repeat(n, 1, 1, 1), v.repeat(n, 1, 1, 1)) for k, v in self.keys_values],
             self.bias.repeat(n, 1, 1, 1),
-            self.any_key.repeat(n, 1, 1),
+            rows,
+            self.batch * n,
         )
 
     @staticmethod
     def cat(caches: Sequence["CrossAttentionCache"]) -> "CrossAttentionCache":
-        """Concatenate caches along the batch (their key lengths must match)."""
-        layers = zip(*(c.keys_values for c in caches))
-        return CrossAttentionCache(
-            [(torch.cat([k for k, _ in kv]), torch.cat([v for _, v in kv])) for kv in layers],
-            torch.cat([c.bias for c in caches]),
-            torch.cat([c.any_key for c in caches]),
-        )
+        """Concatenate caches along the batch; shorter key sets are padded with masked keys (exact)."""
+        keys = max(c.num_keys for c in caches)
+
+        layers = []
+        for kv in zip(*(c.keys_values for c in caches)):
+            layers.append(
+                (
+                    torch.cat([F.pad(k, (0, 0, 0, keys - k.shape[2])) for k, _ in kv]),
+                    torch.cat([F.pad(v, (0, 0, 0, keys - v.shape[2])) for _, v in kv]),
+                )
+            )
+        bias = torch.cat([F.pad(c.bias, (0, keys - c.num_keys), value=DECODER_MASK_VALUE) for c in caches])
+        offsets, rows, all_rows = 0, [], True
+        for c in caches:
+            rows.append(c._row_indices() + offsets)
+            offsets += c.batch
+            all_rows &= c.rows is None
+        return CrossAttentionCache(layers, bias, None if all_rows else torch.cat(rows), offsets)
 
 
 def timestep_embedding(time: Tensor, dim: int, max_period: float) -> Tensor:
@@ -501,15 +577,39 @@ class FilmDecoder(nn.Module):
         dtype = self.continuous_inputs_projection.weight.dtype
         return self.conditioning_emb(emb.to(dtype)).unsqueeze(1)
 
+    def film_conditioning(self, decoder_noise_time: Tensor) -> list[LayerFilm]:
+        """Noise time ``[B]`` -> every layer's FiLM ``(scale, shift)`` pairs, each ``[B, 1, D]``.
+
+        The time-dependent part of a step: its matrix-vector products read 2 x 4D x 2D weights per
+        layer (113 M of the base decoder's ~190 M parameters). A sampler computes it once per step
+        time, with batch 1 when every row shares the time (broadcasting does the rest), and can keep
+        it for later segments, which run the same times.
+        """
+        cond = self.time_conditioning(decoder_noise_time)
+        return [layer.film_params(cond) for layer in self.decoders]
+
     def prepare_cross_attention(self, encodings_and_masks: Sequence[EncodingAndMask]) -> CrossAttentionCache:
-        """Concatenate the encodings along the sequence (spec §9.4) and project keys/values per layer."""
+        """Concatenate the encodings along the sequence (spec §9.4) and project keys/values per layer.
+
+        Rows without any valid key and keys masked in every row are left out (see
+        :class:`CrossAttentionCache`): the decoder output is the same up to float rounding.
+        """
         encoded = torch.cat([enc for enc, _ in encodings_and_masks], dim=1)
         mask = torch.cat([m.bool() for _, m in encodings_and_masks], dim=1)
+        batch = encoded.shape[0]
+        has_key = mask.any(dim=1)
+        rows = None
+        if not bool(has_key.all()):  # one host sync per segment, not per step
+            rows = has_key.nonzero().flatten()
+            encoded, mask = encoded.index_select(0, rows), mask.index_select(0, rows)
+        used = mask.any(dim=0)
+        if not bool(used.all()):
+            keep = used.nonzero().flatten()
+            encoded, mask = encoded.index_select(1, keep), mask.index_select(1, keep)
         bias = torch.zeros(mask.shape, dtype=encoded.dtype, device=encoded.device)
         bias = bias.masked_fill(~mask, DECODER_MASK_VALUE)[:, None, None, :]
-        any_key = mask.any(dim=1).to(encoded.dtype)[:, None, None]
         keys_values = [layer.layer[1].attention.keys_values(encoded) for layer in self.decoders]
-        return CrossAttentionCache(keys_values, bias, any_key)
+        return CrossAttentionCache(keys_values, bias, rows, batch)
 
     def forward(
         self,
@@ -517,7 +617,11 @@ class FilmDecoder(nn.Module):
         decoder_input_tokens: Tensor,
         decoder_noise_time: Tensor,
         cross_cache: CrossAttentionCache | None = None,
+        film: Sequence[LayerFilm] | None = None,
     ) -> Tensor:
+        """``eps`` for ``z_t``. ``cross_cache`` (from :meth:`prepare_cross_attention`) replaces
+        ``encodings_and_masks``; ``film`` (from :meth:`film_conditioning`, for these times) skips the
+        time conditioning."""
         batch, length, _ = decoder_input_tokens.shape
         if decoder_noise_time.shape != (batch,):
             raise ValueError(f"decoder_noise_time must have shape ({batch},), got {tuple(decoder_noise_time.shape)}")
@@ -525,12 +629,15 @@ class FilmDecoder(nn.Module):
             if encodings_and_masks is None:
                 raise ValueError("pass encodings_and_masks or a cross_cache")
             cross_cache = self.prepare_cross_attention(encodings_and_masks)
-        cond = self.time_conditioning(decoder_noise_time)
+        if cross_cache.batch_size != batch:
+            raise ValueError(f"the cross-attention cache is for batch {cross_cache.batch_size}, got {batch}")
+        if film is None:
+            film = self.film_conditioning(decoder_noise_time)
         positions = torch.arange(length, device=decoder_input_tokens.device)
         y = self.continuous_inputs_projection(decoder_input_tokens) + self.position_encoding(positions)
         y = self.dropout(y)
-        for layer, keys_values in zip(self.decoders, cross_cache.keys_values):
-            y = layer(y, cond, keys_values, cross_cache.bias, cross_cache.any_key)
+        for layer, layer_film, keys_values in zip(self.decoders, film, cross_cache.keys_values):
+            y = layer(y, layer_film, keys_values, cross_cache.bias, cross_cache.rows)
         y = self.post_dropout(self.decoder_norm(y))
         return self.spec_out(y)
 

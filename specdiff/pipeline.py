@@ -208,7 +208,11 @@ def load_component(folder: str | Path, cls: type) -> torch.nn.Module:
             f"weights in {folder} do not match its config: {k} has shape {tuple(state[k].shape)}, "
             f"expected {tuple(expected[k].shape)} ({len(wrong)} mismatched)"
         )
-    module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
+    # Copy every tensor into memory of our own (freeing the file's buffer as we go): tensors read
+    # from a file can start at any byte offset, and MKL's matrix-vector kernels round differently
+    # on unaligned data, so a loaded model would not reproduce the saved one bit for bit.
+    aligned = {k: state.pop(k).float().clone() for k in list(state)}
+    module.load_state_dict(aligned, strict=True, assign=True)
     return module.eval()
 
 
@@ -254,6 +258,7 @@ class SpectrogramDiffusionPipeline:
         scheduler: Any = None,
         inverter: Any = None,
         scheduler_config: dict[str, Any] | None = None,
+        autocast: torch.dtype | None = None,
     ) -> None:
         self.notes_encoder = notes_encoder.eval()
         self.continuous_encoder = continuous_encoder.eval()
@@ -262,6 +267,11 @@ class SpectrogramDiffusionPipeline:
         #: diffusers scheduler config used when a diffusers sampler is chosen by name (spec §3.5).
         self.scheduler_config = dict(scheduler_config or samplers.OFFICIAL_SCHEDULER_CONFIG)
         self.inverter = inverter
+        #: Mixed precision for the networks (torch.bfloat16 / torch.float16 on CUDA, bfloat16 on
+        #: CPU, float16 on MPS), or None for the weights' dtype. The sampler state, the schedule
+        #: arithmetic and the guidance combination stay float32 (the original found bf16 sampling
+        #: "much worse", spec §4.1); only matmuls and attention run in the lower precision.
+        self.autocast = autocast
         self._source: Path | None = None  # folder loaded from: its inverter files travel on save
 
     # -- folders ---------------------------------------------------------------------------------
@@ -274,11 +284,13 @@ class SpectrogramDiffusionPipeline:
         dtype: torch.dtype = torch.float32,
         inverter: Any = "auto",
         scheduler: Any = None,
+        autocast: torch.dtype | None = None,
     ) -> "SpectrogramDiffusionPipeline":
         """Load a diffusers-layout folder (ours, or diffusers' own such as the official checkpoint).
 
         ``inverter``: "auto" (whatever the folder offers, see ``specdiff.inverters``), another
-        name, an inverter object, or None. Problems with the folder raise :class:`ModelError`.
+        name, an inverter object, or None. ``autocast``: see :attr:`autocast`. Problems with the
+        folder raise :class:`ModelError`.
         """
         path = Path(path)
         if not path.is_dir():
@@ -290,7 +302,7 @@ class SpectrogramDiffusionPipeline:
         modules = {name: load_component(path / name, module_cls) for name, (_, module_cls) in COMPONENTS.items()}
         scheduler_file = path / "scheduler" / SCHEDULER_CONFIG_NAME
         scheduler_config = _read_json(scheduler_file, "scheduler") if scheduler_file.exists() else None
-        pipe = cls(**modules, scheduler=scheduler, scheduler_config=scheduler_config)
+        pipe = cls(**modules, scheduler=scheduler, scheduler_config=scheduler_config, autocast=autocast)
         pipe.inverter = _resolve_inverter(inverter, path)
         pipe._source = path
         return pipe.to(device, dtype)
@@ -349,6 +361,27 @@ class SpectrogramDiffusionPipeline:
             module.to(device=device, dtype=dtype)
         return self
 
+    def compile(self, mode: str | None = None, dynamic: bool | None = None) -> "SpectrogramDiffusionPipeline":
+        """``torch.compile`` the decoder in place (the module keeps its name and state-dict keys).
+
+        Pays on CUDA, where a step is many small kernels: ``mode="reduce-overhead"`` adds CUDA
+        graphs. The decoder's shapes change with the batch and the number of cross-attention keys
+        (a new one per segment), so ``dynamic=True`` (the default here, except with CUDA graphs)
+        avoids one recompilation per segment. On CPU the fp32 matmuls dominate and the first call
+        compiles for minutes: leave it off there.
+        """
+        if dynamic is None:
+            dynamic = mode != "reduce-overhead"
+        self.decoder.compile(mode=mode, dynamic=dynamic)
+        return self
+
+    def _autocast(self):
+        import contextlib
+
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast)
+
     @property
     def device(self) -> torch.device:
         return _first_param(self.decoder).device
@@ -364,22 +397,36 @@ class SpectrogramDiffusionPipeline:
     # -- one segment -----------------------------------------------------------------------------
 
     def encode(self, tokens: Tensor, context: Tensor, context_mask: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """Both encoders for one segment: tokens ``[L]``, context ``[1, T, 128]`` scaled, mask ``[1, T]``.
+        """Both encoders for one segment: tokens ``[L]``, context ``[1, T, 128]`` scaled, mask ``[1, T]``."""
+        return self.encode_batch([tokens], context, context_mask)
 
-        Only the tokens up to the last non-PAD one go through the notes encoder: padding is masked
-        out of every attention, so the encodings of the real tokens are the same, and the encoder
-        runs over ~100-500 tokens instead of 2048 (spec §8 / ENVIRONMENT: padding dominates).
+    def encode_batch(self, tokens: Sequence[Tensor], context: Tensor, context_mask: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Both encoders for a batch of segments: ``B`` token rows ``[L_i]``, context ``[B, T, 128]``
+        scaled, mask ``[B, T]``. Returns ``[(notes, mask), (context, mask)]``.
+
+        Only real positions are encoded, which is exact (padding is masked out of every attention):
+        the notes encoder runs up to the batch's last non-PAD token (~100-500 tokens instead of
+        2048, spec §8 / ENVIRONMENT: padding dominates), and when no context frame is valid (the
+        first segment, spec §5.1) the context encoder does not run at all: its encodings would be
+        masked out of the cross-attention anyway (an empty encoding stands in).
         """
         device = self.device
-        nonzero = torch.nonzero(tokens).flatten()
-        length = max(1, int(nonzero[-1]) + 1 if len(nonzero) else 1)
-        ids = tokens[:length].unsqueeze(0).to(device)
-        notes = self.notes_encoder(encoder_input_tokens=ids, encoder_inputs_mask=ids > 0)
+        lengths = []
+        for row in tokens:
+            nonzero = torch.nonzero(row).flatten()
+            lengths.append(int(nonzero[-1]) + 1 if len(nonzero) else 1)
+        ids = torch.zeros(len(tokens), max(lengths), dtype=torch.long)
+        for i, (row, length) in enumerate(zip(tokens, lengths)):
+            ids[i, :length] = torch.as_tensor(row[:length])
+        ids = ids.to(device)
+        notes, notes_mask = self.notes_encoder(encoder_input_tokens=ids, encoder_inputs_mask=ids > 0)
+        context_mask = context_mask.to(device)
+        if not bool(context_mask.any()):
+            empty = notes.new_zeros(notes.shape[0], 0, notes.shape[-1])
+            return [(notes, notes_mask), (empty, context_mask[:, :0])]
         ctx_dtype = _first_param(self.continuous_encoder).dtype
-        ctx = self.continuous_encoder(
-            encoder_inputs=context.to(device, ctx_dtype), encoder_inputs_mask=context_mask.to(device)
-        )
-        return [tuple(notes), tuple(ctx)]
+        ctx = self.continuous_encoder(encoder_inputs=context.to(device, ctx_dtype), encoder_inputs_mask=context_mask)
+        return [(notes, notes_mask), tuple(ctx)]
 
     def _sampler(self, scheduler: Any) -> samplers.Sampler:
         scheduler = self.scheduler if scheduler is None else scheduler
@@ -387,7 +434,6 @@ class SpectrogramDiffusionPipeline:
             return samplers.make_scheduler(scheduler, config=self.scheduler_config)
         return samplers.as_sampler(scheduler)
 
-    @torch.no_grad()
     def _generate(
         self,
         segments: Sequence[Sequence[int]],
@@ -398,24 +444,62 @@ class SpectrogramDiffusionPipeline:
         on_step: Callable[[], None] | None,
     ) -> Iterator[Tensor]:
         """The full-song loop of spec §5.1; yields each segment's log-mel ``[1, T, 128]`` (float32)."""
+        for [(_, mel)] in self._generate_batch([segments], [generator], num_inference_steps, guidance_scale, sampler, on_step):
+            yield mel
+
+    @torch.no_grad()
+    def _generate_batch(
+        self,
+        songs: Sequence[Sequence[Sequence[int]]],
+        generators: Sequence[torch.Generator | None],
+        num_inference_steps: int,
+        guidance_scale: float,
+        sampler: samplers.Sampler,
+        on_step: Callable[[], None] | None,
+    ) -> Iterator[list[tuple[int, Tensor]]]:
+        """The full-song loop of spec §5.1 for several songs at once: segment ``i`` of every song
+        that has one runs in one batch (encoders, decoder, sampler). Yields, per segment index,
+        ``[(song index, log-mel [1, T, 128] float32), ...]``.
+
+        Each song's rows see only their own conditioning, and song ``k`` draws all its noise from
+        ``generators[k]`` in the order it would alone (``sampler.randn`` with a generator list),
+        so a batched song equals the song synthesized alone up to float rounding.
+        """
         segment_frames = int(_module_config(self.decoder, "targets_length"))
         n_dims = int(_module_config(self.decoder, "input_dims"))
         vocab = int(_module_config(self.notes_encoder, "vocab_size"))
         max_length = int(_module_config(self.notes_encoder, "max_length"))
-        token_tensors = [_segment_tensor(s, i, vocab, max_length) for i, s in enumerate(segments)]
+        token_tensors = [[_segment_tensor(s, i, vocab, max_length) for i, s in enumerate(song)] for song in songs]
+        if len(generators) != len(songs):
+            raise SpecdiffError(f"{len(generators)} generators for {len(songs)} songs")
+        if len(songs) > 1 and any(g is None for g in generators) and not all(g is None for g in generators):
+            raise SpecdiffError("pass a generator for every song or for none")
         device = self.device
         # First segment: zeros in *feature* space (0.4843 once scaled) with nothing valid (spec §9.6).
-        context = torch.zeros(1, segment_frames, n_dims, device=device)
-        context_mask = torch.zeros(1, segment_frames, dtype=torch.bool, device=device)
-        for tokens in token_tensors:
-            encodings = self.encode(tokens, scale_features(context, clip=True), context_mask)
-            denoise = samplers.GuidedDenoiser(self.decoder, encodings, guidance_scale)
-            noise = samplers.randn((1, segment_frames, n_dims), generator, device, torch.float32)
-            x = samplers.sample_loop(sampler, denoise, noise, num_inference_steps, generator, on_step)
-            mel = scale_to_features(x)  # no clip (spec §1.1); x0 was clipped by the sampler
-            yield mel
-            context = mel
-            context_mask = torch.ones(1, segment_frames, dtype=torch.bool, device=device)
+        contexts = [torch.zeros(1, segment_frames, n_dims, device=device) for _ in songs]
+        context_masks = [torch.zeros(1, segment_frames, dtype=torch.bool, device=device) for _ in songs]
+        film_cache: dict[float, Any] = {}  # FiLM per step time, shared by all segments (same times)
+        for index in range(max(len(song) for song in token_tensors)):
+            active = [k for k, song in enumerate(token_tensors) if index < len(song)]
+            context = torch.cat([contexts[k] for k in active])
+            context_mask = torch.cat([context_masks[k] for k in active])
+            gens = [generators[k] for k in active]
+            generator = gens[0] if len(gens) == 1 else (None if gens[0] is None else gens)
+            with self._autocast():
+                encodings = self.encode_batch(
+                    [token_tensors[k][index] for k in active], scale_features(context, clip=True), context_mask
+                )
+                denoise = samplers.GuidedDenoiser(self.decoder, encodings, guidance_scale, film_cache)
+                noise = samplers.randn((len(active), segment_frames, n_dims), generator, device, torch.float32)
+                x = samplers.sample_loop(sampler, denoise, noise, num_inference_steps, generator, on_step)
+            # The original and DDPM samplers end on a clipped x0 (spec §4.1), so this clamp changes
+            # nothing for them; it keeps ODE solvers (DPM-Solver++, UniPC), which do not clip, inside
+            # the [-1, 1] range the model was trained on instead of producing log-mels in the thousands.
+            mel = scale_to_features(x.float().clamp(-1.0, 1.0))
+            yield [(k, mel[j : j + 1]) for j, k in enumerate(active)]
+            for j, k in enumerate(active):
+                contexts[k] = mel[j : j + 1]
+                context_masks[k] = torch.ones(1, segment_frames, dtype=torch.bool, device=device)
 
     def _check_args(self, num_inference_steps: int, guidance_scale: float, callback_steps: int) -> None:
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
@@ -470,14 +554,10 @@ class SpectrogramDiffusionPipeline:
         ``callback_steps``-th segment ``i`` with the untrimmed log-mel so far (numpy, as diffusers).
         ``progress`` is an alias of ``show_progress``. The same generator seed gives the same output.
         """
-        if output_type not in ("np", "mel"):
-            raise SpecdiffError(f"output_type must be 'np' or 'mel', got {output_type!r}")
+        self._check_output_type(output_type)
         self._check_args(num_inference_steps, guidance_scale, callback_steps)
         show = show_progress if progress is None else progress
-        segments, duration = _as_segments(input_tokens)
-        segment_frames = int(_module_config(self.decoder, "targets_length"))
-        keep = frames_to_keep(len(segments), segment_frames, duration)
-        segments = segments[: math.ceil(keep / segment_frames)]  # nothing after the tail is needed
+        segments, keep = self._song(input_tokens)
         if output_type == "np":
             self._require_inverter()  # fail before the slow part
         sampler = self._sampler(scheduler)
@@ -488,19 +568,85 @@ class SpectrogramDiffusionPipeline:
                 mels.append(mel.float().cpu())
                 if callback is not None and i % callback_steps == 0:
                     callback(i, torch.cat(mels, dim=1).numpy())
-        full = torch.cat(mels, dim=1)
+        out = self._finish(torch.cat(mels, dim=1), keep, output_type)
+        if not return_dict:
+            return (out.audios,)
+        return out
+
+    def synthesize_many(
+        self,
+        inputs: Sequence[Any],
+        generators: Sequence[torch.Generator | int] | None = None,
+        num_inference_steps: int = samplers.DEFAULT_NUM_STEPS,
+        guidance_scale: float = samplers.DEFAULT_GUIDANCE,
+        scheduler: Any = None,
+        output_type: str = "np",
+        batch_size: int | None = None,
+        show_progress: bool = True,
+    ) -> list[AudioPipelineOutput]:
+        """Synthesize several songs, batching segment ``i`` of every song into one decoder batch.
+
+        ``inputs``: anything ``__call__`` takes, one per song. ``generators``: one generator (or
+        integer seed) per song; song ``k`` then comes out as ``pipe(inputs[k], generators[k], ...)``
+        would, up to float rounding. ``batch_size``: at most this many songs at once (default: all;
+        with CFG the decoder batch is twice that). Throughput grows with the batch where one
+        song's matmuls do not fill the machine (GPUs; CPUs far less).
+        """
+        self._check_output_type(output_type)
+        self._check_args(num_inference_steps, guidance_scale, 1)
+        songs = [self._song(item) for item in inputs]
+        if not songs:
+            return []
+        if generators is None:
+            gens: list[torch.Generator | None] = [None] * len(songs)
+        else:
+            gens = [torch.Generator().manual_seed(g) if isinstance(g, int) else g for g in generators]
+            if len(gens) != len(songs):
+                raise SpecdiffError(f"{len(gens)} generators for {len(songs)} songs")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise SpecdiffError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if output_type == "np":
+            self._require_inverter()
+        sampler = self._sampler(scheduler)
+        step = batch_size or len(songs)
+        groups = [list(range(start, min(start + step, len(songs)))) for start in range(0, len(songs), step)]
+        total = sum(max(len(songs[k][0]) for k in group) for group in groups) * num_inference_steps
+        mels: list[list[Tensor]] = [[] for _ in songs]
+        with self._progress(total, show_progress) as bar:
+            for group in groups:
+                batches = self._generate_batch(
+                    [songs[k][0] for k in group], [gens[k] for k in group], num_inference_steps,
+                    guidance_scale, sampler, bar.update,
+                )  # fmt: skip
+                for finished in batches:
+                    for j, mel in finished:
+                        mels[group[j]].append(mel.float().cpu())
+        return [self._finish(torch.cat(m, dim=1), keep, output_type) for m, (_, keep) in zip(mels, songs)]
+
+    # -- helpers of the public calls -----------------------------------------------------------
+
+    def _check_output_type(self, output_type: str) -> None:
+        if output_type not in ("np", "mel"):
+            raise SpecdiffError(f"output_type must be 'np' or 'mel', got {output_type!r}")
+
+    def _song(self, input_tokens: Any) -> tuple[list[list[int]], int]:
+        """The token segments that are needed and the number of frames to keep."""
+        segments, duration = _as_segments(input_tokens)
+        segment_frames = int(_module_config(self.decoder, "targets_length"))
+        keep = frames_to_keep(len(segments), segment_frames, duration)
+        return segments[: math.ceil(keep / segment_frames)], keep  # nothing after the tail is needed
+
+    def _finish(self, full: Tensor, keep: int, output_type: str) -> AudioPipelineOutput:
+        """Whole-song mel ``[1, frames, 128]`` -> trimmed output (and audio)."""
         mel_out = full[:, :keep].numpy()
         if output_type == "mel":
-            audios = mel_out
-        else:
-            # Invert the untrimmed mel, then cut: the inverter sees no artificial edge at the cut.
-            audio = self._invert(full)
-            hop = audio.shape[-1] // full.shape[1]
-            audios = audio[:, : keep * hop]
-            if keep < full.shape[1]:
-                audios = fade_out(audios, int(FADE_OUT_SECONDS * self.sample_rate))
-        if not return_dict:
-            return (audios,)
+            return AudioPipelineOutput(audios=mel_out, mels=mel_out)
+        # Invert the untrimmed mel, then cut: the inverter sees no artificial edge at the cut.
+        audio = self._invert(full)
+        hop = audio.shape[-1] // full.shape[1]
+        audios = audio[:, : keep * hop]
+        if keep < full.shape[1]:
+            audios = fade_out(audios, int(FADE_OUT_SECONDS * self.sample_rate))
         return AudioPipelineOutput(audios=audios, mels=mel_out)
 
     def segments(
@@ -519,10 +665,8 @@ class SpectrogramDiffusionPipeline:
         5.12 s boundaries.
         """
         self._check_args(num_inference_steps, guidance_scale, 1)
-        segments, duration = _as_segments(input_tokens)
+        segments, keep = self._song(input_tokens)
         segment_frames = int(_module_config(self.decoder, "targets_length"))
-        keep = frames_to_keep(len(segments), segment_frames, duration)
-        segments = segments[: math.ceil(keep / segment_frames)]
         sampler = self._sampler(scheduler)
         with self._progress(len(segments) * num_inference_steps, show_progress) as bar:
             generated = self._generate(segments, generator, num_inference_steps, guidance_scale, sampler, bar.update)

@@ -17,9 +17,19 @@ Choices (:func:`make_scheduler`):
   schedule the model was trained with (spec §4.1).
 - ``"ddpm"``: diffusers' ``DDPMScheduler`` with the official checkpoint config (spec §3.5), i.e.
   exactly what diffusers' ``SpectrogramDiffusionPipeline`` runs (Nichol cosine, "leading" steps).
-- ``"ddim"``, ``"dpmsolver++"`` (2nd-order multistep), ``"unipc"``: diffusers' few-step solvers built
-  from the same config, with "trailing" timesteps so the first step starts from pure noise (t=999),
-  each ending on its x0 prediction.
+- ``"ddim"``, ``"dpmsolver++"`` (2nd-order multistep), ``"unipc"``: diffusers' few-step solvers on the
+  model's own noise schedule (:func:`model_schedule_betas`), with "trailing" timesteps so the first
+  step starts from pure noise (t=999), each ending on its x0 prediction.
+
+Why the solvers get the model's schedule: the network was trained on the continuous cosine log-SNR
+schedule (spec §4.1, alpha_bar(t) = cos^2(a t + b)), while the checkpoint's scheduler config is
+Nichol's ``squaredcos_cap_v2`` (0.008 offset, spec §5.1). A deterministic solver turns every eps
+prediction into an x0 prediction with *its* alpha_bar, so a schedule that differs from the one the
+network was trained on biases every step (up to 25% in alpha_bar near t=1); the ancestral DDPM
+sampler re-noises and forgives it, few-step ODE solvers do not. With
+``trained_betas = model_schedule_betas()`` the table satisfies alpha_bar[t] = alpha_bar(t / 1000)
+exactly (to float32), and the network keeps getting noise time t / 1000, as in training.
+``"ddpm"`` keeps the checkpoint config, so it stays diffusers' pipeline step for step.
 
 diffusers is optional: only the diffusers-backed choices import it.
 """
@@ -27,6 +37,7 @@ diffusers is optional: only the diffusers-backed choices import it.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
@@ -91,14 +102,24 @@ class Sampler(Protocol):
              generator: torch.Generator | None = None) -> SamplerOutput: ...  # fmt: skip
 
 
-def randn(shape: Sequence[int], generator: torch.Generator | None, device: torch.device | str,
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def randn(shape: Sequence[int], generator: Generators, device: torch.device | str,
           dtype: torch.dtype = torch.float32) -> Tensor:  # fmt: skip
     """Gaussian noise drawn like diffusers' ``randn_tensor``: on the generator's device, then moved.
 
-    A CPU generator therefore gives the same numbers whatever device the model runs on.
+    A CPU generator therefore gives the same numbers whatever device the model runs on. A list of
+    generators draws batch row ``i`` from ``generator[i]`` (as diffusers does), so a song batched
+    with others gets exactly the noise it would get alone.
     """
     if generator is None:
         return torch.randn(tuple(shape), device=device, dtype=dtype)
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        row = (1, *shape[1:])
+        return torch.cat([randn(row, g, device, dtype) for g in generator])
     return torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=dtype).to(device)
 
 
@@ -109,6 +130,44 @@ def randn(shape: Sequence[int], generator: torch.Generator | None, device: torch
 # The schedule itself is shared with the training objective (specdiff.diffusion).
 logsnr = diffusion.logsnr
 alpha_sigma = diffusion.alpha_sigma
+
+
+def _alpha_sigma_float(t: float) -> tuple[float, float]:
+    """``(cos(a t + b), sin(a t + b))`` as Python floats (:func:`specdiff.diffusion.alpha_sigma`)."""
+    angle = diffusion.SCHEDULE_A * t + diffusion.SCHEDULE_B
+    return math.cos(angle), math.sin(angle)
+
+
+def model_schedule_betas(num_train_timesteps: int = 1000) -> list[float]:
+    """diffusers ``trained_betas`` for the model's own schedule: ``alpha_bar[t] = alpha_bar(t / N)``.
+
+    ``alpha_bar(u) = cos^2(a u + b)`` is the continuous cosine log-SNR schedule the network was
+    trained on (spec §4.1); the decoder is fed ``t / N`` by :class:`DiffusersSampler`, so the
+    scheduler's alpha_bar and the network's noise level agree at every integer timestep.
+    ``beta_t = 1 - alpha_bar[t] / alpha_bar[t - 1]`` (``alpha_bar[-1] = 1``), computed in float64.
+    One exception: ``beta_0 = 1 - alpha_bar(0) = 2e-9`` would round ``alpha_bar[0]`` to exactly 1 in
+    diffusers' float32 tables (sigma 0: 0/0 in DDPM's t=0 step, log 0 in DPM-Solver), so it is
+    raised to 2^-23, the smallest beta float32 keeps below 1 (logSNR 15.9 instead of 20 at t=0);
+    :func:`model_schedule_noise_times` feeds the network the matching time there.
+    """
+    t = torch.arange(num_train_timesteps, dtype=torch.float64) / num_train_timesteps
+    alpha_bar = diffusion.alpha_sigma(t)[0] ** 2
+    previous = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
+    betas = 1.0 - alpha_bar / previous
+    betas[0] = max(float(betas[0]), MIN_BETA)
+    return betas.tolist()
+
+
+MIN_BETA = 2.0**-23
+
+
+def model_schedule_noise_times(num_train_timesteps: int = 1000) -> Tensor:
+    """Decoder noise time per integer timestep of :func:`model_schedule_betas`: ``t / N``, except
+    at ``t = 0`` the continuous time whose alpha_bar is the table's ``1 - beta_0`` (float32)."""
+    times = torch.arange(num_train_timesteps, dtype=torch.float64) / num_train_timesteps
+    alpha_bar0 = 1.0 - max(1.0 - math.cos(diffusion.SCHEDULE_B) ** 2, MIN_BETA)
+    times[0] = (math.acos(math.sqrt(alpha_bar0)) - diffusion.SCHEDULE_B) / diffusion.SCHEDULE_A
+    return times.to(torch.float32)
 
 
 class CosineLogSNRSampler:
@@ -168,27 +227,33 @@ class CosineLogSNRSampler:
         model_output: Tensor,
         timestep: Tensor | float,
         sample: Tensor,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         return_dict: bool = True,
     ) -> SamplerOutput | tuple[Tensor, Tensor]:
         """One ancestral step ``z_t -> z_s`` given the (guided) eps prediction ``model_output``."""
         n = self.num_inference_steps
         i = self._step_index(timestep)
-        t = torch.tensor((i + 1) / n, dtype=torch.float64)
-        s = torch.tensor(i / n, dtype=torch.float64)
+        # Every row shares the step's time, so the schedule coefficients are Python floats (float64
+        # math, the same formulas as specdiff.diffusion): no per-step tensors to build or move to
+        # the device (CUDA/MPS), and no float64 tensor ever meets an MPS tensor.
+        alpha_t, sigma_t = _alpha_sigma_float((i + 1) / n)
         z = sample
         eps = model_output.to(z.dtype)
-        x0 = diffusion.predict_x0(z, t.reshape(1), eps)
+        x0 = (z - sigma_t * eps) / alpha_t
         if self.clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
         if i == 0:
             prev = x0  # the last step returns the x0 prediction (spec §4.1)
         else:
             # With the clipped x0, eps_hat = (z - alpha_t x0) / sigma_t; the posterior mean below is
-            # written in (z, x0) directly, which is the same thing (spec §4.1, MSD diffusion_utils).
-            mean, variance = diffusion.posterior(z, x0, t.reshape(1), s.reshape(1))
+            # written in (z, x0) directly, which is the same thing (spec §4.1, MSD diffusion_utils;
+            # diffusion.posterior is the tensor version). r = SNR_t / SNR_s.
+            alpha_s, sigma_s = _alpha_sigma_float(i / n)
+            r = (alpha_t * sigma_s / (sigma_t * alpha_s)) ** 2
+            mean = (r * alpha_s / alpha_t) * z + ((1.0 - r) * alpha_s) * x0
+            std = math.sqrt((1.0 - r) * sigma_t**2)
             noise = randn(z.shape, generator, z.device, z.dtype)
-            prev = mean + variance.sqrt() * noise
+            prev = mean + std * noise
         if not return_dict:
             return prev, x0
         return SamplerOutput(prev_sample=prev, pred_original_sample=x0)
@@ -222,8 +287,9 @@ class DiffusersSampler:
     original sampler and DPM-Solver/UniPC (``final_sigmas_type="zero"``) end on x0.
     """
 
-    def __init__(self, scheduler: Any, final_x0: bool = False) -> None:
+    def __init__(self, scheduler: Any, final_x0: bool = False, noise_times: Tensor | None = None) -> None:
         self.scheduler = scheduler
+        self.noise_times = noise_times  # per integer timestep; None: t / num_train_timesteps
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
         self.final_x0 = final_x0
         self._takes_generator = "generator" in inspect.signature(scheduler.step).parameters
@@ -251,6 +317,8 @@ class DiffusersSampler:
         return self.scheduler.timesteps
 
     def noise_time(self, timestep: Tensor | float) -> Tensor:
+        if self.noise_times is not None:
+            return self.noise_times[int(timestep)]
         return torch.as_tensor(timestep).to(torch.float32) / self.num_train_timesteps
 
     def scale_model_input(self, sample: Tensor, timestep: Tensor | float | None = None) -> Tensor:
@@ -272,25 +340,36 @@ class DiffusersSampler:
 
 
 # name -> (diffusers class name, config overrides on top of the official config, final_x0)
+# The original clips every x0 prediction to [-1, 1] (spec §4.1); DDPM and DDIM do so through
+# ``clip_sample`` of the official config. The ODE solvers have no such flag, but their "dynamic
+# thresholding" with ``sample_max_value=1`` is exactly that clip (the threshold s is clamped to
+# [1, sample_max_value] = 1). Without it, an x0 predicted near t = 1, where alpha ~ 4.5e-5 on the
+# model's schedule, amplifies any eps error ~20000x and the solvers diverge.
+_CLIP_X0: dict[str, Any] = {"thresholding": True, "sample_max_value": 1.0}
+
 _DIFFUSERS_CHOICES: dict[str, tuple[str, dict[str, Any], bool]] = {
     "ddpm": ("DDPMScheduler", {}, False),
     "ddim": ("DDIMScheduler", {"timestep_spacing": "trailing"}, True),
     "dpmsolver++": (
         "DPMSolverMultistepScheduler",
-        {"algorithm_type": "dpmsolver++", "solver_order": 2, "timestep_spacing": "trailing"},
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "timestep_spacing": "trailing", **_CLIP_X0},
         False,
     ),
-    "unipc": ("UniPCMultistepScheduler", {"timestep_spacing": "trailing"}, False),
+    "unipc": ("UniPCMultistepScheduler", {"timestep_spacing": "trailing", **_CLIP_X0}, False),
 }
 
 
-def make_scheduler(name: str = DEFAULT_SCHEDULER, config: dict[str, Any] | None = None) -> Sampler:
+def make_scheduler(name: str = DEFAULT_SCHEDULER, config: dict[str, Any] | None = None,
+                   model_schedule: bool | None = None) -> Sampler:  # fmt: skip
     """A sampler by name: ``original`` | ``ddpm`` | ``ddim`` | ``dpmsolver++`` | ``unipc``.
 
     ``config`` is a diffusers scheduler config (e.g. a model folder's ``scheduler_config.json``);
     it defaults to the official one (spec §3.5) and is ignored by ``original``, whose schedule is
     fixed by the training objective. For ``ddpm`` it is used as is; the solvers apply their
     overrides (``timestep_spacing="trailing"``, DPM-Solver++ order 2) on top of it.
+    ``model_schedule`` (default: True for the solvers, False for ``ddpm``) replaces the config's
+    betas by :func:`model_schedule_betas`, the schedule the network was trained on (see the
+    module docstring for why).
     """
     if name == "original":
         return CosineLogSNRSampler()
@@ -302,11 +381,16 @@ def make_scheduler(name: str = DEFAULT_SCHEDULER, config: dict[str, Any] | None 
     class_name, overrides, final_x0 = _DIFFUSERS_CHOICES[name]
     base = dict(OFFICIAL_SCHEDULER_CONFIG if config is None else config)
     base = {k: v for k, v in base.items() if not k.startswith("_")}
+    noise_times = None
+    if model_schedule if model_schedule is not None else name != "ddpm":
+        steps = int(base.get("num_train_timesteps", 1000))
+        base["trained_betas"] = model_schedule_betas(steps)
+        noise_times = model_schedule_noise_times(steps)
     cls = getattr(diffusers, class_name)
     accepted = set(inspect.signature(cls.__init__).parameters)
     # DDPM-only keys (variance_type, clip_sample on DPM, ...) would only raise warnings elsewhere.
     kwargs = {k: v for k, v in {**base, **overrides}.items() if k in accepted}
-    return DiffusersSampler(cls(**kwargs), final_x0=final_x0)
+    return DiffusersSampler(cls(**kwargs), final_x0=final_x0, noise_times=noise_times)
 
 
 def as_sampler(scheduler: Any) -> Sampler:
@@ -352,8 +436,14 @@ class GuidedDenoiser:
     """
 
     def __init__(self, decoder: torch.nn.Module, encodings_and_masks: Sequence[EncodingAndMask],
-                 guidance_scale: float = 1.0) -> None:  # fmt: skip
+                 guidance_scale: float = 1.0, film_cache: dict[float, Any] | None = None) -> None:  # fmt: skip
         self.decoder = decoder
+        # FiLM parameters per noise time (ours: FilmDecoder.film_conditioning): computed once per
+        # step time with batch 1 and broadcast over the batch; a dict shared by the segments of a
+        # song (they run the same times) computes them once per song. Each entry is small
+        # (2 x 2 x D floats per layer).
+        self.film_cache = film_cache if film_cache is not None else {}
+        self._film = hasattr(decoder, "film_conditioning")
         self.guidance_scale = float(guidance_scale)
         self.guided = self.guidance_scale != 1.0
         conditions = list(encodings_and_masks)
@@ -371,7 +461,12 @@ class GuidedDenoiser:
     def __call__(self, sample: Tensor, noise_time: Tensor) -> Tensor:
         x = torch.cat([sample, sample]) if self.guided else sample
         time = noise_time.to(x.device, torch.float32).reshape(-1).expand(self.batch)
-        kwargs = {"cross_cache": self.cache} if self.cache is not None else {}
+        kwargs: dict[str, Any] = {"cross_cache": self.cache} if self.cache is not None else {}
+        if self._film:
+            key = float(noise_time.reshape(-1)[0])  # the sampler's CPU value: no device sync
+            if key not in self.film_cache:
+                self.film_cache[key] = self.decoder.film_conditioning(time[:1])
+            kwargs["film"] = self.film_cache[key]
         eps = self.decoder(
             encodings_and_masks=self.encodings_and_masks,
             decoder_input_tokens=x.to(self.dtype),
@@ -389,10 +484,13 @@ def sample_loop(
     denoise: Callable[[Tensor, Tensor], Tensor],
     noise: Tensor,
     num_inference_steps: int,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     on_step: Callable[[], None] | None = None,
 ) -> Tensor:
-    """Run a whole reverse process from ``noise`` (already drawn, unit variance)."""
+    """Run a whole reverse process from ``noise`` (already drawn, unit variance).
+
+    ``generator`` may be a list with one generator per batch row (see :func:`randn`).
+    """
     sampler.set_timesteps(num_inference_steps)
     x = noise * sampler.init_noise_sigma
     for t in sampler.timesteps:
@@ -406,6 +504,8 @@ def sample_loop(
 __all__ = [
     "DEFAULT_GUIDANCE", "DEFAULT_NUM_STEPS", "DEFAULT_SCHEDULER", "OFFICIAL_SCHEDULER_CONFIG", "SCHEDULERS",
     "CosineLogSNRSampler", "DiffusersSampler", "GuidedDenoiser", "Sampler", "SamplerOutput",
-    "alpha_sigma", "as_sampler", "combine_guidance", "logsnr", "make_scheduler", "randn", "sample_loop",
+    "alpha_sigma", "as_sampler", "combine_guidance", "logsnr", "make_scheduler", "model_schedule_betas",
+    "model_schedule_noise_times", "randn",
+    "sample_loop",
     "unconditional",
 ]  # fmt: skip

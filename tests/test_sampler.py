@@ -180,7 +180,7 @@ def test_solver_configs():
     dpm = S.make_scheduler("dpmsolver++")
     assert type(dpm.scheduler).__name__ == "DPMSolverMultistepScheduler"
     assert dpm.config.algorithm_type == "dpmsolver++" and dpm.config.solver_order == 2
-    assert dpm.config.beta_schedule == "squaredcos_cap_v2"  # from the checkpoint's config
+    assert dpm.config.beta_schedule == "squaredcos_cap_v2"  # from the checkpoint's config (betas replaced)
     for name in ("ddim", "dpmsolver++", "unipc"):
         s = S.make_scheduler(name)
         s.set_timesteps(10)
@@ -188,6 +188,56 @@ def test_solver_configs():
     with pytest.raises(SpecdiffError, match="unknown scheduler"):
         S.make_scheduler("euler")
     assert isinstance(S.make_scheduler("original"), S.CosineLogSNRSampler)
+
+
+def test_solvers_run_on_the_models_own_schedule():
+    pytest.importorskip("diffusers")
+    for name in ("ddim", "dpmsolver++", "unipc"):
+        sampler = S.make_scheduler(name)
+        assert sampler.config.trained_betas is not None
+        table = sampler.scheduler.alphas_cumprod.double()
+        for t in (1, 10, 250, 500, 900, 990, 999):
+            a, _ = alpha_sigma_ref(t / 1000)  # spec §4.1, no 0.008 offset
+            assert table[t].item() == pytest.approx(a**2, rel=1e-5)
+            assert sampler.noise_time(t).item() == pytest.approx(t / 1000, abs=1e-7)
+        # t = 0: the table's alpha_bar stays below 1 in float32; the noise time is the matching one.
+        a0, _ = alpha_sigma_ref(sampler.noise_time(0).item())
+        assert table[0].item() < 1.0 and a0**2 == pytest.approx(table[0].item(), abs=1e-9)
+    # "ddpm" stays the checkpoint's Nichol schedule: diffusers' pipeline, step for step.
+    ddpm = S.make_scheduler("ddpm")
+    assert ddpm.config.trained_betas is None and ddpm.noise_time(500).item() == 0.5
+    assert ddpm.scheduler.alphas_cumprod[500].item() == pytest.approx(0.4923, abs=1e-4)  # spec §5.1 table
+
+
+@pytest.mark.parametrize("name, steps", [("ddim", 7), ("dpmsolver++", 7), ("unipc", 7), ("ddpm", 20)])
+def test_model_schedule_matters_for_a_network_trained_on_it(name, steps):
+    # The exact eps-predictor of the *continuous* schedule the network was trained on (spec §4.1):
+    # on the model schedule every solver lands on the data point; on the checkpoint's Nichol
+    # schedule it does not (its alpha_bar differs by up to 25% where t -> 1, and by 1e-4 at t=0).
+    pytest.importorskip("diffusers")
+    x_star = torch.rand(SHAPE, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 1.8 - 0.9
+
+    def trained_eps(z, noise_time):
+        a, s = alpha_sigma_ref(float(noise_time))
+        return (z - a * x_star) / s
+
+    errors = {}
+    for model_schedule in (True, False):
+        sampler = S.make_scheduler(name, model_schedule=model_schedule)
+        g = torch.Generator().manual_seed(1)
+        out = S.sample_loop(sampler, trained_eps, S.randn(SHAPE, g, "cpu", torch.float64), steps, g)
+        errors[model_schedule] = (out - x_star).abs().max().item()
+    assert errors[True] < 1e-5
+    assert errors[False] > 1e-2
+
+
+def test_randn_with_one_generator_per_row():
+    gens = [torch.Generator().manual_seed(s) for s in (3, 4, 5)]
+    rows = S.randn((3, 2, 4), gens, "cpu")
+    for i, seed in enumerate((3, 4, 5)):
+        assert torch.equal(rows[i : i + 1], S.randn((1, 2, 4), torch.Generator().manual_seed(seed), "cpu"))
+    with pytest.raises(ValueError):
+        S.randn((2, 2, 4), gens, "cpu")
 
 
 def test_cli_mirrors_stay_in_sync():
