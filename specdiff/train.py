@@ -1,0 +1,1057 @@
+"""Training: the diffusion objective (spec §4.1-4.2), configs, the loop, checkpoints, DDP, export.
+
+Run it as ``specdiff train --data CACHE_DIR --out runs/x`` (or ``python -m specdiff.train train ...``),
+or under ``torchrun --nproc_per_node N -m specdiff.train train ...`` for data-parallel training (NCCL on
+GPU, gloo on CPU). The argument definitions live in the light ``specdiff.train_cli``.
+
+Determinism. Training example number ``c`` (a global sample counter, advanced by the global batch each
+step) reads dataset item ``c % len(dataset)`` and draws its diffusion time, noise and CFG drop from a
+generator seeded by ``(seed, c)``. So the data and the objective's randomness depend only on the
+counter, not on the number of processes or on gradient accumulation; only dropout uses the global
+torch RNG (seeded per rank, saved in checkpoints). A run killed at any point and resumed from its last
+checkpoint reproduces the uninterrupted loss curve (bit for bit on CPU with the same thread count).
+
+Loss reduction (spec §4.1). The original sums the L1 error over the batch, time and mel bins. We
+optimise exactly that sum over the *global* batch: with gradient accumulation the micro-batch sums
+are added, and under DDP (which averages gradients) the per-process loss is multiplied by the world
+size. Adafactor and Adam normalise the gradient scale away, so the summed loss needs no LR change
+(LR 1e-3 as in the original). For logging we also report the per-element mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from specdiff.diffusion import posterior, predict_x0, q_sample
+from specdiff.errors import ModelError, SpecdiffError
+from specdiff.model import ContinuousEncoder, FilmDecoder, NotesEncoder, build_models
+from specdiff.optim import EMA, build_optimizer
+
+TOKENS_LENGTH = 2048
+TARGET_FRAMES = 256
+N_MELS = 128
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run. Every field can be set from the command line (``--set key=value``)."""
+
+    # model (sizes from specdiff.model.PRESETS; `model` holds build_models overrides such as d_model)
+    preset: str = "tiny"
+    model: dict[str, Any] = field(default_factory=dict)
+    dropout: float = 0.1  # spec §4.3
+    # data
+    data: str | None = None  # feature cache folder for specdiff.data.ChunkDataset, or "synthetic"
+    val_data: str | None = None  # held-out cache; default: the validation split of `data`
+    val_examples: int = 16
+    num_workers: int = 0
+    # objective (spec §4.1)
+    cfg_drop_prob: float = 0.1
+    trim_tokens: bool = True  # run the notes encoder only up to the batch's last real token (exact: PAD is masked)
+    # optimisation (spec §4.3)
+    optimizer: str = "adafactor"  # or "adamw"
+    lr: float = 1e-3
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    weight_decay: float = 0.0
+    batch_size: int = 8  # global batch per optimiser step (all processes, all micro-batches)
+    micro_batch_size: int = 0  # per process and forward pass; 0: batch_size // world_size (no accumulation)
+    steps: int = 20_000
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    # hardware
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    bf16: bool = True  # bf16 autocast on CUDA (never on CPU)
+    num_threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+    # bookkeeping
+    out_dir: str = "runs/specdiff"
+    seed: int = 0
+    log_every: int = 10
+    val_every: int = 500
+    sample_every: int = 2000
+    sample_steps: int = 50
+    ckpt_every: int = 500
+    keep_checkpoints: int = 3
+    tensorboard: bool = True
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "TrainConfig":
+        if name not in TRAIN_PRESETS:
+            raise SpecdiffError(f"unknown training preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}")
+        return cls(**{**TRAIN_PRESETS[name], **overrides})
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+#: ``tiny`` trains on a 2-core laptop CPU; ``small`` and ``base`` are the released sizes with the
+#: original optimisation (batch 256, 500k steps, spec §4.3), split into micro-batches that fit one GPU.
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(preset="tiny", batch_size=8, steps=20_000, val_every=500, sample_every=2000, ckpt_every=500),
+    "small": dict(
+        preset="small", batch_size=256, micro_batch_size=64, steps=500_000, val_every=5000, sample_every=10_000,
+        ckpt_every=2000, log_every=50, val_examples=64, num_workers=4,
+    ),
+    "base": dict(
+        preset="base", batch_size=256, micro_batch_size=32, steps=500_000, val_every=5000, sample_every=10_000,
+        ckpt_every=2000, log_every=50, val_examples=64, num_workers=4,
+    ),
+}  # fmt: skip
+
+
+def _parse_value(text: str, annotation: Any, key: str) -> Any:
+    """Parse ``text`` for a field annotated ``annotation`` (int, float, bool, str, optional str)."""
+    origin = typing.get_origin(annotation)
+    options = typing.get_args(annotation) if origin in (typing.Union, types.UnionType) else ()
+    if options:
+        if text.lower() in ("none", "null", "") and type(None) in options:
+            return None
+        annotation = next(t for t in options if t is not type(None))
+    try:
+        if annotation is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if annotation in (int, float, str):
+            return annotation(text)
+    except ValueError:
+        raise SpecdiffError(f"bad value {text!r} for {key} (expected {annotation.__name__})") from None
+    raise SpecdiffError(f"{key} cannot be set from the command line")
+
+
+def _parse_model_value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def apply_overrides(config: TrainConfig, assignments: Sequence[str]) -> TrainConfig:
+    """Apply ``key=value`` strings: a TrainConfig field, or ``model.<kwarg>`` for a build_models override."""
+    hints = typing.get_type_hints(TrainConfig)
+    changes: dict[str, Any] = {}
+    model = dict(config.model)
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep:
+            raise SpecdiffError(f"--set expects key=value, got {item!r}")
+        if key.startswith("model."):
+            model[key[len("model.") :]] = _parse_model_value(value)
+        elif key in hints and key != "model":
+            changes[key] = _parse_value(value, hints[key], key)
+        else:
+            raise SpecdiffError(f"unknown training setting {key!r}")
+    return config.replace(model=model, **changes)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model as one module (so DDP sees one forward) and the objective
+# ---------------------------------------------------------------------------------------------
+
+
+class SpectrogramDiffusionModel(nn.Module):
+    """The three networks; ``forward`` runs both encoders and the decoder and returns the eps prediction."""
+
+    def __init__(self, notes_encoder: NotesEncoder, continuous_encoder: ContinuousEncoder, decoder: FilmDecoder):
+        super().__init__()
+        self.notes_encoder = notes_encoder
+        self.continuous_encoder = continuous_encoder
+        self.decoder = decoder
+
+    def configs(self) -> dict[str, dict[str, Any]]:
+        return {name: dict(getattr(self, name).config) for name in ("notes_encoder", "continuous_encoder", "decoder")}
+
+    @classmethod
+    def from_configs(cls, configs: Mapping[str, Mapping[str, Any]]) -> "SpectrogramDiffusionModel":
+        return cls(
+            NotesEncoder.from_config(dict(configs["notes_encoder"])),
+            ContinuousEncoder.from_config(dict(configs["continuous_encoder"])),
+            FilmDecoder.from_config(dict(configs["decoder"])),
+        )
+
+    def encode(self, tokens: Tensor, context: Tensor, context_mask: Tensor) -> list[tuple[Tensor, Tensor]]:
+        # The notes mask is `tokens > 0` (spec §3.2), so CFG-dropped examples (all PAD) are fully masked.
+        return [self.notes_encoder(tokens, tokens > 0), self.continuous_encoder(context, context_mask)]
+
+    def forward(self, tokens: Tensor, context: Tensor, context_mask: Tensor, z_t: Tensor, t: Tensor) -> Tensor:
+        return self.decoder(self.encode(tokens, context, context_mask), z_t, t)
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (x ^ (x >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+def example_seed(seed: int, counter: int) -> int:
+    """A well-mixed 63-bit seed for training example ``counter`` of a run seeded ``seed``."""
+    return _splitmix64(_splitmix64(seed) ^ counter)
+
+
+def draw_diffusion_inputs(
+    counters: Sequence[int] | Tensor, seed: int, drop_prob: float, shape: tuple[int, ...] = (TARGET_FRAMES, N_MELS)
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per example: ``t ~ U[0, 1)``, ``eps ~ N(0, I)`` of ``shape`` and ``keep`` (False with ``drop_prob``).
+
+    Each example's draws come from its own generator seeded by ``(seed, counter)`` (spec §4.1: one time
+    per example; CFG drop probability 0.1), so they do not depend on how the batch is split.
+    """
+    times, noises, keeps = [], [], []
+    for counter in [int(c) for c in counters]:
+        gen = torch.Generator().manual_seed(example_seed(seed, counter))
+        u = torch.rand(2, generator=gen, dtype=torch.float64)
+        times.append(float(u[0]))
+        keeps.append(bool(u[1] >= drop_prob))
+        noises.append(torch.randn(shape, generator=gen))
+    return torch.tensor(times, dtype=torch.float32), torch.stack(noises), torch.tensor(keeps)
+
+
+def trim_token_padding(tokens: Tensor, multiple: int = 64) -> Tensor:
+    """Cut trailing all-PAD token columns, keeping a multiple of ``multiple`` (at least one multiple).
+
+    Exact: PAD keys get -inf-like attention biases in the encoder and the decoder, so the encodings
+    of real tokens and the decoder output do not change; only the cost does (real segments hold
+    ~100-500 of the 2048 tokens).
+    """
+    nonzero = (tokens != 0).any(dim=0).nonzero()
+    length = int(nonzero.max()) + 1 if len(nonzero) else 1
+    length = min(tokens.shape[1], -(-length // multiple) * multiple)
+    return tokens[:, :length]
+
+
+@dataclass
+class LossOutput:
+    loss_sum: Tensor  # the objective: L1 error summed over batch, time and mel bins (spec §4.1)
+    loss_mean: Tensor  # the same error per element, for logging (detached)
+
+
+def diffusion_loss(
+    model: nn.Module, batch: Mapping[str, Tensor], t: Tensor, noise: Tensor, keep: Tensor, trim: bool = True
+) -> LossOutput:
+    """The original objective (spec §4.1-4.2) for a batch dict (tokens, context, context_mask, target).
+
+    ``z_t = alpha_t x0 + sigma_t eps`` with ``x0 = target``; the model predicts eps from ``z_t`` and
+    ``decoder_noise_time = t``; dropped examples (``keep`` False) get tokens * 0 (all PAD, so an
+    all-False notes mask) and context mask * 0. The context itself is clean ground truth.
+    """
+    x0 = batch["target"]
+    tokens = batch["tokens"] * keep[:, None].to(batch["tokens"].dtype)
+    if trim:
+        tokens = trim_token_padding(tokens)
+    context_mask = batch["context_mask"].bool() & keep[:, None]
+    z_t = q_sample(x0, t, noise)
+    eps = model(tokens, batch["context"], context_mask, z_t, t)
+    error = (eps.float() - noise.float()).abs()
+    return LossOutput(error.sum(), error.detach().mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: batches, the counter sampler, a synthetic data set for smoke tests and benchmarks
+# ---------------------------------------------------------------------------------------------
+
+BATCH_KEYS = ("tokens", "context", "context_mask", "target")
+
+
+def _as_mapping(item: Any) -> Mapping[str, Tensor]:
+    if dataclasses.is_dataclass(item):
+        return {f.name: getattr(item, f.name) for f in dataclasses.fields(item)}
+    return item
+
+
+def collate(items: Sequence[tuple[int, Any]]) -> dict[str, Tensor]:
+    """``(counter, example)`` pairs -> batch dict with ``index`` (the counters) and the BATCH_KEYS stacked."""
+    examples = [_as_mapping(example) for _, example in items]
+    batch = {key: torch.stack([torch.as_tensor(ex[key]) for ex in examples]) for key in BATCH_KEYS}
+    batch["tokens"] = batch["tokens"].long()
+    batch["context_mask"] = batch["context_mask"].bool()
+    batch["index"] = torch.tensor([counter for counter, _ in items], dtype=torch.long)
+    return batch
+
+
+class _CounterDataset(torch.utils.data.Dataset):
+    """Maps a global sample counter to ``(counter, dataset[counter % len(dataset)])``."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+        self.size = len(dataset)  # type: ignore[arg-type]
+        if self.size == 0:
+            raise SpecdiffError("the training data set is empty")
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, counter: int) -> tuple[int, Any]:
+        return counter, self.dataset[counter % self.size]
+
+
+class ShardedCounterSampler(torch.utils.data.Sampler):
+    """Endless stream of this rank's sample counters, starting at the data position ``start``.
+
+    Optimiser step k consumes the global counters ``[start + k G, start + (k+1) G)`` with
+    ``G = micro_batch * accumulation * world_size``; micro-batch ``a`` of rank ``r`` takes the block
+    ``(a * world_size + r) * micro_batch`` of that range.
+    """
+
+    def __init__(self, start: int, micro_batch: int, accumulation: int, rank: int = 0, world_size: int = 1):
+        self.start, self.micro_batch, self.accumulation = start, micro_batch, accumulation
+        self.rank, self.world_size = rank, world_size
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch * self.accumulation * self.world_size
+
+    def __iter__(self) -> Iterator[int]:
+        position = self.start
+        while True:
+            for a in range(self.accumulation):
+                first = position + (a * self.world_size + self.rank) * self.micro_batch
+                yield from range(first, first + self.micro_batch)
+            position += self.global_batch
+
+    def __len__(self) -> int:  # endless; DataLoader only needs this for len(loader)
+        return sys.maxsize
+
+
+class SyntheticDataset(torch.utils.data.Dataset):
+    """Random but learnable examples in the training batch format (for smoke tests and benchmarks).
+
+    Item ``i`` is a deterministic function of ``(seed, i)``: a prefix of random note tokens (the
+    rest PAD), a target made of horizontal mel bands whose bins and levels follow from the tokens (so
+    the conditioning carries information), and a context of random valid length.
+    """
+
+    def __init__(self, size: int = 1024, seed: int = 0, max_tokens: int = 256) -> None:
+        self.size, self.seed, self.max_tokens = size, seed, max_tokens
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        gen = torch.Generator().manual_seed(example_seed(self.seed + 7919, i))
+        n_tokens = int(torch.randint(1, self.max_tokens + 1, (), generator=gen))
+        tokens = torch.zeros(TOKENS_LENGTH, dtype=torch.long)
+        tokens[:n_tokens] = torch.randint(1, 1536, (n_tokens,), generator=gen)
+        bins = tokens[: min(n_tokens, 8)] % N_MELS
+        level = torch.full((N_MELS,), -1.0)
+        level[bins] = 0.5
+        frames = torch.linspace(0, 1, TARGET_FRAMES)[:, None]
+        target = (level[None, :] - 0.3 * frames * (level[None, :] > -1)).clamp(-1, 1)
+        n_context = int(torch.randint(0, TARGET_FRAMES + 1, (), generator=gen))
+        context = torch.zeros(TARGET_FRAMES, N_MELS)
+        context[:n_context] = torch.rand(n_context, N_MELS, generator=gen) * 2 - 1
+        context_mask = torch.arange(TARGET_FRAMES) < n_context
+        return {"tokens": tokens, "context": context, "context_mask": context_mask, "target": target}
+
+
+def open_datasets(config: TrainConfig) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+    """The training and validation sets named by ``config.data`` / ``config.val_data``.
+
+    A feature cache gives ``ChunkDataset``s (specdiff.data): split "train" for training and split
+    "validation" (of ``val_data``, default ``data``) for validation. A cache without a validation
+    split falls back to training windows drawn with another seed (a fixed set, but not held out).
+    """
+    if config.data is None:
+        raise SpecdiffError("no training data: pass --data CACHE_DIR (or --data synthetic for a smoke test)")
+    if config.data == "synthetic":
+        return SyntheticDataset(seed=config.seed), SyntheticDataset(size=max(config.val_examples, 1), seed=config.seed + 1)
+    from specdiff import data as data_module
+
+    # Counters never wrap within the run, so no window is drawn twice (the cache's default epoch is 1M).
+    epoch_size = max(1_000_000, config.steps * config.batch_size)
+    val_source = config.val_data if config.val_data is not None else config.data
+    if not any(song["split"] == "validation" for song in data_module.load_index(val_source)):
+        if config.val_data is not None:
+            raise SpecdiffError(f"the feature cache {config.val_data} has no validation split")
+        print(f"note: {config.data} has no validation split; validating on training windows drawn with another seed")
+        train_set = data_module.ChunkDataset(config.data, seed=config.seed, split="train", epoch_size=epoch_size)
+        return train_set, data_module.ChunkDataset(config.data, seed=config.seed + 1_000_003, split="train")
+    return data_module.open_training_datasets(config.data, config.val_data, seed=config.seed, epoch_size=epoch_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributed setup
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def _resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SpecdiffError("device cuda requested but CUDA is not available")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def init_distributed(config: TrainConfig) -> DistContext:
+    """Join the process group that ``torchrun`` describes in the environment (if any)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = _resolve_device(config.device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistContext(rank, world_size, local_rank, device)
+
+
+def _all_reduce_sum(values: Tensor, ctx: DistContext) -> Tensor:
+    if ctx.enabled:
+        values = values.clone()
+        dist.all_reduce(values)
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+CHECKPOINT_FORMAT = "specdiff-train-checkpoint/1"
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """torch, CUDA, numpy and Python RNG states in a form ``torch.load(weights_only=True)`` accepts."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def checkpoint_dir(out_dir: str | Path) -> Path:
+    return Path(out_dir) / "checkpoints"
+
+
+def list_checkpoints(out_dir: str | Path) -> list[Path]:
+    """Checkpoints of a run, oldest first."""
+    folder = checkpoint_dir(out_dir)
+    return sorted(folder.glob("step_*.pt")) if folder.is_dir() else []
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temp file in the same folder, fsync, then ``os.replace`` (never a torn file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any], keep: int) -> Path:
+    """Write one checkpoint atomically and delete all but the newest ``keep`` of the run."""
+    atomic_torch_save(state, path)
+    if keep > 0:
+        for old in list_checkpoints(path.parent.parent)[:-keep]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise ModelError(f"cannot read checkpoint {path}: {exc}") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ModelError(f"{path} is not a specdiff training checkpoint")
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging: metrics.jsonl (always), TensorBoard (when installed), spectrogram PNGs
+# ---------------------------------------------------------------------------------------------
+
+TENSORBOARD_PIP = "tensorboard>=2.14"
+
+
+class MetricsLog:
+    """Appends ``{"step": .., name: value}`` lines to ``metrics.jsonl`` and mirrors them to TensorBoard."""
+
+    def __init__(self, out_dir: Path, resume_step: int, tensorboard: bool) -> None:
+        self.path = out_dir / "metrics.jsonl"
+        if self.path.exists():  # drop entries past the checkpoint we resume from: they will be redone
+            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            tmp = self.path.with_name(".metrics.jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.path)
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step + 1)
+            except ImportError:
+                print(f"note: TensorBoard logging is off (pip install '{TENSORBOARD_PIP}'); metrics go to {self.path}")
+
+    #: Also print each entry as a line on stdout (for runs without a progress bar, e.g. under nohup).
+    echo: bool = False
+
+    def log(self, step: int, values: Mapping[str, float]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        if self.echo:
+            text = "  ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} step {step}: {text}", flush=True)
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
+    """The lines of a run's ``metrics.jsonl``."""
+    path = Path(out_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
+
+def save_spectrogram_comparison(path: Path, target: Tensor, sample: Tensor, title: str) -> bool:
+    """Target and sample spectrograms (scaled [-1, 1], ``[T, 128]``) as one PNG; False without matplotlib."""
+    from specdiff import plotting
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        plotting.save_comparison_png(
+            path, target.float().cpu().numpy(), sample.float().cpu().numpy(), title=title,
+            titles=("target (validation segment)", "sample (EMA weights)"), value_range=plotting.SCALED_RANGE,
+            size=(1000, 600),
+        )  # fmt: skip
+    except plotting.PlottingUnavailable:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: validation loss and samples
+# ---------------------------------------------------------------------------------------------
+
+
+def _to_device(batch: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def validation_loss(model: nn.Module, batches: Sequence[Mapping[str, Tensor]], seed: int, config: TrainConfig, device) -> float:
+    """Mean per-element L1 eps error on the fixed validation batches (fixed t and noise, no CFG drop)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        t, noise, _ = draw_diffusion_inputs(batch["index"], seed, 0.0, tuple(batch["target"].shape[1:]))
+        keep = torch.ones(len(t), dtype=torch.bool)
+        batch = _to_device(batch, device)
+        with _autocast(device, config.bf16):
+            out = diffusion_loss(model, batch, t.to(device), noise.to(device), keep.to(device), config.trim_tokens)
+        total += float(out.loss_sum)
+        count += noise.numel()
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def sample_spectrogram(
+    model: SpectrogramDiffusionModel, batch: Mapping[str, Tensor], steps: int, generator: torch.Generator
+) -> Tensor:
+    """Ancestral DDPM sampling with the original schedule (spec §4.1), ``steps`` uniform steps, no CFG.
+
+    ``t_i = (i + 1) / steps``, ``s_i = i / steps``; x0 is predicted and clipped to [-1, 1]; the last
+    step returns x0. Returns ``[B, T, 128]`` in the scaled range.
+    """
+    was_training = model.training
+    model.eval()
+    device = batch["target"].device
+    tokens = trim_token_padding(batch["tokens"])
+    cache = model.decoder.prepare_cross_attention(model.encode(tokens, batch["context"], batch["context_mask"]))
+    z = torch.randn(batch["target"].shape, generator=generator).to(device)
+    for i in reversed(range(steps)):
+        t = torch.full((z.shape[0],), (i + 1) / steps, device=device)
+        eps = model.decoder(None, z, t, cross_cache=cache).float()
+        x0 = predict_x0(z, t, eps).clamp(-1.0, 1.0)
+        if i == 0:
+            z = x0
+        else:
+            mean, variance = posterior(z, x0, t, torch.full_like(t, i / steps))
+            z = mean + variance.sqrt() * torch.randn(z.shape, generator=generator).to(device)
+    model.train(was_training)
+    return z
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepRecord:
+    step: int  # 1-based optimiser step
+    loss_sum: float  # the objective over the global batch
+    loss: float  # per-element mean over the global batch
+
+
+def _batch_plan(config: TrainConfig, world_size: int) -> tuple[int, int]:
+    """(micro-batch per process, accumulation steps) for the configured global batch."""
+    micro = config.micro_batch_size or max(config.batch_size // world_size, 1)
+    per_step = micro * world_size
+    if config.batch_size % per_step:
+        raise SpecdiffError(
+            f"batch_size {config.batch_size} is not a multiple of micro_batch_size x processes ({micro} x {world_size})"
+        )
+    return micro, config.batch_size // per_step
+
+
+def _find_resume_checkpoint(config: TrainConfig, resume: str | None) -> Path | None:
+    existing = list_checkpoints(config.out_dir)
+    if resume in (None, "no", "never", "none"):
+        if existing:
+            raise SpecdiffError(f"{config.out_dir} already holds checkpoints; resume it (--resume auto) or pick another --out")
+        return None
+    if resume == "auto":
+        return existing[-1] if existing else None
+    return Path(resume)
+
+
+class Trainer:
+    """One run: builds (or restores) model, optimiser, EMA and data stream; ``run()`` trains to ``config.steps``.
+
+    ``resume``: ``"auto"`` continues from the newest checkpoint in ``out_dir`` if there is one, a path
+    continues from that file, ``"no"`` insists on a fresh run.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        train_set: torch.utils.data.Dataset | None = None,
+        val_set: torch.utils.data.Dataset | None = None,
+        resume: str | None = "auto",
+    ) -> None:
+        self.config = config
+        self.ctx = init_distributed(config)
+        if config.num_threads > 0:
+            torch.set_num_threads(config.num_threads)
+        if train_set is None or val_set is None:
+            default_train, default_val = open_datasets(config)
+            train_set = default_train if train_set is None else train_set
+            val_set = default_val if val_set is None else val_set
+        self.micro_batch, self.accumulation = _batch_plan(config, self.ctx.world_size)
+        self.out_dir = Path(config.out_dir)
+        resume_path = _find_resume_checkpoint(config, resume)
+
+        # Same initial weights on every rank (build_models does not touch the global RNG).
+        self.model = SpectrogramDiffusionModel(
+            *build_models(config.preset, seed=config.seed, dropout_rate=config.dropout, **config.model)
+        ).to(self.ctx.device)
+        self.model.train()
+        self.optimizer = build_optimizer(
+            self.model, config.optimizer, config.lr, (config.adam_beta1, config.adam_beta2), config.weight_decay
+        )
+        self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)
+        seed_everything(example_seed(config.seed, 1_000_003 + self.ctx.rank))  # dropout RNG, one stream per rank
+        self.step, self.samples_seen = 0, 0
+        if resume_path is not None:
+            self._restore(resume_path)
+
+        self.ddp_model: nn.Module = self.model
+        if self.ctx.enabled:
+            device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        self.batches = iter(self._loader(train_set))
+
+        self.metrics: MetricsLog | None = None
+        self.val_batches: list[dict[str, Tensor]] = []
+        self.val_seed = example_seed(config.seed, 2_000_003)
+        self._ema_model: SpectrogramDiffusionModel | None = None
+        if self.ctx.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+            self.metrics = MetricsLog(self.out_dir, self.step, config.tensorboard)
+            n_val = min(config.val_examples, len(val_set))  # type: ignore[arg-type]
+            items = [(i, val_set[i]) for i in range(n_val)]
+            self.val_batches = [collate(items[i : i + self.micro_batch]) for i in range(0, n_val, self.micro_batch)]
+
+    # -- setup -----------------------------------------------------------------------------------
+
+    def _restore(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise ModelError(f"{path} does not match the configured model: {str(exc).splitlines()[0]}") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ema.load_state_dict(state["ema"])
+        self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
+        if len(state["rng"]) == self.ctx.world_size:
+            restore_rng_state(state["rng"][self.ctx.rank])
+        else:  # another number of processes: the dropout streams cannot continue, start new ones
+            seed_everything(example_seed(self.config.seed, 1_000_003 + self.ctx.rank + 7919 * self.step))
+        if self.ctx.is_main:
+            print(f"resuming from {path} at step {self.step} ({self.samples_seen} samples seen)")
+
+    def _loader(self, train_set: torch.utils.data.Dataset) -> torch.utils.data.DataLoader:
+        sampler = ShardedCounterSampler(
+            self.samples_seen, self.micro_batch, self.accumulation, self.ctx.rank, self.ctx.world_size
+        )
+        return torch.utils.data.DataLoader(
+            _CounterDataset(train_set),
+            batch_size=self.micro_batch,
+            sampler=sampler,
+            num_workers=self.config.num_workers,
+            collate_fn=collate,
+            pin_memory=self.ctx.device.type == "cuda",
+            generator=torch.Generator(),  # so the DataLoader never draws from the global RNG (resume)
+            persistent_workers=self.config.num_workers > 0,
+        )
+
+    # -- one optimiser step ----------------------------------------------------------------------
+
+    def train_step(self) -> StepRecord:
+        config, ctx = self.config, self.ctx
+        self.optimizer.zero_grad(set_to_none=True)
+        totals = torch.zeros(2, dtype=torch.float64)  # summed L1 error, number of elements
+        for micro in range(self.accumulation):
+            batch = next(self.batches)
+            t, noise, keep = draw_diffusion_inputs(
+                batch["index"], config.seed, config.cfg_drop_prob, tuple(batch["target"].shape[1:])
+            )
+            batch = _to_device(batch, ctx.device)
+            last = micro == self.accumulation - 1
+            sync = self.ddp_model.no_sync() if ctx.enabled and not last else contextlib.nullcontext()
+            with sync:
+                with _autocast(ctx.device, config.bf16):
+                    out = diffusion_loss(
+                        self.ddp_model, batch, t.to(ctx.device), noise.to(ctx.device), keep.to(ctx.device),
+                        config.trim_tokens,
+                    )  # fmt: skip
+                # DDP averages gradients over processes: scale so they are those of the global-batch sum.
+                (out.loss_sum * ctx.world_size).backward()
+            totals += torch.tensor([float(out.loss_sum.detach()), noise.numel()], dtype=torch.float64)
+        self.optimizer.step()
+        self.ema.update(self.model)
+        self.step += 1
+        self.samples_seen += config.batch_size
+        totals = _all_reduce_sum(totals, ctx)
+        record = StepRecord(self.step, float(totals[0]), float(totals[0] / totals[1]))
+        if not math.isfinite(record.loss_sum):
+            raise FloatingPointError(f"loss is {record.loss_sum} at step {self.step}")
+        return record
+
+    # -- evaluation and checkpoints --------------------------------------------------------------
+
+    def ema_model(self) -> SpectrogramDiffusionModel:
+        """A copy of the model holding the EMA weights (for validation and samples)."""
+        if self._ema_model is None:
+            self._ema_model = SpectrogramDiffusionModel.from_configs(self.model.configs()).to(self.ctx.device)
+        self._ema_model.load_state_dict(self.model.state_dict())
+        self.ema.copy_to(self._ema_model)
+        return self._ema_model
+
+    def evaluate(self, loss: bool, sample: bool) -> None:
+        """Validation losses (raw and EMA weights) and/or a sample PNG from the first validation segment."""
+        assert self.metrics is not None and self.val_batches
+        config, device = self.config, self.ctx.device
+        ema_model = self.ema_model()
+        if loss:
+            self.metrics.log(self.step, {
+                "val/loss": validation_loss(self.model, self.val_batches, self.val_seed, config, device),
+                "val/loss_ema": validation_loss(ema_model, self.val_batches, self.val_seed, config, device),
+            })  # fmt: skip
+        if sample:
+            first = _to_device({k: v[:1] for k, v in self.val_batches[0].items()}, device)
+            with _autocast(device, config.bf16):
+                mel = sample_spectrogram(ema_model, first, config.sample_steps, torch.Generator().manual_seed(self.val_seed))
+            path = self.out_dir / "samples" / f"step_{self.step:08d}.png"
+            save_spectrogram_comparison(path, first["target"][0], mel[0], f"step {self.step}: target | EMA sample")
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything a resume needs. Collective under DDP: every rank contributes its RNG state."""
+        rng = capture_rng_state()
+        rng_all: list[Any] = [rng]
+        if self.ctx.enabled:
+            rng_all = [None] * self.ctx.world_size
+            dist.all_gather_object(rng_all, rng)
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "samples_seen": self.samples_seen,
+            "config": dataclasses.asdict(self.config),
+            "model_configs": self.model.configs(),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng_all,
+        }
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self, progress: bool = True) -> list[StepRecord]:
+        """Train until ``config.steps``; returns the records of the steps this call ran."""
+        from tqdm.auto import tqdm
+
+        config, is_main = self.config, self.ctx.is_main
+        records: list[StepRecord] = []
+        window: list[StepRecord] = []
+        window_start = time.perf_counter()
+        bar = tqdm(total=config.steps, initial=self.step, disable=not (progress and is_main), unit="step", dynamic_ncols=True)
+        if self.metrics is not None:
+            self.metrics.echo = not progress  # no bar: one line per logged entry instead
+        try:
+            while self.step < config.steps:
+                record = self.train_step()
+                records.append(record)
+                window.append(record)
+                bar.update(1)
+                step = self.step
+                if is_main and (step % config.log_every == 0 or step == config.steps):
+                    seg_per_s = len(window) * config.batch_size / max(time.perf_counter() - window_start, 1e-9)
+                    loss = sum(r.loss for r in window) / len(window)
+                    self.metrics.log(step, {
+                        "train/loss": loss,
+                        "train/loss_sum": sum(r.loss_sum for r in window) / len(window),
+                        "train/segments_per_s": seg_per_s,
+                        "train/lr": config.lr,
+                    })  # fmt: skip
+                    bar.set_postfix(loss=f"{loss:.4f}", seg_s=f"{seg_per_s:.2f}")
+                    window, window_start = [], time.perf_counter()
+                validate = config.val_every > 0 and step % config.val_every == 0
+                sample = config.sample_every > 0 and step % config.sample_every == 0
+                if is_main and (validate or sample) and self.val_batches:
+                    self.evaluate(validate, sample)
+                if step % config.ckpt_every == 0 or step == config.steps:
+                    state = self.checkpoint_state()
+                    if is_main:
+                        save_checkpoint(checkpoint_dir(self.out_dir) / f"step_{step:08d}.pt", state, config.keep_checkpoints)
+                if validate or sample or step % config.ckpt_every == 0:
+                    window_start = time.perf_counter()  # evaluation and saving are not training throughput
+        finally:
+            bar.close()
+            if self.metrics is not None:
+                self.metrics.close()
+        return records
+
+
+def train(
+    config: TrainConfig,
+    train_set: torch.utils.data.Dataset | None = None,
+    val_set: torch.utils.data.Dataset | None = None,
+    resume: str | None = "auto",
+    progress: bool = True,
+) -> list[StepRecord]:
+    """Train (or resume, see ``Trainer``) a run; returns the records of the steps this call ran."""
+    return Trainer(config, train_set, val_set, resume).run(progress)
+
+
+# ---------------------------------------------------------------------------------------------
+# Export to the diffusers folder layout
+# ---------------------------------------------------------------------------------------------
+
+def model_from_checkpoint(checkpoint: str | Path | Mapping[str, Any], use_ema: bool = True) -> SpectrogramDiffusionModel:
+    """The networks of a training checkpoint, with the EMA weights by default, in eval mode."""
+    state = load_checkpoint(checkpoint) if not isinstance(checkpoint, Mapping) else checkpoint
+    model = SpectrogramDiffusionModel.from_configs(state["model_configs"])
+    model.load_state_dict(state["model"])
+    if use_ema:
+        ema = EMA(model, state["ema"]["decay"])
+        ema.load_state_dict(state["ema"])
+        ema.copy_to(model)
+    return model.eval()
+
+
+def copy_vocoder(vocoder_dir: str | Path, pipeline_dir: str | Path) -> Path:
+    """Copy a trained vocoder folder (``specdiff.vocoder``) into ``pipeline_dir/vocoder`` atomically.
+
+    The folder is loaded first, so a broken vocoder raises ``ModelError`` before anything is copied.
+    """
+    import shutil
+    import tempfile
+
+    from specdiff.vocoder import Vocoder
+
+    source = Path(vocoder_dir)
+    Vocoder.from_pretrained(source)  # validates config + weights
+    target = Path(pipeline_dir) / "vocoder"
+    tmp = Path(tempfile.mkdtemp(prefix=".vocoder.", suffix=".tmp", dir=pipeline_dir))
+    try:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def export_pipeline(
+    checkpoint: str | Path, out_dir: str | Path, use_ema: bool = True, vocoder: str | Path | None = None
+) -> Path:
+    """Write a training checkpoint as a ``SpectrogramDiffusionPipeline.from_pretrained`` folder.
+
+    The layout is diffusers' (spec §3.5, written by ``SpectrogramDiffusionPipeline.save_pretrained``):
+    ``model_index.json``, the three network folders with the EMA weights (default) and ``scheduler/``.
+    ``vocoder``: a trained vocoder folder to copy in as ``vocoder/`` (the pipeline's "auto" inverter
+    picks it up).
+    """
+    from specdiff.pipeline import SpectrogramDiffusionPipeline
+
+    if vocoder is not None:  # refuse a broken vocoder before writing anything
+        from specdiff.vocoder import Vocoder
+
+        Vocoder.from_pretrained(vocoder)
+    model = model_from_checkpoint(checkpoint, use_ema=use_ema)
+    pipe = SpectrogramDiffusionPipeline(model.notes_encoder, model.continuous_encoder, model.decoder)
+    out = pipe.save_pretrained(out_dir)
+    if vocoder is not None:
+        copy_vocoder(vocoder, out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+from specdiff.train_cli import add_export_arguments, add_train_arguments  # noqa: E402,F401 (light; re-exported)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of parsed ``specdiff train`` arguments (preset, then flags, then ``--set``)."""
+    from specdiff.train_cli import TRAIN_FLAGS
+
+    config = TrainConfig.from_preset(args.preset)
+    explicit = {dest: getattr(args, dest) for dest in TRAIN_FLAGS if getattr(args, dest, None) is not None}
+    return apply_overrides(config.replace(**explicit), args.assignments)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``specdiff train``: train (or resume) the configured run."""
+    config = config_from_args(args)
+    try:
+        records = train(config, resume=args.resume, progress=not args.no_progress)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if records and int(os.environ.get("RANK", "0")) == 0:
+        print(f"step {records[-1].step}: loss {records[-1].loss:.5f}; run folder {config.out_dir}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``specdiff export``: a checkpoint (or a run folder's newest) -> pipeline folder."""
+    checkpoint = Path(args.checkpoint)
+    if checkpoint.is_dir():
+        found = list_checkpoints(checkpoint)
+        if not found:
+            raise ModelError(f"no checkpoints in {checkpoint}")
+        checkpoint = found[-1]
+    out = export_pipeline(checkpoint, args.out, use_ema=not args.no_ema, vocoder=getattr(args, "vocoder", None))
+    print(f"wrote {out} from {checkpoint}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m specdiff.train {prepare,train,export} ...`` (the same commands as ``specdiff``)."""
+    from specdiff.train_cli import SUBCOMMANDS
+
+    parser = argparse.ArgumentParser(prog="python -m specdiff.train")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SpecdiffError as exc:
+        print(f"specdiff: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
