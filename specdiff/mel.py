@@ -86,14 +86,17 @@ def mel_filterbank(device: torch.device | str | None = None, dtype: torch.dtype 
 
 @lru_cache(maxsize=16)
 def _cached_filterbank(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    # float64 math, one rounding to the target dtype (float32 like TF's default).
-    return torch.from_numpy(_mel_filterbank_float64()).to(device=device, dtype=dtype)
+    # float64 math, one rounding to the target dtype (float32 like TF's default). Built outside
+    # inference mode: a cached inference tensor could not be used later in autograd (vocoder losses).
+    with torch.inference_mode(False):
+        return torch.from_numpy(_mel_filterbank_float64()).to(device=device, dtype=dtype)
 
 
 @lru_cache(maxsize=16)
 def _cached_window(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     # tf.signal.hann_window is periodic by default: 0.5 - 0.5 cos(2 pi n / 640), n = 0..639.
-    return torch.hann_window(WIN_LENGTH, periodic=True, dtype=torch.float64).to(device=device, dtype=dtype)
+    with torch.inference_mode(False):  # see _cached_filterbank
+        return torch.hann_window(WIN_LENGTH, periodic=True, dtype=torch.float64).to(device=device, dtype=dtype)
 
 
 def hann_window(device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -216,3 +216,15 @@ def test_scale_clipping():
     y = np.array([-1.5, 0.0, 1.5])
     np.testing.assert_allclose(mel.scale_to_features(y, clip=True), [mel.MIN_VALUE, -3.7564627, 4.0], atol=1e-6)
     assert mel.scale_to_features(y)[2] > 4.0
+
+
+def test_cached_tables_made_in_inference_mode_still_work_with_autograd():
+    # The window and filterbank are cached; if the first call happens under inference_mode (as in
+    # the Griffin-Lim inverter), a later differentiable call (vocoder training losses) must still work.
+    mel._cached_window.cache_clear()
+    mel._cached_filterbank.cache_clear()
+    with torch.inference_mode():
+        mel.log_mel(torch.zeros(1600))
+    audio = torch.randn(1600, requires_grad=True)
+    mel.log_mel(audio).sum().backward()
+    assert audio.grad is not None and torch.isfinite(audio.grad).all()
