@@ -1,4 +1,5 @@
-"""The ``specdiff`` command line: ``specdiff synth song.mid -o song.wav``, plus ``prepare``,
+"""The ``specdiff`` command line: ``specdiff synth song.mid -o song.wav`` (or several songs in one
+batch: ``specdiff synth a.mid b.mid -o OUTDIR/``), plus ``prepare``,
 ``train``, ``export``, ``evaluate``, ``train-vocoder``, ``vocode`` and ``serve`` from their own
 modules.
 
@@ -63,6 +64,13 @@ Synthesize audio from a MIDI file with a Spectrogram Diffusion model.
 The MIDI file is tokenized into 5.12 s segments; each segment's log-mel spectrogram is generated
 by the diffusion model, conditioned on the notes and on the previous segment's spectrogram, and
 the whole spectrogram is turned into 16 kHz mono audio by a spectrogram inverter.
+
+Several MIDI files are synthesized together: segment i of every song goes through the model in one
+batch (--batch-size songs at a time), which fills a GPU better than one run per song. Then -o
+and --mel-png name folders (created if missing) and song a.mid is written as a.wav / a.png in them.
+Every file is read before the model loads, so one bad MIDI file stops the whole run before any
+output is written. Each output appears atomically (never half-written); if the run fails while the
+outputs are being written, the songs already written stay and the others are not written.
 """
 
 _SYNTH_EPILOG = """\
@@ -71,6 +79,7 @@ examples:
   specdiff synth song.mid -o out.wav --model DIR --scheduler dpmsolver++ --steps 20 --seed 1
   specdiff synth song.mid --model DIR --mel-png song.png --device cuda
   specdiff synth long_song.mid --model DIR --stream --scheduler dpmsolver++ --steps 20
+  specdiff synth a.mid b.mid c.mid -o renders/ --model DIR --seed 5 --batch-size 2
 """
 
 _SCHEDULER_HELP = f"""\
@@ -123,12 +132,17 @@ def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         epilog=_SYNTH_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("midi", type=Path, metavar="MIDI", help="input Standard MIDI File (.mid/.midi)")
+    p.add_argument(
+        "midi", type=Path, nargs="+", metavar="MIDI",
+        help="input Standard MIDI File(s) (.mid/.midi); several files are synthesized in one batch",
+    )
     p.add_argument(
         "-o", "--output", type=Path, metavar="WAV",
         help="output audio file, 16 kHz mono (default: the MIDI file's path with .wav instead of its "
         "extension). The extension picks the format: .wav (16-bit PCM), .flac, .ogg, ... An existing "
-        "file is replaced, only once synthesis has succeeded.",
+        "file is replaced, only once synthesis has succeeded. With several MIDI files: a folder "
+        "(created if missing) that receives one <MIDI name>.wav per song (default: each WAV next to "
+        "its MIDI file).",
     )
     p.add_argument(
         "--model", type=Path, metavar="DIR",
@@ -157,7 +171,16 @@ def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument(
         "--seed", type=_seed, default=None, metavar="N",
         help="random seed of the start noise and sampler noise; the same seed, model, options and "
-        "device give the same audio (default: a fresh random seed, printed in the summary).",
+        "device give the same audio (default: a fresh random seed, printed in the summary). With "
+        "several MIDI files, the k-th file (counting from 0) uses seed N+k, so it sounds exactly as "
+        "a run of that file alone with --seed N+k (up to float rounding); without --seed each song "
+        "gets its own random seed, all printed in the summary.",
+    )
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=None, metavar="N",
+        help="with several MIDI files: how many songs go through the model together (default: all of "
+        "them). Larger batches are faster on a GPU but need more memory (with guidance, the decoder "
+        "batch is 2N). The audio does not depend on N.",
     )
     p.add_argument(
         "--device", choices=DEVICES, default="auto",
@@ -184,12 +207,13 @@ def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "printing a line per segment (default: off: the whole song's spectrogram is inverted at "
         "once). Each segment is inverted on its own, so the audio can differ slightly near segment "
         "boundaries. The output file still appears only when the song is finished (until then the "
-        "audio grows in a hidden temporary file next to it).",
+        "audio grows in a hidden temporary file next to it). Only for a single MIDI file.",
     )
     p.add_argument(
         "--mel-png", type=Path, metavar="PATH",
         help="also save a picture of the generated log-mel spectrogram as PNG (needs matplotlib; "
-        "default: no picture)",
+        "default: no picture). With several MIDI files: a folder (created if missing) that receives "
+        "one <MIDI name>.png per song.",
     )
     p.add_argument(
         "-q", "--quiet", action="store_true",
@@ -569,8 +593,33 @@ def _save_png(args: argparse.Namespace, mel: Any) -> None:
         save_spectrogram_png(mel, args.mel_png, title=args.midi.name)
 
 
+def _write_song(wav: Path, png: Path | None, audio: Any, mel: Any, title: str, sample_rate: int) -> None:
+    """The picture, then the audio, each atomically; a failed WAV takes its new picture with it."""
+    from specdiff.audio_io import save_wav
+
+    png_existed = png is not None and png.exists()
+    if png is not None:
+        from specdiff.plotting import save_spectrogram_png
+
+        save_spectrogram_png(mel, png, title=title)
+    try:
+        save_wav(wav, audio, sample_rate)
+    except BaseException:
+        if png is not None and not png_existed:
+            png.unlink(missing_ok=True)  # all outputs of a song or none
+        raise
+
+
 def run_synth(args: argparse.Namespace) -> int:
-    """``specdiff synth``: MIDI -> WAV (and optionally a spectrogram PNG)."""
+    """``specdiff synth``: MIDI file(s) -> WAV (and optionally spectrogram PNGs)."""
+    midis = list(args.midi) if isinstance(args.midi, (list, tuple)) else [args.midi]
+    if len(midis) > 1:
+        return run_synth_many(args, midis)
+    return _run_synth_one(argparse.Namespace(**{**vars(args), "midi": midis[0]}))
+
+
+def _run_synth_one(args: argparse.Namespace) -> int:
+    """One MIDI file (``args.midi`` is a Path): -o is a file, --stream is allowed."""
     started = time.perf_counter()
     midi: Path = args.midi
     output: Path = args.output if args.output is not None else default_output_path(midi)
@@ -631,16 +680,7 @@ def run_synth(args: argparse.Namespace) -> int:
         )
         audio = result.audios[0]
         num_samples = len(audio)
-        from specdiff.audio_io import save_wav
-
-        png_existed = args.mel_png is not None and args.mel_png.exists()
-        _save_png(args, result.mels[0])
-        try:
-            save_wav(output, audio, sample_rate)
-        except BaseException:
-            if args.mel_png is not None and not png_existed:
-                args.mel_png.unlink(missing_ok=True)  # all outputs or none
-            raise
+        _write_song(output, args.mel_png, audio, result.mels[0], midi.name, sample_rate)
 
     wall = time.perf_counter() - started
     seconds = num_samples / sample_rate
@@ -650,5 +690,170 @@ def run_synth(args: argparse.Namespace) -> int:
         f"wrote {written}: {seconds:.2f} s of audio in {wall:.1f} s (real-time factor "
         f"{wall / max(seconds, 1e-9):.2f}; {_segments_used(pipe, tokenized)} segments, {args.scheduler} "
         f"x {args.steps} steps, guidance {args.guidance:g}, seed {seed}, {device})",
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# synth with several MIDI files: one batch
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_folder_option(path: Path | None, option: str, extensions: set[str]) -> None:
+    """With several inputs, -o / --mel-png name a folder: refuse a file, or what looks like one."""
+    if path is None:
+        return
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} must be a folder when several MIDI files are given (each song is "
+                         f"written as FOLDER/<MIDI name>); {path} is a file")
+    if not path.exists() and path.suffix.lower() in extensions:
+        # A folder named out.wav is almost surely a mistake, not a wish.
+        raise UsageError(f"{option} must be a folder when several MIDI files are given (each song is "
+                         f"written as FOLDER/<MIDI name>), not a file name like {path}")
+
+
+def _audio_extensions() -> set[str]:
+    import soundfile
+
+    return {f".{name.lower()}" for name in soundfile.available_formats()} | {".mp3", ".m4a", ".aac"}
+
+
+def _output_paths(midis: list[Path], out_dir: Path | None, png_dir: Path | None) -> list[tuple[Path, Path | None]]:
+    """(WAV, PNG or None) per song: FOLDER/<stem>.wav, or next to the MIDI file without -o."""
+    targets = [((out_dir if out_dir is not None else midi.parent) / f"{midi.stem}.wav",
+                png_dir / f"{midi.stem}.png" if png_dir is not None else None) for midi in midis]
+    owner: dict[Path, Path] = {}
+    for midi, paths in zip(midis, targets):
+        for path in paths:
+            if path is None:
+                continue
+            key = path.resolve()
+            if key in owner:
+                raise UsageError(f"{owner[key]} and {midi} would both be written to {path}; give each "
+                                 "MIDI file a different name (or synthesize them in separate runs)")
+            owner[key] = midi
+            if any(_same_file(path, m) for m in midis):
+                raise SpecdiffError(f"output {path} would replace an input MIDI file")
+    return targets
+
+
+def _make_folders(folders: list[Path]) -> list[Path]:
+    """Create the missing output folders; returns those it created (to remove on a later failure)."""
+    created = []
+    for folder in dict.fromkeys(folders):
+        missing = [f for f in (folder, *folder.parents) if not f.exists()]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SpecdiffError(f"cannot create folder {folder}: {err.strerror or err}") from None
+        created.extend(missing)
+    return sorted(created, key=lambda f: len(f.absolute().parts), reverse=True)  # deepest first, for rmdir
+
+
+def _read_midis(midis: list[Path]) -> list[Any]:
+    """Tokenize every file; the first bad one fails with one line that names it."""
+    from specdiff.tokenizer import midi_to_segments
+
+    tokenized = []
+    for midi in midis:
+        try:
+            tokenized.append(midi_to_segments(midi))
+        except SpecdiffError as err:
+            if str(midi) in str(err):
+                raise
+            raise type(err)(f"{midi}: {_one_line(err)}") from None
+    return tokenized
+
+
+def run_synth_many(args: argparse.Namespace, midis: list[Path]) -> int:
+    """``specdiff synth a.mid b.mid ... [-o FOLDER]``: the songs in batches, one WAV (and PNG) each.
+
+    Song ``k`` gets seed ``--seed + k`` (random ones without --seed), so it comes out as a
+    single-file run with that seed would (``SpectrogramDiffusionPipeline.synthesize_many``).
+    """
+    started = time.perf_counter()
+
+    # 1. The command line and everything cheap; no torch, nothing created yet.
+    if args.stream:
+        raise UsageError(f"--stream takes a single MIDI file, got {len(midis)}; drop --stream to synthesize "
+                         "them in one batch, or run them one at a time")
+    model_dir = resolve_model_dir(args.model)
+    _check_folder_option(args.output, "-o/--output", _audio_extensions())
+    _check_folder_option(args.mel_png, "--mel-png", {".png", ".jpg", ".jpeg", ".svg", ".pdf"})
+    for midi in midis:
+        if not midi.exists():
+            raise SpecdiffError(f"MIDI file not found: {midi}")
+    targets = _output_paths(midis, args.output, args.mel_png)
+    if args.mel_png is not None and importlib.util.find_spec("matplotlib") is None:
+        raise SpecdiffError("--mel-png needs matplotlib: pip install matplotlib (or specdiff[plot])")
+    if args.scheduler != "original" and importlib.util.find_spec("diffusers") is None:
+        raise SpecdiffError(f"--scheduler {args.scheduler} needs diffusers: pip install diffusers "
+                            "(or use --scheduler original)")
+    if args.threads is not None and args.threads < 1:
+        raise SpecdiffError(f"--threads must be >= 1, got {args.threads}")
+
+    # 2. Every MIDI file before the model: one bad file fails the run in milliseconds, before any
+    # folder or file is created.
+    tokenized = _read_midis(midis)
+
+    # 3. Output folders, and a real write test of every output (removing what we created if any
+    # of them fails, so that a refused run leaves nothing behind).
+    created = _make_folders([p.parent for wav_png in targets for p in wav_png if p is not None])
+    try:
+        for wav, png in targets:
+            check_writable(wav, "output file")
+            if png is not None:
+                check_writable(png, "--mel-png picture")
+    except BaseException:
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise
+
+    # 4. Model, device, one seeded CPU generator per song (same noise on every device).
+    import torch
+
+    from specdiff.pipeline import SpectrogramDiffusionPipeline
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    if args.seed is not None:
+        seeds = [args.seed + k for k in range(len(midis))]
+    else:
+        seeds = [secrets.randbelow(2**31) for _ in midis]
+    pipe = SpectrogramDiffusionPipeline.from_pretrained(model_dir, device=device, inverter=args.inverter)
+    check_steps(args.scheduler, args.steps, pipe.scheduler_config)
+    generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+
+    # 5. All songs (the slow part), then the outputs one song at a time, each atomically.
+    results = pipe.synthesize_many(
+        tokenized,
+        generators=generators,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        scheduler=args.scheduler,
+        batch_size=args.batch_size,
+        show_progress=not args.quiet,
+    )
+    sample_rate = pipe.sample_rate
+    total_samples = 0
+    for midi, (wav, png), result, seed in zip(midis, targets, results, seeds):
+        audio = result.audios[0]
+        _write_song(wav, png, audio, result.mels[0], midi.name, sample_rate)
+        total_samples += len(audio)
+        written = f"{wav}" + (f" and {png}" if png is not None else "")
+        _log(args, f"wrote {written}: {len(audio) / sample_rate:.2f} s of audio, seed {seed}")
+
+    wall = time.perf_counter() - started
+    seconds = total_samples / sample_rate
+    batch = min(args.batch_size or len(midis), len(midis))
+    _log(
+        args,
+        f"{len(midis)} songs, {seconds:.2f} s of audio in {wall:.1f} s (real-time factor "
+        f"{wall / max(seconds, 1e-9):.2f}; batches of {batch}, {args.scheduler} x {args.steps} steps, "
+        f"guidance {args.guidance:g}, {device})",
     )
     return 0

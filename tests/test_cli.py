@@ -583,3 +583,158 @@ def test_specdiff_errors_become_one_line(monkeypatch, song, tmp_path, capsys, mo
     code, err = run(["synth", song, "-o", tmp_path / "o.wav", "--model", model_dir, *FAST], capsys)
     assert code == 1
     assert err.strip().splitlines() == ["specdiff: error: first line; second line"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Several MIDI files: one batch
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_songs(tmp_path) -> tuple[Path, Path]:
+    """A one-segment song and a two-segment one, so the batch is ragged (song 2 runs on alone)."""
+    return write_midi(tmp_path / "arp.mid", SONG_NOTES), write_midi(tmp_path / "long.mid", LONG_NOTES, program=40)
+
+
+FAST_NO_SEED = [a for a in FAST if a not in ("--seed", "7")]
+AUDIO_TOLERANCE = 1e-3  # ~33 steps of 16-bit PCM
+
+
+@pytest.mark.parametrize("batch_size", [None, 1])
+def test_batch_equals_single_runs_with_seeds_s_and_s_plus_1(batch_size, model_dir, two_songs, tmp_path, capsys):
+    import numpy as np
+
+    out = tmp_path / "batch"  # does not exist yet: created
+    extra = [] if batch_size is None else ["--batch-size", batch_size]
+    code, err = run(["synth", *two_songs, "-o", out, "--model", model_dir, *FAST_NO_SEED, "--seed", 11, *extra],
+                    capsys)
+    assert code == 0, err
+    assert files_in(out) == {"arp.wav", "long.wav"}  # <stem>.wav, nothing else (no temp files)
+    for k, midi in enumerate(two_songs):
+        single = tmp_path / f"single_{k}.wav"
+        code, err = run(["synth", midi, "-o", single, "--model", model_dir, *FAST_NO_SEED, "--seed", 11 + k], capsys)
+        assert code == 0, err
+        batched, alone = read_wav(out / f"{midi.stem}.wav")[0], read_wav(single)[0]
+        assert batched.shape == alone.shape
+        # Same model, noise and sampler: equal up to float rounding. The batched matmuls change
+        # the mel by ~1e-6 relative; Griffin-Lim's phase iterations magnify that to a few 16-bit
+        # steps, still far below what another seed changes (checked below).
+        assert np.abs(batched - alone).max() <= AUDIO_TOLERANCE, midi.name
+        assert np.abs(alone).max() > 0.01  # the comparison is between real sounds, not silence
+    # The tolerance is meaningful: song 0 with song 1's seed is a different sound.
+    code, err = run(["synth", two_songs[0], "-o", tmp_path / "other.wav", "--model", model_dir, *FAST_NO_SEED,
+                     "--seed", 12], capsys)
+    assert code == 0, err
+    assert np.abs(read_wav(tmp_path / "other.wav")[0] - read_wav(out / "arp.wav")[0]).max() > 100 * AUDIO_TOLERANCE
+    a, b = (read_wav(out / n)[0] for n in ("arp.wav", "long.wav"))
+    assert a.shape[0] == expected_num_samples() and b.shape[0] == 325 * 320
+
+
+def test_batch_summary_names_each_song_and_its_random_seed(model_dir, two_songs, tmp_path, capsys):
+    import re
+
+    import numpy as np
+
+    code, err = run(["synth", *two_songs, "--model", model_dir, *FAST_NO_SEED], capsys)
+    assert code == 0, err
+    # Without -o each WAV lands next to its MIDI file.
+    assert files_in(tmp_path) == {"arp.mid", "long.mid", "arp.wav", "long.wav"}
+    seeds = {}
+    for midi in two_songs:
+        lines = [line for line in err.splitlines() if line.startswith(f"specdiff: wrote {midi.with_suffix('.wav')}")]
+        assert len(lines) == 1, err
+        seeds[midi.stem] = int(re.search(r"seed (\d+)$", lines[0]).group(1))
+    assert "2 songs" in err.splitlines()[-1] and "real-time factor" in err.splitlines()[-1]
+    # The printed seed reproduces the song on its own.
+    code, err = run(["synth", two_songs[0], "-o", tmp_path / "again.wav", "--model", model_dir,
+                     *FAST_NO_SEED, "--seed", seeds["arp"]], capsys)
+    assert code == 0, err
+    again, batched = read_wav(tmp_path / "again.wav")[0], read_wav(tmp_path / "arp.wav")[0]
+    assert np.abs(again - batched).max() <= AUDIO_TOLERANCE
+
+
+def test_batch_mel_png_folder(model_dir, two_songs, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    code, err = run(["synth", *two_songs, "-o", tmp_path / "wav", "--mel-png", tmp_path / "png" / "deep",
+                     "--model", model_dir, *FAST, "-q"], capsys)
+    assert code == 0 and err == ""
+    assert files_in(tmp_path / "wav") == {"arp.wav", "long.wav"}
+    assert files_in(tmp_path / "png" / "deep") == {"arp.png", "long.png"}
+    assert (tmp_path / "png" / "deep" / "long.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("case", ["not_midi", "no_notes", "directory"])
+def test_a_bad_file_among_several_writes_nothing(case, model_dir, tmp_path, capsys, no_model_loading):
+    work = tmp_path / "work"
+    work.mkdir()
+    good = write_midi(work / "good.mid", SONG_NOTES)
+    BAD_MIDI[case](work)  # work/notes.mid
+    before = files_in(work)
+    code, err = run(["synth", good, work / "notes.mid", "-o", tmp_path / "out", "--mel-png", tmp_path / "png",
+                     "--model", model_dir, *FAST], capsys)
+    assert_clean_failure(code, err, work, before)
+    assert str(work / "notes.mid") in err  # the one line names the bad file
+    assert files_in(tmp_path) == {"work"}  # not even the output folders were created
+
+
+def test_a_missing_file_among_several(model_dir, two_songs, tmp_path, capsys, no_model_loading):
+    code, err = run(["synth", *two_songs, tmp_path / "gone.mid", "--model", model_dir, *FAST], capsys)
+    assert_clean_failure(code, err, tmp_path, {"arp.mid", "long.mid"})
+    assert "gone.mid" in err
+
+
+@pytest.mark.parametrize("option", ["-o", "--mel-png"])
+@pytest.mark.parametrize("target", ["existing_file", "file_name"])
+def test_several_inputs_need_folders(option, target, model_dir, two_songs, tmp_path, capsys, no_model_loading):
+    if target == "existing_file":
+        path = tmp_path / "taken"
+        path.write_bytes(b"x")
+    else:
+        path = tmp_path / ("out.wav" if option == "-o" else "mel.png")
+    before = files_in(tmp_path)
+    code, err = run(["synth", *two_songs, option, path, "--model", model_dir, *FAST], capsys)
+    assert code == 2
+    assert_clean_failure(code, err, tmp_path, before)
+    assert "must be a folder" in err and option.lstrip("-").split("-")[0] in err
+
+
+def test_stream_with_several_inputs_is_refused(model_dir, two_songs, tmp_path, capsys, no_model_loading):
+    code, err = run(["synth", *two_songs, "-o", tmp_path / "out", "--stream", "--model", model_dir, *FAST], capsys)
+    assert code == 2
+    assert_clean_failure(code, err, tmp_path, {"arp.mid", "long.mid"})
+    assert "--stream" in err and "single MIDI file" in err
+
+
+def test_two_inputs_with_the_same_name_are_refused(model_dir, tmp_path, capsys, no_model_loading):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = write_midi(tmp_path / "a" / "song.mid", SONG_NOTES)
+    second = write_midi(tmp_path / "b" / "song.mid", SONG_NOTES)
+    code, err = run(["synth", first, second, "-o", tmp_path / "out", "--model", model_dir, *FAST], capsys)
+    assert_clean_failure(code, err, tmp_path, {"a", "b"})
+    assert "song.wav" in err
+
+
+def test_batch_failure_while_writing_keeps_finished_songs_only(model_dir, two_songs, tmp_path, capsys, monkeypatch):
+    from specdiff import audio_io
+
+    original = audio_io.save_wav
+    calls = []
+
+    def save_wav(path, *args, **kwargs):
+        calls.append(Path(path).name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(audio_io, "save_wav", save_wav)
+    out = tmp_path / "out"
+    code, err = run(["synth", *two_songs, "-o", out, "--model", model_dir, *FAST], capsys)
+    assert code == 130
+    assert files_in(out) == {"arp.wav"}  # the first song was complete; no partial second one
+
+
+def test_synth_help_documents_batches(capsys):
+    assert cli.main(["synth", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--batch-size" in text and "N+k" in text and "already written stay" in text
