@@ -27,7 +27,6 @@ import csv
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import time
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from specdiff.atomic import atomic_write, atomic_write_text
 from specdiff.errors import AudioError, MidiError, SpecdiffError
 
 if TYPE_CHECKING:
@@ -533,21 +533,13 @@ def array_to_notes(arr: np.ndarray) -> list[Note]:
                                         arr["program"], arr["is_drum"])]  # fmt: skip
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temporary file in the same folder and os.replace (never a half file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a bare temp path
+        np.save(f, array)
 
 
 def _write_json(path: Path, obj) -> None:
-    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def _song_dir(cache_dir: Path, song_id: str) -> Path:
@@ -564,8 +556,8 @@ def _cache_song(pair: SongPair, cache_dir: str) -> tuple[str, dict | None, str |
             raise AudioError("audio holds NaN or infinite samples")
         mel = song_features(audio)
         folder = _song_dir(Path(cache_dir), pair.song_id)
-        _atomic_write(folder / "mel.npy", lambda f: np.save(f, mel))
-        _atomic_write(folder / "notes.npy", lambda f: np.save(f, notes_to_array(notes)))
+        atomic_write(folder / "mel.npy", lambda tmp: _save_npy(tmp, mel))
+        atomic_write(folder / "notes.npy", lambda tmp: _save_npy(tmp, notes_to_array(notes)))
         meta = {"id": pair.song_id, "split": pair.split, "frames": int(len(mel)),
                 "total_time": float(total_time), "num_notes": len(notes), "source": pair.source}  # fmt: skip
         _write_json(folder / "meta.json", meta)  # last: marks the song as cached

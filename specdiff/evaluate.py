@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from specdiff.atomic import atomic_write_text
 from specdiff.errors import AudioError, MidiError, SpecdiffError
 
 SAMPLE_RATE = 16000
@@ -270,8 +271,8 @@ def evaluate(
     }
     table = markdown_report(results)
     if out is not None:
-        _write_text(out / RESULT_JSON, json.dumps(_json_safe(results), indent=2, ensure_ascii=False) + "\n")
-        _write_text(out / RESULT_MARKDOWN, table)
+        atomic_write_text(out / RESULT_JSON, json.dumps(_json_safe(results), indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(out / RESULT_MARKDOWN, table)
         results["files"] = {"json": str(out / RESULT_JSON), "markdown": str(out / RESULT_MARKDOWN)}
     if verbose:
         print(table, flush=True)
@@ -380,12 +381,6 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _save_audio(path: Path, audio: np.ndarray) -> str:
     from specdiff.audio_io import save_wav
 
@@ -489,20 +484,12 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def add_evaluate_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``evaluate`` subcommand (``set_defaults(func=run_evaluate)``)."""
     # specdiff.cli mirrors the sampler's names without importing torch (its tests check them).
-    from specdiff.cli import DEFAULT_GUIDANCE, DEFAULT_NUM_STEPS, DEFAULT_SCHEDULER, DEVICES, INVERTERS, SCHEDULERS
+    from specdiff.cli import (
+        DEFAULT_GUIDANCE, DEFAULT_NUM_STEPS, DEFAULT_SCHEDULER, DEVICES, INVERTERS, SCHEDULERS, _positive_int,
+    )  # fmt: skip
 
     p = subparsers.add_parser(
         "evaluate",

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from specdiff.atomic import atomic_write
 from specdiff.errors import ModelError
 
 VOCODER_SUBFOLDER = "vocoder"
@@ -224,9 +224,9 @@ class Vocoder(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in self.state_dict().items()}
-        _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
         text = json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n"
-        _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+        atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(text))
         return directory
 
     @classmethod
@@ -250,21 +250,6 @@ class Vocoder(nn.Module):
             first = str(err).strip().splitlines()[0]
             raise ModelError(f"vocoder weights in {directory} do not match its config: {first}") from None
         return model.eval()
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temp file in ``path``'s folder, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---- Inverter wrapper ------------------------------------------------------------------------------
@@ -331,17 +316,16 @@ def export_onnx(model: Vocoder, path: str | os.PathLike, opset: int = 17) -> Pat
     import warnings
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     example = torch.zeros(1, 16, model.config.n_mels)
 
-    def write(tmp: str) -> None:
+    def write(tmp: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated but self-contained
             torch.onnx.export(
                 model,
                 (example,),
-                tmp,
+                str(tmp),
                 input_names=[ONNX_INPUT_NAME],
                 output_names=[ONNX_OUTPUT_NAME],
                 dynamic_axes={ONNX_INPUT_NAME: {0: "batch", 1: "frames"}, ONNX_OUTPUT_NAME: {0: "batch", 1: "samples"}},
@@ -349,5 +333,5 @@ def export_onnx(model: Vocoder, path: str | os.PathLike, opset: int = 17) -> Pat
                 dynamo=False,
             )
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return path

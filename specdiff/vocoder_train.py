@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from specdiff.errors import AudioError, SpecdiffError
-from specdiff.vocoder import VOCODER_SUBFOLDER, Vocoder, VocoderConfig, _atomic_write
+from specdiff.atomic import atomic_write
+from specdiff.vocoder import VOCODER_SUBFOLDER, Vocoder, VocoderConfig
 
 # The argparse definitions live in the light module specdiff.vocoder_cli (re-exported here).
 from specdiff.vocoder_cli import add_export_vocoder_arguments, add_vocode_arguments, add_vocoder_arguments  # noqa: F401
@@ -338,7 +339,7 @@ class VocoderTrainer:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = self.state_dict(sampler)
-        _atomic_write(path, lambda tmp: torch.save(state, tmp))
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
 
     def load_checkpoint(self, path: str | os.PathLike, sampler: SegmentSampler | None = None) -> None:
         state = torch.load(path, map_location=self.device, weights_only=False)
