@@ -9,6 +9,9 @@ log-mel front end (spec §1) and back through each inverter. Reported per invert
   resynthesis against basic-pitch's transcription of the original audio, when basic-pitch is
   installed (and, for reference, of each against the MIDI file itself);
 - CPU speed as x real time (audio seconds per compute second) on 1 and 2 threads.
+Rows: Griffin-Lim (32 fast iterations from random phase), the vocoder network alone (what its ONNX
+export computes) and the vocoder as the pipeline uses it (network + refinement iterations, see
+specdiff.vocoder.VocoderInverter).
 
 Usage:
   python benchmarks/vocoder_benchmark.py --vocoder /work/runs/vocoder/export [--split test]
@@ -161,6 +164,7 @@ def main() -> None:
     parser.add_argument("--onnx", type=Path, help="also time this exported vocoder.onnx under onnxruntime")
     parser.add_argument("--note", default="", help="free text recorded with the results (e.g. the training step)")
     parser.add_argument("--no-onsets", action="store_true", help="skip the basic-pitch onset F1")
+    parser.add_argument("--refine-iters", type=int, default=32, help="refinement iterations of the 'ours' row (default 32)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
 
@@ -168,10 +172,23 @@ def main() -> None:
     from specdiff.vocoder import load_vocoder
 
     torch.set_num_threads(1)
-    inverters = {"griffin-lim": GriffinLimInverter(), "vocoder (ours)": load_vocoder(args.vocoder)}
+    inverters = {
+        "griffin-lim": GriffinLimInverter(),
+        "vocoder, network alone": load_vocoder(args.vocoder, refine_iters=0),
+        f"vocoder (ours: + {args.refine_iters} refinement iterations)": load_vocoder(args.vocoder, refine_iters=args.refine_iters),
+    }
     clips = held_out_clips(args.split, args.max_files, args.seconds, args.audio_dir, args.midi_dir)
     if not clips:
         raise SystemExit("no held-out clips")
+
+    # Speed first (on a 10 s excerpt, or the longest clip when shorter), so that a shared machine's
+    # other jobs can be paused for just this part; "speed done" is printed when it is over.
+    longest = max(clips, key=lambda c: len(c[1]))[1][: 10 * 16000]
+    mel = log_mel(torch.from_numpy(longest)[None]).numpy()
+    speeds = {label: {f"{t}_thread": speed(inv, mel, t) for t in (1, 2)} for label, inv in inverters.items()}
+    if args.onnx is not None:
+        speeds["vocoder, network alone, onnxruntime"] = {f"{t}_thread": speed(OnnxRunner(args.onnx, t), mel, 1) for t in (1, 2)}
+    print("speed done", json.dumps(speeds), flush=True)
 
     scorer, onset_note = None, ""
     if not args.no_onsets:
@@ -200,13 +217,6 @@ def main() -> None:
                     row[f"{label}/onset_f1_vs_midi"] = scorer.f1(truth, notes)
         per_clip.append(row)
         print(name, {k: round(v, 4) for k, v in row.items() if isinstance(v, float)})
-
-    # Speed on a 10 s excerpt (or the longest clip when shorter).
-    longest = max(clips, key=lambda c: len(c[1]))[1][: 10 * 16000]
-    mel = log_mel(torch.from_numpy(longest)[None]).numpy()
-    speeds = {label: {f"{t}_thread": speed(inv, mel, t) for t in (1, 2)} for label, inv in inverters.items()}
-    if args.onnx is not None:
-        speeds["vocoder (ours), onnxruntime"] = {f"{t}_thread": speed(OnnxRunner(args.onnx, t), mel, 1) for t in (1, 2)}
 
     keys = sorted({k.split("/", 1)[1] for row in per_clip for k in row if "/" in k})
     summary = {}

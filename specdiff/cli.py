@@ -202,6 +202,11 @@ def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "audibly phasey.",
     )
     p.add_argument(
+        "--refine-iters", type=int, default=None, metavar="N",
+        help="with our trained vocoder: Griffin-Lim iterations that refine its output against the "
+        "spectrogram (default 32; 0: the network alone, faster)",
+    )
+    p.add_argument(
         "--stream", action="store_true",
         help="write the audio segment by segment, as soon as each 5.12 s segment is generated, "
         "printing a line per segment (default: off: the whole song's spectrogram is inverted at "
@@ -458,6 +463,16 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def _set_refine_iters(pipe: Any, refine_iters: int | None) -> None:
+    """``--refine-iters``: applies to our trained vocoder only (other inverters have no such setting)."""
+    if refine_iters is None:
+        return
+    if refine_iters < 0:
+        raise SpecdiffError(f"--refine-iters must be >= 0, got {refine_iters}")
+    if hasattr(pipe.inverter, "refine_iters"):
+        pipe.inverter.refine_iters = refine_iters
+
+
 def check_steps(scheduler: str, steps: int, scheduler_config: dict) -> None:
     """diffusers schedulers cannot take more steps than their discrete training timesteps."""
     limit = int(scheduler_config.get("num_train_timesteps", 1000))
@@ -660,6 +675,7 @@ def _run_synth_one(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     pipe = SpectrogramDiffusionPipeline.from_pretrained(model_dir, device=device, inverter=args.inverter)
+    _set_refine_iters(pipe, args.refine_iters)
     check_steps(args.scheduler, args.steps, pipe.scheduler_config)
     # A CPU generator: the same seed gives the same start noise on every device (sampler.randn).
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -825,6 +841,7 @@ def run_synth_many(args: argparse.Namespace, midis: list[Path]) -> int:
     else:
         seeds = [secrets.randbelow(2**31) for _ in midis]
     pipe = SpectrogramDiffusionPipeline.from_pretrained(model_dir, device=device, inverter=args.inverter)
+    _set_refine_iters(pipe, args.refine_iters)
     check_steps(args.scheduler, args.steps, pipe.scheduler_config)
     generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
 

@@ -161,36 +161,52 @@ class GriffinLimInverter:
             audio = self.griffin_lim(magnitude)
         return audio.float().cpu().numpy()
 
-    def mel_to_magnitude(self, log_mel: torch.Tensor) -> torch.Tensor:
+    def mel_to_magnitude(self, log_mel: torch.Tensor, init: torch.Tensor | None = None) -> torch.Tensor:
         """Non-negative linear magnitudes ``[..., T, 513]`` whose mel projection fits ``exp(log_mel)``.
 
-        Least squares under S >= 0 by multiplicative updates (Lee & Seung), started from each bin's
-        triangle-weighted mean of its bands' per-bin level, which is already exact for a flat spectrum
-        (up to the top band's centre, where the triangles stop summing to one).
+        Least squares under S >= 0 by multiplicative updates (Lee & Seung), started from ``init`` when
+        given (e.g. a neural vocoder's magnitudes, whose detail within each band the updates keep),
+        else from each bin's triangle-weighted mean of its bands' per-bin level, which is already exact
+        for a flat spectrum (up to the top band's centre, where the triangles stop summing to one).
         """
         fb = mel.mel_filterbank(log_mel.device, torch.float32)  # [513, 128]
         # Values at the clip floor mean "nothing there": do not spread 1e-5 over every bin.
         target = torch.exp(log_mel.float()) * (log_mel > mel.MIN_VALUE + 1e-3)
-        width = fb.sum(0).clamp_min(1e-8)  # bins under each triangle
-        magnitude = (target / width) @ fb.T  # 0 for the DC bin, which no band sees
+        if init is None:
+            width = fb.sum(0).clamp_min(1e-8)  # bins under each triangle
+            magnitude = (target / width) @ fb.T  # 0 for the DC bin, which no band sees
+        else:
+            magnitude = init.float()
         numerator = target @ fb.T
+        unseen = fb.sum(1) == 0  # the DC bin: no band constrains it, so an init value stays as it is
         for _ in range(self.nnls_iter):
-            magnitude = magnitude * numerator / ((magnitude @ fb) @ fb.T + 1e-12)
+            update = numerator / ((magnitude @ fb) @ fb.T + 1e-12)
+            magnitude = magnitude * (update.masked_fill(unseen, 1.0) if init is not None else update)
         return magnitude
 
-    def griffin_lim(self, magnitude: torch.Tensor) -> torch.Tensor:
-        """Audio ``[..., T * 320]`` whose STFT magnitude approximates ``magnitude`` ``[..., T, 513]``."""
+    def griffin_lim(self, magnitude: torch.Tensor, angles: torch.Tensor | None = None) -> torch.Tensor:
+        """Audio ``[..., T * 320]`` whose STFT magnitude approximates ``magnitude`` ``[..., T, 513]``.
+
+        ``angles``: initial unit phasors ``[..., T, 513]`` (default: random phases from ``seed``). Given
+        ones are trusted for frame 0: its first 320 samples are seen by no other frame and come out
+        of :func:`istft` faded in, so re-analysing them would shift frame 0's phase a little at every
+        iteration and carry that error one frame further each time; frame 0 keeps its initial phase.
+        """
         frames = magnitude.shape[-2]
         length = frames * HOP_LENGTH
-        generator = torch.Generator(device="cpu").manual_seed(self.seed)
-        phase = torch.rand(magnitude.shape, generator=generator, dtype=torch.float32) * (2 * torch.pi)
-        angles = torch.polar(torch.ones_like(phase), phase).to(magnitude.device)
+        first_frame = angles[..., :1, :] if angles is not None and frames > 0 else None
+        if angles is None:
+            generator = torch.Generator(device="cpu").manual_seed(self.seed)
+            phase = torch.rand(magnitude.shape, generator=generator, dtype=torch.float32) * (2 * torch.pi)
+            angles = torch.polar(torch.ones_like(phase), phase).to(magnitude.device)
         previous = torch.zeros_like(angles)
         for _ in range(self.n_iter):
             rebuilt = mel.stft(istft(magnitude * angles, length))
             # Fast Griffin-Lim: extrapolate the projection along its last step.
             angles = rebuilt - previous * (self.momentum / (1 + self.momentum))
             angles = angles / angles.abs().clamp_min(1e-16)
+            if first_frame is not None:
+                angles = torch.cat([first_frame, angles[..., 1:, :]], dim=-2)
             previous = rebuilt
         return istft(magnitude * angles, length)
 

@@ -95,6 +95,9 @@ class TrainConfig:
     ckpt_every: int = 500
     keep_checkpoints: int = 3
     tensorboard: bool = True
+    # warm start: a fresh run (no checkpoint to resume) starts from this checkpoint's weights and EMA
+    # with a new optimiser and step 0, e.g. to switch optimiser or learning rate mid-way
+    init_from: str | None = None
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "TrainConfig":
@@ -740,6 +743,8 @@ class Trainer:
         self.step, self.samples_seen = 0, 0
         if resume_path is not None:
             self._restore(resume_path)
+        elif config.init_from:
+            self._warm_start(Path(config.init_from))
 
         self.ddp_model: nn.Module = self.model
         if self.ctx.enabled:
@@ -776,6 +781,16 @@ class Trainer:
             seed_everything(example_seed(self.config.seed, 1_000_003 + self.ctx.rank + 7919 * self.step))
         if self.ctx.is_main:
             print(f"resuming from {path} at step {self.step} ({self.samples_seen} samples seen)")
+
+    def _warm_start(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise ModelError(f"{path} does not match the configured model: {str(exc).splitlines()[0]}") from None
+        self.ema.load_state_dict(state["ema"])
+        if self.ctx.is_main:
+            print(f"warm start from {path} (its step {state['step']}): weights and EMA; new optimiser, step 0")
 
     def _loader(self, train_set: torch.utils.data.Dataset) -> torch.utils.data.DataLoader:
         sampler = ShardedCounterSampler(

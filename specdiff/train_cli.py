@@ -26,6 +26,8 @@ TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "seed": ("--seed", int, "run seed"),
     "num_workers": ("--num-workers", int, "DataLoader worker processes"),
     "num_threads": ("--threads", int, "torch intra-op threads (0: torch's default)"),
+    "init_from": ("--init-from", str, "warm start a new run from this checkpoint's weights and EMA (new optimiser, "
+                  "step 0), e.g. to change optimiser or learning rate; ignored once --out has checkpoints"),
 }
 
 

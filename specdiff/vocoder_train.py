@@ -633,7 +633,10 @@ def run_vocode(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    inverter = load_vocoder(args.vocoder)
+    refine = getattr(args, "refine_iters", None)
+    if refine is not None and refine < 0:
+        raise SpecdiffError(f"--refine-iters must be >= 0, got {refine}")
+    inverter = load_vocoder(args.vocoder) if refine is None else load_vocoder(args.vocoder, refine_iters=refine)
     path = Path(args.input)
     if not path.is_file():
         raise AudioError(f"no such file: {path}")

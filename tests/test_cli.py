@@ -738,3 +738,19 @@ def test_synth_help_documents_batches(capsys):
     assert cli.main(["synth", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "--batch-size" in text and "N+k" in text and "already written stay" in text
+
+
+def test_refine_iters_option_reaches_the_vocoder_only():
+    from types import SimpleNamespace
+
+    vocoder_like = SimpleNamespace(inverter=SimpleNamespace(refine_iters=32))
+    cli._set_refine_iters(vocoder_like, 4)
+    assert vocoder_like.inverter.refine_iters == 4
+    cli._set_refine_iters(vocoder_like, None)  # not given: the vocoder's default stays
+    assert vocoder_like.inverter.refine_iters == 4
+    other = SimpleNamespace(inverter=object())  # Griffin-Lim / ONNX: nothing to set, no error
+    cli._set_refine_iters(other, 0)
+    with pytest.raises(SpecdiffError):
+        cli._set_refine_iters(vocoder_like, -1)
+    args = cli.build_parser().parse_args(["synth", "a.mid", "--refine-iters", "0"])
+    assert args.refine_iters == 0

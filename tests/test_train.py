@@ -25,6 +25,7 @@ from specdiff.train import (
     SpectrogramDiffusionModel,
     SyntheticDataset,
     TrainConfig,
+    Trainer,
     apply_overrides,
     collate,
     diffusion_loss,
@@ -197,6 +198,23 @@ def test_checkpoints_are_complete_and_pruned(tmp_path):
         train(config, resume="no", progress=False)
     with pytest.raises(ModelError):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_warm_start_takes_weights_and_ema_but_a_new_optimiser(tmp_path):
+    first = micro_config(tmp_path / "adafactor", steps=2, ckpt_every=2)
+    train(first, progress=False)
+    source = load_checkpoint(tmp_path / "adafactor" / "checkpoints" / "step_00000002.pt")
+    warm = micro_config(tmp_path / "adamw", steps=1, optimizer="adamw", lr=1e-3, init_from=str(list_checkpoints(tmp_path / "adafactor")[-1]))
+    trainer = Trainer(warm, resume="auto")
+    assert trainer.step == 0 and trainer.samples_seen == 0
+    assert all(torch.equal(v, source["model"][k]) for k, v in trainer.model.state_dict().items())
+    assert all(torch.equal(v, source["ema"]["shadow"][k]) for k, v in trainer.ema.state_dict()["shadow"].items())
+    assert isinstance(trainer.optimizer, torch.optim.AdamW) and not trainer.optimizer.state
+    trainer.run(progress=False)
+    # once the run has its own checkpoint, it resumes from that one, not from init_from
+    assert Trainer(warm, resume="auto").step == 1
+    with pytest.raises(ModelError):
+        Trainer(warm.replace(out_dir=str(tmp_path / "bad"), init_from=str(tmp_path / "missing.pt")))
 
 
 KILLER = """

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from specdiff.errors import AudioError, ModelError
+from specdiff.errors import AudioError, ModelError, SpecdiffError
 from specdiff.vocoder import (
     ISTFTHead,
     Vocoder,
@@ -147,6 +147,49 @@ def test_inverter_protocol():
         inverter(random_log_mel(1, 9)[0])  # [T, 128] without the batch axis
 
 
+def test_refinement_off_is_the_network_alone():
+    model = tiny_vocoder()
+    mel = random_log_mel(2, 30)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(mel)).numpy()
+    np.testing.assert_array_equal(VocoderInverter(model, refine_iters=0)(mel), expected)
+    with pytest.raises(ValueError):
+        VocoderInverter(model, refine_iters=-1)
+
+
+def _chord(seconds: float = 1.0) -> torch.Tensor:
+    t = torch.arange(int(16000 * seconds), dtype=torch.float64) / 16000
+    audio = sum(0.2 * torch.sin(2 * math.pi * f * t) * torch.exp(-k * t) for k, f in enumerate((220.0, 277.2, 329.6, 1760.0)))
+    return audio.float()[None]
+
+
+def test_refinement_keeps_a_perfect_networks_output():
+    """Audio whose own log-mel is the input is a fixed point: consistent phase, mel already fitted."""
+    from specdiff.mel import log_mel
+
+    noise = 1e-3 * torch.randn(16000, generator=torch.Generator().manual_seed(1))  # no band at the clip floor
+    audio = _chord() + noise
+    assert (log_mel(audio) > -11).all()
+    refined = VocoderInverter(tiny_vocoder(), refine_iters=32).refine(audio, log_mel(audio))
+    # The first 320 samples are seen by one window only (the iSTFT floors its envelope there).
+    np.testing.assert_allclose(refined[0, 400:].numpy(), audio[0, 400:].numpy(), atol=2e-3)
+
+
+def test_refinement_fits_the_mel_and_keeps_the_networks_phase():
+    from specdiff.mel import log_mel
+
+    audio = _chord()
+    target = log_mel(audio)
+    rough = 0.5 * audio + 0.01 * torch.randn(audio.shape, generator=torch.Generator().manual_seed(0))  # wrong levels
+    before = (log_mel(rough) - target).abs().mean().item()
+    refined = VocoderInverter(tiny_vocoder(), refine_iters=8).refine(rough, target)
+    after = (log_mel(refined) - target).abs().mean().item()
+    assert after < 0.25 * before, (before, after)
+    # Phase comes from the network's audio, not from a random start: the waveform itself is close.
+    error = torch.linalg.norm(refined[0, 400:] - audio[0, 400:]) / torch.linalg.norm(audio[0, 400:])
+    assert error < 0.2, error
+
+
 def test_save_load_round_trip(tmp_path):
     model = tiny_vocoder()
     model.save_pretrained(tmp_path / "model" / "vocoder")
@@ -225,8 +268,17 @@ def test_pipeline_from_pretrained_uses_the_folders_vocoder(tmp_path):
     expected = load_vocoder(folder)(out.mels.astype(np.float32))[0]
     # The pipeline inverts the untrimmed song and then cuts (and fades the last 50 ms): compare
     # before the cut's reach, 3 convolutions of kernel 7 (9 frames) plus the iSTFT overlap (2 frames).
+    # The refinement's Griffin-Lim iterations each reach one frame further, and 32 momentum steps
+    # grow the float rounding of differently shaped matmuls to ~1e-3 of full scale.
+    keep = (frames - 12 - load_vocoder(folder).refine_iters - 1) * 320
+    assert keep > 40 * 320
+    np.testing.assert_allclose(out.audios[0, :keep], expected[:keep], rtol=1e-3, atol=2e-3)
+    unrefined = load_vocoder(folder, refine_iters=0)
+    pipe.inverter = unrefined
+    out = pipe(TokenizedMidi(segments, duration=2.0), num_inference_steps=2, output_type="np",
+               generator=torch.Generator().manual_seed(0), show_progress=False)  # fmt: skip
     keep = (frames - 12) * 320
-    np.testing.assert_allclose(out.audios[0, :keep], expected[:keep], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out.audios[0, :keep], unrefined(out.mels.astype(np.float32))[0, :keep], rtol=1e-4, atol=1e-5)
     # save_pretrained carries the vocoder along.
     copy = pipe.save_pretrained(tmp_path / "copy")
     assert find_vocoder_dir(copy) == copy / "vocoder"
@@ -400,6 +452,17 @@ def test_vocode_command(tmp_path):
     args = _parser().parse_args(["vocode", str(tmp_path / "in.wav"), "-o", str(tmp_path / "b.wav"), "--vocoder", str(tmp_path / "model")])
     args.func(args)
     assert sf.read(tmp_path / "b.wav")[0].shape == (7777,)
+
+    # --refine-iters 0: the network alone, exactly
+    args = _parser().parse_args(["vocode", str(tmp_path / "mel.npy"), "-o", str(tmp_path / "d.wav"), "--vocoder",
+                                 str(tmp_path / "model"), "--refine-iters", "0"])  # fmt: skip
+    args.func(args)
+    with torch.no_grad():
+        network = Vocoder.from_pretrained(tmp_path / "model" / "vocoder")(torch.from_numpy(random_log_mel(1, 11)))[0]
+    np.testing.assert_allclose(sf.read(tmp_path / "d.wav", dtype="float32")[0], network.numpy().clip(-1, 1), atol=1e-4)
+    args.refine_iters = -1
+    with pytest.raises(SpecdiffError):
+        args.func(args)
 
     np.save(tmp_path / "bad.npy", np.zeros((5, 64), np.float32))
     args = _parser().parse_args(["vocode", str(tmp_path / "bad.npy"), "-o", str(tmp_path / "c.wav"), "--vocoder", str(tmp_path / "model")])
