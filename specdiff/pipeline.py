@@ -307,9 +307,12 @@ class SpectrogramDiffusionPipeline:
         pipe._source = path
         return pipe.to(device, dtype)
 
-    def save_pretrained(self, path: str | os.PathLike) -> Path:
+    def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Path:
         """Write the folder layout (safetensors weights), atomically: a temporary folder is renamed
-        into place, so a failure leaves no half-written model. Replaces an existing pipeline folder."""
+        into place, so a failure leaves no half-written model. Replaces an existing pipeline folder.
+
+        ``dtype``: storage type of the weights (``torch.float16`` halves the folder; loading always
+        gives float32 networks, see :meth:`from_pretrained`)."""
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -324,7 +327,7 @@ class SpectrogramDiffusionPipeline:
                 (tmp / name).mkdir()
                 config = {"_class_name": class_name, "_diffusers_version": DIFFUSERS_VERSION, **dict(module.config)}
                 _write_json(tmp / name / CONFIG_NAME, config)
-                tensors = {k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()}
+                tensors = {k: v.detach().to(dtype).cpu().contiguous() for k, v in module.state_dict().items()}
                 save_file(tensors, str(tmp / name / SAFETENSORS_NAME), metadata={"format": "pt"})
                 index[name] = ["diffusers", class_name]
             (tmp / "scheduler").mkdir()

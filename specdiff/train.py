@@ -987,14 +987,18 @@ def copy_vocoder(vocoder_dir: str | Path, pipeline_dir: str | Path) -> Path:
 
 
 def export_pipeline(
-    checkpoint: str | Path, out_dir: str | Path, use_ema: bool = True, vocoder: str | Path | None = None
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    use_ema: bool = True,
+    vocoder: str | Path | None = None,
+    half: bool = False,
 ) -> Path:
     """Write a training checkpoint as a ``SpectrogramDiffusionPipeline.from_pretrained`` folder.
 
     The layout is diffusers' (spec §3.5, written by ``SpectrogramDiffusionPipeline.save_pretrained``):
     ``model_index.json``, the three network folders with the EMA weights (default) and ``scheduler/``.
     ``vocoder``: a trained vocoder folder to copy in as ``vocoder/`` (the pipeline's "auto" inverter
-    picks it up).
+    picks it up). ``half``: store the weights as float16 (half the size; they load as float32).
     """
     from specdiff.pipeline import SpectrogramDiffusionPipeline
 
@@ -1004,7 +1008,7 @@ def export_pipeline(
         Vocoder.from_pretrained(vocoder)
     model = model_from_checkpoint(checkpoint, use_ema=use_ema)
     pipe = SpectrogramDiffusionPipeline(model.notes_encoder, model.continuous_encoder, model.decoder)
-    out = pipe.save_pretrained(out_dir)
+    out = pipe.save_pretrained(out_dir, dtype=torch.float16 if half else torch.float32)
     if vocoder is not None:
         copy_vocoder(vocoder, out)
     return out
@@ -1047,7 +1051,8 @@ def run_export(args: argparse.Namespace) -> int:
         if not found:
             raise ModelError(f"no checkpoints in {checkpoint}")
         checkpoint = found[-1]
-    out = export_pipeline(checkpoint, args.out, use_ema=not args.no_ema, vocoder=getattr(args, "vocoder", None))
+    out = export_pipeline(checkpoint, args.out, use_ema=not args.no_ema, vocoder=getattr(args, "vocoder", None),
+                          half=getattr(args, "half", False))  # fmt: skip
     print(f"wrote {out} from {checkpoint}")
     return 0
 

@@ -69,6 +69,7 @@ def add_export_arguments(subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser.add_argument("out", help="output folder")
     parser.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
     parser.add_argument("--vocoder", default=None, help="trained vocoder folder to copy in (vocoder/)")
+    parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the size; they load as float32)")
     parser.set_defaults(func=run_export)
     return parser
 

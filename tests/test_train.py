@@ -325,6 +325,16 @@ def test_validation_samples_and_export_round_trip(tmp_path):
         export_pipeline(list_checkpoints(tmp_path / "run")[-1], tmp_path / "pipe2", vocoder=tmp_path / "run")
     assert not (tmp_path / "pipe2").exists()
 
+    # --half: float16 storage (half the bytes), loaded back as float32 equal to the rounded weights
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "half"), "--half"]) == 0
+    stored = load_file(str(tmp_path / "half" / "decoder" / "diffusion_pytorch_model.safetensors"))
+    assert {v.dtype for v in stored.values()} == {torch.float16}
+    full_bytes = (pipe / "decoder" / "diffusion_pytorch_model.safetensors").stat().st_size
+    assert (tmp_path / "half" / "decoder" / "diffusion_pytorch_model.safetensors").stat().st_size < 0.6 * full_bytes
+    half = SpectrogramDiffusionPipeline.from_pretrained(tmp_path / "half", inverter=None)
+    assert half.dtype == torch.float32
+    assert torch.equal(half.decoder.spec_out.weight, ema_model.decoder.spec_out.weight.half().float())
+
 
 def _has_matplotlib() -> bool:
     try:
