@@ -597,7 +597,18 @@ def two_songs(tmp_path) -> tuple[Path, Path]:
 
 
 FAST_NO_SEED = [a for a in FAST if a not in ("--seed", "7")]
-AUDIO_TOLERANCE = 1e-3  # ~33 steps of 16-bit PCM
+# Batched and single runs differ by float rounding only, but the sampler's first x0 prediction
+# divides by alpha(t=1) ~ 4.5e-5, which magnifies rounding to ~1e-3 in the mel for some seeds, and
+# Griffin-Lim's phase iterations spread that further: compare relative RMS, not the largest sample.
+# Measured: ~1e-4 for the same seed, ~1.4 for another seed.
+SAME_SOUND_RMS = 1e-2
+
+
+def relative_rms(a, b) -> float:
+    """RMS of a - b relative to the RMS of b."""
+    import numpy as np
+
+    return float(np.sqrt(np.mean((a - b) ** 2)) / np.sqrt(np.mean(b**2)))
 
 
 @pytest.mark.parametrize("batch_size", [None, 1])
@@ -616,16 +627,15 @@ def test_batch_equals_single_runs_with_seeds_s_and_s_plus_1(batch_size, model_di
         assert code == 0, err
         batched, alone = read_wav(out / f"{midi.stem}.wav")[0], read_wav(single)[0]
         assert batched.shape == alone.shape
-        # Same model, noise and sampler: equal up to float rounding. The batched matmuls change
-        # the mel by ~1e-6 relative; Griffin-Lim's phase iterations magnify that to a few 16-bit
-        # steps, still far below what another seed changes (checked below).
-        assert np.abs(batched - alone).max() <= AUDIO_TOLERANCE, midi.name
+        # Same model, noise and sampler: equal up to float rounding (see SAME_SOUND_RMS), far
+        # below what another seed changes (checked below).
+        assert relative_rms(batched, alone) <= SAME_SOUND_RMS, midi.name
         assert np.abs(alone).max() > 0.01  # the comparison is between real sounds, not silence
     # The tolerance is meaningful: song 0 with song 1's seed is a different sound.
     code, err = run(["synth", two_songs[0], "-o", tmp_path / "other.wav", "--model", model_dir, *FAST_NO_SEED,
                      "--seed", 12], capsys)
     assert code == 0, err
-    assert np.abs(read_wav(tmp_path / "other.wav")[0] - read_wav(out / "arp.wav")[0]).max() > 100 * AUDIO_TOLERANCE
+    assert relative_rms(read_wav(tmp_path / "other.wav")[0], read_wav(out / "arp.wav")[0]) > 50 * SAME_SOUND_RMS
     a, b = (read_wav(out / n)[0] for n in ("arp.wav", "long.wav"))
     assert a.shape[0] == expected_num_samples() and b.shape[0] == 325 * 320
 
@@ -650,7 +660,7 @@ def test_batch_summary_names_each_song_and_its_random_seed(model_dir, two_songs,
                      *FAST_NO_SEED, "--seed", seeds["arp"]], capsys)
     assert code == 0, err
     again, batched = read_wav(tmp_path / "again.wav")[0], read_wav(tmp_path / "arp.wav")[0]
-    assert np.abs(again - batched).max() <= AUDIO_TOLERANCE
+    assert relative_rms(again, batched) <= SAME_SOUND_RMS
 
 
 def test_batch_mel_png_folder(model_dir, two_songs, tmp_path, capsys):
