@@ -543,6 +543,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def pipeline_folder_state_dict(folder: str | Path) -> dict[str, Tensor]:
+    """The float32 state dict of :class:`SpectrogramDiffusionModel` held by a pipeline folder."""
+    from specdiff.pipeline import SpectrogramDiffusionPipeline
+
+    pipe = SpectrogramDiffusionPipeline.from_pretrained(folder, inverter=None)
+    model = SpectrogramDiffusionModel(pipe.notes_encoder, pipe.continuous_encoder, pipe.decoder)
+    return {name: value.float() for name, value in model.state_dict().items()}
+
+
 # ---------------------------------------------------------------------------------------------
 # Logging: metrics.jsonl (always), TensorBoard (when installed), spectrogram PNGs
 # ---------------------------------------------------------------------------------------------
@@ -783,12 +792,21 @@ class Trainer:
             print(f"resuming from {path} at step {self.step} ({self.samples_seen} samples seen)")
 
     def _warm_start(self, path: Path) -> None:
-        state = load_checkpoint(path)
+        """Weights (and EMA) from a training checkpoint, or from a pipeline folder (``specdiff export``,
+        the official checkpoint in diffusers layout): then its weights, exported from an EMA, start
+        both the model and a fresh EMA."""
+        if path.is_dir():
+            state = {"model": pipeline_folder_state_dict(path), "ema": None, "step": "unknown (pipeline folder)"}
+        else:
+            state = load_checkpoint(path)
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as exc:
             raise ModelError(f"{path} does not match the configured model: {str(exc).splitlines()[0]}") from None
-        self.ema.load_state_dict(state["ema"])
+        if state["ema"] is None:
+            self.ema = EMA(self.model, self.config.ema_decay, self.config.ema_warmup)
+        else:
+            self.ema.load_state_dict(state["ema"])
         if self.ctx.is_main:
             print(f"warm start from {path} (its step {state['step']}): weights and EMA; new optimiser, step 0")
 

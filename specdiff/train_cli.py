@@ -26,8 +26,9 @@ TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "seed": ("--seed", int, "run seed"),
     "num_workers": ("--num-workers", int, "DataLoader worker processes"),
     "num_threads": ("--threads", int, "torch intra-op threads (0: torch's default)"),
-    "init_from": ("--init-from", str, "warm start a new run from this checkpoint's weights and EMA (new optimiser, "
-                  "step 0), e.g. to change optimiser or learning rate; ignored once --out has checkpoints"),
+    "init_from": ("--init-from", str, "warm start a new run from a checkpoint's weights and EMA, or from a pipeline "
+                  "folder's weights (specdiff export, or the official model in diffusers layout); new optimiser, "
+                  "step 0; ignored once --out has checkpoints"),
 }
 
 

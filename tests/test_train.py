@@ -217,6 +217,23 @@ def test_warm_start_takes_weights_and_ema_but_a_new_optimiser(tmp_path):
         Trainer(warm.replace(out_dir=str(tmp_path / "bad"), init_from=str(tmp_path / "missing.pt")))
 
 
+
+def test_warm_start_from_an_exported_pipeline_folder(tmp_path):
+    """A pipeline folder (specdiff export, or the official model) starts the weights and a fresh EMA."""
+    train(micro_config(tmp_path / "first", steps=2, ckpt_every=2), progress=False)
+    checkpoint = list_checkpoints(tmp_path / "first")[-1]
+    folder = export_pipeline(checkpoint, tmp_path / "exported")
+    exported = model_from_checkpoint(checkpoint).state_dict()  # the EMA weights
+    warm = micro_config(tmp_path / "warm", steps=1, optimizer="adamw", init_from=str(folder))
+    trainer = Trainer(warm, resume="auto")
+    assert trainer.step == 0 and not trainer.optimizer.state
+    assert all(torch.equal(v, exported[k]) for k, v in trainer.model.state_dict().items())
+    assert all(torch.equal(v, exported[k]) for k, v in trainer.ema.state_dict()["shadow"].items())
+    assert trainer.ema.num_updates == 0
+    trainer.run(progress=False)
+    with pytest.raises(ModelError):  # a folder that is not a pipeline
+        Trainer(warm.replace(out_dir=str(tmp_path / "bad"), init_from=str(tmp_path)))
+
 KILLER = """
 import os, signal, sys
 import specdiff.train as T
