@@ -18,10 +18,11 @@ What it measures, per model preset (tiny / small / base, ``specdiff.model.PRESET
 2. **The same workload end to end, ours vs diffusers** (``--e2e-presets``, default base): a
    two-segment song (the second segment has a full context) through our pipeline
    (``scheduler="ddpm"``, guidance 1, i.e. diffusers' algorithm) and through diffusers' own loop
-   (spec §5.1: its encoders on 2048 tokens, T5FilmDecoder, DDPMScheduler), alternating, at a few
-   steps; each run is split into encoder time and step time, and ``encoders + steps x per_step``
-   gives the 100-step time of each (extrapolated: few steps run, the step cost is measured). Both
-   give the same mel (checked).
+   (spec §5.1: its encoders on 2048 tokens, T5FilmDecoder, DDPMScheduler), alternating, at two
+   step counts (``--e2e-steps``, default 1 and 4 per segment); each run is split into encoder time
+   and the denoising loop, a line through the loop's two medians gives its fixed cost per song
+   and its cost per step, and ``encoders + fixed + steps x per_step`` gives the 100-step time of
+   each (extrapolated: few steps run, the step cost is measured). Both give the same mel (checked).
 3. **Decoder throughput**: FLOPs of one pipeline decoder step (``torch.utils.flop_counter``) per
    second, as a fraction of this machine's fp32 matmul ceiling (best sgemm GFLOP/s over a few
    shapes, same threads and clock).
@@ -349,12 +350,15 @@ def diffusers_song(modules, scheduler, segments: list[list[int]], steps: int, ge
 
 
 @torch.no_grad()
-def e2e_benchmark(preset: str, steps: int, repeats: int) -> dict[str, Any]:
+def e2e_benchmark(preset: str, steps: tuple[int, int], repeats: int) -> dict[str, Any]:
     """The same two-segment song, our pipeline (ddpm, guidance 1) vs diffusers' loop, alternating.
 
-    Each run is split into its encoder time (once per segment) and the rest (the denoising steps,
-    sampler included), so the per-step cost comes from ``steps`` measured steps per segment, not
-    from the difference of two noisy totals; 100 / 1000 steps are extrapolated from it."""
+    Each run is split into its encoder time (once per segment) and the rest (everything the
+    denoising loop does). The rest is measured at two step counts ``k1 < k2`` per segment, and a
+    line through the two medians gives each implementation's fixed cost per song (ours: the
+    cross-attention keys/values and the batched FiLM, once per segment or song) and its cost per
+    step; 100 / 1000 steps are extrapolated from that line. (Dividing a k-step run by k instead
+    would charge the once-per-segment work to every step.)"""
     import diffusers
 
     from specdiff.pipeline import SpectrogramDiffusionPipeline
@@ -376,36 +380,40 @@ def e2e_benchmark(preset: str, steps: int, repeats: int) -> dict[str, Any]:
 
     pipe.encode_batch = timed_encode
 
-    def run(which: str) -> tuple[float, float, Any]:
+    def run(which: str, k: int) -> tuple[float, float, Any]:
         clock = ours_clock if which == "ours" else {"encode": 0.0}
         clock["encode"] = 0.0
         start = CLOCK()
         if which == "ours":
-            out = pipe(song, torch.Generator().manual_seed(0), steps, 1.0, "ddpm", output_type="mel", progress=False).mels
+            out = pipe(song, torch.Generator().manual_seed(0), k, 1.0, "ddpm", output_type="mel", progress=False).mels
         else:
-            out = diffusers_song(theirs, scheduler, song, steps, torch.Generator().manual_seed(0), clock).numpy()
+            out = diffusers_song(theirs, scheduler, song, k, torch.Generator().manual_seed(0), clock).numpy()
         return CLOCK() - start, clock["encode"], out
 
-    runs: dict[str, list[tuple[float, float]]] = {"ours": [], "diffusers": []}
+    k1, k2 = steps
+    runs: dict[tuple[str, int], list[tuple[float, float]]] = {}
     outputs = {}
     for _ in range(repeats):
-        for which in ("ours", "diffusers"):
-            total, encode, outputs[which] = run(which)
-            runs[which].append((total, encode))
-    row: dict[str, Any] = {"preset": preset, "segments": len(song), "measured_steps": steps, "repeats": repeats,
-                           "max_abs_mel_diff": float(abs(outputs["ours"] - outputs["diffusers"]).max())}  # fmt: skip
-    per_step_step = {}
-    for which, values in runs.items():
-        total = statistics.median(t for t, _ in values)
-        encode = statistics.median(e for _, e in values)
-        per_step = statistics.median((t - e) / (steps * len(song)) for t, e in values)
-        row[f"{which}_total_s"], row[f"{which}_encode_s"], row[f"{which}_per_step_s"] = total, encode, per_step
-        per_step_step[which] = (encode, per_step)
+        for k in (k1, k2):
+            for which in ("ours", "diffusers"):
+                total, encode, outputs[which, k] = run(which, k)
+                runs.setdefault((which, k), []).append((total, encode))
+    n_seg = len(song)
+    row: dict[str, Any] = {"preset": preset, "segments": n_seg, "measured_steps": [k1, k2], "repeats": repeats,
+                           "max_abs_mel_diff": float(max(abs(outputs["ours", k] - outputs["diffusers", k]).max()
+                                                         for k in (k1, k2)))}  # fmt: skip
+    for which in ("ours", "diffusers"):
+        encode = statistics.median(e for k in (k1, k2) for _, e in runs[which, k])
+        loop = {k: statistics.median(t - e for t, e in runs[which, k]) for k in (k1, k2)}
+        fixed, per_step = line_fit(k1 * n_seg, loop[k1], k2 * n_seg, loop[k2])
+        row[f"{which}_encode_s"], row[f"{which}_loop_fixed_s"], row[f"{which}_per_step_s"] = encode, fixed, per_step
+        row[f"{which}_totals_s"] = {str(k): statistics.median(t for t, _ in runs[which, k]) for k in (k1, k2)}
     for n in (100, 1000):
-        totals = {w: e + n * len(song) * p for w, (e, p) in per_step_step.items()}
+        totals = {w: row[f"{w}_encode_s"] + row[f"{w}_loop_fixed_s"] + n * n_seg * row[f"{w}_per_step_s"]
+                  for w in ("ours", "diffusers")}  # fmt: skip
         row[f"speedup_{n}_steps"] = totals["diffusers"] / totals["ours"]
-        row[f"rtf_ours_{n}_steps"] = len(song) * SEGMENT_SECONDS / totals["ours"]
-        row[f"rtf_diffusers_{n}_steps"] = len(song) * SEGMENT_SECONDS / totals["diffusers"]
+        row[f"rtf_ours_{n}_steps"] = n_seg * SEGMENT_SECONDS / totals["ours"]
+        row[f"rtf_diffusers_{n}_steps"] = n_seg * SEGMENT_SECONDS / totals["diffusers"]
     row["speedup_per_step"] = row["diffusers_per_step_s"] / row["ours_per_step_s"]
     return row
 
@@ -598,16 +606,21 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             "Two-segment song (the second with a full context); ours: `pipe(song, scheduler=\"ddpm\", guidance_scale=1)`; "
             "diffusers: its pipeline loop (spec §5.1: encoders on 2048 tokens, T5FilmDecoder, DDPMScheduler). "
-            "Runs alternate ours / diffusers; each is split into encoder time and step time (medians over the repeats). "
-            "100 and 1000 steps are extrapolated: encoders + steps × the measured cost per step.",
+            "Runs alternate ours / diffusers; each is split into encoder time and the denoising loop, which is measured "
+            "at two step counts per segment: a line through the two medians gives the loop's fixed cost per song (ours: "
+            "cross-attention keys/values once per segment, FiLM of all step times at once) and its cost per step. "
+            "100 and 1000 steps are extrapolated: encoders + fixed + steps × the cost per step.",
             "",
-            "| preset | measured steps × segments | encoders ours / diffusers (s) | per step ours / diffusers (s) | step speed-up | "
-            "speed-up at 100 steps | speed-up at 1000 steps | RTF ours / diffusers at 100 steps | max abs mel difference |",
-            "|---" * 9 + "|",
+            "| preset | measured steps × segments | encoders ours / diffusers (s) | loop fixed ours / diffusers (s) | "
+            "per step ours / diffusers (s) | step speed-up | speed-up at 100 steps | speed-up at 1000 steps | "
+            "RTF ours / diffusers at 100 steps | max abs mel difference |",
+            "|---" * 10 + "|",
         ]
         for r in result["e2e"]:
+            k1, k2 = r["measured_steps"]
             lines.append(
-                f"| {r['preset']} | {r['measured_steps']} × {r['segments']} | {r['ours_encode_s']:.2f} / {r['diffusers_encode_s']:.2f} | "
+                f"| {r['preset']} | {k1} and {k2} × {r['segments']} | {r['ours_encode_s']:.2f} / {r['diffusers_encode_s']:.2f} | "
+                f"{r['ours_loop_fixed_s']:.2f} / {r['diffusers_loop_fixed_s']:.2f} | "
                 f"{r['ours_per_step_s']:.3f} / {r['diffusers_per_step_s']:.3f} | ×{r['speedup_per_step']:.2f} | "
                 f"**×{r['speedup_100_steps']:.2f}** | ×{r['speedup_1000_steps']:.2f} | "
                 f"{r['rtf_ours_100_steps']:.3f} / {r['rtf_diffusers_100_steps']:.4f} | {r['max_abs_mel_diff']:.1e} |"
@@ -724,7 +737,8 @@ def main() -> None:
     parser.add_argument("--samplers", nargs="*", default=list(TYPICAL_STEPS), help="samplers for the end-to-end runs")
     parser.add_argument("--sampler-presets", nargs="+", default=None, help="presets for the per-sampler runs (default: --presets)")
     parser.add_argument("--e2e-presets", nargs="*", default=["base"], help="presets for the ours-vs-diffusers song runs")
-    parser.add_argument("--e2e-steps", type=int, default=2, help="measured steps per segment of the ours-vs-diffusers runs")
+    parser.add_argument("--e2e-steps", nargs=2, type=int, default=[1, 4], metavar=("K1", "K2"),
+                        help="the two measured step counts per segment of the ours-vs-diffusers runs")
     parser.add_argument("--steps", nargs=2, type=int, default=[1, 3], metavar=("K1", "K2"), help="step counts of the end-to-end runs")
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per component")
@@ -779,7 +793,7 @@ def main() -> None:
         print("components", preset, {k: v for k, v in row.items() if not isinstance(v, dict)}, flush=True)
     if with_diffusers:
         for preset in args.e2e_presets:
-            row = e2e_benchmark(preset, args.e2e_steps, repeats=2)
+            row = e2e_benchmark(preset, tuple(args.e2e_steps), repeats=2)
             result["e2e"].append(row)
             print("e2e", row, flush=True)
     for preset in args.sampler_presets or args.presets:

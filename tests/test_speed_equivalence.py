@@ -230,7 +230,26 @@ def test_film_is_computed_once_per_step_time_for_a_whole_song(pipe):
              guidance_scale=2.0, output_type="mel", show_progress=False)  # fmt: skip
     finally:
         del pipe.decoder.film_conditioning
-    assert calls == [(1,)] * 4  # 3 segments x 4 steps, batch 2 (CFG): 4 distinct times, batch 1
+    # 3 segments x 4 steps, batch 2 (CFG): the 4 distinct times, all in one batched call
+    assert calls == [(4,)]
+
+
+def test_film_of_all_step_times_at_once_equals_film_per_step(decoder_case):
+    from specdiff.sampler import GuidedDenoiser
+
+    dec, encodings, *_ = decoder_case
+    times = [torch.tensor(t) for t in (0.75, 0.5, 0.25, 1.0)]
+    with torch.no_grad():
+        batched = GuidedDenoiser(dec, encodings, 2.0)
+        batched.prepare_times(times)
+        for t in times:
+            one = dec.film_conditioning(t.reshape(1))
+            got = batched.film_cache[float(t)]
+            for layer_one, layer_got in zip(one, got, strict=True):
+                for params_one, params_got in zip(layer_one, layer_got, strict=True):
+                    for a, b in zip(params_one, params_got, strict=True):
+                        assert a.shape == b.shape == (1, 1, dec.config["d_model"])
+                        assert (a - b).abs().max() < TOL
 
 
 # ---------------------------------------------------------------------------------------------
