@@ -40,12 +40,10 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2  # argparse's code for a bad command line; also "no model to run"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
-# Mirrors of specdiff.sampler's names, kept here so building the parser (and --help) does not
-# import torch; tests/test_cli.py checks they stay equal to the sampler's.
-SCHEDULERS = ("original", "ddpm", "ddim", "dpmsolver++", "unipc")
-DEFAULT_SCHEDULER = "original"
-DEFAULT_NUM_STEPS = 100
-DEFAULT_GUIDANCE = 2.0
+# The sampler names and defaults live in the light specdiff.default_model (specdiff.sampler
+# re-exports them), so building the parser (and --help) does not import torch.
+from specdiff.default_model import DEFAULT_GUIDANCE, DEFAULT_NUM_STEPS, DEFAULT_SCHEDULER, SCHEDULERS  # noqa: E402
+
 INVERTERS = ("auto", "onnx", "vocoder", "griffinlim")  # specdiff.inverters' registered names
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -65,6 +63,11 @@ The MIDI file is tokenized into 5.12 s segments; each segment's log-mel spectrog
 by the diffusion model, conditioned on the notes and on the previous segment's spectrogram, and
 the whole spectrogram is turned into 16 kHz mono audio by a spectrogram inverter.
 
+Without --model, the model bundled with the package is used. --scheduler, --steps and --guidance
+default to the settings the model folder recommends in its sampling.json (the bundled model's were
+chosen by measured quality and speed, see its MODEL_CARD.md); a folder without one gets the
+original sampler, 100 steps and guidance 2.
+
 Several MIDI files are synthesized together: segment i of every song goes through the model in one
 batch (--batch-size songs at a time), which fills a GPU better than one run per song. Then -o
 and --mel-png name folders (created if missing) and song a.mid is written as a.wav / a.png in them.
@@ -83,7 +86,7 @@ examples:
 """
 
 _SCHEDULER_HELP = f"""\
-sampler (default: {DEFAULT_SCHEDULER}).
+sampler (default: the model's own setting, else {DEFAULT_SCHEDULER}).
 original: the paper's continuous-time cosine log-SNR DDPM sampler with x0 clipping (the schedule
 the model was trained with; ancestral, best with many steps, e.g. 100-1000).
 ddpm: diffusers' DDPMScheduler exactly as the Hugging Face pipeline uses it (100 steps reproduce
@@ -152,19 +155,20 @@ def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "`specdiff export CHECKPOINT DIR` (default: the model bundled with the package, if any).",
     )
     p.add_argument(
-        "--steps", type=_positive_int, default=DEFAULT_NUM_STEPS, metavar="N",
-        help=f"denoising steps per 5.12 s segment (default: {DEFAULT_NUM_STEPS}). Run time grows "
+        "--steps", type=_positive_int, default=None, metavar="N",
+        help=f"denoising steps per 5.12 s segment (default: the model's own setting, see below; else "
+        f"{DEFAULT_NUM_STEPS}). Run time grows "
         "linearly with N; fewer steps are faster but noisier, the multistep schedulers (dpmsolver++, "
         "unipc) tolerate far fewer steps than original/ddpm.",
     )
     p.add_argument(
-        "--scheduler", choices=SCHEDULERS, default=DEFAULT_SCHEDULER,
+        "--scheduler", choices=SCHEDULERS, default=None,
         help=" ".join(_SCHEDULER_HELP.split()),
     )
     p.add_argument(
-        "--guidance", type=_non_negative_float, default=DEFAULT_GUIDANCE, metavar="W",
-        help=f"classifier-free guidance weight w: eps = w*eps_cond + (1-w)*eps_uncond (default: "
-        f"{DEFAULT_GUIDANCE}, the paper's colab; its training default was 5). w = 1 turns guidance "
+        "--guidance", type=_non_negative_float, default=None, metavar="W",
+        help=f"classifier-free guidance weight w: eps = w*eps_cond + (1-w)*eps_uncond (default: the "
+        f"model's own setting, else {DEFAULT_GUIDANCE}, the paper's colab; its training default was 5). w = 1 turns guidance "
         "off and halves the decoder work; larger w follows the notes more closely but can sound "
         "harsher.",
     )
@@ -449,6 +453,21 @@ def resolve_model_dir(model: Path | None) -> Path:
     return bundled
 
 
+def resolve_sampling(args: argparse.Namespace, model_dir: Path) -> None:
+    """Fill ``args.scheduler`` / ``args.steps`` / ``args.guidance`` left unset on the command line
+    from the model folder's ``sampling.json`` (the settings it was evaluated with), else the
+    library defaults."""
+    from specdiff.default_model import read_sampling_settings
+
+    settings = read_sampling_settings(model_dir)
+    if getattr(args, "scheduler", None) is None:
+        args.scheduler = settings.scheduler
+    if getattr(args, "steps", None) is None:
+        args.steps = settings.num_inference_steps
+    if getattr(args, "guidance", None) is None:
+        args.guidance = settings.guidance_scale
+
+
 def resolve_device(name: str) -> str:
     """``auto`` -> cuda / mps / cpu; an explicit accelerator that is not there is an error."""
     import torch
@@ -641,6 +660,7 @@ def _run_synth_one(args: argparse.Namespace) -> int:
 
     # 1. Everything cheap first (no torch yet): model folder, output paths, optional dependency.
     model_dir = resolve_model_dir(args.model)
+    resolve_sampling(args, model_dir)
     if not midi.exists():
         raise SpecdiffError(f"MIDI file not found: {midi}")
     for path, what in ((output, "output"), (args.mel_png, "--mel-png")):
@@ -794,6 +814,7 @@ def run_synth_many(args: argparse.Namespace, midis: list[Path]) -> int:
         raise UsageError(f"--stream takes a single MIDI file, got {len(midis)}; drop --stream to synthesize "
                          "them in one batch, or run them one at a time")
     model_dir = resolve_model_dir(args.model)
+    resolve_sampling(args, model_dir)
     _check_folder_option(args.output, "-o/--output", _audio_extensions())
     _check_folder_option(args.mel_png, "--mel-png", {".png", ".jpg", ".jpeg", ".svg", ".pdf"})
     for midi in midis:

@@ -508,11 +508,12 @@ def add_evaluate_arguments(subparsers: argparse._SubParsersAction) -> argparse.A
                    help="reference audio named <midi stem>.wav/.flac (pieces without one: SoundFont render)")  # fmt: skip
     p.add_argument("--soundfont", metavar="SF2", help="SoundFont for rendered references (default: TimGM6mb.sf2)")
     p.add_argument("--out", type=Path, default=Path("evaluation"), metavar="DIR", help="output folder (default: ./evaluation)")
-    p.add_argument("--steps", type=_positive_int, default=DEFAULT_NUM_STEPS, metavar="N",
-                   help=f"denoising steps per segment (default: {DEFAULT_NUM_STEPS})")  # fmt: skip
-    p.add_argument("--scheduler", choices=SCHEDULERS, default=DEFAULT_SCHEDULER, help=f"sampler (default: {DEFAULT_SCHEDULER})")
-    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, metavar="W",
-                   help=f"classifier-free guidance weight (default: {DEFAULT_GUIDANCE})")  # fmt: skip
+    p.add_argument("--steps", type=_positive_int, default=None, metavar="N",
+                   help=f"denoising steps per segment (default: the model's sampling.json, else {DEFAULT_NUM_STEPS})")  # fmt: skip
+    p.add_argument("--scheduler", choices=SCHEDULERS, default=None,
+                   help=f"sampler (default: the model's sampling.json, else {DEFAULT_SCHEDULER})")  # fmt: skip
+    p.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help=f"classifier-free guidance weight (default: the model's sampling.json, else {DEFAULT_GUIDANCE})")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="random seed, the same for every piece (default: 0)")
     p.add_argument("--max-seconds", type=_positive_float, metavar="S", help="evaluate only the first S seconds of each piece")
     p.add_argument("--embedding", choices=EMBEDDINGS, default="mfcc-stats",
@@ -529,7 +530,7 @@ def add_evaluate_arguments(subparsers: argparse._SubParsersAction) -> argparse.A
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """``specdiff evaluate``; returns the exit status."""
-    if args.guidance < 0 or not math.isfinite(args.guidance):
+    if args.guidance is not None and (args.guidance < 0 or not math.isfinite(args.guidance)):
         raise SpecdiffError(f"--guidance must be a finite number >= 0, got {args.guidance}")
     if args.midi and args.demo_split:
         raise SpecdiffError("give MIDI files or --demo-split, not both")
@@ -543,9 +544,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise SpecdiffError("nothing to evaluate: give MIDI files or folders, or --demo-split test")
     if args.max_files is not None:
         midi_files = midi_files[: args.max_files]
-    from specdiff.cli import resolve_device, resolve_model_dir
+    from specdiff.cli import resolve_device, resolve_model_dir, resolve_sampling
 
     model = resolve_model_dir(args.model)
+    resolve_sampling(args, model)
     results = evaluate(
         model,
         midi_files,

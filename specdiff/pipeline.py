@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from specdiff import sampler as samplers
+from specdiff.default_model import SamplingSettings, read_sampling_settings, write_sampling_settings
 from specdiff.errors import MidiError, ModelError, SpecdiffError
 from specdiff.mel import FRAMES_PER_SECOND, SAMPLE_RATE, scale_features, scale_to_features
 from specdiff.model import ContinuousEncoder, FilmDecoder, NotesEncoder
@@ -246,7 +247,8 @@ class SpectrogramDiffusionPipeline:
     """Notes encoder + context encoder + FiLM decoder + sampler (+ spectrogram inverter).
 
     ``scheduler``: a name (``specdiff.sampler.SCHEDULERS``), one of our samplers, or a diffusers
-    scheduler; default ``"original"``. ``inverter``: a callable ``log_mel [B, T, 128] (numpy) ->
+    scheduler; default ``sampling.scheduler`` (``"original"`` unless the model folder's
+    ``sampling.json`` says otherwise). ``inverter``: a callable ``log_mel [B, T, 128] (numpy) ->
     audio [B, T * 320]`` (``specdiff.inverters``), needed only for audio output.
     """
 
@@ -259,11 +261,15 @@ class SpectrogramDiffusionPipeline:
         inverter: Any = None,
         scheduler_config: dict[str, Any] | None = None,
         autocast: torch.dtype | None = None,
+        sampling: SamplingSettings | None = None,
     ) -> None:
         self.notes_encoder = notes_encoder.eval()
         self.continuous_encoder = continuous_encoder.eval()
         self.decoder = decoder.eval()
-        self.scheduler = scheduler if scheduler is not None else samplers.DEFAULT_SCHEDULER
+        #: Sampler, steps and guidance used where a call leaves them unset (a model folder's
+        #: sampling.json, else the library defaults); saved with the folder.
+        self.sampling = sampling if sampling is not None else SamplingSettings()
+        self.scheduler = scheduler if scheduler is not None else self.sampling.scheduler
         #: diffusers scheduler config used when a diffusers sampler is chosen by name (spec §3.5).
         self.scheduler_config = dict(scheduler_config or samplers.OFFICIAL_SCHEDULER_CONFIG)
         self.inverter = inverter
@@ -302,7 +308,8 @@ class SpectrogramDiffusionPipeline:
         modules = {name: load_component(path / name, module_cls) for name, (_, module_cls) in COMPONENTS.items()}
         scheduler_file = path / "scheduler" / SCHEDULER_CONFIG_NAME
         scheduler_config = _read_json(scheduler_file, "scheduler") if scheduler_file.exists() else None
-        pipe = cls(**modules, scheduler=scheduler, scheduler_config=scheduler_config, autocast=autocast)
+        pipe = cls(**modules, scheduler=scheduler, scheduler_config=scheduler_config, autocast=autocast,
+                   sampling=read_sampling_settings(path))  # fmt: skip
         pipe.inverter = _resolve_inverter(inverter, path)
         pipe._source = path
         return pipe.to(device, dtype)
@@ -343,6 +350,8 @@ class SpectrogramDiffusionPipeline:
                 if (tmp / MELGAN_FOLDER).is_dir():
                     index["melgan"] = ["diffusers", "OnnxRuntimeModel"]
             _write_json(tmp / MODEL_INDEX, index)
+            if self.sampling != SamplingSettings():
+                write_sampling_settings(tmp, self.sampling)
             if path.exists():
                 old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
                 os.replace(path, old / "model")
@@ -504,6 +513,12 @@ class SpectrogramDiffusionPipeline:
                 contexts[k] = mel[j : j + 1]
                 context_masks[k] = torch.ones(1, segment_frames, dtype=torch.bool, device=device)
 
+    def _settings(self, num_inference_steps: int | None, guidance_scale: float | None) -> tuple[int, float]:
+        """Unset steps / guidance -> :attr:`sampling`'s (the model folder's sampling.json, else the defaults)."""
+        steps = self.sampling.num_inference_steps if num_inference_steps is None else num_inference_steps
+        guidance = self.sampling.guidance_scale if guidance_scale is None else guidance_scale
+        return steps, guidance
+
     def _check_args(self, num_inference_steps: int, guidance_scale: float, callback_steps: int) -> None:
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise SpecdiffError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
@@ -537,8 +552,8 @@ class SpectrogramDiffusionPipeline:
         self,
         input_tokens: Any,
         generator: torch.Generator | None = None,
-        num_inference_steps: int = samplers.DEFAULT_NUM_STEPS,
-        guidance_scale: float = samplers.DEFAULT_GUIDANCE,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         scheduler: Any = None,
         output_type: str = "np",
         return_dict: bool = True,
@@ -556,8 +571,12 @@ class SpectrogramDiffusionPipeline:
         give whole segments, like diffusers. ``callback(i, mel_so_far)`` runs after every
         ``callback_steps``-th segment ``i`` with the untrimmed log-mel so far (numpy, as diffusers).
         ``progress`` is an alias of ``show_progress``. The same generator seed gives the same output.
+        ``num_inference_steps``, ``guidance_scale`` and ``scheduler`` left unset take
+        :attr:`sampling`'s values (the model folder's ``sampling.json``, else 100 steps of the
+        original sampler with w = 2).
         """
         self._check_output_type(output_type)
+        num_inference_steps, guidance_scale = self._settings(num_inference_steps, guidance_scale)
         self._check_args(num_inference_steps, guidance_scale, callback_steps)
         show = show_progress if progress is None else progress
         segments, keep = self._song(input_tokens)
@@ -580,8 +599,8 @@ class SpectrogramDiffusionPipeline:
         self,
         inputs: Sequence[Any],
         generators: Sequence[torch.Generator | int] | None = None,
-        num_inference_steps: int = samplers.DEFAULT_NUM_STEPS,
-        guidance_scale: float = samplers.DEFAULT_GUIDANCE,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         scheduler: Any = None,
         output_type: str = "np",
         batch_size: int | None = None,
@@ -596,6 +615,7 @@ class SpectrogramDiffusionPipeline:
         song's matmuls do not fill the machine (GPUs; CPUs far less).
         """
         self._check_output_type(output_type)
+        num_inference_steps, guidance_scale = self._settings(num_inference_steps, guidance_scale)
         self._check_args(num_inference_steps, guidance_scale, 1)
         songs = [self._song(item) for item in inputs]
         if not songs:
@@ -656,8 +676,8 @@ class SpectrogramDiffusionPipeline:
         self,
         input_tokens: Any,
         generator: torch.Generator | None = None,
-        num_inference_steps: int = samplers.DEFAULT_NUM_STEPS,
-        guidance_scale: float = samplers.DEFAULT_GUIDANCE,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         scheduler: Any = None,
         show_progress: bool = False,
     ) -> Iterator[SegmentOutput]:
@@ -667,6 +687,7 @@ class SpectrogramDiffusionPipeline:
         inverted per segment, so it can differ from ``__call__``'s whole-song inversion near the
         5.12 s boundaries.
         """
+        num_inference_steps, guidance_scale = self._settings(num_inference_steps, guidance_scale)
         self._check_args(num_inference_steps, guidance_scale, 1)
         segments, keep = self._song(input_tokens)
         segment_frames = int(_module_config(self.decoder, "targets_length"))

@@ -112,12 +112,12 @@ def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
     g.add_argument("--workdir", type=Path, metavar="DIR",
                    help="folder for results (default: a temporary folder, removed at exit)")
     d = p.add_argument_group("defaults offered by the page")
-    d.add_argument("--steps", type=_positive(int), default=DEFAULT_NUM_STEPS, metavar="N",
-                   help=f"denoising steps per segment (default: {DEFAULT_NUM_STEPS})")
-    d.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, metavar="W",
-                   help=f"classifier-free guidance weight (default: {DEFAULT_GUIDANCE:g})")
-    d.add_argument("--scheduler", choices=SCHEDULERS, default=DEFAULT_SCHEDULER,
-                   help=f"sampler (default: {DEFAULT_SCHEDULER}; see `specdiff synth --help`)")
+    d.add_argument("--steps", type=_positive(int), default=None, metavar="N",
+                   help=f"denoising steps per segment (default: the model's sampling.json, else {DEFAULT_NUM_STEPS})")
+    d.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help=f"classifier-free guidance weight (default: the model's sampling.json, else {DEFAULT_GUIDANCE:g})")
+    d.add_argument("--scheduler", choices=SCHEDULERS, default=None,
+                   help=f"sampler (default: the model's sampling.json, else {DEFAULT_SCHEDULER}; see `specdiff synth --help`)")
     p.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
     p.set_defaults(func=run_serve)
     return p
@@ -175,11 +175,12 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
 
 def build_app(args: argparse.Namespace) -> Any:
     """Everything ``run_serve`` does before listening: check, load the model, make the app."""
-    from specdiff.cli import resolve_device, resolve_model_dir
+    from specdiff.cli import resolve_device, resolve_model_dir, resolve_sampling
 
     check_dependencies()
-    config = config_from_args(args)
     model_dir = resolve_model_dir(args.model)
+    resolve_sampling(args, model_dir)
+    config = config_from_args(args)
     device = resolve_device(args.device)
 
     import torch

@@ -197,9 +197,11 @@ def test_synth_help_states_every_option_and_default(capsys):
         assert option in text
     for name in cli.SCHEDULERS + cli.INVERTERS:
         assert name in text
-    assert f"default: {cli.DEFAULT_NUM_STEPS}" in text
-    assert f"default: {cli.DEFAULT_GUIDANCE}" in text
-    assert f"default: {cli.DEFAULT_SCHEDULER}" in text
+    # Defaults: the model folder's sampling.json, else the library's.
+    assert text.count("the model's own setting") >= 3 and "sampling.json" in text
+    assert f"else {cli.DEFAULT_NUM_STEPS}" in text
+    assert f"else {cli.DEFAULT_GUIDANCE}" in text
+    assert f"else {cli.DEFAULT_SCHEDULER}" in text
 
 
 def test_cli_defaults_mirror_the_sampler():
@@ -282,6 +284,25 @@ def test_synth_writes_16k_mono_wav_of_the_song_length(model_dir, song, tmp_path,
     assert len(summary) == 1 and f"{audio.shape[0] / SR:.2f} s of audio" in summary[0]
     assert "Traceback" not in err
     assert files_in(tmp_path) == {"song.mid", "out.wav"}  # no temp files left over
+
+
+def test_sampler_settings_default_to_the_model_folders_sampling_json(model_dir, song, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    (folder / "sampling.json").write_text('{"scheduler": "original", "num_inference_steps": 3, "guidance_scale": 1.5}')
+    fast = ["--inverter", "griffinlim", "--device", "cpu", "--seed", "7"]
+    code, err = run(["synth", song, "-o", tmp_path / "a.wav", "--model", folder, *fast], capsys)
+    assert code == 0, err
+    assert "original x 3 steps, guidance 1.5" in err
+    code, err = run(["synth", song, "-o", tmp_path / "b.wav", "--model", folder, *fast, "--steps", "2",
+                     "--guidance", "1"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert "original x 2 steps, guidance 1," in err  # the command line wins
+    (folder / "sampling.json").write_text('{"num_inference_steps": "many"}')
+    code, err = run(["synth", song, "-o", tmp_path / "c.wav", "--model", folder, *fast], capsys)
+    assert code == 1 and "sampling.json" in err and "Traceback" not in err
 
 
 def test_output_defaults_to_the_midi_name(model_dir, song, tmp_path, capsys):

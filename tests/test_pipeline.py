@@ -363,3 +363,55 @@ def test_bad_inputs(pipe, segments):
         run(pipe, segments, output_type="wav")
     with pytest.raises(SpecdiffError, match="unknown scheduler"):
         run(pipe, segments, scheduler="euler")
+
+
+# ---------------------------------------------------------------------------------------------
+# The sampler settings a model folder recommends (sampling.json)
+# ---------------------------------------------------------------------------------------------
+
+
+def _decoder_batches(pipe, call) -> list[int]:
+    """The decoder batch size of every step ``call()`` runs (2 per step with guidance)."""
+    batches: list[int] = []
+    hook = pipe.decoder.register_forward_pre_hook(
+        lambda _m, args, kw: batches.append(kw["decoder_input_tokens"].shape[0]), with_kwargs=True
+    )
+    try:
+        call()
+    finally:
+        hook.remove()
+    return batches
+
+
+def test_sampling_json_sets_the_defaults_of_calls_and_round_trips(pipe, segments, tmp_path):
+    from specdiff.default_model import SAMPLING_FILE, SamplingSettings
+
+    folder = pipe.save_pretrained(tmp_path / "plain")
+    assert not (folder / SAMPLING_FILE).exists()  # the library defaults are not written out
+    assert SpectrogramDiffusionPipeline.from_pretrained(folder).sampling == SamplingSettings()
+    (folder / SAMPLING_FILE).write_text(json.dumps(
+        {"scheduler": "original", "num_inference_steps": 2, "guidance_scale": 1.0, "_note": "measured"}))
+    loaded = SpectrogramDiffusionPipeline.from_pretrained(folder)
+    assert loaded.sampling == SamplingSettings("original", 2, 1.0) and loaded.scheduler == "original"
+    # Unset arguments take the folder's settings: 2 steps per segment, no guidance (batch 1).
+    out = {}
+    batches = _decoder_batches(loaded, lambda: out.setdefault("mel", loaded(
+        segments, generator=torch.Generator().manual_seed(0), output_type="mel", show_progress=False).mels))
+    assert batches == [1] * 2 * len(segments)
+    np.testing.assert_array_equal(out["mel"], run(loaded, segments, num_inference_steps=2, guidance_scale=1.0).mels)
+    # An explicit argument wins over the folder's.
+    assert _decoder_batches(loaded, lambda: run(loaded, segments[:1], num_inference_steps=1, guidance_scale=2.0)) == [2]
+    # Saved again, the settings travel with the folder.
+    again = loaded.save_pretrained(tmp_path / "again")
+    assert SpectrogramDiffusionPipeline.from_pretrained(again).sampling == loaded.sampling
+
+
+@pytest.mark.parametrize("content", ["{not json", '["a"]', '{"scheduler": "euler"}', '{"num_inference_steps": 0}',
+                                     '{"guidance_scale": -1}', '{"steps": 20}', '{"num_inference_steps": 2.5}'])
+def test_bad_sampling_json_is_a_model_error(pipe, tmp_path, content):
+    from specdiff.default_model import SAMPLING_FILE
+
+    folder = pipe.save_pretrained(tmp_path / "model")
+    (folder / SAMPLING_FILE).write_text(content)
+    with pytest.raises(ModelError, match="sampling.json"):
+        SpectrogramDiffusionPipeline.from_pretrained(folder)

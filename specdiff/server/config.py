@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-#: Mirrors of specdiff.sampler's defaults (kept here so building the CLI parser imports no torch).
-DEFAULT_NUM_STEPS = 100
-DEFAULT_GUIDANCE = 2.0
-DEFAULT_SCHEDULER = "original"
+#: The library's sampler defaults (light: building the CLI parser imports no torch). A model
+#: folder's sampling.json replaces them for that model.
+from specdiff.default_model import DEFAULT_GUIDANCE, DEFAULT_NUM_STEPS, DEFAULT_SCHEDULER  # noqa: E402,F401
 
 
 @dataclass
