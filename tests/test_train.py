@@ -55,7 +55,7 @@ def micro_config(out_dir: Path, **changes) -> TrainConfig:
     base = dict(
         model=dict(MICRO), data="synthetic", out_dir=str(out_dir), batch_size=2, steps=6, log_every=1,
         val_every=0, sample_every=0, ckpt_every=3, keep_checkpoints=5, val_examples=2, tensorboard=False,
-        num_threads=1,
+        num_threads=1, bf16=False,  # float32: the equivalence tests compare runs up to float rounding
     )  # fmt: skip
     return TrainConfig.from_preset("tiny", **{**base, **changes})
 
@@ -417,3 +417,22 @@ def test_trains_from_a_feature_cache(tmp_path):
     records = train(config, progress=False)
     assert len(records) == 2 and all(math.isfinite(r.loss) for r in records)
     assert [m["step"] for m in read_metrics(tmp_path / "run") if "val/loss" in m] == [2]
+
+
+def test_bf16_autocast_on_a_cpu_with_native_bf16_is_close_to_float32(tmp_path):
+    from specdiff.train import _autocast, cpu_has_native_bf16
+
+    model = micro_model()
+    batch = collate([(i, SyntheticDataset(seed=0)[i]) for i in range(2)])
+    t, noise, keep = draw_diffusion_inputs(batch["index"], 0, 0.0)
+    with torch.no_grad():
+        exact = diffusion_loss(model, batch, t, noise, keep).loss_mean
+        with _autocast(torch.device("cpu"), True) as ctx:
+            fast = diffusion_loss(model, batch, t, noise, keep).loss_mean
+    if not cpu_has_native_bf16():
+        assert ctx is None  # emulated bf16 is slower than float32: autocast stays off
+        assert torch.equal(exact, fast)
+    else:
+        assert not torch.equal(exact, fast) and abs(float(fast) / float(exact) - 1) < 0.02
+    with torch.no_grad(), _autocast(torch.device("cpu"), False) as off:
+        assert off is None
