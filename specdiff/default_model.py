@@ -34,6 +34,9 @@ SCHEDULERS = ("original", "ddpm", "ddim", "dpmsolver++", "unipc")
 DEFAULT_SCHEDULER = "original"
 DEFAULT_NUM_STEPS = 100
 DEFAULT_GUIDANCE = 2.0
+#: Network precisions: float32 (faithful), bfloat16 (CPUs with native bf16 matmuls, GPUs), float16 (GPUs).
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEFAULT_PRECISION = "fp32"
 
 
 def default_model_path() -> Path | None:
@@ -45,15 +48,20 @@ def default_model_path() -> Path | None:
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """Sampler name, denoising steps per segment and classifier-free guidance weight."""
+    """Sampler name, denoising steps per segment, classifier-free guidance weight, and the
+    precision of the networks (a hint for the command line: ``bf16`` is used only where it is fast,
+    see ``specdiff.cli.resolve_precision``; the Python API loads float32 unless told otherwise)."""
 
     scheduler: str = DEFAULT_SCHEDULER
     num_inference_steps: int = DEFAULT_NUM_STEPS
     guidance_scale: float = DEFAULT_GUIDANCE
+    precision: str = DEFAULT_PRECISION
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         steps = self.num_inference_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"num_inference_steps must be a positive integer, got {steps!r}")

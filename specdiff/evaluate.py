@@ -152,7 +152,7 @@ def prepare_piece(midi: Path, max_seconds: float | None = None) -> Piece:
     return Piece(midi, notes, TokenizedMidi(notes_to_segments(notes, total_time), total_time), cut)
 
 
-def _load_pipeline(model: Any, inverter: str, device: str):
+def _load_pipeline(model: Any, inverter: str, device: str, dtype: Any = None):
     if not isinstance(model, (str, os.PathLike)):
         return model  # already a pipeline (anything with __call__ and sample_rate)
     from specdiff.pipeline import SpectrogramDiffusionPipeline
@@ -160,7 +160,10 @@ def _load_pipeline(model: Any, inverter: str, device: str):
     path = Path(model)
     if not path.is_dir():
         raise SpecdiffError(f"model folder not found: {path}")
-    return SpectrogramDiffusionPipeline.from_pretrained(path, device=device, inverter=inverter)
+    import torch
+
+    return SpectrogramDiffusionPipeline.from_pretrained(path, device=device, inverter=inverter,
+                                                        dtype=dtype if dtype is not None else torch.float32)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,6 +190,7 @@ def evaluate(
     device: str = "cpu",
     soundfont: str | os.PathLike | None = None,
     verbose: bool = True,
+    dtype: Any = None,
 ) -> dict[str, Any]:
     """Synthesize every MIDI file with ``model`` and score it against reference audio.
 
@@ -194,7 +198,8 @@ def evaluate(
     object with ``sample_rate`` and ``__call__(tokenized, ...) -> .audios [1, N]``).
     ``midi_files``: files and/or folders. ``max_seconds`` keeps only the first seconds of each
     piece (notes and reference audio are cut to match), for quick checks. Every piece uses the
-    same ``seed``. Returns the result dict that is also written to ``out_dir/evaluation.json``
+    same ``seed``. ``dtype``: the networks' dtype when ``model`` is a folder (default float32).
+    Returns the result dict that is also written to ``out_dir/evaluation.json``
     (when ``out_dir`` is given); the table goes to stdout when ``verbose``.
     """
     from specdiff import metrics
@@ -222,7 +227,7 @@ def evaluate(
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    pipe = _load_pipeline(model, inverter, device)
+    pipe = _load_pipeline(model, inverter, device, dtype)
     sample_rate = int(getattr(pipe, "sample_rate", SAMPLE_RATE))
     if sample_rate != SAMPLE_RATE:
         raise SpecdiffError(f"the pipeline produces {sample_rate} Hz audio; evaluation expects {SAMPLE_RATE} Hz")
@@ -259,6 +264,7 @@ def evaluate(
         "settings": {
             "steps": steps, "scheduler": scheduler, "guidance": guidance, "seed": seed,
             "max_seconds": max_seconds, "embedding": embedding, "inverter": inverter, "device": device,
+            "dtype": str(getattr(pipe, "dtype", dtype)).replace("torch.", ""),
             "reference_audio": str(reference_audio) if isinstance(reference_audio, (str, os.PathLike)) else
             ("given" if reference_audio is not None else None),
         },  # fmt: skip
@@ -489,6 +495,7 @@ def add_evaluate_arguments(subparsers: argparse._SubParsersAction) -> argparse.A
     # specdiff.cli mirrors the sampler's names without importing torch (its tests check them).
     from specdiff.cli import (
         DEFAULT_GUIDANCE, DEFAULT_NUM_STEPS, DEFAULT_SCHEDULER, DEVICES, INVERTERS, SCHEDULERS, _positive_int,
+        add_precision_argument,
     )  # fmt: skip
 
     p = subparsers.add_parser(
@@ -523,6 +530,7 @@ def add_evaluate_arguments(subparsers: argparse._SubParsersAction) -> argparse.A
     p.add_argument("--no-audio", action="store_true", help="do not write the generated audio")
     p.add_argument("--inverter", default="auto", choices=INVERTERS, help="spectrogram inverter (default: auto)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto (cuda, else mps, else cpu)")
+    add_precision_argument(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress; print only the final table")
     p.set_defaults(func=run_evaluate)
     return p
@@ -544,10 +552,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise SpecdiffError("nothing to evaluate: give MIDI files or folders, or --demo-split test")
     if args.max_files is not None:
         midi_files = midi_files[: args.max_files]
-    from specdiff.cli import resolve_device, resolve_model_dir, resolve_sampling
+    from specdiff.cli import resolve_device, resolve_model_dir, resolve_precision, resolve_sampling
 
     model = resolve_model_dir(args.model)
     resolve_sampling(args, model)
+    device = resolve_device(args.device)
+    dtype = resolve_precision(args, device)
     results = evaluate(
         model,
         midi_files,
@@ -563,9 +573,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         plots=args.png,
         save_audio=not args.no_audio,
         inverter=args.inverter,
-        device=resolve_device(args.device),
+        device=device,
         soundfont=args.soundfont,
         verbose=not args.quiet,
+        dtype=dtype,
     )
     if args.quiet:
         print(markdown_report(results), flush=True)

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from specdiff.cli import DEVICES, INVERTERS, SCHEDULERS  # the same choices as `specdiff synth` (no torch)
+from specdiff.cli import DEVICES, INVERTERS, SCHEDULERS, add_precision_argument  # as `specdiff synth` (no torch)
 from specdiff.errors import SpecdiffError
 from specdiff.server.config import DEFAULT_GUIDANCE, DEFAULT_NUM_STEPS, DEFAULT_SCHEDULER, ServeConfig
 
@@ -90,6 +90,7 @@ def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"TCP port (default: {DEFAULT_PORT}; 0: any free)")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="where to run the model (default: auto = cuda, else mps, else cpu)")
+    add_precision_argument(p)
     p.add_argument("--threads", type=_positive(int), default=None, metavar="N",
                    help="CPU threads for PyTorch (default: PyTorch's own choice, one per core)")
     p.add_argument("--inverter", choices=INVERTERS, default="auto",
@@ -175,7 +176,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
 
 def build_app(args: argparse.Namespace) -> Any:
     """Everything ``run_serve`` does before listening: check, load the model, make the app."""
-    from specdiff.cli import resolve_device, resolve_model_dir, resolve_sampling
+    from specdiff.cli import resolve_device, resolve_model_dir, resolve_precision, resolve_sampling
 
     check_dependencies()
     model_dir = resolve_model_dir(args.model)
@@ -191,7 +192,8 @@ def build_app(args: argparse.Namespace) -> Any:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    pipe = SpectrogramDiffusionPipeline.from_pretrained(model_dir, device=device, inverter=args.inverter)
+    dtype = resolve_precision(args, device)
+    pipe = SpectrogramDiffusionPipeline.from_pretrained(model_dir, device=device, dtype=dtype, inverter=args.inverter)
     return create_app(Synthesizer(pipe), config, model_name=str(model_dir), device=device)
 
 

@@ -305,6 +305,33 @@ def test_sampler_settings_default_to_the_model_folders_sampling_json(model_dir, 
     assert code == 1 and "sampling.json" in err and "Traceback" not in err
 
 
+def test_precision_follows_the_flag_or_the_models_recommendation_where_it_is_fast(model_dir, song, tmp_path, capsys):
+    import argparse
+    import shutil
+
+    import torch
+
+    from specdiff.hardware import cpu_has_native_bf16
+
+    fast = ["--inverter", "griffinlim", "--device", "cpu", "--seed", "7", "--steps", "2"]
+    code, err = run(["synth", song, "-o", tmp_path / "a.wav", "--model", model_dir, *fast, "--precision", "bf16"], capsys)
+    assert code == 0, err
+    assert "cpu, bf16)" in err
+    code, err = run(["synth", song, "-o", tmp_path / "b.wav", "--model", model_dir, *fast], capsys)
+    assert code == 0 and "cpu, fp32)" in err  # no recommendation: the reference precision
+    code, err = run(["synth", song, "-o", tmp_path / "c.wav", "--model", model_dir, *fast, "--precision", "fp16"], capsys)
+    assert code == 1 and "fp16 is for GPUs" in err and not (tmp_path / "c.wav").exists()
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    (folder / "sampling.json").write_text('{"precision": "bf16"}')
+    args = argparse.Namespace(precision="auto", scheduler=None, steps=None, guidance=None)
+    cli.resolve_sampling(args, folder)
+    expected = torch.bfloat16 if cpu_has_native_bf16() else torch.float32  # bf16 only where it is fast
+    assert cli.resolve_precision(args, "cpu") == expected
+    assert cli.resolve_precision(argparse.Namespace(precision="auto", precision_recommended="bf16"), "cuda") == torch.bfloat16
+    assert cli.resolve_precision(argparse.Namespace(precision="fp32", precision_recommended="bf16"), "cuda") == torch.float32
+
+
 def test_output_defaults_to_the_midi_name(model_dir, song, tmp_path, capsys):
     code, err = run(["synth", song, "--model", model_dir, "--quiet", *FAST], capsys)
     assert code == 0, err

@@ -420,7 +420,8 @@ def test_trains_from_a_feature_cache(tmp_path):
 
 
 def test_bf16_autocast_on_a_cpu_with_native_bf16_is_close_to_float32(tmp_path):
-    from specdiff.train import _autocast, cpu_has_native_bf16
+    from specdiff.hardware import cpu_has_native_bf16
+    from specdiff.train import _autocast
 
     model = micro_model()
     batch = collate([(i, SyntheticDataset(seed=0)[i]) for i in range(2)])
