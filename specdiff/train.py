@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from specdiff.diffusion import posterior, predict_x0, q_sample
+from specdiff.diffusion import logsnr, posterior, predict_x0, q_sample
 from specdiff.errors import ModelError, SpecdiffError
 from specdiff.hardware import cpu_has_native_bf16
 from specdiff.model import ContinuousEncoder, FilmDecoder, NotesEncoder, build_models
@@ -70,6 +70,8 @@ class TrainConfig:
     num_workers: int = 0
     # objective (spec §4.1)
     cfg_drop_prob: float = 0.1
+    loss_weighting: str = "none"  # "none" (the original) or "min_snr" (see loss_weights)
+    min_snr_gamma: float = 5.0
     trim_tokens: bool = True  # run the notes encoder only up to the batch's last real token (exact: PAD is masked)
     # optimisation (spec §4.3)
     optimizer: str = "adafactor"  # or "adamw"
@@ -253,18 +255,43 @@ def trim_token_padding(tokens: Tensor, multiple: int = 64) -> Tensor:
 
 @dataclass
 class LossOutput:
-    loss_sum: Tensor  # the objective: L1 error summed over batch, time and mel bins (spec §4.1)
-    loss_mean: Tensor  # the same error per element, for logging (detached)
+    loss_sum: Tensor  # the objective: (weighted) L1 error summed over batch, time and mel bins (spec §4.1)
+    loss_mean: Tensor  # the unweighted error per element, for logging (detached)
+    error_sum: Tensor  # the unweighted error summed (detached): comparable across loss weightings
+
+
+#: Per-example weightings of the L1 eps loss: "none" is the original (spec §4.1).
+LOSS_WEIGHTINGS = ("none", "min_snr")
+
+
+def loss_weights(t: Tensor, weighting: str = "none", gamma: float = 5.0) -> Tensor | None:
+    """Per-example loss weights ``[B]`` for noise times ``t`` (None: all ones, the original objective).
+
+    ``min_snr`` (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting", for an eps
+    prediction): ``min(1, gamma / SNR(t))``. Low-noise times, where predicting eps is hard and
+    matters little for samples (an x0 error there is the eps error times sigma/alpha < 1), are
+    down-weighted, so a short run spends its updates on the mid and high noise levels whose eps
+    errors the sampler amplifies by sigma/alpha >> 1. The network and its output (eps) are
+    unchanged, so every sampler and the checkpoint layout still apply.
+    """
+    if weighting == "none":
+        return None
+    if weighting == "min_snr":
+        snr = torch.exp(logsnr(t.double()))
+        return torch.clamp(gamma / snr, max=1.0).to(torch.float32)
+    raise SpecdiffError(f"unknown loss weighting {weighting!r}; choose one of {', '.join(LOSS_WEIGHTINGS)}")
 
 
 def diffusion_loss(
-    model: nn.Module, batch: Mapping[str, Tensor], t: Tensor, noise: Tensor, keep: Tensor, trim: bool = True
+    model: nn.Module, batch: Mapping[str, Tensor], t: Tensor, noise: Tensor, keep: Tensor, trim: bool = True,
+    weights: Tensor | None = None,
 ) -> LossOutput:
     """The original objective (spec §4.1-4.2) for a batch dict (tokens, context, context_mask, target).
 
     ``z_t = alpha_t x0 + sigma_t eps`` with ``x0 = target``; the model predicts eps from ``z_t`` and
     ``decoder_noise_time = t``; dropped examples (``keep`` False) get tokens * 0 (all PAD, so an
     all-False notes mask) and context mask * 0. The context itself is clean ground truth.
+    ``weights``: optional per-example weights of the summed error (:func:`loss_weights`).
     """
     x0 = batch["target"]
     tokens = batch["tokens"] * keep[:, None].to(batch["tokens"].dtype)
@@ -274,7 +301,8 @@ def diffusion_loss(
     z_t = q_sample(x0, t, noise)
     eps = model(tokens, batch["context"], context_mask, z_t, t)
     error = (eps.float() - noise.float()).abs()
-    return LossOutput(error.sum(), error.detach().mean())
+    objective = error.sum() if weights is None else (error * weights.to(error.device)[:, None, None]).sum()
+    return LossOutput(objective, error.detach().mean(), error.detach().sum())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -650,7 +678,7 @@ def validation_loss(model: nn.Module, batches: Sequence[Mapping[str, Tensor]], s
         batch = _to_device(batch, device)
         with _autocast(device, config.bf16):
             out = diffusion_loss(model, batch, t.to(device), noise.to(device), keep.to(device), config.trim_tokens)
-        total += float(out.loss_sum)
+        total += float(out.error_sum)  # unweighted: comparable across loss weightings
         count += noise.numel()
     model.train(was_training)
     return total / max(count, 1)
@@ -693,7 +721,7 @@ def sample_spectrogram(
 class StepRecord:
     step: int  # 1-based optimiser step
     loss_sum: float  # the objective over the global batch
-    loss: float  # per-element mean over the global batch
+    loss: float  # unweighted L1 error per element over the global batch
 
 
 def _batch_plan(config: TrainConfig, world_size: int) -> tuple[int, int]:
@@ -835,7 +863,7 @@ class Trainer:
     def train_step(self) -> StepRecord:
         config, ctx = self.config, self.ctx
         self.optimizer.zero_grad(set_to_none=True)
-        totals = torch.zeros(2, dtype=torch.float64)  # summed L1 error, number of elements
+        totals = torch.zeros(3, dtype=torch.float64)  # objective, number of elements, unweighted L1 error
         for micro in range(self.accumulation):
             batch = next(self.batches)
             t, noise, keep = draw_diffusion_inputs(
@@ -848,17 +876,17 @@ class Trainer:
                 with _autocast(ctx.device, config.bf16):
                     out = diffusion_loss(
                         self.ddp_model, batch, t.to(ctx.device), noise.to(ctx.device), keep.to(ctx.device),
-                        config.trim_tokens,
+                        config.trim_tokens, loss_weights(t, config.loss_weighting, config.min_snr_gamma),
                     )  # fmt: skip
                 # DDP averages gradients over processes: scale so they are those of the global-batch sum.
                 (out.loss_sum * ctx.world_size).backward()
-            totals += torch.tensor([float(out.loss_sum.detach()), noise.numel()], dtype=torch.float64)
+            totals += torch.tensor([float(out.loss_sum.detach()), noise.numel(), float(out.error_sum)], dtype=torch.float64)
         self.optimizer.step()
         self.ema.update(self.model)
         self.step += 1
         self.samples_seen += config.batch_size
         totals = _all_reduce_sum(totals, ctx)
-        record = StepRecord(self.step, float(totals[0]), float(totals[0] / totals[1]))
+        record = StepRecord(self.step, float(totals[0]), float(totals[2] / totals[1]))
         if not math.isfinite(record.loss_sum):
             raise FloatingPointError(f"loss is {record.loss_sum} at step {self.step}")
         return record
