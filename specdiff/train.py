@@ -76,6 +76,9 @@ class TrainConfig:
     # optimisation (spec §4.3)
     optimizer: str = "adafactor"  # or "adamw"
     lr: float = 1e-3
+    # 0: constant LR (the original). N > 0: the LR falls linearly to 0 over the run's last N steps
+    # (a cool-down; restarting a run with a larger `steps` and this set starts one from any point).
+    lr_decay_steps: int = 0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     weight_decay: float = 0.0
@@ -860,8 +863,18 @@ class Trainer:
 
     # -- one optimiser step ----------------------------------------------------------------------
 
+    def learning_rate(self, step: int) -> float:
+        """The LR of 0-based optimiser step ``step``: constant, then the linear cool-down (lr_decay_steps)."""
+        config = self.config
+        if config.lr_decay_steps <= 0:
+            return config.lr
+        return config.lr * min(1.0, max(config.steps - step, 0) / config.lr_decay_steps)
+
     def train_step(self) -> StepRecord:
         config, ctx = self.config, self.ctx
+        lr = self.learning_rate(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         totals = torch.zeros(3, dtype=torch.float64)  # objective, number of elements, unweighted L1 error
         for micro in range(self.accumulation):
@@ -964,7 +977,7 @@ class Trainer:
                         "train/loss": loss,
                         "train/loss_sum": sum(r.loss_sum for r in window) / len(window),
                         "train/segments_per_s": seg_per_s,
-                        "train/lr": config.lr,
+                        "train/lr": self.learning_rate(step - 1),
                     })  # fmt: skip
                     bar.set_postfix(loss=f"{loss:.4f}", seg_s=f"{seg_per_s:.2f}")
                     window, window_start = [], time.perf_counter()

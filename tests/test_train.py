@@ -472,3 +472,14 @@ def test_a_min_snr_run_trains_and_logs_the_unweighted_error(tmp_path):
     assert len(records) == 2 and all(math.isfinite(r.loss) and r.loss > 0 for r in records)
     # train/loss is the unweighted per-element error, below the weighted sum only by the weights
     assert all(r.loss_sum <= r.loss * 2 * 256 * 128 * (1 + 1e-6) for r in records)
+
+
+def test_lr_cool_down_falls_linearly_to_zero_over_the_last_steps(tmp_path):
+    trainer = Trainer(micro_config(tmp_path / "cool", steps=6, lr=1e-3, lr_decay_steps=4, optimizer="adamw"))
+    assert [trainer.learning_rate(k) for k in range(6)] == pytest.approx([1e-3, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    trainer.run(progress=False)
+    lrs = [m["train/lr"] for m in read_metrics(tmp_path / "cool") if "train/lr" in m]
+    assert lrs == pytest.approx([1e-3, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(2.5e-4)
+    constant = Trainer(micro_config(tmp_path / "constant", steps=6, lr=1e-3))
+    assert {constant.learning_rate(k) for k in range(6)} == {1e-3}
