@@ -72,6 +72,10 @@ class TrainConfig:
     cfg_drop_prob: float = 0.1
     loss_weighting: str = "none"  # "none" (the original) or "min_snr" (see loss_weights)
     min_snr_gamma: float = 5.0
+    # > 0: add this times the guided cross-attention penalty (specdiff.guided_attention; 0 = original)
+    guided_attention: float = 0.0
+    guided_attention_heads: int = 1
+    guided_attention_sigma: float = 4.0  # frames
     trim_tokens: bool = True  # run the notes encoder only up to the batch's last real token (exact: PAD is masked)
     # optimisation (spec §4.3)
     optimizer: str = "adafactor"  # or "adamw"
@@ -285,9 +289,19 @@ def loss_weights(t: Tensor, weighting: str = "none", gamma: float = 5.0) -> Tens
     raise SpecdiffError(f"unknown loss weighting {weighting!r}; choose one of {', '.join(LOSS_WEIGHTINGS)}")
 
 
+@dataclass(frozen=True)
+class GuidedAttention:
+    """The optional guided cross-attention loss (``specdiff.guided_attention``): ``weight`` times the
+    penalty of the first ``heads`` heads of every decoder cross-attention layer."""
+
+    weight: float
+    heads: int = 1
+    sigma: float = 4.0  # frames
+
+
 def diffusion_loss(
     model: nn.Module, batch: Mapping[str, Tensor], t: Tensor, noise: Tensor, keep: Tensor, trim: bool = True,
-    weights: Tensor | None = None,
+    weights: Tensor | None = None, guide: GuidedAttention | None = None,
 ) -> LossOutput:
     """The original objective (spec §4.1-4.2) for a batch dict (tokens, context, context_mask, target).
 
@@ -295,6 +309,7 @@ def diffusion_loss(
     ``decoder_noise_time = t``; dropped examples (``keep`` False) get tokens * 0 (all PAD, so an
     all-False notes mask) and context mask * 0. The context itself is clean ground truth.
     ``weights``: optional per-example weights of the summed error (:func:`loss_weights`).
+    ``guide``: add the guided cross-attention penalty to the objective (``loss_sum`` only).
     """
     x0 = batch["target"]
     tokens = batch["tokens"] * keep[:, None].to(batch["tokens"].dtype)
@@ -302,9 +317,18 @@ def diffusion_loss(
         tokens = trim_token_padding(tokens)
     context_mask = batch["context_mask"].bool() & keep[:, None]
     z_t = q_sample(x0, t, noise)
-    eps = model(tokens, batch["context"], context_mask, z_t, t)
+    recorder = None
+    if guide is not None and guide.weight > 0:
+        from specdiff.guided_attention import CrossAttentionRecorder, guided_attention_penalty
+
+        recorder = CrossAttentionRecorder(getattr(model, "module", model))  # through DDP's wrapper
+    with recorder.recording() if recorder is not None else contextlib.nullcontext():
+        eps = model(tokens, batch["context"], context_mask, z_t, t)
     error = (eps.float() - noise.float()).abs()
     objective = error.sum() if weights is None else (error * weights.to(error.device)[:, None, None]).sum()
+    if recorder is not None:
+        penalty = guided_attention_penalty(recorder.model, recorder, tokens, context_mask, guide.heads, guide.sigma)
+        objective = objective + guide.weight * penalty
     return LossOutput(objective, error.detach().mean(), error.detach().sum())
 
 
@@ -890,6 +914,8 @@ class Trainer:
                     out = diffusion_loss(
                         self.ddp_model, batch, t.to(ctx.device), noise.to(ctx.device), keep.to(ctx.device),
                         config.trim_tokens, loss_weights(t, config.loss_weighting, config.min_snr_gamma),
+                        GuidedAttention(config.guided_attention, config.guided_attention_heads,
+                                        config.guided_attention_sigma) if config.guided_attention > 0 else None,
                     )  # fmt: skip
                 # DDP averages gradients over processes: scale so they are those of the global-batch sum.
                 (out.loss_sum * ctx.world_size).backward()
