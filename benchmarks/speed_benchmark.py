@@ -63,7 +63,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -462,10 +462,12 @@ def sampler_benchmark(preset: str, samplers: list[str], k1: int, k2: int, guidan
 
 
 @torch.no_grad()
-def realtime_benchmark(preset: str, sampler: str, steps: int, threads: int, repeats: int) -> list[dict[str, Any]]:
+def realtime_benchmark(preset: str, sampler: str, steps: int, threads: int, repeats: int,
+                       precisions: Sequence[str] = ("fp32",)) -> list[dict[str, Any]]:  # fmt: skip
     """Measured, not extrapolated: one 5.12 s segment to audio through the whole pipeline, our
     vocoder (random weights) as the inverter, wall clock on ``threads`` threads, with and without
-    guidance. The machine is shared, so the best of ``repeats`` is the least disturbed run."""
+    guidance, in each of ``precisions`` (the networks' dtype). The machine is shared, so the best
+    of ``repeats`` is the least disturbed run."""
     from specdiff.pipeline import SpectrogramDiffusionPipeline
     from specdiff.tokenizer import TokenizedMidi
 
@@ -478,8 +480,10 @@ def realtime_benchmark(preset: str, sampler: str, steps: int, threads: int, repe
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     rows = []
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     try:
-        for guidance in (1.0, 2.0):
+        for precision, guidance in [(p, g) for p in precisions for g in (1.0, 2.0)]:
+            pipe.to(dtype=dtypes[precision])
 
             def run() -> None:
                 out = pipe(song, torch.Generator().manual_seed(0), steps, guidance, sampler, progress=False)
@@ -493,7 +497,7 @@ def realtime_benchmark(preset: str, sampler: str, steps: int, threads: int, repe
                 times.append(time.perf_counter() - start)
             rows.append({
                 "preset": preset, "sampler": sampler, "steps": steps, "guidance": guidance, "threads": threads,
-                "wall_s": times, "rtf_best": SEGMENT_SECONDS / min(times), "rtf_median": SEGMENT_SECONDS / statistics.median(times),
+                "precision": precision, "wall_s": times, "rtf_best": SEGMENT_SECONDS / min(times), "rtf_median": SEGMENT_SECONDS / statistics.median(times),
                 "load_average": [round(x, 2) for x in os.getloadavg()],
             })  # fmt: skip
     finally:
@@ -703,12 +707,12 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             "## Measured real time, whole pipeline to audio (wall clock, vocoder with random weights)",
             "",
-            "| preset | sampler | steps | guidance | threads | wall s (each run) | RTF best / median | load average |",
-            "|---" * 8 + "|",
+            "| preset | sampler | steps | guidance | precision | threads | wall s (each run) | RTF best / median | load average |",
+            "|---" * 9 + "|",
         ]
         for r in result["realtime"]:
             lines.append(
-                f"| {r['preset']} | {r['sampler']} | {r['steps']} | {r['guidance']} | {r['threads']} | "
+                f"| {r['preset']} | {r['sampler']} | {r['steps']} | {r['guidance']} | {r.get('precision', 'fp32')} | {r['threads']} | "
                 f"{', '.join(f'{t:.2f}' for t in r['wall_s'])} | **{r['rtf_best']:.2f}** / {r['rtf_median']:.2f} | "
                 f"{r['load_average']} |"
             )
@@ -832,7 +836,8 @@ def main() -> None:
         for r in rows:
             print("sampler", preset, r["sampler"], f"per step {r['per_step_s']:.3f} s, RTF@{r['typical_steps']} {r['rtf_typical_steps']:.3f}", flush=True)
     for preset in args.realtime_presets:
-        rows = realtime_benchmark(preset, args.realtime_sampler, args.realtime_steps, threads=2, repeats=3)
+        rows = realtime_benchmark(preset, args.realtime_sampler, args.realtime_steps, threads=2, repeats=3,
+                                  precisions=("fp32", "bf16") if args.bf16 else ("fp32",))  # fmt: skip
         result["realtime"] += rows
         for r in rows:
             print("realtime", r, flush=True)
