@@ -156,9 +156,24 @@ def build_optimizer(
     lr: float = 1e-3,
     betas: tuple[float, float] = (0.9, 0.999),
     weight_decay: float = 0.0,
+    embedding_lr_scale: float = 1.0,
 ) -> torch.optim.Optimizer:
-    """``"adafactor"`` (the original, spec §4.3) or ``"adamw"`` over the trainable parameters, constant LR."""
+    """``"adafactor"`` (the original, spec §4.3) or ``"adamw"`` over the trainable parameters, constant LR.
+
+    ``embedding_lr_scale != 1``: the trainable embedding tables (the notes encoder's token
+    embeddings) get ``lr * embedding_lr_scale``. They start at unit scale (T5), so at the matrices'
+    LR each row moves by a small fraction of its norm per update, and a row only learns in the
+    batches whose segments hold its token. Every parameter group carries ``lr_scale`` (its LR
+    relative to the base LR) for schedules.
+    """
     params = trainable_parameters(model)
+    if embedding_lr_scale != 1.0:
+        embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding) and m.weight.requires_grad}
+        params = [
+            {"params": [p for p in params if id(p) not in embeddings], "lr_scale": 1.0},
+            {"params": [p for p in params if id(p) in embeddings], "lr": lr * embedding_lr_scale,
+             "lr_scale": embedding_lr_scale},
+        ]  # fmt: skip
     if name == "adafactor":
         return Adafactor(params, lr=lr, weight_decay_rate=weight_decay or None)
     if name == "adamw":

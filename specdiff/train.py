@@ -83,6 +83,7 @@ class TrainConfig:
     # 0: constant LR (the original). N > 0: the LR falls linearly to 0 over the run's last N steps
     # (a cool-down; restarting a run with a larger `steps` and this set starts one from any point).
     lr_decay_steps: int = 0
+    embedding_lr_scale: float = 1.0  # LR multiplier of the token embedding table (1 = the original)
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     weight_decay: float = 0.0
@@ -805,7 +806,8 @@ class Trainer:
         ).to(self.ctx.device)
         self.model.train()
         self.optimizer = build_optimizer(
-            self.model, config.optimizer, config.lr, (config.adam_beta1, config.adam_beta2), config.weight_decay
+            self.model, config.optimizer, config.lr, (config.adam_beta1, config.adam_beta2), config.weight_decay,
+            config.embedding_lr_scale,
         )
         self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)
         seed_everything(example_seed(config.seed, 1_000_003 + self.ctx.rank))  # dropout RNG, one stream per rank
@@ -898,7 +900,7 @@ class Trainer:
         config, ctx = self.config, self.ctx
         lr = self.learning_rate(self.step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.optimizer.zero_grad(set_to_none=True)
         totals = torch.zeros(3, dtype=torch.float64)  # objective, number of elements, unweighted L1 error
         for micro in range(self.accumulation):

@@ -483,3 +483,17 @@ def test_lr_cool_down_falls_linearly_to_zero_over_the_last_steps(tmp_path):
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(2.5e-4)
     constant = Trainer(micro_config(tmp_path / "constant", steps=6, lr=1e-3))
     assert {constant.learning_rate(k) for k in range(6)} == {1e-3}
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adafactor"])
+def test_embedding_lr_scale_gives_the_token_table_its_own_lr_through_the_schedule(tmp_path, optimizer):
+    trainer = Trainer(micro_config(tmp_path / optimizer, steps=4, lr=1e-3, lr_decay_steps=2, optimizer=optimizer,
+                                   embedding_lr_scale=10.0))  # fmt: skip
+    groups = trainer.optimizer.param_groups
+    table = trainer.model.notes_encoder.token_embedder.weight
+    assert len(groups) == 2 and [id(p) for p in groups[1]["params"]] == [id(table)]
+    assert all(p.requires_grad for g in groups for p in g["params"])  # the frozen position tables stay out
+    before = table.detach().clone()
+    trainer.run(progress=False)
+    assert groups[0]["lr"] == pytest.approx(5e-4) and groups[1]["lr"] == pytest.approx(5e-3)  # last step: half
+    assert not torch.equal(before, table)
