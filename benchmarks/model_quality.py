@@ -67,21 +67,27 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def parse_config(text: str) -> tuple[str, int]:
-    name, _, steps = text.partition(":")
-    return name, int(steps or 100)
+def parse_config(text: str) -> tuple[str, int, str]:
+    """``sampler[:steps[:precision]]``, e.g. ``original:100:bf16`` (precision fp32 or bf16)."""
+    name, steps, precision = (text.split(":") + ["", ""])[:3]
+    return name, int(steps or 100), precision or "fp32"
 
 
 def cpu_seconds_per_audio_second(pipe, midi: Path, scheduler: str, steps: int, guidance: float, seconds: float) -> float:
-    """Process CPU time of synthesizing (notes to audio) the first ``seconds`` of ``midi``."""
+    """Process CPU time of synthesizing (notes to audio) the first ``seconds`` of ``midi`` (after a warm-up run)."""
     import torch
 
     from specdiff.evaluate import prepare_piece
 
     piece = prepare_piece(midi, seconds)
+
+    def run():
+        return pipe(piece.tokenized, num_inference_steps=steps, scheduler=scheduler, guidance_scale=guidance,
+                    generator=torch.Generator().manual_seed(0), progress=False)  # fmt: skip
+
+    run()  # warm-up: oneDNN builds its (bf16) kernels per shape on first use
     start = time.process_time()
-    out = pipe(piece.tokenized, num_inference_steps=steps, scheduler=scheduler, guidance_scale=guidance,
-               generator=torch.Generator().manual_seed(0), progress=False)  # fmt: skip
+    out = run()
     return (time.process_time() - start) / (out.audios.shape[-1] / pipe.sample_rate)
 
 
@@ -96,9 +102,9 @@ def markdown(result: dict[str, Any]) -> str:
         "render's mean F1. CPU s per audio s: process CPU time of notes-to-audio synthesis of one piece "
         f"({s['speed_piece']}, {s['threads']} thread(s)); below 1 is faster than real time on that many cores.",
         "",
-        "| sampler | steps | group | pieces | onset F1 ours | onset F1 render | F1 ratio ↑ | log-mel L1 ↓ | MR-STFT ↓ | "
+        "| sampler | steps | precision | group | pieces | onset F1 ours | onset F1 render | F1 ratio ↑ | log-mel L1 ↓ | MR-STFT ↓ | "
         "Fréchet (mfcc) ↓ | CPU s per audio s ↓ |",
-        "|---" * 11 + "|",
+        "|---" * 12 + "|",
     ]
     for row in result["configs"]:
         for group in ("all", *GROUPS):
@@ -107,7 +113,7 @@ def markdown(result: dict[str, Any]) -> str:
                 continue
             extra = (f"{row['frechet_distance']:.1f}", f"{row['cpu_seconds_per_audio_second']:.2f}") if group == "all" else ("", "")
             lines.append(
-                f"| {row['scheduler']} | {row['steps']} | {group} | {g['pieces']} | {g['generated_f1']:.3f} | "
+                f"| {row['scheduler']} | {row['steps']} | {row['precision']} | {group} | {g['pieces']} | {g['generated_f1']:.3f} | "
                 f"{g['reference_f1']:.3f} | **{g['f1_ratio']:.2f}** | {g['log_mel_l1']:.3f} | {g['mr_stft_log_l1']:.3f} | "
                 f"{extra[0]} | {extra[1]} |"
             )
@@ -120,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, help="pipeline folder (default: the bundled model)")
     ap.add_argument("--name", default="default_model", help="results name (default: default_model)")
     ap.add_argument("--configs", nargs="+", default=["original:100", "ddpm:100", "dpmsolver++:20"],
-                    help="sampler:steps settings to compare")  # fmt: skip
+                    help="sampler[:steps[:precision]] settings to compare, e.g. original:100:bf16")  # fmt: skip
     ap.add_argument("--max-seconds", type=float, default=20.0, help="seconds of each piece (default: 20)")
     ap.add_argument("--max-pieces", type=int, default=None, help="only the first N held-out pieces")
     ap.add_argument("--guidance", type=float, default=2.0)
@@ -139,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or default_model_path()
     if model is None:
         raise SystemExit("no --model and no bundled model")
-    pipe = SpectrogramDiffusionPipeline.from_pretrained(model)
+    pipes = {name: SpectrogramDiffusionPipeline.from_pretrained(model, dtype=dtype)
+             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}  # fmt: skip
     pieces = held_out_pieces()[: args.max_pieces]
     group_of = {path.name: group for path, group in pieces}
     speed_piece = pieces[0][0]
@@ -151,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         "configs": [],
     }
     for config in args.configs:
-        scheduler, steps = parse_config(config)
-        print(f"== {scheduler} x {steps}", flush=True)
+        scheduler, steps, precision = parse_config(config)
+        pipe = pipes[precision]
+        print(f"== {scheduler} x {steps}, {precision}", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             res = evaluate(pipe, [p for p, _ in pieces], steps=steps, scheduler=scheduler, guidance=args.guidance,
                            seed=args.seed, out_dir=Path(tmp), max_seconds=args.max_seconds, save_audio=False,
@@ -163,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             groups[group] = summarise([r for r in rows if group_of[r["piece"]] == group])
         speed = cpu_seconds_per_audio_second(pipe, speed_piece, scheduler, steps, args.guidance, args.max_seconds)
         result["configs"].append({
-            "scheduler": scheduler, "steps": steps, "groups": groups,
+            "scheduler": scheduler, "steps": steps, "precision": precision, "groups": groups,
             "frechet_distance": res["summary"].get("frechet_distance"), "cpu_seconds_per_audio_second": speed,
             "pieces": [{k: r.get(k) for k in ("piece", "generated_f1", "reference_f1", "log_mel_l1", "mr_stft_log_l1")}
                        for r in rows],
