@@ -1117,9 +1117,34 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig of parsed ``specdiff train`` arguments (preset, then flags, then ``--set``)."""
     from specdiff.train_cli import TRAIN_FLAGS
 
-    config = TrainConfig.from_preset(args.preset)
     explicit = {dest: getattr(args, dest) for dest in TRAIN_FLAGS if getattr(args, dest, None) is not None}
+    out_dir = explicit.get("out_dir", TrainConfig.from_preset(args.preset or "tiny").out_dir)
+    saved = _saved_run_config(out_dir, getattr(args, "resume", "auto"))
+    if saved is not None and args.preset in (None, saved.preset):
+        # Resuming: the run's own recipe, not the preset's defaults (a different recipe would not even
+        # load its optimiser state, e.g. other parameter groups). Flags given again still win.
+        overridden = sorted(k for k in explicit if k != "out_dir") + list(args.assignments)
+        print(f"continuing the run in {out_dir} with its config.json"
+              + (f" (overridden: {', '.join(overridden)})" if overridden else ""))
+        config = saved
+    else:
+        config = TrainConfig.from_preset(args.preset or "tiny")
     return apply_overrides(config.replace(**explicit), args.assignments)
+
+
+def _saved_run_config(out_dir: str | None, resume: str | None) -> TrainConfig | None:
+    """The config.json of a run folder that ``--resume`` will continue, else None."""
+    if out_dir is None or resume in (None, "no", "never", "none") or not list_checkpoints(out_dir):
+        return None
+    path = Path(out_dir) / "config.json"
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        return TrainConfig(**{k: v for k, v in saved.items() if k in known})
+    except (ValueError, TypeError) as exc:
+        raise SpecdiffError(f"{path} is not a readable training config: {exc}") from None
 
 
 def run_train(args: argparse.Namespace) -> int:

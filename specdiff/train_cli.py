@@ -39,9 +39,11 @@ def add_train_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         help="train a model (single process, or under torchrun for DDP)",
         description="Train Spectrogram Diffusion on a feature cache (specdiff prepare). Any TrainConfig field "
         "can be set with --set key=value (model sizes with --set model.d_model=64). Resumes from the newest "
-        "checkpoint in --out by default. Data-parallel: torchrun --nproc_per_node N -m specdiff.train train ...",
+        "checkpoint in --out by default, with the run's saved config.json (flags given again override it). "
+        "Data-parallel: torchrun --nproc_per_node N -m specdiff.train train ...",
     )
-    parser.add_argument("--preset", default="tiny", choices=TRAIN_PRESET_NAMES, help="training preset (default: tiny)")
+    parser.add_argument("--preset", default=None, choices=TRAIN_PRESET_NAMES,
+                        help="training preset (default: tiny; a resumed run keeps its own)")
     for dest, (flag, kind, text) in TRAIN_FLAGS.items():
         parser.add_argument(flag, dest=dest, type=kind, default=None, help=text)
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",

@@ -497,3 +497,18 @@ def test_embedding_lr_scale_gives_the_token_table_its_own_lr_through_the_schedul
     trainer.run(progress=False)
     assert groups[0]["lr"] == pytest.approx(5e-4) and groups[1]["lr"] == pytest.approx(5e-3)  # last step: half
     assert not torch.equal(before, table)
+
+
+def test_cli_resume_keeps_the_runs_own_recipe(tmp_path, capsys):
+    """`specdiff train --out RUN` on a run with checkpoints continues its saved config.json, not the
+    preset's defaults (whose single parameter group could not even load the run's optimiser state)."""
+    config = micro_config(tmp_path / "run", steps=2, ckpt_every=2, embedding_lr_scale=5.0, lr=2e-4, optimizer="adamw")
+    assert main(cli_args(config)) == 0
+    capsys.readouterr()
+    assert main(["train", "--out", config.out_dir, "--no-progress", "--steps", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "with its config.json (overridden: steps)" in out and "resuming from" in out
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["embedding_lr_scale"] == 5.0 and saved["lr"] == 2e-4 and saved["steps"] == 4
+    assert saved["model"] == MICRO and saved["data"] == "synthetic"
+    assert int(load_checkpoint(list_checkpoints(tmp_path / "run")[-1])["step"]) == 4
