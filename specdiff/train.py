@@ -70,8 +70,8 @@ class TrainConfig:
     num_workers: int = 0
     # objective (spec §4.1)
     cfg_drop_prob: float = 0.1
-    loss_weighting: str = "none"  # "none" (the original) or "min_snr" (see loss_weights)
-    min_snr_gamma: float = 5.0
+    loss_weighting: str = "none"  # "none" (the original), "min_snr" or "x0" (see loss_weights)
+    min_snr_gamma: float = 5.0  # min_snr: the SNR cap; x0: the cap of the weight sigma/alpha
     # > 0: add this times the guided cross-attention penalty (specdiff.guided_attention; 0 = original)
     guided_attention: float = 0.0
     guided_attention_heads: int = 1
@@ -269,7 +269,7 @@ class LossOutput:
 
 
 #: Per-example weightings of the L1 eps loss: "none" is the original (spec §4.1).
-LOSS_WEIGHTINGS = ("none", "min_snr")
+LOSS_WEIGHTINGS = ("none", "min_snr", "x0")
 
 
 def loss_weights(t: Tensor, weighting: str = "none", gamma: float = 5.0) -> Tensor | None:
@@ -281,12 +281,21 @@ def loss_weights(t: Tensor, weighting: str = "none", gamma: float = 5.0) -> Tens
     down-weighted, so a short run spends its updates on the mid and high noise levels whose eps
     errors the sampler amplifies by sigma/alpha >> 1. The network and its output (eps) are
     unchanged, so every sampler and the checkpoint layout still apply.
+
+    ``x0``: ``min(sigma / alpha, gamma)``, i.e. the L1 error of the implied ``x0 = (z_t - sigma eps)
+    / alpha`` (capped where alpha -> 0). At high noise the spectrogram can only come from the notes
+    and the context, but an eps error there is the x0 error times alpha/sigma << 1, so the original
+    objective barely rewards using the conditioning; this weighting does (the samplers and the
+    checkpoint layout are unchanged: the network still predicts eps).
     """
     if weighting == "none":
         return None
     if weighting == "min_snr":
         snr = torch.exp(logsnr(t.double()))
         return torch.clamp(gamma / snr, max=1.0).to(torch.float32)
+    if weighting == "x0":
+        snr = torch.exp(logsnr(t.double()))
+        return torch.clamp(snr.rsqrt(), max=gamma).to(torch.float32)
     raise SpecdiffError(f"unknown loss weighting {weighting!r}; choose one of {', '.join(LOSS_WEIGHTINGS)}")
 
 

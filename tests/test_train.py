@@ -453,6 +453,22 @@ def test_min_snr_weighting_downweights_low_noise_times_only():
         loss_weights(t, "p2")
 
 
+def test_x0_weighting_is_the_l1_error_of_the_implied_x0():
+    from specdiff.diffusion import alpha_sigma, q_sample
+    from specdiff.train import loss_weights
+
+    t = torch.tensor([0.05, 0.3, 0.6, 0.8])
+    x0, eps, eps_hat = torch.randn(3, 4, 16, 8).unbind(0)
+    z = q_sample(x0, t, eps)
+    alpha, sigma = (c[:, None, None] for c in alpha_sigma(t))
+    x0_hat = (z - sigma * eps_hat) / alpha
+    w = loss_weights(t, "x0", gamma=100.0)
+    weighted = (eps_hat - eps).abs().sum((1, 2)) * w
+    assert torch.allclose(weighted, (x0_hat - x0).abs().sum((1, 2)), rtol=1e-4)
+    assert w[0] < 0.1 and torch.all(w[1:] > w[:-1])  # grows with the noise level
+    assert float(loss_weights(torch.tensor([0.999]), "x0", gamma=5.0)) == 5.0  # capped as alpha -> 0
+
+
 def test_weighted_objective_scales_each_examples_error_and_logs_the_unweighted_one():
     model = micro_model()
     batch = collate([(i, SyntheticDataset(seed=0)[i]) for i in range(2)])
