@@ -45,7 +45,7 @@ from specdiff.train import (  # noqa: E402
 TIMES = (0.3, 0.5, 0.7, 0.9)
 
 
-def load_model(path: Path) -> SpectrogramDiffusionModel:
+def load_model(path: Path, use_ema: bool = True) -> SpectrogramDiffusionModel:
     if (path / "model_index.json").is_file():
         from specdiff.pipeline import SpectrogramDiffusionPipeline
 
@@ -53,7 +53,7 @@ def load_model(path: Path) -> SpectrogramDiffusionModel:
         model = SpectrogramDiffusionModel(pipe.notes_encoder, pipe.continuous_encoder, pipe.decoder)
         model.load_state_dict(pipeline_folder_state_dict(path))
         return model.eval()
-    return model_from_checkpoint(list_checkpoints(path)[-1] if path.is_dir() else path).eval()
+    return model_from_checkpoint(list_checkpoints(path)[-1] if path.is_dir() else path, use_ema=use_ema).eval()
 
 
 @torch.no_grad()
@@ -89,11 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, required=True, help="feature cache (its validation split is used)")
     ap.add_argument("--examples", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--raw", action="store_true",
+                    help="a checkpoint's raw weights instead of its EMA (short A/B runs: the EMA still remembers the start)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     _, val = open_training_datasets(args.data)
     batch = collate([(i, val[i]) for i in range(min(args.examples, len(val)))])
-    rows = {str(path): measure(load_model(path), batch) for path in args.models}
+    rows = {str(path): measure(load_model(path, use_ema=not args.raw), batch) for path in args.models}
     keys = list(next(iter(rows.values())))
     print("| model | " + " | ".join(keys) + " |")
     print("|---" * (len(keys) + 1) + "|")
