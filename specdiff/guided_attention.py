@@ -9,7 +9,10 @@ guided attention loss (Tachibana et al. 2018, "Efficiently trainable text-to-spe
 on deep convolutional networks with guided attention"): penalise attention far from the expected
 alignment. Here the expected alignment is known exactly from the tokens, so a few heads (the
 first ``heads`` of every decoder cross-attention layer) are pushed to attend, from frame f, to
-note events whose time is within about ``sigma`` frames of f.
+note events whose time is within about ``sigma`` frames of f (``target="onsets"``), or to the
+tokens of the notes that sound at f (``target="notes"``: a note-on's pitch token stands for its
+whole note, from onset to its note-off, and a tie-section pitch token for a note held from before
+the segment), so that every frame of a held note has something to attend to.
 
 Only training changes. The network, its output (eps), the checkpoint layout and every sampler are
 the same; the other heads, and the guided heads beyond the penalty, learn freely.
@@ -25,7 +28,12 @@ import torch
 from torch import Tensor, nn
 
 from specdiff.model import split_heads
-from specdiff.tokenizer import EOS_ID, PITCH_ID, SHIFT_ID, STEPS_PER_FRAME
+from specdiff.tokenizer import DRUM_ID, EOS_ID, PITCH_ID, PROGRAM_ID, SHIFT_ID, STEPS_PER_FRAME, TIE_ID, VELOCITY_ID
+
+#: What the guided heads should attend to (see the module docstring).
+TARGETS = ("onsets", "notes")
+#: Frame "time" of a note held from before the segment / past its end (far outside any segment).
+_FAR = 1.0e4
 
 
 def token_frames(tokens: Tensor) -> Tensor:
@@ -43,12 +51,68 @@ def token_frames(tokens: Tensor) -> Tensor:
     return torch.where(timed, steps / STEPS_PER_FRAME, torch.full_like(steps, math.nan))
 
 
-def alignment_penalty_weights(tokens: Tensor, num_context: int, num_frames: int, sigma: float) -> Tensor:
-    """``W [B, T, L + C]``: ``1 - exp(-(frame - token_frame)^2 / (2 sigma^2))`` on timed note keys and
-    1 on every other key (untimed note tokens, the context encoder's keys)."""
-    times = token_frames(tokens)  # [B, L]
+def note_spans(tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """``(start, end)`` frames ``[B, L]`` of what every note token stands for (NaN: nothing timed).
+
+    Shift, program, velocity, drum and note-off pitch tokens stand for their event's instant
+    (``start == end``, as :func:`token_frames`). A note-on pitch token stands for its note: from its
+    time to the matching note-off of the same program and pitch (or a re-onset), or past the
+    segment's end when there is none. A tie-section pitch token (a note held from before the
+    segment, spec §2.3) spans from before the segment to its note-off. Tie-section programs, the
+    tie token, EOS and PAD have no time.
+    """
+    rows = tokens.detach().cpu().tolist()
+    start = torch.full(tokens.shape, math.nan)
+    end = torch.full(tokens.shape, math.nan)
+    for b, row in enumerate(rows):
+        time, velocity, program, in_tie = 0.0, 1, 0, True
+        open_notes: dict[tuple[int, int], int] = {}  # (program, pitch) -> position of its token
+        for i, tok in enumerate(row):
+            if tok == EOS_ID or tok < SHIFT_ID:
+                break
+            if tok == TIE_ID:
+                in_tie = False
+                continue
+            if PROGRAM_ID <= tok < DRUM_ID:
+                program = tok - PROGRAM_ID
+                if in_tie:
+                    continue
+            elif PITCH_ID <= tok < VELOCITY_ID:
+                key = (program, tok - PITCH_ID)
+                if in_tie:
+                    start[b, i], open_notes[key] = -_FAR, i
+                    continue
+                if key in open_notes:  # a note-off (or a re-onset) ends the open note
+                    end[b, open_notes.pop(key)] = time
+                if velocity > 0:
+                    start[b, i], open_notes[key] = time, i
+                    continue
+            elif SHIFT_ID <= tok < PITCH_ID:
+                time, in_tie = (tok - SHIFT_ID) / STEPS_PER_FRAME, False
+            elif VELOCITY_ID <= tok < TIE_ID:
+                velocity = tok - VELOCITY_ID
+            start[b, i] = end[b, i] = time
+        for i in open_notes.values():
+            end[b, i] = _FAR
+    return start.to(tokens.device), end.to(tokens.device)
+
+
+def alignment_penalty_weights(
+    tokens: Tensor, num_context: int, num_frames: int, sigma: float, target: str = "onsets"
+) -> Tensor:
+    """``W [B, T, L + C]``: ``1 - exp(-d^2 / (2 sigma^2))`` on timed note keys and 1 on every other
+    key (untimed note tokens, the context encoder's keys). ``d``: the frame's distance to the
+    token's time (``target="onsets"``) or to its span (``"notes"``, :func:`note_spans`; 0 inside)."""
     frames = torch.arange(num_frames, device=tokens.device, dtype=torch.float32)[None, :, None]
-    near = torch.exp(-((frames - times[:, None, :]) ** 2) / (2.0 * sigma**2))
+    if target == "onsets":
+        times = token_frames(tokens)[:, None, :]  # [B, 1, L]
+        distance = frames - times
+    elif target == "notes":
+        start, end = (x[:, None, :] for x in note_spans(tokens))
+        distance = torch.clamp(torch.maximum(start - frames, frames - end), min=0.0)  # NaN stays NaN
+    else:
+        raise ValueError(f"unknown guided attention target {target!r}; choose one of {', '.join(TARGETS)}")
+    near = torch.exp(-(distance**2) / (2.0 * sigma**2))
     w_notes = 1.0 - torch.nan_to_num(near, nan=0.0)  # NaN time -> weight 1
     w_context = torch.ones(tokens.shape[0], num_frames, num_context, device=tokens.device)
     return torch.cat([w_notes, w_context], dim=2)
@@ -90,6 +154,7 @@ def guided_attention_penalty(
     context_mask: Tensor,
     heads: int = 1,
     sigma: float = 4.0,
+    target: str = "onsets",
 ) -> Tensor:
     """Sum over examples and frames of the guided heads' attention mass times the alignment
     penalty, averaged over the guided heads and layers. Examples without a timed note (CFG-dropped
@@ -97,11 +162,12 @@ def guided_attention_penalty(
     notes, context = recorder.encodings["notes"], recorder.encodings["context"]
     keys_in = torch.cat([notes, context], dim=1)
     mask = torch.cat([tokens > 0, context_mask.bool()], dim=1)
-    rows = torch.isfinite(token_frames(tokens)).any(dim=1)
+    timed = note_spans(tokens)[0] if target == "notes" else token_frames(tokens)
+    rows = torch.isfinite(timed).any(dim=1)
     if not bool(rows.any()):
         return keys_in.new_zeros(()).float()
     num_frames = recorder.layer_inputs[0].shape[1]
-    weights = alignment_penalty_weights(tokens[rows], context.shape[1], num_frames, sigma)[:, None]  # [R, 1, T, K]
+    weights = alignment_penalty_weights(tokens[rows], context.shape[1], num_frames, sigma, target)[:, None]  # [R, 1, T, K]
     bias = torch.zeros(mask[rows].shape, device=keys_in.device).masked_fill(~mask[rows], -1e9)[:, None, None, :]
     total = keys_in.new_zeros(()).float()
     for layer, y in zip(model.decoder.decoders, recorder.layer_inputs):

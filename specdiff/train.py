@@ -76,6 +76,7 @@ class TrainConfig:
     guided_attention: float = 0.0
     guided_attention_heads: int = 1
     guided_attention_sigma: float = 4.0  # frames
+    guided_attention_target: str = "onsets"  # "onsets" (events near the frame) or "notes" (notes sounding then)
     trim_tokens: bool = True  # run the notes encoder only up to the batch's last real token (exact: PAD is masked)
     # optimisation (spec §4.3)
     optimizer: str = "adafactor"  # or "adamw"
@@ -307,6 +308,7 @@ class GuidedAttention:
     weight: float
     heads: int = 1
     sigma: float = 4.0  # frames
+    target: str = "onsets"  # or "notes" (specdiff.guided_attention.TARGETS)
 
 
 def diffusion_loss(
@@ -337,7 +339,9 @@ def diffusion_loss(
     error = (eps.float() - noise.float()).abs()
     objective = error.sum() if weights is None else (error * weights.to(error.device)[:, None, None]).sum()
     if recorder is not None:
-        penalty = guided_attention_penalty(recorder.model, recorder, tokens, context_mask, guide.heads, guide.sigma)
+        penalty = guided_attention_penalty(
+            recorder.model, recorder, tokens, context_mask, guide.heads, guide.sigma, guide.target
+        )
         objective = objective + guide.weight * penalty
     return LossOutput(objective, error.detach().mean(), error.detach().sum())
 
@@ -806,6 +810,11 @@ class Trainer:
             train_set = default_train if train_set is None else train_set
             val_set = default_val if val_set is None else val_set
         self.micro_batch, self.accumulation = _batch_plan(config, self.ctx.world_size)
+        from specdiff.guided_attention import TARGETS
+
+        if config.guided_attention_target not in TARGETS:
+            raise SpecdiffError(f"unknown guided attention target {config.guided_attention_target!r}; "
+                                f"choose one of {', '.join(TARGETS)}")  # fmt: skip
         self.out_dir = Path(config.out_dir)
         resume_path = _find_resume_checkpoint(config, resume)
 
@@ -926,7 +935,8 @@ class Trainer:
                         self.ddp_model, batch, t.to(ctx.device), noise.to(ctx.device), keep.to(ctx.device),
                         config.trim_tokens, loss_weights(t, config.loss_weighting, config.min_snr_gamma),
                         GuidedAttention(config.guided_attention, config.guided_attention_heads,
-                                        config.guided_attention_sigma) if config.guided_attention > 0 else None,
+                                        config.guided_attention_sigma, config.guided_attention_target)
+                        if config.guided_attention > 0 else None,
                     )  # fmt: skip
                 # DDP averages gradients over processes: scale so they are those of the global-batch sum.
                 (out.loss_sum * ctx.world_size).backward()

@@ -11,6 +11,7 @@ from specdiff.guided_attention import (
     CrossAttentionRecorder,
     alignment_penalty_weights,
     guided_attention_penalty,
+    note_spans,
     token_frames,
 )
 from specdiff.model import build_models
@@ -37,6 +38,48 @@ def test_penalty_weights_are_zero_on_the_aligned_event_and_one_elsewhere():
     assert w[0, 9, 3] == pytest.approx(1 - math.exp(-16 / 32))  # one sigma away
     assert torch.all(w[0, :, [0, 1, 2, 8, 9, 10]] == 1.0)  # tie section, EOS, PAD: no time
     assert torch.all(w[0, :, 11:] == 1.0)  # context keys
+
+
+def _spans(row: list[int]) -> list[tuple[float, float]]:
+    start, end = note_spans(torch.tensor([row]))
+    return list(zip(start[0].tolist(), end[0].tolist()))
+
+
+def _same(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> bool:
+    return all((math.isnan(x) and math.isnan(y)) or x == y for p, q in zip(a, b) for x, y in zip(p, q))
+
+
+def test_note_spans_run_from_each_onset_to_its_note_off():
+    far = 1.0e4
+    # the module's TOKENS: a tie note held through the segment, two onsets never released
+    assert _same(_spans(TOKENS[0].tolist()), [(NAN, NAN), (-far, far), (NAN, NAN), (5, 5), (5, 5), (5, far),
+                                             (50, 50), (50, far), (NAN, NAN), (NAN, NAN), (NAN, NAN)])  # fmt: skip
+    # on at 100 ms, off at 400 ms: the pitch token spans frames 5..20; the off's tokens are instants
+    row = [TIE_ID, SHIFT_ID + 10, VELOCITY_ID + 1, PITCH_ID + 62, SHIFT_ID + 40, VELOCITY_ID, PITCH_ID + 62, EOS_ID]
+    assert _same(_spans(row), [(NAN, NAN), (5, 5), (5, 5), (5, 20), (20, 20), (20, 20), (20, 20), (NAN, NAN)])
+    # a tie note released at 200 ms: from before the segment to frame 10
+    row = [PROGRAM_ID, PITCH_ID + 60, TIE_ID, SHIFT_ID + 20, VELOCITY_ID, PITCH_ID + 60]
+    assert _same(_spans(row)[:2], [(NAN, NAN), (-far, 10)])
+    # an off of the same pitch on another program does not end the note
+    row = [TIE_ID, SHIFT_ID + 10, PROGRAM_ID + 1, VELOCITY_ID + 1, PITCH_ID + 60,
+           SHIFT_ID + 20, PROGRAM_ID, VELOCITY_ID, PITCH_ID + 60]  # fmt: skip
+    assert _spans(row)[4] == (5, far)
+    # a re-onset ends the previous note of that key
+    row = [TIE_ID, SHIFT_ID + 10, VELOCITY_ID + 1, PITCH_ID + 60, SHIFT_ID + 30, PITCH_ID + 60]
+    assert _spans(row)[3] == (5, 15) and _spans(row)[5] == (15, far)
+
+
+def test_notes_target_weights_are_zero_while_the_note_sounds():
+    row = torch.tensor([[TIE_ID, SHIFT_ID + 10, VELOCITY_ID + 1, PITCH_ID + 62, SHIFT_ID + 40, VELOCITY_ID,
+                         PITCH_ID + 62, EOS_ID]])  # fmt: skip
+    w = alignment_penalty_weights(row, num_context=2, num_frames=40, sigma=4.0, target="notes")
+    assert torch.all(w[0, 5:21, 3] == 0.0)  # the whole note, onset to release
+    assert w[0, 24, 3] == pytest.approx(1 - math.exp(-16 / 32)) and w[0, 1, 3] == pytest.approx(1 - math.exp(-16 / 32))
+    onsets = alignment_penalty_weights(row, num_context=2, num_frames=40, sigma=4.0)
+    assert onsets[0, 15, 3] > 0.9  # the onset target only knows the onset
+    assert torch.all(w[0, :, [0, 7]] == 1.0) and torch.all(w[0, :, 8:] == 1.0)
+    with pytest.raises(ValueError):
+        alignment_penalty_weights(row, 2, 40, 4.0, target="offsets")
 
 
 def _batch(batch_size: int = 2) -> dict[str, torch.Tensor]:
@@ -101,13 +144,18 @@ def test_guided_loss_adds_to_the_objective_only_and_skips_dropped_examples():
     assert float(dropped.loss_sum) == pytest.approx(float(dropped_plain.loss_sum), rel=1e-6)  # no notes: no penalty
 
 
-def test_a_run_with_guided_attention_trains(tmp_path):
+@pytest.mark.parametrize("target", ["onsets", "notes"])
+def test_a_run_with_guided_attention_trains(tmp_path, target):
+    from specdiff.errors import SpecdiffError
     from specdiff.train import TrainConfig, train
 
     config = TrainConfig.from_preset(
         "tiny", model=dict(d_model=32, num_layers=1, d_ff=64, num_heads=2, d_kv=16), data="synthetic",
         out_dir=str(tmp_path / "run"), batch_size=2, steps=2, log_every=1, val_every=0, sample_every=0,
-        ckpt_every=2, tensorboard=False, num_threads=1, guided_attention=1.0,
+        ckpt_every=2, tensorboard=False, num_threads=1, guided_attention=1.0, guided_attention_target=target,
     )  # fmt: skip
     records = train(config, progress=False)
     assert len(records) == 2 and all(math.isfinite(r.loss_sum) for r in records)
+    with pytest.raises(SpecdiffError, match="guided attention target"):  # refused before any step
+        train(config.replace(out_dir=str(tmp_path / "bad"), guided_attention_target="offsets"), progress=False)
+    assert not (tmp_path / "bad" / "checkpoints").exists()
