@@ -38,7 +38,6 @@ from specdiff.train import (  # noqa: E402
     collate,
     list_checkpoints,
     model_from_checkpoint,
-    pipeline_folder_state_dict,
     trim_token_padding,
 )
 
@@ -49,10 +48,8 @@ def load_model(path: Path, use_ema: bool = True) -> SpectrogramDiffusionModel:
     if (path / "model_index.json").is_file():
         from specdiff.pipeline import SpectrogramDiffusionPipeline
 
-        pipe = SpectrogramDiffusionPipeline.from_pretrained(path, inverter=None)
-        model = SpectrogramDiffusionModel(pipe.notes_encoder, pipe.continuous_encoder, pipe.decoder)
-        model.load_state_dict(pipeline_folder_state_dict(path))
-        return model.eval()
+        pipe = SpectrogramDiffusionPipeline.from_pretrained(path, inverter=None)  # float32
+        return SpectrogramDiffusionModel(pipe.notes_encoder, pipe.continuous_encoder, pipe.decoder).eval()
     return model_from_checkpoint(list_checkpoints(path)[-1] if path.is_dir() else path, use_ema=use_ema).eval()
 
 

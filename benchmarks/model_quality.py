@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from specdiff.default_model import default_model_path
+    from specdiff.default_model import default_model_path, precision_dtype
     from specdiff.evaluate import evaluate
     from specdiff.pipeline import SpectrogramDiffusionPipeline
 
@@ -145,8 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or default_model_path()
     if model is None:
         raise SystemExit("no --model and no bundled model")
-    pipes = {name: SpectrogramDiffusionPipeline.from_pretrained(model, dtype=dtype)
-             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}  # fmt: skip
+    configs = [parse_config(config) for config in args.configs]
+    # One pipeline per precision asked for; an unknown precision fails here, before any synthesis.
+    pipes = {name: SpectrogramDiffusionPipeline.from_pretrained(model, dtype=precision_dtype(name))
+             for name in {precision for _, _, precision in configs}}  # fmt: skip
     pieces = held_out_pieces()[: args.max_pieces]
     group_of = {path.name: group for path, group in pieces}
     speed_piece = pieces[0][0]
@@ -157,8 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "pieces": [{"piece": path.name, "group": group} for path, group in pieces],
         "configs": [],
     }
-    for config in args.configs:
-        scheduler, steps, precision = parse_config(config)
+    for scheduler, steps, precision in configs:
         pipe = pipes[precision]
         print(f"== {scheduler} x {steps}, {precision}", flush=True)
         with tempfile.TemporaryDirectory() as tmp:

@@ -70,6 +70,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from specdiff.default_model import precision_dtype  # noqa: E402
 from specdiff.model import PRESETS, build_models, count_parameters  # noqa: E402
 
 SEGMENT_SECONDS = 5.12
@@ -480,10 +481,9 @@ def realtime_benchmark(preset: str, sampler: str, steps: int, threads: int, repe
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     rows = []
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     try:
         for precision, guidance in [(p, g) for p in precisions for g in (1.0, 2.0)]:
-            pipe.to(dtype=dtypes[precision])
+            pipe.to(dtype=precision_dtype(precision))
 
             def run() -> None:
                 out = pipe(song, torch.Generator().manual_seed(0), steps, guidance, sampler, progress=False)

@@ -49,6 +49,7 @@ from specdiff.default_model import (  # noqa: E402
     DEFAULT_SCHEDULER,
     PRECISIONS,
     SCHEDULERS,
+    precision_dtype,
 )
 
 INVERTERS = ("auto", "onnx", "vocoder", "griffinlim")  # specdiff.inverters' registered names
@@ -493,8 +494,6 @@ def resolve_precision(args: argparse.Namespace, device: str) -> Any:
     """The torch dtype of the networks for ``args.precision`` on ``device`` (sets ``args.precision``
     to the name used). ``auto`` takes the model folder's recommendation (see resolve_sampling) where
     it pays: bf16 on a GPU or a CPU with native bf16 matmuls, fp16 on a GPU; otherwise fp32."""
-    import torch
-
     from specdiff.hardware import cpu_has_native_bf16
 
     name = getattr(args, "precision", None) or "auto"
@@ -505,7 +504,7 @@ def resolve_precision(args: argparse.Namespace, device: str) -> Any:
     elif name == "fp16" and device == "cpu":
         raise SpecdiffError("--precision fp16 is for GPUs (float16 matmuls are slow on a CPU); use bf16 or fp32")
     args.precision = name
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    return precision_dtype(name)
 
 
 def resolve_device(name: str) -> str:

@@ -39,6 +39,16 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 DEFAULT_PRECISION = "fp32"
 
 
+def precision_dtype(name: str):
+    """The torch dtype of a precision name of :data:`PRECISIONS` (imports torch only when called)."""
+    import torch
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}")
+    return dtypes[name]
+
+
 def default_model_path() -> Path | None:
     """The bundled model folder if the package ships one (it holds ``model_index.json``), else None."""
     if (DEFAULT_MODEL_DIR / MODEL_INDEX).is_file():

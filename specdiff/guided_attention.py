@@ -97,25 +97,36 @@ def note_spans(tokens: Tensor) -> tuple[Tensor, Tensor]:
     return start.to(tokens.device), end.to(tokens.device)
 
 
+def target_spans(tokens: Tensor, target: str = "onsets") -> tuple[Tensor, Tensor]:
+    """``(start, end)`` frames ``[B, L]`` the guided heads should attend each token at (NaN: never):
+    an instant ``start == end ==`` :func:`token_frames` for ``"onsets"``, :func:`note_spans` for
+    ``"notes"``."""
+    if target == "onsets":
+        times = token_frames(tokens)
+        return times, times
+    if target == "notes":
+        return note_spans(tokens)
+    raise ValueError(f"unknown guided attention target {target!r}; choose one of {', '.join(TARGETS)}")
+
+
+def _weights_from_spans(start: Tensor, end: Tensor, num_context: int, num_frames: int, sigma: float) -> Tensor:
+    frames = torch.arange(num_frames, device=start.device, dtype=torch.float32)[None, :, None]
+    start, end = start[:, None, :], end[:, None, :]  # [B, 1, L]
+    distance = torch.clamp(torch.maximum(start - frames, frames - end), min=0.0)  # 0 inside; NaN stays NaN
+    near = torch.exp(-(distance**2) / (2.0 * sigma**2))
+    w_notes = 1.0 - torch.nan_to_num(near, nan=0.0)  # NaN time -> weight 1
+    w_context = torch.ones(start.shape[0], num_frames, num_context, device=start.device)
+    return torch.cat([w_notes, w_context], dim=2)
+
+
 def alignment_penalty_weights(
     tokens: Tensor, num_context: int, num_frames: int, sigma: float, target: str = "onsets"
 ) -> Tensor:
     """``W [B, T, L + C]``: ``1 - exp(-d^2 / (2 sigma^2))`` on timed note keys and 1 on every other
     key (untimed note tokens, the context encoder's keys). ``d``: the frame's distance to the
-    token's time (``target="onsets"``) or to its span (``"notes"``, :func:`note_spans`; 0 inside)."""
-    frames = torch.arange(num_frames, device=tokens.device, dtype=torch.float32)[None, :, None]
-    if target == "onsets":
-        times = token_frames(tokens)[:, None, :]  # [B, 1, L]
-        distance = frames - times
-    elif target == "notes":
-        start, end = (x[:, None, :] for x in note_spans(tokens))
-        distance = torch.clamp(torch.maximum(start - frames, frames - end), min=0.0)  # NaN stays NaN
-    else:
-        raise ValueError(f"unknown guided attention target {target!r}; choose one of {', '.join(TARGETS)}")
-    near = torch.exp(-(distance**2) / (2.0 * sigma**2))
-    w_notes = 1.0 - torch.nan_to_num(near, nan=0.0)  # NaN time -> weight 1
-    w_context = torch.ones(tokens.shape[0], num_frames, num_context, device=tokens.device)
-    return torch.cat([w_notes, w_context], dim=2)
+    token's time (``target="onsets"``) or to its span (``"notes"``, :func:`note_spans`; 0 inside),
+    see :func:`target_spans`."""
+    return _weights_from_spans(*target_spans(tokens, target), num_context, num_frames, sigma)
 
 
 class CrossAttentionRecorder:
@@ -162,12 +173,12 @@ def guided_attention_penalty(
     notes, context = recorder.encodings["notes"], recorder.encodings["context"]
     keys_in = torch.cat([notes, context], dim=1)
     mask = torch.cat([tokens > 0, context_mask.bool()], dim=1)
-    timed = note_spans(tokens)[0] if target == "notes" else token_frames(tokens)
-    rows = torch.isfinite(timed).any(dim=1)
+    start, end = target_spans(tokens, target)  # once: the notes target parses the tokens in Python
+    rows = torch.isfinite(start).any(dim=1)
     if not bool(rows.any()):
         return keys_in.new_zeros(()).float()
     num_frames = recorder.layer_inputs[0].shape[1]
-    weights = alignment_penalty_weights(tokens[rows], context.shape[1], num_frames, sigma, target)[:, None]  # [R, 1, T, K]
+    weights = _weights_from_spans(start[rows], end[rows], context.shape[1], num_frames, sigma)[:, None]  # [R, 1, T, K]
     bias = torch.zeros(mask[rows].shape, device=keys_in.device).masked_fill(~mask[rows], -1e9)[:, None, None, :]
     total = keys_in.new_zeros(()).float()
     for layer, y in zip(model.decoder.decoders, recorder.layer_inputs):

@@ -776,9 +776,13 @@ def _batch_plan(config: TrainConfig, world_size: int) -> tuple[int, int]:
     return micro, config.batch_size // per_step
 
 
+#: ``--resume`` values that start a fresh run.
+NO_RESUME = (None, "no", "never", "none")
+
+
 def _find_resume_checkpoint(config: TrainConfig, resume: str | None) -> Path | None:
     existing = list_checkpoints(config.out_dir)
-    if resume in (None, "no", "never", "none"):
+    if resume in NO_RESUME:
         if existing:
             raise SpecdiffError(f"{config.out_dir} already holds checkpoints; resume it (--resume auto) or pick another --out")
         return None
@@ -815,6 +819,9 @@ class Trainer:
         if config.guided_attention_target not in TARGETS:
             raise SpecdiffError(f"unknown guided attention target {config.guided_attention_target!r}; "
                                 f"choose one of {', '.join(TARGETS)}")  # fmt: skip
+        self.guide = GuidedAttention(config.guided_attention, config.guided_attention_heads,
+                                     config.guided_attention_sigma, config.guided_attention_target
+                                     ) if config.guided_attention > 0 else None  # fmt: skip
         self.out_dir = Path(config.out_dir)
         resume_path = _find_resume_checkpoint(config, resume)
 
@@ -934,9 +941,7 @@ class Trainer:
                     out = diffusion_loss(
                         self.ddp_model, batch, t.to(ctx.device), noise.to(ctx.device), keep.to(ctx.device),
                         config.trim_tokens, loss_weights(t, config.loss_weighting, config.min_snr_gamma),
-                        GuidedAttention(config.guided_attention, config.guided_attention_heads,
-                                        config.guided_attention_sigma, config.guided_attention_target)
-                        if config.guided_attention > 0 else None,
+                        self.guide,
                     )  # fmt: skip
                 # DDP averages gradients over processes: scale so they are those of the global-batch sum.
                 (out.loss_sum * ctx.world_size).backward()
@@ -1137,7 +1142,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     from specdiff.train_cli import TRAIN_FLAGS
 
     explicit = {dest: getattr(args, dest) for dest in TRAIN_FLAGS if getattr(args, dest, None) is not None}
-    out_dir = explicit.get("out_dir", TrainConfig.from_preset(args.preset or "tiny").out_dir)
+    config = TrainConfig.from_preset(args.preset or "tiny")
+    out_dir = explicit.get("out_dir", config.out_dir)
     saved = _saved_run_config(out_dir, getattr(args, "resume", "auto"))
     if saved is not None and args.preset in (None, saved.preset):
         # Resuming: the run's own recipe, not the preset's defaults (a different recipe would not even
@@ -1146,14 +1152,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         print(f"continuing the run in {out_dir} with its config.json"
               + (f" (overridden: {', '.join(overridden)})" if overridden else ""))
         config = saved
-    else:
-        config = TrainConfig.from_preset(args.preset or "tiny")
     return apply_overrides(config.replace(**explicit), args.assignments)
 
 
-def _saved_run_config(out_dir: str | None, resume: str | None) -> TrainConfig | None:
+def _saved_run_config(out_dir: str, resume: str | None) -> TrainConfig | None:
     """The config.json of a run folder that ``--resume`` will continue, else None."""
-    if out_dir is None or resume in (None, "no", "never", "none") or not list_checkpoints(out_dir):
+    if resume in NO_RESUME or not list_checkpoints(out_dir):
         return None
     path = Path(out_dir) / "config.json"
     if not path.exists():
