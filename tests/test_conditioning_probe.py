@@ -1,0 +1,45 @@
+"""The synthetic task of benchmarks/conditioning_probe.py: its tokens and targets agree."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from specdiff.tokenizer import tokens_to_notes
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("conditioning_probe", ROOT / "benchmarks" / "conditioning_probe.py")
+probe = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(probe)
+
+
+def test_timed_target_lights_each_fundamental_from_onset_to_release():
+    tokens, target = probe.make_example(3, "timed")
+    notes = tokens_to_notes(tokens[tokens > 0].tolist())
+    assert 2 <= len(notes) <= 6
+    lit = target > -1.0
+    for note in notes:  # each note sounds at its fundamental from its onset to its release
+        k = probe.mel_bin(440.0 * 2 ** ((note.pitch - 69) / 12))
+        assert lit[round(note.start * 50) : min(256, round(note.end * 50)), k].all()
+    first_onset = round(min(n.start for n in notes) * 50)
+    assert not lit[:first_onset].any()  # silence before the first note
+    # every lit bin is a harmonic of some note
+    allowed = {probe.mel_bin(440.0 * 2 ** ((n.pitch - 69) / 12) * h) for n in notes for h in (1, 2, 3)}
+    assert set(np.nonzero(lit.any(0).numpy())[0].tolist()) <= allowed
+
+
+def test_static_target_is_the_same_in_every_frame():
+    _, target = probe.make_example(5, "static")
+    assert torch.equal(target, target[:1].expand_as(target))
+    assert (target > -1).any()
+
+
+def test_probe_runs_and_writes_its_curve(tmp_path):
+    out = tmp_path / "curve.json"
+    assert probe.main(["--steps", "2", "--every", "1", "--val", "2", "--d-model", "64", "--layers", "1",
+                       "--shift-init", "position", "--out", str(out)]) == 0
+    curve = json.loads(out.read_text())["curve"]
+    assert [row["step"] for row in curve] == [1, 2]
+    assert all(row["with_notes"] > 0 and row["no_notes"] > 0 for row in curve)
