@@ -18,8 +18,9 @@ whole model (notes encoder + decoder; empty context). The noisy input carries no
 notes can lower the error: it isolates the conditioning pathway from denoising. ``diffusion`` uses
 the training objective itself (``specdiff.train.diffusion_loss``, eps L1, uniform t, CFG drop 0.1).
 
-Every ``--every`` steps it reports the held-out error with the notes and with no notes (all PAD)
-and the relative gain. For ``static``, a linear regressor on token counts (bag of tokens, the
+Every ``--every`` steps it reports the held-out error with the notes and with no notes (all PAD),
+and for ``direct`` the floor (the error of the best note-blind prediction: the mean target of each
+frame and bin) and the gain ``(floor - error) / floor``: 0 = the notes are not used, 1 = perfect. For ``static``, a linear regressor on token counts (bag of tokens, the
 same batches, starting from the silent floor, AdamW at 10x the LR) calibrates what "learnable" means here.
 
 Usage:
@@ -116,6 +117,13 @@ class BagOfTokens(torch.nn.Module):
         return self.linear(counts)[:, None, :].expand(-1, SEGMENT_FRAMES, -1)
 
 
+def floor_error(task: str, val: dict[str, torch.Tensor], examples: int = 512) -> float:
+    """Held-out MSE of the best prediction that ignores the notes: the mean training target of each
+    (frame, bin), over ``examples`` training segments. A model beats it only by using the notes."""
+    mean = torch.stack([make_example(i, task)[1] for i in range(examples)]).mean(0)
+    return float(((mean - val["target"]) ** 2).mean())
+
+
 @torch.no_grad()
 def init_shift_embeddings(model: SpectrogramDiffusionModel) -> None:
     """Shift token ``k`` (absolute time ``k`` x 10 ms) starts as the decoder's position row of frame
@@ -188,6 +196,9 @@ def main(argv=None) -> int:
     generator = torch.Generator().manual_seed(12345)
     val_noise = torch.randn(val["target"].shape, generator=generator)
     val_times = torch.linspace(0.3, 0.8, args.val)
+    floor = floor_error(args.task, val) if args.objective == "direct" else None
+    if floor is not None:
+        print(f"floor (per-pixel mean target, ignores the notes): MSE {floor:.5f}", flush=True)
     curve = []
     started = time.perf_counter()
     for step in range(1, args.steps + 1):
@@ -217,8 +228,9 @@ def main(argv=None) -> int:
             baseline_opt.step()
         if step % args.every == 0 or step == args.steps:
             with_notes, without = held_out_errors(model, val, val_noise, val_times, args.objective)
-            row = {"step": step, "with_notes": with_notes, "no_notes": without,
-                   "gain": (without - with_notes) / without, "seconds": time.perf_counter() - started}  # fmt: skip
+            row = {"step": step, "with_notes": with_notes, "no_notes": without, "seconds": time.perf_counter() - started}
+            if floor is not None:  # the share of the note-blind error that the notes removed
+                row.update(floor=floor, gain=(floor - with_notes) / floor)
             if baseline is not None:
                 with torch.no_grad():
                     row["bag_of_tokens"] = float(((baseline(val["tokens"]) - val["target"]) ** 2).mean())

@@ -43,3 +43,11 @@ def test_probe_runs_and_writes_its_curve(tmp_path):
     curve = json.loads(out.read_text())["curve"]
     assert [row["step"] for row in curve] == [1, 2]
     assert all(row["with_notes"] > 0 and row["no_notes"] > 0 for row in curve)
+    assert all(row["gain"] == (row["floor"] - row["with_notes"]) / row["floor"] for row in curve)
+
+
+def test_floor_is_the_error_of_the_mean_target():
+    val = probe.make_batch(range(100, 104), "static")
+    mean = torch.stack([probe.make_example(i, "static")[1] for i in range(8)]).mean(0)
+    assert abs(probe.floor_error("static", val, examples=8) - float(((mean - val["target"]) ** 2).mean())) < 1e-9
+    assert probe.floor_error("static", val, examples=8) > 0
