@@ -20,8 +20,9 @@ the training objective itself (``specdiff.train.diffusion_loss``, eps L1, unifor
 
 Every ``--every`` steps it reports the held-out error with the notes and with no notes (all PAD),
 and for ``direct`` the floor (the error of the best note-blind prediction: the mean target of each
-frame and bin) and the gain ``(floor - error) / floor``: 0 = the notes are not used, 1 = perfect. For ``static``, a linear regressor on token counts (bag of tokens, the
-same batches, starting from the silent floor, AdamW at 10x the LR) calibrates what "learnable" means here.
+frame and bin) and the gain ``(floor - error) / floor``: 0 = the notes are not used, 1 = perfect. For
+``static``, a linear regressor on token counts (bag of tokens, the same batches, starting from the
+silent floor, AdamW at 10x the LR) calibrates what "learnable" means here.
 
 Usage:
   python benchmarks/conditioning_probe.py --task static --steps 1500
@@ -31,6 +32,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -44,14 +46,15 @@ sys.path.insert(0, str(ROOT))
 
 from specdiff.guided_attention import CrossAttentionRecorder, guided_attention_penalty  # noqa: E402
 from specdiff.mel import MEL_FMAX, N_MELS, hertz_to_mel  # noqa: E402
+from specdiff.metrics import midi_to_hz  # noqa: E402
 from specdiff.model import build_models  # noqa: E402
 from specdiff.optim import build_optimizer  # noqa: E402
 from specdiff.tokenizer import (  # noqa: E402
-    INPUT_LENGTH, NUM_EMBEDDINGS, SEGMENT_FRAMES, SHIFT_ID, STEPS_PER_FRAME, Note, notes_to_segments,
+    FRAMES_PER_SECOND, INPUT_LENGTH, NUM_EMBEDDINGS, SEGMENT_FRAMES, SEGMENT_SECONDS, SHIFT_ID, STEPS_PER_FRAME,
+    Note, notes_to_segments,
 )
 from specdiff.train import SpectrogramDiffusionModel, diffusion_loss, trim_token_padding  # noqa: E402
 
-FRAMES_PER_SECOND = 50
 #: (harmonic, level above the -1 floor at the onset)
 HARMONICS = ((1, 1.6), (2, 1.2), (3, 0.9))
 DECAY_FRAMES = 40.0
@@ -73,7 +76,7 @@ def make_example(index: int, task: str) -> tuple[torch.Tensor, torch.Tensor]:
         onset = float(rng.uniform(0.0, 4.6))
         notes.append(Note(int(rng.integers(48, 85)), onset, onset + float(rng.uniform(0.2, 1.2)), 100, 0, False))
     tokens = np.zeros(INPUT_LENGTH, np.int64)
-    segment = notes_to_segments(notes, SEGMENT_FRAMES / FRAMES_PER_SECOND)[0]
+    segment = notes_to_segments(notes, SEGMENT_SECONDS)[0]
     tokens[: len(segment)] = segment
     target = np.full((SEGMENT_FRAMES, N_MELS), -1.0, np.float32)
     for note in notes:
@@ -81,7 +84,7 @@ def make_example(index: int, task: str) -> tuple[torch.Tensor, torch.Tensor]:
         if task == "timed":
             start = int(round(note.start * FRAMES_PER_SECOND))
             end = min(SEGMENT_FRAMES, int(round(note.end * FRAMES_PER_SECOND)))
-        f0 = 440.0 * 2 ** ((note.pitch - 69) / 12)
+        f0 = float(midi_to_hz([note.pitch])[0])
         # Static notes hold their level (a frame-independent target); timed ones decay from the onset.
         envelope = np.exp(-np.arange(end - start) / DECAY_FRAMES) if task == "timed" else np.ones(end - start)
         for harmonic, level in HARMONICS:
@@ -135,8 +138,9 @@ def init_shift_embeddings(model: SpectrogramDiffusionModel) -> None:
 
 
 def direct_prediction(model: SpectrogramDiffusionModel, batch, tokens: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The model's output from pure noise at ``DIRECT_TIME`` for ``tokens`` (trimmed by the caller)."""
     t = torch.full((tokens.shape[0],), DIRECT_TIME)
-    return model(trim_token_padding(tokens), batch["context"], batch["context_mask"], noise, t)
+    return model(tokens, batch["context"], batch["context_mask"], noise, t)
 
 
 @torch.no_grad()
@@ -147,6 +151,7 @@ def held_out_errors(model, val, noise, times, objective: str) -> tuple[float, fl
     for keep in (True, False):
         tokens = val["tokens"] * int(keep)
         if objective == "direct":
+            tokens = trim_token_padding(tokens)
             errors.append(float(((direct_prediction(model, val, tokens, noise) - val["target"]) ** 2).mean()))
         else:
             keeps = torch.full((tokens.shape[0],), keep)
@@ -205,15 +210,14 @@ def main(argv=None) -> int:
         batch = make_batch(range(step * args.batch, (step + 1) * args.batch), args.task)
         generator = torch.Generator().manual_seed(step)
         noise = torch.randn(batch["target"].shape, generator=generator)
-        if args.objective == "direct" and args.guide > 0:
-            recorder = CrossAttentionRecorder(model)
-            with recorder.recording():
-                prediction = direct_prediction(model, batch, batch["tokens"], noise)
+        if args.objective == "direct":
             tokens = trim_token_padding(batch["tokens"])
-            penalty = guided_attention_penalty(model, recorder, tokens, batch["context_mask"]) / tokens.shape[0] / SEGMENT_FRAMES
-            loss = ((prediction - batch["target"]) ** 2).mean() + args.guide * penalty
-        elif args.objective == "direct":
-            loss = ((direct_prediction(model, batch, batch["tokens"], noise) - batch["target"]) ** 2).mean()
+            recorder = CrossAttentionRecorder(model) if args.guide > 0 else None
+            with recorder.recording() if recorder is not None else contextlib.nullcontext():
+                loss = ((direct_prediction(model, batch, tokens, noise) - batch["target"]) ** 2).mean()
+            if recorder is not None:  # the penalty is a sum over examples and frames: per frame here
+                penalty = guided_attention_penalty(model, recorder, tokens, batch["context_mask"])
+                loss = loss + args.guide * penalty / (tokens.shape[0] * SEGMENT_FRAMES)
         else:
             t = torch.rand(args.batch, generator=generator)
             keep = torch.rand(args.batch, generator=generator) >= 0.1

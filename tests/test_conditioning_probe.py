@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from specdiff.metrics import midi_to_hz
 from specdiff.tokenizer import tokens_to_notes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,12 +22,12 @@ def test_timed_target_lights_each_fundamental_from_onset_to_release():
     assert 2 <= len(notes) <= 6
     lit = target > -1.0
     for note in notes:  # each note sounds at its fundamental from its onset to its release
-        k = probe.mel_bin(440.0 * 2 ** ((note.pitch - 69) / 12))
+        k = probe.mel_bin(midi_to_hz([note.pitch])[0])
         assert lit[round(note.start * 50) : min(256, round(note.end * 50)), k].all()
     first_onset = round(min(n.start for n in notes) * 50)
     assert not lit[:first_onset].any()  # silence before the first note
     # every lit bin is a harmonic of some note
-    allowed = {probe.mel_bin(440.0 * 2 ** ((n.pitch - 69) / 12) * h) for n in notes for h in (1, 2, 3)}
+    allowed = {probe.mel_bin(midi_to_hz([n.pitch])[0] * h) for n in notes for h in (1, 2, 3)}
     assert set(np.nonzero(lit.any(0).numpy())[0].tolist()) <= allowed
 
 
