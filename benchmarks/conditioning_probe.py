@@ -18,6 +18,12 @@ whole model (notes encoder + decoder; empty context). The noisy input carries no
 notes can lower the error: it isolates the conditioning pathway from denoising. ``diffusion`` uses
 the training objective itself (``specdiff.train.diffusion_loss``, eps L1, uniform t, CFG drop 0.1).
 
+The fix of ``benchmarks/results/trainability.md``: ``--output-init zero --out-bias`` starts the
+decoder's output layer at zero with a bias at the silent floor (for ``direct``; under ``diffusion``
+the bias starts at the floor only for ``--prediction-type sample``). ``--aligned`` adds the
+frame-aligned score roll (``specdiff.score_roll``, computed from the same tokens) to the decoder
+input: the answer frame by frame, so it measures how fast the decoder can use aligned input.
+
 Every ``--every`` steps it reports the held-out error with the notes and with no notes (all PAD),
 and for ``direct`` the floor (the error of the best note-blind prediction: the mean target of each
 frame and bin) and the gain ``(floor - error) / floor``: 0 = the notes are not used, 1 = perfect. For
@@ -27,6 +33,7 @@ silent floor, AdamW at 10x the LR) calibrates what "learnable" means here.
 Usage:
   python benchmarks/conditioning_probe.py --task static --steps 1500
   python benchmarks/conditioning_probe.py --task timed --preset tiny --steps 1500 --out results.json
+  python benchmarks/conditioning_probe.py --task timed --aligned --output-init zero --out-bias --steps 500
 """
 
 from __future__ import annotations
@@ -53,7 +60,10 @@ from specdiff.tokenizer import (  # noqa: E402
     FRAMES_PER_SECOND, INPUT_LENGTH, NUM_EMBEDDINGS, SEGMENT_FRAMES, SEGMENT_SECONDS, SHIFT_ID, STEPS_PER_FRAME,
     Note, notes_to_segments,
 )
-from specdiff.train import SpectrogramDiffusionModel, diffusion_loss, trim_token_padding  # noqa: E402
+from specdiff.score_roll import ROLL_FEATURES  # noqa: E402
+from specdiff.train import (  # noqa: E402
+    OUTPUT_INITS, SpectrogramDiffusionModel, diffusion_loss, initialise_output, trim_token_padding,
+)
 
 #: (harmonic, level above the -1 floor at the onset)
 HARMONICS = ((1, 1.6), (2, 1.2), (3, 0.9))
@@ -179,6 +189,13 @@ def main(argv=None) -> int:
     parser.add_argument("--guide", type=float, default=0.0,
                         help="direct objective: add this weight x the guided cross-attention penalty per frame "
                              "(specdiff.guided_attention, first head, onsets)")
+    parser.add_argument("--aligned", action="store_true",
+                        help="frame-aligned score conditioning: the decoder also gets the roll of the tokens")
+    parser.add_argument("--output-init", choices=OUTPUT_INITS, default="default",
+                        help="zero: the decoder's output layer starts at zero (default: T5X fan-in, the original)")
+    parser.add_argument("--out-bias", action="store_true", help="a bias on the decoder's output layer")
+    parser.add_argument("--prediction-type", choices=("epsilon", "v_prediction", "sample"), default="epsilon",
+                        help="diffusion objective: what the decoder predicts (direct always regresses the target)")
     parser.add_argument("--out", type=Path, help="write the curve as JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -189,7 +206,13 @@ def main(argv=None) -> int:
         overrides.update(d_model=args.d_model, num_heads=max(1, args.d_model // 64), d_ff=2 * args.d_model)
     if args.layers:
         overrides["num_layers"] = args.layers
+    if args.aligned:
+        overrides["score_roll_features"] = ROLL_FEATURES
+    # The direct objective regresses the target itself: the decoder's output is an x0 ("sample").
+    overrides["prediction_type"] = "sample" if args.objective == "direct" else args.prediction_type
+    overrides["spec_out_bias"] = args.out_bias
     model = SpectrogramDiffusionModel(*build_models(args.preset, seed=0, dropout_rate=0.0, **overrides))
+    initialise_output(model.decoder, args.output_init)
     if args.shift_init == "position":
         init_shift_embeddings(model)
     optimizer = build_optimizer(model, "adamw", lr=args.lr, embedding_lr_scale=args.embedding_lr_scale)

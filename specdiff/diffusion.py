@@ -63,6 +63,33 @@ def predict_x0(z_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
     return (z_t - _expand(sigma, z_t) * eps) / _expand(alpha, z_t)
 
 
+def prediction_target(x0: Tensor, noise: Tensor, t: Tensor, prediction_type: str = "epsilon") -> Tensor:
+    """What a network with this ``prediction_type`` should output for ``z_t = alpha x0 + sigma eps``:
+    ``eps`` (the original), ``v = alpha eps - sigma x0`` (Salimans & Ho 2022) or ``x0`` ("sample")."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "sample":
+        return x0
+    if prediction_type == "v_prediction":
+        alpha, sigma = alpha_sigma(t)
+        return _expand(alpha, noise) * noise - _expand(sigma, x0) * x0
+    raise ValueError(f"unknown prediction_type {prediction_type!r}")
+
+
+def eps_from_prediction(prediction: Tensor, z_t: Tensor, t: Tensor, prediction_type: str = "epsilon") -> Tensor:
+    """The eps implied by a network output, so that every sampler (which steps on eps) serves every
+    prediction type: ``eps = sigma z + alpha v`` for v, ``(z - alpha x0) / sigma`` for x0."""
+    if prediction_type == "epsilon":
+        return prediction
+    alpha, sigma = alpha_sigma(t)
+    alpha, sigma = _expand(alpha, z_t), _expand(sigma, z_t)
+    if prediction_type == "v_prediction":
+        return sigma * z_t + alpha * prediction
+    if prediction_type == "sample":
+        return (z_t - alpha * prediction) / sigma
+    raise ValueError(f"unknown prediction_type {prediction_type!r}")
+
+
 def posterior(z_t: Tensor, x0: Tensor, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and variance of ``q(z_s | z_t, x0)`` for ``s < t`` (spec §4.1 sampler, ``logvar_type="large"``).
 

@@ -456,6 +456,8 @@ class CrossAttentionCache:
     bias: Tensor  # [R, 1, 1, K] additive mask, 0 or -1e10
     rows: Tensor | None  # [R] batch indices of the rows with a valid key; None: every row
     batch: int  # B, the decoder batch the cache serves
+    # [B, T, D]: the projected score roll added to the decoder input (score conditioning only)
+    frame_conditioning: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -483,11 +485,13 @@ class CrossAttentionCache:
         rows = None
         if self.rows is not None:
             rows = torch.cat([self.rows + i * self.batch for i in range(n)])
+        frames = None if self.frame_conditioning is None else self.frame_conditioning.repeat(n, 1, 1)
         return CrossAttentionCache(
             [(k.repeat(n, 1, 1, 1), v.repeat(n, 1, 1, 1)) for k, v in self.keys_values],
             self.bias.repeat(n, 1, 1, 1),
             rows,
             self.batch * n,
+            frames,
         )
 
     @staticmethod
@@ -509,7 +513,11 @@ class CrossAttentionCache:
             rows.append(c._row_indices() + offsets)
             offsets += c.batch
             all_rows &= c.rows is None
-        return CrossAttentionCache(layers, bias, None if all_rows else torch.cat(rows), offsets)
+        frames = [c.frame_conditioning for c in caches]
+        if any(f is None for f in frames) and not all(f is None for f in frames):
+            raise ValueError("cannot concatenate caches with and without score conditioning")
+        frames_cat = None if frames[0] is None else torch.cat(frames)
+        return CrossAttentionCache(layers, bias, None if all_rows else torch.cat(rows), offsets, frames_cat)
 
 
 def timestep_embedding(time: Tensor, dim: int, max_period: float) -> Tensor:
@@ -523,10 +531,28 @@ def timestep_embedding(time: Tensor, dim: int, max_period: float) -> Tensor:
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
+#: What the decoder's output means (diffusers' ``prediction_type`` names). The original predicts
+#: the noise; the others are training-time choices of an extension (``specdiff.diffusion``).
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+#: Decoder options beyond the original architecture, with the values that mean "the original".
+#: A config.json holds them only when they differ, so an original folder's config is unchanged.
+DECODER_EXTENSIONS: dict[str, Any] = {"score_roll_features": 0, "prediction_type": "epsilon", "spec_out_bias": False}
+
+
 class FilmDecoder(nn.Module):
     """FiLM-conditioned, non-causal T5 decoder that predicts the noise (spec §3.4; ``T5FilmDecoder``).
 
     ``forward(encodings_and_masks, z_t [B, T, 128], noise_time [B] in [0, 1)) -> eps [B, T, 128]``.
+
+    Extensions, all off by default (then the module is exactly the original, key for key):
+
+    - ``score_roll_features > 0``: frame-aligned score conditioning. A per-frame piano roll
+      (``specdiff.score_roll``) enters the decoder input through ``score_projection`` (a sparse
+      embedding sum: roll @ W^T), added to ``continuous_inputs_projection``'s output.
+    - ``prediction_type``: ``"epsilon"`` (the original), ``"v_prediction"`` or ``"sample"`` (x0);
+      samplers convert any of them to eps with :func:`specdiff.diffusion.eps_from_prediction`.
+    - ``spec_out_bias``: a bias on the output layer (the original's head has none).
     """
 
     def __init__(
@@ -540,14 +566,25 @@ class FilmDecoder(nn.Module):
         d_kv: int = 64,
         d_ff: int = 2048,
         dropout_rate: float = 0.1,
+        score_roll_features: int = 0,
+        prediction_type: str = "epsilon",
+        spec_out_bias: bool = False,
     ) -> None:
         super().__init__()
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}")
+        if int(score_roll_features) < 0:
+            raise ValueError(f"score_roll_features must be >= 0, got {score_roll_features}")
         # Note: diffusers' class default is 2000.0 but the official checkpoint says 20000.0 (spec §9.1).
         self.config = dict(
             input_dims=input_dims, targets_length=targets_length, max_decoder_noise_time=max_decoder_noise_time,
             d_model=d_model, num_layers=num_layers, num_heads=num_heads, d_kv=d_kv, d_ff=d_ff,
             dropout_rate=dropout_rate,
         )  # fmt: skip
+        extensions = dict(
+            score_roll_features=int(score_roll_features), prediction_type=prediction_type, spec_out_bias=bool(spec_out_bias)
+        )
+        self.config.update({k: v for k, v in extensions.items() if v != DECODER_EXTENSIONS[k]})
         self.conditioning_emb = nn.Sequential(
             nn.Linear(d_model, d_model * 4, bias=False),
             nn.SiLU(),
@@ -563,8 +600,32 @@ class FilmDecoder(nn.Module):
         )
         self.decoder_norm = RMSNorm(d_model)
         self.post_dropout = SequenceDropout(dropout_rate)
-        self.spec_out = nn.Linear(d_model, input_dims, bias=False)
+        self.spec_out = nn.Linear(d_model, input_dims, bias=bool(spec_out_bias))
+        self.score_projection = None
+        if score_roll_features:
+            self.score_projection = nn.Linear(int(score_roll_features), d_model, bias=False)
         init_weights(self)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.config.get("prediction_type", "epsilon")
+
+    @property
+    def score_roll_features(self) -> int:
+        return int(self.config.get("score_roll_features", 0))
+
+    def project_score_roll(self, score_roll: Tensor) -> Tensor:
+        """``[B, T, F]`` roll -> ``[B, T, D]``: ``roll @ W^T`` as a sum of the W columns of its
+        nonzero entries (a roll is >99% zeros; same values as the dense product)."""
+        weight = self.score_projection.weight  # [D, F]
+        batch, frames, features = score_roll.shape
+        if features != weight.shape[1]:
+            raise ValueError(f"score roll has {features} features, the decoder expects {weight.shape[1]}")
+        flat = score_roll.reshape(batch * frames, features)
+        row, col = flat.nonzero(as_tuple=True)
+        contributions = weight.t()[col] * flat[row, col].to(weight.dtype)[:, None]
+        out = weight.new_zeros(batch * frames, weight.shape[0]).index_add(0, row, contributions)
+        return out.reshape(batch, frames, -1)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "FilmDecoder":
@@ -588,11 +649,15 @@ class FilmDecoder(nn.Module):
         cond = self.time_conditioning(decoder_noise_time)
         return [layer.film_params(cond) for layer in self.decoders]
 
-    def prepare_cross_attention(self, encodings_and_masks: Sequence[EncodingAndMask]) -> CrossAttentionCache:
+    def prepare_cross_attention(
+        self, encodings_and_masks: Sequence[EncodingAndMask], score_roll: Tensor | None = None
+    ) -> CrossAttentionCache:
         """Concatenate the encodings along the sequence (spec §9.4) and project keys/values per layer.
 
         Rows without any valid key and keys masked in every row are left out (see
         :class:`CrossAttentionCache`): the decoder output is the same up to float rounding.
+        ``score_roll`` ``[B, T, F]`` (score-conditioned decoders only; None: all zeros, as in the
+        unconditional pass of classifier-free guidance) is projected here, once per segment.
         """
         encoded = torch.cat([enc for enc, _ in encodings_and_masks], dim=1)
         mask = torch.cat([m.bool() for _, m in encodings_and_masks], dim=1)
@@ -609,7 +674,12 @@ class FilmDecoder(nn.Module):
         bias = torch.zeros(mask.shape, dtype=encoded.dtype, device=encoded.device)
         bias = bias.masked_fill(~mask, DECODER_MASK_VALUE)[:, None, None, :]
         keys_values = [layer.layer[1].attention.keys_values(encoded) for layer in self.decoders]
-        return CrossAttentionCache(keys_values, bias, rows, batch)
+        frames = None
+        if self.score_projection is not None and score_roll is not None:
+            frames = self.project_score_roll(score_roll)
+        elif score_roll is not None:
+            raise ValueError("this decoder has no score conditioning (score_roll_features = 0)")
+        return CrossAttentionCache(keys_values, bias, rows, batch, frames)
 
     def forward(
         self,
@@ -618,23 +688,26 @@ class FilmDecoder(nn.Module):
         decoder_noise_time: Tensor,
         cross_cache: CrossAttentionCache | None = None,
         film: Sequence[LayerFilm] | None = None,
+        score_roll: Tensor | None = None,
     ) -> Tensor:
-        """``eps`` for ``z_t``. ``cross_cache`` (from :meth:`prepare_cross_attention`) replaces
-        ``encodings_and_masks``; ``film`` (from :meth:`film_conditioning`, for these times) skips the
-        time conditioning."""
+        """``eps`` (or the configured ``prediction_type``) for ``z_t``. ``cross_cache`` (from
+        :meth:`prepare_cross_attention`) replaces ``encodings_and_masks`` and ``score_roll``;
+        ``film`` (from :meth:`film_conditioning`, for these times) skips the time conditioning."""
         batch, length, _ = decoder_input_tokens.shape
         if decoder_noise_time.shape != (batch,):
             raise ValueError(f"decoder_noise_time must have shape ({batch},), got {tuple(decoder_noise_time.shape)}")
         if cross_cache is None:
             if encodings_and_masks is None:
                 raise ValueError("pass encodings_and_masks or a cross_cache")
-            cross_cache = self.prepare_cross_attention(encodings_and_masks)
+            cross_cache = self.prepare_cross_attention(encodings_and_masks, score_roll)
         if cross_cache.batch_size != batch:
             raise ValueError(f"the cross-attention cache is for batch {cross_cache.batch_size}, got {batch}")
         if film is None:
             film = self.film_conditioning(decoder_noise_time)
         positions = torch.arange(length, device=decoder_input_tokens.device)
         y = self.continuous_inputs_projection(decoder_input_tokens) + self.position_encoding(positions)
+        if cross_cache.frame_conditioning is not None:
+            y = y + cross_cache.frame_conditioning.to(y.dtype)
         y = self.dropout(y)
         for layer, layer_film, keys_values in zip(self.decoders, film, cross_cache.keys_values):
             y = layer(y, layer_film, keys_values, cross_cache.bias, cross_cache.rows)
@@ -662,6 +735,10 @@ def fixed_permuted_offset_table(max_len: int, dim: int, generator: torch.Generat
     return table[:, torch.randperm(dim, generator=generator)].float()
 
 
+#: Initial std of each score-roll feature's embedding (see init_weights).
+SCORE_PROJECTION_INIT_STD = 0.3
+
+
 @torch.no_grad()
 def init_weights(module: nn.Module, generator: torch.Generator | None = None) -> None:
     """T5X-style initialisation: fan-in scaled normals, query scaled by 1/sqrt(d_kv) (no logit scaling)."""
@@ -672,8 +749,15 @@ def init_weights(module: nn.Module, generator: torch.Generator | None = None) ->
             std = sub.in_features**-0.5
             if name.endswith((".q", ".to_q")):
                 std /= math.sqrt(_head_dim(module))  # T5 folds the 1/sqrt(d_k) logit scale into q
+            if name.endswith("score_projection"):
+                # A roll row has ~10 nonzero entries among thousands: fan-in scaling would make the
+                # score's contribution ~0.03 RMS against ~1 for the other inputs (measured in
+                # benchmarks/results/trainability.md), so each entry starts with unit-ish weight.
+                std = SCORE_PROJECTION_INIT_STD
             sigma = std / 0.87962566103423978
             nn.init.trunc_normal_(sub.weight, std=sigma, a=-2 * sigma, b=2 * sigma, generator=generator)
+            if sub.bias is not None:
+                sub.bias.zero_()
         elif isinstance(sub, nn.Embedding):
             if name.endswith("position_encoding"):
                 sub.weight.copy_(fixed_permuted_offset_table(*sub.weight.shape, generator=generator))
@@ -720,11 +804,14 @@ def build_models(
 ) -> tuple[NotesEncoder, ContinuousEncoder, FilmDecoder]:
     """Freshly initialised ``(notes_encoder, continuous_encoder, decoder)`` of a preset.
 
-    ``overrides`` (e.g. ``d_model=64, num_layers=2``) apply to all three networks where they fit.
+    ``overrides`` (e.g. ``d_model=64, num_layers=2``) apply to all three networks where they fit;
+    the decoder's extensions (``DECODER_EXTENSIONS``: ``score_roll_features``, ``prediction_type``,
+    ``spec_out_bias``) to the decoder.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    configs = {name: {**cfg, **{k: v for k, v in overrides.items() if k in cfg}} for name, cfg in PRESETS[preset].items()}
+    accepted = {name: set(cfg) | (set(DECODER_EXTENSIONS) if name == "decoder" else set()) for name, cfg in PRESETS[preset].items()}
+    configs = {name: {**cfg, **{k: v for k, v in overrides.items() if k in accepted[name]}} for name, cfg in PRESETS[preset].items()}
     with torch.random.fork_rng(devices=[]):  # seed without touching the caller's global RNG
         if seed is not None:
             torch.manual_seed(seed)

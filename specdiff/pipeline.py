@@ -37,6 +37,7 @@ from specdiff.default_model import SamplingSettings, read_sampling_settings, wri
 from specdiff.errors import MidiError, ModelError, SpecdiffError
 from specdiff.mel import FRAMES_PER_SECOND, SAMPLE_RATE, scale_features, scale_to_features
 from specdiff.model import ContinuousEncoder, FilmDecoder, NotesEncoder
+from specdiff.score_roll import batch_rolls
 
 #: Seconds of audio kept after the music's end (TokenizedMidi.duration): room for the release of
 #: the last notes, which the notes themselves do not include. The rest of the last 5.12 s segment
@@ -501,7 +502,11 @@ class SpectrogramDiffusionPipeline:
                 encodings = self.encode_batch(
                     [token_tensors[k][index] for k in active], scale_features(context, clip=True), context_mask
                 )
-                denoise = samplers.GuidedDenoiser(self.decoder, encodings, guidance_scale, film_cache)
+                roll = None
+                if getattr(self.decoder, "score_roll_features", 0):  # frame-aligned score conditioning
+                    roll = batch_rolls([token_tensors[k][index] for k in active], segment_frames)
+                    roll = roll.to(device)
+                denoise = samplers.GuidedDenoiser(self.decoder, encodings, guidance_scale, film_cache, score_roll=roll)
                 noise = samplers.randn((len(active), segment_frames, n_dims), generator, device, torch.float32)
                 x = samplers.sample_loop(sampler, denoise, noise, num_inference_steps, generator, on_step)
             # The original and DDPM samplers end on a clipped x0 (spec §4.1), so this clamp changes

@@ -439,8 +439,12 @@ class GuidedDenoiser:
     """
 
     def __init__(self, decoder: torch.nn.Module, encodings_and_masks: Sequence[EncodingAndMask],
-                 guidance_scale: float = 1.0, film_cache: dict[float, Any] | None = None) -> None:  # fmt: skip
+                 guidance_scale: float = 1.0, film_cache: dict[float, Any] | None = None,
+                 score_roll: Tensor | None = None) -> None:  # fmt: skip
         self.decoder = decoder
+        # A decoder trained to predict v or x0 (FilmDecoder.prediction_type) is turned into an
+        # eps predictor here, so every sampler serves it unchanged.
+        self.prediction_type = getattr(decoder, "prediction_type", "epsilon")
         # FiLM parameters per noise time (ours: FilmDecoder.film_conditioning): computed once per
         # step time with batch 1 and broadcast over the batch; a dict shared by the segments of a
         # song (they run the same times) computes them once per song. Each entry is small
@@ -453,13 +457,18 @@ class GuidedDenoiser:
         if self.guided:
             uncond = unconditional(conditions)
             conditions = [(torch.cat([e, ue]), torch.cat([m, um])) for (e, m), (ue, um) in zip(conditions, uncond)]
+            if score_roll is not None:  # the null condition drops the roll with the tokens
+                score_roll = torch.cat([score_roll, torch.zeros_like(score_roll)])
         self.batch = conditions[0][0].shape[0]  # 2B when guided
         self.dtype = next(decoder.parameters()).dtype
         self.cache = None
         self.encodings_and_masks = conditions
         if hasattr(decoder, "prepare_cross_attention"):
-            self.cache = decoder.prepare_cross_attention(conditions)
+            roll = {} if score_roll is None else {"score_roll": score_roll}
+            self.cache = decoder.prepare_cross_attention(conditions, **roll)
             self.encodings_and_masks = None
+        elif score_roll is not None:
+            raise ValueError("score conditioning needs a decoder with prepare_cross_attention")
 
     def prepare_times(self, noise_times: Sequence[Tensor]) -> None:
         """Compute the FiLM parameters of all these step times in one batched pass.
@@ -496,6 +505,8 @@ class GuidedDenoiser:
             decoder_noise_time=time,
             **kwargs,
         ).to(sample.dtype)
+        if self.prediction_type != "epsilon":
+            eps = diffusion.eps_from_prediction(eps, x, time.to(x.dtype), self.prediction_type)
         if not self.guided:
             return eps
         eps_cond, eps_uncond = eps.chunk(2)

@@ -40,11 +40,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from specdiff.diffusion import logsnr, posterior, predict_x0, q_sample
+from specdiff.diffusion import eps_from_prediction, logsnr, posterior, predict_x0, prediction_target, q_sample
 from specdiff.errors import ModelError, SpecdiffError
 from specdiff.hardware import cpu_has_native_bf16
 from specdiff.model import ContinuousEncoder, FilmDecoder, NotesEncoder, build_models
 from specdiff.optim import EMA, build_optimizer
+from specdiff.score_roll import batch_rolls
 
 TOKENS_LENGTH = 2048
 TARGET_FRAMES = 256
@@ -63,6 +64,10 @@ class TrainConfig:
     preset: str = "tiny"
     model: dict[str, Any] = field(default_factory=dict)
     dropout: float = 0.1  # spec §4.3
+    # "default" (T5X fan-in, the original) or "zero": the decoder's output layer starts at zero (its
+    # bias, with model.spec_out_bias=true, at the silence floor -1 for prediction_type "sample").
+    # Initialisation only: benchmarks/results/trainability.md measures why it matters.
+    output_init: str = "default"
     # data
     data: str | None = None  # feature cache folder for specdiff.data.ChunkDataset, or "synthetic"
     val_data: str | None = None  # held-out cache; default: the validation split of `data`
@@ -159,6 +164,8 @@ def _parse_value(text: str, annotation: Any, key: str) -> Any:
 
 
 def _parse_model_value(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
     for cast in (int, float):
         try:
             return cast(text)
@@ -216,7 +223,32 @@ class SpectrogramDiffusionModel(nn.Module):
         return [self.notes_encoder(tokens, tokens > 0), self.continuous_encoder(context, context_mask)]
 
     def forward(self, tokens: Tensor, context: Tensor, context_mask: Tensor, z_t: Tensor, t: Tensor) -> Tensor:
-        return self.decoder(self.encode(tokens, context, context_mask), z_t, t)
+        """The decoder's output (its ``prediction_type``) for ``z_t``; a score-conditioned decoder
+        gets the roll of these ``tokens`` (all-PAD rows, CFG-dropped, get an all-zero roll)."""
+        return self.decoder(self.encode(tokens, context, context_mask), z_t, t, score_roll=self.score_roll(tokens))
+
+    def score_roll(self, tokens: Tensor) -> Tensor | None:
+        """The frame-aligned roll of a token batch, or None for the original architecture."""
+        if not self.decoder.score_roll_features:
+            return None
+        return batch_rolls(tokens, self.decoder.config["targets_length"])
+
+
+OUTPUT_INITS = ("default", "zero")
+
+
+@torch.no_grad()
+def initialise_output(decoder: FilmDecoder, how: str) -> None:
+    """``how="zero"``: zero the output layer, so the first updates fit the target's mean and
+    structure instead of fighting a random initial output (benchmarks/results/trainability.md);
+    a bias starts at the target's silence floor for an x0 ("sample") prediction, else at 0."""
+    if how not in OUTPUT_INITS:
+        raise SpecdiffError(f"unknown output_init {how!r}; choose one of {', '.join(OUTPUT_INITS)}")
+    if how == "default":
+        return
+    decoder.spec_out.weight.zero_()
+    if decoder.spec_out.bias is not None:
+        decoder.spec_out.bias.fill_(-1.0 if decoder.prediction_type == "sample" else 0.0)
 
 
 def _splitmix64(x: int) -> int:
@@ -265,8 +297,9 @@ def trim_token_padding(tokens: Tensor, multiple: int = 64) -> Tensor:
 @dataclass
 class LossOutput:
     loss_sum: Tensor  # the objective: (weighted) L1 error summed over batch, time and mel bins (spec §4.1)
-    loss_mean: Tensor  # the unweighted error per element, for logging (detached)
-    error_sum: Tensor  # the unweighted error summed (detached): comparable across loss weightings
+    loss_mean: Tensor  # the unweighted eps error per element, for logging (detached)
+    error_sum: Tensor  # the unweighted eps error summed (detached): comparable across loss weightings
+    # and prediction types (a v or x0 prediction is converted to the eps it implies)
 
 
 #: Per-example weightings of the L1 eps loss: "none" is the original (spec §4.1).
@@ -324,6 +357,7 @@ def diffusion_loss(
     ``guide``: add the guided cross-attention penalty to the objective (``loss_sum`` only).
     """
     x0 = batch["target"]
+    prediction_type = getattr(model, "module", model).decoder.prediction_type  # through DDP's wrapper
     tokens = batch["tokens"] * keep[:, None].to(batch["tokens"].dtype)
     if trim:
         tokens = trim_token_padding(tokens)
@@ -335,15 +369,19 @@ def diffusion_loss(
 
         recorder = CrossAttentionRecorder(getattr(model, "module", model))  # through DDP's wrapper
     with recorder.recording() if recorder is not None else contextlib.nullcontext():
-        eps = model(tokens, batch["context"], context_mask, z_t, t)
-    error = (eps.float() - noise.float()).abs()
+        prediction = model(tokens, batch["context"], context_mask, z_t, t)
+    error = (prediction.float() - prediction_target(x0, noise, t, prediction_type).float()).abs()
+    if prediction_type != "epsilon":  # log the eps error, comparable across prediction types
+        eps_error = (eps_from_prediction(prediction.detach().float(), z_t, t, prediction_type) - noise.float()).abs()
+    else:
+        eps_error = error.detach()
     objective = error.sum() if weights is None else (error * weights.to(error.device)[:, None, None]).sum()
     if recorder is not None:
         penalty = guided_attention_penalty(
             recorder.model, recorder, tokens, context_mask, guide.heads, guide.sigma, guide.target
         )
         objective = objective + guide.weight * penalty
-    return LossOutput(objective, error.detach().mean(), error.detach().sum())
+    return LossOutput(objective, eps_error.mean(), eps_error.sum())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -738,11 +776,13 @@ def sample_spectrogram(
     model.eval()
     device = batch["target"].device
     tokens = trim_token_padding(batch["tokens"])
-    cache = model.decoder.prepare_cross_attention(model.encode(tokens, batch["context"], batch["context_mask"]))
+    encodings = model.encode(tokens, batch["context"], batch["context_mask"])
+    cache = model.decoder.prepare_cross_attention(encodings, model.score_roll(tokens))
     z = torch.randn(batch["target"].shape, generator=generator).to(device)
     for i in reversed(range(steps)):
         t = torch.full((z.shape[0],), (i + 1) / steps, device=device)
-        eps = model.decoder(None, z, t, cross_cache=cache).float()
+        out = model.decoder(None, z, t, cross_cache=cache).float()
+        eps = eps_from_prediction(out, z, t, model.decoder.prediction_type)
         x0 = predict_x0(z, t, eps).clamp(-1.0, 1.0)
         if i == 0:
             z = x0
@@ -830,6 +870,7 @@ class Trainer:
             *build_models(config.preset, seed=config.seed, dropout_rate=config.dropout, **config.model)
         ).to(self.ctx.device)
         self.model.train()
+        initialise_output(self.model.decoder, config.output_init)
         self.optimizer = build_optimizer(
             self.model, config.optimizer, config.lr, (config.adam_beta1, config.adam_beta2), config.weight_decay,
             config.embedding_lr_scale,

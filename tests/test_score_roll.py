@@ -1,0 +1,176 @@
+"""Frame-aligned score conditioning: the roll of hand-built notes, the decoder option, CFG, folders."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from specdiff.diffusion import eps_from_prediction, prediction_target, q_sample
+from specdiff.model import DECODER_EXTENSIONS, FilmDecoder, build_models
+from specdiff.pipeline import SpectrogramDiffusionPipeline
+from specdiff.sampler import GuidedDenoiser, unconditional
+from specdiff.score_roll import (
+    DRUM_DECAY_FRAMES,
+    ROLL_FEATURES,
+    TONAL_DECAY_FRAMES,
+    batch_rolls,
+    drum_feature,
+    segment_notes,
+    segment_roll,
+    tonal_feature,
+)
+from specdiff.tokenizer import Note, notes_to_segments
+from specdiff.train import SpectrogramDiffusionModel, diffusion_loss, initialise_output
+
+torch.set_num_threads(1)
+TINY = dict(d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=48)
+
+# A piano C4 at 0.1-0.5 s, a violin (program 40) E4 from 4.0 s into the next segment, a kick at 1.0 s.
+NOTES = [Note(60, 0.1, 0.5, 100, 0, False), Note(64, 4.0, 6.0, 100, 40, False), Note(36, 1.0, 1.01, 100, 0, True)]
+
+
+@pytest.fixture(scope="module")
+def segments() -> list[list[int]]:
+    return notes_to_segments(NOTES, 7.0)
+
+
+def test_roll_of_hand_built_notes(segments):
+    # Frames are 20 ms: 0.1 s -> frame 5, 0.5 s -> 25, 1.0 s -> 50, 4.0 s -> 200; 6.0 s is frame 44
+    # of the second segment (6.0 - 5.12 = 0.88 s).
+    assert segment_notes(segments[0]) == ([(0, 60, 5, 25), (40, 64, 200, 256)], [(36, 50)])
+    assert segment_notes(segments[1]) == ([(40, 64, None, 44)], [])
+
+    roll = segment_roll(segments[0]).numpy()
+    assert roll.shape == (256, ROLL_FEATURES)
+    piano_on, piano_sus = tonal_feature("onset", 0, 60), tonal_feature("sustain", 0, 60)
+    assert np.flatnonzero(roll[:, piano_on]).tolist() == [5]
+    assert np.flatnonzero(roll[:, piano_sus]).tolist() == list(range(5, 25))
+    decay = roll[:, tonal_feature("decay", 0, 60)]
+    assert decay[5] == 1.0 and decay[4] == 0.0 and decay[25] == 0.0
+    assert decay[15] == pytest.approx(math.exp(-10 / TONAL_DECAY_FRAMES))
+    # Violin (program 40, family 5): sounds to the end of the segment.
+    assert np.flatnonzero(roll[:, tonal_feature("sustain", 40, 64)]).tolist() == list(range(200, 256))
+    assert np.flatnonzero(roll[:, tonal_feature("onset", 40, 64)]).tolist() == [200]
+    kick = roll[:, drum_feature("decay", 36)]
+    assert np.flatnonzero(roll[:, drum_feature("onset", 36)]).tolist() == [50]
+    assert kick[50] == 1.0 and kick[52] == pytest.approx(math.exp(-2 / DRUM_DECAY_FRAMES)) and kick[49] == 0.0
+    # Nothing else is on: 1 + 20 + 20 piano, 1 + 56 + 56 violin, 1 + 20 drum entries.
+    assert np.count_nonzero(roll) == 41 + 113 + 21
+
+    tied = segment_roll(segments[1]).numpy()  # the violin continues: sustain from frame 0, no onset
+    assert np.flatnonzero(tied[:, tonal_feature("sustain", 40, 64)]).tolist() == list(range(44))
+    assert not tied[:, tonal_feature("onset", 40, 64)].any() and not tied[:, tonal_feature("decay", 40, 64)].any()
+    assert np.count_nonzero(tied) == 44
+
+
+def test_roll_families_and_padding():
+    assert tonal_feature("onset", 7, 60) == tonal_feature("onset", 0, 60)  # same GM family
+    assert tonal_feature("onset", 8, 60) != tonal_feature("onset", 0, 60)
+    pad = torch.zeros(2, 2048, dtype=torch.long)  # the CFG null condition: no tokens, no roll
+    assert not batch_rolls(pad).any()
+
+
+def test_roll_follows_the_tokens_for_random_notes():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        notes = []
+        for _ in range(int(rng.integers(1, 12))):
+            start = float(rng.uniform(0, 5.0))
+            notes.append(Note(int(rng.integers(30, 90)), start, start + float(rng.uniform(0.05, 2)), 100,
+                              int(rng.choice([0, 24, 40, 56])), False))  # fmt: skip
+        [tokens] = notes_to_segments(notes, 5.1)
+        tonal, _ = segment_notes(tokens)
+        # Every note appears with its onset frame: 10 ms steps rounded, two steps per frame.
+        expected = sorted((n.program, n.pitch, int(round(n.start * 100)) // 2) for n in notes)
+        assert sorted((p, q, onset) for p, q, onset, _ in tonal) == expected
+
+
+def test_original_decoder_is_unchanged_by_the_options():
+    plain = FilmDecoder(**TINY)
+    assert set(plain.config) == {"input_dims", "targets_length", "max_decoder_noise_time", "d_model", "num_layers",
+                                 "num_heads", "d_kv", "d_ff", "dropout_rate"}  # fmt: skip
+    assert plain.score_projection is None and plain.spec_out.bias is None
+    assert not any("score" in k for k in plain.state_dict())
+    explicit = FilmDecoder(**TINY, **DECODER_EXTENSIONS)  # the defaults, spelled out: still the original
+    assert explicit.config == plain.config and explicit.state_dict().keys() == plain.state_dict().keys()
+    with pytest.raises(ValueError, match="prediction_type"):
+        FilmDecoder(**TINY, prediction_type="x0")
+
+
+def test_sparse_projection_equals_the_dense_product(segments):
+    decoder = FilmDecoder(**TINY, score_roll_features=ROLL_FEATURES)
+    roll = batch_rolls(torch.tensor(segments))
+    dense = roll @ decoder.score_projection.weight.t()
+    assert torch.allclose(decoder.project_score_roll(roll), dense, atol=1e-6)
+
+
+def _score_model(**extra) -> SpectrogramDiffusionModel:
+    return SpectrogramDiffusionModel(*build_models("tiny", seed=0, score_roll_features=ROLL_FEATURES, **TINY, **extra))
+
+
+def test_roll_changes_the_output_and_cfg_drops_it_with_the_tokens(segments):
+    model = _score_model().eval()
+    tokens = torch.tensor(segments)
+    context, mask = torch.zeros(2, 256, 128), torch.zeros(2, 256, dtype=torch.bool)
+    encodings = model.encode(tokens, context, mask)
+    z, t = torch.randn(2, 256, 128), torch.full((2,), 0.5)
+    with torch.no_grad():
+        with_roll = model.decoder(encodings, z, t, score_roll=model.score_roll(tokens))
+        without = model.decoder(encodings, z, t)
+        assert not torch.allclose(with_roll, without)
+        # Guidance: the conditional half has the roll, the null half neither tokens nor roll.
+        guided = GuidedDenoiser(model.decoder, encodings, 2.0, score_roll=model.score_roll(tokens))(z, t[:1])
+        uncond = model.decoder(unconditional(encodings), z, t)
+        assert torch.allclose(guided, 2.0 * with_roll - uncond, atol=1e-5)
+    # Training: a dropped example (tokens all PAD) gets an all-zero roll.
+    assert not model.score_roll(tokens * 0).any()
+
+
+def test_prediction_types_round_trip_to_eps():
+    x0, noise, t = torch.rand(3, 4, 5) * 2 - 1, torch.randn(3, 4, 5), torch.tensor([0.1, 0.5, 0.9])
+    z = q_sample(x0, t, noise)
+    for kind in ("epsilon", "v_prediction", "sample"):
+        target = prediction_target(x0, noise, t, kind)
+        assert torch.allclose(eps_from_prediction(target, z, t, kind), noise, atol=1e-4), kind
+
+
+def test_zero_output_init_and_loss_for_v_prediction(segments):
+    model = _score_model(prediction_type="sample", spec_out_bias=True)
+    initialise_output(model.decoder, "zero")
+    assert not model.decoder.spec_out.weight.any() and torch.all(model.decoder.spec_out.bias == -1.0)
+    model = _score_model(prediction_type="v_prediction")
+    initialise_output(model.decoder, "zero")
+    batch = {"tokens": torch.tensor(segments), "context": torch.zeros(2, 256, 128),
+             "context_mask": torch.zeros(2, 256, dtype=torch.bool), "target": torch.full((2, 256, 128), -1.0)}  # fmt: skip
+    t, noise = torch.tensor([0.3, 0.8]), torch.randn(2, 256, 128)
+    out = diffusion_loss(model, batch, t, noise, torch.tensor([True, False]))
+    # A zero output predicts v = 0: the objective is |v| summed; the logged error is that of eps = sigma z.
+    v = prediction_target(batch["target"], noise, t, "v_prediction")
+    assert float(out.loss_sum.detach()) == pytest.approx(float(v.abs().sum()), rel=1e-5)
+    out.loss_sum.backward()
+    assert model.decoder.spec_out.weight.grad.abs().sum() > 0
+
+
+def test_score_folder_round_trip(segments, tmp_path):
+    model = _score_model(prediction_type="v_prediction", spec_out_bias=True)
+    pipe = SpectrogramDiffusionPipeline(model.notes_encoder, model.continuous_encoder, model.decoder)
+    folder = pipe.save_pretrained(tmp_path / "model")
+    config = json.loads((folder / "decoder" / "config.json").read_text())
+    assert config["score_roll_features"] == ROLL_FEATURES and config["prediction_type"] == "v_prediction"
+    loaded = SpectrogramDiffusionPipeline.from_pretrained(folder, inverter=None)
+    assert loaded.decoder.score_projection is not None
+    kw = dict(num_inference_steps=3, output_type="mel", show_progress=False, guidance_scale=2.0)
+    for scheduler in ("original", "dpmsolver++"):
+        before = pipe(segments, generator=torch.Generator().manual_seed(0), scheduler=scheduler, **kw).mels
+        after = loaded(segments, generator=torch.Generator().manual_seed(0), scheduler=scheduler, **kw).mels
+        assert np.array_equal(before, after) and np.isfinite(before).all()
+    # Streaming sees the same roll as the whole-song call.
+    streamed = np.concatenate([seg.mel for seg in loaded.segments(segments, generator=torch.Generator().manual_seed(0),
+                                                                  num_inference_steps=3, guidance_scale=2.0,
+                                                                  scheduler="original")])  # fmt: skip
+    whole = loaded(segments, generator=torch.Generator().manual_seed(0), scheduler="original", **kw).mels[0]
+    assert np.allclose(streamed, whole, atol=1e-5)
