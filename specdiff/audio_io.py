@@ -105,7 +105,8 @@ def save_wav(
     The data goes to a temporary file in the destination folder that then replaces ``path`` in one
     ``os.replace``, so readers never see a partial file and a failure leaves any old file untouched.
     The container follows the extension (.wav, .flac, .ogg, ...; WAV when there is none). With an
-    integer ``subtype`` (default 16-bit PCM), samples beyond [-1, 1] are clipped, with a warning.
+    integer ``subtype`` (default 16-bit PCM), audio that would exceed full scale goes through
+    :func:`soft_limit` (never hard clipping), with a warning.
     Missing parent folders are created. Raises ``AudioError`` when the file cannot be written.
     """
     import soundfile
@@ -129,8 +130,8 @@ def save_wav(
         if subtype.upper().startswith("PCM"):
             peak = float(np.abs(data).max(initial=0.0))
             if peak > 1.0:
-                logger.warning("%s: peak %.2f exceeds full scale; clipping to [-1, 1]", path, peak)
-                data = np.clip(data, -1.0, 1.0)
+                logger.warning("%s: peak %.2f exceeds full scale; %s", path, peak, LIMITER_NOTE)
+                data = soft_limit(data)
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,6 +151,30 @@ def save_wav(
             raise AudioError(f"cannot write {path}: {_one_line(err)}") from None
         raise
     return path
+
+
+#: Samples up to this level pass unchanged through :func:`soft_limit`.
+LIMITER_THRESHOLD = 0.9
+#: ... and nothing leaves it above this level.
+LIMITER_CEILING = 0.99
+LIMITER_NOTE = f"a soft limiter was applied above {LIMITER_THRESHOLD:g} of full scale (no hard clipping)"
+
+
+def soft_limit(audio: np.ndarray, threshold: float = LIMITER_THRESHOLD) -> np.ndarray:
+    """A memoryless soft-knee limiter: ``|x| <= threshold`` passes unchanged; above it the level
+    is bent smoothly with ``threshold + h tanh((|x| - threshold) / h)``, ``h = LIMITER_CEILING -
+    threshold``: continuous with slope 1 at the knee, non-decreasing, never above the ceiling. Sample by sample,
+    so a stream can apply it segment by segment with the same result as on the whole file."""
+    data = np.asarray(audio, dtype=np.float32)
+    magnitude = np.abs(data)
+    over = magnitude > threshold
+    if not over.any():
+        return data
+    headroom = LIMITER_CEILING - threshold
+    bent = threshold + headroom * np.tanh((magnitude[over] - threshold) / headroom)
+    out = data.copy()
+    out[over] = np.sign(data[over]) * bent
+    return out
 
 
 def _format_for(path: Path) -> str:

@@ -600,10 +600,12 @@ class StreamingAudioFile:
         if not np.isfinite(data).all():
             raise AudioError(f"{self.path}: refusing to write audio that contains NaN or infinite samples")
         if self._clip and data.size and float(np.abs(data).max()) > 1.0:
+            from specdiff.audio_io import LIMITER_NOTE, soft_limit
+
             if not self._clipped:
-                warnings.warn(f"{self.path}: the audio exceeds full scale; clipping to [-1, 1]", stacklevel=2)
+                warnings.warn(f"{self.path}: the audio exceeds full scale; {LIMITER_NOTE}", stacklevel=2)
                 self._clipped = True
-            data = np.clip(data, -1.0, 1.0)
+            data = soft_limit(data)
         self._file.write(data)
         self._file.flush()  # the samples are on disk as soon as the segment is done
         self.num_samples += data.size

@@ -17,6 +17,13 @@ the service) gets the same roll. For each of the 256 frames and each (instrument
 
 and for drums, per drum pitch, ``onset`` and a short ``decay`` (``DRUM_DECAY_FRAMES``). The
 instrument family is the General MIDI family of the (Slakh) program, ``program // 8``.
+
+The same three tonal kinds are also given per pitch whatever the family, and per family whatever
+the pitch (the maximum over the notes concerned). The projection of the roll is a sum of one
+learned vector per active feature, so these shared features let what is learned about a pitch
+(where its harmonics lie) carry across instruments and what is learned about an instrument (its
+attack, its spectral envelope) across pitches, instead of every (family, pitch) pair being learned
+from its own rare examples.
 """
 
 from __future__ import annotations
@@ -47,9 +54,13 @@ TONAL_DECAY_FRAMES = 25.0  # 0.5 s
 DRUM_DECAY_FRAMES = 5.0  # 0.1 s
 DRUM_DECAY_SPAN = 20  # frames a drum hit's decay feature lasts (4 time constants)
 
-#: Features per frame: (kind, family, pitch) for tonal notes, then (kind, pitch) for drums.
+#: Features per frame: (kind, family, pitch) for tonal notes, then (kind, pitch) for drums, then
+#: the shared tonal features (kind, pitch) and (kind, family).
 TONAL_FEATURES = len(TONAL_KINDS) * NUM_FAMILIES * NUM_PITCHES
-ROLL_FEATURES = TONAL_FEATURES + len(DRUM_KINDS) * NUM_PITCHES  # 6400
+DRUM_FEATURES = len(DRUM_KINDS) * NUM_PITCHES
+PITCH_FEATURES = len(TONAL_KINDS) * NUM_PITCHES
+FAMILY_FEATURES = len(TONAL_KINDS) * NUM_FAMILIES
+ROLL_FEATURES = TONAL_FEATURES + DRUM_FEATURES + PITCH_FEATURES + FAMILY_FEATURES  # 6832
 
 
 def tonal_feature(kind: str, program: int, pitch: int) -> int:
@@ -60,6 +71,20 @@ def tonal_feature(kind: str, program: int, pitch: int) -> int:
 def drum_feature(kind: str, pitch: int) -> int:
     """Column of a drum hit's ``kind`` feature."""
     return TONAL_FEATURES + DRUM_KINDS.index(kind) * NUM_PITCHES + pitch
+
+
+def pitch_feature(kind: str, pitch: int) -> int:
+    """Column of the shared ``kind`` feature of a pitch, any family."""
+    return TONAL_FEATURES + DRUM_FEATURES + TONAL_KINDS.index(kind) * NUM_PITCHES + pitch
+
+
+def family_feature(kind: str, program: int) -> int:
+    """Column of the shared ``kind`` feature of a family, any pitch."""
+    return TONAL_FEATURES + DRUM_FEATURES + PITCH_FEATURES + TONAL_KINDS.index(kind) * NUM_FAMILIES + program // 8
+
+
+def _columns(kind: str, program: int, pitch: int) -> list[int]:
+    return [tonal_feature(kind, program, pitch), pitch_feature(kind, pitch), family_feature(kind, program)]
 
 
 def segment_notes(tokens: Sequence[int], num_frames: int = SEGMENT_FRAMES) -> tuple[list, list]:
@@ -121,12 +146,12 @@ def segment_roll(tokens: Sequence[int], num_frames: int = SEGMENT_FRAMES) -> Ten
         if start >= num_frames:
             continue
         end = max(end, start + 1)  # a note shorter than a frame still sounds on its onset frame
-        roll[start:end, tonal_feature("sustain", program, pitch)] = 1.0
+        roll[start:end, _columns("sustain", program, pitch)] = 1.0
         if onset is not None:
-            roll[onset, tonal_feature("onset", program, pitch)] = 1.0
-            decay = np.exp(-(frames[onset:end] - onset) / TONAL_DECAY_FRAMES)
-            column = tonal_feature("decay", program, pitch)
-            roll[onset:end, column] = np.maximum(roll[onset:end, column], decay)
+            roll[onset, _columns("onset", program, pitch)] = 1.0
+            decay = np.exp(-(frames[onset:end] - onset) / TONAL_DECAY_FRAMES)[:, None]
+            columns = _columns("decay", program, pitch)
+            roll[onset:end, columns] = np.maximum(roll[onset:end, columns], decay)
     for pitch, frame in drums:
         roll[frame, drum_feature("onset", pitch)] = 1.0
         stop = min(num_frames, frame + DRUM_DECAY_SPAN)
@@ -146,7 +171,7 @@ def batch_rolls(tokens: Tensor | Sequence[Sequence[int]], num_frames: int = SEGM
 
 
 __all__ = [
-    "ROLL_FEATURES", "TONAL_FEATURES", "NUM_FAMILIES", "NUM_PITCHES", "TONAL_KINDS", "DRUM_KINDS",
+    "ROLL_FEATURES", "TONAL_FEATURES", "DRUM_FEATURES", "PITCH_FEATURES", "FAMILY_FEATURES", "NUM_FAMILIES", "NUM_PITCHES", "TONAL_KINDS", "DRUM_KINDS",
     "TONAL_DECAY_FRAMES", "DRUM_DECAY_FRAMES", "DRUM_DECAY_SPAN",
-    "tonal_feature", "drum_feature", "segment_notes", "segment_roll", "batch_rolls",
+    "tonal_feature", "drum_feature", "pitch_feature", "family_feature", "segment_notes", "segment_roll", "batch_rolls",
 ]  # fmt: skip

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from specdiff.audio_io import load_audio, save_wav
+from specdiff.audio_io import LIMITER_THRESHOLD, load_audio, save_wav, soft_limit
 from specdiff.errors import AudioError
 
 
@@ -138,11 +138,23 @@ def test_save_creates_folders_accepts_batch_of_one_and_sets_normal_permissions(t
         save_wav(tmp_path / "x.wav", np.zeros((2, 320)))
 
 
-def test_save_clips_with_a_warning(tmp_path, caplog):
+def test_save_soft_limits_loud_audio_with_a_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="specdiff.audio_io"):
-        y = load_audio(save_wav(tmp_path / "loud.wav", np.array([0.0, 1.5, -2.0, 0.5])))
-    assert "clipping" in caplog.text
-    np.testing.assert_allclose(y, [0.0, 32767 / 32768, -1.0, 0.5], atol=1 / 32768)
+        y = load_audio(save_wav(tmp_path / "loud.wav", np.array([0.0, 1.5, -2.0, 0.5, 0.95])))
+    assert "limiter" in caplog.text
+    # Below the knee unchanged; above it bent below full scale, in order, never clipped flat.
+    knee = lambda x: 0.9 + 0.09 * np.tanh((x - 0.9) / 0.09)  # noqa: E731
+    expected = [0.0, knee(1.5), -knee(2.0), 0.5, knee(0.95)]
+    np.testing.assert_allclose(y, expected, atol=2 / 32768)
+    assert np.abs(y).max() < 1.0
+
+
+def test_soft_limit_is_continuous_monotonic_and_bounded():
+    x = np.linspace(-5, 5, 20001, dtype=np.float32)
+    y = soft_limit(x)
+    assert np.all(np.diff(y) >= 0) and np.abs(y).max() <= 0.99
+    assert np.array_equal(y[np.abs(x) <= LIMITER_THRESHOLD], x[np.abs(x) <= LIMITER_THRESHOLD])
+    assert np.abs(np.diff(y)).max() <= np.abs(np.diff(x)).max() + 1e-6  # slope <= 1: no jump at the knee
 
 
 def test_save_format_follows_extension(tmp_path):

@@ -19,6 +19,8 @@ from specdiff.score_roll import (
     TONAL_DECAY_FRAMES,
     batch_rolls,
     drum_feature,
+    family_feature,
+    pitch_feature,
     segment_notes,
     segment_roll,
     tonal_feature,
@@ -58,13 +60,17 @@ def test_roll_of_hand_built_notes(segments):
     kick = roll[:, drum_feature("decay", 36)]
     assert np.flatnonzero(roll[:, drum_feature("onset", 36)]).tolist() == [50]
     assert kick[50] == 1.0 and kick[52] == pytest.approx(math.exp(-2 / DRUM_DECAY_FRAMES)) and kick[49] == 0.0
-    # Nothing else is on: 1 + 20 + 20 piano, 1 + 56 + 56 violin, 1 + 20 drum entries.
-    assert np.count_nonzero(roll) == 41 + 113 + 21
+    # The shared features repeat each tonal note's columns per pitch and per family.
+    for kind in ("onset", "sustain", "decay"):
+        assert np.array_equal(roll[:, pitch_feature(kind, 60)], roll[:, tonal_feature(kind, 0, 60)])
+        assert np.array_equal(roll[:, family_feature(kind, 40)], roll[:, tonal_feature(kind, 40, 64)])
+    # Nothing else is on: 3 x (1 + 20 + 20) piano, 3 x (1 + 56 + 56) violin, 1 + 20 drum entries.
+    assert np.count_nonzero(roll) == 3 * (41 + 113) + 21
 
     tied = segment_roll(segments[1]).numpy()  # the violin continues: sustain from frame 0, no onset
     assert np.flatnonzero(tied[:, tonal_feature("sustain", 40, 64)]).tolist() == list(range(44))
     assert not tied[:, tonal_feature("onset", 40, 64)].any() and not tied[:, tonal_feature("decay", 40, 64)].any()
-    assert np.count_nonzero(tied) == 44
+    assert np.count_nonzero(tied) == 3 * 44
 
 
 def test_roll_families_and_padding():
