@@ -18,7 +18,7 @@ What it measures, per model preset (tiny / small / base, ``specdiff.model.PRESET
 2. **The same workload end to end, ours vs diffusers** (``--e2e-presets``, default base): a
    two-segment song (the second segment has a full context) through our pipeline
    (``scheduler="ddpm"``, guidance 1, i.e. diffusers' algorithm) and through diffusers' own loop
-   (spec §5.1: its encoders on 2048 tokens, T5FilmDecoder, DDPMScheduler), alternating, at two
+   (ORIGINAL.md §5.1: its encoders on 2048 tokens, T5FilmDecoder, DDPMScheduler), alternating, at two
    step counts (``--e2e-steps``, default 1 and 4 per segment); each run is split into encoder time
    and the denoising loop, a line through the loop's two medians gives its fixed cost per song
    and its cost per step, and ``encoders + fixed + steps x per_step`` gives the 100-step time of
@@ -323,7 +323,7 @@ def component_benchmark(preset: str, repeats: int, with_diffusers: bool, ceiling
 
 def diffusers_song(modules, scheduler, segments: list[list[int]], steps: int, generator: torch.Generator,
                    clock: dict[str, float]) -> torch.Tensor:  # fmt: skip
-    """diffusers' SpectrogramDiffusionPipeline.__call__ loop (spec §5.1), without its melgan/progress.
+    """diffusers' SpectrogramDiffusionPipeline.__call__ loop (ORIGINAL.md §5.1), without its melgan/progress.
 
     ``clock["encode"]`` accumulates the time spent in the encoders."""
     from specdiff.mel import scale_features, scale_to_features
@@ -620,7 +620,7 @@ def markdown(result: dict[str, Any]) -> str:
             "## The same workload, ours vs diffusers (same weights, same run, batch 1, no guidance)",
             "",
             "Two-segment song (the second with a full context); ours: `pipe(song, scheduler=\"ddpm\", guidance_scale=1)`; "
-            "diffusers: its pipeline loop (spec §5.1: encoders on 2048 tokens, T5FilmDecoder, DDPMScheduler). "
+            "diffusers: its pipeline loop (ORIGINAL.md §5.1: encoders on 2048 tokens, T5FilmDecoder, DDPMScheduler). "
             "Runs alternate ours / diffusers; each is split into encoder time and the denoising loop, which is measured "
             "at two step counts per segment: a line through the two medians gives the loop's fixed cost per song (ours: "
             "cross-attention keys/values once per segment, FiLM of all step times at once) and its cost per step. "

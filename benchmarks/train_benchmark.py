@@ -5,7 +5,7 @@
     python benchmarks/train_benchmark.py --preset small --batch-size 4 --data /work/runs/cache_demo
 
 One "segment" is one training example: 256 target frames (5.12 s of audio) with its notes and
-context (spec §4.2). Each measured step is a full optimiser step (forward, backward, Adafactor,
+context (ORIGINAL.md §4.2). Each measured step is a full optimiser step (forward, backward, Adafactor,
 EMA) through ``specdiff.train.Trainer``, after ``--warmup`` unmeasured steps. On a shared machine
 the wall-clock rate understates the speed; ``segments_per_cpu_s`` (per second of this process's CPU
 time) is what one idle core gives with ``--threads 1``. With ``--data`` the

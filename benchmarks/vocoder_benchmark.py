@@ -1,7 +1,7 @@
 """Benchmark: our neural vocoder vs Griffin-Lim, analysis-resynthesis of held-out rendered audio.
 
 For every held-out demo-corpus MIDI file (rendered with specdiff.render), the audio goes through the
-log-mel front end (spec §1) and back through each inverter. Reported per inverter:
+log-mel front end (ORIGINAL.md §1) and back through each inverter. Reported per inverter:
 - log-mel L1 between the resynthesis and the original (natural-log units, our front end);
 - multi-resolution STFT distance: mean L1 of log magnitudes and spectral convergence over
   4 resolutions (FFT 256/512/1024/2048, hop = FFT/4);

@@ -1,7 +1,7 @@
 """Reading audio as 16 kHz mono float32, and writing it atomically.
 
 ``load_audio`` accepts whatever libsndfile reads (WAV, FLAC, OGG/Vorbis, MP3 with libsndfile >= 1.1,
-AIFF, ...), mixes the channels down and resamples to the front end's 16 kHz (spec §1; MSD resampled
+AIFF, ...), mixes the channels down and resamples to the front end's 16 kHz (ORIGINAL.md §1; MSD resampled
 with librosa, we use scipy's polyphase resampler). ``save_wav`` never leaves a half-written file.
 """
 
@@ -10,17 +10,17 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from specdiff.atomic import commit, create_temp
 from specdiff.errors import AudioError
+from specdiff.constants import SAMPLE_RATE  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000  # spec §1 (mirrors specdiff.mel.SAMPLE_RATE without importing torch)
 # Rates outside this range are almost certainly a corrupt header or a typo (8 Hz, 16_000_000 Hz).
 MIN_SAMPLE_RATE = 1000
 MAX_SAMPLE_RATE = 768_000
@@ -135,14 +135,13 @@ def save_wav(
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = create_temp(path)
     except OSError as err:
         raise AudioError(f"cannot write {path}: {err.strerror or err}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             soundfile.write(handle, data, rate, subtype=subtype, format=file_format)
-        os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
+        commit(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError):
@@ -187,12 +186,6 @@ def _format_for(path: Path) -> str:
     if extension in ("OGA", "OPUS"):
         return "OGG"
     raise AudioError(f"{path}: unsupported audio file extension .{extension.lower()} (use .wav or .flac)")
-
-
-def _new_file_mode() -> int:
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def _one_line(err: BaseException) -> str:

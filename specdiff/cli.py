@@ -33,7 +33,20 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from specdiff import __version__
+from specdiff.atomic import commit, create_temp
 from specdiff.errors import SpecdiffError
+from specdiff.commands.options import (  # noqa: F401 (re-exported: the cli module was their home)
+    UsageError,
+    _non_negative_float,
+    _positive_int,
+    _seed,
+    add_precision_argument,
+    resolve_device,
+    resolve_model_dir,
+    resolve_precision,
+    resolve_sampling,
+)
+from specdiff.constants import DEVICES, INVERTERS  # noqa: F401 (re-exported)
 
 PROG = "specdiff"
 EXIT_ERROR = 1
@@ -52,12 +65,6 @@ from specdiff.default_model import (  # noqa: E402
     precision_dtype,
 )
 
-INVERTERS = ("auto", "onnx", "vocoder", "griffinlim")  # specdiff.inverters' registered names
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-class UsageError(SpecdiffError):
-    """The command cannot run as given (e.g. no model to use); exits with status 2."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,47 +109,6 @@ its output).
 ddim: deterministic given the seed's start noise; usable from about 50 steps.
 dpmsolver++ / unipc: multistep ODE solvers; good quality at 10-25 steps, so several times faster.
 """
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0.0 or value == float("inf"):  # rejects nan and inf too
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {value}")
-    return value
-
-
-def add_precision_argument(p: argparse.ArgumentParser) -> None:
-    """``--precision`` (synth, evaluate, serve)."""
-    p.add_argument(
-        "--precision", choices=("auto", *PRECISIONS), default="auto",
-        help=f"precision of the networks (default: auto = the model's own setting where it is fast, else "
-        f"{DEFAULT_PRECISION}). fp32 is the reference; bf16 runs ~1.7x faster on CPUs with native bf16 "
-        "matmuls (AVX512-BF16, AMX) and on GPUs, with slightly different output; fp16 is for GPUs. The "
-        "sampler's own arithmetic always stays fp32.",
-    )
 
 
 def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -274,15 +240,15 @@ COMMANDS: tuple[Command, ...] = (
     Command("synth", (__name__,), "add_synth_arguments", "render a MIDI file to a WAV file", "run_synth"),
     Command("prepare", ("specdiff.train_cli",), "add_prepare_arguments",
             "build a training feature cache from (MIDI, audio) pairs or MIDI files to render", "run_prepare"),
-    Command("train", ("specdiff.train_cli", "specdiff.train"), "add_train_arguments",
+    Command("train", ("specdiff.train_cli",), "add_train_arguments",
             "train a model (single process, or under torchrun for DDP)", "run_train"),
-    Command("export", ("specdiff.train_cli", "specdiff.train"), "add_export_arguments",
+    Command("export", ("specdiff.train_cli",), "add_export_arguments",
             "write a training checkpoint as a pipeline folder for --model", "run_export"),
-    Command("evaluate", ("specdiff.evaluate",), "add_evaluate_arguments",
+    Command("evaluate", ("specdiff.commands.evaluate",), "add_evaluate_arguments",
             "score a model on MIDI files against reference audio", "run_evaluate"),
-    Command("train-vocoder", ("specdiff.vocoder_cli", "specdiff.vocoder_train"), "add_vocoder_arguments",
+    Command("train-vocoder", ("specdiff.vocoder_cli",), "add_vocoder_arguments",
             "train the neural vocoder (log-mel -> 16 kHz audio)", "run_train_vocoder"),
-    Command("vocode", ("specdiff.vocoder_cli", "specdiff.vocoder_train"), "add_vocode_arguments",
+    Command("vocode", ("specdiff.vocoder_cli",), "add_vocode_arguments",
             "log-mel (.npy) or audio -> WAV with the neural vocoder", "run_vocode"),
     Command("export-vocoder", ("specdiff.vocoder_cli",), "add_export_vocoder_arguments",
             "write a vocoder checkpoint as a vocoder/ folder (optionally ONNX)", None),
@@ -453,74 +419,6 @@ def check_writable(path: Path, what: str) -> None:
         raise SpecdiffError(f"cannot write {what} {path}: {err.strerror or err}") from None
 
 
-def resolve_model_dir(model: Path | None) -> Path:
-    """The ``--model`` folder, else the bundled one; UsageError when there is neither."""
-    if model is not None:
-        if not model.exists():
-            raise SpecdiffError(f"model folder not found: {model}")
-        if not model.is_dir():
-            raise SpecdiffError(f"--model must be a folder (diffusers layout), got a file: {model}")
-        return model
-    from specdiff.default_model import default_model_path
-
-    bundled = default_model_path()
-    if bundled is None:
-        raise UsageError(
-            "no default model is bundled yet; pass --model DIR, a pipeline folder in diffusers layout "
-            "(with model_index.json): a converted google/music-spectrogram-diffusion, or a trained "
-            "checkpoint written by `specdiff export CHECKPOINT DIR`"
-        )
-    return bundled
-
-
-def resolve_sampling(args: argparse.Namespace, model_dir: Path) -> None:
-    """Fill ``args.scheduler`` / ``args.steps`` / ``args.guidance`` left unset on the command line
-    from the model folder's ``sampling.json`` (the settings it was evaluated with), else the
-    library defaults."""
-    from specdiff.default_model import read_sampling_settings
-
-    settings = read_sampling_settings(model_dir)
-    if getattr(args, "precision", None) in (None, "auto"):
-        args.precision_recommended = settings.precision
-    if getattr(args, "scheduler", None) is None:
-        args.scheduler = settings.scheduler
-    if getattr(args, "steps", None) is None:
-        args.steps = settings.num_inference_steps
-    if getattr(args, "guidance", None) is None:
-        args.guidance = settings.guidance_scale
-
-
-def resolve_precision(args: argparse.Namespace, device: str) -> Any:
-    """The torch dtype of the networks for ``args.precision`` on ``device`` (sets ``args.precision``
-    to the name used). ``auto`` takes the model folder's recommendation (see resolve_sampling) where
-    it pays: bf16 on a GPU or a CPU with native bf16 matmuls, fp16 on a GPU; otherwise fp32."""
-    from specdiff.hardware import cpu_has_native_bf16
-
-    name = getattr(args, "precision", None) or "auto"
-    if name == "auto":
-        name = getattr(args, "precision_recommended", DEFAULT_PRECISION)
-        if device == "cpu" and (name == "fp16" or (name == "bf16" and not cpu_has_native_bf16())):
-            name = "fp32"
-    elif name == "fp16" and device == "cpu":
-        raise SpecdiffError("--precision fp16 is for GPUs (float16 matmuls are slow on a CPU); use bf16 or fp32")
-    args.precision = name
-    return precision_dtype(name)
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` -> cuda / mps / cpu; an explicit accelerator that is not there is an error."""
-    import torch
-
-    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SpecdiffError("--device cuda: no CUDA GPU is available to PyTorch here (try --device cpu)")
-    if name == "mps" and not has_mps:
-        raise SpecdiffError("--device mps: Apple MPS is not available here (try --device cpu)")
-    return name
-
-
 def _set_refine_iters(pipe: Any, refine_iters: int | None) -> None:
     """``--refine-iters``: applies to our trained vocoder only (other inverters have no such setting)."""
     if refine_iters is None:
@@ -580,7 +478,7 @@ class StreamingAudioFile:
         self._clipped = False
         self.num_samples = 0
         try:
-            fd, self._tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            fd, self._tmp = create_temp(path)
         except OSError as err:
             raise SpecdiffError(f"cannot write {path}: {err.strerror or err}") from None
         os.close(fd)
@@ -612,11 +510,7 @@ class StreamingAudioFile:
 
     def commit(self) -> Path:
         self._file.close()
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(self._tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(self._tmp, self.path)
-        return self.path
+        return commit(self._tmp, self.path)
 
     def abort(self) -> None:
         if not self._file.closed:

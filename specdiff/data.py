@@ -1,4 +1,4 @@
-"""Training data: (MIDI, audio) pairs -> feature cache -> ``ChunkDataset`` (spec §4.2, §4.4).
+"""Training data: (MIDI, audio) pairs -> feature cache -> ``ChunkDataset`` (ORIGINAL.md §4.2, §4.4).
 
 Three stages:
 
@@ -16,7 +16,7 @@ Cache layout::
 
     cache_dir/index.json             songs with split, frame count, total_time, source
     cache_dir/failures.json          song id -> reason, for songs that could not be cached
-    cache_dir/songs/<id>/mel.npy     float16 [frames, 128] natural-log mel (spec §1)
+    cache_dir/songs/<id>/mel.npy     float16 [frames, 128] natural-log mel (ORIGINAL.md §1)
     cache_dir/songs/<id>/notes.npy   NOTE_DTYPE structured array (sustain + Slakh programs applied)
     cache_dir/songs/<id>/meta.json   written last: marks the song as cached
 """
@@ -41,18 +41,15 @@ import torch
 
 from specdiff.atomic import atomic_write, atomic_write_text
 from specdiff.errors import AudioError, MidiError, SpecdiffError
+from specdiff.constants import HOP_LENGTH, N_MELS, SAMPLE_RATE, SEGMENT_FRAMES, TOKENS_LENGTH  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from specdiff.tokenizer import EventIndex, Note
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
-HOP_LENGTH = 320
-N_MELS = 128
-TOKENS_LENGTH = 2048
-CONTEXT_FRAMES = 256  # spec §4.2
-TARGET_FRAMES = 256
+CONTEXT_FRAMES = SEGMENT_FRAMES  # ORIGINAL.md §4.2
+TARGET_FRAMES = SEGMENT_FRAMES
 PIECE_FRAMES = 2000  # MSD MAX_NUM_CACHED_FRAMES: songs are cut into pieces of <= 40 s
 FEATURE_CHUNK_FRAMES = 3000  # log-mel is computed 60 s at a time (bounded STFT memory)
 CACHE_FORMAT = 1
@@ -112,10 +109,10 @@ class AudioMidiPair(SongPair):
 
 @dataclass(frozen=True, kw_only=True)
 class SlakhMix(SongPair):
-    """A sub-mix of some stems of one Slakh2100 track (spec §4.4).
+    """A sub-mix of some stems of one Slakh2100 track (ORIGINAL.md §4.4).
 
     The stems' audio is summed and peak-normalised; their MIDI is merged with each stem's
-    program (mapped to its Slakh class, spec §2.5) and drum flag from ``metadata.yaml``, then
+    program (mapped to its Slakh class, ORIGINAL.md §2.5) and drum flag from ``metadata.yaml``, then
     ``trim_overlapping_notes`` is applied as MSD does for Slakh.
     """
 
@@ -306,7 +303,7 @@ def slakh_pairs(
 ) -> list[SlakhMix]:
     """Slakh2100 tracks (``TrackXXXXX/{metadata.yaml, MIDI/Sxx.mid, stems/Sxx.flac}``).
 
-    Each track gives up to ``subsets_per_song`` distinct sub-mixes (spec §4.4): the full mix,
+    Each track gives up to ``subsets_per_song`` distinct sub-mixes (ORIGINAL.md §4.4): the full mix,
     then random subsets of the rendered stems (subset size uniform in 1..#stems). The split is
     the ``train``/``validation``/``test`` folder the track lives in (``omitted`` is skipped).
     """
@@ -498,12 +495,12 @@ def discover_with_options(
 
 
 def song_features(audio: np.ndarray) -> np.ndarray:
-    """Log-mel features of a whole song, float16 ``[ceil(N / 320), 128]`` (spec §1).
+    """Log-mel features of a whole song, float16 ``[ceil(N / 320), 128]`` (ORIGINAL.md §1).
 
     Computed in 60 s chunks to bound memory. A frame covers samples [320 f, 320 f + 640), so a
     chunk of frames [a, b) needs samples [320 a, 320 b + 320): every frame sees exactly the
     audio it would see in one whole-song STFT (no chunk-edge artifacts, unlike per-segment
-    features, which is why MSD added 16 extra frames, spec §1).
+    features, which is why MSD added 16 extra frames, ORIGINAL.md §1).
     """
     from specdiff.mel import log_mel
 
@@ -635,7 +632,7 @@ def build_cache(
             songs.append(meta)
     songs.sort(key=lambda m: m["id"])
     index = {"format": CACHE_FORMAT, "sample_rate": SAMPLE_RATE, "hop_length": HOP_LENGTH,
-             "n_mels": N_MELS, "feature": "natural-log mel, float16 (spec §1)", "songs": songs}  # fmt: skip
+             "n_mels": N_MELS, "feature": "natural-log mel, float16 (ORIGINAL.md §1)", "songs": songs}  # fmt: skip
     _write_json(cache_dir / "index.json", index)
     _write_json(cache_dir / "failures.json", failures)
     return {"cached": len(metas), "skipped": len(pairs) - len(todo), "failed": len(failures),
@@ -720,7 +717,7 @@ def _example_rng(seed: int, i: int) -> np.random.Generator:
 
 
 class ChunkDataset(torch.utils.data.Dataset):
-    """Map-style training examples from a feature cache (spec §4.2).
+    """Map-style training examples from a feature cache (ORIGINAL.md §4.2).
 
     Item ``i`` is a deterministic function of ``(seed, i)``, so a data position is just a
     sample counter (resume, DDP shards). Each song is cut into pieces of <= ``piece_frames``

@@ -1,7 +1,7 @@
 """The model bundled with the package, and the sampler settings a model folder recommends.
 
 A bundled model is a diffusers-layout pipeline folder (``model_index.json`` plus one subfolder per
-network, spec §3.5) shipped inside the package at ``specdiff/assets/default_model/``. The CLI uses
+network, ORIGINAL.md §3.5) shipped inside the package at ``specdiff/assets/default_model/``. The CLI uses
 it when ``--model`` is not given.
 
 Any model folder may also hold ``sampling.json``: the sampler, step count and guidance weight it
@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from specdiff.errors import ModelError
+from specdiff.constants import DEFAULT_GUIDANCE, DEFAULT_NUM_STEPS, DEFAULT_PRECISION, DEFAULT_SCHEDULER, PRECISIONS, SCHEDULERS  # noqa: F401 (re-exported)
 
 #: The folder a bundled model is expected in, relative to the installed package.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "default_model"
@@ -28,15 +29,6 @@ MODEL_INDEX = "model_index.json"
 
 #: A model folder's recommended sampler settings (optional).
 SAMPLING_FILE = "sampling.json"
-
-# The library's defaults; specdiff.sampler re-exports them (it explains the choice).
-SCHEDULERS = ("original", "ddpm", "ddim", "dpmsolver++", "unipc")
-DEFAULT_SCHEDULER = "original"
-DEFAULT_NUM_STEPS = 100
-DEFAULT_GUIDANCE = 2.0
-#: Network precisions: float32 (faithful), bfloat16 (CPUs with native bf16 matmuls, GPUs), float16 (GPUs).
-PRECISIONS = ("fp32", "bf16", "fp16")
-DEFAULT_PRECISION = "fp32"
 
 
 def precision_dtype(name: str):

@@ -1,13 +1,13 @@
 """Audio embeddings for the Fréchet distance: a small registry of offline feature extractors.
 
-The paper computes Fréchet distances on VGGish and TRILL embeddings (spec §4.5). Both are
+The paper computes Fréchet distances on VGGish and TRILL embeddings (ORIGINAL.md §4.5). Both are
 TF-Hub models that would have to be downloaded, which this project never does, so they are not
 available here. Instead every embedding below ships with the code (or with an installed wheel)
 and needs no download:
 
 - ``mfcc-stats`` (the default): per 0.96 s window (VGGish's example length, 50% overlap), the
   mean and standard deviation over frames of the first 20 MFCCs of *our* log-mel front end
-  (spec §1; MFCC = orthonormal DCT-II of the 128 natural-log mel bins). 40 dimensions. Mean
+  (ORIGINAL.md §1; MFCC = orthonormal DCT-II of the 128 natural-log mel bins). 40 dimensions. Mean
   MFCCs describe the spectral envelope (timbre, loudness), their spread the movement inside a
   window (onsets, vibrato, note changes). It is deterministic, fast, and low-dimensional, so the
   covariance is well estimated from a few minutes of audio. Its blind spot: it knows nothing
@@ -32,9 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from specdiff.errors import SpecdiffError
+from specdiff.constants import SAMPLE_RATE  # noqa: F401 (re-exported)
 
-SAMPLE_RATE = 16000
-FRAMES_PER_SECOND = 50  # our front end: hop 320 at 16 kHz (spec §1)
+FRAMES_PER_SECOND = 50  # our front end: hop 320 at 16 kHz (ORIGINAL.md §1)
 WINDOW_SECONDS = 0.96  # VGGish's example length
 HOP_SECONDS = 0.48
 N_MFCC = 20
@@ -121,7 +121,7 @@ def dct_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 
 def log_mel_frames(audio: np.ndarray) -> np.ndarray:
-    """``[F, 128]`` natural-log mel frames of our front end (spec §1)."""
+    """``[F, 128]`` natural-log mel frames of our front end (ORIGINAL.md §1)."""
     import torch
 
     from specdiff.mel import log_mel
@@ -146,7 +146,7 @@ def logmel_mean(audio: np.ndarray) -> np.ndarray:
 
 
 def basic_pitch_activations(audio: np.ndarray) -> np.ndarray:
-    from specdiff.metrics import BASIC_PITCH_FRAMES_PER_SECOND, basic_pitch_output
+    from specdiff.transcription import BASIC_PITCH_FRAMES_PER_SECOND, basic_pitch_output
 
     out = basic_pitch_output(audio, SAMPLE_RATE)
     frames = np.concatenate([out["note"], out["onset"]], axis=1)

@@ -39,9 +39,9 @@ import numpy as np
 
 from specdiff.atomic import atomic_write_text
 from specdiff.errors import AudioError, MidiError, SpecdiffError
+from specdiff.constants import SAMPLE_RATE  # noqa: F401 (re-exported)
 
-SAMPLE_RATE = 16000
-FRAMES_PER_SECOND = 50  # log-mel frames (spec §1)
+FRAMES_PER_SECOND = 50  # log-mel frames (ORIGINAL.md §1)
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 MIDI_SUFFIXES = (".mid", ".midi")
 RESULT_JSON = "evaluation.json"
@@ -480,120 +480,9 @@ def markdown_report(results: Mapping[str, Any]) -> str:
 EMBEDDINGS = ("mfcc-stats", "logmel-mean", "basic-pitch")  # registered in specdiff.embeddings
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def add_evaluate_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``evaluate`` subcommand (``set_defaults(func=run_evaluate)``)."""
-    # specdiff.cli mirrors the sampler's names without importing torch (its tests check them).
-    from specdiff.cli import (
-        DEFAULT_GUIDANCE, DEFAULT_NUM_STEPS, DEFAULT_SCHEDULER, DEVICES, INVERTERS, SCHEDULERS, _positive_int,
-        add_precision_argument,
-    )  # fmt: skip
-
-    p = subparsers.add_parser(
-        "evaluate",
-        help="score a model on MIDI files against reference audio",
-        description="Synthesize MIDI files and compare them with reference audio (a folder of "
-        "<midi stem>.wav files, else SoundFont renders made on the fly): basic-pitch note-onset F1 "
-        "of ours and of the reference and their ratio, log-mel L1, multi-resolution STFT distance, "
-        "Fréchet distance of audio embeddings, speed. Writes evaluation.json and evaluation.md.",
-    )
-    p.add_argument("midi", nargs="*", type=Path, metavar="MIDI", help="MIDI files or folders of them")
-    p.add_argument("--demo-split", choices=("train", "validation", "test"),
-                   help="evaluate the bundled demo corpus's pieces of this split (test = held out)")  # fmt: skip
-    p.add_argument("--max-files", type=_positive_int, metavar="N", help="evaluate at most N files")
-    p.add_argument("--model", type=Path, metavar="DIR", help="pipeline folder (diffusers layout; default: the bundled model)")
-    p.add_argument("--reference-dir", type=Path, metavar="DIR",
-                   help="reference audio named <midi stem>.wav/.flac (pieces without one: SoundFont render)")  # fmt: skip
-    p.add_argument("--soundfont", metavar="SF2", help="SoundFont for rendered references (default: TimGM6mb.sf2)")
-    p.add_argument("--out", type=Path, default=Path("evaluation"), metavar="DIR", help="output folder (default: ./evaluation)")
-    p.add_argument("--steps", type=_positive_int, default=None, metavar="N",
-                   help=f"denoising steps per segment (default: the model's sampling.json, else {DEFAULT_NUM_STEPS})")  # fmt: skip
-    p.add_argument("--scheduler", choices=SCHEDULERS, default=None,
-                   help=f"sampler (default: the model's sampling.json, else {DEFAULT_SCHEDULER})")  # fmt: skip
-    p.add_argument("--guidance", type=float, default=None, metavar="W",
-                   help=f"classifier-free guidance weight (default: the model's sampling.json, else {DEFAULT_GUIDANCE})")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="random seed, the same for every piece (default: 0)")
-    p.add_argument("--max-seconds", type=_positive_float, metavar="S", help="evaluate only the first S seconds of each piece")
-    p.add_argument("--embedding", choices=EMBEDDINGS, default="mfcc-stats",
-                   help="embedding of the Fréchet distance (default: mfcc-stats, see specdiff.embeddings)")  # fmt: skip
-    p.add_argument("--no-transcription", action="store_true", help="skip the basic-pitch note-onset metrics")
-    p.add_argument("--png", action="store_true", help="one PNG per piece: reference vs generated spectrogram, piano roll")
-    p.add_argument("--no-audio", action="store_true", help="do not write the generated audio")
-    p.add_argument("--inverter", default="auto", choices=INVERTERS, help="spectrogram inverter (default: auto)")
-    p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto (cuda, else mps, else cpu)")
-    add_precision_argument(p)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress; print only the final table")
-    p.set_defaults(func=run_evaluate)
-    return p
-
-
-def run_evaluate(args: argparse.Namespace) -> int:
-    """``specdiff evaluate``; returns the exit status."""
-    if args.guidance is not None and (args.guidance < 0 or not math.isfinite(args.guidance)):
-        raise SpecdiffError(f"--guidance must be a finite number >= 0, got {args.guidance}")
-    if args.midi and args.demo_split:
-        raise SpecdiffError("give MIDI files or --demo-split, not both")
-    if args.midi:
-        midi_files = collect_midi_files(args.midi)
-    elif args.demo_split:
-        from specdiff.corpus import demo_midi_files
-
-        midi_files = demo_midi_files(args.demo_split)
-    else:
-        raise SpecdiffError("nothing to evaluate: give MIDI files or folders, or --demo-split test")
-    if args.max_files is not None:
-        midi_files = midi_files[: args.max_files]
-    from specdiff.cli import resolve_device, resolve_model_dir, resolve_precision, resolve_sampling
-
-    model = resolve_model_dir(args.model)
-    resolve_sampling(args, model)
-    device = resolve_device(args.device)
-    dtype = resolve_precision(args, device)
-    results = evaluate(
-        model,
-        midi_files,
-        reference_audio=args.reference_dir,
-        steps=args.steps,
-        scheduler=args.scheduler,
-        guidance=args.guidance,
-        seed=args.seed,
-        out_dir=args.out,
-        max_seconds=args.max_seconds,
-        embedding=args.embedding,
-        transcription=not args.no_transcription,
-        plots=args.png,
-        save_audio=not args.no_audio,
-        inverter=args.inverter,
-        device=device,
-        soundfont=args.soundfont,
-        verbose=not args.quiet,
-        dtype=dtype,
-    )
-    if args.quiet:
-        print(markdown_report(results), flush=True)
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m specdiff.evaluate ...`` until the CLI wires the subcommand in."""
-    parser = argparse.ArgumentParser(prog="python -m specdiff.evaluate")
-    add_evaluate_arguments(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["evaluate", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except SpecdiffError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``python -m specdiff.evaluate ...`` is ``specdiff evaluate ...`` (this file then runs as
+    # ``__main__``, a copy apart from the module the command imports: no import cycle).
+    from specdiff.cli import main
+
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

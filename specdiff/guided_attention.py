@@ -39,7 +39,7 @@ _FAR = 1.0e4
 def token_frames(tokens: Tensor) -> Tensor:
     """Frame time of every note token ``[B, L]`` (float; NaN where a token has no time).
 
-    A shift token holds an absolute offset within the segment (spec §2.4), in steps of 10 ms; the
+    A shift token holds an absolute offset within the segment (ORIGINAL.md §2.4), in steps of 10 ms; the
     event tokens after it (program, velocity, pitch, drum) happen then. Tokens of the tie section
     (before any shift), EOS and PAD have no time.
     """
@@ -58,7 +58,7 @@ def note_spans(tokens: Tensor) -> tuple[Tensor, Tensor]:
     (``start == end``, as :func:`token_frames`). A note-on pitch token stands for its note: from its
     time to the matching note-off of the same program and pitch (or a re-onset), or past the
     segment's end when there is none. A tie-section pitch token (a note held from before the
-    segment, spec §2.3) spans from before the segment to its note-off. Tie-section programs, the
+    segment, ORIGINAL.md §2.3) spans from before the segment to its note-off. Tie-section programs, the
     tie token, EOS and PAD have no time.
     """
     rows = tokens.detach().cpu().tolist()
@@ -187,6 +187,6 @@ def guided_attention_penalty(
         num_heads = attention.num_heads
         q = split_heads(attention.to_q(cross.layer_norm(y[rows])), num_heads)[:, :heads]
         k = split_heads(attention.to_k(keys_in[rows]), num_heads)[:, :heads]
-        probs = torch.softmax((q @ k.transpose(-1, -2)).float() + bias, dim=-1)  # unscaled, as T5 (spec §3)
+        probs = torch.softmax((q @ k.transpose(-1, -2)).float() + bias, dim=-1)  # unscaled, as T5 (ORIGINAL.md §3)
         total = total + (probs * weights).sum() / heads
     return total / len(model.decoder.decoders)

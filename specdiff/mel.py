@@ -1,4 +1,4 @@
-"""The log-mel front end of Spectrogram Diffusion (spec §1), in PyTorch.
+"""The log-mel front end of Spectrogram Diffusion (ORIGINAL.md §1), in PyTorch.
 
 It reproduces MSD's ``audio_codecs.MelGAN`` features, which are computed in TensorFlow as
 
@@ -6,7 +6,7 @@ It reproduces MSD's ``audio_codecs.MelGAN`` features, which are computed in Tens
     mel = tf.tensordot(tf.abs(stft), tf.signal.linear_to_mel_weight_matrix(128, 513, 16000, 0, 8000), 1)
     log_mel = tf.math.log(tf.clip_by_value(mel, 1e-5, 1e8))
 
-so that features, models and the official spectrogram inverter (spec §6) agree with the original.
+so that features, models and the official spectrogram inverter (ORIGINAL.md §6) agree with the original.
 ``tests/test_mel.py`` checks both pieces against values that TensorFlow itself produced.
 """
 
@@ -18,20 +18,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from specdiff.constants import SAMPLE_RATE, HOP_LENGTH, N_MELS, FRAMES_PER_SECOND  # noqa: F401 (re-exported)
 
-SAMPLE_RATE = 16000
-HOP_LENGTH = 320  # 20 ms
 WIN_LENGTH = 640
 N_FFT = 1024  # each 640-sample frame is zero-padded to 1024 samples: 513 bins
 N_FREQS = N_FFT // 2 + 1
-N_MELS = 128
-FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 50
 MEL_FMIN = 0.0
 MEL_FMAX = 8000.0
 CLIP_VALUE_MIN = 1e-5
 CLIP_VALUE_MAX = 1e8
-MIN_VALUE = math.log(CLIP_VALUE_MIN)  # -11.512925...: silence; also the pad value (spec §1)
-MAX_VALUE = 4.0  # "largest value for most examples" (spec §1), the top of the scaling range
+MIN_VALUE = math.log(CLIP_VALUE_MIN)  # -11.512925...: silence; also the pad value (ORIGINAL.md §1)
+MAX_VALUE = 4.0  # "largest value for most examples" (ORIGINAL.md §1), the top of the scaling range
 ADDITIONAL_FRAMES_FOR_ENCODING = 16  # extra frames fed to the STFT when making training features
 
 # The HTK mel scale in TensorFlow's natural-log form: mel = 1127 ln(1 + f / 700).
@@ -40,7 +37,7 @@ _MEL_HIGH_FREQUENCY_Q = 1127.0
 
 
 def num_frames(num_samples: int) -> int:
-    """Frames that :func:`log_mel` makes from ``num_samples`` samples: ceil(N / 320) (spec §1, pad_end)."""
+    """Frames that :func:`log_mel` makes from ``num_samples`` samples: ceil(N / 320) (ORIGINAL.md §1, pad_end)."""
     return -(-int(num_samples) // HOP_LENGTH)
 
 
@@ -77,7 +74,7 @@ def _mel_filterbank_float64() -> np.ndarray:
 
 
 def mel_filterbank(device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The ``[513, 128]`` mel weight matrix (spec §1) on ``device`` (cached per device and dtype).
+    """The ``[513, 128]`` mel weight matrix (ORIGINAL.md §1) on ``device`` (cached per device and dtype).
 
     Multiply a magnitude spectrogram ``[..., 513]`` by it on the right to get mel magnitudes.
     """
@@ -107,7 +104,7 @@ def hann_window(device: torch.device | str | None = None, dtype: torch.dtype = t
 def stft_frames(audio: torch.Tensor) -> torch.Tensor:
     """Frame ``[..., N]`` audio the way ``tf.signal.frame(..., pad_end=True)`` does: ``[..., ceil(N/320), 640]``.
 
-    Frame i covers samples [320 i, 320 i + 640); the signal is zero-padded at the end only (spec §1,
+    Frame i covers samples [320 i, 320 i + 640); the signal is zero-padded at the end only (ORIGINAL.md §1,
     *not* centred like ``torch.stft(center=True)``).
     """
     n = audio.shape[-1]
@@ -126,7 +123,7 @@ def stft(audio: torch.Tensor) -> torch.Tensor:
 
 
 def log_mel(audio: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Natural-log mel spectrogram (spec §1): ``[..., N]`` audio at 16 kHz -> ``[..., ceil(N/320), 128]``.
+    """Natural-log mel spectrogram (ORIGINAL.md §1): ``[..., N]`` audio at 16 kHz -> ``[..., ceil(N/320), 128]``.
 
     Accepts a torch tensor (any device; float64 stays float64, other dtypes become float32) or a
     numpy array, and returns a torch tensor. Silence gives ``MIN_VALUE`` = ln(1e-5).
@@ -143,7 +140,7 @@ def log_mel(audio: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 
 def scale_features(x: Any, output_range: tuple[float, float] = (-1.0, 1.0), clip: bool = False) -> Any:
-    """Linearly map log-mel features from [MIN_VALUE, MAX_VALUE] to ``output_range`` (spec §1.1).
+    """Linearly map log-mel features from [MIN_VALUE, MAX_VALUE] to ``output_range`` (ORIGINAL.md §1.1).
 
     With ``clip``, the features are first clipped to [MIN_VALUE, MAX_VALUE]. Works on torch tensors
     and numpy arrays. Feature 0.0 maps to 0.484301 (the value of diffusers' all-zero first context).
@@ -156,7 +153,7 @@ def scale_features(x: Any, output_range: tuple[float, float] = (-1.0, 1.0), clip
 
 
 def scale_to_features(y: Any, input_range: tuple[float, float] = (-1.0, 1.0), clip: bool = False) -> Any:
-    """Inverse of :func:`scale_features`: map ``input_range`` back to [MIN_VALUE, MAX_VALUE] (spec §1.1).
+    """Inverse of :func:`scale_features`: map ``input_range`` back to [MIN_VALUE, MAX_VALUE] (ORIGINAL.md §1.1).
 
     With ``clip``, ``y`` is first clipped to ``input_range``.
     """

@@ -1,4 +1,4 @@
-"""Optimisers for training (spec §4.3): t5x Adafactor as the original used it, AdamW, and a weight EMA.
+"""Optimisers for training (ORIGINAL.md §4.3): t5x Adafactor as the original used it, AdamW, and a weight EMA.
 
 ``Adafactor`` follows ``t5x/adafactor.py`` with the original's settings: factored second moments,
 ``decay_rate=0.8`` (beta2_t = 1 - (step + 1)^-0.8 for a 0-based step), ``multiply_by_parameter_scale``
@@ -44,7 +44,7 @@ def factored_dims(shape: tuple[int, ...], min_dim_size_to_factor: int = 128) -> 
 
 
 class Adafactor(torch.optim.Optimizer):
-    """t5x Adafactor (spec §4.3). Defaults are the original's; ``beta1`` adds t5x-style momentum.
+    """t5x Adafactor (ORIGINAL.md §4.3). Defaults are the original's; ``beta1`` adds t5x-style momentum.
 
     State per parameter: ``step`` (0-based count of applied updates) and either ``v_row``/``v_col``
     (factored) or ``v``; plus ``m`` when ``beta1`` is set. Everything is computed in float32.
@@ -158,7 +158,7 @@ def build_optimizer(
     weight_decay: float = 0.0,
     embedding_lr_scale: float = 1.0,
 ) -> torch.optim.Optimizer:
-    """``"adafactor"`` (the original, spec §4.3) or ``"adamw"`` over the trainable parameters, constant LR.
+    """``"adafactor"`` (the original, ORIGINAL.md §4.3) or ``"adamw"`` over the trainable parameters, constant LR.
 
     ``embedding_lr_scale != 1``: the trainable embedding tables (the notes encoder's token
     embeddings) get ``lr * embedding_lr_scale``. They start at unit scale (T5), so at the matrices'

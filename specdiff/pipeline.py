@@ -1,19 +1,19 @@
-"""``SpectrogramDiffusionPipeline``: MIDI tokens -> log-mel -> audio, segment by segment (spec §5).
+"""``SpectrogramDiffusionPipeline``: MIDI tokens -> log-mel -> audio, segment by segment (ORIGINAL.md §5).
 
-Folder layout (the one diffusers uses for ``google/music-spectrogram-diffusion``, spec §3.5)::
+Folder layout (the one diffusers uses for ``google/music-spectrogram-diffusion``, ORIGINAL.md §3.5)::
 
     model_index.json
     notes_encoder/      config.json + diffusion_pytorch_model.safetensors (or .bin)
     continuous_encoder/ config.json + diffusion_pytorch_model.safetensors (or .bin)
     decoder/            config.json + diffusion_pytorch_model.safetensors (or .bin)
     scheduler/          scheduler_config.json
-    melgan/model.onnx   optional: the official spectrogram inverter (spec §6)
+    melgan/model.onnx   optional: the official spectrogram inverter (ORIGINAL.md §6)
 
-The full-song loop follows diffusers' pipeline (spec §5.1): the first segment gets an all-zero
+The full-song loop follows diffusers' pipeline (ORIGINAL.md §5.1): the first segment gets an all-zero
 context in feature space with an all-False mask, every later one the previous generated mel with an
 all-True mask; the context is scaled with ``clip=True``, the output unscaled without clipping. With
 ``scheduler="ddpm"`` and ``guidance_scale=1`` it reproduces diffusers' pipeline for the same seed.
-Our defaults differ on purpose: the original sampler with classifier-free guidance (spec §4.1,
+Our defaults differ on purpose: the original sampler with classifier-free guidance (ORIGINAL.md §4.1,
 ``specdiff.sampler``) and output trimmed to the music instead of whole 5.12 s segments.
 """
 
@@ -41,7 +41,7 @@ from specdiff.score_roll import batch_rolls
 
 #: Seconds of audio kept after the music's end (TokenizedMidi.duration): room for the release of
 #: the last notes, which the notes themselves do not include. The rest of the last 5.12 s segment
-#: is cut off (diffusers returns whole segments, spec §5.1).
+#: is cut off (diffusers returns whole segments, ORIGINAL.md §5.1).
 RELEASE_TAIL_SECONDS = 0.5
 #: A raised-cosine fade over the last samples of trimmed audio, so the cut never clicks.
 FADE_OUT_SECONDS = 0.05
@@ -271,13 +271,13 @@ class SpectrogramDiffusionPipeline:
         #: sampling.json, else the library defaults); saved with the folder.
         self.sampling = sampling if sampling is not None else SamplingSettings()
         self.scheduler = scheduler if scheduler is not None else self.sampling.scheduler
-        #: diffusers scheduler config used when a diffusers sampler is chosen by name (spec §3.5).
+        #: diffusers scheduler config used when a diffusers sampler is chosen by name (ORIGINAL.md §3.5).
         self.scheduler_config = dict(scheduler_config or samplers.OFFICIAL_SCHEDULER_CONFIG)
         self.inverter = inverter
         #: Mixed precision for the networks (torch.bfloat16 / torch.float16 on CUDA, bfloat16 on
         #: CPU, float16 on MPS), or None for the weights' dtype. The sampler state, the schedule
         #: arithmetic and the guidance combination stay float32 (the original found bf16 sampling
-        #: "much worse", spec §4.1); only matmuls and attention run in the lower precision.
+        #: "much worse", ORIGINAL.md §4.1); only matmuls and attention run in the lower precision.
         self.autocast = autocast
         self._source: Path | None = None  # folder loaded from: its inverter files travel on save
 
@@ -419,8 +419,8 @@ class SpectrogramDiffusionPipeline:
 
         Only real positions are encoded, which is exact (padding is masked out of every attention):
         the notes encoder runs up to the batch's last non-PAD token (~100-500 tokens instead of
-        2048, spec §8 / ENVIRONMENT: padding dominates), and when no context frame is valid (the
-        first segment, spec §5.1) the context encoder does not run at all: its encodings would be
+        2048, ORIGINAL.md §8 / ENVIRONMENT: padding dominates), and when no context frame is valid (the
+        first segment, ORIGINAL.md §5.1) the context encoder does not run at all: its encodings would be
         masked out of the cross-attention anyway (an empty encoding stands in).
         """
         device = self.device
@@ -456,7 +456,7 @@ class SpectrogramDiffusionPipeline:
         sampler: samplers.Sampler,
         on_step: Callable[[], None] | None,
     ) -> Iterator[Tensor]:
-        """The full-song loop of spec §5.1; yields each segment's log-mel ``[1, T, 128]`` (float32)."""
+        """The full-song loop of ORIGINAL.md §5.1; yields each segment's log-mel ``[1, T, 128]`` (float32)."""
         for [(_, mel)] in self._generate_batch([segments], [generator], num_inference_steps, guidance_scale, sampler, on_step):
             yield mel
 
@@ -470,7 +470,7 @@ class SpectrogramDiffusionPipeline:
         sampler: samplers.Sampler,
         on_step: Callable[[], None] | None,
     ) -> Iterator[list[tuple[int, Tensor]]]:
-        """The full-song loop of spec §5.1 for several songs at once: segment ``i`` of every song
+        """The full-song loop of ORIGINAL.md §5.1 for several songs at once: segment ``i`` of every song
         that has one runs in one batch (encoders, decoder, sampler). Yields, per segment index,
         ``[(song index, log-mel [1, T, 128] float32), ...]``.
 
@@ -488,7 +488,7 @@ class SpectrogramDiffusionPipeline:
         if len(songs) > 1 and any(g is None for g in generators) and not all(g is None for g in generators):
             raise SpecdiffError("pass a generator for every song or for none")
         device = self.device
-        # First segment: zeros in *feature* space (0.4843 once scaled) with nothing valid (spec §9.6).
+        # First segment: zeros in *feature* space (0.4843 once scaled) with nothing valid (ORIGINAL.md §9.6).
         contexts = [torch.zeros(1, segment_frames, n_dims, device=device) for _ in songs]
         context_masks = [torch.zeros(1, segment_frames, dtype=torch.bool, device=device) for _ in songs]
         film_cache: dict[float, Any] = {}  # FiLM per step time, shared by all segments (same times)
@@ -509,7 +509,7 @@ class SpectrogramDiffusionPipeline:
                 denoise = samplers.GuidedDenoiser(self.decoder, encodings, guidance_scale, film_cache, score_roll=roll)
                 noise = samplers.randn((len(active), segment_frames, n_dims), generator, device, torch.float32)
                 x = samplers.sample_loop(sampler, denoise, noise, num_inference_steps, generator, on_step)
-            # The original and DDPM samplers end on a clipped x0 (spec §4.1), so this clamp changes
+            # The original and DDPM samplers end on a clipped x0 (ORIGINAL.md §4.1), so this clamp changes
             # nothing for them; it keeps ODE solvers (DPM-Solver++, UniPC), which do not clip, inside
             # the [-1, 1] range the model was trained on instead of producing log-mels in the thousands.
             mel = scale_to_features(x.float().clamp(-1.0, 1.0))

@@ -6,9 +6,9 @@ changes the caller's backend or global figure state, and it works on machines wi
 Without matplotlib every function raises :class:`PlottingUnavailable`, a ``SpecdiffError`` (the CLI
 prints it as one line) that is also an ``ImportError`` (so "plot if you can" callers can skip).
 
-Spectrograms are ``[frames, 128]`` log-mel arrays at 50 frames/s (spec §1). By default the colour
+Spectrograms are ``[frames, 128]`` log-mel arrays at 50 frames/s (ORIGINAL.md §1). By default the colour
 scale spans the natural-log feature range [ln 1e-5, 4.0]; pass ``value_range=(-1, 1)`` for features
-already scaled into the diffusion range (spec §1.1).
+already scaled into the diffusion range (ORIGINAL.md §1.1).
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from specdiff.atomic import atomic_write_bytes
 from specdiff.errors import SpecdiffError
+from specdiff.constants import N_MELS  # noqa: F401 (re-exported)
 
-FRAMES_PER_SECOND = 50  # spec §1: hop 320 at 16 kHz
-N_MELS = 128
-#: The natural-log feature range of spec §1: silence (ln 1e-5) to "largest value for most examples".
+FRAMES_PER_SECOND = 50  # ORIGINAL.md §1: hop 320 at 16 kHz
+#: The natural-log feature range of ORIGINAL.md §1: silence (ln 1e-5) to "largest value for most examples".
 LOG_MEL_RANGE = (math.log(1e-5), 4.0)
-#: The diffusion range of spec §1.1.
+#: The diffusion range of ORIGINAL.md §1.1.
 SCALED_RANGE = (-1.0, 1.0)
 COLORMAP = "magma"
 DEFAULT_DPI = 100
@@ -120,7 +121,7 @@ def save_spectrogram_png(
 ) -> Path:
     """Save a log-mel spectrogram ``[frames, 128]`` as a PNG of exactly ``size`` = (width, height) pixels.
 
-    ``value_range`` is the colour scale (default: the natural-log feature range of spec §1; use
+    ``value_range`` is the colour scale (default: the natural-log feature range of ORIGINAL.md §1; use
     :data:`SCALED_RANGE` for [-1, 1] diffusion features). Written atomically; returns the path.
     """
     array = _as_mel(mel)
@@ -184,22 +185,12 @@ def _save_figure(fig: Any, path: str | os.PathLike) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     path = Path(path)
+    if not path.parent.is_dir():  # this writer never creates folders
+        raise SpecdiffError(f"cannot write {path}: No such file or directory")
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        atomic_write_bytes(path, buffer.getvalue())
     except OSError as err:
         raise SpecdiffError(f"cannot write {path}: {err.strerror or err}") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getvalue())
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise SpecdiffError(f"cannot write {path}: {err.strerror or err}") from None
-        raise
     return path
 
 

@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from specdiff.errors import MidiError, SpecdiffError
+from specdiff.constants import SAMPLE_RATE  # noqa: F401 (re-exported)
 
-SAMPLE_RATE = 16000
 PEAK = 10 ** (-3.0 / 20.0)  # -3 dBFS: leaves headroom after the mel front end's clip at 4.0
 TAIL_SECONDS = 1.0  # rendered past the last note-off so release tails are not cut
 DRUM_CHANNEL = 9  # General MIDI channel 10 (0-based 9)
 
-# Programs grouped by General MIDI family. Only the Slakh class programs (spec §2.5) are used,
+# Programs grouped by General MIDI family. Only the Slakh class programs (ORIGINAL.md §2.5) are used,
 # so the timbre the model hears matches the program token it is given.
 PROGRAM_FAMILIES: dict[str, tuple[int, ...]] = {
     "piano": (0, 4),  # acoustic grand, electric piano
@@ -179,7 +179,7 @@ def sustained_note_ends(
     pedal_times: np.ndarray,
     pedal_down: np.ndarray,
 ) -> np.ndarray:
-    """Note end times after applying the sustain pedal the way note_seq does (spec §2.5).
+    """Note end times after applying the sustain pedal the way note_seq does (ORIGINAL.md §2.5).
 
     While the pedal is down a released note keeps sounding until the pedal is lifted or the
     same pitch is struck again. At equal times pedal events come before note events, and

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from specdiff.cli import DEVICES, INVERTERS, SCHEDULERS, add_precision_argument  # as `specdiff synth` (no torch)
+from specdiff.commands.options import add_precision_argument, resolve_device, resolve_model_dir, resolve_precision, resolve_sampling
+from specdiff.constants import DEVICES, INVERTERS, SCHEDULERS
 from specdiff.errors import SpecdiffError
 from specdiff.server.config import DEFAULT_GUIDANCE, DEFAULT_NUM_STEPS, DEFAULT_SCHEDULER, ServeConfig
 
@@ -176,7 +177,6 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
 
 def build_app(args: argparse.Namespace) -> Any:
     """Everything ``run_serve`` does before listening: check, load the model, make the app."""
-    from specdiff.cli import resolve_device, resolve_model_dir, resolve_precision, resolve_sampling
 
     check_dependencies()
     model_dir = resolve_model_dir(args.model)

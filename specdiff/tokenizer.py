@@ -1,6 +1,6 @@
-"""MIDI -> MT3 event tokens in 2048-token segments (spec §2), and tokens -> notes.
+"""MIDI -> MT3 event tokens in 2048-token segments (ORIGINAL.md §2), and tokens -> notes.
 
-The pipeline reproduces diffusers' ``MidiProcessor`` (spec §2.5) token for token:
+The pipeline reproduces diffusers' ``MidiProcessor`` (ORIGINAL.md §2.5) token for token:
 
 1. ``midi_to_notes``: parse the Standard MIDI File the way note_seq's ``midi_to_note_sequence``
    does (it uses pretty_midi, which uses mido), apply the sustain pedal the way note_seq's
@@ -27,9 +27,10 @@ from typing import Sequence, Union
 import numpy as np
 
 from specdiff.errors import MidiError
+from specdiff.constants import FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_RATE, SEGMENT_FRAMES, SEGMENT_SECONDS, TOKENS_LENGTH  # noqa: F401 (re-exported)
 
 # --------------------------------------------------------------------------------------------
-# Codec constants (spec §2.1)
+# Codec constants (ORIGINAL.md §2.1)
 # --------------------------------------------------------------------------------------------
 
 STEPS_PER_SECOND = 100  # 10 ms resolution
@@ -53,15 +54,10 @@ NUM_CLASSES = 1388  # codec size without the special ids
 VOCAB_SIZE = NUM_SPECIAL_TOKENS + NUM_CLASSES + 100  # + t5 extra ids = 1491
 NUM_EMBEDDINGS = 1536  # the notes encoder's table, rounded up to a multiple of 128
 
-INPUT_LENGTH = 2048  # tokens per segment, EOS included
-SEGMENT_FRAMES = 256  # spectrogram frames per segment
-FRAMES_PER_SECOND = 50  # 16 kHz audio, hop 320
-SAMPLE_RATE = 16000
-HOP_LENGTH = 320
-SEGMENT_SECONDS = SEGMENT_FRAMES / FRAMES_PER_SECOND  # 5.12
+INPUT_LENGTH = TOKENS_LENGTH  # tokens per segment, EOS included
 STEPS_PER_FRAME = STEPS_PER_SECOND // FRAMES_PER_SECOND  # 2
 
-# Slakh instrument classes, as General MIDI programs (spec §2.5 step 3).
+# Slakh instrument classes, as General MIDI programs (ORIGINAL.md §2.5 step 3).
 SLAKH_PROGRAMS = (0, 4, 8, 16, 24, 26, 29, 32, 33, 40, 41, 42, 43, 46, 47, 48, 50, 52, 55, 56,
                   57, 58, 60, 61, 64, 66, 67, 68, 69, 70, 71, 73, 80, 88)
 # program -> the largest Slakh program <= it
@@ -109,7 +105,7 @@ class TokenizedMidi:
     """Token segments of a MIDI file (each exactly INPUT_LENGTH ints) and its duration in seconds."""
 
     segments: list[list[int]]
-    duration: float  # NoteSequence total_time after sustain (spec §2.5)
+    duration: float  # NoteSequence total_time after sustain (ORIGINAL.md §2.5)
 
 
 @dataclass
@@ -325,7 +321,7 @@ def _ticks_to_seconds(ticks: np.ndarray, scales: list[tuple[int, float]]) -> np.
 
     pretty_midi fills ``time[t] = base_i + scale_i * (t - start_i)`` per tempo interval, with
     ``base_i`` the time of the interval's first tick; the same float operations give the same
-    doubles, which matters because events are ordered and rounded on exact times (spec §2.2).
+    doubles, which matters because events are ordered and rounded on exact times (ORIGINAL.md §2.2).
     """
     starts = np.array([s for s, _ in scales], np.int64)
     scale = np.array([c for _, c in scales], np.float64)
@@ -527,7 +523,7 @@ def _midi_to_note_arrays(midi: MidiInput, max_bytes: int, max_notes: int,
     if not total_time <= max_seconds:
         raise MidiError(f"{name}: MIDI file too long ({total_time:.0f} s > {max_seconds:.0f} s, "
                         "limit max_seconds)")
-    # Slakh classes for non-drum notes (spec §2.5 step 3); drums keep their program.
+    # Slakh classes for non-drum notes (ORIGINAL.md §2.5 step 3); drums keep their program.
     notes.program = np.where(notes.is_drum, notes.program, _SLAKH_MAP[notes.program])
     return notes, total_time, name
 
@@ -538,7 +534,7 @@ def midi_to_notes(midi: MidiInput, *, max_bytes: int = DEFAULT_MAX_BYTES,
     """Read a MIDI file (path or bytes) into notes, as diffusers' MidiProcessor sees them.
 
     Sustain pedal is applied per instrument and non-drum programs are mapped to Slakh classes
-    (spec §2.5 steps 1-3). Returns the notes in NoteSequence order and the NoteSequence
+    (ORIGINAL.md §2.5 steps 1-3). Returns the notes in NoteSequence order and the NoteSequence
     ``total_time`` in seconds. Raises MidiError for a missing, non-MIDI, truncated or corrupt
     file, a file without notes, or one beyond ``max_bytes`` / ``max_notes`` / ``max_seconds``.
     """
@@ -547,7 +543,7 @@ def midi_to_notes(midi: MidiInput, *, max_bytes: int = DEFAULT_MAX_BYTES,
 
 
 # --------------------------------------------------------------------------------------------
-# Notes -> indexed event stream (spec §2.2-2.3)
+# Notes -> indexed event stream (ORIGINAL.md §2.2-2.3)
 # --------------------------------------------------------------------------------------------
 
 
@@ -584,7 +580,7 @@ def num_frames_for(total_time: float) -> int:
 
 
 def _index_arrays(notes: _NoteArrays, total_time: float) -> EventIndex:
-    # Sort notes by (is_drum, program, pitch), stably (spec §2.2 step 1).
+    # Sort notes by (is_drum, program, pitch), stably (ORIGINAL.md §2.2 step 1).
     order = np.lexsort((notes.pitch, notes.program, notes.is_drum))
     drum = notes.is_drum[order]
     offs = order[~drum]
@@ -619,7 +615,7 @@ def index_notes(notes: Sequence[Note], total_time: float) -> EventIndex:
 
 
 # --------------------------------------------------------------------------------------------
-# Event stream -> segment tokens (spec §2.4)
+# Event stream -> segment tokens (ORIGINAL.md §2.4)
 # --------------------------------------------------------------------------------------------
 
 
@@ -695,7 +691,7 @@ def tokenize_frames(index: EventIndex, start_frame: int, num_frames: int = SEGME
     MT3 ``extract_sequence_with_indices`` + RLE: events whose 10 ms step falls in
     [2 * start_frame, 2 * (start_frame + num_frames)); a window reaching the song's last frame
     takes every remaining event. The tie section lists the notes active before the window
-    (before the song's last event step for windows past it, an MT3 quirk, spec §2.3).
+    (before the song's last event step for windows past it, an MT3 quirk, ORIGINAL.md §2.3).
     """
     if start_frame < 0 or num_frames <= 0:
         raise ValueError(f"bad frame window: start {start_frame}, length {num_frames}")
@@ -721,7 +717,7 @@ def _index_to_segments(index: EventIndex) -> list[list[int]]:
 
 
 def notes_to_segments(notes: Sequence[Note], total_time: float) -> list[list[int]]:
-    """Token segments (each INPUT_LENGTH ints) for notes, one per 256 frames (spec §2.4-2.5).
+    """Token segments (each INPUT_LENGTH ints) for notes, one per 256 frames (ORIGINAL.md §2.4-2.5).
 
     ``total_time`` fixes the frame count as in MidiProcessor; the notes should already have
     sustain and Slakh programs applied (as ``midi_to_notes`` returns them).
@@ -732,7 +728,7 @@ def notes_to_segments(notes: Sequence[Note], total_time: float) -> list[list[int
 def midi_to_segments(midi: MidiInput, *, max_bytes: int = DEFAULT_MAX_BYTES,
                      max_notes: int = DEFAULT_MAX_NOTES,
                      max_seconds: float = DEFAULT_MAX_SECONDS) -> TokenizedMidi:
-    """Tokenize a MIDI file exactly like diffusers' ``MidiProcessor()(midi)`` (spec §2.5).
+    """Tokenize a MIDI file exactly like diffusers' ``MidiProcessor()(midi)`` (ORIGINAL.md §2.5).
 
     Differences by design: a segment with more than 2047 events keeps the first 2047 and warns
     (diffusers returns an over-long list), and bad input raises MidiError.

@@ -1,8 +1,9 @@
-"""Training: the diffusion objective (spec §4.1-4.2), configs, the loop, checkpoints, DDP, export.
+"""Training: the diffusion objective (ORIGINAL.md §4.1-4.2), configs, the loop, checkpoints, DDP, export.
 
 Run it as ``specdiff train --data CACHE_DIR --out runs/x`` (or ``python -m specdiff.train train ...``),
 or under ``torchrun --nproc_per_node N -m specdiff.train train ...`` for data-parallel training (NCCL on
-GPU, gloo on CPU). The argument definitions live in the light ``specdiff.train_cli``.
+GPU, gloo on CPU). The command line (arguments, ``run_train``, ``run_export``) lives in the light
+``specdiff.train_cli``, which imports this module (never the reverse).
 
 Determinism. Training example number ``c`` (a global sample counter, advanced by the global batch each
 step) reads dataset item ``c % len(dataset)`` and draws its diffusion time, noise and CFG drop from a
@@ -11,7 +12,7 @@ counter, not on the number of processes or on gradient accumulation; only dropou
 torch RNG (seeded per rank, saved in checkpoints). A run killed at any point and resumed from its last
 checkpoint reproduces the uninterrupted loss curve (bit for bit on CPU with the same thread count).
 
-Loss reduction (spec §4.1). The original sums the L1 error over the batch, time and mel bins. We
+Loss reduction (ORIGINAL.md §4.1). The original sums the L1 error over the batch, time and mel bins. We
 optimise exactly that sum over the *global* batch: with gradient accumulation the micro-batch sums
 are added, and under DDP (which averages gradients) the per-process loss is multiplied by the world
 size. Adafactor and Adam normalise the gradient scale away, so the summed loss needs no LR change
@@ -40,16 +41,16 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from specdiff.atomic import atomic_write_stream, atomic_write_text
 from specdiff.diffusion import eps_from_prediction, logsnr, posterior, predict_x0, prediction_target, q_sample
 from specdiff.errors import ModelError, SpecdiffError
 from specdiff.hardware import cpu_has_native_bf16
 from specdiff.model import ContinuousEncoder, FilmDecoder, NotesEncoder, build_models
 from specdiff.optim import EMA, build_optimizer
 from specdiff.score_roll import batch_rolls
+from specdiff.constants import N_MELS, SEGMENT_FRAMES, TOKENS_LENGTH  # noqa: F401 (re-exported)
 
-TOKENS_LENGTH = 2048
-TARGET_FRAMES = 256
-N_MELS = 128
+TARGET_FRAMES = SEGMENT_FRAMES
 
 # ---------------------------------------------------------------------------------------------
 # Configuration
@@ -63,7 +64,7 @@ class TrainConfig:
     # model (sizes from specdiff.model.PRESETS; `model` holds build_models overrides such as d_model)
     preset: str = "tiny"
     model: dict[str, Any] = field(default_factory=dict)
-    dropout: float = 0.1  # spec §4.3
+    dropout: float = 0.1  # ORIGINAL.md §4.3
     # "default" (T5X fan-in, the original) or "zero": the decoder's output layer starts at zero (its
     # bias, with model.spec_out_bias=true, at the silence floor -1 for prediction_type "sample").
     # Initialisation only: benchmarks/results/trainability.md measures why it matters.
@@ -73,7 +74,7 @@ class TrainConfig:
     val_data: str | None = None  # held-out cache; default: the validation split of `data`
     val_examples: int = 16
     num_workers: int = 0
-    # objective (spec §4.1)
+    # objective (ORIGINAL.md §4.1)
     cfg_drop_prob: float = 0.1
     loss_weighting: str = "none"  # "none" (the original), "min_snr" or "x0" (see loss_weights)
     min_snr_gamma: float = 5.0  # min_snr: the SNR cap; x0: the cap of the weight sigma/alpha
@@ -83,7 +84,7 @@ class TrainConfig:
     guided_attention_sigma: float = 4.0  # frames
     guided_attention_target: str = "onsets"  # "onsets" (events near the frame) or "notes" (notes sounding then)
     trim_tokens: bool = True  # run the notes encoder only up to the batch's last real token (exact: PAD is masked)
-    # optimisation (spec §4.3)
+    # optimisation (ORIGINAL.md §4.3)
     optimizer: str = "adafactor"  # or "adamw"
     lr: float = 1e-3
     # 0: constant LR (the original). N > 0: the LR falls linearly to 0 over the run's last N steps
@@ -127,7 +128,7 @@ class TrainConfig:
 
 
 #: ``tiny`` trains on a 2-core laptop CPU; ``small`` and ``base`` are the released sizes with the
-#: original optimisation (batch 256, 500k steps, spec §4.3), split into micro-batches that fit one GPU.
+#: original optimisation (batch 256, 500k steps, ORIGINAL.md §4.3), split into micro-batches that fit one GPU.
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(preset="tiny", batch_size=8, steps=20_000, val_every=500, sample_every=2000, ckpt_every=500),
     "small": dict(
@@ -219,7 +220,7 @@ class SpectrogramDiffusionModel(nn.Module):
         )
 
     def encode(self, tokens: Tensor, context: Tensor, context_mask: Tensor) -> list[tuple[Tensor, Tensor]]:
-        # The notes mask is `tokens > 0` (spec §3.2), so CFG-dropped examples (all PAD) are fully masked.
+        # The notes mask is `tokens > 0` (ORIGINAL.md §3.2), so CFG-dropped examples (all PAD) are fully masked.
         return [self.notes_encoder(tokens, tokens > 0), self.continuous_encoder(context, context_mask)]
 
     def forward(self, tokens: Tensor, context: Tensor, context_mask: Tensor, z_t: Tensor, t: Tensor) -> Tensor:
@@ -268,7 +269,7 @@ def draw_diffusion_inputs(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per example: ``t ~ U[0, 1)``, ``eps ~ N(0, I)`` of ``shape`` and ``keep`` (False with ``drop_prob``).
 
-    Each example's draws come from its own generator seeded by ``(seed, counter)`` (spec §4.1: one time
+    Each example's draws come from its own generator seeded by ``(seed, counter)`` (ORIGINAL.md §4.1: one time
     per example; CFG drop probability 0.1), so they do not depend on how the batch is split.
     """
     times, noises, keeps = [], [], []
@@ -296,13 +297,13 @@ def trim_token_padding(tokens: Tensor, multiple: int = 64) -> Tensor:
 
 @dataclass
 class LossOutput:
-    loss_sum: Tensor  # the objective: (weighted) L1 error summed over batch, time and mel bins (spec §4.1)
+    loss_sum: Tensor  # the objective: (weighted) L1 error summed over batch, time and mel bins (ORIGINAL.md §4.1)
     loss_mean: Tensor  # the unweighted eps error per element, for logging (detached)
     error_sum: Tensor  # the unweighted eps error summed (detached): comparable across loss weightings
     # and prediction types (a v or x0 prediction is converted to the eps it implies)
 
 
-#: Per-example weightings of the L1 eps loss: "none" is the original (spec §4.1).
+#: Per-example weightings of the L1 eps loss: "none" is the original (ORIGINAL.md §4.1).
 LOSS_WEIGHTINGS = ("none", "min_snr", "x0")
 
 
@@ -348,7 +349,7 @@ def diffusion_loss(
     model: nn.Module, batch: Mapping[str, Tensor], t: Tensor, noise: Tensor, keep: Tensor, trim: bool = True,
     weights: Tensor | None = None, guide: GuidedAttention | None = None,
 ) -> LossOutput:
-    """The original objective (spec §4.1-4.2) for a batch dict (tokens, context, context_mask, target).
+    """The original objective (ORIGINAL.md §4.1-4.2) for a batch dict (tokens, context, context_mask, target).
 
     ``z_t = alpha_t x0 + sigma_t eps`` with ``x0 = target``; the model predicts eps from ``z_t`` and
     ``decoder_noise_time = t``; dropped examples (``keep`` False) get tokens * 0 (all PAD, so an
@@ -605,28 +606,9 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
     return sorted(folder.glob("step_*.pt")) if folder.is_dir() else []
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temp file in the same folder, fsync, then ``os.replace`` (never a torn file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    atomic_write_stream(path, lambda f: torch.save(obj, f), fsync=True)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any], keep: int) -> Path:
@@ -674,9 +656,7 @@ class MetricsLog:
         self.path = out_dir / "metrics.jsonl"
         if self.path.exists():  # drop entries past the checkpoint we resume from: they will be redone
             kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
-            tmp = self.path.with_name(".metrics.jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.path)
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         self.writer = None
         if tensorboard:
             try:
@@ -767,7 +747,7 @@ def validation_loss(model: nn.Module, batches: Sequence[Mapping[str, Tensor]], s
 def sample_spectrogram(
     model: SpectrogramDiffusionModel, batch: Mapping[str, Tensor], steps: int, generator: torch.Generator
 ) -> Tensor:
-    """Ancestral DDPM sampling with the original schedule (spec §4.1), ``steps`` uniform steps, no CFG.
+    """Ancestral DDPM sampling with the original schedule (ORIGINAL.md §4.1), ``steps`` uniform steps, no CFG.
 
     ``t_i = (i + 1) / steps``, ``s_i = i / steps``; x0 is predicted and clipped to [-1, 1]; the last
     step returns x0. Returns ``[B, T, 128]`` in the scaled range.
@@ -895,7 +875,7 @@ class Trainer:
         self._ema_model: SpectrogramDiffusionModel | None = None
         if self.ctx.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+            atomic_write_text(self.out_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
             self.metrics = MetricsLog(self.out_dir, self.step, config.tensorboard)
             n_val = min(config.val_examples, len(val_set))  # type: ignore[arg-type]
             items = [(i, val_set[i]) for i in range(n_val)]
@@ -1152,7 +1132,7 @@ def export_pipeline(
 ) -> Path:
     """Write a training checkpoint as a ``SpectrogramDiffusionPipeline.from_pretrained`` folder.
 
-    The layout is diffusers' (spec §3.5, written by ``SpectrogramDiffusionPipeline.save_pretrained``):
+    The layout is diffusers' (ORIGINAL.md §3.5, written by ``SpectrogramDiffusionPipeline.save_pretrained``):
     ``model_index.json``, the three network folders with the EMA weights (default) and ``scheduler/``.
     ``vocoder``: a trained vocoder folder to copy in as ``vocoder/`` (the pipeline's "auto" inverter
     picks it up). ``half``: store the weights as float16 (half the size; they load as float32).
@@ -1171,88 +1151,10 @@ def export_pipeline(
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
-
-from specdiff.train_cli import add_export_arguments, add_train_arguments  # noqa: E402,F401 (light; re-exported)
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig of parsed ``specdiff train`` arguments (preset, then flags, then ``--set``)."""
-    from specdiff.train_cli import TRAIN_FLAGS
-
-    explicit = {dest: getattr(args, dest) for dest in TRAIN_FLAGS if getattr(args, dest, None) is not None}
-    config = TrainConfig.from_preset(args.preset or "tiny")
-    out_dir = explicit.get("out_dir", config.out_dir)
-    saved = _saved_run_config(out_dir, getattr(args, "resume", "auto"))
-    if saved is not None and args.preset in (None, saved.preset):
-        # Resuming: the run's own recipe, not the preset's defaults (a different recipe would not even
-        # load its optimiser state, e.g. other parameter groups). Flags given again still win.
-        overridden = sorted(k for k in explicit if k != "out_dir") + list(args.assignments)
-        print(f"continuing the run in {out_dir} with its config.json"
-              + (f" (overridden: {', '.join(overridden)})" if overridden else ""))
-        config = saved
-    return apply_overrides(config.replace(**explicit), args.assignments)
-
-
-def _saved_run_config(out_dir: str, resume: str | None) -> TrainConfig | None:
-    """The config.json of a run folder that ``--resume`` will continue, else None."""
-    if resume in NO_RESUME or not list_checkpoints(out_dir):
-        return None
-    path = Path(out_dir) / "config.json"
-    if not path.exists():
-        return None
-    try:
-        saved = json.loads(path.read_text())
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        return TrainConfig(**{k: v for k, v in saved.items() if k in known})
-    except (ValueError, TypeError) as exc:
-        raise SpecdiffError(f"{path} is not a readable training config: {exc}") from None
-
-
-def run_train(args: argparse.Namespace) -> int:
-    """``specdiff train``: train (or resume) the configured run."""
-    config = config_from_args(args)
-    try:
-        records = train(config, resume=args.resume, progress=not args.no_progress)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    if records and int(os.environ.get("RANK", "0")) == 0:
-        print(f"step {records[-1].step}: loss {records[-1].loss:.5f}; run folder {config.out_dir}")
-    return 0
-
-
-def run_export(args: argparse.Namespace) -> int:
-    """``specdiff export``: a checkpoint (or a run folder's newest) -> pipeline folder."""
-    checkpoint = Path(args.checkpoint)
-    if checkpoint.is_dir():
-        found = list_checkpoints(checkpoint)
-        if not found:
-            raise ModelError(f"no checkpoints in {checkpoint}")
-        checkpoint = found[-1]
-    out = export_pipeline(checkpoint, args.out, use_ema=not args.no_ema, vocoder=getattr(args, "vocoder", None),
-                          half=getattr(args, "half", False))  # fmt: skip
-    print(f"wrote {out} from {checkpoint}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m specdiff.train {prepare,train,export} ...`` (the same commands as ``specdiff``)."""
-    from specdiff.train_cli import SUBCOMMANDS
-
-    parser = argparse.ArgumentParser(prog="python -m specdiff.train")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    for add in SUBCOMMANDS:
-        add(subparsers)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except SpecdiffError as exc:
-        print(f"specdiff: error: {exc}", file=sys.stderr)
-        return 1
-
-
 if __name__ == "__main__":
+    # ``python -m specdiff.train ...`` and ``torchrun -m specdiff.train ...`` run the ``specdiff`` command
+    # line. This file then runs as ``__main__``, a copy apart from the module ``specdiff.train`` that
+    # the commands import, so handing over to the command line is no import cycle.
+    from specdiff.cli import main
+
     sys.exit(main())

@@ -2,15 +2,21 @@
 
 Kept apart from ``specdiff.train`` and ``specdiff.data`` (which import torch) so that building the
 ``specdiff`` parser stays light: the ``run_*`` functions import the heavy modules when a command runs.
+Imports run one way: this module uses ``specdiff.train``, never the reverse (``python -m
+specdiff.train`` hands over to :func:`specdiff.cli.main`).
 Each ``add_*_arguments(subparsers)`` adds one subcommand and sets ``func`` to its ``run_*``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+from specdiff.constants import TRAIN_PRESET_NAMES  # noqa: F401 (re-exported)
+from specdiff.errors import ModelError, SpecdiffError
 
-#: Training presets (``specdiff.train.TRAIN_PRESETS``; a test keeps the two in sync).
-TRAIN_PRESET_NAMES = ("base", "small", "tiny")
 
 #: Explicit ``specdiff train`` flags -> TrainConfig fields (every other field: ``--set key=value``).
 TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
@@ -54,10 +60,56 @@ def add_train_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
     return parser
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from specdiff import train
+def config_from_args(args: argparse.Namespace):
+    """The TrainConfig of parsed ``specdiff train`` arguments (preset, then flags, then ``--set``)."""
+    from specdiff.train import TrainConfig, apply_overrides
 
-    return train.run_train(args)
+    explicit = {dest: getattr(args, dest) for dest in TRAIN_FLAGS if getattr(args, dest, None) is not None}
+    config = TrainConfig.from_preset(args.preset or "tiny")
+    out_dir = explicit.get("out_dir", config.out_dir)
+    saved = _saved_run_config(out_dir, getattr(args, "resume", "auto"))
+    if saved is not None and args.preset in (None, saved.preset):
+        # Resuming: the run's own recipe, not the preset's defaults (a different recipe would not even
+        # load its optimiser state, e.g. other parameter groups). Flags given again still win.
+        overridden = sorted(k for k in explicit if k != "out_dir") + list(args.assignments)
+        print(f"continuing the run in {out_dir} with its config.json"
+              + (f" (overridden: {', '.join(overridden)})" if overridden else ""))
+        config = saved
+    return apply_overrides(config.replace(**explicit), args.assignments)
+
+
+def _saved_run_config(out_dir: str, resume: str | None):
+    """The config.json of a run folder that ``--resume`` will continue, else None."""
+    from specdiff.train import NO_RESUME, TrainConfig, list_checkpoints
+
+    if resume in NO_RESUME or not list_checkpoints(out_dir):
+        return None
+    path = Path(out_dir) / "config.json"
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        return TrainConfig(**{k: v for k, v in saved.items() if k in known})
+    except (ValueError, TypeError) as exc:
+        raise SpecdiffError(f"{path} is not a readable training config: {exc}") from None
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``specdiff train``: train (or resume) the configured run."""
+    import torch.distributed as dist
+
+    from specdiff.train import train
+
+    config = config_from_args(args)
+    try:
+        records = train(config, resume=args.resume, progress=not args.no_progress)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if records and int(os.environ.get("RANK", "0")) == 0:
+        print(f"step {records[-1].step}: loss {records[-1].loss:.5f}; run folder {config.out_dir}")
+    return 0
 
 
 def add_export_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -78,9 +130,19 @@ def add_export_arguments(subparsers: argparse._SubParsersAction) -> argparse.Arg
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from specdiff import train
+    """``specdiff export``: a checkpoint (or a run folder's newest) -> pipeline folder."""
+    from specdiff.train import export_pipeline, list_checkpoints
 
-    return train.run_export(args)
+    checkpoint = Path(args.checkpoint)
+    if checkpoint.is_dir():
+        found = list_checkpoints(checkpoint)
+        if not found:
+            raise ModelError(f"no checkpoints in {checkpoint}")
+        checkpoint = found[-1]
+    out = export_pipeline(checkpoint, args.out, use_ema=not args.no_ema, vocoder=getattr(args, "vocoder", None),
+                          half=getattr(args, "half", False))  # fmt: skip
+    print(f"wrote {out} from {checkpoint}")
+    return 0
 
 
 def add_prepare_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -101,7 +163,7 @@ def add_prepare_arguments(subparsers: argparse._SubParsersAction) -> argparse.Ar
     parser.add_argument("--seed", type=int, default=0, help="seed of program re-assignment / Slakh sub-mixes")
     parser.add_argument("--soundfont", default=None, help=".sf2/.sf3 file (default: pretty_midi's TimGM6mb.sf2)")
     parser.add_argument("--backend", default="auto", help="renderer: auto, tinysoundfont or fluidsynth")
-    parser.add_argument("--subsets-per-song", type=int, default=10, help="Slakh sub-mixes per track (spec §4.4)")
+    parser.add_argument("--subsets-per-song", type=int, default=10, help="Slakh sub-mixes per track (ORIGINAL.md §4.4)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_prepare)  # fmt: skip
     return parser

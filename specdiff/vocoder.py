@@ -1,6 +1,6 @@
-"""A small Vocos-style neural vocoder for our exact log-mel front end (spec §1, §6).
+"""A small Vocos-style neural vocoder for our exact log-mel front end (ORIGINAL.md §1, §6).
 
-The official spectrogram inverter (spec §6) ships only as a SavedModel/ONNX file. This module is our
+The official spectrogram inverter (ORIGINAL.md §6) ships only as a SavedModel/ONNX file. This module is our
 own replacement with the same interface: natural-log mel ``[B, T, 128]`` at 50 frames/s in, 16 kHz
 audio ``[B, T*320]`` out.
 
@@ -34,18 +34,18 @@ from specdiff.errors import ModelError
 VOCODER_SUBFOLDER = "vocoder"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-ONNX_INPUT_NAME = "input_features"  # the official inverter's input name (spec §6)
-ONNX_OUTPUT_NAME = "waveform"  # the official output's name is unknown (spec §6); used by position
+ONNX_INPUT_NAME = "input_features"  # the official inverter's input name (ORIGINAL.md §6)
+ONNX_OUTPUT_NAME = "waveform"  # the official output's name is unknown (ORIGINAL.md §6); used by position
 
 
 @dataclass
 class VocoderConfig:
     """Hyper-parameters of :class:`Vocoder` (saved as ``config.json``)."""
 
-    sample_rate: int = 16000  # spec §1
-    hop_length: int = 320  # spec §1: 20 ms frames, 50 frames/s
-    n_mels: int = 128  # spec §1
-    # Range used to scale log-mel input to [-1, 1] (spec §1.1 min_value / max_value).
+    sample_rate: int = 16000  # ORIGINAL.md §1
+    hop_length: int = 320  # ORIGINAL.md §1: 20 ms frames, 50 frames/s
+    n_mels: int = 128  # ORIGINAL.md §1
+    # Range used to scale log-mel input to [-1, 1] (ORIGINAL.md §1.1 min_value / max_value).
     feature_min: float = math.log(1e-5)
     feature_max: float = 4.0
     dim: int = 192
@@ -117,7 +117,7 @@ def _inverse_dft_basis(n_fft: int) -> tuple[torch.Tensor, torch.Tensor]:
 class ISTFTHead(nn.Module):
     """Frame features -> (log-magnitude, phase) per STFT bin -> waveform by overlap-add.
 
-    Synthesis frame i is centred on sample 320*i + 320, the centre of analysis frame i (spec §1: frame
+    Synthesis frame i is centred on sample 320*i + 320, the centre of analysis frame i (ORIGINAL.md §1: frame
     i covers [320 i, 320 i + 640)), and the output is cut to exactly T * hop samples.
 
     Phase convention. With ``absolute_phase`` the predicted phase of bin k refers to sample 0 of the
@@ -182,7 +182,7 @@ class ISTFTHead(nn.Module):
 
 
 class Vocoder(nn.Module):
-    """Log-mel ``[B, T, 128]`` (natural log, spec §1) -> audio ``[B, T * 320]`` at 16 kHz."""
+    """Log-mel ``[B, T, 128]`` (natural log, ORIGINAL.md §1) -> audio ``[B, T * 320]`` at 16 kHz."""
 
     def __init__(self, config: VocoderConfig | None = None):
         super().__init__()
@@ -207,7 +207,7 @@ class Vocoder(nn.Module):
 
     def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
         c = self.config
-        # Scale to [-1, 1] the way the diffusion model's features are scaled (spec §1.1, no clipping).
+        # Scale to [-1, 1] the way the diffusion model's features are scaled (ORIGINAL.md §1.1, no clipping).
         x = (log_mel - c.feature_min) * (2.0 / (c.feature_max - c.feature_min)) - 1.0
         x = self.embed(x.transpose(1, 2))
         x = self.norm(x.transpose(1, 2)).transpose(1, 2)
@@ -301,7 +301,7 @@ class VocoderInverter:
     def refine(self, audio: torch.Tensor, log_mel: torch.Tensor) -> torch.Tensor:
         """Fit ``audio`` ``[B, T * 320]`` to ``log_mel`` ``[B, T, 128]`` (see the class docstring)."""
         from specdiff import mel
-        from specdiff.inverters import GriffinLimInverter
+        from specdiff.griffin_lim import GriffinLimInverter
 
         spectrum = mel.stft(audio)  # [B, T, 513]: T * 320 samples give exactly T frames
         griffin_lim = GriffinLimInverter(n_iter=self.refine_iters, device=str(audio.device))
@@ -340,7 +340,7 @@ def load_vocoder(
 
 
 def export_onnx(model: Vocoder, path: str | os.PathLike, opset: int = 17) -> Path:
-    """Export with the official inverter's interface (spec §6): ``input_features`` float32
+    """Export with the official inverter's interface (ORIGINAL.md §6): ``input_features`` float32
     ``[B, T, 128]`` log-mel -> ``waveform`` float32 ``[B, T * 320]``, dynamic B and T.
 
     Uses the TorchScript exporter (no ``onnx``/``onnxscript`` needed at export time).

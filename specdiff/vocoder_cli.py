@@ -73,7 +73,7 @@ def add_vocode_arguments(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "vocode",
         help="log-mel (.npy) or audio (analysis-resynthesis) -> wav with the neural vocoder",
-        description="Turn a log-mel .npy ([T,128] or [1,T,128], natural log, spec §1) into audio, or "
+        description="Turn a log-mel .npy ([T,128] or [1,T,128], natural log, ORIGINAL.md §1) into audio, or "
         "resynthesise an audio file through the log-mel front end and the vocoder.",
     )
     p.add_argument("input", type=Path, help="mel.npy or an audio file")
@@ -111,14 +111,11 @@ def add_export_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m specdiff.vocoder_cli train-vocoder|vocode ...`` (the same commands outside specdiff's CLI)."""
-    parser = argparse.ArgumentParser(prog="python -m specdiff.vocoder_cli")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_vocoder_arguments(sub)
-    add_vocode_arguments(sub)
-    add_export_vocoder_arguments(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    """``python -m specdiff.vocoder_cli train-vocoder|vocode|export-vocoder ...``: the ``specdiff`` command
+    line (same commands, same error policy)."""
+    from specdiff.cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

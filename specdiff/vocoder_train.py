@@ -1,6 +1,6 @@
 """Training of the neural vocoder (specdiff/vocoder.py): losses, discriminators, loop, CLI.
 
-Recipe (HiFi-GAN / Vocos): reconstruction losses (log-mel L1 through our exact front end, spec §1,
+Recipe (HiFi-GAN / Vocos): reconstruction losses (log-mel L1 through our exact front end, ORIGINAL.md §1,
 plus a multi-resolution STFT loss) and, after a reconstruction-only warm-up, hinge adversarial
 losses with feature matching from a multi-period discriminator (MPD, HiFi-GAN) and a
 multi-resolution spectrogram discriminator (MRD, UnivNet/Vocos). The discriminators are slimmer
@@ -29,12 +29,9 @@ from torch import nn
 from specdiff.errors import AudioError, SpecdiffError
 from specdiff.atomic import atomic_write
 from specdiff.vocoder import VOCODER_SUBFOLDER, Vocoder, VocoderConfig
+from specdiff.constants import HOP_LENGTH, SAMPLE_RATE  # noqa: F401 (re-exported)
 
-# The argparse definitions live in the light module specdiff.vocoder_cli (re-exported here).
-from specdiff.vocoder_cli import add_export_vocoder_arguments, add_vocode_arguments, add_vocoder_arguments  # noqa: F401
-
-SAMPLE_RATE = 16000
-HOP = 320
+HOP = HOP_LENGTH
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
 MIDI_SUFFIXES = {".mid", ".midi"}
 
@@ -70,7 +67,7 @@ def multi_resolution_stft_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.
 
 
 def mel_l1(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """L1 between our log-mel features (spec §1) of two waveforms."""
+    """L1 between our log-mel features (ORIGINAL.md §1) of two waveforms."""
     return F.l1_loss(_log_mel(fake), _log_mel(real))
 
 
@@ -204,7 +201,7 @@ class SegmentSampler:
     """Random fixed-length training segments from in-memory clips, with random gain.
 
     Each example is ``segment_frames * 320 + 320`` samples: the extra frame lets the last mel frame
-    see real audio instead of the STFT's end padding (spec §1 ``pad_end``), as inside a long song.
+    see real audio instead of the STFT's end padding (ORIGINAL.md §1 ``pad_end``), as inside a long song.
     """
 
     def __init__(self, clips: list[np.ndarray], segment_frames: int, seed: int = 0, gain_range=(0.4, 1.0)):
@@ -654,7 +651,7 @@ def run_vocode(args: argparse.Namespace) -> int:
         mel = _log_mel(torch.from_numpy(source)[None]).numpy()
     audio = inverter(mel.astype(np.float32))[0]
     if path.suffix.lower() != ".npy":
-        audio = audio[: len(source)]  # the front end's last frame is end-padded (spec §1)
+        audio = audio[: len(source)]  # the front end's last frame is end-padded (ORIGINAL.md §1)
     save_wav(args.output, audio, inverter.sample_rate)
     print(f"wrote {args.output} ({audio.size / inverter.sample_rate:.2f} s)")
     return 0

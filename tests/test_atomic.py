@@ -32,3 +32,28 @@ def test_failure_keeps_the_old_file_and_leaves_no_temp_file(tmp_path):
         atomic_write(target, half_write)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
+
+
+def test_the_umask_is_never_touched(tmp_path, monkeypatch):
+    """Reading the umask means changing it for a moment, which races with other threads (the server
+    writes results from worker threads): the writers must leave it to the kernel."""
+
+    def forbidden(*args):
+        raise AssertionError("os.umask called")
+
+    previous = os.umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", forbidden)
+        target = atomic_write_text(tmp_path / "x.txt", "x")
+    finally:
+        monkeypatch.undo()
+        os.umask(previous)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640  # 0666 minus the umask in force
+
+
+def test_fsync_and_stream_writes(tmp_path):
+    from specdiff.atomic import atomic_write_stream
+
+    target = atomic_write_stream(tmp_path / "c.bin", lambda f: f.write(b"abc"), fsync=True)
+    assert target.read_bytes() == b"abc"
+    assert [p.name for p in tmp_path.iterdir()] == ["c.bin"]

@@ -272,7 +272,7 @@ def test_render_pairs_reassign(tmp_path):
 
 
 def test_prepare_command_renders_variants_into_a_cache(tmp_path, capsys):
-    from specdiff.train import main
+    from specdiff.cli import main  # python -m specdiff.train runs the same command line
 
     (tmp_path / "midi" / "validation").mkdir(parents=True)
     (tmp_path / "midi" / "x.mid").write_bytes(midi_bytes(SCALE, program=0))
@@ -398,7 +398,7 @@ def song_cache(tmp_path_factory):
     return cache, {s.song_id: s for s in songs}
 
 
-def scaled(x):  # spec §1.1 by hand: clip to [ln 1e-5, 4], map to [-1, 1]
+def scaled(x):  # ORIGINAL.md §1.1 by hand: clip to [ln 1e-5, 4], map to [-1, 1]
     return 2 * (np.clip(x, LN_MIN, LN_MAX) - LN_MIN) / (LN_MAX - LN_MIN) - 1
 
 
@@ -449,7 +449,7 @@ def test_partial_and_empty_context_frequency(song_cache):
     windows = [ds.window(i) for i in range(20000)]  # two full 2000-frame pieces only
     ctx = np.array([t0 - c0 for _, c0, t0, _ in windows])
     valid = np.array([v for *_, v in windows])
-    # start ~ U{-256..1742}: 1999 values, 256 of them below 0 (spec §4.2: ~12.8%)
+    # start ~ U{-256..1742}: 1999 values, 256 of them below 0 (ORIGINAL.md §4.2: ~12.8%)
     assert np.mean(ctx < 256) == pytest.approx(256 / 1999, abs=0.01)
     assert 1 <= np.sum(ctx == 0) <= 40  # expected 10
     assert np.mean(valid < 256) == pytest.approx(254 / 1999, abs=0.01)
@@ -473,7 +473,7 @@ def test_tokens_match_the_window_notes(song_cache):
         step = lambda x: round(x * 100)  # noqa: E731  (MT3: Python round of time * 100)
 
         # tie section: the (program, pitch) of melodic notes sounding across the window start
-        # (for a window past the song's last event, across that last event: spec §2.3 edge case)
+        # (for a window past the song's last event, across that last event: ORIGINAL.md §2.3 edge case)
         last_step = max(max(step(n.start), step(n.end)) for n in notes)
         boundary = min(lo, last_step)
         prefix = tokens[: tokens.index(TIE_ID)]

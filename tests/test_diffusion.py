@@ -1,4 +1,4 @@
-"""The cosine log-SNR schedule (spec §4.1) against hand-derived values and textbook Gaussian algebra."""
+"""The cosine log-SNR schedule (ORIGINAL.md §4.1) against hand-derived values and textbook Gaussian algebra."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_logsnr_and_alpha_match_the_formula(t):
 
 
 def test_alpha_bar_table_of_the_spec():
-    # spec §5.1 table, "original alpha_bar(t/1000)" column
+    # ORIGINAL.md §5.1 table, "original alpha_bar(t/1000)" column
     alpha, _ = alpha_sigma(torch.tensor([0.5, 0.9, 0.99]))
     assert (alpha**2).tolist() == pytest.approx([0.5000, 0.0245, 2.48e-4], rel=5e-3)
 

@@ -23,7 +23,7 @@ torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
 SR = 16000
-LN_FLOOR = math.log(1e-5)  # log-mel of silence (spec §1)
+LN_FLOOR = math.log(1e-5)  # log-mel of silence (ORIGINAL.md §1)
 
 
 @pytest.fixture

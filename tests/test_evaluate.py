@@ -27,6 +27,7 @@ import pytest
 
 from specdiff import evaluate as ev
 from specdiff import metrics
+from specdiff.commands import evaluate as evaluate_command
 from specdiff.errors import AudioError, MidiError, SpecdiffError
 
 torch = pytest.importorskip("torch")
@@ -133,7 +134,7 @@ def needs_renderer():
 def test_building_the_parser_does_not_import_torch():
     code = (
         "import argparse, sys\n"
-        "from specdiff.evaluate import add_evaluate_arguments\n"
+        "from specdiff.commands.evaluate import add_evaluate_arguments\n"
         "p = argparse.ArgumentParser(); add_evaluate_arguments(p.add_subparsers())\n"
         "a = p.parse_args(['evaluate', '--demo-split', 'test', '--max-seconds', '4', '--png'])\n"
         "assert a.demo_split == 'test' and a.max_seconds == 4.0 and a.png and a.steps is None  # the model's\n"
@@ -207,7 +208,7 @@ def test_end_to_end_command_with_a_tiny_model(songs, model_dir, tmp_path, capsys
     needs_renderer()
     out = tmp_path / "eval"
     parser = argparse.ArgumentParser()
-    ev.add_evaluate_arguments(parser.add_subparsers())
+    evaluate_command.add_evaluate_arguments(parser.add_subparsers())
     args = parser.parse_args(["evaluate", str(songs), "--model", str(model_dir), "--out", str(out),
                               "--max-seconds", "2", "--png", *FAST])  # fmt: skip
     assert args.func(args) == 0
@@ -292,7 +293,7 @@ def test_demo_split_selects_the_held_out_files(monkeypatch, model_dir):
     seen = {}
     monkeypatch.setattr(ev, "evaluate", lambda model, files, **kw: seen.update(files=files, kw=kw) or {})
     parser = argparse.ArgumentParser()
-    ev.add_evaluate_arguments(parser.add_subparsers())
+    evaluate_command.add_evaluate_arguments(parser.add_subparsers())
     args = parser.parse_args(["evaluate", "--demo-split", "test", "--max-files", "2", "--model", str(model_dir), "-q", *FAST])
     monkeypatch.setattr(ev, "markdown_report", lambda results: "")
     assert args.func(args) == 0
@@ -318,7 +319,7 @@ def test_bad_input_raises_one_line_errors(songs, tmp_path, model_dir):
         ev.evaluate(pipe, [tmp_path / "bad.mid"], verbose=False)
     assert pipe.calls == []  # every check happens before any synthesis
     parser = argparse.ArgumentParser()
-    ev.add_evaluate_arguments(parser.add_subparsers())
+    evaluate_command.add_evaluate_arguments(parser.add_subparsers())
     for argv, message in (
         (["evaluate", "--model", str(model_dir)], "nothing to evaluate"),
         (["evaluate", str(songs), "--demo-split", "test", "--model", str(model_dir)], "not both"),

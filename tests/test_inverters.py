@@ -1,4 +1,4 @@
-"""specdiff.inverters: the ONNX interface of spec §6 against hand-built graphs, Griffin-Lim against
+"""specdiff.inverters: the ONNX interface of ORIGINAL.md §6 against hand-built graphs, Griffin-Lim against
 re-analysis with our own front end, and how load_inverter chooses (and falls back)."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def projection(samples_per_frame: int = HOP, seed: int = 0) -> np.ndarray:
 
 
 def write_onnx(path: Path, weights: np.ndarray, input_name: str = "input_features", extra_input: bool = False) -> Path:
-    """A graph with the official inverter's interface (spec §6) computing a linear map per frame."""
+    """A graph with the official inverter's interface (ORIGINAL.md §6) computing a linear map per frame."""
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 

@@ -1,4 +1,4 @@
-"""The log-mel front end (spec §1) against TensorFlow's own values and hand-derived properties.
+"""The log-mel front end (ORIGINAL.md §1) against TensorFlow's own values and hand-derived properties.
 
 tests/data/mel/*.npz were written by tools/make_mel_fixtures.py with TensorFlow 2.21
 (``tf.signal.stft`` + ``linear_to_mel_weight_matrix``, exactly MSD's MelGAN front end).
@@ -186,7 +186,7 @@ def test_non_float_input_becomes_float32_and_scalars_are_rejected():
         mel.log_mel(torch.tensor(1.0))
 
 
-# ---- scaling (spec §1.1) -----------------------------------------------------------------------------
+# ---- scaling (ORIGINAL.md §1.1) -----------------------------------------------------------------------------
 
 
 def test_scale_features_hand_values():

@@ -87,7 +87,7 @@ def test_drums_are_excluded_and_empty_lists_are_defined():
 def test_log_mel_l1_is_zero_for_identical_audio_and_ignores_extra_trailing_samples():
     x = noise(1.0)
     assert metrics.log_mel_l1(x, x) == 0.0
-    # Frames are not centred (spec §1): with a length that is a multiple of the hop, the frames of
+    # Frames are not centred (ORIGINAL.md §1): with a length that is a multiple of the hop, the frames of
     # x and of x followed by silence agree on x's span, so cropping to the common length gives 0.
     assert len(x) % 320 == 0
     assert metrics.log_mel_l1(np.concatenate([x, np.zeros(8000, np.float32)]), x) == 0.0

@@ -1,4 +1,4 @@
-"""The networks: checkpoint layout (spec §3.5) and numerical parity with the reference classes.
+"""The networks: checkpoint layout (ORIGINAL.md §3.5) and numerical parity with the reference classes.
 
 The reference classes are diffusers' ``T5FilmDecoder`` and its transformers-based
 ``SpectrogramNotesEncoder`` / ``SpectrogramContEncoder`` (optional ``parity`` extra). Both sides
@@ -57,7 +57,7 @@ def random_tokens(batch: int, lengths: list[int], seed: int = 0) -> tuple[torch.
 
 
 def test_base_preset_matches_official_checkpoint_sizes():
-    # spec §3.5: parameter totals of google/music-spectrogram-diffusion
+    # ORIGINAL.md §3.5: parameter totals of google/music-spectrogram-diffusion
     with torch.device("meta"):
         notes, cont, dec = build_models("base", seed=None)
     assert count_parameters(notes) == 87_706_368
@@ -94,7 +94,7 @@ def test_position_tables_are_frozen_and_small_preset_size():
     for m in (notes, cont, dec):
         assert not m.position_encoding.weight.requires_grad
     total = sum(count_parameters(m) for m in (notes, cont, dec))
-    assert abs(total / 1e6 - 104.0) < 0.5  # spec §3.5: small_with_context is about 104.0M
+    assert abs(total / 1e6 - 104.0) < 0.5  # ORIGINAL.md §3.5: small_with_context is about 104.0M
 
 
 def test_fixed_permuted_offset_table_is_a_permuted_phase_shifted_sinusoid():
@@ -259,7 +259,7 @@ def test_notes_encoder_parity_with_diffusers():
 @pytest.mark.parametrize("valid", [256, 0])
 def test_continuous_encoder_parity_with_diffusers(valid):
     # diffusers rolls positions along the batch axis (a no-op), which agrees with the original's
-    # terminal-relative positions exactly for full and empty contexts (spec §3.3).
+    # terminal-relative positions exactly for full and empty contexts (ORIGINAL.md §3.3).
     _, RefCont, _ = _reference_classes()
     ref = RefCont(**cont_config()).eval()
     _randomize(ref, 2)
@@ -277,7 +277,7 @@ def test_continuous_encoder_parity_with_diffusers(valid):
 
 def test_continuous_encoder_partial_context_uses_terminal_relative_positions():
     # For a partial context we differ from diffusers on purpose: feeding the reference explicitly
-    # rolled inputs reproduces the original's positions (spec §3.3).
+    # rolled inputs reproduces the original's positions (ORIGINAL.md §3.3).
     _, RefCont, _ = _reference_classes()
     ref = RefCont(**cont_config()).eval()
     _randomize(ref, 3)

@@ -1,4 +1,4 @@
-"""t5x Adafactor (spec §4.3) against hand-computed steps and torch.optim.Adafactor; the EMA."""
+"""t5x Adafactor (ORIGINAL.md §4.3) against hand-computed steps and torch.optim.Adafactor; the EMA."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The pipeline (spec §5): folder layout round trips, parity with diffusers' pipeline, the song loop.
+"""The pipeline (ORIGINAL.md §5): folder layout round trips, parity with diffusers' pipeline, the song loop.
 
 Tiny random networks keep every test fast. The reference side (optional ``parity`` extra) is
 diffusers' own ``SpectrogramNotesEncoder`` / ``SpectrogramContEncoder`` / ``T5FilmDecoder`` /
@@ -174,7 +174,7 @@ def reference(tmp_path_factory):
     shared = dict(dropout_rate=0.1, **TINY)
     notes = RefNotes(max_length=2048, vocab_size=1536, feed_forward_proj="gated-gelu", is_decoder=False, **shared)
     cont = RefCont(input_dims=128, targets_context_length=256, feed_forward_proj="gated-gelu", is_decoder=False, **shared)
-    # The class default max_decoder_noise_time (2000) is not the checkpoint's (spec §9.1).
+    # The class default max_decoder_noise_time (2000) is not the checkpoint's (ORIGINAL.md §9.1).
     dec = diffusers.T5FilmDecoder(input_dims=128, targets_length=256, max_decoder_noise_time=20000.0, **shared)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # non-trivial weights everywhere, norms and position tables included

@@ -1,4 +1,4 @@
-"""Samplers (spec §4.1, §5.1): the original log-SNR DDPM sampler, diffusers adapters, and CFG.
+"""Samplers (ORIGINAL.md §4.1, §5.1): the original log-SNR DDPM sampler, diffusers adapters, and CFG.
 
 Expectations are derived independently: closed-form schedule values, the textbook Gaussian
 posterior q(z_s | z_t, x0) written with alpha_{t|s}, an exactly solvable one-point data set, and
@@ -18,12 +18,12 @@ from specdiff.errors import SpecdiffError
 torch.set_num_threads(1)
 
 SHAPE = (1, 256, 128)
-B = math.atan(math.exp(-10.0))  # spec §4.1
+B = math.atan(math.exp(-10.0))  # ORIGINAL.md §4.1
 A = math.atan(math.exp(10.0)) - B
 
 
 def alpha_sigma_ref(t: float) -> tuple[float, float]:
-    """alpha^2 = sigmoid(logsnr), logsnr = -2 ln tan(a t + b), in float64 (spec §4.1)."""
+    """alpha^2 = sigmoid(logsnr), logsnr = -2 ln tan(a t + b), in float64 (ORIGINAL.md §4.1)."""
     lsnr = -2.0 * math.log(math.tan(A * t + B))
     return math.sqrt(1 / (1 + math.exp(-lsnr))), math.sqrt(1 / (1 + math.exp(lsnr)))
 
@@ -157,7 +157,7 @@ def test_ddpm_adapter_reproduces_diffusers_ddpm_scheduler():
     ours = S.make_scheduler("ddpm")
     for sched in (reference, ours):
         sched.set_timesteps(100)
-    assert reference.timesteps.tolist() == list(range(990, -1, -10))  # "leading" (spec §5.1)
+    assert reference.timesteps.tolist() == list(range(990, -1, -10))  # "leading" (ORIGINAL.md §5.1)
     assert ours.timesteps.tolist() == reference.timesteps.tolist()
 
     def toy_eps(z, t):
@@ -167,7 +167,7 @@ def test_ddpm_adapter_reproduces_diffusers_ddpm_scheduler():
     x_ref = torch.randn(SHAPE, generator=g_ref)
     x_ours = S.randn(SHAPE, g_ours, "cpu")
     for t in reference.timesteps:
-        # The diffusers pipeline feeds the decoder t / num_train_timesteps (spec §5.1).
+        # The diffusers pipeline feeds the decoder t / num_train_timesteps (ORIGINAL.md §5.1).
         x_ref = reference.step(toy_eps(x_ref, t / 1000), t, x_ref, generator=g_ref).prev_sample
         nt = ours.noise_time(t)
         assert nt.dtype == torch.float32 and nt == t / 1000
@@ -197,7 +197,7 @@ def test_solvers_run_on_the_models_own_schedule():
         assert sampler.config.trained_betas is not None
         table = sampler.scheduler.alphas_cumprod.double()
         for t in (1, 10, 250, 500, 900, 990, 999):
-            a, _ = alpha_sigma_ref(t / 1000)  # spec §4.1, no 0.008 offset
+            a, _ = alpha_sigma_ref(t / 1000)  # ORIGINAL.md §4.1, no 0.008 offset
             assert table[t].item() == pytest.approx(a**2, rel=1e-5)
             assert sampler.noise_time(t).item() == pytest.approx(t / 1000, abs=1e-7)
         # t = 0: the table's alpha_bar stays below 1 in float32; the noise time is the matching one.
@@ -206,12 +206,12 @@ def test_solvers_run_on_the_models_own_schedule():
     # "ddpm" stays the checkpoint's Nichol schedule: diffusers' pipeline, step for step.
     ddpm = S.make_scheduler("ddpm")
     assert ddpm.config.trained_betas is None and ddpm.noise_time(500).item() == 0.5
-    assert ddpm.scheduler.alphas_cumprod[500].item() == pytest.approx(0.4923, abs=1e-4)  # spec §5.1 table
+    assert ddpm.scheduler.alphas_cumprod[500].item() == pytest.approx(0.4923, abs=1e-4)  # ORIGINAL.md §5.1 table
 
 
 @pytest.mark.parametrize("name, steps", [("ddim", 7), ("dpmsolver++", 7), ("unipc", 7), ("ddpm", 20)])
 def test_model_schedule_matters_for_a_network_trained_on_it(name, steps):
-    # The exact eps-predictor of the *continuous* schedule the network was trained on (spec §4.1):
+    # The exact eps-predictor of the *continuous* schedule the network was trained on (ORIGINAL.md §4.1):
     # on the model schedule every solver lands on the data point; on the checkpoint's Nichol
     # schedule it does not (its alpha_bar differs by up to 25% where t -> 1, and by 1e-4 at t=0).
     pytest.importorskip("diffusers")
@@ -288,7 +288,7 @@ def test_guidance_combines_conditional_and_zeroed_unconditional(decoder_and_enco
     assert calls == [2]  # cond + uncond in one batched decoder call
     with torch.no_grad():
         cond = dec(encodings, z, t.reshape(1))
-        # Unconditional (spec §4.1): every encoding and mask times zero.
+        # Unconditional (ORIGINAL.md §4.1): every encoding and mask times zero.
         uncond = dec([(e * 0, m & False) for e, m in encodings], z, t.reshape(1))
     assert (guided - (2.5 * cond - 1.5 * uncond)).abs().max() < 1e-4
     assert (cond - uncond).abs().max() > 1e-3  # guidance actually changes something

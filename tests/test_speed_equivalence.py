@@ -57,7 +57,7 @@ def test_fused_sdpa_with_scale_one_equals_explicit_t5_attention():
 
 
 def plain_decoder(dec: FilmDecoder, encodings_and_masks, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """The decoder written out without any shortcut (spec §3.4): every key of every row, explicit
+    """The decoder written out without any shortcut (ORIGINAL.md §3.4): every key of every row, explicit
     softmax attention, FiLM from the time inside every layer, masked rows zeroed afterwards."""
     encoded = torch.cat([e for e, _ in encodings_and_masks], dim=1)
     mask = torch.cat([m for _, m in encodings_and_masks], dim=1).bool()

@@ -1,10 +1,10 @@
-"""The MIDI tokenizer (spec §2): golden tokens from the official processor, hand-derived token
+"""The MIDI tokenizer (ORIGINAL.md §2): golden tokens from the official processor, hand-derived token
 sequences, MIDI reading semantics, round trips and MidiError cases.
 
 Golden files: tests/data/tokenizer/golden.json holds what diffusers' MidiProcessor (note_seq
 0.0.5, pretty_midi) returned for the .mid files beside it; regenerate with
 tools/make_token_fixtures.py. Hand-derived sequences below are written from the codec table of
-spec §2.1 (token id = codec index + 3):
+ORIGINAL.md §2.1 (token id = codec index + 3):
 
     shift s -> 3 + s      pitch p -> 1004 + p     velocity off/on -> 1132 / 1133
     tie -> 1134           program g -> 1135 + g   drum p -> 1263 + p       EOS 1, PAD 0

@@ -1,4 +1,4 @@
-"""Training: the objective (spec §4.1-4.2), CFG drop, resume after SIGKILL, DDP equivalence, export.
+"""Training: the objective (ORIGINAL.md §4.1-4.2), CFG drop, resume after SIGKILL, DDP equivalence, export.
 
 Micro models (d_model 32, one layer) and the synthetic data set keep this file fast.
 """
@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from specdiff.diffusion import alpha_sigma
+from specdiff.cli import main  # what python -m specdiff.train runs
 from specdiff.errors import ModelError, SpecdiffError
 from specdiff.model import build_models
 from specdiff.optim import build_optimizer
@@ -33,7 +34,6 @@ from specdiff.train import (
     export_pipeline,
     list_checkpoints,
     load_checkpoint,
-    main,
     model_from_checkpoint,
     read_metrics,
     train,
@@ -98,6 +98,9 @@ def test_times_uniform_and_cfg_drop_near_ten_percent():
 
 class Recorder(nn.Module):
     """Stands in for the model: records its inputs, predicts a fixed function of z_t."""
+
+    class decoder:  # diffusion_loss reads what the output means from the decoder
+        prediction_type = "epsilon"
 
     def forward(self, tokens, context, context_mask, z_t, t):
         self.seen = dict(tokens=tokens, context=context, context_mask=context_mask, z_t=z_t, t=t)
@@ -243,7 +246,8 @@ def save_then_die(path, state, keep):
     if state["step"] == {kill_at}:
         os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: like a pre-empted machine
 T.save_checkpoint = save_then_die
-sys.exit(T.main({argv!r}))
+from specdiff.cli import main  # what python -m specdiff.train runs
+sys.exit(main({argv!r}))
 """
 
 

@@ -13,7 +13,7 @@ What it does (deterministic for a given --seed and music21 version):
 2. Converts each to MIDI (tempo kept when the score has one, else a random 72-120 qpm), and
    re-assigns General MIDI programs from an ensemble template (piano, strings, brass, winds,
    saxes, guitar band, organ, choir, synth, or a random mix), the lowest part getting a bass
-   instrument. Only Slakh class programs are used (spec §2.5), so the timbre matches the token.
+   instrument. Only Slakh class programs are used (ORIGINAL.md §2.5), so the timbre matches the token.
 3. Adds a meter-aligned kick/snare/hi-hat track on channel 10 to a fraction of the pieces.
 4. Splits by *work* (all movements of a quartet go to the same split) into train / validation /
    test, and records everything in manifest.json.

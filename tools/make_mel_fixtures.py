@@ -8,7 +8,7 @@ specdiff), e.g.
 
 It stores, as compressed .npz files:
 - ``filterbank.npz``: ``tf.signal.linear_to_mel_weight_matrix(128, 513, 16000, 0.0, 8000.0)``;
-- ``log_mel.npz``: a few deterministic test signals and MSD's log-mel of each (spec §1), computed
+- ``log_mel.npz``: a few deterministic test signals and MSD's log-mel of each (ORIGINAL.md §1), computed
   exactly as MSD's ``audio_codecs.MelGAN`` does it in TensorFlow (``NAME/log_mel``, float32), and the
   same computation in float64 (``NAME/log_mel_f64``). float32 FFT rounding (~1e-7 of a frame's
   peak) dominates the quiet bins of pure tones, so the float64 copy is what checks the algorithm
@@ -29,7 +29,7 @@ SAMPLE_RATE = 16000
 
 
 def tf_log_mel(audio: np.ndarray, dtype: tf.DType = tf.float32) -> np.ndarray:
-    """MSD's MelGAN front end (spec §1) in TensorFlow (MSD runs it in float32)."""
+    """MSD's MelGAN front end (ORIGINAL.md §1) in TensorFlow (MSD runs it in float32)."""
     stfts = tf.signal.stft(
         tf.constant(audio, dtype), frame_length=640, frame_step=320, fft_length=1024,
         window_fn=tf.signal.hann_window, pad_end=True,

@@ -1,4 +1,4 @@
-"""Make the tokenizer's golden fixtures with the *official* processor (spec §2.5).
+"""Make the tokenizer's golden fixtures with the *official* processor (ORIGINAL.md §2.5).
 
 Builds a set of small MIDI files deterministically (mido; plus two pieces from music21's corpus
 when music21 is installed), runs diffusers' ``MidiProcessor`` (note_seq + pretty_midi) on each and

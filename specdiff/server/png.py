@@ -2,7 +2,7 @@
 
 The picture is a plain heat map of the log-mel (time left to right, low frequencies at the bottom)
 in an approximation of matplotlib's magma map (the colours of ``specdiff.plotting``), on the front
-end's fixed log range (spec §1: ``log(1e-5)`` .. 4), so pictures of different songs compare directly.
+end's fixed log range (ORIGINAL.md §1: ``log(1e-5)`` .. 4), so pictures of different songs compare directly.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from specdiff.atomic import atomic_write_bytes
 from specdiff.mel import MAX_VALUE, MIN_VALUE
 
 #: magma at 0, 1/4, 1/2, 3/4, 1 (matplotlib's values, rounded); linear in between.
@@ -73,12 +74,4 @@ def write_spectrogram_png(mel: np.ndarray, path: str | os.PathLike) -> Path:
     """Write the heat map of ``mel [frames, bins]`` to ``path`` atomically (temp file + rename)."""
     path = Path(path)
     data = encode_png(spectrogram_image(mel))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, data)

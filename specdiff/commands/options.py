@@ -1,0 +1,128 @@
+"""Options and steps that several commands share: the model a command runs, its sampler settings,
+precision and device (``specdiff synth``, ``evaluate`` and ``serve`` each load a model this way).
+
+Light at import (no torch): torch is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from specdiff.constants import DEFAULT_PRECISION, PRECISIONS
+from specdiff.default_model import precision_dtype
+from specdiff.errors import SpecdiffError
+
+
+class UsageError(SpecdiffError):
+    """The command cannot run as given (e.g. no model to use); exits with status 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0.0 or value == float("inf"):  # rejects nan and inf too
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {value}")
+    return value
+
+
+def add_precision_argument(p: argparse.ArgumentParser) -> None:
+    """``--precision`` (synth, evaluate, serve)."""
+    p.add_argument(
+        "--precision", choices=("auto", *PRECISIONS), default="auto",
+        help=f"precision of the networks (default: auto = the model's own setting where it is fast, else "
+        f"{DEFAULT_PRECISION}). fp32 is the reference; bf16 runs ~1.7x faster on CPUs with native bf16 "
+        "matmuls (AVX512-BF16, AMX) and on GPUs, with slightly different output; fp16 is for GPUs. The "
+        "sampler's own arithmetic always stays fp32.",
+    )
+
+
+def resolve_model_dir(model: Path | None) -> Path:
+    """The ``--model`` folder, else the bundled one; UsageError when there is neither."""
+    if model is not None:
+        if not model.exists():
+            raise SpecdiffError(f"model folder not found: {model}")
+        if not model.is_dir():
+            raise SpecdiffError(f"--model must be a folder (diffusers layout), got a file: {model}")
+        return model
+    from specdiff.default_model import default_model_path
+
+    bundled = default_model_path()
+    if bundled is None:
+        raise UsageError(
+            "no default model is bundled yet; pass --model DIR, a pipeline folder in diffusers layout "
+            "(with model_index.json): a converted google/music-spectrogram-diffusion, or a trained "
+            "checkpoint written by `specdiff export CHECKPOINT DIR`"
+        )
+    return bundled
+
+
+def resolve_sampling(args: argparse.Namespace, model_dir: Path) -> None:
+    """Fill ``args.scheduler`` / ``args.steps`` / ``args.guidance`` left unset on the command line
+    from the model folder's ``sampling.json`` (the settings it was evaluated with), else the
+    library defaults."""
+    from specdiff.default_model import read_sampling_settings
+
+    settings = read_sampling_settings(model_dir)
+    if getattr(args, "precision", None) in (None, "auto"):
+        args.precision_recommended = settings.precision
+    if getattr(args, "scheduler", None) is None:
+        args.scheduler = settings.scheduler
+    if getattr(args, "steps", None) is None:
+        args.steps = settings.num_inference_steps
+    if getattr(args, "guidance", None) is None:
+        args.guidance = settings.guidance_scale
+
+
+def resolve_precision(args: argparse.Namespace, device: str) -> Any:
+    """The torch dtype of the networks for ``args.precision`` on ``device`` (sets ``args.precision``
+    to the name used). ``auto`` takes the model folder's recommendation (see resolve_sampling) where
+    it pays: bf16 on a GPU or a CPU with native bf16 matmuls, fp16 on a GPU; otherwise fp32."""
+    from specdiff.hardware import cpu_has_native_bf16
+
+    name = getattr(args, "precision", None) or "auto"
+    if name == "auto":
+        name = getattr(args, "precision_recommended", DEFAULT_PRECISION)
+        if device == "cpu" and (name == "fp16" or (name == "bf16" and not cpu_has_native_bf16())):
+            name = "fp32"
+    elif name == "fp16" and device == "cpu":
+        raise SpecdiffError("--precision fp16 is for GPUs (float16 matmuls are slow on a CPU); use bf16 or fp32")
+    args.precision = name
+    return precision_dtype(name)
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> cuda / mps / cpu; an explicit accelerator that is not there is an error."""
+    import torch
+
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SpecdiffError("--device cuda: no CUDA GPU is available to PyTorch here (try --device cpu)")
+    if name == "mps" and not has_mps:
+        raise SpecdiffError("--device mps: Apple MPS is not available here (try --device cpu)")
+    return name

@@ -1,0 +1,43 @@
+"""The numbers and names the whole package agrees on, in one light module (no torch, no numpy).
+
+Every other module imports these instead of writing them again, so the front end, the tokenizer,
+the data pipeline, the audio writers and the command line cannot drift apart. The old names stay
+importable from where they used to live (``from specdiff.mel import SAMPLE_RATE`` still works:
+those modules import them from here).
+"""
+
+from __future__ import annotations
+
+# ---- audio and the log-mel front end (ORIGINAL.md §1) ------------------------------------------
+
+SAMPLE_RATE = 16000  #: Hz, mono
+HOP_LENGTH = 320  #: samples between spectrogram frames (20 ms)
+N_MELS = 128  #: mel bands per frame
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  #: 50 spectrogram frames per second
+
+# ---- segments (ORIGINAL.md §2, §4.2) -----------------------------------------------------------
+
+SEGMENT_FRAMES = 256  #: spectrogram frames per segment (the decoder's target and context length)
+SEGMENT_SECONDS = SEGMENT_FRAMES / FRAMES_PER_SECOND  #: 5.12 s
+TOKENS_LENGTH = 2048  #: note tokens per segment, EOS included (the notes encoder's input length)
+
+# ---- names the command line and the library share ----------------------------------------------
+
+#: Samplers of specdiff.sampler (the first is the original).
+SCHEDULERS = ("original", "ddpm", "ddim", "dpmsolver++", "unipc")
+#: Network precisions: float32 (faithful), bfloat16 (CPUs with native bf16 matmuls, GPUs), float16 (GPUs).
+PRECISIONS = ("fp32", "bf16", "fp16")
+#: Spectrogram inverters registered by specdiff.inverters, plus "auto" (the best one a folder holds).
+INVERTERS = ("auto", "onnx", "vocoder", "griffinlim")
+#: Devices the commands accept ("auto": cuda, else mps, else cpu).
+DEVICES = ("auto", "cpu", "cuda", "mps")
+#: Model size presets (specdiff.model.PRESETS) and training presets (specdiff.train.TRAIN_PRESETS).
+PRESET_NAMES = ("base", "small", "tiny")
+TRAIN_PRESET_NAMES = PRESET_NAMES
+
+# ---- defaults of the sampler -------------------------------------------------------------------
+
+DEFAULT_SCHEDULER = "original"
+DEFAULT_NUM_STEPS = 100
+DEFAULT_GUIDANCE = 2.0
+DEFAULT_PRECISION = "fp32"

@@ -1,0 +1,166 @@
+"""Architecture rules: imports inside the package run one way.
+
+The import graph counts every ``import`` statement in a module, including the ones inside
+functions (which hide a cycle from Python but not from a reader): library code never imports
+command-line code, and no two modules need each other.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "specdiff"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _is_main_guard(node: ast.AST) -> bool:
+    """``if __name__ == "__main__":``"""
+    return (
+        isinstance(node, ast.If)
+        and isinstance(node.test, ast.Compare)
+        and isinstance(node.test.left, ast.Name)
+        and node.test.left.id == "__name__"
+        and len(node.test.comparators) == 1
+        and isinstance(node.test.comparators[0], ast.Constant)
+        and node.test.comparators[0].value == "__main__"
+    )
+
+
+def _nodes_outside_main_guard(tree: ast.Module):
+    """Every node of ``tree`` except those under ``if __name__ == "__main__":``.
+
+    That block runs only when the file is executed as a script (``python -m specdiff.train``), as the
+    module ``__main__``, a copy apart from the importable module: what it imports is the script's
+    entry into the command line, not a dependency of the module.
+    """
+    todo = [node for node in tree.body if not _is_main_guard(node)]
+    while todo:
+        node = todo.pop()
+        yield node
+        todo.extend(child for child in ast.iter_child_nodes(node) if not _is_main_guard(child))
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports anywhere in its body (``specdiff.x`` names)."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        is_package = path.name == "__init__.py"
+        targets: set[str] = set()
+        for node in _nodes_outside_main_guard(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                candidates = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative import
+                    base = name.split(".") if is_package else name.split(".")[:-1]
+                    base = base[: len(base) - (node.level - 1)]
+                    stem = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    stem = node.module or ""
+                # ``from specdiff import mel`` imports the submodule specdiff.mel
+                candidates = [stem] + [f"{stem}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for candidate in candidates:
+                # the longest package module the name refers to
+                while candidate and candidate not in modules:
+                    candidate = candidate.rpartition(".")[0]
+                if candidate and candidate != name and candidate != "specdiff":
+                    targets.add(candidate)
+        graph[name] = targets
+    return graph
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1 or v in graph.get(v, ()):
+                components.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return components
+
+
+def test_graph_sees_function_level_imports():
+    graph = import_graph()
+    # pipeline.load_inverter is imported inside a method: the graph must still see it
+    assert "specdiff.inverters" in graph["specdiff.pipeline"]
+    assert "specdiff.mel" in graph["specdiff.inverters"]  # ``from specdiff import mel``
+
+
+def test_find_cycles_finds_a_cycle():
+    assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert find_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    cycles = find_cycles(import_graph())
+    assert cycles == [], f"import cycles in specdiff: {cycles}"
+
+
+def test_library_never_imports_commands():
+    graph = import_graph()
+    commands = {m for m in graph if m.startswith("specdiff.commands.") or m in COMMAND_MODULES}
+    library = set(graph) - commands - ENTRY_POINTS
+    offenders = {m: sorted(graph[m] & commands) for m in library if graph[m] & commands}
+    assert offenders == {}, f"library modules importing command-line code: {offenders}"
+
+
+# Modules whose job is the command line (argument parsers, main()s).
+COMMAND_MODULES = {"specdiff.cli", "specdiff.train_cli", "specdiff.vocoder_cli", "specdiff.serve"}
+# Entry points that only hand over to the command line.
+ENTRY_POINTS = {"specdiff.__main__"}
+
+
+def test_no_tracked_file_points_outside_the_repository():
+    """The repository describes the original system itself (docs/ORIGINAL.md)."""
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    needles = ("../" + "shared", "shared/" + "spec.md")
+    offenders = []
+    for name in files:
+        path = ROOT / name
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        if any(needle in text for needle in needles):
+            offenders.append(name)
+    assert offenders == []
