@@ -1,4 +1,4 @@
-"""The continuous-time cosine log-SNR diffusion schedule of the original (ORIGINAL.md §4.1).
+"""The continuous-time cosine log-SNR diffusion schedule of the original (spec §4.1).
 
 Time ``t`` runs over [0, 1]; ``t = 0`` is (almost) clean data and ``t = 1`` is (almost) pure noise:
 
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 LOGSNR_MAX = 20.0
-#: ``b`` and ``a`` of ORIGINAL.md §4.1: logsnr(0) = +20 and logsnr(1) = -20.
+#: ``b`` and ``a`` of spec §4.1: logsnr(0) = +20 and logsnr(1) = -20.
 SCHEDULE_B = math.atan(math.exp(-LOGSNR_MAX / 2))
 SCHEDULE_A = math.atan(math.exp(LOGSNR_MAX / 2)) - SCHEDULE_B
 
@@ -32,7 +32,7 @@ def _angle(t: Tensor) -> Tensor:
 
 
 def logsnr(t: Tensor | float) -> Tensor:
-    """``-2 ln tan(a t + b)`` (ORIGINAL.md §4.1), in the dtype of ``t`` (float32 for Python floats)."""
+    """``-2 ln tan(a t + b)`` (spec §4.1), in the dtype of ``t`` (float32 for Python floats)."""
     t = torch.as_tensor(t)
     out = -2.0 * torch.log(torch.tan(_angle(t)))
     return out.to(t.dtype if t.is_floating_point() else torch.float32)
@@ -91,7 +91,7 @@ def eps_from_prediction(prediction: Tensor, z_t: Tensor, t: Tensor, prediction_t
 
 
 def posterior(z_t: Tensor, x0: Tensor, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and variance of ``q(z_s | z_t, x0)`` for ``s < t`` (ORIGINAL.md §4.1 sampler, ``logvar_type="large"``).
+    """Mean and variance of ``q(z_s | z_t, x0)`` for ``s < t`` (spec §4.1 sampler, ``logvar_type="large"``).
 
     With ``r = SNR_t / SNR_s``: ``mean = r (alpha_s / alpha_t) z_t + (1 - r) alpha_s x0`` and the "large"
     variance ``(1 - r) sigma_t^2`` (the forward step's variance). Careful: the original code calls the

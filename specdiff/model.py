@@ -1,11 +1,11 @@
-"""The three networks of Spectrogram Diffusion (ORIGINAL.md §3): notes encoder, context encoder, FiLM decoder.
+"""The three networks of Spectrogram Diffusion (spec §3): notes encoder, context encoder, FiLM decoder.
 
 Everything is T5.1.1 style: pre-RMSNorm, no biases, attention logits *not* scaled by 1/sqrt(d_k)
 (T5 folds that into the query initialisation), gated tanh-GELU feed-forward, and frozen absolute
 position tables that are random permuted, phase-shifted sinusoids (so they live in the state dict).
 
 Parameter names and shapes equal the official diffusers checkpoint
-(`google/music-spectrogram-diffusion`, ORIGINAL.md §3.5), so its weights load with ``strict=True``:
+(`google/music-spectrogram-diffusion`, spec §3.5), so its weights load with ``strict=True``:
 
 - encoders use Hugging Face T5 names (``encoders.{i}.layer.0.SelfAttention.q`` ...),
 - the decoder uses diffusers names (``decoders.{i}.layer.0.attention.to_q`` ...).
@@ -105,7 +105,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, dropout_rate: f
 class SequenceDropout(nn.Module):
     """Dropout whose mask is shared along the sequence axis (flax ``broadcast_dims=(-2,)``).
 
-    The original drops whole feature channels of an example, for every position at once (ORIGINAL.md §3;
+    The original drops whole feature channels of an example, for every position at once (spec §3;
     MSD ``network.py``). diffusers/HF use element-wise dropout; only training is affected.
     """
 
@@ -184,7 +184,7 @@ def encoder_attention_bias(mask: Tensor, dtype: torch.dtype) -> Tensor:
     """Key-padding mask ``[B, L]`` -> additive bias ``[B, 1, 1, L]`` with ``finfo.min`` on padding.
 
     Using finfo.min (as HF T5 does) rather than -inf keeps a fully masked row finite: it attends
-    uniformly, which is what the reference does for the empty first-segment context (ORIGINAL.md §9.6).
+    uniformly, which is what the reference does for the empty first-segment context (spec §9.6).
     """
     bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
     bias = bias.masked_fill(~mask.bool(), torch.finfo(dtype).min)
@@ -220,7 +220,7 @@ class _T5Encoder(nn.Module):
 
 
 class NotesEncoder(_T5Encoder):
-    """T5 encoder over MIDI event tokens (ORIGINAL.md §3.2; diffusers ``SpectrogramNotesEncoder``).
+    """T5 encoder over MIDI event tokens (spec §3.2; diffusers ``SpectrogramNotesEncoder``).
 
     ``forward(tokens [B, L], mask [B, L]) -> (encoding [B, L, D], mask)``. ``L`` may be shorter than
     ``max_length``: padding is masked out, so running only over the real tokens (then padding the
@@ -256,13 +256,13 @@ class NotesEncoder(_T5Encoder):
     def forward(self, encoder_input_tokens: Tensor, encoder_inputs_mask: Tensor) -> EncodingAndMask:
         length = encoder_input_tokens.shape[1]
         positions = torch.arange(length, device=encoder_input_tokens.device)
-        # No sqrt(D) scaling of the embedding (ORIGINAL.md §3.2).
+        # No sqrt(D) scaling of the embedding (spec §3.2).
         x = self.token_embedder(encoder_input_tokens) + self.position_encoding(positions)
         return self._run_stack(x, encoder_inputs_mask), encoder_inputs_mask
 
 
 class ContinuousEncoder(_T5Encoder):
-    """T5 encoder over the previous segment's scaled log-mel (ORIGINAL.md §3.3; ``SpectrogramContEncoder``).
+    """T5 encoder over the previous segment's scaled log-mel (spec §3.3; ``SpectrogramContEncoder``).
 
     Positions are *terminal relative* as in the original (MSD): ``arange(T)`` rolled by the number of
     valid frames, so the last valid frame always gets position ``T-1``. diffusers' port rolls along
@@ -302,7 +302,7 @@ class ContinuousEncoder(_T5Encoder):
 
 
 def terminal_relative_positions(mask: Tensor) -> Tensor:
-    """Per example, ``roll(arange(T), n_valid)`` i.e. ``(i - n_valid) mod T`` (ORIGINAL.md §3.3)."""
+    """Per example, ``roll(arange(T), n_valid)`` i.e. ``(i - n_valid) mod T`` (spec §3.3)."""
     length = mask.shape[-1]
     n_valid = mask.long().sum(-1, keepdim=True)
     return (torch.arange(length, device=mask.device)[None, :] - n_valid) % length
@@ -317,7 +317,7 @@ FilmParams = tuple[Tensor, Tensor]  # (scale, shift), each [B or 1, 1, D]
 
 
 class FiLMLayer(nn.Module):
-    """``x * (1 + scale) + shift`` with ``[scale | shift] = Linear(4D -> 2D)(cond)`` (ORIGINAL.md §3.4).
+    """``x * (1 + scale) + shift`` with ``[scale | shift] = Linear(4D -> 2D)(cond)`` (spec §3.4).
 
     ``params`` depends on the noise time only, so a sampler computes it once per step (or once
     per distinct time for a whole song, :meth:`FilmDecoder.film_conditioning`) and ``apply`` uses it
@@ -373,7 +373,7 @@ class T5LayerSelfAttentionCond(nn.Module):
         self.dropout = SequenceDropout(dropout_rate)
 
     def forward(self, y: Tensor, film: FilmParams) -> Tensor:
-        # The decoder's self-attention is unmasked and not causal (ORIGINAL.md §3.4).
+        # The decoder's self-attention is unmasked and not causal (spec §3.4).
         return y + self.dropout(self.attention(FiLMLayer.apply(self.layer_norm(y), film)))
 
 
@@ -388,7 +388,7 @@ class T5LayerCrossAttention(nn.Module):
         """``rows``: the batch rows that have at least one valid key (None: all of them).
 
         MSD's zero_activations_if_masked: a row whose keys are all masked (the unconditional pass
-        of classifier-free guidance, ORIGINAL.md §3.4) gets no attention output at all, so it is not
+        of classifier-free guidance, spec §3.4) gets no attention output at all, so it is not
         computed for those rows: exactly the same result, and half the cross-attention under CFG.
         """
         if rows is None:
@@ -444,7 +444,7 @@ class CrossAttentionCache:
     """Cross-attention keys/values of every decoder layer for one set of encodings.
 
     They depend only on the encodings, so a sampler computes them once per segment instead of once
-    per denoising step. Only what can matter is kept (ORIGINAL.md §9.4 masking; exact, not approximate):
+    per denoising step. Only what can matter is kept (spec §9.4 masking; exact, not approximate):
 
     - rows: batch rows with no valid key at all (the unconditional half of CFG) get zero
       cross-attention output, so they hold no keys and are skipped (``rows`` lists the others);
@@ -523,7 +523,7 @@ class CrossAttentionCache:
 def timestep_embedding(time: Tensor, dim: int, max_period: float) -> Tensor:
     """T2T sinusoid ``[sin(s * inv), cos(s * inv)]`` with ``inv_i = exp(-i ln(max_period) / (dim/2 - 1))``.
 
-    Equals diffusers' ``get_timestep_embedding(s, dim, max_period, downscale_freq_shift=1)`` (ORIGINAL.md §3.4).
+    Equals diffusers' ``get_timestep_embedding(s, dim, max_period, downscale_freq_shift=1)`` (spec §3.4).
     """
     half = dim // 2
     exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=time.device) / (half - 1)
@@ -541,7 +541,7 @@ DECODER_EXTENSIONS: dict[str, Any] = {"score_roll_features": 0, "prediction_type
 
 
 class FilmDecoder(nn.Module):
-    """FiLM-conditioned, non-causal T5 decoder that predicts the noise (ORIGINAL.md §3.4; ``T5FilmDecoder``).
+    """FiLM-conditioned, non-causal T5 decoder that predicts the noise (spec §3.4; ``T5FilmDecoder``).
 
     ``forward(encodings_and_masks, z_t [B, T, 128], noise_time [B] in [0, 1)) -> eps [B, T, 128]``.
 
@@ -575,7 +575,7 @@ class FilmDecoder(nn.Module):
             raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}")
         if int(score_roll_features) < 0:
             raise ValueError(f"score_roll_features must be >= 0, got {score_roll_features}")
-        # Note: diffusers' class default is 2000.0 but the official checkpoint says 20000.0 (ORIGINAL.md §9.1).
+        # Note: diffusers' class default is 2000.0 but the official checkpoint says 20000.0 (spec §9.1).
         self.config = dict(
             input_dims=input_dims, targets_length=targets_length, max_decoder_noise_time=max_decoder_noise_time,
             d_model=d_model, num_layers=num_layers, num_heads=num_heads, d_kv=d_kv, d_ff=d_ff,
@@ -652,7 +652,7 @@ class FilmDecoder(nn.Module):
     def prepare_cross_attention(
         self, encodings_and_masks: Sequence[EncodingAndMask], score_roll: Tensor | None = None
     ) -> CrossAttentionCache:
-        """Concatenate the encodings along the sequence (ORIGINAL.md §9.4) and project keys/values per layer.
+        """Concatenate the encodings along the sequence (spec §9.4) and project keys/values per layer.
 
         Rows without any valid key and keys masked in every row are left out (see
         :class:`CrossAttentionCache`): the decoder output is the same up to float rounding.
@@ -721,7 +721,7 @@ class FilmDecoder(nn.Module):
 
 
 def fixed_permuted_offset_table(max_len: int, dim: int, generator: torch.Generator | None = None) -> Tensor:
-    """The original ``fixed_permuted_offset`` position table (ORIGINAL.md §3.1).
+    """The original ``fixed_permuted_offset`` position table (spec §3.1).
 
     Sinusoids with ``div_i = exp(-i ln(1e4) / (D/2 - 1))``, one random phase per band, then the D
     columns randomly permuted. It is frozen, so it must be stored with the weights.
@@ -790,7 +790,7 @@ def _preset(d_model: int, num_heads: int, d_ff: int, layers: int, d_kv: int = 64
     }
 
 
-#: Model sizes. ``base`` and ``small`` are the released ``*_with_context`` models (ORIGINAL.md §3.1);
+#: Model sizes. ``base`` and ``small`` are the released ``*_with_context`` models (spec §3.1);
 #: ``tiny`` trains on a laptop CPU.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "base": _preset(768, 12, 2048, 12),

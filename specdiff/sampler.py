@@ -1,4 +1,4 @@
-"""Samplers: the original cosine log-SNR DDPM sampler (ORIGINAL.md §4.1), diffusers schedulers, and CFG.
+"""Samplers: the original cosine log-SNR DDPM sampler (spec §4.1), diffusers schedulers, and CFG.
 
 Every sampler has the shape of a diffusers scheduler, so the pipeline drives them all alike::
 
@@ -9,21 +9,21 @@ Every sampler has the shape of a diffusers scheduler, so the pipeline drives the
         x = sampler.step(eps, t, x, generator=g).prev_sample
 
 ``noise_time`` is the one thing diffusers' schedulers lack: the decoder takes continuous time in
-[0, 1] (ORIGINAL.md §3.4), the diffusers pipeline feeds it ``t / num_train_timesteps`` (ORIGINAL.md §5.1).
+[0, 1] (spec §3.4), the diffusers pipeline feeds it ``t / num_train_timesteps`` (spec §5.1).
 
 Choices (:func:`make_scheduler`):
 
 - ``"original"`` (default): :class:`CosineLogSNRSampler`, the paper's ancestral sampler on the
-  schedule the model was trained with (ORIGINAL.md §4.1).
-- ``"ddpm"``: diffusers' ``DDPMScheduler`` with the official checkpoint config (ORIGINAL.md §3.5), i.e.
+  schedule the model was trained with (spec §4.1).
+- ``"ddpm"``: diffusers' ``DDPMScheduler`` with the official checkpoint config (spec §3.5), i.e.
   exactly what diffusers' ``SpectrogramDiffusionPipeline`` runs (Nichol cosine, "leading" steps).
 - ``"ddim"``, ``"dpmsolver++"`` (2nd-order multistep), ``"unipc"``: diffusers' few-step solvers on the
   model's own noise schedule (:func:`model_schedule_betas`), with "trailing" timesteps so the first
   step starts from pure noise (t=999), each ending on its x0 prediction.
 
 Why the solvers get the model's schedule: the network was trained on the continuous cosine log-SNR
-schedule (ORIGINAL.md §4.1, alpha_bar(t) = cos^2(a t + b)), while the checkpoint's scheduler config is
-Nichol's ``squaredcos_cap_v2`` (0.008 offset, ORIGINAL.md §5.1). A deterministic solver turns every eps
+schedule (spec §4.1, alpha_bar(t) = cos^2(a t + b)), while the checkpoint's scheduler config is
+Nichol's ``squaredcos_cap_v2`` (0.008 offset, spec §5.1). A deterministic solver turns every eps
 prediction into an x0 prediction with *its* alpha_bar, so a schedule that differs from the one the
 network was trained on biases every step (up to 25% in alpha_bar near t=1); the ancestral DDPM
 sampler re-noises and forgives it, few-step ODE solvers do not. With
@@ -51,8 +51,8 @@ EncodingAndMask = tuple[Tensor, Tensor]
 # Defaults (the values live in specdiff.default_model, which the light CLI reads too; a model
 # folder's sampling.json overrides them for that model). The model was trained on the continuous
 # log-SNR schedule, so the original sampler is the faithful one. The paper's colab ran 1000 steps with w = 2.0 (the conversion script also
-# used 2.0; the gin default was 5.0, ORIGINAL.md §4.1); diffusers' pipeline runs 100 steps with no CFG
-# (w = 1, ORIGINAL.md §5.1). We keep diffusers' 100 steps (10x cheaper than 1000; the diffusers pipeline
+# used 2.0; the gin default was 5.0, spec §4.1); diffusers' pipeline runs 100 steps with no CFG
+# (w = 1, spec §5.1). We keep diffusers' 100 steps (10x cheaper than 1000; the diffusers pipeline
 # shows 100 ancestral steps give clean spectrograms) and the colab's guidance 2.0, which costs a
 # second decoder pass per step (batched with the conditional one) and sharpens note adherence.
 from specdiff.default_model import (  # noqa: E402
@@ -62,7 +62,7 @@ from specdiff.default_model import (  # noqa: E402
     SCHEDULERS,
 )
 
-#: The official scheduler config of ``google/music-spectrogram-diffusion`` (ORIGINAL.md §3.5). Keys the
+#: The official scheduler config of ``google/music-spectrogram-diffusion`` (spec §3.5). Keys the
 #: checkpoint leaves out take the diffusers v0.20 defaults (timestep_spacing "leading", ...).
 OFFICIAL_SCHEDULER_CONFIG: dict[str, Any] = {
     "_class_name": "DDPMScheduler",
@@ -127,7 +127,7 @@ def randn(shape: Sequence[int], generator: Generators, device: torch.device | st
 
 
 # ---------------------------------------------------------------------------------------------
-# The original sampler (ORIGINAL.md §4.1)
+# The original sampler (spec §4.1)
 # ---------------------------------------------------------------------------------------------
 
 # The schedule itself is shared with the training objective (specdiff.diffusion).
@@ -145,7 +145,7 @@ def model_schedule_betas(num_train_timesteps: int = 1000) -> list[float]:
     """diffusers ``trained_betas`` for the model's own schedule: ``alpha_bar[t] = alpha_bar(t / N)``.
 
     ``alpha_bar(u) = cos^2(a u + b)`` is the continuous cosine log-SNR schedule the network was
-    trained on (ORIGINAL.md §4.1); the decoder is fed ``t / N`` by :class:`DiffusersSampler`, so the
+    trained on (spec §4.1); the decoder is fed ``t / N`` by :class:`DiffusersSampler`, so the
     scheduler's alpha_bar and the network's noise level agree at every integer timestep.
     ``beta_t = 1 - alpha_bar[t] / alpha_bar[t - 1]`` (``alpha_bar[-1] = 1``), computed in float64.
     One exception: ``beta_0 = 1 - alpha_bar(0) = 2e-9`` would round ``alpha_bar[0]`` to exactly 1 in
@@ -174,7 +174,7 @@ def model_schedule_noise_times(num_train_timesteps: int = 1000) -> Tensor:
 
 
 class CosineLogSNRSampler:
-    """The original DDPM sampler of Spectrogram Diffusion (MSD ``SamplerConfig``, ORIGINAL.md §4.1).
+    """The original DDPM sampler of Spectrogram Diffusion (MSD ``SamplerConfig``, spec §4.1).
 
     Continuous time: with ``N`` steps, step ``i = N-1 .. 0`` goes from ``t = (i+1)/N`` to
     ``s = i/N``. The noise time fed to the decoder is ``t`` itself. Each step predicts
@@ -209,7 +209,7 @@ class CosineLogSNRSampler:
         return self._timesteps
 
     def noise_time(self, timestep: Tensor | float) -> Tensor:
-        """``decoder_noise_time`` for this step: the continuous time ``t`` itself (ORIGINAL.md §4.1)."""
+        """``decoder_noise_time`` for this step: the continuous time ``t`` itself (spec §4.1)."""
         return torch.as_tensor(timestep, dtype=torch.float64).to(torch.float32)
 
     def scale_model_input(self, sample: Tensor, timestep: Tensor | float | None = None) -> Tensor:
@@ -246,10 +246,10 @@ class CosineLogSNRSampler:
         if self.clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
         if i == 0:
-            prev = x0  # the last step returns the x0 prediction (ORIGINAL.md §4.1)
+            prev = x0  # the last step returns the x0 prediction (spec §4.1)
         else:
             # With the clipped x0, eps_hat = (z - alpha_t x0) / sigma_t; the posterior mean below is
-            # written in (z, x0) directly, which is the same thing (ORIGINAL.md §4.1, MSD diffusion_utils;
+            # written in (z, x0) directly, which is the same thing (spec §4.1, MSD diffusion_utils;
             # diffusion.posterior is the tensor version). r = SNR_t / SNR_s.
             alpha_s, sigma_s = _alpha_sigma_float(i / n)
             r = (alpha_t * sigma_s / (sigma_t * alpha_s)) ** 2
@@ -343,7 +343,7 @@ class DiffusersSampler:
 
 
 # name -> (diffusers class name, config overrides on top of the official config, final_x0)
-# The original clips every x0 prediction to [-1, 1] (ORIGINAL.md §4.1); DDPM and DDIM do so through
+# The original clips every x0 prediction to [-1, 1] (spec §4.1); DDPM and DDIM do so through
 # ``clip_sample`` of the official config. The ODE solvers have no such flag, but their "dynamic
 # thresholding" with ``sample_max_value=1`` is exactly that clip (the threshold s is clamped to
 # [1, sample_max_value] = 1). Without it, an x0 predicted near t = 1, where alpha ~ 4.5e-5 on the
@@ -367,7 +367,7 @@ def make_scheduler(name: str = DEFAULT_SCHEDULER, config: dict[str, Any] | None 
     """A sampler by name: ``original`` | ``ddpm`` | ``ddim`` | ``dpmsolver++`` | ``unipc``.
 
     ``config`` is a diffusers scheduler config (e.g. a model folder's ``scheduler_config.json``);
-    it defaults to the official one (ORIGINAL.md §3.5) and is ignored by ``original``, whose schedule is
+    it defaults to the official one (spec §3.5) and is ignored by ``original``, whose schedule is
     fixed by the training objective. For ``ddpm`` it is used as is; the solvers apply their
     overrides (``timestep_spacing="trailing"``, DPM-Solver++ order 2) on top of it.
     ``model_schedule`` (default: True for the solvers, False for ``ddpm``) replaces the config's
@@ -415,16 +415,16 @@ def as_sampler(scheduler: Any) -> Sampler:
 
 
 def unconditional(encodings_and_masks: Sequence[EncodingAndMask]) -> list[EncodingAndMask]:
-    """The CFG "null" conditioning: every encoding and mask multiplied by zero (ORIGINAL.md §4.1).
+    """The CFG "null" conditioning: every encoding and mask multiplied by zero (spec §4.1).
 
     With all keys masked the decoder zeroes its cross-attention output (MSD
-    ``zero_activations_if_masked``, ORIGINAL.md §9.6), so the prediction sees no notes and no context.
+    ``zero_activations_if_masked``, spec §9.6), so the prediction sees no notes and no context.
     """
     return [(torch.zeros_like(enc), torch.zeros_like(mask)) for enc, mask in encodings_and_masks]
 
 
 def combine_guidance(eps_cond: Tensor, eps_uncond: Tensor, guidance_scale: float) -> Tensor:
-    """``w eps_cond + (1 - w) eps_uncond`` (ORIGINAL.md §4.1)."""
+    """``w eps_cond + (1 - w) eps_uncond`` (spec §4.1)."""
     return guidance_scale * eps_cond + (1.0 - guidance_scale) * eps_uncond
 
 
