@@ -164,3 +164,15 @@ def test_no_tracked_file_points_outside_the_repository():
         if any(needle in text for needle in needles):
             offenders.append(name)
     assert offenders == []
+
+
+def test_no_test_module_imports_another():
+    """Shared test helpers live in tests/conftest.py, not in a test module that others import."""
+    offenders = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0].startswith("test_")]
+    assert offenders == []

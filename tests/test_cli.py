@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ARPEGGIO, write_midi
 from specdiff import cli
 from specdiff.errors import SpecdiffError
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = 16000
-TICKS_PER_BEAT = 480  # at the default 120 bpm a beat is 0.5 s
 
 
 # ---------------------------------------------------------------------------------------------
@@ -27,26 +27,8 @@ TICKS_PER_BEAT = 480  # at the default 120 bpm a beat is 0.5 s
 # ---------------------------------------------------------------------------------------------
 
 
-def write_midi(path: Path, notes: list[tuple[int, float, float]], program: int = 0) -> Path:
-    """A one-track MIDI file; notes are (pitch, start s, end s) at 120 bpm."""
-    mido = pytest.importorskip("mido")
-    events = []
-    for pitch, start, end in notes:
-        events.append((round(start * 2 * TICKS_PER_BEAT), "note_on", pitch, 100))
-        events.append((round(end * 2 * TICKS_PER_BEAT), "note_off", pitch, 0))
-    events.sort(key=lambda e: (e[0], e[1] == "note_on"))  # note-offs before note-ons at a tick
-    track = mido.MidiTrack([mido.Message("program_change", program=program, time=0)])
-    now = 0
-    for tick, kind, pitch, velocity in events:
-        track.append(mido.Message(kind, note=pitch, velocity=velocity, time=tick - now))
-        now = tick
-    track.append(mido.MetaMessage("end_of_track", time=0))
-    mido.MidiFile(ticks_per_beat=TICKS_PER_BEAT, tracks=[track]).save(path)
-    return path
-
-
 #: The test song: C major arpeggio, 1.5 s of music (NoteSequence total_time = last note-off).
-SONG_NOTES = [(60, 0.0, 0.5), (64, 0.5, 1.0), (67, 1.0, 1.5)]
+SONG_NOTES = ARPEGGIO
 SONG_SECONDS = 1.5
 
 

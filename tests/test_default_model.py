@@ -51,9 +51,9 @@ def test_synth_with_no_flags_uses_the_bundled_model(tmp_path, capsys):
     import soundfile as sf
 
     from specdiff import cli
-    from test_cli import SONG_NOTES, write_midi  # pytest puts tests/ on sys.path
+    from conftest import ARPEGGIO, write_midi
 
-    song = write_midi(tmp_path / "song.mid", SONG_NOTES)
+    song = write_midi(tmp_path / "song.mid", ARPEGGIO)
     assert cli.main(["synth", str(song), "-o", str(tmp_path / "song.wav"), "--quiet"]) == 0
     audio, rate = sf.read(tmp_path / "song.wav", dtype="float32")
     assert rate == 16000 and audio.ndim == 1 and len(audio) > 16000

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import smf_bytes
 from specdiff import evaluate as ev
 from specdiff import metrics
 from specdiff.commands import evaluate as evaluate_command
@@ -35,7 +36,6 @@ torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = 16000
-TICKS_PER_SECOND = 960  # 480 ticks per beat at the default 120 qpm
 TRANSCRIPTION = metrics.transcription_unavailable() is None
 FAST = ["--steps", "2", "--inverter", "griffinlim", "--device", "cpu", "--seed", "3"]
 
@@ -47,22 +47,9 @@ FAST = ["--steps", "2", "--inverter", "griffinlim", "--device", "cpu", "--seed",
 
 def write_midi(path: Path, notes: list[tuple[int, int, int, float, float]]) -> Path:
     """A MIDI file with one track per channel; notes are (channel, program, pitch, start s, end s)."""
-    mido = pytest.importorskip("mido")
-    tracks = []
-    for channel in sorted({n[0] for n in notes}):
-        mine = [n for n in notes if n[0] == channel]
-        events = []
-        for _, _, pitch, start, end in mine:
-            events.append((round(start * TICKS_PER_SECOND), 0, "note_on", pitch, 100))
-            events.append((round(end * TICKS_PER_SECOND), -1, "note_off", pitch, 0))
-        events.sort()  # note-offs before note-ons at the same tick
-        track = mido.MidiTrack([mido.Message("program_change", channel=channel, program=mine[0][1], time=0)])
-        now = 0
-        for tick, _, kind, pitch, velocity in events:
-            track.append(mido.Message(kind, channel=channel, note=pitch, velocity=velocity, time=tick - now))
-            now = tick
-        tracks.append(track)
-    mido.MidiFile(ticks_per_beat=480, tracks=tracks).save(path)
+    channels = sorted({n[0] for n in notes})
+    tracks = [(c, next(n[1] for n in notes if n[0] == c), [n[2:] for n in notes if n[0] == c]) for c in channels]
+    path.write_bytes(smf_bytes(tracks))
     return path
 
 

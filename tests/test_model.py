@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from conftest import diffusers_reference
 from specdiff.model import (
     PRESETS,
     ContinuousEncoder,
@@ -212,20 +213,8 @@ def test_build_models_is_seeded_and_leaves_global_rng_alone():
 
 
 def _reference_classes():
-    pytest.importorskip("transformers", reason="parity tests need the 'parity' extra (transformers)")
-    diffusers = pytest.importorskip("diffusers", reason="parity tests need the 'parity' extra (diffusers)")
-    from diffusers.pipelines.deprecated.spectrogram_diffusion import SpectrogramContEncoder, SpectrogramNotesEncoder
-
-    # transformers 5.x dropped ModuleUtilsMixin.get_extended_attention_mask, which the diffusers
-    # encoders still call; supply the 4.x behaviour (additive finfo.min on padding).
-    def get_extended_attention_mask(self, mask, input_shape, dtype=None):
-        dtype = dtype or torch.float32
-        return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
-
-    for cls in (SpectrogramNotesEncoder, SpectrogramContEncoder):
-        if not hasattr(cls, "get_extended_attention_mask"):
-            cls.get_extended_attention_mask = get_extended_attention_mask
-    return SpectrogramNotesEncoder, SpectrogramContEncoder, diffusers.T5FilmDecoder
+    reference = diffusers_reference()
+    return reference.NotesEncoder, reference.ContEncoder, reference.Decoder
 
 
 def _randomize(module: torch.nn.Module, seed: int) -> None:

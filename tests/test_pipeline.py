@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import diffusers_reference
 from specdiff.errors import MidiError, ModelError, SpecdiffError
 from specdiff.model import build_models
 from specdiff.pipeline import RELEASE_TAIL_SECONDS, SpectrogramDiffusionPipeline
@@ -148,23 +149,8 @@ def test_broken_folders_raise_model_error(pipe, tmp_path):
 
 
 def _diffusers_reference():
-    pytest.importorskip("transformers", reason="parity tests need the 'parity' extra (transformers)")
-    diffusers = pytest.importorskip("diffusers", reason="parity tests need the 'parity' extra (diffusers)")
-    from diffusers.pipelines.deprecated.spectrogram_diffusion import SpectrogramContEncoder, SpectrogramNotesEncoder
-    from diffusers.pipelines.deprecated.spectrogram_diffusion.pipeline_spectrogram_diffusion import (
-        SpectrogramDiffusionPipeline as Reference,
-    )
-
-    # transformers 5.x dropped get_extended_attention_mask, which the diffusers encoders still
-    # call; supply the 4.x behaviour (additive finfo.min on padding).
-    def get_extended_attention_mask(self, mask, input_shape, dtype=None):
-        dtype = dtype or torch.float32
-        return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
-
-    for cls in (SpectrogramNotesEncoder, SpectrogramContEncoder):
-        if not hasattr(cls, "get_extended_attention_mask"):
-            cls.get_extended_attention_mask = get_extended_attention_mask
-    return diffusers, SpectrogramNotesEncoder, SpectrogramContEncoder, Reference
+    reference = diffusers_reference()
+    return reference.diffusers, reference.NotesEncoder, reference.ContEncoder, reference.Pipeline
 
 
 @pytest.fixture(scope="module")

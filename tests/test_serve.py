@@ -29,6 +29,7 @@ pytest.importorskip("multipart", reason="the `serve` extra is not installed (pip
 httpx = pytest.importorskip("httpx", reason="the tests talk HTTP with httpx (pip install httpx)")
 torch = pytest.importorskip("torch")
 
+from conftest import midi_bytes  # noqa: E402
 from specdiff.errors import SpecdiffError  # noqa: E402
 from specdiff.model import build_models  # noqa: E402
 from specdiff.pipeline import SpectrogramDiffusionPipeline  # noqa: E402
@@ -51,28 +52,6 @@ TIMEOUT = 60.0
 # ---------------------------------------------------------------------------------------------
 # MIDI files made here (no third-party writer: the bytes are the Standard MIDI File spec's)
 # ---------------------------------------------------------------------------------------------
-
-
-def _varlen(value: int) -> bytes:
-    out = [value & 0x7F]
-    while value > 0x7F:
-        value >>= 7
-        out.append(0x80 | (value & 0x7F))
-    return bytes(reversed(out))
-
-
-def midi_bytes(notes: list[tuple[int, float, float]], program: int = 0, tpq: int = 480) -> bytes:
-    """Format-0 SMF at the default 120 bpm (a beat is 0.5 s); notes are (pitch, start s, end s)."""
-    events = []
-    for pitch, start, end in notes:
-        events.append((round(start * 2 * tpq), 0, bytes([0x90, pitch, 100])))
-        events.append((round(end * 2 * tpq), -1, bytes([0x80, pitch, 0])))  # offs first at a tick
-    body, now = bytearray(_varlen(0) + bytes([0xC0, program])), 0
-    for tick, _, message in sorted(events):
-        body += _varlen(tick - now) + message
-        now = tick
-    body += _varlen(0) + b"\xff\x2f\x00"
-    return b"MThd" + struct.pack(">IHHH", 6, 0, 1, tpq) + b"MTrk" + struct.pack(">I", len(body)) + bytes(body)
 
 
 SONG = midi_bytes([(60, 0.0, 0.4), (64, 0.4, 0.8), (67, 0.8, 1.2)])  # 1.2 s: one segment

@@ -1,0 +1,106 @@
+"""What several test modules share: a MIDI file writer and diffusers' reference implementation.
+
+Test modules import these helpers from here (``from conftest import midi_bytes``: pytest puts
+``tests/`` on ``sys.path``); no test module imports another test module.
+"""
+
+from __future__ import annotations
+
+import struct
+import types
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+# ---------------------------------------------------------------------------------------------
+# MIDI files (no third-party writer: the bytes are the Standard MIDI File format's)
+# ---------------------------------------------------------------------------------------------
+
+#: A track: (channel, program, notes), notes are (pitch, start s, end s) or (pitch, start s, end s, velocity).
+Track = tuple[int, int, Sequence[tuple]]
+
+
+def _varlen(value: int) -> bytes:
+    out = [value & 0x7F]
+    while value > 0x7F:
+        value >>= 7
+        out.append(0x80 | (value & 0x7F))
+    return bytes(reversed(out))
+
+
+def _track_chunk(channel: int, program: int, notes: Sequence[tuple], tpq: int) -> bytes:
+    ticks_per_second = 2 * tpq  # no tempo event: the default 120 bpm, a beat is 0.5 s
+    events = []
+    for pitch, start, end, *rest in notes:
+        velocity = rest[0] if rest else 100
+        events.append((round(start * ticks_per_second), 0, bytes([0x90 | channel, pitch, velocity])))
+        events.append((round(end * ticks_per_second), -1, bytes([0x80 | channel, pitch, 0])))  # offs first at a tick
+    body, now = bytearray(_varlen(0) + bytes([0xC0 | channel, program])), 0
+    for tick, _, message in sorted(events):
+        body += _varlen(tick - now) + message
+        now = tick
+    body += _varlen(0) + b"\xff\x2f\x00"  # end of track
+    return b"MTrk" + struct.pack(">I", len(body)) + bytes(body)
+
+
+def smf_bytes(tracks: Sequence[Track], tpq: int = 480) -> bytes:
+    """A Standard MIDI File at 120 bpm with one track per ``(channel, program, notes)`` (format 0 for
+    one track, else format 1)."""
+    chunks = b"".join(_track_chunk(channel, program, notes, tpq) for channel, program, notes in tracks)
+    file_format = 0 if len(tracks) == 1 else 1
+    return b"MThd" + struct.pack(">IHHH", 6, file_format, len(tracks), tpq) + chunks
+
+
+def midi_bytes(notes: Sequence[tuple[int, float, float]], program: int = 0, tpq: int = 480) -> bytes:
+    """A one-track MIDI file at 120 bpm; notes are (pitch, start s, end s), velocity 100."""
+    return smf_bytes([(0, program, notes)], tpq)
+
+
+def write_midi(path: Path, notes: Sequence[tuple[int, float, float]], program: int = 0) -> Path:
+    """:func:`midi_bytes` written to ``path`` (its folder is created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(midi_bytes(notes, program))
+    return path
+
+
+#: A C major arpeggio, 1.5 s of music (NoteSequence total_time = the last note-off).
+ARPEGGIO = [(60, 0.0, 0.5), (64, 0.5, 1.0), (67, 1.0, 1.5)]
+
+
+# ---------------------------------------------------------------------------------------------
+# diffusers' reference implementation (the 'parity' extra)
+# ---------------------------------------------------------------------------------------------
+
+
+def diffusers_reference() -> types.SimpleNamespace:
+    """diffusers' spectrogram-diffusion classes, made to run with transformers 5.x; skips the test
+    when the 'parity' extra is not installed.
+
+    Fields: ``diffusers`` (the module), ``NotesEncoder``, ``ContEncoder``, ``Decoder``
+    (``T5FilmDecoder``), ``Pipeline`` (``SpectrogramDiffusionPipeline``).
+    """
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers", reason="parity tests need the 'parity' extra (transformers)")
+    diffusers = pytest.importorskip("diffusers", reason="parity tests need the 'parity' extra (diffusers)")
+    from diffusers.pipelines.deprecated.spectrogram_diffusion import SpectrogramContEncoder, SpectrogramNotesEncoder
+    from diffusers.pipelines.deprecated.spectrogram_diffusion.pipeline_spectrogram_diffusion import (
+        SpectrogramDiffusionPipeline,
+    )
+
+    # transformers 5.x dropped ModuleUtilsMixin.get_extended_attention_mask, which the diffusers
+    # encoders still call; supply the 4.x behaviour (additive finfo.min on padding).
+    def get_extended_attention_mask(self, mask, input_shape, dtype=None):
+        dtype = dtype or torch.float32
+        return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+    for cls in (SpectrogramNotesEncoder, SpectrogramContEncoder):
+        if not hasattr(cls, "get_extended_attention_mask"):
+            cls.get_extended_attention_mask = get_extended_attention_mask
+    return types.SimpleNamespace(
+        diffusers=diffusers,
+        NotesEncoder=SpectrogramNotesEncoder,
+        ContEncoder=SpectrogramContEncoder,
+        Decoder=diffusers.T5FilmDecoder,
+        Pipeline=SpectrogramDiffusionPipeline,
+    )
