@@ -63,7 +63,7 @@ def measure(model: SpectrogramDiffusionModel, batch: dict[str, torch.Tensor], se
         t = torch.full((x0.shape[0],), t_value)
         noise = torch.randn(x0.shape, generator=generator)
         z = q_sample(x0, t, noise)
-        err = lambda tok, mask: float((model(tok, context, mask, z, t) - noise).abs().mean())  # noqa: E731
+        err = lambda tok, mask, z=z, t=t, noise=noise: float((model(tok, context, mask, z, t) - noise).abs().mean())  # noqa: E731
         full, no_notes, neither = err(tokens, context_mask), err(tokens * 0, context_mask), err(tokens * 0, context_mask & False)
         out[f"t={t_value}"] = full
         out[f"notes gap t={t_value}"] = no_notes - full

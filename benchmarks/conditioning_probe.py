@@ -56,13 +56,24 @@ from specdiff.mel import MEL_FMAX, N_MELS, hertz_to_mel  # noqa: E402
 from specdiff.metrics import midi_to_hz  # noqa: E402
 from specdiff.model import build_models  # noqa: E402
 from specdiff.optim import build_optimizer  # noqa: E402
-from specdiff.tokenizer import (  # noqa: E402
-    FRAMES_PER_SECOND, INPUT_LENGTH, NUM_EMBEDDINGS, SEGMENT_FRAMES, SEGMENT_SECONDS, SHIFT_ID, STEPS_PER_FRAME,
-    Note, notes_to_segments,
-)
 from specdiff.score_roll import ROLL_FEATURES  # noqa: E402
+from specdiff.tokenizer import (  # noqa: E402
+    FRAMES_PER_SECOND,
+    INPUT_LENGTH,
+    NUM_EMBEDDINGS,
+    SEGMENT_FRAMES,
+    SEGMENT_SECONDS,
+    SHIFT_ID,
+    STEPS_PER_FRAME,
+    Note,
+    notes_to_segments,
+)
 from specdiff.train import (  # noqa: E402
-    OUTPUT_INITS, SpectrogramDiffusionModel, diffusion_loss, initialise_output, trim_token_padding,
+    OUTPUT_INITS,
+    SpectrogramDiffusionModel,
+    diffusion_loss,
+    initialise_output,
+    trim_token_padding,
 )
 
 #: (harmonic, level above the -1 floor at the onset)

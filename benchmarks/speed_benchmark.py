@@ -62,8 +62,9 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -126,7 +127,7 @@ def matmul_ceiling(threads: int, repeats: int = 5) -> dict[str, float]:
         for m, k, n in CEILING_SHAPES:
             a, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
             torch.mm(a, b)
-            best = min(timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+            best = min(timed(lambda a=a, b=b: torch.mm(a, b)) for _ in range(repeats))
             if threads > 1 and CLOCK is time.process_time:  # CPU time adds up over threads
                 best /= threads
             out[f"{m}x{k}x{n}"] = 2 * m * k * n / best / 1e9
@@ -442,7 +443,7 @@ def sampler_benchmark(preset: str, samplers: list[str], k1: int, k2: int, guidan
     rows = []
     for name in samplers:
 
-        def run(steps: int) -> float:
+        def run(steps: int, name: str = name) -> float:
             gen = torch.Generator().manual_seed(0)
             return timed(lambda: pipe(song, gen, steps, guidance, name, output_type="mel", progress=False))
 
@@ -485,7 +486,7 @@ def realtime_benchmark(preset: str, sampler: str, steps: int, threads: int, repe
         for precision, guidance in [(p, g) for p in precisions for g in (1.0, 2.0)]:
             pipe.to(dtype=precision_dtype(precision))
 
-            def run() -> None:
+            def run(guidance: float = guidance) -> None:
                 out = pipe(song, torch.Generator().manual_seed(0), steps, guidance, sampler, progress=False)
                 assert out.audios.shape[-1] > 0
 
@@ -667,7 +668,7 @@ def markdown(result: dict[str, Any]) -> str:
     for r in result["components"]:
         v = r.get("vs_diffusers", {})
 
-        def pair(name: str) -> str:
+        def pair(name: str, v: dict = v) -> str:
             p = v.get(name)
             return f"{p['ours_s']:.3f} / {p['diffusers_s']:.3f} s (×{p['ratio']:.2f})" if p else "–"
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from specdiff.atomic import commit, create_temp
-from specdiff.errors import AudioError
 from specdiff.constants import SAMPLE_RATE  # noqa: F401 (re-exported)
+from specdiff.errors import AudioError
 
 logger = logging.getLogger(__name__)
 

@@ -28,13 +28,13 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from specdiff import __version__
 from specdiff.atomic import commit, create_temp
-from specdiff.errors import SpecdiffError
 from specdiff.commands.options import (  # noqa: F401 (re-exported: the cli module was their home)
     UsageError,
     _non_negative_float,
@@ -46,25 +46,25 @@ from specdiff.commands.options import (  # noqa: F401 (re-exported: the cli modu
     resolve_precision,
     resolve_sampling,
 )
-from specdiff.constants import DEVICES, INVERTERS  # noqa: F401 (re-exported)
+
+# The names and defaults come from the light specdiff.constants (no torch), so building the parser
+# (and --help) stays fast; they stay importable from here.
+from specdiff.constants import (  # noqa: F401 (re-exported)
+    DEFAULT_GUIDANCE,
+    DEFAULT_NUM_STEPS,
+    DEFAULT_PRECISION,
+    DEFAULT_SCHEDULER,
+    DEVICES,
+    INVERTERS,
+    PRECISIONS,
+    SCHEDULERS,
+)
+from specdiff.errors import SpecdiffError
 
 PROG = "specdiff"
 EXIT_ERROR = 1
 EXIT_USAGE = 2  # argparse's code for a bad command line; also "no model to run"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
-
-# The sampler names and defaults live in the light specdiff.default_model (specdiff.sampler
-# re-exports them), so building the parser (and --help) does not import torch.
-from specdiff.default_model import (  # noqa: E402
-    DEFAULT_GUIDANCE,
-    DEFAULT_NUM_STEPS,
-    DEFAULT_PRECISION,
-    DEFAULT_SCHEDULER,
-    PRECISIONS,
-    SCHEDULERS,
-    precision_dtype,
-)
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,7 +517,7 @@ class StreamingAudioFile:
             self._file.close()
         Path(self._tmp).unlink(missing_ok=True)
 
-    def __enter__(self) -> "StreamingAudioFile":
+    def __enter__(self) -> StreamingAudioFile:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -40,8 +40,8 @@ import numpy as np
 import torch
 
 from specdiff.atomic import atomic_write, atomic_write_text
-from specdiff.errors import AudioError, MidiError, SpecdiffError
 from specdiff.constants import HOP_LENGTH, N_MELS, SAMPLE_RATE, SEGMENT_FRAMES, TOKENS_LENGTH  # noqa: F401 (re-exported)
+from specdiff.errors import AudioError, MidiError, SpecdiffError
 
 if TYPE_CHECKING:
     from specdiff.tokenizer import EventIndex, Note

@@ -18,8 +18,15 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from specdiff.constants import (  # noqa: F401 (re-exported)
+    DEFAULT_GUIDANCE,
+    DEFAULT_NUM_STEPS,
+    DEFAULT_PRECISION,
+    DEFAULT_SCHEDULER,
+    PRECISIONS,
+    SCHEDULERS,
+)
 from specdiff.errors import ModelError
-from specdiff.constants import DEFAULT_GUIDANCE, DEFAULT_NUM_STEPS, DEFAULT_PRECISION, DEFAULT_SCHEDULER, PRECISIONS, SCHEDULERS  # noqa: F401 (re-exported)
 
 #: The folder a bundled model is expected in, relative to the installed package.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "default_model"

@@ -24,7 +24,6 @@ not load torch.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -38,8 +37,8 @@ from typing import Any
 import numpy as np
 
 from specdiff.atomic import atomic_write_text
-from specdiff.errors import AudioError, MidiError, SpecdiffError
 from specdiff.constants import SAMPLE_RATE  # noqa: F401 (re-exported)
+from specdiff.errors import AudioError, MidiError, SpecdiffError
 
 FRAMES_PER_SECOND = 50  # log-mel frames (ORIGINAL.md §1)
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -140,7 +140,7 @@ class CrossAttentionRecorder:
         self.layer_inputs: list[Tensor] = []
 
     @contextlib.contextmanager
-    def recording(self) -> Iterator["CrossAttentionRecorder"]:
+    def recording(self) -> Iterator[CrossAttentionRecorder]:
         self.encodings.clear()
         self.layer_inputs.clear()
         handles = [

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-import torch
 
 from specdiff import mel
 from specdiff.errors import ModelError

@@ -13,12 +13,13 @@ so that features, models and the official spectrogram inverter (ORIGINAL.md §6)
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import numpy as np
 import torch
-from specdiff.constants import SAMPLE_RATE, HOP_LENGTH, N_MELS, FRAMES_PER_SECOND  # noqa: F401 (re-exported)
+
+from specdiff.constants import FRAMES_PER_SECOND, HOP_LENGTH, N_MELS, SAMPLE_RATE  # noqa: F401 (re-exported)
 
 WIN_LENGTH = 640
 N_FFT = 1024  # each 640-sample frame is zero-padded to 1024 samples: 513 bins
@@ -51,7 +52,7 @@ def mel_to_hertz(mel: Any) -> np.ndarray:
     return _MEL_BREAK_FREQUENCY_HERTZ * np.expm1(np.asarray(mel, dtype=np.float64) / _MEL_HIGH_FREQUENCY_Q)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _mel_filterbank_float64() -> np.ndarray:
     """``tf.signal.linear_to_mel_weight_matrix(128, 513, 16000, 0.0, 8000.0)`` as float64 ``[513, 128]``.
 

@@ -28,15 +28,12 @@ transcription cannot run, so callers can skip it with a message.
 
 from __future__ import annotations
 
-import logging
-import math
-import threading
-import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
+from specdiff.constants import SAMPLE_RATE  # noqa: F401 (re-exported)
 from specdiff.errors import SpecdiffError
 from specdiff.transcription import (  # noqa: F401 (re-exported: metrics was their home)
     _BASIC_PITCH,
@@ -48,7 +45,6 @@ from specdiff.transcription import (  # noqa: F401 (re-exported: metrics was the
     transcribe,
     transcription_unavailable,
 )
-from specdiff.constants import SAMPLE_RATE  # noqa: F401 (re-exported)
 
 ONSET_TOLERANCE = 0.05  # seconds (mir_eval's default, the paper's MT3 evaluation uses the same)
 #: (FFT size, hop) pairs of the multi-resolution STFT distance.

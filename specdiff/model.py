@@ -16,8 +16,9 @@ Constructor keyword arguments equal the keys of each subfolder's ``config.json``
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -426,13 +427,13 @@ class DecoderLayer(nn.Module):
             ]
         )
 
-    def forward(self, y: Tensor, film: "LayerFilm", keys_values: tuple[Tensor, Tensor], bias: Tensor,
+    def forward(self, y: Tensor, film: LayerFilm, keys_values: tuple[Tensor, Tensor], bias: Tensor,
                 rows: Tensor | None) -> Tensor:  # fmt: skip
         y = self.layer[0](y, film[0])
         y = self.layer[1](y, keys_values, bias, rows)
         return self.layer[2](y, film[1])
 
-    def film_params(self, cond: Tensor) -> "LayerFilm":
+    def film_params(self, cond: Tensor) -> LayerFilm:
         return self.layer[0].FiLMLayer.params(cond), self.layer[2].film.params(cond)
 
 
@@ -480,7 +481,7 @@ class CrossAttentionCache:
             return torch.arange(self.batch, device=self.bias.device)
         return self.rows
 
-    def repeat(self, n: int) -> "CrossAttentionCache":
+    def repeat(self, n: int) -> CrossAttentionCache:
         """The same cache for ``n`` times the batch (e.g. several noise samples of one segment)."""
         rows = None
         if self.rows is not None:
@@ -495,7 +496,7 @@ class CrossAttentionCache:
         )
 
     @staticmethod
-    def cat(caches: Sequence["CrossAttentionCache"]) -> "CrossAttentionCache":
+    def cat(caches: Sequence[CrossAttentionCache]) -> CrossAttentionCache:
         """Concatenate caches along the batch; shorter key sets are padded with masked keys (exact)."""
         keys = max(c.num_keys for c in caches)
 
@@ -628,7 +629,7 @@ class FilmDecoder(nn.Module):
         return out.reshape(batch, frames, -1)
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "FilmDecoder":
+    def from_config(cls, config: dict[str, Any]) -> FilmDecoder:
         return cls(**{k: v for k, v in config.items() if not k.startswith("_")})
 
     def time_conditioning(self, decoder_noise_time: Tensor) -> Tensor:

@@ -20,7 +20,8 @@ Our ``nn.Linear`` weights are ``[out, in]`` where flax kernels are ``[in, out]``
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -24,9 +24,10 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -292,7 +293,7 @@ class SpectrogramDiffusionPipeline:
         inverter: Any = "auto",
         scheduler: Any = None,
         autocast: torch.dtype | None = None,
-    ) -> "SpectrogramDiffusionPipeline":
+    ) -> SpectrogramDiffusionPipeline:
         """Load a diffusers-layout folder (ours, or diffusers' own such as the official checkpoint).
 
         ``inverter``: "auto" (whatever the folder offers, see ``specdiff.inverters``), another
@@ -368,13 +369,13 @@ class SpectrogramDiffusionPipeline:
 
     # -- device ----------------------------------------------------------------------------------
 
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "SpectrogramDiffusionPipeline":
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SpectrogramDiffusionPipeline:
         """Move (and optionally cast) the three networks; the sampler state stays float32."""
         for module in (self.notes_encoder, self.continuous_encoder, self.decoder):
             module.to(device=device, dtype=dtype)
         return self
 
-    def compile(self, mode: str | None = None, dynamic: bool | None = None) -> "SpectrogramDiffusionPipeline":
+    def compile(self, mode: str | None = None, dynamic: bool | None = None) -> SpectrogramDiffusionPipeline:
         """``torch.compile`` the decoder in place (the module keeps its name and state-dict keys).
 
         Pays on CUDA, where a step is many small kernels: ``mode="reduce-overhead"`` adds CUDA

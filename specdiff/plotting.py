@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from specdiff.atomic import atomic_write_bytes
-from specdiff.errors import SpecdiffError
 from specdiff.constants import N_MELS  # noqa: F401 (re-exported)
+from specdiff.errors import SpecdiffError
 
 FRAMES_PER_SECOND = 50  # ORIGINAL.md §1: hop 320 at 16 kHz
 #: The natural-log feature range of ORIGINAL.md §1: silence (ln 1e-5) to "largest value for most examples".
@@ -86,8 +85,8 @@ def plot_piano_roll(ax: Any, notes: Sequence[Any]) -> None:
     One colour per General MIDI instrument family (program // 8), drums grey; louder notes are more
     opaque. Drum hits (which have no real duration) are drawn at least 20 ms long so they show.
     """
-    from matplotlib.collections import PolyCollection
     from matplotlib import colormaps
+    from matplotlib.collections import PolyCollection
 
     palette = colormaps["tab20"]
     polygons, colours = [], []

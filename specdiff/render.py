@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from specdiff.errors import MidiError, SpecdiffError
 from specdiff.constants import SAMPLE_RATE  # noqa: F401 (re-exported)
+from specdiff.errors import MidiError, SpecdiffError
 
 PEAK = 10 ** (-3.0 / 20.0)  # -3 dBFS: leaves headroom after the mel front end's clip at 4.0
 TAIL_SECONDS = 1.0  # rendered past the last note-off so release tails are not cut
@@ -137,7 +137,7 @@ def load_score(midi, ttype: str = "tick"):
     except MidiError:
         raise
     except Exception as exc:  # symusic raises plain RuntimeError/ValueError on bad bytes
-        raise MidiError(f"unreadable MIDI file: {str(exc).splitlines()[0] if str(exc) else exc!r}")
+        raise MidiError(f"unreadable MIDI file: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
     return score if ttype == "tick" else score.to(ttype)
 
 

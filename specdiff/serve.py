@@ -19,7 +19,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from specdiff.commands.options import add_precision_argument, resolve_device, resolve_model_dir, resolve_precision, resolve_sampling
+from specdiff.commands.options import (
+    add_precision_argument,
+    resolve_device,
+    resolve_model_dir,
+    resolve_precision,
+    resolve_sampling,
+)
 from specdiff.constants import DEVICES, INVERTERS, SCHEDULERS
 from specdiff.errors import SpecdiffError
 from specdiff.server.config import DEFAULT_GUIDANCE, DEFAULT_NUM_STEPS, DEFAULT_SCHEDULER, ServeConfig

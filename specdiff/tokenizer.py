@@ -20,14 +20,21 @@ from __future__ import annotations
 import os
 import struct
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
 
 import numpy as np
 
+from specdiff.constants import (  # noqa: F401 (re-exported)
+    FRAMES_PER_SECOND,
+    HOP_LENGTH,
+    SAMPLE_RATE,
+    SEGMENT_FRAMES,
+    SEGMENT_SECONDS,
+    TOKENS_LENGTH,
+)
 from specdiff.errors import MidiError
-from specdiff.constants import FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_RATE, SEGMENT_FRAMES, SEGMENT_SECONDS, TOKENS_LENGTH  # noqa: F401 (re-exported)
 
 # --------------------------------------------------------------------------------------------
 # Codec constants (ORIGINAL.md §2.1)
@@ -71,7 +78,7 @@ DEFAULT_MAX_SECONDS = 6 * 3600.0
 # Event kinds in the note event stream.
 _OFFSET, _ONSET, _DRUM = 0, 1, 2
 
-MidiInput = Union[str, os.PathLike, bytes, bytearray]
+MidiInput = str | os.PathLike | bytes | bytearray
 
 
 class TokenTruncationWarning(UserWarning):
@@ -123,7 +130,7 @@ class _NoteArrays:
         return len(self.pitch)
 
     @classmethod
-    def from_notes(cls, notes: Sequence[Note]) -> "_NoteArrays":
+    def from_notes(cls, notes: Sequence[Note]) -> _NoteArrays:
         return cls(
             pitch=np.array([n.pitch for n in notes], np.int64),
             start=np.array([n.start for n in notes], np.float64),

@@ -21,7 +21,6 @@ size. Adafactor and Adam normalise the gradient scale away, so the summed loss n
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -32,9 +31,10 @@ import sys
 import time
 import types
 import typing
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,13 +42,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from specdiff.atomic import atomic_write_stream, atomic_write_text
+from specdiff.constants import N_MELS, SEGMENT_FRAMES, TOKENS_LENGTH  # noqa: F401 (re-exported)
 from specdiff.diffusion import eps_from_prediction, logsnr, posterior, predict_x0, prediction_target, q_sample
 from specdiff.errors import ModelError, SpecdiffError
 from specdiff.hardware import cpu_has_native_bf16
 from specdiff.model import ContinuousEncoder, FilmDecoder, NotesEncoder, build_models
 from specdiff.optim import EMA, build_optimizer
 from specdiff.score_roll import batch_rolls
-from specdiff.constants import N_MELS, SEGMENT_FRAMES, TOKENS_LENGTH  # noqa: F401 (re-exported)
 
 TARGET_FRAMES = SEGMENT_FRAMES
 
@@ -118,12 +118,12 @@ class TrainConfig:
     init_from: str | None = None
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "TrainConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> TrainConfig:
         if name not in TRAIN_PRESETS:
             raise SpecdiffError(f"unknown training preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}")
         return cls(**{**TRAIN_PRESETS[name], **overrides})
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -212,7 +212,7 @@ class SpectrogramDiffusionModel(nn.Module):
         return {name: dict(getattr(self, name).config) for name in ("notes_encoder", "continuous_encoder", "decoder")}
 
     @classmethod
-    def from_configs(cls, configs: Mapping[str, Mapping[str, Any]]) -> "SpectrogramDiffusionModel":
+    def from_configs(cls, configs: Mapping[str, Mapping[str, Any]]) -> SpectrogramDiffusionModel:
         return cls(
             NotesEncoder.from_config(dict(configs["notes_encoder"])),
             ContinuousEncoder.from_config(dict(configs["continuous_encoder"])),

@@ -14,9 +14,9 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+
 from specdiff.constants import TRAIN_PRESET_NAMES  # noqa: F401 (re-exported)
 from specdiff.errors import ModelError, SpecdiffError
-
 
 #: Explicit ``specdiff train`` flags -> TrainConfig fields (every other field: ``--set key=value``).
 TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {

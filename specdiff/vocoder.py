@@ -60,7 +60,7 @@ class VocoderConfig:
     phase: str = "absolute"
 
     @classmethod
-    def from_dict(cls, data: dict) -> "VocoderConfig":
+    def from_dict(cls, data: dict) -> VocoderConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known - {"model_type"}
         if unknown:
@@ -230,7 +230,7 @@ class Vocoder(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "Vocoder":
+    def from_pretrained(cls, directory: str | os.PathLike) -> Vocoder:
         """Load a folder written by :meth:`save_pretrained` (weights come back as float32)."""
         from safetensors.torch import load_file
 

@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specdiff.errors import AudioError, SpecdiffError
 from specdiff.atomic import atomic_write
-from specdiff.vocoder import VOCODER_SUBFOLDER, Vocoder, VocoderConfig
 from specdiff.constants import HOP_LENGTH, SAMPLE_RATE  # noqa: F401 (re-exported)
+from specdiff.errors import AudioError, SpecdiffError
+from specdiff.vocoder import VOCODER_SUBFOLDER, Vocoder, VocoderConfig
 
 HOP = HOP_LENGTH
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
@@ -399,7 +399,7 @@ class _StopOnSignal:
     def _handle(self, signum, frame) -> None:
         self.requested = True
 
-    def __enter__(self) -> "_StopOnSignal":
+    def __enter__(self) -> _StopOnSignal:
         import signal
         import threading
 
@@ -554,7 +554,7 @@ def cache_audio(cache_dir: Path, out_dir: Path, split: str = "train") -> list[Pa
                 try:
                     save_wav(wav, pair.load()[0], SAMPLE_RATE)
                 except (SpecdiffError, OSError) as err:
-                    warnings.warn(f"cannot render {rendered.group(1)}: {err}")
+                    warnings.warn(f"cannot render {rendered.group(1)}: {err}", stacklevel=2)
                     skipped += 1
                     continue
             files.append(wav)
@@ -563,7 +563,7 @@ def cache_audio(cache_dir: Path, out_dir: Path, split: str = "train") -> list[Pa
         else:
             skipped += 1
     if skipped:
-        warnings.warn(f"{skipped} {split} songs of {cache_dir} have no audio source that can be read again")
+        warnings.warn(f"{skipped} {split} songs of {cache_dir} have no audio source that can be read again", stacklevel=2)
     if not files:
         raise SpecdiffError(f"no {split} audio can be recovered from the feature cache {cache_dir}")
     return files

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ARPEGGIO, write_midi
+
 from specdiff import cli
 from specdiff.errors import SpecdiffError
 
@@ -248,7 +248,7 @@ def expected_num_samples() -> int:
 
     from specdiff import pipeline
 
-    tail = getattr(pipeline, "RELEASE_TAIL_SECONDS")
+    tail = pipeline.RELEASE_TAIL_SECONDS
     frames = math.ceil(round((SONG_SECONDS + tail) * 50, 6))
     return frames * 320
 
@@ -673,7 +673,6 @@ def test_batch_equals_single_runs_with_seeds_s_and_s_plus_1(batch_size, model_di
 def test_batch_summary_names_each_song_and_its_random_seed(model_dir, two_songs, tmp_path, capsys):
     import re
 
-    import numpy as np
 
     code, err = run(["synth", *two_songs, "--model", model_dir, *FAST_NO_SEED], capsys)
     assert code == 0, err

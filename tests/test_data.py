@@ -250,8 +250,7 @@ def test_trim_overlapping_notes():
 
 
 def test_render_pairs_reassign(tmp_path):
-    for name in ("x", "y"):
-        (tmp_path / "midi" / "test").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "midi" / "test").mkdir(parents=True, exist_ok=True)
     (tmp_path / "midi" / "x.mid").write_bytes(midi_bytes(SCALE, program=0))
     (tmp_path / "midi" / "test" / "y.mid").write_bytes(midi_bytes([(0, 1, 84, 90)], program=0))
     plain = render_pairs(tmp_path / "midi")

@@ -49,9 +49,9 @@ def test_model_card_names_the_held_out_pieces_and_the_measured_table():
 
 def test_synth_with_no_flags_uses_the_bundled_model(tmp_path, capsys):
     import soundfile as sf
+    from conftest import ARPEGGIO, write_midi
 
     from specdiff import cli
-    from conftest import ARPEGGIO, write_midi
 
     song = write_midi(tmp_path / "song.mid", ARPEGGIO)
     assert cli.main(["synth", str(song), "-o", str(tmp_path / "song.wav"), "--quiet"]) == 0

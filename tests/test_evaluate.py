@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import smf_bytes
+
 from specdiff import evaluate as ev
 from specdiff import metrics
 from specdiff.commands import evaluate as evaluate_command

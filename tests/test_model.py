@@ -11,8 +11,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import diffusers_reference
+
 from specdiff.model import (
     PRESETS,
     ContinuousEncoder,

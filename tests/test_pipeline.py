@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import diffusers_reference
+
 from specdiff.errors import MidiError, ModelError, SpecdiffError
 from specdiff.model import build_models
 from specdiff.pipeline import RELEASE_TAIL_SECONDS, SpectrogramDiffusionPipeline

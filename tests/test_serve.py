@@ -30,6 +30,7 @@ httpx = pytest.importorskip("httpx", reason="the tests talk HTTP with httpx (pip
 torch = pytest.importorskip("torch")
 
 from conftest import midi_bytes  # noqa: E402
+
 from specdiff.errors import SpecdiffError  # noqa: E402
 from specdiff.model import build_models  # noqa: E402
 from specdiff.pipeline import SpectrogramDiffusionPipeline  # noqa: E402

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from specdiff import sampler as S
-from specdiff.model import DECODER_MASK_VALUE, ContinuousEncoder, FilmDecoder, NotesEncoder, attend, build_models
+from specdiff.model import DECODER_MASK_VALUE, FilmDecoder, attend, build_models
 from specdiff.pipeline import SpectrogramDiffusionPipeline
 from specdiff.tokenizer import TokenizedMidi
 

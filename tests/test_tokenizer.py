@@ -21,10 +21,30 @@ import pytest
 
 from specdiff.errors import MidiError
 from specdiff.tokenizer import (
-    DRUM_ID, EOS_ID, INPUT_LENGTH, NUM_CLASSES, NUM_EMBEDDINGS, PAD_ID, PITCH_ID, PROGRAM_ID,
-    SEGMENT_FRAMES, SHIFT_ID, SLAKH_PROGRAMS, TIE_ID, VELOCITY_ID, VOCAB_SIZE, Note,
-    TokenTruncationWarning, index_notes, midi_to_notes, midi_to_segments, notes_to_segments,
-    num_frames_for, program_to_slakh, tokenize_frames, tokens_to_notes,
+    DRUM_ID,
+    EOS_ID,
+    INPUT_LENGTH,
+    NUM_CLASSES,
+    NUM_EMBEDDINGS,
+    PAD_ID,
+    PITCH_ID,
+    PROGRAM_ID,
+    SEGMENT_FRAMES,
+    SHIFT_ID,
+    SLAKH_PROGRAMS,
+    TIE_ID,
+    VELOCITY_ID,
+    VOCAB_SIZE,
+    Note,
+    TokenTruncationWarning,
+    index_notes,
+    midi_to_notes,
+    midi_to_segments,
+    notes_to_segments,
+    num_frames_for,
+    program_to_slakh,
+    tokenize_frames,
+    tokens_to_notes,
 )
 
 DATA = Path(__file__).parent / "data" / "tokenizer"

@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from specdiff.diffusion import alpha_sigma
 from specdiff.cli import main  # what python -m specdiff.train runs
+from specdiff.diffusion import alpha_sigma
 from specdiff.errors import ModelError, SpecdiffError
 from specdiff.model import build_models
 from specdiff.optim import build_optimizer

@@ -279,7 +279,6 @@ def main() -> None:
 
     signal.signal(signal.SIGALRM, _too_slow)
     import music21
-
     from symusic import Score
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -31,8 +31,9 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Literal
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, Response, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -95,19 +96,19 @@ class ProgressOut(BaseModel):
 class JobOut(BaseModel):
     id: str
     state: Literal["queued", "running", "done", "failed", "cancelled"]
-    queue_position: Optional[int] = Field(None, description="jobs ahead of this one (0: next); null unless queued")
+    queue_position: int | None = Field(None, description="jobs ahead of this one (0: next); null unless queued")
     cancel_requested: bool = False
     progress: ProgressOut
     settings: SettingsOut
     midi: MidiOut
-    error: Optional[str] = Field(None, description="why the job failed or was cancelled")
+    error: str | None = Field(None, description="why the job failed or was cancelled")
     created_at: float = Field(description="Unix time")
-    started_at: Optional[float] = None
-    finished_at: Optional[float] = None
-    expires_at: Optional[float] = Field(None, description="Unix time after which the results are deleted")
-    elapsed_s: Optional[float] = Field(None, description="synthesis wall time so far")
-    audio_seconds: Optional[float] = None
-    sample_rate: Optional[int] = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    expires_at: float | None = Field(None, description="Unix time after which the results are deleted")
+    elapsed_s: float | None = Field(None, description="synthesis wall time so far")
+    audio_seconds: float | None = None
+    sample_rate: int | None = None
     links: dict[str, str]
 
 
@@ -372,11 +373,11 @@ def create_app(
     )  # fmt: skip
     def submit(
         response: Response,
-        midi: Optional[UploadFile] = File(None, description="a Standard MIDI File (.mid)"),
-        example: Optional[str] = Form(None, description="or the name of a bundled example (see /api/info)"),
+        midi: UploadFile | None = File(None, description="a Standard MIDI File (.mid)"),
+        example: str | None = Form(None, description="or the name of a bundled example (see /api/info)"),
         steps: int = Form(config.default_steps, ge=1, le=config.max_steps),
         guidance: float = Form(config.default_guidance, ge=0.0, le=config.max_guidance),
-        seed: Optional[int] = Form(None, ge=0, lt=2**63, description="default: a fresh random seed"),
+        seed: int | None = Form(None, ge=0, lt=2**63, description="default: a fresh random seed"),
         scheduler: SchedulerName = Form(config.default_scheduler),
     ) -> dict[str, Any]:
         """Queue a synthesis. Returns at once with the job's id and state (202)."""

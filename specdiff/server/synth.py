@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from specdiff.errors import MidiError
 from specdiff.server.jobs import Job, JobQueue
