@@ -64,7 +64,11 @@ def measure(model: SpectrogramDiffusionModel, batch: dict[str, torch.Tensor], se
         noise = torch.randn(x0.shape, generator=generator)
         z = q_sample(x0, t, noise)
         err = lambda tok, mask, z=z, t=t, noise=noise: float((model(tok, context, mask, z, t) - noise).abs().mean())  # noqa: E731
-        full, no_notes, neither = err(tokens, context_mask), err(tokens * 0, context_mask), err(tokens * 0, context_mask & False)
+        full, no_notes, neither = (
+            err(tokens, context_mask),
+            err(tokens * 0, context_mask),
+            err(tokens * 0, context_mask & False),
+        )
         out[f"t={t_value}"] = full
         out[f"notes gap t={t_value}"] = no_notes - full
         out[f"context gap t={t_value}"] = neither - no_notes
@@ -86,8 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, required=True, help="feature cache (its validation split is used)")
     ap.add_argument("--examples", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--raw", action="store_true",
-                    help="a checkpoint's raw weights instead of its EMA (short A/B runs: the EMA still remembers the start)")
+    ap.add_argument(
+        "--raw",
+        action="store_true",
+        help="a checkpoint's raw weights instead of its EMA (short A/B runs: the EMA still remembers the start)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     _, val = open_training_datasets(args.data)

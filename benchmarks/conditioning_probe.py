@@ -136,7 +136,9 @@ class BagOfTokens(torch.nn.Module):
             self.linear.bias.fill_(-1.0)  # the silent floor
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        counts = torch.zeros(tokens.shape[0], NUM_EMBEDDINGS).scatter_add_(1, tokens, torch.ones_like(tokens, dtype=torch.float32))
+        counts = torch.zeros(tokens.shape[0], NUM_EMBEDDINGS).scatter_add_(
+            1, tokens, torch.ones_like(tokens, dtype=torch.float32)
+        )
         counts[:, 0] = 0  # PAD
         return self.linear(counts)[:, None, :].expand(-1, SEGMENT_FRAMES, -1)
 
@@ -158,7 +160,9 @@ def init_shift_embeddings(model: SpectrogramDiffusionModel) -> None:
     embeddings[SHIFT_ID + steps] = table[steps // STEPS_PER_FRAME]
 
 
-def direct_prediction(model: SpectrogramDiffusionModel, batch, tokens: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+def direct_prediction(
+    model: SpectrogramDiffusionModel, batch, tokens: torch.Tensor, noise: torch.Tensor
+) -> torch.Tensor:
     """The model's output from pure noise at ``DIRECT_TIME`` for ``tokens`` (trimmed by the caller)."""
     t = torch.full((tokens.shape[0],), DIRECT_TIME)
     return model(tokens, batch["context"], batch["context_mask"], noise, t)
@@ -195,18 +199,37 @@ def main(argv=None) -> int:
     parser.add_argument("--every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--val", type=int, default=32, help="held-out segments (default 32)")
-    parser.add_argument("--shift-init", choices=("random", "position"), default="random",
-                        help="position: start each shift token's embedding at the decoder's position row of its frame")
-    parser.add_argument("--guide", type=float, default=0.0,
-                        help="direct objective: add this weight x the guided cross-attention penalty per frame "
-                             "(specdiff.guided_attention, first head, onsets)")
-    parser.add_argument("--aligned", action="store_true",
-                        help="frame-aligned score conditioning: the decoder also gets the roll of the tokens")
-    parser.add_argument("--output-init", choices=OUTPUT_INITS, default="default",
-                        help="zero: the decoder's output layer starts at zero (default: T5X fan-in, the original)")
+    parser.add_argument(
+        "--shift-init",
+        choices=("random", "position"),
+        default="random",
+        help="position: start each shift token's embedding at the decoder's position row of its frame",
+    )
+    parser.add_argument(
+        "--guide",
+        type=float,
+        default=0.0,
+        help="direct objective: add this weight x the guided cross-attention penalty per frame "
+        "(specdiff.guided_attention, first head, onsets)",
+    )
+    parser.add_argument(
+        "--aligned",
+        action="store_true",
+        help="frame-aligned score conditioning: the decoder also gets the roll of the tokens",
+    )
+    parser.add_argument(
+        "--output-init",
+        choices=OUTPUT_INITS,
+        default="default",
+        help="zero: the decoder's output layer starts at zero (default: T5X fan-in, the original)",
+    )
     parser.add_argument("--out-bias", action="store_true", help="a bias on the decoder's output layer")
-    parser.add_argument("--prediction-type", choices=("epsilon", "v_prediction", "sample"), default="epsilon",
-                        help="diffusion objective: what the decoder predicts (direct always regresses the target)")
+    parser.add_argument(
+        "--prediction-type",
+        choices=("epsilon", "v_prediction", "sample"),
+        default="epsilon",
+        help="diffusion objective: what the decoder predicts (direct always regresses the target)",
+    )
     parser.add_argument("--out", type=Path, help="write the curve as JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -266,7 +289,12 @@ def main(argv=None) -> int:
             baseline_opt.step()
         if step % args.every == 0 or step == args.steps:
             with_notes, without = held_out_errors(model, val, val_noise, val_times, args.objective)
-            row = {"step": step, "with_notes": with_notes, "no_notes": without, "seconds": time.perf_counter() - started}
+            row = {
+                "step": step,
+                "with_notes": with_notes,
+                "no_notes": without,
+                "seconds": time.perf_counter() - started,
+            }
             if floor is not None:  # the share of the note-blind error that the notes removed
                 row.update(floor=floor, gain=(floor - with_notes) / floor)
             if baseline is not None:

@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             "given files" if args.midi else f"demo corpus test split, first {args.pieces} in manifest order"
         )
         table = markdown_report(results)
-        _write(RESULTS / f"evaluation_{name}.json", json.dumps(_json_safe(results), indent=2, ensure_ascii=False) + "\n")
+        _write(
+            RESULTS / f"evaluation_{name}.json", json.dumps(_json_safe(results), indent=2, ensure_ascii=False) + "\n"
+        )
         _write(RESULTS / f"evaluation_{name}.md", table)
     print(f"wrote {RESULTS / f'evaluation_{name}.json'} and .md")
     return 0

@@ -73,7 +73,9 @@ def parse_config(text: str) -> tuple[str, int, str]:
     return name, int(steps or 100), precision or "fp32"
 
 
-def cpu_seconds_per_audio_second(pipe, midi: Path, scheduler: str, steps: int, guidance: float, seconds: float) -> float:
+def cpu_seconds_per_audio_second(
+    pipe, midi: Path, scheduler: str, steps: int, guidance: float, seconds: float
+) -> float:
     """Process CPU time of synthesizing (notes to audio) the first ``seconds`` of ``midi`` (after a warm-up run)."""
     import torch
 
@@ -111,7 +113,11 @@ def markdown(result: dict[str, Any]) -> str:
             g = row["groups"].get(group)
             if not g:
                 continue
-            extra = (f"{row['frechet_distance']:.1f}", f"{row['cpu_seconds_per_audio_second']:.2f}") if group == "all" else ("", "")
+            extra = (
+                (f"{row['frechet_distance']:.1f}", f"{row['cpu_seconds_per_audio_second']:.2f}")
+                if group == "all"
+                else ("", "")
+            )
             lines.append(
                 f"| {row['scheduler']} | {row['steps']} | {row['precision']} | {group} | {g['pieces']} | {g['generated_f1']:.3f} | "
                 f"{g['reference_f1']:.3f} | **{g['f1_ratio']:.2f}** | {g['log_mel_l1']:.3f} | {g['mr_stft_log_l1']:.3f} | "
@@ -153,9 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     group_of = {path.name: group for path, group in pieces}
     speed_piece = pieces[0][0]
     result: dict[str, Any] = {
-        "model": str(Path(model).resolve().relative_to(ROOT)) if Path(model).resolve().is_relative_to(ROOT) else str(model),
-        "settings": {"max_seconds": args.max_seconds, "guidance": args.guidance, "seed": args.seed,
-                     "threads": args.threads, "speed_piece": speed_piece.name},  # fmt: skip
+        "model": str(Path(model).resolve().relative_to(ROOT))
+        if Path(model).resolve().is_relative_to(ROOT)
+        else str(model),
+        "settings": {
+            "max_seconds": args.max_seconds,
+            "guidance": args.guidance,
+            "seed": args.seed,
+            "threads": args.threads,
+            "speed_piece": speed_piece.name,
+        },  # fmt: skip
         "pieces": [{"piece": path.name, "group": group} for path, group in pieces],
         "configs": [],
     }

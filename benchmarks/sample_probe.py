@@ -60,7 +60,9 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def sample(model: SpectrogramDiffusionModel, batch: dict, scheduler: str, steps: int, guidance: float, seed: int) -> torch.Tensor:
+def sample(
+    model: SpectrogramDiffusionModel, batch: dict, scheduler: str, steps: int, guidance: float, seed: int
+) -> torch.Tensor:
     tokens = trim_token_padding(batch["tokens"])
     encodings = model.encode(tokens, batch["context"], batch["context_mask"])
     denoise = samplers.GuidedDenoiser(model.decoder, encodings, guidance, score_roll=model.score_roll(tokens))

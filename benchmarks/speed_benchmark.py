@@ -100,7 +100,9 @@ def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
     return statistics.median(timed(fn) for _ in range(repeats))
 
 
-def paired_times(fn_a: Callable[[], Any], fn_b: Callable[[], Any], repeats: int, warmup: bool = True) -> dict[str, float]:
+def paired_times(
+    fn_a: Callable[[], Any], fn_b: Callable[[], Any], repeats: int, warmup: bool = True
+) -> dict[str, float]:
     """Alternate a and b; medians of each and the median of the per-repetition ratio a / b."""
     if warmup:
         fn_a(), fn_b()
@@ -109,7 +111,11 @@ def paired_times(fn_a: Callable[[], Any], fn_b: Callable[[], Any], repeats: int,
         a_times.append(timed(fn_a))
         b_times.append(timed(fn_b))
     ratios = [a / b for a, b in zip(a_times, b_times)]
-    return {"ours_s": statistics.median(a_times), "diffusers_s": statistics.median(b_times), "ratio": statistics.median(ratios)}
+    return {
+        "ours_s": statistics.median(a_times),
+        "diffusers_s": statistics.median(b_times),
+        "ratio": statistics.median(ratios),
+    }
 
 
 #: sgemm shapes for the ceiling: a large square one and the decoder's own (256 rows).
@@ -289,13 +295,21 @@ def component_benchmark(preset: str, repeats: int, with_diffusers: bool, ceiling
     if with_diffusers:
         ref_notes, ref_cont, ref_dec = diffusers_modules((notes, cont, dec))
         pairs = {
-            "notes_encoder_2048": (ours["notes_encoder_2048_s"], lambda: ref_notes(encoder_input_tokens=full_ids, encoder_inputs_mask=full_mask)),
-            "context_encoder": (ours["context_encoder_s"], lambda: ref_cont(encoder_inputs=context, encoder_inputs_mask=context_mask)),
+            "notes_encoder_2048": (
+                ours["notes_encoder_2048_s"],
+                lambda: ref_notes(encoder_input_tokens=full_ids, encoder_inputs_mask=full_mask),
+            ),
+            "context_encoder": (
+                ours["context_encoder_s"],
+                lambda: ref_cont(encoder_inputs=context, encoder_inputs_mask=context_mask),
+            ),
             "decoder_step_2048": (ours["decoder_step_2048_s"], lambda: ref_dec(enc_full, z, t)),
         }
         row["vs_diffusers"] = {name: paired_times(a, b, repeats) for name, (a, b) in pairs.items()}
         # Our pipeline's decoder step (cached keys over real tokens, cached FiLM) against diffusers' step.
-        row["vs_diffusers"]["decoder_step_pipeline"] = paired_times(ours["decoder_step_cached_s"], pairs["decoder_step_2048"][1], repeats)
+        row["vs_diffusers"]["decoder_step_pipeline"] = paired_times(
+            ours["decoder_step_cached_s"], pairs["decoder_step_2048"][1], repeats
+        )
         row["diffusers_decoder_step_gflop"] = count_flops(pairs["decoder_step_2048"][1]) / 1e9
         del ref_notes, ref_cont, ref_dec
     for name, fn in ours.items():
@@ -379,6 +393,7 @@ def e2e_benchmark(preset: str, steps: tuple[int, int], repeats: int, bf16: bool 
                                                           inverter=None)  # fmt: skip
     clocks = {which: {"encode": 0.0} for which in (*pipes, "diffusers")}
     for which, pipe in pipes.items():
+
         def timed_encode(*args, _encode=pipe.encode_batch, _clock=clocks[which], **kwargs):
             start = CLOCK()
             out = _encode(*args, **kwargs)
@@ -392,7 +407,9 @@ def e2e_benchmark(preset: str, steps: tuple[int, int], repeats: int, bf16: bool 
         clock["encode"] = 0.0
         start = CLOCK()
         if which in pipes:
-            out = pipes[which](song, torch.Generator().manual_seed(0), k, 1.0, "ddpm", output_type="mel", progress=False).mels
+            out = pipes[which](
+                song, torch.Generator().manual_seed(0), k, 1.0, "ddpm", output_type="mel", progress=False
+            ).mels
         else:
             out = diffusers_song(theirs, scheduler, song, k, torch.Generator().manual_seed(0), clock).numpy()
         return CLOCK() - start, clock["encode"], out
@@ -419,7 +436,9 @@ def e2e_benchmark(preset: str, steps: tuple[int, int], repeats: int, bf16: bool 
         row[f"{which}_encode_s"], row[f"{which}_loop_fixed_s"], row[f"{which}_per_step_s"] = encode, fixed, per_step
         row[f"{which}_totals_s"] = {str(k): statistics.median(t for t, _ in runs[which, k]) for k in (k1, k2)}
     for n in (100, 1000):
-        totals = {w: row[f"{w}_encode_s"] + row[f"{w}_loop_fixed_s"] + n * n_seg * row[f"{w}_per_step_s"] for w in names}
+        totals = {
+            w: row[f"{w}_encode_s"] + row[f"{w}_loop_fixed_s"] + n * n_seg * row[f"{w}_per_step_s"] for w in names
+        }
         for which in pipes:
             prefix = "" if which == "ours" else f"{which}_"
             row[f"{prefix}speedup_{n}_steps"] = totals["diffusers"] / totals[which]
@@ -557,7 +576,13 @@ def training_benchmark(preset: str, batch: int, steps: int) -> dict[str, Any]:
 
     step(0)  # warm-up
     seconds = statistics.median(timed(lambda i=i: step(i)) for i in range(1, steps + 1))
-    return {"preset": preset, "batch": batch, "tokens_max": data.max_tokens, "step_s": seconds, "segments_per_s": batch / seconds}
+    return {
+        "preset": preset,
+        "batch": batch,
+        "tokens_max": data.max_tokens,
+        "step_s": seconds,
+        "segments_per_s": batch / seconds,
+    }
 
 
 @torch.no_grad()
@@ -620,7 +645,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             "## The same workload, ours vs diffusers (same weights, same run, batch 1, no guidance)",
             "",
-            "Two-segment song (the second with a full context); ours: `pipe(song, scheduler=\"ddpm\", guidance_scale=1)`; "
+            'Two-segment song (the second with a full context); ours: `pipe(song, scheduler="ddpm", guidance_scale=1)`; '
             "diffusers: its pipeline loop (ORIGINAL.md §5.1: encoders on 2048 tokens, T5FilmDecoder, DDPMScheduler). "
             "Runs alternate ours / diffusers; each is split into encoder time and the denoising loop, which is measured "
             "at two step counts per segment: a line through the two medians gives the loop's fixed cost per song (ours: "
@@ -684,12 +709,12 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         "RTF = seconds of audio per second of compute (> 1 is faster than real time). Ratios are ours / diffusers "
-        "(< 1: ours is faster). \"like for like\" runs ours on all 2048 token positions without caches; \"pipeline\" is "
+        '(< 1: ours is faster). "like for like" runs ours on all 2048 token positions without caches; "pipeline" is '
         "our step as our pipeline runs it (PAD tail trimmed, cross-attention keys/values cached per segment, FiLM per "
         "step time cached) against diffusers' step. Segment RTFs here are extrapolated: encoders once + steps × one "
         "measured decoder step. The decoder's share of the ceiling counts matmul and attention FLOPs.",
         "",
-        "## Pipeline per sampler (guidance 2.0, one segment, output_type=\"mel\")",
+        '## Pipeline per sampler (guidance 2.0, one segment, output_type="mel")',
         "",
         "| preset | sampler | measured (steps: s) | per step | fixed | typical steps | RTF at typical steps | "
         "+ Griffin-Lim | + vocoder (random weights) | RTF at 100 steps |",
@@ -717,8 +742,11 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{', '.join(f'{t:.2f}' for t in r['wall_s'])} | **{r['rtf_best']:.2f}** / {r['rtf_median']:.2f} | "
                 f"{r['load_average']} |"
             )
-        lines += ["", "One 5.12 s segment, MIDI tokens to 16 kHz audio, nothing extrapolated. The machine is shared: "
-                  "the best run is the least disturbed one."]
+        lines += [
+            "",
+            "One 5.12 s segment, MIDI tokens to 16 kHz audio, nothing extrapolated. The machine is shared: "
+            "the best run is the least disturbed one.",
+        ]
     lines += [
         "",
         "Per-step and fixed costs are a line through the two measured runs; the typical step counts are extrapolated. "
@@ -764,25 +792,45 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="*", default=["tiny", "small", "base"], choices=sorted(PRESETS))
     parser.add_argument("--samplers", nargs="*", default=list(TYPICAL_STEPS), help="samplers for the end-to-end runs")
-    parser.add_argument("--sampler-presets", nargs="+", default=None, help="presets for the per-sampler runs (default: --presets)")
-    parser.add_argument("--e2e-presets", nargs="*", default=["base"], help="presets for the ours-vs-diffusers song runs")
-    parser.add_argument("--e2e-steps", nargs=2, type=int, default=[1, 4], metavar=("K1", "K2"),
-                        help="the two measured step counts per segment of the ours-vs-diffusers runs")
-    parser.add_argument("--steps", nargs=2, type=int, default=[1, 3], metavar=("K1", "K2"), help="step counts of the end-to-end runs")
+    parser.add_argument(
+        "--sampler-presets", nargs="+", default=None, help="presets for the per-sampler runs (default: --presets)"
+    )
+    parser.add_argument(
+        "--e2e-presets", nargs="*", default=["base"], help="presets for the ours-vs-diffusers song runs"
+    )
+    parser.add_argument(
+        "--e2e-steps",
+        nargs=2,
+        type=int,
+        default=[1, 4],
+        metavar=("K1", "K2"),
+        help="the two measured step counts per segment of the ours-vs-diffusers runs",
+    )
+    parser.add_argument(
+        "--steps", nargs=2, type=int, default=[1, 3], metavar=("K1", "K2"), help="step counts of the end-to-end runs"
+    )
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per component")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default: 1, see --clock)")
-    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="process CPU time (default) or wall time")
+    parser.add_argument(
+        "--clock", choices=("cpu", "wall"), default="cpu", help="process CPU time (default) or wall time"
+    )
     parser.add_argument("--profile", default="base", help="preset to profile ('none': no profile)")
-    parser.add_argument("--realtime-presets", nargs="*", default=["small"], help="presets for the measured real-time runs")
+    parser.add_argument(
+        "--realtime-presets", nargs="*", default=["small"], help="presets for the measured real-time runs"
+    )
     parser.add_argument("--realtime-steps", type=int, default=20)
     parser.add_argument("--realtime-sampler", default="dpmsolver++")
     parser.add_argument("--training", action="store_true", help="also time training steps")
     parser.add_argument("--train-batch", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=2, help="timed training steps (after one warm-up)")
     parser.add_argument("--no-diffusers", action="store_true", help="skip the diffusers comparison")
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                        help="also time ours with bf16 weights (default: when the CPU has native bf16 matmuls)")
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time ours with bf16 weights (default: when the CPU has native bf16 matmuls)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
 
@@ -814,7 +862,14 @@ def main() -> None:
         "matmul_gflops_2_threads_wall": _wall_ceiling(2),
     }
     print("machine", machine, flush=True)
-    result: dict[str, Any] = {"machine": machine, "components": [], "e2e": [], "samplers": [], "realtime": [], "training": []}
+    result: dict[str, Any] = {
+        "machine": machine,
+        "components": [],
+        "e2e": [],
+        "samplers": [],
+        "realtime": [],
+        "training": [],
+    }
     result["tokenization"] = tokenization_benchmark(args.repeats)
     print("tokenization", result["tokenization"], flush=True)
     result["inverter"] = inverter_benchmark()
@@ -835,7 +890,13 @@ def main() -> None:
         rows = sampler_benchmark(preset, args.samplers, args.steps[0], args.steps[1], args.guidance, inverter_s)
         result["samplers"] += rows
         for r in rows:
-            print("sampler", preset, r["sampler"], f"per step {r['per_step_s']:.3f} s, RTF@{r['typical_steps']} {r['rtf_typical_steps']:.3f}", flush=True)
+            print(
+                "sampler",
+                preset,
+                r["sampler"],
+                f"per step {r['per_step_s']:.3f} s, RTF@{r['typical_steps']} {r['rtf_typical_steps']:.3f}",
+                flush=True,
+            )
     for preset in args.realtime_presets:
         rows = realtime_benchmark(preset, args.realtime_sampler, args.realtime_steps, threads=2, repeats=3,
                                   precisions=("fp32", "bf16") if args.bf16 else ("fp32",))  # fmt: skip

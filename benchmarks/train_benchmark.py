@@ -69,7 +69,9 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="feature cache folder (default: synthetic examples)")
     args = parser.parse_args()
     for preset in args.preset or ["tiny", "small"]:
-        print(json.dumps(measure(preset, args.batch_size, args.steps, args.warmup, args.threads, args.data)), flush=True)
+        print(
+            json.dumps(measure(preset, args.batch_size, args.steps, args.warmup, args.threads, args.data)), flush=True
+        )
 
 
 if __name__ == "__main__":

@@ -39,7 +39,9 @@ SETUPS = {
     "original (eps, fan-in head)": (dict(), "default", None),
     "roll, fan-in roll init (eps)": (dict(score_roll_features=ROLL_FEATURES), "default", "fan_in"),
     "roll, roll std 0.3, zero head + bias (x0)": (
-        dict(score_roll_features=ROLL_FEATURES, prediction_type="sample", spec_out_bias=True), "zero", None,
+        dict(score_roll_features=ROLL_FEATURES, prediction_type="sample", spec_out_bias=True),
+        "zero",
+        None,
     ),
 }
 

@@ -76,7 +76,11 @@ def distances(original: np.ndarray, resynthesis: np.ndarray) -> dict[str, float]
         log_l1.append((ma.clamp_min(1e-5).log() - mb.clamp_min(1e-5).log()).abs().mean().item())
         convergence.append((torch.linalg.norm(ma - mb) / torch.linalg.norm(ma).clamp_min(1e-8)).item())
     mel_l1 = (log_mel(a) - log_mel(b)).abs().mean().item()
-    return {"log_mel_l1": mel_l1, "mr_stft_log_l1": float(np.mean(log_l1)), "spectral_convergence": float(np.mean(convergence))}
+    return {
+        "log_mel_l1": mel_l1,
+        "mr_stft_log_l1": float(np.mean(log_l1)),
+        "spectral_convergence": float(np.mean(convergence)),
+    }
 
 
 class OnsetScorer:
@@ -164,7 +168,9 @@ def main() -> None:
     parser.add_argument("--onnx", type=Path, help="also time this exported vocoder.onnx under onnxruntime")
     parser.add_argument("--note", default="", help="free text recorded with the results (e.g. the training step)")
     parser.add_argument("--no-onsets", action="store_true", help="skip the basic-pitch onset F1")
-    parser.add_argument("--refine-iters", type=int, default=32, help="refinement iterations of the 'ours' row (default 32)")
+    parser.add_argument(
+        "--refine-iters", type=int, default=32, help="refinement iterations of the 'ours' row (default 32)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
 
@@ -175,7 +181,9 @@ def main() -> None:
     inverters = {
         "griffin-lim": GriffinLimInverter(),
         "vocoder, network alone": load_vocoder(args.vocoder, refine_iters=0),
-        f"vocoder (ours: + {args.refine_iters} refinement iterations)": load_vocoder(args.vocoder, refine_iters=args.refine_iters),
+        f"vocoder (ours: + {args.refine_iters} refinement iterations)": load_vocoder(
+            args.vocoder, refine_iters=args.refine_iters
+        ),
     }
     clips = held_out_clips(args.split, args.max_files, args.seconds, args.audio_dir, args.midi_dir)
     if not clips:
@@ -187,7 +195,9 @@ def main() -> None:
     mel = log_mel(torch.from_numpy(longest)[None]).numpy()
     speeds = {label: {f"{t}_thread": speed(inv, mel, t) for t in (1, 2)} for label, inv in inverters.items()}
     if args.onnx is not None:
-        speeds["vocoder, network alone, onnxruntime"] = {f"{t}_thread": speed(OnnxRunner(args.onnx, t), mel, 1) for t in (1, 2)}
+        speeds["vocoder, network alone, onnxruntime"] = {
+            f"{t}_thread": speed(OnnxRunner(args.onnx, t), mel, 1) for t in (1, 2)
+        }
     print("speed done", json.dumps(speeds), flush=True)
 
     scorer, onset_note = None, ""
@@ -221,8 +231,11 @@ def main() -> None:
     keys = sorted({k.split("/", 1)[1] for row in per_clip for k in row if "/" in k})
     summary = {}
     for label in ["original", *inverters]:
-        values = {k: float(np.mean([r[f"{label}/{k}"] for r in per_clip if f"{label}/{k}" in r])) for k in keys
-                  if any(f"{label}/{k}" in r for r in per_clip)}
+        values = {
+            k: float(np.mean([r[f"{label}/{k}"] for r in per_clip if f"{label}/{k}" in r]))
+            for k in keys
+            if any(f"{label}/{k}" in r for r in per_clip)
+        }
         if values:
             summary[label] = values
     result = {
@@ -273,7 +286,9 @@ def markdown(result: dict, keys: list[str]) -> str:
         lines.append(f"| {label} | " + " | ".join(cells + speed_cells) + " |")
     for label, sp in result["speed_x_real_time"].items():
         if label not in result["summary"]:
-            lines.append(f"| {label} | " + " | ".join([""] * len(cols)) + f" | {sp['1_thread']:.1f} | {sp['2_thread']:.1f} |")
+            lines.append(
+                f"| {label} | " + " | ".join([""] * len(cols)) + f" | {sp['1_thread']:.1f} | {sp['2_thread']:.1f} |"
+            )
     lines += ["", f"Vocoder: {result['vocoder']}" + (f" ({result['note']})" if result.get("note") else "") + "."]
     lines += [f"Speed: {result['speed_excerpt_seconds']:.1f} s excerpt, {result['machine']}."]
     if result["onset_note"]:

@@ -121,11 +121,17 @@ def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "midi", type=Path, nargs="+", metavar="MIDI",
+        "midi",
+        type=Path,
+        nargs="+",
+        metavar="MIDI",
         help="input Standard MIDI File(s) (.mid/.midi); several files are synthesized in one batch",
     )
     p.add_argument(
-        "-o", "--output", type=Path, metavar="WAV",
+        "-o",
+        "--output",
+        type=Path,
+        metavar="WAV",
         help="output audio file, 16 kHz mono (default: the MIDI file's path with .wav instead of its "
         "extension). The extension picks the format: .wav (16-bit PCM), .flac, .ogg, ... An existing "
         "file is replaced, only once synthesis has succeeded. With several MIDI files: a folder "
@@ -133,32 +139,45 @@ def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "its MIDI file).",
     )
     p.add_argument(
-        "--model", type=Path, metavar="DIR",
+        "--model",
+        type=Path,
+        metavar="DIR",
         help="pipeline folder in diffusers layout (model_index.json, notes_encoder/, "
         "continuous_encoder/, decoder/, scheduler/, optionally melgan/model.onnx), e.g. a converted "
         "google/music-spectrogram-diffusion or a trained model exported with "
         "`specdiff export CHECKPOINT DIR` (default: the model bundled with the package, if any).",
     )
     p.add_argument(
-        "--steps", type=_positive_int, default=None, metavar="N",
+        "--steps",
+        type=_positive_int,
+        default=None,
+        metavar="N",
         help=f"denoising steps per 5.12 s segment (default: the model's own setting, see below; else "
         f"{DEFAULT_NUM_STEPS}). Run time grows "
         "linearly with N; fewer steps are faster but noisier, the multistep schedulers (dpmsolver++, "
         "unipc) tolerate far fewer steps than original/ddpm.",
     )
     p.add_argument(
-        "--scheduler", choices=SCHEDULERS, default=None,
+        "--scheduler",
+        choices=SCHEDULERS,
+        default=None,
         help=" ".join(_SCHEDULER_HELP.split()),
     )
     p.add_argument(
-        "--guidance", type=_non_negative_float, default=None, metavar="W",
+        "--guidance",
+        type=_non_negative_float,
+        default=None,
+        metavar="W",
         help=f"classifier-free guidance weight w: eps = w*eps_cond + (1-w)*eps_uncond (default: the "
         f"model's own setting, else {DEFAULT_GUIDANCE}, the paper's colab; its training default was 5). w = 1 turns guidance "
         "off and halves the decoder work; larger w follows the notes more closely but can sound "
         "harsher.",
     )
     p.add_argument(
-        "--seed", type=_seed, default=None, metavar="N",
+        "--seed",
+        type=_seed,
+        default=None,
+        metavar="N",
         help="random seed of the start noise and sampler noise; the same seed, model, options and "
         "device give the same audio (default: a fresh random seed, printed in the summary). With "
         "several MIDI files, the k-th file (counting from 0) uses seed N+k, so it sounds exactly as "
@@ -166,24 +185,34 @@ def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "gets its own random seed, all printed in the summary.",
     )
     p.add_argument(
-        "--batch-size", type=_positive_int, default=None, metavar="N",
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        metavar="N",
         help="with several MIDI files: how many songs go through the model together (default: all of "
         "them). Larger batches are faster on a GPU but need more memory (with guidance, the decoder "
         "batch is 2N). The audio does not depend on N.",
     )
     p.add_argument(
-        "--device", choices=DEVICES, default="auto",
+        "--device",
+        choices=DEVICES,
+        default="auto",
         help="where to run the model (default: auto = cuda if available, else mps, else cpu). A GPU "
         "is many times faster; results can differ slightly between devices.",
     )
     add_precision_argument(p)
     p.add_argument(
-        "--threads", type=int, default=None, metavar="N",
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
         help="CPU threads for PyTorch (default: PyTorch's own choice, one per core). On a busy "
         "machine fewer threads can be faster.",
     )
     p.add_argument(
-        "--inverter", choices=INVERTERS, default="auto",
+        "--inverter",
+        choices=INVERTERS,
+        default="auto",
         help="spectrogram-to-audio inverter (default: auto = the model folder's own inverter: "
         "melgan/model.onnx when onnxruntime is installed, else a trained vocoder/, else griffinlim "
         "with a warning). onnx: the official neural inverter (needs onnxruntime and the ONNX file; "
@@ -192,12 +221,16 @@ def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "audibly phasey.",
     )
     p.add_argument(
-        "--refine-iters", type=int, default=None, metavar="N",
+        "--refine-iters",
+        type=int,
+        default=None,
+        metavar="N",
         help="with our trained vocoder: Griffin-Lim iterations that refine its output against the "
         "spectrogram (default 32; 0: the network alone, faster)",
     )
     p.add_argument(
-        "--stream", action="store_true",
+        "--stream",
+        action="store_true",
         help="write the audio segment by segment, as soon as each 5.12 s segment is generated, "
         "printing a line per segment (default: off: the whole song's spectrogram is inverted at "
         "once). Each segment is inverted on its own, so the audio can differ slightly near segment "
@@ -205,13 +238,17 @@ def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "audio grows in a hidden temporary file next to it). Only for a single MIDI file.",
     )
     p.add_argument(
-        "--mel-png", type=Path, metavar="PATH",
+        "--mel-png",
+        type=Path,
+        metavar="PATH",
         help="also save a picture of the generated log-mel spectrogram as PNG (needs matplotlib; "
         "default: no picture). With several MIDI files: a folder (created if missing) that receives "
         "one <MIDI name>.png per song.",
     )
     p.add_argument(
-        "-q", "--quiet", action="store_true",
+        "-q",
+        "--quiet",
+        action="store_true",
         help="no progress bar, summary or warnings on stderr; errors are still printed (default: off)",
     )
     p.set_defaults(func=run_synth)
@@ -313,8 +350,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Multi-instrument MIDI synthesis with spectrogram diffusion "
-        "(Hawthorne et al., ISMIR 2022).",
+        description="Multi-instrument MIDI synthesis with spectrogram diffusion (Hawthorne et al., ISMIR 2022).",
         epilog="Run `specdiff COMMAND --help` for the options of a command.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -433,8 +469,10 @@ def check_steps(scheduler: str, steps: int, scheduler_config: dict) -> None:
     """diffusers schedulers cannot take more steps than their discrete training timesteps."""
     limit = int(scheduler_config.get("num_train_timesteps", 1000))
     if scheduler != "original" and steps > limit:
-        raise SpecdiffError(f"--steps {steps} is more than --scheduler {scheduler} allows for this model "
-                            f"({limit} training timesteps); use at most {limit} or --scheduler original")
+        raise SpecdiffError(
+            f"--steps {steps} is more than --scheduler {scheduler} allows for this model "
+            f"({limit} training timesteps); use at most {limit} or --scheduler original"
+        )
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -455,8 +493,9 @@ def check_audio_extension(path: Path) -> None:
 
     extension = path.suffix.lstrip(".").upper() or "WAV"
     if extension not in soundfile.available_formats():
-        raise SpecdiffError(f"cannot write {path}: unsupported audio file extension .{extension.lower()} "
-                            "(use .wav or .flac)")
+        raise SpecdiffError(
+            f"cannot write {path}: unsupported audio file extension .{extension.lower()} (use .wav or .flac)"
+        )
 
 
 class StreamingAudioFile:
@@ -483,8 +522,9 @@ class StreamingAudioFile:
             raise SpecdiffError(f"cannot write {path}: {err.strerror or err}") from None
         os.close(fd)
         try:
-            self._file = soundfile.SoundFile(self._tmp, "w", samplerate=sample_rate, channels=1,
-                                             subtype=subtype, format=file_format)
+            self._file = soundfile.SoundFile(
+                self._tmp, "w", samplerate=sample_rate, channels=1, subtype=subtype, format=file_format
+            )
         except BaseException:
             Path(self._tmp).unlink(missing_ok=True)
             raise
@@ -534,21 +574,31 @@ def _segments_used(pipe: Any, tokenized: Any) -> int:
     return math.ceil(keep / segment_frames)
 
 
-def _synthesize_streaming(args: argparse.Namespace, pipe: Any, tokenized: Any, generator: Any, output: Path,
-                          started: float) -> tuple[int, Any]:
+def _synthesize_streaming(
+    args: argparse.Namespace, pipe: Any, tokenized: Any, generator: Any, output: Path, started: float
+) -> tuple[int, Any]:
     """``--stream``: write each segment's audio as soon as it is done; returns (samples, log-mel)."""
     import numpy as np
 
     total = _segments_used(pipe, tokenized)
     mels = []
     with StreamingAudioFile(output, pipe.sample_rate) as sink:
-        for segment in pipe.segments(tokenized, generator=generator, num_inference_steps=args.steps,
-                                     guidance_scale=args.guidance, scheduler=args.scheduler, show_progress=False):
+        for segment in pipe.segments(
+            tokenized,
+            generator=generator,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            scheduler=args.scheduler,
+            show_progress=False,
+        ):
             sink.write(segment.audio)
             mels.append(segment.mel)
             end = sink.num_samples / pipe.sample_rate
-            _log(args, f"segment {segment.index + 1}/{total}: {segment.start_time:.2f}-{end:.2f} s written "
-                       f"({time.perf_counter() - started:.1f} s elapsed)")
+            _log(
+                args,
+                f"segment {segment.index + 1}/{total}: {segment.start_time:.2f}-{end:.2f} s written "
+                f"({time.perf_counter() - started:.1f} s elapsed)",
+            )
         mel = np.concatenate(mels) if mels else np.zeros((0, 128), np.float32)
         _save_png(args, mel)  # before the rename: a failed picture leaves no audio file either
         sink.commit()
@@ -610,8 +660,9 @@ def _run_synth_one(args: argparse.Namespace) -> int:
     if args.mel_png is not None and importlib.util.find_spec("matplotlib") is None:
         raise SpecdiffError("--mel-png needs matplotlib: pip install matplotlib (or specdiff[plot])")
     if args.scheduler != "original" and importlib.util.find_spec("diffusers") is None:
-        raise SpecdiffError(f"--scheduler {args.scheduler} needs diffusers: pip install diffusers "
-                            "(or use --scheduler original)")
+        raise SpecdiffError(
+            f"--scheduler {args.scheduler} needs diffusers: pip install diffusers (or use --scheduler original)"
+        )
 
     # 2. Read the MIDI before loading a model: a bad file fails in milliseconds.
     from specdiff.tokenizer import midi_to_segments
@@ -676,12 +727,16 @@ def _check_folder_option(path: Path | None, option: str, extensions: set[str]) -
     if path is None:
         return
     if path.exists() and not path.is_dir():
-        raise UsageError(f"{option} must be a folder when several MIDI files are given (each song is "
-                         f"written as FOLDER/<MIDI name>); {path} is a file")
+        raise UsageError(
+            f"{option} must be a folder when several MIDI files are given (each song is "
+            f"written as FOLDER/<MIDI name>); {path} is a file"
+        )
     if not path.exists() and path.suffix.lower() in extensions:
         # A folder named out.wav is almost surely a mistake, not a wish.
-        raise UsageError(f"{option} must be a folder when several MIDI files are given (each song is "
-                         f"written as FOLDER/<MIDI name>), not a file name like {path}")
+        raise UsageError(
+            f"{option} must be a folder when several MIDI files are given (each song is "
+            f"written as FOLDER/<MIDI name>), not a file name like {path}"
+        )
 
 
 def _audio_extensions() -> set[str]:
@@ -692,8 +747,13 @@ def _audio_extensions() -> set[str]:
 
 def _output_paths(midis: list[Path], out_dir: Path | None, png_dir: Path | None) -> list[tuple[Path, Path | None]]:
     """(WAV, PNG or None) per song: FOLDER/<stem>.wav, or next to the MIDI file without -o."""
-    targets = [((out_dir if out_dir is not None else midi.parent) / f"{midi.stem}.wav",
-                png_dir / f"{midi.stem}.png" if png_dir is not None else None) for midi in midis]
+    targets = [
+        (
+            (out_dir if out_dir is not None else midi.parent) / f"{midi.stem}.wav",
+            png_dir / f"{midi.stem}.png" if png_dir is not None else None,
+        )
+        for midi in midis
+    ]
     owner: dict[Path, Path] = {}
     for midi, paths in zip(midis, targets):
         for path in paths:
@@ -701,8 +761,10 @@ def _output_paths(midis: list[Path], out_dir: Path | None, png_dir: Path | None)
                 continue
             key = path.resolve()
             if key in owner:
-                raise UsageError(f"{owner[key]} and {midi} would both be written to {path}; give each "
-                                 "MIDI file a different name (or synthesize them in separate runs)")
+                raise UsageError(
+                    f"{owner[key]} and {midi} would both be written to {path}; give each "
+                    "MIDI file a different name (or synthesize them in separate runs)"
+                )
             owner[key] = midi
             if any(_same_file(path, m) for m in midis):
                 raise SpecdiffError(f"output {path} would replace an input MIDI file")
@@ -747,8 +809,10 @@ def run_synth_many(args: argparse.Namespace, midis: list[Path]) -> int:
 
     # 1. The command line and everything cheap; no torch, nothing created yet.
     if args.stream:
-        raise UsageError(f"--stream takes a single MIDI file, got {len(midis)}; drop --stream to synthesize "
-                         "them in one batch, or run them one at a time")
+        raise UsageError(
+            f"--stream takes a single MIDI file, got {len(midis)}; drop --stream to synthesize "
+            "them in one batch, or run them one at a time"
+        )
     model_dir = resolve_model_dir(args.model)
     resolve_sampling(args, model_dir)
     _check_folder_option(args.output, "-o/--output", _audio_extensions())
@@ -760,8 +824,9 @@ def run_synth_many(args: argparse.Namespace, midis: list[Path]) -> int:
     if args.mel_png is not None and importlib.util.find_spec("matplotlib") is None:
         raise SpecdiffError("--mel-png needs matplotlib: pip install matplotlib (or specdiff[plot])")
     if args.scheduler != "original" and importlib.util.find_spec("diffusers") is None:
-        raise SpecdiffError(f"--scheduler {args.scheduler} needs diffusers: pip install diffusers "
-                            "(or use --scheduler original)")
+        raise SpecdiffError(
+            f"--scheduler {args.scheduler} needs diffusers: pip install diffusers (or use --scheduler original)"
+        )
     if args.threads is not None and args.threads < 1:
         raise SpecdiffError(f"--threads must be >= 1, got {args.threads}")
 

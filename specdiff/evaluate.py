@@ -261,11 +261,18 @@ def evaluate(
     results: dict[str, Any] = {
         "model": str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
         "settings": {
-            "steps": steps, "scheduler": scheduler, "guidance": guidance, "seed": seed,
-            "max_seconds": max_seconds, "embedding": embedding, "inverter": inverter, "device": device,
+            "steps": steps,
+            "scheduler": scheduler,
+            "guidance": guidance,
+            "seed": seed,
+            "max_seconds": max_seconds,
+            "embedding": embedding,
+            "inverter": inverter,
+            "device": device,
             "dtype": str(getattr(pipe, "dtype", dtype)).replace("torch.", ""),
-            "reference_audio": str(reference_audio) if isinstance(reference_audio, (str, os.PathLike)) else
-            ("given" if reference_audio is not None else None),
+            "reference_audio": str(reference_audio)
+            if isinstance(reference_audio, (str, os.PathLike))
+            else ("given" if reference_audio is not None else None),
         },  # fmt: skip
         "transcription": skipped or TRANSCRIPTION_METHOD,
         "embedding": embedder.description,
@@ -313,7 +320,9 @@ def _evaluate_piece(
     # inf/NaN audio. Score those samples as silence instead of poisoning every metric; say so.
     nonfinite = int(np.count_nonzero(~np.isfinite(full)))
     if nonfinite:
-        print(f"warning: {piece.midi.name}: {nonfinite} non-finite generated samples, scored as silence", file=sys.stderr)
+        print(
+            f"warning: {piece.midi.name}: {nonfinite} non-finite generated samples, scored as silence", file=sys.stderr
+        )
         full = np.nan_to_num(full, nan=0.0, posinf=0.0, neginf=0.0)
 
     reference, source = load_reference(piece.midi, find_reference(piece.midi, reference_audio), soundfont)
@@ -399,7 +408,9 @@ def _save_audio(path: Path, audio: np.ndarray) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def save_comparison_png(path: Path, reference: np.ndarray, generated: np.ndarray, notes: Sequence, title: str = "") -> str | None:
+def save_comparison_png(
+    path: Path, reference: np.ndarray, generated: np.ndarray, notes: Sequence, title: str = ""
+) -> str | None:
     """Reference and generated log-mel with the piano roll (specdiff.plotting); atomic.
     Returns the path, or None (with a message) when matplotlib is missing."""
     import torch
@@ -456,7 +467,9 @@ def markdown_report(results: Mapping[str, Any]) -> str:
         f"- Transcription: {results['transcription']}.",
     ]
     if any("f1_ratio" in r for r in rows):
-        lines.append("- F1 ratio = onset F1 of our audio / onset F1 of the reference audio (mean row: ratio of the means).")
+        lines.append(
+            "- F1 ratio = onset F1 of our audio / onset F1 of the reference audio (mean row: ratio of the means)."
+        )
     lines += [
         "- References: " + "; ".join(sorted({r["reference"] for r in rows})) + ".",
         "- Reconstruction distances compare with the reference audio over their common length.",

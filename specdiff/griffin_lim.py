@@ -43,8 +43,9 @@ class GriffinLimInverter:
 
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, n_iter: int = 32, momentum: float = 0.99, nnls_iter: int = 30, seed: int = 0,
-                 device: str = "cpu"):
+    def __init__(
+        self, n_iter: int = 32, momentum: float = 0.99, nnls_iter: int = 30, seed: int = 0, device: str = "cpu"
+    ):
         if n_iter < 0 or nnls_iter < 0 or not 0.0 <= momentum < 1.0:
             raise ValueError("n_iter and nnls_iter must be >= 0 and momentum in [0, 1)")
         self.n_iter, self.momentum, self.nnls_iter, self.seed, self.device = n_iter, momentum, nnls_iter, seed, device

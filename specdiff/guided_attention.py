@@ -144,7 +144,9 @@ class CrossAttentionRecorder:
         self.encodings.clear()
         self.layer_inputs.clear()
         handles = [
-            self.model.notes_encoder.register_forward_hook(lambda _m, _a, out: self.encodings.__setitem__("notes", out[0])),
+            self.model.notes_encoder.register_forward_hook(
+                lambda _m, _a, out: self.encodings.__setitem__("notes", out[0])
+            ),
             self.model.continuous_encoder.register_forward_hook(
                 lambda _m, _a, out: self.encodings.__setitem__("context", out[0])
             ),

@@ -98,7 +98,9 @@ class OnnxInverter:
             raise ModelError(f"{self.path}: cannot load the ONNX model ({message})") from None
         inputs = [i.name for i in self.session.get_inputs()]
         if ONNX_INPUT_NAME not in inputs:
-            raise ModelError(f"{self.path}: expected an input named {ONNX_INPUT_NAME!r} (ORIGINAL.md §6), found {inputs}")
+            raise ModelError(
+                f"{self.path}: expected an input named {ONNX_INPUT_NAME!r} (ORIGINAL.md §6), found {inputs}"
+            )
         if len(inputs) != 1:
             raise ModelError(f"{self.path}: expected one input {ONNX_INPUT_NAME!r}, found {inputs}")
 
@@ -178,7 +180,8 @@ def load_inverter(model_dir: str | os.PathLike | None, prefer: str = "auto") -> 
             return inverter
     logger.warning(
         "no neural spectrogram inverter in %s: using Griffin-Lim, a low-quality fallback "
-        "(add melgan/model.onnx or a trained vocoder/ for good audio)", model_dir or "(no model folder)"
+        "(add melgan/model.onnx or a trained vocoder/ for good audio)",
+        model_dir or "(no model folder)",
     )
     return GriffinLimInverter()
 

@@ -573,7 +573,9 @@ class FilmDecoder(nn.Module):
     ) -> None:
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}")
+            raise ValueError(
+                f"unknown prediction_type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}"
+            )
         if int(score_roll_features) < 0:
             raise ValueError(f"score_roll_features must be >= 0, got {score_roll_features}")
         # Note: diffusers' class default is 2000.0 but the official checkpoint says 20000.0 (spec §9.1).
@@ -583,7 +585,9 @@ class FilmDecoder(nn.Module):
             dropout_rate=dropout_rate,
         )  # fmt: skip
         extensions = dict(
-            score_roll_features=int(score_roll_features), prediction_type=prediction_type, spec_out_bias=bool(spec_out_bias)
+            score_roll_features=int(score_roll_features),
+            prediction_type=prediction_type,
+            spec_out_bias=bool(spec_out_bias),
         )
         self.config.update({k: v for k, v in extensions.items() if v != DECODER_EXTENSIONS[k]})
         self.conditioning_emb = nn.Sequential(
@@ -786,7 +790,9 @@ def _preset(d_model: int, num_heads: int, d_ff: int, layers: int, d_kv: int = 64
     shared = dict(d_model=d_model, num_heads=num_heads, d_kv=d_kv, d_ff=d_ff, num_layers=layers, dropout_rate=0.1)
     return {
         "notes_encoder": dict(max_length=2048, vocab_size=1536, feed_forward_proj="gated-gelu", **shared),
-        "continuous_encoder": dict(input_dims=128, targets_context_length=256, feed_forward_proj="gated-gelu", **shared),
+        "continuous_encoder": dict(
+            input_dims=128, targets_context_length=256, feed_forward_proj="gated-gelu", **shared
+        ),
         "decoder": dict(input_dims=128, targets_length=256, max_decoder_noise_time=20000.0, **shared),
     }
 
@@ -811,8 +817,14 @@ def build_models(
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    accepted = {name: set(cfg) | (set(DECODER_EXTENSIONS) if name == "decoder" else set()) for name, cfg in PRESETS[preset].items()}
-    configs = {name: {**cfg, **{k: v for k, v in overrides.items() if k in accepted[name]}} for name, cfg in PRESETS[preset].items()}
+    accepted = {
+        name: set(cfg) | (set(DECODER_EXTENSIONS) if name == "decoder" else set())
+        for name, cfg in PRESETS[preset].items()
+    }
+    configs = {
+        name: {**cfg, **{k: v for k, v in overrides.items() if k in accepted[name]}}
+        for name, cfg in PRESETS[preset].items()
+    }
     with torch.random.fork_rng(devices=[]):  # seed without touching the caller's global RNG
         if seed is not None:
             torch.manual_seed(seed)

@@ -229,4 +229,3 @@ class EMA:
         self.decay, self.warmup, self.num_updates = state["decay"], state["warmup"], state["num_updates"]
         for name, value in state["shadow"].items():
             self.shadow[name].copy_(value)
-

@@ -118,7 +118,9 @@ def _segment_tensor(tokens: Sequence[int], index: int, vocab_size: int, max_leng
     except (TypeError, ValueError, OverflowError):
         raise MidiError(f"token segment {index} is not a list of integers") from None
     if ids.ndim != 1 or len(ids) > max_length:
-        raise MidiError(f"token segment {index} must be a flat list of at most {max_length} tokens, got shape {tuple(ids.shape)}")
+        raise MidiError(
+            f"token segment {index} must be a flat list of at most {max_length} tokens, got shape {tuple(ids.shape)}"
+        )
     if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
         raise MidiError(f"token segment {index} has ids outside the vocabulary [0, {vocab_size})")
     return ids
@@ -369,7 +371,9 @@ class SpectrogramDiffusionPipeline:
 
     # -- device ----------------------------------------------------------------------------------
 
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SpectrogramDiffusionPipeline:
+    def to(
+        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> SpectrogramDiffusionPipeline:
         """Move (and optionally cast) the three networks; the sampler state stays float32."""
         for module in (self.notes_encoder, self.continuous_encoder, self.decoder):
             module.to(device=device, dtype=dtype)
@@ -414,7 +418,9 @@ class SpectrogramDiffusionPipeline:
         """Both encoders for one segment: tokens ``[L]``, context ``[1, T, 128]`` scaled, mask ``[1, T]``."""
         return self.encode_batch([tokens], context, context_mask)
 
-    def encode_batch(self, tokens: Sequence[Tensor], context: Tensor, context_mask: Tensor) -> list[tuple[Tensor, Tensor]]:
+    def encode_batch(
+        self, tokens: Sequence[Tensor], context: Tensor, context_mask: Tensor
+    ) -> list[tuple[Tensor, Tensor]]:
         """Both encoders for a batch of segments: ``B`` token rows ``[L_i]``, context ``[B, T, 128]``
         scaled, mask ``[B, T]``. Returns ``[(notes, mask), (context, mask)]``.
 
@@ -458,7 +464,9 @@ class SpectrogramDiffusionPipeline:
         on_step: Callable[[], None] | None,
     ) -> Iterator[Tensor]:
         """The full-song loop of ORIGINAL.md §5.1; yields each segment's log-mel ``[1, T, 128]`` (float32)."""
-        for [(_, mel)] in self._generate_batch([segments], [generator], num_inference_steps, guidance_scale, sampler, on_step):
+        for [(_, mel)] in self._generate_batch(
+            [segments], [generator], num_inference_steps, guidance_scale, sampler, on_step
+        ):
             yield mel
 
     @torch.no_grad()

@@ -44,7 +44,9 @@ def _figure(width_px: int, height_px: int, dpi: int) -> Any:
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise PlottingUnavailable("drawing pictures needs matplotlib: pip install matplotlib (or specdiff[plot])") from None
+        raise PlottingUnavailable(
+            "drawing pictures needs matplotlib: pip install matplotlib (or specdiff[plot])"
+        ) from None
     if width_px < 1 or height_px < 1 or dpi < 1:
         raise ValueError(f"picture size must be positive, got {width_px}x{height_px} px at {dpi} dpi")
     return Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi, layout="constrained")
@@ -62,8 +64,9 @@ def _as_mel(mel: Any, what: str = "mel") -> np.ndarray:
     return array
 
 
-def plot_spectrogram(ax: Any, mel: Any, value_range: tuple[float, float] = LOG_MEL_RANGE,
-                     frame_rate: float = FRAMES_PER_SECOND) -> Any:
+def plot_spectrogram(
+    ax: Any, mel: Any, value_range: tuple[float, float] = LOG_MEL_RANGE, frame_rate: float = FRAMES_PER_SECOND
+) -> Any:
     """Draw a ``[frames, 128]`` spectrogram on a matplotlib Axes: time (s) across, mel bin up.
 
     Returns the image (for a colour bar). Non-finite values are drawn as the bottom of the range.
@@ -72,8 +75,16 @@ def plot_spectrogram(ax: Any, mel: Any, value_range: tuple[float, float] = LOG_M
     low, high = value_range
     array = np.nan_to_num(array, nan=low, posinf=high, neginf=low)
     seconds = max(len(array), 1) / frame_rate
-    image = ax.imshow(array.T, origin="lower", aspect="auto", interpolation="nearest", cmap=COLORMAP,
-                      vmin=low, vmax=high, extent=(0.0, seconds, 0, N_MELS))
+    image = ax.imshow(
+        array.T,
+        origin="lower",
+        aspect="auto",
+        interpolation="nearest",
+        cmap=COLORMAP,
+        vmin=low,
+        vmax=high,
+        extent=(0.0, seconds, 0, N_MELS),
+    )
     ax.set_ylabel("mel bin")
     return image
 
@@ -153,7 +164,10 @@ def save_comparison_png(
     differ in length. Without ``notes`` (None) the piano-roll panel is left out; an empty list draws
     an empty roll. The PNG is exactly ``size`` pixels and written atomically; returns the path.
     """
-    panels = [(_as_mel(reference_mel, "reference_mel"), titles[0]), (_as_mel(generated_mel, "generated_mel"), titles[1])]
+    panels = [
+        (_as_mel(reference_mel, "reference_mel"), titles[0]),
+        (_as_mel(generated_mel, "generated_mel"), titles[1]),
+    ]
     fig = _figure(*size, dpi)
     rows = len(panels) + (notes is not None)
     axes = fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]

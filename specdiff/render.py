@@ -52,12 +52,38 @@ PROGRAM_FAMILIES: dict[str, tuple[int, ...]] = {
 # Comfortable MIDI pitch range of each program above (approximate instrument ranges, widened
 # a little). reassign_programs only gives a track a program whose range holds its median pitch.
 PROGRAM_RANGES: dict[int, tuple[int, int]] = {
-    0: (21, 108), 4: (28, 103), 8: (60, 108), 16: (36, 96), 24: (40, 84), 26: (40, 86),
-    29: (40, 86), 32: (28, 60), 33: (28, 64), 40: (55, 103), 41: (48, 91), 42: (36, 76),
-    43: (28, 60), 46: (24, 103), 48: (28, 96), 50: (28, 96), 52: (40, 81), 56: (52, 84),
-    57: (40, 72), 58: (28, 60), 60: (34, 77), 61: (36, 84), 64: (56, 88), 66: (44, 76),
-    67: (36, 69), 68: (58, 91), 69: (52, 81), 70: (34, 72), 71: (50, 94), 73: (60, 96),
-    80: (36, 96), 88: (36, 96),
+    0: (21, 108),
+    4: (28, 103),
+    8: (60, 108),
+    16: (36, 96),
+    24: (40, 84),
+    26: (40, 86),
+    29: (40, 86),
+    32: (28, 60),
+    33: (28, 64),
+    40: (55, 103),
+    41: (48, 91),
+    42: (36, 76),
+    43: (28, 60),
+    46: (24, 103),
+    48: (28, 96),
+    50: (28, 96),
+    52: (40, 81),
+    56: (52, 84),
+    57: (40, 72),
+    58: (28, 60),
+    60: (34, 77),
+    61: (36, 84),
+    64: (56, 88),
+    66: (44, 76),
+    67: (36, 69),
+    68: (58, 91),
+    69: (52, 81),
+    70: (34, 72),
+    71: (50, 94),
+    73: (60, 96),
+    80: (36, 96),
+    88: (36, 96),
 }
 
 
@@ -282,8 +308,7 @@ def render_midi(
     if backend == "auto":
         if not backends:
             raise SpecdiffError(
-                "no MIDI renderer installed: pip install --no-deps tinysoundfont, "
-                "or install the fluidsynth program"
+                "no MIDI renderer installed: pip install --no-deps tinysoundfont, or install the fluidsynth program"
             )
         backend = backends[0]
     elif backend not in ("tinysoundfont", "fluidsynth"):

@@ -89,43 +89,106 @@ def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "serve", help="run a local web app / HTTP API for synthesis", description=_DESCRIPTION,
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    p.add_argument("--model", type=Path, metavar="DIR",
-                   help="pipeline folder in diffusers layout (default: the model bundled with the package, if any)")
-    p.add_argument("--host", default=DEFAULT_HOST,
-                   help=f"address to listen on (default: {DEFAULT_HOST}, this machine only). The service has no "
-                   "authentication: listen on other addresses only on a network you trust.")
+    p.add_argument(
+        "--model",
+        type=Path,
+        metavar="DIR",
+        help="pipeline folder in diffusers layout (default: the model bundled with the package, if any)",
+    )
+    p.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to listen on (default: {DEFAULT_HOST}, this machine only). The service has no "
+        "authentication: listen on other addresses only on a network you trust.",
+    )
     p.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"TCP port (default: {DEFAULT_PORT}; 0: any free)")
-    p.add_argument("--device", choices=DEVICES, default="auto",
-                   help="where to run the model (default: auto = cuda, else mps, else cpu)")
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="where to run the model (default: auto = cuda, else mps, else cpu)",
+    )
     add_precision_argument(p)
-    p.add_argument("--threads", type=_positive(int), default=None, metavar="N",
-                   help="CPU threads for PyTorch (default: PyTorch's own choice, one per core)")
-    p.add_argument("--inverter", choices=INVERTERS, default="auto",
-                   help="spectrogram-to-audio inverter (default: auto, as in `specdiff synth`)")
+    p.add_argument(
+        "--threads",
+        type=_positive(int),
+        default=None,
+        metavar="N",
+        help="CPU threads for PyTorch (default: PyTorch's own choice, one per core)",
+    )
+    p.add_argument(
+        "--inverter",
+        choices=INVERTERS,
+        default="auto",
+        help="spectrogram-to-audio inverter (default: auto, as in `specdiff synth`)",
+    )
     g = p.add_argument_group("limits")
-    g.add_argument("--max-queued", type=_non_negative_int, default=defaults.max_queued, metavar="N",
-                   help="jobs that may wait behind the running one; more get HTTP 429 "
-                   f"(default: {defaults.max_queued})")
-    g.add_argument("--max-upload-mb", type=_positive(float), default=defaults.max_upload_bytes / 2**20, metavar="MB",
-                   help=f"largest MIDI upload in MiB (default: {defaults.max_upload_bytes / 2**20:g})")
-    g.add_argument("--max-seconds", type=_positive(float), default=defaults.max_midi_seconds, metavar="S",
-                   help=f"longest accepted music in seconds (default: {defaults.max_midi_seconds:g})")
-    g.add_argument("--max-steps", type=_positive(int), default=defaults.max_steps, metavar="N",
-                   help=f"most denoising steps a request may ask for (default: {defaults.max_steps})")
-    g.add_argument("--result-ttl", type=_positive(float), default=defaults.result_ttl, metavar="S",
-                   help=f"seconds results are kept when never fetched (default: {defaults.result_ttl:g})")
-    g.add_argument("--fetched-ttl", type=_positive(float), default=defaults.fetched_ttl, metavar="S",
-                   help="seconds results are kept after their audio was first fetched "
-                   f"(default: {defaults.fetched_ttl:g})")
-    g.add_argument("--workdir", type=Path, metavar="DIR",
-                   help="folder for results (default: a temporary folder, removed at exit)")
+    g.add_argument(
+        "--max-queued",
+        type=_non_negative_int,
+        default=defaults.max_queued,
+        metavar="N",
+        help=f"jobs that may wait behind the running one; more get HTTP 429 (default: {defaults.max_queued})",
+    )
+    g.add_argument(
+        "--max-upload-mb",
+        type=_positive(float),
+        default=defaults.max_upload_bytes / 2**20,
+        metavar="MB",
+        help=f"largest MIDI upload in MiB (default: {defaults.max_upload_bytes / 2**20:g})",
+    )
+    g.add_argument(
+        "--max-seconds",
+        type=_positive(float),
+        default=defaults.max_midi_seconds,
+        metavar="S",
+        help=f"longest accepted music in seconds (default: {defaults.max_midi_seconds:g})",
+    )
+    g.add_argument(
+        "--max-steps",
+        type=_positive(int),
+        default=defaults.max_steps,
+        metavar="N",
+        help=f"most denoising steps a request may ask for (default: {defaults.max_steps})",
+    )
+    g.add_argument(
+        "--result-ttl",
+        type=_positive(float),
+        default=defaults.result_ttl,
+        metavar="S",
+        help=f"seconds results are kept when never fetched (default: {defaults.result_ttl:g})",
+    )
+    g.add_argument(
+        "--fetched-ttl",
+        type=_positive(float),
+        default=defaults.fetched_ttl,
+        metavar="S",
+        help=f"seconds results are kept after their audio was first fetched (default: {defaults.fetched_ttl:g})",
+    )
+    g.add_argument(
+        "--workdir", type=Path, metavar="DIR", help="folder for results (default: a temporary folder, removed at exit)"
+    )
     d = p.add_argument_group("defaults offered by the page")
-    d.add_argument("--steps", type=_positive(int), default=None, metavar="N",
-                   help=f"denoising steps per segment (default: the model's sampling.json, else {DEFAULT_NUM_STEPS})")
-    d.add_argument("--guidance", type=float, default=None, metavar="W",
-                   help=f"classifier-free guidance weight (default: the model's sampling.json, else {DEFAULT_GUIDANCE:g})")
-    d.add_argument("--scheduler", choices=SCHEDULERS, default=None,
-                   help=f"sampler (default: the model's sampling.json, else {DEFAULT_SCHEDULER}; see `specdiff synth --help`)")
+    d.add_argument(
+        "--steps",
+        type=_positive(int),
+        default=None,
+        metavar="N",
+        help=f"denoising steps per segment (default: the model's sampling.json, else {DEFAULT_NUM_STEPS})",
+    )
+    d.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        metavar="W",
+        help=f"classifier-free guidance weight (default: the model's sampling.json, else {DEFAULT_GUIDANCE:g})",
+    )
+    d.add_argument(
+        "--scheduler",
+        choices=SCHEDULERS,
+        default=None,
+        help=f"sampler (default: the model's sampling.json, else {DEFAULT_SCHEDULER}; see `specdiff synth --help`)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
     p.set_defaults(func=run_serve)
     return p
@@ -137,8 +200,7 @@ def check_dependencies() -> None:
     if missing:
         pip_names = {"multipart": "python-multipart"}
         raise SpecdiffError(
-            f"specdiff serve needs {', '.join(pip_names.get(m, m) for m in missing)}: "
-            "pip install 'specdiff[serve]'"
+            f"specdiff serve needs {', '.join(pip_names.get(m, m) for m in missing)}: pip install 'specdiff[serve]'"
         )
 
 

@@ -65,8 +65,42 @@ INPUT_LENGTH = TOKENS_LENGTH  # tokens per segment, EOS included
 STEPS_PER_FRAME = STEPS_PER_SECOND // FRAMES_PER_SECOND  # 2
 
 # Slakh instrument classes, as General MIDI programs (ORIGINAL.md §2.5 step 3).
-SLAKH_PROGRAMS = (0, 4, 8, 16, 24, 26, 29, 32, 33, 40, 41, 42, 43, 46, 47, 48, 50, 52, 55, 56,
-                  57, 58, 60, 61, 64, 66, 67, 68, 69, 70, 71, 73, 80, 88)
+SLAKH_PROGRAMS = (
+    0,
+    4,
+    8,
+    16,
+    24,
+    26,
+    29,
+    32,
+    33,
+    40,
+    41,
+    42,
+    43,
+    46,
+    47,
+    48,
+    50,
+    52,
+    55,
+    56,
+    57,
+    58,
+    60,
+    61,
+    64,
+    66,
+    67,
+    68,
+    69,
+    70,
+    71,
+    73,
+    80,
+    88,
+)
 # program -> the largest Slakh program <= it
 _SLAKH_MAP = np.array([max(p for p in SLAKH_PROGRAMS if p <= q) for q in range(128)], np.int64)
 
@@ -141,8 +175,10 @@ class _NoteArrays:
         )
 
     def to_notes(self) -> list[Note]:
-        return [Note(int(p), float(s), float(e), int(v), int(g), bool(d)) for p, s, e, v, g, d in
-                zip(self.pitch, self.start, self.end, self.velocity, self.program, self.is_drum)]
+        return [
+            Note(int(p), float(s), float(e), int(v), int(g), bool(d))
+            for p, s, e, v, g, d in zip(self.pitch, self.start, self.end, self.velocity, self.program, self.is_drum)
+        ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,8 +202,7 @@ class _Instrument:
 
 # Data lengths of the system common / realtime messages mido accepts (0xF4, 0xF5, 0xF9, 0xFD
 # are undefined and rejected, as mido does).
-_SYSTEM_DATA_LENGTH = {0xF1: 1, 0xF2: 2, 0xF3: 1, 0xF6: 0, 0xF8: 0, 0xFA: 0, 0xFB: 0, 0xFC: 0,
-                       0xFE: 0}
+_SYSTEM_DATA_LENGTH = {0xF1: 1, 0xF2: 2, 0xF3: 1, 0xF6: 0, 0xF8: 0, 0xFA: 0, 0xFB: 0, 0xFC: 0, 0xFE: 0}
 
 
 def _read_varlen(data: bytes, p: int) -> tuple[int, int]:
@@ -180,8 +215,9 @@ def _read_varlen(data: bytes, p: int) -> tuple[int, int]:
             return value, p
 
 
-def _parse_track(data: bytes, track_idx: int, instruments: dict, stragglers: dict,
-                 tempos: list | None, note_budget: list) -> None:
+def _parse_track(
+    data: bytes, track_idx: int, instruments: dict, stragglers: dict, tempos: list | None, note_budget: list
+) -> None:
     """Walk one MTrk chunk, pairing notes and routing CC64 exactly like pretty_midi.
 
     pretty_midi rules reproduced here (``PrettyMIDI._load_instruments``):
@@ -380,18 +416,18 @@ def _parse_midi(data: bytes, name: str, max_notes: int) -> tuple[list[_Instrumen
     track_idx = 0
     while track_idx < num_tracks:
         if pos + 8 > len(data):
-            raise MidiError(f"{name}: truncated MIDI file (expected {num_tracks} tracks, "
-                            f"found {track_idx})")
-        chunk_type = data[pos:pos + 4]
-        size = int.from_bytes(data[pos + 4:pos + 8], "big")
+            raise MidiError(f"{name}: truncated MIDI file (expected {num_tracks} tracks, found {track_idx})")
+        chunk_type = data[pos : pos + 4]
+        size = int.from_bytes(data[pos + 4 : pos + 8], "big")
         start, pos = pos + 8, pos + 8 + size
         if pos > len(data):
             raise MidiError(f"{name}: truncated MIDI file (track {track_idx} is cut short)")
         if chunk_type != b"MTrk":
             continue  # unknown chunk types are skipped, as the SMF standard asks
         try:
-            _parse_track(data[start:pos], track_idx, instruments, stragglers,
-                         tempos if track_idx == 0 else None, budget)
+            _parse_track(
+                data[start:pos], track_idx, instruments, stragglers, tempos if track_idx == 0 else None, budget
+            )
         except _TooManyNotes:
             raise MidiError(f"{name}: more than {max_notes} notes (limit max_notes)") from None
         except IndexError:
@@ -413,8 +449,9 @@ def _parse_midi(data: bytes, name: str, max_notes: int) -> tuple[list[_Instrumen
 _SUSTAIN_ON, _SUSTAIN_OFF, _NOTE_ON, _NOTE_OFF = 0, 1, 2, 3
 
 
-def _sustain_instrument(start: list, end: list, pitch: list, pedal: list[tuple[float, int]],
-                        removed: list, total_time: float) -> tuple[list[int], float]:
+def _sustain_instrument(
+    start: list, end: list, pitch: list, pedal: list[tuple[float, int]], removed: list, total_time: float
+) -> tuple[list[int], float]:
     """note_seq's sustain algorithm for one instrument; edits ``end``/``removed`` in place.
 
     Events are sorted by (time, type) with ties in insertion order (note-ons, note-offs, pedal),
@@ -462,8 +499,9 @@ def _sustain_instrument(start: list, end: list, pitch: list, pedal: list[tuple[f
     return active, total_time
 
 
-def _apply_sustain(notes: _NoteArrays, instrument: np.ndarray, pedals: list[list],
-                   total_time: float) -> tuple[_NoteArrays, float]:
+def _apply_sustain(
+    notes: _NoteArrays, instrument: np.ndarray, pedals: list[list], total_time: float
+) -> tuple[_NoteArrays, float]:
     """note_seq ``apply_sustain_control_changes``, per instrument (drums untouched)."""
     end = notes.end.copy()
     removed = np.zeros(len(notes), bool)
@@ -485,8 +523,9 @@ def _apply_sustain(notes: _NoteArrays, instrument: np.ndarray, pedals: list[list
             continue
         e = end[idx].tolist()
         r = [False] * len(idx)
-        still, total_time = _sustain_instrument(notes.start[idx].tolist(), e,
-                                                notes.pitch[idx].tolist(), pedal, r, total_time)
+        still, total_time = _sustain_instrument(
+            notes.start[idx].tolist(), e, notes.pitch[idx].tolist(), pedal, r, total_time
+        )
         end[idx] = e
         removed[idx] = r
         held.append(idx[still])
@@ -495,13 +534,15 @@ def _apply_sustain(notes: _NoteArrays, instrument: np.ndarray, pedals: list[list
         end[held_idx] = last_time
         total_time = last_time  # note_seq assigns (does not max) here
     keep = ~removed
-    out = _NoteArrays(notes.pitch[keep], notes.start[keep], end[keep], notes.velocity[keep],
-                      notes.program[keep], notes.is_drum[keep])
+    out = _NoteArrays(
+        notes.pitch[keep], notes.start[keep], end[keep], notes.velocity[keep], notes.program[keep], notes.is_drum[keep]
+    )
     return out, total_time
 
 
-def _midi_to_note_arrays(midi: MidiInput, max_bytes: int, max_notes: int,
-                         max_seconds: float) -> tuple[_NoteArrays, float, str]:
+def _midi_to_note_arrays(
+    midi: MidiInput, max_bytes: int, max_notes: int, max_seconds: float
+) -> tuple[_NoteArrays, float, str]:
     data, name = _read_bytes(midi, max_bytes)
     instruments, scales = _parse_midi(data, name, max_notes)
     counts = [len(inst.notes) for inst in instruments]
@@ -528,16 +569,19 @@ def _midi_to_note_arrays(midi: MidiInput, max_bytes: int, max_notes: int,
     total_time = float(notes.end.max())
     notes, total_time = _apply_sustain(notes, instrument, pedals, total_time)
     if not total_time <= max_seconds:
-        raise MidiError(f"{name}: MIDI file too long ({total_time:.0f} s > {max_seconds:.0f} s, "
-                        "limit max_seconds)")
+        raise MidiError(f"{name}: MIDI file too long ({total_time:.0f} s > {max_seconds:.0f} s, limit max_seconds)")
     # Slakh classes for non-drum notes (ORIGINAL.md §2.5 step 3); drums keep their program.
     notes.program = np.where(notes.is_drum, notes.program, _SLAKH_MAP[notes.program])
     return notes, total_time, name
 
 
-def midi_to_notes(midi: MidiInput, *, max_bytes: int = DEFAULT_MAX_BYTES,
-                  max_notes: int = DEFAULT_MAX_NOTES,
-                  max_seconds: float = DEFAULT_MAX_SECONDS) -> tuple[list[Note], float]:
+def midi_to_notes(
+    midi: MidiInput,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_notes: int = DEFAULT_MAX_NOTES,
+    max_seconds: float = DEFAULT_MAX_SECONDS,
+) -> tuple[list[Note], float]:
     """Read a MIDI file (path or bytes) into notes, as diffusers' MidiProcessor sees them.
 
     Sustain pedal is applied per instrument and non-drum programs are mapped to Slakh classes
@@ -611,9 +655,16 @@ def _index_arrays(notes: _NoteArrays, total_time: float) -> EventIndex:
     same = key_sorted[1:] == key_sorted[:-1]
     nxt[:-1][same] = by_key[1:][same]
     is_on = kinds[by_key] == _ONSET
-    return EventIndex(steps=steps, kinds=kinds, pitches=pitches, programs=programs,
-                      num_frames=num_frames_for(total_time), onset_pos=by_key[is_on],
-                      next_pos=nxt[is_on], onset_key=key_sorted[is_on])
+    return EventIndex(
+        steps=steps,
+        kinds=kinds,
+        pitches=pitches,
+        programs=programs,
+        num_frames=num_frames_for(total_time),
+        onset_pos=by_key[is_on],
+        next_pos=nxt[is_on],
+        onset_key=key_sorted[is_on],
+    )
 
 
 def index_notes(notes: Sequence[Note], total_time: float) -> EventIndex:
@@ -643,8 +694,9 @@ def _tie_section(index: EventIndex, boundary_step: int) -> tuple[np.ndarray, int
     return tokens, (int(programs[-1]) if len(keys) else -1)
 
 
-def _event_tokens(steps: np.ndarray, kinds: np.ndarray, pitches: np.ndarray,
-                  programs: np.ndarray, last_program: int) -> np.ndarray:
+def _event_tokens(
+    steps: np.ndarray, kinds: np.ndarray, pitches: np.ndarray, programs: np.ndarray, last_program: int
+) -> np.ndarray:
     """Run-length encode one window's events (``steps`` relative to the window start).
 
     Each event is [shift*] [program] [velocity] pitch|drum, where the shift carries the
@@ -673,8 +725,7 @@ def _event_tokens(steps: np.ndarray, kinds: np.ndarray, pitches: np.ndarray,
     shift_mask = shift_events[:, None] & (remaining > 0)
 
     note_tokens = np.where(kinds == _DRUM, DRUM_ID + pitches, PITCH_ID + pitches)
-    table = np.column_stack([shift_tokens, PROGRAM_ID + programs, VELOCITY_ID + velocity,
-                             note_tokens])
+    table = np.column_stack([shift_tokens, PROGRAM_ID + programs, VELOCITY_ID + velocity, note_tokens])
     mask = np.column_stack([shift_mask, keep_program, keep_velocity, np.ones(n, bool)])
     return table[mask]  # row-major: event by event
 
@@ -682,17 +733,19 @@ def _event_tokens(steps: np.ndarray, kinds: np.ndarray, pitches: np.ndarray,
 def _finish(tokens: np.ndarray, what: str) -> list[int]:
     """Truncate to INPUT_LENGTH - 1 (with a warning), append EOS, right-pad with PAD."""
     if len(tokens) > INPUT_LENGTH - 1:
-        warnings.warn(f"{what} has {len(tokens)} tokens; keeping the first {INPUT_LENGTH - 1}",
-                      TokenTruncationWarning, stacklevel=3)
-        tokens = tokens[:INPUT_LENGTH - 1]
+        warnings.warn(
+            f"{what} has {len(tokens)} tokens; keeping the first {INPUT_LENGTH - 1}",
+            TokenTruncationWarning,
+            stacklevel=3,
+        )
+        tokens = tokens[: INPUT_LENGTH - 1]
     out = np.zeros(INPUT_LENGTH, np.int64)
-    out[:len(tokens)] = tokens
+    out[: len(tokens)] = tokens
     out[len(tokens)] = EOS_ID
     return out.tolist()
 
 
-def tokenize_frames(index: EventIndex, start_frame: int, num_frames: int = SEGMENT_FRAMES
-                    ) -> list[int]:
+def tokenize_frames(index: EventIndex, start_frame: int, num_frames: int = SEGMENT_FRAMES) -> list[int]:
     """The INPUT_LENGTH tokens for frames [start_frame, start_frame + num_frames) of a song.
 
     MT3 ``extract_sequence_with_indices`` + RLE: events whose 10 ms step falls in
@@ -710,17 +763,19 @@ def tokenize_frames(index: EventIndex, start_frame: int, num_frames: int = SEGME
         hi = np.searchsorted(index.steps, STEPS_PER_FRAME * (start_frame + num_frames), "left")
     last_step = int(index.steps[-1]) if len(index.steps) else 0
     tie, last_program = _tie_section(index, min(s0, last_step))
-    events = _event_tokens(index.steps[lo:hi] - s0, index.kinds[lo:hi], index.pitches[lo:hi],
-                           index.programs[lo:hi], last_program)
+    events = _event_tokens(
+        index.steps[lo:hi] - s0, index.kinds[lo:hi], index.pitches[lo:hi], index.programs[lo:hi], last_program
+    )
     t0 = start_frame / FRAMES_PER_SECOND
     t1 = (start_frame + num_frames) / FRAMES_PER_SECOND
     return _finish(np.concatenate([tie, events]), f"segment {t0:.2f}-{t1:.2f} s")
 
 
 def _index_to_segments(index: EventIndex) -> list[list[int]]:
-    return [tokenize_frames(index, k * SEGMENT_FRAMES,
-                            min(SEGMENT_FRAMES, index.num_frames - k * SEGMENT_FRAMES))
-            for k in range(index.num_segments)]
+    return [
+        tokenize_frames(index, k * SEGMENT_FRAMES, min(SEGMENT_FRAMES, index.num_frames - k * SEGMENT_FRAMES))
+        for k in range(index.num_segments)
+    ]
 
 
 def notes_to_segments(notes: Sequence[Note], total_time: float) -> list[list[int]]:
@@ -732,9 +787,13 @@ def notes_to_segments(notes: Sequence[Note], total_time: float) -> list[list[int
     return _index_to_segments(index_notes(notes, total_time))
 
 
-def midi_to_segments(midi: MidiInput, *, max_bytes: int = DEFAULT_MAX_BYTES,
-                     max_notes: int = DEFAULT_MAX_NOTES,
-                     max_seconds: float = DEFAULT_MAX_SECONDS) -> TokenizedMidi:
+def midi_to_segments(
+    midi: MidiInput,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_notes: int = DEFAULT_MAX_NOTES,
+    max_seconds: float = DEFAULT_MAX_SECONDS,
+) -> TokenizedMidi:
     """Tokenize a MIDI file exactly like diffusers' ``MidiProcessor()(midi)`` (ORIGINAL.md §2.5).
 
     Differences by design: a segment with more than 2047 events keeps the first 2047 and warns
@@ -751,8 +810,7 @@ def midi_to_segments(midi: MidiInput, *, max_bytes: int = DEFAULT_MAX_BYTES,
 _MIN_NOTE_DURATION = 0.01  # MT3: decoded notes last at least 10 ms; drums exactly 10 ms
 
 
-def tokens_to_notes(tokens: Sequence[int] | Sequence[Sequence[int]], start_time: float = 0.0
-                    ) -> list[Note]:
+def tokens_to_notes(tokens: Sequence[int] | Sequence[Sequence[int]], start_time: float = 0.0) -> list[Note]:
     """Decode one segment's tokens, or consecutive segments' tokens, into notes.
 
     Follows MT3's decoder: shifts are absolute offsets within a segment; a velocity token sets
@@ -763,8 +821,11 @@ def tokens_to_notes(tokens: Sequence[int] | Sequence[Sequence[int]], start_time:
     after their onset). Returns notes sorted by (start, is_drum, program, pitch); decoded
     velocities are 127 (the single velocity bin), drums get program 0.
     """
-    arr = [list(map(int, tokens))] if len(tokens) == 0 or np.ndim(tokens[0]) == 0 else \
-        [list(map(int, seg)) for seg in tokens]
+    arr = (
+        [list(map(int, tokens))]
+        if len(tokens) == 0 or np.ndim(tokens[0]) == 0
+        else [list(map(int, seg)) for seg in tokens]
+    )
     out: list[Note] = []
     active: dict[tuple[int, int], tuple[float, int]] = {}  # (pitch, program) -> onset, velocity
     current_time = start_time
@@ -830,11 +891,37 @@ def tokens_to_notes(tokens: Sequence[int] | Sequence[Sequence[int]], start_time:
 
 
 __all__ = [
-    "Note", "TokenizedMidi", "EventIndex", "TokenTruncationWarning",
-    "midi_to_notes", "notes_to_segments", "midi_to_segments", "tokens_to_notes",
-    "index_notes", "tokenize_frames", "num_frames_for", "program_to_slakh",
-    "STEPS_PER_SECOND", "MAX_SHIFT_STEPS", "NUM_VELOCITY_BINS", "PAD_ID", "EOS_ID", "UNK_ID",
-    "NUM_SPECIAL_TOKENS", "SHIFT_ID", "PITCH_ID", "VELOCITY_ID", "TIE_ID", "PROGRAM_ID",
-    "DRUM_ID", "NUM_CLASSES", "VOCAB_SIZE", "NUM_EMBEDDINGS", "INPUT_LENGTH", "SEGMENT_FRAMES",
-    "FRAMES_PER_SECOND", "SEGMENT_SECONDS", "SLAKH_PROGRAMS",
+    "Note",
+    "TokenizedMidi",
+    "EventIndex",
+    "TokenTruncationWarning",
+    "midi_to_notes",
+    "notes_to_segments",
+    "midi_to_segments",
+    "tokens_to_notes",
+    "index_notes",
+    "tokenize_frames",
+    "num_frames_for",
+    "program_to_slakh",
+    "STEPS_PER_SECOND",
+    "MAX_SHIFT_STEPS",
+    "NUM_VELOCITY_BINS",
+    "PAD_ID",
+    "EOS_ID",
+    "UNK_ID",
+    "NUM_SPECIAL_TOKENS",
+    "SHIFT_ID",
+    "PITCH_ID",
+    "VELOCITY_ID",
+    "TIE_ID",
+    "PROGRAM_ID",
+    "DRUM_ID",
+    "NUM_CLASSES",
+    "VOCAB_SIZE",
+    "NUM_EMBEDDINGS",
+    "INPUT_LENGTH",
+    "SEGMENT_FRAMES",
+    "FRAMES_PER_SECOND",
+    "SEGMENT_SECONDS",
+    "SLAKH_PROGRAMS",
 ]

@@ -346,8 +346,14 @@ class GuidedAttention:
 
 
 def diffusion_loss(
-    model: nn.Module, batch: Mapping[str, Tensor], t: Tensor, noise: Tensor, keep: Tensor, trim: bool = True,
-    weights: Tensor | None = None, guide: GuidedAttention | None = None,
+    model: nn.Module,
+    batch: Mapping[str, Tensor],
+    t: Tensor,
+    noise: Tensor,
+    keep: Tensor,
+    trim: bool = True,
+    weights: Tensor | None = None,
+    guide: GuidedAttention | None = None,
 ) -> LossOutput:
     """The original objective (ORIGINAL.md §4.1-4.2) for a batch dict (tokens, context, context_mask, target).
 
@@ -493,7 +499,9 @@ def open_datasets(config: TrainConfig) -> tuple[torch.utils.data.Dataset, torch.
     if config.data is None:
         raise SpecdiffError("no training data: pass --data CACHE_DIR (or --data synthetic for a smoke test)")
     if config.data == "synthetic":
-        return SyntheticDataset(seed=config.seed), SyntheticDataset(size=max(config.val_examples, 1), seed=config.seed + 1)
+        return SyntheticDataset(seed=config.seed), SyntheticDataset(
+            size=max(config.val_examples, 1), seed=config.seed + 1
+        )
     from specdiff import data as data_module
 
     # Counters never wrap within the run, so no window is drawn twice (the cache's default epoch is 1M).
@@ -655,7 +663,9 @@ class MetricsLog:
     def __init__(self, out_dir: Path, resume_step: int, tensorboard: bool) -> None:
         self.path = out_dir / "metrics.jsonl"
         if self.path.exists():  # drop entries past the checkpoint we resume from: they will be redone
-            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            kept = [
+                line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step
+            ]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         self.writer = None
         if tensorboard:
@@ -726,7 +736,9 @@ def _autocast(device: torch.device, enabled: bool):
 
 
 @torch.no_grad()
-def validation_loss(model: nn.Module, batches: Sequence[Mapping[str, Tensor]], seed: int, config: TrainConfig, device) -> float:
+def validation_loss(
+    model: nn.Module, batches: Sequence[Mapping[str, Tensor]], seed: int, config: TrainConfig, device
+) -> float:
     """Mean per-element L1 eps error on the fixed validation batches (fixed t and noise, no CFG drop)."""
     was_training = model.training
     model.eval()
@@ -804,7 +816,9 @@ def _find_resume_checkpoint(config: TrainConfig, resume: str | None) -> Path | N
     existing = list_checkpoints(config.out_dir)
     if resume in NO_RESUME:
         if existing:
-            raise SpecdiffError(f"{config.out_dir} already holds checkpoints; resume it (--resume auto) or pick another --out")
+            raise SpecdiffError(
+                f"{config.out_dir} already holds checkpoints; resume it (--resume auto) or pick another --out"
+            )
         return None
     if resume == "auto":
         return existing[-1] if existing else None
@@ -852,7 +866,11 @@ class Trainer:
         self.model.train()
         initialise_output(self.model.decoder, config.output_init)
         self.optimizer = build_optimizer(
-            self.model, config.optimizer, config.lr, (config.adam_beta1, config.adam_beta2), config.weight_decay,
+            self.model,
+            config.optimizer,
+            config.lr,
+            (config.adam_beta1, config.adam_beta2),
+            config.weight_decay,
             config.embedding_lr_scale,
         )
         self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)
@@ -966,7 +984,9 @@ class Trainer:
                     )  # fmt: skip
                 # DDP averages gradients over processes: scale so they are those of the global-batch sum.
                 (out.loss_sum * ctx.world_size).backward()
-            totals += torch.tensor([float(out.loss_sum.detach()), noise.numel(), float(out.error_sum)], dtype=torch.float64)
+            totals += torch.tensor(
+                [float(out.loss_sum.detach()), noise.numel(), float(out.error_sum)], dtype=torch.float64
+            )
         self.optimizer.step()
         self.ema.update(self.model)
         self.step += 1
@@ -1000,7 +1020,9 @@ class Trainer:
         if sample:
             first = _to_device({k: v[:1] for k, v in self.val_batches[0].items()}, device)
             with _autocast(device, config.bf16):
-                mel = sample_spectrogram(ema_model, first, config.sample_steps, torch.Generator().manual_seed(self.val_seed))
+                mel = sample_spectrogram(
+                    ema_model, first, config.sample_steps, torch.Generator().manual_seed(self.val_seed)
+                )
             path = self.out_dir / "samples" / f"step_{self.step:08d}.png"
             save_spectrogram_comparison(path, first["target"][0], mel[0], f"step {self.step}: target | EMA sample")
 
@@ -1033,7 +1055,9 @@ class Trainer:
         records: list[StepRecord] = []
         window: list[StepRecord] = []
         window_start = time.perf_counter()
-        bar = tqdm(total=config.steps, initial=self.step, disable=not (progress and is_main), unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=config.steps, initial=self.step, disable=not (progress and is_main), unit="step", dynamic_ncols=True
+        )
         if self.metrics is not None:
             self.metrics.echo = not progress  # no bar: one line per logged entry instead
         try:
@@ -1061,7 +1085,9 @@ class Trainer:
                 if step % config.ckpt_every == 0 or step == config.steps:
                     state = self.checkpoint_state()
                     if is_main:
-                        save_checkpoint(checkpoint_dir(self.out_dir) / f"step_{step:08d}.pt", state, config.keep_checkpoints)
+                        save_checkpoint(
+                            checkpoint_dir(self.out_dir) / f"step_{step:08d}.pt", state, config.keep_checkpoints
+                        )
                 if validate or sample or step % config.ckpt_every == 0:
                     window_start = time.perf_counter()  # evaluation and saving are not training throughput
         finally:
@@ -1086,7 +1112,10 @@ def train(
 # Export to the diffusers folder layout
 # ---------------------------------------------------------------------------------------------
 
-def model_from_checkpoint(checkpoint: str | Path | Mapping[str, Any], use_ema: bool = True) -> SpectrogramDiffusionModel:
+
+def model_from_checkpoint(
+    checkpoint: str | Path | Mapping[str, Any], use_ema: bool = True
+) -> SpectrogramDiffusionModel:
     """The networks of a training checkpoint, with the EMA weights by default, in eval mode."""
     state = load_checkpoint(checkpoint) if not isinstance(checkpoint, Mapping) else checkpoint
     model = SpectrogramDiffusionModel.from_configs(state["model_configs"])

@@ -32,9 +32,13 @@ TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "seed": ("--seed", int, "run seed"),
     "num_workers": ("--num-workers", int, "DataLoader worker processes"),
     "num_threads": ("--threads", int, "torch intra-op threads (0: torch's default)"),
-    "init_from": ("--init-from", str, "warm start a new run from a checkpoint's weights and EMA, or from a pipeline "
-                  "folder's weights (specdiff export, or the official model in diffusers layout); new optimiser, "
-                  "step 0; ignored once --out has checkpoints"),
+    "init_from": (
+        "--init-from",
+        str,
+        "warm start a new run from a checkpoint's weights and EMA, or from a pipeline "
+        "folder's weights (specdiff export, or the official model in diffusers layout); new optimiser, "
+        "step 0; ignored once --out has checkpoints",
+    ),
 }
 
 
@@ -48,8 +52,12 @@ def add_train_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "checkpoint in --out by default, with the run's saved config.json (flags given again override it). "
         "Data-parallel: torchrun --nproc_per_node N -m specdiff.train train ...",
     )
-    parser.add_argument("--preset", default=None, choices=TRAIN_PRESET_NAMES,
-                        help="training preset (default: tiny; a resumed run keeps its own)")
+    parser.add_argument(
+        "--preset",
+        default=None,
+        choices=TRAIN_PRESET_NAMES,
+        help="training preset (default: tiny; a resumed run keeps its own)",
+    )
     for dest, (flag, kind, text) in TRAIN_FLAGS.items():
         parser.add_argument(flag, dest=dest, type=kind, default=None, help=text)
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
@@ -72,8 +80,10 @@ def config_from_args(args: argparse.Namespace):
         # Resuming: the run's own recipe, not the preset's defaults (a different recipe would not even
         # load its optimiser state, e.g. other parameter groups). Flags given again still win.
         overridden = sorted(k for k in explicit if k != "out_dir") + list(args.assignments)
-        print(f"continuing the run in {out_dir} with its config.json"
-              + (f" (overridden: {', '.join(overridden)})" if overridden else ""))
+        print(
+            f"continuing the run in {out_dir} with its config.json"
+            + (f" (overridden: {', '.join(overridden)})" if overridden else "")
+        )
         config = saved
     return apply_overrides(config.replace(**explicit), args.assignments)
 
@@ -124,7 +134,9 @@ def add_export_arguments(subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser.add_argument("out", help="output folder")
     parser.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
     parser.add_argument("--vocoder", default=None, help="trained vocoder folder to copy in (vocoder/)")
-    parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the size; they load as float32)")
+    parser.add_argument(
+        "--half", action="store_true", help="store the weights as float16 (half the size; they load as float32)"
+    )
     parser.set_defaults(func=run_export)
     return parser
 
@@ -158,8 +170,12 @@ def add_prepare_arguments(subparsers: argparse._SubParsersAction) -> argparse.Ar
     parser.add_argument("source", help="demo, maestro:PATH, slakh:PATH, folder:PATH, render:PATH or PATH")
     parser.add_argument("cache_dir", help="output feature cache folder")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
-    parser.add_argument("--variants", type=int, default=1,
-                        help="renders per MIDI file; all but the first re-assign programs at random (render, demo)")
+    parser.add_argument(
+        "--variants",
+        type=int,
+        default=1,
+        help="renders per MIDI file; all but the first re-assign programs at random (render, demo)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of program re-assignment / Slakh sub-mixes")
     parser.add_argument("--soundfont", default=None, help=".sf2/.sf3 file (default: pretty_midi's TimGM6mb.sf2)")
     parser.add_argument("--backend", default="auto", help="renderer: auto, tinysoundfont or fluidsynth")

@@ -35,8 +35,15 @@ def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
         "(copy that folder into a model folder to use it).",
     )
     src = p.add_argument_group("training audio (at least one)")
-    src.add_argument("--audio-dir", type=Path, action="append", help="folder of audio (any rate; made 16 kHz mono); repeatable")
-    src.add_argument("--midi-dir", type=Path, action="append", help="folder of MIDI files, rendered once into RUN_DIR/rendered/; repeatable")
+    src.add_argument(
+        "--audio-dir", type=Path, action="append", help="folder of audio (any rate; made 16 kHz mono); repeatable"
+    )
+    src.add_argument(
+        "--midi-dir",
+        type=Path,
+        action="append",
+        help="folder of MIDI files, rendered once into RUN_DIR/rendered/; repeatable",
+    )
     src.add_argument("--demo-corpus", action="store_true", help="the bundled demo corpus: train split rendered for training, "
                      "validation split for validation")  # fmt: skip
     src.add_argument("--cache-dir", type=Path, help="a training feature cache (specdiff.data): its train songs' audio is "
@@ -47,7 +54,9 @@ def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--soundfont", help="SoundFont for rendering MIDI (default: the renderer's)")
     t = p.add_argument_group("training (defaults: vocoder_train.TrainConfig)")
     t.add_argument("--max-steps", type=int, help="total steps (default 100000)")
-    t.add_argument("--warmup-steps", type=int, help="reconstruction-only steps before the GAN losses start (default 3000)")
+    t.add_argument(
+        "--warmup-steps", type=int, help="reconstruction-only steps before the GAN losses start (default 3000)"
+    )
     t.add_argument("--batch-size", type=int, help="segments per step (default 8)")
     t.add_argument("--gan-batch-size", type=int, help="segments of each batch the discriminators see (default: all)")
     t.add_argument("--segment-frames", type=int, help="frames per segment (default 32 = 0.64 s)")

@@ -138,7 +138,9 @@ class MultiPeriodDiscriminator(nn.ModuleList):
 
 
 class MultiResolutionDiscriminator(nn.ModuleList):
-    def __init__(self, resolutions: tuple[tuple[int, int], ...] = ((256, 64), (512, 128), (1024, 256)), channels: int = 16):
+    def __init__(
+        self, resolutions: tuple[tuple[int, int], ...] = ((256, 64), (512, 128), (1024, 256)), channels: int = 16
+    ):
         super().__init__(ResolutionDiscriminator(n, h, channels) for n, h in resolutions)
 
 
@@ -500,8 +502,6 @@ def train_vocoder(
 # ---- command line ---------------------------------------------------------------------------------
 
 
-
-
 def demo_corpus_audio(split: str, cache_dir: Path, soundfont: str | None = None) -> list[Path]:
     """The bundled demo corpus's ``split`` (specdiff.corpus) rendered once into ``cache_dir``."""
     from specdiff.corpus import demo_midi_files
@@ -563,7 +563,9 @@ def cache_audio(cache_dir: Path, out_dir: Path, split: str = "train") -> list[Pa
         else:
             skipped += 1
     if skipped:
-        warnings.warn(f"{skipped} {split} songs of {cache_dir} have no audio source that can be read again", stacklevel=2)
+        warnings.warn(
+            f"{skipped} {split} songs of {cache_dir} have no audio source that can be read again", stacklevel=2
+        )
     if not files:
         raise SpecdiffError(f"no {split} audio can be recovered from the feature cache {cache_dir}")
     return files
@@ -663,7 +665,9 @@ def run_export_vocoder(args: argparse.Namespace) -> int:
 
     source = find_vocoder_dir(args.source)
     if source is None:
-        raise SpecdiffError(f"no vocoder in {args.source} (expected {VOCODER_SUBFOLDER}/config.json and model.safetensors)")
+        raise SpecdiffError(
+            f"no vocoder in {args.source} (expected {VOCODER_SUBFOLDER}/config.json and model.safetensors)"
+        )
     model = Vocoder.from_pretrained(source)
     target = model.save_pretrained(Path(args.output) / VOCODER_SUBFOLDER)
     print(f"wrote {target}")

@@ -148,9 +148,7 @@ ENTRY_POINTS = {"specdiff.__main__"}
 
 def test_no_tracked_file_points_outside_the_repository():
     """The repository describes the original system itself (docs/ORIGINAL.md)."""
-    files = subprocess.run(
-        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     needles = ("../" + "shared", "shared/" + "spec.md")
     offenders = []
     for name in files:

@@ -83,22 +83,36 @@ def files_in(folder: Path) -> set[str]:
 
 
 def test_help_runs_as_module_without_importing_torch():
-    code = "import runpy, sys; sys.argv = ['specdiff', '--help']\n" \
-           "try:\n    runpy.run_module('specdiff', run_name='__main__')\nexcept SystemExit as e:\n" \
-           "    assert e.code == 0, e.code\nprint('torch' in sys.modules)"
+    code = (
+        "import runpy, sys; sys.argv = ['specdiff', '--help']\n"
+        "try:\n    runpy.run_module('specdiff', run_name='__main__')\nexcept SystemExit as e:\n"
+        "    assert e.code == 0, e.code\nprint('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "synth" in out.stdout
     assert out.stdout.strip().endswith("False"), "building the parser must not import torch"
 
-    plain = subprocess.run([sys.executable, "-m", "specdiff", "--help"], capture_output=True, text=True,
-                           cwd=ROOT, timeout=60)
+    plain = subprocess.run(
+        [sys.executable, "-m", "specdiff", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
     assert plain.returncode == 0 and "usage: specdiff" in plain.stdout and plain.stderr == ""
 
 
-HEAVY_MODULES = ("torch", "numpy", "matplotlib", "onnxruntime", "soundfile", "specdiff.pipeline", "specdiff.train",
-                 "specdiff.train_cli", "specdiff.evaluate", "specdiff.vocoder_train", "specdiff.vocoder_cli",
-                 "specdiff.serve")
+HEAVY_MODULES = (
+    "torch",
+    "numpy",
+    "matplotlib",
+    "onnxruntime",
+    "soundfile",
+    "specdiff.pipeline",
+    "specdiff.train",
+    "specdiff.train_cli",
+    "specdiff.evaluate",
+    "specdiff.vocoder_train",
+    "specdiff.vocoder_cli",
+    "specdiff.serve",
+)
 
 
 def _modules_loaded_after(code: str) -> list[str]:
@@ -114,7 +128,8 @@ def test_listing_commands_imports_none_of_them():
     loaded = _modules_loaded_after(
         "from specdiff import cli\nimport contextlib, io\nwith contextlib.redirect_stdout(io.StringIO()) as out:\n"
         "    assert cli.main(['--help']) == 0\n    assert cli.main(['synth', '--help']) == 0\n"
-        "assert all(c.name in out.getvalue() for c in cli.available_commands())")
+        "assert all(c.name in out.getvalue() for c in cli.available_commands())"
+    )
     assert loaded == []
 
 
@@ -138,16 +153,28 @@ def _write_module(folder: Path, name: str, text: str) -> None:
 def extra_commands(tmp_path, monkeypatch):
     """Extra commands in throw-away modules: missing, broken, and one without set_defaults."""
     _write_module(tmp_path, "specdiff_test_broken_cmd", "import specdiff_no_such_dependency\n")
-    _write_module(tmp_path, "specdiff_test_plain_cmd", (
-        "def add_plain(subparsers):\n"
-        "    p = subparsers.add_parser('plain', help='x')\n    p.add_argument('--value', type=int)\n    return p\n"
-        "def run_plain(args):\n    print('ran with', args.value)\n    return 3\n"))
+    _write_module(
+        tmp_path,
+        "specdiff_test_plain_cmd",
+        (
+            "def add_plain(subparsers):\n"
+            "    p = subparsers.add_parser('plain', help='x')\n    p.add_argument('--value', type=int)\n    return p\n"
+            "def run_plain(args):\n    print('ran with', args.value)\n    return 3\n"
+        ),
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(cli, "COMMANDS", cli.COMMANDS + (
-        cli.Command("ghost", ("specdiff_test_no_such_module",), "add_ghost", "never there"),
-        cli.Command("broken", ("specdiff_test_broken_cmd",), "add_broken", "cannot import"),
-        cli.Command("plain", ("specdiff_test_no_such_module", "specdiff_test_plain_cmd"), "add_plain", "plain", "run_plain"),
-    ))
+    monkeypatch.setattr(
+        cli,
+        "COMMANDS",
+        cli.COMMANDS
+        + (
+            cli.Command("ghost", ("specdiff_test_no_such_module",), "add_ghost", "never there"),
+            cli.Command("broken", ("specdiff_test_broken_cmd",), "add_broken", "cannot import"),
+            cli.Command(
+                "plain", ("specdiff_test_no_such_module", "specdiff_test_plain_cmd"), "add_plain", "plain", "run_plain"
+            ),
+        ),
+    )
 
 
 def test_commands_whose_module_is_missing_are_left_out(extra_commands, capsys):
@@ -163,7 +190,8 @@ def test_a_command_whose_module_fails_to_import_is_a_one_line_error(extra_comman
     assert code == 1
     assert err.strip().splitlines() == [
         "specdiff: error: the broken command is not available in this installation: "
-        "No module named 'specdiff_no_such_dependency'"]
+        "No module named 'specdiff_no_such_dependency'"
+    ]
 
 
 def test_run_function_from_the_table_when_the_parser_sets_none(extra_commands, capsys):
@@ -174,8 +202,19 @@ def test_run_function_from_the_table_when_the_parser_sets_none(extra_commands, c
 def test_synth_help_states_every_option_and_default(capsys):
     assert cli.main(["synth", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    for option in ("--output", "--model", "--steps", "--scheduler", "--guidance", "--seed", "--device",
-                   "--mel-png", "--inverter", "--stream", "--quiet"):
+    for option in (
+        "--output",
+        "--model",
+        "--steps",
+        "--scheduler",
+        "--guidance",
+        "--seed",
+        "--device",
+        "--mel-png",
+        "--inverter",
+        "--stream",
+        "--quiet",
+    ):
         assert option in text
     for name in cli.SCHEDULERS + cli.INVERTERS:
         assert name in text
@@ -197,14 +236,17 @@ def test_cli_defaults_mirror_the_sampler():
     assert set(cli.INVERTERS) == set(inverters.available_inverters())
 
 
-@pytest.mark.parametrize("argv", [
-    ["synth"],  # no MIDI
-    ["synth", "a.mid", "--steps", "0"],
-    ["synth", "a.mid", "--guidance", "-1"],
-    ["synth", "a.mid", "--guidance", "nan"],
-    ["synth", "a.mid", "--scheduler", "euler"],
-    ["nosuchcommand"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["synth"],  # no MIDI
+        ["synth", "a.mid", "--steps", "0"],
+        ["synth", "a.mid", "--guidance", "-1"],
+        ["synth", "a.mid", "--guidance", "nan"],
+        ["synth", "a.mid", "--scheduler", "euler"],
+        ["nosuchcommand"],
+    ],
+)
 def test_bad_command_lines_exit_2_without_traceback(argv, capsys):
     code, err = run(argv, capsys)
     assert code == 2
@@ -296,12 +338,16 @@ def test_precision_follows_the_flag_or_the_models_recommendation_where_it_is_fas
     from specdiff.hardware import cpu_has_native_bf16
 
     fast = ["--inverter", "griffinlim", "--device", "cpu", "--seed", "7", "--steps", "2"]
-    code, err = run(["synth", song, "-o", tmp_path / "a.wav", "--model", model_dir, *fast, "--precision", "bf16"], capsys)
+    code, err = run(
+        ["synth", song, "-o", tmp_path / "a.wav", "--model", model_dir, *fast, "--precision", "bf16"], capsys
+    )
     assert code == 0, err
     assert "cpu, bf16)" in err
     code, err = run(["synth", song, "-o", tmp_path / "b.wav", "--model", model_dir, *fast], capsys)
     assert code == 0 and "cpu, fp32)" in err  # no recommendation: the reference precision
-    code, err = run(["synth", song, "-o", tmp_path / "c.wav", "--model", model_dir, *fast, "--precision", "fp16"], capsys)
+    code, err = run(
+        ["synth", song, "-o", tmp_path / "c.wav", "--model", model_dir, *fast, "--precision", "fp16"], capsys
+    )
     assert code == 1 and "fp16 is for GPUs" in err and not (tmp_path / "c.wav").exists()
     folder = tmp_path / "model"
     shutil.copytree(model_dir, folder)
@@ -310,8 +356,14 @@ def test_precision_follows_the_flag_or_the_models_recommendation_where_it_is_fas
     cli.resolve_sampling(args, folder)
     expected = torch.bfloat16 if cpu_has_native_bf16() else torch.float32  # bf16 only where it is fast
     assert cli.resolve_precision(args, "cpu") == expected
-    assert cli.resolve_precision(argparse.Namespace(precision="auto", precision_recommended="bf16"), "cuda") == torch.bfloat16
-    assert cli.resolve_precision(argparse.Namespace(precision="fp32", precision_recommended="bf16"), "cuda") == torch.float32
+    assert (
+        cli.resolve_precision(argparse.Namespace(precision="auto", precision_recommended="bf16"), "cuda")
+        == torch.bfloat16
+    )
+    assert (
+        cli.resolve_precision(argparse.Namespace(precision="fp32", precision_recommended="bf16"), "cuda")
+        == torch.float32
+    )
 
 
 def test_output_defaults_to_the_midi_name(model_dir, song, tmp_path, capsys):
@@ -374,8 +426,21 @@ def test_stream_writes_the_same_length_with_a_line_per_segment(model_dir, tmp_pa
     from specdiff.pipeline import RELEASE_TAIL_SECONDS
 
     long_song = write_midi(tmp_path / "long.mid", LONG_NOTES)
-    code, err = run(["synth", long_song, "-o", tmp_path / "s.wav", "--model", model_dir, "--stream",
-                     "--mel-png", tmp_path / "s.png", *FAST], capsys)
+    code, err = run(
+        [
+            "synth",
+            long_song,
+            "-o",
+            tmp_path / "s.wav",
+            "--model",
+            model_dir,
+            "--stream",
+            "--mel-png",
+            tmp_path / "s.png",
+            *FAST,
+        ],
+        capsys,
+    )
     assert code == 0, err
     audio, rate = read_wav(tmp_path / "s.wav")
     assert rate == SR and audio.shape[0] == math.ceil((LONG_SECONDS + RELEASE_TAIL_SECONDS) * 50) * 320
@@ -514,7 +579,8 @@ BROKEN_MODELS = {
     "bad_index_json": lambda d: (d / "model_index.json").write_text("{not json"),
     "index_without_weights": lambda d: (d / "model_index.json").write_text(
         '{"_class_name": "SpectrogramDiffusionPipeline", "notes_encoder": ["spectrogram_diffusion", '
-        '"SpectrogramNotesEncoder"]}'),
+        '"SpectrogramNotesEncoder"]}'
+    ),
 }
 
 
@@ -547,7 +613,9 @@ UNWRITABLE = {
 }
 
 
-def test_unsupported_output_extension_fails_before_loading_the_model(model_dir, song, tmp_path, capsys, no_model_loading):
+def test_unsupported_output_extension_fails_before_loading_the_model(
+    model_dir, song, tmp_path, capsys, no_model_loading
+):
     code, err = run(["synth", song, "-o", tmp_path / "song.m4a", "--model", model_dir, *FAST], capsys)
     assert_clean_failure(code, err, tmp_path, {"song.mid"})
     assert ".m4a" in err
@@ -647,8 +715,7 @@ def test_batch_equals_single_runs_with_seeds_s_and_s_plus_1(batch_size, model_di
 
     out = tmp_path / "batch"  # does not exist yet: created
     extra = [] if batch_size is None else ["--batch-size", batch_size]
-    code, err = run(["synth", *two_songs, "-o", out, "--model", model_dir, *FAST_NO_SEED, "--seed", 11, *extra],
-                    capsys)
+    code, err = run(["synth", *two_songs, "-o", out, "--model", model_dir, *FAST_NO_SEED, "--seed", 11, *extra], capsys)
     assert code == 0, err
     assert files_in(out) == {"arp.wav", "long.wav"}  # <stem>.wav, nothing else (no temp files)
     for k, midi in enumerate(two_songs):
@@ -662,8 +729,9 @@ def test_batch_equals_single_runs_with_seeds_s_and_s_plus_1(batch_size, model_di
         assert relative_rms(batched, alone) <= SAME_SOUND_RMS, midi.name
         assert np.abs(alone).max() > 0.01  # the comparison is between real sounds, not silence
     # The tolerance is meaningful: song 0 with song 1's seed is a different sound.
-    code, err = run(["synth", two_songs[0], "-o", tmp_path / "other.wav", "--model", model_dir, *FAST_NO_SEED,
-                     "--seed", 12], capsys)
+    code, err = run(
+        ["synth", two_songs[0], "-o", tmp_path / "other.wav", "--model", model_dir, *FAST_NO_SEED, "--seed", 12], capsys
+    )
     assert code == 0, err
     assert relative_rms(read_wav(tmp_path / "other.wav")[0], read_wav(out / "arp.wav")[0]) > 50 * SAME_SOUND_RMS
     a, b = (read_wav(out / n)[0] for n in ("arp.wav", "long.wav"))
@@ -672,7 +740,6 @@ def test_batch_equals_single_runs_with_seeds_s_and_s_plus_1(batch_size, model_di
 
 def test_batch_summary_names_each_song_and_its_random_seed(model_dir, two_songs, tmp_path, capsys):
     import re
-
 
     code, err = run(["synth", *two_songs, "--model", model_dir, *FAST_NO_SEED], capsys)
     assert code == 0, err
@@ -685,8 +752,20 @@ def test_batch_summary_names_each_song_and_its_random_seed(model_dir, two_songs,
         seeds[midi.stem] = int(re.search(r"seed (\d+)$", lines[0]).group(1))
     assert "2 songs" in err.splitlines()[-1] and "real-time factor" in err.splitlines()[-1]
     # The printed seed reproduces the song on its own.
-    code, err = run(["synth", two_songs[0], "-o", tmp_path / "again.wav", "--model", model_dir,
-                     *FAST_NO_SEED, "--seed", seeds["arp"]], capsys)
+    code, err = run(
+        [
+            "synth",
+            two_songs[0],
+            "-o",
+            tmp_path / "again.wav",
+            "--model",
+            model_dir,
+            *FAST_NO_SEED,
+            "--seed",
+            seeds["arp"],
+        ],
+        capsys,
+    )
     assert code == 0, err
     again, batched = read_wav(tmp_path / "again.wav")[0], read_wav(tmp_path / "arp.wav")[0]
     assert relative_rms(again, batched) <= SAME_SOUND_RMS
@@ -694,8 +773,21 @@ def test_batch_summary_names_each_song_and_its_random_seed(model_dir, two_songs,
 
 def test_batch_mel_png_folder(model_dir, two_songs, tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    code, err = run(["synth", *two_songs, "-o", tmp_path / "wav", "--mel-png", tmp_path / "png" / "deep",
-                     "--model", model_dir, *FAST, "-q"], capsys)
+    code, err = run(
+        [
+            "synth",
+            *two_songs,
+            "-o",
+            tmp_path / "wav",
+            "--mel-png",
+            tmp_path / "png" / "deep",
+            "--model",
+            model_dir,
+            *FAST,
+            "-q",
+        ],
+        capsys,
+    )
     assert code == 0 and err == ""
     assert files_in(tmp_path / "wav") == {"arp.wav", "long.wav"}
     assert files_in(tmp_path / "png" / "deep") == {"arp.png", "long.png"}
@@ -709,8 +801,21 @@ def test_a_bad_file_among_several_writes_nothing(case, model_dir, tmp_path, caps
     good = write_midi(work / "good.mid", SONG_NOTES)
     BAD_MIDI[case](work)  # work/notes.mid
     before = files_in(work)
-    code, err = run(["synth", good, work / "notes.mid", "-o", tmp_path / "out", "--mel-png", tmp_path / "png",
-                     "--model", model_dir, *FAST], capsys)
+    code, err = run(
+        [
+            "synth",
+            good,
+            work / "notes.mid",
+            "-o",
+            tmp_path / "out",
+            "--mel-png",
+            tmp_path / "png",
+            "--model",
+            model_dir,
+            *FAST,
+        ],
+        capsys,
+    )
     assert_clean_failure(code, err, work, before)
     assert str(work / "notes.mid") in err  # the one line names the bad file
     assert files_in(tmp_path) == {"work"}  # not even the output folders were created

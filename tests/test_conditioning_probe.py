@@ -39,8 +39,27 @@ def test_static_target_is_the_same_in_every_frame():
 
 def test_probe_runs_and_writes_its_curve(tmp_path):
     out = tmp_path / "curve.json"
-    assert probe.main(["--steps", "2", "--every", "1", "--val", "2", "--d-model", "64", "--layers", "1",
-                       "--shift-init", "position", "--out", str(out)]) == 0
+    assert (
+        probe.main(
+            [
+                "--steps",
+                "2",
+                "--every",
+                "1",
+                "--val",
+                "2",
+                "--d-model",
+                "64",
+                "--layers",
+                "1",
+                "--shift-init",
+                "position",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     curve = json.loads(out.read_text())["curve"]
     assert [row["step"] for row in curve] == [1, 2]
     assert all(row["with_notes"] > 0 and row["no_notes"] > 0 for row in curve)

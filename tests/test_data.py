@@ -241,9 +241,13 @@ def test_slakh_submixes(tmp_path):
 
 
 def test_trim_overlapping_notes():
-    notes = [Note(60, 0.0, 1.0, 90, 0, False), Note(60, 0.5, 0.8, 90, 0, False),  # overlap
-             Note(60, 0.5, 0.9, 90, 40, False),  # other program: untouched
-             Note(36, 0.0, 0.01, 90, 0, True), Note(36, 0.0, 0.01, 90, 0, True)]  # duplicate drum
+    notes = [
+        Note(60, 0.0, 1.0, 90, 0, False),
+        Note(60, 0.5, 0.8, 90, 0, False),  # overlap
+        Note(60, 0.5, 0.9, 90, 40, False),  # other program: untouched
+        Note(36, 0.0, 0.01, 90, 0, True),
+        Note(36, 0.0, 0.01, 90, 0, True),
+    ]  # duplicate drum
     out = trim_overlapping_notes(notes)
     assert out == [Note(60, 0.0, 0.5, 90, 0, False), Note(60, 0.5, 0.8, 90, 0, False),
                    Note(60, 0.5, 0.9, 90, 40, False), Note(36, 0.0, 0.01, 90, 0, True)]  # fmt: skip
@@ -277,8 +281,14 @@ def test_prepare_command_renders_variants_into_a_cache(tmp_path, capsys):
     (tmp_path / "midi" / "x.mid").write_bytes(midi_bytes(SCALE, program=0))
     (tmp_path / "midi" / "validation" / "y.mid").write_bytes(midi_bytes([(0, 1, 72, 90)], program=0))
     pairs = data.discover_with_options(f"render:{tmp_path / 'midi'}", variants=3, seed=5)
-    assert sorted(p.song_id for p in pairs) == ["render/validation/y", "render/validation/y/v0",
-                                                "render/validation/y/v1", "render/x", "render/x/v0", "render/x/v1"]
+    assert sorted(p.song_id for p in pairs) == [
+        "render/validation/y",
+        "render/validation/y/v0",
+        "render/validation/y/v1",
+        "render/x",
+        "render/x/v0",
+        "render/x/v1",
+    ]
     assert [p.program_seed is None for p in pairs].count(True) == 2  # the first render keeps the file's programs
     cache = tmp_path / "cache"
     argv = ["prepare", f"render:{tmp_path / 'midi'}", str(cache), "--variants", "2", "--workers", "0", "--no-progress"]
@@ -432,7 +442,11 @@ def test_examples_shapes_values_and_determinism(song_cache):
 
     batch = collate([ds[0], ds[1], ds[2]])
     assert {k: tuple(v.shape) for k, v in batch.items()} == {
-        "tokens": (3, 2048), "context": (3, 256, 128), "context_mask": (3, 256), "target": (3, 256, 128)}
+        "tokens": (3, 2048),
+        "context": (3, 256, 128),
+        "context_mask": (3, 256),
+        "target": (3, 256, 128),
+    }
     assert batch["tokens"].dtype == torch.long and batch["context_mask"].dtype == torch.bool
 
     val = ChunkDataset(cache, split="validation")

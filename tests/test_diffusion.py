@@ -31,7 +31,9 @@ def test_constants_and_endpoints():
 
 @pytest.mark.parametrize("t", [0.0, 0.013, 0.25, 0.5, 0.77, 0.9, 0.999])
 def test_logsnr_and_alpha_match_the_formula(t):
-    assert float(logsnr(torch.tensor(t, dtype=torch.float64))) == pytest.approx(reference_logsnr(t), rel=1e-12, abs=1e-12)
+    assert float(logsnr(torch.tensor(t, dtype=torch.float64))) == pytest.approx(
+        reference_logsnr(t), rel=1e-12, abs=1e-12
+    )
     alpha, sigma = alpha_sigma(torch.tensor([t], dtype=torch.float64))
     assert float(alpha) ** 2 == pytest.approx(sigmoid(reference_logsnr(t)), rel=1e-12)
     assert float(sigma) ** 2 == pytest.approx(sigmoid(-reference_logsnr(t)), rel=1e-9, abs=1e-15)

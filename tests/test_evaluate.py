@@ -173,7 +173,9 @@ def test_silent_model_and_a_reference_folder(songs, tmp_path):
     save_wav(refs / "a_scale.wav", tone, SR)
     pipe = FakePipeline([np.zeros(SR * 4, np.float32)] * 2)
     out = tmp_path / "out"
-    results = ev.evaluate(pipe, [songs / "a_scale.mid", songs / "b_band.mid"], reference_audio=refs, out_dir=out, verbose=False)
+    results = ev.evaluate(
+        pipe, [songs / "a_scale.mid", songs / "b_band.mid"], reference_audio=refs, out_dir=out, verbose=False
+    )
     a, b = results["pieces"]
     assert a["reference"] == str(refs / "a_scale.wav") and b["reference"].startswith("rendered")
     assert a["seconds"] == 2.0  # the common length with the 2 s reference
@@ -250,7 +252,9 @@ def test_non_finite_audio_is_scored_as_silence(songs, capsys):
     broken[SR : SR + 10] = np.inf
     results = ev.evaluate(FakePipeline([broken]), [songs / "a_scale.mid"], transcription=False, verbose=True)
     row = results["pieces"][0]
-    silent = ev.evaluate(FakePipeline([np.zeros(SR * 4, np.float32)]), [songs / "a_scale.mid"], transcription=False, verbose=False)
+    silent = ev.evaluate(
+        FakePipeline([np.zeros(SR * 4, np.float32)]), [songs / "a_scale.mid"], transcription=False, verbose=False
+    )
     assert row["nonfinite_samples"] == SR + 10 and silent["pieces"][0]["nonfinite_samples"] == 0
     for key in ("log_mel_l1", "mr_stft_log_l1", "spectral_convergence"):
         assert row[key] == silent["pieces"][0][key]
@@ -267,7 +271,11 @@ def test_max_seconds_cuts_the_notes_and_keeps_the_tokens(songs):
     assert whole.cut is None and whole.tokenized.segments == midi_to_segments(path).segments
     cut = ev.prepare_piece(path, max_seconds=1.0)
     assert cut.cut == cut.tokenized.duration == 1.0 and len(cut.tokenized.segments) == 1
-    assert [(n.pitch, n.start, round(n.end, 6)) for n in cut.notes] == [(60, 0.1, 0.45), (62, 0.5, 0.85), (64, 0.9, 1.0)]
+    assert [(n.pitch, n.start, round(n.end, 6)) for n in cut.notes] == [
+        (60, 0.1, 0.45),
+        (62, 0.5, 0.85),
+        (64, 0.9, 1.0),
+    ]
     assert ev.prepare_piece(path, max_seconds=100.0).cut is None  # longer than the piece: untouched
 
 
@@ -281,7 +289,9 @@ def test_demo_split_selects_the_held_out_files(monkeypatch, model_dir):
     monkeypatch.setattr(ev, "evaluate", lambda model, files, **kw: seen.update(files=files, kw=kw) or {})
     parser = argparse.ArgumentParser()
     evaluate_command.add_evaluate_arguments(parser.add_subparsers())
-    args = parser.parse_args(["evaluate", "--demo-split", "test", "--max-files", "2", "--model", str(model_dir), "-q", *FAST])
+    args = parser.parse_args(
+        ["evaluate", "--demo-split", "test", "--max-files", "2", "--model", str(model_dir), "-q", *FAST]
+    )
     monkeypatch.setattr(ev, "markdown_report", lambda results: "")
     assert args.func(args) == 0
     assert seen["files"] == expected and len(expected) == 2

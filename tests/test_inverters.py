@@ -44,7 +44,10 @@ def write_onnx(path: Path, weights: np.ndarray, input_name: str = "input_feature
         "linear_inverter",
         inputs,
         [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", "samples"])],
-        initializer=[numpy_helper.from_array(weights, "W"), numpy_helper.from_array(np.array([0, -1], np.int64), "shape")],
+        initializer=[
+            numpy_helper.from_array(weights, "W"),
+            numpy_helper.from_array(np.array([0, -1], np.int64), "shape"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8  # readable by any onnxruntime >= 1.10
@@ -270,6 +273,7 @@ def test_auto_order_onnx_then_vocoder_then_registered(tmp_path, registry, onnxru
         def make(model_dir):
             made.append(name)
             return GriffinLimInverter(seed=len(made)) if (model_dir / name).exists() else None
+
         return make
 
     registry.register_inverter("first", factory("first"))

@@ -37,7 +37,9 @@ def notes_config(**kw):
 
 
 def cont_config(**kw):
-    return dict(input_dims=128, targets_context_length=256, feed_forward_proj="gated-gelu", is_decoder=False, **SMALL, **kw)
+    return dict(
+        input_dims=128, targets_context_length=256, feed_forward_proj="gated-gelu", is_decoder=False, **SMALL, **kw
+    )
 
 
 def decoder_config(**kw):
@@ -303,7 +305,12 @@ def test_decoder_parity_with_diffusers():
     with torch.no_grad():
         expected = ref([(notes, notes_mask), (ctx, ctx_mask)], z, t)
         got = ours([(notes, notes_mask), (ctx, ctx_mask)], z, t)
-        cached = ours(None, z, t, cross_cache=ours.prepare_cross_attention([(notes[:, :1500], notes_mask[:, :1500]), (ctx, ctx_mask)]))
+        cached = ours(
+            None,
+            z,
+            t,
+            cross_cache=ours.prepare_cross_attention([(notes[:, :1500], notes_mask[:, :1500]), (ctx, ctx_mask)]),
+        )
     assert (expected - got).abs().max() <= TOL
     assert (expected - cached).abs().max() <= TOL
 

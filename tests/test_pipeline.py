@@ -126,7 +126,9 @@ def test_broken_folders_raise_model_error(pipe, tmp_path):
     assert "cannot read the weights" in broken(
         "corrupt", lambda f: (f / "decoder" / "diffusion_pytorch_model.safetensors").write_bytes(b"not weights")
     )
-    assert "no weights" in broken("no_weights", lambda f: (f / "decoder" / "diffusion_pytorch_model.safetensors").unlink())
+    assert "no weights" in broken(
+        "no_weights", lambda f: (f / "decoder" / "diffusion_pytorch_model.safetensors").unlink()
+    )
 
     def bad_config(f):
         config = json.loads((f / "decoder" / "config.json").read_text())
@@ -159,14 +161,18 @@ def reference(tmp_path_factory):
     diffusers, RefNotes, RefCont, Reference = _diffusers_reference()
     shared = dict(dropout_rate=0.1, **TINY)
     notes = RefNotes(max_length=2048, vocab_size=1536, feed_forward_proj="gated-gelu", is_decoder=False, **shared)
-    cont = RefCont(input_dims=128, targets_context_length=256, feed_forward_proj="gated-gelu", is_decoder=False, **shared)
+    cont = RefCont(
+        input_dims=128, targets_context_length=256, feed_forward_proj="gated-gelu", is_decoder=False, **shared
+    )
     # The class default max_decoder_noise_time (2000) is not the checkpoint's (ORIGINAL.md §9.1).
     dec = diffusers.T5FilmDecoder(input_dims=128, targets_length=256, max_decoder_noise_time=20000.0, **shared)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # non-trivial weights everywhere, norms and position tables included
         for module in (notes, cont, dec):
             for p in module.state_dict().values():
-                p.copy_(torch.randn(p.shape, generator=g) * (0.5 / math.sqrt(p.shape[-1])) + (1.0 if p.ndim == 1 else 0.0))
+                p.copy_(
+                    torch.randn(p.shape, generator=g) * (0.5 / math.sqrt(p.shape[-1])) + (1.0 if p.ndim == 1 else 0.0)
+                )
     scheduler = diffusers.DDPMScheduler(
         num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", beta_start=0.0001, beta_end=0.02,
         clip_sample=True, clip_sample_range=1.0, prediction_type="epsilon", variance_type="fixed_large",
@@ -191,7 +197,9 @@ def test_folder_written_by_diffusers_loads_strictly(reference):
 def test_ddpm_without_guidance_reproduces_diffusers_pipeline(reference, segments):
     ref, folder = reference
     ours = SpectrogramDiffusionPipeline.from_pretrained(folder, inverter=None)
-    expected = ref(segments, generator=torch.Generator().manual_seed(0), num_inference_steps=STEPS, output_type="mel").audios
+    expected = ref(
+        segments, generator=torch.Generator().manual_seed(0), num_inference_steps=STEPS, output_type="mel"
+    ).audios
     got = run(ours, segments, scheduler="ddpm", guidance_scale=1.0).audios
     assert got.shape == expected.shape == (1, 512, 128)
     assert np.abs(got - expected).max() <= TOL
@@ -208,7 +216,11 @@ def test_diffusers_components_load_our_folder(pipe, reference, tmp_path):
     their_index = json.loads((their_folder / "model_index.json").read_text())
     for key in ("_class_name", "notes_encoder", "continuous_encoder", "decoder", "scheduler", "melgan"):
         assert ours_index[key] == their_index[key], key
-    for name, cls in (("notes_encoder", RefNotes), ("continuous_encoder", RefCont), ("decoder", diffusers.T5FilmDecoder)):
+    for name, cls in (
+        ("notes_encoder", RefNotes),
+        ("continuous_encoder", RefCont),
+        ("decoder", diffusers.T5FilmDecoder),
+    ):
         module = cls.from_pretrained(folder / name)
         a, b = module.state_dict(), getattr(pipe, name).state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -375,14 +387,20 @@ def test_sampling_json_sets_the_defaults_of_calls_and_round_trips(pipe, segments
     folder = pipe.save_pretrained(tmp_path / "plain")
     assert not (folder / SAMPLING_FILE).exists()  # the library defaults are not written out
     assert SpectrogramDiffusionPipeline.from_pretrained(folder).sampling == SamplingSettings()
-    (folder / SAMPLING_FILE).write_text(json.dumps(
-        {"scheduler": "original", "num_inference_steps": 2, "guidance_scale": 1.0, "_note": "measured"}))
+    (folder / SAMPLING_FILE).write_text(
+        json.dumps({"scheduler": "original", "num_inference_steps": 2, "guidance_scale": 1.0, "_note": "measured"})
+    )
     loaded = SpectrogramDiffusionPipeline.from_pretrained(folder)
     assert loaded.sampling == SamplingSettings("original", 2, 1.0) and loaded.scheduler == "original"
     # Unset arguments take the folder's settings: 2 steps per segment, no guidance (batch 1).
     out = {}
-    batches = _decoder_batches(loaded, lambda: out.setdefault("mel", loaded(
-        segments, generator=torch.Generator().manual_seed(0), output_type="mel", show_progress=False).mels))
+    batches = _decoder_batches(
+        loaded,
+        lambda: out.setdefault(
+            "mel",
+            loaded(segments, generator=torch.Generator().manual_seed(0), output_type="mel", show_progress=False).mels,
+        ),
+    )
     assert batches == [1] * 2 * len(segments)
     np.testing.assert_array_equal(out["mel"], run(loaded, segments, num_inference_steps=2, guidance_scale=1.0).mels)
     # An explicit argument wins over the folder's.
@@ -392,8 +410,18 @@ def test_sampling_json_sets_the_defaults_of_calls_and_round_trips(pipe, segments
     assert SpectrogramDiffusionPipeline.from_pretrained(again).sampling == loaded.sampling
 
 
-@pytest.mark.parametrize("content", ["{not json", '["a"]', '{"scheduler": "euler"}', '{"num_inference_steps": 0}',
-                                     '{"guidance_scale": -1}', '{"steps": 20}', '{"num_inference_steps": 2.5}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        '["a"]',
+        '{"scheduler": "euler"}',
+        '{"num_inference_steps": 0}',
+        '{"guidance_scale": -1}',
+        '{"steps": 20}',
+        '{"num_inference_steps": 2.5}',
+    ],
+)
 def test_bad_sampling_json_is_a_model_error(pipe, tmp_path, content):
     from specdiff.default_model import SAMPLING_FILE
 

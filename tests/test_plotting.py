@@ -114,8 +114,9 @@ def test_comparison_png_size_and_piano_roll_panel(tmp_path):
     rng = np.random.default_rng(0)
     reference = rng.uniform(-11.5, 4.0, (150, 128)).astype(np.float32)
     generated = rng.uniform(-11.5, 4.0, (100, 128)).astype(np.float32)  # lengths may differ
-    with_notes = plotting.save_comparison_png(tmp_path / "a.png", reference, generated, NOTES, title="song.mid",
-                                              size=(600, 500), dpi=100)
+    with_notes = plotting.save_comparison_png(
+        tmp_path / "a.png", reference, generated, NOTES, title="song.mid", size=(600, 500), dpi=100
+    )
     without = plotting.save_comparison_png(tmp_path / "b.png", reference, generated, None, size=(600, 500), dpi=100)
     empty_roll = plotting.save_comparison_png(tmp_path / "c.png", reference, generated, [], size=(600, 500), dpi=100)
     for path in (with_notes, without, empty_roll):

@@ -36,10 +36,18 @@ def make_midi(tracks, tempo_bpm=120.0, tpq=480) -> bytes:
         ch = spec.get("channel", 0)
         events = []
         for start, end, pitch, vel in spec["notes"]:
-            events.append((round(start * ticks_per_second), 1, mido.Message("note_on", channel=ch, note=pitch, velocity=vel)))
+            events.append(
+                (round(start * ticks_per_second), 1, mido.Message("note_on", channel=ch, note=pitch, velocity=vel))
+            )
             events.append((round(end * ticks_per_second), 0, mido.Message("note_off", channel=ch, note=pitch)))
         for t, number, value in spec.get("cc", []):
-            events.append((round(t * ticks_per_second), -1, mido.Message("control_change", channel=ch, control=number, value=value)))
+            events.append(
+                (
+                    round(t * ticks_per_second),
+                    -1,
+                    mido.Message("control_change", channel=ch, control=number, value=value),
+                )
+            )
         events.sort(key=lambda e: (e[0], e[1]))
         track = mido.MidiTrack()
         track.append(mido.Message("program_change", channel=ch, program=spec.get("program", 0), time=0))
@@ -114,10 +122,12 @@ def test_drums_render_on_channel_10():
     drums = render_midi(make_midi([{"channel": 9, "notes": notes}]), peak=None)
     piano = render_midi(make_midi([{"channel": 0, "notes": notes}]), peak=None)
     assert np.abs(drums).max() > 0.01
+
     # a snare is noise-like: far flatter spectrum than a piano D2 (spectral flatness)
     def flatness(x):
         p = np.abs(np.fft.rfft(x[: SR // 4])) ** 2 + 1e-12
         return np.exp(np.mean(np.log(p))) / np.mean(p)
+
     assert flatness(drums) > 10 * flatness(piano)
 
 

@@ -116,7 +116,8 @@ def test_last_step_returns_clipped_x0_without_noise():
 
 
 @pytest.mark.parametrize(
-    "name, steps", [("original", 1), ("original", 7), ("ddpm", 1), ("ddpm", 7), ("ddim", 7), ("dpmsolver++", 7), ("unipc", 7)]
+    "name, steps",
+    [("original", 1), ("original", 7), ("ddpm", 1), ("ddpm", 7), ("ddim", 7), ("dpmsolver++", 7), ("unipc", 7)],
 )
 def test_perfect_predictor_recovers_the_single_data_point(name, steps):
     # Data = one point x*: the exact eps-predictor makes every x0 prediction x*, so any correct
@@ -279,7 +280,9 @@ def test_guidance_combines_conditional_and_zeroed_unconditional(decoder_and_enco
     dec, encodings = decoder_and_encodings
     z, t = torch.randn(SHAPE), torch.tensor(0.6)
     calls = []
-    hook = dec.register_forward_pre_hook(lambda m, args, kwargs: calls.append(kwargs["decoder_input_tokens"].shape[0]), with_kwargs=True)
+    hook = dec.register_forward_pre_hook(
+        lambda m, args, kwargs: calls.append(kwargs["decoder_input_tokens"].shape[0]), with_kwargs=True
+    )
     try:
         with torch.no_grad():
             guided = S.GuidedDenoiser(dec, encodings, guidance_scale=2.5)(z, t)

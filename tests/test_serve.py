@@ -187,8 +187,7 @@ def test_notes_endpoint_gives_the_notes_the_model_sees(serve):
     notes, total = midi_to_notes(SONG)
     assert roll["duration_s"] == pytest.approx(total)
     assert [(n["pitch"], n["start"], n["end"], n["program"], n["is_drum"]) for n in roll["notes"]] == [
-        (n.pitch, pytest.approx(n.start, abs=1e-4), pytest.approx(n.end, abs=1e-4), n.program, n.is_drum)
-        for n in notes
+        (n.pitch, pytest.approx(n.start, abs=1e-4), pytest.approx(n.end, abs=1e-4), n.program, n.is_drum) for n in notes
     ]
     wait_until(client, job["id"])
 
@@ -653,9 +652,9 @@ def test_fallback_png_decodes_to_the_heat_map(tmp_path):
     image = np.asarray(Image.open(path).convert("RGB"))
     assert image.shape == (128 * png.BIN_HEIGHT, 1200, 3)
     bright, dark = (252, 253, 191), (0, 0, 4)  # the ends of magma
-    assert (image[-png.BIN_HEIGHT:] == bright).all()  # low frequencies at the bottom
+    assert (image[-png.BIN_HEIGHT :] == bright).all()  # low frequencies at the bottom
     assert (image[: png.BIN_HEIGHT, :600] == dark).all() and (image[: png.BIN_HEIGHT, 600:] == bright).all()
-    assert (image[png.BIN_HEIGHT:-png.BIN_HEIGHT] == dark).all()
+    assert (image[png.BIN_HEIGHT : -png.BIN_HEIGHT] == dark).all()
     assert [p.name for p in tmp_path.iterdir()] == ["s.png"]  # no temporary file left
 
 

@@ -150,7 +150,9 @@ def test_cache_cat_pads_shorter_key_sets_with_masked_keys(decoder_case):
         a, b = dec.prepare_cross_attention(first), dec.prepare_cross_attention(second)
         both = type(a).cat([a, b, b.repeat(2)])
         out = dec(None, torch.cat([z[:2], z[1:2], z[1:2]]), torch.cat([t[:2], t[1:2], t[1:2]]), cross_cache=both)
-        reference = plain_decoder(dec, encodings[:1] and [(notes[:2], notes_mask[:2]), (context[:2], context_mask[:2])], z[:2], t[:2])
+        reference = plain_decoder(
+            dec, encodings[:1] and [(notes[:2], notes_mask[:2]), (context[:2], context_mask[:2])], z[:2], t[:2]
+        )
     assert both.batch_size == 4 and both.num_keys == 50
     assert (out[:2] - reference).abs().max() < TOL
     assert (out[2] - reference[1]).abs().max() < TOL and (out[3] - reference[1]).abs().max() < TOL
@@ -270,7 +272,11 @@ def test_synthesize_many_equals_one_song_at_a_time(pipe, scheduler, guidance):
     batched = pipe.synthesize_many(songs, generators=[10, 11, 12], show_progress=False, **kw)
     alone = [pipe(song, generator=torch.Generator().manual_seed(10 + k), show_progress=False, **kw)
              for k, song in enumerate(songs)]  # fmt: skip
-    assert [b.mels.shape for b in batched] == [a.mels.shape for a in alone] == [(1, 375, 128), (1, 256, 128), (1, 768, 128)]
+    assert (
+        [b.mels.shape for b in batched]
+        == [a.mels.shape for a in alone]
+        == [(1, 375, 128), (1, 256, 128), (1, 768, 128)]
+    )
     # DPM-Solver++'s multistep extrapolation amplifies batch-dependent matmul rounding of a random
     # network (seen: 0.003 in segment 1, growing to 0.026 in a few of 98k values by segment 3 of the
     # chained context); the original and DDPM samplers stay within float rounding.

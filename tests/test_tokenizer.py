@@ -78,8 +78,7 @@ def padded(tokens: list[int]) -> list[int]:
 # ------------------------------------------------------------------------------------------
 
 
-def write_midi(path: Path, tracks: list[list[tuple]], tpq: int = 500, tempos=((0, 120.0),)
-               ) -> Path:
+def write_midi(path: Path, tracks: list[list[tuple]], tpq: int = 500, tempos=((0, 120.0),)) -> Path:
     """tracks: lists of (tick, kind, channel, a, b) with kind in on/off/cc/prog/on0 (vel-0 on)."""
     mid = mido.MidiFile(type=1, ticks_per_beat=tpq)
     meta = mido.MidiTrack()
@@ -127,7 +126,7 @@ def expected_segments(entry: dict) -> list[list[int]]:
     for seg in entry["segments"]:
         tokens = seg["tokens"]
         if seg["length"] > INPUT_LENGTH:  # diffusers does not truncate; we keep 2047 + EOS
-            out.append(tokens[:INPUT_LENGTH - 1] + [EOS_ID])
+            out.append(tokens[: INPUT_LENGTH - 1] + [EOS_ID])
         else:
             out.append(tokens + [PAD_ID] * (seg["length"] - len(tokens)))
     return out
@@ -161,8 +160,7 @@ def test_golden_fixtures_cover_what_they_claim():
     programs = {t - PROGRAM_ID for t in all_tokens if PROGRAM_ID <= t < DRUM_ID}
     assert len(programs) >= 10 and programs <= set(SLAKH_PROGRAMS)
     # a dense segment close to the limit, and one over it
-    lengths = [s["length"] if s["length"] > 2048 else len(s["tokens"])
-               for f in files.values() for s in f["segments"]]
+    lengths = [s["length"] if s["length"] > 2048 else len(s["tokens"]) for f in files.values() for s in f["segments"]]
     assert any(1500 < n <= 2048 for n in lengths) and any(n > 2048 for n in lengths)
     total = sum(p.stat().st_size for p in DATA.iterdir())
     assert total < 1_000_000
@@ -203,8 +201,7 @@ def test_matches_official_processor_live_on_new_file(tmp_path):
 
 
 def test_codec_table():
-    assert (SHIFT_ID, PITCH_ID, VELOCITY_ID, TIE_ID, PROGRAM_ID, DRUM_ID) == \
-        (3, 1004, 1132, 1134, 1135, 1263)
+    assert (SHIFT_ID, PITCH_ID, VELOCITY_ID, TIE_ID, PROGRAM_ID, DRUM_ID) == (3, 1004, 1132, 1134, 1135, 1263)
     assert DRUM_ID + 127 == 1390 and NUM_CLASSES == 1388
     assert VOCAB_SIZE == 1491 and NUM_EMBEDDINGS == 1536
     assert (INPUT_LENGTH, SEGMENT_FRAMES) == (2048, 256)
@@ -214,8 +211,7 @@ def test_single_note(tmp_path):
     path = write_midi(tmp_path / "a.mid", [prog(0) + note(500, 1000, 60)])
     result = midi_to_segments(path)
     # empty tie section; at +0.50 s program 0, on, pitch 60; at +1.00 s off, pitch 60
-    assert result.segments == [padded([TIE, shift(50), program(0), ON, pitch(60),
-                                       shift(100), OFF, pitch(60), EOS])]
+    assert result.segments == [padded([TIE, shift(50), program(0), ON, pitch(60), shift(100), OFF, pitch(60), EOS])]
     assert result.duration == 1.0
 
 
@@ -223,10 +219,27 @@ def test_chord_and_legato_deduplicate_program_and_velocity(tmp_path):
     # chord 60+64 from 0 to 1 s, then 67 from 1 s to 1.5 s (offsets and onset at one time)
     events = prog(40) + note(0, 1000, 60) + note(0, 1000, 64) + note(1000, 1500, 67)
     segments = midi_to_segments(write_midi(tmp_path / "a.mid", [events])).segments
-    assert segments == [padded([
-        TIE, program(40), ON, pitch(60), pitch(64),     # no shift at 0; one program, one velocity
-        shift(100), OFF, pitch(60), pitch(64), ON, pitch(67),  # offsets before onsets
-        shift(150), OFF, pitch(67), EOS])]
+    assert segments == [
+        padded(
+            [
+                TIE,
+                program(40),
+                ON,
+                pitch(60),
+                pitch(64),  # no shift at 0; one program, one velocity
+                shift(100),
+                OFF,
+                pitch(60),
+                pitch(64),
+                ON,
+                pitch(67),  # offsets before onsets
+                shift(150),
+                OFF,
+                pitch(67),
+                EOS,
+            ]
+        )
+    ]
 
 
 def test_note_tied_into_next_segment(tmp_path):
@@ -243,8 +256,9 @@ def test_drums_have_no_offsets_and_no_program(tmp_path):
     events = prog(0) + note(100, 300, 60) + note(100, 200, 42, ch=9) + note(100, 150, 36, ch=9)
     segments = midi_to_segments(write_midi(tmp_path / "a.mid", [events])).segments
     # at equal times tonal notes come first, drums last sorted by pitch; drums never end
-    assert segments == [padded([TIE, shift(10), program(0), ON, pitch(60), drum(36), drum(42),
-                                shift(30), OFF, pitch(60), EOS])]
+    assert segments == [
+        padded([TIE, shift(10), program(0), ON, pitch(60), drum(36), drum(42), shift(30), OFF, pitch(60), EOS])
+    ]
 
 
 def test_sustain_pedal_extends_note(tmp_path):
@@ -252,8 +266,7 @@ def test_sustain_pedal_extends_note(tmp_path):
     path = write_midi(tmp_path / "a.mid", [events])
     notes, total = midi_to_notes(path)
     assert notes == [Note(60, 0.0, 0.5, 100, 0, False)] and total == 0.5
-    assert midi_to_segments(path).segments == [padded([TIE, program(0), ON, pitch(60),
-                                                       shift(50), OFF, pitch(60), EOS])]
+    assert midi_to_segments(path).segments == [padded([TIE, program(0), ON, pitch(60), shift(50), OFF, pitch(60), EOS])]
 
 
 def test_sustain_restrike_and_release_edges(tmp_path):
@@ -271,20 +284,56 @@ def test_sustain_restrike_and_release_edges(tmp_path):
 
 
 def test_slakh_program_mapping(tmp_path):
-    assert [program_to_slakh(p) for p in (0, 1, 3, 4, 30, 31, 33, 40, 127)] == \
-        [0, 0, 0, 4, 29, 29, 33, 40, 88]
-    events = (prog(1) + note(0, 100, 60) + prog(30, ch=1) + note(200, 300, 61, ch=1) +
-              prog(127, ch=2) + note(400, 500, 62, ch=2) + prog(127, ch=9) +
-              note(600, 700, 36, ch=9))
+    assert [program_to_slakh(p) for p in (0, 1, 3, 4, 30, 31, 33, 40, 127)] == [0, 0, 0, 4, 29, 29, 33, 40, 88]
+    events = (
+        prog(1)
+        + note(0, 100, 60)
+        + prog(30, ch=1)
+        + note(200, 300, 61, ch=1)
+        + prog(127, ch=2)
+        + note(400, 500, 62, ch=2)
+        + prog(127, ch=9)
+        + note(600, 700, 36, ch=9)
+    )
     path = write_midi(tmp_path / "a.mid", [events])
     notes, _ = midi_to_notes(path)
-    assert sorted((n.pitch, n.program, n.is_drum) for n in notes) == \
-        [(36, 127, True), (60, 0, False), (61, 29, False), (62, 88, False)]  # drums unmapped
-    assert midi_to_segments(path).segments == [padded([
-        TIE, program(0), ON, pitch(60), shift(10), OFF, pitch(60),
-        shift(20), program(29), ON, pitch(61), shift(30), OFF, pitch(61),
-        shift(40), program(88), ON, pitch(62), shift(50), OFF, pitch(62),
-        shift(60), ON, drum(36), EOS])]
+    assert sorted((n.pitch, n.program, n.is_drum) for n in notes) == [
+        (36, 127, True),
+        (60, 0, False),
+        (61, 29, False),
+        (62, 88, False),
+    ]  # drums unmapped
+    assert midi_to_segments(path).segments == [
+        padded(
+            [
+                TIE,
+                program(0),
+                ON,
+                pitch(60),
+                shift(10),
+                OFF,
+                pitch(60),
+                shift(20),
+                program(29),
+                ON,
+                pitch(61),
+                shift(30),
+                OFF,
+                pitch(61),
+                shift(40),
+                program(88),
+                ON,
+                pitch(62),
+                shift(50),
+                OFF,
+                pitch(62),
+                shift(60),
+                ON,
+                drum(36),
+                EOS,
+            ]
+        )
+    ]
 
 
 def test_shifts_are_absolute_within_segment(tmp_path):
@@ -292,12 +341,26 @@ def test_shifts_are_absolute_within_segment(tmp_path):
     for start in (300, 700, 1200, 5500):
         events += note(start, start + 50, 60)
     segments = midi_to_segments(write_midi(tmp_path / "a.mid", [events])).segments
-    assert segments[0][:16] == [TIE, shift(30), program(0), ON, pitch(60), shift(35), OFF,
-                                pitch(60), shift(70), ON, pitch(60), shift(75), OFF, pitch(60),
-                                shift(120), ON]
+    assert segments[0][:16] == [
+        TIE,
+        shift(30),
+        program(0),
+        ON,
+        pitch(60),
+        shift(35),
+        OFF,
+        pitch(60),
+        shift(70),
+        ON,
+        pitch(60),
+        shift(75),
+        OFF,
+        pitch(60),
+        shift(120),
+        ON,
+    ]
     # segment 1 starts at 5.12 s: 5.50 s is +38 steps
-    assert segments[1][:8] == [TIE, shift(38), program(0), ON, pitch(60), shift(43), OFF,
-                               pitch(60)]
+    assert segments[1][:8] == [TIE, shift(38), program(0), ON, pitch(60), shift(43), OFF, pitch(60)]
 
 
 def test_eos_and_padding(tmp_path):
@@ -306,18 +369,33 @@ def test_eos_and_padding(tmp_path):
     for seg in result.segments:
         assert len(seg) == 2048
         end = seg.index(EOS_ID)
-        assert all(t == PAD_ID for t in seg[end + 1:]) and PAD_ID not in seg[:end]
+        assert all(t == PAD_ID for t in seg[end + 1 :]) and PAD_ID not in seg[:end]
 
 
 def test_segment_after_last_event_keeps_mt3_tie_quirk():
     # notes end at 5.0 s together with the last (drum) onset; the drum lasts to 5.2 s, so a
     # second segment starts at 5.12 s, after the last event. MT3 takes its tie section from the
     # state *before* the last step, so the ended notes are listed as still sounding (§2.3).
-    notes = [Note(40, 4.0, 5.0, 90, 33, False), Note(43, 4.5, 5.0, 90, 33, False),
-             Note(36, 5.0, 5.2, 90, 0, True)]
+    notes = [Note(40, 4.0, 5.0, 90, 33, False), Note(43, 4.5, 5.0, 90, 33, False), Note(36, 5.0, 5.2, 90, 0, True)]
     assert notes_to_segments(notes, 5.2) == [
-        padded([TIE, shift(400), program(33), ON, pitch(40), shift(450), pitch(43), shift(500),
-                OFF, pitch(40), pitch(43), ON, drum(36), EOS]),
+        padded(
+            [
+                TIE,
+                shift(400),
+                program(33),
+                ON,
+                pitch(40),
+                shift(450),
+                pitch(43),
+                shift(500),
+                OFF,
+                pitch(40),
+                pitch(43),
+                ON,
+                drum(36),
+                EOS,
+            ]
+        ),
         padded([program(33), pitch(40), pitch(43), TIE, EOS]),
     ]
 
@@ -331,8 +409,7 @@ def test_frame_count_follows_dummy_audio():
 def test_truncation_keeps_first_2047_events_and_warns():
     # four drum hits per 10 ms step for 5 s: [shift, 4 drums] per step = far over 2047
     drums = (36, 38, 42, 46)
-    notes = [Note(p, k / 100 + 0.001, k / 100 + 0.005, 90, 0, True)
-             for k in range(500) for p in drums]
+    notes = [Note(p, k / 100 + 0.001, k / 100 + 0.005, 90, 0, True) for k in range(500) for p in drums]
     full = [TIE, ON] + [drum(p) for p in drums]
     for k in range(1, 500):
         full += [shift(k)] + [drum(p) for p in drums]
@@ -351,20 +428,21 @@ def test_midi_reading_semantics(tmp_path):
     events = prog(0)
     events += [(0, "on", 0, 60, 90), (100, "on0", 0, 60, 0)]  # velocity-0 note-on is an off
     # overlapping same pitch: the first note-off closes both notes (pretty_midi)
-    events += [(200, "on", 0, 62, 90), (250, "on", 0, 62, 80), (300, "off", 0, 62, 0),
-               (350, "off", 0, 62, 0)]
+    events += [(200, "on", 0, 62, 90), (250, "on", 0, 62, 80), (300, "off", 0, 62, 0), (350, "off", 0, 62, 0)]
     events += note(400, 450, 40, ch=9)  # MIDI channel 10 is drums
     notes, total = midi_to_notes(write_midi(tmp_path / "a.mid", [events]))
     assert sorted((n.pitch, n.start, n.end, n.velocity, n.is_drum) for n in notes) == [
-        (40, 0.4, 0.45, 100, True), (60, 0.0, 0.1, 90, False),
-        (62, 0.2, 0.3, 90, False), (62, 0.25, 0.3, 80, False)]
+        (40, 0.4, 0.45, 100, True),
+        (60, 0.0, 0.1, 90, False),
+        (62, 0.2, 0.3, 90, False),
+        (62, 0.25, 0.3, 80, False),
+    ]
     assert total == 0.45
 
 
 def test_tempo_changes(tmp_path):
     # 120 bpm for the first beat (0.5 s), then 60 bpm: beat 2 starts at 1.5 s
-    path = write_midi(tmp_path / "a.mid", [prog(0) + note(500, 1000, 60)],
-                      tempos=((0, 120.0), (500, 60.0)))
+    path = write_midi(tmp_path / "a.mid", [prog(0) + note(500, 1000, 60)], tempos=((0, 120.0), (500, 60.0)))
     notes, total = midi_to_notes(path)
     assert [(n.start, n.end) for n in notes] == [(0.5, 1.5)] and total == 1.5
 
@@ -379,14 +457,12 @@ def quantised(notes: list[Note]) -> list[tuple]:
     for n in notes:
         start = round(n.start * 100) / 100
         end = start + 0.01 if n.is_drum else round(n.end * 100) / 100
-        out.append((round(start, 6), round(end, 6), n.pitch, 0 if n.is_drum else n.program,
-                    n.is_drum))
+        out.append((round(start, 6), round(end, 6), n.pitch, 0 if n.is_drum else n.program, n.is_drum))
     return sorted(out)
 
 
 def decoded(notes: list[Note]) -> list[tuple]:
-    return sorted((round(n.start, 6), round(n.end, 6), n.pitch, n.program, n.is_drum)
-                  for n in notes)
+    return sorted((round(n.start, 6), round(n.end, 6), n.pitch, n.program, n.is_drum) for n in notes)
 
 
 def test_round_trip_random_notes():
@@ -400,10 +476,11 @@ def test_round_trip_random_notes():
             dur = rng.uniform(0.02, 3.0)
             notes.append(Note(rng.randrange(30, 90), t, t + dur, 90, prog_, False))
             t += dur + rng.uniform(0.011, 0.5)
-    notes += [Note(rng.choice([36, 38, 42]), rng.uniform(0, 17), 0, 100, 0, True)
-              for _ in range(60)]
-    notes = [Note(n.pitch, n.start, n.end if not n.is_drum else n.start + 0.05, n.velocity,
-                  n.program, n.is_drum) for n in notes]
+    notes += [Note(rng.choice([36, 38, 42]), rng.uniform(0, 17), 0, 100, 0, True) for _ in range(60)]
+    notes = [
+        Note(n.pitch, n.start, n.end if not n.is_drum else n.start + 0.05, n.velocity, n.program, n.is_drum)
+        for n in notes
+    ]
     total = max(n.end for n in notes)
     segments = notes_to_segments(notes, total)
     assert len(segments) == 4
@@ -417,17 +494,19 @@ def test_round_trip_real_piece():
 
 
 def test_tokens_to_notes_single_segment_with_start_time():
-    tokens = padded([program(0), pitch(60), TIE, shift(88), OFF, pitch(60), ON, program(29),
-                     pitch(64), shift(100), drum(36), EOS])
+    tokens = padded(
+        [program(0), pitch(60), TIE, shift(88), OFF, pitch(60), ON, program(29), pitch(64), shift(100), drum(36), EOS]
+    )
     # pitch 60 is tied in, but nothing was active before: MT3 ignores the invalid tie entry
     notes = tokens_to_notes(tokens, start_time=5.12)
-    assert [(n.pitch, n.program, n.is_drum, round(n.start, 6), round(n.end, 6)) for n in notes] \
-        == [(64, 29, False, 6.0, 6.12), (36, 0, True, 6.12, 6.13)]
+    assert [(n.pitch, n.program, n.is_drum, round(n.start, 6), round(n.end, 6)) for n in notes] == [
+        (64, 29, False, 6.0, 6.12),
+        (36, 0, True, 6.12, 6.13),
+    ]
 
 
 def test_tokenize_frames_matches_segments_and_carries_state():
-    notes = [Note(60, 1.0, 9.0, 90, 0, False), Note(64, 2.0, 3.0, 90, 4, False),
-             Note(67, 6.0, 11.0, 90, 4, False)]
+    notes = [Note(60, 1.0, 9.0, 90, 0, False), Note(64, 2.0, 3.0, 90, 4, False), Note(67, 6.0, 11.0, 90, 4, False)]
     index = index_notes(notes, 11.0)
     segments = notes_to_segments(notes, 11.0)
     assert [tokenize_frames(index, 256 * k, 256) for k in range(2)] == segments[:2]

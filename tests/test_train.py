@@ -134,7 +134,10 @@ def test_trimming_token_padding_is_exact():
     longest = max(int((tokens != 0).sum()) for tokens in batch["tokens"])  # tokens are a prefix, then PAD
     trimmed = trim_token_padding(batch["tokens"])
     assert trimmed.shape[1] == 64 * math.ceil(longest / 64)
-    assert torch.equal(trimmed, batch["tokens"][:, : trimmed.shape[1]]) and int(batch["tokens"][:, trimmed.shape[1] :].abs().sum()) == 0
+    assert (
+        torch.equal(trimmed, batch["tokens"][:, : trimmed.shape[1]])
+        and int(batch["tokens"][:, trimmed.shape[1] :].abs().sum()) == 0
+    )
     assert trim_token_padding(torch.zeros(2, 2048, dtype=torch.long)).shape[1] == 64  # all PAD (CFG drop)
     model = micro_model().eval()
     t, noise, keep = draw_diffusion_inputs(batch["index"], 0, 0.0)
@@ -207,7 +210,13 @@ def test_warm_start_takes_weights_and_ema_but_a_new_optimiser(tmp_path):
     first = micro_config(tmp_path / "adafactor", steps=2, ckpt_every=2)
     train(first, progress=False)
     source = load_checkpoint(tmp_path / "adafactor" / "checkpoints" / "step_00000002.pt")
-    warm = micro_config(tmp_path / "adamw", steps=1, optimizer="adamw", lr=1e-3, init_from=str(list_checkpoints(tmp_path / "adafactor")[-1]))
+    warm = micro_config(
+        tmp_path / "adamw",
+        steps=1,
+        optimizer="adamw",
+        lr=1e-3,
+        init_from=str(list_checkpoints(tmp_path / "adafactor")[-1]),
+    )
     trainer = Trainer(warm, resume="auto")
     assert trainer.step == 0 and trainer.samples_seen == 0
     assert all(torch.equal(v, source["model"][k]) for k, v in trainer.model.state_dict().items())
@@ -218,7 +227,6 @@ def test_warm_start_takes_weights_and_ema_but_a_new_optimiser(tmp_path):
     assert Trainer(warm, resume="auto").step == 1
     with pytest.raises(ModelError):
         Trainer(warm.replace(out_dir=str(tmp_path / "bad"), init_from=str(tmp_path / "missing.pt")))
-
 
 
 def test_warm_start_from_an_exported_pipeline_folder(tmp_path):
@@ -236,6 +244,7 @@ def test_warm_start_from_an_exported_pipeline_folder(tmp_path):
     trainer.run(progress=False)
     with pytest.raises(ModelError):  # a folder that is not a pipeline
         Trainer(warm.replace(out_dir=str(tmp_path / "bad"), init_from=str(tmp_path)))
+
 
 KILLER = """
 import os, signal, sys
@@ -255,7 +264,9 @@ def test_sigkill_and_resume_continue_the_same_loss_curve(tmp_path):
     # dropout on: resuming must restore the RNG state too, not only weights and data position
     config = micro_config(tmp_path / "killed", steps=6, ckpt_every=3, dropout=0.1, cfg_drop_prob=0.5)
     script = KILLER.format(kill_at=3, argv=cli_args(config))
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True
+    )
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert [p.name for p in list_checkpoints(tmp_path / "killed")] == ["step_00000003.pt"]
 
@@ -313,7 +324,9 @@ def test_validation_samples_and_export_round_trip(tmp_path):
     vocoder.save_pretrained(tmp_path / "voc")
     assert main(["export", str(tmp_path / "run"), str(tmp_path / "pipe"), "--vocoder", str(tmp_path / "voc")]) == 0
     pipe = tmp_path / "pipe"
-    assert (pipe / "vocoder" / "model.safetensors").read_bytes() == (tmp_path / "voc" / "model.safetensors").read_bytes()
+    assert (pipe / "vocoder" / "model.safetensors").read_bytes() == (
+        tmp_path / "voc" / "model.safetensors"
+    ).read_bytes()
     assert not [p.name for p in pipe.iterdir() if p.name.startswith(".")]  # no temp folders left
     index = json.loads((pipe / "model_index.json").read_text())
     assert index["_class_name"] == "SpectrogramDiffusionPipeline"
@@ -327,7 +340,11 @@ def test_validation_samples_and_export_round_trip(tmp_path):
 
     ema_model = model_from_checkpoint(list_checkpoints(tmp_path / "run")[-1], use_ema=True)
     raw_model = model_from_checkpoint(list_checkpoints(tmp_path / "run")[-1], use_ema=False)
-    for name, cls in [("notes_encoder", NotesEncoder), ("continuous_encoder", ContinuousEncoder), ("decoder", FilmDecoder)]:
+    for name, cls in [
+        ("notes_encoder", NotesEncoder),
+        ("continuous_encoder", ContinuousEncoder),
+        ("decoder", FilmDecoder),
+    ]:
         config_json = json.loads((pipe / name / "config.json").read_text())
         module = cls.from_config(config_json)
         module.load_state_dict(load_file(str(pipe / name / "diffusion_pytorch_model.safetensors")), strict=True)
@@ -381,12 +398,19 @@ def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path), "--no-progress"]) == 1  # no --data
     err = capsys.readouterr().err.strip()
     assert err.startswith("specdiff: error:") and "\n" not in err
-    assert main(["train", "--data", "synthetic", "--out", str(tmp_path), "--batch-size", "3", "--set", "micro_batch_size=2"]) == 1
+    assert (
+        main(
+            ["train", "--data", "synthetic", "--out", str(tmp_path), "--batch-size", "3", "--set", "micro_batch_size=2"]
+        )
+        == 1
+    )
     assert main(["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 1  # no feature cache
 
 
 def test_cli_module_is_light_and_in_sync():
-    code = "import sys, specdiff.train_cli as c; print(any(m == 'torch' or m.startswith('torch.') for m in sys.modules))"
+    code = (
+        "import sys, specdiff.train_cli as c; print(any(m == 'torch' or m.startswith('torch.') for m in sys.modules))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True)
     assert proc.stdout.strip() == "False", proc.stderr[-2000:]
     from specdiff import train_cli
@@ -484,7 +508,6 @@ def test_weighted_objective_scales_each_examples_error_and_logs_the_unweighted_o
     assert float(weighted.loss_sum) == pytest.approx(float(first.loss_sum), rel=1e-5)
     assert float(weighted.error_sum) == pytest.approx(float(plain.error_sum), rel=1e-6)
     assert float(weighted.loss_mean) == pytest.approx(float(plain.loss_mean), rel=1e-6)
-
 
 
 def test_a_min_snr_run_trains_and_logs_the_unweighted_error(tmp_path):

@@ -100,7 +100,9 @@ def test_absolute_phase_turns_a_constant_output_into_a_steady_sinusoid():
     late = head.frame_phase(100_000)[:, -1].double()
     k = torch.arange(641, dtype=torch.float64)
     exact = 2 * math.pi * k * 99_999 * 320 / 1280  # float64 holds these integers exactly
-    torch.testing.assert_close(torch.polar(torch.ones_like(late), late), torch.polar(torch.ones_like(exact), exact), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        torch.polar(torch.ones_like(late), late), torch.polar(torch.ones_like(exact), exact), rtol=0, atol=1e-5
+    )
 
 
 def test_config_without_phase_key_loads_as_frame_relative():
@@ -159,7 +161,9 @@ def test_refinement_off_is_the_network_alone():
 
 def _chord(seconds: float = 1.0) -> torch.Tensor:
     t = torch.arange(int(16000 * seconds), dtype=torch.float64) / 16000
-    audio = sum(0.2 * torch.sin(2 * math.pi * f * t) * torch.exp(-k * t) for k, f in enumerate((220.0, 277.2, 329.6, 1760.0)))
+    audio = sum(
+        0.2 * torch.sin(2 * math.pi * f * t) * torch.exp(-k * t) for k, f in enumerate((220.0, 277.2, 329.6, 1760.0))
+    )
     return audio.float()[None]
 
 
@@ -278,7 +282,9 @@ def test_pipeline_from_pretrained_uses_the_folders_vocoder(tmp_path):
     out = pipe(TokenizedMidi(segments, duration=2.0), num_inference_steps=2, output_type="np",
                generator=torch.Generator().manual_seed(0), show_progress=False)  # fmt: skip
     keep = (frames - 12) * 320
-    np.testing.assert_allclose(out.audios[0, :keep], unrefined(out.mels.astype(np.float32))[0, :keep], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        out.audios[0, :keep], unrefined(out.mels.astype(np.float32))[0, :keep], rtol=1e-4, atol=1e-5
+    )
     # save_pretrained carries the vocoder along.
     copy = pipe.save_pretrained(tmp_path / "copy")
     assert find_vocoder_dir(copy) == copy / "vocoder"
@@ -387,7 +393,19 @@ def test_train_vocoder_arguments():
     from specdiff.vocoder_train import TrainConfig
 
     args = _parser().parse_args(
-        ["train-vocoder", "--midi-dir", "m", "--audio-dir", "a", "--audio-dir", "b", "--run-dir", "r", "--max-steps", "7"]
+        [
+            "train-vocoder",
+            "--midi-dir",
+            "m",
+            "--audio-dir",
+            "a",
+            "--audio-dir",
+            "b",
+            "--run-dir",
+            "r",
+            "--max-steps",
+            "7",
+        ]
     )
     assert args.max_steps == 7 and args.midi_dir == [Path("m")] and args.audio_dir == [Path("a"), Path("b")]
     assert args.lr is None and not args.demo_corpus  # None: TrainConfig's default applies
@@ -443,13 +461,17 @@ def test_vocode_command(tmp_path):
 
     tiny_vocoder().save_pretrained(tmp_path / "model" / "vocoder")
     np.save(tmp_path / "mel.npy", random_log_mel(1, 11)[0])
-    args = _parser().parse_args(["vocode", str(tmp_path / "mel.npy"), "-o", str(tmp_path / "a.wav"), "--vocoder", str(tmp_path / "model")])
+    args = _parser().parse_args(
+        ["vocode", str(tmp_path / "mel.npy"), "-o", str(tmp_path / "a.wav"), "--vocoder", str(tmp_path / "model")]
+    )
     assert args.func(args) == 0
     audio, rate = sf.read(tmp_path / "a.wav")
     assert rate == 16000 and audio.shape == (11 * 320,)
 
     sf.write(tmp_path / "in.wav", _tone_clips(0.5)[0][:7777], 16000)  # not a whole number of frames
-    args = _parser().parse_args(["vocode", str(tmp_path / "in.wav"), "-o", str(tmp_path / "b.wav"), "--vocoder", str(tmp_path / "model")])
+    args = _parser().parse_args(
+        ["vocode", str(tmp_path / "in.wav"), "-o", str(tmp_path / "b.wav"), "--vocoder", str(tmp_path / "model")]
+    )
     args.func(args)
     assert sf.read(tmp_path / "b.wav")[0].shape == (7777,)
 
@@ -469,6 +491,8 @@ def test_vocode_command(tmp_path):
         args.func(args)
 
     np.save(tmp_path / "bad.npy", np.zeros((5, 64), np.float32))
-    args = _parser().parse_args(["vocode", str(tmp_path / "bad.npy"), "-o", str(tmp_path / "c.wav"), "--vocoder", str(tmp_path / "model")])
+    args = _parser().parse_args(
+        ["vocode", str(tmp_path / "bad.npy"), "-o", str(tmp_path / "c.wav"), "--vocoder", str(tmp_path / "model")]
+    )
     with pytest.raises(AudioError):
         args.func(args)

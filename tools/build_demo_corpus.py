@@ -268,9 +268,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--split-fraction", type=float, default=0.07, help="of works, each for validation and test")
     ap.add_argument("--limit-scale", type=float, default=1.0, help="scale every collection's limit (for quick trials)")
-    ap.add_argument("--work-timeout", type=int, default=60,
-                    help="seconds one work may take to convert; slower ones (whole multi-movement works "
-                    "that would exceed the size limit anyway) are skipped")
+    ap.add_argument(
+        "--work-timeout",
+        type=int,
+        default=60,
+        help="seconds one work may take to convert; slower ones (whole multi-movement works "
+        "that would exceed the size limit anyway) are skipped",
+    )
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -327,8 +331,11 @@ def main() -> None:
             "bytes": len(data),
         })  # fmt: skip
         counts[collection] = counts.get(collection, 0) + 1
-        print(f"[{len(entries)}] {rel} -> {template}{' +drums' if kit is not None else ''} "
-              f"({len(data)} B, {time.time() - t_start:.0f}s)", flush=True)
+        print(
+            f"[{len(entries)}] {rel} -> {template}{' +drums' if kit is not None else ''} "
+            f"({len(data)} B, {time.time() - t_start:.0f}s)",
+            flush=True,
+        )
     assign_splits(entries, args.seed, args.split_fraction)
     keep = {e["file"] for e in entries}
     for stale in args.out.glob("*.mid"):  # files of an earlier build that this one did not make
@@ -347,8 +354,10 @@ def main() -> None:
     os.replace(tmp, args.out / "manifest.json")
     total = sum(e["bytes"] for e in entries)
     hours = sum(e["duration_s"] for e in entries) / 3600
-    print(f"{len(entries)} files, {total / 1e6:.2f} MB, {hours:.2f} h, "
-          f"{sum(e['drums'] for e in entries)} with drums, {len(failures)} skipped")
+    print(
+        f"{len(entries)} files, {total / 1e6:.2f} MB, {hours:.2f} h, "
+        f"{sum(e['drums'] for e in entries)} with drums, {len(failures)} skipped"
+    )
 
 
 if __name__ == "__main__":

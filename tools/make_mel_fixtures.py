@@ -31,12 +31,20 @@ SAMPLE_RATE = 16000
 def tf_log_mel(audio: np.ndarray, dtype: tf.DType = tf.float32) -> np.ndarray:
     """MSD's MelGAN front end (ORIGINAL.md §1) in TensorFlow (MSD runs it in float32)."""
     stfts = tf.signal.stft(
-        tf.constant(audio, dtype), frame_length=640, frame_step=320, fft_length=1024,
-        window_fn=tf.signal.hann_window, pad_end=True,
+        tf.constant(audio, dtype),
+        frame_length=640,
+        frame_step=320,
+        fft_length=1024,
+        window_fn=tf.signal.hann_window,
+        pad_end=True,
     )
     mel_matrix = tf.signal.linear_to_mel_weight_matrix(
-        num_mel_bins=128, num_spectrogram_bins=513, sample_rate=SAMPLE_RATE,
-        lower_edge_hertz=0.0, upper_edge_hertz=8000.0, dtype=dtype,
+        num_mel_bins=128,
+        num_spectrogram_bins=513,
+        sample_rate=SAMPLE_RATE,
+        lower_edge_hertz=0.0,
+        upper_edge_hertz=8000.0,
+        dtype=dtype,
     )
     mel = tf.tensordot(tf.abs(stfts), mel_matrix, 1)
     return tf.math.log(tf.clip_by_value(mel, 1e-5, 1e8)).numpy()
@@ -76,8 +84,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     matrix = tf.signal.linear_to_mel_weight_matrix(128, 513, SAMPLE_RATE, 0.0, 8000.0).numpy()
-    np.savez_compressed(args.out / "filterbank.npz", filterbank=matrix.astype(np.float32),
-                        tf_version=np.array(tf.__version__))
+    np.savez_compressed(
+        args.out / "filterbank.npz", filterbank=matrix.astype(np.float32), tf_version=np.array(tf.__version__)
+    )
 
     arrays: dict[str, np.ndarray] = {"tf_version": np.array(tf.__version__)}
     for name, signal in test_signals().items():

@@ -455,8 +455,9 @@ def make_random(path: Path, seed: int) -> None:
             for _ in range(rng.randrange(1, 60)):
                 start = tick()
                 dur = rng.choice([0, grid, 2 * grid, rng.randrange(1, 4 * tpq)])
-                t.note(start, start + dur, ch, rng.choice(pitches), rng.randrange(1, 128),
-                       zero_vel_on=rng.random() < 0.5)
+                t.note(
+                    start, start + dur, ch, rng.choice(pitches), rng.randrange(1, 128), zero_vel_on=rng.random() < 0.5
+                )
             for _ in range(rng.randrange(0, 3)):  # unmatched note-ons / note-offs
                 t.on(tick(), ch, rng.choice(pitches))
                 t.off(tick(), ch, rng.choice(pitches))
@@ -464,8 +465,7 @@ def make_random(path: Path, seed: int) -> None:
         t.events = [(tk, i, m) for i, (tk, _, m) in enumerate(t.events)]
         tracks.append(t)
     if rng.random() < 0.3:  # notes in the tempo track too (as in type-0 files)
-        meta.events += [(tk, len(meta.events) + i, m) for i, (tk, _, m) in
-                        enumerate(tracks.pop().events)]
+        meta.events += [(tk, len(meta.events) + i, m) for i, (tk, _, m) in enumerate(tracks.pop().events)]
     save(path, tracks, tpq)
 
 
@@ -503,8 +503,10 @@ def fuzz(count: int, seed: int, keep_dir: Path) -> int:
                 keep_dir.mkdir(parents=True, exist_ok=True)
                 (keep_dir / path.name).write_bytes(path.read_bytes())
                 print(f"seed {seed + i}: MISMATCH (kept in {keep_dir})")
-    print(f"fuzz: {count} files, {count - skipped} compared, {bad} mismatches "
-          f"({skipped} rejected by the official processor)")
+    print(
+        f"fuzz: {count} files, {count - skipped} compared, {bad} mismatches "
+        f"({skipped} rejected by the official processor)"
+    )
     return bad
 
 
@@ -530,9 +532,13 @@ def compact(segment: list[int]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=OUT_DIR)
-    parser.add_argument("--fuzz", type=int, default=0, metavar="N",
-                        help="instead: compare specdiff.tokenizer with the official processor "
-                             "on N random files")
+    parser.add_argument(
+        "--fuzz",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: compare specdiff.tokenizer with the official processor on N random files",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.fuzz:
@@ -546,8 +552,7 @@ def main() -> None:
 
     golden = {
         "generator": "tools/make_token_fixtures.py",
-        "versions": {pkg: metadata.version(pkg)
-                     for pkg in ("diffusers", "note-seq", "pretty_midi", "mido")},
+        "versions": {pkg: metadata.version(pkg) for pkg in ("diffusers", "note-seq", "pretty_midi", "mido")},
         "files": {},
     }
     for path in paths:
@@ -557,8 +562,7 @@ def main() -> None:
             "segments": [compact(s) for s in segments],
         }
         lengths = [len(c["tokens"]) for c in golden["files"][path.name]["segments"]]
-        print(f"{path.name}: {len(segments)} segments, tokens {lengths}, "
-              f"{path.stat().st_size} bytes")
+        print(f"{path.name}: {len(segments)} segments, tokens {lengths}, {path.stat().st_size} bytes")
     text = json.dumps(golden, separators=(",", ":"))
     (args.out / "golden.json").write_text(text + "\n")
     total = sum(p.stat().st_size for p in args.out.iterdir())

@@ -45,11 +45,15 @@ def add_evaluate_arguments(subparsers: argparse._SubParsersAction) -> argparse.A
     p.add_argument("--demo-split", choices=("train", "validation", "test"),
                    help="evaluate the bundled demo corpus's pieces of this split (test = held out)")  # fmt: skip
     p.add_argument("--max-files", type=_positive_int, metavar="N", help="evaluate at most N files")
-    p.add_argument("--model", type=Path, metavar="DIR", help="pipeline folder (diffusers layout; default: the bundled model)")
+    p.add_argument(
+        "--model", type=Path, metavar="DIR", help="pipeline folder (diffusers layout; default: the bundled model)"
+    )
     p.add_argument("--reference-dir", type=Path, metavar="DIR",
                    help="reference audio named <midi stem>.wav/.flac (pieces without one: SoundFont render)")  # fmt: skip
     p.add_argument("--soundfont", metavar="SF2", help="SoundFont for rendered references (default: TimGM6mb.sf2)")
-    p.add_argument("--out", type=Path, default=Path("evaluation"), metavar="DIR", help="output folder (default: ./evaluation)")
+    p.add_argument(
+        "--out", type=Path, default=Path("evaluation"), metavar="DIR", help="output folder (default: ./evaluation)"
+    )
     p.add_argument("--steps", type=_positive_int, default=None, metavar="N",
                    help=f"denoising steps per segment (default: the model's sampling.json, else {DEFAULT_NUM_STEPS})")  # fmt: skip
     p.add_argument("--scheduler", choices=SCHEDULERS, default=None,
@@ -57,11 +61,15 @@ def add_evaluate_arguments(subparsers: argparse._SubParsersAction) -> argparse.A
     p.add_argument("--guidance", type=float, default=None, metavar="W",
                    help=f"classifier-free guidance weight (default: the model's sampling.json, else {DEFAULT_GUIDANCE})")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="random seed, the same for every piece (default: 0)")
-    p.add_argument("--max-seconds", type=_positive_float, metavar="S", help="evaluate only the first S seconds of each piece")
+    p.add_argument(
+        "--max-seconds", type=_positive_float, metavar="S", help="evaluate only the first S seconds of each piece"
+    )
     p.add_argument("--embedding", choices=EMBEDDINGS, default="mfcc-stats",
                    help="embedding of the Fréchet distance (default: mfcc-stats, see specdiff.embeddings)")  # fmt: skip
     p.add_argument("--no-transcription", action="store_true", help="skip the basic-pitch note-onset metrics")
-    p.add_argument("--png", action="store_true", help="one PNG per piece: reference vs generated spectrogram, piano roll")
+    p.add_argument(
+        "--png", action="store_true", help="one PNG per piece: reference vs generated spectrogram, piano roll"
+    )
     p.add_argument("--no-audio", action="store_true", help="do not write the generated audio")
     p.add_argument("--inverter", default="auto", choices=INVERTERS, help="spectrogram inverter (default: auto)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto (cuda, else mps, else cpu)")

@@ -52,7 +52,9 @@ def _seed(text: str) -> int:
 def add_precision_argument(p: argparse.ArgumentParser) -> None:
     """``--precision`` (synth, evaluate, serve)."""
     p.add_argument(
-        "--precision", choices=("auto", *PRECISIONS), default="auto",
+        "--precision",
+        choices=("auto", *PRECISIONS),
+        default="auto",
         help=f"precision of the networks (default: auto = the model's own setting where it is fast, else "
         f"{DEFAULT_PRECISION}). fp32 is the reference; bf16 runs ~1.7x faster on CPUs with native bf16 "
         "matmuls (AVX512-BF16, AMX) and on GPUs, with slightly different output; fp16 is for GPUs. The "

@@ -283,7 +283,7 @@ def _status(job: Job, position: int | None) -> dict[str, Any]:
 def _safe_name(name: str | None) -> str:
     """A display name for an upload: the file name only, printable, not too long."""
     name = Path(name or "upload.mid").name
-    name = "".join(c for c in name if c.isprintable() and c not in "\"\\")[:100]
+    name = "".join(c for c in name if c.isprintable() and c not in '"\\')[:100]
     return name or "upload.mid"
 
 
@@ -330,7 +330,7 @@ def create_app(
     app.state.queue = queue
     app.state.config = config
     app.state.synthesizer = synthesizer
-    too_large = (f"upload too large: the limit is {config.max_upload_bytes} bytes for the MIDI file")
+    too_large = f"upload too large: the limit is {config.max_upload_bytes} bytes for the MIDI file"
     app.add_middleware(UploadLimit, limit=config.max_upload_bytes + FORM_OVERHEAD_BYTES, path=UPLOAD_PATH,
                        describe=too_large)  # fmt: skip
 
