@@ -104,7 +104,8 @@ def markdown(result: dict[str, Any]) -> str:
         "render's mean F1. CPU s per audio s: process CPU time of notes-to-audio synthesis of one piece "
         f"({s['speed_piece']}, {s['threads']} thread(s)); below 1 is faster than real time on that many cores.",
         "",
-        "| sampler | steps | precision | group | pieces | onset F1 ours | onset F1 render | F1 ratio ↑ | log-mel L1 ↓ | MR-STFT ↓ | "
+        "| sampler | steps | precision | group | pieces | onset F1 ours | onset F1 render | F1 ratio ↑ | log-mel L1 "
+        "↓ | MR-STFT ↓ | "
         "Fréchet (mfcc) ↓ | CPU s per audio s ↓ |",
         "|---" * 12 + "|",
     ]
@@ -119,8 +120,10 @@ def markdown(result: dict[str, Any]) -> str:
                 else ("", "")
             )
             lines.append(
-                f"| {row['scheduler']} | {row['steps']} | {row['precision']} | {group} | {g['pieces']} | {g['generated_f1']:.3f} | "
-                f"{g['reference_f1']:.3f} | **{g['f1_ratio']:.2f}** | {g['log_mel_l1']:.3f} | {g['mr_stft_log_l1']:.3f} | "
+                f"| {row['scheduler']} | {row['steps']} | {row['precision']} | {group} | {g['pieces']} | "
+                f"{g['generated_f1']:.3f} | "
+                f"{g['reference_f1']:.3f} | **{g['f1_ratio']:.2f}** | {g['log_mel_l1']:.3f} | "
+                f"{g['mr_stft_log_l1']:.3f} | "
                 f"{extra[0]} | {extra[1]} |"
             )
     lines += ["", "Pieces: " + ", ".join(f"{p['piece']} ({p['group']})" for p in result["pieces"]), ""]

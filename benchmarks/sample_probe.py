@@ -102,8 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     batches = [collate(items[i : i + 8]) for i in range(0, len(items), 8)]
     for path in args.models:
         row = measure(load_model(path), batches, args.scheduler, args.steps, args.guidance)
-        print(json.dumps({"model": str(path), "scheduler": args.scheduler, "steps": args.steps,
-                          "guidance": args.guidance, **{k: round(v, 4) for k, v in row.items()}}), flush=True)  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "model": str(path),
+                    "scheduler": args.scheduler,
+                    "steps": args.steps,
+                    "guidance": args.guidance,
+                    **{k: round(v, 4) for k, v in row.items()},
+                }
+            ),
+            flush=True,
+        )
     return 0
 
 

@@ -515,11 +515,20 @@ def realtime_benchmark(preset: str, sampler: str, steps: int, threads: int, repe
                 start = time.perf_counter()
                 run()
                 times.append(time.perf_counter() - start)
-            rows.append({
-                "preset": preset, "sampler": sampler, "steps": steps, "guidance": guidance, "threads": threads,
-                "precision": precision, "wall_s": times, "rtf_best": SEGMENT_SECONDS / min(times), "rtf_median": SEGMENT_SECONDS / statistics.median(times),
-                "load_average": [round(x, 2) for x in os.getloadavg()],
-            })  # fmt: skip
+            rows.append(
+                {
+                    "preset": preset,
+                    "sampler": sampler,
+                    "steps": steps,
+                    "guidance": guidance,
+                    "threads": threads,
+                    "precision": precision,
+                    "wall_s": times,
+                    "rtf_best": SEGMENT_SECONDS / min(times),
+                    "rtf_median": SEGMENT_SECONDS / statistics.median(times),
+                    "load_average": [round(x, 2) for x in os.getloadavg()],
+                }
+            )
     finally:
         torch.set_num_threads(previous)
     return rows
@@ -645,10 +654,13 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             "## The same workload, ours vs diffusers (same weights, same run, batch 1, no guidance)",
             "",
-            'Two-segment song (the second with a full context); ours: `pipe(song, scheduler="ddpm", guidance_scale=1)`; '
+            'Two-segment song (the second with a full context); ours: `pipe(song, scheduler="ddpm", '
+            "guidance_scale=1)`; "
             "diffusers: its pipeline loop (ORIGINAL.md §5.1: encoders on 2048 tokens, T5FilmDecoder, DDPMScheduler). "
-            "Runs alternate ours / diffusers; each is split into encoder time and the denoising loop, which is measured "
-            "at two step counts per segment: a line through the two medians gives the loop's fixed cost per song (ours: "
+            "Runs alternate ours / diffusers; each is split into encoder time and the denoising loop, which is "
+            "measured "
+            "at two step counts per segment: a line through the two medians gives the loop's fixed cost per song "
+            "(ours: "
             "cross-attention keys/values once per segment, FiLM of all step times at once) and its cost per step. "
             "100 and 1000 steps are extrapolated: encoders + fixed + steps × the cost per step.",
             "",
@@ -663,9 +675,11 @@ def markdown(result: dict[str, Any]) -> str:
                 prefix = "" if which == "ours" else f"{which}_"
                 label = r["preset"] if which == "ours" else f"{r['preset']}, ours in bf16"
                 lines.append(
-                    f"| {label} | {k1} and {k2} × {r['segments']} | {r[f'{which}_encode_s']:.2f} / {r['diffusers_encode_s']:.2f} | "
+                    f"| {label} | {k1} and {k2} × {r['segments']} | {r[f'{which}_encode_s']:.2f} / "
+                    f"{r['diffusers_encode_s']:.2f} | "
                     f"{r[f'{which}_loop_fixed_s']:.2f} / {r['diffusers_loop_fixed_s']:.2f} | "
-                    f"{r[f'{which}_per_step_s']:.3f} / {r['diffusers_per_step_s']:.3f} | ×{r[f'{prefix}speedup_per_step']:.2f} | "
+                    f"{r[f'{which}_per_step_s']:.3f} / {r['diffusers_per_step_s']:.3f} | "
+                    f"×{r[f'{prefix}speedup_per_step']:.2f} | "
                     f"**×{r[f'{prefix}speedup_100_steps']:.2f}** | ×{r[f'{prefix}speedup_1000_steps']:.2f} | "
                     f"{r[f'rtf_{which}_100_steps']:.3f} / {r['rtf_diffusers_100_steps']:.4f} | "
                     f"{r[f'{prefix}max_abs_mel_diff']:.1e} |"
@@ -703,8 +717,10 @@ def markdown(result: dict[str, Any]) -> str:
             f"{pair('decoder_step_2048')} | {pair('decoder_step_pipeline')} | {r['decoder_step_cfg_batch2_s']:.3f} s | "
             f"{r['decoder_step_gflop']:.1f} / {_f(r.get('diffusers_decoder_step_gflop'), '{:.1f}')} | "
             f"{r['decoder_gflops_per_s']:.1f} (**{r['decoder_fraction_of_matmul_ceiling']:.0%}**) | "
-            f"{r['rtf_ours_20_steps']:.2f} / {r['rtf_ours_100_steps']:.3f} | {r['rtf_ours_cfg_20_steps']:.2f} / {r['rtf_ours_cfg_100_steps']:.3f} | "
-            f"{_f(r.get('rtf_diffusers_100_steps'), '{:.4f}')} | {_f(r.get('speedup_vs_diffusers_100_steps_components'), '×{:.2f}')} |"
+            f"{r['rtf_ours_20_steps']:.2f} / {r['rtf_ours_100_steps']:.3f} | {r['rtf_ours_cfg_20_steps']:.2f} / "
+            f"{r['rtf_ours_cfg_100_steps']:.3f} | "
+            f"{_f(r.get('rtf_diffusers_100_steps'), '{:.4f}')} | "
+            f"{_f(r.get('speedup_vs_diffusers_100_steps_components'), '×{:.2f}')} |"
         )
     lines += [
         "",
@@ -724,7 +740,8 @@ def markdown(result: dict[str, Any]) -> str:
         measured = ", ".join(f"{k}: {s:.2f}" for k, s in zip(r["measured_steps"], r["measured_s"]))
         lines.append(
             f"| {r['preset']} | {r['sampler']} | {measured} | {r['per_step_s']:.3f} s | {r['fixed_s']:.3f} s | "
-            f"{r['typical_steps']} | {r['rtf_typical_steps']:.3f} | {_f(r.get('rtf_typical_steps_with_griffinlim'), '{:.3f}')} | "
+            f"{r['typical_steps']} | {r['rtf_typical_steps']:.3f} | "
+            f"{_f(r.get('rtf_typical_steps_with_griffinlim'), '{:.3f}')} | "
             f"{_f(r.get('rtf_typical_steps_with_vocoder'), '{:.3f}')} | {r['rtf_100_steps']:.3f} |"
         )
     inv = result.get("inverter", {})
@@ -733,12 +750,14 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             "## Measured real time, whole pipeline to audio (wall clock, vocoder with random weights)",
             "",
-            "| preset | sampler | steps | guidance | precision | threads | wall s (each run) | RTF best / median | load average |",
+            "| preset | sampler | steps | guidance | precision | threads | wall s (each run) | RTF best / median | "
+            "load average |",
             "|---" * 9 + "|",
         ]
         for r in result["realtime"]:
             lines.append(
-                f"| {r['preset']} | {r['sampler']} | {r['steps']} | {r['guidance']} | {r.get('precision', 'fp32')} | {r['threads']} | "
+                f"| {r['preset']} | {r['sampler']} | {r['steps']} | {r['guidance']} | {r.get('precision', 'fp32')} | "
+                f"{r['threads']} | "
                 f"{', '.join(f'{t:.2f}' for t in r['wall_s'])} | **{r['rtf_best']:.2f}** / {r['rtf_median']:.2f} | "
                 f"{r['load_average']} |"
             )
@@ -752,7 +771,8 @@ def markdown(result: dict[str, Any]) -> str:
         "Per-step and fixed costs are a line through the two measured runs; the typical step counts are extrapolated. "
         "Guidance 2.0 runs the decoder at batch 2 (conditional + unconditional; the unconditional row skips the "
         "cross-attention). Inverter cost per segment: "
-        f"Griffin-Lim {_f(inv.get('griffinlim_segment_s'), '{:.3f}')} s, vocoder {_f(inv.get('vocoder_segment_s'), '{:.3f}')} s "
+        f"Griffin-Lim {_f(inv.get('griffinlim_segment_s'), '{:.3f}')} s, vocoder "
+        f"{_f(inv.get('vocoder_segment_s'), '{:.3f}')} s "
         f"({_f(inv.get('vocoder_params_M'), '{:.1f}')} M parameters).",
         "",
         "## Tokenization (MIDI -> token segments)",

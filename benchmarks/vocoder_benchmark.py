@@ -248,7 +248,9 @@ def main() -> None:
         "speed_x_real_time": speeds,
         "speed_excerpt_seconds": len(longest) / 16000,
         "onset_note": onset_note,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared), torch {torch.__version__}",
+        "machine": (
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared), torch {torch.__version__}"
+        ),
         "per_clip": per_clip,
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -37,8 +37,9 @@ def _check_rate(rate: int, what: str) -> int:
 def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Read an audio file as mono float32 at ``sample_rate`` (default 16 kHz): shape ``[num_samples]``.
 
-    Channels are averaged; other rates are resampled by the exact rational ratio (:func:`resample`). Raises ``AudioError`` for a missing,
-    unreadable or empty file, non-finite samples, or a sample rate outside 1 kHz..768 kHz.
+    Channels are averaged; other rates are resampled by the exact rational ratio (:func:`resample`).
+    Raises ``AudioError`` for a missing, unreadable or empty file, non-finite samples, or a sample
+    rate outside 1 kHz..768 kHz.
     """
     import soundfile
 

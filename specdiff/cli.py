@@ -169,7 +169,8 @@ def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         default=None,
         metavar="W",
         help=f"classifier-free guidance weight w: eps = w*eps_cond + (1-w)*eps_uncond (default: the "
-        f"model's own setting, else {DEFAULT_GUIDANCE}, the paper's colab; its training default was 5). w = 1 turns guidance "
+        f"model's own setting, else {DEFAULT_GUIDANCE}, the paper's colab; its training default was 5). w = 1 turns "
+        "guidance "
         "off and halves the decoder work; larger w follows the notes more closely but can sound "
         "harsher.",
     )

@@ -161,8 +161,9 @@ def _load_pipeline(model: Any, inverter: str, device: str, dtype: Any = None):
         raise SpecdiffError(f"model folder not found: {path}")
     import torch
 
-    return SpectrogramDiffusionPipeline.from_pretrained(path, device=device, inverter=inverter,
-                                                        dtype=dtype if dtype is not None else torch.float32)  # fmt: skip
+    return SpectrogramDiffusionPipeline.from_pretrained(
+        path, device=device, inverter=inverter, dtype=dtype if dtype is not None else torch.float32
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -51,11 +51,12 @@ EncodingAndMask = tuple[Tensor, Tensor]
 
 # Defaults (the values live in specdiff.default_model, which the light CLI reads too; a model
 # folder's sampling.json overrides them for that model). The model was trained on the continuous
-# log-SNR schedule, so the original sampler is the faithful one. The paper's colab ran 1000 steps with w = 2.0 (the conversion script also
-# used 2.0; the gin default was 5.0, spec §4.1); diffusers' pipeline runs 100 steps with no CFG
-# (w = 1, spec §5.1). We keep diffusers' 100 steps (10x cheaper than 1000; the diffusers pipeline
-# shows 100 ancestral steps give clean spectrograms) and the colab's guidance 2.0, which costs a
-# second decoder pass per step (batched with the conditional one) and sharpens note adherence.
+# log-SNR schedule, so the original sampler is the faithful one. The paper's colab ran 1000 steps
+# with w = 2.0 (the conversion script also used 2.0; the gin default was 5.0, spec §4.1);
+# diffusers' pipeline runs 100 steps with no CFG (w = 1, spec §5.1). We keep diffusers' 100 steps
+# (10x cheaper than 1000; the diffusers pipeline shows 100 ancestral steps give clean
+# spectrograms) and the colab's guidance 2.0, which costs a second decoder pass per step (batched
+# with the conditional one) and sharpens note adherence.
 from specdiff.default_model import (  # noqa: E402
     DEFAULT_GUIDANCE,
     DEFAULT_NUM_STEPS,

@@ -171,7 +171,23 @@ def batch_rolls(tokens: Tensor | Sequence[Sequence[int]], num_frames: int = SEGM
 
 
 __all__ = [
-    "ROLL_FEATURES", "TONAL_FEATURES", "DRUM_FEATURES", "PITCH_FEATURES", "FAMILY_FEATURES", "NUM_FAMILIES", "NUM_PITCHES", "TONAL_KINDS", "DRUM_KINDS",
-    "TONAL_DECAY_FRAMES", "DRUM_DECAY_FRAMES", "DRUM_DECAY_SPAN",
-    "tonal_feature", "drum_feature", "pitch_feature", "family_feature", "segment_notes", "segment_roll", "batch_rolls",
-]  # fmt: skip
+    "ROLL_FEATURES",
+    "TONAL_FEATURES",
+    "DRUM_FEATURES",
+    "PITCH_FEATURES",
+    "FAMILY_FEATURES",
+    "NUM_FAMILIES",
+    "NUM_PITCHES",
+    "TONAL_KINDS",
+    "DRUM_KINDS",
+    "TONAL_DECAY_FRAMES",
+    "DRUM_DECAY_FRAMES",
+    "DRUM_DECAY_SPAN",
+    "tonal_feature",
+    "drum_feature",
+    "pitch_feature",
+    "family_feature",
+    "segment_notes",
+    "segment_roll",
+    "batch_rolls",
+]

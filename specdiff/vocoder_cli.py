@@ -44,10 +44,17 @@ def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
         action="append",
         help="folder of MIDI files, rendered once into RUN_DIR/rendered/; repeatable",
     )
-    src.add_argument("--demo-corpus", action="store_true", help="the bundled demo corpus: train split rendered for training, "
-                     "validation split for validation")  # fmt: skip
-    src.add_argument("--cache-dir", type=Path, help="a training feature cache (specdiff.data): its train songs' audio is "
-                     "re-read or re-rendered from the sources in its index")  # fmt: skip
+    src.add_argument(
+        "--demo-corpus",
+        action="store_true",
+        help="the bundled demo corpus: train split rendered for training, validation split for validation",
+    )
+    src.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="a training feature cache (specdiff.data): its train songs' audio is "
+        "re-read or re-rendered from the sources in its index",
+    )
     p.add_argument("--run-dir", type=Path, required=True, help="checkpoints, logs and the exported vocoder/")
     p.add_argument("--val-dir", type=Path, help="held-out audio for validation (default: the demo validation split "
                    "with --demo-corpus, else every 20th training file)")  # fmt: skip

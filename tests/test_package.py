@@ -11,7 +11,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_import_is_light():
-    code = "import sys, specdiff; heavy = [m for m in ('torch', 'onnxruntime', 'matplotlib', 'diffusers', 'symusic') if m in sys.modules]; print(','.join(heavy))"
+    code = (
+        "import sys, specdiff; "
+        "heavy = [m for m in ('torch', 'onnxruntime', 'matplotlib', 'diffusers', 'symusic') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 

@@ -133,8 +133,10 @@ def test_drums_render_on_channel_10():
 
 def test_multitrack_and_many_tracks_sum():
     # 17 melodic tracks need two synthesizer passes (15 melodic channels each)
-    tracks = [{"channel": i % 16 if i % 16 != 9 else 15, "program": 0, "notes": [(0.05 * i, 0.05 * i + 0.3, 48 + i, 90)]}
-              for i in range(17)]  # fmt: skip
+    tracks = [
+        {"channel": i % 16 if i % 16 != 9 else 15, "program": 0, "notes": [(0.05 * i, 0.05 * i + 0.3, 48 + i, 90)]}
+        for i in range(17)
+    ]
     score = load_score(make_midi(tracks))
     assert len([t for t in score.tracks if len(t.notes)]) >= 16
     audio = render_midi(score)

@@ -150,8 +150,12 @@ def test_zero_output_init_and_loss_for_v_prediction(segments):
     assert not model.decoder.spec_out.weight.any() and torch.all(model.decoder.spec_out.bias == -1.0)
     model = _score_model(prediction_type="v_prediction")
     initialise_output(model.decoder, "zero")
-    batch = {"tokens": torch.tensor(segments), "context": torch.zeros(2, 256, 128),
-             "context_mask": torch.zeros(2, 256, dtype=torch.bool), "target": torch.full((2, 256, 128), -1.0)}  # fmt: skip
+    batch = {
+        "tokens": torch.tensor(segments),
+        "context": torch.zeros(2, 256, 128),
+        "context_mask": torch.zeros(2, 256, dtype=torch.bool),
+        "target": torch.full((2, 256, 128), -1.0),
+    }
     t, noise = torch.tensor([0.3, 0.8]), torch.randn(2, 256, 128)
     out = diffusion_loss(model, batch, t, noise, torch.tensor([True, False]))
     # A zero output predicts v = 0: the objective is |v| summed; the logged error is that of eps = sigma z.

@@ -384,7 +384,10 @@ def test_cli_module_imports_nothing_heavy():
     import subprocess
     import sys
 
-    code = "import sys, specdiff.vocoder_cli; print(sorted(m for m in ('torch', 'numpy', 'specdiff.vocoder') if m in sys.modules))"
+    code = (
+        "import sys, specdiff.vocoder_cli; "
+        "print(sorted(m for m in ('torch', 'numpy', 'specdiff.vocoder') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -421,9 +424,30 @@ def test_train_vocoder_command_trains_resumes_and_exports(tmp_path):
 
     for i, clip in enumerate(_tone_clips()):
         sf.write(tmp_path / f"clip{i}.wav", clip, 16000)
-    common = ["train-vocoder", "--audio-dir", str(tmp_path), "--run-dir", str(tmp_path / "run"), "--no-progress",
-              "--dim", "16", "--intermediate-dim", "32", "--num-layers", "2", "--batch-size", "2",
-              "--segment-frames", "8", "--warmup-steps", "2", "--gan-batch-size", "1", "--checkpoint-every", "2"]  # fmt: skip
+    common = [
+        "train-vocoder",
+        "--audio-dir",
+        str(tmp_path),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--no-progress",
+        "--dim",
+        "16",
+        "--intermediate-dim",
+        "32",
+        "--num-layers",
+        "2",
+        "--batch-size",
+        "2",
+        "--segment-frames",
+        "8",
+        "--warmup-steps",
+        "2",
+        "--gan-batch-size",
+        "1",
+        "--checkpoint-every",
+        "2",
+    ]
     args = _parser().parse_args([*common, "--max-steps", "2"])
     assert args.func(args) == 0
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)

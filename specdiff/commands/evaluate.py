@@ -48,18 +48,32 @@ def add_evaluate_arguments(subparsers: argparse._SubParsersAction) -> argparse.A
     p.add_argument(
         "--model", type=Path, metavar="DIR", help="pipeline folder (diffusers layout; default: the bundled model)"
     )
-    p.add_argument("--reference-dir", type=Path, metavar="DIR",
-                   help="reference audio named <midi stem>.wav/.flac (pieces without one: SoundFont render)")  # fmt: skip
+    p.add_argument(
+        "--reference-dir",
+        type=Path,
+        metavar="DIR",
+        help="reference audio named <midi stem>.wav/.flac (pieces without one: SoundFont render)",
+    )
     p.add_argument("--soundfont", metavar="SF2", help="SoundFont for rendered references (default: TimGM6mb.sf2)")
     p.add_argument(
         "--out", type=Path, default=Path("evaluation"), metavar="DIR", help="output folder (default: ./evaluation)"
     )
-    p.add_argument("--steps", type=_positive_int, default=None, metavar="N",
-                   help=f"denoising steps per segment (default: the model's sampling.json, else {DEFAULT_NUM_STEPS})")  # fmt: skip
+    p.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help=f"denoising steps per segment (default: the model's sampling.json, else {DEFAULT_NUM_STEPS})",
+    )
     p.add_argument("--scheduler", choices=SCHEDULERS, default=None,
                    help=f"sampler (default: the model's sampling.json, else {DEFAULT_SCHEDULER})")  # fmt: skip
-    p.add_argument("--guidance", type=float, default=None, metavar="W",
-                   help=f"classifier-free guidance weight (default: the model's sampling.json, else {DEFAULT_GUIDANCE})")  # fmt: skip
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        metavar="W",
+        help=f"classifier-free guidance weight (default: the model's sampling.json, else {DEFAULT_GUIDANCE})",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed, the same for every piece (default: 0)")
     p.add_argument(
         "--max-seconds", type=_positive_float, metavar="S", help="evaluate only the first S seconds of each piece"
