@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -191,3 +193,69 @@ def _format_for(path: Path) -> str:
 
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
+
+
+class StreamingAudioFile:
+    """An audio file written chunk by chunk into a hidden temp file, renamed into place at the end.
+
+    ``write`` appends mono float samples (clipped to [-1, 1] for integer formats, with one warning);
+    ``commit`` closes the file and replaces ``path`` with it; ``abort`` (also on any exception inside
+    a ``with`` block) deletes the temp file, so a failed or interrupted run leaves no partial file.
+    """
+
+    def __init__(self, path: Path, sample_rate: int, subtype: str = "PCM_16"):
+        import soundfile
+
+        path = Path(path)
+
+        self.path = path
+        file_format = path.suffix.lstrip(".").upper() or "WAV"
+        if not soundfile.check_format(file_format, subtype):
+            subtype = soundfile.default_subtype(file_format)  # e.g. VORBIS for .ogg
+        self._clip = subtype.upper().startswith("PCM")
+        self._clipped = False
+        self.num_samples = 0
+        try:
+            fd, self._tmp = create_temp(path)
+        except OSError as err:
+            raise AudioError(f"cannot write {path}: {err.strerror or err}") from None
+        os.close(fd)
+        try:
+            self._file = soundfile.SoundFile(
+                self._tmp, "w", samplerate=sample_rate, channels=1, subtype=subtype, format=file_format
+            )
+        except BaseException:
+            Path(self._tmp).unlink(missing_ok=True)
+            raise
+
+    def write(self, audio: Any) -> None:
+        """Append mono float samples (and flush them to disk)."""
+        data = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if not np.isfinite(data).all():
+            raise AudioError(f"{self.path}: refusing to write audio that contains NaN or infinite samples")
+        if self._clip and data.size and float(np.abs(data).max()) > 1.0:
+            if not self._clipped:
+                warnings.warn(f"{self.path}: the audio exceeds full scale; {LIMITER_NOTE}", stacklevel=2)
+                self._clipped = True
+            data = soft_limit(data)
+        self._file.write(data)
+        self._file.flush()  # the samples are on disk as soon as the segment is done
+        self.num_samples += data.size
+
+    def commit(self) -> Path:
+        """Close the file and rename it to ``path``."""
+        self._file.close()
+        return commit(self._tmp, self.path)
+
+    def abort(self) -> None:
+        """Close and delete the temporary file (``path`` is left as it was)."""
+        if not self._file.closed:
+            self._file.close()
+        Path(self._tmp).unlink(missing_ok=True)
+
+    def __enter__(self) -> StreamingAudioFile:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()

@@ -3,7 +3,7 @@
 Run it as ``specdiff train --data CACHE_DIR --out runs/x`` (or ``python -m specdiff.train train ...``),
 or under ``torchrun --nproc_per_node N -m specdiff.train train ...`` for data-parallel training (NCCL on
 GPU, gloo on CPU). The command line (arguments, ``run_train``, ``run_export``) lives in the light
-``specdiff.train_cli``, which imports this module (never the reverse).
+``specdiff.commands.train``, which imports this module (never the reverse).
 
 Determinism. Training example number ``c`` (a global sample counter, advanced by the global batch each
 step) reads dataset item ``c % len(dataset)`` and draws its diffusion time, noise and CFG drop from a

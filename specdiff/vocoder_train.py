@@ -6,7 +6,7 @@ losses with feature matching from a multi-period discriminator (MPD, HiFi-GAN) a
 multi-resolution spectrogram discriminator (MRD, UnivNet/Vocos). The discriminators are slimmer
 than the originals so that the run fits a shared CPU.
 
-Commands (argparse in specdiff/vocoder_cli.py, wired into specdiff/cli.py):
+Commands (argparse in specdiff/commands/vocoder.py, wired into specdiff/cli.py):
   specdiff train-vocoder [--audio-dir DIR] [--midi-dir DIR] [--demo-corpus] [--cache-dir DIR] --run-dir RUN ...
   specdiff vocode mel.npy|in.wav -o out.wav --vocoder DIR
 """

@@ -112,6 +112,10 @@ HEAVY_MODULES = (
     "specdiff.vocoder_train",
     "specdiff.vocoder_cli",
     "specdiff.serve",
+    "specdiff.commands.train",
+    "specdiff.commands.evaluate",
+    "specdiff.commands.vocoder",
+    "specdiff.commands.serve",
 )
 
 

@@ -1,9 +1,15 @@
-"""Command-line code: argument parsers, ``run_*`` functions and the options they share.
+"""Command-line code: one module per subcommand, and what they share.
 
+- :mod:`~specdiff.commands.synth`: ``synth``;
+- :mod:`~specdiff.commands.train`: ``prepare``, ``train``, ``export``;
+- :mod:`~specdiff.commands.evaluate`: ``evaluate``;
+- :mod:`~specdiff.commands.vocoder`: ``train-vocoder``, ``vocode``, ``export-vocoder``;
+- :mod:`~specdiff.commands.serve`: ``serve``;
+- :mod:`~specdiff.commands.options`: the model options and the model-loading steps that ``synth``,
+  ``evaluate`` and ``serve`` share, the number parsers, :class:`~specdiff.commands.options.UsageError`.
+
+The entry point (the registry of subcommands, ``main`` and the error policy) is :mod:`specdiff.cli`.
 Imports run one way: commands use the library (``specdiff.pipeline``, ``specdiff.train``,
-``specdiff.evaluate``, ...), the library never imports a command. The ``specdiff`` entry point with
-its command registry and error policy is :mod:`specdiff.cli`; the command modules are
-:mod:`specdiff.cli` (synth), :mod:`specdiff.train_cli` (prepare, train, export),
-:mod:`specdiff.vocoder_cli` (train-vocoder, vocode, export-vocoder), :mod:`specdiff.serve` and
-:mod:`specdiff.commands.evaluate`; :mod:`specdiff.commands.options` holds what they share.
+``specdiff.evaluate``, ...); the library never imports a command. Building the parser imports no
+torch: each module imports heavy libraries inside the functions that run the command.
 """

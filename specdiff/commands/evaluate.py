@@ -12,9 +12,8 @@ from specdiff.commands.options import (
     _positive_int,
     add_precision_argument,
     resolve_device,
-    resolve_model_dir,
+    resolve_model,
     resolve_precision,
-    resolve_sampling,
 )
 from specdiff.constants import DEFAULT_GUIDANCE, DEFAULT_NUM_STEPS, DEFAULT_SCHEDULER, DEVICES, INVERTERS, SCHEDULERS
 from specdiff.errors import SpecdiffError
@@ -109,8 +108,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise SpecdiffError("nothing to evaluate: give MIDI files or folders, or --demo-split test")
     if args.max_files is not None:
         midi_files = midi_files[: args.max_files]
-    model = resolve_model_dir(args.model)
-    resolve_sampling(args, model)
+    model = resolve_model(args)
     device = resolve_device(args.device)
     dtype = resolve_precision(args, device)
     results = evaluation.evaluate(

@@ -14,6 +14,13 @@ from specdiff.constants import DEFAULT_PRECISION, PRECISIONS
 from specdiff.default_model import precision_dtype
 from specdiff.errors import SpecdiffError
 
+PROG = "specdiff"
+
+
+def one_line(message: object) -> str:
+    """Error text on one line, whatever the raiser put in it."""
+    return "; ".join(line.strip() for line in str(message).splitlines() if line.strip()) or "unknown error"
+
 
 class UsageError(SpecdiffError):
     """The command cannot run as given (e.g. no model to use); exits with status 2."""
@@ -128,3 +135,23 @@ def resolve_device(name: str) -> str:
     if name == "mps" and not has_mps:
         raise SpecdiffError("--device mps: Apple MPS is not available here (try --device cpu)")
     return name
+
+
+def resolve_model(args: argparse.Namespace) -> Path:
+    """The model folder of ``--model`` (else the bundled one), with ``args.scheduler`` / ``steps`` /
+    ``guidance`` left unset on the command line filled from its ``sampling.json``. Cheap (no torch):
+    commands call it before any slow step."""
+    model_dir = resolve_model_dir(args.model)
+    resolve_sampling(args, model_dir)
+    return model_dir
+
+
+def load_pipeline(args: argparse.Namespace, model_dir: Path) -> tuple[Any, str]:
+    """The pipeline of ``model_dir`` on ``--device`` in ``--precision`` with ``--inverter``, and the
+    device used (``args.precision`` is set to the precision chosen)."""
+    from specdiff.pipeline import SpectrogramDiffusionPipeline
+
+    device = resolve_device(args.device)
+    dtype = resolve_precision(args, device)
+    pipe = SpectrogramDiffusionPipeline.from_pretrained(model_dir, device=device, dtype=dtype, inverter=args.inverter)
+    return pipe, device

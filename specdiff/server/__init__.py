@@ -8,5 +8,5 @@ Modules, one job each:
 - ``png``: a dependency-free spectrogram PNG writer, used when matplotlib is not installed.
 - ``app``: the FastAPI application (JSON API, server-sent progress events, the static page).
 
-The command-line side is ``specdiff/serve.py``; the page itself is ``specdiff/web/``.
+The command-line side is ``specdiff/commands/serve.py``; the page itself is ``specdiff/web/``.
 """

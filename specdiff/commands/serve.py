@@ -1,0 +1,273 @@
+"""``specdiff serve``: a local web app and JSON API for MIDI -> audio synthesis.
+
+One model is loaded once; requests queue behind it (``specdiff.server.jobs``). The page at ``/``
+uploads a MIDI file (or picks a bundled example), follows the job's progress, plays the result and
+shows its spectrogram and piano roll; ``/docs`` documents the API. Loopback only by default: the
+service has no authentication.
+
+This module only builds the parser and starts the server; nothing heavy (torch, FastAPI) is
+imported until the command runs, so ``specdiff --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import ipaddress
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from specdiff.commands.options import add_precision_argument, load_pipeline, resolve_model
+from specdiff.constants import DEVICES, INVERTERS, SCHEDULERS
+from specdiff.errors import SpecdiffError
+from specdiff.server.config import DEFAULT_GUIDANCE, DEFAULT_NUM_STEPS, DEFAULT_SCHEDULER, ServeConfig
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+#: What `pip install` needs for this command (the `serve` extra).
+SERVE_REQUIREMENTS = ("fastapi", "uvicorn", "multipart")
+
+_DESCRIPTION = """\
+Serve a web page and a JSON API for MIDI-to-audio synthesis with one loaded model.
+
+Open the printed address in a browser: upload a MIDI file (or pick a bundled example), choose
+steps, guidance and seed, watch the progress, then play the audio and look at its spectrogram and
+piano roll. Programs use the API (OpenAPI schema at /openapi.json, documentation at /docs):
+POST /api/jobs (multipart: midi file + settings) -> GET /api/jobs/{id} or /api/jobs/{id}/events
+-> GET /api/jobs/{id}/audio.wav. One job runs at a time; others wait in a bounded queue.
+"""
+
+_EPILOG = """\
+examples:
+  specdiff serve --model ./music-spectrogram-diffusion
+  specdiff serve --model DIR --port 8080 --device cuda --max-queued 4 --max-seconds 60
+"""
+
+
+def _positive(kind: type):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+        return value
+
+    return parse
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {value}")
+    return value
+
+
+def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``serve`` subcommand (``set_defaults(func=run_serve)``)."""
+    defaults = ServeConfig()
+    p = subparsers.add_parser(
+        "serve", help="run a local web app / HTTP API for synthesis", description=_DESCRIPTION,
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    p.add_argument(
+        "--model",
+        type=Path,
+        metavar="DIR",
+        help="pipeline folder in diffusers layout (default: the model bundled with the package, if any)",
+    )
+    p.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to listen on (default: {DEFAULT_HOST}, this machine only). The service has no "
+        "authentication: listen on other addresses only on a network you trust.",
+    )
+    p.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"TCP port (default: {DEFAULT_PORT}; 0: any free)")
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="where to run the model (default: auto = cuda, else mps, else cpu)",
+    )
+    add_precision_argument(p)
+    p.add_argument(
+        "--threads",
+        type=_positive(int),
+        default=None,
+        metavar="N",
+        help="CPU threads for PyTorch (default: PyTorch's own choice, one per core)",
+    )
+    p.add_argument(
+        "--inverter",
+        choices=INVERTERS,
+        default="auto",
+        help="spectrogram-to-audio inverter (default: auto, as in `specdiff synth`)",
+    )
+    g = p.add_argument_group("limits")
+    g.add_argument(
+        "--max-queued",
+        type=_non_negative_int,
+        default=defaults.max_queued,
+        metavar="N",
+        help=f"jobs that may wait behind the running one; more get HTTP 429 (default: {defaults.max_queued})",
+    )
+    g.add_argument(
+        "--max-upload-mb",
+        type=_positive(float),
+        default=defaults.max_upload_bytes / 2**20,
+        metavar="MB",
+        help=f"largest MIDI upload in MiB (default: {defaults.max_upload_bytes / 2**20:g})",
+    )
+    g.add_argument(
+        "--max-seconds",
+        type=_positive(float),
+        default=defaults.max_midi_seconds,
+        metavar="S",
+        help=f"longest accepted music in seconds (default: {defaults.max_midi_seconds:g})",
+    )
+    g.add_argument(
+        "--max-steps",
+        type=_positive(int),
+        default=defaults.max_steps,
+        metavar="N",
+        help=f"most denoising steps a request may ask for (default: {defaults.max_steps})",
+    )
+    g.add_argument(
+        "--result-ttl",
+        type=_positive(float),
+        default=defaults.result_ttl,
+        metavar="S",
+        help=f"seconds results are kept when never fetched (default: {defaults.result_ttl:g})",
+    )
+    g.add_argument(
+        "--fetched-ttl",
+        type=_positive(float),
+        default=defaults.fetched_ttl,
+        metavar="S",
+        help=f"seconds results are kept after their audio was first fetched (default: {defaults.fetched_ttl:g})",
+    )
+    g.add_argument(
+        "--workdir", type=Path, metavar="DIR", help="folder for results (default: a temporary folder, removed at exit)"
+    )
+    d = p.add_argument_group("defaults offered by the page")
+    d.add_argument(
+        "--steps",
+        type=_positive(int),
+        default=None,
+        metavar="N",
+        help=f"denoising steps per segment (default: the model's sampling.json, else {DEFAULT_NUM_STEPS})",
+    )
+    d.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        metavar="W",
+        help=f"classifier-free guidance weight (default: the model's sampling.json, else {DEFAULT_GUIDANCE:g})",
+    )
+    d.add_argument(
+        "--scheduler",
+        choices=SCHEDULERS,
+        default=None,
+        help=f"sampler (default: the model's sampling.json, else {DEFAULT_SCHEDULER}; see `specdiff synth --help`)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+    p.set_defaults(func=run_serve)
+    return p
+
+
+def check_dependencies() -> None:
+    """A clear error when the `serve` extra is not installed."""
+    missing = [name for name in SERVE_REQUIREMENTS if importlib.util.find_spec(name) is None]
+    if missing:
+        pip_names = {"multipart": "python-multipart"}
+        raise SpecdiffError(
+            f"specdiff serve needs {', '.join(pip_names.get(m, m) for m in missing)}: pip install 'specdiff[serve]'"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def default_examples() -> list[Path]:
+    """The demo corpus' test split (the model never trained on it), or nothing if it is missing."""
+    try:
+        from specdiff.corpus import demo_midi_files
+
+        return [p for p in demo_midi_files("test") if p.is_file()]
+    except (SpecdiffError, OSError, ValueError) as err:
+        logging.getLogger("specdiff.serve").warning("no bundled examples: %s", err)
+        return []
+
+
+def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    try:
+        return ServeConfig(
+            max_upload_bytes=max(1, int(args.max_upload_mb * 2**20)),
+            max_midi_seconds=args.max_seconds,
+            max_queued=args.max_queued,
+            max_steps=args.max_steps,
+            result_ttl=args.result_ttl,
+            fetched_ttl=args.fetched_ttl,
+            default_steps=args.steps,
+            default_guidance=args.guidance,
+            default_scheduler=args.scheduler,
+            examples=default_examples(),
+            workdir=args.workdir,
+        )
+    except ValueError as err:
+        raise SpecdiffError(str(err)) from None
+
+
+def build_app(args: argparse.Namespace) -> Any:
+    """Everything ``run_serve`` does before listening: check, load the model, make the app."""
+
+    check_dependencies()
+    model_dir = resolve_model(args)
+    config = config_from_args(args)
+
+    import torch
+
+    from specdiff.server.app import create_app
+    from specdiff.server.synth import Synthesizer
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    pipe, device = load_pipeline(args, model_dir)
+    return create_app(Synthesizer(pipe), config, model_name=str(model_dir), device=device)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """``specdiff serve``: load the model, then serve until Ctrl-C."""
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="specdiff: %(message)s")
+    if not is_loopback(args.host):
+        print(f"specdiff: warning: listening on {args.host}: the service has no authentication; anyone who can "
+              "reach this address can use it", file=sys.stderr)  # fmt: skip
+    app = build_app(args)
+
+    import uvicorn
+
+    host = f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
+    if not args.quiet:
+        print(f"specdiff: serving on http://{host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
+    uvicorn.run(app, host=args.host.strip("[]"), port=args.port, log_level="warning" if args.quiet else "info",
+                timeout_graceful_shutdown=5)  # fmt: skip
+    return 0
