@@ -1,4 +1,4 @@
-"""Training of the neural vocoder (specdiff/vocoder.py): losses, discriminators, loop, CLI.
+"""Training of the neural vocoder (specdiff/vocoder.py): losses, discriminators, data, the loop.
 
 Recipe (HiFi-GAN / Vocos): reconstruction losses (log-mel L1 through our exact front end, ORIGINAL.md §1,
 plus a multi-resolution STFT loss) and, after a reconstruction-only warm-up, hinge adversarial
@@ -6,14 +6,13 @@ losses with feature matching from a multi-period discriminator (MPD, HiFi-GAN) a
 multi-resolution spectrogram discriminator (MRD, UnivNet/Vocos). The discriminators are slimmer
 than the originals so that the run fits a shared CPU.
 
-Commands (argparse in specdiff/commands/vocoder.py, wired into specdiff/cli.py):
+Commands (in specdiff/commands/vocoder.py):
   specdiff train-vocoder [--audio-dir DIR] [--midi-dir DIR] [--demo-corpus] [--cache-dir DIR] --run-dir RUN ...
   specdiff vocode mel.npy|in.wav -o out.wav --vocoder DIR
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -499,7 +498,7 @@ def train_vocoder(
     return trainer
 
 
-# ---- command line ---------------------------------------------------------------------------------
+# ---- gathering training audio -------------------------------------------------------------------------
 
 
 def demo_corpus_audio(split: str, cache_dir: Path, soundfont: str | None = None) -> list[Path]:
@@ -569,109 +568,3 @@ def cache_audio(cache_dir: Path, out_dir: Path, split: str = "train") -> list[Pa
     if not files:
         raise SpecdiffError(f"no {split} audio can be recovered from the feature cache {cache_dir}")
     return files
-
-
-def run_train_vocoder(args: argparse.Namespace) -> int:
-    """``specdiff train-vocoder``: gather the audio, then :func:`train_vocoder` (resuming if possible)."""
-    torch.set_num_threads(args.threads)
-    run_dir = Path(args.run_dir)
-    files: list[Path] = []
-    val_files: list[Path] = []
-    for folder in args.audio_dir or []:
-        files += list_files(folder, AUDIO_SUFFIXES)
-    for folder in args.midi_dir or []:
-        midi_files = list_files(folder, MIDI_SUFFIXES)
-        files += render_midi_files(midi_files, run_dir / "rendered" / Path(folder).resolve().name, args.soundfont)
-    if args.cache_dir is not None:
-        files += cache_audio(Path(args.cache_dir), run_dir / "rendered" / "cache")
-    if args.demo_corpus:
-        files += demo_corpus_audio("train", run_dir / "rendered" / "demo_train", args.soundfont)
-        if args.val_dir is None:
-            val_files = demo_corpus_audio("validation", run_dir / "rendered" / "demo_validation", args.soundfont)
-    if not files:
-        raise SpecdiffError("no training audio: give --audio-dir, --midi-dir, --demo-corpus or --cache-dir")
-    if args.val_dir is not None:
-        val_files = list_files(args.val_dir, AUDIO_SUFFIXES)
-    elif not val_files and len(files) >= 20:  # hold out every 20th file (at most 8)
-        val_files = files[::20][:8]
-        files = [f for f in files if f not in set(val_files)]
-    checkpoint = run_dir / "checkpoint.pt"
-    if checkpoint.exists():  # a resumed run keeps the architecture it started with
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["vocoder_config"]
-        vocoder_config = VocoderConfig.from_dict(saved)
-    else:
-        architecture = {"dim": args.dim, "intermediate_dim": args.intermediate_dim, "num_layers": args.num_layers}
-        vocoder_config = VocoderConfig(**{k: v for k, v in architecture.items() if v is not None})
-    overrides = {
-        name: getattr(args, name)
-        for name in ("max_steps", "warmup_steps", "batch_size", "gan_batch_size", "segment_frames", "lr", "seed")
-        if getattr(args, name, None) is not None
-    }
-    train_config = TrainConfig(**overrides)
-    print(f"training on {len(files)} files, validating on {len(val_files)}; run folder {run_dir}")
-    train_vocoder(
-        files,
-        val_files,
-        run_dir,
-        vocoder_config,
-        train_config,
-        checkpoint_every=args.checkpoint_every,
-        checkpoint_minutes=args.checkpoint_minutes,
-        validate_every=args.validate_every,
-        keep_every=args.keep_every,
-        device=args.device,
-        progress=not args.no_progress,
-    )
-    print(f"vocoder saved to {run_dir / VOCODER_SUBFOLDER}")
-    return 0
-
-
-def run_vocode(args: argparse.Namespace) -> int:
-    from specdiff.audio_io import save_wav
-    from specdiff.vocoder import load_vocoder
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    refine = getattr(args, "refine_iters", None)
-    if refine is not None and refine < 0:
-        raise SpecdiffError(f"--refine-iters must be >= 0, got {refine}")
-    inverter = load_vocoder(args.vocoder) if refine is None else load_vocoder(args.vocoder, refine_iters=refine)
-    path = Path(args.input)
-    if not path.is_file():
-        raise AudioError(f"no such file: {path}")
-    if path.suffix.lower() == ".npy":
-        try:
-            mel = np.load(path)
-        except (OSError, ValueError) as err:
-            raise AudioError(f"cannot read {path}: {err}") from None
-        if mel.ndim == 2:
-            mel = mel[None]
-        if mel.ndim != 3 or mel.shape[0] != 1 or mel.shape[-1] != 128:
-            raise AudioError(f"{path}: expected a log-mel of shape [T, 128] or [1, T, 128], got {list(mel.shape)}")
-    else:
-        source = load_audio_file(path)
-        mel = _log_mel(torch.from_numpy(source)[None]).numpy()
-    audio = inverter(mel.astype(np.float32))[0]
-    if path.suffix.lower() != ".npy":
-        audio = audio[: len(source)]  # the front end's last frame is end-padded (ORIGINAL.md §1)
-    save_wav(args.output, audio, inverter.sample_rate)
-    print(f"wrote {args.output} ({audio.size / inverter.sample_rate:.2f} s)")
-    return 0
-
-
-def run_export_vocoder(args: argparse.Namespace) -> int:
-    """``specdiff export-vocoder``: OUT/vocoder/ (and OUT/vocoder/model.onnx with ``--onnx``)."""
-    from specdiff.vocoder import export_onnx, find_vocoder_dir
-
-    source = find_vocoder_dir(args.source)
-    if source is None:
-        raise SpecdiffError(
-            f"no vocoder in {args.source} (expected {VOCODER_SUBFOLDER}/config.json and model.safetensors)"
-        )
-    model = Vocoder.from_pretrained(source)
-    target = model.save_pretrained(Path(args.output) / VOCODER_SUBFOLDER)
-    print(f"wrote {target}")
-    if args.onnx:
-        path = export_onnx(model, target / "model.onnx")
-        print(f"wrote {path}")
-    return 0

@@ -1,9 +1,8 @@
-"""Command-line definitions of ``specdiff train-vocoder`` and ``specdiff vocode``.
+"""``specdiff train-vocoder``, ``vocode`` and ``export-vocoder``: the neural vocoder's command line.
 
-Only argparse lives here, so that building the ``specdiff`` parser imports nothing heavy; the work
-is done by :func:`specdiff.vocoder_train.run_train_vocoder` / :func:`~specdiff.vocoder_train.run_vocode`,
-imported when the command runs. Defaults of ``None`` mean "the default of
-``vocoder_train.TrainConfig`` / ``vocoder.VocoderConfig``" (kept in one place).
+Building the ``specdiff`` parser imports nothing heavy: the ``run_*`` functions import torch and the
+training code (:mod:`specdiff.vocoder_train`) when the command runs. Defaults of ``None`` mean "the
+default of ``vocoder_train.TrainConfig`` / ``vocoder.VocoderConfig``" (kept in one place).
 """
 
 from __future__ import annotations
@@ -11,17 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
-def _run_train_vocoder(args: argparse.Namespace) -> int:
-    from specdiff.vocoder_train import run_train_vocoder
-
-    return run_train_vocoder(args)
-
-
-def _run_vocode(args: argparse.Namespace) -> int:
-    from specdiff.vocoder_train import run_vocode
-
-    return run_vocode(args)
+from specdiff.errors import AudioError, SpecdiffError
 
 
 def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
@@ -80,7 +69,7 @@ def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the CPU is shared)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=_run_train_vocoder)
+    p.set_defaults(func=run_train_vocoder)
     return p
 
 
@@ -99,14 +88,8 @@ def add_vocode_arguments(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--refine-iters", type=int, default=None, metavar="N",
                    help="Griffin-Lim iterations that refine the network's output against the mel (default 32; "
                    "0: the network alone, as in the ONNX export)")  # fmt: skip
-    p.set_defaults(func=_run_vocode)
+    p.set_defaults(func=run_vocode)
     return p
-
-
-def _run_export_vocoder(args: argparse.Namespace) -> int:
-    from specdiff.vocoder_train import run_export_vocoder
-
-    return run_export_vocoder(args)
 
 
 def add_export_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
@@ -122,5 +105,132 @@ def add_export_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
     p.add_argument("source", type=Path, help="run folder, model folder or vocoder folder")
     p.add_argument("-o", "--output", type=Path, required=True, help="model folder to write vocoder/ into")
     p.add_argument("--onnx", action="store_true", help="also write vocoder/model.onnx")
-    p.set_defaults(func=_run_export_vocoder)
+    p.set_defaults(func=run_export_vocoder)
     return p
+
+
+def run_train_vocoder(args: argparse.Namespace) -> int:
+    """``specdiff train-vocoder``: gather the audio, then :func:`~specdiff.vocoder_train.train_vocoder`
+    (resuming if possible)."""
+    import torch
+
+    from specdiff.vocoder import VOCODER_SUBFOLDER, VocoderConfig
+    from specdiff.vocoder_train import (
+        AUDIO_SUFFIXES,
+        MIDI_SUFFIXES,
+        TrainConfig,
+        cache_audio,
+        demo_corpus_audio,
+        list_files,
+        render_midi_files,
+        train_vocoder,
+    )
+
+    torch.set_num_threads(args.threads)
+    run_dir = Path(args.run_dir)
+    files: list[Path] = []
+    val_files: list[Path] = []
+    for folder in args.audio_dir or []:
+        files += list_files(folder, AUDIO_SUFFIXES)
+    for folder in args.midi_dir or []:
+        midi_files = list_files(folder, MIDI_SUFFIXES)
+        files += render_midi_files(midi_files, run_dir / "rendered" / Path(folder).resolve().name, args.soundfont)
+    if args.cache_dir is not None:
+        files += cache_audio(Path(args.cache_dir), run_dir / "rendered" / "cache")
+    if args.demo_corpus:
+        files += demo_corpus_audio("train", run_dir / "rendered" / "demo_train", args.soundfont)
+        if args.val_dir is None:
+            val_files = demo_corpus_audio("validation", run_dir / "rendered" / "demo_validation", args.soundfont)
+    if not files:
+        raise SpecdiffError("no training audio: give --audio-dir, --midi-dir, --demo-corpus or --cache-dir")
+    if args.val_dir is not None:
+        val_files = list_files(args.val_dir, AUDIO_SUFFIXES)
+    elif not val_files and len(files) >= 20:  # hold out every 20th file (at most 8)
+        val_files = files[::20][:8]
+        files = [f for f in files if f not in set(val_files)]
+    checkpoint = run_dir / "checkpoint.pt"
+    if checkpoint.exists():  # a resumed run keeps the architecture it started with
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["vocoder_config"]
+        vocoder_config = VocoderConfig.from_dict(saved)
+    else:
+        architecture = {"dim": args.dim, "intermediate_dim": args.intermediate_dim, "num_layers": args.num_layers}
+        vocoder_config = VocoderConfig(**{k: v for k, v in architecture.items() if v is not None})
+    overrides = {
+        name: getattr(args, name)
+        for name in ("max_steps", "warmup_steps", "batch_size", "gan_batch_size", "segment_frames", "lr", "seed")
+        if getattr(args, name, None) is not None
+    }
+    train_config = TrainConfig(**overrides)
+    print(f"training on {len(files)} files, validating on {len(val_files)}; run folder {run_dir}")
+    train_vocoder(
+        files,
+        val_files,
+        run_dir,
+        vocoder_config,
+        train_config,
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_minutes=args.checkpoint_minutes,
+        validate_every=args.validate_every,
+        keep_every=args.keep_every,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    print(f"vocoder saved to {run_dir / VOCODER_SUBFOLDER}")
+    return 0
+
+
+def run_vocode(args: argparse.Namespace) -> int:
+    """``specdiff vocode``: a log-mel ``.npy``, or an audio file through the front end, to a WAV."""
+    import numpy as np
+    import torch
+
+    from specdiff.audio_io import save_wav
+    from specdiff.mel import log_mel
+    from specdiff.vocoder import load_vocoder
+    from specdiff.vocoder_train import load_audio_file
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    refine = getattr(args, "refine_iters", None)
+    if refine is not None and refine < 0:
+        raise SpecdiffError(f"--refine-iters must be >= 0, got {refine}")
+    inverter = load_vocoder(args.vocoder) if refine is None else load_vocoder(args.vocoder, refine_iters=refine)
+    path = Path(args.input)
+    if not path.is_file():
+        raise AudioError(f"no such file: {path}")
+    if path.suffix.lower() == ".npy":
+        try:
+            mel = np.load(path)
+        except (OSError, ValueError) as err:
+            raise AudioError(f"cannot read {path}: {err}") from None
+        if mel.ndim == 2:
+            mel = mel[None]
+        if mel.ndim != 3 or mel.shape[0] != 1 or mel.shape[-1] != 128:
+            raise AudioError(f"{path}: expected a log-mel of shape [T, 128] or [1, T, 128], got {list(mel.shape)}")
+    else:
+        source = load_audio_file(path)
+        mel = log_mel(torch.from_numpy(source)[None]).numpy()
+    audio = inverter(mel.astype(np.float32))[0]
+    if path.suffix.lower() != ".npy":
+        audio = audio[: len(source)]  # the front end's last frame is end-padded (ORIGINAL.md §1)
+    save_wav(args.output, audio, inverter.sample_rate)
+    print(f"wrote {args.output} ({audio.size / inverter.sample_rate:.2f} s)")
+    return 0
+
+
+def run_export_vocoder(args: argparse.Namespace) -> int:
+    """``specdiff export-vocoder``: OUT/vocoder/ (and OUT/vocoder/model.onnx with ``--onnx``)."""
+    from specdiff.vocoder import VOCODER_SUBFOLDER, Vocoder, export_onnx, find_vocoder_dir
+
+    source = find_vocoder_dir(args.source)
+    if source is None:
+        raise SpecdiffError(
+            f"no vocoder in {args.source} (expected {VOCODER_SUBFOLDER}/config.json and model.safetensors)"
+        )
+    model = Vocoder.from_pretrained(source)
+    target = model.save_pretrained(Path(args.output) / VOCODER_SUBFOLDER)
+    print(f"wrote {target}")
+    if args.onnx:
+        path = export_onnx(model, target / "model.onnx")
+        print(f"wrote {path}")
+    return 0
