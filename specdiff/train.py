@@ -26,7 +26,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 import sys
 import time
 import types
@@ -36,19 +35,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from specdiff.atomic import atomic_write_stream, atomic_write_text
+from specdiff.atomic import atomic_write_text
+from specdiff.checkpoints import (  # noqa: F401 (re-exported: they lived here)
+    CHECKPOINT_FORMAT,
+    atomic_torch_save,
+    capture_rng_state,
+    checkpoint_dir,
+    list_checkpoints,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+    seed_everything,
+)
 from specdiff.constants import N_MELS, SEGMENT_FRAMES, TOKENS_LENGTH  # noqa: F401 (re-exported)
 from specdiff.diffusion import eps_from_prediction, logsnr, posterior, predict_x0, prediction_target, q_sample
+from specdiff.distributed import DistContext, _all_reduce_sum, _resolve_device, init_distributed  # noqa: F401
 from specdiff.errors import ModelError, SpecdiffError
 from specdiff.hardware import cpu_has_native_bf16
 from specdiff.model import ContinuousEncoder, FilmDecoder, NotesEncoder, build_models
 from specdiff.optim import EMA, build_optimizer
 from specdiff.score_roll import batch_rolls
+from specdiff.train_log import TENSORBOARD_PIP, MetricsLog, read_metrics, save_spectrogram_comparison  # noqa: F401
 
 TARGET_FRAMES = SEGMENT_FRAMES
 
@@ -517,128 +528,8 @@ def open_datasets(config: TrainConfig) -> tuple[torch.utils.data.Dataset, torch.
 
 
 # ---------------------------------------------------------------------------------------------
-# Distributed setup
+# Warm starts
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class DistContext:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def _resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SpecdiffError("device cuda requested but CUDA is not available")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    return device
-
-
-def init_distributed(config: TrainConfig) -> DistContext:
-    """Join the process group that ``torchrun`` describes in the environment (if any)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = _resolve_device(config.device, local_rank)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistContext(rank, world_size, local_rank, device)
-
-
-def _all_reduce_sum(values: Tensor, ctx: DistContext) -> Tensor:
-    if ctx.enabled:
-        values = values.clone()
-        dist.all_reduce(values)
-    return values
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------------
-
-CHECKPOINT_FORMAT = "specdiff-train-checkpoint/1"
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """torch, CUDA, numpy and Python RNG states in a form ``torch.load(weights_only=True)`` accepts."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def checkpoint_dir(out_dir: str | Path) -> Path:
-    return Path(out_dir) / "checkpoints"
-
-
-def list_checkpoints(out_dir: str | Path) -> list[Path]:
-    """Checkpoints of a run, oldest first."""
-    folder = checkpoint_dir(out_dir)
-    return sorted(folder.glob("step_*.pt")) if folder.is_dir() else []
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temp file in the same folder, fsync, then ``os.replace`` (never a torn file)."""
-    atomic_write_stream(path, lambda f: torch.save(obj, f), fsync=True)
-
-
-def save_checkpoint(path: Path, state: dict[str, Any], keep: int) -> Path:
-    """Write one checkpoint atomically and delete all but the newest ``keep`` of the run."""
-    atomic_torch_save(state, path)
-    if keep > 0:
-        for old in list_checkpoints(path.parent.parent)[:-keep]:
-            old.unlink(missing_ok=True)
-    return path
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise ModelError(f"cannot read checkpoint {path}: {exc}") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ModelError(f"{path} is not a specdiff training checkpoint")
-    return state
 
 
 def pipeline_folder_state_dict(folder: str | Path) -> dict[str, Tensor]:
@@ -648,72 +539,6 @@ def pipeline_folder_state_dict(folder: str | Path) -> dict[str, Tensor]:
     pipe = SpectrogramDiffusionPipeline.from_pretrained(folder, inverter=None)
     model = SpectrogramDiffusionModel(pipe.notes_encoder, pipe.continuous_encoder, pipe.decoder)
     return {name: value.float() for name, value in model.state_dict().items()}
-
-
-# ---------------------------------------------------------------------------------------------
-# Logging: metrics.jsonl (always), TensorBoard (when installed), spectrogram PNGs
-# ---------------------------------------------------------------------------------------------
-
-TENSORBOARD_PIP = "tensorboard>=2.14"
-
-
-class MetricsLog:
-    """Appends ``{"step": .., name: value}`` lines to ``metrics.jsonl`` and mirrors them to TensorBoard."""
-
-    def __init__(self, out_dir: Path, resume_step: int, tensorboard: bool) -> None:
-        self.path = out_dir / "metrics.jsonl"
-        if self.path.exists():  # drop entries past the checkpoint we resume from: they will be redone
-            kept = [
-                line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step
-            ]
-            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
-        self.writer = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step + 1)
-            except ImportError:
-                print(f"note: TensorBoard logging is off (pip install '{TENSORBOARD_PIP}'); metrics go to {self.path}")
-
-    #: Also print each entry as a line on stdout (for runs without a progress bar, e.g. under nohup).
-    echo: bool = False
-
-    def log(self, step: int, values: Mapping[str, float]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **values}) + "\n")
-        if self.echo:
-            text = "  ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
-            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} step {step}: {text}", flush=True)
-        if self.writer is not None:
-            for name, value in values.items():
-                self.writer.add_scalar(name, value, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def read_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
-    """The lines of a run's ``metrics.jsonl``."""
-    path = Path(out_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
-
-
-def save_spectrogram_comparison(path: Path, target: Tensor, sample: Tensor, title: str) -> bool:
-    """Target and sample spectrograms (scaled [-1, 1], ``[T, 128]``) as one PNG; False without matplotlib."""
-    from specdiff import plotting
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        plotting.save_comparison_png(
-            path, target.float().cpu().numpy(), sample.float().cpu().numpy(), title=title,
-            titles=("target (validation segment)", "sample (EMA weights)"), value_range=plotting.SCALED_RANGE,
-            size=(1000, 600),
-        )  # fmt: skip
-    except plotting.PlottingUnavailable:
-        return False
-    return True
 
 
 # ---------------------------------------------------------------------------------------------
