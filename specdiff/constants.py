@@ -31,6 +31,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 INVERTERS = ("auto", "onnx", "vocoder", "griffinlim")
 #: Devices the commands accept ("auto": cuda, else mps, else cpu).
 DEVICES = ("auto", "cpu", "cuda", "mps")
+#: Embeddings of the Fréchet distance registered by specdiff.embeddings (the first is the default).
+EMBEDDINGS = ("mfcc-stats", "logmel-mean", "basic-pitch")
 #: Model size presets (specdiff.model.PRESETS) and training presets (specdiff.train.TRAIN_PRESETS).
 PRESET_NAMES = ("base", "small", "tiny")
 TRAIN_PRESET_NAMES = PRESET_NAMES

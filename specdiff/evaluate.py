@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from specdiff.atomic import atomic_write_text
-from specdiff.constants import SAMPLE_RATE  # noqa: F401 (re-exported)
+from specdiff.constants import EMBEDDINGS, SAMPLE_RATE  # noqa: F401 (re-exported)
 from specdiff.errors import AudioError, MidiError, SpecdiffError
 
 FRAMES_PER_SECOND = 50  # log-mel frames (ORIGINAL.md §1)
@@ -482,15 +482,6 @@ def markdown_report(results: Mapping[str, Any]) -> str:
         f"- Embedding: {results.get('embedding', summary['embedding'])}.",
     ]
     return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line: `specdiff evaluate`
-# ---------------------------------------------------------------------------------------------
-
-# The registered names of specdiff.embeddings, mirrored so that building the parser imports
-# nothing heavy (tests/test_evaluate.py checks they agree).
-EMBEDDINGS = ("mfcc-stats", "logmel-mean", "basic-pitch")  # registered in specdiff.embeddings
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from specdiff.atomic import atomic_write
+from specdiff.constants import HOP_LENGTH, N_MELS, SAMPLE_RATE
 from specdiff.errors import ModelError
 
 VOCODER_SUBFOLDER = "vocoder"
@@ -42,9 +43,9 @@ ONNX_OUTPUT_NAME = "waveform"  # the official output's name is unknown (ORIGINAL
 class VocoderConfig:
     """Hyper-parameters of :class:`Vocoder` (saved as ``config.json``)."""
 
-    sample_rate: int = 16000  # ORIGINAL.md §1
-    hop_length: int = 320  # ORIGINAL.md §1: 20 ms frames, 50 frames/s
-    n_mels: int = 128  # ORIGINAL.md §1
+    sample_rate: int = SAMPLE_RATE  # ORIGINAL.md §1
+    hop_length: int = HOP_LENGTH  # ORIGINAL.md §1: 20 ms frames, 50 frames/s
+    n_mels: int = N_MELS  # ORIGINAL.md §1
     # Range used to scale log-mel input to [-1, 1] (ORIGINAL.md §1.1 min_value / max_value).
     feature_min: float = math.log(1e-5)
     feature_max: float = 4.0

@@ -15,9 +15,16 @@ from specdiff.commands.options import (
     resolve_model,
     resolve_precision,
 )
-from specdiff.constants import DEFAULT_GUIDANCE, DEFAULT_NUM_STEPS, DEFAULT_SCHEDULER, DEVICES, INVERTERS, SCHEDULERS
+from specdiff.constants import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_NUM_STEPS,
+    DEFAULT_SCHEDULER,
+    DEVICES,
+    EMBEDDINGS,
+    INVERTERS,
+    SCHEDULERS,
+)
 from specdiff.errors import SpecdiffError
-from specdiff.evaluate import EMBEDDINGS
 
 
 def _positive_float(text: str) -> float:

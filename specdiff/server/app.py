@@ -41,6 +41,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from specdiff import __version__
+from specdiff.constants import FRAMES_PER_SECOND
 from specdiff.errors import MidiError
 from specdiff.sampler import SCHEDULERS
 from specdiff.server.config import ServeConfig
@@ -350,7 +351,7 @@ def create_app(
             "model": model_name,
             "device": device,
             "sample_rate": synthesizer.sample_rate,
-            "segment_seconds": synthesizer.segment_frames / 50,
+            "segment_seconds": synthesizer.segment_frames / FRAMES_PER_SECOND,
             "inverter": type(synthesizer.pipe.inverter).__name__,
             "schedulers": schedulers,
             "defaults": {"steps": config.default_steps, "guidance": config.default_guidance,
