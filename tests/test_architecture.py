@@ -8,6 +8,7 @@ command-line code, and no two modules need each other.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 from pathlib import Path
 
@@ -179,3 +180,24 @@ def test_no_test_module_imports_another():
                 names = [node.module or ""]
             offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0].startswith("test_")]
     assert offenders == []
+
+
+def test_every_citation_of_the_original_resolves():
+    """Comments cite docs/ORIGINAL.md as "ORIGINAL.md §N.M" (or "spec §N.M" in a few modules, and a
+    bare "§N.M"): each cited section must exist there (§9.N: the N-th pitfall)."""
+    original = (ROOT / "docs" / "ORIGINAL.md").read_text(encoding="utf-8")
+    sections = set(re.findall(r"^#{2,3} §([0-9.]+) ", original, flags=re.M))
+    pitfall_text = original.split("## §9 ", 1)[1].split("\n## ", 1)[0]
+    sections |= {f"9.{n}" for n in re.findall(r"^(\d+)\. ", pitfall_text, flags=re.M)}
+    files = subprocess.run(["git", "ls-files", "*.py", "*.md"], cwd=ROOT, capture_output=True, text=True, check=True)
+    cited: dict[str, set[str]] = {}
+    for name in files.stdout.split():
+        if name == "docs/ORIGINAL.md" or not (ROOT / name).is_file():
+            continue
+        text = (ROOT / name).read_text(encoding="utf-8")
+        for first, last in re.findall(r"(?:ORIGINAL\.md|spec) §(\d+(?:\.\d+)?)(?:-(\d+(?:\.\d+)?))?", text):
+            for number in filter(None, (first, last)):
+                cited.setdefault(number, set()).add(name)
+    assert cited, "no citations found: the pattern is wrong"
+    missing = {number: sorted(names) for number, names in cited.items() if number not in sections}
+    assert missing == {}
