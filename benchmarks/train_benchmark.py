@@ -2,7 +2,7 @@
 """Training throughput (segments/s) of the training presets on this machine.
 
     python benchmarks/train_benchmark.py --preset tiny --threads 1 --steps 10
-    python benchmarks/train_benchmark.py --preset small --batch-size 4 --data /work/runs/cache_demo
+    python benchmarks/train_benchmark.py --preset small --batch-size 4 --data runs/cache_demo
 
 One "segment" is one training example: 256 target frames (5.12 s of audio) with its notes and
 context (ORIGINAL.md §4.2). Each measured step is a full optimiser step (forward, backward, Adafactor,

@@ -14,7 +14,7 @@ export computes) and the vocoder as the pipeline uses it (network + refinement i
 specdiff.vocoder.VocoderInverter).
 
 Usage:
-  python benchmarks/vocoder_benchmark.py --vocoder /work/runs/vocoder/export [--split test]
+  python benchmarks/vocoder_benchmark.py --vocoder runs/vocoder/export [--split test]
 Writes benchmarks/results/vocoder_benchmark.json and .md.
 """
 

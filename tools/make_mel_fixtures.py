@@ -3,8 +3,8 @@
 Run with a TensorFlow environment kept outside the repo (TensorFlow is never a dependency of
 specdiff), e.g.
 
-    python -m venv /work/venvs/tf && /work/venvs/tf/bin/pip install tensorflow-cpu numpy
-    /work/venvs/tf/bin/python tools/make_mel_fixtures.py
+    python -m venv venvs/tf && venvs/tf/bin/pip install tensorflow-cpu numpy
+    venvs/tf/bin/python tools/make_mel_fixtures.py
 
 It stores, as compressed .npz files:
 - ``filterbank.npz``: ``tf.signal.linear_to_mel_weight_matrix(128, 513, 16000, 0.0, 8000.0)``;

@@ -8,10 +8,10 @@ exactly.
 
 This needs note-seq, which is too heavy for the main environment; run it from a separate venv:
 
-    python -m venv /work/venvs/noteseq
-    /work/venvs/noteseq/bin/pip install torch==2.13.0 note-seq==0.0.5 diffusers==0.42.1 \
+    python -m venv venvs/noteseq
+    venvs/noteseq/bin/pip install torch==2.13.0 note-seq==0.0.5 diffusers==0.42.1 \
         transformers music21
-    /work/venvs/noteseq/bin/python tools/make_token_fixtures.py
+    venvs/noteseq/bin/python tools/make_token_fixtures.py
 
 The MIDI files are rewritten on every run (byte-identical: everything is seeded).
 """
