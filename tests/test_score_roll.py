@@ -180,3 +180,11 @@ def test_score_folder_round_trip(segments, tmp_path):
                                                                   scheduler="original")])  # fmt: skip
     whole = loaded(segments, generator=torch.Generator().manual_seed(0), scheduler="original", **kw).mels[0]
     assert np.allclose(streamed, whole, atol=1e-5)
+
+
+def test_a_decoder_with_another_roll_layout_is_refused():
+    from specdiff.errors import ModelError
+
+    notes, context, _ = build_models("tiny", seed=0, **TINY)
+    with pytest.raises(ModelError, match="score roll of 100 features"):
+        SpectrogramDiffusionPipeline(notes, context, FilmDecoder(**TINY, score_roll_features=100))
