@@ -1193,7 +1193,21 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         print(f"continuing the run in {out_dir} with its config.json"
               + (f" (overridden: {', '.join(overridden)})" if overridden else ""))
         config = saved
-    return apply_overrides(config.replace(**explicit), args.assignments)
+    config = apply_overrides(config.replace(**explicit), args.assignments)
+    return with_folder_decoder_options(config)
+
+
+def with_folder_decoder_options(config: TrainConfig) -> TrainConfig:
+    """A warm start from a pipeline folder whose decoder has extensions (score roll, prediction
+    type, output bias) builds the same decoder: its options join ``config.model`` unless set there."""
+    folder = Path(config.init_from) if config.init_from else None
+    if folder is None or not (folder / "decoder" / "config.json").is_file():
+        return config
+    from specdiff.model import DECODER_EXTENSIONS
+
+    decoder = json.loads((folder / "decoder" / "config.json").read_text())
+    found = {k: decoder[k] for k in DECODER_EXTENSIONS if k in decoder and k not in config.model}
+    return config.replace(model={**config.model, **found}) if found else config
 
 
 def _saved_run_config(out_dir: str, resume: str | None) -> TrainConfig | None:
