@@ -139,7 +139,7 @@ def test_roll_changes_the_output_and_cfg_drops_it_with_the_tokens(segments):
 def test_prediction_types_round_trip_to_eps():
     x0, noise, t = torch.rand(3, 4, 5) * 2 - 1, torch.randn(3, 4, 5), torch.tensor([0.1, 0.5, 0.9])
     z = q_sample(x0, t, noise)
-    for kind in ("epsilon", "v_prediction", "sample"):
+    for kind in ("epsilon", "v_prediction", "sample", "edm"):
         target = prediction_target(x0, noise, t, kind)
         assert torch.allclose(eps_from_prediction(target, z, t, kind), noise, atol=1e-4), kind
 
