@@ -61,7 +61,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if not rows:
         return {}
     mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
-    out = {key: mean(key) for key in ("generated_f1", "reference_f1", "log_mel_l1", "mr_stft_log_l1")}
+    out = {
+        key: mean(key) for key in ("generated_f1", "reference_f1", "log_mel_l1", "mr_stft_log_l1", "loudness_diff_db")
+    }
+    for key in ("peak", "reference_peak", "max_segment_jump_db", "reference_max_segment_jump_db"):
+        out[key] = max(r[key] for r in rows)  # the worst piece
     out["f1_ratio"] = out["generated_f1"] / out["reference_f1"] if out["reference_f1"] > 0 else float("nan")
     out["pieces"] = len(rows)
     return out
@@ -104,10 +108,14 @@ def markdown(result: dict[str, Any]) -> str:
         "render's mean F1. CPU s per audio s: process CPU time of notes-to-audio synthesis of one piece "
         f"({s['speed_piece']}, {s['threads']} thread(s)); below 1 is faster than real time on that many cores.",
         "",
-        "| sampler | steps | precision | group | pieces | onset F1 ours | onset F1 render | F1 ratio ↑ | log-mel L1 "
-        "↓ | MR-STFT ↓ | "
-        "Fréchet (mfcc) ↓ | CPU s per audio s ↓ |",
-        "|---" * 12 + "|",
+        "Level: loudness = mean over pieces of our RMS dB minus the render's; peak and the largest segment-to-segment "
+        "(5.12 s) RMS jump are the worst piece's, ours / the render's (the peak is the pipeline's raw output, before "
+        "the soft limiter of the audio writer).",
+        "",
+        "| sampler | steps | precision | group | pieces | onset F1 ours | onset F1 render | F1 ratio ↑ | log-mel L1 ↓ "
+        "| MR-STFT ↓ | Fréchet (mfcc) ↓ | CPU s per audio s ↓ | loudness vs render (dB) | peak ours / render "
+        "| max segment jump dB ours / render |",
+        "|---" * 15 + "|",
     ]
     for row in result["configs"]:
         for group in ("all", *GROUPS):
@@ -121,10 +129,11 @@ def markdown(result: dict[str, Any]) -> str:
             )
             lines.append(
                 f"| {row['scheduler']} | {row['steps']} | {row['precision']} | {group} | {g['pieces']} | "
-                f"{g['generated_f1']:.3f} | "
-                f"{g['reference_f1']:.3f} | **{g['f1_ratio']:.2f}** | {g['log_mel_l1']:.3f} | "
-                f"{g['mr_stft_log_l1']:.3f} | "
-                f"{extra[0]} | {extra[1]} |"
+                f"{g['generated_f1']:.3f} | {g['reference_f1']:.3f} | **{g['f1_ratio']:.2f}** | "
+                f"{g['log_mel_l1']:.3f} | {g['mr_stft_log_l1']:.3f} | {extra[0]} | {extra[1]} | "
+                f"{g['loudness_diff_db']:+.1f} | "
+                f"{g['peak']:.2f} / {g['reference_peak']:.2f} | "
+                f"{g['max_segment_jump_db']:.1f} / {g['reference_max_segment_jump_db']:.1f} |"
             )
     lines += ["", "Pieces: " + ", ".join(f"{p['piece']} ({p['group']})" for p in result["pieces"]), ""]
     return "\n".join(lines)

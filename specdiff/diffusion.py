@@ -63,9 +63,26 @@ def predict_x0(z_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
     return (z_t - _expand(sigma, z_t) * eps) / _expand(alpha, z_t)
 
 
+#: The data's standard deviation assumed by the "edm" preconditioning (scaled log-mel: ~0.51 on
+#: the demo corpus).
+SIGMA_DATA = 0.5
+
+
+def edm_coefficients(t: Tensor) -> tuple[Tensor, Tensor]:
+    """``(c_skip, c_out)`` of Karras et al. 2022 ("Elucidating the design space of diffusion-based
+    generative models", EDM) in variance-preserving form, in float64: ``x0 = c_skip z + c_out F``
+    with ``c_skip = alpha s^2 / D``, ``c_out = sigma s / sqrt(D)``, ``D = sigma^2 + alpha^2 s^2``,
+    ``s = SIGMA_DATA``. At low noise ``x0 ~ z`` for free (the network need not learn to copy its
+    input); at high noise ``x0 ~ s F``; the target of F has unit variance at every t."""
+    alpha, sigma = alpha_sigma(torch.as_tensor(t, dtype=torch.float64))
+    d = sigma**2 + (alpha * SIGMA_DATA) ** 2
+    return alpha * SIGMA_DATA**2 / d, sigma * SIGMA_DATA / d.sqrt()
+
+
 def prediction_target(x0: Tensor, noise: Tensor, t: Tensor, prediction_type: str = "epsilon") -> Tensor:
     """What a network with this ``prediction_type`` should output for ``z_t = alpha x0 + sigma eps``:
-    ``eps`` (the original), ``v = alpha eps - sigma x0`` (Salimans & Ho 2022) or ``x0`` ("sample")."""
+    ``eps`` (the original), ``v = alpha eps - sigma x0`` (Salimans & Ho 2022), ``x0`` ("sample"),
+    or ``F = (x0 - c_skip z) / c_out`` ("edm", :func:`edm_coefficients`)."""
     if prediction_type == "epsilon":
         return noise
     if prediction_type == "sample":
@@ -73,14 +90,24 @@ def prediction_target(x0: Tensor, noise: Tensor, t: Tensor, prediction_type: str
     if prediction_type == "v_prediction":
         alpha, sigma = alpha_sigma(t)
         return _expand(alpha, noise) * noise - _expand(sigma, x0) * x0
+    if prediction_type == "edm":
+        c_skip, c_out = edm_coefficients(t)
+        z_t = q_sample(x0, t, noise)
+        return (x0 - _expand(c_skip, x0) * z_t) / _expand(c_out, x0)
     raise ValueError(f"unknown prediction_type {prediction_type!r}")
 
 
 def eps_from_prediction(prediction: Tensor, z_t: Tensor, t: Tensor, prediction_type: str = "epsilon") -> Tensor:
     """The eps implied by a network output, so that every sampler (which steps on eps) serves every
-    prediction type: ``eps = sigma z + alpha v`` for v, ``(z - alpha x0) / sigma`` for x0."""
+    prediction type: ``eps = sigma z + alpha v`` for v, ``(z - alpha x0) / sigma`` for x0, and for
+    "edm" the same with ``x0 = c_skip z + c_out F``, written without the cancellation at low noise:
+    ``eps = sigma z / D - alpha s F / sqrt(D)``."""
     if prediction_type == "epsilon":
         return prediction
+    if prediction_type == "edm":
+        alpha, sigma = alpha_sigma(torch.as_tensor(t, dtype=torch.float64))
+        d = sigma**2 + (alpha * SIGMA_DATA) ** 2
+        return _expand(sigma / d, z_t) * z_t - _expand(alpha * SIGMA_DATA / d.sqrt(), z_t) * prediction
     alpha, sigma = alpha_sigma(t)
     alpha, sigma = _expand(alpha, z_t), _expand(sigma, z_t)
     if prediction_type == "v_prediction":

@@ -349,6 +349,9 @@ def _evaluate_piece(
         "_full_audio": full,
     }
     row.update(metrics.reconstruction_scores(generated, reference))
+    # Level: the full generated audio (before any limiter: the pipeline returns it raw) and the
+    # reference over the common span.
+    row.update(metrics.level_comparison(full[: len(generated)], reference))
     if transcription:
         _log("    transcribing with basic-pitch", verbose)
         row.update(metrics.transcription_scores(generated, reference, piece.notes))

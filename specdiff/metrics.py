@@ -28,6 +28,7 @@ transcription cannot run, so callers can skip it with a message.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -176,6 +177,39 @@ def multi_resolution_stft_distance(
     if not log_l1:
         return {"mr_stft_log_l1": float("nan"), "spectral_convergence": float("nan")}
     return {"mr_stft_log_l1": float(np.mean(log_l1)), "spectral_convergence": float(np.mean(convergence))}
+
+
+#: Segments quieter than this (RMS, dB re full scale) are left out of the level-jump measure:
+#: a jump into or out of a rest is music, not drift.
+LEVEL_FLOOR_DB = -50.0
+
+
+def rms_db(audio: np.ndarray) -> float:
+    """RMS level in dB re full scale (-inf for silence)."""
+    audio = np.asarray(audio, np.float64).reshape(-1)
+    power = float(np.mean(audio**2)) if len(audio) else 0.0
+    return 10.0 * math.log10(power) if power > 0 else float("-inf")
+
+
+def level_scores(audio: np.ndarray, segment_samples: int = 81920) -> dict[str, float]:
+    """Level of one signal: ``loudness_db`` (RMS dB), ``peak`` (max |sample|) and
+    ``max_segment_jump_db``, the largest RMS-dB change between consecutive segments (default
+    5.12 s, one model segment) that are both above ``LEVEL_FLOOR_DB``: how far the level drifts
+    through the context chain, to compare with the reference's own jumps."""
+    audio = np.asarray(audio, np.float64).reshape(-1)
+    levels = [rms_db(audio[i : i + segment_samples]) for i in range(0, len(audio), segment_samples)]
+    jumps = [abs(b - a) for a, b in zip(levels, levels[1:]) if min(a, b) > LEVEL_FLOOR_DB]
+    return {"loudness_db": rms_db(audio), "peak": float(np.abs(audio).max(initial=0.0)),
+            "max_segment_jump_db": max(jumps, default=0.0)}  # fmt: skip
+
+
+def level_comparison(generated: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """:func:`level_scores` of both signals (``reference_*`` for the reference) and
+    ``loudness_diff_db`` = ours - reference."""
+    ours, ref = level_scores(generated), level_scores(reference)
+    out = {**ours, **{f"reference_{k}": v for k, v in ref.items()}}
+    out["loudness_diff_db"] = ours["loudness_db"] - ref["loudness_db"]
+    return out
 
 
 def reconstruction_scores(generated: np.ndarray, reference: np.ndarray) -> dict[str, float]:

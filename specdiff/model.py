@@ -534,7 +534,7 @@ def timestep_embedding(time: Tensor, dim: int, max_period: float) -> Tensor:
 
 #: What the decoder's output means (diffusers' ``prediction_type`` names). The original predicts
 #: the noise; the others are training-time choices of an extension (``specdiff.diffusion``).
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "edm")
 
 #: Decoder options beyond the original architecture, with the values that mean "the original".
 #: A config.json holds them only when they differ, so an original folder's config is unchanged.
@@ -551,7 +551,8 @@ class FilmDecoder(nn.Module):
     - ``score_roll_features > 0``: frame-aligned score conditioning. A per-frame piano roll
       (``specdiff.score_roll``) enters the decoder input through ``score_projection`` (a sparse
       embedding sum: roll @ W^T), added to ``continuous_inputs_projection``'s output.
-    - ``prediction_type``: ``"epsilon"`` (the original), ``"v_prediction"`` or ``"sample"`` (x0);
+    - ``prediction_type``: ``"epsilon"`` (the original), ``"v_prediction"``, ``"sample"`` (x0) or
+      ``"edm"`` (x0 with the EDM skip preconditioning, ``specdiff.diffusion.edm_coefficients``);
       samplers convert any of them to eps with :func:`specdiff.diffusion.eps_from_prediction`.
     - ``spec_out_bias``: a bias on the output layer (the original's head has none).
     """

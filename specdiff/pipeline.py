@@ -38,7 +38,7 @@ from specdiff.default_model import SamplingSettings, read_sampling_settings, wri
 from specdiff.errors import MidiError, ModelError, SpecdiffError
 from specdiff.mel import FRAMES_PER_SECOND, SAMPLE_RATE, scale_features, scale_to_features
 from specdiff.model import ContinuousEncoder, FilmDecoder, NotesEncoder
-from specdiff.score_roll import batch_rolls
+from specdiff.score_roll import ROLL_FEATURES, batch_rolls
 
 #: Seconds of audio kept after the music's end (TokenizedMidi.duration): room for the release of
 #: the last notes, which the notes themselves do not include. The rest of the last 5.12 s segment
@@ -270,6 +270,12 @@ class SpectrogramDiffusionPipeline:
         self.notes_encoder = notes_encoder.eval()
         self.continuous_encoder = continuous_encoder.eval()
         self.decoder = decoder.eval()
+        roll_features = getattr(decoder, "score_roll_features", 0)
+        if roll_features and roll_features != ROLL_FEATURES:
+            raise ModelError(
+                f"the decoder expects a score roll of {roll_features} features per frame; this version of "
+                f"specdiff computes {ROLL_FEATURES} (specdiff.score_roll): the model was trained with another layout"
+            )
         #: Sampler, steps and guidance used where a call leaves them unset (a model folder's
         #: sampling.json, else the library defaults); saved with the folder.
         self.sampling = sampling if sampling is not None else SamplingSettings()

@@ -1005,6 +1005,19 @@ def export_pipeline(
     return out
 
 
+def with_folder_decoder_options(config: TrainConfig) -> TrainConfig:
+    """A warm start from a pipeline folder whose decoder has extensions (score roll, prediction
+    type, output bias) builds the same decoder: its options join ``config.model`` unless set there."""
+    folder = Path(config.init_from) if config.init_from else None
+    if folder is None or not (folder / "decoder" / "config.json").is_file():
+        return config
+    from specdiff.model import DECODER_EXTENSIONS
+
+    decoder = json.loads((folder / "decoder" / "config.json").read_text())
+    found = {k: decoder[k] for k in DECODER_EXTENSIONS if k in decoder and k not in config.model}
+    return config.replace(model={**config.model, **found}) if found else config
+
+
 if __name__ == "__main__":
     # ``python -m specdiff.train ...`` and ``torchrun -m specdiff.train ...`` run the ``specdiff`` command
     # line. This file then runs as ``__main__``, a copy apart from the module ``specdiff.train`` that

@@ -256,3 +256,21 @@ def test_missing_basic_pitch_gives_a_reason_with_the_install_command():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout
     assert out.startswith("transcription metrics skipped (") and "pip install --no-deps basic-pitch" in out
+
+
+def test_level_scores_measure_loudness_peaks_and_segment_jumps():
+    from specdiff.metrics import level_comparison, level_scores
+
+    seg = 81920
+    t = np.arange(seg) / 16000.0
+    sine = np.sin(2 * np.pi * 440 * t)
+    # 0.1, 0.2, silence, 0.2 amplitude: +6.02 dB jump; the rest is not counted as drift.
+    audio = np.concatenate([0.1 * sine, 0.2 * sine, np.zeros(seg), 0.2 * sine])
+    levels = level_scores(audio)
+    assert levels["max_segment_jump_db"] == pytest.approx(20 * np.log10(2), abs=1e-3)
+    assert levels["peak"] == pytest.approx(0.2, abs=1e-4)
+    expected = 10 * np.log10((0.01 + 0.04 + 0 + 0.04) / 4 / 2)  # sine power = A^2 / 2
+    assert levels["loudness_db"] == pytest.approx(expected, abs=1e-3)
+    both = level_comparison(0.5 * audio, audio)
+    assert both["loudness_diff_db"] == pytest.approx(20 * np.log10(0.5), abs=1e-6)
+    assert both["reference_peak"] == pytest.approx(0.2, abs=1e-4)

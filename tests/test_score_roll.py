@@ -139,7 +139,7 @@ def test_roll_changes_the_output_and_cfg_drops_it_with_the_tokens(segments):
 def test_prediction_types_round_trip_to_eps():
     x0, noise, t = torch.rand(3, 4, 5) * 2 - 1, torch.randn(3, 4, 5), torch.tensor([0.1, 0.5, 0.9])
     z = q_sample(x0, t, noise)
-    for kind in ("epsilon", "v_prediction", "sample"):
+    for kind in ("epsilon", "v_prediction", "sample", "edm"):
         target = prediction_target(x0, noise, t, kind)
         assert torch.allclose(eps_from_prediction(target, z, t, kind), noise, atol=1e-4), kind
 
@@ -184,3 +184,34 @@ def test_score_folder_round_trip(segments, tmp_path):
                                                                   scheduler="original")])  # fmt: skip
     whole = loaded(segments, generator=torch.Generator().manual_seed(0), scheduler="original", **kw).mels[0]
     assert np.allclose(streamed, whole, atol=1e-5)
+
+
+def test_a_decoder_with_another_roll_layout_is_refused():
+    from specdiff.errors import ModelError
+
+    notes, context, _ = build_models("tiny", seed=0, **TINY)
+    with pytest.raises(ModelError, match="score roll of 100 features"):
+        SpectrogramDiffusionPipeline(notes, context, FilmDecoder(**TINY, score_roll_features=100))
+
+
+def test_warm_start_from_a_score_folder_builds_the_same_decoder(tmp_path):
+    from specdiff.train import TrainConfig, pipeline_folder_state_dict, with_folder_decoder_options
+
+    model = _score_model(prediction_type="sample", spec_out_bias=True)
+    folder = SpectrogramDiffusionPipeline(model.notes_encoder, model.continuous_encoder, model.decoder).save_pretrained(
+        tmp_path / "model"
+    )
+    config = with_folder_decoder_options(TrainConfig(model=dict(TINY), init_from=str(folder)))
+    assert config.model == {
+        **TINY,
+        "score_roll_features": ROLL_FEATURES,
+        "prediction_type": "sample",
+        "spec_out_bias": True,
+    }
+    rebuilt = SpectrogramDiffusionModel(*build_models("tiny", **config.model))
+    rebuilt.load_state_dict(pipeline_folder_state_dict(folder), strict=True)
+    # An original folder adds nothing; an explicit setting wins over the folder's.
+    plain = SpectrogramDiffusionPipeline(*build_models("tiny", **TINY)).save_pretrained(tmp_path / "plain")
+    assert with_folder_decoder_options(TrainConfig(model=dict(TINY), init_from=str(plain))).model == TINY
+    mine = TrainConfig(model={**TINY, "prediction_type": "v_prediction"}, init_from=str(folder))
+    assert with_folder_decoder_options(mine).model["prediction_type"] == "v_prediction"

@@ -70,7 +70,7 @@ def add_train_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
 
 def config_from_args(args: argparse.Namespace):
     """The TrainConfig of parsed ``specdiff train`` arguments (preset, then flags, then ``--set``)."""
-    from specdiff.train import TrainConfig, apply_overrides
+    from specdiff.train import TrainConfig, apply_overrides, with_folder_decoder_options
 
     explicit = {dest: getattr(args, dest) for dest in TRAIN_FLAGS if getattr(args, dest, None) is not None}
     config = TrainConfig.from_preset(args.preset or "tiny")
@@ -85,7 +85,8 @@ def config_from_args(args: argparse.Namespace):
             + (f" (overridden: {', '.join(overridden)})" if overridden else "")
         )
         config = saved
-    return apply_overrides(config.replace(**explicit), args.assignments)
+    config = apply_overrides(config.replace(**explicit), args.assignments)
+    return with_folder_decoder_options(config)
 
 
 def _saved_run_config(out_dir: str, resume: str | None):
