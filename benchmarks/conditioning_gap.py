@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from specdiff.data import open_training_datasets  # noqa: E402
-from specdiff.diffusion import q_sample  # noqa: E402
+from specdiff.diffusion import eps_from_prediction, predict_x0, q_sample  # noqa: E402
 from specdiff.guided_attention import (  # noqa: E402
     CrossAttentionRecorder,
     alignment_penalty_weights,
@@ -63,15 +63,24 @@ def measure(model: SpectrogramDiffusionModel, batch: dict[str, torch.Tensor], se
         t = torch.full((x0.shape[0],), t_value)
         noise = torch.randn(x0.shape, generator=generator)
         z = q_sample(x0, t, noise)
-        err = lambda tok, mask, z=z, t=t, noise=noise: float((model(tok, context, mask, z, t) - noise).abs().mean())  # noqa: E731
-        full, no_notes, neither = (
-            err(tokens, context_mask),
-            err(tokens * 0, context_mask),
-            err(tokens * 0, context_mask & False),
+        kind = model.decoder.prediction_type  # a v / x0 / edm output is compared as the eps it implies
+
+        def errors(tok, mask, z=z, t=t, noise=noise, kind=kind):
+            eps = eps_from_prediction(model(tok, context, mask, z, t), z, t, kind)
+            x0_hat = predict_x0(z, t, eps).clamp(-1, 1)
+            return float((eps - noise).abs().mean()), float((x0_hat - x0).abs().mean())
+
+        (full, x0_full), (no_notes, x0_no_notes), (neither, _) = (
+            errors(tokens, context_mask),
+            errors(tokens * 0, context_mask),
+            errors(tokens * 0, context_mask & False),
         )
         out[f"t={t_value}"] = full
         out[f"notes gap t={t_value}"] = no_notes - full
         out[f"context gap t={t_value}"] = neither - no_notes
+        # The same in x0 (the spectrogram itself): at high noise an eps gap is the x0 gap x alpha/sigma.
+        out[f"x0 L1 t={t_value}"] = x0_full
+        out[f"x0 notes gap t={t_value}"] = x0_no_notes - x0_full
     recorder = CrossAttentionRecorder(model)
     t = torch.full((x0.shape[0],), 0.5)
     with recorder.recording():
