@@ -183,6 +183,69 @@ def test_setup_with_the_real_externally_managed_system_python_plans_a_venv(check
 
 
 # ---------------------------------------------------------------------------------------------
+# A Python without venv's pip bootstrap (Debian/Ubuntu without python3-venv), really run: every
+# program setup calls (python, apt-get, id) is a fake that logs
+# ---------------------------------------------------------------------------------------------
+
+
+def debian_without_venv_package(tmp_path: Path, checkout: Path, uid: int) -> tuple[Path, Path, dict[str, str]]:
+    """An externally managed fake Python whose ``-m venv`` fails until the fake apt-get has run
+    (then it makes .venv/bin/python, a logging fake itself), and a fake ``id -u``. Returns (the
+    interpreter, the log of every command, the PATH to run setup with)."""
+    python, log = fake_python(tmp_path, externally_managed=True)
+    bin_dir = python.parent
+    installed = tmp_path / "venv-package-installed"
+    python.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$0 $*" >> {log}\n'
+        'case "$1" in\n'
+        f'  *python_env.py) PYTHONPATH={tmp_path / "fake-site"} exec {sys.executable} "$@" ;;\n'
+        f'  -c) exec {sys.executable} "$@" ;;\n'
+        "esac\n"
+        'if [ "$1 $2" = "-m venv" ]; then\n'
+        f"  [ -f {installed} ] || {{ echo 'ensurepip is not available' >&2; mkdir -p \"$3\"; exit 1; }}\n"
+        f'  mkdir -p "$3/bin" && cp {python} "$3/bin/python"\n'
+        "fi\n"
+    )
+    (bin_dir / "apt-get").write_text(f'#!/usr/bin/env bash\necho "apt-get $*" >> {log}\ntouch {installed}\n')
+    (bin_dir / "id").write_text(f"#!/usr/bin/env bash\necho {uid}\n")
+    for tool in ("apt-get", "id"):
+        (bin_dir / tool).chmod(0o755)
+    return python, log, {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_setup_as_root_installs_the_venv_package_and_retries(checkout, tmp_path):
+    python, log, path = debian_without_venv_package(tmp_path, checkout, uid=0)
+    out = run_script(checkout, "setup.sh", python, **path)
+    assert out.returncode == 0, out.stderr
+    commands = log.read_text().splitlines()
+    venv = f"{python} -m venv .venv"
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    apt = f"apt-get install -y -qq python3-venv python{version}-venv"
+    assert commands.count(venv) == 2 and apt in commands
+    assert commands.index(venv) < commands.index(apt) < len(commands) - commands[::-1].index(venv) - 1
+    pip = [c for c in commands if " -m pip install " in c]
+    assert pip and all(c.startswith(".venv/bin/python -m pip install ") for c in pip)
+    assert (checkout / ".venv" / "bin" / "python").is_file()
+    last = out.stdout.strip().splitlines()[-1]
+    assert "externally managed (PEP 668)" in last and "source .venv/bin/activate" in last
+
+
+def test_setup_as_a_user_says_which_package_to_install(checkout, tmp_path):
+    python, log, path = debian_without_venv_package(tmp_path, checkout, uid=1000)
+    out = run_script(checkout, "setup.sh", python, **path)
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"setup: {python} cannot create a virtual environment; install the venv package "
+        f"(sudo apt-get install python{version}-venv) and run this again"
+    )
+    commands = log.read_text().splitlines()
+    assert not any(c.startswith("apt-get") or " -m pip " in c for c in commands)
+    assert not (checkout / ".venv").exists(), "the failed try's half-made venv is removed"
+
+
+# ---------------------------------------------------------------------------------------------
 # tools/test.sh runs lint, format check and tests with the Python setup installed into
 # ---------------------------------------------------------------------------------------------
 
