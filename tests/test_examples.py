@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from specdiff import cli
@@ -87,3 +89,8 @@ def test_synth_help_names_the_featured_examples(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--example NAME" in text and all(name in text for name in FEATURED)
     assert f"specdiff synth --example {DEFAULT_EXAMPLE}" in text
+
+
+def test_the_readme_counts_the_examples_right():
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert f"all {len(all_examples())} files of the bundled demo corpus" in readme
