@@ -10,8 +10,8 @@ Run by the Python that would do the installing (``python3 tools/python_env.py``)
   ``EXTERNALLY-MANAGED`` file in its stdlib folder, as on Debian 12+ and Ubuntu 23.04+; pip would stop
   with "externally-managed-environment"): use the project's own virtual environment, ``.venv``.
 
-Standard library only, and syntax old Pythons can parse, so that a too-old Python gets a clear
-message instead of a SyntaxError (exit status 1).
+Standard library only, and syntax Python 3.7+ runs, so that a too-old Python 3 gets a clear
+message (exit status 1) instead of a SyntaxError.
 """
 
 from __future__ import annotations

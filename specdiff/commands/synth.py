@@ -40,7 +40,7 @@ from specdiff.constants import (
     SCHEDULERS,
 )
 from specdiff.errors import SpecdiffError
-from specdiff.examples import DEFAULT_EXAMPLE, FEATURED
+from specdiff.examples import DEFAULT_EXAMPLE, FEATURED, find_example
 
 _SYNTH_DESCRIPTION = """\
 Synthesize audio from a MIDI file with a Spectrogram Diffusion model.
@@ -371,8 +371,6 @@ def _write_song(wav: Path, png: Path | None, audio: Any, mel: Any, title: str, s
 def _use_example(args: argparse.Namespace, midis: list[Path]) -> list[Path]:
     """``--example NAME``: the bundled MIDI file to synthesize; ``-o`` defaults to ``./NAME.wav``
     (next to the MIDI file, the usual default, would be inside the installed package)."""
-    from specdiff.examples import find_example
-
     if midis:
         raise UsageError(f"give MIDI files or --example, not both (got {len(midis)} MIDI file(s) and --example)")
     example = find_example(args.example)
