@@ -159,6 +159,19 @@ def test_setup_reuses_an_existing_project_venv(checkout, tmp_path):
     assert "-m venv" not in out.stdout and set(installs(out.stdout)) == {".venv/bin/python"}
 
 
+def test_setup_remakes_a_project_venv_without_pip(checkout, tmp_path):
+    python, _ = fake_python(tmp_path, externally_managed=True)
+    venv_python = checkout / ".venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.write_text("#!/usr/bin/env bash\necho 'No module named pip' >&2\nexit 1\n")
+    venv_python.chmod(0o755)
+    out = run_script(checkout, "setup.sh", python, SPECDIFF_SETUP_DRY_RUN="1")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[:2] == ["+ rm -rf .venv", f"+ {python} -m venv .venv"]
+    assert set(installs(out.stdout)) == {".venv/bin/python"}
+
+
 def test_setup_inside_an_active_venv_installs_there(checkout, tmp_path):
     python, _ = fake_python(tmp_path, externally_managed=True)
     out = run_script(checkout, "setup.sh", python, SPECDIFF_SETUP_DRY_RUN="1", VIRTUAL_ENV=str(tmp_path / "env"))

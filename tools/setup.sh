@@ -43,7 +43,10 @@ make_venv() {
     fi
 }
 
-if [ "$TARGET" = venv ] && [ ! -x "$PY" ]; then
+# An existing project venv is kept if its pip works; a broken one (e.g. left without pip by an
+# earlier failed `python3 -m venv`) is made again.
+if [ "$TARGET" = venv ] && ! "$PY" -m pip --version >/dev/null 2>&1; then
+    [ ! -e "$VENV_DIR" ] || run rm -rf "$VENV_DIR"
     make_venv
 fi
 
