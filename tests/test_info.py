@@ -137,6 +137,16 @@ def test_info_loads_no_diffusion_model_and_no_optional_runtime():
         "print([m for m in ('specdiff.pipeline', 'specdiff.model', 'diffusers', 'transformers', 'matplotlib', "
         "'fastapi', 'tensorboard') if m in sys.modules])"
     )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_an_inverter_that_breaks_unexpectedly_is_reported_and_the_rest_still_printed(bare_model, monkeypatch, capsys):
+    def broken(model_dir):
+        raise RuntimeError("weights file truncated\nat byte 7")
+
+    monkeypatch.setattr("specdiff.inverters.load_auto_inverter", broken)
+    report, _ = run_info(["--model", bare_model], capsys)
+    assert report["inverter"] == "error: RuntimeError: weights file truncated; at byte 7"
+    assert {"device", "precision", "extra onnx"} <= set(report)

@@ -4,7 +4,7 @@ Versions (specdiff, Python, torch), platform, the model folder in use and its sa
 (``sampling.json``), the inverter ``--inverter auto`` picks for it, the device and precision that
 ``--device auto`` / ``--precision auto`` pick on this machine and why, and which optional extras are
 installed. Fast: torch is imported (the device check needs it) and the inverter is loaded, but no
-network runs and no diffusion model is loaded. A problem found on the way (a broken sampling.json,
+diffusion model is loaded and nothing is synthesized. A problem found on the way (a broken sampling.json,
 inverter files that do not load) is reported in its line, not raised: the rest is still useful.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from specdiff import __version__
 from specdiff.commands.options import UsageError, one_line, resolve_device, resolve_model_dir, resolve_precision
-from specdiff.errors import SpecdiffError
+from specdiff.errors import ModelError, SpecdiffError
 
 #: pyproject.toml's extras (those a user installs; not ``all``/``test``) -> the modules they provide.
 EXTRAS: dict[str, tuple[str, ...]] = {
@@ -111,7 +111,6 @@ def _model_lines(model: Path | None) -> tuple[Path | None, dict[str, str]]:
 def _inverter_line(model_dir: Path | None) -> str:
     """The inverter ``--inverter auto`` loads for the model folder; its log messages (e.g. "skipping
     the onnx inverter: onnxruntime is not installed") go into the line instead of onto stderr."""
-    from specdiff.errors import ModelError
     from specdiff.inverters import load_auto_inverter
 
     messages: list[str] = []
@@ -129,6 +128,8 @@ def _inverter_line(model_dir: Path | None) -> str:
         name, _ = load_auto_inverter(model_dir)
     except ModelError as err:
         return f"error: {one_line(err)}"
+    except Exception as err:  # whatever else broke, a bug report needs it here, and the lines after it
+        return f"error: {type(err).__name__}: {one_line(err)}"
     finally:
         logger.removeHandler(handler)
         logger.propagate = propagate
