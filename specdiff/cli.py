@@ -1,7 +1,8 @@
 """The ``specdiff`` command line: one entry point, one registry of subcommands, one error policy.
 
-Each subcommand lives in its own module of :mod:`specdiff.commands` (``synth``, ``prepare`` /
-``train`` / ``export``, ``evaluate``, ``train-vocoder`` / ``vocode`` / ``export-vocoder``, ``serve``);
+Each subcommand lives in its own module of :mod:`specdiff.commands` (``synth``, ``examples``,
+``info``, ``prepare`` / ``train`` / ``export``, ``evaluate``, ``train-vocoder`` / ``vocode`` /
+``export-vocoder``, ``serve``);
 ``python -m specdiff``, the ``specdiff`` script, ``python -m specdiff.train`` and the other
 ``python -m`` entries all run :func:`main`.
 
@@ -90,6 +91,10 @@ class Command:
 COMMANDS: tuple[Command, ...] = (
     Command("synth", ("specdiff.commands.synth",), "add_synth_arguments",
             "render a MIDI file to a WAV file", "run_synth"),
+    Command("examples", ("specdiff.commands.examples",), "add_examples_arguments",
+            "list the bundled example MIDI files (for synth --example NAME)", "run_examples"),
+    Command("info", ("specdiff.commands.info",), "add_info_arguments",
+            "print what a bug report needs: versions, model, device and precision, installed extras", "run_info"),
     Command("prepare", ("specdiff.commands.train",), "add_prepare_arguments",
             "build a training feature cache from (MIDI, audio) pairs or MIDI files to render", "run_prepare"),
     Command("train", ("specdiff.commands.train",), "add_train_arguments",

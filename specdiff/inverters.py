@@ -169,6 +169,13 @@ def load_inverter(model_dir: str | os.PathLike | None, prefer: str = "auto") -> 
         if inverter is None:
             raise ModelError(f"the {prefer} inverter needs files that {model_dir or 'no model folder'} does not have")
         return inverter
+    return load_auto_inverter(model_dir)[1]
+
+
+def load_auto_inverter(model_dir: str | os.PathLike | None) -> tuple[str, Inverter]:
+    """What ``load_inverter(model_dir, "auto")`` loads, with its registered name (``specdiff info``
+    reports it)."""
+    model_dir = Path(model_dir) if model_dir is not None else None
     for name in _AUTO_ORDER:
         try:
             inverter = _REGISTRY[name](model_dir)
@@ -177,13 +184,13 @@ def load_inverter(model_dir: str | os.PathLike | None, prefer: str = "auto") -> 
             continue
         if inverter is not None:
             logger.info("spectrogram inverter: %s", name)
-            return inverter
+            return name, inverter
     logger.warning(
         "no neural spectrogram inverter in %s: using Griffin-Lim, a low-quality fallback "
         "(add melgan/model.onnx or a trained vocoder/ for good audio)",
         model_dir or "(no model folder)",
     )
-    return GriffinLimInverter()
+    return "griffinlim", GriffinLimInverter()
 
 
 def _onnx_factory(model_dir: Path | None) -> Inverter | None:

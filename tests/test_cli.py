@@ -902,3 +902,78 @@ def test_refine_iters_option_reaches_the_vocoder_only():
         cli._set_refine_iters(vocoder_like, -1)
     args = cli.build_parser().parse_args(["synth", "a.mid", "--refine-iters", "0"])
     assert args.refine_iters == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Bundled examples (--example) and the README's quick start
+# ---------------------------------------------------------------------------------------------
+
+
+def readme_quick_start() -> list[str]:
+    """The README's quick-start command, split into words."""
+    import re
+    import shlex
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    commands = [line for block in re.findall(r"```\n(.*?)\n```", section, flags=re.S) for line in block.splitlines()]
+    assert len(commands) == 1, commands
+    return shlex.split(commands[0])
+
+
+def test_the_readme_quick_start_synthesizes_a_bundled_example(model_dir, tmp_path, capsys, monkeypatch):
+    import math
+
+    from specdiff.examples import find_example
+    from specdiff.pipeline import RELEASE_TAIL_SECONDS
+    from specdiff.tokenizer import midi_to_segments
+
+    words = readme_quick_start()
+    assert words[:3] == ["specdiff", "synth", "--example"]
+    example = find_example(words[3])
+    output = words[words.index("-o") + 1]
+    monkeypatch.chdir(tmp_path)
+    # The README's command as written, with a tiny random model and few steps to stay fast.
+    code, err = run([*words[1:], "--model", model_dir, *FAST], capsys)
+    assert code == 0, err
+    audio, rate = read_wav(tmp_path / output)
+    seconds = midi_to_segments(example.path).duration
+    assert rate == SR and audio.shape[1] == 1
+    assert audio.shape[0] == math.ceil(round((seconds + RELEASE_TAIL_SECONDS) * 50, 6)) * 320
+    assert abs(seconds - example.duration_s) < 0.5  # the manifest describes the file played
+    assert files_in(tmp_path) == {output}
+
+
+def test_example_output_defaults_to_its_name_in_the_current_folder(model_dir, tmp_path, capsys, monkeypatch):
+    from specdiff.corpus import DEMO_MIDI_DIR
+
+    before = files_in(DEMO_MIDI_DIR)
+    monkeypatch.chdir(tmp_path)
+    code, err = run(["synth", "--example", "bach__bwv318", "--model", model_dir, *FAST], capsys)
+    assert code == 0, err
+    assert files_in(tmp_path) == {"bach__bwv318.wav"}
+    assert files_in(DEMO_MIDI_DIR) == before, "nothing is written into the installed package"
+
+
+def test_unknown_example_is_one_line_with_close_matches(model_dir, tmp_path, capsys, no_model_loading, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = run(["synth", "--example", "bach_bwv318", "--model", model_dir, *FAST], capsys)
+    assert code == 1 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("specdiff: error: unknown example 'bach_bwv318'")
+    assert "close matches: bach__bwv318" in lines[0]
+    assert files_in(tmp_path) == set()
+
+
+def test_example_and_midi_files_together_are_refused(model_dir, song, tmp_path, capsys, no_model_loading):
+    code, err = run(["synth", song, "--example", "bach__bwv318", "--model", model_dir, *FAST], capsys)
+    assert code == 2 and err.strip().splitlines() == [
+        "specdiff: error: give MIDI files or --example, not both (got 1 MIDI file(s) and --example)"
+    ]
+
+
+def test_no_midi_and_no_example_points_to_the_examples(capsys):
+    code, err = run(["synth"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1
+    assert "no MIDI file given" in lines[0] and "--example" in lines[0] and "specdiff examples" in lines[0]

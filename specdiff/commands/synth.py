@@ -40,6 +40,7 @@ from specdiff.constants import (
     SCHEDULERS,
 )
 from specdiff.errors import SpecdiffError
+from specdiff.examples import DEFAULT_EXAMPLE, FEATURED, find_example
 
 _SYNTH_DESCRIPTION = """\
 Synthesize audio from a MIDI file with a Spectrogram Diffusion model.
@@ -61,8 +62,9 @@ output is written. Each output appears atomically (never half-written); if the r
 outputs are being written, the songs already written stay and the others are not written.
 """
 
-_SYNTH_EPILOG = """\
+_SYNTH_EPILOG = f"""\
 examples:
+  specdiff synth --example {DEFAULT_EXAMPLE} -o {DEFAULT_EXAMPLE}.wav   # a bundled example, the bundled model
   specdiff synth song.mid --model ./music-spectrogram-diffusion
   specdiff synth song.mid -o out.wav --model DIR --scheduler dpmsolver++ --steps 20 --seed 1
   specdiff synth song.mid --model DIR --mel-png song.png --device cuda
@@ -93,9 +95,17 @@ def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument(
         "midi",
         type=Path,
-        nargs="+",
+        nargs="*",
         metavar="MIDI",
-        help="input Standard MIDI File(s) (.mid/.midi); several files are synthesized in one batch",
+        help="input Standard MIDI File(s) (.mid/.midi); several files are synthesized in one batch "
+        "(or none, with --example)",
+    )
+    p.add_argument(
+        "--example",
+        metavar="NAME",
+        help=f"synthesize a MIDI file bundled with specdiff instead of your own (default output: ./NAME.wav). "
+        f"A few: {', '.join(FEATURED)}; `specdiff examples` describes them and `specdiff examples --all` "
+        "lists them all.",
     )
     p.add_argument(
         "-o",
@@ -358,9 +368,27 @@ def _write_song(wav: Path, png: Path | None, audio: Any, mel: Any, title: str, s
         raise
 
 
+def _use_example(args: argparse.Namespace, midis: list[Path]) -> list[Path]:
+    """``--example NAME``: the bundled MIDI file to synthesize; ``-o`` defaults to ``./NAME.wav``
+    (next to the MIDI file, the usual default, would be inside the installed package)."""
+    if midis:
+        raise UsageError(f"give MIDI files or --example, not both (got {len(midis)} MIDI file(s) and --example)")
+    example = find_example(args.example)
+    if args.output is None:
+        args.output = Path(f"{example.name}.wav")
+    return [example.path]
+
+
 def run_synth(args: argparse.Namespace) -> int:
     """``specdiff synth``: MIDI file(s) -> WAV (and optionally spectrogram PNGs)."""
     midis = list(args.midi) if isinstance(args.midi, (list, tuple)) else [args.midi]
+    if getattr(args, "example", None) is not None:
+        midis = _use_example(args, midis)
+    elif not midis:
+        raise UsageError(
+            "no MIDI file given: specdiff synth song.mid, or a bundled one: specdiff synth --example "
+            f"{DEFAULT_EXAMPLE} (`specdiff examples` lists them)"
+        )
     if len(midis) > 1:
         return run_synth_many(args, midis)
     return _run_synth_one(argparse.Namespace(**{**vars(args), "midi": midis[0]}))
