@@ -36,21 +36,11 @@ from specdiff.guided_attention import (  # noqa: E402
 from specdiff.train import (  # noqa: E402
     SpectrogramDiffusionModel,
     collate,
-    list_checkpoints,
-    model_from_checkpoint,
+    model_from_path,
     trim_token_padding,
 )
 
 TIMES = (0.3, 0.5, 0.7, 0.9)
-
-
-def load_model(path: Path, use_ema: bool = True) -> SpectrogramDiffusionModel:
-    if (path / "model_index.json").is_file():
-        from specdiff.pipeline import SpectrogramDiffusionPipeline
-
-        pipe = SpectrogramDiffusionPipeline.from_pretrained(path, inverter=None)  # float32
-        return SpectrogramDiffusionModel(pipe.notes_encoder, pipe.continuous_encoder, pipe.decoder).eval()
-    return model_from_checkpoint(list_checkpoints(path)[-1] if path.is_dir() else path, use_ema=use_ema).eval()
 
 
 @torch.no_grad()
@@ -108,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     _, val = open_training_datasets(args.data)
     batch = collate([(i, val[i]) for i in range(min(args.examples, len(val)))])
-    rows = {str(path): measure(load_model(path, use_ema=not args.raw), batch) for path in args.models}
+    rows = {str(path): measure(model_from_path(path, use_ema=not args.raw), batch) for path in args.models}
     keys = list(next(iter(rows.values())))
     print("| model | " + " | ".join(keys) + " |")
     print("|---" * (len(keys) + 1) + "|")

@@ -33,20 +33,9 @@ from specdiff.data import open_training_datasets  # noqa: E402
 from specdiff.train import (  # noqa: E402
     SpectrogramDiffusionModel,
     collate,
-    list_checkpoints,
-    model_from_checkpoint,
+    model_from_path,
     trim_token_padding,
 )
-
-
-def load_model(path: Path) -> SpectrogramDiffusionModel:
-    """A run folder (newest checkpoint, EMA), a checkpoint file, or a pipeline folder."""
-    if (path / "model_index.json").is_file():
-        from specdiff.pipeline import SpectrogramDiffusionPipeline
-
-        pipe = SpectrogramDiffusionPipeline.from_pretrained(path, inverter=None)
-        return SpectrogramDiffusionModel(pipe.notes_encoder, pipe.continuous_encoder, pipe.decoder).eval()
-    return model_from_checkpoint(list_checkpoints(path)[-1] if path.is_dir() else path).eval()
 
 
 def spectral_flux(mel: torch.Tensor) -> torch.Tensor:
@@ -101,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     items = [(i, val[i]) for i in range(args.segments)]
     batches = [collate(items[i : i + 8]) for i in range(0, len(items), 8)]
     for path in args.models:
-        row = measure(load_model(path), batches, args.scheduler, args.steps, args.guidance)
+        row = measure(model_from_path(path), batches, args.scheduler, args.steps, args.guidance)
         print(
             json.dumps(
                 {

@@ -952,6 +952,23 @@ def model_from_checkpoint(
     return model.eval()
 
 
+def model_from_path(path: str | Path, use_ema: bool = True) -> SpectrogramDiffusionModel:
+    """The networks of a pipeline folder, a training checkpoint file or a run folder (its newest
+    checkpoint; EMA weights unless ``use_ema`` is False), float32, in eval mode."""
+    path = Path(path)
+    if (path / "model_index.json").is_file():
+        from specdiff.pipeline import SpectrogramDiffusionPipeline
+
+        pipe = SpectrogramDiffusionPipeline.from_pretrained(path, inverter=None)
+        return SpectrogramDiffusionModel(pipe.notes_encoder, pipe.continuous_encoder, pipe.decoder).eval()
+    if path.is_dir():
+        found = list_checkpoints(path)
+        if not found:
+            raise ModelError(f"no checkpoints in {path}")
+        path = found[-1]
+    return model_from_checkpoint(path, use_ema=use_ema)
+
+
 def copy_vocoder(vocoder_dir: str | Path, pipeline_dir: str | Path) -> Path:
     """Copy a trained vocoder folder (``specdiff.vocoder``) into ``pipeline_dir/vocoder`` atomically.
 

@@ -195,7 +195,7 @@ def test_a_decoder_with_another_roll_layout_is_refused():
 
 
 def test_warm_start_from_a_score_folder_builds_the_same_decoder(tmp_path):
-    from specdiff.train import TrainConfig, pipeline_folder_state_dict, with_folder_decoder_options
+    from specdiff.train import TrainConfig, model_from_path, pipeline_folder_state_dict, with_folder_decoder_options
 
     model = _score_model(prediction_type="sample", spec_out_bias=True)
     folder = SpectrogramDiffusionPipeline(model.notes_encoder, model.continuous_encoder, model.decoder).save_pretrained(
@@ -210,6 +210,9 @@ def test_warm_start_from_a_score_folder_builds_the_same_decoder(tmp_path):
     }
     rebuilt = SpectrogramDiffusionModel(*build_models("tiny", **config.model))
     rebuilt.load_state_dict(pipeline_folder_state_dict(folder), strict=True)
+    loaded = model_from_path(folder)  # what the benchmarks load: same networks, eval mode
+    assert not loaded.training and loaded.decoder.prediction_type == "sample"
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), rebuilt.state_dict().values()))
     # An original folder adds nothing; an explicit setting wins over the folder's.
     plain = SpectrogramDiffusionPipeline(*build_models("tiny", **TINY)).save_pretrained(tmp_path / "plain")
     assert with_folder_decoder_options(TrainConfig(model=dict(TINY), init_from=str(plain))).model == TINY
