@@ -488,7 +488,7 @@ def test_job_queue_without_http_fails_jobs_with_reasons_and_keeps_running(tmp_pa
     queue = JobQueue(runner, tmp_path, max_queued=10)
     queue.start()
     try:
-        jobs = [Job(id=name, settings=JobSettings(1, 1.0, 0, "original"), midi=None, midi_name=name, notes=[],
+        jobs = [Job(id=name, settings=JobSettings(1, 1.0, 0, "original"), midi=None, midi_name=name,
                     folder=queue.new_folder(name)) for name in ("user-error", "bug", "fine")]  # fmt: skip
         for job in jobs:
             queue.submit(job)
@@ -516,7 +516,7 @@ def test_stopping_the_queue_cancels_waiting_jobs(tmp_path):
 
     queue = JobQueue(runner, tmp_path)
     queue.start()
-    jobs = [Job(id=f"j{i}", settings=JobSettings(1, 1.0, 0, "original"), midi=None, midi_name="x", notes=[],
+    jobs = [Job(id=f"j{i}", settings=JobSettings(1, 1.0, 0, "original"), midi=None, midi_name="x",
                 folder=queue.new_folder(f"j{i}")) for i in range(2)]  # fmt: skip
     for job in jobs:
         queue.submit(job)
@@ -583,9 +583,12 @@ def test_cli_builds_the_app_from_a_model_folder(pipe, tmp_path):
 
     folder = SpectrogramDiffusionPipeline(*build_models("tiny", seed=0, **TINY)).save_pretrained(tmp_path / "model")
     args = parser.parse_args(["serve", "--model", str(folder), "--device", "cpu", "--inverter", "griffinlim",
-                              "--max-queued", "3", "--max-upload-mb", "0.5", "--steps", "7"])  # fmt: skip
+                              "--max-queued", "3", "--max-upload-mb", "0.5", "--steps", "7", "--max-notes", "900",
+                              "--max-kept", "5", "--max-kept-mb", "1"])  # fmt: skip
     app = serve_cli.build_app(args)
     assert app.state.config.max_queued == 3
+    assert (app.state.config.max_notes, app.state.config.max_kept_results) == (900, 5)
+    assert app.state.config.max_kept_bytes == 2**20
     assert app.state.config.max_upload_bytes == 2**19
     assert app.state.config.default_steps == 7
     app.state.synthesizer.close()
@@ -682,3 +685,195 @@ def test_a_temporary_workdir_is_made_at_startup_and_removed_at_shutdown(pipe):
         assert not workdir.exists()
     finally:
         synthesizer.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounded memory and disk: note cap, results on disk, eviction by count and bytes, a load test
+# ---------------------------------------------------------------------------------------------
+
+
+def dense_midi(num_notes: int, seconds: float = 100.0, tpq: int = 480) -> bytes:
+    """A format-0 MIDI file of ``num_notes`` short notes in chords of up to 48 over ``seconds``, written
+    compactly (running status, note-off as velocity 0): 340k notes take about 2 MB, like the issue's file."""
+    chord = 48
+    groups = -(-num_notes // chord)
+    gap = max(2, round(seconds * 2 * tpq) // groups)  # ticks from one chord to the next
+    wait = bytes([0x80 | ((gap - 1) >> 7), (gap - 1) & 0x7F]) if gap > 128 else bytes([gap - 1])  # varlen
+    body = bytearray()
+    for g in range(groups):
+        pitches = [36 + p for p in range(min(chord, num_notes - g * chord))]
+        for k, pitch in enumerate(pitches):  # onsets together...
+            # The status byte once (note-on, channel 0); running status after it.
+            body += b"\x00\x90" if g == k == 0 else (b"\x00" if k else wait)
+            body += bytes([pitch, 100])
+        for k, pitch in enumerate(pitches):  # ...released one tick later
+            body += bytes([0 if k else 1, pitch, 0])
+    body += b"\x00\xff\x2f\x00"
+    return b"MThd" + struct.pack(">IHHH", 6, 0, 1, tpq) + b"MTrk" + struct.pack(">I", len(body)) + bytes(body)
+
+
+def rss_bytes() -> int:
+    """This process's resident set size (the server runs in a thread of it)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def test_too_many_notes_are_refused_with_400(serve):
+    client, _ = serve(max_notes=100)
+    response = submit(client, data=dense_midi(150, seconds=5.0), name="dense.mid")
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"] == "dense.mid: more than 100 notes (this server's limit)"
+    assert client.get("/api/info").json()["limits"]["max_notes"] == 100
+    assert submit(client, data=dense_midi(100, seconds=5.0)).status_code == 202
+
+
+def test_notes_live_on_disk_and_finished_jobs_drop_their_tokens(serve, tmp_path):
+    client, app = serve()
+    job = wait_until(client, submit(client).json()["id"])
+    kept = app.state.queue.get(job["id"])
+    assert kept.midi is None  # the token segments went with the synthesis
+    assert not hasattr(kept, "notes") and kept.note_count == 3
+    on_disk = json.loads((tmp_path / "work" / job["id"] / "notes.json").read_text())
+    assert on_disk == client.get(job["links"]["notes"]).json()
+    assert [n["pitch"] for n in on_disk["notes"]] == [60, 64, 67]
+    assert kept.result_bytes == sum(p.stat().st_size for p in (tmp_path / "work" / job["id"]).iterdir())
+
+
+def test_oldest_finished_results_are_evicted_by_count_with_410(serve, tmp_path):
+    client, _ = serve(max_kept_results=2)
+    ids = [wait_until(client, submit(client).json()["id"])["id"] for _ in range(3)]
+    gone = client.get(f"/api/jobs/{ids[0]}")
+    assert gone.status_code == 410 and "evicted" in gone.json()["detail"]
+    assert client.get(f"/api/jobs/{ids[0]}/audio.wav").status_code == 410
+    assert not (tmp_path / "work" / ids[0]).exists()
+    assert [client.get(f"/api/jobs/{i}").status_code for i in ids[1:]] == [200, 200]
+    health = client.get("/api/health").json()
+    assert (health["kept"], health["evicted"]) == (2, 1)
+    assert client.get("/api/jobs/never-was").status_code == 404  # unknown ids stay 404
+
+
+def test_oldest_finished_results_are_evicted_by_bytes_but_never_the_newest(serve, tmp_path):
+    client, _ = serve(max_kept_bytes=1)  # every result is over it
+    first = wait_until(client, submit(client).json()["id"])
+    assert client.get(first["links"]["audio"]).status_code == 200  # the newest result is always kept
+    second = wait_until(client, submit(client).json()["id"])
+    assert client.get(f"/api/jobs/{first['id']}").status_code == 410
+    assert client.get(second["links"]["audio"]).status_code == 200
+    health = client.get("/api/health").json()
+    assert health["kept"] == 1 and health["kept_bytes"] > 0
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == [second["id"]]
+
+
+#: The load tests' documented ceiling: the server's resident memory may grow by at most this much
+#: over its warmed-up size while dense uploads are refused and uploads at the note cap are synthesized
+#: and kept. (Before the bounds, six 340k-note jobs added 900 MB.)
+LOAD_RSS_CEILING_BYTES = 150 * 2**20
+
+
+def _load_test(client, dense_uploads: int, capped_jobs: int, max_notes: int) -> dict:
+    """Submit ``dense_uploads`` 340k-note files (refused: too many notes) and ``capped_jobs`` files at
+    the note cap (synthesized, kept); return the RSS figures."""
+    import gc
+
+    dense = dense_midi(340_000)
+    assert 1.8e6 < len(dense) < 2 * 2**20  # under the 2 MiB upload limit, as in the issue
+    capped = dense_midi(max_notes)
+    wait_until(client, submit(client, data=capped, steps=1).json()["id"])  # warm up allocator and model
+    gc.collect()
+    before = peak = rss_bytes()
+    for _ in range(dense_uploads):
+        response = submit(client, data=dense, name="dense.mid", steps=1)
+        assert response.status_code == 400 and "notes" in response.json()["detail"]
+        peak = max(peak, rss_bytes())
+    for _ in range(capped_jobs):
+        job = wait_until(client, submit(client, data=capped, steps=1).json()["id"])
+        assert job["state"] == "done" and job["midi"]["notes"] == max_notes
+        peak = max(peak, rss_bytes())
+    gc.collect()
+    return {"before": before, "peak": peak, "after": rss_bytes()}
+
+
+def test_load_dense_uploads_keep_memory_bounded(serve):
+    client, _ = serve()
+    max_notes = client.get("/api/info").json()["limits"]["max_notes"]
+    figures = _load_test(client, dense_uploads=3, capped_jobs=4, max_notes=max_notes)
+    print("load test RSS (MiB):", {k: round(v / 2**20, 1) for k, v in figures.items()})
+    assert figures["peak"] - figures["before"] < LOAD_RSS_CEILING_BYTES, figures
+
+
+@pytest.mark.slow
+def test_load_many_dense_uploads_keep_memory_bounded(serve):
+    client, _ = serve(max_kept_results=32)
+    max_notes = client.get("/api/info").json()["limits"]["max_notes"]
+    figures = _load_test(client, dense_uploads=20, capped_jobs=40, max_notes=max_notes)
+    print("load test RSS (MiB):", {k: round(v / 2**20, 1) for k, v in figures.items()})
+    assert figures["peak"] - figures["before"] < LOAD_RSS_CEILING_BYTES, figures
+    assert client.get("/api/health").json()["kept"] <= 32
+
+
+# ---------------------------------------------------------------------------------------------
+# Admission before work
+# ---------------------------------------------------------------------------------------------
+
+
+class CountingReader:
+    """Stands in for ``read_midi`` in the app: counts calls, optionally slow, then does the real work."""
+
+    def __init__(self, delay: float = 0.0):
+        self.calls, self.delay, self.lock = 0, delay, threading.Lock()
+
+    def __call__(self, *args, **kwargs):
+        with self.lock:
+            self.calls += 1
+        time.sleep(self.delay)
+        return read_midi(*args, **kwargs)
+
+
+def test_a_full_queue_refuses_before_parsing_the_upload(serve, pipe, monkeypatch):
+    from specdiff.server import app as app_module
+
+    client, _ = serve(max_queued=1)
+    gate = Gate(pipe)
+    try:
+        running = submit(client).json()
+        assert gate.reached.wait(TIMEOUT)
+        waiting = submit(client).json()
+        reader = CountingReader()
+        monkeypatch.setattr(app_module, "read_midi", reader)
+        started = time.monotonic()
+        refused = submit(client, data=dense_midi(340_000), name="dense.mid")
+        assert refused.status_code == 429 and "queue is full" in refused.json()["detail"]
+        assert int(refused.headers["retry-after"]) > 0
+        assert reader.calls == 0  # refused before the form was parsed or the MIDI read
+        assert time.monotonic() - started < 2.0
+        assert client.get("/api/health").json()["refused"] == 1
+    finally:
+        gate.open()
+    for job in (running, waiting):
+        assert wait_until(client, job["id"])["state"] == "done"
+
+
+def test_the_last_place_is_reserved_before_parsing_and_parsing_is_off_the_event_loop(serve, pipe, monkeypatch):
+    from specdiff.server import app as app_module
+
+    client, _ = serve(max_queued=1)
+    gate = Gate(pipe)
+    reader = CountingReader(delay=1.0)
+    try:
+        running = submit(client).json()
+        assert gate.reached.wait(TIMEOUT)
+        monkeypatch.setattr(app_module, "read_midi", reader)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            uploads = [pool.submit(submit, client, seed=seed) for seed in (1, 2)]
+            time.sleep(0.3)  # both uploads have arrived; one is being parsed
+            started = time.monotonic()
+            assert client.get("/api/health").status_code == 200
+            assert time.monotonic() - started < 0.5  # the event loop is not busy parsing
+            codes = sorted(f.result().status_code for f in uploads)
+        assert codes == [202, 429]
+        assert reader.calls == 1  # the refused upload was never parsed
+    finally:
+        gate.open()
+    assert wait_until(client, running["id"])["state"] == "done"

@@ -139,6 +139,13 @@ def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         help=f"longest accepted music in seconds (default: {defaults.max_midi_seconds:g})",
     )
     g.add_argument(
+        "--max-notes",
+        type=_positive(int),
+        default=defaults.max_notes,
+        metavar="N",
+        help=f"most notes in one MIDI upload; denser files get HTTP 400 (default: {defaults.max_notes})",
+    )
+    g.add_argument(
         "--max-steps",
         type=_positive(int),
         default=defaults.max_steps,
@@ -158,6 +165,22 @@ def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         default=defaults.fetched_ttl,
         metavar="S",
         help=f"seconds results are kept after their audio was first fetched (default: {defaults.fetched_ttl:g})",
+    )
+    g.add_argument(
+        "--max-kept",
+        type=_positive(int),
+        default=defaults.max_kept_results,
+        metavar="N",
+        help="most finished jobs whose results are kept; the oldest are evicted first (HTTP 410) "
+        f"(default: {defaults.max_kept_results})",
+    )
+    g.add_argument(
+        "--max-kept-mb",
+        type=_positive(float),
+        default=defaults.max_kept_bytes / 2**20,
+        metavar="MB",
+        help="most MiB of finished results kept on disk; the oldest are evicted first "
+        f"(default: {defaults.max_kept_bytes / 2**20:g})",
     )
     g.add_argument(
         "--workdir", type=Path, metavar="DIR", help="folder for results (default: a temporary folder, removed at exit)"
@@ -223,6 +246,9 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         return ServeConfig(
             max_upload_bytes=max(1, int(args.max_upload_mb * 2**20)),
             max_midi_seconds=args.max_seconds,
+            max_notes=args.max_notes,
+            max_kept_results=args.max_kept,
+            max_kept_bytes=max(1, int(args.max_kept_mb * 2**20)),
             max_queued=args.max_queued,
             max_steps=args.max_steps,
             result_ttl=args.result_ttl,
