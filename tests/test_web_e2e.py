@@ -178,3 +178,40 @@ def test_pick_a_bundled_example(page):
     page.wait_for_selector("body[data-state=done]")
     assert page.inner_text("#result-info").startswith(f"{EXAMPLE.name}: 1 steps")
     assert page.eval_on_selector("#player", "p => p.src").endswith("/audio.wav")
+
+
+def test_a_page_on_another_origin_cannot_submit_jobs(browser, base_url):
+    """A form POST and a no-cors fetch from a foreign page reach the server but are refused (403)."""
+    import json
+    import urllib.request
+
+    def submitted() -> int:
+        with urllib.request.urlopen(f"{base_url}/api/health") as response:
+            return json.load(response)["submitted"]
+
+    before = submitted()
+    attacker = f"""<!doctype html><html><body>
+      <form id="f" method="post" enctype="multipart/form-data" action="{base_url}/api/jobs">
+        <input name="example" value="{EXAMPLE.name}"><input name="steps" value="1">
+      </form></body></html>"""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.route("http://evil.example/**", lambda route: route.fulfill(body=attacker, content_type="text/html"))
+        page.goto("http://evil.example/")
+        status = page.evaluate(f"""async () => {{
+            const form = new FormData();
+            form.append("example", "{EXAMPLE.name}");
+            try {{
+                await fetch("{base_url}/api/jobs", {{method: "POST", mode: "no-cors", body: form}});
+            }} catch (err) {{ return "failed: " + err.message; }}  // the refused connection may close early
+            return "sent";
+        }}""")
+        assert status in ("sent", "failed: Failed to fetch")
+        with page.expect_navigation():
+            page.eval_on_selector("#f", "f => f.submit()")
+        assert "cross-origin request refused" in page.inner_text("body")
+    finally:
+        context.close()
+    assert submitted() == before

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import ipaddress
 import logging
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from specdiff.commands.options import add_precision_argument, load_pipeline, res
 from specdiff.constants import DEVICES, INVERTERS, SCHEDULERS
 from specdiff.errors import SpecdiffError
 from specdiff.server.config import DEFAULT_GUIDANCE, DEFAULT_NUM_STEPS, DEFAULT_SCHEDULER, ServeConfig
+from specdiff.server.guards import is_loopback
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -94,6 +94,22 @@ def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         default=DEFAULT_HOST,
         help=f"address to listen on (default: {DEFAULT_HOST}, this machine only). The service has no "
         "authentication: listen on other addresses only on a network you trust.",
+    )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests whose Host header is NAME (repeatable; '*': any). By default only the "
+        "listening address (and, on loopback, localhost) is accepted, against DNS rebinding",
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also accept state-changing requests from pages on ORIGIN, e.g. http://localhost:3000 "
+        "(repeatable; '*': any). By default only the service's own page may submit or cancel jobs",
     )
     p.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"TCP port (default: {DEFAULT_PORT}; 0: any free)")
     p.add_argument(
@@ -221,15 +237,6 @@ def check_dependencies() -> None:
         )
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def default_examples() -> list[Path]:
     """The demo corpus' test split (the model never trained on it), or nothing if it is missing."""
     try:
@@ -258,6 +265,9 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
             default_scheduler=args.scheduler,
             examples=default_examples(),
             workdir=args.workdir,
+            bind_host=args.host,
+            allowed_hosts=args.allow_host,
+            allowed_origins=args.allow_origin,
         )
     except ValueError as err:
         raise SpecdiffError(str(err)) from None

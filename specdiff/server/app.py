@@ -13,6 +13,10 @@ API (the OpenAPI schema is at ``/openapi.json``, browsable at ``/docs``)::
     DELETE /api/jobs/{id}                    cancel if needed, then forget the job and its files
     GET    /api/health                       queue counters
 
+Requests from other sites are refused: a ``Host`` that is not a name of this server with 400 (DNS
+rebinding), a state-changing request whose ``Origin`` is another site's with 403
+(``specdiff.server.guards``).
+
 Errors are JSON ``{"detail": "one line"}``: 400 unusable MIDI (not MIDI, no notes, too long, too
 many notes), 404 unknown or expired job, 409 result not ready, 410 results evicted to bound memory
 and disk, 413 upload too large, 422 bad settings, 429 queue full (with ``Retry-After``; refused
@@ -46,6 +50,7 @@ from specdiff.constants import FRAMES_PER_SECOND
 from specdiff.errors import MidiError
 from specdiff.sampler import SCHEDULERS
 from specdiff.server.config import ServeConfig
+from specdiff.server.guards import CrossSiteGuard, HostPolicy
 from specdiff.server.jobs import Job, JobGone, JobNotFound, JobQueue, JobSettings, JobState, QueueFull, new_job_id
 from specdiff.server.synth import NOTES_NAME, Synthesizer, read_midi, write_notes_json
 
@@ -370,8 +375,11 @@ def create_app(
     too_large = f"upload too large: the limit is {config.max_upload_bytes} bytes for the MIDI file"
     app.add_middleware(UploadLimit, limit=config.max_upload_bytes + FORM_OVERHEAD_BYTES, path=UPLOAD_PATH,
                        describe=too_large)  # fmt: skip
-    # Added last, so it runs first: a full queue refuses before the size check reads anything.
+    # Added later, so it runs earlier: a full queue refuses before the size check reads anything.
     app.add_middleware(AdmissionGate, queue=queue, path=UPLOAD_PATH)
+    # Outermost: a request from another site is refused before anything else looks at it.
+    app.add_middleware(CrossSiteGuard, hosts=HostPolicy(config.bind_host, config.allowed_hosts),
+                       allowed_origins=config.allowed_origins)  # fmt: skip
 
     def lookup(job_id: str, view: Any = None) -> Any:
         try:
