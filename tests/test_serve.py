@@ -946,3 +946,41 @@ def test_host_policy_for_wildcard_and_named_addresses():
     lan = HostPolicy("192.168.1.5", ["music.lan"])
     assert lan.allows("192.168.1.5") and lan.allows("music.lan")
     assert not lan.allows("localhost") and not lan.allows("10.0.0.1") and not lan.allows("evil.example")
+
+
+# ---------------------------------------------------------------------------------------------
+# Offline documentation, favicon
+# ---------------------------------------------------------------------------------------------
+
+
+def test_docs_pages_reference_no_external_url(serve):
+    import re
+
+    from specdiff.server.docs import bundled_assets
+
+    client, _ = serve()
+    if bundled_assets() is None:
+        pytest.skip("fastapi-offline is not installed (the `serve` extra)")
+    for page in ("/docs", "/redoc"):
+        response = client.get(page)
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+        assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", response.text, re.I), page
+        assets = re.findall(r"""(?:src|href)=["'](/[^"']+)["']""", response.text)
+        assert assets, page
+        for asset in assets:
+            assert client.get(asset).status_code == 200, asset
+    assert "swagger-ui-bundle.js" in client.get("/docs").text
+
+
+def test_docs_fallback_without_the_assets_package(serve, monkeypatch):
+    monkeypatch.setitem(sys.modules, "fastapi_offline", None)  # as if not installed
+    client, _ = serve()
+    page = client.get("/docs")
+    assert page.status_code == 200 and "/openapi.json" in page.text and "http" not in page.text
+
+
+def test_favicon_is_served(serve):
+    client, _ = serve()
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    assert icon.text.startswith("<svg")

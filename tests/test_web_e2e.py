@@ -215,3 +215,28 @@ def test_a_page_on_another_origin_cannot_submit_jobs(browser, base_url):
     finally:
         context.close()
     assert submitted() == before
+
+
+def test_docs_render_with_the_network_blocked(browser, base_url):
+    """Swagger UI draws the API from local files only: every request off the server is aborted."""
+    context = browser.new_context()
+    blocked = []
+
+    def only_local(route):
+        if route.request.url.startswith(base_url):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    try:
+        context.route("**/*", only_local)
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(f"{base_url}/docs")
+        page.wait_for_selector(".swagger-ui .info .title")
+        assert "specdiff" in page.inner_text(".swagger-ui .info .title")
+        page.wait_for_selector(".opblock-summary-path[data-path='/api/jobs']")
+    finally:
+        context.close()
+    assert blocked == []

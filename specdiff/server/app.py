@@ -50,6 +50,7 @@ from specdiff.constants import FRAMES_PER_SECOND
 from specdiff.errors import MidiError
 from specdiff.sampler import SCHEDULERS
 from specdiff.server.config import ServeConfig
+from specdiff.server.docs import add_offline_docs
 from specdiff.server.guards import CrossSiteGuard, HostPolicy
 from specdiff.server.jobs import Job, JobGone, JobNotFound, JobQueue, JobSettings, JobState, QueueFull, new_job_id
 from specdiff.server.synth import NOTES_NAME, Synthesizer, read_midi, write_notes_json
@@ -368,6 +369,8 @@ def create_app(
         description="MIDI to audio with Spectrogram Diffusion (Hawthorne et al., ISMIR 2022). Submit a MIDI "
         "file and settings, follow the job, fetch the WAV and the spectrogram.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load from a CDN; specdiff.server.docs serves local copies
+        redoc_url=None,
     )
     app.state.queue = queue
     app.state.config = config
@@ -585,6 +588,13 @@ def create_app(
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(WEB_DIR / "index.html", media_type="text/html")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        # Browsers ask for /favicon.ico whatever the page says; an SVG answers them all.
+        return FileResponse(WEB_DIR / "favicon.svg", media_type="image/svg+xml")
+
+    add_offline_docs(app)
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
     return app
