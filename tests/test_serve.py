@@ -71,11 +71,12 @@ class MeanInverter:
 
     def __init__(self):
         self.fail_with: Exception | None = None
+        self.gain = 1.0  # > 1: audio over full scale, for the limiter test
 
     def __call__(self, mel: np.ndarray) -> np.ndarray:
         if self.fail_with is not None:
             raise self.fail_with
-        return np.repeat(np.tanh(mel.mean(-1) / 4.0), 320, axis=-1).astype(np.float32)
+        return (self.gain * np.repeat(np.tanh(mel.mean(-1) / 4.0), 320, axis=-1)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -984,3 +985,27 @@ def test_favicon_is_served(serve):
     icon = client.get("/favicon.ico")
     assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
     assert icon.text.startswith("<svg")
+
+
+# ---------------------------------------------------------------------------------------------
+# Never silently limited audio
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_job_says_when_the_soft_limiter_shaped_the_audio(serve, pipe):
+    from specdiff.audio_io import LIMITER_CEILING, LIMITER_NOTE
+
+    client, _ = serve()
+    plain = wait_until(client, submit(client, seed=3).json()["id"])
+    assert plain["limited"] is False and plain["limiter_note"] is None
+    assert 0 < plain["audio_peak"] <= 1.0
+    pipe.inverter.gain = 4.0 / plain["audio_peak"]  # the same audio, four times over full scale
+    try:
+        loud = wait_until(client, submit(client, seed=3).json()["id"])
+    finally:
+        pipe.inverter.gain = 1.0
+    assert loud["state"] == "done"
+    assert loud["limited"] is True and loud["audio_peak"] == pytest.approx(4.0, rel=1e-3)
+    assert loud["limiter_note"] == LIMITER_NOTE
+    audio, _ = read_wav(client.get(loud["links"]["audio"]).content)
+    assert np.abs(audio).max() <= LIMITER_CEILING + 1e-4  # soft-limited, never hard-clipped at 1.0

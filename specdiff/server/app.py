@@ -46,6 +46,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from specdiff import __version__
+from specdiff.audio_io import LIMITER_NOTE
 from specdiff.constants import FRAMES_PER_SECOND
 from specdiff.errors import MidiError
 from specdiff.sampler import SCHEDULERS
@@ -117,6 +118,11 @@ class JobOut(BaseModel):
     elapsed_s: float | None = Field(None, description="synthesis wall time so far")
     audio_seconds: float | None = None
     sample_rate: int | None = None
+    audio_peak: float | None = Field(
+        None, description="the synthesized audio's peak (1.0 = full scale), before limiting"
+    )
+    limited: bool = Field(False, description="the peak exceeded full scale, so a soft limiter shaped the WAV")
+    limiter_note: str | None = Field(None, description="what the limiter did, when it was applied")
     links: dict[str, str]
 
 
@@ -318,6 +324,9 @@ def _status(job: Job, position: int | None) -> dict[str, Any]:
         "elapsed_s": None if job.started_at is None else round(end - job.started_at, 3),
         "audio_seconds": job.audio_seconds,
         "sample_rate": job.sample_rate,
+        "audio_peak": job.audio_peak,
+        "limited": job.limited,
+        "limiter_note": LIMITER_NOTE if job.limited else None,
         "links": links,
     }  # fmt: skip
 
