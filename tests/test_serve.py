@@ -330,6 +330,15 @@ def test_bad_settings_are_refused_with_422(serve, settings):
     assert client.get("/api/health").json()["submitted"] == 0
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_guidance_is_refused_as_not_finite(serve, value):
+    client, _ = serve()
+    response = submit(client, guidance=value)
+    assert response.status_code == 422
+    messages = " ".join(e["msg"] for e in response.json()["detail"])
+    assert "finite number" in messages and "less than" not in messages
+
+
 def test_diffusers_schedulers_are_limited_to_their_training_timesteps(serve):
     if importlib.util.find_spec("diffusers") is None:
         pytest.skip("the diffusers schedulers need diffusers")
@@ -590,6 +599,8 @@ def test_cli_builds_the_app_from_a_model_folder(pipe, tmp_path):
     assert app.state.config.max_queued == 3
     assert (app.state.config.max_notes, app.state.config.max_kept_results) == (900, 5)
     assert app.state.config.max_kept_bytes == 2**20
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+        assert client.get("/api/info").json()["model"] == "model"  # the folder's name, not its path
     assert app.state.config.max_upload_bytes == 2**19
     assert app.state.config.default_steps == 7
     app.state.synthesizer.close()

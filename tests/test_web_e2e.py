@@ -240,3 +240,30 @@ def test_docs_render_with_the_network_blocked(browser, base_url):
     finally:
         context.close()
     assert blocked == []
+
+
+def test_narrow_screen_layout_and_a_cleared_error(page, tmp_path):
+    """At 400 px the music controls stay inside the form, each radio button sits by its control,
+    and a refused file's message goes away once another file is chosen."""
+    page.set_viewport_size({"width": 400, "height": 900})
+    boxes = page.evaluate("""() => {
+        const box = (el) => el.getBoundingClientRect();
+        const form = box(document.getElementById('job-form'));
+        const out = (id) => box(document.getElementById(id)).right - form.right;
+        const radio = box(document.querySelector('input[name="source"][value="example"]'));
+        const select = box(document.getElementById('example'));
+        return {example: out('example'), limits: out('limits'), file: out('midi-file'),
+                gap: Math.hypot(select.left - radio.right, select.top - radio.top)};
+    }""")
+    assert boxes["example"] <= 0 and boxes["limits"] <= 0 and boxes["file"] <= 0, boxes
+    assert boxes["gap"] < 200, boxes
+
+    bad = tmp_path / "bad.mid"
+    bad.write_bytes(b"not a MIDI file")
+    page.set_input_files("#midi-file", str(bad))
+    page.click("#submit")
+    page.wait_for_selector("#error:not([hidden])")
+    good = tmp_path / "good.mid"
+    good.write_bytes(midi_bytes([(60, 0.0, 0.5)]))
+    page.set_input_files("#midi-file", str(good))
+    assert page.is_hidden("#error")

@@ -288,7 +288,8 @@ def build_app(args: argparse.Namespace) -> Any:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     pipe, device = load_pipeline(args, model_dir)
-    return create_app(Synthesizer(pipe), config, model_name=str(model_dir), device=device)
+    # The folder's name, not its path: /api/info is public and the server's file system is not.
+    return create_app(Synthesizer(pipe), config, model_name=Path(model_dir).name, device=device)
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -438,7 +438,9 @@ def create_app(
         midi: UploadFile | None = File(None, description="a Standard MIDI File (.mid)"),
         example: str | None = Form(None, description="or the name of a bundled example (see /api/info)"),
         steps: int = Form(config.default_steps, ge=1, le=config.max_steps),
-        guidance: float = Form(config.default_guidance, ge=0.0, le=config.max_guidance),
+        # allow_inf_nan=False: NaN fails every comparison, so without it the client would be told
+        # "less than or equal to 20" instead of that the value must be a finite number.
+        guidance: float = Form(config.default_guidance, ge=0.0, le=config.max_guidance, allow_inf_nan=False),
         seed: int | None = Form(None, ge=0, lt=2**63, description="default: a fresh random seed"),
         scheduler: SchedulerName = Form(config.default_scheduler),
     ) -> dict[str, Any]:
