@@ -71,11 +71,12 @@ class MeanInverter:
 
     def __init__(self):
         self.fail_with: Exception | None = None
+        self.gain = 1.0  # > 1: audio over full scale, for the limiter test
 
     def __call__(self, mel: np.ndarray) -> np.ndarray:
         if self.fail_with is not None:
             raise self.fail_with
-        return np.repeat(np.tanh(mel.mean(-1) / 4.0), 320, axis=-1).astype(np.float32)
+        return (self.gain * np.repeat(np.tanh(mel.mean(-1) / 4.0), 320, axis=-1)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -329,6 +330,15 @@ def test_bad_settings_are_refused_with_422(serve, settings):
     assert client.get("/api/health").json()["submitted"] == 0
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_guidance_is_refused_as_not_finite(serve, value):
+    client, _ = serve()
+    response = submit(client, guidance=value)
+    assert response.status_code == 422
+    messages = " ".join(e["msg"] for e in response.json()["detail"])
+    assert "finite number" in messages and "less than" not in messages
+
+
 def test_diffusers_schedulers_are_limited_to_their_training_timesteps(serve):
     if importlib.util.find_spec("diffusers") is None:
         pytest.skip("the diffusers schedulers need diffusers")
@@ -467,13 +477,13 @@ def test_results_expire_after_the_ttl(serve, tmp_path):
 
 
 def test_fetched_results_expire_sooner(serve):
-    client, _ = serve(result_ttl=60, fetched_ttl=0.4)
+    client, _ = serve(result_ttl=60, fetched_ttl=1.5)  # room for three requests on a loaded machine
     job = wait_until(client, submit(client).json()["id"])
     assert job["expires_at"] == pytest.approx(job["finished_at"] + 60)
     assert client.get(job["links"]["audio"]).status_code == 200
     assert client.get(job["links"]["audio"], headers={"Range": "bytes=0-99"}).status_code == 206  # <audio> seeks
-    assert client.get(f"/api/jobs/{job['id']}").json()["expires_at"] < job["finished_at"] + 1
-    time.sleep(0.6)
+    assert client.get(f"/api/jobs/{job['id']}").json()["expires_at"] < job["finished_at"] + 50
+    time.sleep(1.8)
     assert client.get(f"/api/jobs/{job['id']}").status_code == 404
 
 
@@ -488,7 +498,7 @@ def test_job_queue_without_http_fails_jobs_with_reasons_and_keeps_running(tmp_pa
     queue = JobQueue(runner, tmp_path, max_queued=10)
     queue.start()
     try:
-        jobs = [Job(id=name, settings=JobSettings(1, 1.0, 0, "original"), midi=None, midi_name=name, notes=[],
+        jobs = [Job(id=name, settings=JobSettings(1, 1.0, 0, "original"), midi=None, midi_name=name,
                     folder=queue.new_folder(name)) for name in ("user-error", "bug", "fine")]  # fmt: skip
         for job in jobs:
             queue.submit(job)
@@ -516,7 +526,7 @@ def test_stopping_the_queue_cancels_waiting_jobs(tmp_path):
 
     queue = JobQueue(runner, tmp_path)
     queue.start()
-    jobs = [Job(id=f"j{i}", settings=JobSettings(1, 1.0, 0, "original"), midi=None, midi_name="x", notes=[],
+    jobs = [Job(id=f"j{i}", settings=JobSettings(1, 1.0, 0, "original"), midi=None, midi_name="x",
                 folder=queue.new_folder(f"j{i}")) for i in range(2)]  # fmt: skip
     for job in jobs:
         queue.submit(job)
@@ -583,9 +593,14 @@ def test_cli_builds_the_app_from_a_model_folder(pipe, tmp_path):
 
     folder = SpectrogramDiffusionPipeline(*build_models("tiny", seed=0, **TINY)).save_pretrained(tmp_path / "model")
     args = parser.parse_args(["serve", "--model", str(folder), "--device", "cpu", "--inverter", "griffinlim",
-                              "--max-queued", "3", "--max-upload-mb", "0.5", "--steps", "7"])  # fmt: skip
+                              "--max-queued", "3", "--max-upload-mb", "0.5", "--steps", "7", "--max-notes", "900",
+                              "--max-kept", "5", "--max-kept-mb", "1"])  # fmt: skip
     app = serve_cli.build_app(args)
     assert app.state.config.max_queued == 3
+    assert (app.state.config.max_notes, app.state.config.max_kept_results) == (900, 5)
+    assert app.state.config.max_kept_bytes == 2**20
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+        assert client.get("/api/info").json()["model"] == "model"  # the folder's name, not its path
     assert app.state.config.max_upload_bytes == 2**19
     assert app.state.config.default_steps == 7
     app.state.synthesizer.close()
@@ -682,3 +697,326 @@ def test_a_temporary_workdir_is_made_at_startup_and_removed_at_shutdown(pipe):
         assert not workdir.exists()
     finally:
         synthesizer.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounded memory and disk: note cap, results on disk, eviction by count and bytes, a load test
+# ---------------------------------------------------------------------------------------------
+
+
+def dense_midi(num_notes: int, seconds: float = 100.0, tpq: int = 480) -> bytes:
+    """A format-0 MIDI file of ``num_notes`` short notes in chords of up to 48 over ``seconds``, written
+    compactly (running status, note-off as velocity 0): 340k notes take about 2 MB, like the issue's file."""
+    chord = 48
+    groups = -(-num_notes // chord)
+    gap = max(2, round(seconds * 2 * tpq) // groups)  # ticks from one chord to the next
+    wait = bytes([0x80 | ((gap - 1) >> 7), (gap - 1) & 0x7F]) if gap > 128 else bytes([gap - 1])  # varlen
+    body = bytearray()
+    for g in range(groups):
+        pitches = [36 + p for p in range(min(chord, num_notes - g * chord))]
+        for k, pitch in enumerate(pitches):  # onsets together...
+            # The status byte once (note-on, channel 0); running status after it.
+            body += b"\x00\x90" if g == k == 0 else (b"\x00" if k else wait)
+            body += bytes([pitch, 100])
+        for k, pitch in enumerate(pitches):  # ...released one tick later
+            body += bytes([0 if k else 1, pitch, 0])
+    body += b"\x00\xff\x2f\x00"
+    return b"MThd" + struct.pack(">IHHH", 6, 0, 1, tpq) + b"MTrk" + struct.pack(">I", len(body)) + bytes(body)
+
+
+def rss_bytes() -> int:
+    """This process's resident set size (the server runs in a thread of it)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def test_too_many_notes_are_refused_with_400(serve):
+    client, _ = serve(max_notes=100)
+    response = submit(client, data=dense_midi(150, seconds=5.0), name="dense.mid")
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"] == "dense.mid: more than 100 notes (this server's limit)"
+    assert client.get("/api/info").json()["limits"]["max_notes"] == 100
+    assert submit(client, data=dense_midi(100, seconds=5.0)).status_code == 202
+
+
+def test_notes_live_on_disk_and_finished_jobs_drop_their_tokens(serve, tmp_path):
+    client, app = serve()
+    job = wait_until(client, submit(client).json()["id"])
+    kept = app.state.queue.get(job["id"])
+    assert kept.midi is None  # the token segments went with the synthesis
+    assert not hasattr(kept, "notes") and kept.note_count == 3
+    on_disk = json.loads((tmp_path / "work" / job["id"] / "notes.json").read_text())
+    assert on_disk == client.get(job["links"]["notes"]).json()
+    assert [n["pitch"] for n in on_disk["notes"]] == [60, 64, 67]
+    assert kept.result_bytes == sum(p.stat().st_size for p in (tmp_path / "work" / job["id"]).iterdir())
+
+
+def test_oldest_finished_results_are_evicted_by_count_with_410(serve, tmp_path):
+    client, _ = serve(max_kept_results=2)
+    ids = [wait_until(client, submit(client).json()["id"])["id"] for _ in range(3)]
+    gone = client.get(f"/api/jobs/{ids[0]}")
+    assert gone.status_code == 410 and "evicted" in gone.json()["detail"]
+    assert client.get(f"/api/jobs/{ids[0]}/audio.wav").status_code == 410
+    assert not (tmp_path / "work" / ids[0]).exists()
+    assert [client.get(f"/api/jobs/{i}").status_code for i in ids[1:]] == [200, 200]
+    health = client.get("/api/health").json()
+    assert (health["kept"], health["evicted"]) == (2, 1)
+    assert client.get("/api/jobs/never-was").status_code == 404  # unknown ids stay 404
+
+
+def test_oldest_finished_results_are_evicted_by_bytes_but_never_the_newest(serve, tmp_path):
+    client, _ = serve(max_kept_bytes=1)  # every result is over it
+    first = wait_until(client, submit(client).json()["id"])
+    assert client.get(first["links"]["audio"]).status_code == 200  # the newest result is always kept
+    second = wait_until(client, submit(client).json()["id"])
+    assert client.get(f"/api/jobs/{first['id']}").status_code == 410
+    assert client.get(second["links"]["audio"]).status_code == 200
+    health = client.get("/api/health").json()
+    assert health["kept"] == 1 and health["kept_bytes"] > 0
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == [second["id"]]
+
+
+#: The load tests' documented ceiling: the server's resident memory may grow by at most this much
+#: over its warmed-up size while dense uploads are refused and uploads at the note cap are synthesized
+#: and kept. (Before the bounds, six 340k-note jobs added 900 MB.)
+LOAD_RSS_CEILING_BYTES = 150 * 2**20
+
+
+def _load_test(client, dense_uploads: int, capped_jobs: int, max_notes: int) -> dict:
+    """Submit ``dense_uploads`` 340k-note files (refused: too many notes) and ``capped_jobs`` files at
+    the note cap (synthesized, kept); return the RSS figures."""
+    import gc
+
+    dense = dense_midi(340_000)
+    assert 1.8e6 < len(dense) < 2 * 2**20  # under the 2 MiB upload limit, as in the issue
+    capped = dense_midi(max_notes)
+    wait_until(client, submit(client, data=capped, steps=1).json()["id"])  # warm up allocator and model
+    gc.collect()
+    before = peak = rss_bytes()
+    for _ in range(dense_uploads):
+        response = submit(client, data=dense, name="dense.mid", steps=1)
+        assert response.status_code == 400 and "notes" in response.json()["detail"]
+        peak = max(peak, rss_bytes())
+    for _ in range(capped_jobs):
+        job = wait_until(client, submit(client, data=capped, steps=1).json()["id"])
+        assert job["state"] == "done" and job["midi"]["notes"] == max_notes
+        peak = max(peak, rss_bytes())
+    gc.collect()
+    return {"before": before, "peak": peak, "after": rss_bytes()}
+
+
+def test_load_dense_uploads_keep_memory_bounded(serve):
+    client, _ = serve()
+    max_notes = client.get("/api/info").json()["limits"]["max_notes"]
+    figures = _load_test(client, dense_uploads=3, capped_jobs=4, max_notes=max_notes)
+    print("load test RSS (MiB):", {k: round(v / 2**20, 1) for k, v in figures.items()})
+    assert figures["peak"] - figures["before"] < LOAD_RSS_CEILING_BYTES, figures
+
+
+@pytest.mark.slow
+def test_load_many_dense_uploads_keep_memory_bounded(serve):
+    client, _ = serve(max_kept_results=32)
+    max_notes = client.get("/api/info").json()["limits"]["max_notes"]
+    figures = _load_test(client, dense_uploads=20, capped_jobs=40, max_notes=max_notes)
+    print("load test RSS (MiB):", {k: round(v / 2**20, 1) for k, v in figures.items()})
+    assert figures["peak"] - figures["before"] < LOAD_RSS_CEILING_BYTES, figures
+    assert client.get("/api/health").json()["kept"] <= 32
+
+
+# ---------------------------------------------------------------------------------------------
+# Admission before work
+# ---------------------------------------------------------------------------------------------
+
+
+class CountingReader:
+    """Stands in for ``read_midi`` in the app: counts calls, optionally slow, then does the real work."""
+
+    def __init__(self, delay: float = 0.0):
+        self.calls, self.delay, self.lock = 0, delay, threading.Lock()
+
+    def __call__(self, *args, **kwargs):
+        with self.lock:
+            self.calls += 1
+        time.sleep(self.delay)
+        return read_midi(*args, **kwargs)
+
+
+def test_a_full_queue_refuses_before_parsing_the_upload(serve, pipe, monkeypatch):
+    from specdiff.server import app as app_module
+
+    client, _ = serve(max_queued=1)
+    gate = Gate(pipe)
+    try:
+        running = submit(client).json()
+        assert gate.reached.wait(TIMEOUT)
+        waiting = submit(client).json()
+        reader = CountingReader()
+        monkeypatch.setattr(app_module, "read_midi", reader)
+        started = time.monotonic()
+        refused = submit(client, data=dense_midi(340_000), name="dense.mid")
+        assert refused.status_code == 429 and "queue is full" in refused.json()["detail"]
+        assert int(refused.headers["retry-after"]) > 0
+        assert reader.calls == 0  # refused before the form was parsed or the MIDI read
+        assert time.monotonic() - started < 2.0
+        assert client.get("/api/health").json()["refused"] == 1
+    finally:
+        gate.open()
+    for job in (running, waiting):
+        assert wait_until(client, job["id"])["state"] == "done"
+
+
+def test_the_last_place_is_reserved_before_parsing_and_parsing_is_off_the_event_loop(serve, pipe, monkeypatch):
+    from specdiff.server import app as app_module
+
+    client, _ = serve(max_queued=1)
+    gate = Gate(pipe)
+    reader = CountingReader(delay=1.0)
+    try:
+        running = submit(client).json()
+        assert gate.reached.wait(TIMEOUT)
+        monkeypatch.setattr(app_module, "read_midi", reader)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            uploads = [pool.submit(submit, client, seed=seed) for seed in (1, 2)]
+            time.sleep(0.3)  # both uploads have arrived; one is being parsed
+            started = time.monotonic()
+            assert client.get("/api/health").status_code == 200
+            assert time.monotonic() - started < 0.5  # the event loop is not busy parsing
+            codes = sorted(f.result().status_code for f in uploads)
+        assert codes == [202, 429]
+        assert reader.calls == 1  # the refused upload was never parsed
+    finally:
+        gate.open()
+    assert wait_until(client, running["id"])["state"] == "done"
+
+
+# ---------------------------------------------------------------------------------------------
+# Cross-site protection: Host (DNS rebinding) and Origin
+# ---------------------------------------------------------------------------------------------
+
+
+def test_foreign_host_headers_are_refused(serve):
+    client, _ = serve()
+    port = client.base_url.port
+    for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example"):
+        response = client.get("/api/info", headers={"Host": host})
+        assert response.status_code == 400, host
+        assert "--allow-host" in response.json()["detail"]
+        assert client.post("/api/jobs", headers={"Host": host}, files={"midi": ("a.mid", SONG)}).status_code == 400
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}", "127.0.0.2"):
+        assert client.get("/api/info", headers={"Host": host}).status_code == 200, host
+    assert client.get("/api/health").json()["submitted"] == 0
+
+
+def test_allowed_hosts_flag_accepts_more_names(serve):
+    client, _ = serve(allowed_hosts=["music.lan"])
+    assert client.get("/api/info", headers={"Host": "music.lan:8000"}).status_code == 200
+    assert client.get("/api/info", headers={"Host": "evil.example"}).status_code == 400
+    anything, _ = serve(allowed_hosts=["*"])
+    assert anything.get("/api/info", headers={"Host": "evil.example"}).status_code == 200
+
+
+def test_state_changing_requests_from_other_origins_are_refused(serve):
+    client, _ = serve()
+    own = str(client.base_url).rstrip("/")
+    for origin in ("http://evil.example", "null", f"{own}.evil.example", own.replace("http:", "https:"),
+                   "http://localhost:1"):  # fmt: skip
+        response = submit_with(client, {"Origin": origin})
+        assert response.status_code == 403, origin
+        assert "--allow-origin" in response.json()["detail"]
+    assert submit_with(client, {"Sec-Fetch-Site": "cross-site"}).status_code == 403
+    assert client.get("/api/health").json()["submitted"] == 0
+    job = submit_with(client, {"Origin": own})  # the page itself
+    assert job.status_code == 202, job.text
+    assert submit(client).status_code == 202  # programs send no Origin
+    job_id = job.json()["id"]
+    assert client.post(f"/api/jobs/{job_id}/cancel", headers={"Origin": "http://evil.example"}).status_code == 403
+    assert client.delete(f"/api/jobs/{job_id}", headers={"Origin": "http://evil.example"}).status_code == 403
+    assert client.get(f"/api/jobs/{job_id}", headers={"Origin": "http://evil.example"}).status_code == 200
+    wait_until(client, job_id)
+
+
+def test_allowed_origins_flag_accepts_another_origin(serve):
+    client, _ = serve(allowed_origins=["http://localhost:3000/"])
+    assert submit_with(client, {"Origin": "http://localhost:3000"}).status_code == 202
+    assert submit_with(client, {"Origin": "http://localhost:3001"}).status_code == 403
+
+
+def submit_with(client, headers: dict) -> httpx.Response:
+    fields = {"steps": str(STEPS)}
+    return client.post("/api/jobs", files={"midi": ("song.mid", SONG, "audio/midi")}, data=fields, headers=headers)
+
+
+def test_host_policy_for_wildcard_and_named_addresses():
+    from specdiff.server.guards import HostPolicy, split_host
+
+    assert split_host("[::1]:8000") == ("::1", 8000) and split_host("Localhost.:80") == ("localhost", 80)
+    everywhere = HostPolicy("0.0.0.0")
+    assert all(everywhere.allows(h) for h in ("192.168.1.5", "localhost", "::1", "10.0.0.1"))
+    assert not everywhere.allows("evil.example")
+    lan = HostPolicy("192.168.1.5", ["music.lan"])
+    assert lan.allows("192.168.1.5") and lan.allows("music.lan")
+    assert not lan.allows("localhost") and not lan.allows("10.0.0.1") and not lan.allows("evil.example")
+
+
+# ---------------------------------------------------------------------------------------------
+# Offline documentation, favicon
+# ---------------------------------------------------------------------------------------------
+
+
+def test_docs_pages_reference_no_external_url(serve):
+    import re
+
+    from specdiff.server.docs import bundled_assets
+
+    client, _ = serve()
+    if bundled_assets() is None:
+        pytest.skip("fastapi-offline is not installed (the `serve` extra)")
+    for page in ("/docs", "/redoc"):
+        response = client.get(page)
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+        assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", response.text, re.I), page
+        assets = re.findall(r"""(?:src|href)=["'](/[^"']+)["']""", response.text)
+        assert assets, page
+        for asset in assets:
+            assert client.get(asset).status_code == 200, asset
+    assert "swagger-ui-bundle.js" in client.get("/docs").text
+
+
+def test_docs_fallback_without_the_assets_package(serve, monkeypatch):
+    monkeypatch.setitem(sys.modules, "fastapi_offline", None)  # as if not installed
+    client, _ = serve()
+    page = client.get("/docs")
+    assert page.status_code == 200 and "/openapi.json" in page.text and "http" not in page.text
+
+
+def test_favicon_is_served(serve):
+    client, _ = serve()
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    assert icon.text.startswith("<svg")
+
+
+# ---------------------------------------------------------------------------------------------
+# Never silently limited audio
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_job_says_when_the_soft_limiter_shaped_the_audio(serve, pipe):
+    from specdiff.audio_io import LIMITER_CEILING, LIMITER_NOTE
+
+    client, _ = serve()
+    plain = wait_until(client, submit(client, seed=3).json()["id"])
+    assert plain["limited"] is False and plain["limiter_note"] is None
+    assert 0 < plain["audio_peak"] <= 1.0
+    pipe.inverter.gain = 4.0 / plain["audio_peak"]  # the same audio, four times over full scale
+    try:
+        loud = wait_until(client, submit(client, seed=3).json()["id"])
+    finally:
+        pipe.inverter.gain = 1.0
+    assert loud["state"] == "done"
+    assert loud["limited"] is True and loud["audio_peak"] == pytest.approx(4.0, rel=1e-3)
+    assert loud["limiter_note"] == LIMITER_NOTE
+    audio, _ = read_wav(client.get(loud["links"]["audio"]).content)
+    assert np.abs(audio).max() <= LIMITER_CEILING + 1e-4  # soft-limited, never hard-clipped at 1.0

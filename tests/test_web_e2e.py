@@ -178,3 +178,92 @@ def test_pick_a_bundled_example(page):
     page.wait_for_selector("body[data-state=done]")
     assert page.inner_text("#result-info").startswith(f"{EXAMPLE.name}: 1 steps")
     assert page.eval_on_selector("#player", "p => p.src").endswith("/audio.wav")
+
+
+def test_a_page_on_another_origin_cannot_submit_jobs(browser, base_url):
+    """A form POST and a no-cors fetch from a foreign page reach the server but are refused (403)."""
+    import json
+    import urllib.request
+
+    def submitted() -> int:
+        with urllib.request.urlopen(f"{base_url}/api/health") as response:
+            return json.load(response)["submitted"]
+
+    before = submitted()
+    attacker = f"""<!doctype html><html><body>
+      <form id="f" method="post" enctype="multipart/form-data" action="{base_url}/api/jobs">
+        <input name="example" value="{EXAMPLE.name}"><input name="steps" value="1">
+      </form></body></html>"""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.route("http://evil.example/**", lambda route: route.fulfill(body=attacker, content_type="text/html"))
+        page.goto("http://evil.example/")
+        status = page.evaluate(f"""async () => {{
+            const form = new FormData();
+            form.append("example", "{EXAMPLE.name}");
+            try {{
+                await fetch("{base_url}/api/jobs", {{method: "POST", mode: "no-cors", body: form}});
+            }} catch (err) {{ return "failed: " + err.message; }}  // the refused connection may close early
+            return "sent";
+        }}""")
+        assert status in ("sent", "failed: Failed to fetch")
+        with page.expect_navigation():
+            page.eval_on_selector("#f", "f => f.submit()")
+        assert "cross-origin request refused" in page.inner_text("body")
+    finally:
+        context.close()
+    assert submitted() == before
+
+
+def test_docs_render_with_the_network_blocked(browser, base_url):
+    """Swagger UI draws the API from local files only: every request off the server is aborted."""
+    context = browser.new_context()
+    blocked = []
+
+    def only_local(route):
+        if route.request.url.startswith(base_url):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    try:
+        context.route("**/*", only_local)
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(f"{base_url}/docs")
+        page.wait_for_selector(".swagger-ui .info .title")
+        assert "specdiff" in page.inner_text(".swagger-ui .info .title")
+        page.wait_for_selector(".opblock-summary-path[data-path='/api/jobs']")
+    finally:
+        context.close()
+    assert blocked == []
+
+
+def test_narrow_screen_layout_and_a_cleared_error(page, tmp_path):
+    """At 400 px the music controls stay inside the form, each radio button sits by its control,
+    and a refused file's message goes away once another file is chosen."""
+    page.set_viewport_size({"width": 400, "height": 900})
+    boxes = page.evaluate("""() => {
+        const box = (el) => el.getBoundingClientRect();
+        const form = box(document.getElementById('job-form'));
+        const out = (id) => box(document.getElementById(id)).right - form.right;
+        const radio = box(document.querySelector('input[name="source"][value="example"]'));
+        const select = box(document.getElementById('example'));
+        return {example: out('example'), limits: out('limits'), file: out('midi-file'),
+                gap: Math.hypot(select.left - radio.right, select.top - radio.top)};
+    }""")
+    assert boxes["example"] <= 0 and boxes["limits"] <= 0 and boxes["file"] <= 0, boxes
+    assert boxes["gap"] < 200, boxes
+
+    bad = tmp_path / "bad.mid"
+    bad.write_bytes(b"not a MIDI file")
+    page.set_input_files("#midi-file", str(bad))
+    page.click("#submit")
+    page.wait_for_selector("#error:not([hidden])")
+    good = tmp_path / "good.mid"
+    good.write_bytes(midi_bytes([(60, 0.0, 0.5)]))
+    page.set_input_files("#midi-file", str(good))
+    assert page.is_hidden("#error")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import ipaddress
 import logging
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from specdiff.commands.options import add_precision_argument, load_pipeline, res
 from specdiff.constants import DEVICES, INVERTERS, SCHEDULERS
 from specdiff.errors import SpecdiffError
 from specdiff.server.config import DEFAULT_GUIDANCE, DEFAULT_NUM_STEPS, DEFAULT_SCHEDULER, ServeConfig
+from specdiff.server.guards import is_loopback
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -95,6 +95,22 @@ def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         help=f"address to listen on (default: {DEFAULT_HOST}, this machine only). The service has no "
         "authentication: listen on other addresses only on a network you trust.",
     )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests whose Host header is NAME (repeatable; '*': any). By default only the "
+        "listening address (and, on loopback, localhost) is accepted, against DNS rebinding",
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also accept state-changing requests from pages on ORIGIN, e.g. http://localhost:3000 "
+        "(repeatable; '*': any). By default only the service's own page may submit or cancel jobs",
+    )
     p.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"TCP port (default: {DEFAULT_PORT}; 0: any free)")
     p.add_argument(
         "--device",
@@ -139,6 +155,13 @@ def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         help=f"longest accepted music in seconds (default: {defaults.max_midi_seconds:g})",
     )
     g.add_argument(
+        "--max-notes",
+        type=_positive(int),
+        default=defaults.max_notes,
+        metavar="N",
+        help=f"most notes in one MIDI upload; denser files get HTTP 400 (default: {defaults.max_notes})",
+    )
+    g.add_argument(
         "--max-steps",
         type=_positive(int),
         default=defaults.max_steps,
@@ -158,6 +181,22 @@ def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         default=defaults.fetched_ttl,
         metavar="S",
         help=f"seconds results are kept after their audio was first fetched (default: {defaults.fetched_ttl:g})",
+    )
+    g.add_argument(
+        "--max-kept",
+        type=_positive(int),
+        default=defaults.max_kept_results,
+        metavar="N",
+        help="most finished jobs whose results are kept; the oldest are evicted first (HTTP 410) "
+        f"(default: {defaults.max_kept_results})",
+    )
+    g.add_argument(
+        "--max-kept-mb",
+        type=_positive(float),
+        default=defaults.max_kept_bytes / 2**20,
+        metavar="MB",
+        help="most MiB of finished results kept on disk; the oldest are evicted first "
+        f"(default: {defaults.max_kept_bytes / 2**20:g})",
     )
     g.add_argument(
         "--workdir", type=Path, metavar="DIR", help="folder for results (default: a temporary folder, removed at exit)"
@@ -198,15 +237,6 @@ def check_dependencies() -> None:
         )
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def default_examples() -> list[Path]:
     """The demo corpus' test split (the model never trained on it), or nothing if it is missing."""
     try:
@@ -223,6 +253,9 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         return ServeConfig(
             max_upload_bytes=max(1, int(args.max_upload_mb * 2**20)),
             max_midi_seconds=args.max_seconds,
+            max_notes=args.max_notes,
+            max_kept_results=args.max_kept,
+            max_kept_bytes=max(1, int(args.max_kept_mb * 2**20)),
             max_queued=args.max_queued,
             max_steps=args.max_steps,
             result_ttl=args.result_ttl,
@@ -232,6 +265,9 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
             default_scheduler=args.scheduler,
             examples=default_examples(),
             workdir=args.workdir,
+            bind_host=args.host,
+            allowed_hosts=args.allow_host,
+            allowed_origins=args.allow_origin,
         )
     except ValueError as err:
         raise SpecdiffError(str(err)) from None
@@ -252,7 +288,8 @@ def build_app(args: argparse.Namespace) -> Any:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     pipe, device = load_pipeline(args, model_dir)
-    return create_app(Synthesizer(pipe), config, model_name=str(model_dir), device=device)
+    # The folder's name, not its path: /api/info is public and the server's file system is not.
+    return create_app(Synthesizer(pipe), config, model_name=Path(model_dir).name, device=device)
 
 
 def run_serve(args: argparse.Namespace) -> int:

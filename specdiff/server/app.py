@@ -13,9 +13,14 @@ API (the OpenAPI schema is at ``/openapi.json``, browsable at ``/docs``)::
     DELETE /api/jobs/{id}                    cancel if needed, then forget the job and its files
     GET    /api/health                       queue counters
 
-Errors are JSON ``{"detail": "one line"}``: 400 unusable MIDI (not MIDI, no notes, too long),
-404 unknown or expired job, 409 result not ready, 413 upload too large, 422 bad settings,
-429 queue full (with ``Retry-After``).
+Requests from other sites are refused: a ``Host`` that is not a name of this server with 400 (DNS
+rebinding), a state-changing request whose ``Origin`` is another site's with 403
+(``specdiff.server.guards``).
+
+Errors are JSON ``{"detail": "one line"}``: 400 unusable MIDI (not MIDI, no notes, too long, too
+many notes), 404 unknown or expired job, 409 result not ready, 410 results evicted to bound memory
+and disk, 413 upload too large, 422 bad settings, 429 queue full (with ``Retry-After``; refused
+before the upload is read).
 """
 
 from __future__ import annotations
@@ -41,12 +46,15 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from specdiff import __version__
+from specdiff.audio_io import LIMITER_NOTE
 from specdiff.constants import FRAMES_PER_SECOND
 from specdiff.errors import MidiError
 from specdiff.sampler import SCHEDULERS
 from specdiff.server.config import ServeConfig
-from specdiff.server.jobs import Job, JobNotFound, JobQueue, JobSettings, JobState, QueueFull, new_job_id
-from specdiff.server.synth import Synthesizer, read_midi
+from specdiff.server.docs import add_offline_docs
+from specdiff.server.guards import CrossSiteGuard, HostPolicy
+from specdiff.server.jobs import Job, JobGone, JobNotFound, JobQueue, JobSettings, JobState, QueueFull, new_job_id
+from specdiff.server.synth import NOTES_NAME, Synthesizer, read_midi, write_notes_json
 
 logger = logging.getLogger("specdiff.serve")
 
@@ -110,6 +118,11 @@ class JobOut(BaseModel):
     elapsed_s: float | None = Field(None, description="synthesis wall time so far")
     audio_seconds: float | None = None
     sample_rate: int | None = None
+    audio_peak: float | None = Field(
+        None, description="the synthesized audio's peak (1.0 = full scale), before limiting"
+    )
+    limited: bool = Field(False, description="the peak exceeded full scale, so a soft limiter shaped the WAV")
+    limiter_note: str | None = Field(None, description="what the limiter did, when it was applied")
     links: dict[str, str]
 
 
@@ -134,11 +147,14 @@ class ExampleOut(BaseModel):
 class LimitsOut(BaseModel):
     max_upload_bytes: int
     max_midi_seconds: float
+    max_notes: int
     max_queued: int
     max_steps: int
     max_guidance: float
     result_ttl_s: float
     fetched_ttl_s: float
+    max_kept_results: int
+    max_kept_bytes: int
 
 
 class DefaultsOut(BaseModel):
@@ -165,13 +181,15 @@ class HealthOut(BaseModel):
     queued: int
     running: int
     max_queued: int
-    kept: int
+    kept: int = Field(description="finished jobs whose results are kept")
+    kept_bytes: int = Field(description="bytes of those results on disk")
     submitted: int
     refused: int
     done: int
     failed: int
     cancelled: int
     expired: int
+    evicted: int
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -180,6 +198,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         400: "unusable MIDI (not a MIDI file, no notes, too long) or neither/both of midi and example",
         404: "unknown job or example, or the results expired",
         409: "the result is not ready (the job is queued, running, failed or cancelled)",
+        410: "the job's results were evicted to bound the server's memory and disk (oldest first)",
         413: "upload too large",
         422: "invalid settings",
         429: "the queue is full; retry after Retry-After seconds",
@@ -196,6 +215,40 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 
 
+class AdmissionGate:
+    """ASGI middleware: refuse a submission with 429 while the queue is full, before its body is read.
+
+    FastAPI reads and parses the multipart form before the endpoint runs; checking here means a full
+    queue costs a refused client nothing but its request line and headers (the body is drained, not
+    parsed, so the client sees the 429 instead of a reset connection).
+    """
+
+    def __init__(self, app: Any, queue: JobQueue, path: str, drain_bytes: int = 64 * 2**20) -> None:
+        self.app, self.queue, self.path, self.drain_bytes = app, queue, path, drain_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path or self.queue.has_room():
+            await self.app(scope, receive, send)
+            return
+        self.queue.counts["refused"] += 1
+        await _drain(receive, True, self.drain_bytes)
+        response = JSONResponse(
+            {"detail": f"the queue is full ({self.queue.max_queued} jobs waiting); try again later"},
+            status_code=429, headers={"Retry-After": str(RETRY_AFTER_SECONDS), "Connection": "close"},
+        )  # fmt: skip
+        await response(scope, receive, send)
+
+
+async def _drain(receive: Any, more_body: bool, budget: int) -> None:
+    """Read and drop the rest of a request body (up to ``budget`` bytes)."""
+    while more_body and budget > 0:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        budget -= len(message.get("body", b""))
+        more_body = message.get("more_body", False)
+
+
 class UploadLimit:
     """ASGI middleware: refuse request bodies to ``path`` over ``limit`` bytes with 413.
 
@@ -210,13 +263,7 @@ class UploadLimit:
         self.app, self.limit, self.path, self.describe, self.drain_bytes = app, limit, path, describe, drain_bytes
 
     async def _drain(self, receive: Any, more_body: bool) -> None:
-        budget = self.drain_bytes
-        while more_body and budget > 0:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            budget -= len(message.get("body", b""))
-            more_body = message.get("more_body", False)
+        await _drain(receive, more_body, self.drain_bytes)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
@@ -267,7 +314,7 @@ def _status(job: Job, position: int | None) -> dict[str, Any]:
                      "total_segments": job.total_segments, "fraction": round(fraction, 4)},
         "settings": {"steps": settings.steps, "guidance": settings.guidance, "seed": settings.seed,
                      "scheduler": settings.scheduler},
-        "midi": {"name": job.midi_name, "duration_s": round(job.duration, 3), "notes": len(job.notes),
+        "midi": {"name": job.midi_name, "duration_s": round(job.duration, 3), "notes": job.note_count,
                  "segments": job.total_segments},
         "error": job.error,
         "created_at": job.created_at,
@@ -277,6 +324,9 @@ def _status(job: Job, position: int | None) -> dict[str, Any]:
         "elapsed_s": None if job.started_at is None else round(end - job.started_at, 3),
         "audio_seconds": job.audio_seconds,
         "sample_rate": job.sample_rate,
+        "audio_peak": job.audio_peak,
+        "limited": job.limited,
+        "limiter_note": LIMITER_NOTE if job.limited else None,
         "links": links,
     }  # fmt: skip
 
@@ -303,7 +353,8 @@ def create_app(
     own_workdir = config.workdir is None
     # Our own temporary folder is made at startup (not here), so an app that never runs leaves none.
     queue = JobQueue(synthesizer, Path(config.workdir or "."), max_queued=config.max_queued,
-                     result_ttl=config.result_ttl, fetched_ttl=config.fetched_ttl)  # fmt: skip
+                     result_ttl=config.result_ttl, fetched_ttl=config.fetched_ttl,
+                     max_kept_results=config.max_kept_results, max_kept_bytes=config.max_kept_bytes)  # fmt: skip
     examples = {path.name: path for path in config.examples}
     device = device or str(synthesizer.pipe.device)
     has_diffusers = importlib.util.find_spec("diffusers") is not None
@@ -327,6 +378,8 @@ def create_app(
         description="MIDI to audio with Spectrogram Diffusion (Hawthorne et al., ISMIR 2022). Submit a MIDI "
         "file and settings, follow the job, fetch the WAV and the spectrogram.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load from a CDN; specdiff.server.docs serves local copies
+        redoc_url=None,
     )
     app.state.queue = queue
     app.state.config = config
@@ -334,10 +387,17 @@ def create_app(
     too_large = f"upload too large: the limit is {config.max_upload_bytes} bytes for the MIDI file"
     app.add_middleware(UploadLimit, limit=config.max_upload_bytes + FORM_OVERHEAD_BYTES, path=UPLOAD_PATH,
                        describe=too_large)  # fmt: skip
+    # Added later, so it runs earlier: a full queue refuses before the size check reads anything.
+    app.add_middleware(AdmissionGate, queue=queue, path=UPLOAD_PATH)
+    # Outermost: a request from another site is refused before anything else looks at it.
+    app.add_middleware(CrossSiteGuard, hosts=HostPolicy(config.bind_host, config.allowed_hosts),
+                       allowed_origins=config.allowed_origins)  # fmt: skip
 
     def lookup(job_id: str, view: Any = None) -> Any:
         try:
             return queue.snapshot(job_id, view)
+        except JobGone as err:
+            raise HTTPException(410, str(err)) from None
         except JobNotFound as err:
             raise HTTPException(404, str(err)) from None
 
@@ -357,9 +417,10 @@ def create_app(
             "defaults": {"steps": config.default_steps, "guidance": config.default_guidance,
                          "scheduler": config.default_scheduler},
             "limits": {"max_upload_bytes": config.max_upload_bytes, "max_midi_seconds": config.max_midi_seconds,
-                       "max_queued": config.max_queued, "max_steps": config.max_steps,
+                       "max_notes": config.max_notes, "max_queued": config.max_queued, "max_steps": config.max_steps,
                        "max_guidance": config.max_guidance, "result_ttl_s": config.result_ttl,
-                       "fetched_ttl_s": config.fetched_ttl},
+                       "fetched_ttl_s": config.fetched_ttl, "max_kept_results": config.max_kept_results,
+                       "max_kept_bytes": config.max_kept_bytes},
             "examples": [{"name": name} for name in examples],
         }  # fmt: skip
 
@@ -372,16 +433,21 @@ def create_app(
         "/api/jobs", status_code=202, response_model=JobOut, tags=["jobs"],
         responses=_responses(400, 413, 422, 429),
     )  # fmt: skip
-    def submit(
+    async def submit(
         response: Response,
         midi: UploadFile | None = File(None, description="a Standard MIDI File (.mid)"),
         example: str | None = Form(None, description="or the name of a bundled example (see /api/info)"),
         steps: int = Form(config.default_steps, ge=1, le=config.max_steps),
-        guidance: float = Form(config.default_guidance, ge=0.0, le=config.max_guidance),
+        # allow_inf_nan=False: NaN fails every comparison, so without it the client would be told
+        # "less than or equal to 20" instead of that the value must be a finite number.
+        guidance: float = Form(config.default_guidance, ge=0.0, le=config.max_guidance, allow_inf_nan=False),
         seed: int | None = Form(None, ge=0, lt=2**63, description="default: a fresh random seed"),
         scheduler: SchedulerName = Form(config.default_scheduler),
     ) -> dict[str, Any]:
-        """Queue a synthesis. Returns at once with the job's id and state (202)."""
+        """Queue a synthesis. Returns at once with the job's id and state (202).
+
+        A full queue is refused (429) before the upload is read; otherwise a place is reserved
+        before the MIDI is parsed, and the parsing runs in a worker thread, off the event loop."""
         if (midi is None) == (example is None):
             raise HTTPException(400, "send either a MIDI file (field 'midi') or an example name (field 'example')")
         if scheduler not in schedulers:
@@ -391,35 +457,28 @@ def create_app(
             raise HTTPException(422, f"scheduler {scheduler} allows at most {limit} steps for this model")
         if midi is not None:
             name = _safe_name(midi.filename)
-            data = midi.file.read(config.max_upload_bytes + 1)
+            data = await midi.read(config.max_upload_bytes + 1)
             if len(data) > config.max_upload_bytes:
                 raise HTTPException(413, too_large)
         else:
             if example not in examples:
                 raise HTTPException(404, f"unknown example {example!r}; see /api/info for the list")
-            name, data = example, examples[example].read_bytes()
+            name, data = example, await asyncio.to_thread(examples[example].read_bytes)
         try:
-            tokenized, notes = read_midi(data, name, config.max_midi_seconds, config.max_upload_bytes)
-        except MidiError as err:
-            raise HTTPException(400, str(err)) from None
-        job_id = new_job_id()
-        job = Job(
-            id=job_id,
-            settings=JobSettings(steps=steps, guidance=float(guidance),
-                                 seed=seed if seed is not None else secrets.randbelow(2**31), scheduler=scheduler),
-            midi=tokenized, midi_name=name, notes=notes, folder=queue.new_folder(job_id),
-        )  # fmt: skip
-        job.total_segments = synthesizer.segments_for(tokenized)
-        job.total_steps = job.total_segments * steps
-        try:
-            queue.submit(job)
+            with queue.reserve():
+                job = await asyncio.to_thread(make_job, data, name, JobSettings(
+                    steps=steps, guidance=float(guidance), scheduler=scheduler,
+                    seed=seed if seed is not None else secrets.randbelow(2**31)))  # fmt: skip
+                queue.submit(job, reserved=True)
         except QueueFull as err:
             raise HTTPException(429, str(err), headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+        except MidiError as err:
+            raise HTTPException(400, str(err)) from None
         response.headers["Location"] = f"/api/jobs/{job.id}"
         logger.info("job %s queued: %s, %.1f s, %s", job.id, name, job.duration, job.settings)
         return queue.snapshot(job.id, _status)
 
-    @app.get("/api/jobs/{job_id}", response_model=JobOut, tags=["jobs"], responses=_responses(404))
+    @app.get("/api/jobs/{job_id}", response_model=JobOut, tags=["jobs"], responses=_responses(404, 410))
     def status(job_id: str) -> dict[str, Any]:
         """The job's state, queue position and progress."""
         return lookup(job_id, _status)
@@ -456,16 +515,20 @@ def create_app(
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
 
-    @app.get("/api/jobs/{job_id}/notes", response_model=NotesOut, tags=["jobs"], responses=_responses(404))
-    def notes(job_id: str) -> dict[str, Any]:
-        """The notes the model is conditioned on (sustain applied, Slakh programs), for a piano roll."""
-        job, _ = lookup(job_id)
-        return {"duration_s": job.duration, "notes": job.notes}
+    @app.get(
+        "/api/jobs/{job_id}/notes", tags=["jobs"], response_class=FileResponse,
+        responses={200: {"model": NotesOut, "description": "the notes, JSON"}, **_responses(404, 409, 410)},
+    )  # fmt: skip
+    def notes(job_id: str) -> FileResponse:
+        """The notes the model is conditioned on (sustain applied, Slakh programs), for a piano roll.
+        Kept on disk with the job's results (not for failed or cancelled jobs)."""
+        _, path = result_file(job_id, "notes_path", need_done=False)
+        return FileResponse(path, media_type="application/json")
 
-    def result_file(job_id: str, attribute: str) -> tuple[Job, Path]:
+    def result_file(job_id: str, attribute: str, need_done: bool = True) -> tuple[Job, Path]:
         job, position = lookup(job_id)
         path = getattr(job, attribute)
-        if job.state is not JobState.DONE or path is None or not path.is_file():
+        if (need_done and job.state is not JobState.DONE) or path is None or not path.is_file():
             reason = f": {job.error}" if job.error else ""
             raise HTTPException(409, f"job {job_id} has no result: it is {job.state.value}{reason}")
         return job, path
@@ -473,7 +536,7 @@ def create_app(
     @app.get(
         "/api/jobs/{job_id}/audio.wav", tags=["results"], response_class=FileResponse,
         responses={200: {"content": {"audio/wav": {}}, "description": "16-bit PCM WAV, mono"},
-                   **_responses(404, 409)},
+                   **_responses(404, 409, 410)},
     )  # fmt: skip
     def audio(job_id: str) -> FileResponse:
         """The synthesized audio. The results expire ``fetched_ttl_s`` after the first fetch."""
@@ -485,12 +548,28 @@ def create_app(
     @app.get(
         "/api/jobs/{job_id}/spectrogram.png", tags=["results"], response_class=FileResponse,
         responses={200: {"content": {"image/png": {}}, "description": "the generated log-mel spectrogram"},
-                   **_responses(404, 409)},
+                   **_responses(404, 409, 410)},
     )  # fmt: skip
     def spectrogram(job_id: str) -> FileResponse:
         """A picture of the generated log-mel spectrogram."""
         _, path = result_file(job_id, "spectrogram_path")
         return FileResponse(path, media_type="image/png")
+
+    def make_job(data: bytes, name: str, settings: JobSettings) -> Job:
+        """Parse and tokenize an upload and write its notes to the job's folder (in a worker thread)."""
+        tokenized, notes = read_midi(data, name, config.max_midi_seconds, config.max_upload_bytes, config.max_notes)
+        job_id = new_job_id()
+        folder = queue.new_folder(job_id)
+        try:
+            notes_path = write_notes_json(notes, tokenized.duration, folder / NOTES_NAME)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        job = Job(id=job_id, settings=settings, midi=tokenized, midi_name=name, folder=folder,
+                  duration=float(tokenized.duration), note_count=len(notes), notes_path=notes_path)  # fmt: skip
+        job.total_segments = synthesizer.segments_for(tokenized)
+        job.total_steps = job.total_segments * settings.steps
+        return job
 
     @app.post("/api/jobs/{job_id}/cancel", response_model=JobOut, tags=["jobs"], responses=_responses(404))
     def cancel(job_id: str) -> dict[str, Any]:
@@ -498,6 +577,8 @@ def create_app(
         already ended is returned unchanged)."""
         try:
             queue.cancel(job_id)
+        except JobGone as err:
+            raise HTTPException(410, str(err)) from None
         except JobNotFound as err:
             raise HTTPException(404, str(err)) from None
         return lookup(job_id, _status)
@@ -507,6 +588,8 @@ def create_app(
         """Cancel the job if it has not ended, then forget it and delete its results."""
         try:
             queue.delete(job_id)
+        except JobGone as err:
+            raise HTTPException(410, str(err)) from None
         except JobNotFound as err:
             raise HTTPException(404, str(err)) from None
         return Response(status_code=204)
@@ -516,6 +599,13 @@ def create_app(
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(WEB_DIR / "index.html", media_type="text/html")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        # Browsers ask for /favicon.ico whatever the page says; an SVG answers them all.
+        return FileResponse(WEB_DIR / "favicon.svg", media_type="image/svg+xml")
+
+    add_offline_docs(app)
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
     return app

@@ -23,6 +23,10 @@ class ServeConfig:
     max_upload_bytes: int = 2 * 1024 * 1024
     #: Longest accepted music, in seconds (the MIDI's NoteSequence total_time).
     max_midi_seconds: float = 120.0
+    #: Most notes accepted in one upload (HTTP 400 beyond). The model reads at most 2047 tokens per
+    #: 5.12 s segment (about 680 notes), so 120 s of music holds at most ~16k notes that matter;
+    #: the cap stops a dense file from costing seconds of parsing and megabytes per job for nothing.
+    max_notes: int = 30_000
     #: Jobs that may wait behind the running one; one more is refused with 429.
     max_queued: int = 8
     #: Upper bound on ``steps`` per request (cost grows linearly with it).
@@ -34,6 +38,11 @@ class ServeConfig:
     #: Seconds a job's results are kept after its audio was first fetched (a browser's <audio>
     #: element fetches in several range requests, so "delete on first fetch" would break playback).
     fetched_ttl: float = 300.0
+    #: Most finished jobs kept at once; past it the oldest finished job is evicted (HTTP 410).
+    max_kept_results: int = 32
+    #: Most bytes of finished results kept on disk at once (WAV + PNG + notes of every finished job);
+    #: past it the oldest finished jobs are evicted, never the one that just finished.
+    max_kept_bytes: int = 512 * 2**20
     #: Defaults offered by the page and used when a request leaves a setting out.
     default_steps: int = DEFAULT_NUM_STEPS
     default_guidance: float = DEFAULT_GUIDANCE
@@ -42,9 +51,25 @@ class ServeConfig:
     examples: list[Path] = field(default_factory=list)
     #: Folder for results; None: a fresh temporary folder, removed on shutdown.
     workdir: Path | None = None
+    #: The address the service listens on: Host headers naming it (and, for a loopback address,
+    #: ``localhost`` and the other loopback addresses) are accepted, others refused (DNS rebinding).
+    bind_host: str = "127.0.0.1"
+    #: More Host names to accept (``*``: any; for a reverse proxy or a LAN name).
+    allowed_hosts: list[str] = field(default_factory=list)
+    #: More origins (``scheme://host:port``) allowed to make state-changing requests (``*``: any);
+    #: the service's own origin always is.
+    allowed_origins: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_queued", "max_steps", "default_steps"):
+        for name in (
+            "max_upload_bytes",
+            "max_notes",
+            "max_queued",
+            "max_steps",
+            "default_steps",
+            "max_kept_results",
+            "max_kept_bytes",
+        ):
             if int(getattr(self, name)) < (0 if name == "max_queued" else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("max_midi_seconds", "result_ttl", "fetched_ttl", "max_guidance"):
@@ -55,3 +80,5 @@ class ServeConfig:
         if not 0 <= self.default_guidance <= self.max_guidance:
             raise ValueError(f"default_guidance {self.default_guidance} is not in [0, {self.max_guidance}]")
         self.examples = [Path(p) for p in self.examples]
+        self.allowed_hosts = [str(h) for h in self.allowed_hosts]
+        self.allowed_origins = [str(o).rstrip("/") for o in self.allowed_origins]

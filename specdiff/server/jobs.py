@@ -8,18 +8,26 @@ in the service, a stub in tests). Every accepted job ends in exactly one termina
 ``result_ttl`` seconds after they end, or ``fetched_ttl`` seconds after their audio was first
 fetched, whichever is sooner; then their files are deleted and their id is unknown (404).
 
+Memory and disk are bounded by count and bytes too, not only by time: a job's bulky parts (audio,
+spectrogram, the notes for the piano roll) live in its folder, never in memory; its token segments
+are dropped once it ends; at most ``max_kept_results`` finished jobs and ``max_kept_bytes`` bytes of
+their files are kept, the oldest finished evicted first (:class:`JobGone`, HTTP 410). Waiting jobs are
+bounded by ``max_queued``; a client reserves a place (:meth:`JobQueue.reserve`) before the costly
+parsing of its upload, so a full queue refuses work before doing any.
+
 This module knows nothing about HTTP; ``specdiff.server.app`` maps its exceptions to status codes.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -50,6 +58,10 @@ class JobNotFound(SpecdiffError):
     """No such job: never existed, deleted, or its results expired (HTTP 404)."""
 
 
+class JobGone(JobNotFound):
+    """The job existed but its results were evicted to bound memory and disk (HTTP 410)."""
+
+
 class JobCancelled(Exception):
     """Raised inside a runner (from its progress hook) to abandon a cancelled job."""
 
@@ -70,10 +82,12 @@ class Job:
 
     id: str
     settings: JobSettings
-    midi: Any  # specdiff.tokenizer.TokenizedMidi (already validated at submission)
+    midi: Any  # specdiff.tokenizer.TokenizedMidi (validated at submission; dropped when the job ends)
     midi_name: str
-    notes: list[dict]  # for the piano roll: pitch, start, end, velocity, program, is_drum
     folder: Path
+    duration: float = 0.0  # of the music, seconds (kept when ``midi`` is dropped)
+    note_count: int = 0
+    notes_path: Path | None = None  # JSON for the piano roll, in the job's folder (not in memory)
     state: JobState = JobState.QUEUED
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
@@ -89,12 +103,11 @@ class Job:
     spectrogram_path: Path | None = None
     audio_seconds: float | None = None
     sample_rate: int | None = None
+    audio_peak: float | None = None  # the synthesized audio's peak before any limiting (1.0 = full scale)
+    limited: bool = False  # the peak exceeded full scale, so the soft limiter shaped the WAV
+    result_bytes: int = 0  # size of the job's folder once it ended (counted against max_kept_bytes)
     version: int = 0  # bumped on every change, so progress streams know when to send
     cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
-
-    @property
-    def duration(self) -> float:
-        return float(self.midi.duration)
 
     def check_cancelled(self) -> None:
         """For runners: raise :class:`JobCancelled` once cancellation was asked for."""
@@ -113,21 +126,30 @@ def new_job_id() -> str:
 class JobQueue:
     """Jobs by id, a FIFO of waiting ones, and the worker thread that runs them one at a time."""
 
+    #: How many evicted ids are remembered (to answer 410 rather than 404); a few kB.
+    GONE_MEMORY = 4096
+
     def __init__(self, runner: Runner, workdir: Path, max_queued: int = 8, result_ttl: float = 3600.0,
-                 fetched_ttl: float = 300.0, clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+                 fetched_ttl: float = 300.0, clock: Callable[[], float] = time.time, max_kept_results: int = 32,
+                 max_kept_bytes: int = 512 * 2**20) -> None:  # fmt: skip
         self.runner = runner
         self.workdir = Path(workdir)
         self.max_queued = int(max_queued)
+        self.max_kept_results = int(max_kept_results)
+        self.max_kept_bytes = int(max_kept_bytes)
         self.result_ttl = float(result_ttl)
         self.fetched_ttl = float(fetched_ttl)
         self.clock = clock
         self._jobs: dict[str, Job] = {}
         self._waiting: collections.deque[Job] = collections.deque()
         self._running: Job | None = None
+        self._reserved = 0  # places promised to uploads still being parsed
+        self._finished: collections.OrderedDict[str, Job] = collections.OrderedDict()  # oldest first
+        self._gone: collections.OrderedDict[str, str] = collections.OrderedDict()  # evicted id -> why
         self._lock = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.counts = collections.Counter()  # submitted / refused / done / failed / cancelled / expired
+        self.counts = collections.Counter()  # submitted / refused / done / failed / cancelled / expired / evicted
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -160,17 +182,43 @@ class JobQueue:
         folder.mkdir(parents=True, exist_ok=False)
         return folder
 
-    def submit(self, job: Job) -> Job:
-        """Queue a job, or raise :class:`QueueFull` (its folder is then removed)."""
+    def has_room(self) -> bool:
+        """Whether a submission could be accepted now (a cheap look, for refusing before any work)."""
+        with self._lock:
+            return not self._stopping and len(self._waiting) + self._reserved < self.max_queued
+
+    def _check_room_locked(self, extra: int) -> None:
+        if self._stopping:
+            raise QueueFull("the server is shutting down")
+        if len(self._waiting) + self._reserved + extra > self.max_queued:
+            self.counts["refused"] += 1
+            raise QueueFull(f"the queue is full ({self.max_queued} jobs waiting); try again later")
+
+    @contextlib.contextmanager
+    def reserve(self) -> Iterator[None]:
+        """Hold a place in the queue while an upload is parsed (``submit(job, reserved=True)`` inside
+        uses it), or raise :class:`QueueFull` at once: parsing only happens when it can pay off."""
+        with self._lock:
+            self._check_room_locked(1)
+            self._reserved += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._reserved -= 1
+                self._lock.notify_all()
+
+    def submit(self, job: Job, reserved: bool = False) -> Job:
+        """Queue a job, or raise :class:`QueueFull` (its folder is then removed). ``reserved``: the
+        caller holds a place from :meth:`reserve`."""
         with self._lock:
             self._purge_locked()
-            if self._stopping:
+            try:
+                # A reserved place is counted in _reserved until the caller's reserve() block ends.
+                self._check_room_locked(0 if reserved else 1)
+            except QueueFull:
                 shutil.rmtree(job.folder, ignore_errors=True)
-                raise QueueFull("the server is shutting down")
-            if len(self._waiting) >= self.max_queued:
-                self.counts["refused"] += 1
-                shutil.rmtree(job.folder, ignore_errors=True)
-                raise QueueFull(f"the queue is full ({self.max_queued} jobs waiting); try again later")
+                raise
             self._jobs[job.id] = job
             self._waiting.append(job)
             self.counts["submitted"] += 1
@@ -182,6 +230,8 @@ class JobQueue:
         with self._lock:
             self._purge_locked()
             job = self._jobs.get(job_id)
+            if job is None and job_id in self._gone:
+                raise JobGone(f"job {job_id!r} is gone: {self._gone[job_id]}")
             if job is None:
                 raise JobNotFound(f"no job {job_id!r} (unknown, deleted, or its results expired)")
             return job
@@ -215,6 +265,7 @@ class JobQueue:
         with self._lock:
             job = self.cancel(job_id)
             del self._jobs[job.id]
+            self._finished.pop(job.id, None)
             if job.state is not JobState.RUNNING:  # a running job's folder goes when it stops
                 shutil.rmtree(job.folder, ignore_errors=True)
             self._bump(job)
@@ -242,8 +293,12 @@ class JobQueue:
                 "queued": len(self._waiting),
                 "running": int(self._running is not None),
                 "max_queued": self.max_queued,
-                "kept": sum(1 for j in self._jobs.values() if j.state.terminal),
-                **{k: self.counts[k] for k in ("submitted", "refused", "done", "failed", "cancelled", "expired")},
+                "kept": len(self._finished),
+                "kept_bytes": sum(j.result_bytes for j in self._finished.values()),
+                **{
+                    k: self.counts[k]
+                    for k in ("submitted", "refused", "done", "failed", "cancelled", "expired", "evicted")
+                },  # fmt: skip
             }
 
     def purge(self) -> None:
@@ -291,11 +346,38 @@ class JobQueue:
         job.state, job.error = state, error
         job.finished_at = self.clock()
         job.expires_at = job.finished_at + self.result_ttl
+        job.midi = None  # the token segments are only needed to synthesize
         if state is not JobState.DONE:  # nothing of a failed or cancelled job is worth keeping
             shutil.rmtree(job.folder, ignore_errors=True)
-            job.audio_path = job.spectrogram_path = None
+            job.audio_path = job.spectrogram_path = job.notes_path = None
+        job.result_bytes = _folder_bytes(job.folder)
         self.counts[state.value] += 1
+        if job.id in self._jobs:
+            self._finished[job.id] = job
+            self._evict_locked(keep=job)
         self._bump(job)
+
+    def _evict_locked(self, keep: Job | None = None) -> None:
+        """Forget the oldest finished jobs (and delete their files) until at most ``max_kept_results``
+        of them, holding at most ``max_kept_bytes``, remain; ``keep`` (the job that just ended) stays."""
+        total = sum(j.result_bytes for j in self._finished.values())
+        for job in list(self._finished.values()):
+            if len(self._finished) <= self.max_kept_results and total <= self.max_kept_bytes:
+                break
+            if job is keep:
+                continue
+            total -= job.result_bytes
+            self._forget_locked(job)
+            self._gone[job.id] = (f"its results were evicted to make room (this server keeps at most "
+                                  f"{self.max_kept_results} results and {self.max_kept_bytes} bytes)")  # fmt: skip
+            while len(self._gone) > self.GONE_MEMORY:
+                self._gone.popitem(last=False)
+            self.counts["evicted"] += 1
+
+    def _forget_locked(self, job: Job) -> None:
+        self._jobs.pop(job.id, None)
+        self._finished.pop(job.id, None)
+        shutil.rmtree(job.folder, ignore_errors=True)
 
     def _bump(self, job: Job) -> None:
         job.version += 1
@@ -305,9 +387,16 @@ class JobQueue:
         now = self.clock()
         for job in [j for j in self._jobs.values() if j.state.terminal and j.expires_at is not None]:
             if now >= job.expires_at:
-                del self._jobs[job.id]
-                shutil.rmtree(job.folder, ignore_errors=True)
+                self._forget_locked(job)
                 self.counts["expired"] += 1
+
+
+def _folder_bytes(folder: Path) -> int:
+    """Bytes of the files in a job's folder (0 when it is gone)."""
+    try:
+        return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    except OSError:
+        return 0
 
 
 def _one_line(err: BaseException) -> str:

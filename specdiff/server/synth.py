@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from specdiff.errors import MidiError
 from specdiff.server.jobs import Job, JobQueue
 
@@ -25,31 +27,53 @@ AUDIO_NAME = "audio.wav"
 SPECTROGRAM_NAME = "spectrogram.png"
 
 
-def read_midi(data: bytes, name: str, max_seconds: float, max_bytes: int) -> tuple[Any, list[dict]]:
-    """Tokenize MIDI bytes: ``(TokenizedMidi, notes for the piano roll)``; MidiError if unusable.
+NOTES_NAME = "notes.json"
 
-    The notes are read once and tokenized from there (``notes_to_segments`` on ``midi_to_notes``'
-    output is what ``midi_to_segments`` does), so the piano roll shows exactly what the model gets:
-    sustain applied, programs mapped to Slakh classes.
+
+def read_midi(
+    data: bytes, name: str, max_seconds: float, max_bytes: int, max_notes: int = 2_000_000
+) -> tuple[Any, list[Any]]:
+    """Tokenize MIDI bytes: ``(TokenizedMidi, notes)``; MidiError if unusable.
+
+    The notes (``specdiff.midi.Note``) are read once and tokenized from there (``notes_to_segments``
+    on ``midi_to_notes``' output is what ``midi_to_segments`` does), so the piano roll
+    (:func:`write_notes_json`) shows exactly what the model gets: sustain applied, programs mapped to
+    Slakh classes. Parsing stops at ``max_notes`` notes, so a dense file costs little to refuse.
     """
     from specdiff.tokenizer import TokenizedMidi, midi_to_notes, notes_to_segments
 
     try:
-        notes, total_time = midi_to_notes(data, max_bytes=max_bytes, max_seconds=max_seconds)
+        notes, total_time = midi_to_notes(data, max_bytes=max_bytes, max_seconds=max_seconds, max_notes=max_notes)
     except MidiError as err:
         # The tokenizer names bytes input "MIDI data"; the client knows its file by name.
-        raise MidiError(str(err).replace("MIDI data", name, 1)) from None
+        message = str(err).replace("MIDI data", name, 1).replace("(limit max_notes)", "(this server's limit)")
+        raise MidiError(message) from None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         segments = notes_to_segments(notes, total_time)
     for warning in caught:  # e.g. a segment too dense for 2048 tokens was truncated
         logger.warning("%s: %s", name, warning.message)
-    roll = [
-        {"pitch": n.pitch, "start": round(n.start, 4), "end": round(n.end, 4), "velocity": n.velocity,
-         "program": n.program, "is_drum": n.is_drum}
-        for n in notes
-    ]  # fmt: skip
-    return TokenizedMidi(segments, total_time), roll
+    return TokenizedMidi(segments, total_time), notes
+
+
+def write_notes_json(notes: list[Any], duration: float, path: Path) -> Path:
+    """The piano roll's notes as JSON (``{"duration_s", "notes": [{pitch, start, end, velocity,
+    program, is_drum}]}``), written atomically. On disk, not in memory: a dense file's notes are
+    megabytes of JSON, and a server keeps many finished jobs."""
+    import json
+
+    from specdiff.atomic import atomic_write
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as out:
+            out.write(f'{{"duration_s": {json.dumps(float(duration))}, "notes": [')
+            for i, n in enumerate(notes):
+                out.write(("," if i else "") + json.dumps(
+                    {"pitch": n.pitch, "start": round(n.start, 4), "end": round(n.end, 4), "velocity": n.velocity,
+                     "program": n.program, "is_drum": bool(n.is_drum)}, separators=(",", ":")))  # fmt: skip
+            out.write("]}")
+
+    return atomic_write(path, write)
 
 
 def save_spectrogram(mel: Any, path: Path, title: str | None = None) -> Path:
@@ -128,7 +152,10 @@ class Synthesizer:
         finally:
             self._current = None
         job.check_cancelled()  # cancelled while the inverter ran: do not write anything
-        audio_path = save_wav(job.folder / AUDIO_NAME, result.audios[0], self.sample_rate)
+        audio = np.asarray(result.audios[0], dtype=np.float32)
+        # save_wav soft-limits audio over full scale (never hard clipping); the job says so.
+        peak = float(np.abs(audio).max(initial=0.0))
+        audio_path = save_wav(job.folder / AUDIO_NAME, audio, self.sample_rate)
         spectrogram_path = self.draw_spectrogram(result.mels[0], job.folder / SPECTROGRAM_NAME, job.midi_name)
         queue.update(
             job,
@@ -136,6 +163,8 @@ class Synthesizer:
             spectrogram_path=spectrogram_path,
             audio_seconds=result.audios.shape[-1] / self.sample_rate,
             sample_rate=self.sample_rate,
+            audio_peak=round(peak, 4),
+            limited=peak > 1.0,
         )
 
     def _before_step(self, module: Any, args: Any) -> None:

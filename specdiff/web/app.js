@@ -68,9 +68,11 @@ async function init() {
     for (const e of info.examples) $("example").add(new Option(e.name, e.name));
   }
   for (const radio of document.querySelectorAll('input[name="source"]')) {
-    radio.addEventListener("change", syncSource);
+    radio.addEventListener("change", () => { showError(""); syncSource(); });
   }
   $("midi-file").addEventListener("change", () => {
+    showError("");  // a new file: the previous file's refusal no longer applies
+    if (document.body.dataset.state === "error") setState("ready");
     document.querySelector('input[name="source"][value="upload"]').checked = true;
     syncSource();
   });

@@ -1,0 +1,148 @@
+"""Cross-site protection: refuse foreign ``Host`` headers (DNS rebinding) and foreign ``Origin``s.
+
+The service has no authentication; what keeps a web page on another site from using it through a
+visitor's browser is that the browser says where a request comes from:
+
+- ``Host``: a page that rebinds its own name to 127.0.0.1 talks to us under *its* name. Only the
+  names the service is reached by are accepted: the bound address, for a loopback address also
+  ``localhost`` and the loopback addresses, for a wildcard address (0.0.0.0, ::) also any IP
+  literal and this machine's names, plus ``--allow-host`` names (``*``: any).
+- ``Origin``: a page on another origin can still send a "simple" request (a form POST, ``fetch``
+  with ``no-cors``) that the browser delivers without asking. State-changing requests (anything but
+  GET, HEAD, OPTIONS) whose Origin is not the service's own (or an ``--allow-origin`` one) are
+  refused; so are those that carry no Origin but a ``Sec-Fetch-Site`` other than same-origin/none.
+  Programs (curl, httpx) send neither header and are not affected.
+
+Plain ASGI, no FastAPI import: ``specdiff.commands.serve`` uses :func:`is_loopback` for ``--help``-time
+checks without loading the web stack.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+#: Methods that only read; everything else changes state and is origin-checked.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+WILDCARD_ADDRESSES = frozenset({"", "0.0.0.0", "::"})
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, IPv6 with or without brackets) is this machine only."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+def split_host(value: str) -> tuple[str, int | None]:
+    """``Host`` header -> (lower-case name without brackets or trailing dot, port or None)."""
+    value = value.strip().lower()
+    if value.startswith("["):  # [v6]:port
+        name, _, rest = value[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif value.count(":") == 1:
+        name, _, port = value.partition(":")
+    else:  # a bare name, or a bare IPv6 address
+        name, port = value, ""
+    return name.rstrip("."), int(port) if port.isdigit() else None
+
+
+class HostPolicy:
+    """Which ``Host`` names this service answers to (see the module docstring)."""
+
+    def __init__(self, bind_host: str, extra: Iterable[str] = ()) -> None:
+        extra = [str(e).strip().lower() for e in extra]
+        self.any = "*" in extra
+        bind = bind_host.strip("[]").lower()
+        self.names = {split_host(e)[0] for e in extra if e != "*"} | {bind}
+        self.wildcard = bind in WILDCARD_ADDRESSES
+        self.loopback = is_loopback(bind) or self.wildcard
+        if self.loopback:
+            self.names |= LOOPBACK_NAMES
+        if self.wildcard:  # reachable by every address of this machine: its names too
+            self.names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+
+    def allows(self, name: str) -> bool:
+        if self.any or name in self.names:
+            return True
+        if self.wildcard and _is_ip(name):  # an IP literal cannot be rebound to another site
+            return True
+        return self.loopback and _is_ip(name) and ipaddress.ip_address(name).is_loopback
+
+
+def _origin_key(scheme: str, name: str, port: int | None) -> tuple[str, str, int | None]:
+    return scheme, name, port if port is not None else DEFAULT_PORTS.get(scheme)
+
+
+class CrossSiteGuard:
+    """ASGI middleware: 400 for a ``Host`` not in ``hosts``, 403 for a state-changing request from
+    another origin (``allowed_origins``: more origins to accept, ``*``: any)."""
+
+    def __init__(self, app: Any, hosts: HostPolicy, allowed_origins: Iterable[str] = ()) -> None:
+        self.app, self.hosts = app, hosts
+        origins = [str(o).strip().rstrip("/").lower() for o in allowed_origins]
+        self.any_origin = "*" in origins
+        self.origins = {self._key(o) for o in origins if o != "*"}
+
+    @staticmethod
+    def _key(origin: str) -> tuple[str, str, int | None] | None:
+        parts = urlsplit(origin)
+        if not parts.scheme or not parts.netloc:
+            return None  # "null" (sandboxed frames, file: pages) or garbage: matches nothing
+        name, port = split_host(parts.netloc)
+        return _origin_key(parts.scheme, name, port)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        host = headers.get("host")
+        if host is not None and not self.hosts.allows(split_host(host)[0]):
+            name = split_host(host)[0]
+            await _refuse(send, 400, f"Host {name!r} is not a name of this server (DNS rebinding protection); "
+                          f"start it with --allow-host {name} to accept it")  # fmt: skip
+            return
+        if scope.get("method", "GET") not in SAFE_METHODS:
+            origin = headers.get("origin")
+            if origin is not None:
+                name, port = split_host(host or "")
+                own = _origin_key(scope.get("scheme", "http"), name, port)
+                key = self._key(origin.lower())
+                if not (self.any_origin or key == own or key in self.origins):
+                    await _refuse(send, 403, f"cross-origin request refused: Origin {origin!r} is not this "
+                                  "server's; start it with --allow-origin ORIGIN to allow it")  # fmt: skip
+                    return
+            elif headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+                await _refuse(send, 403, "cross-site request refused (Sec-Fetch-Site: "
+                              f"{headers['sec-fetch-site']})")  # fmt: skip
+                return
+        await self.app(scope, receive, send)
+
+
+async def _refuse(send: Any, status: int, detail: str) -> None:
+    """A JSON error answered without reading the request (``Connection: close`` ends it)."""
+    body = json.dumps({"detail": detail}).encode()
+    await send({
+        "type": "http.response.start", "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close")],
+    })  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
