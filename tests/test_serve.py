@@ -699,6 +699,47 @@ def test_a_temporary_workdir_is_made_at_startup_and_removed_at_shutdown(pipe):
         synthesizer.close()
 
 
+def test_shutdown_ends_progress_streams_promptly_with_a_shutdown_event(pipe, capfd):
+    synthesizer = Synthesizer(pipe, draw_spectrogram=lambda mel, path, title: png.write_spectrogram_png(mel, path))
+    app = create_app(synthesizer, ServeConfig(default_steps=STEPS))
+    context = running_server(app)
+    url = context.__enter__()
+    gate = Gate(pipe)
+    stopper = threading.Thread(target=context.__exit__, args=(None, None, None))
+    try:
+        with httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+            job = submit(client, steps=4).json()
+            assert gate.reached.wait(TIMEOUT)  # the job is running, held at its first step
+            events = []
+            with client.stream("GET", job["links"]["events"]) as stream:
+                for line in stream.iter_lines():
+                    if line.startswith("event:"):
+                        events.append(line.split(":", 1)[1].strip())
+                        if events == ["status"]:
+                            started = time.monotonic()
+                            stopper.start()  # the server stops with the client still following
+                    elif line.startswith("data:") and events[-1] == "shutdown":
+                        assert json.loads(line[5:]) == {"detail": "the server is shutting down"}
+        assert events == ["status", "shutdown"]
+        gate.open()  # the worker leaves its step and sees the queue's stop
+        stopper.join(TIMEOUT)
+        elapsed = time.monotonic() - started
+        assert not stopper.is_alive()
+        # Under running_server's 2 s graceful timeout: the stream ended, uvicorn cancelled nothing.
+        assert elapsed < 1.5, f"shutdown took {elapsed:.2f} s"
+    finally:
+        gate.open()
+        if stopper.ident is None:  # failed before the server was told to stop
+            context.__exit__(None, None, None)
+        else:
+            stopper.join(TIMEOUT)
+        synthesizer.close()
+    err = capfd.readouterr().err
+    assert "CancelledError" not in err and "timeout graceful shutdown exceeded" not in err
+    with capfd.disabled():
+        print(f"\nshutdown took {elapsed:.2f} s")
+
+
 # ---------------------------------------------------------------------------------------------
 # Bounded memory and disk: note cap, results on disk, eviction by count and bytes, a load test
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ imported until the command runs, so ``specdiff --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import logging
 import sys
@@ -302,9 +303,15 @@ def run_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from specdiff.server.app import make_server
+
     host = f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
     if not args.quiet:
         print(f"specdiff: serving on http://{host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
-    uvicorn.run(app, host=args.host.strip("[]"), port=args.port, log_level="warning" if args.quiet else "info",
-                timeout_graceful_shutdown=5)  # fmt: skip
-    return 0
+    config = uvicorn.Config(app, host=args.host.strip("[]"), port=args.port,
+                            log_level="warning" if args.quiet else "info", timeout_graceful_shutdown=5)  # fmt: skip
+    # Not uvicorn.run: its server would hold Ctrl-C until open progress streams time out.
+    server = make_server(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    return 0 if server.started else 3  # 3: uvicorn's exit status when the server could not start

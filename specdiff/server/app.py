@@ -5,7 +5,7 @@ API (the OpenAPI schema is at ``/openapi.json``, browsable at ``/docs``)::
     GET    /api/info                         model, limits, defaults, schedulers, examples
     POST   /api/jobs                         multipart: midi file (or example name) + settings -> 202
     GET    /api/jobs/{id}                    status: state, queue position, progress, error
-    GET    /api/jobs/{id}/events             the same as server-sent events, until the job ends
+    GET    /api/jobs/{id}/events             the same as server-sent events, until the job ends (or the server stops)
     GET    /api/jobs/{id}/notes              the notes the model sees (for the piano roll)
     GET    /api/jobs/{id}/audio.wav          the result (409 until done)
     GET    /api/jobs/{id}/spectrogram.png    the generated log-mel spectrogram (409 until done)
@@ -383,6 +383,9 @@ def create_app(
     )
     app.state.queue = queue
     app.state.config = config
+    # Set when the server starts shutting down (by :func:`make_server`'s server): progress streams
+    # then end with `event: shutdown` at once, instead of holding the shutdown until they are cut.
+    stopping = app.state.stopping = threading.Event()
     app.state.synthesizer = synthesizer
     too_large = f"upload too large: the limit is {config.max_upload_bytes} bytes for the MIDI file"
     app.add_middleware(UploadLimit, limit=config.max_upload_bytes + FORM_OVERHEAD_BYTES, path=UPLOAD_PATH,
@@ -487,7 +490,7 @@ def create_app(
         "/api/jobs/{job_id}/events", tags=["jobs"], responses={
             200: {"content": {"text/event-stream": {}},
                   "description": "`event: status` with a job status (as GET /api/jobs/{id}) on every change, "
-                  "until the job ends; `event: gone` if it disappears"},
+                  "until the job ends; `event: gone` if it disappears; `event: shutdown` if the server stops"},
             **_responses(404)},
     )  # fmt: skip
     async def events(job_id: str, request: Request) -> StreamingResponse:
@@ -497,6 +500,9 @@ def create_app(
         async def stream():
             last_key, last_sent = None, time.monotonic()
             while not await request.is_disconnected():
+                if stopping.is_set():
+                    yield f"event: shutdown\ndata: {json.dumps({'detail': 'the server is shutting down'})}\n\n"
+                    return
                 try:
                     key, payload = queue.snapshot(job_id, lambda job, pos: ((job.version, pos), _status(job, pos)))
                 except JobNotFound:
@@ -616,6 +622,22 @@ def create_app(
 # ---------------------------------------------------------------------------------------------
 
 
+def make_server(config: Any) -> Any:
+    """A ``uvicorn.Server`` for ``config`` (a ``uvicorn.Config``) that, when it starts shutting down,
+    sets the app's ``state.stopping`` first, so open progress streams end promptly with
+    ``event: shutdown`` rather than holding the shutdown until uvicorn cancels them."""
+    import uvicorn
+
+    class StoppingServer(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            stopping = getattr(getattr(self.config.app, "state", None), "stopping", None)
+            if isinstance(stopping, threading.Event):
+                stopping.set()
+            await super().shutdown(sockets)
+
+    return StoppingServer(config)
+
+
 @contextlib.contextmanager
 def running_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     """Serve ``app`` with uvicorn in a background thread; yields its base URL (``port=0``: any free
@@ -627,7 +649,7 @@ def running_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iter
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    server = make_server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="specdiff-http", daemon=True)
     thread.start()
     try:

@@ -145,6 +145,11 @@ function follow(id) {
     showError("The job is gone (deleted or expired).");
     finish();
   });
+  events.addEventListener("shutdown", () => {  // the server is stopping: no more news will come
+    events.close();
+    showError("The server is shutting down; this job will not finish.");
+    finish();
+  });
   events.onerror = () => {  // the stream broke before the job ended: fall back to polling
     events.close();
     if (current && current.id === id && !TERMINAL.has(document.body.dataset.state)) poll(id);
