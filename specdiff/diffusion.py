@@ -79,10 +79,13 @@ def edm_coefficients(t: Tensor) -> tuple[Tensor, Tensor]:
     return alpha * SIGMA_DATA**2 / d, sigma * SIGMA_DATA / d.sqrt()
 
 
-def prediction_target(x0: Tensor, noise: Tensor, t: Tensor, prediction_type: str = "epsilon") -> Tensor:
+def prediction_target(
+    x0: Tensor, noise: Tensor, t: Tensor, prediction_type: str = "epsilon", z_t: Tensor | None = None
+) -> Tensor:
     """What a network with this ``prediction_type`` should output for ``z_t = alpha x0 + sigma eps``:
     ``eps`` (the original), ``v = alpha eps - sigma x0`` (Salimans & Ho 2022), ``x0`` ("sample"),
-    or ``F = (x0 - c_skip z) / c_out`` ("edm", :func:`edm_coefficients`)."""
+    or ``F = (x0 - c_skip z) / c_out`` ("edm", :func:`edm_coefficients`; ``z_t``, when the caller
+    already has it, saves recomputing :func:`q_sample`)."""
     if prediction_type == "epsilon":
         return noise
     if prediction_type == "sample":
@@ -92,7 +95,7 @@ def prediction_target(x0: Tensor, noise: Tensor, t: Tensor, prediction_type: str
         return _expand(alpha, noise) * noise - _expand(sigma, x0) * x0
     if prediction_type == "edm":
         c_skip, c_out = edm_coefficients(t)
-        z_t = q_sample(x0, t, noise)
+        z_t = q_sample(x0, t, noise) if z_t is None else z_t
         return (x0 - _expand(c_skip, x0) * z_t) / _expand(c_out, x0)
     raise ValueError(f"unknown prediction_type {prediction_type!r}")
 

@@ -388,7 +388,7 @@ def diffusion_loss(
         recorder = CrossAttentionRecorder(getattr(model, "module", model))  # through DDP's wrapper
     with recorder.recording() if recorder is not None else contextlib.nullcontext():
         prediction = model(tokens, batch["context"], context_mask, z_t, t)
-    error = (prediction.float() - prediction_target(x0, noise, t, prediction_type).float()).abs()
+    error = (prediction.float() - prediction_target(x0, noise, t, prediction_type, z_t).float()).abs()
     if prediction_type != "epsilon":  # log the eps error, comparable across prediction types
         eps_error = (eps_from_prediction(prediction.detach().float(), z_t, t, prediction_type) - noise.float()).abs()
     else:
