@@ -44,12 +44,14 @@ TIMES = (0.3, 0.5, 0.7, 0.9)
 
 
 @torch.no_grad()
-def measure(model: SpectrogramDiffusionModel, batch: dict[str, torch.Tensor], seed: int = 0) -> dict[str, float]:
+def measure(
+    model: SpectrogramDiffusionModel, batch: dict[str, torch.Tensor], seed: int = 0, times: tuple[float, ...] = TIMES
+) -> dict[str, float]:
     tokens = trim_token_padding(batch["tokens"])
     context, context_mask, x0 = batch["context"], batch["context_mask"], batch["target"]
     generator = torch.Generator().manual_seed(seed)
     out: dict[str, float] = {}
-    for t_value in TIMES:
+    for t_value in times:
         t = torch.full((x0.shape[0],), t_value)
         noise = torch.randn(x0.shape, generator=generator)
         z = q_sample(x0, t, noise)
@@ -60,7 +62,7 @@ def measure(model: SpectrogramDiffusionModel, batch: dict[str, torch.Tensor], se
             x0_hat = predict_x0(z, t, eps).clamp(-1, 1)
             return float((eps - noise).abs().mean()), float((x0_hat - x0).abs().mean())
 
-        (full, x0_full), (no_notes, x0_no_notes), (neither, _) = (
+        (full, x0_full), (no_notes, x0_no_notes), (neither, x0_neither) = (
             errors(tokens, context_mask),
             errors(tokens * 0, context_mask),
             errors(tokens * 0, context_mask & False),
@@ -71,6 +73,7 @@ def measure(model: SpectrogramDiffusionModel, batch: dict[str, torch.Tensor], se
         # The same in x0 (the spectrogram itself): at high noise an eps gap is the x0 gap x alpha/sigma.
         out[f"x0 L1 t={t_value}"] = x0_full
         out[f"x0 notes gap t={t_value}"] = x0_no_notes - x0_full
+        out[f"x0 null gap t={t_value}"] = x0_neither - x0_full  # no notes and no context
     recorder = CrossAttentionRecorder(model)
     t = torch.full((x0.shape[0],), 0.5)
     with recorder.recording():
@@ -88,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("models", nargs="+", type=Path)
     ap.add_argument("--data", type=Path, required=True, help="feature cache (its validation split is used)")
     ap.add_argument("--examples", type=int, default=16)
+    ap.add_argument("--times", type=float, nargs="+", default=list(TIMES), help="noise times (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
         "--raw",
@@ -98,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     _, val = open_training_datasets(args.data)
     batch = collate([(i, val[i]) for i in range(min(args.examples, len(val)))])
-    rows = {str(path): measure(model_from_path(path, use_ema=not args.raw), batch) for path in args.models}
+    rows = {
+        str(path): measure(model_from_path(path, use_ema=not args.raw), batch, times=tuple(args.times))
+        for path in args.models
+    }
     keys = list(next(iter(rows.values())))
     print("| model | " + " | ".join(keys) + " |")
     print("|---" * (len(keys) + 1) + "|")
