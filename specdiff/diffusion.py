@@ -79,6 +79,16 @@ def edm_coefficients(t: Tensor) -> tuple[Tensor, Tensor]:
     return alpha * SIGMA_DATA**2 / d, sigma * SIGMA_DATA / d.sqrt()
 
 
+def edm_prior_weight(t: Tensor) -> Tensor:
+    """``(1 - c_skip alpha) / c_out`` (:func:`edm_coefficients`), in float64: an "edm" network that adds
+    this times a prior mean ``p`` to its output ``F`` predicts ``x0 = c_skip z + (1 - c_skip alpha) p
+    + c_out F``, i.e. the EDM preconditioning applied to the residual ``x0 - p``. The weight is
+    ``sigma / (SIGMA_DATA sqrt(D))``: 0 at t = 0 (the clean input needs no prior), 1 / SIGMA_DATA
+    at t = 1 (the estimate from pure noise starts at ``p``)."""
+    alpha, sigma = alpha_sigma(torch.as_tensor(t, dtype=torch.float64))
+    return sigma / (SIGMA_DATA * (sigma**2 + (alpha * SIGMA_DATA) ** 2).sqrt())
+
+
 def prediction_target(
     x0: Tensor, noise: Tensor, t: Tensor, prediction_type: str = "epsilon", z_t: Tensor | None = None
 ) -> Tensor:

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from specdiff.diffusion import edm_prior_weight
+
 EncodingAndMask = tuple[Tensor, Tensor]
 
 # Additive mask values used by the reference implementations. They matter for exact parity:
@@ -459,6 +461,8 @@ class CrossAttentionCache:
     batch: int  # B, the decoder batch the cache serves
     # [B, T, D]: the projected score roll added to the decoder input (score conditioning only)
     frame_conditioning: Tensor | None = None
+    # [B, T, input_dims]: the score prior's x0 estimate (decoders with score_prior only)
+    frame_prior: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -487,12 +491,14 @@ class CrossAttentionCache:
         if self.rows is not None:
             rows = torch.cat([self.rows + i * self.batch for i in range(n)])
         frames = None if self.frame_conditioning is None else self.frame_conditioning.repeat(n, 1, 1)
+        prior = None if self.frame_prior is None else self.frame_prior.repeat(n, 1, 1)
         return CrossAttentionCache(
             [(k.repeat(n, 1, 1, 1), v.repeat(n, 1, 1, 1)) for k, v in self.keys_values],
             self.bias.repeat(n, 1, 1, 1),
             rows,
             self.batch * n,
             frames,
+            prior,
         )
 
     @staticmethod
@@ -514,11 +520,12 @@ class CrossAttentionCache:
             rows.append(c._row_indices() + offsets)
             offsets += c.batch
             all_rows &= c.rows is None
-        frames = [c.frame_conditioning for c in caches]
-        if any(f is None for f in frames) and not all(f is None for f in frames):
-            raise ValueError("cannot concatenate caches with and without score conditioning")
-        frames_cat = None if frames[0] is None else torch.cat(frames)
-        return CrossAttentionCache(layers, bias, None if all_rows else torch.cat(rows), offsets, frames_cat)
+        joined = []
+        for parts in ([c.frame_conditioning for c in caches], [c.frame_prior for c in caches]):
+            if any(p is None for p in parts) and not all(p is None for p in parts):
+                raise ValueError("cannot concatenate caches with and without score conditioning")
+            joined.append(None if parts[0] is None else torch.cat(parts))
+        return CrossAttentionCache(layers, bias, None if all_rows else torch.cat(rows), offsets, *joined)
 
 
 def timestep_embedding(time: Tensor, dim: int, max_period: float) -> Tensor:
@@ -538,7 +545,12 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "edm")
 
 #: Decoder options beyond the original architecture, with the values that mean "the original".
 #: A config.json holds them only when they differ, so an original folder's config is unchanged.
-DECODER_EXTENSIONS: dict[str, Any] = {"score_roll_features": 0, "prediction_type": "epsilon", "spec_out_bias": False}
+DECODER_EXTENSIONS: dict[str, Any] = {
+    "score_roll_features": 0,
+    "prediction_type": "epsilon",
+    "spec_out_bias": False,
+    "score_prior": False,
+}
 
 
 class FilmDecoder(nn.Module):
@@ -555,6 +567,14 @@ class FilmDecoder(nn.Module):
       ``"edm"`` (x0 with the EDM skip preconditioning, ``specdiff.diffusion.edm_coefficients``);
       samplers convert any of them to eps with :func:`specdiff.diffusion.eps_from_prediction`.
     - ``spec_out_bias``: a bias on the output layer (the original's head has none).
+    - ``score_prior`` (needs the roll and ``prediction_type="edm"``): a linear map of each frame's
+      roll to a log-mel estimate ``p`` (``score_prior_projection``: a sparse sum like
+      ``score_projection``, plus a bias; an all-zero roll, as in the null condition of CFG, gives
+      the bias), added to the output with the weight of
+      :func:`specdiff.diffusion.edm_prior_weight`, so the network refines ``p`` at high noise
+      instead of having to build the roll -> spectrogram map through all its layers (a closed-form
+      linear fit of that map scores far above a decoder trained for hundreds of steps:
+      ``benchmarks/results/trainability.md``).
     """
 
     def __init__(
@@ -571,6 +591,7 @@ class FilmDecoder(nn.Module):
         score_roll_features: int = 0,
         prediction_type: str = "epsilon",
         spec_out_bias: bool = False,
+        score_prior: bool = False,
     ) -> None:
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
@@ -579,6 +600,8 @@ class FilmDecoder(nn.Module):
             )
         if int(score_roll_features) < 0:
             raise ValueError(f"score_roll_features must be >= 0, got {score_roll_features}")
+        if score_prior and not (int(score_roll_features) and prediction_type == "edm"):
+            raise ValueError("score_prior needs score_roll_features > 0 and prediction_type 'edm'")
         # Note: diffusers' class default is 2000.0 but the official checkpoint says 20000.0 (spec §9.1).
         self.config = dict(
             input_dims=input_dims, targets_length=targets_length, max_decoder_noise_time=max_decoder_noise_time,
@@ -589,6 +612,7 @@ class FilmDecoder(nn.Module):
             score_roll_features=int(score_roll_features),
             prediction_type=prediction_type,
             spec_out_bias=bool(spec_out_bias),
+            score_prior=bool(score_prior),
         )
         self.config.update({k: v for k, v in extensions.items() if v != DECODER_EXTENSIONS[k]})
         self.conditioning_emb = nn.Sequential(
@@ -610,6 +634,9 @@ class FilmDecoder(nn.Module):
         self.score_projection = None
         if score_roll_features:
             self.score_projection = nn.Linear(int(score_roll_features), d_model, bias=False)
+        self.score_prior_projection = None
+        if score_prior:
+            self.score_prior_projection = nn.Linear(int(score_roll_features), input_dims)
         init_weights(self)
 
     @property
@@ -620,10 +647,11 @@ class FilmDecoder(nn.Module):
     def score_roll_features(self) -> int:
         return int(self.config.get("score_roll_features", 0))
 
-    def project_score_roll(self, score_roll: Tensor) -> Tensor:
+    def project_score_roll(self, score_roll: Tensor, weight: Tensor | None = None) -> Tensor:
         """``[B, T, F]`` roll -> ``[B, T, D]``: ``roll @ W^T`` as a sum of the W columns of its
-        nonzero entries (a roll is >99% zeros; same values as the dense product)."""
-        weight = self.score_projection.weight  # [D, F]
+        nonzero entries (a roll is >99% zeros; same values as the dense product). ``weight``:
+        ``[D, F]``, default ``score_projection``'s."""
+        weight = self.score_projection.weight if weight is None else weight  # [D, F]
         batch, frames, features = score_roll.shape
         if features != weight.shape[1]:
             raise ValueError(f"score roll has {features} features, the decoder expects {weight.shape[1]}")
@@ -680,12 +708,15 @@ class FilmDecoder(nn.Module):
         bias = torch.zeros(mask.shape, dtype=encoded.dtype, device=encoded.device)
         bias = bias.masked_fill(~mask, DECODER_MASK_VALUE)[:, None, None, :]
         keys_values = [layer.layer[1].attention.keys_values(encoded) for layer in self.decoders]
-        frames = None
+        frames = prior = None
         if self.score_projection is not None and score_roll is not None:
             frames = self.project_score_roll(score_roll)
+            if self.score_prior_projection is not None:
+                prior_layer = self.score_prior_projection
+                prior = self.project_score_roll(score_roll, prior_layer.weight) + prior_layer.bias
         elif score_roll is not None:
             raise ValueError("this decoder has no score conditioning (score_roll_features = 0)")
-        return CrossAttentionCache(keys_values, bias, rows, batch, frames)
+        return CrossAttentionCache(keys_values, bias, rows, batch, frames, prior)
 
     def forward(
         self,
@@ -718,7 +749,11 @@ class FilmDecoder(nn.Module):
         for layer, layer_film, keys_values in zip(self.decoders, film, cross_cache.keys_values):
             y = layer(y, layer_film, keys_values, cross_cache.bias, cross_cache.rows)
         y = self.post_dropout(self.decoder_norm(y))
-        return self.spec_out(y)
+        out = self.spec_out(y)
+        if cross_cache.frame_prior is not None:
+            weight = edm_prior_weight(decoder_noise_time).to(out.dtype)[:, None, None]
+            out = out + weight * cross_cache.frame_prior.to(out.dtype)
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -760,6 +795,10 @@ def init_weights(module: nn.Module, generator: torch.Generator | None = None) ->
                 # score's contribution ~0.03 RMS against ~1 for the other inputs (measured in
                 # benchmarks/results/trainability.md), so each entry starts with unit-ish weight.
                 std = SCORE_PROJECTION_INIT_STD
+            if name.endswith("score_prior_projection"):
+                sub.weight.zero_()  # the prior starts at 0 (training fits it: train.fit_score_prior)
+                sub.bias.zero_()
+                continue
             sigma = std / 0.87962566103423978
             nn.init.trunc_normal_(sub.weight, std=sigma, a=-2 * sigma, b=2 * sigma, generator=generator)
             if sub.bias is not None:

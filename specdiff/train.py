@@ -80,6 +80,9 @@ class TrainConfig:
     # bias, with model.spec_out_bias=true, at the silence floor -1 for prediction_type "sample").
     # Initialisation only: benchmarks/results/trainability.md measures why it matters.
     output_init: str = "default"
+    # N > 0 (decoders with model.score_prior=true, fresh runs only): fit the score prior in closed form
+    # (ridge regression of the target on the roll's shared columns) on N training windows before step 1.
+    score_prior_fit: int = 0
     # data
     data: str | None = None  # feature cache folder for specdiff.data.ChunkDataset, or "synthetic"
     val_data: str | None = None  # held-out cache; default: the validation split of `data`
@@ -261,6 +264,47 @@ def initialise_output(decoder: FilmDecoder, how: str) -> None:
     decoder.spec_out.weight.zero_()
     if decoder.spec_out.bias is not None:
         decoder.spec_out.bias.fill_(-1.0 if decoder.prediction_type == "sample" else 0.0)
+
+
+@torch.no_grad()
+def fit_score_prior(
+    decoder: FilmDecoder, dataset: Any, windows: int, ridge: float = 10.0, batch_size: int = 64
+) -> float:
+    """Set ``decoder.score_prior_projection`` to the ridge-regression fit of each frame's target log-mel
+    on its roll, over the first ``windows`` items of ``dataset``. Only the roll's shared columns (per
+    pitch, per family, drums: ~700) are fitted, the per-(family, pitch) ones stay at zero, so the
+    normal equations stay small; the bias takes the intercept. Returns the fit's mean absolute error
+    (scaled units) on those windows. Why: the decoder learns the frame-local roll -> spectrogram map
+    slowly on real data, a closed-form fit of it is cheap (``benchmarks/roll_ridge.py``)."""
+    from specdiff.score_roll import TONAL_FEATURES
+
+    layer = decoder.score_prior_projection
+    if layer is None:
+        raise SpecdiffError("score_prior_fit needs a decoder with score_prior=true")
+    frames = decoder.config["targets_length"]
+    gram = xty = None
+    for start in range(0, windows, batch_size):
+        batch = collate([(i, dataset[i]) for i in range(start, min(windows, start + batch_size))])
+        roll = batch_rolls(batch["tokens"], frames)[..., TONAL_FEATURES:].flatten(0, 1).double()
+        x = torch.cat([roll, torch.ones(len(roll), 1, dtype=roll.dtype)], dim=1)
+        y = batch["target"].flatten(0, 1).double()
+        gram = x.T @ x if gram is None else gram + x.T @ x
+        xty = x.T @ y if xty is None else xty + x.T @ y
+    shrink = torch.full((gram.shape[0],), float(ridge), dtype=gram.dtype)
+    shrink[-1] = 0.0  # the intercept is not shrunk
+    solution = torch.linalg.solve(gram + torch.diag(shrink), xty)  # [columns + 1, 128]
+    layer.weight.zero_()
+    layer.weight[:, TONAL_FEATURES:] = solution[:-1].T.to(layer.weight.dtype)
+    layer.bias.copy_(solution[-1].to(layer.bias.dtype))
+    # mean |x w - y| from the normal equations is not available in closed form: one more pass
+    error, count = 0.0, 0
+    for start in range(0, min(windows, 4 * batch_size), batch_size):
+        batch = collate([(i, dataset[i]) for i in range(start, min(windows, start + batch_size))])
+        roll = batch_rolls(batch["tokens"], frames)
+        prior = decoder.project_score_roll(roll, layer.weight) + layer.bias
+        error += float((prior - batch["target"]).abs().sum())
+        count += batch["target"].numel()
+    return error / max(count, 1)
 
 
 def _splitmix64(x: int) -> int:
@@ -690,6 +734,10 @@ class Trainer:
         ).to(self.ctx.device)
         self.model.train()
         initialise_output(self.model.decoder, config.output_init)
+        if config.score_prior_fit > 0 and resume_path is None and not config.init_from:
+            error = fit_score_prior(self.model.decoder, train_set, config.score_prior_fit)
+            if self.ctx.is_main:
+                print(f"score prior fitted on {config.score_prior_fit} windows: L1 {error:.4f}", flush=True)
         self.optimizer = build_optimizer(
             self.model,
             config.optimizer,

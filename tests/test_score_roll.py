@@ -218,3 +218,101 @@ def test_warm_start_from_a_score_folder_builds_the_same_decoder(tmp_path):
     assert with_folder_decoder_options(TrainConfig(model=dict(TINY), init_from=str(plain))).model == TINY
     mine = TrainConfig(model={**TINY, "prediction_type": "v_prediction"}, init_from=str(folder))
     assert with_folder_decoder_options(mine).model["prediction_type"] == "v_prediction"
+
+
+# ---- score prior (model.score_prior: the roll's linear x0 estimate added to an "edm" output) ----
+
+
+def test_prior_weight_gives_the_prior_at_pure_noise_and_nothing_at_clean_input():
+    from specdiff.diffusion import SIGMA_DATA, alpha_sigma, edm_coefficients, edm_prior_weight
+
+    t = torch.tensor([0.0, 0.3, 0.7, 1.0])
+    c_skip, c_out = edm_coefficients(t)
+    alpha, _ = alpha_sigma(t.double())
+    # The defining identity: weight * c_out == 1 - c_skip * alpha (x0 = c_skip z + (1 - c_skip alpha) p + c_out F)
+    assert torch.allclose(edm_prior_weight(t) * c_out, 1 - c_skip * alpha, atol=1e-12)
+    assert float(edm_prior_weight(t)[0]) < 1e-3 and float(edm_prior_weight(t)[-1]) == pytest.approx(1 / SIGMA_DATA)
+
+
+def test_score_prior_needs_the_roll_and_the_edm_output():
+    with pytest.raises(ValueError, match="score_prior"):
+        FilmDecoder(**TINY, score_prior=True)
+    with pytest.raises(ValueError, match="score_prior"):
+        FilmDecoder(**TINY, score_roll_features=ROLL_FEATURES, prediction_type="sample", score_prior=True)
+
+
+def test_a_zero_prior_changes_nothing_and_a_fitted_one_is_the_estimate_from_pure_noise(segments):
+    from specdiff.diffusion import alpha_sigma, edm_coefficients
+
+    plain = _score_model(prediction_type="edm", spec_out_bias=True).eval()
+    prior = _score_model(prediction_type="edm", spec_out_bias=True, score_prior=True).eval()
+    missing, unexpected = prior.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and set(missing) == {"decoder.score_prior_projection.weight",
+                                               "decoder.score_prior_projection.bias"}  # fmt: skip
+    assert not prior.decoder.score_prior_projection.weight.any()  # starts at zero
+    tokens = torch.tensor(segments)
+    context, mask = torch.zeros(2, 256, 128), torch.zeros(2, 256, dtype=torch.bool)
+    z, t = torch.randn(2, 256, 128), torch.tensor([0.4, 0.999])
+    with torch.no_grad():
+        assert torch.equal(prior(tokens, context, mask, z, t), plain(tokens, context, mask, z, t))
+        # With a zero network output, the x0 estimate is c_skip z + (1 - c_skip alpha) p: p itself at t ~ 1.
+        initialise_output(prior.decoder, "zero")
+        layer = prior.decoder.score_prior_projection
+        layer.weight.normal_()
+        layer.bias.fill_(-0.5)
+        out = prior(tokens, context, mask, z, t)
+        c_skip, c_out = edm_coefficients(t)
+        alpha, _ = alpha_sigma(t.double())
+        x0 = c_skip[:, None, None] * z + c_out[:, None, None] * out.double()
+        p = prior.score_roll(tokens) @ layer.weight.t() + layer.bias
+        assert torch.allclose(x0, c_skip[:, None, None] * z + (1 - c_skip * alpha)[:, None, None] * p, atol=1e-4)
+        assert torch.allclose(x0[1].float(), p[1], atol=2e-3)
+        # The null condition of CFG (an all-zero roll) gets the bias alone.
+        null = prior.decoder(unconditional(prior.encode(tokens, context, mask)), z, t, score_roll=torch.zeros_like(
+            prior.score_roll(tokens)))  # fmt: skip
+        assert torch.allclose(c_out[1] * null[1].double() + c_skip[1] * z[1], torch.full_like(z[1], -0.5).double()
+                              * (1 - c_skip[1] * alpha[1]) + c_skip[1] * z[1], atol=1e-4)  # fmt: skip
+
+
+def test_fit_score_prior_recovers_a_linear_map_of_the_shared_roll_columns():
+    from specdiff.score_roll import TONAL_FEATURES, pitch_feature
+    from specdiff.train import fit_score_prior
+
+    rng = np.random.default_rng(0)
+
+    class Windows:  # targets that are exactly bias + one spectral template per sounding pitch
+        def __init__(self):
+            self.template = torch.from_numpy(rng.uniform(0.0, 0.5, (128, 128)).astype(np.float32))
+            self.items = []
+            for _ in range(24):
+                notes = [Note(int(rng.integers(40, 80)), float(s), float(s + rng.uniform(0.2, 1.0)), 100,
+                              int(rng.integers(0, 64)), False) for s in rng.uniform(0, 4.5, 6)]  # fmt: skip
+                tokens = torch.tensor(notes_to_segments(notes, 5.12)[0])
+                roll = batch_rolls(tokens[None])[0]
+                sustain = roll[:, pitch_feature("sustain", 0) : pitch_feature("sustain", 0) + 128]
+                target = (-0.8 + sustain @ self.template).clamp(max=1.0)
+                self.items.append(dict(tokens=tokens, context=torch.zeros(256, 128),
+                                       context_mask=torch.zeros(256, dtype=torch.bool), target=target))  # fmt: skip
+
+        def __getitem__(self, i):
+            return self.items[i]
+
+    windows = Windows()
+    decoder = FilmDecoder(**TINY, score_roll_features=ROLL_FEATURES, prediction_type="edm", score_prior=True)
+    error = fit_score_prior(decoder, windows, 24, ridge=1e-3, batch_size=8)
+    assert error < 0.01  # the map is recovered (a constant would leave ~0.1)
+    assert decoder.score_prior_projection.bias.mean().item() == pytest.approx(-0.8, abs=0.02)
+    assert not decoder.score_prior_projection.weight[:, :TONAL_FEATURES].any()  # per-family columns left at zero
+
+
+def test_score_prior_folder_round_trip(segments, tmp_path):
+    model = _score_model(prediction_type="edm", spec_out_bias=True, score_prior=True)
+    torch.nn.init.normal_(model.decoder.score_prior_projection.weight, std=0.1)
+    pipe = SpectrogramDiffusionPipeline(model.notes_encoder, model.continuous_encoder, model.decoder)
+    folder = pipe.save_pretrained(tmp_path / "model")
+    assert json.loads((folder / "decoder" / "config.json").read_text())["score_prior"] is True
+    loaded = SpectrogramDiffusionPipeline.from_pretrained(folder, inverter=None)
+    kw = dict(num_inference_steps=2, output_type="mel", show_progress=False, guidance_scale=1.5, scheduler="ddim")
+    before = pipe(segments, generator=torch.Generator().manual_seed(0), **kw).mels
+    after = loaded(segments, generator=torch.Generator().manual_seed(0), **kw).mels
+    assert np.array_equal(before, after) and np.isfinite(before).all()
