@@ -440,6 +440,7 @@ def train_vocoder(
     keep_every: int = 0,
     device: str = "cpu",
     progress: bool = True,
+    init_from: Vocoder | None = None,
 ) -> VocoderTrainer:
     """Train (or resume from ``run_dir/checkpoint.pt``) until ``train_config.max_steps``.
 
@@ -447,7 +448,8 @@ def train_vocoder(
     have passed since the last one (GAN steps cost several times reconstruction-only ones).
     Writes ``checkpoint.pt`` (everything, for resuming), ``vocoder/`` (the latest generator in the
     shipped layout), ``vocoder_step{N}/`` copies (at the end of the warm-up and every ``keep_every``
-    steps), ``log.jsonl`` and ``tensorboard/`` when available.
+    steps), ``log.jsonl`` and ``tensorboard/`` when available. ``init_from``: a vocoder whose weights
+    start a new run (ignored when resuming; its config must be ``vocoder_config``).
     """
     from tqdm import tqdm
 
@@ -463,6 +465,9 @@ def train_vocoder(
     if checkpoint.exists():
         trainer.load_checkpoint(checkpoint, sampler)
         print(f"resumed from {checkpoint} at step {trainer.step}")
+    elif init_from is not None:
+        trainer.generator.load_state_dict(init_from.state_dict())
+        print("warm start: generator weights from the given vocoder, new optimiser, step 0")
     log = _ScalarLog(run_dir)
     bar = tqdm(total=train_config.max_steps, initial=trainer.step, disable=not progress, dynamic_ncols=True)
     recent: dict[str, list[float]] = {}

@@ -456,6 +456,16 @@ def test_train_vocoder_command_trains_resumes_and_exports(tmp_path):
     assert args.func(args) == 0
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 4
     assert load_vocoder(tmp_path / "run").model.config.dim == 16
+    # A warm start takes the given vocoder's architecture and weights, with step 0 and a new optimiser.
+    source = load_vocoder(tmp_path / "run").model
+    warm = [a if a != str(tmp_path / "run") else str(tmp_path / "warm") for a in common]
+    args = _parser().parse_args([*warm, "--max-steps", "1", "--init-from", str(tmp_path / "run"), "--dim", "32"])
+    assert args.func(args) == 0
+    state = torch.load(tmp_path / "warm" / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 1 and state["vocoder_config"]["dim"] == 16
+    warm_weights = load_vocoder(tmp_path / "warm").model.state_dict()
+    # one step at the start of the LR ramp (5e-4 / 500) barely moves them; a fresh init is far away
+    assert all(torch.allclose(warm_weights[k], v, atol=1e-4) for k, v in source.state_dict().items())
 
 
 def test_cache_audio_reads_the_train_songs_sources(tmp_path):

@@ -48,6 +48,9 @@ def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--val-dir", type=Path, help="held-out audio for validation (default: the demo validation split "
                    "with --demo-corpus, else every 20th training file)")  # fmt: skip
     p.add_argument("--soundfont", help="SoundFont for rendering MIDI (default: the renderer's)")
+    p.add_argument("--init-from", type=Path, help="warm start (new runs only): the generator's weights and "
+                   "architecture from a model folder with vocoder/ or a vocoder folder, a new optimiser, step 0 "
+                   "(e.g. to continue the bundled vocoder: --init-from specdiff/assets/default_model)")  # fmt: skip
     t = p.add_argument_group("training (defaults: vocoder_train.TrainConfig)")
     t.add_argument("--max-steps", type=int, help="total steps (default 100000)")
     t.add_argument(
@@ -149,9 +152,18 @@ def run_train_vocoder(args: argparse.Namespace) -> int:
         val_files = files[::20][:8]
         files = [f for f in files if f not in set(val_files)]
     checkpoint = run_dir / "checkpoint.pt"
+    init_from = None
     if checkpoint.exists():  # a resumed run keeps the architecture it started with
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["vocoder_config"]
         vocoder_config = VocoderConfig.from_dict(saved)
+    elif getattr(args, "init_from", None) is not None:
+        from specdiff.vocoder import Vocoder, find_vocoder_dir
+
+        folder = find_vocoder_dir(args.init_from)
+        if folder is None:
+            raise SpecdiffError(f"--init-from: no vocoder in {args.init_from}")
+        init_from = Vocoder.from_pretrained(folder)
+        vocoder_config = init_from.config
     else:
         architecture = {"dim": args.dim, "intermediate_dim": args.intermediate_dim, "num_layers": args.num_layers}
         vocoder_config = VocoderConfig(**{k: v for k, v in architecture.items() if v is not None})
@@ -173,6 +185,7 @@ def run_train_vocoder(args: argparse.Namespace) -> int:
         validate_every=args.validate_every,
         keep_every=args.keep_every,
         device=args.device,
+        init_from=init_from,
         progress=not args.no_progress,
     )
     print(f"vocoder saved to {run_dir / VOCODER_SUBFOLDER}")
