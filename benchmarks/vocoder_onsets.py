@@ -14,6 +14,11 @@ from a mix of ORIGINAL (oracle) and RECOVERED parts, so the loss of each part ca
      ISTFTHead predicts both; n_fft 1280 framing);
   g  a candidate fix that uses only the mel: the network's magnitude with Griffin-Lim phase at the
      1280 framing (4x overlap instead of the front end's 2x), from random or from the network's phase;
+  h  another one: the magnitude recovered from the REAL log-mel on the 1280 framing's bins (the 128
+     mel triangles laid on those bins as in c, NNLS against exp(log-mel) of the front end) with
+     Griffin-Lim at the 1280 framing, 32 / 100 / 200 iterations, from random or from the network's
+     phase; one gain computed from the mel alone matches the output's mel level to the input's; and
+     the same magnitude with the original phase (is the magnitude or the phase retrieval the problem?);
   f  the real inverters of the benchmark: network alone, Griffin-Lim alone, the pipeline
      (network + 32 refinement iterations), and the pipeline's refinement with 0 Griffin-Lim
      iterations (network phase + network magnitudes fitted to the mel).
@@ -37,6 +42,9 @@ onsets (chord notes within 30 ms count once; 0.1 s from the clip's start, 0.2 s 
 Usage:
   python benchmarks/vocoder_onsets.py --vocoder specdiff/assets/default_model
 Writes benchmarks/results/vocoder_onsets.json, vocoder_onsets.md and vocoder_onsets/*.png.
+  python benchmarks/vocoder_onsets.py --rows "h. " [--speed]
+computes and scores only the rows whose label contains one of the given strings (plus the original)
+and prints their table without writing anything; --speed also times the h rows' inverter on 10 s.
 """
 
 from __future__ import annotations
@@ -109,7 +117,12 @@ def nnls_magnitude(magnitude: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
     """Project ``[T, bins]`` magnitudes on the triangles ``fb`` (clip floor 1e-5 as the front end) and
     recover non-negative magnitudes the way GriffinLimInverter.mel_to_magnitude does (same init,
     same multiplicative updates, same iteration count)."""
-    projected = magnitude @ fb
+    return nnls_bands(magnitude @ fb, fb)
+
+
+def nnls_bands(projected: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+    """Non-negative ``[T, bins]`` magnitudes whose projection on ``fb`` fits the band levels ``projected``
+    ``[T, 128]`` (bands at the 1e-5 clip floor count as empty), as in :func:`nnls_magnitude`."""
     target = projected * (projected > mel.CLIP_VALUE_MIN * math.exp(1e-3))
     estimate = (target / fb.sum(0).clamp_min(1e-8)) @ fb.T
     numerator = target @ fb.T
@@ -118,13 +131,15 @@ def nnls_magnitude(magnitude: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
     return estimate
 
 
-def griffin_lim_n(magnitude: torch.Tensor, n_fft: int, angles: torch.Tensor | None = None) -> torch.Tensor:
+def griffin_lim_n(
+    magnitude: torch.Tensor, n_fft: int, angles: torch.Tensor | None = None, iters: int = GL_ITERS
+) -> torch.Tensor:
     """Fast Griffin-Lim at framing ``n_fft`` with GriffinLimInverter's settings (default: random phase, seed 0)."""
     if angles is None:
         generator = torch.Generator().manual_seed(SEED)
         angles = torch.polar(torch.ones_like(magnitude), torch.rand(magnitude.shape, generator=generator) * 2 * math.pi)
     previous = torch.zeros_like(angles)
-    for _ in range(GL_ITERS):
+    for _ in range(iters):
         rebuilt = stft_n(istft_n(magnitude * angles, n_fft), n_fft)
         angles = rebuilt - previous * (GL_MOMENTUM / (1 + GL_MOMENTUM))
         angles = angles / angles.abs().clamp_min(1e-16)
@@ -134,6 +149,25 @@ def griffin_lim_n(magnitude: torch.Tensor, n_fft: int, angles: torch.Tensor | No
 
 def unit(spectrum: torch.Tensor) -> torch.Tensor:
     return spectrum / spectrum.abs().clamp_min(1e-16)
+
+
+def mel_magnitude_n(log_mel: torch.Tensor, n_fft: int) -> torch.Tensor:
+    """The real mel ``[T, 128]`` (front end's framing) -> non-negative magnitudes ``[T, n_fft/2 + 1]`` on
+    framing ``n_fft``'s bins: NNLS of the 128 triangles laid on those bins (the level is set later)."""
+    return nnls_bands(torch.exp(log_mel), triangle_filterbank(n_fft // 2 + 1))
+
+
+def match_mel_level(audio: torch.Tensor, log_mel: torch.Tensor) -> torch.Tensor:
+    """One gain that gives ``audio``'s mel the total linear level of ``log_mel`` ``[T, 128]`` (the mel alone)."""
+    floor = mel.MIN_VALUE + 1e-3
+    target = (torch.exp(log_mel) * (log_mel > floor)).sum()
+    own = mel.log_mel(audio)
+    return audio * (target / (torch.exp(own) * (own > floor)).sum().clamp_min(1e-12))
+
+
+def mel_griffin_lim_n(log_mel: torch.Tensor, n_fft: int, iters: int, angles: torch.Tensor | None = None):
+    """The h rows' inverter: real mel ``[T, 128]`` -> magnitudes on framing ``n_fft`` -> Griffin-Lim there."""
+    return match_mel_level(griffin_lim_n(mel_magnitude_n(log_mel, n_fft), n_fft, angles, iters), log_mel)
 
 
 # ---- the network's own magnitude and phase --------------------------------------------------------
@@ -237,41 +271,87 @@ ROWS = {
     "g. 1280: network |X| + GL phase from random": "real (mel only): network magnitude, 32 GL it. at the 1280 framing",
     "g. 1280: network |X| + GL phase from network phase": "real (mel only): same, GL started from the network's phase",
 }
+H_ITERS = (32, 100, 200)
+ROWS["h. 1280: mel-NNLS |X| + orig phase"] = "the h rows' magnitude (real mel -> 1280 bins, NNLS), original phase"
+for _iters in H_ITERS:
+    ROWS[f"h. 1280: mel-NNLS |X| + GL from random, {_iters} it."] = (
+        f"real (mel only): the mel's NNLS magnitude on the 1280 bins, {_iters} GL it. at the 1280 framing"
+    )
+for _iters in H_ITERS:
+    ROWS[f"h. 1280: mel-NNLS |X| + GL from network phase, {_iters} it."] = (
+        f"real (mel only): same, {_iters} GL it. started from the network's phase"
+    )
 
 
-def ladder(audio: np.ndarray, vocoders: dict, griffin_lim: GriffinLimInverter) -> dict[str, np.ndarray]:
+def ladder(audio: np.ndarray, vocoders: dict, griffin_lim: GriffinLimInverter, wanted=None) -> dict[str, np.ndarray]:
+    """Every row's resynthesis of ``audio``; with ``wanted`` (label -> bool), only those rows and the original."""
     x = torch.from_numpy(audio).float()
     log_mel = mel.log_mel(x[None])  # [1, T, 128]
     n = len(audio)
     out = {"a. original": audio}
+    want = (lambda label: True) if wanted is None else wanted  # noqa: E731
     fe = mel.stft(x)  # [T, 513]
-    out["b. fe: orig |X| + orig phase"] = istft(fe, n)
-    magnitude_fe = griffin_lim.mel_to_magnitude(log_mel[0])
-    out["c. fe: mel-NNLS |X| + orig phase"] = istft(magnitude_fe * unit(fe), n)
-    out["d. fe: orig |X| + GL phase"] = griffin_lim.griffin_lim(fe.abs())
+    if want(label := "b. fe: orig |X| + orig phase"):
+        out[label] = istft(fe, n)
+    if want(label := "c. fe: mel-NNLS |X| + orig phase"):
+        out[label] = istft(griffin_lim.mel_to_magnitude(log_mel[0]) * unit(fe), n)
+    if want(label := "d. fe: orig |X| + GL phase"):
+        out[label] = griffin_lim.griffin_lim(fe.abs())
     for n_fft in (1280, 640):
         spec = stft_n(x, n_fft)
-        out[f"b. {n_fft}: orig |X| + orig phase"] = istft_n(spec, n_fft)
-        fb = triangle_filterbank(n_fft // 2 + 1)
-        out[f"c. {n_fft}: 128-band NNLS |X| + orig phase"] = istft_n(nnls_magnitude(spec.abs(), fb) * unit(spec), n_fft)
-        out[f"d. {n_fft}: orig |X| + GL phase"] = griffin_lim_n(spec.abs(), n_fft)
+        if want(label := f"b. {n_fft}: orig |X| + orig phase"):
+            out[label] = istft_n(spec, n_fft)
+        if want(label := f"c. {n_fft}: 128-band NNLS |X| + orig phase"):
+            fb = triangle_filterbank(n_fft // 2 + 1)
+            out[label] = istft_n(nnls_magnitude(spec.abs(), fb) * unit(spec), n_fft)
+        if want(label := f"d. {n_fft}: orig |X| + GL phase"):
+            out[label] = griffin_lim_n(spec.abs(), n_fft)
     net, pipeline = vocoders["net"], vocoders["pipeline"]
     spec, network = stft_n(x, 1280), network_spectrum(net, log_mel)
-    out["e. 1280: network |X| + orig phase"] = istft_n(network.abs() * unit(spec), 1280)
-    out["e. 1280: orig |X| + network phase"] = istft_n(spec.abs() * unit(network), 1280)
+    if want(label := "e. 1280: network |X| + orig phase"):
+        out[label] = istft_n(network.abs() * unit(spec), 1280)
+    if want(label := "e. 1280: orig |X| + network phase"):
+        out[label] = istft_n(spec.abs() * unit(network), 1280)
     net_audio = net.model(log_mel)
     generator = torch.Generator().manual_seed(SEED)
     random = torch.polar(torch.ones_like(network.real), torch.rand(network.shape, generator=generator) * 2 * math.pi)
-    out["g. 1280: network |X| + GL phase from random"] = griffin_lim_n(network.abs(), 1280, random)
-    out["g. 1280: network |X| + GL phase from network phase"] = griffin_lim_n(network.abs(), 1280, unit(network))
-    out["f. network alone"] = net_audio[0]
-    out["f. network + mel fit, 0 GL iterations"] = net.refine(net_audio, log_mel)[0]  # net has refine_iters=0
-    out["f. pipeline (network + 32 GL iterations)"] = torch.from_numpy(pipeline(log_mel.numpy()))[0]
-    out["f. Griffin-Lim alone"] = torch.from_numpy(griffin_lim(log_mel.numpy()))[0]
+    if want(label := "g. 1280: network |X| + GL phase from random"):
+        out[label] = griffin_lim_n(network.abs(), 1280, random)
+    if want(label := "g. 1280: network |X| + GL phase from network phase"):
+        out[label] = griffin_lim_n(network.abs(), 1280, unit(network))
+    if want(label := "f. network alone"):
+        out[label] = net_audio[0]
+    if want(label := "f. network + mel fit, 0 GL iterations"):
+        out[label] = net.refine(net_audio, log_mel)[0]  # net has refine_iters=0
+    if want(label := "f. pipeline (network + 32 GL iterations)"):
+        out[label] = torch.from_numpy(pipeline(log_mel.numpy()))[0]
+    if want(label := "f. Griffin-Lim alone"):
+        out[label] = torch.from_numpy(griffin_lim(log_mel.numpy()))[0]
+    if want(label := "h. 1280: mel-NNLS |X| + orig phase"):
+        out[label] = match_mel_level(istft_n(mel_magnitude_n(log_mel[0], 1280) * unit(spec), 1280), log_mel[0])
+    for start, angles in (("random", random), ("network phase", unit(network))):
+        for iters in H_ITERS:
+            if want(label := f"h. 1280: mel-NNLS |X| + GL from {start}, {iters} it."):
+                out[label] = mel_griffin_lim_n(log_mel[0], 1280, iters, angles)
     # Sanity: our 1280 framing is the head's (the network's spectrum through istft_n is its audio).
     err = (istft_n(network, 1280) - net_audio[0]).abs().max().item()
     assert err < 1e-4 * max(net_audio.abs().max().item(), 1.0), f"framing mismatch with ISTFTHead: {err}"
     return {k: np.asarray(v, np.float32)[:n] for k, v in out.items()}
+
+
+def inverter_speed(iters: int, seconds: float = 10.0, repeats: int = 3) -> float:
+    """Times faster than real time of the h rows' inverter from random phase (mel -> NNLS magnitude on
+    the 1280 bins -> ``iters`` Griffin-Lim iterations -> level match) on ``seconds`` of audio, best of
+    ``repeats``, on the current torch threads; the input is a noise burst's mel (the time does not depend on it)."""
+    generator = torch.Generator().manual_seed(SEED)
+    log_mel = mel.log_mel(torch.randn(int(seconds * SR), generator=generator) * 0.1)
+    best = math.inf
+    for _ in range(repeats):
+        with torch.inference_mode():
+            start = time.perf_counter()
+            mel_griffin_lim_n(log_mel, 1280, iters)
+            best = min(best, time.perf_counter() - start)
+    return seconds / best
 
 
 # ---- pictures ---------------------------------------------------------------------------------
@@ -316,7 +396,10 @@ def main() -> None:
     parser.add_argument("--max-files", type=int, default=8, help="8: the clips of vocoder_benchmark.md")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--rows", nargs="+", help="only the rows whose label contains one of these; writes nothing")
+    parser.add_argument("--speed", action="store_true", help="also time the h rows' inverter (1 thread, 10 s)")
     args = parser.parse_args()
+    wanted = None if args.rows is None else (lambda label: any(r in label for r in args.rows))
 
     from specdiff.vocoder import load_vocoder
 
@@ -332,7 +415,7 @@ def main() -> None:
         seconds = len(audio) / SR
         audio = audio[: len(audio) // HOP * HOP]
         with torch.inference_mode():
-            signals = ladder(audio, vocoders, griffin_lim)
+            signals = ladder(audio, vocoders, griffin_lim, wanted)
         truth = midi_notes(midi, args.seconds)
         onsets = onset_times(truth, seconds)
         reference = scorer.notes(audio)
@@ -353,8 +436,10 @@ def main() -> None:
         print(name, f"{time.perf_counter() - started:.0f}s", f1, flush=True)
         if onsets.size:  # the clip's onset with the largest energy rise in the original, for the pictures
             best = max(onsets, key=lambda t: _energy(audio, t, 0, 50) / _energy(audio, t, -60, -20))
-            pictures.append((name, best, {shown: signals[k] for k, shown in _PICTURE_ROWS.items()}))
+            pictures.append((name, best, {shown: signals[k] for k, shown in _PICTURE_ROWS.items() if k in signals}))
 
+    if wanted is not None:
+        pictures = []  # a partial run writes nothing
     args.out.mkdir(parents=True, exist_ok=True)
     picture_dir = args.out / "vocoder_onsets"
     picture_dir.mkdir(exist_ok=True)
@@ -366,7 +451,7 @@ def main() -> None:
     keys = ["onset_f1_vs_midi", "precision_vs_midi", "recall_vs_midi", "onset_f1_vs_original", "log_mel_l1"]
     keys += ["pre_echo_db", "contrast_db", "note_pre_db", "note_rise_db"]
     summary = {}
-    for label in ROWS:
+    for label in (label for label in ROWS if label in per_clip[0]):
         summary[label] = {}
         for k in keys:
             values = [r[label][k] for r in per_clip if k in r[label]]
@@ -382,6 +467,11 @@ def main() -> None:
         "summary": summary,
         "per_clip": per_clip,
     }
+    if args.speed:
+        result["speed_x_realtime"] = {str(iters): inverter_speed(iters) for iters in H_ITERS}
+    if wanted is not None:
+        print(markdown(result))
+        return
     _write_atomic(args.out / "vocoder_onsets.json", json.dumps(result, indent=2) + "\n")
     _write_atomic(args.out / "vocoder_onsets.md", markdown(result))
     print(markdown(result))
@@ -442,6 +532,9 @@ def markdown(result: dict) -> str:
         f"Made by benchmarks/vocoder_onsets.py in {result['run_seconds']:.0f} s"
         " (1 torch thread, 1 onnxruntime thread).",
     ]
+    if "speed_x_realtime" in result:
+        speeds = ", ".join(f"{v:.1f}x ({k} it.)" for k, v in result["speed_x_realtime"].items())
+        lines.append(f"Speed of the h rows' inverter (mel -> audio, 10 s, 1 torch thread): {speeds} real time.")
     return "\n".join(lines) + "\n"
 
 
