@@ -40,8 +40,8 @@ SHIFTS = (-2, -1, 1, 2)  # neighbouring frames whose onset features are also giv
 
 def frame_features(roll: torch.Tensor) -> torch.Tensor:
     """``[B, T, ROLL_FEATURES]`` -> ``[B, T, D]``: the shared per-pitch, per-family and drum
-    columns (the per-(family, pitch) columns are too many for a closed-form fit), the onset
-    columns of the neighbouring frames, and a constant."""
+    columns (the per-(family, pitch) columns are too many for a closed-form fit) and the onset
+    columns of the neighbouring frames."""
     shared = roll[..., TONAL_FEATURES:]  # drums (onset, decay), pitch (onset, sustain, decay), family
     onsets = torch.cat([shared[..., :128], shared[..., 256:384]], dim=-1)  # drum onsets, pitch onsets
     shifted = []
@@ -52,8 +52,7 @@ def frame_features(roll: torch.Tensor) -> torch.Tensor:
         else:
             moved[:, :s] = onsets[:, -s:]  # an onset -s frames after this one
         shifted.append(moved)
-    ones = torch.ones(*roll.shape[:2], 1)
-    return torch.cat([shared, *shifted, ones], dim=-1)
+    return torch.cat([shared, *shifted], dim=-1)
 
 
 def batches(dataset, indices, batch_size=64):
@@ -64,21 +63,21 @@ def batches(dataset, indices, batch_size=64):
 
 
 def fit(train, segments: int, ridge: float) -> torch.Tensor:
-    """Closed-form ridge weights ``[D, 128]`` from ``segments`` training windows."""
-    gram = xty = None
-    for batch in batches(train, list(range(segments))):
-        x = frame_features(batch_rolls(batch["tokens"])).flatten(0, 1).double()
-        y = batch["target"].flatten(0, 1).double()
-        gram = x.T @ x if gram is None else gram + x.T @ x
-        xty = x.T @ y if xty is None else xty + x.T @ y
-    eye = torch.eye(gram.shape[0], dtype=gram.dtype)
-    eye[-1, -1] = 0.0  # the constant is not shrunk
-    return torch.linalg.solve(gram + ridge * eye, xty).float()
+    """Closed-form ridge weights ``[D + 1, 128]`` (the last row: the intercept) from ``segments``
+    training windows (``specdiff.train.ridge_regression``, as ``train.fit_score_prior`` fits the
+    bundled model's score prior)."""
+    from specdiff.train import ridge_regression
+
+    pairs = (
+        (frame_features(batch_rolls(b["tokens"])).flatten(0, 1), b["target"].flatten(0, 1))
+        for b in batches(train, list(range(segments)))
+    )
+    return ridge_regression(pairs, ridge).float()
 
 
 def predict(weights: torch.Tensor, tokens) -> torch.Tensor:
     """Scaled log-mel ``[B, T, 128]`` of token rows, clamped to the model's [-1, 1] range."""
-    return (frame_features(batch_rolls(tokens)) @ weights).clamp(-1.0, 1.0)
+    return (frame_features(batch_rolls(tokens)) @ weights[:-1] + weights[-1]).clamp(-1.0, 1.0)
 
 
 class RidgePipeline:

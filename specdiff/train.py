@@ -30,7 +30,7 @@ import sys
 import time
 import types
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,6 +266,30 @@ def initialise_output(decoder: FilmDecoder, how: str) -> None:
         decoder.spec_out.bias.fill_(-1.0 if decoder.prediction_type == "sample" else 0.0)
 
 
+def _windows(dataset: Any, count: int, batch_size: int) -> Iterator[dict[str, Tensor]]:
+    """The first ``count`` items of ``dataset`` as collated batches of at most ``batch_size``."""
+    for start in range(0, count, batch_size):
+        yield collate([(i, dataset[i]) for i in range(start, min(count, start + batch_size))])
+
+
+@torch.no_grad()
+def ridge_regression(pairs: Iterable[tuple[Tensor, Tensor]], ridge: float) -> Tensor:
+    """Closed-form ridge fit of ``y`` on ``[x, 1]`` from batches of rows ``(x [N, D], y [N, K])``,
+    accumulated as normal equations in float64. Returns ``[D + 1, K]``: the weights, then the
+    intercept (which is not shrunk)."""
+    gram = xty = None
+    for x, y in pairs:
+        x = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
+        y = y.double()
+        gram = x.T @ x if gram is None else gram + x.T @ x
+        xty = x.T @ y if xty is None else xty + x.T @ y
+    if gram is None:
+        raise SpecdiffError("ridge regression needs at least one row")
+    shrink = torch.full((gram.shape[0],), float(ridge), dtype=gram.dtype)
+    shrink[-1] = 0.0
+    return torch.linalg.solve(gram + torch.diag(shrink), xty)
+
+
 @torch.no_grad()
 def fit_score_prior(
     decoder: FilmDecoder, dataset: Any, windows: int, ridge: float = 10.0, batch_size: int = 64
@@ -274,34 +298,28 @@ def fit_score_prior(
     on its roll, over the first ``windows`` items of ``dataset``. Only the roll's shared columns (per
     pitch, per family, drums: ~700) are fitted, the per-(family, pitch) ones stay at zero, so the
     normal equations stay small; the bias takes the intercept. Returns the fit's mean absolute error
-    (scaled units) on those windows. Why: the decoder learns the frame-local roll -> spectrogram map
-    slowly on real data, a closed-form fit of it is cheap (``benchmarks/roll_ridge.py``)."""
+    (scaled units) on the first (up to) 256 of those windows. Why: the decoder learns the frame-local
+    roll -> spectrogram map slowly on real data, a closed-form fit of it is cheap
+    (``benchmarks/roll_ridge.py``)."""
     from specdiff.score_roll import TONAL_FEATURES
 
     layer = decoder.score_prior_projection
     if layer is None:
         raise SpecdiffError("score_prior_fit needs a decoder with score_prior=true")
     frames = decoder.config["targets_length"]
-    gram = xty = None
-    for start in range(0, windows, batch_size):
-        batch = collate([(i, dataset[i]) for i in range(start, min(windows, start + batch_size))])
-        roll = batch_rolls(batch["tokens"], frames)[..., TONAL_FEATURES:].flatten(0, 1).double()
-        x = torch.cat([roll, torch.ones(len(roll), 1, dtype=roll.dtype)], dim=1)
-        y = batch["target"].flatten(0, 1).double()
-        gram = x.T @ x if gram is None else gram + x.T @ x
-        xty = x.T @ y if xty is None else xty + x.T @ y
-    shrink = torch.full((gram.shape[0],), float(ridge), dtype=gram.dtype)
-    shrink[-1] = 0.0  # the intercept is not shrunk
-    solution = torch.linalg.solve(gram + torch.diag(shrink), xty)  # [columns + 1, 128]
+    solution = ridge_regression(
+        (
+            (batch_rolls(b["tokens"], frames)[..., TONAL_FEATURES:].flatten(0, 1), b["target"].flatten(0, 1))
+            for b in _windows(dataset, windows, batch_size)
+        ),
+        ridge,
+    )  # [shared columns + 1, 128]
     layer.weight.zero_()
     layer.weight[:, TONAL_FEATURES:] = solution[:-1].T.to(layer.weight.dtype)
     layer.bias.copy_(solution[-1].to(layer.bias.dtype))
-    # mean |x w - y| from the normal equations is not available in closed form: one more pass
     error, count = 0.0, 0
-    for start in range(0, min(windows, 4 * batch_size), batch_size):
-        batch = collate([(i, dataset[i]) for i in range(start, min(windows, start + batch_size))])
-        roll = batch_rolls(batch["tokens"], frames)
-        prior = decoder.project_score_roll(roll, layer.weight) + layer.bias
+    for batch in _windows(dataset, min(windows, 4 * batch_size), batch_size):
+        prior = decoder.project_score_roll(batch_rolls(batch["tokens"], frames), layer.weight) + layer.bias
         error += float((prior - batch["target"]).abs().sum())
         count += batch["target"].numel()
     return error / max(count, 1)
