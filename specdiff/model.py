@@ -710,10 +710,13 @@ class FilmDecoder(nn.Module):
         keys_values = [layer.layer[1].attention.keys_values(encoded) for layer in self.decoders]
         frames = prior = None
         if self.score_projection is not None and score_roll is not None:
-            frames = self.project_score_roll(score_roll)
-            if self.score_prior_projection is not None:
-                prior_layer = self.score_prior_projection
-                prior = self.project_score_roll(score_roll, prior_layer.weight) + prior_layer.bias
+            if self.score_prior_projection is None:
+                frames = self.project_score_roll(score_roll)
+            else:  # one sparse pass for both projections
+                prior_layer, weights = self.score_prior_projection, self.score_projection.weight
+                both = self.project_score_roll(score_roll, torch.cat([weights, prior_layer.weight]))
+                frames, prior = both.split([weights.shape[0], prior_layer.out_features], dim=-1)
+                prior = prior + prior_layer.bias
         elif score_roll is not None:
             raise ValueError("this decoder has no score conditioning (score_roll_features = 0)")
         return CrossAttentionCache(keys_values, bias, rows, batch, frames, prior)
