@@ -316,3 +316,16 @@ def test_score_prior_folder_round_trip(segments, tmp_path):
     before = pipe(segments, generator=torch.Generator().manual_seed(0), **kw).mels
     after = loaded(segments, generator=torch.Generator().manual_seed(0), **kw).mels
     assert np.array_equal(before, after) and np.isfinite(before).all()
+    # Batching two songs (concatenated caches) and streaming give the same segments as one song alone.
+    other = notes_to_segments([Note(48, 0.5, 2.0, 100, 40, False)], 3.0)
+    kw.pop("output_type")
+    both = loaded.synthesize_many([segments, other], generators=[0, 1], output_type="mel", **kw)
+    alone = loaded(other, generator=torch.Generator().manual_seed(1), output_type="mel", **kw).mels
+
+    def close(a, b):  # equal up to batch-dependent float rounding (as in test_speed_equivalence)
+        return np.abs(a - b).max() <= 1e-3 * max(1.0, np.abs(b).max())
+
+    assert close(both[0].mels, after) and close(both[1].mels, alone)
+    streamed = np.concatenate([seg.mel for seg in loaded.segments(segments, generator=torch.Generator().manual_seed(0),
+                                                                  **kw)])  # fmt: skip
+    assert close(streamed, after[0])
