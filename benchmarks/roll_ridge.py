@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from specdiff.atomic import atomic_write_text  # noqa: E402
 from specdiff.score_roll import TONAL_FEATURES, batch_rolls  # noqa: E402
+from specdiff.train import collated_windows, ridge_regression  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SHIFTS = (-2, -1, 1, 2)  # neighbouring frames whose onset features are also given
@@ -55,22 +56,14 @@ def frame_features(roll: torch.Tensor) -> torch.Tensor:
     return torch.cat([shared, *shifted], dim=-1)
 
 
-def batches(dataset, indices, batch_size=64):
-    from specdiff.data import collate
-
-    for start in range(0, len(indices), batch_size):
-        yield collate([dataset[i] for i in indices[start : start + batch_size]])
-
-
 def fit(train, segments: int, ridge: float) -> torch.Tensor:
     """Closed-form ridge weights ``[D + 1, 128]`` (the last row: the intercept) from ``segments``
     training windows (``specdiff.train.ridge_regression``, as ``train.fit_score_prior`` fits the
     bundled model's score prior)."""
-    from specdiff.train import ridge_regression
 
     pairs = (
         (frame_features(batch_rolls(b["tokens"])).flatten(0, 1), b["target"].flatten(0, 1))
-        for b in batches(train, list(range(segments)))
+        for b in collated_windows(train, range(segments))
     )
     return ridge_regression(pairs, ridge).float()
 
@@ -127,11 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     fit_seconds = time.perf_counter() - started
     err = floor = 0.0
     mean_frame = None
-    for batch in batches(train, list(range(args.segments, args.segments + 256))):
+    for batch in collated_windows(train, range(args.segments, args.segments + 256)):
         m = batch["target"].mean((0, 1))
         mean_frame = m if mean_frame is None else (mean_frame + m) / 2
     count = 0
-    for batch in batches(val, list(range(args.val_segments))):
+    for batch in collated_windows(val, range(args.val_segments)):
         target = batch["target"]
         err += float((predict(weights, batch["tokens"]) - target).abs().mean()) * len(target)
         floor += float((mean_frame - target).abs().mean()) * len(target)

@@ -266,10 +266,10 @@ def initialise_output(decoder: FilmDecoder, how: str) -> None:
         decoder.spec_out.bias.fill_(-1.0 if decoder.prediction_type == "sample" else 0.0)
 
 
-def _windows(dataset: Any, count: int, batch_size: int) -> Iterator[dict[str, Tensor]]:
-    """The first ``count`` items of ``dataset`` as collated batches of at most ``batch_size``."""
-    for start in range(0, count, batch_size):
-        yield collate([(i, dataset[i]) for i in range(start, min(count, start + batch_size))])
+def collated_windows(dataset: Any, indices: range, batch_size: int = 64) -> Iterator[dict[str, Tensor]]:
+    """Items ``indices`` of ``dataset`` as collated batches (:func:`collate`) of at most ``batch_size``."""
+    for start in range(0, len(indices), batch_size):
+        yield collate([(i, dataset[i]) for i in indices[start : start + batch_size]])
 
 
 @torch.no_grad()
@@ -310,7 +310,7 @@ def fit_score_prior(
     solution = ridge_regression(
         (
             (batch_rolls(b["tokens"], frames)[..., TONAL_FEATURES:].flatten(0, 1), b["target"].flatten(0, 1))
-            for b in _windows(dataset, windows, batch_size)
+            for b in collated_windows(dataset, range(windows), batch_size)
         ),
         ridge,
     )  # [shared columns + 1, 128]
@@ -318,7 +318,7 @@ def fit_score_prior(
     layer.weight[:, TONAL_FEATURES:] = solution[:-1].T.to(layer.weight.dtype)
     layer.bias.copy_(solution[-1].to(layer.bias.dtype))
     error, count = 0.0, 0
-    for batch in _windows(dataset, min(windows, 4 * batch_size), batch_size):
+    for batch in collated_windows(dataset, range(min(windows, 4 * batch_size)), batch_size):
         prior = decoder.project_score_roll(batch_rolls(batch["tokens"], frames), layer.weight) + layer.bias
         error += float((prior - batch["target"]).abs().sum())
         count += batch["target"].numel()
