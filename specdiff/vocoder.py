@@ -37,6 +37,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 ONNX_INPUT_NAME = "input_features"  # the official inverter's input name (ORIGINAL.md §6)
 ONNX_OUTPUT_NAME = "waveform"  # the official output's name is unknown (ORIGINAL.md §6); used by position
+SYNTHESES = ("network", "phase_vocoder")  # VocoderConfig.synthesis
 
 
 @dataclass
@@ -59,6 +60,10 @@ class VocoderConfig:
     # Phase convention of the head's output (see ISTFTHead): "absolute" (time-invariant) for new
     # models; "frame" (phase relative to each frame's start, as in Vocos) for folders saved before.
     phase: str = "absolute"
+    # How VocoderInverter turns the head's output into audio: "network" (its magnitude and phase, what
+    # forward() and the ONNX export compute) or "phase_vocoder" (its magnitude with a phase built from
+    # that magnitude, specdiff.phase_vocoder; for heads trained on the magnitude itself).
+    synthesis: str = "network"
 
     @classmethod
     def from_dict(cls, data: dict) -> VocoderConfig:
@@ -70,6 +75,8 @@ class VocoderConfig:
         values.setdefault("phase", "frame")  # configs written before the key existed
         if values["phase"] not in ("absolute", "frame"):
             raise ModelError(f"vocoder config: phase must be 'absolute' or 'frame', got {values['phase']!r}")
+        if values.get("synthesis", "network") not in SYNTHESES:
+            raise ModelError(f"vocoder config: synthesis must be one of {SYNTHESES}, got {values['synthesis']!r}")
         return cls(**values)
 
     def to_dict(self) -> dict:
@@ -144,11 +151,41 @@ class ISTFTHead(nn.Module):
         self.register_buffer("window_sq", (window**2)[None, None, :], persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, T, C] -> [B, T * hop]
+        return self.synthesize(*self.spectrum(x))
+
+    def spectrum(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, T, C]`` -> (log-magnitude, phase), each ``[B, n_bins, T]``, at this head's framing.
+
+        The phase refers to each frame's first sample (what :meth:`istft` and :meth:`stft` use),
+        whatever the convention of the raw output.
+        """
         log_mag, phase = self.out(x).transpose(1, 2).chunk(2, dim=1)  # each [B, n_bins, T]
-        magnitude = torch.exp(torch.clamp(log_mag, max=self.max_log_magnitude))
         if self.absolute_phase:
             phase = phase + self.frame_phase(phase.shape[-1], phase.device)
-        return self.istft(magnitude, phase)
+        return torch.clamp(log_mag, max=self.max_log_magnitude), phase
+
+    def synthesize(self, log_mag: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+        """:meth:`spectrum`'s outputs -> audio ``[B, T * hop]``."""
+        return self.istft(torch.exp(log_mag), phase)
+
+    def peak_locked_phase(self, magnitude: torch.Tensor) -> torch.Tensor:
+        """A phase ``[B, n_bins, T]`` for ``magnitude`` ``[B, n_bins, T]`` from its spectral peaks
+        (specdiff.phase_vocoder; no gradient), in :meth:`istft`'s convention."""
+        from specdiff.phase_vocoder import peak_locked_phase
+
+        frames = magnitude.detach().float().transpose(1, 2).cpu().numpy()
+        # One signal at a time: each frame's phase continues the previous frame's.
+        phase = np.stack([peak_locked_phase(m, self.n_fft, self.hop_length) for m in frames])
+        return torch.from_numpy(phase).to(device=magnitude.device, dtype=magnitude.dtype).transpose(1, 2)
+
+    def stft(self, audio: torch.Tensor) -> torch.Tensor:
+        """The analysis that :meth:`istft` inverts: ``[B, T * hop]`` -> complex ``[B, n_bins, T]``, frame i
+        on samples ``[hop (i + 1) - n_fft / 2, hop (i + 1) + n_fft / 2)`` (zero outside the audio)."""
+        frames = audio.shape[-1] // self.hop_length
+        left = self.n_fft // 2 - self.hop_length
+        right = (frames - 1) * self.hop_length + self.n_fft - left - audio.shape[-1]
+        padded = nn.functional.pad(audio, (left, right))
+        return torch.fft.rfft(padded.unfold(-1, self.n_fft, self.hop_length) * self.window, dim=-1).transpose(1, 2)
 
     def frame_phase(self, frames: int, device: torch.device | None = None) -> torch.Tensor:
         """``[n_bins, frames]``: 2 pi k (i * hop) / n_fft, reduced modulo 2 pi in integer arithmetic
@@ -207,6 +244,11 @@ class Vocoder(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
+        return self.head.synthesize(*self.spectrum(log_mel))
+
+    def spectrum(self, log_mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-mel ``[B, T, 128]`` -> the head's (log-magnitude, phase), each ``[B, n_fft/2 + 1, T]``
+        (see :meth:`ISTFTHead.spectrum`)."""
         c = self.config
         # Scale to [-1, 1] the way the diffusion model's features are scaled (ORIGINAL.md §1.1, no clipping).
         x = (log_mel - c.feature_min) * (2.0 / (c.feature_max - c.feature_min)) - 1.0
@@ -214,7 +256,7 @@ class Vocoder(nn.Module):
         x = self.norm(x.transpose(1, 2)).transpose(1, 2)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.final_norm(x.transpose(1, 2)))
+        return self.head.spectrum(self.final_norm(x.transpose(1, 2)))
 
     # ---- saving / loading -------------------------------------------------------------------------
 
@@ -266,18 +308,33 @@ class VocoderInverter:
     ``inverter(log_mel)`` takes float log-mel ``[B, T, 128]`` (numpy) and returns float32 audio
     ``[B, T * 320]`` at ``sample_rate``.
 
-    ``refine_iters`` > 0 adds a consistency refinement after the network: the STFT of its audio (the
+    ``synthesis`` (default: the vocoder config's): ``"network"`` synthesises the head's magnitude with
+    its own phase (what the ONNX export computes); ``"phase_vocoder"`` gives the head's magnitude a
+    phase built from that magnitude (specdiff.phase_vocoder), for heads trained to predict the true
+    magnitude of the synthesis framing.
+
+    ``refine_iters`` > 0 adds a consistency refinement after the synthesis: the STFT of its audio (the
     front end's own STFT) keeps its phase and within-band detail, its magnitudes are fitted to the
     input mel (the multiplicative least-squares updates Griffin-Lim's mel inversion uses, started
-    from the network's magnitudes instead of a flat guess), and that many fast Griffin-Lim iterations
-    start from the network's phase instead of random phase. The network alone leaves a broadband
-    error in every band's level (log-mel L1 ~4x Griffin-Lim's at 8k training steps) that this removes,
-    while the network's phase keeps the result far more coherent than Griffin-Lim's
-    (benchmarks/results/vocoder_benchmark.md has both rows). 0 gives the network alone, which is
-    also what the ONNX export computes.
+    from the synthesis's magnitudes instead of a flat guess), and that many fast Griffin-Lim
+    iterations start from that phase instead of random phase. It lowers the log-mel error, but its
+    Griffin-Lim iterations run at the front end's 2x overlap, which loses onsets
+    (benchmarks/results/vocoder_onsets.md). ``None`` takes the default of the synthesis:
+    :data:`DEFAULT_REFINE_ITERS` for ``"network"`` (its level errors need it), 0 for ``"phase_vocoder"``.
     """
 
-    def __init__(self, model: Vocoder, device: str | torch.device = "cpu", refine_iters: int = DEFAULT_REFINE_ITERS):
+    def __init__(
+        self,
+        model: Vocoder,
+        device: str | torch.device = "cpu",
+        refine_iters: int | None = None,
+        synthesis: str | None = None,
+    ):
+        synthesis = synthesis or model.config.synthesis
+        if synthesis not in SYNTHESES:
+            raise ValueError(f"synthesis must be one of {SYNTHESES}, got {synthesis!r}")
+        if refine_iters is None:
+            refine_iters = DEFAULT_REFINE_ITERS if synthesis == "network" else 0
         if refine_iters < 0:
             raise ValueError(f"refine_iters must be >= 0, got {refine_iters}")
         self.model = model.eval().to(device)
@@ -285,6 +342,7 @@ class VocoderInverter:
         self.sample_rate = model.config.sample_rate
         self.hop_length = model.config.hop_length
         self.refine_iters = refine_iters
+        self.synthesis = synthesis
 
     def __call__(self, log_mel: np.ndarray) -> np.ndarray:
         features = np.asarray(log_mel, dtype=np.float32)
@@ -294,10 +352,18 @@ class VocoderInverter:
             return np.zeros((features.shape[0], 0), np.float32)
         with torch.inference_mode():
             log_mel_t = torch.from_numpy(features).to(self.device)
-            audio = self.model(log_mel_t)
+            if self.synthesis == "network":
+                audio = self.model(log_mel_t)
+            else:
+                audio = self.phase_vocoder(log_mel_t)
             if self.refine_iters:
                 audio = self.refine(audio.float(), log_mel_t)
         return audio.float().cpu().numpy()
+
+    def phase_vocoder(self, log_mel: torch.Tensor) -> torch.Tensor:
+        """The head's magnitude with :meth:`ISTFTHead.peak_locked_phase` -> audio ``[B, T * 320]``."""
+        magnitude = torch.exp(self.model.spectrum(log_mel)[0].float())
+        return self.model.head.istft(magnitude, self.model.head.peak_locked_phase(magnitude))
 
     def refine(self, audio: torch.Tensor, log_mel: torch.Tensor) -> torch.Tensor:
         """Fit ``audio`` ``[B, T * 320]`` to ``log_mel`` ``[B, T, 128]`` (see the class docstring)."""
@@ -311,7 +377,10 @@ class VocoderInverter:
 
     def __repr__(self) -> str:
         c = self.model.config
-        return f"VocoderInverter(dim={c.dim}, layers={c.num_layers}, n_fft={c.n_fft}, refine_iters={self.refine_iters})"
+        return (
+            f"VocoderInverter(dim={c.dim}, layers={c.num_layers}, n_fft={c.n_fft}, synthesis={self.synthesis!r}, "
+            f"refine_iters={self.refine_iters})"
+        )
 
 
 def find_vocoder_dir(path: str | os.PathLike) -> Path | None:
@@ -324,17 +393,20 @@ def find_vocoder_dir(path: str | os.PathLike) -> Path | None:
 
 
 def load_vocoder(
-    path: str | os.PathLike, device: str | torch.device = "cpu", refine_iters: int = DEFAULT_REFINE_ITERS
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    refine_iters: int | None = None,
+    synthesis: str | None = None,
 ) -> VocoderInverter:
     """Load the vocoder of a model folder (``path/vocoder/``) or a vocoder folder itself.
 
     This is the hook for ``inverters.load_inverter(model_dir)``: call it when
-    ``find_vocoder_dir(model_dir)`` is not None. ``refine_iters``: see :class:`VocoderInverter`.
+    ``find_vocoder_dir(model_dir)`` is not None. ``refine_iters``, ``synthesis``: see :class:`VocoderInverter`.
     """
     folder = find_vocoder_dir(path)
     if folder is None:
         raise ModelError(f"no vocoder in {path} (expected {VOCODER_SUBFOLDER}/{CONFIG_NAME} and {WEIGHTS_NAME})")
-    return VocoderInverter(Vocoder.from_pretrained(folder), device=device, refine_iters=refine_iters)
+    return VocoderInverter(Vocoder.from_pretrained(folder), device, refine_iters, synthesis)
 
 
 # ---- ONNX export --------------------------------------------------------------------------------

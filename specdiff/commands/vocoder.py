@@ -60,11 +60,21 @@ def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--gan-batch-size", type=int, help="segments of each batch the discriminators see (default: all)")
     t.add_argument("--segment-frames", type=int, help="frames per segment (default 32 = 0.64 s)")
     t.add_argument("--lr", type=float, help="peak learning rate (default 5e-4)")
+    t.add_argument("--mel-weight", type=float, help="weight of the log-mel L1 (default 45)")
+    t.add_argument("--stft-weight", type=float, help="weight of the multi-resolution STFT loss (default 15)")
+    t.add_argument("--phase-weight", type=float, help="weight of the phase losses (default 0: off)")
+    t.add_argument("--magnitude-weight", type=float, help="weight of the head's log-magnitude L1 (default 0: off)")
     t.add_argument("--seed", type=int, help="random seed (default 0)")
     v = p.add_argument_group("architecture (new runs only; defaults: vocoder.VocoderConfig)")
     v.add_argument("--dim", type=int, help="backbone width (default 192)")
     v.add_argument("--intermediate-dim", type=int, help="ConvNeXt MLP width (default 576)")
     v.add_argument("--num-layers", type=int, help="ConvNeXt blocks (default 8)")
+    v.add_argument(
+        "--synthesis",
+        choices=("network", "phase_vocoder"),
+        help="how the vocoder makes audio, in training and in use: the head's own phase (default, as in Vocos) "
+        "or a phase built from its magnitude (specdiff.phase_vocoder); also applies with --init-from",
+    )
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)")
     p.add_argument("--checkpoint-minutes", type=float, help="also checkpoint when this many minutes have passed")
     p.add_argument("--validate-every", type=int, default=2000, help="steps between validations (default 2000)")
@@ -115,6 +125,8 @@ def add_export_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
 def run_train_vocoder(args: argparse.Namespace) -> int:
     """``specdiff train-vocoder``: gather the audio, then :func:`~specdiff.vocoder_train.train_vocoder`
     (resuming if possible)."""
+    from dataclasses import fields, replace
+
     import torch
 
     from specdiff.vocoder import VOCODER_SUBFOLDER, VocoderConfig
@@ -164,14 +176,18 @@ def run_train_vocoder(args: argparse.Namespace) -> int:
             raise SpecdiffError(f"--init-from: no vocoder in {args.init_from}")
         init_from = Vocoder.from_pretrained(folder)
         vocoder_config = init_from.config
+        if getattr(args, "synthesis", None):
+            vocoder_config = replace(vocoder_config, synthesis=args.synthesis)
     else:
-        architecture = {"dim": args.dim, "intermediate_dim": args.intermediate_dim, "num_layers": args.num_layers}
+        architecture = {
+            "dim": args.dim,
+            "intermediate_dim": args.intermediate_dim,
+            "num_layers": args.num_layers,
+            "synthesis": getattr(args, "synthesis", None),
+        }
         vocoder_config = VocoderConfig(**{k: v for k, v in architecture.items() if v is not None})
-    overrides = {
-        name: getattr(args, name)
-        for name in ("max_steps", "warmup_steps", "batch_size", "gan_batch_size", "segment_frames", "lr", "seed")
-        if getattr(args, name, None) is not None
-    }
+    # Every TrainConfig field that has a command-line option the user set.
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
     train_config = TrainConfig(**overrides)
     print(f"training on {len(files)} files, validating on {len(val_files)}; run folder {run_dir}")
     train_vocoder(

@@ -1,0 +1,106 @@
+"""Tests of the peak-locked phase vocoder (specdiff/phase_vocoder.py) and the vocoder's use of it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from specdiff.phase_vocoder import peak_locked_phase
+from specdiff.vocoder import ISTFTHead, Vocoder, VocoderConfig, VocoderInverter
+
+torch.set_num_threads(1)
+
+N_FFT, HOP = 1280, 320
+HEAD = ISTFTHead(dim=4, n_fft=N_FFT, hop_length=HOP, max_log_magnitude=7.0)
+
+
+def _sines(frequencies, frames: int = 60, amplitude: float = 0.2) -> torch.Tensor:
+    t = torch.arange(frames * HOP, dtype=torch.float64) / 16000
+    return sum(amplitude * torch.sin(2 * math.pi * f * t + 0.7 * i) for i, f in enumerate(frequencies)).float()[None]
+
+
+def _resynthesise(audio: torch.Tensor) -> torch.Tensor:
+    """The true magnitude of ``audio`` at the head's framing, with the phase vocoder's phase."""
+    magnitude = HEAD.stft(audio).abs()
+    phase = peak_locked_phase(magnitude[0].T.numpy(), N_FFT, HOP).T
+    return HEAD.istft(magnitude, torch.from_numpy(phase).float()[None])
+
+
+@pytest.mark.parametrize("frequency", [437.5, 443.75, 1006.25])  # bin centre, half-way between bins
+def test_a_steady_sinusoid_comes_back_steady_at_its_level_and_pitch(frequency):
+    """A sinusoid's true magnitude with a phase built from it is the same steady sinusoid: a phase that
+    does not follow the partial's frequency between bins beats at the bin spacing (12.5 Hz)."""
+    audio = _sines([frequency])
+    out = _resynthesise(audio)[0, 2 * N_FFT : -2 * N_FFT].double()  # away from the edges
+    envelope = out.abs().unfold(0, 1280, 320).amax(-1)  # peak per 80 ms: longer than one period
+    assert envelope.std() / envelope.mean() < 0.03, envelope
+    assert envelope.mean() == pytest.approx(0.2, rel=0.05)
+    spectrum = torch.fft.rfft(out * torch.hann_window(out.shape[0], dtype=torch.float64)).abs()
+    assert float(spectrum.argmax()) * 16000 / out.shape[0] == pytest.approx(frequency, abs=2.0)
+
+
+def test_the_peaks_phase_advances_by_its_frequency_over_one_hop():
+    """Hand-derived: a partial at k + d bins turns by 2 pi (k + d) hop / n_fft between frames; the
+    conversion to the frame-start convention adds -pi k at bin k, the same in every frame."""
+    k, d = 35, 0.5
+    audio = _sines([(k + d) * 16000 / N_FFT])
+    magnitude = HEAD.stft(audio).abs()[0].T.numpy()
+    phase = peak_locked_phase(magnitude, N_FFT, HOP)
+    peak = int(magnitude[10].argmax())
+    assert peak in (k, k + 1)
+    turn = np.angle(np.exp(1j * (phase[11, peak] - phase[10, peak])))
+    expected = np.angle(np.exp(1j * 2 * np.pi * (k + d) * HOP / N_FFT))
+    assert turn == pytest.approx(expected, abs=0.05)
+    # Identity phase locking: the peak's neighbour (same main lobe) shares its centre-referenced phase.
+    centre = phase[10] + np.pi * np.arange(magnitude.shape[1])
+    assert np.angle(np.exp(1j * (centre[peak + 1] - centre[peak]))) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_chord_keeps_each_partials_level():
+    audio = _sines([220.0, 277.2, 331.0, 1760.0], amplitude=0.1)
+    out = _resynthesise(audio)[0, 2 * N_FFT : -2 * N_FFT].double()
+    ours = HEAD.stft(out[None].float()).abs()[0].mean(-1)
+    true = HEAD.stft(audio[:, 2 * N_FFT : -2 * N_FFT]).abs()[0].mean(-1)
+    for f in (220.0, 277.2, 331.0, 1760.0):
+        b = round(f * N_FFT / 16000)
+        assert float(ours[b]) == pytest.approx(float(true[b]), rel=0.1), f
+
+
+def test_silence_and_shape_errors():
+    assert np.isfinite(peak_locked_phase(np.zeros((5, 641)), N_FFT, HOP)).all()
+    with pytest.raises(ValueError):
+        peak_locked_phase(np.zeros((5, 640)), N_FFT, HOP)
+
+
+def test_synthesis_option_of_the_config_and_the_inverter(tmp_path):
+    """Old config files (no key) keep the network's own phase and the refinement; a phase-vocoder
+    folder uses the head's magnitude with the phase vocoder's phase, and no refinement by default."""
+    tiny = VocoderConfig(dim=16, intermediate_dim=32, num_layers=2)
+    old = {k: v for k, v in tiny.to_dict().items() if k != "synthesis"}
+    assert VocoderConfig.from_dict(old).synthesis == "network"
+    with pytest.raises(Exception, match="synthesis"):
+        VocoderConfig.from_dict({**old, "synthesis": "magic"})
+    torch.manual_seed(0)
+    model = Vocoder(VocoderConfig.from_dict({**old, "synthesis": "phase_vocoder"}))
+    model.save_pretrained(tmp_path)
+    loaded = Vocoder.from_pretrained(tmp_path)
+    assert loaded.config.synthesis == "phase_vocoder"
+    inverter = VocoderInverter(loaded)
+    assert inverter.synthesis == "phase_vocoder" and inverter.refine_iters == 0
+    mel = np.random.default_rng(0).uniform(-11.5, 2.0, (2, 9, 128)).astype(np.float32)
+    out = inverter(mel)
+    assert out.shape == (2, 9 * 320) and np.isfinite(out).all()
+    with torch.no_grad():
+        log_magnitude, _ = loaded.spectrum(torch.from_numpy(mel))
+    phase = peak_locked_phase(torch.exp(log_magnitude[1]).T.numpy(), 1280, 320).T
+    expected = loaded.head.istft(torch.exp(log_magnitude[1:2]), torch.from_numpy(phase).float()[None])
+    np.testing.assert_allclose(out[1], expected[0].numpy(), atol=1e-5)  # batch items are independent
+    network = VocoderInverter(loaded, synthesis="network")
+    assert network.refine_iters == 32
+    with torch.no_grad():
+        np.testing.assert_array_equal(
+            VocoderInverter(loaded, synthesis="network", refine_iters=0)(mel), loaded(torch.from_numpy(mel)).numpy()
+        )
