@@ -9,9 +9,10 @@ log-mel front end (ORIGINAL.md §1) and back through each inverter. Reported per
   resynthesis against basic-pitch's transcription of the original audio, when basic-pitch is
   installed (and, for reference, of each against the MIDI file itself);
 - CPU speed as x real time (audio seconds per compute second) on 1 and 2 threads.
-Rows: Griffin-Lim (32 fast iterations from random phase), the vocoder network alone (what its ONNX
-export computes) and the vocoder as the pipeline uses it (network + refinement iterations, see
-specdiff.vocoder.VocoderInverter).
+Rows: Griffin-Lim (32 fast iterations from random phase), and the vocoder three ways (see
+specdiff.vocoder.VocoderInverter): its head's magnitude and phase alone (what its ONNX export
+computes), the same + refinement iterations, and its magnitude with the phase vocoder's phase
+(specdiff.phase_vocoder). The row the pipeline uses with this vocoder folder is marked.
 
 Usage:
   python benchmarks/vocoder_benchmark.py --vocoder runs/vocoder/export [--split test]
@@ -169,7 +170,7 @@ def main() -> None:
     parser.add_argument("--note", default="", help="free text recorded with the results (e.g. the training step)")
     parser.add_argument("--no-onsets", action="store_true", help="skip the basic-pitch onset F1")
     parser.add_argument(
-        "--refine-iters", type=int, default=32, help="refinement iterations of the 'ours' row (default 32)"
+        "--refine-iters", type=int, default=32, help="refinement iterations of the refined row (default 32)"
     )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
@@ -178,13 +179,17 @@ def main() -> None:
     from specdiff.vocoder import load_vocoder
 
     torch.set_num_threads(1)
-    inverters = {
-        "griffin-lim": GriffinLimInverter(),
-        "vocoder, network alone": load_vocoder(args.vocoder, refine_iters=0),
-        f"vocoder (ours: + {args.refine_iters} refinement iterations)": load_vocoder(
-            args.vocoder, refine_iters=args.refine_iters
-        ),
+    default = load_vocoder(args.vocoder)  # what the pipeline uses: the folder's synthesis and its default refinement
+    rows = {
+        "vocoder, network phase alone (ONNX export)": ("network", 0),
+        f"vocoder, network phase + {args.refine_iters} refinement iterations": ("network", args.refine_iters),
+        "vocoder, phase vocoder": ("phase_vocoder", 0),
     }
+    inverters = {"griffin-lim": GriffinLimInverter()}
+    for label, (synthesis, refine_iters) in rows.items():
+        if (synthesis, refine_iters) == (default.synthesis, default.refine_iters):
+            label += " (pipeline default)"
+        inverters[label] = load_vocoder(args.vocoder, refine_iters=refine_iters, synthesis=synthesis)
     clips = held_out_clips(args.split, args.max_files, args.seconds, args.audio_dir, args.midi_dir)
     if not clips:
         raise SystemExit("no held-out clips")

@@ -19,6 +19,9 @@ from a mix of ORIGINAL (oracle) and RECOVERED parts, so the loss of each part ca
      Griffin-Lim at the 1280 framing, 32 / 100 / 200 iterations, from random or from the network's
      phase; one gain computed from the mel alone matches the output's mel level to the input's; and
      the same magnitude with the original phase (is the magnitude or the phase retrieval the problem?);
+  i  the phase vocoder (specdiff.phase_vocoder: phase built frame by frame from the magnitude's
+     peaks) at the 1280 framing, on the original magnitude, on the mel's NNLS magnitude (h) and on
+     the network's magnitude (the pipeline for a vocoder folder with synthesis "phase_vocoder");
   f  the real inverters of the benchmark: network alone, Griffin-Lim alone, the pipeline
      (network + 32 refinement iterations), and the pipeline's refinement with 0 Griffin-Lim
      iterations (network phase + network magnitudes fitted to the mel).
@@ -281,6 +284,17 @@ for _iters in H_ITERS:
     ROWS[f"h. 1280: mel-NNLS |X| + GL from network phase, {_iters} it."] = (
         f"real (mel only): same, {_iters} GL it. started from the network's phase"
     )
+ROWS["i. 1280: orig |X| + phase-vocoder phase"] = "original magnitude, peak-locked phase vocoder's phase"
+ROWS["i. 1280: mel-NNLS |X| + phase-vocoder phase"] = "real (mel only, no network): the h rows' magnitude, same phase"
+ROWS["i. 1280: network |X| + phase-vocoder phase"] = "real (mel only): ISTFTHead magnitude, same phase"
+
+
+def phase_vocoder_n(magnitude: torch.Tensor) -> torch.Tensor:
+    """``[T, 641]`` magnitude at the 1280 framing -> audio, with specdiff.phase_vocoder's phase."""
+    from specdiff.phase_vocoder import peak_locked_phase
+
+    phase = torch.from_numpy(peak_locked_phase(magnitude.numpy(), 1280, HOP)).to(magnitude.dtype)
+    return istft_n(torch.polar(magnitude, phase), 1280)
 
 
 def ladder(audio: np.ndarray, vocoders: dict, griffin_lim: GriffinLimInverter, wanted=None) -> dict[str, np.ndarray]:
@@ -333,6 +347,12 @@ def ladder(audio: np.ndarray, vocoders: dict, griffin_lim: GriffinLimInverter, w
         for iters in H_ITERS:
             if want(label := f"h. 1280: mel-NNLS |X| + GL from {start}, {iters} it."):
                 out[label] = mel_griffin_lim_n(log_mel[0], 1280, iters, angles)
+    if want(label := "i. 1280: orig |X| + phase-vocoder phase"):
+        out[label] = phase_vocoder_n(spec.abs())
+    if want(label := "i. 1280: mel-NNLS |X| + phase-vocoder phase"):
+        out[label] = match_mel_level(phase_vocoder_n(mel_magnitude_n(log_mel[0], 1280)), log_mel[0])
+    if want(label := "i. 1280: network |X| + phase-vocoder phase"):
+        out[label] = phase_vocoder_n(network.abs())
     # Sanity: our 1280 framing is the head's (the network's spectrum through istft_n is its audio).
     err = (istft_n(network, 1280) - net_audio[0]).abs().max().item()
     assert err < 1e-4 * max(net_audio.abs().max().item(), 1.0), f"framing mismatch with ISTFTHead: {err}"

@@ -12,6 +12,13 @@ CPU. In PyTorch the inverse STFT is ``irfft`` + overlap-add; in an ONNX export i
 operators). Unlike Vocos the head's phase refers to absolute time, not to each frame (see
 :class:`ISTFTHead`): music holds steady notes far longer than the backbone's receptive field.
 
+Two syntheses (``VocoderConfig.synthesis``). ``"network"``: the head's magnitude and phase, as in
+Vocos (what ``forward`` and the ONNX export compute). ``"phase_vocoder"``: the head's magnitude only,
+trained to be the true magnitude of the synthesis framing, with a phase built from it frame by frame
+(specdiff/phase_vocoder.py). benchmarks/results/vocoder_onsets.md measured why: the network's
+phase loses more onsets than any other part of the chain, while the true magnitude with the phase
+vocoder's phase keeps them all.
+
 Layout on disk (inside a model folder): ``vocoder/config.json`` + ``vocoder/model.safetensors``
 (fp16 weights; buffers such as the DFT basis are rebuilt from the config).
 """
@@ -416,9 +423,18 @@ def export_onnx(model: Vocoder, path: str | os.PathLike, opset: int = 17) -> Pat
     """Export with the official inverter's interface (ORIGINAL.md §6): ``input_features`` float32
     ``[B, T, 128]`` log-mel -> ``waveform`` float32 ``[B, T * 320]``, dynamic B and T.
 
-    Uses the TorchScript exporter (no ``onnx``/``onnxscript`` needed at export time).
+    Uses the TorchScript exporter (no ``onnx``/``onnxscript`` needed at export time). The graph holds
+    the network with its head's own phase, so a vocoder whose synthesis is ``"phase_vocoder"`` (its
+    head's phase is not trained) is refused: the phase vocoder's frame-by-frame peak tracking is not in it.
     """
     import warnings
+
+    if model.config.synthesis != "network":
+        raise ModelError(
+            f"this vocoder's synthesis is {model.config.synthesis!r}: its head's phase is not trained, and the "
+            "phase vocoder that makes its phase does not fit in an ONNX graph; use it through specdiff "
+            "(VocoderInverter / load_vocoder), or export a vocoder trained with synthesis 'network'"
+        )
 
     path = Path(path)
     model = model.eval()

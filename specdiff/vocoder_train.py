@@ -65,55 +65,6 @@ def multi_resolution_stft_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.
     return total / len(STFT_RESOLUTIONS)
 
 
-#: (window = n_fft, hop) of the phase losses: the head's own synthesis framing (VocoderConfig.n_fft,
-#: hop 320) and a 4x shorter window that resolves attacks to 8 ms.
-PHASE_RESOLUTIONS = ((1280, 320), (320, 80))
-
-
-def _unit_phase_distance(product: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Weighted mean of ``1 - cos(angle(product))``: 0 where the phases agree, 2 where opposite.
-
-    A smooth stand-in for APNet's anti-wrapped |phase error|: it needs no ``angle()`` (whose gradient
-    is undefined at 0) and no unwrapping.
-    """
-    cosine = product.real / (product.abs() + 1e-7)
-    return (weight * (1 - cosine)).sum() / weight.sum().clamp_min(1e-12)
-
-
-def phase_losses(fake: torch.Tensor, real: torch.Tensor, n_fft: int, hop: int) -> tuple[torch.Tensor, ...]:
-    """(instantaneous phase, group delay, instantaneous frequency) distances at one STFT framing.
-
-    APNet (Ai & Ling 2023) trains its phase head with these three anti-wrapped losses. Ours compare
-    the re-analysed STFT of the output with the target's (so they also score how consistent the
-    overlapping frames are), use ``1 - cos`` of the difference (see :func:`_unit_phase_distance`),
-    and weight each bin by the square root of the target magnitude: the phase of a bin that holds no
-    signal is noise. Group delay (the phase's slope across frequency) places each frame's energy in
-    time, which is what an attack needs; benchmarks/results/vocoder_onsets.md measured the network's
-    phase, not its magnitude, as the component that loses onsets.
-    """
-    window = torch.hann_window(n_fft, device=fake.device)
-    fake_spec = torch.stft(fake, n_fft, hop, window=window, return_complex=True)
-    real_spec = torch.stft(real, n_fft, hop, window=window, return_complex=True)
-    difference = fake_spec * real_spec.conj()  # angle = phase error, per bin [B, F, T]
-    weight = real_spec.abs().sqrt()
-    instantaneous = _unit_phase_distance(difference, weight)
-    group_delay = _unit_phase_distance(
-        difference[:, 1:] * difference[:, :-1].conj(), (weight[:, 1:] * weight[:, :-1]).sqrt()
-    )
-    frequency = _unit_phase_distance(
-        difference[..., 1:] * difference[..., :-1].conj(), (weight[..., 1:] * weight[..., :-1]).sqrt()
-    )
-    return instantaneous, group_delay, frequency
-
-
-def multi_resolution_phase_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Sum of the three :func:`phase_losses`, averaged over :data:`PHASE_RESOLUTIONS` (each in [0, 2])."""
-    total = fake.new_zeros(())
-    for n_fft, hop in PHASE_RESOLUTIONS:
-        total = total + sum(phase_losses(fake, real, n_fft, hop))
-    return total / len(PHASE_RESOLUTIONS)
-
-
 #: Magnitudes below this count as silence in :func:`magnitude_l1` (the loudest bins reach ~300; the
 #: front end clips its mel at the same 1e-5).
 MAGNITUDE_FLOOR = 1e-5
@@ -306,8 +257,6 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # cosine decay from lr to lr * min_lr_ratio at max_steps
     mel_weight: float = 45.0  # Vocos
     stft_weight: float = 15.0
-    # Weight of multi_resolution_phase_loss (0: the Vocos recipe, magnitude losses only).
-    phase_weight: float = 0.0
     # Weight of magnitude_l1 on the head's own log-magnitude (0: off).
     magnitude_weight: float = 0.0
     mrd_weight: float = 0.5
@@ -383,10 +332,6 @@ class VocoderTrainer:
             magnitude_loss = magnitude_l1(log_magnitude, self.generator.head.stft(real))
             g_loss = g_loss + c.magnitude_weight * magnitude_loss
             logs["loss/magnitude"] = magnitude_loss.item()
-        if c.phase_weight:
-            phase_loss = multi_resolution_phase_loss(fake, real)
-            g_loss = g_loss + c.phase_weight * phase_loss
-            logs["loss/phase"] = phase_loss.item()
         if adversarial:
             adv_p, fm_p = generator_adversarial_loss(self.mpd, features_mpd, fake_k)
             adv_r, fm_r = generator_adversarial_loss(self.mrd, features_mrd, fake_k)

@@ -104,3 +104,15 @@ def test_synthesis_option_of_the_config_and_the_inverter(tmp_path):
         np.testing.assert_array_equal(
             VocoderInverter(loaded, synthesis="network", refine_iters=0)(mel), loaded(torch.from_numpy(mel)).numpy()
         )
+
+
+def test_onnx_export_refuses_a_phase_vocoder_vocoder(tmp_path):
+    from specdiff.errors import ModelError
+    from specdiff.vocoder import export_onnx
+
+    config = VocoderConfig.from_dict(
+        {**VocoderConfig(dim=16, intermediate_dim=32, num_layers=2).to_dict(), "synthesis": "phase_vocoder"}
+    )
+    with pytest.raises(ModelError, match="phase_vocoder"):
+        export_onnx(Vocoder(config), tmp_path / "v.onnx")
+    assert not (tmp_path / "v.onnx").exists()

@@ -62,7 +62,6 @@ def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, help="peak learning rate (default 5e-4)")
     t.add_argument("--mel-weight", type=float, help="weight of the log-mel L1 (default 45)")
     t.add_argument("--stft-weight", type=float, help="weight of the multi-resolution STFT loss (default 15)")
-    t.add_argument("--phase-weight", type=float, help="weight of the phase losses (default 0: off)")
     t.add_argument("--magnitude-weight", type=float, help="weight of the head's log-magnitude L1 (default 0: off)")
     t.add_argument("--seed", type=int, help="random seed (default 0)")
     v = p.add_argument_group("architecture (new runs only; defaults: vocoder.VocoderConfig)")
@@ -257,6 +256,11 @@ def run_export_vocoder(args: argparse.Namespace) -> int:
             f"no vocoder in {args.source} (expected {VOCODER_SUBFOLDER}/config.json and model.safetensors)"
         )
     model = Vocoder.from_pretrained(source)
+    if args.onnx and model.config.synthesis != "network":
+        raise SpecdiffError(
+            f"--onnx: {source} uses synthesis {model.config.synthesis!r} (phase from its magnitude, computed "
+            "outside the network), which an ONNX graph cannot hold; nothing was written"
+        )
     target = model.save_pretrained(Path(args.output) / VOCODER_SUBFOLDER)
     print(f"wrote {target}")
     if args.onnx:
