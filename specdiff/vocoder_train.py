@@ -301,12 +301,7 @@ class VocoderTrainer:
         audio = audio.to(self.device)
         with torch.no_grad():
             mel, real = features_and_target(audio, c.segment_frames)
-        log_magnitude, phase = self.generator.spectrum(mel)
-        if self.config.synthesis == "phase_vocoder":
-            # Train the magnitude for the synthesis it is used with: the phase vocoder's phase is a
-            # constant of the step (no gradient through the peak picking); the head's phase is unused.
-            phase = self.generator.head.peak_locked_phase(log_magnitude.exp())
-        fake = self.generator.head.synthesize(log_magnitude, phase)
+        fake, log_magnitude = synthesize(self.generator, mel)
         adversarial = self.step >= c.warmup_steps
         logs: dict[str, float] = {"lr": lr}
 
@@ -381,6 +376,18 @@ class VocoderTrainer:
             sampler.rng.bit_generator.state = state["sampler_rng"]
 
 
+def synthesize(generator: Vocoder, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(audio made the way the vocoder is used, ``VocoderConfig.synthesis``; the head's log-magnitude).
+
+    With the phase vocoder the head's phase is unused and the gradient reaches the magnitude only
+    (the peak picking is a constant of the step).
+    """
+    log_magnitude, phase = generator.spectrum(mel)
+    if generator.config.synthesis == "phase_vocoder":
+        phase = generator.head.peak_locked_phase(log_magnitude.exp())
+    return generator.head.synthesize(log_magnitude, phase), log_magnitude
+
+
 @torch.no_grad()
 def evaluate(generator: Vocoder, clips: list[np.ndarray]) -> dict[str, float]:
     """Analysis-resynthesis of whole clips: mean log-mel L1 and multi-resolution STFT distance."""
@@ -389,7 +396,7 @@ def evaluate(generator: Vocoder, clips: list[np.ndarray]) -> dict[str, float]:
     for clip in clips:
         audio = torch.from_numpy(clip)[None]
         mel = _log_mel(audio)
-        fake = generator(mel)[:, : audio.shape[-1]]
+        fake = synthesize(generator, mel)[0][:, : audio.shape[-1]]
         mel_errors.append(F.l1_loss(_log_mel(fake), mel).item())
         stft_errors.append(multi_resolution_stft_loss(fake, audio).item())
     generator.train()

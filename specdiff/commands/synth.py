@@ -207,7 +207,8 @@ def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         default=None,
         metavar="N",
         help="with our trained vocoder: Griffin-Lim iterations that refine its output against the "
-        "spectrogram (default 32; 0: the network alone, faster)",
+        "spectrogram (default: 0 for a phase-vocoder vocoder such as the bundled one, 32 for one that "
+        "makes its own phase; each iteration costs speed and, at the front end's 2x overlap, onsets)",
     )
     p.add_argument(
         "--stream",

@@ -98,8 +98,8 @@ def add_vocode_arguments(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--vocoder", type=Path, required=True, help="model folder with vocoder/, or a vocoder folder")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--refine-iters", type=int, default=None, metavar="N",
-                   help="Griffin-Lim iterations that refine the network's output against the mel (default 32; "
-                   "0: the network alone, as in the ONNX export)")  # fmt: skip
+                   help="Griffin-Lim iterations that refine the vocoder's output against the mel (default: 0 "
+                   "for a phase-vocoder vocoder, 32 for one that makes its own phase)")  # fmt: skip
     p.set_defaults(func=run_vocode)
     return p
 
