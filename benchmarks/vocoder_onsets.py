@@ -47,7 +47,8 @@ Usage:
 Writes benchmarks/results/vocoder_onsets.json, vocoder_onsets.md and vocoder_onsets/*.png.
   python benchmarks/vocoder_onsets.py --rows "h. " [--speed]
 computes and scores only the rows whose label contains one of the given strings (plus the original)
-and prints their table without writing anything; --speed also times the h rows' inverter on 10 s.
+and prints their table without writing anything (but the pictures, with --pictures-dir DIR); --speed
+also times the h rows' inverter on 10 s.
 """
 
 from __future__ import annotations
@@ -418,6 +419,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--rows", nargs="+", help="only the rows whose label contains one of these; writes nothing")
     parser.add_argument("--speed", action="store_true", help="also time the h rows' inverter (1 thread, 10 s)")
+    parser.add_argument(
+        "--pictures-dir", type=Path, help="with --rows: also write the onset pictures of the rows computed there"
+    )
     args = parser.parse_args()
     wanted = None if args.rows is None else (lambda label: any(r in label for r in args.rows))
 
@@ -425,7 +429,11 @@ def main() -> None:
 
     torch.set_num_threads(1)
     started = time.perf_counter()
-    vocoders = {"net": load_vocoder(args.vocoder, refine_iters=0), "pipeline": load_vocoder(args.vocoder)}
+    # The f rows' network synthesis, whatever the folder's own (the i rows hold the phase vocoder's).
+    vocoders = {
+        "net": load_vocoder(args.vocoder, refine_iters=0, synthesis="network"),
+        "pipeline": load_vocoder(args.vocoder, refine_iters=32, synthesis="network"),
+    }
     griffin_lim = GriffinLimInverter()
     scorer = OnsetScorer()
     _single_thread_onnx(scorer)
@@ -458,11 +466,11 @@ def main() -> None:
             best = max(onsets, key=lambda t: _energy(audio, t, 0, 50) / _energy(audio, t, -60, -20))
             pictures.append((name, best, {shown: signals[k] for k, shown in _PICTURE_ROWS.items() if k in signals}))
 
-    if wanted is not None:
+    if wanted is not None and args.pictures_dir is None:
         pictures = []  # a partial run writes nothing
     args.out.mkdir(parents=True, exist_ok=True)
-    picture_dir = args.out / "vocoder_onsets"
-    picture_dir.mkdir(exist_ok=True)
+    picture_dir = args.pictures_dir or args.out / "vocoder_onsets"
+    picture_dir.mkdir(parents=True, exist_ok=True)
     contrast = lambda p: _energy(p[2]["original"], p[1], 0, 50) / _energy(p[2]["original"], p[1], -60, -20)  # noqa: E731
     for i, (name, t, signals) in enumerate(sorted(pictures, key=contrast, reverse=True)[:3]):
         stem = f"onset{i + 1}_{Path(name).stem}_{t:.2f}s"
@@ -502,6 +510,7 @@ _PICTURE_ROWS = {
     "f. network alone": "network",
     "f. pipeline (network + 32 GL iterations)": "pipeline",
     "f. Griffin-Lim alone": "Griffin-Lim",
+    "i. 1280: network |X| + phase-vocoder phase": "phase vocoder",
 }
 
 
