@@ -53,8 +53,9 @@ def mel_to_hertz(mel: Any) -> np.ndarray:
 
 
 @cache
-def _mel_filterbank_float64() -> np.ndarray:
-    """``tf.signal.linear_to_mel_weight_matrix(128, 513, 16000, 0.0, 8000.0)`` as float64 ``[513, 128]``.
+def _mel_filterbank_float64(n_freqs: int = N_FREQS) -> np.ndarray:
+    """``tf.signal.linear_to_mel_weight_matrix(128, 513, 16000, 0.0, 8000.0)`` as float64 ``[513, 128]``
+    (with ``n_freqs``: the same triangles on that many linear bins from 0 to 8 kHz).
 
     Same steps as TF's ``mel_ops.py``. TF runs them in float32 with its own (not correctly rounded)
     float32 log, which puts its matrix within ~2e-5 of the exact one; a float32 replica with numpy's
@@ -62,7 +63,7 @@ def _mel_filterbank_float64() -> np.ndarray:
     in float64 and round once. tests/test_mel.py measures the distance to TF's own matrix.
     """
     # HTK excludes the DC bin: its row stays zero.
-    linear_frequencies = np.linspace(0.0, SAMPLE_RATE / 2, N_FREQS)[1:]
+    linear_frequencies = np.linspace(0.0, SAMPLE_RATE / 2, n_freqs)[1:]
     bins_mel = hertz_to_mel(linear_frequencies)[:, None]
     # N_MELS + 2 equally spaced mel edges; band k is the triple (edge k, edge k+1, edge k+2).
     edges = np.linspace(hertz_to_mel(MEL_FMIN), hertz_to_mel(MEL_FMAX), N_MELS + 2)
@@ -80,6 +81,12 @@ def mel_filterbank(device: torch.device | str | None = None, dtype: torch.dtype 
     Multiply a magnitude spectrogram ``[..., 513]`` by it on the right to get mel magnitudes.
     """
     return _cached_filterbank(torch.device(device or "cpu"), dtype)
+
+
+def mel_filterbank_on(n_freqs: int) -> np.ndarray:
+    """The 128 mel triangles of :func:`mel_filterbank` laid on ``n_freqs`` linear bins from 0 to 8 kHz
+    (float64 ``[n_freqs, 128]``), e.g. on the bins of another STFT size (the vocoder's 1280 samples)."""
+    return _mel_filterbank_float64(n_freqs)
 
 
 @lru_cache(maxsize=16)

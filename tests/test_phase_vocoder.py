@@ -88,8 +88,8 @@ def test_synthesis_option_of_the_config_and_the_inverter(tmp_path):
     model.save_pretrained(tmp_path)
     loaded = Vocoder.from_pretrained(tmp_path)
     assert loaded.config.synthesis == "phase_vocoder"
-    inverter = VocoderInverter(loaded)
-    assert inverter.synthesis == "phase_vocoder" and inverter.refine_iters == 0
+    assert VocoderInverter(loaded).synthesis == "phase_vocoder" and VocoderInverter(loaded).refine_iters == 1
+    inverter = VocoderInverter(loaded, refine_iters=0)
     mel = np.random.default_rng(0).uniform(-11.5, 2.0, (2, 9, 128)).astype(np.float32)
     out = inverter(mel)
     assert out.shape == (2, 9 * 320) and np.isfinite(out).all()
@@ -116,3 +116,26 @@ def test_onnx_export_refuses_a_phase_vocoder_vocoder(tmp_path):
     with pytest.raises(ModelError, match="phase_vocoder"):
         export_onnx(Vocoder(config), tmp_path / "v.onnx")
     assert not (tmp_path / "v.onnx").exists()
+
+
+def test_the_mel_fit_corrects_a_level_error_and_keeps_the_phase():
+    """A magnitude 14 dB too quiet (what the bundled head gave for a loud pure tone, far from its
+    training data) comes back to the mel's level in one correction; the waveform keeps its phase."""
+    from specdiff.mel import log_mel
+
+    audio = _sines([220.0, 331.0, 1760.0], amplitude=0.1)
+    target = log_mel(audio)
+    magnitude = HEAD.stft(audio).abs()
+    phase = torch.from_numpy(peak_locked_phase(magnitude[0].T.numpy(), N_FFT, HOP).T).float()[None]
+    model = Vocoder(VocoderConfig(dim=16, intermediate_dim=32, num_layers=2))
+    inverter = VocoderInverter(model)
+    quiet = 0.2 * magnitude
+    before = inverter.fit_to_mel(quiet, phase, target, 0)
+    after = inverter.fit_to_mel(quiet, phase, target, 1)
+    inner = slice(2 * N_FFT, -2 * N_FFT)
+    level = lambda x: 20 * math.log10(float(x[0, inner].pow(2).mean().sqrt()))  # noqa: E731
+    assert level(before) - level(audio) == pytest.approx(-14.0, abs=0.2)
+    assert abs(level(after) - level(audio)) < 0.5
+    assert (log_mel(after) - target).abs().mean() < 0.3 * (log_mel(before) - target).abs().mean()
+    correlation = torch.nn.functional.cosine_similarity(after[0, inner], 5 * before[0, inner], dim=0)
+    assert correlation > 0.99  # the same waveform, louder: the phase did not move
