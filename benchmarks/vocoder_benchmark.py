@@ -12,7 +12,8 @@ log-mel front end (ORIGINAL.md §1) and back through each inverter. Reported per
 Rows: Griffin-Lim (32 fast iterations from random phase), and the vocoder three ways (see
 specdiff.vocoder.VocoderInverter): its head's magnitude and phase alone (what its ONNX export
 computes), the same + refinement iterations, and its magnitude with the phase vocoder's phase
-(specdiff.phase_vocoder). The row the pipeline uses with this vocoder folder is marked.
+(specdiff.phase_vocoder), alone and with the default mel-fit corrections. The row the pipeline uses
+with this vocoder folder is marked.
 
 Usage:
   python benchmarks/vocoder_benchmark.py --vocoder runs/vocoder/export [--split test]
@@ -176,14 +177,18 @@ def main() -> None:
     args = parser.parse_args()
 
     from specdiff.inverters import GriffinLimInverter
-    from specdiff.vocoder import load_vocoder
+    from specdiff.vocoder import DEFAULT_MEL_FIT_ITERS, load_vocoder
 
     torch.set_num_threads(1)
     default = load_vocoder(args.vocoder)  # what the pipeline uses: the folder's synthesis and its default refinement
     rows = {
         "vocoder, network phase alone (ONNX export)": ("network", 0),
         f"vocoder, network phase + {args.refine_iters} refinement iterations": ("network", args.refine_iters),
-        "vocoder, phase vocoder": ("phase_vocoder", 0),
+        "vocoder, phase vocoder alone": ("phase_vocoder", 0),
+        f"vocoder, phase vocoder + {DEFAULT_MEL_FIT_ITERS} mel-fit correction(s)": (
+            "phase_vocoder",
+            DEFAULT_MEL_FIT_ITERS,
+        ),
     }
     inverters = {"griffin-lim": GriffinLimInverter()}
     for label, (synthesis, refine_iters) in rows.items():

@@ -179,18 +179,9 @@ def mel_griffin_lim_n(log_mel: torch.Tensor, n_fft: int, iters: int, angles: tor
 
 def network_spectrum(vocoder, log_mel: torch.Tensor) -> torch.Tensor:
     """The complex spectrum ``[T, 641]`` ISTFTHead turns into audio (frame-relative phase, so that
-    istft_n(., 1280) gives the network's audio), captured with a hook on the head's input."""
-    head, captured = vocoder.model.head, {}
-    handle = head.register_forward_pre_hook(lambda module, args: captured.__setitem__("x", args[0]))
-    try:
-        vocoder.model(log_mel)
-    finally:
-        handle.remove()
-    log_mag, phase = head.out(captured["x"]).transpose(1, 2).chunk(2, dim=1)
-    magnitude = torch.exp(torch.clamp(log_mag, max=head.max_log_magnitude))
-    if head.absolute_phase:
-        phase = phase + head.frame_phase(phase.shape[-1])
-    return torch.polar(magnitude, phase)[0].T
+    istft_n(., 1280) gives the network's audio)."""
+    log_magnitude, phase = vocoder.model.spectrum(log_mel)
+    return torch.polar(torch.exp(log_magnitude), phase)[0].T
 
 
 # ---- onset measures ---------------------------------------------------------------------------
