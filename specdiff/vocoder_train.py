@@ -6,6 +6,12 @@ losses with feature matching from a multi-period discriminator (MPD, HiFi-GAN) a
 multi-resolution spectrogram discriminator (MRD, UnivNet/Vocos). The discriminators are slimmer
 than the originals so that the run fits a shared CPU.
 
+For a vocoder whose synthesis is the phase vocoder (``VocoderConfig.synthesis``, the bundled one),
+the losses see the audio of the head's magnitude with the phase vocoder's phase (:func:`synthesize`),
+and ``magnitude_weight`` adds an L1 between the head's log-magnitude and the true one of its own
+STFT framing (:func:`magnitude_l1`); the bundled vocoder was trained that way without the
+adversarial losses (its model card has the commands).
+
 Commands (in specdiff/commands/vocoder.py):
   specdiff train-vocoder [--audio-dir DIR] [--midi-dir DIR] [--demo-corpus] [--cache-dir DIR] --run-dir RUN ...
   specdiff vocode mel.npy|in.wav -o out.wav --vocoder DIR
@@ -243,6 +249,18 @@ def features_and_target(audio: torch.Tensor, segment_frames: int) -> tuple[torch
     return _log_mel(audio)[:, :segment_frames], audio[:, : segment_frames * HOP]
 
 
+def synthesize(generator: Vocoder, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(audio made the way the vocoder is used, ``VocoderConfig.synthesis``; the head's log-magnitude).
+
+    With the phase vocoder the head's phase is unused and the gradient reaches the magnitude only
+    (the peak picking is a constant of the step).
+    """
+    log_magnitude, phase = generator.spectrum(mel)
+    if generator.config.synthesis == "phase_vocoder":
+        phase = generator.head.peak_locked_phase(log_magnitude.exp())
+    return generator.head.synthesize(log_magnitude, phase), log_magnitude
+
+
 # ---- training -----------------------------------------------------------------------------------------
 
 
@@ -374,18 +392,6 @@ class VocoderTrainer:
         torch.set_rng_state(state["torch_rng"])
         if sampler is not None and state.get("sampler_rng") is not None:
             sampler.rng.bit_generator.state = state["sampler_rng"]
-
-
-def synthesize(generator: Vocoder, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(audio made the way the vocoder is used, ``VocoderConfig.synthesis``; the head's log-magnitude).
-
-    With the phase vocoder the head's phase is unused and the gradient reaches the magnitude only
-    (the peak picking is a constant of the step).
-    """
-    log_magnitude, phase = generator.spectrum(mel)
-    if generator.config.synthesis == "phase_vocoder":
-        phase = generator.head.peak_locked_phase(log_magnitude.exp())
-    return generator.head.synthesize(log_magnitude, phase), log_magnitude
 
 
 @torch.no_grad()
