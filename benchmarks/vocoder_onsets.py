@@ -109,12 +109,7 @@ def istft_n(spectrum: torch.Tensor, n_fft: int) -> torch.Tensor:
 
 def triangle_filterbank(n_bins: int) -> torch.Tensor:
     """The 128 mel triangles of specdiff.mel (same band edges, peak 1) at ``n_bins`` linear bins 0..8 kHz."""
-    freqs = np.linspace(0.0, SR / 2, n_bins)[1:]
-    bins_mel = mel.hertz_to_mel(freqs)[:, None]
-    edges = np.linspace(mel.hertz_to_mel(mel.MEL_FMIN), mel.hertz_to_mel(mel.MEL_FMAX), mel.N_MELS + 2)
-    lo, mid, hi = edges[None, :-2], edges[None, 1:-1], edges[None, 2:]
-    weights = np.maximum(0.0, np.minimum((bins_mel - lo) / (mid - lo), (hi - bins_mel) / (hi - mid)))
-    return torch.from_numpy(np.concatenate([np.zeros((1, mel.N_MELS)), weights])).float()
+    return torch.from_numpy(mel.mel_filterbank_on(n_bins)).float()
 
 
 def nnls_magnitude(magnitude: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:

@@ -228,3 +228,13 @@ def test_cached_tables_made_in_inference_mode_still_work_with_autograd():
     audio = torch.randn(1600, requires_grad=True)
     mel.log_mel(audio).sum().backward()
     assert audio.grad is not None and torch.isfinite(audio.grad).all()
+
+
+def test_mel_filterbank_on_other_bins_is_the_same_triangles():
+    """On the front end's own 513 bins it is the front end's matrix; on the vocoder's 641 bins
+    (12.5 Hz apart) every band is the same triangle, sampled 1.25x more densely."""
+    np.testing.assert_array_equal(mel.mel_filterbank_on(513).astype(np.float32), mel.mel_filterbank().numpy())
+    fine = mel.mel_filterbank_on(641)
+    assert fine.shape == (641, 128) and (fine[0] == 0).all()
+    coarse = mel.mel_filterbank_on(513)
+    np.testing.assert_allclose(fine.sum(0) / 1.25, coarse.sum(0), rtol=0.25)  # same area per Hz

@@ -206,9 +206,9 @@ def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         type=int,
         default=None,
         metavar="N",
-        help="with our trained vocoder: Griffin-Lim iterations that refine its output against the "
-        "spectrogram (default: 0 for a phase-vocoder vocoder such as the bundled one, 32 for one that "
-        "makes its own phase; each iteration costs speed and, at the front end's 2x overlap, onsets)",
+        help="with our trained vocoder: iterations that refine its output against the spectrogram: "
+        "gain corrections for a phase-vocoder vocoder such as the bundled one (default 1), Griffin-Lim "
+        "iterations for one that makes its own phase (default 32); 0: none. More cost speed and onsets",
     )
     p.add_argument(
         "--stream",

@@ -98,8 +98,9 @@ def add_vocode_arguments(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--vocoder", type=Path, required=True, help="model folder with vocoder/, or a vocoder folder")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--refine-iters", type=int, default=None, metavar="N",
-                   help="Griffin-Lim iterations that refine the vocoder's output against the mel (default: 0 "
-                   "for a phase-vocoder vocoder, 32 for one that makes its own phase)")  # fmt: skip
+                   help="iterations that refine the vocoder's output against the mel: gain corrections for a "
+                   "phase-vocoder vocoder (default 1), Griffin-Lim iterations for one that makes its own phase "
+                   "(default 32); 0: none")  # fmt: skip
     p.set_defaults(func=run_vocode)
     return p
 
