@@ -29,6 +29,9 @@ SCHEDULERS = ("original", "ddpm", "ddim", "dpmsolver++", "unipc")
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: Spectrogram inverters registered by specdiff.inverters, plus "auto" (the best one a folder holds).
 INVERTERS = ("auto", "onnx", "vocoder", "griffinlim")
+#: How our vocoder makes audio (specdiff.vocoder.VocoderConfig.synthesis): the head's own phase, or
+#: a phase built from its magnitude (specdiff.phase_vocoder).
+VOCODER_SYNTHESES = ("network", "phase_vocoder")
 #: Devices the commands accept ("auto": cuda, else mps, else cpu).
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: Embeddings of the Fréchet distance registered by specdiff.embeddings (the first is the default).

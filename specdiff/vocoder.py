@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from specdiff.atomic import atomic_write
-from specdiff.constants import HOP_LENGTH, N_MELS, SAMPLE_RATE
+from specdiff.constants import HOP_LENGTH, N_MELS, SAMPLE_RATE, VOCODER_SYNTHESES
 from specdiff.errors import ModelError
 
 VOCODER_SUBFOLDER = "vocoder"
@@ -44,7 +44,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 ONNX_INPUT_NAME = "input_features"  # the official inverter's input name (ORIGINAL.md §6)
 ONNX_OUTPUT_NAME = "waveform"  # the official output's name is unknown (ORIGINAL.md §6); used by position
-SYNTHESES = ("network", "phase_vocoder")  # VocoderConfig.synthesis
 
 
 @dataclass
@@ -82,8 +81,10 @@ class VocoderConfig:
         values.setdefault("phase", "frame")  # configs written before the key existed
         if values["phase"] not in ("absolute", "frame"):
             raise ModelError(f"vocoder config: phase must be 'absolute' or 'frame', got {values['phase']!r}")
-        if values.get("synthesis", "network") not in SYNTHESES:
-            raise ModelError(f"vocoder config: synthesis must be one of {SYNTHESES}, got {values['synthesis']!r}")
+        if values.get("synthesis", "network") not in VOCODER_SYNTHESES:
+            raise ModelError(
+                f"vocoder config: synthesis must be one of {VOCODER_SYNTHESES}, got {values['synthesis']!r}"
+            )
         return cls(**values)
 
     def to_dict(self) -> dict:
@@ -342,8 +343,8 @@ class VocoderInverter:
         synthesis: str | None = None,
     ):
         synthesis = synthesis or model.config.synthesis
-        if synthesis not in SYNTHESES:
-            raise ValueError(f"synthesis must be one of {SYNTHESES}, got {synthesis!r}")
+        if synthesis not in VOCODER_SYNTHESES:
+            raise ValueError(f"synthesis must be one of {VOCODER_SYNTHESES}, got {synthesis!r}")
         if refine_iters is None:
             refine_iters = DEFAULT_REFINE_ITERS if synthesis == "network" else DEFAULT_MEL_FIT_ITERS
         if refine_iters < 0:

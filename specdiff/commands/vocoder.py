@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from specdiff.constants import VOCODER_SYNTHESES
 from specdiff.errors import AudioError, SpecdiffError
 
 
@@ -70,7 +71,7 @@ def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
     v.add_argument("--num-layers", type=int, help="ConvNeXt blocks (default 8)")
     v.add_argument(
         "--synthesis",
-        choices=("network", "phase_vocoder"),
+        choices=VOCODER_SYNTHESES,
         help="how the vocoder makes audio, in training and in use: the head's own phase (default, as in Vocos) "
         "or a phase built from its magnitude (specdiff.phase_vocoder); also applies with --init-from",
     )
