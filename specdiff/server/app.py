@@ -52,7 +52,7 @@ from specdiff.errors import MidiError
 from specdiff.sampler import SCHEDULERS
 from specdiff.server.config import ServeConfig
 from specdiff.server.docs import add_offline_docs
-from specdiff.server.guards import CrossSiteGuard, HostPolicy
+from specdiff.server.guards import DRAIN_BYTES, CrossSiteGuard, HostPolicy, drain_body
 from specdiff.server.jobs import Job, JobGone, JobNotFound, JobQueue, JobSettings, JobState, QueueFull, new_job_id
 from specdiff.server.synth import NOTES_NAME, Synthesizer, read_midi, write_notes_json
 
@@ -223,7 +223,7 @@ class AdmissionGate:
     parsed, so the client sees the 429 instead of a reset connection).
     """
 
-    def __init__(self, app: Any, queue: JobQueue, path: str, drain_bytes: int = 64 * 2**20) -> None:
+    def __init__(self, app: Any, queue: JobQueue, path: str, drain_bytes: int = DRAIN_BYTES) -> None:
         self.app, self.queue, self.path, self.drain_bytes = app, queue, path, drain_bytes
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -231,22 +231,12 @@ class AdmissionGate:
             await self.app(scope, receive, send)
             return
         self.queue.counts["refused"] += 1
-        await _drain(receive, True, self.drain_bytes)
+        await drain_body(receive, True, self.drain_bytes)
         response = JSONResponse(
             {"detail": f"the queue is full ({self.queue.max_queued} jobs waiting); try again later"},
             status_code=429, headers={"Retry-After": str(RETRY_AFTER_SECONDS), "Connection": "close"},
         )  # fmt: skip
         await response(scope, receive, send)
-
-
-async def _drain(receive: Any, more_body: bool, budget: int) -> None:
-    """Read and drop the rest of a request body (up to ``budget`` bytes)."""
-    while more_body and budget > 0:
-        message = await receive()
-        if message["type"] != "http.request":
-            return
-        budget -= len(message.get("body", b""))
-        more_body = message.get("more_body", False)
 
 
 class UploadLimit:
@@ -259,11 +249,11 @@ class UploadLimit:
     sending would otherwise see a reset connection instead of the 413 and its reason.
     """
 
-    def __init__(self, app: Any, limit: int, path: str, describe: str, drain_bytes: int = 64 * 2**20) -> None:
+    def __init__(self, app: Any, limit: int, path: str, describe: str, drain_bytes: int = DRAIN_BYTES) -> None:
         self.app, self.limit, self.path, self.describe, self.drain_bytes = app, limit, path, describe, drain_bytes
 
     async def _drain(self, receive: Any, more_body: bool) -> None:
-        await _drain(receive, more_body, self.drain_bytes)
+        await drain_body(receive, more_body, self.drain_bytes)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:

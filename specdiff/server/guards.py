@@ -31,6 +31,8 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 WILDCARD_ADDRESSES = frozenset({"", "0.0.0.0", "::"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
+#: Most of a refused request's body read and dropped before the answer (see :func:`drain_body`).
+DRAIN_BYTES = 64 * 2**20
 
 
 def is_loopback(host: str) -> bool:
@@ -117,7 +119,7 @@ class CrossSiteGuard:
         host = headers.get("host")
         if host is not None and not self.hosts.allows(split_host(host)[0]):
             name = split_host(host)[0]
-            await _refuse(send, 400, f"Host {name!r} is not a name of this server (DNS rebinding protection); "
+            await _refuse(receive, send, 400, f"Host {name!r} is not a name of this server (DNS rebinding protection); "
                           f"start it with --allow-host {name} to accept it")  # fmt: skip
             return
         if scope.get("method", "GET") not in SAFE_METHODS:
@@ -127,18 +129,34 @@ class CrossSiteGuard:
                 own = _origin_key(scope.get("scheme", "http"), name, port)
                 key = self._key(origin.lower())
                 if not (self.any_origin or key == own or key in self.origins):
-                    await _refuse(send, 403, f"cross-origin request refused: Origin {origin!r} is not this "
+                    await _refuse(receive, send, 403, f"cross-origin request refused: Origin {origin!r} is not this "
                                   "server's; start it with --allow-origin ORIGIN to allow it")  # fmt: skip
                     return
             elif headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
-                await _refuse(send, 403, "cross-site request refused (Sec-Fetch-Site: "
+                await _refuse(receive, send, 403, "cross-site request refused (Sec-Fetch-Site: "
                               f"{headers['sec-fetch-site']})")  # fmt: skip
                 return
         await self.app(scope, receive, send)
 
 
-async def _refuse(send: Any, status: int, detail: str) -> None:
-    """A JSON error answered without reading the request (``Connection: close`` ends it)."""
+async def drain_body(receive: Any, more_body: bool = True, budget: int = DRAIN_BYTES) -> None:
+    """Read and drop the rest of a request body (up to ``budget`` bytes).
+
+    A server that answers and closes while the client is still sending leaves unread data on the
+    socket; the kernel then resets the connection, which can destroy the answer before the client
+    reads it (the client sees a reset instead of the status and its reason).
+    """
+    while more_body and budget > 0:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        budget -= len(message.get("body", b""))
+        more_body = message.get("more_body", False)
+
+
+async def _refuse(receive: Any, send: Any, status: int, detail: str) -> None:
+    """A JSON error after the request body is drained, not parsed (``Connection: close`` ends it)."""
+    await drain_body(receive)
     body = json.dumps({"detail": detail}).encode()
     await send({
         "type": "http.response.start", "status": status,
