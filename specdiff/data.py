@@ -24,6 +24,7 @@ Cache layout::
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import logging
@@ -86,6 +87,12 @@ class SongPair:
     @property
     def source(self) -> str:
         return type(self).__name__
+
+    @property
+    def timbre(self) -> str | None:
+        """The name of the sound this song's audio has (a SoundFont's name for renders), or None
+        for recordings; the cache stores it so a model can be conditioned on it."""
+        return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,6 +189,42 @@ class RenderedMidi(SongPair):
     def source(self) -> str:
         programs = "" if self.program_seed is None else f" (programs seed {self.program_seed})"
         return f"render {self.midi}{programs}"
+
+    @property
+    def timbre(self) -> str | None:
+        from specdiff.render import timbre_name
+
+        return timbre_name(self.soundfont)
+
+
+@dataclass(frozen=True, kw_only=True)
+class IdiomPiece(SongPair):
+    """A generated piece (``specdiff.idioms``) rendered with a SoundFont."""
+
+    seed: int
+    seconds: float = 30.0
+    soundfont: str | None = None
+    backend: str = "auto"
+
+    def load(self) -> tuple[np.ndarray, list[Note], float]:
+        from specdiff.idioms import generate_piece
+        from specdiff.render import render_midi
+        from specdiff.tokenizer import midi_to_notes
+
+        score = generate_piece(self.seed, seconds=self.seconds)
+        notes, total_time = midi_to_notes(score.dumps_midi())
+        audio = render_midi(score, SAMPLE_RATE, soundfont=self.soundfont, backend=self.backend)
+        return audio, notes, total_time
+
+    @property
+    def source(self) -> str:
+        return f"idiom piece seed {self.seed}"
+
+    @property
+    def timbre(self) -> str | None:
+        from specdiff.render import timbre_name
+
+        return timbre_name(self.soundfont)
 
 
 def trim_overlapping_notes(notes: Sequence[Note]) -> list[Note]:
@@ -416,6 +459,35 @@ def demo_pairs(variants: int = 1, seed: int = 0, **kwargs) -> list[RenderedMidi]
     return pairs
 
 
+def idiom_pairs(count: int = 400, seconds: float = 30.0, name: str = "idioms", **kwargs) -> list[IdiomPiece]:
+    """``count`` generated pieces (``specdiff.idioms``) with their fixed train/validation/test split
+    (:func:`specdiff.idioms.idiom_split`); ``kwargs``: soundfont, backend."""
+    from specdiff.idioms import idiom_split, seed_for
+
+    return [
+        IdiomPiece(song_id=f"{name}/{name}_{i:04d}", split=idiom_split(i), seed=seed_for(name, i), seconds=seconds,
+                   **kwargs)
+        for i in range(count)
+    ]  # fmt: skip
+
+
+def with_soundfonts(pairs: Sequence[SongPair], soundfonts: Sequence[str | None]) -> list[SongPair]:
+    """Every rendered pair once per SoundFont (the first keeps its song id, the others get
+    ``@NAME`` appended, NAME the SoundFont's :func:`specdiff.render.timbre_name`); other pairs once."""
+    from specdiff.render import timbre_name
+
+    out: list[SongPair] = []
+    for k, soundfont in enumerate(soundfonts or [None]):
+        for pair in pairs:
+            if not hasattr(pair, "soundfont"):
+                if k == 0:
+                    out.append(pair)
+                continue
+            song_id = pair.song_id if k == 0 else f"{pair.song_id}@{timbre_name(soundfont)}"
+            out.append(dataclasses.replace(pair, song_id=song_id, soundfont=soundfont))
+    return out
+
+
 def detect_source(source: str | os.PathLike) -> tuple[str, Path | None]:
     """``(kind, path)`` of a data source: kind is demo, maestro, slakh, folder or render.
 
@@ -426,6 +498,8 @@ def detect_source(source: str | os.PathLike) -> tuple[str, Path | None]:
     text = str(source)
     if text == "demo":
         return "demo", None
+    if text == "idioms" or text.startswith("idioms:"):
+        return "idioms", None
     kind, _, rest = text.partition(":")
     if kind in ("maestro", "slakh", "folder", "render") and rest:
         path = Path(rest)
@@ -452,6 +526,9 @@ def discover(source: str | os.PathLike, **kwargs) -> list[SongPair]:
     kind, path = detect_source(source)
     if kind == "demo":
         return list(demo_pairs(**kwargs))
+    if kind == "idioms":
+        count = str(source).partition(":")[2]
+        return list(idiom_pairs(int(count) if count else 400, **kwargs))
     if kind == "maestro":
         return list(maestro_pairs(path, **kwargs))
     if kind == "slakh":
@@ -477,6 +554,8 @@ def discover_with_options(
     """
     kind, _ = detect_source(source)
     render = dict(soundfont=soundfont, backend=backend)
+    if kind == "idioms":
+        return discover(source, **render)
     if kind == "demo":
         return discover(source, variants=variants, seed=seed, **render)
     if kind == "render":
@@ -557,6 +636,8 @@ def _cache_song(pair: SongPair, cache_dir: str) -> tuple[str, dict | None, str |
         atomic_write(folder / "notes.npy", lambda tmp: _save_npy(tmp, notes_to_array(notes)))
         meta = {"id": pair.song_id, "split": pair.split, "frames": int(len(mel)),
                 "total_time": float(total_time), "num_notes": len(notes), "source": pair.source}  # fmt: skip
+        if pair.timbre is not None:
+            meta["timbre"] = pair.timbre
         _write_json(folder / "meta.json", meta)  # last: marks the song as cached
         return pair.song_id, meta, None
     except Exception as exc:  # any failure skips this song only
@@ -704,12 +785,16 @@ class TrainingExample:
     context: torch.Tensor  # FloatTensor[256, 128]: previous <=256 frames, scaled, zero-padded
     context_mask: torch.Tensor  # BoolTensor[256]: True on the valid context frames (a prefix)
     target: torch.Tensor  # FloatTensor[256, 128]: scaled; frames past the piece end are -1
+    timbre: torch.Tensor | None = None  # LongTensor[]: the song's timbre index (datasets given timbres)
 
 
 def collate(examples: Sequence[TrainingExample]) -> dict[str, torch.Tensor]:
     """Stack examples into a batch dict with keys tokens, context, context_mask, target."""
-    return {key: torch.stack([getattr(ex, key) for ex in examples])
-            for key in ("tokens", "context", "context_mask", "target")}  # fmt: skip
+    batch = {key: torch.stack([getattr(ex, key) for ex in examples])
+             for key in ("tokens", "context", "context_mask", "target")}  # fmt: skip
+    if all(ex.timbre is not None for ex in examples):
+        batch["timbre"] = torch.stack([ex.timbre for ex in examples])
+    return batch
 
 
 def _example_rng(seed: int, i: int) -> np.random.Generator:
@@ -728,6 +813,10 @@ class ChunkDataset(torch.utils.data.Dataset):
     pieces) have a partial or empty context. The tokens are the note events of the target's
     valid frames (``tokenizer.tokenize_frames``). Features are scaled to [-1, 1] with clipping;
     the target is padded with -1 (silence), the context with 0 and masked.
+
+    ``timbres`` (a model's timbre names): each item also carries its song's timbre index (the
+    cache's ``timbre``; songs without one get the first, the default); a song whose timbre the
+    list lacks is an error.
     """
 
     def __init__(
@@ -739,8 +828,10 @@ class ChunkDataset(torch.utils.data.Dataset):
         piece_frames: int = PIECE_FRAMES,
         context_frames: int = CONTEXT_FRAMES,
         target_frames: int = TARGET_FRAMES,
+        timbres: Sequence[str] = (),
     ) -> None:
         self.cache_dir = Path(cache_dir)
+        self.timbres = list(timbres)
         self.seed, self.split, self.epoch_size = int(seed), split, int(epoch_size)
         self.context_frames, self.target_frames = context_frames, target_frames
         songs = [s for s in load_index(cache_dir) if split is None or s["split"] == split]
@@ -754,6 +845,10 @@ class ChunkDataset(torch.utils.data.Dataset):
                     piece_len.append(n)
         if not piece_song:
             raise SpecdiffError(f"no {split or ''} songs in the feature cache {cache_dir}".replace("  ", " "))
+        unknown = sorted({s["timbre"] for s in songs if s.get("timbre")} - set(self.timbres)) if self.timbres else []
+        if unknown:
+            raise SpecdiffError(f"the feature cache {cache_dir} has timbres {unknown} that the model lacks "
+                                f"(it knows {self.timbres})")  # fmt: skip
         self.songs = songs
         self.piece_song = np.array(piece_song, np.int64)
         self.piece_start = np.array(piece_start, np.int64)
@@ -826,11 +921,16 @@ class ChunkDataset(torch.utils.data.Dataset):
         with warnings.catch_warnings():  # a very dense window keeps its first 2047 events
             warnings.simplefilter("ignore", TokenTruncationWarning)
             tokens = tokenize_frames(self.event_index(k), tgt_start, valid)
+        timbre = None
+        if self.timbres:
+            name = self.songs[k].get("timbre")
+            timbre = torch.tensor(self.timbres.index(name) if name else 0, dtype=torch.long)
         return TrainingExample(
             tokens=torch.tensor(tokens, dtype=torch.long),
             context=context,
             context_mask=context_mask,
             target=target,
+            timbre=timbre,
         )
 
 
@@ -839,12 +939,13 @@ def open_training_datasets(
     val_data: str | os.PathLike | None = None,
     seed: int = 0,
     epoch_size: int = 1_000_000,
+    timbres: Sequence[str] = (),
 ) -> tuple[ChunkDataset, ChunkDataset]:
     """The training set (split "train" of ``data``) and validation set (split "validation" of
     ``val_data``, default ``data``, with a different seed so its windows differ)."""
-    train = ChunkDataset(data, seed=seed, split="train", epoch_size=epoch_size)
+    train = ChunkDataset(data, seed=seed, split="train", epoch_size=epoch_size, timbres=timbres)
     val = ChunkDataset(val_data if val_data is not None else data, seed=seed + 1_000_003,
-                       split="validation", epoch_size=epoch_size)  # fmt: skip
+                       split="validation", epoch_size=epoch_size, timbres=timbres)  # fmt: skip
     return train, val
 
 

@@ -550,6 +550,7 @@ DECODER_EXTENSIONS: dict[str, Any] = {
     "prediction_type": "epsilon",
     "spec_out_bias": False,
     "score_prior": False,
+    "timbres": [],
 }
 
 
@@ -575,6 +576,12 @@ class FilmDecoder(nn.Module):
       instead of having to build the roll -> spectrogram map through all its layers (a closed-form
       linear fit of that map scores far above a decoder trained for hundreds of steps:
       ``benchmarks/results/trainability.md``).
+    - ``timbres`` (a list of names, e.g. SoundFont names): timbre conditioning. A learned vector
+      per timbre (``timbre_embedding``) is added to every frame of the decoder input, and with
+      the score prior a learned log-mel offset per timbre (``timbre_prior``) to the prior, so
+      training on renders with several SoundFonts teaches each sound instead of blurring them
+      (a "version" embedding, as Maman et al. 2025 condition on the recording). Both start at
+      zero; the first name is the default. The null condition of guidance keeps the timbre.
     """
 
     def __init__(
@@ -592,6 +599,7 @@ class FilmDecoder(nn.Module):
         prediction_type: str = "epsilon",
         spec_out_bias: bool = False,
         score_prior: bool = False,
+        timbres: Sequence[str] = (),
     ) -> None:
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
@@ -613,7 +621,10 @@ class FilmDecoder(nn.Module):
             prediction_type=prediction_type,
             spec_out_bias=bool(spec_out_bias),
             score_prior=bool(score_prior),
+            timbres=[str(name) for name in timbres],
         )
+        if len(set(extensions["timbres"])) != len(extensions["timbres"]):
+            raise ValueError(f"timbre names must be unique, got {extensions['timbres']}")
         self.config.update({k: v for k, v in extensions.items() if v != DECODER_EXTENSIONS[k]})
         self.conditioning_emb = nn.Sequential(
             nn.Linear(d_model, d_model * 4, bias=False),
@@ -637,7 +648,15 @@ class FilmDecoder(nn.Module):
         self.score_prior_projection = None
         if score_prior:
             self.score_prior_projection = nn.Linear(int(score_roll_features), input_dims)
+        self.timbre_embedding = self.timbre_prior = None
+        if timbres:
+            self.timbre_embedding = nn.Embedding(len(timbres), d_model)
+            if score_prior:
+                self.timbre_prior = nn.Embedding(len(timbres), input_dims)
         init_weights(self)
+        for table in (self.timbre_embedding, self.timbre_prior):
+            if table is not None:  # start as the untimbred model (warm starts keep their output)
+                nn.init.zeros_(table.weight)
 
     @property
     def prediction_type(self) -> str:
@@ -646,6 +665,22 @@ class FilmDecoder(nn.Module):
     @property
     def score_roll_features(self) -> int:
         return int(self.config.get("score_roll_features", 0))
+
+    @property
+    def timbres(self) -> list[str]:
+        """The timbre names this decoder is conditioned on (empty: no timbre conditioning)."""
+        return list(self.config.get("timbres", []))
+
+    def timbre_index(self, name: str | None) -> int:
+        """The index of timbre ``name`` (None: the default, index 0); a clear error for unknown names."""
+        names = self.timbres
+        if name is None:
+            return 0
+        if not names:
+            raise ValueError(f"this model has no timbre conditioning (asked for timbre {name!r})")
+        if name not in names:
+            raise ValueError(f"unknown timbre {name!r}; this model knows {', '.join(names)}")
+        return names.index(name)
 
     def project_score_roll(self, score_roll: Tensor, weight: Tensor | None = None) -> Tensor:
         """``[B, T, F]`` roll -> ``[B, T, D]``: ``roll @ W^T`` as a sum of the W columns of its
@@ -684,7 +719,10 @@ class FilmDecoder(nn.Module):
         return [layer.film_params(cond) for layer in self.decoders]
 
     def prepare_cross_attention(
-        self, encodings_and_masks: Sequence[EncodingAndMask], score_roll: Tensor | None = None
+        self,
+        encodings_and_masks: Sequence[EncodingAndMask],
+        score_roll: Tensor | None = None,
+        timbre: Tensor | None = None,
     ) -> CrossAttentionCache:
         """Concatenate the encodings along the sequence (spec §9.4) and project keys/values per layer.
 
@@ -692,6 +730,8 @@ class FilmDecoder(nn.Module):
         :class:`CrossAttentionCache`): the decoder output is the same up to float rounding.
         ``score_roll`` ``[B, T, F]`` (score-conditioned decoders only; None: all zeros, as in the
         unconditional pass of classifier-free guidance) is projected here, once per segment.
+        ``timbre`` ``[B]`` (or ``[1]``, broadcast) holds timbre indices (decoders with ``timbres``;
+        None: the default, 0).
         """
         encoded = torch.cat([enc for enc, _ in encodings_and_masks], dim=1)
         mask = torch.cat([m.bool() for _, m in encodings_and_masks], dim=1)
@@ -719,6 +759,17 @@ class FilmDecoder(nn.Module):
                 prior = prior + prior_layer.bias
         elif score_roll is not None:
             raise ValueError("this decoder has no score conditioning (score_roll_features = 0)")
+        if self.timbre_embedding is not None:
+            if timbre is None:
+                timbre = torch.zeros(1, dtype=torch.long, device=encoded.device)
+            timbre = timbre.to(device=self.timbre_embedding.weight.device, dtype=torch.long).reshape(-1)
+            length = int(self.config["targets_length"])
+            vectors = self.timbre_embedding(timbre)[:, None, :].expand(batch, length, -1)
+            frames = vectors if frames is None else frames + vectors
+            if prior is not None and self.timbre_prior is not None:
+                prior = prior + self.timbre_prior(timbre)[:, None, :]
+        elif timbre is not None and bool((timbre != 0).any()):
+            raise ValueError("this decoder has no timbre conditioning (timbres is empty)")
         return CrossAttentionCache(keys_values, bias, rows, batch, frames, prior)
 
     def forward(
@@ -729,6 +780,7 @@ class FilmDecoder(nn.Module):
         cross_cache: CrossAttentionCache | None = None,
         film: Sequence[LayerFilm] | None = None,
         score_roll: Tensor | None = None,
+        timbre: Tensor | None = None,
     ) -> Tensor:
         """``eps`` (or the configured ``prediction_type``) for ``z_t``. ``cross_cache`` (from
         :meth:`prepare_cross_attention`) replaces ``encodings_and_masks`` and ``score_roll``;
@@ -739,7 +791,7 @@ class FilmDecoder(nn.Module):
         if cross_cache is None:
             if encodings_and_masks is None:
                 raise ValueError("pass encodings_and_masks or a cross_cache")
-            cross_cache = self.prepare_cross_attention(encodings_and_masks, score_roll)
+            cross_cache = self.prepare_cross_attention(encodings_and_masks, score_roll, timbre)
         if cross_cache.batch_size != batch:
             raise ValueError(f"the cross-attention cache is for batch {cross_cache.batch_size}, got {batch}")
         if film is None:

@@ -289,6 +289,34 @@ class SpectrogramDiffusionPipeline:
         #: "much worse", ORIGINAL.md §4.1); only matmuls and attention run in the lower precision.
         self.autocast = autocast
         self._source: Path | None = None  # folder loaded from: its inverter files travel on save
+        self._timbre: str | None = None
+
+    # -- timbre ----------------------------------------------------------------------------------
+
+    @property
+    def timbres(self) -> list[str]:
+        """The timbres (SoundFont names) the decoder is conditioned on; the first is the default.
+        Empty for the original architecture."""
+        return list(getattr(self.decoder, "timbres", []))
+
+    @property
+    def timbre(self) -> str | None:
+        """The timbre the next calls synthesize (None: the model's default, the first of
+        :attr:`timbres`). Set it to one of :attr:`timbres`; anything else raises ``SpecdiffError``."""
+        return self._timbre
+
+    @timbre.setter
+    def timbre(self, name: str | None) -> None:
+        if name is not None and name not in self.timbres:
+            known = ", ".join(self.timbres) if self.timbres else "none (this model has no timbre conditioning)"
+            raise SpecdiffError(f"unknown timbre {name!r}; this model knows: {known}")
+        self._timbre = name
+
+    def _timbre_indices(self, batch: int) -> Tensor | None:
+        if not self.timbres:
+            return None
+        index = self.timbres.index(self._timbre) if self._timbre is not None else 0
+        return torch.full((batch,), index, dtype=torch.long, device=self.device)
 
     # -- folders ---------------------------------------------------------------------------------
 
@@ -521,7 +549,8 @@ class SpectrogramDiffusionPipeline:
                 if getattr(self.decoder, "score_roll_features", 0):  # frame-aligned score conditioning
                     roll = batch_rolls([token_tensors[k][index] for k in active], segment_frames)
                     roll = roll.to(device)
-                denoise = samplers.GuidedDenoiser(self.decoder, encodings, guidance_scale, film_cache, score_roll=roll)
+                denoise = samplers.GuidedDenoiser(self.decoder, encodings, guidance_scale, film_cache, score_roll=roll,
+                                                  timbre=self._timbre_indices(len(active)))  # fmt: skip
                 noise = samplers.randn((len(active), segment_frames, n_dims), generator, device, torch.float32)
                 x = samplers.sample_loop(sampler, denoise, noise, num_inference_steps, generator, on_step)
             # The original and DDPM samplers end on a clipped x0 (ORIGINAL.md §4.1), so this clamp changes

@@ -121,6 +121,46 @@ def default_soundfont() -> Path:
     )
 
 
+#: Where packages install the General MIDI SoundFonts a model can be trained on, by timbre name
+#: (the file's stem). TimGM6mb comes with pretty_midi's wheel (:func:`default_soundfont`); the
+#: others with Debian packages (fluid-soundfont-gm, musescore-general-soundfont-small).
+SYSTEM_SOUNDFONTS: dict[str, tuple[str, ...]] = {
+    "TimGM6mb": ("/usr/share/sounds/sf2/TimGM6mb.sf2",),
+    "FluidR3_GM": ("/usr/share/sounds/sf2/FluidR3_GM.sf2",),
+    "MuseScore_General": ("/usr/share/sounds/sf3/MuseScore_General.sf3", "/usr/share/sounds/sf2/MuseScore_General.sf2"),
+}
+
+
+def timbre_name(soundfont: str | os.PathLike | None) -> str:
+    """The timbre name of a SoundFont: its file stem (``TimGM6mb``, ``FluidR3_GM``); None means
+    the default SoundFont."""
+    return Path(soundfont if soundfont is not None else default_soundfont()).stem
+
+
+def find_soundfont(name_or_path: str | os.PathLike) -> Path:
+    """A SoundFont file from a path or a timbre name (:data:`SYSTEM_SOUNDFONTS`, pretty_midi's TimGM6mb)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    name = str(name_or_path)
+    if name == "TimGM6mb":
+        try:
+            import importlib.util
+
+            spec = importlib.util.find_spec("pretty_midi")
+            if spec is not None and spec.origin is not None and (Path(spec.origin).parent / "TimGM6mb.sf2").is_file():
+                return Path(spec.origin).parent / "TimGM6mb.sf2"
+        except (ImportError, ValueError):
+            pass
+    for candidate in SYSTEM_SOUNDFONTS.get(name, ()):
+        if Path(candidate).is_file():
+            return Path(candidate)
+    raise SpecdiffError(
+        f"SoundFont {name!r} not found: pass a .sf2/.sf3 path, or one of {sorted(SYSTEM_SOUNDFONTS)} once installed "
+        "(TimGM6mb: pip install pretty_midi; FluidR3_GM: apt-get install fluid-soundfont-gm)"
+    )
+
+
 def _check_soundfont(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.is_file():

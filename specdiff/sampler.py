@@ -442,7 +442,7 @@ class GuidedDenoiser:
 
     def __init__(self, decoder: torch.nn.Module, encodings_and_masks: Sequence[EncodingAndMask],
                  guidance_scale: float = 1.0, film_cache: dict[float, Any] | None = None,
-                 score_roll: Tensor | None = None) -> None:  # fmt: skip
+                 score_roll: Tensor | None = None, timbre: Tensor | None = None) -> None:  # fmt: skip
         self.decoder = decoder
         # A decoder trained to predict v or x0 (FilmDecoder.prediction_type) is turned into an
         # eps predictor here, so every sampler serves it unchanged.
@@ -461,16 +461,20 @@ class GuidedDenoiser:
             conditions = [(torch.cat([e, ue]), torch.cat([m, um])) for (e, m), (ue, um) in zip(conditions, uncond)]
             if score_roll is not None:  # the null condition drops the roll with the tokens
                 score_roll = torch.cat([score_roll, torch.zeros_like(score_roll)])
+            if timbre is not None:  # ... but keeps the timbre (it is not dropped in training either)
+                timbre = torch.cat([timbre, timbre])
         self.batch = conditions[0][0].shape[0]  # 2B when guided
         self.dtype = next(decoder.parameters()).dtype
         self.cache = None
         self.encodings_and_masks = conditions
         if hasattr(decoder, "prepare_cross_attention"):
             roll = {} if score_roll is None else {"score_roll": score_roll}
+            if timbre is not None:
+                roll["timbre"] = timbre
             self.cache = decoder.prepare_cross_attention(conditions, **roll)
             self.encodings_and_masks = None
-        elif score_roll is not None:
-            raise ValueError("score conditioning needs a decoder with prepare_cross_attention")
+        elif score_roll is not None or timbre is not None:
+            raise ValueError("score and timbre conditioning need a decoder with prepare_cross_attention")
 
     def prepare_times(self, noise_times: Sequence[Tensor]) -> None:
         """Compute the FiLM parameters of all these step times in one batched pass.

@@ -52,7 +52,9 @@ from specdiff.checkpoints import (  # noqa: F401 (re-exported: they lived here)
     seed_everything,
 )
 from specdiff.constants import N_MELS, SEGMENT_FRAMES, TOKENS_LENGTH  # noqa: F401 (re-exported)
-from specdiff.diffusion import eps_from_prediction, logsnr, posterior, predict_x0, prediction_target, q_sample
+from specdiff.diffusion import (
+    alpha_sigma, eps_from_prediction, logsnr, posterior, predict_x0, prediction_target, q_sample,
+)
 from specdiff.distributed import DistContext, _all_reduce_sum, _resolve_device, init_distributed  # noqa: F401
 from specdiff.errors import ModelError, SpecdiffError
 from specdiff.hardware import cpu_has_native_bf16
@@ -97,6 +99,13 @@ class TrainConfig:
     guided_attention_heads: int = 1
     guided_attention_sigma: float = 4.0  # frames
     guided_attention_target: str = "onsets"  # "onsets" (events near the frame) or "notes" (notes sounding then)
+    # > 0: this fraction of each batch is trained on the inputs the sampler itself produces (exposure
+    # bias, Ning et al. 2023): t is a step time k/N of an N-step sampler (N from rollout_steps), and
+    # z_t is one deterministic DDIM step of the model (no gradient) from the data noised to (k+1)/N,
+    # instead of the data noised to t. The model so learns to correct its own previous step, which is
+    # what makes more steps help (benchmarks/results/steps_recipe.md). 0 = the original objective.
+    rollout_prob: float = 0.0
+    rollout_steps: str = "4,16"  # comma-separated step counts whose time grids rolled-out rows use
     trim_tokens: bool = True  # run the notes encoder only up to the batch's last real token (exact: PAD is masked)
     # optimisation (ORIGINAL.md §4.3)
     optimizer: str = "adafactor"  # or "adamw"
@@ -178,7 +187,9 @@ def _parse_value(text: str, annotation: Any, key: str) -> Any:
     raise SpecdiffError(f"{key} cannot be set from the command line")
 
 
-def _parse_model_value(text: str) -> Any:
+def _parse_model_value(text: str, key: str = "") -> Any:
+    if key == "timbres":  # a list of names: "TimGM6mb,FluidR3_GM"
+        return [name.strip() for name in text.split(",") if name.strip()]
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
     for cast in (int, float):
@@ -200,7 +211,7 @@ def apply_overrides(config: TrainConfig, assignments: Sequence[str]) -> TrainCon
         if not sep:
             raise SpecdiffError(f"--set expects key=value, got {item!r}")
         if key.startswith("model."):
-            model[key[len("model.") :]] = _parse_model_value(value)
+            model[key[len("model.") :]] = _parse_model_value(value, key[len("model.") :])
         elif key in hints and key != "model":
             changes[key] = _parse_value(value, hints[key], key)
         else:
@@ -237,10 +248,15 @@ class SpectrogramDiffusionModel(nn.Module):
         # The notes mask is `tokens > 0` (ORIGINAL.md §3.2), so CFG-dropped examples (all PAD) are fully masked.
         return [self.notes_encoder(tokens, tokens > 0), self.continuous_encoder(context, context_mask)]
 
-    def forward(self, tokens: Tensor, context: Tensor, context_mask: Tensor, z_t: Tensor, t: Tensor) -> Tensor:
+    def forward(
+        self, tokens: Tensor, context: Tensor, context_mask: Tensor, z_t: Tensor, t: Tensor,
+        timbre: Tensor | None = None,
+    ) -> Tensor:  # fmt: skip
         """The decoder's output (its ``prediction_type``) for ``z_t``; a score-conditioned decoder
-        gets the roll of these ``tokens`` (all-PAD rows, CFG-dropped, get an all-zero roll)."""
-        return self.decoder(self.encode(tokens, context, context_mask), z_t, t, score_roll=self.score_roll(tokens))
+        gets the roll of these ``tokens`` (all-PAD rows, CFG-dropped, get an all-zero roll), a
+        timbre-conditioned one the ``timbre`` indices ``[B]`` (None: the default timbre)."""
+        encodings = self.encode(tokens, context, context_mask)
+        return self.decoder(encodings, z_t, t, score_roll=self.score_roll(tokens), timbre=timbre)
 
     def score_roll(self, tokens: Tensor) -> Tensor | None:
         """The frame-aligned roll of a token batch, or None for the original architecture."""
@@ -355,6 +371,53 @@ def draw_diffusion_inputs(
     return torch.tensor(times, dtype=torch.float32), torch.stack(noises), torch.tensor(keeps)
 
 
+def parse_rollout_steps(text: str) -> list[int]:
+    """``"4,16"`` -> ``[4, 16]``: the sampler step counts of :attr:`TrainConfig.rollout_steps` (each >= 2)."""
+    try:
+        counts = [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise SpecdiffError(f"rollout_steps must be comma-separated integers, got {text!r}") from None
+    if not counts or any(n < 2 for n in counts):
+        raise SpecdiffError(f"rollout_steps needs step counts >= 2, got {text!r}")
+    return counts
+
+
+def draw_rollout_times(counters: Sequence[int] | Tensor, seed: int, prob: float, step_counts: Sequence[int]
+                       ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """Per example: ``(rolled, t, t_prev)``. ``rolled`` is True with probability ``prob``; for those,
+    ``t = k / N`` and ``t_prev = (k + 1) / N`` with N drawn from ``step_counts`` and k from
+    ``1..N-1`` (the step times of an N-step "trailing" sampler, where one model step leads from
+    ``t_prev`` to ``t``). Drawn from each example's own generator, like :func:`draw_diffusion_inputs`."""
+    rolled, times, previous = [], [], []
+    for counter in [int(c) for c in counters]:
+        gen = torch.Generator().manual_seed(example_seed(seed ^ 0x5EED_0F_D0, counter))
+        u = torch.rand(3, generator=gen, dtype=torch.float64)
+        n = int(step_counts[min(int(u[1] * len(step_counts)), len(step_counts) - 1)])
+        k = 1 + min(int(u[2] * (n - 1)), n - 2)
+        rolled.append(bool(u[0] < prob))
+        times.append(k / n)
+        previous.append((k + 1) / n)
+    return torch.tensor(rolled), torch.tensor(times, dtype=torch.float32), torch.tensor(previous, dtype=torch.float32)
+
+
+@torch.no_grad()
+def rollout_inputs(model: nn.Module, tokens: Tensor, batch: Mapping[str, Tensor], context_mask: Tensor,
+                   x0: Tensor, noise: Tensor, t: Tensor, t_prev: Tensor) -> Tensor:  # fmt: skip
+    """``z_t`` as a deterministic DDIM step of ``model`` from ``q_sample(x0, t_prev, noise)`` to ``t``:
+    the x0 estimate is clipped to [-1, 1] as the samplers do, its implied eps is recomputed, and
+    ``z_t = alpha_t x0_hat + sigma_t eps_hat`` (no gradient flows through this step)."""
+    inner = getattr(model, "module", model)  # through DDP's wrapper: no gradient sync needed here
+    z_prev = q_sample(x0, t_prev, noise)
+    out = inner(tokens, batch["context"], context_mask, z_prev, t_prev, batch.get("timbre")).float()
+    eps = eps_from_prediction(out, z_prev, t_prev, inner.decoder.prediction_type)
+    x0_hat = predict_x0(z_prev, t_prev, eps).clamp(-1.0, 1.0)
+    alpha_prev, sigma_prev = alpha_sigma(t_prev)
+    shape = (-1,) + (1,) * (x0.dim() - 1)
+    eps_hat = (z_prev - alpha_prev.reshape(shape) * x0_hat) / sigma_prev.reshape(shape)
+    alpha, sigma = alpha_sigma(t)
+    return (alpha.reshape(shape) * x0_hat + sigma.reshape(shape) * eps_hat).to(x0.dtype)
+
+
 def trim_token_padding(tokens: Tensor, multiple: int = 64) -> Tensor:
     """Cut trailing all-PAD token columns, keeping a multiple of ``multiple`` (at least one multiple).
 
@@ -427,6 +490,7 @@ def diffusion_loss(
     trim: bool = True,
     weights: Tensor | None = None,
     guide: GuidedAttention | None = None,
+    rollout: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> LossOutput:
     """The original objective (ORIGINAL.md §4.1-4.2) for a batch dict (tokens, context, context_mask, target).
 
@@ -435,6 +499,9 @@ def diffusion_loss(
     all-False notes mask) and context mask * 0. The context itself is clean ground truth.
     ``weights``: optional per-example weights of the summed error (:func:`loss_weights`).
     ``guide``: add the guided cross-attention penalty to the objective (``loss_sum`` only).
+    ``rollout``: ``(rolled [B], t [B], t_prev [B])`` from :func:`draw_rollout_times`: rolled rows
+    train at that ``t`` on the model's own DDIM step from ``t_prev`` (:func:`rollout_inputs`). A
+    batch with a ``timbre`` column conditions a timbre-conditioned decoder on it.
     """
     x0 = batch["target"]
     prediction_type = getattr(model, "module", model).decoder.prediction_type  # through DDP's wrapper
@@ -443,13 +510,24 @@ def diffusion_loss(
         tokens = trim_token_padding(tokens)
     context_mask = batch["context_mask"].bool() & keep[:, None]
     z_t = q_sample(x0, t, noise)
+    if rollout is not None and bool(rollout[0].any()):
+        rows = rollout[0].to(x0.device).nonzero().flatten()
+        sub = {key: value.index_select(0, rows) for key, value in batch.items() if key in ("context", "timbre")}
+        t_roll, t_prev = rollout[1].to(x0.device)[rows], rollout[2].to(x0.device)[rows]
+        z_roll = rollout_inputs(model, tokens.index_select(0, rows), sub, context_mask.index_select(0, rows),
+                                x0.index_select(0, rows), noise.index_select(0, rows), t_roll, t_prev)  # fmt: skip
+        z_t = z_t.index_copy(0, rows, z_roll)
+        t = t.index_copy(0, rows, t_roll.to(t.dtype))
+        # The eps these inputs imply, for the logged error (the target itself only needs z_t).
+        alpha, sigma = alpha_sigma(t)
+        noise = (z_t - alpha.reshape(-1, 1, 1) * x0) / sigma.reshape(-1, 1, 1)
     recorder = None
     if guide is not None and guide.weight > 0:
         from specdiff.guided_attention import CrossAttentionRecorder, guided_attention_penalty
 
         recorder = CrossAttentionRecorder(getattr(model, "module", model))  # through DDP's wrapper
     with recorder.recording() if recorder is not None else contextlib.nullcontext():
-        prediction = model(tokens, batch["context"], context_mask, z_t, t)
+        prediction = model(tokens, batch["context"], context_mask, z_t, t, batch.get("timbre"))
     error = (prediction.float() - prediction_target(x0, noise, t, prediction_type, z_t).float()).abs()
     if prediction_type != "epsilon":  # log the eps error, comparable across prediction types
         eps_error = (eps_from_prediction(prediction.detach().float(), z_t, t, prediction_type) - noise.float()).abs()
@@ -481,6 +559,8 @@ def collate(items: Sequence[tuple[int, Any]]) -> dict[str, Tensor]:
     """``(counter, example)`` pairs -> batch dict with ``index`` (the counters) and the BATCH_KEYS stacked."""
     examples = [_as_mapping(example) for _, example in items]
     batch = {key: torch.stack([torch.as_tensor(ex[key]) for ex in examples]) for key in BATCH_KEYS}
+    if all(ex.get("timbre") is not None for ex in examples):  # timbre indices (feature caches); absent: the default
+        batch["timbre"] = torch.stack([torch.as_tensor(ex["timbre"]) for ex in examples]).long()
     batch["tokens"] = batch["tokens"].long()
     batch["context_mask"] = batch["context_mask"].bool()
     batch["index"] = torch.tensor([counter for counter, _ in items], dtype=torch.long)
@@ -562,6 +642,12 @@ class SyntheticDataset(torch.utils.data.Dataset):
         return {"tokens": tokens, "context": context, "context_mask": context_mask, "target": target}
 
 
+def _model_timbres(config: TrainConfig) -> list[str]:
+    """The timbre names of the model ``config`` builds (``--set model.timbres=A,B``; empty: none)."""
+    timbres = config.model.get("timbres", [])
+    return [t for t in timbres.split(",") if t] if isinstance(timbres, str) else list(timbres)
+
+
 def open_datasets(config: TrainConfig) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
     """The training and validation sets named by ``config.data`` / ``config.val_data``.
 
@@ -580,13 +666,17 @@ def open_datasets(config: TrainConfig) -> tuple[torch.utils.data.Dataset, torch.
     # Counters never wrap within the run, so no window is drawn twice (the cache's default epoch is 1M).
     epoch_size = max(1_000_000, config.steps * config.batch_size)
     val_source = config.val_data if config.val_data is not None else config.data
+    timbres = _model_timbres(config)
     if not any(song["split"] == "validation" for song in data_module.load_index(val_source)):
         if config.val_data is not None:
             raise SpecdiffError(f"the feature cache {config.val_data} has no validation split")
         print(f"note: {config.data} has no validation split; validating on training windows drawn with another seed")
-        train_set = data_module.ChunkDataset(config.data, seed=config.seed, split="train", epoch_size=epoch_size)
-        return train_set, data_module.ChunkDataset(config.data, seed=config.seed + 1_000_003, split="train")
-    return data_module.open_training_datasets(config.data, config.val_data, seed=config.seed, epoch_size=epoch_size)
+        train_set = data_module.ChunkDataset(config.data, seed=config.seed, split="train", epoch_size=epoch_size,
+                                             timbres=timbres)  # fmt: skip
+        return train_set, data_module.ChunkDataset(config.data, seed=config.seed + 1_000_003, split="train",
+                                                   timbres=timbres)  # fmt: skip
+    return data_module.open_training_datasets(config.data, config.val_data, seed=config.seed, epoch_size=epoch_size,
+                                              timbres=timbres)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -816,10 +906,18 @@ class Trainer:
             state = {"model": pipeline_folder_state_dict(path), "ema": None, "step": "unknown (pipeline folder)"}
         else:
             state = load_checkpoint(path)
+        # A model that adds timbre conditioning to a model without it keeps its zero-started tables.
+        added = {k for k in self.model.state_dict() if k.startswith(("decoder.timbre_embedding", "decoder.timbre_prior"))}
+        missing = added - set(state["model"])
         try:
-            self.model.load_state_dict(state["model"])
+            result = self.model.load_state_dict(state["model"], strict=not missing)
         except RuntimeError as exc:
             raise ModelError(f"{path} does not match the configured model: {str(exc).splitlines()[0]}") from None
+        if missing and (set(result.missing_keys) != missing or result.unexpected_keys):
+            raise ModelError(f"{path} does not match the configured model: missing {result.missing_keys}, "
+                             f"unexpected {result.unexpected_keys}")  # fmt: skip
+        if missing and state["ema"] is not None:
+            state = {**state, "ema": None}  # the EMA restarts from these weights (it lacks the new tables)
         if state["ema"] is None:
             self.ema = EMA(self.model, self.config.ema_decay, self.config.ema_warmup)
         else:
@@ -863,6 +961,10 @@ class Trainer:
             t, noise, keep = draw_diffusion_inputs(
                 batch["index"], config.seed, config.cfg_drop_prob, tuple(batch["target"].shape[1:])
             )
+            rollout = None
+            if config.rollout_prob > 0:
+                rollout = draw_rollout_times(batch["index"], config.seed, config.rollout_prob,
+                                             parse_rollout_steps(config.rollout_steps))  # fmt: skip
             batch = _to_device(batch, ctx.device)
             last = micro == self.accumulation - 1
             sync = self.ddp_model.no_sync() if ctx.enabled and not last else contextlib.nullcontext()
@@ -871,7 +973,7 @@ class Trainer:
                     out = diffusion_loss(
                         self.ddp_model, batch, t.to(ctx.device), noise.to(ctx.device), keep.to(ctx.device),
                         config.trim_tokens, loss_weights(t, config.loss_weighting, config.min_snr_gamma),
-                        self.guide,
+                        self.guide, rollout,
                     )  # fmt: skip
                 # DDP averages gradients over processes: scale so they are those of the global-batch sum.
                 (out.loss_sum * ctx.world_size).backward()

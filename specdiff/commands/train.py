@@ -165,10 +165,11 @@ def add_prepare_arguments(subparsers: argparse._SubParsersAction) -> argparse.Ar
         help="build a training feature cache from (MIDI, audio) pairs or MIDI files to render",
         description="Cache log-mel features and notes of training songs (resumable; bad files are skipped "
         "and listed in failures.json). SOURCE: 'demo' (the bundled corpus, rendered), 'maestro:PATH', "
-        "'slakh:PATH', 'folder:PATH' (x.mid + x.wav/flac), 'render:PATH' (MIDI files), or a bare path "
+        "'slakh:PATH', 'folder:PATH' (x.mid + x.wav/flac), 'render:PATH' (MIDI files), 'idioms[:N]' (N "
+        "generated band-music pieces, specdiff.idioms, default 400, with their own fixed split), or a bare path "
         "(the kind is detected).",
     )
-    parser.add_argument("source", help="demo, maestro:PATH, slakh:PATH, folder:PATH, render:PATH or PATH")
+    parser.add_argument("source", help="demo, idioms[:N], maestro:PATH, slakh:PATH, folder:PATH, render:PATH or PATH")
     parser.add_argument("cache_dir", help="output feature cache folder")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     parser.add_argument(
@@ -178,7 +179,12 @@ def add_prepare_arguments(subparsers: argparse._SubParsersAction) -> argparse.Ar
         help="renders per MIDI file; all but the first re-assign programs at random (render, demo)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of program re-assignment / Slakh sub-mixes")
-    parser.add_argument("--soundfont", default=None, help=".sf2/.sf3 file (default: pretty_midi's TimGM6mb.sf2)")
+    parser.add_argument(
+        "--soundfont", action="append", default=None, metavar="SF2_OR_NAME",
+        help=".sf2/.sf3 file or timbre name (TimGM6mb, FluidR3_GM, MuseScore_General; default: pretty_midi's "
+        "TimGM6mb.sf2). Repeat it to render every piece with each SoundFont; the cache records each song's "
+        "timbre, so a model with timbres can be conditioned on it",
+    )
     parser.add_argument("--backend", default="auto", help="renderer: auto, tinysoundfont or fluidsynth")
     parser.add_argument("--subsets-per-song", type=int, default=10, help="Slakh sub-mixes per track (ORIGINAL.md §4.4)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -188,11 +194,14 @@ def add_prepare_arguments(subparsers: argparse._SubParsersAction) -> argparse.Ar
 
 def run_prepare(args: argparse.Namespace) -> int:
     from specdiff import data
+    from specdiff.render import find_soundfont
 
+    soundfonts = [str(find_soundfont(s)) for s in args.soundfont] if args.soundfont else [None]
     pairs = data.discover_with_options(
-        args.source, variants=args.variants, seed=args.seed, soundfont=args.soundfont, backend=args.backend,
+        args.source, variants=args.variants, seed=args.seed, soundfont=soundfonts[0], backend=args.backend,
         subsets_per_song=args.subsets_per_song,
     )  # fmt: skip
+    pairs = data.with_soundfonts(pairs, soundfonts)
     counts = data.build_cache(pairs, args.cache_dir, workers=args.workers, progress=not args.no_progress)
     print(", ".join(f"{k} {v}" for k, v in counts.items()) + f"; cache {args.cache_dir}")
     return 0
