@@ -191,6 +191,7 @@ def evaluate(
     soundfont: str | os.PathLike | None = None,
     verbose: bool = True,
     dtype: Any = None,
+    timbre: str | None = None,
 ) -> dict[str, Any]:
     """Synthesize every MIDI file with ``model`` and score it against reference audio.
 
@@ -199,6 +200,8 @@ def evaluate(
     ``midi_files``: files and/or folders. ``max_seconds`` keeps only the first seconds of each
     piece (notes and reference audio are cut to match), for quick checks. Every piece uses the
     same ``seed``. ``dtype``: the networks' dtype when ``model`` is a folder (default float32).
+    ``timbre``: synthesize this timbre of a timbre-conditioned model; rendered references then
+    use that timbre's SoundFont (``specdiff.render.find_soundfont``) unless ``soundfont`` is given.
     Returns the result dict that is also written to ``out_dir/evaluation.json``
     (when ``out_dir`` is given); the table goes to stdout when ``verbose``.
     """
@@ -228,6 +231,12 @@ def evaluate(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     pipe = _load_pipeline(model, inverter, device, dtype)
+    if timbre is not None:
+        pipe.timbre = timbre
+        if soundfont is None and reference_audio is None:
+            from specdiff.render import find_soundfont
+
+            soundfont = find_soundfont(timbre)
     sample_rate = int(getattr(pipe, "sample_rate", SAMPLE_RATE))
     if sample_rate != SAMPLE_RATE:
         raise SpecdiffError(f"the pipeline produces {sample_rate} Hz audio; evaluation expects {SAMPLE_RATE} Hz")
@@ -269,6 +278,8 @@ def evaluate(
             "max_seconds": max_seconds,
             "embedding": embedding,
             "inverter": inverter,
+            "timbre": timbre,
+            "soundfont": str(soundfont) if soundfont is not None else None,
             "device": device,
             "dtype": str(getattr(pipe, "dtype", dtype)).replace("torch.", ""),
             "reference_audio": str(reference_audio)
@@ -363,6 +374,8 @@ def _summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {"pieces": len(rows), "total_seconds": float(sum(r["seconds"] for r in rows))}
     keys = [key for key, _, _ in TABLE_COLUMNS if key not in ("f1_ratio", "x_real_time")]
     keys += ["generated_precision", "generated_recall", "reference_precision", "reference_recall"]
+    keys += ["silence_level", "reference_silence_level", "silence_gap", "peak", "reference_peak",
+             "max_segment_jump_db", "reference_max_segment_jump_db", "loudness_diff_db"]  # fmt: skip
     for key in keys:
         values = [r[key] for r in rows if isinstance(r.get(key), float) and math.isfinite(r[key])]
         if values:

@@ -362,4 +362,30 @@ def generate_set(
     return out
 
 
-__all__ = ["STYLES", "ROLE_PROGRAMS", "generate_piece", "generate_set", "idiom_split", "seed_for"]
+#: How many pieces the bundled model's training set generated (``specdiff prepare idioms:1600``);
+#: its test split is what ``specdiff evaluate --idioms-split test`` plays.
+DEFAULT_COUNT = 1600
+
+
+def write_split(folder, split: str = "test", count: int = DEFAULT_COUNT, name: str = "idioms",
+                seconds: float = 30.0) -> list:  # fmt: skip
+    """Write the pieces of ``split`` among the first ``count`` generated ones as MIDI files
+    ``folder/<name>_<index>.mid`` (the same pieces, seeds and names as the feature cache's);
+    returns their paths."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        if idiom_split(i) != split:
+            continue
+        path = folder / f"{name}_{i:04d}.mid"
+        if not path.is_file():
+            generate_piece(seed_for(name, i), seconds=seconds).dump_midi(str(path))
+        paths.append(path)
+    return paths
+
+
+__all__ = ["STYLES", "ROLE_PROGRAMS", "DEFAULT_COUNT", "generate_piece", "generate_set", "idiom_split", "seed_for",
+           "write_split"]  # fmt: skip

@@ -212,8 +212,38 @@ def level_comparison(generated: np.ndarray, reference: np.ndarray) -> dict[str, 
     return out
 
 
+#: Frames whose reference log-mel mean (natural log) is below this are "silent" for
+#: :func:`silence_scores`: the TimGM6mb renders' rests and tails sit at -9..-11.5 (floor ln 1e-5).
+SILENCE_THRESHOLD = -8.0
+
+
+def silence_scores(generated: np.ndarray, reference: np.ndarray, threshold: float = SILENCE_THRESHOLD
+                   ) -> dict[str, float]:  # fmt: skip
+    """How silent ours is where the reference is: over the frames whose reference log-mel mean is
+    below ``threshold``, the mean log-mel of ours (``silence_level``) and of the reference
+    (``reference_silence_level``), their difference (``silence_gap``, ours - reference; 0 is
+    perfect) and the fraction of such frames (``silent_fraction``). NaN levels when there are none."""
+    import torch
+
+    from specdiff.mel import log_mel
+
+    a, b = crop_to_common_length(np.asarray(generated).reshape(-1), np.asarray(reference).reshape(-1))
+    nan = float("nan")
+    if len(a) == 0:
+        return {"silence_level": nan, "reference_silence_level": nan, "silence_gap": nan, "silent_fraction": 0.0}
+    with torch.no_grad():
+        ours, ref = log_mel(torch.from_numpy(a)).mean(-1), log_mel(torch.from_numpy(b)).mean(-1)
+    quiet = ref < threshold
+    if not bool(quiet.any()):
+        return {"silence_level": nan, "reference_silence_level": nan, "silence_gap": nan, "silent_fraction": 0.0}
+    level, ref_level = float(ours[quiet].mean()), float(ref[quiet].mean())
+    return {"silence_level": level, "reference_silence_level": ref_level, "silence_gap": level - ref_level,
+            "silent_fraction": float(quiet.float().mean())}  # fmt: skip
+
+
 def reconstruction_scores(generated: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    return {"log_mel_l1": log_mel_l1(generated, reference), **multi_resolution_stft_distance(generated, reference)}
+    return {"log_mel_l1": log_mel_l1(generated, reference), **multi_resolution_stft_distance(generated, reference),
+            **silence_scores(generated, reference)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from specdiff import evaluate as evaluation
 from specdiff.commands.options import (
     _positive_int,
     add_precision_argument,
+    add_timbre_argument,
     resolve_device,
     resolve_model,
     resolve_precision,
@@ -50,6 +51,12 @@ def add_evaluate_arguments(subparsers: argparse._SubParsersAction) -> argparse.A
     p.add_argument("midi", nargs="*", type=Path, metavar="MIDI", help="MIDI files or folders of them")
     p.add_argument("--demo-split", choices=("train", "validation", "test"),
                    help="evaluate the bundled demo corpus's pieces of this split (test = held out)")  # fmt: skip
+    p.add_argument("--idioms-split", choices=("train", "validation", "test"),
+                   help="evaluate the generated band-music pieces (specdiff.idioms) of this split (test = held out; "
+                   "their MIDI files are written to OUT/midi)")  # fmt: skip
+    p.add_argument("--idioms-count", type=_positive_int, default=None, metavar="N",
+                   help="--idioms-split takes its pieces among the first N generated (default: the 1600 the bundled "
+                   "model's data drew from)")  # fmt: skip
     p.add_argument("--max-files", type=_positive_int, metavar="N", help="evaluate at most N files")
     p.add_argument(
         "--model", type=Path, metavar="DIR", help="pipeline folder (diffusers layout; default: the bundled model)"
@@ -95,6 +102,7 @@ def add_evaluate_arguments(subparsers: argparse._SubParsersAction) -> argparse.A
     p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto (cuda, else mps, else cpu)")
     add_precision_argument(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress; print only the final table")
+    add_timbre_argument(p)
     p.set_defaults(func=run_evaluate)
     return p
 
@@ -103,16 +111,25 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """``specdiff evaluate``; returns the exit status."""
     if args.guidance is not None and (args.guidance < 0 or not math.isfinite(args.guidance)):
         raise SpecdiffError(f"--guidance must be a finite number >= 0, got {args.guidance}")
-    if args.midi and args.demo_split:
-        raise SpecdiffError("give MIDI files or --demo-split, not both")
+    if sum(bool(x) for x in (args.midi, args.demo_split, args.idioms_split)) > 1:
+        raise SpecdiffError("give MIDI files, --demo-split or --idioms-split, not several")
     if args.midi:
         midi_files = evaluation.collect_midi_files(args.midi)
     elif args.demo_split:
         from specdiff.corpus import demo_midi_files
 
         midi_files = demo_midi_files(args.demo_split)
+    elif args.idioms_split:
+        import tempfile
+
+        from specdiff.idioms import write_split
+
+        folder = Path(args.out) / "midi" if args.out is not None else Path(tempfile.mkdtemp(prefix="specdiff-idioms-"))
+        from specdiff.idioms import DEFAULT_COUNT
+
+        midi_files = write_split(folder, args.idioms_split, args.idioms_count or DEFAULT_COUNT)
     else:
-        raise SpecdiffError("nothing to evaluate: give MIDI files or folders, or --demo-split test")
+        raise SpecdiffError("nothing to evaluate: give MIDI files or folders, --demo-split test or --idioms-split test")
     if args.max_files is not None:
         midi_files = midi_files[: args.max_files]
     model = resolve_model(args)
@@ -137,6 +154,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         soundfont=args.soundfont,
         verbose=not args.quiet,
         dtype=dtype,
+        timbre=args.timbre,
     )
     if args.quiet:
         print(evaluation.markdown_report(results), flush=True)

@@ -100,6 +100,12 @@ def _model_lines(model: Path | None) -> tuple[Path | None, dict[str, str]]:
     except SpecdiffError as err:
         lines["sampling"] = f"error: {one_line(err)}"
         return model_dir, lines
+    try:
+        decoder = json.loads((model_dir / "decoder" / "config.json").read_text())
+        timbres = decoder.get("timbres", [])
+        lines["timbres"] = (", ".join(timbres) + " (--timbre NAME; the first is the default)") if timbres else "none"
+    except (OSError, ValueError):
+        pass
     source = SAMPLING_FILE if (model_dir / SAMPLING_FILE).is_file() else f"library defaults, no {SAMPLING_FILE}"
     lines["sampling"] = (
         f"{s.scheduler}, {s.num_inference_steps} steps, guidance {s.guidance_scale:g}, "

@@ -154,4 +154,15 @@ def load_pipeline(args: argparse.Namespace, model_dir: Path) -> tuple[Any, str]:
     device = resolve_device(args.device)
     dtype = resolve_precision(args, device)
     pipe = SpectrogramDiffusionPipeline.from_pretrained(model_dir, device=device, dtype=dtype, inverter=args.inverter)
+    if getattr(args, "timbre", None):
+        pipe.timbre = args.timbre  # an unknown name: SpecdiffError naming the model's timbres
     return pipe, device
+
+
+def add_timbre_argument(parser: argparse.ArgumentParser) -> None:
+    """``--timbre NAME``: which of the model's timbres to synthesize (``specdiff info`` lists them)."""
+    parser.add_argument(
+        "--timbre", default=None, metavar="NAME",
+        help="the sound to synthesize, for models trained on several SoundFonts (e.g. TimGM6mb, FluidR3_GM; "
+        "`specdiff info` lists the model's timbres; default: the model's first)",
+    )  # fmt: skip

@@ -27,6 +27,7 @@ from specdiff.commands.options import (
     _positive_int,
     _seed,
     add_precision_argument,
+    add_timbre_argument,
     load_pipeline,
     one_line,
     resolve_model,
@@ -233,6 +234,7 @@ def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         action="store_true",
         help="no progress bar, summary or warnings on stderr; errors are still printed (default: off)",
     )
+    add_timbre_argument(p)
     p.set_defaults(func=run_synth)
     return p
 
