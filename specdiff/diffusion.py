@@ -130,6 +130,18 @@ def eps_from_prediction(prediction: Tensor, z_t: Tensor, t: Tensor, prediction_t
     raise ValueError(f"unknown prediction_type {prediction_type!r}")
 
 
+def x0_from_prediction(prediction: Tensor, z_t: Tensor, t: Tensor, prediction_type: str = "epsilon") -> Tensor:
+    """The x0 a network output implies, computed directly for x0-type outputs ("sample": the output;
+    "edm": ``c_skip z + c_out F``) instead of through eps, whose ``/ alpha`` amplifies rounding near
+    t = 1 (where alpha ~ 5e-5)."""
+    if prediction_type == "sample":
+        return prediction
+    if prediction_type == "edm":
+        c_skip, c_out = edm_coefficients(t)
+        return _expand(c_skip, z_t) * z_t + _expand(c_out, z_t) * prediction
+    return predict_x0(z_t, t, eps_from_prediction(prediction, z_t, t, prediction_type))
+
+
 def posterior(z_t: Tensor, x0: Tensor, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and variance of ``q(z_s | z_t, x0)`` for ``s < t`` (spec §4.1 sampler, ``logvar_type="large"``).
 

@@ -297,7 +297,8 @@ def generate_piece(seed: int, seconds: float = 30.0, style: str | None = None):
         if "pad" in parts and "pad" in on and b % st.chord_bars == 0:
             p = parts["pad"]
             for c in chord[:3]:
-                _add(p, t0, bar * st.chord_bars - q // 8, _fit(55 + (root + c) % 12, 48, 72), _velocity(rng, level, -0.3))
+                pitch = _fit(55 + (root + c) % 12, 48, 72)
+                _add(p, t0, bar * st.chord_bars - q // 8, pitch, _velocity(rng, level, -0.3))
         if "lead" in parts and "lead" in on:
             p = parts["lead"]
             scale = BLUES_SCALE if st.name == "blues" else MINOR_PENTATONIC if rng.random() < 0.4 else MAJOR_SCALE

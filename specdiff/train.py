@@ -53,7 +53,14 @@ from specdiff.checkpoints import (  # noqa: F401 (re-exported: they lived here)
 )
 from specdiff.constants import N_MELS, SEGMENT_FRAMES, TOKENS_LENGTH  # noqa: F401 (re-exported)
 from specdiff.diffusion import (
-    alpha_sigma, eps_from_prediction, logsnr, posterior, predict_x0, prediction_target, q_sample,
+    alpha_sigma,
+    eps_from_prediction,
+    logsnr,
+    posterior,
+    predict_x0,
+    prediction_target,
+    q_sample,
+    x0_from_prediction,
 )
 from specdiff.distributed import DistContext, _all_reduce_sum, _resolve_device, init_distributed  # noqa: F401
 from specdiff.errors import ModelError, SpecdiffError
@@ -409,8 +416,7 @@ def rollout_inputs(model: nn.Module, tokens: Tensor, batch: Mapping[str, Tensor]
     inner = getattr(model, "module", model)  # through DDP's wrapper: no gradient sync needed here
     z_prev = q_sample(x0, t_prev, noise)
     out = inner(tokens, batch["context"], context_mask, z_prev, t_prev, batch.get("timbre")).float()
-    eps = eps_from_prediction(out, z_prev, t_prev, inner.decoder.prediction_type)
-    x0_hat = predict_x0(z_prev, t_prev, eps).clamp(-1.0, 1.0)
+    x0_hat = x0_from_prediction(out, z_prev, t_prev, inner.decoder.prediction_type).clamp(-1.0, 1.0)
     alpha_prev, sigma_prev = alpha_sigma(t_prev)
     shape = (-1,) + (1,) * (x0.dim() - 1)
     eps_hat = (z_prev - alpha_prev.reshape(shape) * x0_hat) / sigma_prev.reshape(shape)
@@ -907,7 +913,8 @@ class Trainer:
         else:
             state = load_checkpoint(path)
         # A model that adds timbre conditioning to a model without it keeps its zero-started tables.
-        added = {k for k in self.model.state_dict() if k.startswith(("decoder.timbre_embedding", "decoder.timbre_prior"))}
+        timbre_tables = ("decoder.timbre_embedding", "decoder.timbre_prior")
+        added = {k for k in self.model.state_dict() if k.startswith(timbre_tables)}
         missing = added - set(state["model"])
         try:
             result = self.model.load_state_dict(state["model"], strict=not missing)

@@ -180,7 +180,10 @@ def add_prepare_arguments(subparsers: argparse._SubParsersAction) -> argparse.Ar
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of program re-assignment / Slakh sub-mixes")
     parser.add_argument(
-        "--soundfont", action="append", default=None, metavar="SF2_OR_NAME",
+        "--soundfont",
+        action="append",
+        default=None,
+        metavar="SF2_OR_NAME",
         help=".sf2/.sf3 file or timbre name (TimGM6mb, FluidR3_GM, MuseScore_General; default: pretty_midi's "
         "TimGM6mb.sf2). Repeat it to render every piece with each SoundFont; the cache records each song's "
         "timbre, so a model with timbres can be conditioned on it",
