@@ -1,0 +1,191 @@
+"""Do more sampling steps help? One model (folder or training checkpoint) at 1, 4 and 16 DDIM steps.
+
+For each model and step count, ``specdiff.evaluate`` synthesizes the first ``--max-seconds`` of
+held-out pieces and scores them against SoundFont renders of the same MIDI (the timbre's own
+SoundFont): onset F1 ratio, log-mel L1, Fréchet distance (mfcc-stats), the silence gap (ours minus
+the render's mean log-mel on frames where the render is below -8), raw peak and the largest
+segment-to-segment level jump. Two sets of pieces:
+
+- ``idioms``: the generated band-music test split (``specdiff.idioms``, never trained on);
+- ``demo``: the demo corpus's test split.
+
+Extra rows:
+- ``--prior-alone``: the same model with the decoder's ``spec_out`` weight and bias set to zero,
+  so its output is the closed-form score prior refined by nothing (what the network adds);
+- ``--yardstick``: the same MIDI rendered with another SoundFont (FluidR3_GM) scored against the
+  TimGM6mb reference: how close a different professional SoundFont is.
+
+Usage:
+  python benchmarks/steps_table.py MODEL [MODEL ...] --set idioms --pieces 8 --steps 1 4 16 \\
+      --name bundled [--prior-alone] [--yardstick] [--timbre TimGM6mb]
+MODEL: a pipeline folder or a training checkpoint (``.pt``, exported on the fly with the bundled
+vocoder). Appends rows to benchmarks/results/steps_table_<name>.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from specdiff.atomic import atomic_write_text  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+COLUMNS = (
+    ("f1_ratio", "onset F1 ratio ↑", "{:.2f}"),
+    ("log_mel_l1", "log-mel L1 ↓", "{:.2f}"),
+    ("frechet_distance", "Fréchet (mfcc) ↓", "{:.0f}"),
+    ("silence_gap", "silence gap ↓", "{:+.2f}"),
+    ("peak", "peak (max)", "{:.2f}"),
+    ("max_segment_jump_db", "max seg. jump dB", "{:.1f}"),
+    ("x_real_time", "x real time", "{:.1f}"),
+)
+
+
+def midi_files(which: str, pieces: int, folder: Path) -> list[Path]:
+    if which == "idioms":
+        from specdiff.idioms import write_split
+
+        return write_split(folder / "idioms_midi", "test")[:pieces]
+    from specdiff.corpus import demo_midi_files
+
+    return demo_midi_files("test")[:pieces]
+
+
+def model_folder(model: str, tmp: Path, prior_alone: bool = False) -> Path:
+    """A pipeline folder for ``model`` (a checkpoint is exported with the bundled vocoder);
+    ``prior_alone`` zeroes the decoder's output layer in a copy."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from specdiff.default_model import default_model_dir
+    from specdiff.train import export_pipeline
+
+    path = Path(model)
+    if path.is_file():
+        out = tmp / f"export_{path.stem}"
+        if not out.exists():
+            export_pipeline(path, out, vocoder=default_model_dir() / "vocoder")
+        path = out
+    if prior_alone:
+        out = tmp / f"prior_{path.name}"
+        if not out.exists():
+            shutil.copytree(path, out)
+            weights = next((out / "decoder").glob("*.safetensors"))
+            state = load_file(str(weights))
+            for key in ("spec_out.weight", "spec_out.bias"):
+                if key in state:
+                    state[key] = torch.zeros_like(state[key])
+            save_file(state, str(weights))
+        path = out
+    return path
+
+
+def yardstick(files: list[Path], max_seconds: float, other: str = "FluidR3_GM") -> dict[str, Any]:
+    """Another SoundFont's render scored against the TimGM6mb render, as evaluate scores a model."""
+    from specdiff import metrics
+    from specdiff.constants import SAMPLE_RATE
+    from specdiff.evaluate import prepare_piece
+    from specdiff.render import find_soundfont, render_midi
+
+    rows, ours_clips, ref_clips = [], [], []
+    for path in files:
+        piece = prepare_piece(path, max_seconds)
+        n = int(round(max_seconds * SAMPLE_RATE))
+        ref = render_midi(path, SAMPLE_RATE, soundfont=find_soundfont("TimGM6mb"))[:n]
+        ours = render_midi(path, SAMPLE_RATE, soundfont=find_soundfont(other))[:n]
+        ours, ref = metrics.crop_to_common_length(ours, ref)
+        row = {**metrics.reconstruction_scores(ours, ref), **metrics.level_comparison(ours, ref)}
+        row.update(metrics.transcription_scores(ours, ref, piece.notes))
+        rows.append(row)
+        ours_clips.append(ours)
+        ref_clips.append(ref)
+    summary = {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0] if isinstance(rows[0][k], float)}
+    summary["peak"] = max(r["peak"] for r in rows)
+    summary["max_segment_jump_db"] = max(r["max_segment_jump_db"] for r in rows)
+    summary["f1_ratio"] = summary["generated_f1"] / summary["reference_f1"]
+    summary.update(metrics.frechet_audio_distance(ours_clips, ref_clips, embedding="mfcc-stats"))
+    return summary
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="*")
+    parser.add_argument("--set", choices=("idioms", "demo"), default="idioms")
+    parser.add_argument("--pieces", type=int, default=8)
+    parser.add_argument("--max-seconds", type=float, default=20.0)
+    parser.add_argument("--steps", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--scheduler", default="ddim")
+    parser.add_argument("--guidance", type=float, default=1.0)
+    parser.add_argument("--timbre", default=None)
+    parser.add_argument("--prior-alone", action="store_true")
+    parser.add_argument("--yardstick", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--name", required=True)
+    args = parser.parse_args()
+
+    import torch
+
+    from specdiff.evaluate import evaluate
+
+    torch.set_num_threads(args.threads)
+    out_json = RESULTS / f"steps_table_{args.name}.json"
+    results = json.loads(out_json.read_text()) if out_json.is_file() else []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        files = midi_files(args.set, args.pieces, tmp)
+        if args.yardstick:
+            started = time.time()
+            summary = yardstick(files, args.max_seconds)
+            results.append({"model": "FluidR3_GM render", "set": args.set, "pieces": len(files), "steps": None,
+                            "summary": summary, "seconds": time.time() - started})  # fmt: skip
+            print(results[-1], flush=True)
+        for model in args.models:
+            for prior in [False, True] if args.prior_alone else [False]:
+                folder = model_folder(model, tmp, prior)
+                for steps in [1] if prior else args.steps:
+                    started = time.time()
+                    res = evaluate(
+                        str(folder), files, steps=steps, scheduler=args.scheduler, guidance=args.guidance,
+                        max_seconds=args.max_seconds, save_audio=False, verbose=False, timbre=args.timbre,
+                    )  # fmt: skip
+                    summary = res["summary"]
+                    summary["peak"] = max(r["peak"] for r in res["pieces"])
+                    summary["max_segment_jump_db"] = max(r["max_segment_jump_db"] for r in res["pieces"])
+                    summary["reference_max_segment_jump_db"] = max(
+                        r["reference_max_segment_jump_db"] for r in res["pieces"]
+                    )
+                    label = Path(model).name + (" (prior alone)" if prior else "")
+                    results.append({"model": label, "set": args.set, "pieces": len(files), "steps": steps,
+                                    "timbre": args.timbre, "summary": summary,
+                                    "seconds": time.time() - started})  # fmt: skip
+                    print(label, steps, {k: round(summary.get(k, float("nan")), 3) for k, _, _ in COLUMNS}, flush=True)
+                    atomic_write_text(out_json, json.dumps(results, indent=1) + "\n")
+    atomic_write_text(out_json, json.dumps(results, indent=1) + "\n")
+    lines = ["| model | set | timbre | pieces | DDIM steps | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
+             "|---" * (5 + len(COLUMNS)) + "|"]  # fmt: skip
+    for r in results:
+        cells = []
+        for key, _, fmt in COLUMNS:
+            value = r["summary"].get(key)
+            cells.append(fmt.format(value) if isinstance(value, (int, float)) and np.isfinite(value) else "")
+        lines.append(f"| {r['model']} | {r['set']} | {r.get('timbre') or 'default'} | {r['pieces']} | "
+                     f"{r['steps'] if r['steps'] is not None else '-'} | " + " | ".join(cells) + " |")  # fmt: skip
+    atomic_write_text(RESULTS / f"steps_table_{args.name}.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""Timbre conditioning, rolled-out training inputs, generated idiom pieces and the silence metric."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from specdiff.diffusion import q_sample
+from specdiff.errors import SpecdiffError
+from specdiff.model import build_models
+from specdiff.train import (
+    SpectrogramDiffusionModel,
+    TrainConfig,
+    apply_overrides,
+    collate,
+    diffusion_loss,
+    draw_rollout_times,
+    parse_rollout_steps,
+    rollout_inputs,
+)
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+MICRO = dict(d_model=32, num_layers=1, d_ff=64, num_heads=2, d_kv=16)
+ROLL = dict(score_roll_features=6832, prediction_type="edm", spec_out_bias=True, score_prior=True)
+
+
+def roll_model(**decoder) -> SpectrogramDiffusionModel:
+    return SpectrogramDiffusionModel(*build_models("tiny", seed=0, dropout_rate=0.0, **MICRO, **ROLL, **decoder))
+
+
+def batch_of(n: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.zeros(n, 2048, dtype=torch.long)
+    tokens[:, :6] = torch.tensor([1134, 1001, 1061, 1, 1145, 1001])  # a program, velocity, pitch, time, ...
+    return {
+        "tokens": tokens,
+        "context": torch.rand(n, 256, 128, generator=g) * 2 - 1,
+        "context_mask": torch.ones(n, 256, dtype=torch.bool),
+        "target": torch.rand(n, 256, 128, generator=g) * 2 - 1,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Timbre conditioning
+# ---------------------------------------------------------------------------------------------
+
+
+def test_timbre_tables_start_at_zero_so_a_warm_start_keeps_the_output():
+    plain, timbred = roll_model(), roll_model(timbres=["TimGM6mb", "FluidR3_GM"])
+    missing = timbred.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["decoder.timbre_embedding.weight", "decoder.timbre_prior.weight"]
+    b = batch_of()
+    z, t = torch.randn(3, 256, 128), torch.tensor([0.2, 0.5, 0.9])
+    with torch.no_grad():
+        ref = plain(b["tokens"], b["context"], b["context_mask"], z, t)
+        for index in (0, 1):
+            out = timbred(b["tokens"], b["context"], b["context_mask"], z, t, torch.full((3,), index))
+            assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_each_timbre_changes_only_its_own_rows():
+    model = roll_model(timbres=["A", "B"])
+    with torch.no_grad():
+        model.decoder.timbre_embedding.weight[1].normal_()
+        model.decoder.timbre_prior.weight[1].fill_(0.3)
+    b = batch_of()
+    z, t = torch.randn(3, 256, 128), torch.full((3,), 0.7)
+    with torch.no_grad():
+        a = model(b["tokens"], b["context"], b["context_mask"], z, t, torch.tensor([0, 0, 0]))
+        mixed = model(b["tokens"], b["context"], b["context_mask"], z, t, torch.tensor([0, 1, 0]))
+        default = model(b["tokens"], b["context"], b["context_mask"], z, t)  # None: timbre 0
+    assert torch.allclose(mixed[[0, 2]], a[[0, 2]], atol=1e-5)
+    assert (mixed[1] - a[1]).abs().mean() > 1e-2
+    assert torch.allclose(default, a, atol=1e-6)
+
+
+def test_timbre_names_are_validated():
+    decoder = roll_model(timbres=["A", "B"]).decoder
+    assert decoder.timbres == ["A", "B"] and decoder.timbre_index("B") == 1 and decoder.timbre_index(None) == 0
+    with pytest.raises(ValueError, match="unknown timbre 'C'; this model knows A, B"):
+        decoder.timbre_index("C")
+    with pytest.raises(ValueError, match="unique"):
+        roll_model(timbres=["A", "A"])
+    assert "timbres" not in roll_model().decoder.config  # the default stays out of config.json
+
+
+def test_pipeline_timbre_property_and_guided_sampling(tmp_path):
+    from specdiff.pipeline import SpectrogramDiffusionPipeline
+
+    model = roll_model(timbres=["A", "B"])
+    with torch.no_grad():
+        model.decoder.timbre_prior.weight[1].fill_(0.5)  # timbre B: a brighter prior everywhere
+    pipe = SpectrogramDiffusionPipeline(model.notes_encoder, model.continuous_encoder, model.decoder, "ddim")
+    assert pipe.timbres == ["A", "B"] and pipe.timbre is None
+    with pytest.raises(SpecdiffError, match="unknown timbre 'C'; this model knows: A, B"):
+        pipe.timbre = "C"
+    tokens = [[1134, 1001, 1061, 1, 1145, 1001, 1]]
+    mels = {}
+    for name in ("A", "B"):
+        pipe.timbre = name
+        for guidance in (1.0, 2.0):
+            out = pipe(tokens, num_inference_steps=1, guidance_scale=guidance, output_type="mel",
+                       generator=torch.Generator().manual_seed(0), progress=False)  # fmt: skip
+            mels[name, guidance] = torch.as_tensor(np.asarray(out.audios))
+    for guidance in (1.0, 2.0):  # one step from pure noise = the prior (+ network), B's is higher
+        assert float((mels["B", guidance] - mels["A", guidance]).mean()) > 0.1
+
+
+def test_model_timbres_parse_from_the_command_line():
+    config = apply_overrides(TrainConfig(), ["model.timbres=TimGM6mb,FluidR3_GM"])
+    assert config.model["timbres"] == ["TimGM6mb", "FluidR3_GM"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rolled-out inputs
+# ---------------------------------------------------------------------------------------------
+
+
+class OracleX0(torch.nn.Module):
+    """A "sample" predictor that knows the answer: its DDIM steps are exact."""
+
+    def __init__(self, x0: torch.Tensor) -> None:
+        super().__init__()
+        self.x0 = x0
+        self.decoder = type("D", (), {"prediction_type": "sample"})()
+
+    def forward(self, tokens, context, context_mask, z_t, t, timbre=None):
+        return self.x0[: len(z_t)]
+
+
+def test_rollout_with_an_exact_denoiser_lands_on_the_forward_process():
+    b = batch_of(4)
+    x0 = b["target"]
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    t, t_prev = torch.tensor([0.25, 0.5, 0.75, 0.9375]), torch.tensor([0.5, 0.75, 1.0, 1.0])
+    z = rollout_inputs(OracleX0(x0), b["tokens"], b, b["context_mask"], x0, noise, t, t_prev)
+    assert torch.allclose(z, q_sample(x0, t, noise), atol=1e-3)  # float32 schedule arithmetic
+
+
+def test_rollout_times_lie_on_the_sampler_grids():
+    rolled, t, t_prev = draw_rollout_times(range(4000), seed=3, prob=0.5, step_counts=[4, 16])
+    assert 0.45 < float(rolled.float().mean()) < 0.55
+    steps = torch.round(1 / (t_prev - t)).long()
+    assert set(steps.tolist()) == {4, 16}
+    k = t * steps
+    assert torch.allclose(k, k.round(), atol=1e-4) and float(t.min()) > 0 and float(t_prev.max()) <= 1.0
+    assert Counter((k.round().long())[steps == 4].tolist()).keys() == {1, 2, 3}
+    again = draw_rollout_times(range(4000), seed=3, prob=0.5, step_counts=[4, 16])
+    assert all(torch.equal(a, b) for a, b in zip((rolled, t, t_prev), again))
+    assert parse_rollout_steps("4, 16") == [4, 16]
+    with pytest.raises(SpecdiffError):
+        parse_rollout_steps("1")
+
+
+def test_rolled_rows_train_on_the_models_own_step_and_keep_gradients():
+    model = roll_model()
+    with torch.no_grad():
+        model.decoder.spec_out.weight.normal_(std=0.05)  # a network whose step is not exact
+    b = batch_of(4)
+    noise = torch.randn(b["target"].shape, generator=torch.Generator().manual_seed(2))
+    t, keep = torch.full((4,), 0.5), torch.ones(4, dtype=torch.bool)
+    plain = diffusion_loss(model, b, t, noise, keep)
+    rollout = (torch.tensor([False, True, False, True]), torch.full((4,), 0.5), torch.full((4,), 0.75))
+    rolled = diffusion_loss(model, b, t, noise, keep, rollout=rollout)
+    rolled.loss_sum.backward()
+    assert float(rolled.loss_sum) != pytest.approx(float(plain.loss_sum))
+    assert model.decoder.spec_out.weight.grad is not None
+    none_rolled = (torch.zeros(4, dtype=torch.bool), torch.full((4,), 0.5), torch.full((4,), 0.75))
+    assert float(diffusion_loss(model, b, t, noise, keep, rollout=none_rolled).loss_sum) == pytest.approx(
+        float(plain.loss_sum), rel=1e-6
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Generated idioms and timbres in the cache
+# ---------------------------------------------------------------------------------------------
+
+
+def test_generated_pieces_are_deterministic_and_cover_the_idioms():
+    from specdiff.idioms import STYLES, generate_piece, idiom_split, seed_for
+
+    a, b = generate_piece(seed_for("idioms", 7)), generate_piece(seed_for("idioms", 7))
+    assert a.dumps_midi() == b.dumps_midi()
+    programs, drums, pedals, velocities, silent_bars = set(), 0, 0, [], 0
+    for i in range(60):
+        score = generate_piece(seed_for("idioms", i), seconds=20)
+        for track in score.tracks:
+            if track.is_drum:
+                drums += 1
+            else:
+                programs.add(track.program)
+            pedals += sum(1 for c in track.controls if c.number == 64)
+            velocities += [n.velocity for n in track.notes]
+    families = {p // 8 for p in programs}
+    assert len(families) >= 14  # nearly every GM family (16) in 60 pieces
+    assert drums >= 25 and pedals > 0
+    assert min(velocities) < 30 and max(velocities) > 115
+    for style in STYLES:  # every idiom generates notes
+        assert sum(len(t.notes) for t in generate_piece(1, seconds=10, style=style.name).tracks) > 0
+    splits = Counter(idiom_split(i) for i in range(2000))
+    assert 60 < splits["test"] < 140 and 60 < splits["validation"] < 140
+    del silent_bars
+
+
+def test_full_silences_occur_between_notes():
+    from specdiff.idioms import generate_piece, seed_for
+
+    gaps = 0
+    for i in range(40):
+        score = generate_piece(seed_for("idioms", i), seconds=30).to("second")
+        spans = sorted((n.time, n.time + n.duration) for t in score.tracks for n in t.notes)
+        end = spans[0][1]
+        for start, stop in spans[1:]:
+            gaps += start - end > 1.0
+            end = max(end, stop)
+    assert gaps >= 3
+
+
+def test_idiom_cache_records_timbres_and_datasets_index_them(tmp_path):
+    pytest.importorskip("tinysoundfont")
+    from specdiff.data import ChunkDataset, build_cache, idiom_pairs, with_soundfonts
+    from specdiff.render import default_soundfont, timbre_name
+
+    pairs = idiom_pairs(3, seconds=6.0)
+    sf = str(default_soundfont())
+    both = with_soundfonts(pairs, [sf, sf])  # the same SoundFont twice: ids must stay unique
+    assert len({p.song_id for p in both}) == 6
+    build_cache(pairs, tmp_path / "cache", workers=0, progress=False)
+    index = json.loads((tmp_path / "cache" / "index.json").read_text())
+    assert {s["timbre"] for s in index["songs"]} == {timbre_name(sf)}
+    data = ChunkDataset(tmp_path / "cache", split=None, timbres=["other", timbre_name(sf)])
+    assert int(data[0].timbre) == 1
+    batch = collate([(0, data[0]), (1, data[1])])
+    assert batch["timbre"].tolist() == [1, 1]
+    with pytest.raises(SpecdiffError, match="timbres"):
+        ChunkDataset(tmp_path / "cache", split=None, timbres=["other"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Silence metric
+# ---------------------------------------------------------------------------------------------
+
+
+def test_silence_scores_measure_ours_where_the_reference_is_silent():
+    from specdiff.metrics import silence_scores
+
+    sr = 16000
+    t = np.arange(2 * sr) / sr
+    tone = 0.3 * np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    reference = tone.copy()
+    reference[sr:] = 0.0  # the second half is silent
+    quiet = silence_scores(reference, reference)
+    assert quiet["silence_gap"] == pytest.approx(0.0) and 0.4 < quiet["silent_fraction"] < 0.6
+    noisy = reference + 0.01 * np.random.default_rng(0).standard_normal(len(reference)).astype(np.float32)
+    loud = silence_scores(noisy, reference)
+    assert loud["silence_gap"] > 3.0  # noise at -40 dB sits several log units above the floor
+    assert np.isnan(silence_scores(tone, tone)["silence_gap"])  # no silent frames
