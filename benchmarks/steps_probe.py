@@ -59,10 +59,11 @@ def main() -> int:
     parser.add_argument("--t0", type=float, nargs="+", default=[0.5, 1.0])
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--raw", action="store_true", help="a checkpoint's raw weights instead of its EMA")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for path in args.models:
-        model = model_from_path(path, use_ema=True).eval()
+        model = model_from_path(path, use_ema=not args.raw).eval()
         data = ChunkDataset(args.cache, seed=1_000_003, split="validation", timbres=model.decoder.timbres)
         batch = collate([(i, data[i]) for i in range(args.examples)])
         std0 = float(batch["target"].std(dim=(1, 2)).mean())

@@ -551,7 +551,12 @@ DECODER_EXTENSIONS: dict[str, Any] = {
     "spec_out_bias": False,
     "score_prior": False,
     "timbres": [],
+    "input_context_frames": 0,
 }
+
+#: Decoder parameters that extensions add zero-initialised, so a warm start from a folder without
+#: them keeps that folder's output (train.Trainer's warm start accepts their absence).
+ZERO_STARTED_DECODER_PARAMETERS = ("timbre_embedding", "timbre_prior", "input_context")
 
 
 class FilmDecoder(nn.Module):
@@ -582,6 +587,13 @@ class FilmDecoder(nn.Module):
       training on renders with several SoundFonts teaches each sound instead of blurring them
       (a "version" embedding, as Maman et al. 2025 condition on the recording). Both start at
       zero; the first name is the default. The null condition of guidance keeps the timbre.
+    - ``input_context_frames`` (odd, 0 = off): a zero-started 1-D convolution over time
+      (``input_context``: ``input_dims`` -> ``d_model``, that many frames wide) of the noisy input,
+      added to its per-frame projection. The original sees each noisy frame alone and can only
+      find its neighbours through attention over fixed, permuted position codes; a measured
+      warm-started decoder used none of them (its output did not respond to the input's noise,
+      so a multi-step sampler drew the prior plus white noise: ``docs/`` model notes). The
+      convolution hands every frame its neighbourhood, the local smoothness a denoiser needs.
     """
 
     def __init__(
@@ -600,6 +612,7 @@ class FilmDecoder(nn.Module):
         spec_out_bias: bool = False,
         score_prior: bool = False,
         timbres: Sequence[str] = (),
+        input_context_frames: int = 0,
     ) -> None:
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
@@ -622,7 +635,11 @@ class FilmDecoder(nn.Module):
             spec_out_bias=bool(spec_out_bias),
             score_prior=bool(score_prior),
             timbres=[str(name) for name in timbres],
+            input_context_frames=int(input_context_frames),
         )
+        context_frames = extensions["input_context_frames"]
+        if context_frames < 0 or (context_frames and context_frames % 2 == 0):
+            raise ValueError(f"input_context_frames must be 0 or odd, got {input_context_frames}")
         if len(set(extensions["timbres"])) != len(extensions["timbres"]):
             raise ValueError(f"timbre names must be unique, got {extensions['timbres']}")
         self.config.update({k: v for k, v in extensions.items() if v != DECODER_EXTENSIONS[k]})
@@ -653,9 +670,14 @@ class FilmDecoder(nn.Module):
             self.timbre_embedding = nn.Embedding(len(timbres), d_model)
             if score_prior:
                 self.timbre_prior = nn.Embedding(len(timbres), input_dims)
+        self.input_context = None
+        if input_context_frames:
+            self.input_context = nn.Conv1d(
+                input_dims, d_model, int(input_context_frames), padding=int(input_context_frames) // 2, bias=False
+            )
         init_weights(self)
-        for table in (self.timbre_embedding, self.timbre_prior):
-            if table is not None:  # start as the untimbred model (warm starts keep their output)
+        for table in (self.timbre_embedding, self.timbre_prior, self.input_context):
+            if table is not None:  # start as the model without them (warm starts keep their output)
                 nn.init.zeros_(table.weight)
 
     @property
@@ -798,6 +820,8 @@ class FilmDecoder(nn.Module):
             film = self.film_conditioning(decoder_noise_time)
         positions = torch.arange(length, device=decoder_input_tokens.device)
         y = self.continuous_inputs_projection(decoder_input_tokens) + self.position_encoding(positions)
+        if self.input_context is not None:
+            y = y + self.input_context(decoder_input_tokens.to(y.dtype).transpose(1, 2)).transpose(1, 2)
         if cross_cache.frame_conditioning is not None:
             y = y + cross_cache.frame_conditioning.to(y.dtype)
         y = self.dropout(y)

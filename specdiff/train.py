@@ -65,7 +65,13 @@ from specdiff.diffusion import (
 from specdiff.distributed import DistContext, _all_reduce_sum, _resolve_device, init_distributed  # noqa: F401
 from specdiff.errors import ModelError, SpecdiffError
 from specdiff.hardware import cpu_has_native_bf16
-from specdiff.model import ContinuousEncoder, FilmDecoder, NotesEncoder, build_models
+from specdiff.model import (
+    ZERO_STARTED_DECODER_PARAMETERS,
+    ContinuousEncoder,
+    FilmDecoder,
+    NotesEncoder,
+    build_models,
+)
 from specdiff.optim import EMA, build_optimizer
 from specdiff.score_roll import batch_rolls
 from specdiff.train_log import TENSORBOARD_PIP, MetricsLog, read_metrics, save_spectrogram_comparison  # noqa: F401
@@ -912,9 +918,10 @@ class Trainer:
             state = {"model": pipeline_folder_state_dict(path), "ema": None, "step": "unknown (pipeline folder)"}
         else:
             state = load_checkpoint(path)
-        # A model that adds timbre conditioning to a model without it keeps its zero-started tables.
-        timbre_tables = ("decoder.timbre_embedding", "decoder.timbre_prior")
-        added = {k for k in self.model.state_dict() if k.startswith(timbre_tables)}
+        # A model that adds zero-started extensions (timbres, input context) to a model without them
+        # keeps their zero start, so it begins with the folder's output.
+        prefixes = tuple(f"decoder.{name}." for name in ZERO_STARTED_DECODER_PARAMETERS)
+        added = {k for k in self.model.state_dict() if k.startswith(prefixes)}
         missing = added - set(state["model"])
         try:
             result = self.model.load_state_dict(state["model"], strict=not missing)
