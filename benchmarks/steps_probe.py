@@ -27,6 +27,8 @@ from specdiff.data import ChunkDataset  # noqa: E402
 from specdiff.diffusion import alpha_sigma, q_sample, x0_from_prediction  # noqa: E402
 from specdiff.train import collate, model_from_path, trim_token_padding  # noqa: E402
 
+NOISE_TIMES = [0.1, 0.3, 0.5, 0.7, 0.9]
+
 
 @torch.no_grad()
 def probe(model, batch, t0: float, steps: int, noise: torch.Tensor) -> tuple[float, float]:
@@ -51,6 +53,33 @@ def probe(model, batch, t0: float, steps: int, noise: torch.Tensor) -> tuple[flo
     return float((x0_hat - x0).abs().mean()), float(x0_hat.std(dim=(1, 2)).mean())
 
 
+@torch.no_grad()
+def noise_response(model, batch, times: list[float], noise: torch.Tensor) -> list[tuple[float, float, float]]:
+    """Per ``t``: (x0 L1, leak, ignore). ``leak`` is the regression coefficient of the one-step x0
+    error on the noise; ``ignore`` = ``c_skip sigma``, the leak of a network whose output does not
+    respond to its noisy input (it then cancels none of the noise the "edm" skip path passes through:
+    per-pixel shrinkage, and a multi-step sampler draws prior + white noise). A denoiser that uses
+    the data's local smoothness has a leak well below ``ignore``."""
+    from specdiff.diffusion import edm_coefficients
+
+    tokens = trim_token_padding(batch["tokens"])
+    x0 = batch["target"]
+    timbre = batch.get("timbre") if model.decoder.timbres else None
+    encodings = model.encode(tokens, batch["context"], batch["context_mask"])
+    cache = model.decoder.prepare_cross_attention(encodings, model.score_roll(tokens), timbre)
+    rows = []
+    for value in times:
+        t = torch.full((x0.shape[0],), value)
+        z = q_sample(x0, t, noise)
+        out = model.decoder(None, z, t, cross_cache=cache).float()
+        error = x0_from_prediction(out, z, t, model.decoder.prediction_type) - x0
+        leak = float((error * noise).sum() / (noise * noise).sum())
+        c_skip, _ = edm_coefficients(torch.tensor([value], dtype=torch.float64))
+        ignore = float(c_skip * alpha_sigma(torch.tensor([value], dtype=torch.float64))[1])
+        rows.append((float(error.abs().mean()), leak, ignore))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cache")
@@ -59,6 +88,7 @@ def main() -> int:
     parser.add_argument("--t0", type=float, nargs="+", default=[0.5, 1.0])
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--noise-response", action="store_true", help="also print the one-step noise leak")
     parser.add_argument("--raw", action="store_true", help="a checkpoint's raw weights instead of its EMA")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -68,6 +98,12 @@ def main() -> int:
         batch = collate([(i, data[i]) for i in range(args.examples)])
         std0 = float(batch["target"].std(dim=(1, 2)).mean())
         g = torch.Generator().manual_seed(0)
+        if args.noise_response:
+            noise = torch.randn(batch["target"].shape, generator=torch.Generator().manual_seed(1))
+            response = noise_response(model, batch, NOISE_TIMES, noise)
+            cells = [f"t={t}: L1 {l1:.3f} leak {leak:.3f} (ignore {ign:.3f})"
+                     for t, (l1, leak, ign) in zip(NOISE_TIMES, response)]  # fmt: skip
+            print(f"{Path(path).name} noise response | " + " | ".join(cells), flush=True)
         for t0 in args.t0:
             noise = torch.randn(batch["target"].shape, generator=g)
             cells = []

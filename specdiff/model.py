@@ -592,7 +592,7 @@ class FilmDecoder(nn.Module):
       added to its per-frame projection. The original sees each noisy frame alone and can only
       find its neighbours through attention over fixed, permuted position codes; a measured
       warm-started decoder used none of them (its output did not respond to the input's noise,
-      so a multi-step sampler drew the prior plus white noise: ``docs/`` model notes). The
+      so a multi-step sampler drew the prior plus white noise: ``benchmarks/results/noise_response.md``). The
       convolution hands every frame its neighbourhood, the local smoothness a denoiser needs.
     """
 

@@ -102,8 +102,8 @@ class Recorder(nn.Module):
     class decoder:  # diffusion_loss reads what the output means from the decoder
         prediction_type = "epsilon"
 
-    def forward(self, tokens, context, context_mask, z_t, t):
-        self.seen = dict(tokens=tokens, context=context, context_mask=context_mask, z_t=z_t, t=t)
+    def forward(self, tokens, context, context_mask, z_t, t, timbre=None):
+        self.seen = dict(tokens=tokens, context=context, context_mask=context_mask, z_t=z_t, t=t, timbre=timbre)
         return 0.5 * z_t
 
 
@@ -123,6 +123,7 @@ def test_objective_drops_conditioning_and_sums_l1():
     alpha, sigma = alpha_sigma(t)
     expected_z = alpha[:, None, None] * batch["target"] + sigma[:, None, None] * noise
     assert torch.allclose(seen["z_t"], expected_z, atol=1e-6) and torch.equal(seen["t"], t)
+    assert seen["timbre"] is None  # a batch without a timbre column conditions nothing
     error = (0.5 * expected_z - noise).abs()
     assert float(out.loss_sum) == pytest.approx(float(error.sum()), rel=1e-5)  # summed, not averaged
     assert float(out.loss_mean) == pytest.approx(float(error.mean()), rel=1e-5)
