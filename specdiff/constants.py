@@ -25,6 +25,8 @@ TOKENS_LENGTH = 2048  #: note tokens per segment, EOS included (the notes encode
 
 #: Samplers of specdiff.sampler (the first is the original).
 SCHEDULERS = ("original", "ddpm", "ddim", "dpmsolver++", "unipc")
+#: The samplers specdiff runs itself; the others are diffusers' schedulers (the diffusers package).
+NATIVE_SCHEDULERS = ("original", "ddim")
 #: Network precisions: float32 (faithful), bfloat16 (CPUs with native bf16 matmuls, GPUs), float16 (GPUs).
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: Spectrogram inverters registered by specdiff.inverters, plus "auto" (the best one a folder holds).

@@ -37,7 +37,7 @@ from specdiff import sampler as samplers
 from specdiff.default_model import SamplingSettings, read_sampling_settings, write_sampling_settings
 from specdiff.errors import MidiError, ModelError, SpecdiffError
 from specdiff.mel import FRAMES_PER_SECOND, SAMPLE_RATE, scale_features, scale_to_features
-from specdiff.model import ContinuousEncoder, FilmDecoder, NotesEncoder
+from specdiff.model import ContinuousEncoder, FilmDecoder, NotesEncoder, skip_weight_init
 from specdiff.score_roll import ROLL_FEATURES, batch_rolls
 
 #: Seconds of audio kept after the music's end (TokenizedMidi.duration): room for the release of
@@ -193,7 +193,7 @@ def load_component(folder: str | Path, cls: type) -> torch.nn.Module:
         raise ModelError(f"model folder is incomplete: {folder} is missing")
     config = {k: v for k, v in _read_json(folder / CONFIG_NAME, folder.name).items() if not k.startswith("_")}
     try:
-        with torch.device("meta"):  # no random init of weights that are about to be replaced
+        with skip_weight_init():  # on the meta device, no random init of weights about to be replaced
             module = cls.from_config(config)
     except (TypeError, ValueError) as err:
         raise ModelError(f"{folder / CONFIG_NAME} does not fit {cls.__name__}: {err}") from None

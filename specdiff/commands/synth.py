@@ -38,6 +38,7 @@ from specdiff.constants import (
     DEFAULT_SCHEDULER,
     DEVICES,
     INVERTERS,
+    NATIVE_SCHEDULERS,
     SCHEDULERS,
 )
 from specdiff.errors import SpecdiffError
@@ -418,9 +419,9 @@ def _run_synth_one(args: argparse.Namespace) -> int:
         raise SpecdiffError(f"the WAV and the --mel-png picture would both be written to {output}")
     if args.mel_png is not None and importlib.util.find_spec("matplotlib") is None:
         raise SpecdiffError("--mel-png needs matplotlib: pip install matplotlib (or specdiff[plot])")
-    if args.scheduler != "original" and importlib.util.find_spec("diffusers") is None:
+    if args.scheduler not in NATIVE_SCHEDULERS and importlib.util.find_spec("diffusers") is None:
         raise SpecdiffError(
-            f"--scheduler {args.scheduler} needs diffusers: pip install diffusers (or use --scheduler original)"
+            f"--scheduler {args.scheduler} needs diffusers: pip install diffusers (or use --scheduler original or ddim)"
         )
 
     # 2. Read the MIDI before loading a model: a bad file fails in milliseconds.
@@ -577,9 +578,9 @@ def run_synth_many(args: argparse.Namespace, midis: list[Path]) -> int:
     targets = _output_paths(midis, args.output, args.mel_png)
     if args.mel_png is not None and importlib.util.find_spec("matplotlib") is None:
         raise SpecdiffError("--mel-png needs matplotlib: pip install matplotlib (or specdiff[plot])")
-    if args.scheduler != "original" and importlib.util.find_spec("diffusers") is None:
+    if args.scheduler not in NATIVE_SCHEDULERS and importlib.util.find_spec("diffusers") is None:
         raise SpecdiffError(
-            f"--scheduler {args.scheduler} needs diffusers: pip install diffusers (or use --scheduler original)"
+            f"--scheduler {args.scheduler} needs diffusers: pip install diffusers (or use --scheduler original or ddim)"
         )
     if args.threads is not None and args.threads < 1:
         raise SpecdiffError(f"--threads must be >= 1, got {args.threads}")
