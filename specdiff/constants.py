@@ -48,3 +48,10 @@ DEFAULT_SCHEDULER = "original"
 DEFAULT_NUM_STEPS = 100
 DEFAULT_GUIDANCE = 2.0
 DEFAULT_PRECISION = "fp32"
+
+# ---- models on the Hugging Face Hub (specdiff.hub) ---------------------------------------------
+
+#: The official checkpoint of the paper (diffusers layout, with the ONNX inverter in melgan/).
+OFFICIAL_MODEL_ID = "google/music-spectrogram-diffusion"
+#: How to get huggingface_hub, which Hub ids need.
+HUB_EXTRA_INSTALL = "pip install 'specdiff[hub]' (or pip install huggingface_hub)"

@@ -154,9 +154,10 @@ def prepare_piece(midi: Path, max_seconds: float | None = None) -> Piece:
 def _load_pipeline(model: Any, inverter: str, device: str, dtype: Any = None):
     if not isinstance(model, (str, os.PathLike)):
         return model  # already a pipeline (anything with __call__ and sample_rate)
+    from specdiff.hub import resolve_model_path
     from specdiff.pipeline import SpectrogramDiffusionPipeline
 
-    path = Path(model)
+    path = resolve_model_path(model)
     if not path.is_dir():
         raise SpecdiffError(f"model folder not found: {path}")
     import torch

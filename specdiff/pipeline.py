@@ -329,14 +329,20 @@ class SpectrogramDiffusionPipeline:
         inverter: Any = "auto",
         scheduler: Any = None,
         autocast: torch.dtype | None = None,
+        revision: str | None = None,
     ) -> SpectrogramDiffusionPipeline:
         """Load a diffusers-layout folder (ours, or diffusers' own such as the official checkpoint).
 
-        ``inverter``: "auto" (whatever the folder offers, see ``specdiff.inverters``), another
-        name, an inverter object, or None. ``autocast``: see :attr:`autocast`. Problems with the
-        folder raise :class:`ModelError`.
+        ``path``: a folder, or a Hugging Face Hub id such as ``"google/music-spectrogram-diffusion"``
+        (``ORG/NAME``, optionally ``@REVISION``), downloaded once into the Hugging Face cache and
+        found there offline afterwards (:mod:`specdiff.hub`; needs huggingface_hub). ``revision``: the
+        Hub revision (branch, tag or commit) to use. ``inverter``: "auto" (whatever the folder
+        offers, see ``specdiff.inverters``), another name, an inverter object, or None.
+        ``autocast``: see :attr:`autocast`. Problems with the folder raise :class:`ModelError`.
         """
-        path = Path(path)
+        from specdiff.hub import resolve_model_path
+
+        path = resolve_model_path(path, revision=revision)
         if not path.is_dir():
             raise ModelError(f"model folder not found: {path}")
         index = _read_json(path / MODEL_INDEX, "not a pipeline folder")

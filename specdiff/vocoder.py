@@ -294,7 +294,10 @@ class Vocoder(nn.Module):
             state = load_file(str(weights_path))
         except (OSError, ValueError, TypeError) as err:
             raise ModelError(f"cannot read vocoder in {directory}: {err}") from None
-        model = cls(config)
+        from specdiff.model import skip_weight_init
+
+        with skip_weight_init(device=None):  # the weights are loaded next (buffers are computed: not meta)
+            model = cls(config)
         try:
             model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
         except RuntimeError as err:
@@ -439,11 +442,16 @@ def load_vocoder(
     refine_iters: int | None = None,
     synthesis: str | None = None,
 ) -> VocoderInverter:
-    """Load the vocoder of a model folder (``path/vocoder/``) or a vocoder folder itself.
+    """Load the vocoder of a model folder (``path/vocoder/``) or a vocoder folder itself; ``path`` may
+    also be a Hugging Face Hub id (``ORG/NAME[@REVISION]``, :mod:`specdiff.hub`: only its vocoder files
+    are fetched).
 
     This is the hook for ``inverters.load_inverter(model_dir)``: call it when
     ``find_vocoder_dir(model_dir)`` is not None. ``refine_iters``, ``synthesis``: see :class:`VocoderInverter`.
     """
+    from specdiff.hub import VOCODER_FILES, resolve_model_path
+
+    path = resolve_model_path(path, files=VOCODER_FILES, what="vocoder")
     folder = find_vocoder_dir(path)
     if folder is None:
         raise ModelError(f"no vocoder in {path} (expected {VOCODER_SUBFOLDER}/{CONFIG_NAME} and {WEIGHTS_NAME})")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from specdiff import evaluate as evaluation
 from specdiff.commands.options import (
+    MODEL_HELP,
     _positive_int,
     add_precision_argument,
     add_timbre_argument,
@@ -58,9 +59,7 @@ def add_evaluate_arguments(subparsers: argparse._SubParsersAction) -> argparse.A
                    help="--idioms-split takes its pieces among the first N generated (default: the 1600 the bundled "
                    "model's data drew from)")  # fmt: skip
     p.add_argument("--max-files", type=_positive_int, metavar="N", help="evaluate at most N files")
-    p.add_argument(
-        "--model", type=Path, metavar="DIR", help="pipeline folder (diffusers layout; default: the bundled model)"
-    )
+    p.add_argument("--model", metavar="DIR|ORG/NAME", help=MODEL_HELP)
     p.add_argument(
         "--reference-dir",
         type=Path,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from specdiff.commands.options import (
+    MODEL_HELP,
     PROG,
     UsageError,
     _non_negative_float,
@@ -67,7 +68,8 @@ outputs are being written, the songs already written stay and the others are not
 _SYNTH_EPILOG = f"""\
 examples:
   specdiff synth --example {DEFAULT_EXAMPLE} -o {DEFAULT_EXAMPLE}.wav   # a bundled example, the bundled model
-  specdiff synth song.mid --model ./music-spectrogram-diffusion
+  specdiff synth song.mid --model google/music-spectrogram-diffusion   # the official model (Hugging Face Hub)
+  specdiff synth song.mid --model ./music-spectrogram-diffusion   # a local folder
   specdiff synth song.mid -o out.wav --model DIR --scheduler dpmsolver++ --steps 20 --seed 1
   specdiff synth song.mid --model DIR --mel-png song.png --device cuda
   specdiff synth long_song.mid --model DIR --stream --scheduler dpmsolver++ --steps 20
@@ -122,12 +124,8 @@ def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
     )
     p.add_argument(
         "--model",
-        type=Path,
-        metavar="DIR",
-        help="pipeline folder in diffusers layout (model_index.json, notes_encoder/, "
-        "continuous_encoder/, decoder/, scheduler/, optionally melgan/model.onnx), e.g. a converted "
-        "google/music-spectrogram-diffusion or a trained model exported with "
-        "`specdiff export CHECKPOINT DIR` (default: the model bundled with the package, if any).",
+        metavar="DIR|ORG/NAME",
+        help=MODEL_HELP,
     )
     p.add_argument(
         "--steps",
