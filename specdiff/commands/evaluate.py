@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 from specdiff import evaluate as evaluation
 from specdiff.commands.options import (
     MODEL_HELP,
+    PROG,
     _positive_int,
     add_precision_argument,
     add_timbre_argument,
@@ -157,4 +159,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     if args.quiet:
         print(evaluation.markdown_report(results), flush=True)
+    skipped = results.get("skipped") or []
+    summary = f"{PROG}: evaluated {len(results['pieces'])} piece(s)"
+    if skipped:
+        summary += f"; skipped {len(skipped)}: " + "; ".join(f"{s['piece']} ({s['reason']})" for s in skipped)
+    print(summary, file=sys.stderr, flush=True)
     return 0
