@@ -48,6 +48,10 @@ DEFAULT_SCHEDULER = "original"
 DEFAULT_NUM_STEPS = 100
 DEFAULT_GUIDANCE = 2.0
 DEFAULT_PRECISION = "fp32"
+#: Audio writers pass samples up to this level unchanged and shape louder ones (specdiff.audio_io.soft_limit).
+LIMITER_THRESHOLD = 0.9
+#: ``specdiff synth --gain`` accepts gains in [-MAX_GAIN_DB, MAX_GAIN_DB] dB.
+MAX_GAIN_DB = 60.0
 
 # ---- models on the Hugging Face Hub (specdiff.hub) ---------------------------------------------
 

@@ -39,6 +39,8 @@ from specdiff.constants import (
     DEFAULT_SCHEDULER,
     DEVICES,
     INVERTERS,
+    LIMITER_THRESHOLD,
+    MAX_GAIN_DB,
     NATIVE_SCHEDULERS,
     SCHEDULERS,
 )
@@ -211,6 +213,15 @@ def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "iterations for one that makes its own phase (default 32); 0: none. More cost speed and onsets",
     )
     p.add_argument(
+        "--gain",
+        type=_gain_db,
+        default=0.0,
+        metavar="DB",
+        help="scale the audio by DB decibels before it is written (default 0; e.g. -6 halves the amplitude). "
+        f"Audio louder than full scale is shaped by a soft limiter above {LIMITER_THRESHOLD:g} of full scale "
+        "(with a warning that suggests a gain); a negative --gain leaves the waveform unshaped",
+    )
+    p.add_argument(
         "--stream",
         action="store_true",
         help="write the audio segment by segment, as soon as each 5.12 s segment is generated, "
@@ -236,6 +247,25 @@ def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
     add_timbre_argument(p)
     p.set_defaults(func=run_synth)
     return p
+
+
+def _gain_db(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not -MAX_GAIN_DB <= value <= MAX_GAIN_DB:  # rejects nan and inf too
+        raise argparse.ArgumentTypeError(f"must be between -{MAX_GAIN_DB:g} and {MAX_GAIN_DB:g} dB, got {text}")
+    return value
+
+
+def apply_gain(audio: Any, gain_db: float) -> Any:
+    """``audio`` (float samples) scaled by ``gain_db`` decibels; unchanged for 0 dB."""
+    if not gain_db:
+        return audio
+    import numpy as np
+
+    return (np.asarray(audio, dtype=np.float32) * np.float32(10.0 ** (gain_db / 20.0))).astype(np.float32)
 
 
 def default_output_path(midi: Path) -> Path:
@@ -332,7 +362,7 @@ def _synthesize_streaming(
             scheduler=args.scheduler,
             show_progress=False,
         ):
-            sink.write(segment.audio)
+            sink.write(apply_gain(segment.audio, getattr(args, "gain", 0.0)))
             mels.append(segment.mel)
             end = sink.num_samples / pipe.sample_rate
             _log(
@@ -455,7 +485,7 @@ def _run_synth_one(args: argparse.Namespace) -> int:
             generator=generator,
             show_progress=not args.quiet,
         )
-        audio = result.audios[0]
+        audio = apply_gain(result.audios[0], getattr(args, "gain", 0.0))  # before the limiter of save_wav
         num_samples = len(audio)
         _write_song(output, args.mel_png, audio, result.mels[0], midi.name, sample_rate)
 
@@ -630,7 +660,7 @@ def run_synth_many(args: argparse.Namespace, midis: list[Path]) -> int:
     sample_rate = pipe.sample_rate
     total_samples = 0
     for midi, (wav, png), result, seed in zip(midis, targets, results, seeds):
-        audio = result.audios[0]
+        audio = apply_gain(result.audios[0], getattr(args, "gain", 0.0))
         _write_song(wav, png, audio, result.mels[0], midi.name, sample_rate)
         total_samples += len(audio)
         written = f"{wav}" + (f" and {png}" if png is not None else "")
