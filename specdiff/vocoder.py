@@ -294,10 +294,7 @@ class Vocoder(nn.Module):
             state = load_file(str(weights_path))
         except (OSError, ValueError, TypeError) as err:
             raise ModelError(f"cannot read vocoder in {directory}: {err}") from None
-        from specdiff.model import skip_weight_init
-
-        with skip_weight_init(device=None):  # the weights are loaded next (buffers are computed: not meta)
-            model = cls(config)
+        model = cls(config)
         try:
             model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
         except RuntimeError as err:

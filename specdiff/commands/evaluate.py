@@ -160,7 +160,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.quiet:
         print(evaluation.markdown_report(results), flush=True)
     skipped = results.get("skipped") or []
-    summary = f"{PROG}: evaluated {len(results['pieces'])} piece(s)"
+    summary = f"{PROG}: evaluated {len(results.get('pieces') or [])} piece(s)"
     if skipped:
         summary += f"; skipped {len(skipped)}: " + "; ".join(f"{s['piece']} ({s['reason']})" for s in skipped)
     print(summary, file=sys.stderr, flush=True)
