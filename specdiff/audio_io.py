@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from specdiff.atomic import commit, create_temp
-from specdiff.constants import SAMPLE_RATE  # noqa: F401 (re-exported)
+from specdiff.constants import LIMITER_THRESHOLD, SAMPLE_RATE  # noqa: F401 (re-exported)
 from specdiff.errors import AudioError
 
 logger = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def save_wav(
         if subtype.upper().startswith("PCM"):
             peak = float(np.abs(data).max(initial=0.0))
             if peak > 1.0:
-                logger.warning("%s: peak %.2f exceeds full scale; %s", path, peak, LIMITER_NOTE)
+                logger.warning("%s: peak %.2f exceeds full scale; %s", path, peak, limiter_advice(peak))
                 data = soft_limit(data)
 
     try:
@@ -155,11 +155,23 @@ def save_wav(
     return path
 
 
-#: Samples up to this level pass unchanged through :func:`soft_limit`.
-LIMITER_THRESHOLD = 0.9
 #: ... and nothing leaves it above this level.
 LIMITER_CEILING = 0.99
 LIMITER_NOTE = f"a soft limiter was applied above {LIMITER_THRESHOLD:g} of full scale (no hard clipping)"
+
+
+def gain_to_fit(peak: float, level: float = LIMITER_THRESHOLD) -> float:
+    """The gain in dB (negative, rounded down to a whole dB) that brings ``peak`` to ``level`` or below."""
+    return float(math.floor(20.0 * math.log10(level / peak))) if peak > level else 0.0
+
+
+def limiter_advice(peak: float) -> str:
+    """:data:`LIMITER_NOTE` with the likely cause and the fix, for audio whose peak is ``peak``."""
+    return (
+        f"{LIMITER_NOTE}. The model's output is louder than full scale, usually loud onsets (chords, drums) "
+        f"or a high guidance weight; to keep the waveform unshaped, lower the level with "
+        f"`specdiff synth --gain {gain_to_fit(peak):g}` (dB), or use a lower --guidance"
+    )
 
 
 def soft_limit(audio: np.ndarray, threshold: float = LIMITER_THRESHOLD) -> np.ndarray:
@@ -235,7 +247,8 @@ class StreamingAudioFile:
             raise AudioError(f"{self.path}: refusing to write audio that contains NaN or infinite samples")
         if self._clip and data.size and float(np.abs(data).max()) > 1.0:
             if not self._clipped:
-                warnings.warn(f"{self.path}: the audio exceeds full scale; {LIMITER_NOTE}", stacklevel=2)
+                peak = float(np.abs(data).max())
+                warnings.warn(f"{self.path}: the audio exceeds full scale; {limiter_advice(peak)}", stacklevel=2)
                 self._clipped = True
             data = soft_limit(data)
         self._file.write(data)

@@ -25,6 +25,8 @@ TOKENS_LENGTH = 2048  #: note tokens per segment, EOS included (the notes encode
 
 #: Samplers of specdiff.sampler (the first is the original).
 SCHEDULERS = ("original", "ddpm", "ddim", "dpmsolver++", "unipc")
+#: The samplers specdiff runs itself; the others are diffusers' schedulers (the diffusers package).
+NATIVE_SCHEDULERS = ("original", "ddim")
 #: Network precisions: float32 (faithful), bfloat16 (CPUs with native bf16 matmuls, GPUs), float16 (GPUs).
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: Spectrogram inverters registered by specdiff.inverters, plus "auto" (the best one a folder holds).
@@ -46,3 +48,14 @@ DEFAULT_SCHEDULER = "original"
 DEFAULT_NUM_STEPS = 100
 DEFAULT_GUIDANCE = 2.0
 DEFAULT_PRECISION = "fp32"
+#: Audio writers pass samples up to this level unchanged and shape louder ones (specdiff.audio_io.soft_limit).
+LIMITER_THRESHOLD = 0.9
+#: ``specdiff synth --gain`` accepts gains in [-MAX_GAIN_DB, MAX_GAIN_DB] dB.
+MAX_GAIN_DB = 60.0
+
+# ---- models on the Hugging Face Hub (specdiff.hub) ---------------------------------------------
+
+#: The official checkpoint of the paper (diffusers layout, with the ONNX inverter in melgan/).
+OFFICIAL_MODEL_ID = "google/music-spectrogram-diffusion"
+#: How to get huggingface_hub, which Hub ids need.
+HUB_EXTRA_INSTALL = "pip install 'specdiff[hub]' (or pip install huggingface_hub)"

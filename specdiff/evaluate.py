@@ -151,12 +151,37 @@ def prepare_piece(midi: Path, max_seconds: float | None = None) -> Piece:
     return Piece(midi, notes, TokenizedMidi(notes_to_segments(notes, total_time), total_time), cut)
 
 
+def _prepare_pieces(
+    midi_paths: Sequence[Path], max_seconds: float | None, verbose: bool
+) -> tuple[list[Piece], list[dict[str, str]]]:
+    """The pieces that can be synthesized, and ``{"piece", "midi", "reason"}`` for each that cannot
+    (a ``MidiError``: no notes, not a MIDI file, truncated, ...). Raises ``MidiError`` naming the
+    reasons when no piece is left."""
+    pieces: list[Piece] = []
+    skipped: list[dict[str, str]] = []
+    for path in midi_paths:
+        try:
+            pieces.append(prepare_piece(path, max_seconds))
+        except MidiError as err:
+            reason = " ".join(str(err).split()).removeprefix(f"{path}: ").removeprefix(f"{path.name}: ")
+            skipped.append({"piece": path.name, "midi": str(path), "reason": reason})
+            _log(f"skipping {path.name}: {reason}", verbose)
+    if not pieces:
+        listed = "; ".join(f"{s['piece']}: {s['reason']}" for s in skipped[:3])
+        more = f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""
+        raise MidiError(
+            f"nothing to evaluate: none of the {len(skipped)} MIDI file(s) can be synthesized ({listed}{more})"
+        )
+    return pieces, skipped
+
+
 def _load_pipeline(model: Any, inverter: str, device: str, dtype: Any = None):
     if not isinstance(model, (str, os.PathLike)):
         return model  # already a pipeline (anything with __call__ and sample_rate)
+    from specdiff.hub import resolve_model_path
     from specdiff.pipeline import SpectrogramDiffusionPipeline
 
-    path = Path(model)
+    path = resolve_model_path(model)
     if not path.is_dir():
         raise SpecdiffError(f"model folder not found: {path}")
     import torch
@@ -220,8 +245,9 @@ def evaluate(
 
     if isinstance(reference_audio, (str, os.PathLike)) and not Path(reference_audio).is_dir():
         raise AudioError(f"reference audio folder not found: {reference_audio}")
-    # Cheap checks first: every MIDI file must read before the model loads.
-    pieces = [prepare_piece(path, max_seconds) for path in midi_paths]
+    # Cheap checks first: every MIDI file is read before the model loads. One that cannot be
+    # synthesized (no notes, not a MIDI file, ...) is skipped and listed; none left is an error.
+    pieces, skipped_files = _prepare_pieces(midi_paths, max_seconds, verbose)
     skipped = metrics.transcription_unavailable() if transcription else "transcription metrics skipped (disabled)"
     if embedding == "basic-pitch" and metrics.transcription_unavailable():
         raise SpecdiffError(f"the basic-pitch embedding needs basic-pitch: {metrics.BASIC_PITCH_INSTALL}")
@@ -267,6 +293,7 @@ def evaluate(
                                 for key, header, fmt in TABLE_COLUMNS[1:] if key in row), verbose)  # fmt: skip
 
     summary = _summarize(rows)
+    summary["skipped"] = len(skipped_files)
     summary.update(metrics.frechet_audio_distance(generated_clips, reference_clips, embedding=embedding))
     results: dict[str, Any] = {
         "model": str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
@@ -290,6 +317,7 @@ def evaluate(
         "embedding": embedder.description,
         "summary": summary,
         "pieces": rows,
+        "skipped": skipped_files,
         "environment": _environment(),
         "wall_seconds": time.perf_counter() - started_all,
     }
@@ -491,6 +519,13 @@ def markdown_report(results: Mapping[str, Any]) -> str:
         "- References: " + "; ".join(sorted({r["reference"] for r in rows})) + ".",
         "- Reconstruction distances compare with the reference audio over their common length.",
     ]
+    skipped = results.get("skipped") or []
+    if skipped:
+        lines.append(
+            f"- Skipped, cannot be synthesized ({len(skipped)}): "
+            + "; ".join(f"{s['piece']} ({s['reason']})" for s in skipped)
+            + "."
+        )
     broken = [f"{r['piece']} ({r['nonfinite_samples']})" for r in rows if r.get("nonfinite_samples")]
     if broken:
         lines.append("- Non-finite generated samples, scored as silence: " + ", ".join(broken) + ".")

@@ -15,8 +15,10 @@ Constructor keyword arguments equal the keys of each subfolder's ``config.json``
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -859,9 +861,53 @@ def fixed_permuted_offset_table(max_len: int, dim: int, generator: torch.Generat
 SCORE_PROJECTION_INIT_STD = 0.3
 
 
+#: ``torch.nn.init`` functions that :func:`skip_weight_init` turns into no-ops while it is active
+#: (what the built-in layers' ``reset_parameters`` and our :func:`init_weights` call).
+_INIT_FUNCTIONS = (
+    "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+    "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_",
+)  # fmt: skip
+_skip_init_lock = threading.Lock()
+_skipping_init = False
+
+
+def _keep(tensor: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    return tensor
+
+
+@contextlib.contextmanager
+def skip_weight_init(device: str | torch.device | None = "meta") -> Iterator[None]:
+    """Build modules without initialising their weights, for weights that are loaded right after.
+
+    Inside the block, ``torch.nn.init``'s functions and :func:`init_weights` do nothing, and new
+    tensors go to ``device`` (default ``"meta"``: no memory at all; load the weights with
+    ``load_state_dict(..., assign=True)``). Like ``init_empty_weights`` / ``no_init_weights`` of
+    accelerate and transformers. Besides the work, this skips an import: random initialisation
+    on the meta device runs Python reference kernels that import ``torch._dynamo`` (~2 s of a cold
+    start). The ``torch.nn.init`` functions are process-wide, so the block holds a lock (blocks run
+    one at a time), and a model built by another thread meanwhile would be left uninitialised.
+    """
+    global _skipping_init
+    with _skip_init_lock:
+        saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS if hasattr(nn.init, name)}
+        _skipping_init = True
+        try:
+            for name in saved:
+                setattr(nn.init, name, _keep)
+            with torch.device(device) if device is not None else contextlib.nullcontext():
+                yield
+        finally:
+            for name, function in saved.items():
+                setattr(nn.init, name, function)
+            _skipping_init = False
+
+
 @torch.no_grad()
 def init_weights(module: nn.Module, generator: torch.Generator | None = None) -> None:
-    """T5X-style initialisation: fan-in scaled normals, query scaled by 1/sqrt(d_kv) (no logit scaling)."""
+    """T5X-style initialisation: fan-in scaled normals, query scaled by 1/sqrt(d_kv) (no logit scaling).
+    Does nothing inside :func:`skip_weight_init`."""
+    if _skipping_init:
+        return
     for name, sub in module.named_modules():
         if isinstance(sub, nn.Linear):
             # flax variance_scaling(1.0, "fan_in", "truncated_normal"): the std of a normal truncated

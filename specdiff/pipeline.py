@@ -37,7 +37,7 @@ from specdiff import sampler as samplers
 from specdiff.default_model import SamplingSettings, read_sampling_settings, write_sampling_settings
 from specdiff.errors import MidiError, ModelError, SpecdiffError
 from specdiff.mel import FRAMES_PER_SECOND, SAMPLE_RATE, scale_features, scale_to_features
-from specdiff.model import ContinuousEncoder, FilmDecoder, NotesEncoder
+from specdiff.model import ContinuousEncoder, FilmDecoder, NotesEncoder, skip_weight_init
 from specdiff.score_roll import ROLL_FEATURES, batch_rolls
 
 #: Seconds of audio kept after the music's end (TokenizedMidi.duration): room for the release of
@@ -193,7 +193,7 @@ def load_component(folder: str | Path, cls: type) -> torch.nn.Module:
         raise ModelError(f"model folder is incomplete: {folder} is missing")
     config = {k: v for k, v in _read_json(folder / CONFIG_NAME, folder.name).items() if not k.startswith("_")}
     try:
-        with torch.device("meta"):  # no random init of weights that are about to be replaced
+        with skip_weight_init():  # on the meta device, no random init of weights about to be replaced
             module = cls.from_config(config)
     except (TypeError, ValueError) as err:
         raise ModelError(f"{folder / CONFIG_NAME} does not fit {cls.__name__}: {err}") from None
@@ -329,14 +329,20 @@ class SpectrogramDiffusionPipeline:
         inverter: Any = "auto",
         scheduler: Any = None,
         autocast: torch.dtype | None = None,
+        revision: str | None = None,
     ) -> SpectrogramDiffusionPipeline:
         """Load a diffusers-layout folder (ours, or diffusers' own such as the official checkpoint).
 
-        ``inverter``: "auto" (whatever the folder offers, see ``specdiff.inverters``), another
-        name, an inverter object, or None. ``autocast``: see :attr:`autocast`. Problems with the
-        folder raise :class:`ModelError`.
+        ``path``: a folder, or a Hugging Face Hub id such as ``"google/music-spectrogram-diffusion"``
+        (``ORG/NAME``, optionally ``@REVISION``), downloaded once into the Hugging Face cache and
+        found there offline afterwards (:mod:`specdiff.hub`; needs huggingface_hub). ``revision``: the
+        Hub revision (branch, tag or commit) to use. ``inverter``: "auto" (whatever the folder
+        offers, see ``specdiff.inverters``), another name, an inverter object, or None.
+        ``autocast``: see :attr:`autocast`. Problems with the folder raise :class:`ModelError`.
         """
-        path = Path(path)
+        from specdiff.hub import resolve_model_path
+
+        path = resolve_model_path(path, revision=revision)
         if not path.is_dir():
             raise ModelError(f"model folder not found: {path}")
         index = _read_json(path / MODEL_INDEX, "not a pipeline folder")

@@ -19,7 +19,8 @@ Choices (:func:`make_scheduler`):
   exactly what diffusers' ``SpectrogramDiffusionPipeline`` runs (Nichol cosine, "leading" steps).
 - ``"ddim"``, ``"dpmsolver++"`` (2nd-order multistep), ``"unipc"``: diffusers' few-step solvers on the
   model's own noise schedule (:func:`model_schedule_betas`), with "trailing" timesteps so the first
-  step starts from pure noise (t=999), each ending on its x0 prediction.
+  step starts from pure noise (t=999), each ending on its x0 prediction. ``"ddim"`` runs
+  :class:`DDIMSampler`, our copy of diffusers' DDIM step (same numbers, no diffusers import).
 
 Why the solvers get the model's schedule: the network was trained on the continuous cosine log-SNR
 schedule (spec §4.1, alpha_bar(t) = cos^2(a t + b)), while the checkpoint's scheduler config is
@@ -31,7 +32,7 @@ sampler re-noises and forgives it, few-step ODE solvers do not. With
 exactly (to float32), and the network keeps getting noise time t / 1000, as in training.
 ``"ddpm"`` keeps the checkpoint config, so it stays diffusers' pipeline step for step.
 
-diffusers is optional: only the diffusers-backed choices import it.
+diffusers is optional: only the diffusers-backed choices (ddpm, dpmsolver++, unipc) import it.
 """
 
 from __future__ import annotations
@@ -344,6 +345,89 @@ class DiffusersSampler:
         return SamplerOutput(out.prev_sample, x0)
 
 
+class DDIMSampler:
+    """Deterministic DDIM (eta = 0) with "trailing" timesteps, step for step diffusers'
+    ``DDIMScheduler`` with the config :func:`make_scheduler` gives it (same float32 tables and
+    arithmetic, so the same numbers), without importing diffusers.
+
+    Why it exists: the bundled model samples with one DDIM step, and importing diffusers (which
+    imports ``torch._dynamo``) costs several times that step on a CPU; it also lets a minimal install
+    run the bundled model. ``tests/test_sampler.py`` checks it against diffusers' scheduler.
+    ``config``: a diffusers scheduler config (``num_train_timesteps``, ``trained_betas`` (required),
+    ``clip_sample``, ``clip_sample_range``, ``set_alpha_to_one``). The model output is epsilon. The last
+    step returns the (clipped) x0 prediction, as :class:`DiffusersSampler` with ``final_x0`` does.
+    """
+
+    init_noise_sigma = 1.0
+
+    def __init__(self, config: dict[str, Any], noise_times: Tensor | None = None) -> None:
+        import types
+
+        if config.get("trained_betas") is None:
+            raise ValueError("DDIMSampler needs trained_betas (the model's schedule)")
+        self.config = types.SimpleNamespace(**{**config, "timestep_spacing": "trailing"})
+        self.num_train_timesteps = int(config.get("num_train_timesteps", 1000))
+        betas = torch.tensor(config["trained_betas"], dtype=torch.float32)
+        self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        set_alpha_to_one = config.get("set_alpha_to_one", True)
+        self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
+        self.clip_sample = bool(config.get("clip_sample", True))
+        self.clip_sample_range = float(config.get("clip_sample_range", 1.0))
+        self.noise_times = noise_times
+        self.num_inference_steps: int | None = None
+        self._timesteps = torch.empty(0, dtype=torch.int64)
+
+    def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
+        import numpy as np
+
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        if num_inference_steps > self.num_train_timesteps:
+            raise ValueError(
+                f"num_inference_steps={num_inference_steps} exceeds this scheduler's "
+                f"{self.num_train_timesteps} training timesteps"
+            )
+        self.num_inference_steps = int(num_inference_steps)
+        ratio = self.num_train_timesteps / self.num_inference_steps
+        timesteps = np.round(np.arange(self.num_train_timesteps, 0, -ratio)).astype(np.int64) - 1
+        self._timesteps = torch.from_numpy(timesteps)
+
+    @property
+    def timesteps(self) -> Tensor:
+        return self._timesteps
+
+    def noise_time(self, timestep: Tensor | float) -> Tensor:
+        if self.noise_times is not None:
+            return self.noise_times[int(timestep)]
+        return torch.as_tensor(timestep).to(torch.float32) / self.num_train_timesteps
+
+    def scale_model_input(self, sample: Tensor, timestep: Tensor | float | None = None) -> Tensor:
+        return sample
+
+    def step(
+        self,
+        model_output: Tensor,
+        timestep: Tensor | float,
+        sample: Tensor,
+        generator: Generators = None,
+    ) -> SamplerOutput:
+        """One DDIM step ``x_t -> x_prev`` from the eps prediction ``model_output`` (no noise drawn)."""
+        if self.num_inference_steps is None:
+            raise RuntimeError("call set_timesteps(n) before step()")
+        t = int(timestep)
+        prev_t = t - self.num_train_timesteps // self.num_inference_steps
+        alpha_prod_t = self.alphas_cumprod[t]
+        alpha_prod_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
+        beta_prod_t = 1 - alpha_prod_t
+        x0 = (sample - beta_prod_t ** (0.5) * model_output) / alpha_prod_t ** (0.5)
+        if self.clip_sample:
+            x0 = x0.clamp(-self.clip_sample_range, self.clip_sample_range)
+        if t == int(self._timesteps[-1]):
+            return SamplerOutput(x0, x0)
+        prev = alpha_prod_prev ** (0.5) * x0 + (1 - alpha_prod_prev) ** (0.5) * model_output
+        return SamplerOutput(prev, x0)
+
+
 # name -> (diffusers class name, config overrides on top of the official config, final_x0)
 # The original clips every x0 prediction to [-1, 1] (spec §4.1); DDPM and DDIM do so through
 # ``clip_sample`` of the official config. The ODE solvers have no such flag, but their "dynamic
@@ -382,7 +466,6 @@ def make_scheduler(name: str = DEFAULT_SCHEDULER, config: dict[str, Any] | None 
         from specdiff.errors import SpecdiffError
 
         raise SpecdiffError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-    diffusers = _import_diffusers()
     class_name, overrides, final_x0 = _DIFFUSERS_CHOICES[name]
     base = dict(OFFICIAL_SCHEDULER_CONFIG if config is None else config)
     base = {k: v for k, v in base.items() if not k.startswith("_")}
@@ -391,6 +474,9 @@ def make_scheduler(name: str = DEFAULT_SCHEDULER, config: dict[str, Any] | None 
         steps = int(base.get("num_train_timesteps", 1000))
         base["trained_betas"] = model_schedule_betas(steps)
         noise_times = model_schedule_noise_times(steps)
+    if name == "ddim" and _native_ddim_fits(base):
+        return DDIMSampler(base, noise_times=noise_times)
+    diffusers = _import_diffusers()
     cls = getattr(diffusers, class_name)
     accepted = set(inspect.signature(cls.__init__).parameters)
     # DDPM-only keys (variance_type, clip_sample on DPM, ...) would only raise warnings elsewhere.
@@ -398,11 +484,21 @@ def make_scheduler(name: str = DEFAULT_SCHEDULER, config: dict[str, Any] | None 
     return DiffusersSampler(cls(**kwargs), final_x0=final_x0, noise_times=noise_times)
 
 
+def _native_ddim_fits(config: dict[str, Any]) -> bool:
+    """Whether :class:`DDIMSampler` computes what diffusers' ``DDIMScheduler`` would with ``config``."""
+    return (
+        config.get("trained_betas") is not None
+        and config.get("prediction_type", "epsilon") == "epsilon"
+        and not config.get("thresholding", False)
+        and not config.get("rescale_betas_zero_snr", False)
+    )
+
+
 def as_sampler(scheduler: Any) -> Sampler:
     """A name, one of our samplers, or a bare diffusers scheduler -> a :class:`Sampler`."""
     if isinstance(scheduler, str):
         return make_scheduler(scheduler)
-    if isinstance(scheduler, (CosineLogSNRSampler, DiffusersSampler)):
+    if isinstance(scheduler, (CosineLogSNRSampler, DDIMSampler, DiffusersSampler)):
         return scheduler
     if hasattr(scheduler, "step") and hasattr(getattr(scheduler, "config", None), "num_train_timesteps"):
         return DiffusersSampler(scheduler)
@@ -546,7 +642,7 @@ def sample_loop(
 
 __all__ = [
     "DEFAULT_GUIDANCE", "DEFAULT_NUM_STEPS", "DEFAULT_SCHEDULER", "OFFICIAL_SCHEDULER_CONFIG", "SCHEDULERS",
-    "CosineLogSNRSampler", "DiffusersSampler", "GuidedDenoiser", "Sampler", "SamplerOutput",
+    "CosineLogSNRSampler", "DDIMSampler", "DiffusersSampler", "GuidedDenoiser", "Sampler", "SamplerOutput",
     "alpha_sigma", "as_sampler", "combine_guidance", "logsnr", "make_scheduler", "model_schedule_betas",
     "model_schedule_noise_times", "randn",
     "sample_loop",

@@ -439,11 +439,16 @@ def load_vocoder(
     refine_iters: int | None = None,
     synthesis: str | None = None,
 ) -> VocoderInverter:
-    """Load the vocoder of a model folder (``path/vocoder/``) or a vocoder folder itself.
+    """Load the vocoder of a model folder (``path/vocoder/``) or a vocoder folder itself; ``path`` may
+    also be a Hugging Face Hub id (``ORG/NAME[@REVISION]``, :mod:`specdiff.hub`: only its vocoder files
+    are fetched).
 
     This is the hook for ``inverters.load_inverter(model_dir)``: call it when
     ``find_vocoder_dir(model_dir)`` is not None. ``refine_iters``, ``synthesis``: see :class:`VocoderInverter`.
     """
+    from specdiff.hub import VOCODER_FILES, resolve_model_path
+
+    path = resolve_model_path(path, files=VOCODER_FILES, what="vocoder")
     folder = find_vocoder_dir(path)
     if folder is None:
         raise ModelError(f"no vocoder in {path} (expected {VOCODER_SUBFOLDER}/{CONFIG_NAME} and {WEIGHTS_NAME})")

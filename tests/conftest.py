@@ -69,6 +69,70 @@ ARPEGGIO = [(60, 0.0, 0.5), (64, 0.5, 1.0), (67, 1.0, 1.5)]
 
 
 # ---------------------------------------------------------------------------------------------
+# ONNX inverters and Hugging Face Hub caches built by hand
+# ---------------------------------------------------------------------------------------------
+
+
+def write_onnx(path: Path, weights, input_name: str = "input_features", extra_input: bool = False) -> Path:
+    """A graph with the official inverter's interface (ORIGINAL.md §6) computing a linear map per frame
+    (``weights``: float32 ``[128, samples per frame]``). Skips the test without the onnx package."""
+    import numpy as np
+
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    inputs = [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", "frames", 128])]
+    if extra_input:
+        inputs.append(helper.make_tensor_value_info("speaker", TensorProto.FLOAT, [1]))
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", [input_name, "W"], ["per_frame"]),
+            helper.make_node("Reshape", ["per_frame", "shape"], ["audio"]),  # 0 keeps the batch dim
+        ],
+        "linear_inverter",
+        inputs,
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", "samples"])],
+        initializer=[
+            numpy_helper.from_array(weights, "W"),
+            numpy_helper.from_array(np.array([0, -1], np.int64), "shape"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # readable by any onnxruntime >= 1.10
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+    return path
+
+
+def make_hub_cache(cache: Path, repo_id: str, folder: Path, revision: str = "main") -> Path:
+    """Put ``folder`` into a Hugging Face Hub cache as ``snapshot_download`` itself lays it out, and
+    return the snapshot folder: ``cache/models--ORG--NAME/`` holding ``blobs/<hash>`` (the file
+    contents), ``snapshots/<commit>/<path>`` (relative links to the blobs) and ``refs/<revision>``
+    (the commit). The commit id is derived from the contents, so it is stable."""
+    import hashlib
+    import os
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    digest = hashlib.sha1()
+    for path in files:
+        digest.update(str(path.relative_to(folder)).encode() + hashlib.sha256(path.read_bytes()).digest())
+    commit = digest.hexdigest()
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    for path in files:
+        blob = repo / "blobs" / hashlib.sha256(path.read_bytes()).hexdigest()
+        blob.write_bytes(path.read_bytes())
+        link = snapshot / path.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+    return snapshot
+
+
+# ---------------------------------------------------------------------------------------------
 # diffusers' reference implementation (the 'parity' extra)
 # ---------------------------------------------------------------------------------------------
 

@@ -142,6 +142,9 @@ def test_save_soft_limits_loud_audio_with_a_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="specdiff.audio_io"):
         y = load_audio(save_wav(tmp_path / "loud.wav", np.array([0.0, 1.5, -2.0, 0.5, 0.95])))
     assert "limiter" in caplog.text
+    # It names the likely cause and the fix: a gain that brings the 2.0 peak under the knee, or less guidance.
+    assert "usually loud onsets" in caplog.text and "--guidance" in caplog.text
+    assert "`specdiff synth --gain -7` (dB)" in caplog.text  # 20 log10(0.9 / 2) = -6.9 -> -7
     # Below the knee unchanged; above it bent below full scale, in order, never clipped flat.
     knee = lambda x: 0.9 + 0.09 * np.tanh((x - 0.9) / 0.09)  # noqa: E731
     expected = [0.0, knee(1.5), -knee(2.0), 0.5, knee(0.95)]

@@ -977,3 +977,27 @@ def test_no_midi_and_no_example_points_to_the_examples(capsys):
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1
     assert "no MIDI file given" in lines[0] and "--example" in lines[0] and "specdiff examples" in lines[0]
+
+
+def test_gain_scales_the_audio_before_the_limiter(model_dir, song, tmp_path, capsys, caplog):
+    import logging
+
+    import numpy as np
+
+    outputs = {}
+    for gain in ("-20", "-26", "30"):
+        out = tmp_path / f"gain{gain}.wav"
+        with caplog.at_level(logging.WARNING, logger="specdiff.audio_io"):
+            code, err = run(["synth", song, "-o", out, "--model", model_dir, *FAST, "--gain", gain], capsys)
+        assert code == 0, err
+        outputs[gain] = read_wav(out)[0][:, 0]
+    plain, quieter, loud = outputs["-20"], outputs["-26"], outputs["30"]
+    assert 0.01 < np.abs(plain).max() < 0.9  # something to scale, below the limiter's knee
+    np.testing.assert_allclose(quieter, plain * 10 ** (-6 / 20), atol=2 / 32768)
+    # +30 dB drives the peak past full scale: the limiter shapes it (never above the ceiling) and the
+    # warning says which gain would have avoided it.
+    assert np.abs(loud).max() < 1.0 and np.abs(loud).max() > 0.9
+    assert "exceeds full scale" in caplog.text and "--gain -" in caplog.text
+    for bad in ("nan", "100", "loud"):
+        assert cli.main(["synth", str(song), "--gain", bad]) == 2  # a usage error
+        assert "--gain" in capsys.readouterr().err

@@ -96,3 +96,24 @@ def test_bundled_model_plays_the_note_it_is_given(pitch):
     before, during = mel[10:45, fundamental].mean(), mel[55:140, fundamental].mean()
     assert during - before > 0.3  # natural-log units: > 2.6 dB louder once the note starts
     assert during - mel[55:140, fifth_below].mean() > 1.0  # > 8.7 dB above a band with no partial
+
+
+def test_cold_start_imports_neither_dynamo_nor_diffusers(tmp_path):
+    """Issue 28: loading the bundled model and its one-step DDIM sampling skip weight initialisation
+    (which imported torch._dynamo, ~2 s) and diffusers (its import also pulls in torch._dynamo)."""
+    import subprocess
+    import sys
+
+    from conftest import ARPEGGIO, write_midi
+
+    song = write_midi(tmp_path / "song.mid", ARPEGGIO)
+    argv = ["synth", str(song), "-o", str(tmp_path / "song.wav"), "-q", "--threads", "1"]
+    code = (
+        f"import sys; from specdiff import cli; assert cli.main({argv!r}) == 0; "
+        "print(sorted(m for m in ('torch._dynamo', 'diffusers', 'sympy') if m in sys.modules))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    assert (tmp_path / "song.wav").stat().st_size > 16000

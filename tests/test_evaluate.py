@@ -319,9 +319,40 @@ def test_bad_input_raises_one_line_errors(songs, tmp_path, model_dir):
     evaluate_command.add_evaluate_arguments(parser.add_subparsers())
     for argv, message in (
         (["evaluate", "--model", str(model_dir)], "nothing to evaluate"),
-        (["evaluate", str(songs), "--demo-split", "test", "--model", str(model_dir)], "not both"),
+        (["evaluate", str(songs), "--demo-split", "test", "--model", str(model_dir)], "not several"),
         (["evaluate", str(songs), "--model", str(tmp_path / "nope")], "model folder not found"),
     ):
         args = parser.parse_args(argv)
         with pytest.raises(SpecdiffError, match=message):
             args.func(args)
+
+
+def test_files_that_cannot_be_synthesized_are_skipped_and_listed(songs, model_dir, tmp_path, capsys):
+    from specdiff.audio_io import save_wav
+
+    folder = tmp_path / "midi"
+    folder.mkdir()
+    (folder / "a_scale.mid").write_bytes((songs / "a_scale.mid").read_bytes())
+    (folder / "b_empty.mid").write_bytes(smf_bytes([(0, 0, [])]))  # a track without notes
+    (folder / "c_bad.mid").write_bytes(b"not a midi file")
+    refs = tmp_path / "refs"
+    save_wav(refs / "a_scale.wav", np.full(SR * 3, 0.1, np.float32), SR)
+    pipe = FakePipeline([np.zeros(SR * 3, np.float32)])
+    results = ev.evaluate(pipe, [folder], reference_audio=refs, transcription=False, verbose=False)
+    assert [p["piece"] for p in results["pieces"]] == ["a_scale.mid"] and len(pipe.calls) == 1
+    reasons = {s["piece"]: s["reason"] for s in results["skipped"]}
+    assert reasons == {"b_empty.mid": "MIDI file has no notes", "c_bad.mid": "not a MIDI file (no MThd header)"}
+    assert results["summary"]["skipped"] == 2 and results["summary"]["pieces"] == 1
+    report = ev.markdown_report(results)
+    assert "Skipped, cannot be synthesized (2): b_empty.mid (MIDI file has no notes); c_bad.mid" in report
+    # None left: one error naming every reason.
+    with pytest.raises(MidiError, match=r"none of the 2 MIDI file\(s\).*b_empty.mid: MIDI file has no notes; c_bad"):
+        ev.evaluate(pipe, [folder / "b_empty.mid", folder / "c_bad.mid"], transcription=False, verbose=False)
+    # The command ends with a summary line that names the skipped files.
+    parser = argparse.ArgumentParser()
+    evaluate_command.add_evaluate_arguments(parser.add_subparsers())
+    argv = ["evaluate", str(folder), "--model", str(model_dir), "--reference-dir", str(refs), "--no-transcription"]
+    args = parser.parse_args([*argv, "--no-audio", "--out", str(tmp_path / "out"), "-q", *FAST])
+    assert args.func(args) == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("specdiff: evaluated 1 piece(s); skipped 2: b_empty.mid (MIDI file has no notes)")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import write_onnx
 
 from specdiff import inverters, mel
 from specdiff.errors import ModelError
@@ -26,35 +26,6 @@ HOP = 320
 
 def projection(samples_per_frame: int = HOP, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(0, 0.01, (mel.N_MELS, samples_per_frame)).astype(np.float32)
-
-
-def write_onnx(path: Path, weights: np.ndarray, input_name: str = "input_features", extra_input: bool = False) -> Path:
-    """A graph with the official inverter's interface (ORIGINAL.md §6) computing a linear map per frame."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    inputs = [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", "frames", mel.N_MELS])]
-    if extra_input:
-        inputs.append(helper.make_tensor_value_info("speaker", TensorProto.FLOAT, [1]))
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", [input_name, "W"], ["per_frame"]),
-            helper.make_node("Reshape", ["per_frame", "shape"], ["audio"]),  # 0 keeps the batch dim
-        ],
-        "linear_inverter",
-        inputs,
-        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", "samples"])],
-        initializer=[
-            numpy_helper.from_array(weights, "W"),
-            numpy_helper.from_array(np.array([0, -1], np.int64), "shape"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # readable by any onnxruntime >= 1.10
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, path)
-    return path
 
 
 @pytest.fixture

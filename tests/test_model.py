@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 from conftest import diffusers_reference
+from torch import nn
 
 from specdiff.model import (
     PRESETS,
@@ -336,3 +337,23 @@ def test_training_dropout_is_shared_along_the_sequence_like_the_original():
     assert torch.equal(y, y[:, :1, :].expand_as(y))
     assert set(y.unique().tolist()) <= {0.0, 2.0}
     assert torch.equal(drop.eval()(x), x)
+
+
+def test_skip_weight_init_builds_on_meta_without_init_and_restores_torch_init():
+    from specdiff.model import skip_weight_init
+
+    before = {name: getattr(nn.init, name) for name in ("normal_", "trunc_normal_", "kaiming_uniform_")}
+    probe = torch.ones(2)
+    with skip_weight_init():
+        decoder = FilmDecoder(d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=64, timbres=["a", "b"])
+        assert nn.init.normal_(probe) is probe  # a no-op inside
+    assert probe.tolist() == [1.0, 1.0]
+    assert all(p.is_meta for p in decoder.parameters())
+    assert {name: getattr(nn.init, name) for name in before} == before  # restored
+    # Outside, initialisation runs again (a normal draw changes the tensor).
+    assert nn.init.normal_(torch.ones(64), generator=torch.Generator().manual_seed(0)).std() > 0.5
+    with pytest.raises(RuntimeError), skip_weight_init():  # restored after an error too
+        raise RuntimeError("boom")
+    assert {name: getattr(nn.init, name) for name in before} == before
+    fresh = FilmDecoder(d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=64)
+    assert float(fresh.spec_out.weight.std()) > 0.01

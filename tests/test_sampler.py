@@ -7,6 +7,7 @@ diffusers' own DDPMScheduler run side by side.
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -36,7 +37,7 @@ def perfect_eps(x_star: torch.Tensor, sampler) -> callable:
             a, s = alpha_sigma_ref(float(noise_time))
         else:
             t = round(float(noise_time) * sampler.num_train_timesteps)
-            abar = float(sampler.scheduler.alphas_cumprod[t])
+            abar = float(getattr(sampler, "scheduler", sampler).alphas_cumprod[t])  # DDIMSampler: its own
             a, s = math.sqrt(abar), math.sqrt(1 - abar)
         return (z - a * x_star) / s
 
@@ -176,6 +177,34 @@ def test_ddpm_adapter_reproduces_diffusers_ddpm_scheduler():
     assert torch.equal(x_ours, x_ref)
 
 
+@pytest.mark.parametrize("steps", [1, 2, 7, 50])
+def test_native_ddim_is_diffusers_ddim_step_for_step(steps):
+    # DDIMSampler exists so that the bundled model (1 DDIM step) needs no diffusers import; it must
+    # give diffusers' DDIMScheduler's numbers exactly, with make_scheduler's config.
+    diffusers = pytest.importorskip("diffusers")
+    config = {k: v for k, v in S.OFFICIAL_SCHEDULER_CONFIG.items() if not k.startswith("_")}
+    config.update(trained_betas=S.model_schedule_betas(1000), timestep_spacing="trailing")
+    accepted = set(inspect.signature(diffusers.DDIMScheduler.__init__).parameters)
+    reference = S.DiffusersSampler(
+        diffusers.DDIMScheduler(**{k: v for k, v in config.items() if k in accepted}),
+        final_x0=True,
+        noise_times=S.model_schedule_noise_times(1000),
+    )
+    ours = S.make_scheduler("ddim")
+    assert isinstance(ours, S.DDIMSampler)
+
+    def toy_eps(z, t):
+        return torch.sin(3 * z) * (1 - t) + 0.3 * z
+
+    results = []
+    for sampler in (reference, ours):
+        g = torch.Generator().manual_seed(5)
+        results.append(S.sample_loop(sampler, toy_eps, S.randn(SHAPE, g, "cpu"), steps, g))
+        assert [int(t) for t in sampler.timesteps] == [int(t) for t in reference.timesteps]
+    assert torch.equal(results[0], results[1])
+    assert results[1].abs().max() <= 1.0  # ends on the clipped x0
+
+
 def test_solver_configs():
     pytest.importorskip("diffusers")
     dpm = S.make_scheduler("dpmsolver++")
@@ -196,7 +225,7 @@ def test_solvers_run_on_the_models_own_schedule():
     for name in ("ddim", "dpmsolver++", "unipc"):
         sampler = S.make_scheduler(name)
         assert sampler.config.trained_betas is not None
-        table = sampler.scheduler.alphas_cumprod.double()
+        table = getattr(sampler, "scheduler", sampler).alphas_cumprod.double()
         for t in (1, 10, 250, 500, 900, 990, 999):
             a, _ = alpha_sigma_ref(t / 1000)  # ORIGINAL.md §4.1, no 0.008 offset
             assert table[t].item() == pytest.approx(a**2, rel=1e-5)

@@ -568,3 +568,21 @@ def test_vocode_command(tmp_path):
     )
     with pytest.raises(AudioError):
         args.func(args)
+
+
+def test_vocode_defaults_to_the_bundled_vocoder(tmp_path):
+    import soundfile as sf
+
+    from specdiff.audio_io import soft_limit
+    from specdiff.default_model import default_model_path
+    from specdiff.vocoder import load_vocoder
+
+    if default_model_path() is None:
+        pytest.skip("the package ships no default model")
+    mel = random_log_mel(1, 9)
+    np.save(tmp_path / "mel.npy", mel[0])
+    args = _parser().parse_args(["vocode", str(tmp_path / "mel.npy"), "-o", str(tmp_path / "a.wav")])
+    assert args.vocoder is None and args.func(args) == 0
+    expected = load_vocoder(default_model_path())(mel)[0]
+    expected = soft_limit(expected) if np.abs(expected).max() > 1.0 else expected
+    np.testing.assert_allclose(sf.read(tmp_path / "a.wav", dtype="float32")[0], expected, atol=1e-4)

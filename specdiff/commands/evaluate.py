@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 from specdiff import evaluate as evaluation
 from specdiff.commands.options import (
+    MODEL_HELP,
+    PROG,
     _positive_int,
     add_precision_argument,
     add_timbre_argument,
@@ -58,9 +61,7 @@ def add_evaluate_arguments(subparsers: argparse._SubParsersAction) -> argparse.A
                    help="--idioms-split takes its pieces among the first N generated (default: the 1600 the bundled "
                    "model's data drew from)")  # fmt: skip
     p.add_argument("--max-files", type=_positive_int, metavar="N", help="evaluate at most N files")
-    p.add_argument(
-        "--model", type=Path, metavar="DIR", help="pipeline folder (diffusers layout; default: the bundled model)"
-    )
+    p.add_argument("--model", metavar="DIR|ORG/NAME", help=MODEL_HELP)
     p.add_argument(
         "--reference-dir",
         type=Path,
@@ -158,4 +159,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     if args.quiet:
         print(evaluation.markdown_report(results), flush=True)
+    skipped = results.get("skipped") or []
+    summary = f"{PROG}: evaluated {len(results.get('pieces') or [])} piece(s)"
+    if skipped:
+        summary += f"; skipped {len(skipped)}: " + "; ".join(f"{s['piece']} ({s['reason']})" for s in skipped)
+    print(summary, file=sys.stderr, flush=True)
     return 0

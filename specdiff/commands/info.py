@@ -32,6 +32,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "eval": ("basic_pitch", "mir_eval"),
     "train": ("tensorboard",),
     "serve": ("fastapi", "uvicorn"),
+    "hub": ("huggingface_hub",),
     "parity": ("diffusers", "transformers"),
 }
 
@@ -48,9 +49,8 @@ def add_info_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argum
     )
     p.add_argument(
         "--model",
-        type=Path,
-        metavar="DIR",
-        help="the model folder to report on, as for synth (default: the bundled model)",
+        metavar="DIR|ORG/NAME",
+        help="the model folder or Hugging Face Hub id to report on, as for synth (default: the bundled model)",
     )
     p.add_argument("--json", action="store_true", help="one JSON object instead of key: value lines")
     p.set_defaults(func=run_info)

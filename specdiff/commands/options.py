@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from specdiff.constants import DEFAULT_PRECISION, PRECISIONS
+from specdiff.constants import DEFAULT_PRECISION, OFFICIAL_MODEL_ID, PRECISIONS
 from specdiff.default_model import precision_dtype
 from specdiff.errors import SpecdiffError
 
@@ -69,9 +69,13 @@ def add_precision_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
-def resolve_model_dir(model: Path | None) -> Path:
-    """The ``--model`` folder, else the bundled one; UsageError when there is neither."""
+def resolve_model_dir(model: str | Path | None) -> Path:
+    """The ``--model`` folder (a path, or a Hugging Face Hub id ``ORG/NAME[@REVISION]``, fetched into
+    the Hub cache once, see :mod:`specdiff.hub`), else the bundled one; UsageError when there is neither."""
     if model is not None:
+        from specdiff.hub import resolve_model_path
+
+        model = resolve_model_path(model)
         if not model.exists():
             raise SpecdiffError(f"model folder not found: {model}")
         if not model.is_dir():
@@ -83,8 +87,8 @@ def resolve_model_dir(model: Path | None) -> Path:
     if bundled is None:
         raise UsageError(
             "no default model is bundled yet; pass --model DIR, a pipeline folder in diffusers layout "
-            "(with model_index.json): a converted google/music-spectrogram-diffusion, or a trained "
-            "checkpoint written by `specdiff export CHECKPOINT DIR`"
+            f"(with model_index.json), or a Hugging Face Hub id such as --model {OFFICIAL_MODEL_ID}, or a "
+            "trained checkpoint written by `specdiff export CHECKPOINT DIR`"
         )
     return bundled
 
@@ -157,6 +161,16 @@ def load_pipeline(args: argparse.Namespace, model_dir: Path) -> tuple[Any, str]:
     if getattr(args, "timbre", None):
         pipe.timbre = args.timbre  # an unknown name: SpecdiffError naming the model's timbres
     return pipe, device
+
+
+#: ``--model``'s help, shared by the commands that load a pipeline.
+MODEL_HELP = (
+    "the model: a pipeline folder in diffusers layout (model_index.json, notes_encoder/, continuous_encoder/, "
+    "decoder/, scheduler/, optionally melgan/model.onnx or vocoder/), e.g. one written by `specdiff export`, "
+    f"or a Hugging Face Hub id such as {OFFICIAL_MODEL_ID} (ORG/NAME[@REVISION]; downloaded once into the "
+    "Hugging Face cache, HF_HOME, and used offline afterwards; needs the hub extra). Default: the model "
+    "bundled with the package"
+)
 
 
 def add_timbre_argument(parser: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from specdiff.commands.options import add_precision_argument, load_pipeline, resolve_model
+from specdiff.commands.options import MODEL_HELP, add_precision_argument, load_pipeline, resolve_model
 from specdiff.constants import DEVICES, INVERTERS, SCHEDULERS
 from specdiff.errors import SpecdiffError
 from specdiff.server.config import DEFAULT_GUIDANCE, DEFAULT_NUM_STEPS, DEFAULT_SCHEDULER, ServeConfig
@@ -42,6 +42,7 @@ POST /api/jobs (multipart: midi file + settings) -> GET /api/jobs/{id} or /api/j
 
 _EPILOG = """\
 examples:
+  specdiff serve --model google/music-spectrogram-diffusion
   specdiff serve --model ./music-spectrogram-diffusion
   specdiff serve --model DIR --port 8080 --device cuda --max-queued 4 --max-seconds 60
 """
@@ -86,9 +87,8 @@ def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
     )  # fmt: skip
     p.add_argument(
         "--model",
-        type=Path,
-        metavar="DIR",
-        help="pipeline folder in diffusers layout (default: the model bundled with the package, if any)",
+        metavar="DIR|ORG/NAME",
+        help=MODEL_HELP,
     )
     p.add_argument(
         "--host",
@@ -290,7 +290,10 @@ def build_app(args: argparse.Namespace) -> Any:
         torch.set_num_threads(args.threads)
     pipe, device = load_pipeline(args, model_dir)
     # The folder's name, not its path: /api/info is public and the server's file system is not.
-    return create_app(Synthesizer(pipe), config, model_name=Path(model_dir).name, device=device)
+    from specdiff.hub import looks_like_hub_id
+
+    model_name = str(args.model) if args.model is not None and looks_like_hub_id(args.model) else Path(model_dir).name
+    return create_app(Synthesizer(pipe), config, model_name=model_name, device=device)
 
 
 def run_serve(args: argparse.Namespace) -> int:

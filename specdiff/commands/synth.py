@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from specdiff.commands.options import (
+    MODEL_HELP,
     PROG,
     UsageError,
     _non_negative_float,
@@ -38,6 +39,9 @@ from specdiff.constants import (
     DEFAULT_SCHEDULER,
     DEVICES,
     INVERTERS,
+    LIMITER_THRESHOLD,
+    MAX_GAIN_DB,
+    NATIVE_SCHEDULERS,
     SCHEDULERS,
 )
 from specdiff.errors import SpecdiffError
@@ -66,7 +70,8 @@ outputs are being written, the songs already written stay and the others are not
 _SYNTH_EPILOG = f"""\
 examples:
   specdiff synth --example {DEFAULT_EXAMPLE} -o {DEFAULT_EXAMPLE}.wav   # a bundled example, the bundled model
-  specdiff synth song.mid --model ./music-spectrogram-diffusion
+  specdiff synth song.mid --model google/music-spectrogram-diffusion   # the official model (Hugging Face Hub)
+  specdiff synth song.mid --model ./music-spectrogram-diffusion   # a local folder
   specdiff synth song.mid -o out.wav --model DIR --scheduler dpmsolver++ --steps 20 --seed 1
   specdiff synth song.mid --model DIR --mel-png song.png --device cuda
   specdiff synth long_song.mid --model DIR --stream --scheduler dpmsolver++ --steps 20
@@ -121,12 +126,8 @@ def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
     )
     p.add_argument(
         "--model",
-        type=Path,
-        metavar="DIR",
-        help="pipeline folder in diffusers layout (model_index.json, notes_encoder/, "
-        "continuous_encoder/, decoder/, scheduler/, optionally melgan/model.onnx), e.g. a converted "
-        "google/music-spectrogram-diffusion or a trained model exported with "
-        "`specdiff export CHECKPOINT DIR` (default: the model bundled with the package, if any).",
+        metavar="DIR|ORG/NAME",
+        help=MODEL_HELP,
     )
     p.add_argument(
         "--steps",
@@ -212,6 +213,15 @@ def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "iterations for one that makes its own phase (default 32); 0: none. More cost speed and onsets",
     )
     p.add_argument(
+        "--gain",
+        type=_gain_db,
+        default=0.0,
+        metavar="DB",
+        help="scale the audio by DB decibels before it is written (default 0; e.g. -6 halves the amplitude). "
+        f"Audio louder than full scale is shaped by a soft limiter above {LIMITER_THRESHOLD:g} of full scale "
+        "(with a warning that suggests a gain); a negative --gain leaves the waveform unshaped",
+    )
+    p.add_argument(
         "--stream",
         action="store_true",
         help="write the audio segment by segment, as soon as each 5.12 s segment is generated, "
@@ -237,6 +247,25 @@ def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
     add_timbre_argument(p)
     p.set_defaults(func=run_synth)
     return p
+
+
+def _gain_db(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not -MAX_GAIN_DB <= value <= MAX_GAIN_DB:  # rejects nan and inf too
+        raise argparse.ArgumentTypeError(f"must be between -{MAX_GAIN_DB:g} and {MAX_GAIN_DB:g} dB, got {text}")
+    return value
+
+
+def apply_gain(audio: Any, gain_db: float) -> Any:
+    """``audio`` (float samples) scaled by ``gain_db`` decibels; unchanged for 0 dB."""
+    if not gain_db:
+        return audio
+    import numpy as np
+
+    return (np.asarray(audio, dtype=np.float32) * np.float32(10.0 ** (gain_db / 20.0))).astype(np.float32)
 
 
 def default_output_path(midi: Path) -> Path:
@@ -333,7 +362,7 @@ def _synthesize_streaming(
             scheduler=args.scheduler,
             show_progress=False,
         ):
-            sink.write(segment.audio)
+            sink.write(apply_gain(segment.audio, getattr(args, "gain", 0.0)))
             mels.append(segment.mel)
             end = sink.num_samples / pipe.sample_rate
             _log(
@@ -418,9 +447,9 @@ def _run_synth_one(args: argparse.Namespace) -> int:
         raise SpecdiffError(f"the WAV and the --mel-png picture would both be written to {output}")
     if args.mel_png is not None and importlib.util.find_spec("matplotlib") is None:
         raise SpecdiffError("--mel-png needs matplotlib: pip install matplotlib (or specdiff[plot])")
-    if args.scheduler != "original" and importlib.util.find_spec("diffusers") is None:
+    if args.scheduler not in NATIVE_SCHEDULERS and importlib.util.find_spec("diffusers") is None:
         raise SpecdiffError(
-            f"--scheduler {args.scheduler} needs diffusers: pip install diffusers (or use --scheduler original)"
+            f"--scheduler {args.scheduler} needs diffusers: pip install diffusers (or use --scheduler original or ddim)"
         )
 
     # 2. Read the MIDI before loading a model: a bad file fails in milliseconds.
@@ -456,7 +485,7 @@ def _run_synth_one(args: argparse.Namespace) -> int:
             generator=generator,
             show_progress=not args.quiet,
         )
-        audio = result.audios[0]
+        audio = apply_gain(result.audios[0], getattr(args, "gain", 0.0))  # before the limiter of save_wav
         num_samples = len(audio)
         _write_song(output, args.mel_png, audio, result.mels[0], midi.name, sample_rate)
 
@@ -577,9 +606,9 @@ def run_synth_many(args: argparse.Namespace, midis: list[Path]) -> int:
     targets = _output_paths(midis, args.output, args.mel_png)
     if args.mel_png is not None and importlib.util.find_spec("matplotlib") is None:
         raise SpecdiffError("--mel-png needs matplotlib: pip install matplotlib (or specdiff[plot])")
-    if args.scheduler != "original" and importlib.util.find_spec("diffusers") is None:
+    if args.scheduler not in NATIVE_SCHEDULERS and importlib.util.find_spec("diffusers") is None:
         raise SpecdiffError(
-            f"--scheduler {args.scheduler} needs diffusers: pip install diffusers (or use --scheduler original)"
+            f"--scheduler {args.scheduler} needs diffusers: pip install diffusers (or use --scheduler original or ddim)"
         )
     if args.threads is not None and args.threads < 1:
         raise SpecdiffError(f"--threads must be >= 1, got {args.threads}")
@@ -631,7 +660,7 @@ def run_synth_many(args: argparse.Namespace, midis: list[Path]) -> int:
     sample_rate = pipe.sample_rate
     total_samples = 0
     for midi, (wav, png), result, seed in zip(midis, targets, results, seeds):
-        audio = result.audios[0]
+        audio = apply_gain(result.audios[0], getattr(args, "gain", 0.0))
         _write_song(wav, png, audio, result.mels[0], midi.name, sample_rate)
         total_samples += len(audio)
         written = f"{wav}" + (f" and {png}" if png is not None else "")

@@ -36,8 +36,9 @@ TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
         "--init-from",
         str,
         "warm start a new run from a checkpoint's weights and EMA, or from a pipeline "
-        "folder's weights (specdiff export, or the official model in diffusers layout); new optimiser, "
-        "step 0; ignored once --out has checkpoints",
+        "folder's weights (specdiff export, or the official model in diffusers layout) or a Hugging Face "
+        "Hub id (e.g. google/music-spectrogram-diffusion); new optimiser, step 0; ignored once --out has "
+        "checkpoints",
     ),
 }
 
@@ -86,6 +87,12 @@ def config_from_args(args: argparse.Namespace):
         )
         config = saved
     config = apply_overrides(config.replace(**explicit), args.assignments)
+    if config.init_from and saved is None:
+        from specdiff.hub import resolve_model_path
+
+        # A Hub id (ORG/NAME[@REVISION]) becomes its folder in the Hugging Face cache; the run's
+        # config.json records that folder.
+        config = config.replace(init_from=str(resolve_model_path(config.init_from)))
     return with_folder_decoder_options(config)
 
 

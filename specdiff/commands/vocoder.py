@@ -96,7 +96,9 @@ def add_vocode_arguments(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("input", type=Path, help="mel.npy or an audio file")
     p.add_argument("-o", "--output", type=Path, required=True, help="output .wav (16 kHz)")
-    p.add_argument("--vocoder", type=Path, required=True, help="model folder with vocoder/, or a vocoder folder")
+    p.add_argument("--vocoder", default=None, metavar="DIR|ORG/NAME",
+                   help="model folder with vocoder/, a vocoder folder, or a Hugging Face Hub id of either "
+                   "(default: the vocoder of the model bundled with the package)")  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--refine-iters", type=int, default=None, metavar="N",
                    help="iterations that refine the vocoder's output against the mel: gain corrections for a "
@@ -224,10 +226,17 @@ def run_vocode(args: argparse.Namespace) -> int:
     refine = getattr(args, "refine_iters", None)
     if refine is not None and refine < 0:
         raise SpecdiffError(f"--refine-iters must be >= 0, got {refine}")
-    inverter = load_vocoder(args.vocoder) if refine is None else load_vocoder(args.vocoder, refine_iters=refine)
     path = Path(args.input)
     if not path.is_file():
         raise AudioError(f"no such file: {path}")
+    source_vocoder = args.vocoder
+    if source_vocoder is None:
+        from specdiff.default_model import default_model_path
+
+        source_vocoder = default_model_path()
+        if source_vocoder is None:
+            raise SpecdiffError("no model is bundled with this installation: pass --vocoder DIR (or a Hub id)")
+    inverter = load_vocoder(source_vocoder, refine_iters=refine)
     if path.suffix.lower() == ".npy":
         try:
             mel = np.load(path)

@@ -47,7 +47,7 @@ from pydantic import BaseModel, Field
 
 from specdiff import __version__
 from specdiff.audio_io import LIMITER_NOTE
-from specdiff.constants import FRAMES_PER_SECOND
+from specdiff.constants import FRAMES_PER_SECOND, NATIVE_SCHEDULERS
 from specdiff.errors import MidiError
 from specdiff.sampler import SCHEDULERS
 from specdiff.server.config import ServeConfig
@@ -348,7 +348,7 @@ def create_app(
     examples = {path.name: path for path in config.examples}
     device = device or str(synthesizer.pipe.device)
     has_diffusers = importlib.util.find_spec("diffusers") is not None
-    schedulers = [s for s in SCHEDULERS if s == "original" or has_diffusers]
+    schedulers = [s for s in SCHEDULERS if s in NATIVE_SCHEDULERS or has_diffusers]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
