@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from specdiff.diffusion import edm_prior_weight
+from specdiff.diffusion import alpha_sigma, edm_prior_weight
 
 EncodingAndMask = tuple[Tensor, Tensor]
 
@@ -554,11 +554,16 @@ DECODER_EXTENSIONS: dict[str, Any] = {
     "score_prior": False,
     "timbres": [],
     "input_context_frames": 0,
+    "input_skip_frames": 0,
 }
+
+#: Noise times at which the ``input_skip`` extension holds one local linear map each; between two
+#: knots the maps are blended linearly in ``t``. Denser at low noise, where the best map changes fastest.
+INPUT_SKIP_KNOTS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 1.0)
 
 #: Decoder parameters that extensions add zero-initialised, so a warm start from a folder without
 #: them keeps that folder's output (train.Trainer's warm start accepts their absence).
-ZERO_STARTED_DECODER_PARAMETERS = ("timbre_embedding", "timbre_prior", "input_context")
+ZERO_STARTED_DECODER_PARAMETERS = ("timbre_embedding", "timbre_prior", "input_context", "input_skip")
 
 
 class FilmDecoder(nn.Module):
@@ -596,6 +601,16 @@ class FilmDecoder(nn.Module):
       warm-started decoder used none of them (its output did not respond to the input's noise,
       so a multi-step sampler drew the prior plus white noise: ``benchmarks/results/noise_response.md``). The
       convolution hands every frame its neighbourhood, the local smoothness a denoiser needs.
+    - ``input_skip_frames`` (odd, 0 = off; needs ``prediction_type="edm"``): a zero-started local
+      linear denoiser beside the network. A 1-D convolution (``input_skip``) of the noisy residual
+      ``z - alpha_t p`` (``p``: the score prior, 0 without it), that many frames wide, holds one
+      ``input_dims -> input_dims`` map per noise time of :data:`INPUT_SKIP_KNOTS`; the maps of the
+      two knots around ``t`` are blended and added to the output. Why: the network's last hidden
+      state carries too little of the noisy input for its output layer to cancel the noise the EDM
+      skip passes through (a ridge read-out of it reaches a noise leak of 0.12 at t = 0.5 where 0.2
+      means no denoising), while a 9-frame linear map of the input removes most of it
+      (``benchmarks/results/noise_response.md``). ``specdiff.train.fit_input_skip`` fits it in
+      closed form; training refines it with the rest.
     """
 
     def __init__(
@@ -615,6 +630,7 @@ class FilmDecoder(nn.Module):
         score_prior: bool = False,
         timbres: Sequence[str] = (),
         input_context_frames: int = 0,
+        input_skip_frames: int = 0,
     ) -> None:
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
@@ -638,10 +654,14 @@ class FilmDecoder(nn.Module):
             score_prior=bool(score_prior),
             timbres=[str(name) for name in timbres],
             input_context_frames=int(input_context_frames),
+            input_skip_frames=int(input_skip_frames),
         )
-        context_frames = extensions["input_context_frames"]
-        if context_frames < 0 or (context_frames and context_frames % 2 == 0):
-            raise ValueError(f"input_context_frames must be 0 or odd, got {input_context_frames}")
+        for key in ("input_context_frames", "input_skip_frames"):
+            frames = extensions[key]
+            if frames < 0 or (frames and frames % 2 == 0):
+                raise ValueError(f"{key} must be 0 or odd, got {frames}")
+        if input_skip_frames and prediction_type != "edm":
+            raise ValueError("input_skip_frames needs prediction_type 'edm'")
         if len(set(extensions["timbres"])) != len(extensions["timbres"]):
             raise ValueError(f"timbre names must be unique, got {extensions['timbres']}")
         self.config.update({k: v for k, v in extensions.items() if v != DECODER_EXTENSIONS[k]})
@@ -677,8 +697,17 @@ class FilmDecoder(nn.Module):
             self.input_context = nn.Conv1d(
                 input_dims, d_model, int(input_context_frames), padding=int(input_context_frames) // 2, bias=False
             )
+        self.input_skip = None
+        if input_skip_frames:
+            self.input_skip = nn.Conv1d(
+                input_dims,
+                input_dims * len(INPUT_SKIP_KNOTS),
+                int(input_skip_frames),
+                padding=int(input_skip_frames) // 2,
+                bias=False,
+            )
         init_weights(self)
-        for table in (self.timbre_embedding, self.timbre_prior, self.input_context):
+        for table in (self.timbre_embedding, self.timbre_prior, self.input_context, self.input_skip):
             if table is not None:  # start as the model without them (warm starts keep their output)
                 nn.init.zeros_(table.weight)
 
@@ -834,7 +863,42 @@ class FilmDecoder(nn.Module):
         if cross_cache.frame_prior is not None:
             weight = edm_prior_weight(decoder_noise_time).to(out.dtype)[:, None, None]
             out = out + weight * cross_cache.frame_prior.to(out.dtype)
+        if self.input_skip is not None:
+            out = out + self.input_skip_output(decoder_input_tokens, decoder_noise_time, cross_cache.frame_prior)
         return out
+
+    def input_skip_output(self, z: Tensor, noise_time: Tensor, prior: Tensor | None) -> Tensor:
+        """The ``input_skip`` extension's share of the output: its knot maps of the noisy residual
+        ``z - alpha_t p``, blended at ``noise_time`` (:func:`knot_weights`). ``[B, T, input_dims]``."""
+        if self.input_skip is None:
+            raise ValueError("this decoder has no input_skip extension")
+        residual = noisy_residual(z, noise_time, prior).to(self.input_skip.weight.dtype)
+        maps = self.input_skip(residual.transpose(1, 2))  # [B, knots * C, T]
+        maps = maps.unflatten(1, (len(INPUT_SKIP_KNOTS), z.shape[-1]))
+        weights = knot_weights(noise_time).to(maps.dtype)
+        return torch.einsum("bk,bkct->btc", weights, maps).to(z.dtype)
+
+
+def noisy_residual(z: Tensor, noise_time: Tensor, prior: Tensor | None) -> Tensor:
+    """``z - alpha_t p``: the noisy input less the (scaled) score prior ``p``; ``z`` without a prior."""
+    if prior is None:
+        return z
+    alpha, _ = alpha_sigma(noise_time.double())
+    return z - alpha.to(z.dtype)[:, None, None] * prior.to(z.dtype)
+
+
+def knot_weights(noise_time: Tensor, knots: Sequence[float] = INPUT_SKIP_KNOTS) -> Tensor:
+    """``[B, K]`` piecewise-linear ("hat") weights of ``noise_time`` on ``knots``: two neighbouring
+    knots share each time, and a time on a knot gives that knot weight 1."""
+    grid = torch.tensor(knots, dtype=torch.float64, device=noise_time.device)
+    t = noise_time.double().clamp(grid[0], grid[-1])[:, None]
+    upper = torch.searchsorted(grid, t, right=True).clamp(1, len(knots) - 1)
+    lo, hi = grid[upper - 1], grid[upper]
+    frac = (t - lo) / (hi - lo)
+    weights = torch.zeros(t.shape[0], len(knots), dtype=torch.float64, device=noise_time.device)
+    weights.scatter_(1, upper - 1, 1 - frac)
+    weights.scatter_add_(1, upper, frac)
+    return weights
 
 
 # ---------------------------------------------------------------------------------------------

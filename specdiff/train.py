@@ -66,11 +66,13 @@ from specdiff.distributed import DistContext, _all_reduce_sum, _resolve_device, 
 from specdiff.errors import ModelError, SpecdiffError
 from specdiff.hardware import cpu_has_native_bf16
 from specdiff.model import (
+    INPUT_SKIP_KNOTS,
     ZERO_STARTED_DECODER_PARAMETERS,
     ContinuousEncoder,
     FilmDecoder,
     NotesEncoder,
     build_models,
+    noisy_residual,
 )
 from specdiff.optim import EMA, build_optimizer
 from specdiff.score_roll import batch_rolls
@@ -98,6 +100,9 @@ class TrainConfig:
     # N > 0 (decoders with model.score_prior=true, fresh runs only): fit the score prior in closed form
     # (ridge regression of the target on the roll's shared columns) on N training windows before step 1.
     score_prior_fit: int = 0
+    # N > 0 (decoders with model.input_skip_frames, new runs and warm starts): fit the input_skip maps in
+    # closed form on N training windows before step 1 (train.fit_input_skip).
+    input_skip_fit: int = 0
     # data
     data: str | None = None  # feature cache folder for specdiff.data.ChunkDataset, or "synthetic"
     val_data: str | None = None  # held-out cache; default: the validation split of `data`
@@ -352,6 +357,69 @@ def fit_score_prior(
         error += float((prior - batch["target"]).abs().sum())
         count += batch["target"].numel()
     return error / max(count, 1)
+
+
+@torch.no_grad()
+def fit_input_skip(
+    model: SpectrogramDiffusionModel, dataset: Any, windows: int, ridge: float = 1.0, batch_size: int = 16
+) -> list[tuple[float, float, float]]:
+    """Fit the decoder's ``input_skip`` maps in closed form: per knot of
+    :data:`specdiff.model.INPUT_SKIP_KNOTS`, the ridge regression (no intercept) of what the rest of
+    the network misses, ``prediction_target - F``, on a window of the noisy residual
+    ``z - alpha_t p`` around each frame, over the first ``windows`` items of ``dataset`` (one noise
+    draw each; knot 0 is fitted at t = 0.02, a knot at t = 1 stays zero). Returns, per knot, ``(t, L1 before,
+    L1 after)`` of the output on those windows. Why: the network does not learn this map by gradient
+    steps (``benchmarks/results/noise_response.md``), and the linear fit is cheap and exact."""
+    decoder = model.decoder
+    layer = decoder.input_skip
+    if layer is None:
+        raise SpecdiffError("input_skip_fit needs a decoder with input_skip_frames > 0")
+    channels, width = decoder.config["input_dims"], layer.kernel_size[0]
+    layer.weight.zero_()
+    was_training = model.training
+    model.eval()  # no dropout in the fitted network's output
+    batches = []
+    for batch in collated_windows(dataset, range(windows), batch_size):
+        tokens = trim_token_padding(batch["tokens"])
+        encodings = model.encode(tokens, batch["context"], batch["context_mask"])
+        timbre = batch.get("timbre") if decoder.timbres else None
+        cache = decoder.prepare_cross_attention(encodings, model.score_roll(tokens), timbre)
+        batches.append((batch, cache))
+    generator = torch.Generator().manual_seed(0)
+    report = []
+    for knot, knot_time in enumerate(INPUT_SKIP_KNOTS):
+        if knot_time >= 1.0:
+            continue  # pure noise says nothing about x0: that map stays zero
+        fit_time = max(knot_time, 0.02)
+        rows = []
+        gram = torch.zeros(channels * width, channels * width, dtype=torch.float64)
+        xty = torch.zeros(channels * width, channels, dtype=torch.float64)
+        for batch, cache in batches:
+            x0 = batch["target"]
+            t = torch.full((x0.shape[0],), fit_time)
+            noise = torch.randn(x0.shape, generator=generator)
+            z = q_sample(x0, t, noise)
+            miss = prediction_target(x0, noise, t, "edm", z) - decoder(None, z, t, cross_cache=cache).float()
+            features = _frame_windows(noisy_residual(z, t, cache.frame_prior), width).double()
+            gram += features.T @ features
+            xty += features.T @ miss.reshape(-1, channels).double()
+            rows.append((features, miss))
+        solution = torch.linalg.solve(gram + ridge * torch.eye(gram.shape[0], dtype=torch.float64), xty)
+        # feature index c * width + f is input channel c at offset f, as Conv1d's weight[out, c, f]
+        block = solution.T.reshape(channels, channels, width)
+        layer.weight[knot * channels : (knot + 1) * channels] = block.to(layer.weight.dtype)
+        before = sum(float(miss.abs().sum()) for _, miss in rows) / sum(miss.numel() for _, miss in rows)
+        after = sum(float((miss.reshape(-1, channels).double() - f @ solution).abs().sum()) for f, miss in rows)
+        report.append((fit_time, before, after / sum(miss.numel() for _, miss in rows)))
+    model.train(was_training)
+    return report
+
+
+def _frame_windows(x: Tensor, width: int) -> Tensor:
+    """``[B, T, C]`` -> ``[B * T, C * width]``: each frame's window of ``width`` frames (zero padded),
+    ordered channel-major as a Conv1d weight ``[out, C, width]`` reads it."""
+    padded = torch.nn.functional.pad(x.transpose(1, 2), (width // 2, width // 2))
+    return padded.unfold(2, width, 1).permute(0, 2, 1, 3).reshape(-1, x.shape[2] * width)
 
 
 def _splitmix64(x: int) -> int:
@@ -873,6 +941,12 @@ class Trainer:
             self._restore(resume_path)
         elif config.init_from:
             self._warm_start(Path(config.init_from))
+        if config.input_skip_fit > 0 and resume_path is None:
+            report = fit_input_skip(self.model, train_set, config.input_skip_fit)
+            self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)  # the EMA starts from the fit
+            if self.ctx.is_main:
+                cells = ", ".join(f"t={t:.2f} {before:.3f}->{after:.3f}" for t, before, after in report)
+                print(f"input skip fitted on {config.input_skip_fit} windows (output L1): {cells}", flush=True)
 
         self.ddp_model: nn.Module = self.model
         if self.ctx.enabled:
