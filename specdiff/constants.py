@@ -59,3 +59,14 @@ MAX_GAIN_DB = 60.0
 OFFICIAL_MODEL_ID = "google/music-spectrogram-diffusion"
 #: How to get huggingface_hub, which Hub ids need.
 HUB_EXTRA_INSTALL = "pip install 'specdiff[hub]' (or pip install huggingface_hub)"
+
+# ---- limits on MIDI input (specdiff.midi; overridable per call) ---------------------------------
+
+DEFAULT_MAX_MIDI_BYTES = 64 * 1024 * 1024  #: largest MIDI file read
+DEFAULT_MAX_MIDI_NOTES = 2_000_000  #: most notes in one file
+#: Most events in one file, of every kind: notes, pedal and other controllers, pitch bends, meta
+#: events, sysex. Bounds the parse of a file full of events that make no notes (a pedal storm).
+DEFAULT_MAX_MIDI_EVENTS = 4_000_000
+DEFAULT_MAX_MIDI_SECONDS = 6 * 3600.0  #: longest music (NoteSequence total_time)
+#: Events parsed between two calls of a parse's ``check_cancelled`` hook (cancellation, deadlines).
+MIDI_CHECK_EVERY_EVENTS = 4096

@@ -9,13 +9,21 @@ non-drum programs to Slakh classes. :mod:`specdiff.tokenizer` turns the notes in
 from __future__ import annotations
 
 import os
+import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from specdiff.constants import (
+    DEFAULT_MAX_MIDI_BYTES,
+    DEFAULT_MAX_MIDI_EVENTS,
+    DEFAULT_MAX_MIDI_NOTES,
+    DEFAULT_MAX_MIDI_SECONDS,
+    MIDI_CHECK_EVERY_EVENTS,
+)
 from specdiff.errors import MidiError
 
 # Slakh instrument classes, as General MIDI programs (ORIGINAL.md §2.5 step 3).
@@ -58,10 +66,15 @@ SLAKH_PROGRAMS = (
 # program -> the largest Slakh program <= it
 _SLAKH_MAP = np.array([max(p for p in SLAKH_PROGRAMS if p <= q) for q in range(128)], np.int64)
 
-# Generous guards against absurd input (all overridable per call).
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-DEFAULT_MAX_NOTES = 2_000_000
-DEFAULT_MAX_SECONDS = 6 * 3600.0
+# Generous guards against absurd input (all overridable per call; the values live in specdiff.constants).
+DEFAULT_MAX_BYTES = DEFAULT_MAX_MIDI_BYTES
+DEFAULT_MAX_NOTES = DEFAULT_MAX_MIDI_NOTES
+DEFAULT_MAX_EVENTS = DEFAULT_MAX_MIDI_EVENTS
+DEFAULT_MAX_SECONDS = DEFAULT_MAX_MIDI_SECONDS
+
+#: A hook a parse calls every few thousand events; it raises to abandon the parse (cancellation,
+#: a wall-clock budget). The exception propagates unchanged.
+CheckCancelled = Callable[[], None]
 
 
 MidiInput = str | os.PathLike | bytes | bytearray
@@ -135,8 +148,9 @@ class _Instrument:
         self.program = program
         self.is_drum = channel == 9
         self.notes: list[tuple[int, int, int, int]] = []  # (start_tick, end_tick, pitch, velocity)
-        # (tick, value) of CC64 events. pretty_midi hands an instrument the control-change list of
-        # the "straggler" of its (channel, track) by reference, so several instruments can share it.
+        # (tick, value) of CC64 events (and blocks of such rows). pretty_midi hands an instrument the
+        # control-change list of the "straggler" of its (channel, track) by reference, so several
+        # instruments can share it.
         self.sustain = sustain
 
 
@@ -155,8 +169,52 @@ def _read_varlen(data: bytes, p: int) -> tuple[int, int]:
             return value, p
 
 
+class _OverLimit(Exception):
+    """A file passed one of the limits (``which``: the limit's keyword name)."""
+
+    def __init__(self, which: str) -> None:
+        super().__init__(which)
+        self.which = which
+
+
+class _Budget:
+    """What a parse may still read: notes, events of every kind, and a hook called now and then."""
+
+    __slots__ = ("notes_left", "events_left", "check_cancelled")
+
+    def __init__(self, max_notes: int, max_events: int, check_cancelled: CheckCancelled | None) -> None:
+        self.notes_left = max_notes
+        self.events_left = max_events
+        self.check_cancelled = check_cancelled
+
+    def take_events(self, count: int) -> int:
+        """Spend ``count`` events (raise once past the limit), call the hook, and return how many
+        events the caller may read before it must call again."""
+        self.events_left -= count
+        if self.events_left < 0:
+            raise _OverLimit("max_events")
+        if self.check_cancelled is not None:
+            self.check_cancelled()
+        return min(MIDI_CHECK_EVERY_EVENTS, self.events_left + 1)
+
+
+# Runs of running-status events are read as arrays: their bytes are all data bytes (< 0x80), so a
+# run ends at the first byte >= 0x80 (a status byte, or a delta time of more than one byte).
+_DATA_BYTES = re.compile(rb"[\x00-\x7f]*")
+#: Shortest run read as an array (shorter runs take the event-by-event path).
+_MIN_ARRAY_RUN = 32
+#: Channel messages whose runs are read as arrays (no notes: their effect does not depend on
+#: the state a note pairs against): data bytes per message.
+_ARRAY_KINDS = {0xA0: 2, 0xB0: 2, 0xC0: 1, 0xD0: 1, 0xE0: 2}
+
+
 def _parse_track(
-    data: bytes, track_idx: int, instruments: dict, stragglers: dict, tempos: list | None, note_budget: list
+    data: bytes,
+    track_idx: int,
+    instruments: dict,
+    stragglers: dict,
+    tempos: list | None,
+    budget: _Budget,
 ) -> None:
     """Walk one MTrk chunk, pairing notes and routing CC64 exactly like pretty_midi.
 
@@ -168,6 +226,10 @@ def _parse_track(
     - a control change goes to the instrument of the current program if it exists, otherwise to
       the (channel, track) straggler, whose list the next instrument created there adopts;
     - notes still open at the end of the track are dropped.
+
+    Every event counts against ``budget`` (notes, pedal and other controllers, meta, sysex), and
+    long runs of running-status controller, pitch-bend, pressure and program messages (a pedal
+    storm) are read as arrays, so the cost is linear in the file and bounded by the budget.
     """
     program = [0] * 16
     open_notes: dict[int, list[tuple[int, int]]] = {}
@@ -175,6 +237,9 @@ def _parse_track(
     running = 0
     p = 0
     end = len(data)
+    count = 0  # events read since the budget was last told
+    chunk = budget.take_events(0)  # events that may be read before telling it again
+    array_from = 0  # no array run is looked for before this position
 
     def cc_list(prog: int, ch: int) -> list:
         inst = instruments.get((prog, ch, track_idx))
@@ -186,6 +251,10 @@ def _parse_track(
         return lst
 
     while p < end:
+        count += 1
+        if count >= chunk:
+            chunk = budget.take_events(count)
+            count = 0
         # delta time (variable length)
         b = data[p]
         p += 1
@@ -217,47 +286,70 @@ def _parse_track(
                     raise ValueError("data byte out of range")
                 if kind == 0xC0:
                     program[ch] = d1
-                continue
-            d1 = data[p]
-            d2 = data[p + 1]
-            p += 2
-            if (d1 | d2) > 127:
-                raise ValueError("data byte out of range")
-            if kind == 0x90 and d2 > 0:  # note on
-                key = (ch << 7) | d1
-                lst = open_notes.get(key)
-                if lst is None:
-                    open_notes[key] = [(tick, d2)]
-                else:
-                    lst.append((tick, d2))
-            elif kind == 0x80 or kind == 0x90:  # note off
-                key = (ch << 7) | d1
-                lst = open_notes.pop(key, None)
-                if lst is None:
-                    continue  # spurious note-off
-                to_close = lst if lst[-1][0] != tick else [n for n in lst if n[0] != tick]
-                if to_close:
-                    prog = program[ch]
-                    inst = instruments.get((prog, ch, track_idx))
-                    if inst is None:
-                        inst = _Instrument(prog, ch, stragglers.get((ch, track_idx), []))
-                        instruments[(prog, ch, track_idx)] = inst
-                    for start_tick, velocity in to_close:
-                        inst.notes.append((start_tick, tick, d1, velocity))
-                    note_budget[0] -= len(to_close)
-                    if note_budget[0] < 0:
-                        raise _TooManyNotes()
-                    if len(to_close) < len(lst):
-                        # a note-off and note-on on the same tick: the new note continues
-                        open_notes[key] = [n for n in lst if n[0] == tick]
-                # otherwise the key stays closed, even when all its notes began on this tick
-                # (pretty_midi then drops them)
-            elif kind == 0xB0:  # control change
-                lst = cc_list(program[ch], ch)
-                if d1 == 64:
-                    lst.append((tick, d2))
-            elif kind == 0xE0:  # pitch bend: only matters because it can create a straggler
-                cc_list(program[ch], ch)
+            else:
+                d1 = data[p]
+                d2 = data[p + 1]
+                p += 2
+                if (d1 | d2) > 127:
+                    raise ValueError("data byte out of range")
+                if kind == 0x90 and d2 > 0:  # note on
+                    key = (ch << 7) | d1
+                    lst = open_notes.get(key)
+                    if lst is None:
+                        open_notes[key] = [(tick, d2)]
+                    else:
+                        lst.append((tick, d2))
+                    continue
+                if kind == 0x80 or kind == 0x90:  # note off
+                    key = (ch << 7) | d1
+                    lst = open_notes.pop(key, None)
+                    if lst is None:
+                        continue  # spurious note-off
+                    to_close = lst if lst[-1][0] != tick else [n for n in lst if n[0] != tick]
+                    if to_close:
+                        prog = program[ch]
+                        inst = instruments.get((prog, ch, track_idx))
+                        if inst is None:
+                            inst = _Instrument(prog, ch, stragglers.get((ch, track_idx), []))
+                            instruments[(prog, ch, track_idx)] = inst
+                        for start_tick, velocity in to_close:
+                            inst.notes.append((start_tick, tick, d1, velocity))
+                        budget.notes_left -= len(to_close)
+                        if budget.notes_left < 0:
+                            raise _OverLimit("max_notes")
+                        if len(to_close) < len(lst):
+                            # a note-off and note-on on the same tick: the new note continues
+                            open_notes[key] = [n for n in lst if n[0] == tick]
+                    # otherwise the key stays closed, even when all its notes began on this tick
+                    # (pretty_midi then drops them)
+                    continue
+                if kind == 0xB0:  # control change
+                    lst = cc_list(program[ch], ch)
+                    if d1 == 64:
+                        lst.append((tick, d2))
+                elif kind == 0xE0:  # pitch bend: only matters because it can create a straggler
+                    cc_list(program[ch], ch)
+            # A long run of messages of this kind in running status is read in one go.
+            if p >= array_from:
+                run_end = _DATA_BYTES.match(data, p).end()
+                array_from = run_end
+                size = 1 + _ARRAY_KINDS[kind]
+                n = (run_end - p) // size
+                if n >= _MIN_ARRAY_RUN:
+                    run = np.frombuffer(data, np.uint8, n * size, p).reshape(n, size)
+                    ticks = tick + np.cumsum(run[:, 0], dtype=np.int64)
+                    count += n
+                    if count >= chunk:
+                        chunk = budget.take_events(count)
+                        count = 0
+                    if kind == 0xB0:
+                        pedal = run[:, 1] == 64
+                        if pedal.any():  # a block of (tick, value) rows among the list's tuples
+                            cc_list(program[ch], ch).append(np.stack([ticks[pedal], run[pedal, 2]], axis=1))
+                    elif kind == 0xC0:
+                        program[ch] = int(run[-1, 1])
+                    tick = int(ticks[-1])
+                    p += n * size
         elif status == 0xFF:  # meta event
             meta_type = data[p]
             length, p = _read_varlen(data, p + 1)
@@ -278,10 +370,7 @@ def _parse_track(
             p += n
     if p > end:
         raise IndexError("event runs past the end of its track")
-
-
-class _TooManyNotes(Exception):
-    pass
+    budget.take_events(count)
 
 
 def _tick_scales(tempos: list[tuple[int, int]], resolution: int) -> list[tuple[int, float]]:
@@ -315,6 +404,23 @@ def _ticks_to_seconds(ticks: np.ndarray, scales: list[tuple[int, float]]) -> np.
     return base[which] + scale[which] * (ticks - starts[which]).astype(np.float64)
 
 
+def _pedal_rows(events: list) -> np.ndarray:
+    """An instrument's CC64 events, (tick, value) tuples and blocks of such rows, as one array."""
+    parts: list[np.ndarray] = []
+    pending: list[tuple[int, int]] = []
+    for event in events:
+        if isinstance(event, np.ndarray):
+            if pending:
+                parts.append(np.array(pending, np.int64))
+                pending = []
+            parts.append(event.astype(np.int64))
+        else:
+            pending.append(event)
+    if pending:
+        parts.append(np.array(pending, np.int64))
+    return np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
+
+
 def _read_bytes(midi: MidiInput, max_bytes: int) -> tuple[bytes, str]:
     if isinstance(midi, (bytes, bytearray, memoryview)):
         data = bytes(midi)
@@ -338,7 +444,20 @@ def _read_bytes(midi: MidiInput, max_bytes: int) -> tuple[bytes, str]:
     return data, name
 
 
-def _parse_midi(data: bytes, name: str, max_notes: int) -> tuple[list[_Instrument], list]:
+def _limit_message(name: str, which: str, max_notes: int, max_events: int) -> str:
+    if which == "max_notes":
+        return f"{name}: more than {max_notes} notes (limit max_notes)"
+    return (f"{name}: more than {max_events} MIDI events (notes, pedal and other controller changes, "
+            "meta events; limit max_events)")  # fmt: skip
+
+
+def _parse_midi(
+    data: bytes,
+    name: str,
+    max_notes: int,
+    max_events: int = DEFAULT_MAX_EVENTS,
+    check_cancelled: CheckCancelled | None = None,
+) -> tuple[list[_Instrument], list]:
     """Parse SMF bytes into pretty_midi-style instruments (ticks) and pretty_midi tick scales."""
     if len(data) < 8 or data[:4] != b"MThd":
         raise MidiError(f"{name}: not a MIDI file (no MThd header)")
@@ -351,7 +470,7 @@ def _parse_midi(data: bytes, name: str, max_notes: int) -> tuple[list[_Instrumen
     instruments: dict[tuple[int, int, int], _Instrument] = {}
     stragglers: dict[tuple[int, int], list] = {}
     tempos: list[tuple[int, int]] = []
-    budget = [max_notes]
+    budget = _Budget(max_notes, max_events, check_cancelled)
     pos = 8 + header_size
     track_idx = 0
     while track_idx < num_tracks:
@@ -368,8 +487,8 @@ def _parse_midi(data: bytes, name: str, max_notes: int) -> tuple[list[_Instrumen
             _parse_track(
                 data[start:pos], track_idx, instruments, stragglers, tempos if track_idx == 0 else None, budget
             )
-        except _TooManyNotes:
-            raise MidiError(f"{name}: more than {max_notes} notes (limit max_notes)") from None
+        except _OverLimit as over:
+            raise MidiError(_limit_message(name, over.which, max_notes, max_events)) from None
         except IndexError:
             raise MidiError(f"{name}: truncated or corrupt MIDI track {track_idx}") from None
         except ValueError as e:
@@ -389,8 +508,42 @@ def _parse_midi(data: bytes, name: str, max_notes: int) -> tuple[list[_Instrumen
 _SUSTAIN_ON, _SUSTAIN_OFF, _NOTE_ON, _NOTE_OFF = 0, 1, 2, 3
 
 
+def _pedal_events(
+    pedal_times: np.ndarray, pedal_down: np.ndarray, note_times: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pedal events that can change anything, in sweep order: (times, kinds).
+
+    In note_seq's sweep the pedal events between two note events (in (time, type) order) form a
+    run, and of a run only two events matter: its first pedal-up (which releases the notes the
+    pedal held; later pedal-ups in the run find none) and its last event (the pedal's state for
+    the notes that follow). So at most two pedal events per note event are kept, however many
+    toggles the file has. ``note_times``: every note-on and note-off time, sorted.
+    """
+    kinds = np.where(pedal_down, _SUSTAIN_ON, _SUSTAIN_OFF)
+    order = np.lexsort((kinds, pedal_times))  # stable: ties keep file order, pedal-down first
+    times, kinds = pedal_times[order], kinds[order]
+    run = np.searchsorted(note_times, times, side="left")  # note events before each pedal event
+    last = np.ones(len(run), bool)
+    last[:-1] = run[1:] != run[:-1]
+    ups = np.flatnonzero(kinds == _SUSTAIN_OFF)
+    first_up = np.zeros(len(run), bool)
+    if len(ups):
+        new_run = np.ones(len(ups), bool)
+        new_run[1:] = run[ups[1:]] != run[ups[:-1]]
+        first_up[ups[new_run]] = True
+    keep = last | first_up
+    return times[keep], kinds[keep]
+
+
 def _sustain_instrument(
-    start: list, end: list, pitch: list, pedal: list[tuple[float, int]], removed: list, total_time: float
+    start: np.ndarray,
+    end: np.ndarray,
+    pitch: np.ndarray,
+    pedal_times: np.ndarray,
+    pedal_down: np.ndarray,
+    removed: np.ndarray,
+    total_time: float,
+    check_cancelled: CheckCancelled | None = None,
 ) -> tuple[list[int], float]:
     """note_seq's sustain algorithm for one instrument; edits ``end``/``removed`` in place.
 
@@ -400,49 +553,77 @@ def _sustain_instrument(
     down a new note-on ends every active note of the same pitch (deleting it if that leaves it
     zero-length). Returns the notes still held by the pedal at the end (the caller ends them at
     the last event time of the whole sequence) and the updated total time.
+
+    One sort and one sweep: the active notes are kept by pitch and the notes the pedal alone
+    holds are kept apart, so a pedal-up touches only the notes it releases and a note-on only
+    those of its pitch (note_seq rescans every active note at each, which costs notes x pedal
+    events); pedal events that cannot change anything are dropped first (:func:`_pedal_events`).
     """
     n = len(start)
-    events = [(start[i], _NOTE_ON, i) for i in range(n)]
-    events += [(end[i], _NOTE_OFF, i) for i in range(n)]
-    events += [(t, _SUSTAIN_ON if v >= 64 else _SUSTAIN_OFF, -1) for t, v in pedal]
-    events.sort(key=lambda e: (e[0], e[1]))  # stable: ties keep insertion order
+    note_times = np.concatenate([start, end])
+    ptimes, pkinds = _pedal_events(pedal_times, pedal_down, np.sort(note_times))
+    times = np.concatenate([note_times, ptimes])
+    kinds = np.concatenate([np.full(n, _NOTE_ON), np.full(n, _NOTE_OFF), pkinds])
+    index = np.concatenate([np.arange(n), np.arange(n), np.full(len(ptimes), -1)])
+    order = np.lexsort((kinds, times))  # stable: ties keep insertion order
+    end_list = end.tolist()
+    start_list = start.tolist()
+    pitch_list = pitch.tolist()
     sustain = False
-    active: list[int] = []
-    for time, kind, i in events:
+    active: dict[int, None] = {}  # every active note (a dict: ordered, O(1) removal)
+    by_pitch: dict[int, dict[int, None]] = {}  # the active notes of each pitch
+    released: dict[int, None] = {}  # active notes whose key was released under the pedal
+    swept = 0
+    for time, kind, i in zip(times[order].tolist(), kinds[order].tolist(), index[order].tolist()):
+        swept += 1
+        if check_cancelled is not None and swept % MIDI_CHECK_EVERY_EVENTS == 0:
+            check_cancelled()
         if kind == _SUSTAIN_ON:
             sustain = True
         elif kind == _SUSTAIN_OFF:
             sustain = False
-            still = []
-            for k in active:
-                if end[k] < time:  # released by its key earlier, held by the pedal until now
-                    end[k] = time
-                    if time > total_time:
-                        total_time = time
-                else:
-                    still.append(k)
-            active = still
+            if released:  # held by the pedal since their key was released: they end now
+                for k in released:
+                    end_list[k] = time
+                    del active[k]
+                    del by_pitch[pitch_list[k]][k]
+                released = {}
+                if time > total_time:
+                    total_time = time
         elif kind == _NOTE_ON:
+            same = by_pitch.get(pitch_list[i])
+            if same is None:
+                same = by_pitch[pitch_list[i]] = {}
+            elif sustain and same:
+                for k in same:  # re-struck under the pedal: the old note stops here
+                    end_list[k] = time
+                    if start_list[k] == time:
+                        removed[k] = True
+                    del active[k]
+                    released.pop(k, None)
+                same.clear()
+            active[i] = None
+            same[i] = None
+        elif i in active:  # note-off
             if sustain:
-                still = []
-                for k in active:
-                    if pitch[k] == pitch[i]:
-                        end[k] = time  # re-struck under the pedal: the old note stops here
-                        if start[k] == end[k]:
-                            removed[k] = True
-                    else:
-                        still.append(k)
-                active = still
-            active.append(i)
-        elif not sustain and i in active:  # note-off without pedal
-            active.remove(i)
-    return active, total_time
+                released[i] = None
+            else:
+                del active[i]
+                del by_pitch[pitch_list[i]][i]
+    end[:] = end_list
+    return list(active), total_time
 
 
 def _apply_sustain(
-    notes: _NoteArrays, instrument: np.ndarray, pedals: list[list], total_time: float
+    notes: _NoteArrays,
+    instrument: np.ndarray,
+    pedals: list[tuple[np.ndarray, np.ndarray]],
+    total_time: float,
+    check_cancelled: CheckCancelled | None = None,
 ) -> tuple[_NoteArrays, float]:
-    """note_seq ``apply_sustain_control_changes``, per instrument (drums untouched)."""
+    """note_seq ``apply_sustain_control_changes``, per instrument (drums untouched).
+
+    ``pedals[i]``: instrument i's CC64 events as (times in seconds, values)."""
     end = notes.end.copy()
     removed = np.zeros(len(notes), bool)
     # The last event of the whole (all-instrument) sorted event list sets the end of notes the
@@ -451,24 +632,29 @@ def _apply_sustain(
     last_time = 0.0
     if non_drum.any():
         last_time = max(float(notes.start[non_drum].max()), float(notes.end[non_drum].max()))
-    for pedal in pedals:
-        if pedal:
-            last_time = max(last_time, max(t for t, _ in pedal))
+    for times, _ in pedals:
+        if len(times):
+            last_time = max(last_time, float(times.max()))
+    # The notes of each instrument, found once (not a scan of all notes per instrument).
+    by_instrument = np.argsort(instrument, kind="stable")
+    bounds = np.searchsorted(instrument[by_instrument], np.arange(len(pedals) + 1))
     held: list[np.ndarray] = []
-    for inst, pedal in enumerate(pedals):
-        if not any(v >= 64 for _, v in pedal):
+    for inst, (times, values) in enumerate(pedals):
+        down = values >= 64
+        if not down.any():
             continue  # without a pedal-down nothing changes (the note order already agrees)
-        idx = np.flatnonzero((instrument == inst) & non_drum)
+        idx = by_instrument[bounds[inst] : bounds[inst + 1]]
+        idx = idx[non_drum[idx]]
         if len(idx) == 0:
             continue
-        e = end[idx].tolist()
-        r = [False] * len(idx)
+        e = end[idx]
+        r = np.zeros(len(idx), bool)
         still, total_time = _sustain_instrument(
-            notes.start[idx].tolist(), e, notes.pitch[idx].tolist(), pedal, r, total_time
+            notes.start[idx], e, notes.pitch[idx], times, down, r, total_time, check_cancelled
         )
         end[idx] = e
         removed[idx] = r
-        held.append(idx[still])
+        held.append(idx[np.array(still, np.int64)])
     held_idx = np.concatenate(held) if held else np.zeros(0, np.int64)
     if len(held_idx):
         end[held_idx] = last_time
@@ -481,10 +667,15 @@ def _apply_sustain(
 
 
 def _midi_to_note_arrays(
-    midi: MidiInput, max_bytes: int, max_notes: int, max_seconds: float
+    midi: MidiInput,
+    max_bytes: int,
+    max_notes: int,
+    max_seconds: float,
+    max_events: int = DEFAULT_MAX_EVENTS,
+    check_cancelled: CheckCancelled | None = None,
 ) -> tuple[_NoteArrays, float, str]:
     data, name = _read_bytes(midi, max_bytes)
-    instruments, scales = _parse_midi(data, name, max_notes)
+    instruments, scales = _parse_midi(data, name, max_notes, max_events, check_cancelled)
     counts = [len(inst.notes) for inst in instruments]
     if sum(counts) == 0:
         raise MidiError(f"{name}: MIDI file has no notes")
@@ -501,13 +692,10 @@ def _midi_to_note_arrays(
     )
     pedals = []
     for inst in instruments:
-        if inst.sustain:
-            t = _ticks_to_seconds(np.array([c[0] for c in inst.sustain], np.int64), scales)
-            pedals.append(list(zip(t.tolist(), [c[1] for c in inst.sustain])))
-        else:
-            pedals.append([])
+        events = _pedal_rows(inst.sustain)
+        pedals.append((_ticks_to_seconds(events[:, 0], scales), events[:, 1]))
     total_time = float(notes.end.max())
-    notes, total_time = _apply_sustain(notes, instrument, pedals, total_time)
+    notes, total_time = _apply_sustain(notes, instrument, pedals, total_time, check_cancelled)
     if not total_time <= max_seconds:
         raise MidiError(f"{name}: MIDI file too long ({total_time:.0f} s > {max_seconds:.0f} s, limit max_seconds)")
     # Slakh classes for non-drum notes (ORIGINAL.md §2.5 step 3); drums keep their program.
@@ -521,13 +709,20 @@ def midi_to_notes(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_notes: int = DEFAULT_MAX_NOTES,
     max_seconds: float = DEFAULT_MAX_SECONDS,
+    max_events: int = DEFAULT_MAX_EVENTS,
+    check_cancelled: CheckCancelled | None = None,
 ) -> tuple[list[Note], float]:
     """Read a MIDI file (path or bytes) into notes, as diffusers' MidiProcessor sees them.
 
     Sustain pedal is applied per instrument and non-drum programs are mapped to Slakh classes
     (ORIGINAL.md §2.5 steps 1-3). Returns the notes in NoteSequence order and the NoteSequence
     ``total_time`` in seconds. Raises MidiError for a missing, non-MIDI, truncated or corrupt
-    file, a file without notes, or one beyond ``max_bytes`` / ``max_notes`` / ``max_seconds``.
+    file, a file without notes, or one beyond ``max_bytes`` / ``max_notes`` / ``max_seconds`` /
+    ``max_events`` (events of every kind: notes, pedal and other controllers, meta, sysex).
+
+    The cost is linear in the file (one pass over the bytes, one sort and one sweep for the
+    pedal). ``check_cancelled``, if given, is called every few thousand events; whatever it
+    raises abandons the parse (a wall-clock budget, a cancelled request).
     """
-    notes, total_time, _ = _midi_to_note_arrays(midi, max_bytes, max_notes, max_seconds)
+    notes, total_time, _ = _midi_to_note_arrays(midi, max_bytes, max_notes, max_seconds, max_events, check_cancelled)
     return notes.to_notes(), total_time

@@ -32,6 +32,7 @@ from specdiff.constants import (  # noqa: F401 (re-exported)
 )
 from specdiff.midi import (  # noqa: F401 (re-exported: the MIDI reader lived here)
     DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_EVENTS,
     DEFAULT_MAX_NOTES,
     DEFAULT_MAX_SECONDS,
     SLAKH_PROGRAMS,
@@ -287,13 +288,15 @@ def midi_to_segments(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_notes: int = DEFAULT_MAX_NOTES,
     max_seconds: float = DEFAULT_MAX_SECONDS,
+    max_events: int = DEFAULT_MAX_EVENTS,
 ) -> TokenizedMidi:
     """Tokenize a MIDI file exactly like diffusers' ``MidiProcessor()(midi)`` (ORIGINAL.md §2.5).
 
     Differences by design: a segment with more than 2047 events keeps the first 2047 and warns
-    (diffusers returns an over-long list), and bad input raises MidiError.
+    (diffusers returns an over-long list), and bad input raises MidiError (limits as in
+    :func:`midi_to_notes`).
     """
-    notes, total_time, _ = _midi_to_note_arrays(midi, max_bytes, max_notes, max_seconds)
+    notes, total_time, _ = _midi_to_note_arrays(midi, max_bytes, max_notes, max_seconds, max_events)
     return TokenizedMidi(_index_to_segments(_index_arrays(notes, total_time)), total_time)
 
 

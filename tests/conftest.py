@@ -133,6 +133,70 @@ def make_hub_cache(cache: Path, repo_id: str, folder: Path, revision: str = "mai
 
 
 # ---------------------------------------------------------------------------------------------
+# Pathological MIDI files (issue 26's probe): cheap to write, once costly to read. One track,
+# tpq 480 at the default 120 bpm (a tick is 1/960 s), running status wherever it can be used:
+# these are the densest files a byte budget allows. Pitches cycle over STRESS_PITCHES.
+# ---------------------------------------------------------------------------------------------
+
+STRESS_PITCHES = 48
+TICKS_PER_SECOND = 960
+
+
+def _one_track(body: bytes | bytearray, tpq: int = 480) -> bytes:
+    body = bytes(body) + b"\x00\xff\x2f\x00"  # end of track
+    return b"MThd" + struct.pack(">IHHH", 6, 0, 1, tpq) + b"MTrk" + struct.pack(">I", len(body)) + body
+
+
+def _stress_pitch(i: int) -> int:
+    return 36 + i % STRESS_PITCHES
+
+
+def pedal_storm_midi(num_notes: int, num_toggles: int, final_release_ticks: int = 100) -> bytes:
+    """Held notes through a sustain-pedal storm (the probe's 29 000 notes / 615 000 toggles file).
+
+    Note i starts at tick i, the notes stack on ``STRESS_PITCHES`` keys, nobody releases a key
+    during the storm: pedal down at tick ``num_notes``, then up, down, ... one tick apart
+    (``num_toggles`` changes, running status). Then every key is released (tick ``num_notes +
+    num_toggles``) and, ``final_release_ticks`` later, the pedal goes up for good. Events:
+    ``num_notes + num_toggles + min(num_notes, STRESS_PITCHES) + 2`` (end of track included).
+    """
+    body = bytearray()
+    for i in range(num_notes):
+        body += (b"\x00\x90" if i == 0 else b"\x01") + bytes([_stress_pitch(i), 100])
+    for k in range(num_toggles):
+        body += (b"\x01\xb0" if k == 0 else b"\x01") + bytes([64, 127 if k % 2 == 0 else 0])
+    for p in range(min(num_notes, STRESS_PITCHES)):
+        body += (b"\x01\x80" if p == 0 else b"\x00") + bytes([_stress_pitch(p), 0])
+    body += bytes([final_release_ticks, 0xB0, 64, 0])
+    return _one_track(body)
+
+
+def held_under_one_pedal_midi(num_notes: int) -> bytes:
+    """Many short notes under one pedal press: pedal down at tick 0, note i on at tick 2i and off
+    one tick later, pitches cycling, pedal up one tick after the last note. Events: ``2 *
+    num_notes + 3``."""
+    body = bytearray(b"\x00\xb0\x40\x7f")
+    for i in range(num_notes):
+        body += (b"\x00\x90" if i == 0 else b"\x01") + bytes([_stress_pitch(i), 100, 1, _stress_pitch(i), 0])
+    body += b"\x01\xb0\x40\x00"
+    return _one_track(body)
+
+
+def stacked_notes_one_press_midi(num_notes: int) -> bytes:
+    """Notes stacked on a few keys, one pedal press (down and up) while they are held, then the
+    keys released: note i starts at tick i, the pedal goes down at tick ``num_notes`` and up a
+    tick later, every key is released at tick ``num_notes + 2``. Events: ``num_notes + 2 +
+    min(num_notes, STRESS_PITCHES) + 1``."""
+    body = bytearray()
+    for i in range(num_notes):
+        body += (b"\x00\x90" if i == 0 else b"\x01") + bytes([_stress_pitch(i), 100])
+    body += b"\x01\xb0\x40\x7f\x01\x40\x00"
+    for p in range(min(num_notes, STRESS_PITCHES)):
+        body += (b"\x01\x80" if p == 0 else b"\x00") + bytes([_stress_pitch(p), 0])
+    return _one_track(body)
+
+
+# ---------------------------------------------------------------------------------------------
 # diffusers' reference implementation (the 'parity' extra)
 # ---------------------------------------------------------------------------------------------
 
