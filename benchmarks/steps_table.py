@@ -10,8 +10,9 @@ segment-to-segment level jump. Two sets of pieces:
 - ``demo``: the demo corpus's test split.
 
 Extra rows:
-- ``--prior-alone``: the same model with the decoder's ``spec_out`` weight and bias set to zero,
-  so its output is the closed-form score prior refined by nothing (what the network adds);
+- ``--prior-alone``: the same model with the decoder's ``spec_out`` weight and bias (and its
+  ``input_skip`` maps) set to zero, so its output is the closed-form score prior refined by nothing
+  (what the network adds);
 - ``--yardstick``: the same MIDI rendered with another SoundFont (FluidR3_GM) scored against the
   TimGM6mb reference: how close a different professional SoundFont is.
 
@@ -69,14 +70,14 @@ def model_folder(model: str, tmp: Path, prior_alone: bool = False) -> Path:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from specdiff.default_model import default_model_dir
+    from specdiff.default_model import DEFAULT_MODEL_DIR
     from specdiff.train import export_pipeline
 
     path = Path(model)
     if path.is_file():
         out = tmp / f"export_{path.stem}"
         if not out.exists():
-            export_pipeline(path, out, vocoder=default_model_dir() / "vocoder")
+            export_pipeline(path, out, vocoder=DEFAULT_MODEL_DIR / "vocoder")
         path = out
     if prior_alone:
         out = tmp / f"prior_{path.name}"
@@ -84,7 +85,7 @@ def model_folder(model: str, tmp: Path, prior_alone: bool = False) -> Path:
             shutil.copytree(path, out)
             weights = next((out / "decoder").glob("*.safetensors"))
             state = load_file(str(weights))
-            for key in ("spec_out.weight", "spec_out.bias"):
+            for key in ("spec_out.weight", "spec_out.bias", "input_skip.weight"):
                 if key in state:
                     state[key] = torch.zeros_like(state[key])
             save_file(state, str(weights))
