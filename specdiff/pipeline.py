@@ -38,7 +38,7 @@ from specdiff.default_model import SamplingSettings, read_sampling_settings, wri
 from specdiff.errors import MidiError, ModelError, SpecdiffError
 from specdiff.mel import FRAMES_PER_SECOND, SAMPLE_RATE, scale_features, scale_to_features
 from specdiff.model import ContinuousEncoder, FilmDecoder, NotesEncoder, skip_weight_init
-from specdiff.score_roll import ROLL_FEATURES, batch_rolls
+from specdiff.score_roll import ROLL_LAYOUTS, batch_rolls
 
 #: Seconds of audio kept after the music's end (TokenizedMidi.duration): room for the release of
 #: the last notes, which the notes themselves do not include. The rest of the last 5.12 s segment
@@ -271,10 +271,11 @@ class SpectrogramDiffusionPipeline:
         self.continuous_encoder = continuous_encoder.eval()
         self.decoder = decoder.eval()
         roll_features = getattr(decoder, "score_roll_features", 0)
-        if roll_features and roll_features != ROLL_FEATURES:
+        if roll_features and roll_features not in ROLL_LAYOUTS:
             raise ModelError(
                 f"the decoder expects a score roll of {roll_features} features per frame; this version of "
-                f"specdiff computes {ROLL_FEATURES} (specdiff.score_roll): the model was trained with another layout"
+                f"specdiff computes {' or '.join(map(str, ROLL_LAYOUTS))} (specdiff.score_roll): the model was "
+                "trained with another layout"
             )
         #: Sampler, steps and guidance used where a call leaves them unset (a model folder's
         #: sampling.json, else the library defaults); saved with the folder.
@@ -553,7 +554,8 @@ class SpectrogramDiffusionPipeline:
                 )
                 roll = None
                 if getattr(self.decoder, "score_roll_features", 0):  # frame-aligned score conditioning
-                    roll = batch_rolls([token_tensors[k][index] for k in active], segment_frames)
+                    roll = batch_rolls([token_tensors[k][index] for k in active], segment_frames,
+                                       self.decoder.score_roll_features)  # fmt: skip
                     roll = roll.to(device)
                 denoise = samplers.GuidedDenoiser(self.decoder, encodings, guidance_scale, film_cache, score_roll=roll,
                                                   timbre=self._timbre_indices(len(active)))  # fmt: skip

@@ -97,8 +97,9 @@ class TrainConfig:
     # bias, with model.spec_out_bias=true, at the silence floor -1 for prediction_type "sample").
     # Initialisation only: benchmarks/results/trainability.md measures why it matters.
     output_init: str = "default"
-    # N > 0 (decoders with model.score_prior=true, fresh runs only): fit the score prior in closed form
-    # (ridge regression of the target on the roll's shared columns) on N training windows before step 1.
+    # N > 0 (decoders with model.score_prior=true; new runs and warm starts, which it refits): fit the
+    # score prior in closed form (ridge regression of the target on the roll's shared columns) on N
+    # training windows before step 1.
     score_prior_fit: int = 0
     # N > 0 (decoders with model.input_skip_frames, new runs and warm starts): fit the input_skip maps in
     # closed form on N training windows before step 1 (train.fit_input_skip).
@@ -280,7 +281,7 @@ class SpectrogramDiffusionModel(nn.Module):
         """The frame-aligned roll of a token batch, or None for the original architecture."""
         if not self.decoder.score_roll_features:
             return None
-        return batch_rolls(tokens, self.decoder.config["targets_length"])
+        return batch_rolls(tokens, self.decoder.config["targets_length"], self.decoder.score_roll_features)
 
 
 OUTPUT_INITS = ("default", "zero")
@@ -340,10 +341,10 @@ def fit_score_prior(
     layer = decoder.score_prior_projection
     if layer is None:
         raise SpecdiffError("score_prior_fit needs a decoder with score_prior=true")
-    frames = decoder.config["targets_length"]
+    frames, features = decoder.config["targets_length"], decoder.score_roll_features
     solution = ridge_regression(
         (
-            (batch_rolls(b["tokens"], frames)[..., TONAL_FEATURES:].flatten(0, 1), b["target"].flatten(0, 1))
+            (batch_rolls(b["tokens"], frames, features)[..., TONAL_FEATURES:].flatten(0, 1), b["target"].flatten(0, 1))
             for b in collated_windows(dataset, range(windows), batch_size)
         ),
         ridge,
@@ -353,7 +354,7 @@ def fit_score_prior(
     layer.bias.copy_(solution[-1].to(layer.bias.dtype))
     error, count = 0.0, 0
     for batch in collated_windows(dataset, range(min(windows, 4 * batch_size)), batch_size):
-        prior = decoder.project_score_roll(batch_rolls(batch["tokens"], frames), layer.weight) + layer.bias
+        prior = decoder.project_score_roll(batch_rolls(batch["tokens"], frames, features), layer.weight) + layer.bias
         error += float((prior - batch["target"]).abs().sum())
         count += batch["target"].numel()
     return error / max(count, 1)
@@ -882,6 +883,27 @@ def _find_resume_checkpoint(config: TrainConfig, resume: str | None) -> Path | N
     return Path(resume)
 
 
+#: Decoder weights whose columns are the score roll's features (``specdiff.score_roll``).
+ROLL_WEIGHTS = ("decoder.score_projection.weight", "decoder.score_prior_projection.weight")
+
+
+def _widen_roll_weights(state: dict[str, Any], target: dict[str, Tensor]) -> tuple[dict[str, Any], set[str]]:
+    """A warm start from a model on the base roll layout into one on the extended layout: the roll
+    weights get zero columns for the added features (so the model starts with the old one's output).
+    Returns the state and the keys widened."""
+    from specdiff.score_roll import EXTENDED_ROLL_FEATURES, ROLL_FEATURES
+
+    model_state, widened = dict(state["model"]), set()
+    for key in ROLL_WEIGHTS:
+        old, new = model_state.get(key), target.get(key)
+        if old is None or new is None or old.shape == new.shape:
+            continue
+        if old.shape[-1] == ROLL_FEATURES and new.shape == (*old.shape[:-1], EXTENDED_ROLL_FEATURES):
+            model_state[key] = torch.cat([old, old.new_zeros(*old.shape[:-1], new.shape[-1] - old.shape[-1])], -1)
+            widened.add(key)
+    return {**state, "model": model_state}, widened
+
+
 class Trainer:
     """One run: builds (or restores) model, optimiser, EMA and data stream; ``run()`` trains to ``config.steps``.
 
@@ -922,10 +944,6 @@ class Trainer:
         ).to(self.ctx.device)
         self.model.train()
         initialise_output(self.model.decoder, config.output_init)
-        if config.score_prior_fit > 0 and resume_path is None and not config.init_from:
-            error = fit_score_prior(self.model.decoder, train_set, config.score_prior_fit)
-            if self.ctx.is_main:
-                print(f"score prior fitted on {config.score_prior_fit} windows: L1 {error:.4f}", flush=True)
         self.optimizer = build_optimizer(
             self.model,
             config.optimizer,
@@ -941,6 +959,13 @@ class Trainer:
             self._restore(resume_path)
         elif config.init_from:
             self._warm_start(Path(config.init_from))
+        # Closed-form fits (after a warm start, which they refit; never on resume): the prior first,
+        # since the input skip sees the noisy input less the prior.
+        if config.score_prior_fit > 0 and resume_path is None:
+            error = fit_score_prior(self.model.decoder, train_set, config.score_prior_fit)
+            self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)  # the EMA starts from the fit
+            if self.ctx.is_main:
+                print(f"score prior fitted on {config.score_prior_fit} windows: L1 {error:.4f}", flush=True)
         if config.input_skip_fit > 0 and resume_path is None:
             report = fit_input_skip(self.model, train_set, config.input_skip_fit)
             self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)  # the EMA starts from the fit
@@ -997,6 +1022,7 @@ class Trainer:
         prefixes = tuple(f"decoder.{name}." for name in ZERO_STARTED_DECODER_PARAMETERS)
         added = {k for k in self.model.state_dict() if k.startswith(prefixes)}
         missing = added - set(state["model"])
+        state, widened = _widen_roll_weights(state, self.model.state_dict())
         try:
             result = self.model.load_state_dict(state["model"], strict=not missing)
         except RuntimeError as exc:
@@ -1004,7 +1030,7 @@ class Trainer:
         if missing and (set(result.missing_keys) != missing or result.unexpected_keys):
             raise ModelError(f"{path} does not match the configured model: missing {result.missing_keys}, "
                              f"unexpected {result.unexpected_keys}")  # fmt: skip
-        if missing and state["ema"] is not None:
+        if (missing or widened) and state["ema"] is not None:
             state = {**state, "ema": None}  # the EMA restarts from these weights (it lacks the new tables)
         if state["ema"] is None:
             self.ema = EMA(self.model, self.config.ema_decay, self.config.ema_warmup)
