@@ -335,7 +335,7 @@ def test_non_finite_guidance_is_refused_as_not_finite(serve, value):
     client, _ = serve()
     response = submit(client, guidance=value)
     assert response.status_code == 422
-    messages = " ".join(e["msg"] for e in response.json()["detail"])
+    messages = response.json()["detail"]
     assert "finite number" in messages and "less than" not in messages
 
 
@@ -911,7 +911,7 @@ def test_a_full_queue_refuses_before_parsing_the_upload(serve, pipe, monkeypatch
 def test_the_last_place_is_reserved_before_parsing_and_parsing_is_off_the_event_loop(serve, pipe, monkeypatch):
     from specdiff.server import app as app_module
 
-    client, _ = serve(max_queued=1)
+    client, _ = serve(max_queued=1, max_parse_seconds=30.0)  # the stand-in reader takes 1 s
     gate = Gate(pipe)
     reader = CountingReader(delay=1.0)
     try:
@@ -1061,3 +1061,127 @@ def test_the_job_says_when_the_soft_limiter_shaped_the_audio(serve, pipe):
     assert loud["limiter_note"] == LIMITER_NOTE
     audio, _ = read_wav(client.get(loud["links"]["audio"]).content)
     assert np.abs(audio).max() <= LIMITER_CEILING + 1e-4  # soft-limited, never hard-clipped at 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Round 2: security headers, token, HEAD, one error shape, costly uploads
+# ---------------------------------------------------------------------------------------------
+
+
+def test_every_answer_carries_the_security_headers(serve):
+    client, _ = serve()
+    answers = [client.get("/"), client.get("/api/info"), client.get("/api/jobs/nope"), client.get("/docs"),
+               client.post("/api/jobs", headers={"Origin": "http://evil.example"}, data={"example": "x"})]  # fmt: skip
+    assert [a.status_code for a in answers] == [200, 200, 404, 200, 403]
+    for answer in answers:
+        csp = answer.headers["content-security-policy"]
+        assert "frame-ancestors 'self'" in csp and "object-src 'none'" in csp
+        assert answer.headers["x-frame-options"] == "SAMEORIGIN"
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["referrer-policy"] == "no-referrer"
+    # The page runs only its own scripts; only the docs pages (FastAPI's inline starter) may inline.
+    assert "'unsafe-inline'" not in answers[0].headers["content-security-policy"]
+    assert "script-src 'self' 'unsafe-inline'" in answers[3].headers["content-security-policy"]
+
+
+def test_head_on_the_page(serve):
+    client, _ = serve()
+    head, get = client.head("/"), client.get("/")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"] == "text/html; charset=utf-8"
+    assert client.head("/favicon.ico").status_code == 200
+
+
+def test_bad_settings_get_one_line_that_does_not_echo_the_upload(serve):
+    client, _ = serve()
+    secret = b"MThd-not-really-" + b"x" * 5000
+    answer = client.post("/api/jobs", files={"midi": ("", secret, "audio/midi")}, data={"steps": "many"})
+    assert answer.status_code == 422
+    detail = answer.json()["detail"]
+    assert isinstance(detail, str) and detail.startswith("invalid request: ") and "steps" in detail
+    assert "xxxx" not in answer.text and len(answer.content) < 1000
+
+
+def test_a_token_guards_every_request_and_the_page_keeps_it(serve):
+    client, _ = serve(token="s3cret", bind_host="0.0.0.0", allowed_hosts=["*"])
+    assert client.get("/api/info").status_code == 401
+    assert client.get("/api/info", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    refused = submit(client)
+    assert refused.status_code == 401 and "token" in refused.json()["detail"]
+    assert client.get("/api/info", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert client.get("/static/app.js").status_code == 200  # the page's own files need none
+    # Opening the printed URL sets a cookie; the page's later requests (fetch, audio, events) carry it.
+    page = client.get("/?token=s3cret")
+    assert page.status_code == 200 and "HttpOnly" in page.headers["set-cookie"]
+    assert "SameSite=Strict" in page.headers["set-cookie"]
+    assert client.get("/api/info").status_code == 200  # httpx keeps the cookie, as a browser does
+    job = submit(client)
+    assert job.status_code == 202
+
+
+def test_serve_makes_a_token_off_loopback_only():
+    from specdiff.commands.serve import resolve_token
+
+    class Args:
+        token = None
+        host = "0.0.0.0"
+
+    args = Args()
+    made = resolve_token(args)
+    assert made and len(made) >= 32 and resolve_token(args) == made  # once per run: URL and server agree
+    args.host = "127.0.0.1"
+    args._generated_token = None
+    assert resolve_token(args) is None
+    args.token = "given"
+    assert resolve_token(args) == "given"
+    with pytest.raises(ValueError, match="token"):
+        ServeConfig(token=" ")
+
+
+def test_a_pedal_storm_is_refused_by_the_event_budget(serve):
+    from conftest import pedal_storm_midi
+
+    client, app = serve(max_events=2_000)
+    answer = submit(client, pedal_storm_midi(200, 5_000), name="storm.mid")
+    assert answer.status_code == 400
+    detail = answer.json()["detail"]
+    assert detail.startswith("storm.mid") and "this server's limit" in detail
+    assert app.state.queue.free_places() == app.state.config.max_queued  # no place kept
+
+
+def test_an_upload_over_the_parse_budget_is_refused(serve):
+    from conftest import pedal_storm_midi
+
+    client, app = serve(max_parse_seconds=1e-9)
+    answer = submit(client, pedal_storm_midi(200, 5_000), name="slow.mid")
+    assert answer.status_code == 400
+    assert "took more than" in answer.json()["detail"] and "this server's limit" in answer.json()["detail"]
+    assert not list((app.state.queue.workdir).glob("*/notes.json"))  # nothing written for it
+
+
+def test_a_parse_ticket_stops_on_shutdown_cancel_and_deadline(tmp_path):
+    from specdiff.errors import MidiError
+    from specdiff.server.uploads import ParseTicket, UploadCancelled
+
+    stopping = threading.Event()
+    ticket = ParseTicket("a.mid", 60.0, stopping)
+    ticket.check()  # within budget: nothing
+    folder = tmp_path / "job"
+    folder.mkdir()
+    (folder / "notes.json").write_text("{}")
+    ticket.keep_folder(folder)
+    ticket.cancel()  # the request went away: what the parse wrote goes with it
+    assert not folder.exists()
+    with pytest.raises(UploadCancelled, match="cancelled"):
+        ticket.check()
+    late = tmp_path / "late"
+    late.mkdir()
+    with pytest.raises(UploadCancelled):
+        ticket.keep_folder(late)  # written after the cancel: removed at once
+    assert not late.exists()
+
+    with pytest.raises(MidiError, match="more than"):
+        ParseTicket("b.mid", 1e-9, stopping).check()
+    stopping.set()
+    with pytest.raises(UploadCancelled, match="shutting down"):
+        ParseTicket("c.mid", 60.0, stopping).check()

@@ -267,3 +267,37 @@ def test_narrow_screen_layout_and_a_cleared_error(page, tmp_path):
     good.write_bytes(midi_bytes([(60, 0.0, 0.5)]))
     page.set_input_files("#midi-file", str(good))
     assert page.is_hidden("#error")
+
+
+def test_a_foreign_page_cannot_frame_the_app(browser, base_url):
+    """Clickjacking: a page of another origin that frames the app gets no app in the frame (CSP
+    ``frame-ancestors 'self'``), so there is nothing to click; a page of the app's own origin may.
+    The foreign page is ``localhost`` framing ``127.0.0.1`` (two origins, both loopback, so the
+    browser's private-network rules play no part)."""
+    assert "127.0.0.1" in base_url
+    foreign = base_url.replace("127.0.0.1", "localhost") + "/evil.html"
+    attacker = f"""<!doctype html><html><body>
+      <iframe id="app" src="{base_url}/" width="900" height="700"></iframe></body></html>"""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.route(foreign, lambda route: route.fulfill(body=attacker, content_type="text/html"))
+        page.goto(foreign)
+        page.wait_for_timeout(1000)
+        framed = [f for f in page.frames if f != page.main_frame]
+        assert len(framed) == 1 and framed[0].query_selector("#submit") is None
+
+        # Control: the same frame in a page of the app's own origin shows the app.
+        own = context.new_page()
+        own.set_default_timeout(TIMEOUT_MS)
+        own.goto(f"{base_url}/api/health")
+        own.evaluate(f"""() => {{ const f = document.createElement('iframe'); f.src = '{base_url}/';
+            document.body.appendChild(f); }}""")
+        for _ in range(100):  # (not wait_for_function: the page's CSP forbids eval, rightly)
+            if len(own.frames) == 2:
+                break
+            own.wait_for_timeout(50)
+        own.frames[1].wait_for_selector("#submit")
+    finally:
+        context.close()

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import importlib.util
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -93,8 +94,15 @@ def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument(
         "--host",
         default=DEFAULT_HOST,
-        help=f"address to listen on (default: {DEFAULT_HOST}, this machine only). The service has no "
-        "authentication: listen on other addresses only on a network you trust.",
+        help=f"address to listen on (default: {DEFAULT_HOST}, this machine only). On any other address "
+        "every request needs a token (see --token)",
+    )
+    p.add_argument(
+        "--token",
+        metavar="TOKEN",
+        default=os.environ.get("SPECDIFF_TOKEN"),
+        help="token every request must carry (the URL ...?token=TOKEN, or 'Authorization: Bearer TOKEN'); "
+        "default: $SPECDIFF_TOKEN, else none on loopback and a random one, printed at start, on other addresses",
     )
     p.add_argument(
         "--allow-host",
@@ -161,6 +169,22 @@ def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         default=defaults.max_notes,
         metavar="N",
         help=f"most notes in one MIDI upload; denser files get HTTP 400 (default: {defaults.max_notes})",
+    )
+    g.add_argument(
+        "--max-events",
+        type=_positive(int),
+        default=defaults.max_events,
+        metavar="N",
+        help="most MIDI events of every kind (notes, pedal and other controllers, meta) in one upload; "
+        f"more get HTTP 400 (default: {defaults.max_events})",
+    )
+    g.add_argument(
+        "--max-parse-seconds",
+        type=_positive(float),
+        default=defaults.max_parse_seconds,
+        metavar="S",
+        help=f"wall-clock seconds an upload may take to read; slower ones get HTTP 400 "
+        f"(default: {defaults.max_parse_seconds:g})",
     )
     g.add_argument(
         "--max-steps",
@@ -249,12 +273,28 @@ def default_examples() -> list[Path]:
         return []
 
 
+def resolve_token(args: argparse.Namespace) -> str | None:
+    """The token requests must carry: ``--token``, else a random one off loopback (made once per
+    ``args``, so the printed URL and the server agree), else None."""
+    if args.token:
+        return str(args.token)
+    if is_loopback(args.host):
+        return None
+    if getattr(args, "_generated_token", None) is None:
+        import secrets
+
+        args._generated_token = secrets.token_hex(24)
+    return str(args._generated_token)
+
+
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     try:
         return ServeConfig(
             max_upload_bytes=max(1, int(args.max_upload_mb * 2**20)),
             max_midi_seconds=args.max_seconds,
             max_notes=args.max_notes,
+            max_events=args.max_events,
+            max_parse_seconds=args.max_parse_seconds,
             max_kept_results=args.max_kept,
             max_kept_bytes=max(1, int(args.max_kept_mb * 2**20)),
             max_queued=args.max_queued,
@@ -269,6 +309,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
             bind_host=args.host,
             allowed_hosts=args.allow_host,
             allowed_origins=args.allow_origin,
+            token=resolve_token(args),
         )
     except ValueError as err:
         raise SpecdiffError(str(err)) from None
@@ -299,18 +340,18 @@ def build_app(args: argparse.Namespace) -> Any:
 def run_serve(args: argparse.Namespace) -> int:
     """``specdiff serve``: load the model, then serve until Ctrl-C."""
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="specdiff: %(message)s")
-    if not is_loopback(args.host):
-        print(f"specdiff: warning: listening on {args.host}: the service has no authentication; anyone who can "
-              "reach this address can use it", file=sys.stderr)  # fmt: skip
     app = build_app(args)
+    token = app.state.config.token
 
     import uvicorn
 
     from specdiff.server.app import make_server
 
     host = f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
-    if not args.quiet:
-        print(f"specdiff: serving on http://{host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
+    url = f"http://{host}:{args.port}/" + (f"?token={token}" if token else "")
+    # Printed even with --quiet when there is a token: without it the URL cannot be used.
+    if not args.quiet or token:
+        print(f"specdiff: serving on {url} (Ctrl-C to stop)", file=sys.stderr)
     config = uvicorn.Config(app, host=args.host.strip("[]"), port=args.port,
                             log_level="warning" if args.quiet else "info", timeout_graceful_shutdown=5)  # fmt: skip
     # Not uvicorn.run: its server would hold Ctrl-C until open progress streams time out.

@@ -18,9 +18,9 @@ rebinding), a state-changing request whose ``Origin`` is another site's with 403
 (``specdiff.server.guards``).
 
 Errors are JSON ``{"detail": "one line"}``: 400 unusable MIDI (not MIDI, no notes, too long, too
-many notes), 404 unknown or expired job, 409 result not ready, 410 results evicted to bound memory
-and disk, 413 upload too large, 422 bad settings, 429 queue full (with ``Retry-After``; refused
-before the upload is read).
+many notes or events, too slow to read), 404 unknown or expired job, 409 result not ready, 410
+results evicted to bound memory and disk, 413 upload too large, 422 bad settings, 429 queue full
+(with ``Retry-After``; refused before the upload is read), 503 shutting down.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, Response, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
@@ -52,9 +53,10 @@ from specdiff.errors import MidiError
 from specdiff.sampler import SCHEDULERS
 from specdiff.server.config import ServeConfig
 from specdiff.server.docs import add_offline_docs
-from specdiff.server.guards import DRAIN_BYTES, CrossSiteGuard, HostPolicy, drain_body
+from specdiff.server.guards import DRAIN_BYTES, CrossSiteGuard, HostPolicy, SecurityHeaders, TokenGuard, drain_body
 from specdiff.server.jobs import Job, JobGone, JobNotFound, JobQueue, JobSettings, JobState, QueueFull, new_job_id
 from specdiff.server.synth import NOTES_NAME, Synthesizer, read_midi, write_notes_json
+from specdiff.server.uploads import ParseTicket, ReaderBusy, UploadCancelled, UploadReader
 
 logger = logging.getLogger("specdiff.serve")
 
@@ -148,6 +150,8 @@ class LimitsOut(BaseModel):
     max_upload_bytes: int
     max_midi_seconds: float
     max_notes: int
+    max_events: int = Field(description="most MIDI events of every kind (notes, pedal, controllers, meta)")
+    max_parse_seconds: float = Field(description="wall-clock seconds an upload may take to read")
     max_queued: int
     max_steps: int
     max_guidance: float
@@ -201,7 +205,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         410: "the job's results were evicted to bound the server's memory and disk (oldest first)",
         413: "upload too large",
         422: "invalid settings",
-        429: "the queue is full; retry after Retry-After seconds",
+        429: "the queue is full (or too many uploads wait to be read); retry after Retry-After seconds",
+        503: "the server is shutting down",
     }.items()
 }
 
@@ -376,15 +381,31 @@ def create_app(
     # Set when the server starts shutting down (by :func:`make_server`'s server): progress streams
     # then end with `event: shutdown` at once, instead of holding the shutdown until they are cut.
     stopping = app.state.stopping = threading.Event()
+    # Uploads are read one at a time, within a wall-clock budget, abandoned when the server stops.
+    reader = app.state.reader = UploadReader(config.max_parse_seconds, queue.free_places, stopping)
     app.state.synthesizer = synthesizer
     too_large = f"upload too large: the limit is {config.max_upload_bytes} bytes for the MIDI file"
     app.add_middleware(UploadLimit, limit=config.max_upload_bytes + FORM_OVERHEAD_BYTES, path=UPLOAD_PATH,
                        describe=too_large)  # fmt: skip
     # Added later, so it runs earlier: a full queue refuses before the size check reads anything.
     app.add_middleware(AdmissionGate, queue=queue, path=UPLOAD_PATH)
-    # Outermost: a request from another site is refused before anything else looks at it.
+    if config.token is not None:  # a request without the token is refused before the upload is read
+        app.add_middleware(TokenGuard, token=config.token)
+    # A request from another site is refused before anything else looks at it.
     app.add_middleware(CrossSiteGuard, hosts=HostPolicy(config.bind_host, config.allowed_hosts),
                        allowed_origins=config.allowed_origins)  # fmt: skip
+    # Outermost, so that every answer (refusals included) carries the headers.
+    app.add_middleware(SecurityHeaders)
+
+    @app.exception_handler(RequestValidationError)
+    async def one_line_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # One {"detail": "..."} line like every other error, naming the fields, never echoing the
+        # input (FastAPI's default body repeats it, a whole upload included).
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path"))
+            problems.append(f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg", "invalid")))
+        return JSONResponse({"detail": "invalid request: " + "; ".join(problems)}, status_code=422)
 
     def lookup(job_id: str, view: Any = None) -> Any:
         try:
@@ -410,7 +431,9 @@ def create_app(
             "defaults": {"steps": config.default_steps, "guidance": config.default_guidance,
                          "scheduler": config.default_scheduler},
             "limits": {"max_upload_bytes": config.max_upload_bytes, "max_midi_seconds": config.max_midi_seconds,
-                       "max_notes": config.max_notes, "max_queued": config.max_queued, "max_steps": config.max_steps,
+                       "max_notes": config.max_notes, "max_events": config.max_events,
+                       "max_parse_seconds": config.max_parse_seconds, "max_queued": config.max_queued,
+                       "max_steps": config.max_steps,
                        "max_guidance": config.max_guidance, "result_ttl_s": config.result_ttl,
                        "fetched_ttl_s": config.fetched_ttl, "max_kept_results": config.max_kept_results,
                        "max_kept_bytes": config.max_kept_bytes},
@@ -424,7 +447,7 @@ def create_app(
 
     @app.post(
         "/api/jobs", status_code=202, response_model=JobOut, tags=["jobs"],
-        responses=_responses(400, 413, 422, 429),
+        responses=_responses(400, 413, 422, 429, 503),
     )  # fmt: skip
     async def submit(
         response: Response,
@@ -457,16 +480,26 @@ def create_app(
             if example not in examples:
                 raise HTTPException(404, f"unknown example {example!r}; see /api/info for the list")
             name, data = example, await asyncio.to_thread(examples[example].read_bytes)
+        settings = JobSettings(steps=steps, guidance=float(guidance), scheduler=scheduler,
+                               seed=seed if seed is not None else secrets.randbelow(2**31))  # fmt: skip
         try:
-            with queue.reserve():
-                job = await asyncio.to_thread(make_job, data, name, JobSettings(
-                    steps=steps, guidance=float(guidance), scheduler=scheduler,
-                    seed=seed if seed is not None else secrets.randbelow(2**31)))  # fmt: skip
-                queue.submit(job, reserved=True)
+            # Waiting for its turn to be read holds no queue place; the place is reserved (or the
+            # upload refused) when its turn comes, before the parse.
+            async with reader.turn():
+                with queue.reserve():
+                    ticket = reader.ticket(name)
+                    job = await reader.run(ticket, lambda ticket: make_job(data, name, settings, ticket))
+                    queue.submit(job, reserved=True)
+                    ticket.release()
+        except ReaderBusy:
+            err = queue.refuse(f"the queue is full ({config.max_queued} jobs waiting or being read); try again later")
+            raise HTTPException(429, str(err), headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
         except QueueFull as err:
             raise HTTPException(429, str(err), headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
         except MidiError as err:
             raise HTTPException(400, str(err)) from None
+        except UploadCancelled as err:
+            raise HTTPException(503, str(err), headers={"Connection": "close"}) from None
         response.headers["Location"] = f"/api/jobs/{job.id}"
         logger.info("job %s queued: %s, %.1f s, %s", job.id, name, job.duration, job.settings)
         return queue.snapshot(job.id, _status)
@@ -551,11 +584,15 @@ def create_app(
         _, path = result_file(job_id, "spectrogram_path")
         return FileResponse(path, media_type="image/png")
 
-    def make_job(data: bytes, name: str, settings: JobSettings) -> Job:
-        """Parse and tokenize an upload and write its notes to the job's folder (in a worker thread)."""
-        tokenized, notes = read_midi(data, name, config.max_midi_seconds, config.max_upload_bytes, config.max_notes)
+    def make_job(data: bytes, name: str, settings: JobSettings, ticket: ParseTicket) -> Job:
+        """Parse and tokenize an upload and write its notes to the job's folder (in a worker thread,
+        within the ticket's wall-clock budget; abandoned, leaving no files, once it is cancelled)."""
+        tokenized, notes = read_midi(data, name, config.max_midi_seconds, config.max_upload_bytes, config.max_notes,
+                                     config.max_events, check_cancelled=ticket.check)  # fmt: skip
+        ticket.check()
         job_id = new_job_id()
         folder = queue.new_folder(job_id)
+        ticket.keep_folder(folder)
         try:
             notes_path = write_notes_json(notes, tokenized.duration, folder / NOTES_NAME)
         except BaseException:
@@ -592,11 +629,11 @@ def create_app(
 
     # -- the page -------------------------------------------------------------------------------
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(WEB_DIR / "index.html", media_type="text/html")
 
-    @app.get("/favicon.ico", include_in_schema=False)
+    @app.api_route("/favicon.ico", methods=["GET", "HEAD"], include_in_schema=False)
     def favicon() -> FileResponse:
         # Browsers ask for /favicon.ico whatever the page says; an SVG answers them all.
         return FileResponse(WEB_DIR / "favicon.svg", media_type="image/svg+xml")

@@ -27,6 +27,13 @@ class ServeConfig:
     #: 5.12 s segment (about 680 notes), so 120 s of music holds at most ~16k notes that matter;
     #: the cap stops a dense file from costing seconds of parsing and megabytes per job for nothing.
     max_notes: int = 30_000
+    #: Most MIDI events of every kind in one upload (notes, pedal and other controller changes, pitch
+    #: bends, meta events; HTTP 400 beyond). 120 s of expressive music with 30k notes needs well
+    #: under 100k; the cap bounds the CPU a file full of pedal toggles can cost before it is refused.
+    max_events: int = 200_000
+    #: Wall-clock seconds an upload may take to read (parse and tokenize; HTTP 400 beyond). Uploads
+    #: are read one at a time; within the event and note limits a file takes well under this.
+    max_parse_seconds: float = 1.0
     #: Jobs that may wait behind the running one; one more is refused with 429.
     max_queued: int = 8
     #: Upper bound on ``steps`` per request (cost grows linearly with it).
@@ -59,11 +66,15 @@ class ServeConfig:
     #: More origins (``scheme://host:port``) allowed to make state-changing requests (``*``: any);
     #: the service's own origin always is.
     allowed_origins: list[str] = field(default_factory=list)
+    #: A token every request must carry (``specdiff.server.guards.TokenGuard``); None: none needed.
+    #: ``specdiff serve`` makes one when it listens beyond loopback.
+    token: str | None = None
 
     def __post_init__(self) -> None:
         for name in (
             "max_upload_bytes",
             "max_notes",
+            "max_events",
             "max_queued",
             "max_steps",
             "default_steps",
@@ -72,7 +83,7 @@ class ServeConfig:
         ):
             if int(getattr(self, name)) < (0 if name == "max_queued" else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("max_midi_seconds", "result_ttl", "fetched_ttl", "max_guidance"):
+        for name in ("max_midi_seconds", "result_ttl", "fetched_ttl", "max_guidance", "max_parse_seconds"):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 1 <= self.default_steps <= self.max_steps:
@@ -82,3 +93,5 @@ class ServeConfig:
         self.examples = [Path(p) for p in self.examples]
         self.allowed_hosts = [str(h) for h in self.allowed_hosts]
         self.allowed_origins = [str(o).rstrip("/") for o in self.allowed_origins]
+        if self.token is not None and not str(self.token).strip():
+            raise ValueError("token must not be empty")

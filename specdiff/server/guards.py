@@ -164,3 +164,104 @@ async def _refuse(receive: Any, send: Any, status: int, detail: str) -> None:
                     (b"connection", b"close")],
     })  # fmt: skip
     await send({"type": "http.response.body", "body": body})
+
+
+#: The page's policy: its own scripts, styles, images and media only, no plugins, no foreign
+#: frame may embed it (clickjacking: a framed page could be tricked into submitting a job).
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' data:; media-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'self'"
+)
+#: The API documentation pages (FastAPI's Swagger UI and ReDoc recipes) start with an inline script
+#: and inline styles, and ReDoc runs a worker from a blob; they change nothing by themselves.
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; worker-src 'self' blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'self'"
+)
+DOCS_PATHS = ("/docs", "/redoc")
+
+
+class SecurityHeaders:
+    """ASGI middleware: security headers on every response (``Content-Security-Policy`` with
+    ``frame-ancestors 'self'``, ``X-Frame-Options``, ``X-Content-Type-Options: nosniff``,
+    ``Referrer-Policy: no-referrer``), as Jupyter server sends them."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        csp = DOCS_CSP if scope.get("path", "") in DOCS_PATHS else PAGE_CSP
+        extra = [
+            (b"content-security-policy", csp.encode()),
+            (b"x-frame-options", b"SAMEORIGIN"),
+            (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", b"no-referrer"),
+        ]
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                message = {**message, "headers": headers + [h for h in extra if h[0] not in names]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+TOKEN_COOKIE = "specdiff_token"
+#: Paths served without the token: nothing there is private or changes state.
+TOKEN_FREE_PREFIXES = ("/static/", "/favicon.ico")
+
+
+class TokenGuard:
+    """ASGI middleware: every request must carry the server's token (as Jupyter server requires one
+    off loopback): ``Authorization: Bearer TOKEN`` (or ``token TOKEN``), ``?token=TOKEN``, or the
+    cookie that a page opened with ``?token=`` receives (so the page's own requests, its audio
+    player and its progress stream carry it). Without it: 401 ``{"detail": ...}``."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        if not token:
+            raise ValueError("TokenGuard needs a non-empty token")
+        self.app, self.token = app, token
+
+    def _matches(self, value: str | None) -> bool:
+        import hmac
+
+        return value is not None and hmac.compare_digest(value.encode(), self.token.encode())
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path", "").startswith(TOKEN_FREE_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        from http.cookies import SimpleCookie
+        from urllib.parse import parse_qs
+
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        scheme, _, credential = headers.get("authorization", "").partition(" ")
+        by_header = scheme.lower() in ("bearer", "token") and self._matches(credential.strip())
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [None])[0]
+        by_query = self._matches(query)
+        cookie = SimpleCookie()
+        try:
+            cookie.load(headers.get("cookie", ""))
+        except Exception:  # a malformed Cookie header is no token
+            cookie = SimpleCookie()
+        by_cookie = TOKEN_COOKIE in cookie and self._matches(cookie[TOKEN_COOKIE].value)
+        if not (by_header or by_query or by_cookie):
+            await _refuse(receive, send, 401, "this server needs its token: open the URL it printed "
+                          "(…/?token=…), or send 'Authorization: Bearer TOKEN'")  # fmt: skip
+            return
+        if not by_query or by_cookie:
+            await self.app(scope, receive, send)
+            return
+        set_cookie = f"{TOKEN_COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict".encode()
+
+        async def send_with_cookie(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"set-cookie", set_cookie)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_cookie)

@@ -187,6 +187,17 @@ class JobQueue:
         with self._lock:
             return not self._stopping and len(self._waiting) + self._reserved < self.max_queued
 
+    def free_places(self) -> int:
+        """Places left in the queue now (neither taken by a waiting job nor reserved by an upload)."""
+        with self._lock:
+            return 0 if self._stopping else max(0, self.max_queued - len(self._waiting) - self._reserved)
+
+    def refuse(self, reason: str) -> QueueFull:
+        """Count a submission refused for want of room; the error to raise for it."""
+        with self._lock:
+            self.counts["refused"] += 1
+        return QueueFull(reason)
+
     def _check_room_locked(self, extra: int) -> None:
         if self._stopping:
             raise QueueFull("the server is shutting down")

@@ -31,28 +31,45 @@ NOTES_NAME = "notes.json"
 
 
 def read_midi(
-    data: bytes, name: str, max_seconds: float, max_bytes: int, max_notes: int = 2_000_000
+    data: bytes,
+    name: str,
+    max_seconds: float,
+    max_bytes: int,
+    max_notes: int = 2_000_000,
+    max_events: int | None = None,
+    check_cancelled: Callable[[], None] | None = None,
 ) -> tuple[Any, list[Any]]:
     """Tokenize MIDI bytes: ``(TokenizedMidi, notes)``; MidiError if unusable.
 
     The notes (``specdiff.midi.Note``) are read once and tokenized from there (``notes_to_segments``
     on ``midi_to_notes``' output is what ``midi_to_segments`` does), so the piano roll
     (:func:`write_notes_json`) shows exactly what the model gets: sustain applied, programs mapped to
-    Slakh classes. Parsing stops at ``max_notes`` notes, so a dense file costs little to refuse.
+    Slakh classes. Parsing stops at ``max_notes`` notes or ``max_events`` events of any kind, so a
+    dense file costs little to refuse; ``check_cancelled`` is called now and then (and between the
+    steps) and may raise to abandon the work.
     """
+    from specdiff.midi import DEFAULT_MAX_EVENTS
     from specdiff.tokenizer import TokenizedMidi, midi_to_notes, notes_to_segments
 
+    check = check_cancelled or (lambda: None)
     try:
-        notes, total_time = midi_to_notes(data, max_bytes=max_bytes, max_seconds=max_seconds, max_notes=max_notes)
+        notes, total_time = midi_to_notes(
+            data, max_bytes=max_bytes, max_seconds=max_seconds, max_notes=max_notes,
+            max_events=DEFAULT_MAX_EVENTS if max_events is None else max_events, check_cancelled=check,
+        )  # fmt: skip
     except MidiError as err:
         # The tokenizer names bytes input "MIDI data"; the client knows its file by name.
-        message = str(err).replace("MIDI data", name, 1).replace("(limit max_notes)", "(this server's limit)")
+        message = str(err).replace("MIDI data", name, 1)
+        for limit in ("limit max_notes", "limit max_events"):
+            message = message.replace(limit, "this server's limit")
         raise MidiError(message) from None
+    check()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         segments = notes_to_segments(notes, total_time)
     for warning in caught:  # e.g. a segment too dense for 2048 tokens was truncated
         logger.warning("%s: %s", name, warning.message)
+    check()
     return TokenizedMidi(segments, total_time), notes
 
 
