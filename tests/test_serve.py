@@ -807,6 +807,24 @@ def test_oldest_finished_results_are_evicted_by_count_with_410(serve, tmp_path):
     assert client.get("/api/jobs/never-was").status_code == 404  # unknown ids stay 404
 
 
+def test_a_cancelled_job_never_evicts_another_result(serve, pipe):
+    client, _ = serve(max_kept_results=2)
+    kept = [wait_until(client, submit(client).json()["id"])["id"] for _ in range(2)]
+    gate = Gate(pipe)
+    try:
+        running = submit(client).json()["id"]
+        assert gate.reached.wait(TIMEOUT)
+        waiting = submit(client).json()["id"]
+        assert client.post(f"/api/jobs/{waiting}/cancel").json()["state"] == "cancelled"
+        assert [client.get(f"/api/jobs/{i}/audio.wav").status_code for i in kept] == [200, 200]
+        assert client.get(f"/api/jobs/{waiting}").json()["state"] == "cancelled"
+    finally:
+        gate.open()
+    wait_until(client, running)  # a third result: now the oldest one goes
+    assert client.get(f"/api/jobs/{kept[0]}").status_code == 410
+    assert client.get(f"/api/jobs/{kept[1]}").status_code == 200
+
+
 def test_oldest_finished_results_are_evicted_by_bytes_but_never_the_newest(serve, tmp_path):
     client, _ = serve(max_kept_bytes=1)  # every result is over it
     first = wait_until(client, submit(client).json()["id"])
@@ -1185,3 +1203,28 @@ def test_a_parse_ticket_stops_on_shutdown_cancel_and_deadline(tmp_path):
     stopping.set()
     with pytest.raises(UploadCancelled, match="shutting down"):
         ParseTicket("c.mid", 60.0, stopping).check()
+
+
+def test_serve_logs_each_warning_once_and_its_job_lines(capsys):
+    import logging
+
+    from specdiff.cli import _LogHandler
+    from specdiff.commands.serve import configure_logging
+
+    package = logging.getLogger("specdiff")
+    cli_handler = _LogHandler(logging.WARNING)  # what `specdiff` installs for every command
+    package.addHandler(cli_handler)
+    serve_logger = logging.getLogger("specdiff.serve")
+    before = list(serve_logger.handlers)
+    try:
+        configure_logging(quiet=False)
+        configure_logging(quiet=False)  # idempotent
+        logging.getLogger("specdiff.audio_io").warning("out.wav: peak 1.30 exceeds full scale")
+        serve_logger.info("job abc queued")
+        err = capsys.readouterr().err
+    finally:
+        package.removeHandler(cli_handler)
+        serve_logger.handlers[:] = before
+        serve_logger.setLevel(logging.NOTSET)
+    assert err.count("peak 1.30 exceeds full scale") == 1
+    assert err.count("job abc queued") == 1

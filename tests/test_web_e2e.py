@@ -301,3 +301,21 @@ def test_a_foreign_page_cannot_frame_the_app(browser, base_url):
         own.frames[1].wait_for_selector("#submit")
     finally:
         context.close()
+
+
+def test_a_new_error_clears_the_previous_result_and_the_page_states_retention(page, tmp_path):
+    limits = page.inner_text("#limits")
+    assert "after they are first played or downloaded" in limits and "Results are kept for" in limits
+    page.check('input[name="source"][value="example"]')
+    page.select_option("#example", EXAMPLE.name)
+    page.fill("#steps", "1")
+    page.click("#submit")
+    page.wait_for_selector("body[data-state=done]")
+    assert page.is_visible("#result")
+    bad = tmp_path / "bad.mid"
+    bad.write_bytes(b"not a MIDI file")
+    page.set_input_files("#midi-file", str(bad))
+    page.click("#submit")
+    page.wait_for_selector("#error:not([hidden])")
+    assert not page.is_visible("#result") and not page.is_visible("#roll-panel")
+    assert page.get_attribute("#player", "src") is None

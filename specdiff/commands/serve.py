@@ -337,9 +337,27 @@ def build_app(args: argparse.Namespace) -> Any:
     return create_app(Synthesizer(pipe), config, model_name=model_name, device=device)
 
 
+class _BelowWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING
+
+
+def configure_logging(quiet: bool) -> None:
+    """The service's job log (INFO, one line each) on stderr. Warnings and errors are printed by the
+    command line's own handler on the ``specdiff`` logger, so this one takes only what is below
+    them: a root ``basicConfig`` here printed every warning twice."""
+    serve_logger = logging.getLogger("specdiff.serve")
+    serve_logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    if not any(isinstance(f, _BelowWarning) for h in serve_logger.handlers for f in h.filters):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("specdiff: %(message)s"))
+        handler.addFilter(_BelowWarning())
+        serve_logger.addHandler(handler)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """``specdiff serve``: load the model, then serve until Ctrl-C."""
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="specdiff: %(message)s")
+    configure_logging(args.quiet)
     app = build_app(args)
     token = app.state.config.token
 

@@ -370,20 +370,29 @@ class JobQueue:
 
     def _evict_locked(self, keep: Job | None = None) -> None:
         """Forget the oldest finished jobs (and delete their files) until at most ``max_kept_results``
-        of them, holding at most ``max_kept_bytes``, remain; ``keep`` (the job that just ended) stays."""
-        total = sum(j.result_bytes for j in self._finished.values())
-        for job in list(self._finished.values()):
-            if len(self._finished) <= self.max_kept_results and total <= self.max_kept_bytes:
-                break
-            if job is keep:
-                continue
-            total -= job.result_bytes
-            self._forget_locked(job)
-            self._gone[job.id] = (f"its results were evicted to make room (this server keeps at most "
-                                  f"{self.max_kept_results} results and {self.max_kept_bytes} bytes)")  # fmt: skip
-            while len(self._gone) > self.GONE_MEMORY:
-                self._gone.popitem(last=False)
-            self.counts["evicted"] += 1
+        of them, holding at most ``max_kept_bytes``, remain; ``keep`` (the job that just ended) stays.
+        Jobs with results (done) and without (failed, cancelled: no files) are bounded apart, so a
+        cancelled or failed job never evicts another user's result to make room for itself."""
+        finished = list(self._finished.values())
+        for pool in (
+            [j for j in finished if j.state is not JobState.DONE],
+            [j for j in finished if j.state is JobState.DONE],
+        ):
+            total = sum(j.result_bytes for j in pool)
+            count = len(pool)
+            for job in pool:
+                if count <= self.max_kept_results and total <= self.max_kept_bytes:
+                    break
+                if job is keep:
+                    continue
+                total -= job.result_bytes
+                count -= 1
+                self._forget_locked(job)
+                self._gone[job.id] = (f"its results were evicted to make room (this server keeps at most "
+                                      f"{self.max_kept_results} results and {self.max_kept_bytes} bytes)")  # fmt: skip
+                while len(self._gone) > self.GONE_MEMORY:
+                    self._gone.popitem(last=False)
+                self.counts["evicted"] += 1
 
     def _forget_locked(self, job: Job) -> None:
         self._jobs.pop(job.id, None)

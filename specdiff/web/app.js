@@ -32,6 +32,14 @@ async function api(path, options = {}) {
 function showError(message) {
   $("error").textContent = message || "";
   $("error").hidden = !message;
+  if (message) clearResult();  // a new error: the previous job's result no longer answers it
+}
+
+function clearResult() {
+  $("result").hidden = true;
+  $("roll-panel").hidden = true;
+  $("player").pause();
+  $("player").removeAttribute("src");
 }
 
 function setState(state) {
@@ -60,8 +68,13 @@ async function init() {
     $("scheduler").add(new Option(name, name, false, name === info.defaults.scheduler));
   }
   const mib = (info.limits.max_upload_bytes / 1048576).toFixed(1);
-  $("limits").textContent = `Up to ${mib} MiB and ${info.limits.max_midi_seconds} s of music; ` +
-    `results are kept for ${Math.round(info.limits.result_ttl_s / 60)} min.`;
+  // The real retention: a result is dropped result_ttl after it is made, or fetched_ttl after it
+  // is first fetched (playing it here fetches it), or earlier when the server's store is full.
+  const minutes = (s) => (s >= 120 ? `${Math.round(s / 60)} min` : `${Math.round(s)} s`);
+  $("limits").textContent = `Up to ${mib} MiB and ${info.limits.max_midi_seconds} s of music. ` +
+    `Results are kept for ${minutes(info.limits.result_ttl_s)}, or ${minutes(info.limits.fetched_ttl_s)} ` +
+    `after they are first played or downloaded (the oldest go first when the server is full): ` +
+    `download what you want to keep.`;
   if (info.examples.length === 0) {
     $("example-choice").hidden = true;
   } else {
@@ -113,8 +126,7 @@ async function submit(event) {
   form.append("scheduler", $("scheduler").value);
 
   stopFollowing();
-  $("result").hidden = true;
-  $("player").removeAttribute("src");
+  clearResult();
   $("submit").disabled = true;
   let job;
   try {
