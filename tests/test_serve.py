@@ -1228,3 +1228,58 @@ def test_serve_logs_each_warning_once_and_its_job_lines(capsys):
         serve_logger.setLevel(logging.NOTSET)
     assert err.count("peak 1.30 exceeds full scale") == 1
     assert err.count("job abc queued") == 1
+
+
+def test_progress_streams_are_capped_per_client(serve, pipe):
+    client, app = serve(max_streams_per_client=2)
+    gate = Gate(pipe)
+    try:
+        job = submit(client).json()["id"]
+        assert gate.reached.wait(TIMEOUT)
+        url = f"/api/jobs/{job}/events"
+        with client.stream("GET", url) as first, client.stream("GET", url) as second:
+            assert first.status_code == second.status_code == 200
+            refused = client.get(url)
+            assert refused.status_code == 429 and "poll GET" in refused.json()["detail"]
+            assert client.get(f"/api/jobs/{job}").status_code == 200  # polling still works
+        for _ in range(100):  # the closed streams are noticed within a few polls
+            if not app.state.open_streams:
+                break
+            time.sleep(0.05)
+        assert not app.state.open_streams
+        with client.stream("GET", url) as again:
+            assert again.status_code == 200
+    finally:
+        gate.open()
+    wait_until(client, job)
+
+
+def test_half_sent_headers_are_cut_after_the_header_timeout(serve, pipe):
+    import socket
+
+    client, _ = serve(header_timeout=0.5)
+    host, port = client.base_url.host, client.base_url.port
+    slow = socket.create_connection((host, port))
+    silent = socket.create_connection((host, port))
+    try:
+        slow.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line
+        slow.settimeout(10)
+        silent.settimeout(10)
+        started = time.monotonic()
+        assert slow.recv(1024) == b"" and silent.recv(1024) == b""  # closed by the server
+        assert time.monotonic() - started < 5
+    finally:
+        slow.close()
+        silent.close()
+    # A request that lasts longer than the timeout once its headers are in is not cut: a progress
+    # stream open for 1 s, then the job ends and the stream delivers it.
+    gate = Gate(pipe)
+    try:
+        job = submit(client).json()["id"]
+        assert gate.reached.wait(TIMEOUT)
+        with client.stream("GET", f"/api/jobs/{job}/events") as answer:
+            time.sleep(1.0)
+            gate.open()
+            assert '"state": "done"' in answer.read().decode()
+    finally:
+        gate.open()

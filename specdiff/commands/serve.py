@@ -363,14 +363,14 @@ def run_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from specdiff.server.app import make_server
+    from specdiff.server.app import make_server, server_protocol
 
     host = f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
     url = f"http://{host}:{args.port}/" + (f"?token={token}" if token else "")
     # Printed even with --quiet when there is a token: without it the URL cannot be used.
     if not args.quiet or token:
         print(f"specdiff: serving on {url} (Ctrl-C to stop)", file=sys.stderr)
-    config = uvicorn.Config(app, host=args.host.strip("[]"), port=args.port,
+    config = uvicorn.Config(app, host=args.host.strip("[]"), port=args.port, http=server_protocol(app),
                             log_level="warning" if args.quiet else "info", timeout_graceful_shutdown=5)  # fmt: skip
     # Not uvicorn.run: its server would hold Ctrl-C until open progress streams time out.
     server = make_server(config)

@@ -26,6 +26,7 @@ results evicted to bound memory and disk, 413 upload too large, 422 bad settings
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import importlib.util
 import json
@@ -205,7 +206,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         410: "the job's results were evicted to bound the server's memory and disk (oldest first)",
         413: "upload too large",
         422: "invalid settings",
-        429: "the queue is full (or too many uploads wait to be read); retry after Retry-After seconds",
+        429: "the queue is full (or too many uploads wait to be read, or too many progress streams are open); "
+        "retry after Retry-After seconds",
         503: "the server is shutting down",
     }.items()
 }
@@ -384,6 +386,8 @@ def create_app(
     # Uploads are read one at a time, within a wall-clock budget, abandoned when the server stops.
     reader = app.state.reader = UploadReader(config.max_parse_seconds, queue.free_places, stopping)
     app.state.synthesizer = synthesizer
+    # Open progress streams per client address (the event loop's thread only: no lock).
+    open_streams = app.state.open_streams = collections.Counter()
     too_large = f"upload too large: the limit is {config.max_upload_bytes} bytes for the MIDI file"
     app.add_middleware(UploadLimit, limit=config.max_upload_bytes + FORM_OVERHEAD_BYTES, path=UPLOAD_PATH,
                        describe=too_large)  # fmt: skip
@@ -514,13 +518,28 @@ def create_app(
             200: {"content": {"text/event-stream": {}},
                   "description": "`event: status` with a job status (as GET /api/jobs/{id}) on every change, "
                   "until the job ends; `event: gone` if it disappears; `event: shutdown` if the server stops"},
-            **_responses(404)},
+            **_responses(404, 429)},
     )  # fmt: skip
     async def events(job_id: str, request: Request) -> StreamingResponse:
         """Progress as server-sent events (an alternative to polling)."""
         lookup(job_id)
+        client = request.client.host if request.client else "?"
+        if open_streams[client] >= config.max_streams_per_client or open_streams.total() >= config.max_streams:
+            raise HTTPException(429, f"too many open progress streams (at most {config.max_streams_per_client} per "
+                                f"client, {config.max_streams} in all); poll GET /api/jobs/{job_id} instead",
+                                headers={"Retry-After": str(RETRY_AFTER_SECONDS)})  # fmt: skip
+        open_streams[client] += 1
 
         async def stream():
+            try:
+                async for event in job_events():
+                    yield event
+            finally:
+                open_streams[client] -= 1
+                if open_streams[client] <= 0:
+                    del open_streams[client]
+
+        async def job_events():
             last_key, last_sent = None, time.monotonic()
             while not await request.is_disconnected():
                 if stopping.is_set():
@@ -649,6 +668,14 @@ def create_app(
 # ---------------------------------------------------------------------------------------------
 
 
+def server_protocol(app: FastAPI) -> type:
+    """The HTTP protocol class for ``app``'s server: uvicorn's h11 one with the configured header
+    timeout (``specdiff.server.protocol``)."""
+    from specdiff.server.protocol import header_timeout_protocol
+
+    return header_timeout_protocol(app.state.config.header_timeout)
+
+
 def make_server(config: Any) -> Any:
     """A ``uvicorn.Server`` for ``config`` (a ``uvicorn.Config``) that, when it starts shutting down,
     sets the app's ``state.stopping`` first, so open progress streams end promptly with
@@ -676,7 +703,8 @@ def running_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iter
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     port = sock.getsockname()[1]
-    server = make_server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    server = make_server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2,
+                                        http=server_protocol(app)))  # fmt: skip
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="specdiff-http", daemon=True)
     thread.start()
     try:

@@ -34,6 +34,13 @@ class ServeConfig:
     #: Wall-clock seconds an upload may take to read (parse and tokenize; HTTP 400 beyond). Uploads
     #: are read one at a time; within the event and note limits a file takes well under this.
     max_parse_seconds: float = 1.0
+    #: Progress streams (``/api/jobs/{id}/events``) one client address may hold open, and all
+    #: clients together; one more is refused with 429 (polling ``/api/jobs/{id}`` still works).
+    #: Each open stream costs a poll of the queue several times a second.
+    max_streams_per_client: int = 8
+    max_streams: int = 64
+    #: Seconds a client has to send a request's headers (``specdiff.server.protocol``).
+    header_timeout: float = 10.0
     #: Jobs that may wait behind the running one; one more is refused with 429.
     max_queued: int = 8
     #: Upper bound on ``steps`` per request (cost grows linearly with it).
@@ -75,6 +82,8 @@ class ServeConfig:
             "max_upload_bytes",
             "max_notes",
             "max_events",
+            "max_streams_per_client",
+            "max_streams",
             "max_queued",
             "max_steps",
             "default_steps",
@@ -83,7 +92,8 @@ class ServeConfig:
         ):
             if int(getattr(self, name)) < (0 if name == "max_queued" else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("max_midi_seconds", "result_ttl", "fetched_ttl", "max_guidance", "max_parse_seconds"):
+        for name in ("max_midi_seconds", "result_ttl", "fetched_ttl", "max_guidance", "max_parse_seconds",
+                     "header_timeout"):  # fmt: skip
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 1 <= self.default_steps <= self.max_steps:
