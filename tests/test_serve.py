@@ -834,7 +834,7 @@ def test_oldest_finished_results_are_evicted_by_bytes_but_never_the_newest(serve
     assert client.get(second["links"]["audio"]).status_code == 200
     health = client.get("/api/health").json()
     assert health["kept"] == 1 and health["kept_bytes"] > 0
-    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == [second["id"]]
+    assert sorted(p.name for p in (tmp_path / "work").iterdir() if p.is_dir()) == [second["id"]]
 
 
 #: The load tests' documented ceiling: the server's resident memory may grow by at most this much
@@ -1283,3 +1283,88 @@ def test_half_sent_headers_are_cut_after_the_header_timeout(serve, pipe):
             assert '"state": "done"' in answer.read().decode()
     finally:
         gate.open()
+
+
+# ---------------------------------------------------------------------------------------------
+# Results that survive a restart (--workdir: job metadata in SQLite)
+# ---------------------------------------------------------------------------------------------
+
+
+def _service(pipe, workdir, **overrides):
+    config = ServeConfig(**{"default_steps": STEPS, "workdir": workdir, **overrides})
+    synthesizer = Synthesizer(pipe, draw_spectrogram=lambda mel, path, title: png.write_spectrogram_png(mel, path))
+    return create_app(synthesizer, config, model_name="tiny-test"), synthesizer
+
+
+def test_a_restart_serves_finished_jobs_and_forgets_only_what_expired(pipe, tmp_path):
+    workdir = tmp_path / "work"
+    app, synthesizer = _service(pipe, workdir)
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+        done = wait_until(client, submit(client, seed=3).json()["id"])
+        audio = client.get(done["links"]["audio"]).content
+        notes = client.get(done["links"]["notes"]).json()
+    synthesizer.close()
+    (workdir / "stray-folder-x1").mkdir()  # not a job folder (name): kept
+    orphan = workdir / "AAAAAAAAAAAAAAAA"  # a job folder no record knows (a crash mid-upload)
+    orphan.mkdir()
+    (orphan / "notes.json").write_text("{}")
+
+    app, synthesizer = _service(pipe, workdir)
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+        again = client.get(f"/api/jobs/{done['id']}").json()
+        assert again["state"] == "done" and again["settings"]["seed"] == 3
+        assert client.get(done["links"]["audio"]).content == audio
+        assert client.get(done["links"]["notes"]).json() == notes
+        assert client.get("/api/health").json()["kept"] == 1
+        second = wait_until(client, submit(client).json()["id"])
+        assert client.delete(f"/api/jobs/{second['id']}").status_code == 204  # deleted: not restored
+    synthesizer.close()
+    assert (workdir / "stray-folder-x1").is_dir() and not orphan.exists()
+    from specdiff.server.store import JobStore
+
+    store = JobStore(workdir)
+    assert [r["id"] for r in store.records()] == [done["id"]]
+    store.close()
+
+    # The same TTL after a restart: with a result TTL already over, the job is gone, files too.
+    app, synthesizer = _service(pipe, workdir, result_ttl=1e-3)
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+        assert client.get(f"/api/jobs/{done['id']}").status_code == 404
+    synthesizer.close()
+    assert not (workdir / done["id"]).exists()
+
+
+def test_jobs_running_or_queued_at_a_crash_come_back_as_interrupted(tmp_path):
+    started, release = threading.Event(), threading.Event()
+
+    def runner(job, queue):
+        started.set()
+        release.wait(TIMEOUT)
+
+    crashed = JobQueue(runner, tmp_path, persistent=True)
+    crashed.start()
+    jobs = [Job(id=f"job{i}", settings=JobSettings(1, 1.0, 0, "original"), midi=None, midi_name="x",
+                folder=crashed.new_folder(f"job{i}")) for i in range(2)]  # fmt: skip
+    for job in jobs:
+        crashed.submit(job)
+    assert started.wait(TIMEOUT)
+    try:
+        # A second process on the same folder, while the first never stopped (as after a kill -9).
+        restarted = JobQueue(runner, tmp_path, persistent=True)
+        restarted.start()
+        try:
+            for job in jobs:
+                back = restarted.get(job.id)
+                assert back.state is JobState.FAILED and back.error.startswith("interrupted")
+                assert not back.folder.exists()
+        finally:
+            restarted.stop()
+    finally:
+        release.set()
+        crashed.stop()
+
+
+def test_without_a_workdir_nothing_is_stored(serve, pipe, tmp_path):
+    config = ServeConfig(default_steps=STEPS)  # a temporary folder, removed at shutdown
+    app = create_app(Synthesizer(pipe), config, model_name="tiny-test")
+    assert app.state.queue.persistent is False

@@ -55,8 +55,18 @@ from specdiff.sampler import SCHEDULERS
 from specdiff.server.config import ServeConfig
 from specdiff.server.docs import add_offline_docs
 from specdiff.server.guards import DRAIN_BYTES, CrossSiteGuard, HostPolicy, SecurityHeaders, TokenGuard, drain_body
-from specdiff.server.jobs import Job, JobGone, JobNotFound, JobQueue, JobSettings, JobState, QueueFull, new_job_id
-from specdiff.server.synth import NOTES_NAME, Synthesizer, read_midi, write_notes_json
+from specdiff.server.jobs import (
+    NOTES_NAME,
+    Job,
+    JobGone,
+    JobNotFound,
+    JobQueue,
+    JobSettings,
+    JobState,
+    QueueFull,
+    new_job_id,
+)
+from specdiff.server.synth import Synthesizer, read_midi, write_notes_json
 from specdiff.server.uploads import ParseTicket, ReaderBusy, UploadCancelled, UploadReader
 
 logger = logging.getLogger("specdiff.serve")
@@ -351,7 +361,8 @@ def create_app(
     # Our own temporary folder is made at startup (not here), so an app that never runs leaves none.
     queue = JobQueue(synthesizer, Path(config.workdir or "."), max_queued=config.max_queued,
                      result_ttl=config.result_ttl, fetched_ttl=config.fetched_ttl,
-                     max_kept_results=config.max_kept_results, max_kept_bytes=config.max_kept_bytes)  # fmt: skip
+                     max_kept_results=config.max_kept_results, max_kept_bytes=config.max_kept_bytes,
+                     persistent=not own_workdir)  # fmt: skip
     examples = {path.name: path for path in config.examples}
     device = device or str(synthesizer.pipe.device)
     has_diffusers = importlib.util.find_spec("diffusers") is not None

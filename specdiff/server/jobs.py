@@ -11,7 +11,9 @@ fetched, whichever is sooner; then their files are deleted and their id is unkno
 Memory and disk are bounded by count and bytes too, not only by time: a job's bulky parts (audio,
 spectrogram, the notes for the piano roll) live in its folder, never in memory; its token segments
 are dropped once it ends; at most ``max_kept_results`` finished jobs and ``max_kept_bytes`` bytes of
-their files are kept, the oldest finished evicted first (:class:`JobGone`, HTTP 410). Waiting jobs are
+their files are kept, the oldest finished evicted first (:class:`JobGone`, HTTP 410); with
+``persistent=True`` their metadata also goes to SQLite (``specdiff.server.store``), so a restart on
+the same folder serves them again. Waiting jobs are
 bounded by ``max_queued``; a client reserves a place (:meth:`JobQueue.reserve`) before the costly
 parsing of its upload, so a full queue refuses work before doing any.
 
@@ -131,7 +133,9 @@ class JobQueue:
 
     def __init__(self, runner: Runner, workdir: Path, max_queued: int = 8, result_ttl: float = 3600.0,
                  fetched_ttl: float = 300.0, clock: Callable[[], float] = time.time, max_kept_results: int = 32,
-                 max_kept_bytes: int = 512 * 2**20) -> None:  # fmt: skip
+                 max_kept_bytes: int = 512 * 2**20, persistent: bool = False) -> None:  # fmt: skip
+        """``persistent``: keep the jobs' metadata in ``workdir`` (``specdiff.server.store``), so that
+        a restarted queue on the same folder serves the finished jobs again."""
         self.runner = runner
         self.workdir = Path(workdir)
         self.max_queued = int(max_queued)
@@ -150,6 +154,8 @@ class JobQueue:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.counts = collections.Counter()  # submitted / refused / done / failed / cancelled / expired / evicted
+        self.persistent = bool(persistent)
+        self._store: Any = None  # specdiff.server.store.JobStore, opened by start()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -158,6 +164,8 @@ class JobQueue:
         with self._lock:
             if self._thread is not None:
                 return
+            if self.persistent and self._store is None:
+                self._restore_locked()
             self._stopping = False
             self._thread = threading.Thread(target=self._work, name="specdiff-worker", daemon=True)
             self._thread.start()
@@ -174,6 +182,10 @@ class JobQueue:
             thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout)
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
 
     # -- client side -----------------------------------------------------------------------------
 
@@ -233,6 +245,7 @@ class JobQueue:
             self._jobs[job.id] = job
             self._waiting.append(job)
             self.counts["submitted"] += 1
+            self._save_locked(job)
             self._bump(job)
             self._lock.notify_all()
         return job
@@ -277,6 +290,8 @@ class JobQueue:
             job = self.cancel(job_id)
             del self._jobs[job.id]
             self._finished.pop(job.id, None)
+            if self._store is not None:
+                self._store.delete(job.id)
             if job.state is not JobState.RUNNING:  # a running job's folder goes when it stops
                 shutil.rmtree(job.folder, ignore_errors=True)
             self._bump(job)
@@ -288,6 +303,7 @@ class JobQueue:
             if job.audio_fetched_at is None:
                 job.audio_fetched_at = now
                 job.expires_at = min(job.expires_at or float("inf"), now + self.fetched_ttl)
+                self._save_locked(job)
                 self._bump(job)
 
     def update(self, job: Job, **changes: Any) -> None:
@@ -331,6 +347,7 @@ class JobQueue:
                 self._running = job
                 job.state = JobState.RUNNING
                 job.started_at = self.clock()
+                self._save_locked(job)
                 self._bump(job)
             state, error = JobState.DONE, None
             try:
@@ -365,6 +382,7 @@ class JobQueue:
         self.counts[state.value] += 1
         if job.id in self._jobs:
             self._finished[job.id] = job
+            self._save_locked(job)
             self._evict_locked(keep=job)
         self._bump(job)
 
@@ -398,6 +416,51 @@ class JobQueue:
         self._jobs.pop(job.id, None)
         self._finished.pop(job.id, None)
         shutil.rmtree(job.folder, ignore_errors=True)
+        if self._store is not None:
+            self._store.delete(job.id)
+
+    def _save_locked(self, job: Job) -> None:
+        if self._store is not None:
+            self._store.save(job)
+
+    def _restore_locked(self) -> None:
+        """Open the store and take its jobs back (see ``specdiff.server.store``)."""
+        from specdiff.server.store import STORE_NAME, JobStore
+
+        self._store = JobStore(self.workdir)
+        restored: list[Job] = []
+        for record in self._store.records():
+            try:
+                job = _job_from_record(record)
+            except (KeyError, TypeError, ValueError):
+                self._store.delete(str(record.get("id")))
+                continue
+            if not job.state.terminal:  # its token segments are gone with the old process
+                job.state, job.error = JobState.FAILED, "interrupted: the server stopped before the job ended"
+                job.finished_at = job.finished_at or self.clock()
+            # This server's TTLs, which may differ from the last one's.
+            job.expires_at = job.finished_at + self.result_ttl
+            if job.audio_fetched_at is not None:
+                job.expires_at = min(job.expires_at, job.audio_fetched_at + self.fetched_ttl)
+            if job.state is not JobState.DONE or job.audio_path is None or not job.audio_path.is_file():
+                shutil.rmtree(job.folder, ignore_errors=True)  # nothing of it worth keeping, as in _finish
+                job.audio_path = job.spectrogram_path = job.notes_path = None
+                if job.state is JobState.DONE:
+                    job.state, job.error = JobState.FAILED, "its results were lost (files missing after a restart)"
+                job.result_bytes = 0
+            self._store.save(job)
+            restored.append(job)
+        for job in sorted(restored, key=lambda j: j.finished_at or 0.0):
+            self._jobs[job.id] = job
+            self._finished[job.id] = job
+        known = {job.folder.name for job in restored} | {STORE_NAME}
+        for path in self.workdir.iterdir():  # job folders no record knows (a crash mid-upload)
+            if path.is_dir() and path.name not in known and _looks_like_job_folder(path):
+                shutil.rmtree(path, ignore_errors=True)
+        self._purge_locked()
+        self._evict_locked()
+        if restored:
+            logger.info("restored %d finished jobs from %s", len(self._finished), self._store.path)
 
     def _bump(self, job: Job) -> None:
         job.version += 1
@@ -409,6 +472,35 @@ class JobQueue:
             if now >= job.expires_at:
                 self._forget_locked(job)
                 self.counts["expired"] += 1
+
+
+#: The files of a job's folder (written by ``specdiff.server.synth``).
+AUDIO_NAME = "audio.wav"
+SPECTROGRAM_NAME = "spectrogram.png"
+NOTES_NAME = "notes.json"
+JOB_FILES = frozenset({AUDIO_NAME, SPECTROGRAM_NAME, NOTES_NAME})
+
+
+def _looks_like_job_folder(path: Path) -> bool:
+    """A folder named like a job id (:func:`new_job_id`) holding nothing but job files (or temporary
+    files being written), so that a work folder shared with other files loses none of them."""
+    if len(path.name) != 16 or not all(c.isalnum() or c in "-_" for c in path.name):
+        return False
+    try:
+        return all(p.is_file() and (p.name in JOB_FILES or p.name.startswith(".")) for p in path.iterdir())
+    except OSError:
+        return False
+
+
+def _job_from_record(record: dict[str, Any]) -> Job:
+    """The inverse of ``specdiff.server.store.job_record``."""
+    values = dict(record)
+    values["settings"] = JobSettings(**values["settings"])
+    values["state"] = JobState(values["state"])
+    for name in ("folder", "notes_path", "audio_path", "spectrogram_path"):
+        if values.get(name) is not None:
+            values[name] = Path(values[name])
+    return Job(midi=None, **values)
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -19,15 +19,9 @@ from typing import Any
 import numpy as np
 
 from specdiff.errors import MidiError
-from specdiff.server.jobs import Job, JobQueue
+from specdiff.server.jobs import AUDIO_NAME, SPECTROGRAM_NAME, Job, JobQueue
 
 logger = logging.getLogger("specdiff.serve")
-
-AUDIO_NAME = "audio.wav"
-SPECTROGRAM_NAME = "spectrogram.png"
-
-
-NOTES_NAME = "notes.json"
 
 
 def read_midi(
