@@ -1368,3 +1368,45 @@ def test_without_a_workdir_nothing_is_stored(serve, pipe, tmp_path):
     config = ServeConfig(default_steps=STEPS)  # a temporary folder, removed at shutdown
     app = create_app(Synthesizer(pipe), config, model_name="tiny-test")
     assert app.state.queue.persistent is False
+
+
+def test_shutdown_during_a_parse_is_prompt_and_leaves_no_files(pipe, tmp_path, monkeypatch, capfd):
+    """The probe's case: a slow parse while the server stops. Now the parse checks the stop flag,
+    the client gets 503 (or the connection closes), no traceback, no job folder or notes.json."""
+    from specdiff.server import app as app_module
+
+    parsing = threading.Event()
+
+    def endless_reader(*args, check_cancelled=None, **kwargs):
+        parsing.set()
+        while True:  # a parse that would take minutes, checking its ticket as the parser does
+            check_cancelled()
+            time.sleep(0.01)
+
+    monkeypatch.setattr(app_module, "read_midi", endless_reader)
+    workdir = tmp_path / "work"
+    app, synthesizer = _service(pipe, workdir, max_parse_seconds=600.0)
+    answers = []
+    with running_server(app) as url:
+        client = httpx.Client(base_url=url, timeout=TIMEOUT)
+
+        def upload():
+            try:
+                answers.append(submit(client).status_code)
+            except httpx.HTTPError as err:  # the server closed the connection while stopping
+                answers.append(type(err).__name__)
+
+        thread = threading.Thread(target=upload)
+        thread.start()
+        assert parsing.wait(TIMEOUT)
+        stopped_at = time.monotonic()
+    shutdown_seconds = time.monotonic() - stopped_at
+    thread.join(TIMEOUT)
+    client.close()
+    synthesizer.close()
+    # Well under the server's 2 s graceful-shutdown limit, which the old parse ran into.
+    assert shutdown_seconds < 1.9, shutdown_seconds
+    assert answers == [503]
+    assert not [p for p in workdir.iterdir() if p.is_dir()]  # no job folder, no notes.json
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "CancelledError" not in err
