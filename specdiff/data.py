@@ -786,6 +786,7 @@ class TrainingExample:
     context_mask: torch.Tensor  # BoolTensor[256]: True on the valid context frames (a prefix)
     target: torch.Tensor  # FloatTensor[256, 128]: scaled; frames past the piece end are -1
     timbre: torch.Tensor | None = None  # LongTensor[]: the song's timbre index (datasets given timbres)
+    target_valid: torch.Tensor | None = None  # LongTensor[]: target frames before the piece end (feature caches)
 
 
 def collate(examples: Sequence[TrainingExample]) -> dict[str, torch.Tensor]:
@@ -931,6 +932,7 @@ class ChunkDataset(torch.utils.data.Dataset):
             context_mask=context_mask,
             target=target,
             timbre=timbre,
+            target_valid=torch.tensor(valid, dtype=torch.long),
         )
 
 

@@ -112,6 +112,12 @@ class TrainConfig:
     # objective (ORIGINAL.md §4.1)
     cfg_drop_prob: float = 0.1
     loss_weighting: str = "none"  # "none" (the original), "min_snr" or "x0" (see loss_weights)
+    # True: target frames past the piece end (padding, -1) count in neither the loss nor the
+    # closed-form fits. The original trains on them; but the tokens of such a window leave its notes
+    # sounding to the window's end (no note-off before the cut), so the padding teaches "a held note
+    # may be silent": 7.6% of validation frames, and the score prior's log-mel L1 on real frames
+    # drops 1.77 -> 1.55 nat without them (benchmarks/results/silence.md).
+    mask_padding: bool = False
     min_snr_gamma: float = 5.0  # min_snr: the SNR cap; x0: the cap of the weight sigma/alpha
     # > 0: add this times the guided cross-attention penalty (specdiff.guided_attention; 0 = original)
     guided_attention: float = 0.0
@@ -301,6 +307,18 @@ def initialise_output(decoder: FilmDecoder, how: str) -> None:
         decoder.spec_out.bias.fill_(-1.0 if decoder.prediction_type == "sample" else 0.0)
 
 
+def padding_mask(target_valid: Tensor, frames: int) -> Tensor:
+    """``[B, frames]`` bool: True on the target frames before the piece end (``target_valid`` [B])."""
+    return torch.arange(frames, device=target_valid.device)[None, :] < target_valid[:, None]
+
+
+def _valid_rows(batch: Mapping[str, Tensor], mask_padding: bool) -> Tensor | None:
+    """The flattened ``[B * T]`` frame mask of a batch for the closed-form fits (None: every frame)."""
+    if not mask_padding or "target_valid" not in batch:
+        return None
+    return padding_mask(batch["target_valid"], batch["target"].shape[1]).flatten()
+
+
 def collated_windows(dataset: Any, indices: range, batch_size: int = 64) -> Iterator[dict[str, Tensor]]:
     """Items ``indices`` of ``dataset`` as collated batches (:func:`collate`) of at most ``batch_size``."""
     for start in range(0, len(indices), batch_size):
@@ -327,7 +345,12 @@ def ridge_regression(pairs: Iterable[tuple[Tensor, Tensor]], ridge: float) -> Te
 
 @torch.no_grad()
 def fit_score_prior(
-    decoder: FilmDecoder, dataset: Any, windows: int, ridge: float = 10.0, batch_size: int = 64
+    decoder: FilmDecoder,
+    dataset: Any,
+    windows: int,
+    ridge: float = 10.0,
+    batch_size: int = 64,
+    mask_padding: bool = False,
 ) -> float:
     """Set ``decoder.score_prior_projection`` to the ridge-regression fit of each frame's target log-mel
     on its roll, over the first ``windows`` items of ``dataset``. Only the roll's shared columns (per
@@ -335,19 +358,20 @@ def fit_score_prior(
     normal equations stay small; the bias takes the intercept. Returns the fit's mean absolute error
     (scaled units) on the first (up to) 256 of those windows. Why: the decoder learns the frame-local
     roll -> spectrogram map slowly on real data, a closed-form fit of it is cheap
-    (``benchmarks/roll_ridge.py``)."""
+    (``benchmarks/roll_ridge.py``). ``mask_padding``: frames past the piece end are left out."""
     from specdiff.score_roll import TONAL_FEATURES
+
+    def rows(batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        x = batch_rolls(batch["tokens"], frames, features)[..., TONAL_FEATURES:].flatten(0, 1)
+        y, keep = batch["target"].flatten(0, 1), _valid_rows(batch, mask_padding)
+        return (x, y) if keep is None else (x[keep], y[keep])
 
     layer = decoder.score_prior_projection
     if layer is None:
         raise SpecdiffError("score_prior_fit needs a decoder with score_prior=true")
     frames, features = decoder.config["targets_length"], decoder.score_roll_features
     solution = ridge_regression(
-        (
-            (batch_rolls(b["tokens"], frames, features)[..., TONAL_FEATURES:].flatten(0, 1), b["target"].flatten(0, 1))
-            for b in collated_windows(dataset, range(windows), batch_size)
-        ),
-        ridge,
+        (rows(b) for b in collated_windows(dataset, range(windows), batch_size)), ridge
     )  # [shared columns + 1, 128]
     layer.weight.zero_()
     layer.weight[:, TONAL_FEATURES:] = solution[:-1].T.to(layer.weight.dtype)
@@ -355,14 +379,21 @@ def fit_score_prior(
     error, count = 0.0, 0
     for batch in collated_windows(dataset, range(min(windows, 4 * batch_size)), batch_size):
         prior = decoder.project_score_roll(batch_rolls(batch["tokens"], frames, features), layer.weight) + layer.bias
-        error += float((prior - batch["target"]).abs().sum())
-        count += batch["target"].numel()
+        difference, keep = (prior - batch["target"]).abs().flatten(0, 1), _valid_rows(batch, mask_padding)
+        difference = difference if keep is None else difference[keep]
+        error += float(difference.sum())
+        count += difference.numel()
     return error / max(count, 1)
 
 
 @torch.no_grad()
 def fit_input_skip(
-    model: SpectrogramDiffusionModel, dataset: Any, windows: int, ridge: float = 1.0, batch_size: int = 16
+    model: SpectrogramDiffusionModel,
+    dataset: Any,
+    windows: int,
+    ridge: float = 1.0,
+    batch_size: int = 16,
+    mask_padding: bool = False,
 ) -> list[tuple[float, float, float]]:
     """Fit the decoder's ``input_skip`` maps in closed form: per knot of
     :data:`specdiff.model.INPUT_SKIP_KNOTS`, the ridge regression (no intercept) of what the rest of
@@ -370,7 +401,8 @@ def fit_input_skip(
     ``z - alpha_t p`` around each frame, over the first ``windows`` items of ``dataset`` (one noise
     draw each; knot 0 is fitted at t = 0.02, a knot at t = 1 stays zero). Returns, per knot, ``(t, L1 before,
     L1 after)`` of the output on those windows. Why: the network does not learn this map by gradient
-    steps (``benchmarks/results/noise_response.md``), and the linear fit is cheap and exact."""
+    steps (``benchmarks/results/noise_response.md``), and the linear fit is cheap and exact.
+    ``mask_padding``: frames past the piece end are left out."""
     decoder = model.decoder
     layer = decoder.input_skip
     if layer is None:
@@ -402,15 +434,19 @@ def fit_input_skip(
             z = q_sample(x0, t, noise)
             miss = prediction_target(x0, noise, t, "edm", z) - decoder(None, z, t, cross_cache=cache).float()
             features = _frame_windows(noisy_residual(z, t, cache.frame_prior), width).double()
+            miss = miss.reshape(-1, channels)
+            keep = _valid_rows(batch, mask_padding)
+            if keep is not None:
+                features, miss = features[keep], miss[keep]
             gram += features.T @ features
-            xty += features.T @ miss.reshape(-1, channels).double()
+            xty += features.T @ miss.double()
             rows.append((features, miss))
         solution = torch.linalg.solve(gram + ridge * torch.eye(gram.shape[0], dtype=torch.float64), xty)
         # feature index c * width + f is input channel c at offset f, as Conv1d's weight[out, c, f]
         block = solution.T.reshape(channels, channels, width)
         layer.weight[knot * channels : (knot + 1) * channels] = block.to(layer.weight.dtype)
         before = sum(float(miss.abs().sum()) for _, miss in rows) / sum(miss.numel() for _, miss in rows)
-        after = sum(float((miss.reshape(-1, channels).double() - f @ solution).abs().sum()) for f, miss in rows)
+        after = sum(float((miss.double() - f @ solution).abs().sum()) for f, miss in rows)
         report.append((fit_time, before, after / sum(miss.numel() for _, miss in rows)))
     model.train(was_training)
     return report
@@ -518,6 +554,7 @@ class LossOutput:
     loss_mean: Tensor  # the unweighted eps error per element, for logging (detached)
     error_sum: Tensor  # the unweighted eps error summed (detached): comparable across loss weightings
     # and prediction types (a v or x0 prediction is converted to the eps it implies)
+    counted: int = 0  # elements in error_sum (fewer than the batch's with mask_padding)
 
 
 #: Per-example weightings of the L1 eps loss: "none" is the original (ORIGINAL.md §4.1).
@@ -572,6 +609,7 @@ def diffusion_loss(
     weights: Tensor | None = None,
     guide: GuidedAttention | None = None,
     rollout: tuple[Tensor, Tensor, Tensor] | None = None,
+    mask_padding: bool = False,
 ) -> LossOutput:
     """The original objective (ORIGINAL.md §4.1-4.2) for a batch dict (tokens, context, context_mask, target).
 
@@ -582,7 +620,8 @@ def diffusion_loss(
     ``guide``: add the guided cross-attention penalty to the objective (``loss_sum`` only).
     ``rollout``: ``(rolled [B], t [B], t_prev [B])`` from :func:`draw_rollout_times`: rolled rows
     train at that ``t`` on the model's own DDIM step from ``t_prev`` (:func:`rollout_inputs`). A
-    batch with a ``timbre`` column conditions a timbre-conditioned decoder on it.
+    batch with a ``timbre`` column conditions a timbre-conditioned decoder on it. ``mask_padding``
+    (a batch with ``target_valid``): frames past the piece end are left out of the error.
     """
     x0 = batch["target"]
     prediction_type = getattr(model, "module", model).decoder.prediction_type  # through DDP's wrapper
@@ -614,13 +653,18 @@ def diffusion_loss(
         eps_error = (eps_from_prediction(prediction.detach().float(), z_t, t, prediction_type) - noise.float()).abs()
     else:
         eps_error = error.detach()
+    counted = eps_error.numel()
+    if mask_padding and "target_valid" in batch:
+        frames = padding_mask(batch["target_valid"], x0.shape[1]).to(error.device)[:, :, None]
+        error, eps_error = error * frames, eps_error * frames
+        counted = max(int(frames.sum()) * x0.shape[-1], 1)
     objective = error.sum() if weights is None else (error * weights.to(error.device)[:, None, None]).sum()
     if recorder is not None:
         penalty = guided_attention_penalty(
             recorder.model, recorder, tokens, context_mask, guide.heads, guide.sigma, guide.target
         )
         objective = objective + guide.weight * penalty
-    return LossOutput(objective, eps_error.mean(), eps_error.sum())
+    return LossOutput(objective, eps_error.sum() / counted, eps_error.sum(), counted)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -642,6 +686,8 @@ def collate(items: Sequence[tuple[int, Any]]) -> dict[str, Tensor]:
     batch = {key: torch.stack([torch.as_tensor(ex[key]) for ex in examples]) for key in BATCH_KEYS}
     if all(ex.get("timbre") is not None for ex in examples):  # timbre indices (feature caches); absent: the default
         batch["timbre"] = torch.stack([torch.as_tensor(ex["timbre"]) for ex in examples]).long()
+    if all(ex.get("target_valid") is not None for ex in examples):  # frames before the piece end (caches)
+        batch["target_valid"] = torch.stack([torch.as_tensor(ex["target_valid"]) for ex in examples]).long()
     batch["tokens"] = batch["tokens"].long()
     batch["context_mask"] = batch["context_mask"].bool()
     batch["index"] = torch.tensor([counter for counter, _ in items], dtype=torch.long)
@@ -806,9 +852,10 @@ def validation_loss(
         keep = torch.ones(len(t), dtype=torch.bool)
         batch = _to_device(batch, device)
         with _autocast(device, config.bf16):
-            out = diffusion_loss(model, batch, t.to(device), noise.to(device), keep.to(device), config.trim_tokens)
+            out = diffusion_loss(model, batch, t.to(device), noise.to(device), keep.to(device), config.trim_tokens,
+                                 mask_padding=config.mask_padding)  # fmt: skip
         total += float(out.error_sum)  # unweighted: comparable across loss weightings
-        count += noise.numel()
+        count += out.counted
     model.train(was_training)
     return total / max(count, 1)
 
@@ -962,12 +1009,14 @@ class Trainer:
         # Closed-form fits (after a warm start, which they refit; never on resume): the prior first,
         # since the input skip sees the noisy input less the prior.
         if config.score_prior_fit > 0 and resume_path is None:
-            error = fit_score_prior(self.model.decoder, train_set, config.score_prior_fit)
+            error = fit_score_prior(
+                self.model.decoder, train_set, config.score_prior_fit, mask_padding=config.mask_padding
+            )
             self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)  # the EMA starts from the fit
             if self.ctx.is_main:
                 print(f"score prior fitted on {config.score_prior_fit} windows: L1 {error:.4f}", flush=True)
         if config.input_skip_fit > 0 and resume_path is None:
-            report = fit_input_skip(self.model, train_set, config.input_skip_fit)
+            report = fit_input_skip(self.model, train_set, config.input_skip_fit, mask_padding=config.mask_padding)
             self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)  # the EMA starts from the fit
             if self.ctx.is_main:
                 cells = ", ".join(f"t={t:.2f} {before:.3f}->{after:.3f}" for t, before, after in report)
@@ -1087,12 +1136,12 @@ class Trainer:
                     out = diffusion_loss(
                         self.ddp_model, batch, t.to(ctx.device), noise.to(ctx.device), keep.to(ctx.device),
                         config.trim_tokens, loss_weights(t, config.loss_weighting, config.min_snr_gamma),
-                        self.guide, rollout,
+                        self.guide, rollout, config.mask_padding,
                     )  # fmt: skip
                 # DDP averages gradients over processes: scale so they are those of the global-batch sum.
                 (out.loss_sum * ctx.world_size).backward()
             totals += torch.tensor(
-                [float(out.loss_sum.detach()), noise.numel(), float(out.error_sum)], dtype=torch.float64
+                [float(out.loss_sum.detach()), out.counted, float(out.error_sum)], dtype=torch.float64
             )
         self.optimizer.step()
         self.ema.update(self.model)
