@@ -242,7 +242,7 @@ def generate_piece(seed: int, seconds: float = 30.0, style: str | None = None):
             if u < 0.08 and b > 0:
                 current: set[str] = set()  # full silence
             elif u < 0.2:
-                keep = list(everyone)
+                keep = sorted(everyone)  # not list(set): its order follows PYTHONHASHSEED
                 rng.shuffle(keep)
                 current = set(keep[: max(1, len(keep) // 2)])
             else:

@@ -208,6 +208,24 @@ def test_generated_pieces_are_deterministic_and_cover_the_idioms():
     del silent_bars
 
 
+def test_generated_pieces_do_not_depend_on_the_string_hash_seed():
+    """The same seed gives the same piece in every process: a generator that iterates over a set of
+    strings follows PYTHONHASHSEED (the test split then changed from run to run)."""
+    import subprocess
+    import sys
+
+    code = ("import hashlib; from specdiff.idioms import generate_piece, seed_for; "
+            "print(hashlib.md5(b''.join(generate_piece(seed_for('idioms', i), seconds=20).dumps_midi() "
+            "for i in range(12))).hexdigest())")  # fmt: skip
+    digests = set()
+    for hash_seed in ("1", "2", "3"):
+        env = {**__import__("os").environ, "PYTHONHASHSEED": hash_seed}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        assert out.returncode == 0, out.stderr
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1
+
+
 def test_full_silences_occur_between_notes():
     from specdiff.idioms import generate_piece, seed_for
 
