@@ -4,7 +4,8 @@ For each model and step count, ``specdiff.evaluate`` synthesizes the first ``--m
 held-out pieces and scores them against SoundFont renders of the same MIDI (the timbre's own
 SoundFont): onset F1 ratio, log-mel L1, Fréchet distance (mfcc-stats), the silence gap (ours minus
 the render's mean log-mel on frames where the render is below -8), raw peak and the largest
-segment-to-segment level jump. Two sets of pieces:
+segment-to-segment level jump, and the rest gap (the same difference on the music's rests, frames
+at least 1 s after every note ended: ``specdiff.metrics.rest_scores``). Two sets of pieces:
 
 - ``idioms``: the generated band-music test split (``specdiff.idioms``, never trained on);
 - ``demo``: the demo corpus's test split.
@@ -46,6 +47,7 @@ COLUMNS = (
     ("log_mel_l1", "log-mel L1 ↓", "{:.2f}"),
     ("frechet_distance", "Fréchet (mfcc) ↓", "{:.0f}"),
     ("silence_gap", "silence gap ↓", "{:+.2f}"),
+    ("rest_gap", "rest gap ↓", "{:+.2f}"),
     ("peak", "peak (max)", "{:.2f}"),
     ("max_segment_jump_db", "max seg. jump dB", "{:.1f}"),
     ("x_real_time", "x real time", "{:.1f}"),

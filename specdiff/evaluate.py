@@ -391,6 +391,7 @@ def _evaluate_piece(
     # Level: the full generated audio (before any limiter: the pipeline returns it raw) and the
     # reference over the common span.
     row.update(metrics.level_comparison(full[: len(generated)], reference))
+    row.update(metrics.rest_scores(generated, reference, piece.notes))
     if transcription:
         _log("    transcribing with basic-pitch", verbose)
         row.update(metrics.transcription_scores(generated, reference, piece.notes))
@@ -402,7 +403,8 @@ def _summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {"pieces": len(rows), "total_seconds": float(sum(r["seconds"] for r in rows))}
     keys = [key for key, _, _ in TABLE_COLUMNS if key not in ("f1_ratio", "x_real_time")]
     keys += ["generated_precision", "generated_recall", "reference_precision", "reference_recall"]
-    keys += ["silence_level", "reference_silence_level", "silence_gap", "peak", "reference_peak",
+    keys += ["silence_level", "reference_silence_level", "silence_gap", "rest_level", "reference_rest_level",
+             "rest_gap", "peak", "reference_peak",
              "max_segment_jump_db", "reference_max_segment_jump_db", "loudness_diff_db"]  # fmt: skip
     for key in keys:
         values = [r[key] for r in rows if isinstance(r.get(key), float) and math.isfinite(r[key])]

@@ -241,6 +241,53 @@ def silence_scores(generated: np.ndarray, reference: np.ndarray, threshold: floa
             "silent_fraction": float(quiet.float().mean())}  # fmt: skip
 
 
+#: Seconds after a note ends (a drum hit: after it starts) before a frame counts as a rest for
+#: :func:`rest_scores`: SoundFont releases and reverb ring about that long.
+REST_MARGIN_SECONDS = 1.0
+
+
+def rest_frames(notes: Any, num_frames: int, margin: float = REST_MARGIN_SECONDS) -> np.ndarray:
+    """``[num_frames]`` bool: the spectrogram frames (50 per second) that are rests of ``notes``
+    (``specdiff.tokenizer.Note``): no note sounds and every note before ended at least ``margin``
+    seconds earlier (drum hits count as ending where they start)."""
+    from specdiff.constants import FRAMES_PER_SECOND
+
+    busy = np.zeros(num_frames, bool)
+    for note in notes:
+        start = max(0, int(np.floor(note.start * FRAMES_PER_SECOND)))
+        end = note.start if note.is_drum else note.end
+        stop = min(num_frames, int(np.ceil((end + margin) * FRAMES_PER_SECOND)))
+        if stop > start:
+            busy[start:stop] = True
+    return ~busy
+
+
+def rest_scores(generated: np.ndarray, reference: np.ndarray, notes: Any, margin: float = REST_MARGIN_SECONDS
+                ) -> dict[str, float]:  # fmt: skip
+    """How silent ours is in the music's rests (:func:`rest_frames`, from the notes, so a reference
+    that renders some instrument silently does not count as a rest): the mean log-mel there of ours
+    (``rest_level``) and of the reference (``reference_rest_level``), their difference
+    (``rest_gap``, ours - reference) and the fraction of rest frames (``rest_fraction``). NaN levels
+    when the music has no rest."""
+    import torch
+
+    from specdiff.mel import log_mel
+
+    a, b = crop_to_common_length(np.asarray(generated).reshape(-1), np.asarray(reference).reshape(-1))
+    nan = float("nan")
+    empty = {"rest_level": nan, "reference_rest_level": nan, "rest_gap": nan, "rest_fraction": 0.0}
+    if len(a) == 0:
+        return empty
+    with torch.no_grad():
+        ours, ref = log_mel(torch.from_numpy(a)).mean(-1).numpy(), log_mel(torch.from_numpy(b)).mean(-1).numpy()
+    rests = rest_frames(notes, len(ours), margin)
+    if not rests.any():
+        return empty
+    level, ref_level = float(ours[rests].mean()), float(ref[rests].mean())
+    return {"rest_level": level, "reference_rest_level": ref_level, "rest_gap": level - ref_level,
+            "rest_fraction": float(rests.mean())}  # fmt: skip
+
+
 def reconstruction_scores(generated: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     return {"log_mel_l1": log_mel_l1(generated, reference), **multi_resolution_stft_distance(generated, reference),
             **silence_scores(generated, reference)}  # fmt: skip

@@ -279,3 +279,27 @@ def test_silence_scores_measure_ours_where_the_reference_is_silent():
     loud = silence_scores(noisy, reference)
     assert loud["silence_gap"] > 3.0  # noise at -40 dB sits several log units above the floor
     assert np.isnan(silence_scores(tone, tone)["silence_gap"])  # no silent frames
+
+
+def test_rest_scores_measure_the_musics_rests_not_the_references_quiet_frames():
+    from specdiff.metrics import rest_frames, rest_scores
+    from specdiff.tokenizer import Note
+
+    # Notes: 0.0-0.5 s, then a drum hit at 2.5 s; rests (1 s margin): frames 75-124 (1.5-2.5 s) and
+    # from 3.5 s (frame 175) to the end of 4 s (frame 200).
+    notes = [Note(60, 0.0, 0.5, 100, 0, False), Note(36, 2.5, 2.6, 100, 0, True)]
+    rests = rest_frames(notes, 200)
+    assert np.flatnonzero(rests).tolist() == list(range(75, 125)) + list(range(175, 200))
+    sr = 16000
+    t = np.arange(4 * sr) / sr
+    reference = (0.3 * np.sin(2 * np.pi * 261.6 * t)).astype(np.float32)
+    reference[int(0.5 * sr) : int(2.5 * sr)] = 0.0  # the render rings nowhere in the rest ...
+    reference[int(2.6 * sr) :] = 0.0
+    silent = rest_scores(reference, reference, notes)
+    assert silent["rest_gap"] == pytest.approx(0.0) and silent["reference_rest_level"] < -10
+    assert 0.3 < silent["rest_fraction"] < 0.45
+    noisy = reference + 0.01 * np.random.default_rng(0).standard_normal(len(reference)).astype(np.float32)
+    assert rest_scores(noisy, reference, notes)["rest_gap"] > 3.0
+    # ... and a note the reference renders silently is no rest: it does not count.
+    muted = reference.copy()
+    assert np.isnan(rest_scores(muted, muted, [Note(60, 0.0, 4.0, 100, 0, False)])["rest_gap"])
