@@ -1410,3 +1410,20 @@ def test_shutdown_during_a_parse_is_prompt_and_leaves_no_files(pipe, tmp_path, m
     assert not [p for p in workdir.iterdir() if p.is_dir()]  # no job folder, no notes.json
     err = capfd.readouterr().err
     assert "Traceback" not in err and "CancelledError" not in err
+
+
+def test_serve_flags_reach_the_config():
+    import argparse
+
+    from specdiff.commands.serve import add_serve_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--max-streams-per-client", "3", "--header-timeout", "2.5",
+                              "--max-events", "1000", "--max-parse-seconds", "0.5", "--token", "abc",
+                              "--steps", "2", "--guidance", "1.0", "--scheduler", "ddim"])  # fmt: skip
+    config = config_from_args(args)
+    assert (config.max_streams_per_client, config.header_timeout) == (3, 2.5)
+    assert (config.max_events, config.max_parse_seconds, config.token) == (1000, 0.5, "abc")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--header-timeout", "0"])

@@ -187,6 +187,22 @@ def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         f"(default: {defaults.max_parse_seconds:g})",
     )
     g.add_argument(
+        "--max-streams-per-client",
+        type=_positive(int),
+        default=defaults.max_streams_per_client,
+        metavar="N",
+        help="progress streams one client address may hold open; one more gets HTTP 429 (polling still "
+        f"works; default: {defaults.max_streams_per_client}, and {defaults.max_streams} in all)",
+    )
+    g.add_argument(
+        "--header-timeout",
+        type=_positive(float),
+        default=defaults.header_timeout,
+        metavar="S",
+        help=f"seconds a client has to send a request's headers before the connection is closed "
+        f"(default: {defaults.header_timeout:g})",
+    )
+    g.add_argument(
         "--max-steps",
         type=_positive(int),
         default=defaults.max_steps,
@@ -295,6 +311,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
             max_notes=args.max_notes,
             max_events=args.max_events,
             max_parse_seconds=args.max_parse_seconds,
+            max_streams_per_client=args.max_streams_per_client,
+            header_timeout=args.header_timeout,
             max_kept_results=args.max_kept,
             max_kept_bytes=max(1, int(args.max_kept_mb * 2**20)),
             max_queued=args.max_queued,
