@@ -217,28 +217,47 @@ def level_comparison(generated: np.ndarray, reference: np.ndarray) -> dict[str, 
 SILENCE_THRESHOLD = -8.0
 
 
+def frame_levels(generated: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each frame's mean log-mel (natural log) of ours and of the reference over their common length,
+    as ``(ours [T], reference [T])``; None when that length is zero."""
+    import torch
+
+    from specdiff.mel import log_mel
+
+    a, b = crop_to_common_length(np.asarray(generated).reshape(-1), np.asarray(reference).reshape(-1))
+    if len(a) == 0:
+        return None
+    with torch.no_grad():
+        return log_mel(torch.from_numpy(a)).mean(-1).numpy(), log_mel(torch.from_numpy(b)).mean(-1).numpy()
+
+
+#: Result names of :func:`silence_scores` and :func:`rest_scores`: ours, the reference's, the gap, the
+#: fraction of frames measured.
+SILENCE_KEYS = ("silence_level", "reference_silence_level", "silence_gap", "silent_fraction")
+REST_KEYS = ("rest_level", "reference_rest_level", "rest_gap", "rest_fraction")
+
+
+def _gap_over(
+    levels: tuple[np.ndarray, np.ndarray] | None, frames: np.ndarray | None, keys: tuple[str, ...]
+) -> dict[str, float]:
+    """Mean frame level of ours and of the reference (:func:`frame_levels`) over ``frames`` (bool),
+    their difference and the fraction of frames, under ``keys``; NaN levels when there are none."""
+    nan = float("nan")
+    if levels is None or frames is None or not frames.any():
+        return dict(zip(keys, (nan, nan, nan, 0.0)))
+    ours, ref = levels
+    level, ref_level = float(ours[frames].mean()), float(ref[frames].mean())
+    return dict(zip(keys, (level, ref_level, level - ref_level, float(frames.mean()))))
+
+
 def silence_scores(generated: np.ndarray, reference: np.ndarray, threshold: float = SILENCE_THRESHOLD
                    ) -> dict[str, float]:  # fmt: skip
     """How silent ours is where the reference is: over the frames whose reference log-mel mean is
     below ``threshold``, the mean log-mel of ours (``silence_level``) and of the reference
     (``reference_silence_level``), their difference (``silence_gap``, ours - reference; 0 is
     perfect) and the fraction of such frames (``silent_fraction``). NaN levels when there are none."""
-    import torch
-
-    from specdiff.mel import log_mel
-
-    a, b = crop_to_common_length(np.asarray(generated).reshape(-1), np.asarray(reference).reshape(-1))
-    nan = float("nan")
-    if len(a) == 0:
-        return {"silence_level": nan, "reference_silence_level": nan, "silence_gap": nan, "silent_fraction": 0.0}
-    with torch.no_grad():
-        ours, ref = log_mel(torch.from_numpy(a)).mean(-1), log_mel(torch.from_numpy(b)).mean(-1)
-    quiet = ref < threshold
-    if not bool(quiet.any()):
-        return {"silence_level": nan, "reference_silence_level": nan, "silence_gap": nan, "silent_fraction": 0.0}
-    level, ref_level = float(ours[quiet].mean()), float(ref[quiet].mean())
-    return {"silence_level": level, "reference_silence_level": ref_level, "silence_gap": level - ref_level,
-            "silent_fraction": float(quiet.float().mean())}  # fmt: skip
+    levels = frame_levels(generated, reference)
+    return _gap_over(levels, None if levels is None else levels[1] < threshold, SILENCE_KEYS)
 
 
 #: Seconds after a note ends (a drum hit: after it starts) before a frame counts as a rest for
@@ -269,23 +288,8 @@ def rest_scores(generated: np.ndarray, reference: np.ndarray, notes: Any, margin
     (``rest_level``) and of the reference (``reference_rest_level``), their difference
     (``rest_gap``, ours - reference) and the fraction of rest frames (``rest_fraction``). NaN levels
     when the music has no rest."""
-    import torch
-
-    from specdiff.mel import log_mel
-
-    a, b = crop_to_common_length(np.asarray(generated).reshape(-1), np.asarray(reference).reshape(-1))
-    nan = float("nan")
-    empty = {"rest_level": nan, "reference_rest_level": nan, "rest_gap": nan, "rest_fraction": 0.0}
-    if len(a) == 0:
-        return empty
-    with torch.no_grad():
-        ours, ref = log_mel(torch.from_numpy(a)).mean(-1).numpy(), log_mel(torch.from_numpy(b)).mean(-1).numpy()
-    rests = rest_frames(notes, len(ours), margin)
-    if not rests.any():
-        return empty
-    level, ref_level = float(ours[rests].mean()), float(ref[rests].mean())
-    return {"rest_level": level, "reference_rest_level": ref_level, "rest_gap": level - ref_level,
-            "rest_fraction": float(rests.mean())}  # fmt: skip
+    levels = frame_levels(generated, reference)
+    return _gap_over(levels, None if levels is None else rest_frames(notes, len(levels[0]), margin), REST_KEYS)
 
 
 def reconstruction_scores(generated: np.ndarray, reference: np.ndarray) -> dict[str, float]:
