@@ -425,13 +425,13 @@ class JobQueue:
 
     def _restore_locked(self) -> None:
         """Open the store and take its jobs back (see ``specdiff.server.store``)."""
-        from specdiff.server.store import STORE_NAME, JobStore
+        from specdiff.server.store import STORE_NAME, JobStore, job_from_record
 
         self._store = JobStore(self.workdir)
         restored: list[Job] = []
         for record in self._store.records():
             try:
-                job = _job_from_record(record)
+                job = job_from_record(record)
             except (KeyError, TypeError, ValueError):
                 self._store.delete(str(record.get("id")))
                 continue
@@ -490,17 +490,6 @@ def _looks_like_job_folder(path: Path) -> bool:
         return all(p.is_file() and (p.name in JOB_FILES or p.name.startswith(".")) for p in path.iterdir())
     except OSError:
         return False
-
-
-def _job_from_record(record: dict[str, Any]) -> Job:
-    """The inverse of ``specdiff.server.store.job_record``."""
-    values = dict(record)
-    values["settings"] = JobSettings(**values["settings"])
-    values["state"] = JobState(values["state"])
-    for name in ("folder", "notes_path", "audio_path", "spectrogram_path"):
-        if values.get(name) is not None:
-            values[name] = Path(values[name])
-    return Job(midi=None, **values)
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -44,6 +44,19 @@ def job_record(job: Any) -> dict[str, Any]:
     return record
 
 
+def job_from_record(record: dict[str, Any]) -> Any:
+    """The inverse of :func:`job_record`: a ``specdiff.server.jobs.Job`` (without token segments)."""
+    from specdiff.server.jobs import Job, JobSettings, JobState
+
+    values = dict(record)
+    values["settings"] = JobSettings(**values["settings"])
+    values["state"] = JobState(values["state"])
+    for name in PATH_FIELDS:
+        if values.get(name) is not None:
+            values[name] = Path(values[name])
+    return Job(midi=None, **values)
+
+
 class JobStore:
     """Job records by id in ``folder / STORE_NAME`` (created if missing)."""
 
