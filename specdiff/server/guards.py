@@ -19,12 +19,14 @@ checks without loading the web stack.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import socket
 from collections.abc import Iterable
+from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 #: Methods that only read; everything else changes state and is origin-checked.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -188,18 +190,16 @@ class SecurityHeaders:
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        common = [(b"x-frame-options", b"SAMEORIGIN"), (b"x-content-type-options", b"nosniff"),
+                  (b"referrer-policy", b"no-referrer")]  # fmt: skip
+        self.page_headers = [(b"content-security-policy", PAGE_CSP.encode()), *common]
+        self.docs_headers = [(b"content-security-policy", DOCS_CSP.encode()), *common]
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        csp = DOCS_CSP if scope.get("path", "") in DOCS_PATHS else PAGE_CSP
-        extra = [
-            (b"content-security-policy", csp.encode()),
-            (b"x-frame-options", b"SAMEORIGIN"),
-            (b"x-content-type-options", b"nosniff"),
-            (b"referrer-policy", b"no-referrer"),
-        ]
+        extra = self.docs_headers if scope.get("path", "") in DOCS_PATHS else self.page_headers
 
         async def send_with_headers(message: dict) -> None:
             if message["type"] == "http.response.start":
@@ -228,17 +228,12 @@ class TokenGuard:
         self.app, self.token = app, token
 
     def _matches(self, value: str | None) -> bool:
-        import hmac
-
         return value is not None and hmac.compare_digest(value.encode(), self.token.encode())
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope.get("path", "").startswith(TOKEN_FREE_PREFIXES):
             await self.app(scope, receive, send)
             return
-        from http.cookies import SimpleCookie
-        from urllib.parse import parse_qs
-
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
         scheme, _, credential = headers.get("authorization", "").partition(" ")
         by_header = scheme.lower() in ("bearer", "token") and self._matches(credential.strip())
