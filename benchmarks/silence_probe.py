@@ -27,8 +27,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from steps_probe import ddim_x0, segment_cache  # noqa: E402
+
 from specdiff.data import ChunkDataset  # noqa: E402
-from specdiff.diffusion import alpha_sigma, x0_from_prediction  # noqa: E402
 from specdiff.mel import scale_to_features  # noqa: E402
 from specdiff.score_roll import (  # noqa: E402
     EXTENDED_ROLL_FEATURES,
@@ -37,20 +38,10 @@ from specdiff.score_roll import (  # noqa: E402
     TONAL_FEATURES,
     batch_rolls,
 )
-from specdiff.train import (  # noqa: E402
-    collate,
-    model_from_path,
-    padding_mask,
-    ridge_regression,
-    trim_token_padding,
-)
+from specdiff.train import collated_windows, model_from_path, padding_mask, ridge_regression  # noqa: E402
 
 QUIET = -8.0  # natural-log mel: a frame whose mean is below this is quiet (the floor is -11.5)
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def batch_of(dataset: ChunkDataset, indices: range) -> dict[str, torch.Tensor]:
-    return collate([(i, dataset[i]) for i in indices])
 
 
 #: The fits of part 1: (name, roll layout, base + only the silent feature, padding left out).
@@ -72,8 +63,7 @@ def roll_columns(tokens: torch.Tensor, features: int, silent_only: bool) -> torc
 
 
 def fit_pairs(train: ChunkDataset, fit_windows: int, features: int, silent_only: bool, mask: bool):
-    for start in range(0, fit_windows, 64):
-        b = batch_of(train, range(start, min(start + 64, fit_windows)))
+    for b in collated_windows(train, range(fit_windows), 64):
         x, y = roll_columns(b["tokens"], features, silent_only).flatten(0, 1), b["target"].flatten(0, 1)
         if mask:
             keep = padding_mask(b["target_valid"], 256).flatten()
@@ -104,25 +94,10 @@ def prior_fits(train: ChunkDataset, val: dict[str, torch.Tensor], fit_windows: i
     return rows
 
 
-@torch.no_grad()
 def sample(model, batch: dict[str, torch.Tensor], steps: int) -> torch.Tensor:
-    tokens = trim_token_padding(batch["tokens"])
-    timbre = batch.get("timbre") if model.decoder.timbres else None
-    cache = model.decoder.prepare_cross_attention(
-        model.encode(tokens, batch["context"], batch["context_mask"]), model.score_roll(tokens), timbre
-    )
-    x0 = batch["target"]
-    z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
-    times = torch.linspace(1.0, 0.0, steps + 1)
-    for k in range(steps):
-        t = torch.full((x0.shape[0],), float(times[k]))
-        estimate = x0_from_prediction(model.decoder(None, z, t, cross_cache=cache).float(), z, t,
-                                      model.decoder.prediction_type).clamp(-1, 1)  # fmt: skip
-        a_k, s_k = alpha_sigma(times[k])
-        eps = (z - a_k * estimate) / s_k
-        a, s = alpha_sigma(times[k + 1])
-        z = a * estimate + s * eps
-    return estimate
+    """DDIM from pure noise (seed 0) to an x0 estimate, as ``steps_probe`` runs it from ``t0 = 1``."""
+    noise = torch.randn(batch["target"].shape, generator=torch.Generator().manual_seed(0))
+    return ddim_x0(model, segment_cache(model, batch), noise, 1.0, steps)
 
 
 def model_rows(path: str, val: dict[str, torch.Tensor]) -> list[str]:
@@ -152,7 +127,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     val_set = ChunkDataset(args.data, seed=1_000_003, split="validation")
-    val = batch_of(val_set, range(args.windows))
+    val = next(collated_windows(val_set, range(args.windows), args.windows))
     out = RESULTS / "silence.md"
     lines = out.read_text().splitlines() if out.exists() else []
     if not args.skip_fits:

@@ -31,17 +31,21 @@ NOISE_TIMES = [0.1, 0.3, 0.5, 0.7, 0.9]
 
 
 @torch.no_grad()
-def probe(model, batch, t0: float, steps: int, noise: torch.Tensor) -> tuple[float, float]:
-    """(L1, std) of the x0 estimate after ``steps`` DDIM steps from ``x0`` noised to ``t0``."""
+def segment_cache(model, batch):
+    """The decoder's cross-attention cache for a batch (notes, context, roll and timbre)."""
     tokens = trim_token_padding(batch["tokens"])
-    x0 = batch["target"]
     timbre = batch.get("timbre") if model.decoder.timbres else None
     encodings = model.encode(tokens, batch["context"], batch["context_mask"])
-    cache = model.decoder.prepare_cross_attention(encodings, model.score_roll(tokens), timbre)
-    n = x0.shape[0]
-    z = q_sample(x0, torch.full((n,), t0), noise)
+    return model.decoder.prepare_cross_attention(encodings, model.score_roll(tokens), timbre)
+
+
+@torch.no_grad()
+def ddim_x0(model, cache, z: torch.Tensor, t0: float, steps: int) -> torch.Tensor:
+    """The x0 estimate after ``steps`` deterministic DDIM steps from ``z`` at noise time ``t0`` down
+    to 0, on the model's own (continuous) schedule."""
+    n = z.shape[0]
     times = torch.linspace(t0, 0.0, steps + 1)
-    x0_hat = x0
+    x0_hat = z
     for k in range(steps):
         t = torch.full((n,), float(times[k]))
         out = model.decoder(None, z, t, cross_cache=cache).float()
@@ -50,6 +54,15 @@ def probe(model, batch, t0: float, steps: int, noise: torch.Tensor) -> tuple[flo
         eps = (z - a_k * x0_hat) / s_k
         a, s = alpha_sigma(times[k + 1])
         z = a * x0_hat + s * eps
+    return x0_hat
+
+
+@torch.no_grad()
+def probe(model, batch, t0: float, steps: int, noise: torch.Tensor) -> tuple[float, float]:
+    """(L1, std) of the x0 estimate after ``steps`` DDIM steps from ``x0`` noised to ``t0``."""
+    x0 = batch["target"]
+    z = q_sample(x0, torch.full((x0.shape[0],), t0), noise)
+    x0_hat = ddim_x0(model, segment_cache(model, batch), z, t0, steps) if steps else x0
     return float((x0_hat - x0).abs().mean()), float(x0_hat.std(dim=(1, 2)).mean())
 
 
@@ -62,11 +75,8 @@ def noise_response(model, batch, times: list[float], noise: torch.Tensor) -> lis
     the data's local smoothness has a leak well below ``ignore``."""
     from specdiff.diffusion import edm_coefficients
 
-    tokens = trim_token_padding(batch["tokens"])
     x0 = batch["target"]
-    timbre = batch.get("timbre") if model.decoder.timbres else None
-    encodings = model.encode(tokens, batch["context"], batch["context_mask"])
-    cache = model.decoder.prepare_cross_attention(encodings, model.score_roll(tokens), timbre)
+    cache = segment_cache(model, batch)
     rows = []
     for value in times:
         t = torch.full((x0.shape[0],), value)
