@@ -487,6 +487,12 @@ def test_fetched_results_expire_sooner(serve):
     assert client.get(f"/api/jobs/{job['id']}").status_code == 404
 
 
+def stub_jobs(queue: JobQueue, names: list[str]) -> list[Job]:
+    """Jobs without token segments, named (id and MIDI name) ``names``, each with its folder in ``queue``."""
+    return [Job(id=name, settings=JobSettings(1, 1.0, 0, "original"), midi=None, midi_name=name,
+                folder=queue.new_folder(name)) for name in names]  # fmt: skip
+
+
 def test_job_queue_without_http_fails_jobs_with_reasons_and_keeps_running(tmp_path):
     def runner(job, queue):
         if job.midi_name == "user-error":
@@ -498,8 +504,7 @@ def test_job_queue_without_http_fails_jobs_with_reasons_and_keeps_running(tmp_pa
     queue = JobQueue(runner, tmp_path, max_queued=10)
     queue.start()
     try:
-        jobs = [Job(id=name, settings=JobSettings(1, 1.0, 0, "original"), midi=None, midi_name=name,
-                    folder=queue.new_folder(name)) for name in ("user-error", "bug", "fine")]  # fmt: skip
+        jobs = stub_jobs(queue, ["user-error", "bug", "fine"])
         for job in jobs:
             queue.submit(job)
         deadline = time.monotonic() + TIMEOUT
@@ -526,8 +531,7 @@ def test_stopping_the_queue_cancels_waiting_jobs(tmp_path):
 
     queue = JobQueue(runner, tmp_path)
     queue.start()
-    jobs = [Job(id=f"j{i}", settings=JobSettings(1, 1.0, 0, "original"), midi=None, midi_name="x",
-                folder=queue.new_folder(f"j{i}")) for i in range(2)]  # fmt: skip
+    jobs = stub_jobs(queue, ["j0", "j1"])
     for job in jobs:
         queue.submit(job)
     assert started.wait(TIMEOUT)
@@ -1343,8 +1347,7 @@ def test_jobs_running_or_queued_at_a_crash_come_back_as_interrupted(tmp_path):
 
     crashed = JobQueue(runner, tmp_path, persistent=True)
     crashed.start()
-    jobs = [Job(id=f"job{i}", settings=JobSettings(1, 1.0, 0, "original"), midi=None, midi_name="x",
-                folder=crashed.new_folder(f"job{i}")) for i in range(2)]  # fmt: skip
+    jobs = stub_jobs(crashed, ["job0", "job1"])
     for job in jobs:
         crashed.submit(job)
     assert started.wait(TIMEOUT)
