@@ -302,7 +302,7 @@ class JobQueue:
             now = self.clock()
             if job.audio_fetched_at is None:
                 job.audio_fetched_at = now
-                job.expires_at = min(job.expires_at or float("inf"), now + self.fetched_ttl)
+                job.expires_at = self._expiry(job)
                 self._save_locked(job)
                 self._bump(job)
 
@@ -373,7 +373,7 @@ class JobQueue:
     def _finish(self, job: Job, state: JobState, error: str | None) -> None:
         job.state, job.error = state, error
         job.finished_at = self.clock()
-        job.expires_at = job.finished_at + self.result_ttl
+        job.expires_at = self._expiry(job)
         job.midi = None  # the token segments are only needed to synthesize
         if state is not JobState.DONE:  # nothing of a failed or cancelled job is worth keeping
             shutil.rmtree(job.folder, ignore_errors=True)
@@ -419,6 +419,14 @@ class JobQueue:
         if self._store is not None:
             self._store.delete(job.id)
 
+    def _expiry(self, job: Job) -> float:
+        """When an ended job is forgotten: ``result_ttl`` after it ended, or ``fetched_ttl`` after its
+        audio was first fetched, whichever is sooner."""
+        ended = job.finished_at + self.result_ttl if job.finished_at is not None else float("inf")
+        if job.audio_fetched_at is None:
+            return ended
+        return min(ended, job.audio_fetched_at + self.fetched_ttl)
+
     def _save_locked(self, job: Job) -> None:
         if self._store is not None:
             self._store.save(job)
@@ -438,10 +446,7 @@ class JobQueue:
             if not job.state.terminal:  # its token segments are gone with the old process
                 job.state, job.error = JobState.FAILED, "interrupted: the server stopped before the job ended"
                 job.finished_at = job.finished_at or self.clock()
-            # This server's TTLs, which may differ from the last one's.
-            job.expires_at = job.finished_at + self.result_ttl
-            if job.audio_fetched_at is not None:
-                job.expires_at = min(job.expires_at, job.audio_fetched_at + self.fetched_ttl)
+            job.expires_at = self._expiry(job)  # this server's TTLs, which may differ from the last one's
             if job.state is not JobState.DONE or job.audio_path is None or not job.audio_path.is_file():
                 shutil.rmtree(job.folder, ignore_errors=True)  # nothing of it worth keeping, as in _finish
                 job.audio_path = job.spectrogram_path = job.notes_path = None
