@@ -1367,10 +1367,17 @@ def test_jobs_running_or_queued_at_a_crash_come_back_as_interrupted(tmp_path):
         crashed.stop()
 
 
-def test_without_a_workdir_nothing_is_stored(serve, pipe, tmp_path):
+def test_without_a_workdir_nothing_is_stored(pipe):
     config = ServeConfig(default_steps=STEPS)  # a temporary folder, removed at shutdown
-    app = create_app(Synthesizer(pipe), config, model_name="tiny-test")
+    synthesizer = Synthesizer(pipe, draw_spectrogram=lambda mel, path, title: png.write_spectrogram_png(mel, path))
+    app = create_app(synthesizer, config, model_name="tiny-test")
     assert app.state.queue.persistent is False
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+        assert wait_until(client, submit(client).json()["id"])["state"] == "done"
+        workdir = app.state.queue.workdir
+        assert not (workdir / "jobs.sqlite3").exists() and not list(workdir.glob("*.sqlite3*"))
+    synthesizer.close()
+    assert not workdir.exists()  # the temporary folder went with the server
 
 
 def test_shutdown_during_a_parse_is_prompt_and_leaves_no_files(pipe, tmp_path, monkeypatch, capfd):
