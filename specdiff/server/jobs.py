@@ -433,7 +433,7 @@ class JobQueue:
 
     def _restore_locked(self) -> None:
         """Open the store and take its jobs back (see ``specdiff.server.store``)."""
-        from specdiff.server.store import STORE_NAME, JobStore, job_from_record
+        from specdiff.server.store import STORE_NAME, JobStore
 
         self._store = JobStore(self.workdir)
         restored: list[Job] = []
@@ -495,6 +495,19 @@ def _looks_like_job_folder(path: Path) -> bool:
         return all(p.is_file() and (p.name in JOB_FILES or p.name.startswith(".")) for p in path.iterdir())
     except OSError:
         return False
+
+
+def job_from_record(record: dict[str, Any]) -> Job:
+    """The inverse of ``specdiff.server.store.job_record``: a job without token segments."""
+    from specdiff.server.store import PATH_FIELDS
+
+    values = dict(record)
+    values["settings"] = JobSettings(**values["settings"])
+    values["state"] = JobState(values["state"])
+    for name in PATH_FIELDS:
+        if values.get(name) is not None:
+            values[name] = Path(values[name])
+    return Job(midi=None, **values)
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -28,7 +28,9 @@ PATH_FIELDS = ("folder", "notes_path", "audio_path", "spectrogram_path")
 
 
 def job_record(job: Any) -> dict[str, Any]:
-    """A job (``specdiff.server.jobs.Job``) as a JSON-able dict of its lasting fields."""
+    """A job (``specdiff.server.jobs.Job``) as a JSON-able dict of its lasting fields (the queue
+    reads it back with ``specdiff.server.jobs.job_from_record``; this module does not import the
+    queue's, which imports it)."""
     record: dict[str, Any] = {}
     for field in dataclasses.fields(job):
         if field.name in TRANSIENT_FIELDS:
@@ -42,19 +44,6 @@ def job_record(job: Any) -> dict[str, Any]:
             value = dataclasses.asdict(value)
         record[field.name] = value
     return record
-
-
-def job_from_record(record: dict[str, Any]) -> Any:
-    """The inverse of :func:`job_record`: a ``specdiff.server.jobs.Job`` (without token segments)."""
-    from specdiff.server.jobs import Job, JobSettings, JobState
-
-    values = dict(record)
-    values["settings"] = JobSettings(**values["settings"])
-    values["state"] = JobState(values["state"])
-    for name in PATH_FIELDS:
-        if values.get(name) is not None:
-            values[name] = Path(values[name])
-    return Job(midi=None, **values)
 
 
 class JobStore:
