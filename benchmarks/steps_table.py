@@ -95,6 +95,21 @@ def model_folder(model: str, tmp: Path, prior_alone: bool = False) -> Path:
     return path
 
 
+def with_final_noise_time(folder: Path, tmp: Path, value: float) -> Path:
+    """A copy of ``folder`` whose sampling.json ends DDIM at noise time ``value``."""
+    import dataclasses
+    import shutil
+
+    from specdiff.default_model import read_sampling_settings, write_sampling_settings
+
+    out = tmp / f"final{value:g}_{folder.name}"
+    if not out.exists():
+        shutil.copytree(folder, out)
+        settings = dataclasses.replace(read_sampling_settings(folder), final_noise_time=value)
+        write_sampling_settings(out, settings)
+    return out
+
+
 def yardstick(files: list[Path], max_seconds: float, other: str = "FluidR3_GM") -> dict[str, Any]:
     """Another SoundFont's render scored against the TimGM6mb render, as evaluate scores a model."""
     from specdiff import metrics
@@ -132,6 +147,12 @@ def main() -> int:
     parser.add_argument("--scheduler", default="ddim")
     parser.add_argument("--guidance", type=float, default=1.0)
     parser.add_argument("--timbre", default=None)
+    parser.add_argument(
+        "--final-noise-time",
+        type=float,
+        default=None,
+        help="DDIM's last noise time (sampling.json final_noise_time; default: the folder's)",
+    )
     parser.add_argument("--prior-alone", action="store_true")
     parser.add_argument("--yardstick", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
@@ -157,6 +178,8 @@ def main() -> int:
         for model in args.models:
             for prior in [False, True] if args.prior_alone else [False]:
                 folder = model_folder(model, tmp, prior)
+                if args.final_noise_time is not None:
+                    folder = with_final_noise_time(folder, tmp, args.final_noise_time)
                 for steps in [1] if prior else args.steps:
                     started = time.time()
                     res = evaluate(
@@ -170,6 +193,8 @@ def main() -> int:
                         r["reference_max_segment_jump_db"] for r in res["pieces"]
                     )
                     label = Path(model).name + (" (prior alone)" if prior else "")
+                    if args.final_noise_time:
+                        label += f", final t {args.final_noise_time:g}"
                     results.append({"model": label, "set": args.set, "pieces": len(files), "steps": steps,
                                     "timbre": args.timbre, "summary": summary,
                                     "seconds": time.time() - started})  # fmt: skip

@@ -65,6 +65,9 @@ class SamplingSettings:
     num_inference_steps: int = DEFAULT_NUM_STEPS
     guidance_scale: float = DEFAULT_GUIDANCE
     precision: str = DEFAULT_PRECISION
+    #: ``ddim`` only: the noise time whose x0 prediction ends the sampling (0 = run down to t = 0);
+    #: see :class:`specdiff.sampler.DDIMSampler`.
+    final_noise_time: float = 0.0
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -74,6 +77,9 @@ class SamplingSettings:
         steps = self.num_inference_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"num_inference_steps must be a positive integer, got {steps!r}")
+        f = self.final_noise_time
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f < 1.0:
+            raise ValueError(f"final_noise_time must be a number in [0, 1), got {f!r}")
         w = self.guidance_scale
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {w!r}")

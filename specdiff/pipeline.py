@@ -492,7 +492,8 @@ class SpectrogramDiffusionPipeline:
     def _sampler(self, scheduler: Any) -> samplers.Sampler:
         scheduler = self.scheduler if scheduler is None else scheduler
         if isinstance(scheduler, str):
-            return samplers.make_scheduler(scheduler, config=self.scheduler_config)
+            return samplers.make_scheduler(scheduler, config=self.scheduler_config,
+                                           final_noise_time=self.sampling.final_noise_time)  # fmt: skip
         return samplers.as_sampler(scheduler)
 
     def _generate(

@@ -356,12 +356,25 @@ class DDIMSampler:
     ``config``: a diffusers scheduler config (``num_train_timesteps``, ``trained_betas`` (required),
     ``clip_sample``, ``clip_sample_range``, ``set_alpha_to_one``). The model output is epsilon. The last
     step returns the (clipped) x0 prediction, as :class:`DiffusersSampler` with ``final_x0`` does.
+
+    ``final_noise_time`` (0 = off, diffusers' grid): the n steps are spread evenly over noise times
+    from 1 down to this value, and the x0 prediction made there is the sample. A model whose one-step
+    estimates are good at high noise but leave white-noise texture behind at low noise (measured in
+    ``benchmarks/results/steps_table_*.md``) then refines its coarse structure with every extra step
+    and never hands the result to its weak low-noise regime. A model folder recommends it in
+    ``sampling.json`` (:class:`specdiff.default_model.SamplingSettings`).
     """
 
     init_noise_sigma = 1.0
 
-    def __init__(self, config: dict[str, Any], noise_times: Tensor | None = None) -> None:
+    def __init__(
+        self, config: dict[str, Any], noise_times: Tensor | None = None, final_noise_time: float = 0.0
+    ) -> None:
         import types
+
+        if not 0.0 <= float(final_noise_time) < 1.0:
+            raise ValueError(f"final_noise_time must be in [0, 1), got {final_noise_time!r}")
+        self.final_noise_time = float(final_noise_time)
 
         if config.get("trained_betas") is None:
             raise ValueError("DDIMSampler needs trained_betas (the model's schedule)")
@@ -388,8 +401,17 @@ class DDIMSampler:
                 f"{self.num_train_timesteps} training timesteps"
             )
         self.num_inference_steps = int(num_inference_steps)
-        ratio = self.num_train_timesteps / self.num_inference_steps
-        timesteps = np.round(np.arange(self.num_train_timesteps, 0, -ratio)).astype(np.int64) - 1
+        if self.final_noise_time > 0:
+            times = np.linspace(1.0, self.final_noise_time, self.num_inference_steps)
+            timesteps = np.round(times * self.num_train_timesteps).astype(np.int64) - 1
+            if len(np.unique(timesteps)) < len(timesteps):
+                raise ValueError(
+                    f"{num_inference_steps} steps do not fit between noise time 1 and {self.final_noise_time} "
+                    f"on a {self.num_train_timesteps}-step table"
+                )
+        else:
+            ratio = self.num_train_timesteps / self.num_inference_steps
+            timesteps = np.round(np.arange(self.num_train_timesteps, 0, -ratio)).astype(np.int64) - 1
         self._timesteps = torch.from_numpy(timesteps)
 
     @property
@@ -416,6 +438,8 @@ class DDIMSampler:
             raise RuntimeError("call set_timesteps(n) before step()")
         t = int(timestep)
         prev_t = t - self.num_train_timesteps // self.num_inference_steps
+        if self.final_noise_time > 0 and t != int(self._timesteps[-1]):
+            prev_t = int(self._timesteps[int((self._timesteps == t).nonzero()[0, 0]) + 1])
         alpha_prod_t = self.alphas_cumprod[t]
         alpha_prod_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
         beta_prod_t = 1 - alpha_prod_t
@@ -449,7 +473,7 @@ _DIFFUSERS_CHOICES: dict[str, tuple[str, dict[str, Any], bool]] = {
 
 
 def make_scheduler(name: str = DEFAULT_SCHEDULER, config: dict[str, Any] | None = None,
-                   model_schedule: bool | None = None) -> Sampler:  # fmt: skip
+                   model_schedule: bool | None = None, final_noise_time: float = 0.0) -> Sampler:  # fmt: skip
     """A sampler by name: ``original`` | ``ddpm`` | ``ddim`` | ``dpmsolver++`` | ``unipc``.
 
     ``config`` is a diffusers scheduler config (e.g. a model folder's ``scheduler_config.json``);
@@ -458,7 +482,8 @@ def make_scheduler(name: str = DEFAULT_SCHEDULER, config: dict[str, Any] | None 
     overrides (``timestep_spacing="trailing"``, DPM-Solver++ order 2) on top of it.
     ``model_schedule`` (default: True for the solvers, False for ``ddpm``) replaces the config's
     betas by :func:`model_schedule_betas`, the schedule the network was trained on (see the
-    module docstring for why).
+    module docstring for why). ``final_noise_time`` (``ddim`` only; 0 = off): see :class:`DDIMSampler`;
+    the other samplers ignore it, as they run their own grids down to t = 0.
     """
     if name == "original":
         return CosineLogSNRSampler()
@@ -474,8 +499,10 @@ def make_scheduler(name: str = DEFAULT_SCHEDULER, config: dict[str, Any] | None 
         steps = int(base.get("num_train_timesteps", 1000))
         base["trained_betas"] = model_schedule_betas(steps)
         noise_times = model_schedule_noise_times(steps)
-    if name == "ddim" and _native_ddim_fits(base):
-        return DDIMSampler(base, noise_times=noise_times)
+    if name == "ddim" and (_native_ddim_fits(base) or final_noise_time):
+        if not _native_ddim_fits(base):
+            raise ValueError("final_noise_time needs the model's schedule and an epsilon DDIM config")
+        return DDIMSampler(base, noise_times=noise_times, final_noise_time=final_noise_time)
     diffusers = _import_diffusers()
     cls = getattr(diffusers, class_name)
     accepted = set(inspect.signature(cls.__init__).parameters)

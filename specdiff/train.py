@@ -131,6 +131,10 @@ class TrainConfig:
     # what makes more steps help (benchmarks/results/steps_recipe.md). 0 = the original objective.
     rollout_prob: float = 0.0
     rollout_steps: str = "4,16"  # comma-separated step counts whose time grids rolled-out rows use
+    # > 0: train (and validate) only on noise times in [min_noise_time, 1), and roll out on the grids of
+    # a DDIM sampler that ends there (sampling.json's final_noise_time, specdiff.sampler.DDIMSampler):
+    # the model's capacity goes to the noise levels its shipped sampler visits. 0 = the original U[0, 1).
+    min_noise_time: float = 0.0
     trim_tokens: bool = True  # run the notes encoder only up to the batch's last real token (exact: PAD is masked)
     # optimisation (ORIGINAL.md §4.3)
     optimizer: str = "adafactor"  # or "adamw"
@@ -472,9 +476,14 @@ def example_seed(seed: int, counter: int) -> int:
 
 
 def draw_diffusion_inputs(
-    counters: Sequence[int] | Tensor, seed: int, drop_prob: float, shape: tuple[int, ...] = (TARGET_FRAMES, N_MELS)
+    counters: Sequence[int] | Tensor,
+    seed: int,
+    drop_prob: float,
+    shape: tuple[int, ...] = (TARGET_FRAMES, N_MELS),
+    min_time: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Per example: ``t ~ U[0, 1)``, ``eps ~ N(0, I)`` of ``shape`` and ``keep`` (False with ``drop_prob``).
+    """Per example: ``t ~ U[min_time, 1)`` (the original: ``U[0, 1)``), ``eps ~ N(0, I)`` of ``shape`` and
+    ``keep`` (False with ``drop_prob``).
 
     Each example's draws come from its own generator seeded by ``(seed, counter)`` (ORIGINAL.md §4.1: one time
     per example; CFG drop probability 0.1), so they do not depend on how the batch is split.
@@ -483,7 +492,7 @@ def draw_diffusion_inputs(
     for counter in [int(c) for c in counters]:
         gen = torch.Generator().manual_seed(example_seed(seed, counter))
         u = torch.rand(2, generator=gen, dtype=torch.float64)
-        times.append(float(u[0]))
+        times.append(float(min_time + (1.0 - min_time) * u[0]))
         keeps.append(bool(u[1] >= drop_prob))
         noises.append(torch.randn(shape, generator=gen))
     return torch.tensor(times, dtype=torch.float32), torch.stack(noises), torch.tensor(keeps)
@@ -500,12 +509,14 @@ def parse_rollout_steps(text: str) -> list[int]:
     return counts
 
 
-def draw_rollout_times(counters: Sequence[int] | Tensor, seed: int, prob: float, step_counts: Sequence[int]
-                       ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+def draw_rollout_times(counters: Sequence[int] | Tensor, seed: int, prob: float, step_counts: Sequence[int],
+                       final_time: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """Per example: ``(rolled, t, t_prev)``. ``rolled`` is True with probability ``prob``; for those,
     ``t = k / N`` and ``t_prev = (k + 1) / N`` with N drawn from ``step_counts`` and k from
     ``1..N-1`` (the step times of an N-step "trailing" sampler, where one model step leads from
-    ``t_prev`` to ``t``). Drawn from each example's own generator, like :func:`draw_diffusion_inputs`."""
+    ``t_prev`` to ``t``). Drawn from each example's own generator, like :func:`draw_diffusion_inputs`.
+    ``final_time > 0``: the grid of a DDIM sampler with that ``final_noise_time`` instead, N times
+    evenly from 1 down to ``final_time`` (``t`` is one of its later N - 1 times, ``t_prev`` the one before)."""
     rolled, times, previous = [], [], []
     for counter in [int(c) for c in counters]:
         gen = torch.Generator().manual_seed(example_seed(seed ^ 0x5EED_0F_D0, counter))
@@ -513,8 +524,14 @@ def draw_rollout_times(counters: Sequence[int] | Tensor, seed: int, prob: float,
         n = int(step_counts[min(int(u[1] * len(step_counts)), len(step_counts) - 1)])
         k = 1 + min(int(u[2] * (n - 1)), n - 2)
         rolled.append(bool(u[0] < prob))
-        times.append(k / n)
-        previous.append((k + 1) / n)
+        if final_time > 0:
+            grid = torch.linspace(1.0, final_time, n, dtype=torch.float64)
+            j = n - k  # 1..n-1: the grid's later times
+            times.append(float(grid[j]))
+            previous.append(float(grid[j - 1]))
+        else:
+            times.append(k / n)
+            previous.append((k + 1) / n)
     return torch.tensor(rolled), torch.tensor(times, dtype=torch.float32), torch.tensor(previous, dtype=torch.float32)
 
 
@@ -848,7 +865,8 @@ def validation_loss(
     model.eval()
     total, count = 0.0, 0
     for batch in batches:
-        t, noise, _ = draw_diffusion_inputs(batch["index"], seed, 0.0, tuple(batch["target"].shape[1:]))
+        t, noise, _ = draw_diffusion_inputs(batch["index"], seed, 0.0, tuple(batch["target"].shape[1:]),
+                                            config.min_noise_time)  # fmt: skip
         keep = torch.ones(len(t), dtype=torch.bool)
         batch = _to_device(batch, device)
         with _autocast(device, config.bf16):
@@ -974,6 +992,8 @@ class Trainer:
             train_set = default_train if train_set is None else train_set
             val_set = default_val if val_set is None else val_set
         self.micro_batch, self.accumulation = _batch_plan(config, self.ctx.world_size)
+        if not 0.0 <= config.min_noise_time < 1.0:
+            raise SpecdiffError(f"min_noise_time must be in [0, 1), got {config.min_noise_time}")
         from specdiff.guided_attention import TARGETS
 
         if config.guided_attention_target not in TARGETS:
@@ -1122,12 +1142,17 @@ class Trainer:
         for micro in range(self.accumulation):
             batch = next(self.batches)
             t, noise, keep = draw_diffusion_inputs(
-                batch["index"], config.seed, config.cfg_drop_prob, tuple(batch["target"].shape[1:])
+                batch["index"],
+                config.seed,
+                config.cfg_drop_prob,
+                tuple(batch["target"].shape[1:]),
+                config.min_noise_time,
             )
             rollout = None
             if config.rollout_prob > 0:
-                rollout = draw_rollout_times(batch["index"], config.seed, config.rollout_prob,
-                                             parse_rollout_steps(config.rollout_steps))  # fmt: skip
+                steps = parse_rollout_steps(config.rollout_steps)
+                rollout = draw_rollout_times(batch["index"], config.seed, config.rollout_prob, steps,
+                                             config.min_noise_time)  # fmt: skip
             batch = _to_device(batch, ctx.device)
             last = micro == self.accumulation - 1
             sync = self.ddp_model.no_sync() if ctx.enabled and not last else contextlib.nullcontext()

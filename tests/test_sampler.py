@@ -330,3 +330,35 @@ def test_unconditional_zeroes_encodings_and_masks():
     enc = [(torch.randn(1, 5, 4), torch.ones(1, 5, dtype=torch.bool))]
     [(e, m)] = S.unconditional(enc)
     assert torch.equal(e, torch.zeros(1, 5, 4)) and m.dtype == torch.bool and not m.any()
+
+
+def test_ddim_final_noise_time_spreads_steps_down_to_it_and_ends_on_its_x0():
+    # final_noise_time = 0.8: 4 steps at noise times 1, 0.933, 0.867, 0.8 (hand-derived table indices);
+    # each step is the DDIM update to the next of them, and the last one's clipped x0 is the sample.
+    sampler = S.make_scheduler("ddim", final_noise_time=0.8)
+    sampler.set_timesteps(4)
+    assert [int(t) for t in sampler.timesteps] == [999, 932, 866, 799]
+    alphas = sampler.alphas_cumprod
+    z = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+    eps = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2)) * 0.1
+    out = sampler.step(eps, 932, z)
+    x0 = ((z - (1 - alphas[932]).sqrt() * eps) / alphas[932].sqrt()).clamp(-1, 1)
+    assert torch.allclose(out.prev_sample, alphas[866].sqrt() * x0 + (1 - alphas[866]).sqrt() * eps, atol=1e-6)
+    last = sampler.step(eps, 799, z)
+    assert torch.allclose(last.prev_sample, ((z - (1 - alphas[799]).sqrt() * eps) / alphas[799].sqrt()).clamp(-1, 1))
+    one = S.make_scheduler("ddim", final_noise_time=0.8)
+    one.set_timesteps(1)  # one step is the plain one-step DDIM from pure noise
+    assert [int(t) for t in one.timesteps] == [999]
+    with pytest.raises(ValueError):
+        sampler.set_timesteps(500)  # more steps than table entries between 1 and 0.8
+    with pytest.raises(ValueError):
+        S.make_scheduler("ddim", final_noise_time=1.0)
+
+
+def test_final_noise_time_comes_from_the_model_folder(tmp_path):
+    from specdiff.default_model import SamplingSettings, read_sampling_settings, write_sampling_settings
+
+    write_sampling_settings(tmp_path, SamplingSettings("ddim", 4, 1.0, final_noise_time=0.8))
+    assert read_sampling_settings(tmp_path).final_noise_time == 0.8
+    with pytest.raises(ValueError):
+        SamplingSettings(final_noise_time=-0.1)

@@ -303,3 +303,17 @@ def test_rest_scores_measure_the_musics_rests_not_the_references_quiet_frames():
     # ... and a note the reference renders silently is no rest: it does not count.
     muted = reference.copy()
     assert np.isnan(rest_scores(muted, muted, [Note(60, 0.0, 4.0, 100, 0, False)])["rest_gap"])
+
+
+def test_min_noise_time_draws_and_rollout_grids_end_there():
+    from specdiff.train import draw_diffusion_inputs
+
+    t, _, _ = draw_diffusion_inputs(range(2000), seed=3, drop_prob=0.1, shape=(1,), min_time=0.8)
+    assert float(t.min()) >= 0.8 and float(t.max()) < 1.0 and float(t.mean()) == pytest.approx(0.9, abs=0.01)
+    t0, _, _ = draw_diffusion_inputs(range(50), seed=3, drop_prob=0.1, shape=(1,))
+    t1, _, _ = draw_diffusion_inputs(range(50), seed=3, drop_prob=0.1, shape=(1,), min_time=0.0)
+    assert torch.equal(t0, t1)  # the original draw is unchanged
+    rolled, t, t_prev = draw_rollout_times(range(4000), seed=3, prob=0.5, step_counts=[4], final_time=0.8)
+    grid = [1.0, 0.8 + 0.4 / 3, 0.8 + 0.2 / 3, 0.8]  # a 4-step DDIM grid ending at 0.8
+    pairs = {(round(float(a), 4), round(float(b), 4)) for a, b in zip(t, t_prev)}
+    assert pairs == {(round(grid[j], 4), round(grid[j - 1], 4)) for j in (1, 2, 3)}
