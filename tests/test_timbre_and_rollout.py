@@ -317,3 +317,18 @@ def test_min_noise_time_draws_and_rollout_grids_end_there():
     grid = [1.0, 0.8 + 0.4 / 3, 0.8 + 0.2 / 3, 0.8]  # a 4-step DDIM grid ending at 0.8
     pairs = {(round(float(a), 4), round(float(b), 4)) for a, b in zip(t, t_prev)}
     assert pairs == {(round(grid[j], 4), round(grid[j - 1], 4)) for j in (1, 2, 3)}
+
+
+def test_context_drop_empties_the_context_of_drawn_rows_like_a_first_segment():
+    from specdiff.train import draw_context_drops, empty_context
+
+    drops = draw_context_drops(range(4000), seed=3, prob=0.2)
+    assert 0.17 < float(drops.float().mean()) < 0.23
+    assert torch.equal(drops, draw_context_drops(range(4000), seed=3, prob=0.2))
+    assert not draw_context_drops(range(100), seed=3, prob=0.0).any()
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    batch = {"context": torch.ones(3, 4, 2), "context_mask": mask, "target": torch.ones(3)}
+    out = empty_context(batch, torch.tensor([False, True, False]))
+    assert torch.equal(out["context"][1], torch.zeros(4, 2)) and not out["context_mask"][1].any()
+    assert torch.equal(out["context"][0], batch["context"][0]) and out["context_mask"][2].all()
+    assert out["target"] is batch["target"]
