@@ -15,9 +15,18 @@ computes), the same + refinement iterations, and its magnitude with the phase vo
 (specdiff.phase_vocoder), alone and with the default mel-fit corrections. The row the pipeline uses
 with this vocoder folder is marked.
 
+Held-out music unlike the demo corpus (``--set idioms``): the generated band-music test split
+(``specdiff.idioms``, never trained on) rendered with each of ``--soundfonts``, plus
+``--quiet-copies`` of the first clips at -20 dB. Extra columns there: the silence gap (mean log-mel of
+the resynthesis minus the original's on frames where the original is silent, its frame mean below
+``SILENT_LOG_MEL``: an inverter must not add noise into rests) and "onsets kept" (onset F1 vs the MIDI
+of the resynthesis over the original's), with one row per clip in the .md.
+
 Usage:
   python benchmarks/vocoder_benchmark.py --vocoder runs/vocoder/export [--split test]
-Writes benchmarks/results/vocoder_benchmark.json and .md.
+  python benchmarks/vocoder_benchmark.py --vocoder specdiff/assets/default_model --set idioms \
+      --max-files 8 --name idioms
+Writes benchmarks/results/vocoder_benchmark[_NAME].json and .md.
 """
 
 from __future__ import annotations
@@ -40,6 +49,40 @@ sys.path.insert(0, str(REPO))
 from specdiff.mel import log_mel  # noqa: E402
 
 RESOLUTIONS = ((256, 64), (512, 128), (1024, 256), (2048, 512))
+#: A frame whose mean log-mel (natural log) is below this is silent (the front end's floor is -11.5).
+SILENT_LOG_MEL = -8.0
+QUIET_GAIN_DB = -20.0
+
+
+def idiom_clips(max_files: int, seconds: float, soundfonts: list[str], quiet_copies: int, tmp: Path):
+    """[(name, 16 kHz audio, midi path)]: the first ``max_files`` pieces of the generated-idioms test
+    split rendered with each SoundFont, then the first ``quiet_copies`` of those at -20 dB."""
+    from specdiff.idioms import write_split
+    from specdiff.render import find_soundfont, render_midi
+
+    files = write_split(tmp / "idioms_midi", "test")[:max_files]
+    clips = []
+    for name in soundfonts:
+        soundfont = find_soundfont(name)
+        for path in files:
+            audio = render_midi(path, 16000, soundfont=soundfont)[: int(seconds * 16000)].astype(np.float32)
+            clips.append((f"{path.stem} [{name}]", audio, path))
+    gain = 10 ** (QUIET_GAIN_DB / 20)
+    clips += [(f"{n} {QUIET_GAIN_DB:+.0f} dB", a * gain, m) for n, a, m in clips[:quiet_copies]]
+    return clips
+
+
+def silence_gap(original: np.ndarray, resynthesis: np.ndarray) -> dict[str, float]:
+    """Mean log-mel of the resynthesis minus the original's on the original's silent frames
+    (NaN when it has none) and the share of such frames."""
+    a = log_mel(torch.from_numpy(original)[None])[0]
+    b = log_mel(torch.from_numpy(resynthesis)[None])[0]
+    n = min(len(a), len(b))
+    silent = a[:n].mean(dim=-1) < SILENT_LOG_MEL
+    if not bool(silent.any()):
+        return {"silence_gap": float("nan"), "silent_fraction": 0.0}
+    gap = float((b[:n][silent] - a[:n][silent]).mean())
+    return {"silence_gap": gap, "silent_fraction": float(silent.float().mean())}
 
 
 def held_out_clips(split: str, max_files: int, seconds: float, audio_dir: Path | None, midi_dir: Path | None = None):
@@ -165,6 +208,20 @@ def main() -> None:
     parser.add_argument("--split", default="test", help="demo corpus split (default: test, never trained on)")
     parser.add_argument("--audio-dir", type=Path, help="use these audio files instead of the demo corpus")
     parser.add_argument("--midi-dir", type=Path, help="render these MIDI files instead of the demo corpus split")
+    parser.add_argument(
+        "--set",
+        choices=("demo", "idioms"),
+        default="demo",
+        help="demo: the demo corpus split (default); idioms: the generated-idioms test split",
+    )
+    parser.add_argument(
+        "--soundfonts",
+        nargs="+",
+        default=["TimGM6mb", "FluidR3_GM"],
+        help="--set idioms: render with each of these SoundFonts",
+    )
+    parser.add_argument("--quiet-copies", type=int, default=2, help="--set idioms: clips also scored at -20 dB")
+    parser.add_argument("--name", default="", help="results file suffix: vocoder_benchmark_NAME.{json,md}")
     parser.add_argument("--max-files", type=int, default=12)
     parser.add_argument("--seconds", type=float, default=20.0, help="crop each clip to this length")
     parser.add_argument("--onnx", type=Path, help="also time this exported vocoder.onnx under onnxruntime")
@@ -195,7 +252,11 @@ def main() -> None:
         if (synthesis, refine_iters) == (default.synthesis, default.refine_iters):
             label += " (pipeline default)"
         inverters[label] = load_vocoder(args.vocoder, refine_iters=refine_iters, synthesis=synthesis)
-    clips = held_out_clips(args.split, args.max_files, args.seconds, args.audio_dir, args.midi_dir)
+    tmp_dir = tempfile.TemporaryDirectory()
+    if args.set == "idioms":
+        clips = idiom_clips(args.max_files, args.seconds, args.soundfonts, args.quiet_copies, Path(tmp_dir.name))
+    else:
+        clips = held_out_clips(args.split, args.max_files, args.seconds, args.audio_dir, args.midi_dir)
     if not clips:
         raise SystemExit("no held-out clips")
 
@@ -228,13 +289,16 @@ def main() -> None:
             row["original/onset_f1_vs_midi"] = scorer.f1(truth, reference_notes)
         for label, inverter in inverters.items():
             resynthesis = inverter(mel)[0, : len(audio)].astype(np.float32)
-            for key, value in distances(audio, resynthesis).items():
+            for key, value in {**distances(audio, resynthesis), **silence_gap(audio, resynthesis)}.items():
                 row[f"{label}/{key}"] = value
             if scorer:
                 notes = scorer.notes(resynthesis)
                 row[f"{label}/onset_f1_vs_original"] = scorer.f1(reference_notes, notes)
                 if truth is not None:
                     row[f"{label}/onset_f1_vs_midi"] = scorer.f1(truth, notes)
+                    original_f1 = row["original/onset_f1_vs_midi"]
+                    if original_f1 > 0:
+                        row[f"{label}/onsets_kept"] = row[f"{label}/onset_f1_vs_midi"] / original_f1
         per_clip.append(row)
         print(name, {k: round(v, 4) for k, v in row.items() if isinstance(v, float)})
 
@@ -242,14 +306,22 @@ def main() -> None:
     summary = {}
     for label in ["original", *inverters]:
         values = {
-            k: float(np.mean([r[f"{label}/{k}"] for r in per_clip if f"{label}/{k}" in r]))
+            k: float(np.nanmean([r[f"{label}/{k}"] for r in per_clip if f"{label}/{k}" in r]))
             for k in keys
             if any(f"{label}/{k}" in r for r in per_clip)
         }
         if values:
             summary[label] = values
     result = {
-        "split": (args.audio_dir or args.midi_dir).as_posix() if (args.audio_dir or args.midi_dir) else args.split,
+        "split": (
+            "generated-idioms test split, "
+            + " + ".join(args.soundfonts)
+            + (f" (+{args.quiet_copies} clips at {QUIET_GAIN_DB:+.0f} dB)" if args.quiet_copies else "")
+            if args.set == "idioms"
+            else (args.audio_dir or args.midi_dir).as_posix()
+            if (args.audio_dir or args.midi_dir)
+            else args.split
+        ),
         "clips": len(clips),
         "seconds_per_clip_max": args.seconds,
         "vocoder": str(args.vocoder),
@@ -264,8 +336,10 @@ def main() -> None:
         "per_clip": per_clip,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(args.out / "vocoder_benchmark.json", json.dumps(result, indent=2) + "\n")
-    _write_atomic(args.out / "vocoder_benchmark.md", markdown(result, keys))
+    stem = "vocoder_benchmark" + (f"_{args.name}" if args.name else "")
+    _write_atomic(args.out / f"{stem}.json", json.dumps(result, indent=2) + "\n")
+    _write_atomic(args.out / f"{stem}.md", markdown(result, keys))
+    tmp_dir.cleanup()
     print(markdown(result, keys))
 
 
@@ -275,9 +349,18 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _cell(key: str, value: float | None) -> str:
+    if value is None or value != value:
+        return "-"
+    return f"{value:+.2f}" if key == "silence_gap" else f"{value:.2f}"
+
+
 def markdown(result: dict, keys: list[str]) -> str:
-    order = ["log_mel_l1", "mr_stft_log_l1", "spectral_convergence", "onset_f1_vs_original", "onset_f1_vs_midi"]
+    order = ["log_mel_l1", "mr_stft_log_l1", "spectral_convergence", "silence_gap", "onset_f1_vs_original",
+             "onset_f1_vs_midi", "onsets_kept"]  # fmt: skip
     names = {
+        "silence_gap": "silence gap ↓",
+        "onsets_kept": "onsets kept ↑",
         "log_mel_l1": "log-mel L1 ↓",
         "mr_stft_log_l1": "MR-STFT log-mag L1 ↓",
         "spectral_convergence": "MR spectral convergence ↓",
@@ -301,6 +384,19 @@ def markdown(result: dict, keys: list[str]) -> str:
             lines.append(
                 f"| {label} | " + " | ".join([""] * len(cols)) + f" | {sp['1_thread']:.1f} | {sp['2_thread']:.1f} |"
             )
+    if any("silence_gap" in k for row in result["per_clip"] for k in row):
+        labels = [label for label in result["summary"] if label != "original"]
+        short = {"silence_gap": "silence gap", "log_mel_l1": "log-mel L1", "onsets_kept": "onsets kept"}
+        lines += ["", "Per clip (silence gap / log-mel L1 / onsets kept; the columns follow the rows above):", "",
+                  "| clip | original onset F1 vs MIDI | " + " | ".join(labels) + " |",
+                  "|---" * (len(labels) + 2) + "|"]  # fmt: skip
+        for row in result["per_clip"]:
+            cells = []
+            for label in labels:
+                parts = [row.get(f"{label}/{k}") for k in short]
+                cells.append(" / ".join(_cell(k, v) for k, v in zip(short, parts)))
+            f1 = row.get("original/onset_f1_vs_midi")
+            lines.append(f"| {row['clip']} | {'' if f1 is None else f'{f1:.2f}'} | " + " | ".join(cells) + " |")
     lines += ["", f"Vocoder: {result['vocoder']}" + (f" ({result['note']})" if result.get("note") else "") + "."]
     lines += [f"Speed: {result['speed_excerpt_seconds']:.1f} s excerpt, {result['machine']}."]
     if result["onset_note"]:
