@@ -23,9 +23,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specdiff.data import ChunkDataset  # noqa: E402
-from specdiff.diffusion import SIGMA_DATA, alpha_sigma  # noqa: E402
-from specdiff.train import collate, model_from_path, trim_token_padding  # noqa: E402
+from specdiff.data.cache import ChunkDataset  # noqa: E402
+from specdiff.sampling.diffusion import SIGMA_DATA, alpha_sigma  # noqa: E402
+from specdiff.training.train import collate, model_from_path, trim_token_padding  # noqa: E402
 
 
 def windows_and_prior(model, dataset, indices) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,9 +28,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specdiff import sampler as samplers  # noqa: E402
-from specdiff.data import open_training_datasets  # noqa: E402
-from specdiff.train import (  # noqa: E402
+from specdiff.data.cache import open_training_datasets  # noqa: E402
+from specdiff.sampling import sampler as samplers  # noqa: E402
+from specdiff.training.train import (  # noqa: E402
     SpectrogramDiffusionModel,
     collate,
     model_from_path,

@@ -23,9 +23,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specdiff.model import build_models  # noqa: E402
-from specdiff.score_roll import ROLL_FEATURES  # noqa: E402
-from specdiff.train import (  # noqa: E402
+from specdiff.midi.score_roll import ROLL_FEATURES  # noqa: E402
+from specdiff.models.networks import build_models  # noqa: E402
+from specdiff.training.train import (  # noqa: E402
     SpectrogramDiffusionModel,
     SyntheticDataset,
     collate,
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.data:
-        from specdiff.data import open_training_datasets
+        from specdiff.data.cache import open_training_datasets
 
         dataset, _ = open_training_datasets(args.data)
     else:

@@ -3,7 +3,7 @@
 Each subcommand lives in its own module of :mod:`specdiff.commands` (``synth``, ``examples``,
 ``info``, ``prepare`` / ``train`` / ``export``, ``evaluate``, ``train-vocoder`` / ``vocode`` /
 ``export-vocoder``, ``serve``);
-``python -m specdiff``, the ``specdiff`` script, ``python -m specdiff.train`` and the other
+``python -m specdiff``, the ``specdiff`` script, ``python -m specdiff.training.train`` and the other
 ``python -m`` entries all run :func:`main`.
 
 Error policy: a ``SpecdiffError`` (bad user input) becomes one ``specdiff: error: ...`` line on

@@ -37,8 +37,8 @@ def model_dir(tmp_path_factory) -> Path:
     """A tiny random pipeline folder written by SpectrogramDiffusionPipeline.save_pretrained."""
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    from specdiff.model import build_models
-    from specdiff.pipeline import SpectrogramDiffusionPipeline
+    from specdiff.models.networks import build_models
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     notes_encoder, continuous_encoder, decoder = build_models(
         "tiny", seed=0, d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=64
@@ -105,11 +105,11 @@ HEAVY_MODULES = (
     "matplotlib",
     "onnxruntime",
     "soundfile",
-    "specdiff.pipeline",
-    "specdiff.train",
+    "specdiff.pipeline.pipeline",
+    "specdiff.training.train",
     "specdiff.train_cli",
-    "specdiff.evaluate",
-    "specdiff.vocoder_train",
+    "specdiff.evaluation.evaluate",
+    "specdiff.training.vocoder",
     "specdiff.vocoder_cli",
     "specdiff.serve",
     "specdiff.commands.train",
@@ -231,12 +231,12 @@ def test_synth_help_states_every_option_and_default(capsys):
 
 def test_cli_defaults_mirror_the_sampler():
     # The CLI keeps copies so that --help does not import torch; they must not drift.
-    sampler = pytest.importorskip("specdiff.sampler")
+    sampler = pytest.importorskip("specdiff.sampling.sampler")
     assert cli.DEFAULT_NUM_STEPS == sampler.DEFAULT_NUM_STEPS
     assert cli.DEFAULT_GUIDANCE == sampler.DEFAULT_GUIDANCE
     for name in cli.SCHEDULERS:
         assert name in sampler.SCHEDULERS
-    inverters = pytest.importorskip("specdiff.inverters")
+    inverters = pytest.importorskip("specdiff.audio.inverters")
     assert set(cli.INVERTERS) == set(inverters.available_inverters())
 
 
@@ -259,7 +259,7 @@ def test_bad_command_lines_exit_2_without_traceback(argv, capsys):
 
 
 def test_no_bundled_model_is_a_one_line_usage_error(monkeypatch, tmp_path, capsys):
-    from specdiff import default_model
+    from specdiff.pipeline import default_model
 
     monkeypatch.setattr(default_model, "DEFAULT_MODEL_DIR", tmp_path / "nothing-here")
     assert default_model.default_model_path() is None
@@ -273,7 +273,7 @@ def test_no_bundled_model_is_a_one_line_usage_error(monkeypatch, tmp_path, capsy
 
 
 def test_default_model_path_finds_a_bundled_folder(monkeypatch, tmp_path):
-    from specdiff import default_model
+    from specdiff.pipeline import default_model
 
     folder = tmp_path / "default_model"
     folder.mkdir()
@@ -292,7 +292,7 @@ def expected_num_samples() -> int:
     """Music length + the pipeline's release tail, in whole 320-sample frames."""
     import math
 
-    from specdiff import pipeline
+    from specdiff.pipeline import pipeline
 
     tail = pipeline.RELEASE_TAIL_SECONDS
     frames = math.ceil(round((SONG_SECONDS + tail) * 50, 6))
@@ -427,7 +427,7 @@ LONG_SECONDS = 6.0
 def test_stream_writes_the_same_length_with_a_line_per_segment(model_dir, tmp_path, capsys):
     import math
 
-    from specdiff.pipeline import RELEASE_TAIL_SECONDS
+    from specdiff.pipeline.pipeline import RELEASE_TAIL_SECONDS
 
     long_song = write_midi(tmp_path / "long.mid", LONG_NOTES)
     code, err = run(
@@ -470,7 +470,7 @@ def test_stream_of_one_segment_equals_the_whole_song_output(model_dir, song, tmp
 
 def _spy_on_segments(monkeypatch, after_first):
     """Wrap pipeline.segments: call ``after_first()`` when the CLI asks for the second segment."""
-    from specdiff.pipeline import SpectrogramDiffusionPipeline
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     original = SpectrogramDiffusionPipeline.segments
 
@@ -547,7 +547,7 @@ def assert_clean_failure(code: int, err: str, folder: Path, allowed: set[str]) -
 @pytest.fixture
 def no_model_loading(monkeypatch):
     """Fail the test if the model gets loaded: the error must be found before that."""
-    from specdiff.pipeline import SpectrogramDiffusionPipeline
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded although the input was already known to be bad")
@@ -654,7 +654,7 @@ def test_check_writable_leaves_nothing_behind(tmp_path):
 
 
 def _fail_during_synthesis(monkeypatch, exc: BaseException) -> None:
-    from specdiff.pipeline import SpectrogramDiffusionPipeline
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     def boom(self, *args, **kwargs):
         raise exc
@@ -864,7 +864,7 @@ def test_two_inputs_with_the_same_name_are_refused(model_dir, tmp_path, capsys, 
 
 
 def test_batch_failure_while_writing_keeps_finished_songs_only(model_dir, two_songs, tmp_path, capsys, monkeypatch):
-    from specdiff import audio_io
+    from specdiff.audio import files as audio_io
 
     original = audio_io.save_wav
     calls = []
@@ -924,9 +924,9 @@ def readme_quick_start() -> list[str]:
 def test_the_readme_quick_start_synthesizes_a_bundled_example(model_dir, tmp_path, capsys, monkeypatch):
     import math
 
-    from specdiff.examples import find_example
-    from specdiff.pipeline import RELEASE_TAIL_SECONDS
-    from specdiff.tokenizer import midi_to_segments
+    from specdiff.midi.examples import find_example
+    from specdiff.midi.tokenizer import midi_to_segments
+    from specdiff.pipeline.pipeline import RELEASE_TAIL_SECONDS
 
     words = readme_quick_start()
     assert words[:3] == ["specdiff", "synth", "--example"]
@@ -945,7 +945,7 @@ def test_the_readme_quick_start_synthesizes_a_bundled_example(model_dir, tmp_pat
 
 
 def test_example_output_defaults_to_its_name_in_the_current_folder(model_dir, tmp_path, capsys, monkeypatch):
-    from specdiff.corpus import DEMO_MIDI_DIR
+    from specdiff.data.corpus import DEMO_MIDI_DIR
 
     before = files_in(DEMO_MIDI_DIR)
     monkeypatch.chdir(tmp_path)
@@ -987,7 +987,7 @@ def test_gain_scales_the_audio_before_the_limiter(model_dir, song, tmp_path, cap
     outputs = {}
     for gain in ("-20", "-26", "30"):
         out = tmp_path / f"gain{gain}.wav"
-        with caplog.at_level(logging.WARNING, logger="specdiff.audio_io"):
+        with caplog.at_level(logging.WARNING, logger="specdiff.audio.files"):
             code, err = run(["synth", song, "-o", out, "--model", model_dir, *FAST, "--gain", gain], capsys)
         assert code == 0, err
         outputs[gain] = read_wav(out)[0][:, 0]

@@ -29,17 +29,20 @@ def test_the_numbers_agree_with_each_other():
 @pytest.mark.parametrize(
     ("module", "names"),
     [
-        ("specdiff.mel", ["SAMPLE_RATE", "HOP_LENGTH", "N_MELS", "FRAMES_PER_SECOND"]),
-        ("specdiff.tokenizer", ["SAMPLE_RATE", "HOP_LENGTH", "FRAMES_PER_SECOND", "SEGMENT_FRAMES", "SEGMENT_SECONDS"]),
-        ("specdiff.audio_io", ["SAMPLE_RATE"]),
-        ("specdiff.render", ["SAMPLE_RATE"]),
-        ("specdiff.metrics", ["SAMPLE_RATE"]),
-        ("specdiff.embeddings", ["SAMPLE_RATE"]),
-        ("specdiff.evaluate", ["SAMPLE_RATE", "EMBEDDINGS"]),
-        ("specdiff.data", ["SAMPLE_RATE", "HOP_LENGTH", "N_MELS", "TOKENS_LENGTH"]),
-        ("specdiff.plotting", ["N_MELS"]),
-        ("specdiff.default_model", ["SCHEDULERS", "PRECISIONS", "DEFAULT_SCHEDULER", "DEFAULT_NUM_STEPS"]),
-        ("specdiff.sampler", ["SCHEDULERS", "DEFAULT_SCHEDULER", "DEFAULT_NUM_STEPS", "DEFAULT_GUIDANCE"]),
+        ("specdiff.audio.mel", ["SAMPLE_RATE", "HOP_LENGTH", "N_MELS", "FRAMES_PER_SECOND"]),
+        (
+            "specdiff.midi.tokenizer",
+            ["SAMPLE_RATE", "HOP_LENGTH", "FRAMES_PER_SECOND", "SEGMENT_FRAMES", "SEGMENT_SECONDS"],
+        ),
+        ("specdiff.audio.files", ["SAMPLE_RATE"]),
+        ("specdiff.data.render", ["SAMPLE_RATE"]),
+        ("specdiff.evaluation.metrics", ["SAMPLE_RATE"]),
+        ("specdiff.evaluation.embeddings", ["SAMPLE_RATE"]),
+        ("specdiff.evaluation.evaluate", ["SAMPLE_RATE", "EMBEDDINGS"]),
+        ("specdiff.data.cache", ["SAMPLE_RATE", "HOP_LENGTH", "N_MELS", "TOKENS_LENGTH"]),
+        ("specdiff.evaluation.plotting", ["N_MELS"]),
+        ("specdiff.pipeline.default_model", ["SCHEDULERS", "PRECISIONS", "DEFAULT_SCHEDULER", "DEFAULT_NUM_STEPS"]),
+        ("specdiff.sampling.sampler", ["SCHEDULERS", "DEFAULT_SCHEDULER", "DEFAULT_NUM_STEPS", "DEFAULT_GUIDANCE"]),
         ("specdiff.cli", ["SCHEDULERS", "INVERTERS", "DEVICES", "PRECISIONS"]),
     ],
 )
@@ -50,7 +53,10 @@ def test_old_homes_re_export_the_same_values(module, names):
 
 
 def test_name_lists_match_what_is_registered():
-    from specdiff import embeddings, inverters, model, train
+    from specdiff.audio import inverters
+    from specdiff.evaluation import embeddings
+    from specdiff.models import networks as model
+    from specdiff.training import train
 
     assert set(constants.PRESET_NAMES) == set(model.PRESETS)
     assert set(constants.TRAIN_PRESET_NAMES) == set(train.TRAIN_PRESETS)

@@ -15,8 +15,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from specdiff import corpus, data
-from specdiff.data import (
+from specdiff.data import cache as data
+from specdiff.data import corpus
+from specdiff.data.cache import (
     AudioMidiPair,
     ChunkDataset,
     RenderedMidi,
@@ -30,7 +31,7 @@ from specdiff.data import (
     slakh_pairs,
     trim_overlapping_notes,
 )
-from specdiff.tokenizer import TIE_ID, Note, num_frames_for, tokens_to_notes
+from specdiff.midi.tokenizer import TIE_ID, Note, num_frames_for, tokens_to_notes
 
 pytest.importorskip("tinysoundfont")
 torch.set_num_threads(1)
@@ -65,7 +66,7 @@ def midi_bytes(notes, program=0, channel=0, tempo_bpm=120.0, tpq=480) -> bytes:
 
 def write_pair(folder: Path, name: str, notes, program=0, channel=0, rate=SR, ext=".wav", stereo=False) -> Path:
     """x.mid + its rendering x.wav/x.flac at ``rate``."""
-    from specdiff.render import render_midi
+    from specdiff.data.render import render_midi
 
     folder.mkdir(parents=True, exist_ok=True)
     midi = midi_bytes(notes, program, channel)
@@ -185,7 +186,7 @@ target_peak: -1.0
 
 
 def _slakh_fixture(root: Path) -> Path:
-    from specdiff.render import render_midi
+    from specdiff.data.render import render_midi
 
     track = root / "slakh2100_flac_redux" / "train" / "Track00001"
     (track / "MIDI").mkdir(parents=True)
@@ -227,7 +228,7 @@ def test_slakh_submixes(tmp_path):
     expected = sum(np.pad(s, (0, n - len(s))) for s in stems)
     assert len(audio) == n
     assert np.corrcoef(audio, expected)[0, 1] > 0.9999  # the sum, peak-normalised
-    from specdiff.render import PEAK
+    from specdiff.data.render import PEAK
 
     assert np.abs(audio).max() == pytest.approx(PEAK, rel=1e-4)
     by = sorted((n.is_drum, n.program, n.pitch, round(n.start, 3), round(n.end, 3)) for n in notes)
@@ -275,7 +276,7 @@ def test_render_pairs_reassign(tmp_path):
 
 
 def test_prepare_command_renders_variants_into_a_cache(tmp_path, capsys):
-    from specdiff.cli import main  # python -m specdiff.train runs the same command line
+    from specdiff.cli import main  # python -m specdiff.training.train runs the same command line
 
     (tmp_path / "midi" / "validation").mkdir(parents=True)
     (tmp_path / "midi" / "x.mid").write_bytes(midi_bytes(SCALE, program=0))
@@ -306,7 +307,7 @@ def test_prepare_command_renders_variants_into_a_cache(tmp_path, capsys):
 
 
 def test_cache_features_resume_and_failures(tmp_path, monkeypatch, caplog):
-    from specdiff.mel import log_mel
+    from specdiff.audio.mel import log_mel
 
     midi_dir = tmp_path / "midi"
     midi_dir.mkdir()
@@ -518,9 +519,9 @@ def test_tokens_match_the_window_notes(song_cache):
 def test_items_never_parse_midi_or_compute_mels(song_cache, monkeypatch):
     # An epoch must only slice the cache (issue 3): any MIDI parsing or mel computation per item
     # would raise here. (A property, not a timing: timed unit tests are flaky on a shared machine.)
-    import specdiff.mel
-    import specdiff.midi
-    import specdiff.tokenizer
+    import specdiff.audio.mel
+    import specdiff.midi.reader
+    import specdiff.midi.tokenizer
 
     def forbidden(*args, **kwargs):
         raise AssertionError("ChunkDataset items must not parse MIDI or compute mels")
@@ -528,15 +529,15 @@ def test_items_never_parse_midi_or_compute_mels(song_cache, monkeypatch):
     cache, _ = song_cache
     ds = ChunkDataset(cache, seed=3)
     forbidden_names = [
-        (specdiff.midi, "midi_to_notes"),
-        (specdiff.tokenizer, "midi_to_notes"),
-        (specdiff.tokenizer, "midi_to_segments"),
-        (specdiff.mel, "log_mel"),
-        (specdiff.mel, "stft"),
+        (specdiff.midi.reader, "midi_to_notes"),
+        (specdiff.midi.tokenizer, "midi_to_notes"),
+        (specdiff.midi.tokenizer, "midi_to_segments"),
+        (specdiff.audio.mel, "log_mel"),
+        (specdiff.audio.mel, "stft"),
     ]
     for module, name in forbidden_names:
         monkeypatch.setattr(module, name, forbidden)
-    monkeypatch.setattr("specdiff.data.song_features", forbidden)
+    monkeypatch.setattr("specdiff.data.cache.song_features", forbidden)
     items = [ds[i] for i in range(50)]
     assert len(items) == 50
 

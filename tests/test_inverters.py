@@ -1,4 +1,4 @@
-"""specdiff.inverters: the ONNX interface of ORIGINAL.md §6 against hand-built graphs, Griffin-Lim against
+"""specdiff.audio.inverters: the ONNX interface of ORIGINAL.md §6 against hand-built graphs, Griffin-Lim against
 re-analysis with our own front end, and how load_inverter chooses (and falls back)."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import write_onnx
 
-from specdiff import inverters, mel
+from specdiff.audio import inverters, mel
+from specdiff.audio.inverters import GriffinLimInverter, Inverter, InverterUnavailable, OnnxInverter, load_inverter
 from specdiff.errors import ModelError
-from specdiff.inverters import GriffinLimInverter, Inverter, InverterUnavailable, OnnxInverter, load_inverter
 
 torch.set_num_threads(1)
 HOP = 320
@@ -201,12 +201,12 @@ def test_auto_prefers_the_model_folders_onnx_file(tmp_path, onnxruntime):
 
 
 def test_auto_falls_back_to_griffin_lim_with_a_warning(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="specdiff.inverters"):
+    with caplog.at_level(logging.WARNING, logger="specdiff.audio.inverters"):
         inverter = load_inverter(tmp_path)
     assert isinstance(inverter, GriffinLimInverter)
     assert any("Griffin-Lim" in r.getMessage() and "low-quality" in r.getMessage() for r in caplog.records)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="specdiff.inverters"):
+    with caplog.at_level(logging.WARNING, logger="specdiff.audio.inverters"):
         assert isinstance(load_inverter(None), GriffinLimInverter)
     assert caplog.records
 
@@ -214,7 +214,7 @@ def test_auto_falls_back_to_griffin_lim_with_a_warning(tmp_path, caplog):
 def test_auto_skips_onnx_without_onnxruntime(tmp_path, monkeypatch, caplog):
     write_onnx(tmp_path / "melgan" / "model.onnx", projection())
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    with caplog.at_level(logging.WARNING, logger="specdiff.inverters"):
+    with caplog.at_level(logging.WARNING, logger="specdiff.audio.inverters"):
         assert isinstance(load_inverter(tmp_path), GriffinLimInverter)
     assert any("skipping the onnx inverter" in r.getMessage() for r in caplog.records)
     with pytest.raises(InverterUnavailable):
@@ -280,7 +280,7 @@ def test_registering_with_auto_false_removes_from_the_auto_order(tmp_path, regis
 
 
 def test_a_trained_vocoder_folder_is_found(tmp_path):
-    vocoder = pytest.importorskip("specdiff.vocoder")
+    vocoder = pytest.importorskip("specdiff.audio.vocoder")
     torch.manual_seed(0)
     model = vocoder.Vocoder(vocoder.VocoderConfig(dim=16, intermediate_dim=32, num_layers=1))
     model.save_pretrained(tmp_path / "vocoder")

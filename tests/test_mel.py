@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from specdiff import mel
+from specdiff.audio import mel
 
 torch.set_num_threads(1)
 

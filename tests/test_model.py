@@ -14,7 +14,7 @@ import torch
 from conftest import diffusers_reference
 from torch import nn
 
-from specdiff.model import (
+from specdiff.models.networks import (
     PRESETS,
     ContinuousEncoder,
     CrossAttentionCache,
@@ -328,7 +328,7 @@ def test_training_mode_dropout_is_active_and_eval_is_deterministic():
 
 
 def test_training_dropout_is_shared_along_the_sequence_like_the_original():
-    from specdiff.model import SequenceDropout
+    from specdiff.models.networks import SequenceDropout
 
     drop = SequenceDropout(0.5).train()
     x = torch.ones(3, 40, 16)
@@ -340,7 +340,7 @@ def test_training_dropout_is_shared_along_the_sequence_like_the_original():
 
 
 def test_skip_weight_init_builds_on_meta_without_init_and_restores_torch_init():
-    from specdiff.model import skip_weight_init
+    from specdiff.models.networks import skip_weight_init
 
     before = {name: getattr(nn.init, name) for name in ("normal_", "trunc_normal_", "kaiming_uniform_")}
     probe = torch.ones(2)

@@ -17,10 +17,10 @@ import torch
 from conftest import diffusers_reference
 
 from specdiff.errors import MidiError, ModelError, SpecdiffError
-from specdiff.model import build_models
-from specdiff.pipeline import RELEASE_TAIL_SECONDS, SpectrogramDiffusionPipeline
-from specdiff.sampler import SCHEDULERS
-from specdiff.tokenizer import TokenizedMidi, midi_to_segments
+from specdiff.midi.tokenizer import TokenizedMidi, midi_to_segments
+from specdiff.models.networks import build_models
+from specdiff.pipeline.pipeline import RELEASE_TAIL_SECONDS, SpectrogramDiffusionPipeline
+from specdiff.sampling.sampler import SCHEDULERS
 
 torch.set_num_threads(1)
 
@@ -382,7 +382,7 @@ def _decoder_batches(pipe, call) -> list[int]:
 
 
 def test_sampling_json_sets_the_defaults_of_calls_and_round_trips(pipe, segments, tmp_path):
-    from specdiff.default_model import SAMPLING_FILE, SamplingSettings
+    from specdiff.pipeline.default_model import SAMPLING_FILE, SamplingSettings
 
     folder = pipe.save_pretrained(tmp_path / "plain")
     assert not (folder / SAMPLING_FILE).exists()  # the library defaults are not written out
@@ -423,7 +423,7 @@ def test_sampling_json_sets_the_defaults_of_calls_and_round_trips(pipe, segments
     ],
 )
 def test_bad_sampling_json_is_a_model_error(pipe, tmp_path, content):
-    from specdiff.default_model import SAMPLING_FILE
+    from specdiff.pipeline.default_model import SAMPLING_FILE
 
     folder = pipe.save_pretrained(tmp_path / "model")
     (folder / SAMPLING_FILE).write_text(content)

@@ -13,8 +13,8 @@ import math
 import pytest
 import torch
 
-from specdiff import sampler as S
 from specdiff.errors import SpecdiffError
+from specdiff.sampling import sampler as S
 
 torch.set_num_threads(1)
 
@@ -285,7 +285,7 @@ def test_cli_mirrors_stay_in_sync():
 
 @pytest.fixture(scope="module")
 def decoder_and_encodings():
-    from specdiff.model import FilmDecoder
+    from specdiff.models.networks import FilmDecoder
 
     torch.manual_seed(0)
     dec = FilmDecoder(d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=48).eval()
@@ -356,7 +356,7 @@ def test_ddim_final_noise_time_spreads_steps_down_to_it_and_ends_on_its_x0():
 
 
 def test_final_noise_time_comes_from_the_model_folder(tmp_path):
-    from specdiff.default_model import SamplingSettings, read_sampling_settings, write_sampling_settings
+    from specdiff.pipeline.default_model import SamplingSettings, read_sampling_settings, write_sampling_settings
 
     write_sampling_settings(tmp_path, SamplingSettings("ddim", 4, 1.0, final_noise_time=0.8))
     assert read_sampling_settings(tmp_path).final_noise_time == 0.8

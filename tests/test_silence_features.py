@@ -7,8 +7,7 @@ import math
 
 import torch
 
-from specdiff.model import build_models
-from specdiff.score_roll import (
+from specdiff.midi.score_roll import (
     EXTENDED_ROLL_FEATURES,
     RELEASE_FRAMES,
     ROLL_FEATURES,
@@ -19,8 +18,9 @@ from specdiff.score_roll import (
     release_feature,
     segment_roll,
 )
-from specdiff.tokenizer import EOS_ID, PITCH_ID, PROGRAM_ID, SHIFT_ID, STEPS_PER_FRAME, VELOCITY_ID
-from specdiff.train import (
+from specdiff.midi.tokenizer import EOS_ID, PITCH_ID, PROGRAM_ID, SHIFT_ID, STEPS_PER_FRAME, VELOCITY_ID
+from specdiff.models.networks import build_models
+from specdiff.training.train import (
     ROLL_WEIGHTS,
     SpectrogramDiffusionModel,
     _widen_roll_weights,
@@ -41,7 +41,7 @@ def shift_to(frame: int) -> int:
 def one_note(start: int, end: int, pitch: int = 60, program: int = 40) -> list[int]:
     """A segment with one violin (program 40, family 5) note from frame ``start`` to ``end``,
     written by hand: tie section (empty), then shift, program, velocity, pitch on; shift, off."""
-    from specdiff.tokenizer import TIE_ID
+    from specdiff.midi.tokenizer import TIE_ID
 
     return [TIE_ID, shift_to(start), PROGRAM_ID + program, VELOCITY_ID + 1, PITCH_ID + pitch,
             shift_to(end), VELOCITY_ID + 0, PITCH_ID + pitch, EOS_ID]  # fmt: skip
@@ -109,7 +109,7 @@ def test_mask_padding_leaves_padded_frames_out_of_the_loss():
     t, noise, keep = torch.tensor([0.4, 0.7]), torch.randn(2, 256, 128), torch.ones(2, dtype=torch.bool)
     # Another target on the padding, with the noise that gives the same noisy input z_t: only the
     # training target of the padded frames differs.
-    from specdiff.diffusion import alpha_sigma
+    from specdiff.sampling.diffusion import alpha_sigma
 
     changed = {**batch, "target": batch["target"].clone()}
     changed["target"][0, 100:] = 0.9

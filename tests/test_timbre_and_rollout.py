@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from specdiff.diffusion import q_sample
 from specdiff.errors import SpecdiffError
-from specdiff.model import build_models
-from specdiff.train import (
+from specdiff.models.networks import build_models
+from specdiff.sampling.diffusion import q_sample
+from specdiff.training.train import (
     SpectrogramDiffusionModel,
     TrainConfig,
     apply_overrides,
@@ -91,7 +91,7 @@ def test_timbre_names_are_validated():
 
 
 def test_pipeline_timbre_property_and_guided_sampling(tmp_path):
-    from specdiff.pipeline import SpectrogramDiffusionPipeline
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     model = roll_model(timbres=["A", "B"])
     with torch.no_grad():
@@ -183,7 +183,7 @@ def test_rolled_rows_train_on_the_models_own_step_and_keep_gradients():
 
 
 def test_generated_pieces_are_deterministic_and_cover_the_idioms():
-    from specdiff.idioms import STYLES, generate_piece, idiom_split, seed_for
+    from specdiff.data.idioms import STYLES, generate_piece, idiom_split, seed_for
 
     a, b = generate_piece(seed_for("idioms", 7)), generate_piece(seed_for("idioms", 7))
     assert a.dumps_midi() == b.dumps_midi()
@@ -214,7 +214,7 @@ def test_generated_pieces_do_not_depend_on_the_string_hash_seed():
     import subprocess
     import sys
 
-    code = ("import hashlib; from specdiff.idioms import generate_piece, seed_for; "
+    code = ("import hashlib; from specdiff.data.idioms import generate_piece, seed_for; "
             "print(hashlib.md5(b''.join(generate_piece(seed_for('idioms', i), seconds=20).dumps_midi() "
             "for i in range(12))).hexdigest())")  # fmt: skip
     digests = set()
@@ -227,7 +227,7 @@ def test_generated_pieces_do_not_depend_on_the_string_hash_seed():
 
 
 def test_full_silences_occur_between_notes():
-    from specdiff.idioms import generate_piece, seed_for
+    from specdiff.data.idioms import generate_piece, seed_for
 
     gaps = 0
     for i in range(40):
@@ -242,8 +242,8 @@ def test_full_silences_occur_between_notes():
 
 def test_idiom_cache_records_timbres_and_datasets_index_them(tmp_path):
     pytest.importorskip("tinysoundfont")
-    from specdiff.data import ChunkDataset, build_cache, idiom_pairs, with_soundfonts
-    from specdiff.render import default_soundfont, timbre_name
+    from specdiff.data.cache import ChunkDataset, build_cache, idiom_pairs, with_soundfonts
+    from specdiff.data.render import default_soundfont, timbre_name
 
     pairs = idiom_pairs(3, seconds=6.0)
     sf = str(default_soundfont())
@@ -266,7 +266,7 @@ def test_idiom_cache_records_timbres_and_datasets_index_them(tmp_path):
 
 
 def test_silence_scores_measure_ours_where_the_reference_is_silent():
-    from specdiff.metrics import silence_scores
+    from specdiff.evaluation.metrics import silence_scores
 
     sr = 16000
     t = np.arange(2 * sr) / sr
@@ -282,8 +282,8 @@ def test_silence_scores_measure_ours_where_the_reference_is_silent():
 
 
 def test_rest_scores_measure_the_musics_rests_not_the_references_quiet_frames():
-    from specdiff.metrics import rest_frames, rest_scores
-    from specdiff.tokenizer import Note
+    from specdiff.evaluation.metrics import rest_frames, rest_scores
+    from specdiff.midi.tokenizer import Note
 
     # Notes: 0.0-0.5 s, then a drum hit at 2.5 s; rests (1 s margin): frames 75-124 (1.5-2.5 s) and
     # from 3.5 s (frame 175) to the end of 4 s (frame 200).
@@ -306,7 +306,7 @@ def test_rest_scores_measure_the_musics_rests_not_the_references_quiet_frames():
 
 
 def test_min_noise_time_draws_and_rollout_grids_end_there():
-    from specdiff.train import draw_diffusion_inputs
+    from specdiff.training.train import draw_diffusion_inputs
 
     t, _, _ = draw_diffusion_inputs(range(2000), seed=3, drop_prob=0.1, shape=(1,), min_time=0.8)
     assert float(t.min()) >= 0.8 and float(t.max()) < 1.0 and float(t.mean()) == pytest.approx(0.9, abs=0.01)
@@ -320,7 +320,7 @@ def test_min_noise_time_draws_and_rollout_grids_end_there():
 
 
 def test_context_drop_empties_the_context_of_drawn_rows_like_a_first_segment():
-    from specdiff.train import draw_context_drops, empty_context
+    from specdiff.training.train import draw_context_drops, empty_context
 
     drops = draw_context_drops(range(4000), seed=3, prob=0.2)
     assert 0.17 < float(drops.float().mean()) < 0.23

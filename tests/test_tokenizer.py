@@ -20,7 +20,7 @@ import mido
 import pytest
 
 from specdiff.errors import MidiError
-from specdiff.tokenizer import (
+from specdiff.midi.tokenizer import (
     DRUM_ID,
     EOS_ID,
     INPUT_LENGTH,

@@ -16,12 +16,12 @@ import pytest
 import torch
 from torch import nn
 
-from specdiff.cli import main  # what python -m specdiff.train runs
-from specdiff.diffusion import alpha_sigma
+from specdiff.cli import main  # what python -m specdiff.training.train runs
 from specdiff.errors import ModelError, SpecdiffError
-from specdiff.model import build_models
-from specdiff.optim import build_optimizer
-from specdiff.train import (
+from specdiff.models.networks import build_models
+from specdiff.sampling.diffusion import alpha_sigma
+from specdiff.training.optim import build_optimizer
+from specdiff.training.train import (
     ShardedCounterSampler,
     SpectrogramDiffusionModel,
     SyntheticDataset,
@@ -249,14 +249,14 @@ def test_warm_start_from_an_exported_pipeline_folder(tmp_path):
 
 KILLER = """
 import os, signal, sys
-import specdiff.train as T
+import specdiff.training.train as T
 save = T.save_checkpoint
 def save_then_die(path, state, keep):
     save(path, state, keep)
     if state["step"] == {kill_at}:
         os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: like a pre-empted machine
 T.save_checkpoint = save_then_die
-from specdiff.cli import main  # what python -m specdiff.train runs
+from specdiff.cli import main  # what python -m specdiff.training.train runs
 sys.exit(main({argv!r}))
 """
 
@@ -289,7 +289,7 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     config = micro_config(tmp_path / "ddp", batch_size=4, steps=3, ckpt_every=3, dropout=0.0)
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "specdiff.train", *cli_args(config),
+        "-m", "specdiff", *cli_args(config),
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -319,7 +319,7 @@ def test_validation_samples_and_export_round_trip(tmp_path):
     if _has_matplotlib():
         assert (tmp_path / "run" / "samples" / "step_00000002.png").stat().st_size > 1000
 
-    from specdiff.vocoder import Vocoder, VocoderConfig
+    from specdiff.audio.vocoder import Vocoder, VocoderConfig
 
     vocoder = Vocoder(VocoderConfig(dim=8, intermediate_dim=16, num_layers=1))
     vocoder.save_pretrained(tmp_path / "voc")
@@ -337,7 +337,7 @@ def test_validation_samples_and_export_round_trip(tmp_path):
 
     from safetensors.torch import load_file
 
-    from specdiff.model import ContinuousEncoder, FilmDecoder, NotesEncoder
+    from specdiff.models.networks import ContinuousEncoder, FilmDecoder, NotesEncoder
 
     ema_model = model_from_checkpoint(list_checkpoints(tmp_path / "run")[-1], use_ema=True)
     raw_model = model_from_checkpoint(list_checkpoints(tmp_path / "run")[-1], use_ema=False)
@@ -355,7 +355,7 @@ def test_validation_samples_and_export_round_trip(tmp_path):
     assert not torch.equal(ema_model.decoder.spec_out.weight, raw_model.decoder.spec_out.weight)
 
     # the folder loads in the pipeline, with the EMA weights and the copied vocoder as its inverter
-    from specdiff.pipeline import SpectrogramDiffusionPipeline
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     loaded = SpectrogramDiffusionPipeline.from_pretrained(pipe, inverter="auto")
     assert torch.equal(loaded.decoder.spec_out.weight, ema_model.decoder.spec_out.weight)
@@ -415,7 +415,7 @@ def test_cli_module_is_light_and_in_sync():
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True)
     assert proc.stdout.strip() == "False", proc.stderr[-2000:]
     from specdiff import train_cli
-    from specdiff.train import TRAIN_PRESETS, TrainConfig
+    from specdiff.training.train import TRAIN_PRESETS, TrainConfig
 
     assert train_cli.TRAIN_PRESET_NAMES == tuple(sorted(TRAIN_PRESETS))
     assert set(train_cli.TRAIN_FLAGS) <= {f for f in TrainConfig.__dataclass_fields__}
@@ -434,9 +434,9 @@ def test_tensorboard_scalars_when_installed(tmp_path):
 
 
 def test_trains_from_a_feature_cache(tmp_path):
-    pytest.importorskip("specdiff.mel")
+    pytest.importorskip("specdiff.audio.mel")
     pytest.importorskip("tinysoundfont")
-    from specdiff.data import build_cache, render_pairs
+    from specdiff.data.cache import build_cache, render_pairs
 
     midi = ROOT / "tests" / "data" / "tokenizer"
     files = [str(midi / "bach_bwv66_6.mid"), str(midi / "multi_instrument.mid")]
@@ -450,7 +450,7 @@ def test_trains_from_a_feature_cache(tmp_path):
 
 def test_bf16_autocast_on_a_cpu_with_native_bf16_is_close_to_float32(tmp_path):
     from specdiff.hardware import cpu_has_native_bf16
-    from specdiff.train import _autocast
+    from specdiff.training.train import _autocast
 
     model = micro_model()
     batch = collate([(i, SyntheticDataset(seed=0)[i]) for i in range(2)])
@@ -469,8 +469,8 @@ def test_bf16_autocast_on_a_cpu_with_native_bf16_is_close_to_float32(tmp_path):
 
 
 def test_min_snr_weighting_downweights_low_noise_times_only():
-    from specdiff.diffusion import logsnr
-    from specdiff.train import loss_weights
+    from specdiff.sampling.diffusion import logsnr
+    from specdiff.training.train import loss_weights
 
     t = torch.tensor([0.01, 0.1, 0.27, 0.5, 0.9])
     assert loss_weights(t, "none") is None
@@ -483,8 +483,8 @@ def test_min_snr_weighting_downweights_low_noise_times_only():
 
 
 def test_x0_weighting_is_the_l1_error_of_the_implied_x0():
-    from specdiff.diffusion import alpha_sigma, q_sample
-    from specdiff.train import loss_weights
+    from specdiff.sampling.diffusion import alpha_sigma, q_sample
+    from specdiff.training.train import loss_weights
 
     t = torch.tensor([0.05, 0.3, 0.6, 0.8])
     x0, eps, eps_hat = torch.randn(3, 4, 16, 8).unbind(0)

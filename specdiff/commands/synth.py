@@ -45,7 +45,7 @@ from specdiff.constants import (
     SCHEDULERS,
 )
 from specdiff.errors import SpecdiffError
-from specdiff.examples import DEFAULT_EXAMPLE, FEATURED, find_example
+from specdiff.midi.examples import DEFAULT_EXAMPLE, FEATURED, find_example
 
 _SYNTH_DESCRIPTION = """\
 Synthesize audio from a MIDI file with a Spectrogram Diffusion model.
@@ -336,7 +336,7 @@ def check_audio_extension(path: Path) -> None:
 
 def _segments_used(pipe: Any, tokenized: Any) -> int:
     """How many 5.12 s segments the pipeline will generate (those after the release tail are skipped)."""
-    from specdiff.pipeline import frames_to_keep
+    from specdiff.pipeline.pipeline import frames_to_keep
 
     segment_frames = int(pipe.decoder.config["targets_length"])
     keep = frames_to_keep(len(tokenized.segments), segment_frames, tokenized.duration)
@@ -351,7 +351,7 @@ def _synthesize_streaming(
 
     total = _segments_used(pipe, tokenized)
     mels = []
-    from specdiff.audio_io import StreamingAudioFile
+    from specdiff.audio.files import StreamingAudioFile
 
     with StreamingAudioFile(output, pipe.sample_rate) as sink:
         for segment in pipe.segments(
@@ -378,18 +378,18 @@ def _synthesize_streaming(
 
 def _save_png(args: argparse.Namespace, mel: Any) -> None:
     if args.mel_png is not None:
-        from specdiff.plotting import save_spectrogram_png
+        from specdiff.evaluation.plotting import save_spectrogram_png
 
         save_spectrogram_png(mel, args.mel_png, title=args.midi.name)
 
 
 def _write_song(wav: Path, png: Path | None, audio: Any, mel: Any, title: str, sample_rate: int) -> None:
     """The picture, then the audio, each atomically; a failed WAV takes its new picture with it."""
-    from specdiff.audio_io import save_wav
+    from specdiff.audio.files import save_wav
 
     png_existed = png is not None and png.exists()
     if png is not None:
-        from specdiff.plotting import save_spectrogram_png
+        from specdiff.evaluation.plotting import save_spectrogram_png
 
         save_spectrogram_png(mel, png, title=title)
     try:
@@ -453,7 +453,7 @@ def _run_synth_one(args: argparse.Namespace) -> int:
         )
 
     # 2. Read the MIDI before loading a model: a bad file fails in milliseconds.
-    from specdiff.tokenizer import midi_to_segments
+    from specdiff.midi.tokenizer import midi_to_segments
 
     tokenized = midi_to_segments(midi)
 
@@ -570,7 +570,7 @@ def _make_folders(folders: list[Path]) -> list[Path]:
 
 def _read_midis(midis: list[Path]) -> list[Any]:
     """Tokenize every file; the first bad one fails with one line that names it."""
-    from specdiff.tokenizer import midi_to_segments
+    from specdiff.midi.tokenizer import midi_to_segments
 
     tokenized = []
     for midi in midis:

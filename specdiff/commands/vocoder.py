@@ -1,7 +1,7 @@
 """``specdiff train-vocoder``, ``vocode`` and ``export-vocoder``: the neural vocoder's command line.
 
 Building the ``specdiff`` parser imports nothing heavy: the ``run_*`` functions import torch and the
-training code (:mod:`specdiff.vocoder_train`) when the command runs. Defaults of ``None`` mean "the
+training code (:mod:`specdiff.training.vocoder`) when the command runs. Defaults of ``None`` mean "the
 default of ``vocoder_train.TrainConfig`` / ``vocoder.VocoderConfig``" (kept in one place).
 """
 
@@ -42,7 +42,7 @@ def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
     src.add_argument(
         "--cache-dir",
         type=Path,
-        help="a training feature cache (specdiff.data): its train songs' audio is "
+        help="a training feature cache (specdiff.data.cache): its train songs' audio is "
         "re-read or re-rendered from the sources in its index",
     )
     p.add_argument("--run-dir", type=Path, required=True, help="checkpoints, logs and the exported vocoder/")
@@ -73,7 +73,7 @@ def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
         "--synthesis",
         choices=VOCODER_SYNTHESES,
         help="how the vocoder makes audio, in training and in use: the head's own phase (default, as in Vocos) "
-        "or a phase built from its magnitude (specdiff.phase_vocoder); also applies with --init-from",
+        "or a phase built from its magnitude (specdiff.audio.phase_vocoder); also applies with --init-from",
     )
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)")
     p.add_argument("--checkpoint-minutes", type=float, help="also checkpoint when this many minutes have passed")
@@ -116,7 +116,7 @@ def add_export_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
         description="Write the vocoder of a training run (RUN_DIR/vocoder/), a model folder or a vocoder folder "
         "into OUT/vocoder/ (config.json + model.safetensors, what the pipeline loads). With --onnx, also "
         "OUT/vocoder/model.onnx with the official inverter's interface (input_features [B, T, 128] log-mel -> "
-        "audio [B, T*320]), loadable by specdiff.inverters.OnnxInverter.",
+        "audio [B, T*320]), loadable by specdiff.audio.inverters.OnnxInverter.",
     )
     p.add_argument("source", type=Path, help="run folder, model folder or vocoder folder")
     p.add_argument("-o", "--output", type=Path, required=True, help="model folder to write vocoder/ into")
@@ -126,14 +126,14 @@ def add_export_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
 
 
 def run_train_vocoder(args: argparse.Namespace) -> int:
-    """``specdiff train-vocoder``: gather the audio, then :func:`~specdiff.vocoder_train.train_vocoder`
+    """``specdiff train-vocoder``: gather the audio, then :func:`~specdiff.training.vocoder.train_vocoder`
     (resuming if possible)."""
     from dataclasses import fields, replace
 
     import torch
 
-    from specdiff.vocoder import VOCODER_SUBFOLDER, VocoderConfig
-    from specdiff.vocoder_train import (
+    from specdiff.audio.vocoder import VOCODER_SUBFOLDER, VocoderConfig
+    from specdiff.training.vocoder import (
         AUDIO_SUFFIXES,
         MIDI_SUFFIXES,
         TrainConfig,
@@ -172,7 +172,7 @@ def run_train_vocoder(args: argparse.Namespace) -> int:
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["vocoder_config"]
         vocoder_config = VocoderConfig.from_dict(saved)
     elif getattr(args, "init_from", None) is not None:
-        from specdiff.vocoder import Vocoder, find_vocoder_dir
+        from specdiff.audio.vocoder import Vocoder, find_vocoder_dir
 
         folder = find_vocoder_dir(args.init_from)
         if folder is None:
@@ -216,10 +216,10 @@ def run_vocode(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from specdiff.audio_io import save_wav
-    from specdiff.mel import log_mel
-    from specdiff.vocoder import load_vocoder
-    from specdiff.vocoder_train import load_audio_file
+    from specdiff.audio.files import save_wav
+    from specdiff.audio.mel import log_mel
+    from specdiff.audio.vocoder import load_vocoder
+    from specdiff.training.vocoder import load_audio_file
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -231,7 +231,7 @@ def run_vocode(args: argparse.Namespace) -> int:
         raise AudioError(f"no such file: {path}")
     source_vocoder = args.vocoder
     if source_vocoder is None:
-        from specdiff.default_model import default_model_path
+        from specdiff.pipeline.default_model import default_model_path
 
         source_vocoder = default_model_path()
         if source_vocoder is None:
@@ -259,7 +259,7 @@ def run_vocode(args: argparse.Namespace) -> int:
 
 def run_export_vocoder(args: argparse.Namespace) -> int:
     """``specdiff export-vocoder``: OUT/vocoder/ (and OUT/vocoder/model.onnx with ``--onnx``)."""
-    from specdiff.vocoder import VOCODER_SUBFOLDER, Vocoder, export_onnx, find_vocoder_dir
+    from specdiff.audio.vocoder import VOCODER_SUBFOLDER, Vocoder, export_onnx, find_vocoder_dir
 
     source = find_vocoder_dir(args.source)
     if source is None:

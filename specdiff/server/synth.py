@@ -2,7 +2,7 @@
 
 Progress and cancellation come from a forward pre-hook on the pipeline's decoder: every
 denoising step is exactly one decoder call (classifier-free guidance batches its two passes into
-one call, ``specdiff.sampler.GuidedDenoiser``), so counting calls counts steps, and raising
+one call, ``specdiff.sampling.sampler.GuidedDenoiser``), so counting calls counts steps, and raising
 :class:`~specdiff.server.jobs.JobCancelled` from the hook stops a cancelled job within one step
 without any cooperation from the pipeline.
 """
@@ -35,15 +35,15 @@ def read_midi(
 ) -> tuple[Any, list[Any]]:
     """Tokenize MIDI bytes: ``(TokenizedMidi, notes)``; MidiError if unusable.
 
-    The notes (``specdiff.midi.Note``) are read once and tokenized from there (``notes_to_segments``
+    The notes (``specdiff.midi.reader.Note``) are read once and tokenized from there (``notes_to_segments``
     on ``midi_to_notes``' output is what ``midi_to_segments`` does), so the piano roll
     (:func:`write_notes_json`) shows exactly what the model gets: sustain applied, programs mapped to
     Slakh classes. Parsing stops at ``max_notes`` notes or ``max_events`` events of any kind, so a
     dense file costs little to refuse; ``check_cancelled`` is called now and then (and between the
     steps) and may raise to abandon the work.
     """
-    from specdiff.midi import DEFAULT_MAX_EVENTS
-    from specdiff.tokenizer import TokenizedMidi, midi_to_notes, notes_to_segments
+    from specdiff.midi.reader import DEFAULT_MAX_EVENTS
+    from specdiff.midi.tokenizer import TokenizedMidi, midi_to_notes, notes_to_segments
 
     check = check_cancelled or (lambda: None)
     try:
@@ -88,9 +88,9 @@ def write_notes_json(notes: list[Any], duration: float, path: Path) -> Path:
 
 
 def save_spectrogram(mel: Any, path: Path, title: str | None = None) -> Path:
-    """The spectrogram PNG: ``specdiff.plotting`` (matplotlib) when it works, else our plain one."""
+    """The spectrogram PNG: ``specdiff.evaluation.plotting`` (matplotlib) when it works, else our plain one."""
     try:
-        from specdiff.plotting import save_spectrogram_png
+        from specdiff.evaluation.plotting import save_spectrogram_png
 
         return save_spectrogram_png(mel, path, title=title)
     except ImportError:  # matplotlib missing (plotting's PlottingUnavailable is an ImportError)
@@ -132,7 +132,7 @@ class Synthesizer:
 
     def segments_for(self, midi: Any) -> int:
         """How many segments the pipeline will generate (it stops after the release tail)."""
-        from specdiff.pipeline import frames_to_keep
+        from specdiff.pipeline.pipeline import frames_to_keep
 
         keep = frames_to_keep(len(midi.segments), self.segment_frames, float(midi.duration))
         return math.ceil(keep / self.segment_frames)
@@ -142,7 +142,7 @@ class Synthesizer:
     def __call__(self, job: Job, queue: JobQueue) -> None:
         import torch
 
-        from specdiff.audio_io import save_wav
+        from specdiff.audio.files import save_wav
 
         settings = job.settings
         segments = self.segments_for(job.midi)
