@@ -51,20 +51,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specdiff.audio.mel import MEL_FMAX, N_MELS, hertz_to_mel  # noqa: E402
+from specdiff.audio.mel import MEL_FMAX, hertz_to_mel  # noqa: E402
+from specdiff.constants import FRAMES_PER_SECOND, N_MELS, SEGMENT_FRAMES, SEGMENT_SECONDS  # noqa: E402
 from specdiff.evaluation.metrics import midi_to_hz  # noqa: E402
+from specdiff.midi.reader import Note  # noqa: E402
 from specdiff.midi.score_roll import ROLL_FEATURES  # noqa: E402
-from specdiff.midi.tokenizer import (  # noqa: E402
-    FRAMES_PER_SECOND,
-    INPUT_LENGTH,
-    NUM_EMBEDDINGS,
-    SEGMENT_FRAMES,
-    SEGMENT_SECONDS,
-    SHIFT_ID,
-    STEPS_PER_FRAME,
-    Note,
-    notes_to_segments,
-)
+from specdiff.midi.tokenizer import INPUT_LENGTH, NUM_EMBEDDINGS, SHIFT_ID, STEPS_PER_FRAME, notes_to_segments  # noqa: E402
 from specdiff.models.networks import build_models  # noqa: E402
 from specdiff.training.guided_attention import CrossAttentionRecorder, guided_attention_penalty  # noqa: E402
 from specdiff.training.optim import build_optimizer  # noqa: E402

@@ -32,7 +32,7 @@ from specdiff.data.cache import open_training_datasets  # noqa: E402
 from specdiff.sampling import sampler as samplers  # noqa: E402
 from specdiff.training.train import (  # noqa: E402
     SpectrogramDiffusionModel,
-    collate,
+    collate_counted,
     model_from_path,
     trim_token_padding,
 )
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     _, val = open_training_datasets(args.data)
     items = [(i, val[i]) for i in range(args.segments)]
-    batches = [collate(items[i : i + 8]) for i in range(0, len(items), 8)]
+    batches = [collate_counted(items[i : i + 8]) for i in range(0, len(items), 8)]
     for path in args.models:
         row = measure(model_from_path(path), batches, args.scheduler, args.steps, args.guidance)
         print(

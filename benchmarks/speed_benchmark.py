@@ -535,7 +535,8 @@ def realtime_benchmark(preset: str, sampler: str, steps: int, threads: int, repe
 
 
 def tokenization_benchmark(repeats: int) -> dict[str, Any]:
-    from specdiff.midi.tokenizer import midi_to_notes, midi_to_segments
+    from specdiff.midi.reader import midi_to_notes
+    from specdiff.midi.tokenizer import midi_to_segments
 
     files = benchmark_midi_files()
     data = [f.read_bytes() for f in files]  # from memory: no disk in the timing
@@ -556,7 +557,7 @@ def inverter_benchmark() -> dict[str, Any]:
     mel = np.random.default_rng(0).uniform(-11.5, 2.0, (1, 256, 128)).astype(np.float32)
     out: dict[str, Any] = {}
     try:
-        from specdiff.audio.inverters import GriffinLimInverter
+        from specdiff.audio.griffin_lim import GriffinLimInverter
 
         out["griffinlim_segment_s"] = median_time(lambda: GriffinLimInverter()(mel), 3)
     except ImportError as exc:

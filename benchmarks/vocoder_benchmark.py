@@ -233,7 +233,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
 
-    from specdiff.audio.inverters import GriffinLimInverter
+    from specdiff.audio.griffin_lim import GriffinLimInverter
     from specdiff.audio.vocoder import DEFAULT_MEL_FIT_ITERS, load_vocoder
 
     torch.set_num_threads(1)

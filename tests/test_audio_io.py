@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from specdiff.audio.files import LIMITER_THRESHOLD, load_audio, save_wav, soft_limit
+from specdiff.audio.files import load_audio, save_wav, soft_limit
+from specdiff.constants import LIMITER_THRESHOLD
 from specdiff.errors import AudioError
 
 

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import ARPEGGIO, write_midi
 
-from specdiff import cli
+from specdiff import cli, constants
+from specdiff.commands import options
+from specdiff.commands import synth as synth_command
 from specdiff.errors import SpecdiffError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,11 +109,8 @@ HEAVY_MODULES = (
     "soundfile",
     "specdiff.pipeline.pipeline",
     "specdiff.training.train",
-    "specdiff.train_cli",
     "specdiff.evaluation.evaluate",
     "specdiff.training.vocoder",
-    "specdiff.vocoder_cli",
-    "specdiff.serve",
     "specdiff.commands.train",
     "specdiff.commands.evaluate",
     "specdiff.commands.vocoder",
@@ -220,24 +219,24 @@ def test_synth_help_states_every_option_and_default(capsys):
         "--quiet",
     ):
         assert option in text
-    for name in cli.SCHEDULERS + cli.INVERTERS:
+    for name in constants.SCHEDULERS + constants.INVERTERS:
         assert name in text
     # Defaults: the model folder's sampling.json, else the library's.
     assert text.count("the model's own setting") >= 3 and "sampling.json" in text
-    assert f"else {cli.DEFAULT_NUM_STEPS}" in text
-    assert f"else {cli.DEFAULT_GUIDANCE}" in text
-    assert f"else {cli.DEFAULT_SCHEDULER}" in text
+    assert f"else {constants.DEFAULT_NUM_STEPS}" in text
+    assert f"else {constants.DEFAULT_GUIDANCE}" in text
+    assert f"else {constants.DEFAULT_SCHEDULER}" in text
 
 
 def test_cli_defaults_mirror_the_sampler():
     # The CLI keeps copies so that --help does not import torch; they must not drift.
     sampler = pytest.importorskip("specdiff.sampling.sampler")
-    assert cli.DEFAULT_NUM_STEPS == sampler.DEFAULT_NUM_STEPS
-    assert cli.DEFAULT_GUIDANCE == sampler.DEFAULT_GUIDANCE
-    for name in cli.SCHEDULERS:
+    assert constants.DEFAULT_NUM_STEPS == sampler.DEFAULT_NUM_STEPS
+    assert constants.DEFAULT_GUIDANCE == sampler.DEFAULT_GUIDANCE
+    for name in constants.SCHEDULERS:
         assert name in sampler.SCHEDULERS
     inverters = pytest.importorskip("specdiff.audio.inverters")
-    assert set(cli.INVERTERS) == set(inverters.available_inverters())
+    assert set(constants.INVERTERS) == set(inverters.available_inverters())
 
 
 @pytest.mark.parametrize(
@@ -357,15 +356,15 @@ def test_precision_follows_the_flag_or_the_models_recommendation_where_it_is_fas
     shutil.copytree(model_dir, folder)
     (folder / "sampling.json").write_text('{"precision": "bf16"}')
     args = argparse.Namespace(precision="auto", scheduler=None, steps=None, guidance=None)
-    cli.resolve_sampling(args, folder)
+    options.resolve_sampling(args, folder)
     expected = torch.bfloat16 if cpu_has_native_bf16() else torch.float32  # bf16 only where it is fast
-    assert cli.resolve_precision(args, "cpu") == expected
+    assert options.resolve_precision(args, "cpu") == expected
     assert (
-        cli.resolve_precision(argparse.Namespace(precision="auto", precision_recommended="bf16"), "cuda")
+        options.resolve_precision(argparse.Namespace(precision="auto", precision_recommended="bf16"), "cuda")
         == torch.bfloat16
     )
     assert (
-        cli.resolve_precision(argparse.Namespace(precision="fp32", precision_recommended="bf16"), "cuda")
+        options.resolve_precision(argparse.Namespace(precision="fp32", precision_recommended="bf16"), "cuda")
         == torch.float32
     )
 
@@ -642,10 +641,10 @@ def test_unwritable_mel_png_fails_before_loading_the_model(case, model_dir, song
 
 
 def test_check_writable_leaves_nothing_behind(tmp_path):
-    cli.check_writable(tmp_path / "x.wav", "output")
+    synth_command.check_writable(tmp_path / "x.wav", "output")
     assert files_in(tmp_path) == set()
     with pytest.raises(SpecdiffError, match="does not exist"):
-        cli.check_writable(tmp_path / "sub" / "x.wav", "output")
+        synth_command.check_writable(tmp_path / "sub" / "x.wav", "output")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -892,14 +891,14 @@ def test_refine_iters_option_reaches_the_vocoder_only():
     from types import SimpleNamespace
 
     vocoder_like = SimpleNamespace(inverter=SimpleNamespace(refine_iters=32))
-    cli._set_refine_iters(vocoder_like, 4)
+    synth_command._set_refine_iters(vocoder_like, 4)
     assert vocoder_like.inverter.refine_iters == 4
-    cli._set_refine_iters(vocoder_like, None)  # not given: the vocoder's default stays
+    synth_command._set_refine_iters(vocoder_like, None)  # not given: the vocoder's default stays
     assert vocoder_like.inverter.refine_iters == 4
     other = SimpleNamespace(inverter=object())  # Griffin-Lim / ONNX: nothing to set, no error
-    cli._set_refine_iters(other, 0)
+    synth_command._set_refine_iters(other, 0)
     with pytest.raises(SpecdiffError):
-        cli._set_refine_iters(vocoder_like, -1)
+        synth_command._set_refine_iters(vocoder_like, -1)
     args = cli.build_parser().parse_args(["synth", "a.mid", "--refine-iters", "0"])
     assert args.refine_iters == 0
 

@@ -23,7 +23,7 @@ from specdiff.data.cache import (
     RenderedMidi,
     SongPair,
     build_cache,
-    collate,
+    collate_examples,
     discover,
     folder_pairs,
     maestro_pairs,
@@ -31,7 +31,8 @@ from specdiff.data.cache import (
     slakh_pairs,
     trim_overlapping_notes,
 )
-from specdiff.midi.tokenizer import TIE_ID, Note, num_frames_for, tokens_to_notes
+from specdiff.midi.reader import Note
+from specdiff.midi.tokenizer import TIE_ID, num_frames_for, tokens_to_notes
 
 pytest.importorskip("tinysoundfont")
 torch.set_num_threads(1)
@@ -441,7 +442,7 @@ def test_examples_shapes_values_and_determinism(song_cache):
         differs += ds.window(i) != other.window(i)
     assert differs >= 20
 
-    batch = collate([ds[0], ds[1], ds[2]])
+    batch = collate_examples([ds[0], ds[1], ds[2]])
     assert {k: tuple(v.shape) for k, v in batch.items()} == {
         "tokens": (3, 2048),
         "context": (3, 256, 128),

@@ -104,9 +104,9 @@ def test_registry(registry):
 
 
 def test_basic_pitch_embedding_layout():
-    from specdiff.evaluation import metrics
+    from specdiff.evaluation import transcription
 
-    reason = metrics.transcription_unavailable()
+    reason = transcription.transcription_unavailable()
     if reason:
         pytest.skip(reason)
     t = np.arange(3 * SR) / SR

@@ -29,14 +29,14 @@ from conftest import smf_bytes
 from specdiff.commands import evaluate as evaluate_command
 from specdiff.errors import AudioError, MidiError, SpecdiffError
 from specdiff.evaluation import evaluate as ev
-from specdiff.evaluation import metrics
+from specdiff.evaluation import metrics, transcription
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = 16000
-TRANSCRIPTION = metrics.transcription_unavailable() is None
+TRANSCRIPTION = transcription.transcription_unavailable() is None
 FAST = ["--steps", "2", "--inverter", "griffinlim", "--device", "cpu", "--seed", "3"]
 
 
@@ -131,10 +131,11 @@ def test_building_the_parser_does_not_import_torch():
 
 
 def test_embedding_choices_are_the_registered_ones():
+    from specdiff.constants import EMBEDDINGS
     from specdiff.evaluation.embeddings import available_embeddings
 
-    assert set(ev.EMBEDDINGS) <= set(available_embeddings())
-    assert ev.EMBEDDINGS[0] == "mfcc-stats"
+    assert set(EMBEDDINGS) <= set(available_embeddings())
+    assert EMBEDDINGS[0] == "mfcc-stats"
 
 
 def test_oracle_model_scores_a_perfect_reconstruction(songs):
@@ -234,7 +235,7 @@ def test_end_to_end_command_with_a_tiny_model(songs, model_dir, tmp_path, capsys
 def test_missing_transcriber_is_skipped_with_a_message(songs, monkeypatch, capsys):
     needs_renderer()
     reason = "transcription metrics skipped (No module named 'basic_pitch'); install with: pip install ..."
-    monkeypatch.setattr(metrics, "transcription_unavailable", lambda: reason)
+    monkeypatch.setattr(transcription, "transcription_unavailable", lambda: reason)
     monkeypatch.setattr(metrics, "transcribe", lambda *a, **k: pytest.fail("transcribe called"))
     pipe = FakePipeline([np.zeros(SR, np.float32)])
     results = ev.evaluate(pipe, [songs / "a_scale.mid"], verbose=True)

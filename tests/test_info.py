@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from specdiff import __version__, cli
+from specdiff import __version__, cli, constants
 from specdiff.commands import info
 from specdiff.pipeline.default_model import DEFAULT_MODEL_DIR, read_sampling_settings
 
@@ -51,9 +51,9 @@ def test_info_reports_versions_the_bundled_model_and_its_sampler_settings(capsys
     s = read_sampling_settings(DEFAULT_MODEL_DIR)
     assert report["sampling"].startswith(f"{s.scheduler}, {s.num_inference_steps} steps, guidance {s.guidance_scale:g}")
     assert report["sampling"].endswith("(sampling.json)")
-    assert report["inverter"].split()[0] in cli.INVERTERS
+    assert report["inverter"].split()[0] in constants.INVERTERS
     assert report["device"].split()[0] == resolve_device("auto")
-    assert report["precision"].split()[0] in cli.PRECISIONS
+    assert report["precision"].split()[0] in constants.PRECISIONS
 
 
 def test_text_output_is_one_key_value_line_each(capsys):

@@ -12,7 +12,7 @@ import pytest
 
 from specdiff.errors import SpecdiffError
 from specdiff.evaluation import plotting
-from specdiff.midi.tokenizer import Note
+from specdiff.midi.reader import Note
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -270,14 +270,6 @@ def test_randn_with_one_generator_per_row():
         S.randn((2, 2, 4), gens, "cpu")
 
 
-def test_cli_mirrors_stay_in_sync():
-    from specdiff import cli
-
-    assert cli.SCHEDULERS == S.SCHEDULERS
-    assert cli.DEFAULT_SCHEDULER == S.DEFAULT_SCHEDULER
-    assert (cli.DEFAULT_NUM_STEPS, cli.DEFAULT_GUIDANCE) == (S.DEFAULT_NUM_STEPS, S.DEFAULT_GUIDANCE)
-
-
 # ---------------------------------------------------------------------------------------------
 # Classifier-free guidance
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from specdiff.midi.reader import Note
 from specdiff.midi.score_roll import (
     DRUM_DECAY_FRAMES,
     ROLL_FEATURES,
@@ -21,7 +22,7 @@ from specdiff.midi.score_roll import (
     segment_roll,
     tonal_feature,
 )
-from specdiff.midi.tokenizer import Note, notes_to_segments
+from specdiff.midi.tokenizer import notes_to_segments
 from specdiff.models.networks import DECODER_EXTENSIONS, FilmDecoder, build_models
 from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 from specdiff.sampling.diffusion import eps_from_prediction, prediction_target, q_sample

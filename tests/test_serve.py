@@ -32,7 +32,8 @@ torch = pytest.importorskip("torch")
 from conftest import midi_bytes  # noqa: E402
 
 from specdiff.errors import SpecdiffError  # noqa: E402
-from specdiff.midi.tokenizer import midi_to_notes, midi_to_segments  # noqa: E402
+from specdiff.midi.reader import midi_to_notes  # noqa: E402
+from specdiff.midi.tokenizer import midi_to_segments  # noqa: E402
 from specdiff.models.networks import build_models  # noqa: E402
 from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline  # noqa: E402
 from specdiff.server import png  # noqa: E402
@@ -588,7 +589,7 @@ def test_info_reports_limits_and_defaults(serve):
 def test_cli_builds_the_app_from_a_model_folder(pipe, tmp_path):
     import argparse
 
-    from specdiff import serve as serve_cli
+    from specdiff.commands import serve as serve_cli
 
     parser = argparse.ArgumentParser()
     serve_cli.add_serve_arguments(parser.add_subparsers(dest="command"))
@@ -619,7 +620,7 @@ def test_cli_builds_the_app_from_a_model_folder(pipe, tmp_path):
 def test_no_model_at_all_is_a_clear_error(monkeypatch):
     import argparse
 
-    from specdiff import serve as serve_cli
+    from specdiff.commands import serve as serve_cli
     from specdiff.pipeline import default_model
 
     monkeypatch.setattr(default_model, "default_model_path", lambda: None)
@@ -630,14 +631,14 @@ def test_no_model_at_all_is_a_clear_error(monkeypatch):
 
 
 def test_loopback_detection():
-    from specdiff.serve import is_loopback
+    from specdiff.server.guards import is_loopback
 
     assert all(is_loopback(h) for h in ("127.0.0.1", "127.5.0.1", "localhost", "::1", "[::1]"))
     assert not any(is_loopback(h) for h in ("0.0.0.0", "192.168.1.2", "::", "example.org"))
 
 
 def test_default_examples_are_existing_midi_files():
-    from specdiff.serve import default_examples
+    from specdiff.commands.serve import default_examples
 
     for path in default_examples():
         assert path.is_file() and path.suffix == ".mid"

@@ -24,7 +24,7 @@ from specdiff.training.train import (
     ROLL_WEIGHTS,
     SpectrogramDiffusionModel,
     _widen_roll_weights,
-    collate,
+    collate_counted,
     diffusion_loss,
     fit_score_prior,
 )
@@ -99,7 +99,7 @@ def windows(valid: list[int], seed: int = 0) -> dict[str, torch.Tensor]:
         example = dict(tokens=tokens, context=torch.zeros(256, 128), target=target, target_valid=torch.tensor(n),
                        context_mask=torch.zeros(256, dtype=torch.bool))  # fmt: skip
         items.append((k, example))
-    return collate(items)
+    return collate_counted(items)
 
 
 def test_mask_padding_leaves_padded_frames_out_of_the_loss():

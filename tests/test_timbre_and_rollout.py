@@ -17,7 +17,7 @@ from specdiff.training.train import (
     SpectrogramDiffusionModel,
     TrainConfig,
     apply_overrides,
-    collate,
+    collate_counted,
     diffusion_loss,
     draw_rollout_times,
     parse_rollout_steps,
@@ -254,7 +254,7 @@ def test_idiom_cache_records_timbres_and_datasets_index_them(tmp_path):
     assert {s["timbre"] for s in index["songs"]} == {timbre_name(sf)}
     data = ChunkDataset(tmp_path / "cache", split=None, timbres=["other", timbre_name(sf)])
     assert int(data[0].timbre) == 1
-    batch = collate([(0, data[0]), (1, data[1])])
+    batch = collate_counted([(0, data[0]), (1, data[1])])
     assert batch["timbre"].tolist() == [1, 1]
     with pytest.raises(SpecdiffError, match="timbres"):
         ChunkDataset(tmp_path / "cache", split=None, timbres=["other"])
@@ -283,7 +283,7 @@ def test_silence_scores_measure_ours_where_the_reference_is_silent():
 
 def test_rest_scores_measure_the_musics_rests_not_the_references_quiet_frames():
     from specdiff.evaluation.metrics import rest_frames, rest_scores
-    from specdiff.midi.tokenizer import Note
+    from specdiff.midi.reader import Note
 
     # Notes: 0.0-0.5 s, then a drum hit at 2.5 s; rests (1 s margin): frames 75-124 (1.5-2.5 s) and
     # from 3.5 s (frame 175) to the end of 4 s (frame 200).

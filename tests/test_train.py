@@ -20,6 +20,8 @@ from specdiff.cli import main  # what python -m specdiff.training.train runs
 from specdiff.errors import ModelError, SpecdiffError
 from specdiff.models.networks import build_models
 from specdiff.sampling.diffusion import alpha_sigma
+from specdiff.training.checkpoints import list_checkpoints, load_checkpoint
+from specdiff.training.log import read_metrics
 from specdiff.training.optim import build_optimizer
 from specdiff.training.train import (
     ShardedCounterSampler,
@@ -28,14 +30,11 @@ from specdiff.training.train import (
     TrainConfig,
     Trainer,
     apply_overrides,
-    collate,
+    collate_counted,
     diffusion_loss,
     draw_diffusion_inputs,
     export_pipeline,
-    list_checkpoints,
-    load_checkpoint,
     model_from_checkpoint,
-    read_metrics,
     train,
     trim_token_padding,
 )
@@ -109,7 +108,7 @@ class Recorder(nn.Module):
 
 def test_objective_drops_conditioning_and_sums_l1():
     data = SyntheticDataset(seed=1)
-    batch = collate([(i, data[i]) for i in range(4)])
+    batch = collate_counted([(i, data[i]) for i in range(4)])
     batch["context_mask"][:] = True
     t, noise, _ = draw_diffusion_inputs(batch["index"], 0, 0.1)
     keep = torch.tensor([True, False, True, False])
@@ -131,7 +130,7 @@ def test_objective_drops_conditioning_and_sums_l1():
 
 def test_trimming_token_padding_is_exact():
     data = SyntheticDataset(seed=2, max_tokens=100)
-    batch = collate([(i, data[i]) for i in range(3)])
+    batch = collate_counted([(i, data[i]) for i in range(3)])
     longest = max(int((tokens != 0).sum()) for tokens in batch["tokens"])  # tokens are a prefix, then PAD
     trimmed = trim_token_padding(batch["tokens"])
     assert trimmed.shape[1] == 64 * math.ceil(longest / 64)
@@ -150,7 +149,7 @@ def test_trimming_token_padding_is_exact():
 
 def test_loss_decreases_on_a_fixed_batch():
     data = SyntheticDataset(seed=0)
-    batch = collate([(i, data[i]) for i in range(4)])
+    batch = collate_counted([(i, data[i]) for i in range(4)])
     t, noise, keep = draw_diffusion_inputs(batch["index"], 0, 0.0)
     model = micro_model(dropout=0.0)
     optimizer = build_optimizer(model, "adafactor", lr=1e-3)
@@ -410,14 +409,15 @@ def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
 
 def test_cli_module_is_light_and_in_sync():
     code = (
-        "import sys, specdiff.train_cli as c; print(any(m == 'torch' or m.startswith('torch.') for m in sys.modules))"
+        "import sys, specdiff.commands.train; print(any(m == 'torch' or m.startswith('torch.') for m in sys.modules))"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True)
     assert proc.stdout.strip() == "False", proc.stderr[-2000:]
-    from specdiff import train_cli
+    from specdiff.commands import train as train_cli
+    from specdiff.constants import TRAIN_PRESET_NAMES
     from specdiff.training.train import TRAIN_PRESETS, TrainConfig
 
-    assert train_cli.TRAIN_PRESET_NAMES == tuple(sorted(TRAIN_PRESETS))
+    assert TRAIN_PRESET_NAMES == tuple(sorted(TRAIN_PRESETS))
     assert set(train_cli.TRAIN_FLAGS) <= {f for f in TrainConfig.__dataclass_fields__}
 
 
@@ -453,7 +453,7 @@ def test_bf16_autocast_on_a_cpu_with_native_bf16_is_close_to_float32(tmp_path):
     from specdiff.training.train import _autocast
 
     model = micro_model()
-    batch = collate([(i, SyntheticDataset(seed=0)[i]) for i in range(2)])
+    batch = collate_counted([(i, SyntheticDataset(seed=0)[i]) for i in range(2)])
     t, noise, keep = draw_diffusion_inputs(batch["index"], 0, 0.0)
     with torch.no_grad():
         exact = diffusion_loss(model, batch, t, noise, keep).loss_mean
@@ -500,7 +500,7 @@ def test_x0_weighting_is_the_l1_error_of_the_implied_x0():
 
 def test_weighted_objective_scales_each_examples_error_and_logs_the_unweighted_one():
     model = micro_model()
-    batch = collate([(i, SyntheticDataset(seed=0)[i]) for i in range(2)])
+    batch = collate_counted([(i, SyntheticDataset(seed=0)[i]) for i in range(2)])
     t, noise, keep = draw_diffusion_inputs(batch["index"], 0, 0.0)
     with torch.no_grad():
         plain = diffusion_loss(model, batch, t, noise, keep)

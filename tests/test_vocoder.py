@@ -321,9 +321,9 @@ def test_segment_sampler_lengths_and_determinism():
 
 
 def _trainer(warmup_steps: int):
-    from specdiff.training.vocoder import TrainConfig, VocoderTrainer
+    from specdiff.training.vocoder import VocoderTrainConfig, VocoderTrainer
 
-    config = TrainConfig(batch_size=2, segment_frames=8, warmup_steps=warmup_steps, lr=2e-3, lr_warmup_steps=1)
+    config = VocoderTrainConfig(batch_size=2, segment_frames=8, warmup_steps=warmup_steps, lr=2e-3, lr_warmup_steps=1)
     return VocoderTrainer(TINY, config)
 
 
@@ -359,9 +359,15 @@ def test_phase_vocoder_training_fits_the_magnitude():
     pytest.importorskip("specdiff.audio.mel")
     from dataclasses import replace
 
-    from specdiff.training.vocoder import SegmentSampler, TrainConfig, VocoderTrainer, features_and_target, magnitude_l1
+    from specdiff.training.vocoder import (
+        SegmentSampler,
+        VocoderTrainConfig,
+        VocoderTrainer,
+        features_and_target,
+        magnitude_l1,
+    )
 
-    config = TrainConfig(batch_size=2, segment_frames=8, warmup_steps=10_000, lr=2e-3, lr_warmup_steps=1)
+    config = VocoderTrainConfig(batch_size=2, segment_frames=8, warmup_steps=10_000, lr=2e-3, lr_warmup_steps=1)
     trainer = VocoderTrainer(replace(TINY, synthesis="phase_vocoder"), replace(config, magnitude_weight=45.0))
     batch = SegmentSampler(_tone_clips(), 8, seed=0).sample(2)
     mel, real = features_and_target(batch, 8)
@@ -402,7 +408,7 @@ def test_checkpoint_resume_restores_step_weights_and_randomness(tmp_path):
 
 
 def _parser():
-    from specdiff.vocoder_cli import add_vocode_arguments, add_vocoder_arguments
+    from specdiff.commands.vocoder import add_vocode_arguments, add_vocoder_arguments
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
@@ -416,7 +422,7 @@ def test_cli_module_imports_nothing_heavy():
     import sys
 
     code = (
-        "import sys, specdiff.vocoder_cli; "
+        "import sys, specdiff.commands.vocoder; "
         "print(sorted(m for m in ('torch', 'numpy', 'specdiff.audio.vocoder') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -424,7 +430,7 @@ def test_cli_module_imports_nothing_heavy():
 
 
 def test_train_vocoder_arguments():
-    from specdiff.training.vocoder import TrainConfig
+    from specdiff.training.vocoder import VocoderTrainConfig
 
     args = _parser().parse_args(
         [
@@ -442,8 +448,8 @@ def test_train_vocoder_arguments():
         ]
     )
     assert args.max_steps == 7 and args.midi_dir == [Path("m")] and args.audio_dir == [Path("a"), Path("b")]
-    assert args.lr is None and not args.demo_corpus  # None: TrainConfig's default applies
-    assert TrainConfig().lr == 5e-4
+    assert args.lr is None and not args.demo_corpus  # None: VocoderTrainConfig's default applies
+    assert VocoderTrainConfig().lr == 5e-4
     with pytest.raises(SystemExit):
         _parser().parse_args(["train-vocoder", "--audio-dir", "a"])  # --run-dir is required
 

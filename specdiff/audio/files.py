@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from specdiff.atomic import commit, create_temp
-from specdiff.constants import LIMITER_THRESHOLD, SAMPLE_RATE  # noqa: F401 (re-exported)
+from specdiff.constants import LIMITER_THRESHOLD, SAMPLE_RATE
 from specdiff.errors import AudioError
 
 logger = logging.getLogger(__name__)

@@ -21,21 +21,15 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from specdiff.audio import mel
-from specdiff.audio.griffin_lim import (  # noqa: F401 (re-exported: inverters was their home)
-    ENVELOPE_FLOOR,
+from specdiff.audio.griffin_lim import (
     GriffinLimInverter,
-    _overlap_add_halves,
     check_features,
-    istft,
 )
+from specdiff.constants import HOP_LENGTH, SAMPLE_RATE
 from specdiff.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = mel.SAMPLE_RATE
-HOP_LENGTH = mel.HOP_LENGTH
-N_MELS = mel.N_MELS
 ONNX_SUBPATH = Path("melgan") / "model.onnx"  # diffusers' folder layout (ORIGINAL.md §6)
 ONNX_INPUT_NAME = "input_features"
 

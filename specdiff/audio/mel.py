@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from specdiff.constants import FRAMES_PER_SECOND, HOP_LENGTH, N_MELS, SAMPLE_RATE  # noqa: F401 (re-exported)
+from specdiff.constants import HOP_LENGTH, N_MELS, SAMPLE_RATE
 
 WIN_LENGTH = 640
 N_FFT = 1024  # each 640-sample frame is zero-padded to 1024 samples: 513 bins

@@ -182,7 +182,8 @@ def collect_info(model: Path | None = None) -> dict[str, str]:
     """Everything ``specdiff info`` prints, in its order."""
     import torch
 
-    from specdiff.pipeline.default_model import DEFAULT_PRECISION, read_sampling_settings
+    from specdiff.constants import DEFAULT_PRECISION
+    from specdiff.pipeline.default_model import read_sampling_settings
 
     info = {
         "specdiff": f"{__version__} ({Path(__file__).resolve().parents[1]})",

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from specdiff.commands.options import MODEL_HELP, add_precision_argument, load_pipeline, resolve_model
-from specdiff.constants import DEVICES, INVERTERS, SCHEDULERS
+from specdiff.constants import DEFAULT_GUIDANCE, DEFAULT_NUM_STEPS, DEFAULT_SCHEDULER, DEVICES, INVERTERS, SCHEDULERS
 from specdiff.errors import SpecdiffError
-from specdiff.server.config import DEFAULT_GUIDANCE, DEFAULT_NUM_STEPS, DEFAULT_SCHEDULER, ServeConfig
+from specdiff.server.config import ServeConfig
 from specdiff.server.guards import is_loopback
 
 DEFAULT_HOST = "127.0.0.1"

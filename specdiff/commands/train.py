@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from specdiff.constants import TRAIN_PRESET_NAMES  # noqa: F401 (re-exported)
+from specdiff.constants import TRAIN_PRESET_NAMES
 from specdiff.errors import ModelError, SpecdiffError
 
 #: Explicit ``specdiff train`` flags -> TrainConfig fields (every other field: ``--set key=value``).
@@ -98,7 +98,8 @@ def config_from_args(args: argparse.Namespace):
 
 def _saved_run_config(out_dir: str, resume: str | None):
     """The config.json of a run folder that ``--resume`` will continue, else None."""
-    from specdiff.training.train import NO_RESUME, TrainConfig, list_checkpoints
+    from specdiff.training.checkpoints import list_checkpoints
+    from specdiff.training.train import NO_RESUME, TrainConfig
 
     if resume in NO_RESUME or not list_checkpoints(out_dir):
         return None
@@ -151,7 +152,8 @@ def add_export_arguments(subparsers: argparse._SubParsersAction) -> argparse.Arg
 
 def run_export(args: argparse.Namespace) -> int:
     """``specdiff export``: a checkpoint (or a run folder's newest) -> pipeline folder."""
-    from specdiff.training.train import export_pipeline, list_checkpoints
+    from specdiff.training.checkpoints import list_checkpoints
+    from specdiff.training.train import export_pipeline
 
     checkpoint = Path(args.checkpoint)
     if checkpoint.is_dir():

@@ -2,7 +2,7 @@
 
 Building the ``specdiff`` parser imports nothing heavy: the ``run_*`` functions import torch and the
 training code (:mod:`specdiff.training.vocoder`) when the command runs. Defaults of ``None`` mean "the
-default of ``vocoder_train.TrainConfig`` / ``vocoder.VocoderConfig``" (kept in one place).
+default of ``training.vocoder.VocoderTrainConfig`` / ``vocoder.VocoderConfig``" (kept in one place).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--init-from", type=Path, help="warm start (new runs only): the generator's weights and "
                    "architecture from a model folder with vocoder/ or a vocoder folder, a new optimiser, step 0 "
                    "(e.g. to continue the bundled vocoder: --init-from specdiff/assets/default_model)")  # fmt: skip
-    t = p.add_argument_group("training (defaults: vocoder_train.TrainConfig)")
+    t = p.add_argument_group("training (defaults: training.vocoder.VocoderTrainConfig)")
     t.add_argument("--max-steps", type=int, help="total steps (default 100000)")
     t.add_argument(
         "--warmup-steps", type=int, help="reconstruction-only steps before the GAN losses start (default 3000)"
@@ -136,7 +136,7 @@ def run_train_vocoder(args: argparse.Namespace) -> int:
     from specdiff.training.vocoder import (
         AUDIO_SUFFIXES,
         MIDI_SUFFIXES,
-        TrainConfig,
+        VocoderTrainConfig,
         cache_audio,
         demo_corpus_audio,
         list_files,
@@ -189,9 +189,11 @@ def run_train_vocoder(args: argparse.Namespace) -> int:
             "synthesis": getattr(args, "synthesis", None),
         }
         vocoder_config = VocoderConfig(**{k: v for k, v in architecture.items() if v is not None})
-    # Every TrainConfig field that has a command-line option the user set.
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    train_config = TrainConfig(**overrides)
+    # Every VocoderTrainConfig field that has a command-line option the user set.
+    overrides = {
+        f.name: getattr(args, f.name) for f in fields(VocoderTrainConfig) if getattr(args, f.name, None) is not None
+    }
+    train_config = VocoderTrainConfig(**overrides)
     print(f"training on {len(files)} files, validating on {len(val_files)}; run folder {run_dir}")
     train_vocoder(
         files,

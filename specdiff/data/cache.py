@@ -41,11 +41,12 @@ import numpy as np
 import torch
 
 from specdiff.atomic import atomic_write, atomic_write_text
-from specdiff.constants import HOP_LENGTH, N_MELS, SAMPLE_RATE, SEGMENT_FRAMES, TOKENS_LENGTH  # noqa: F401 (re-exported)
+from specdiff.constants import HOP_LENGTH, N_MELS, SAMPLE_RATE, SEGMENT_FRAMES
 from specdiff.errors import AudioError, MidiError, SpecdiffError
 
 if TYPE_CHECKING:
-    from specdiff.midi.tokenizer import EventIndex, Note
+    from specdiff.midi.reader import Note
+    from specdiff.midi.tokenizer import EventIndex
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ class AudioMidiPair(SongPair):
 
     def load(self) -> tuple[np.ndarray, list[Note], float]:
         from specdiff.audio.files import load_audio
-        from specdiff.midi.tokenizer import midi_to_notes
+        from specdiff.midi.reader import midi_to_notes
 
         notes, total_time = midi_to_notes(self.midi)
         return load_audio(self.audio), notes, total_time
@@ -131,7 +132,7 @@ class SlakhMix(SongPair):
     def load(self) -> tuple[np.ndarray, list[Note], float]:
         from specdiff.audio.files import load_audio
         from specdiff.data.render import PEAK
-        from specdiff.midi.tokenizer import Note, midi_to_notes
+        from specdiff.midi.reader import Note, midi_to_notes
 
         track = Path(self.track_dir)
         audios, notes = [], []
@@ -172,7 +173,7 @@ class RenderedMidi(SongPair):
 
     def load(self) -> tuple[np.ndarray, list[Note], float]:
         from specdiff.data.render import load_score, reassign_programs, render_midi
-        from specdiff.midi.tokenizer import midi_to_notes
+        from specdiff.midi.reader import midi_to_notes
 
         if self.program_seed is None:
             midi: Any = self.midi
@@ -209,7 +210,7 @@ class IdiomPiece(SongPair):
     def load(self) -> tuple[np.ndarray, list[Note], float]:
         from specdiff.data.idioms import generate_piece
         from specdiff.data.render import render_midi
-        from specdiff.midi.tokenizer import midi_to_notes
+        from specdiff.midi.reader import midi_to_notes
 
         score = generate_piece(self.seed, seconds=self.seconds)
         notes, total_time = midi_to_notes(score.dumps_midi())
@@ -230,7 +231,7 @@ class IdiomPiece(SongPair):
 def trim_overlapping_notes(notes: Sequence[Note]) -> list[Note]:
     """MT3 ``trim_overlapping_notes``: for each (pitch, program, is_drum), a note that overlaps
     the next one (by start time) is cut at the next one's start; zero-length notes are dropped."""
-    from specdiff.midi.tokenizer import Note
+    from specdiff.midi.reader import Note
 
     ends = [n.end for n in notes]
     groups: dict[tuple[int, int, bool], list[int]] = {}
@@ -350,7 +351,7 @@ def slakh_pairs(
     then random subsets of the rendered stems (subset size uniform in 1..#stems). The split is
     the ``train``/``validation``/``test`` folder the track lives in (``omitted`` is skipped).
     """
-    from specdiff.midi.tokenizer import program_to_slakh
+    from specdiff.midi.reader import program_to_slakh
 
     root = Path(root)
     pairs: list[SlakhMix] = []
@@ -602,7 +603,7 @@ def notes_to_array(notes: Sequence[Note]) -> np.ndarray:
 
 
 def array_to_notes(arr: np.ndarray) -> list[Note]:
-    from specdiff.midi.tokenizer import Note
+    from specdiff.midi.reader import Note
 
     return [Note(int(p), float(s), float(e), int(v), int(g), bool(d))
             for p, s, e, v, g, d in zip(arr["pitch"], arr["start"], arr["end"], arr["velocity"],
@@ -779,7 +780,7 @@ def load_index(cache_dir: str | os.PathLike) -> list[dict]:
 
 @dataclass
 class TrainingExample:
-    """One training example (collated to a batch by :func:`collate`)."""
+    """One training example (collated to a batch by :func:`collate_examples`)."""
 
     tokens: torch.Tensor  # LongTensor[2048]: note tokens of the target window (PAD=0)
     context: torch.Tensor  # FloatTensor[256, 128]: previous <=256 frames, scaled, zero-padded
@@ -789,7 +790,7 @@ class TrainingExample:
     target_valid: torch.Tensor | None = None  # LongTensor[]: target frames before the piece end (feature caches)
 
 
-def collate(examples: Sequence[TrainingExample]) -> dict[str, torch.Tensor]:
+def collate_examples(examples: Sequence[TrainingExample]) -> dict[str, torch.Tensor]:
     """Stack examples into a batch dict with keys tokens, context, context_mask, target."""
     batch = {key: torch.stack([getattr(ex, key) for ex in examples])
              for key in ("tokens", "context", "context_mask", "target")}  # fmt: skip
@@ -955,6 +956,6 @@ __all__ = [
     "SongPair", "AudioMidiPair", "SlakhMix", "RenderedMidi", "trim_overlapping_notes",
     "folder_pairs", "maestro_pairs", "slakh_pairs", "render_pairs", "demo_pairs", "discover",
     "detect_source", "discover_with_options",
-    "song_features", "build_cache", "load_index", "TrainingExample", "collate", "ChunkDataset",
+    "song_features", "build_cache", "load_index", "TrainingExample", "collate_examples", "ChunkDataset",
     "open_training_datasets", "NOTE_DTYPE",
 ]  # fmt: skip

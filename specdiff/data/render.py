@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from specdiff.constants import SAMPLE_RATE  # noqa: F401 (re-exported)
+from specdiff.constants import SAMPLE_RATE
 from specdiff.errors import MidiError, SpecdiffError
 
 PEAK = 10 ** (-3.0 / 20.0)  # -3 dBFS: leaves headroom after the mel front end's clip at 4.0

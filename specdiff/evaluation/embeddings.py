@@ -31,10 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from specdiff.constants import SAMPLE_RATE  # noqa: F401 (re-exported)
+from specdiff.constants import FRAMES_PER_SECOND, SAMPLE_RATE
 from specdiff.errors import SpecdiffError
 
-FRAMES_PER_SECOND = 50  # our front end: hop 320 at 16 kHz (ORIGINAL.md §1)
 WINDOW_SECONDS = 0.96  # VGGish's example length
 HOP_SECONDS = 0.48
 N_MFCC = 20

@@ -37,10 +37,9 @@ from typing import Any
 import numpy as np
 
 from specdiff.atomic import atomic_write_text
-from specdiff.constants import EMBEDDINGS, SAMPLE_RATE  # noqa: F401 (re-exported)
+from specdiff.constants import SAMPLE_RATE
 from specdiff.errors import AudioError, MidiError, SpecdiffError
 
-FRAMES_PER_SECOND = 50  # log-mel frames (ORIGINAL.md §1)
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 MIDI_SUFFIXES = (".mid", ".midi")
 RESULT_JSON = "evaluation.json"
@@ -141,7 +140,8 @@ class Piece:
 def prepare_piece(midi: Path, max_seconds: float | None = None) -> Piece:
     """Read and tokenize ``midi``; with ``max_seconds`` keep only the notes that start before it,
     ending any still sounding there (so the model and the transcription see the same music)."""
-    from specdiff.midi.tokenizer import TokenizedMidi, midi_to_notes, notes_to_segments
+    from specdiff.midi.reader import midi_to_notes
+    from specdiff.midi.tokenizer import TokenizedMidi, notes_to_segments
 
     notes, total_time = midi_to_notes(midi)
     cut = None
@@ -248,9 +248,11 @@ def evaluate(
     # Cheap checks first: every MIDI file is read before the model loads. One that cannot be
     # synthesized (no notes, not a MIDI file, ...) is skipped and listed; none left is an error.
     pieces, skipped_files = _prepare_pieces(midi_paths, max_seconds, verbose)
-    skipped = metrics.transcription_unavailable() if transcription else "transcription metrics skipped (disabled)"
-    if embedding == "basic-pitch" and metrics.transcription_unavailable():
-        raise SpecdiffError(f"the basic-pitch embedding needs basic-pitch: {metrics.BASIC_PITCH_INSTALL}")
+    from specdiff.evaluation import transcription as basic_pitch
+
+    skipped = basic_pitch.transcription_unavailable() if transcription else "transcription metrics skipped (disabled)"
+    if embedding == "basic-pitch" and basic_pitch.transcription_unavailable():
+        raise SpecdiffError(f"the basic-pitch embedding needs basic-pitch: {basic_pitch.BASIC_PITCH_INSTALL}")
     if skipped and transcription:
         _log(f"note: {skipped}", verbose)
     out = Path(out_dir) if out_dir is not None else None

@@ -34,17 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from specdiff.constants import SAMPLE_RATE  # noqa: F401 (re-exported)
+from specdiff.constants import SAMPLE_RATE
 from specdiff.errors import SpecdiffError
-from specdiff.evaluation.transcription import (  # noqa: F401 (re-exported: metrics was their home)
-    _BASIC_PITCH,
-    BASIC_PITCH_FRAMES_PER_SECOND,
-    BASIC_PITCH_INSTALL,
-    _basic_pitch,
-    basic_pitch_output,
-    resample,
+from specdiff.evaluation.transcription import (
     transcribe,
-    transcription_unavailable,
 )
 
 ONSET_TOLERANCE = 0.05  # seconds (mir_eval's default, the paper's MT3 evaluation uses the same)
@@ -107,7 +100,7 @@ def onset_scores(reference: Any, estimate: Any, onset_tolerance: float = ONSET_T
 def midi_reference_notes(midi: Any) -> tuple[list, float]:
     """The MIDI file's non-drum notes as the pipeline sees them (sustain applied, ORIGINAL.md §2.5) and its
     duration in seconds."""
-    from specdiff.midi.tokenizer import midi_to_notes
+    from specdiff.midi.reader import midi_to_notes
 
     notes, total_time = midi_to_notes(midi)
     return [n for n in notes if not n.is_drum], total_time

@@ -23,10 +23,9 @@ from typing import Any
 import numpy as np
 
 from specdiff.atomic import atomic_write_bytes
-from specdiff.constants import N_MELS  # noqa: F401 (re-exported)
+from specdiff.constants import FRAMES_PER_SECOND, N_MELS
 from specdiff.errors import SpecdiffError
 
-FRAMES_PER_SECOND = 50  # ORIGINAL.md §1: hop 320 at 16 kHz
 #: The natural-log feature range of ORIGINAL.md §1: silence (ln 1e-5) to "largest value for most examples".
 LOG_MEL_RANGE = (math.log(1e-5), 4.0)
 #: The diffusion range of ORIGINAL.md §1.1.

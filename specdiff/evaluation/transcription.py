@@ -112,7 +112,7 @@ def transcribe(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, normalize: boo
     ``normalize`` scales the audio to a 0.9 peak first so that the result does not depend on the
     output level (a quiet model and a loud reference render are judged alike).
     """
-    from specdiff.midi.tokenizer import Note
+    from specdiff.midi.reader import Note
 
     bp = _basic_pitch()
     c = bp["constants"]

@@ -45,12 +45,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from specdiff.constants import SEGMENT_FRAMES
 from specdiff.midi.tokenizer import (
     DRUM_ID,
     EOS_ID,
     PITCH_ID,
     PROGRAM_ID,
-    SEGMENT_FRAMES,
     SHIFT_ID,
     STEPS_PER_FRAME,
     TIE_ID,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from specdiff.constants import (  # noqa: F401 (re-exported)
+from specdiff.constants import (
     FRAMES_PER_SECOND,
     HOP_LENGTH,
     SAMPLE_RATE,
@@ -30,7 +30,7 @@ from specdiff.constants import (  # noqa: F401 (re-exported)
     SEGMENT_SECONDS,
     TOKENS_LENGTH,
 )
-from specdiff.midi.reader import (  # noqa: F401 (re-exported: the MIDI reader lived here)
+from specdiff.midi.reader import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_EVENTS,
     DEFAULT_MAX_NOTES,

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from specdiff.constants import (  # noqa: F401 (re-exported)
+from specdiff.constants import (
     DEFAULT_GUIDANCE,
     DEFAULT_NUM_STEPS,
     DEFAULT_PRECISION,

@@ -22,7 +22,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from specdiff.constants import HUB_EXTRA_INSTALL, OFFICIAL_MODEL_ID  # noqa: F401 (re-exported)
+from specdiff.constants import HUB_EXTRA_INSTALL, OFFICIAL_MODEL_ID
 from specdiff.errors import ModelError
 
 #: ``ORG/NAME`` or ``ORG/NAME@REVISION`` (the Hub's name rules: letters, digits, ``-``, ``_``, ``.``).

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from specdiff.audio.mel import FRAMES_PER_SECOND, SAMPLE_RATE, scale_features, scale_to_features
+from specdiff.audio.mel import scale_features, scale_to_features
+from specdiff.constants import FRAMES_PER_SECOND, SAMPLE_RATE
 from specdiff.errors import MidiError, ModelError, SpecdiffError
 from specdiff.midi.score_roll import ROLL_LAYOUTS, batch_rolls
 from specdiff.models.networks import ContinuousEncoder, FilmDecoder, NotesEncoder, skip_weight_init

@@ -58,12 +58,7 @@ EncodingAndMask = tuple[Tensor, Tensor]
 # (10x cheaper than 1000; the diffusers pipeline shows 100 ancestral steps give clean
 # spectrograms) and the colab's guidance 2.0, which costs a second decoder pass per step (batched
 # with the conditional one) and sharpens note adherence.
-from specdiff.pipeline.default_model import (  # noqa: E402
-    DEFAULT_GUIDANCE,
-    DEFAULT_NUM_STEPS,
-    DEFAULT_SCHEDULER,
-    SCHEDULERS,
-)
+from specdiff.constants import DEFAULT_GUIDANCE, DEFAULT_NUM_STEPS, DEFAULT_SCHEDULER, SCHEDULERS  # noqa: E402
 
 #: The official scheduler config of ``google/music-spectrogram-diffusion`` (spec §3.5). Keys the
 #: checkpoint leaves out take the diffusers v0.20 defaults (timestep_spacing "leading", ...).

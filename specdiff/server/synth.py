@@ -42,8 +42,8 @@ def read_midi(
     dense file costs little to refuse; ``check_cancelled`` is called now and then (and between the
     steps) and may raise to abandon the work.
     """
-    from specdiff.midi.reader import DEFAULT_MAX_EVENTS
-    from specdiff.midi.tokenizer import TokenizedMidi, midi_to_notes, notes_to_segments
+    from specdiff.midi.reader import DEFAULT_MAX_EVENTS, midi_to_notes
+    from specdiff.midi.tokenizer import TokenizedMidi, notes_to_segments
 
     check = check_cancelled or (lambda: None)
     try:

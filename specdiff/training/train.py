@@ -40,7 +40,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from specdiff.atomic import atomic_write_text
-from specdiff.constants import N_MELS, SEGMENT_FRAMES, TOKENS_LENGTH  # noqa: F401 (re-exported)
+from specdiff.constants import N_MELS, SEGMENT_FRAMES, TOKENS_LENGTH
 from specdiff.errors import ModelError, SpecdiffError
 from specdiff.hardware import cpu_has_native_bf16
 from specdiff.midi.score_roll import batch_rolls
@@ -63,9 +63,8 @@ from specdiff.sampling.diffusion import (
     q_sample,
     x0_from_prediction,
 )
-from specdiff.training.checkpoints import (  # noqa: F401 (re-exported: they lived here)
+from specdiff.training.checkpoints import (
     CHECKPOINT_FORMAT,
-    atomic_torch_save,
     capture_rng_state,
     checkpoint_dir,
     list_checkpoints,
@@ -74,8 +73,8 @@ from specdiff.training.checkpoints import (  # noqa: F401 (re-exported: they liv
     save_checkpoint,
     seed_everything,
 )
-from specdiff.training.distributed import DistContext, _all_reduce_sum, _resolve_device, init_distributed  # noqa: F401
-from specdiff.training.log import TENSORBOARD_PIP, MetricsLog, read_metrics, save_spectrogram_comparison  # noqa: F401
+from specdiff.training.distributed import _all_reduce_sum, init_distributed
+from specdiff.training.log import MetricsLog, save_spectrogram_comparison
 from specdiff.training.optim import EMA, build_optimizer
 
 TARGET_FRAMES = SEGMENT_FRAMES
@@ -329,9 +328,9 @@ def _valid_rows(batch: Mapping[str, Tensor], mask_padding: bool) -> Tensor | Non
 
 
 def collated_windows(dataset: Any, indices: range, batch_size: int = 64) -> Iterator[dict[str, Tensor]]:
-    """Items ``indices`` of ``dataset`` as collated batches (:func:`collate`) of at most ``batch_size``."""
+    """Items ``indices`` of ``dataset`` as collated batches (:func:`collate_counted`) of at most ``batch_size``."""
     for start in range(0, len(indices), batch_size):
-        yield collate([(i, dataset[i]) for i in indices[start : start + batch_size]])
+        yield collate_counted([(i, dataset[i]) for i in indices[start : start + batch_size]])
 
 
 @torch.no_grad()
@@ -720,7 +719,7 @@ def _as_mapping(item: Any) -> Mapping[str, Tensor]:
     return item
 
 
-def collate(items: Sequence[tuple[int, Any]]) -> dict[str, Tensor]:
+def collate_counted(items: Sequence[tuple[int, Any]]) -> dict[str, Tensor]:
     """``(counter, example)`` pairs -> batch dict with ``index`` (the counters) and the BATCH_KEYS stacked."""
     examples = [_as_mapping(example) for _, example in items]
     batch = {key: torch.stack([torch.as_tensor(ex[key]) for ex in examples]) for key in BATCH_KEYS}
@@ -1081,7 +1080,9 @@ class Trainer:
             self.metrics = MetricsLog(self.out_dir, self.step, config.tensorboard)
             n_val = min(config.val_examples, len(val_set))  # type: ignore[arg-type]
             items = [(i, val_set[i]) for i in range(n_val)]
-            self.val_batches = [collate(items[i : i + self.micro_batch]) for i in range(0, n_val, self.micro_batch)]
+            self.val_batches = [
+                collate_counted(items[i : i + self.micro_batch]) for i in range(0, n_val, self.micro_batch)
+            ]
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -1140,7 +1141,7 @@ class Trainer:
             batch_size=self.micro_batch,
             sampler=sampler,
             num_workers=self.config.num_workers,
-            collate_fn=collate,
+            collate_fn=collate_counted,
             pin_memory=self.ctx.device.type == "cuda",
             generator=torch.Generator(),  # so the DataLoader never draws from the global RNG (resume)
             persistent_workers=self.config.num_workers > 0,
@@ -1213,7 +1214,7 @@ class Trainer:
         self.ema.copy_to(self._ema_model)
         return self._ema_model
 
-    def evaluate(self, loss: bool, sample: bool) -> None:
+    def run_validation(self, loss: bool, sample: bool) -> None:
         """Validation losses (raw and EMA weights) and/or a sample PNG from the first validation segment."""
         assert self.metrics is not None and self.val_batches
         config, device = self.config, self.ctx.device
@@ -1287,7 +1288,7 @@ class Trainer:
                 validate = config.val_every > 0 and step % config.val_every == 0
                 sample = config.sample_every > 0 and step % config.sample_every == 0
                 if is_main and (validate or sample) and self.val_batches:
-                    self.evaluate(validate, sample)
+                    self.run_validation(validate, sample)
                 if step % config.ckpt_every == 0 or step == config.steps:
                     state = self.checkpoint_state()
                     if is_main:

@@ -33,7 +33,7 @@ from torch import nn
 
 from specdiff.atomic import atomic_write
 from specdiff.audio.vocoder import VOCODER_SUBFOLDER, Vocoder, VocoderConfig
-from specdiff.constants import HOP_LENGTH, SAMPLE_RATE  # noqa: F401 (re-exported)
+from specdiff.constants import HOP_LENGTH, SAMPLE_RATE
 from specdiff.errors import AudioError, SpecdiffError
 
 HOP = HOP_LENGTH
@@ -265,7 +265,7 @@ def synthesize(generator: Vocoder, mel: torch.Tensor) -> tuple[torch.Tensor, tor
 
 
 @dataclass
-class TrainConfig:
+class VocoderTrainConfig:
     max_steps: int = 100_000
     warmup_steps: int = 3_000  # reconstruction losses only before this step (fast on a CPU)
     batch_size: int = 8
@@ -289,7 +289,7 @@ class TrainConfig:
 class VocoderTrainer:
     """Generator + discriminators + optimisers, one ``step()`` at a time; atomic, resumable checkpoints."""
 
-    def __init__(self, vocoder_config: VocoderConfig, train_config: TrainConfig, device: str = "cpu"):
+    def __init__(self, vocoder_config: VocoderConfig, train_config: VocoderTrainConfig, device: str = "cpu"):
         self.config, self.train_config, self.device = vocoder_config, train_config, torch.device(device)
         torch.manual_seed(train_config.seed)
         self.generator = Vocoder(vocoder_config).to(self.device)
@@ -395,7 +395,7 @@ class VocoderTrainer:
 
 
 @torch.no_grad()
-def evaluate(generator: Vocoder, clips: list[np.ndarray]) -> dict[str, float]:
+def evaluate_vocoder(generator: Vocoder, clips: list[np.ndarray]) -> dict[str, float]:
     """Analysis-resynthesis of whole clips: mean log-mel L1 and multi-resolution STFT distance."""
     generator.eval()
     mel_errors, stft_errors = [], []
@@ -474,7 +474,7 @@ def train_vocoder(
     val_files: list[Path],
     run_dir: Path,
     vocoder_config: VocoderConfig,
-    train_config: TrainConfig,
+    train_config: VocoderTrainConfig,
     *,
     checkpoint_every: int = 500,
     checkpoint_minutes: float | None = None,
@@ -527,7 +527,7 @@ def train_vocoder(
                 log.write(step, {k: float(np.mean(v)) for k, v in recent.items()})
                 recent.clear()
             if step % validate_every == 0 and val_clips:
-                scores = evaluate(trainer.generator, val_clips)
+                scores = evaluate_vocoder(trainer.generator, val_clips)
                 log.write(step, scores)
                 bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
             overdue = checkpoint_minutes is not None and time.monotonic() - last_checkpoint >= 60 * checkpoint_minutes
