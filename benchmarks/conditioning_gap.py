@@ -27,18 +27,15 @@ sys.path.insert(0, str(ROOT))
 
 from specdiff.data.cache import open_training_datasets  # noqa: E402
 from specdiff.sampling.diffusion import eps_from_prediction, predict_x0, q_sample  # noqa: E402
+from specdiff.training.batches import collate_counted
+from specdiff.training.export import model_from_path
 from specdiff.training.guided_attention import (  # noqa: E402
     CrossAttentionRecorder,
     alignment_penalty_weights,
     guided_attention_penalty,
     token_frames,
 )
-from specdiff.training.train import (  # noqa: E402
-    SpectrogramDiffusionModel,
-    collate,
-    model_from_path,
-    trim_token_padding,
-)
+from specdiff.training.objective import SpectrogramDiffusionModel, trim_token_padding
 
 TIMES = (0.3, 0.5, 0.7, 0.9)
 
@@ -101,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     _, val = open_training_datasets(args.data)
-    batch = collate([(i, val[i]) for i in range(min(args.examples, len(val)))])
+    batch = collate_counted([(i, val[i]) for i in range(min(args.examples, len(val)))])
     rows = {
         str(path): measure(model_from_path(path, use_ema=not args.raw), batch, times=tuple(args.times))
         for path in args.models

@@ -16,7 +16,7 @@ fundamental and two harmonics of each note on a silent (-1) floor.
 Objective ``direct`` (default): regress the target (MSE) from pure noise at t = 0.99 through the
 whole model (notes encoder + decoder; empty context). The noisy input carries nothing, so only the
 notes can lower the error: it isolates the conditioning pathway from denoising. ``diffusion`` uses
-the training objective itself (``specdiff.training.train.diffusion_loss``, eps L1, uniform t, CFG drop 0.1).
+the training objective itself (``specdiff.training.objective.diffusion_loss``, eps L1, uniform t, CFG drop 0.1).
 
 The fix of ``benchmarks/results/trainability.md``: ``--output-init zero --out-bias`` starts the
 decoder's output layer at zero with a bias at the silent floor (for ``direct``; under ``diffusion``
@@ -59,14 +59,14 @@ from specdiff.midi.score_roll import ROLL_FEATURES  # noqa: E402
 from specdiff.midi.tokenizer import INPUT_LENGTH, NUM_EMBEDDINGS, SHIFT_ID, STEPS_PER_FRAME, notes_to_segments  # noqa: E402
 from specdiff.models.networks import build_models  # noqa: E402
 from specdiff.training.guided_attention import CrossAttentionRecorder, guided_attention_penalty  # noqa: E402
-from specdiff.training.optim import build_optimizer  # noqa: E402
-from specdiff.training.train import (  # noqa: E402
+from specdiff.training.objective import (
     OUTPUT_INITS,
     SpectrogramDiffusionModel,
     diffusion_loss,
     initialise_output,
     trim_token_padding,
 )
+from specdiff.training.optim import build_optimizer  # noqa: E402
 
 #: (harmonic, level above the -1 floor at the onset)
 HARMONICS = ((1, 1.6), (2, 1.2), (3, 0.9))

@@ -25,7 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 from specdiff.data.cache import ChunkDataset  # noqa: E402
 from specdiff.sampling.diffusion import SIGMA_DATA, alpha_sigma  # noqa: E402
-from specdiff.training.train import collate_counted, model_from_path, trim_token_padding  # noqa: E402
+from specdiff.training.batches import collate_counted  # noqa: E402
+from specdiff.training.export import model_from_path  # noqa: E402
+from specdiff.training.objective import trim_token_padding  # noqa: E402
 
 
 def windows_and_prior(model, dataset, indices) -> tuple[torch.Tensor, torch.Tensor]:

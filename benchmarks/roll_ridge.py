@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from specdiff.atomic import atomic_write_text  # noqa: E402
 from specdiff.midi.score_roll import TONAL_FEATURES, batch_rolls  # noqa: E402
-from specdiff.training.train import collated_windows, ridge_regression  # noqa: E402
+from specdiff.training.prior_fit import collated_windows, ridge_regression  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SHIFTS = (-2, -1, 1, 2)  # neighbouring frames whose onset features are also given
@@ -58,7 +58,7 @@ def frame_features(roll: torch.Tensor) -> torch.Tensor:
 
 def fit(train, segments: int, ridge: float) -> torch.Tensor:
     """Closed-form ridge weights ``[D + 1, 128]`` (the last row: the intercept) from ``segments``
-    training windows (``specdiff.training.train.ridge_regression``, as ``train.fit_score_prior`` fits the
+    training windows (``specdiff.training.prior_fit.ridge_regression``, as ``train.fit_score_prior`` fits the
     bundled model's score prior)."""
 
     pairs = (

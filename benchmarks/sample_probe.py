@@ -30,12 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 from specdiff.data.cache import open_training_datasets  # noqa: E402
 from specdiff.sampling import sampler as samplers  # noqa: E402
-from specdiff.training.train import (  # noqa: E402
-    SpectrogramDiffusionModel,
-    collate_counted,
-    model_from_path,
-    trim_token_padding,
-)
+from specdiff.training.batches import collate_counted
+from specdiff.training.export import model_from_path
+from specdiff.training.objective import SpectrogramDiffusionModel, trim_token_padding
 
 
 def spectral_flux(mel: torch.Tensor) -> torch.Tensor:

@@ -570,18 +570,19 @@ def inverter_benchmark() -> dict[str, Any]:
 
 
 def training_benchmark(preset: str, batch: int, steps: int) -> dict[str, Any]:
-    from specdiff.training import train as T
+    from specdiff.training.batches import SyntheticDataset, collate_counted
+    from specdiff.training.objective import SpectrogramDiffusionModel, diffusion_loss, draw_diffusion_inputs
     from specdiff.training.optim import build_optimizer
 
-    model = T.SpectrogramDiffusionModel(*build_models(preset, seed=0)).train()
+    model = SpectrogramDiffusionModel(*build_models(preset, seed=0)).train()
     optimizer = build_optimizer(model, "adafactor", 1e-3)
-    data = T.SyntheticDataset(size=batch * (steps + 1), seed=0)
+    data = SyntheticDataset(size=batch * (steps + 1), seed=0)
 
     def step(i: int) -> None:
-        batch_dict = T.collate([(j, data[j]) for j in range(i * batch, (i + 1) * batch)])
-        t, noise, keep = T.draw_diffusion_inputs(batch_dict["index"], 0, 0.1, tuple(batch_dict["target"].shape[1:]))
+        batch_dict = collate_counted([(j, data[j]) for j in range(i * batch, (i + 1) * batch)])
+        t, noise, keep = draw_diffusion_inputs(batch_dict["index"], 0, 0.1, tuple(batch_dict["target"].shape[1:]))
         optimizer.zero_grad(set_to_none=True)
-        T.diffusion_loss(model, batch_dict, t, noise, keep).loss_sum.backward()
+        diffusion_loss(model, batch_dict, t, noise, keep).loss_sum.backward()
         optimizer.step()
 
     step(0)  # warm-up
@@ -929,7 +930,7 @@ def main() -> None:
             try:
                 row = training_benchmark(preset, args.train_batch, args.train_steps if preset != "base" else 1)
             except (ImportError, AttributeError) as exc:
-                row = {"preset": preset, "skipped": f"specdiff.training.train exposes no step function ({exc})"}
+                row = {"preset": preset, "skipped": f"specdiff.training exposes no step function ({exc})"}
             result["training"].append(row)
             print("training", row, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 from specdiff.data.cache import ChunkDataset  # noqa: E402
 from specdiff.sampling.diffusion import alpha_sigma, q_sample, x0_from_prediction  # noqa: E402
-from specdiff.training.train import collate, model_from_path, trim_token_padding  # noqa: E402
+from specdiff.training.batches import collate_counted  # noqa: E402
+from specdiff.training.export import model_from_path  # noqa: E402
+from specdiff.training.objective import trim_token_padding  # noqa: E402
 
 NOISE_TIMES = [0.1, 0.3, 0.5, 0.7, 0.9]
 
@@ -105,7 +107,7 @@ def main() -> int:
     for path in args.models:
         model = model_from_path(path, use_ema=not args.raw).eval()
         data = ChunkDataset(args.cache, seed=1_000_003, split="validation", timbres=model.decoder.timbres)
-        batch = collate([(i, data[i]) for i in range(args.examples)])
+        batch = collate_counted([(i, data[i]) for i in range(args.examples)])
         std0 = float(batch["target"].std(dim=(1, 2)).mean())
         g = torch.Generator().manual_seed(0)
         if args.noise_response:

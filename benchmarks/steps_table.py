@@ -73,7 +73,7 @@ def model_folder(model: str, tmp: Path, prior_alone: bool = False) -> Path:
     from safetensors.torch import load_file, save_file
 
     from specdiff.pipeline.default_model import DEFAULT_MODEL_DIR
-    from specdiff.training.train import export_pipeline
+    from specdiff.training.export import export_pipeline
 
     path = Path(model)
     if path.is_file():

@@ -3,8 +3,7 @@
 Each subcommand lives in its own module of :mod:`specdiff.commands` (``synth``, ``examples``,
 ``info``, ``prepare`` / ``train`` / ``export``, ``evaluate``, ``train-vocoder`` / ``vocode`` /
 ``export-vocoder``, ``serve``);
-``python -m specdiff``, the ``specdiff`` script, ``python -m specdiff.training.train`` and the other
-``python -m`` entries all run :func:`main`.
+``python -m specdiff`` (also under ``torchrun``) and the ``specdiff`` script run :func:`main`.
 
 Error policy: a ``SpecdiffError`` (bad user input) becomes one ``specdiff: error: ...`` line on
 stderr and a non-zero exit status (2 for a :class:`UsageError`), never a traceback; Ctrl-C exits

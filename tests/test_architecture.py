@@ -39,7 +39,7 @@ def _is_main_guard(node: ast.AST) -> bool:
 def _nodes_outside_main_guard(tree: ast.Module):
     """Every node of ``tree`` except those under ``if __name__ == "__main__":``.
 
-    That block runs only when the file is executed as a script (``python -m specdiff.training.train``), as the
+    That block runs only when the file is executed as a script (``python -m specdiff.some.module``), as the
     module ``__main__``, a copy apart from the importable module: what it imports is the script's
     entry into the command line, not a dependency of the module.
     """

@@ -108,7 +108,7 @@ HEAVY_MODULES = (
     "onnxruntime",
     "soundfile",
     "specdiff.pipeline.pipeline",
-    "specdiff.training.train",
+    "specdiff.training.loop",
     "specdiff.evaluation.evaluate",
     "specdiff.training.vocoder",
     "specdiff.commands.train",

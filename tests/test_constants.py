@@ -43,9 +43,9 @@ def test_name_lists_match_what_is_registered():
     from specdiff.audio import inverters
     from specdiff.evaluation import embeddings
     from specdiff.models import networks as model
-    from specdiff.training import train
+    from specdiff.training import config as train_config
 
     assert set(constants.PRESET_NAMES) == set(model.PRESETS)
-    assert set(constants.TRAIN_PRESET_NAMES) == set(train.TRAIN_PRESETS)
+    assert set(constants.TRAIN_PRESET_NAMES) == set(train_config.TRAIN_PRESETS)
     assert set(constants.INVERTERS) == {"auto", *inverters.available_inverters()}
     assert set(constants.EMBEDDINGS) <= set(embeddings.available_embeddings())

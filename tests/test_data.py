@@ -277,7 +277,7 @@ def test_render_pairs_reassign(tmp_path):
 
 
 def test_prepare_command_renders_variants_into_a_cache(tmp_path, capsys):
-    from specdiff.cli import main  # python -m specdiff.training.train runs the same command line
+    from specdiff.cli import main  # python -m specdiff runs the same command line
 
     (tmp_path / "midi" / "validation").mkdir(parents=True)
     (tmp_path / "midi" / "x.mid").write_bytes(midi_bytes(SCALE, program=0))

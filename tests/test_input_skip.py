@@ -7,13 +7,9 @@ import torch
 
 from specdiff.models.networks import INPUT_SKIP_KNOTS, FilmDecoder, build_models, knot_weights, noisy_residual
 from specdiff.sampling.diffusion import alpha_sigma, edm_coefficients, q_sample, x0_from_prediction
-from specdiff.training.train import (
-    SpectrogramDiffusionModel,
-    TrainConfig,
-    _frame_windows,
-    apply_overrides,
-    fit_input_skip,
-)
+from specdiff.training.config import TrainConfig, apply_overrides
+from specdiff.training.objective import SpectrogramDiffusionModel
+from specdiff.training.prior_fit import _frame_windows, fit_input_skip
 
 torch.set_num_threads(1)
 MICRO = dict(d_model=32, num_layers=1, d_ff=64, num_heads=2, d_kv=16)

@@ -27,7 +27,7 @@ from specdiff.models.networks import DECODER_EXTENSIONS, FilmDecoder, build_mode
 from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 from specdiff.sampling.diffusion import eps_from_prediction, prediction_target, q_sample
 from specdiff.sampling.sampler import GuidedDenoiser, unconditional
-from specdiff.training.train import SpectrogramDiffusionModel, diffusion_loss, initialise_output
+from specdiff.training.objective import SpectrogramDiffusionModel, diffusion_loss, initialise_output
 
 torch.set_num_threads(1)
 TINY = dict(d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=48)
@@ -196,12 +196,9 @@ def test_a_decoder_with_another_roll_layout_is_refused():
 
 
 def test_warm_start_from_a_score_folder_builds_the_same_decoder(tmp_path):
-    from specdiff.training.train import (
-        TrainConfig,
-        model_from_path,
-        pipeline_folder_state_dict,
-        with_folder_decoder_options,
-    )
+    from specdiff.training.config import TrainConfig
+    from specdiff.training.export import model_from_path, with_folder_decoder_options
+    from specdiff.training.warm_start import pipeline_folder_state_dict
 
     model = _score_model(prediction_type="sample", spec_out_bias=True)
     folder = SpectrogramDiffusionPipeline(model.notes_encoder, model.continuous_encoder, model.decoder).save_pretrained(
@@ -282,7 +279,7 @@ def test_a_zero_prior_changes_nothing_and_a_fitted_one_is_the_estimate_from_pure
 
 def test_fit_score_prior_recovers_a_linear_map_of_the_shared_roll_columns():
     from specdiff.midi.score_roll import TONAL_FEATURES, pitch_feature
-    from specdiff.training.train import fit_score_prior
+    from specdiff.training.prior_fit import fit_score_prior
 
     rng = np.random.default_rng(0)
 

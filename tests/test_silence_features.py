@@ -20,14 +20,10 @@ from specdiff.midi.score_roll import (
 )
 from specdiff.midi.tokenizer import EOS_ID, PITCH_ID, PROGRAM_ID, SHIFT_ID, STEPS_PER_FRAME, VELOCITY_ID
 from specdiff.models.networks import build_models
-from specdiff.training.train import (
-    ROLL_WEIGHTS,
-    SpectrogramDiffusionModel,
-    _widen_roll_weights,
-    collate_counted,
-    diffusion_loss,
-    fit_score_prior,
-)
+from specdiff.training.batches import collate_counted
+from specdiff.training.objective import SpectrogramDiffusionModel, diffusion_loss
+from specdiff.training.prior_fit import fit_score_prior
+from specdiff.training.warm_start import ROLL_WEIGHTS, _widen_roll_weights
 
 torch.set_num_threads(1)
 MICRO = dict(d_model=32, num_layers=1, d_ff=64, num_heads=2, d_kv=16)

@@ -13,11 +13,10 @@ import torch
 from specdiff.errors import SpecdiffError
 from specdiff.models.networks import build_models
 from specdiff.sampling.diffusion import q_sample
-from specdiff.training.train import (
+from specdiff.training.batches import collate_counted
+from specdiff.training.config import TrainConfig, apply_overrides
+from specdiff.training.objective import (
     SpectrogramDiffusionModel,
-    TrainConfig,
-    apply_overrides,
-    collate_counted,
     diffusion_loss,
     draw_rollout_times,
     parse_rollout_steps,
@@ -306,7 +305,7 @@ def test_rest_scores_measure_the_musics_rests_not_the_references_quiet_frames():
 
 
 def test_min_noise_time_draws_and_rollout_grids_end_there():
-    from specdiff.training.train import draw_diffusion_inputs
+    from specdiff.training.objective import draw_diffusion_inputs
 
     t, _, _ = draw_diffusion_inputs(range(2000), seed=3, drop_prob=0.1, shape=(1,), min_time=0.8)
     assert float(t.min()) >= 0.8 and float(t.max()) < 1.0 and float(t.mean()) == pytest.approx(0.9, abs=0.01)
@@ -320,7 +319,7 @@ def test_min_noise_time_draws_and_rollout_grids_end_there():
 
 
 def test_context_drop_empties_the_context_of_drawn_rows_like_a_first_segment():
-    from specdiff.training.train import draw_context_drops, empty_context
+    from specdiff.training.objective import draw_context_drops, empty_context
 
     drops = draw_context_drops(range(4000), seed=3, prob=0.2)
     assert 0.17 < float(drops.float().mean()) < 0.23

@@ -16,28 +16,23 @@ import pytest
 import torch
 from torch import nn
 
-from specdiff.cli import main  # what python -m specdiff.training.train runs
+from specdiff.cli import main  # what python -m specdiff runs
 from specdiff.errors import ModelError, SpecdiffError
 from specdiff.models.networks import build_models
 from specdiff.sampling.diffusion import alpha_sigma
+from specdiff.training.batches import ShardedCounterSampler, SyntheticDataset, collate_counted
 from specdiff.training.checkpoints import list_checkpoints, load_checkpoint
+from specdiff.training.config import TrainConfig, apply_overrides
+from specdiff.training.export import export_pipeline, model_from_checkpoint
 from specdiff.training.log import read_metrics
-from specdiff.training.optim import build_optimizer
-from specdiff.training.train import (
-    ShardedCounterSampler,
+from specdiff.training.loop import Trainer, train
+from specdiff.training.objective import (
     SpectrogramDiffusionModel,
-    SyntheticDataset,
-    TrainConfig,
-    Trainer,
-    apply_overrides,
-    collate_counted,
     diffusion_loss,
     draw_diffusion_inputs,
-    export_pipeline,
-    model_from_checkpoint,
-    train,
     trim_token_padding,
 )
+from specdiff.training.optim import build_optimizer
 
 torch.set_num_threads(1)
 
@@ -248,14 +243,14 @@ def test_warm_start_from_an_exported_pipeline_folder(tmp_path):
 
 KILLER = """
 import os, signal, sys
-import specdiff.training.train as T
+import specdiff.training.loop as T
 save = T.save_checkpoint
 def save_then_die(path, state, keep):
     save(path, state, keep)
     if state["step"] == {kill_at}:
         os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: like a pre-empted machine
 T.save_checkpoint = save_then_die
-from specdiff.cli import main  # what python -m specdiff.training.train runs
+from specdiff.cli import main  # what python -m specdiff runs
 sys.exit(main({argv!r}))
 """
 
@@ -415,7 +410,7 @@ def test_cli_module_is_light_and_in_sync():
     assert proc.stdout.strip() == "False", proc.stderr[-2000:]
     from specdiff.commands import train as train_cli
     from specdiff.constants import TRAIN_PRESET_NAMES
-    from specdiff.training.train import TRAIN_PRESETS, TrainConfig
+    from specdiff.training.config import TRAIN_PRESETS, TrainConfig
 
     assert TRAIN_PRESET_NAMES == tuple(sorted(TRAIN_PRESETS))
     assert set(train_cli.TRAIN_FLAGS) <= {f for f in TrainConfig.__dataclass_fields__}
@@ -450,7 +445,7 @@ def test_trains_from_a_feature_cache(tmp_path):
 
 def test_bf16_autocast_on_a_cpu_with_native_bf16_is_close_to_float32(tmp_path):
     from specdiff.hardware import cpu_has_native_bf16
-    from specdiff.training.train import _autocast
+    from specdiff.training.validation import _autocast
 
     model = micro_model()
     batch = collate_counted([(i, SyntheticDataset(seed=0)[i]) for i in range(2)])
@@ -470,7 +465,7 @@ def test_bf16_autocast_on_a_cpu_with_native_bf16_is_close_to_float32(tmp_path):
 
 def test_min_snr_weighting_downweights_low_noise_times_only():
     from specdiff.sampling.diffusion import logsnr
-    from specdiff.training.train import loss_weights
+    from specdiff.training.objective import loss_weights
 
     t = torch.tensor([0.01, 0.1, 0.27, 0.5, 0.9])
     assert loss_weights(t, "none") is None
@@ -484,7 +479,7 @@ def test_min_snr_weighting_downweights_low_noise_times_only():
 
 def test_x0_weighting_is_the_l1_error_of_the_implied_x0():
     from specdiff.sampling.diffusion import alpha_sigma, q_sample
-    from specdiff.training.train import loss_weights
+    from specdiff.training.objective import loss_weights
 
     t = torch.tensor([0.05, 0.3, 0.6, 0.8])
     x0, eps, eps_hat = torch.randn(3, 4, 16, 8).unbind(0)

@@ -1,9 +1,8 @@
 """Command-line arguments of ``specdiff prepare``, ``specdiff train`` and ``specdiff export``.
 
-Kept apart from ``specdiff.training.train`` and ``specdiff.data.cache`` (which import torch) so that building the
+Kept apart from ``specdiff.training`` and ``specdiff.data.cache`` (which import torch) so that building the
 ``specdiff`` parser stays light: the ``run_*`` functions import the heavy modules when a command runs.
-Imports run one way: this module uses ``specdiff.training.train``, never the reverse (``python -m
-specdiff.training.train`` hands over to :func:`specdiff.cli.main`).
+Imports run one way: this module uses ``specdiff.training``, never the reverse.
 Each ``add_*_arguments(subparsers)`` adds one subcommand and sets ``func`` to its ``run_*``.
 """
 
@@ -71,7 +70,8 @@ def add_train_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
 
 def config_from_args(args: argparse.Namespace):
     """The TrainConfig of parsed ``specdiff train`` arguments (preset, then flags, then ``--set``)."""
-    from specdiff.training.train import TrainConfig, apply_overrides, with_folder_decoder_options
+    from specdiff.training.config import TrainConfig, apply_overrides
+    from specdiff.training.export import with_folder_decoder_options
 
     explicit = {dest: getattr(args, dest) for dest in TRAIN_FLAGS if getattr(args, dest, None) is not None}
     config = TrainConfig.from_preset(args.preset or "tiny")
@@ -99,7 +99,8 @@ def config_from_args(args: argparse.Namespace):
 def _saved_run_config(out_dir: str, resume: str | None):
     """The config.json of a run folder that ``--resume`` will continue, else None."""
     from specdiff.training.checkpoints import list_checkpoints
-    from specdiff.training.train import NO_RESUME, TrainConfig
+    from specdiff.training.config import TrainConfig
+    from specdiff.training.loop import NO_RESUME
 
     if resume in NO_RESUME or not list_checkpoints(out_dir):
         return None
@@ -118,7 +119,7 @@ def run_train(args: argparse.Namespace) -> int:
     """``specdiff train``: train (or resume) the configured run."""
     import torch.distributed as dist
 
-    from specdiff.training.train import train
+    from specdiff.training.loop import train
 
     config = config_from_args(args)
     try:
@@ -153,7 +154,7 @@ def add_export_arguments(subparsers: argparse._SubParsersAction) -> argparse.Arg
 def run_export(args: argparse.Namespace) -> int:
     """``specdiff export``: a checkpoint (or a run folder's newest) -> pipeline folder."""
     from specdiff.training.checkpoints import list_checkpoints
-    from specdiff.training.train import export_pipeline
+    from specdiff.training.export import export_pipeline
 
     checkpoint = Path(args.checkpoint)
     if checkpoint.is_dir():

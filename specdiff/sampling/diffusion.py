@@ -10,7 +10,7 @@ so logSNR falls from +20 at t=0 to -20 at t=1. With ``alpha^2 = sigmoid(logsnr)`
 ``alpha^2 ~ cos^2(pi t / 2)`` with no 0.008 offset. We evaluate the cos/sin form in float64: it is the
 same function and stays accurate where sigmoid(logsnr) is within 1e-9 of 1.
 
-Used by the training objective (``specdiff.training.train``) and by samplers (``posterior`` is one DDPM
+Used by the training objective (``specdiff.training.objective``) and by samplers (``posterior`` is one DDPM
 ancestral step of the original ``SamplerConfig``: ``logvar_type="large"``).
 """
 

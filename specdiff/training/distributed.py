@@ -47,7 +47,7 @@ def _resolve_device(name: str, local_rank: int) -> torch.device:
 
 def init_distributed(config: Any) -> DistContext:
     """Join the process group that ``torchrun`` describes in the environment (if any); ``config`` is a
-    :class:`specdiff.training.train.TrainConfig` (its ``device``)."""
+    :class:`specdiff.training.config.TrainConfig` (its ``device``)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
