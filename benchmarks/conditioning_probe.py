@@ -57,7 +57,7 @@ from specdiff.evaluation.metrics import midi_to_hz  # noqa: E402
 from specdiff.midi.reader import Note  # noqa: E402
 from specdiff.midi.score_roll import ROLL_FEATURES  # noqa: E402
 from specdiff.midi.tokenizer import INPUT_LENGTH, NUM_EMBEDDINGS, SHIFT_ID, STEPS_PER_FRAME, notes_to_segments  # noqa: E402
-from specdiff.models.networks import build_models  # noqa: E402
+from specdiff.models.presets import build_models  # noqa: E402
 from specdiff.training.guided_attention import CrossAttentionRecorder, guided_attention_penalty  # noqa: E402
 from specdiff.training.objective import (
     OUTPUT_INITS,

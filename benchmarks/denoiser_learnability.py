@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from specdiff.data.cache import ChunkDataset  # noqa: E402
-from specdiff.models.networks import init_weights  # noqa: E402
+from specdiff.models.initialisation import init_weights  # noqa: E402
 from specdiff.sampling.diffusion import alpha_sigma, edm_coefficients, prediction_target, q_sample, x0_from_prediction  # noqa: E402
 from specdiff.training.batches import collate_counted  # noqa: E402
 from specdiff.training.export import model_from_path  # noqa: E402

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or (args.model.name if args.model else f"random_{args.preset}")
     with tempfile.TemporaryDirectory() as tmp:
         if args.model is None:
-            from specdiff.models.networks import build_models
+            from specdiff.models.presets import build_models
             from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
             model = Path(tmp) / f"random_{args.preset}"

@@ -1,7 +1,7 @@
 """Speed benchmark: synthesis real-time factor, ours vs diffusers on the same weights, tokenization.
 
 Everything uses random weights (speed does not depend on their values) in float32 on the CPU.
-What it measures, per model preset (tiny / small / base, ``specdiff.models.networks.PRESETS``):
+What it measures, per model preset (tiny / small / base, ``specdiff.models.presets.PRESETS``):
 
 1. **Components, ours vs diffusers, same weights, same run.** diffusers' ``SpectrogramNotesEncoder``,
    ``SpectrogramContEncoder`` and ``T5FilmDecoder`` get our state dicts (the layouts are the
@@ -71,7 +71,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from specdiff.models.networks import PRESETS, build_models, count_parameters  # noqa: E402
+from specdiff.models.presets import PRESETS, build_models, count_parameters  # noqa: E402
 from specdiff.pipeline.default_model import precision_dtype  # noqa: E402
 
 SEGMENT_SECONDS = 5.12

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def measure(preset: str, batch_size: int, steps: int, warmup: int, threads: int, data: str | None) -> dict:
     import torch
 
-    from specdiff.models.networks import count_parameters
+    from specdiff.models.presets import count_parameters
     from specdiff.training.config import TrainConfig
     from specdiff.training.loop import Trainer
 

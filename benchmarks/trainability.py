@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from specdiff.midi.score_roll import ROLL_FEATURES  # noqa: E402
-from specdiff.models.networks import build_models  # noqa: E402
+from specdiff.models.presets import build_models  # noqa: E402
 from specdiff.training.batches import SyntheticDataset, collate_counted
 from specdiff.training.objective import (
     SpectrogramDiffusionModel,

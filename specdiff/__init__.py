@@ -18,9 +18,9 @@ _LAZY = {
     "log_mel": "specdiff.audio.mel",
     "scale_features": "specdiff.audio.mel",
     "scale_to_features": "specdiff.audio.mel",
-    "NotesEncoder": "specdiff.models.networks",
-    "ContinuousEncoder": "specdiff.models.networks",
-    "FilmDecoder": "specdiff.models.networks",
+    "NotesEncoder": "specdiff.models.encoders",
+    "ContinuousEncoder": "specdiff.models.encoders",
+    "FilmDecoder": "specdiff.models.decoder",
     "SpectrogramDiffusionPipeline": "specdiff.pipeline.pipeline",
     "AudioPipelineOutput": "specdiff.pipeline.pipeline",
 }

@@ -38,7 +38,7 @@ VOCODER_SYNTHESES = ("network", "phase_vocoder")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: Embeddings of the Fréchet distance registered by specdiff.evaluation.embeddings (the first is the default).
 EMBEDDINGS = ("mfcc-stats", "logmel-mean", "basic-pitch")
-#: Model size presets (specdiff.models.networks.PRESETS) and training presets (specdiff.training.config.TRAIN_PRESETS).
+#: Model size presets (specdiff.models.presets.PRESETS) and training presets (specdiff.training.config.TRAIN_PRESETS).
 PRESET_NAMES = ("base", "small", "tiny")
 TRAIN_PRESET_NAMES = PRESET_NAMES
 

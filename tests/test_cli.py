@@ -39,7 +39,7 @@ def model_dir(tmp_path_factory) -> Path:
     """A tiny random pipeline folder written by SpectrogramDiffusionPipeline.save_pretrained."""
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    from specdiff.models.networks import build_models
+    from specdiff.models.presets import build_models
     from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     notes_encoder, continuous_encoder, decoder = build_models(

@@ -42,7 +42,7 @@ def test_no_module_defines_a_constant_of_its_own():
 def test_name_lists_match_what_is_registered():
     from specdiff.audio import inverters
     from specdiff.evaluation import embeddings
-    from specdiff.models import networks as model
+    from specdiff.models import presets as model
     from specdiff.training import config as train_config
 
     assert set(constants.PRESET_NAMES) == set(model.PRESETS)

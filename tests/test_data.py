@@ -17,13 +17,12 @@ import torch
 
 from specdiff.data import cache as data
 from specdiff.data import corpus
-from specdiff.data.cache import (
+from specdiff.data import songs as song_sources
+from specdiff.data.cache import ChunkDataset, build_cache, collate_examples
+from specdiff.data.songs import (
     AudioMidiPair,
-    ChunkDataset,
     RenderedMidi,
     SongPair,
-    build_cache,
-    collate_examples,
     discover,
     folder_pairs,
     maestro_pairs,
@@ -132,7 +131,7 @@ def test_maestro_csv_and_json(tmp_path):
 
     summary = build_cache(pairs, tmp_path / "cache", workers=0, progress=False)
     assert summary["cached"] == 3 and summary["failed"] == 0
-    audio16 = data.AudioMidiPair.load(pairs[0])[0]
+    audio16 = song_sources.AudioMidiPair.load(pairs[0])[0]
     assert abs(len(audio16) - round(sf.info(pairs[0].audio).frames * SR / 44100)) <= 1
     songs = {s["id"]: s for s in data.load_index(tmp_path / "cache")}
     assert songs[pairs[0].song_id]["frames"] == -(-len(audio16) // 320)
@@ -239,7 +238,7 @@ def test_slakh_submixes(tmp_path):
     # piano S00 (program 1 -> Slakh class 0) and S04 overlap on pitch 60: 0-1.0 is cut at 0.5
     assert [b for b in by if not b[0] and b[2] == 60] == [(False, 0, 60, 0.0, 0.5), (False, 0, 60, 0.5, 1.5)]
     assert total_time == pytest.approx(2.0)
-    assert isinstance(discover(tmp_path / "slakh2100_flac_redux")[0], data.SlakhMix)
+    assert isinstance(discover(tmp_path / "slakh2100_flac_redux")[0], song_sources.SlakhMix)
 
 
 def test_trim_overlapping_notes():
@@ -282,7 +281,7 @@ def test_prepare_command_renders_variants_into_a_cache(tmp_path, capsys):
     (tmp_path / "midi" / "validation").mkdir(parents=True)
     (tmp_path / "midi" / "x.mid").write_bytes(midi_bytes(SCALE, program=0))
     (tmp_path / "midi" / "validation" / "y.mid").write_bytes(midi_bytes([(0, 1, 72, 90)], program=0))
-    pairs = data.discover_with_options(f"render:{tmp_path / 'midi'}", variants=3, seed=5)
+    pairs = song_sources.discover_with_options(f"render:{tmp_path / 'midi'}", variants=3, seed=5)
     assert sorted(p.song_id for p in pairs) == [
         "render/validation/y",
         "render/validation/y/v0",

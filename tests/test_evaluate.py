@@ -74,7 +74,7 @@ def songs(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A tiny random pipeline folder (the 'tiny' preset, shrunk further for CI speed)."""
-    from specdiff.models.networks import build_models
+    from specdiff.models.presets import build_models
     from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     models = build_models("tiny", seed=0, d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=64)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from specdiff.midi.tokenizer import EOS_ID, PITCH_ID, PROGRAM_ID, SHIFT_ID, TIE_ID, VELOCITY_ID
-from specdiff.models.networks import build_models
+from specdiff.models.presets import build_models
 from specdiff.training.guided_attention import (
     CrossAttentionRecorder,
     alignment_penalty_weights,

@@ -29,7 +29,7 @@ TINY = dict(d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=48)
 def official_layout(tmp_path_factory) -> Path:
     """A tiny model in the official repository's layout: diffusers folders whose weights are PyTorch
     pickles (``diffusion_pytorch_model.bin``, no safetensors) and the ONNX inverter in melgan/."""
-    from specdiff.models.networks import build_models
+    from specdiff.models.presets import build_models
     from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     folder = tmp_path_factory.mktemp("official") / "music-spectrogram-diffusion"

@@ -134,7 +134,7 @@ def test_info_loads_no_diffusion_model_and_no_optional_runtime():
     probe = (
         "import contextlib, io, sys\nfrom specdiff import cli\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n    assert cli.main(['info']) == 0\n"
-        "print([m for m in ('specdiff.pipeline.pipeline', 'specdiff.models.networks', 'diffusers', 'transformers', "
+        "print([m for m in ('specdiff.pipeline.pipeline', 'specdiff.models.decoder', 'diffusers', 'transformers', "
         "'matplotlib', "
         "'fastapi', 'tensorboard') if m in sys.modules])"
     )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from specdiff.models.networks import INPUT_SKIP_KNOTS, FilmDecoder, build_models, knot_weights, noisy_residual
+from specdiff.models.decoder import INPUT_SKIP_KNOTS, FilmDecoder, knot_weights, noisy_residual
+from specdiff.models.presets import build_models
 from specdiff.sampling.diffusion import alpha_sigma, edm_coefficients, q_sample, x0_from_prediction
 from specdiff.training.config import TrainConfig, apply_overrides
 from specdiff.training.objective import SpectrogramDiffusionModel

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from specdiff.models.networks import build_models
+from specdiff.models.presets import build_models
 from specdiff.training.optim import EMA, Adafactor, build_optimizer, factored_dims, trainable_parameters
 
 torch.set_num_threads(1)

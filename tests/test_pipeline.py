@@ -19,7 +19,7 @@ from conftest import diffusers_reference
 from specdiff.constants import SCHEDULERS
 from specdiff.errors import MidiError, ModelError, SpecdiffError
 from specdiff.midi.tokenizer import TokenizedMidi, midi_to_segments
-from specdiff.models.networks import build_models
+from specdiff.models.presets import build_models
 from specdiff.pipeline.pipeline import RELEASE_TAIL_SECONDS, SpectrogramDiffusionPipeline
 
 torch.set_num_threads(1)

@@ -277,7 +277,7 @@ def test_randn_with_one_generator_per_row():
 
 @pytest.fixture(scope="module")
 def decoder_and_encodings():
-    from specdiff.models.networks import FilmDecoder
+    from specdiff.models.decoder import FilmDecoder
 
     torch.manual_seed(0)
     dec = FilmDecoder(d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=48).eval()

@@ -23,7 +23,8 @@ from specdiff.midi.score_roll import (
     tonal_feature,
 )
 from specdiff.midi.tokenizer import notes_to_segments
-from specdiff.models.networks import DECODER_EXTENSIONS, FilmDecoder, build_models
+from specdiff.models.decoder import DECODER_EXTENSIONS, FilmDecoder
+from specdiff.models.presets import build_models
 from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 from specdiff.sampling.diffusion import eps_from_prediction, prediction_target, q_sample
 from specdiff.sampling.sampler import GuidedDenoiser, unconditional

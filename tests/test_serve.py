@@ -34,7 +34,7 @@ from conftest import midi_bytes  # noqa: E402
 from specdiff.errors import SpecdiffError  # noqa: E402
 from specdiff.midi.reader import midi_to_notes  # noqa: E402
 from specdiff.midi.tokenizer import midi_to_segments  # noqa: E402
-from specdiff.models.networks import build_models  # noqa: E402
+from specdiff.models.presets import build_models  # noqa: E402
 from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline  # noqa: E402
 from specdiff.server import png  # noqa: E402
 from specdiff.server.app import create_app, running_server  # noqa: E402

@@ -19,7 +19,7 @@ from specdiff.midi.score_roll import (
     segment_roll,
 )
 from specdiff.midi.tokenizer import EOS_ID, PITCH_ID, PROGRAM_ID, SHIFT_ID, STEPS_PER_FRAME, VELOCITY_ID
-from specdiff.models.networks import build_models
+from specdiff.models.presets import build_models
 from specdiff.training.batches import collate_counted
 from specdiff.training.objective import SpectrogramDiffusionModel, diffusion_loss
 from specdiff.training.prior_fit import fit_score_prior

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from specdiff.midi.tokenizer import TokenizedMidi
-from specdiff.models.networks import DECODER_MASK_VALUE, FilmDecoder, attend, build_models
+from specdiff.models.decoder import FilmDecoder
+from specdiff.models.layers import DECODER_MASK_VALUE, attend
+from specdiff.models.presets import build_models
 from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 from specdiff.sampling import sampler as S
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from specdiff.errors import SpecdiffError
-from specdiff.models.networks import build_models
+from specdiff.models.presets import build_models
 from specdiff.sampling.diffusion import q_sample
 from specdiff.training.batches import collate_counted
 from specdiff.training.config import TrainConfig, apply_overrides
@@ -241,8 +241,9 @@ def test_full_silences_occur_between_notes():
 
 def test_idiom_cache_records_timbres_and_datasets_index_them(tmp_path):
     pytest.importorskip("tinysoundfont")
-    from specdiff.data.cache import ChunkDataset, build_cache, idiom_pairs, with_soundfonts
+    from specdiff.data.cache import ChunkDataset, build_cache
     from specdiff.data.render import default_soundfont, timbre_name
+    from specdiff.data.songs import idiom_pairs, with_soundfonts
 
     pairs = idiom_pairs(3, seconds=6.0)
     sf = str(default_soundfont())

@@ -18,7 +18,7 @@ from torch import nn
 
 from specdiff.cli import main  # what python -m specdiff runs
 from specdiff.errors import ModelError, SpecdiffError
-from specdiff.models.networks import build_models
+from specdiff.models.presets import build_models
 from specdiff.sampling.diffusion import alpha_sigma
 from specdiff.training.batches import ShardedCounterSampler, SyntheticDataset, collate_counted
 from specdiff.training.checkpoints import list_checkpoints, load_checkpoint
@@ -331,7 +331,8 @@ def test_validation_samples_and_export_round_trip(tmp_path):
 
     from safetensors.torch import load_file
 
-    from specdiff.models.networks import ContinuousEncoder, FilmDecoder, NotesEncoder
+    from specdiff.models.decoder import FilmDecoder
+    from specdiff.models.encoders import ContinuousEncoder, NotesEncoder
 
     ema_model = model_from_checkpoint(list_checkpoints(tmp_path / "run")[-1], use_ema=True)
     raw_model = model_from_checkpoint(list_checkpoints(tmp_path / "run")[-1], use_ema=False)
@@ -431,7 +432,8 @@ def test_tensorboard_scalars_when_installed(tmp_path):
 def test_trains_from_a_feature_cache(tmp_path):
     pytest.importorskip("specdiff.audio.mel")
     pytest.importorskip("tinysoundfont")
-    from specdiff.data.cache import build_cache, render_pairs
+    from specdiff.data.cache import build_cache
+    from specdiff.data.songs import render_pairs
 
     midi = ROOT / "tests" / "data" / "tokenizer"
     files = [str(midi / "bach_bwv66_6.mid"), str(midi / "multi_instrument.mid")]

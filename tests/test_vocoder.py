@@ -254,7 +254,7 @@ def test_pipeline_from_pretrained_uses_the_folders_vocoder(tmp_path):
     pytest.importorskip("specdiff.pipeline.pipeline")
     from specdiff.audio.inverters import load_inverter
     from specdiff.midi.tokenizer import TokenizedMidi, midi_to_segments
-    from specdiff.models.networks import build_models
+    from specdiff.models.presets import build_models
     from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     tiny = dict(d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=48)

@@ -206,16 +206,17 @@ def add_prepare_arguments(subparsers: argparse._SubParsersAction) -> argparse.Ar
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from specdiff.data import cache as data
+    from specdiff.data.cache import build_cache
     from specdiff.data.render import find_soundfont
+    from specdiff.data.songs import discover_with_options, with_soundfonts
 
     soundfonts = [str(find_soundfont(s)) for s in args.soundfont] if args.soundfont else [None]
-    pairs = data.discover_with_options(
+    pairs = discover_with_options(
         args.source, variants=args.variants, seed=args.seed, soundfont=soundfonts[0], backend=args.backend,
         subsets_per_song=args.subsets_per_song,
     )  # fmt: skip
-    pairs = data.with_soundfonts(pairs, soundfonts)
-    counts = data.build_cache(pairs, args.cache_dir, workers=args.workers, progress=not args.no_progress)
+    pairs = with_soundfonts(pairs, soundfonts)
+    counts = build_cache(pairs, args.cache_dir, workers=args.workers, progress=not args.no_progress)
     print(", ".join(f"{k} {v}" for k, v in counts.items()) + f"; cache {args.cache_dir}")
     return 0
 

@@ -37,7 +37,9 @@ from specdiff.audio.mel import scale_features, scale_to_features
 from specdiff.constants import FRAMES_PER_SECOND, SAMPLE_RATE
 from specdiff.errors import MidiError, ModelError, SpecdiffError
 from specdiff.midi.score_roll import ROLL_LAYOUTS, batch_rolls
-from specdiff.models.networks import ContinuousEncoder, FilmDecoder, NotesEncoder, skip_weight_init
+from specdiff.models.decoder import FilmDecoder
+from specdiff.models.encoders import ContinuousEncoder, NotesEncoder
+from specdiff.models.initialisation import skip_weight_init
 from specdiff.pipeline.default_model import SamplingSettings, read_sampling_settings, write_sampling_settings
 from specdiff.sampling import sampler as samplers
 

@@ -23,7 +23,7 @@ TARGET_FRAMES = SEGMENT_FRAMES
 class TrainConfig:
     """Everything that defines a run. Every field can be set from the command line (``--set key=value``)."""
 
-    # model (sizes from specdiff.models.networks.PRESETS; `model` holds build_models overrides such as d_model)
+    # model (sizes from specdiff.models.presets.PRESETS; `model` holds build_models overrides such as d_model)
     preset: str = "tiny"
     model: dict[str, Any] = field(default_factory=dict)
     dropout: float = 0.1  # ORIGINAL.md §4.3

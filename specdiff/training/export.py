@@ -114,7 +114,7 @@ def with_folder_decoder_options(config: TrainConfig) -> TrainConfig:
     folder = Path(config.init_from) if config.init_from else None
     if folder is None or not (folder / "decoder" / "config.json").is_file():
         return config
-    from specdiff.models.networks import DECODER_EXTENSIONS
+    from specdiff.models.decoder import DECODER_EXTENSIONS
 
     decoder = json.loads((folder / "decoder" / "config.json").read_text())
     found = {k: decoder[k] for k in DECODER_EXTENSIONS if k in decoder and k not in config.model}

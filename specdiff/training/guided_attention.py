@@ -37,7 +37,7 @@ from specdiff.midi.tokenizer import (
     TIE_ID,
     VELOCITY_ID,
 )
-from specdiff.models.networks import split_heads
+from specdiff.models.layers import split_heads
 
 #: What the guided heads should attend to (see the module docstring).
 TARGETS = ("onsets", "notes")

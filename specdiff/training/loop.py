@@ -36,10 +36,8 @@ from torch import Tensor, nn
 
 from specdiff.atomic import atomic_write_text
 from specdiff.errors import ModelError, SpecdiffError
-from specdiff.models.networks import (
-    ZERO_STARTED_DECODER_PARAMETERS,
-    build_models,
-)
+from specdiff.models.decoder import ZERO_STARTED_DECODER_PARAMETERS
+from specdiff.models.presets import build_models
 from specdiff.training.batches import ShardedCounterSampler, _CounterDataset, collate_counted, open_datasets
 from specdiff.training.checkpoints import (
     CHECKPOINT_FORMAT,

@@ -14,11 +14,8 @@ from torch import Tensor, nn
 from specdiff.constants import N_MELS
 from specdiff.errors import SpecdiffError
 from specdiff.midi.score_roll import batch_rolls
-from specdiff.models.networks import (
-    ContinuousEncoder,
-    FilmDecoder,
-    NotesEncoder,
-)
+from specdiff.models.decoder import FilmDecoder
+from specdiff.models.encoders import ContinuousEncoder, NotesEncoder
 from specdiff.sampling.diffusion import (
     alpha_sigma,
     eps_from_prediction,

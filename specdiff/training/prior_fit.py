@@ -11,11 +11,7 @@ from torch import Tensor
 
 from specdiff.errors import SpecdiffError
 from specdiff.midi.score_roll import batch_rolls
-from specdiff.models.networks import (
-    INPUT_SKIP_KNOTS,
-    FilmDecoder,
-    noisy_residual,
-)
+from specdiff.models.decoder import INPUT_SKIP_KNOTS, FilmDecoder, noisy_residual
 from specdiff.sampling.diffusion import (
     prediction_target,
     q_sample,
@@ -101,7 +97,7 @@ def fit_input_skip(
     mask_padding: bool = False,
 ) -> list[tuple[float, float, float]]:
     """Fit the decoder's ``input_skip`` maps in closed form: per knot of
-    :data:`specdiff.models.networks.INPUT_SKIP_KNOTS`, the ridge regression (no intercept) of what the rest of
+    :data:`specdiff.models.decoder.INPUT_SKIP_KNOTS`, the ridge regression (no intercept) of what the rest of
     the network misses, ``prediction_target - F``, on a window of the noisy residual
     ``z - alpha_t p`` around each frame, over the first ``windows`` items of ``dataset`` (one noise
     draw each; knot 0 is fitted at t = 0.02, a knot at t = 1 stays zero). Returns, per knot, ``(t, L1 before,

@@ -583,7 +583,8 @@ def cache_audio(cache_dir: Path, out_dir: Path, split: str = "train") -> list[Pa
     import warnings
 
     from specdiff.audio.files import save_wav
-    from specdiff.data.cache import RenderedMidi, load_index
+    from specdiff.data.cache import load_index
+    from specdiff.data.songs import RenderedMidi
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files, skipped = [], 0
