@@ -1,8 +1,10 @@
-"""Architecture rules: imports inside the package run one way.
+"""Architecture rules: the folders are the architecture, and imports run one way.
 
 The import graph counts every ``import`` statement in a module, including the ones inside
 functions (which hide a cycle from Python but not from a reader): library code never imports
-command-line code, and no two modules need each other.
+command-line code, inference (midi, audio, models, sampling, pipeline, server, the metrics) never
+imports training or the command line, and no two modules need each other. Modules stay under
+``MAX_MODULE_LINES`` unless ``LARGE_MODULES`` states why not (docs/DESIGN.md has the map).
 """
 
 from __future__ import annotations
@@ -201,3 +203,77 @@ def test_every_citation_of_the_original_resolves():
     assert cited, "no citations found: the pattern is wrong"
     missing = {number: sorted(names) for number, names in cited.items() if number not in sections}
     assert missing == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Folders: inference never depends on training or the command line
+# ---------------------------------------------------------------------------------------------
+
+#: What synthesis needs at run time (and the metrics, which the server and evaluate share).
+INFERENCE = (
+    "specdiff.midi",
+    "specdiff.audio",
+    "specdiff.models",
+    "specdiff.sampling",
+    "specdiff.pipeline",
+    "specdiff.server",
+    "specdiff.evaluation.metrics",
+)
+#: What inference must never import, directly or through a function-level import.
+NOT_FOR_INFERENCE = ("specdiff.training", "specdiff.commands", "specdiff.cli")
+
+
+def _within(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def test_inference_never_imports_training_or_commands():
+    graph = import_graph()
+    inference = [m for m in graph if _within(m, INFERENCE)]
+    assert "specdiff.pipeline.pipeline" in inference and "specdiff.server.synth" in inference
+    offenders = {m: sorted(t for t in graph[m] if _within(t, NOT_FOR_INFERENCE)) for m in inference}
+    assert {m: t for m, t in offenders.items() if t} == {}
+
+
+def test_inference_reaches_no_training_module_indirectly():
+    """Also through other modules: what a synthesis run can import stays out of training."""
+    graph = import_graph()
+    seen: set[str] = set()
+    todo = [m for m in graph if _within(m, INFERENCE)]
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo.extend(graph.get(m, ()))
+    assert sorted(m for m in seen if _within(m, NOT_FOR_INFERENCE)) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Module size: one job per module
+# ---------------------------------------------------------------------------------------------
+
+MAX_MODULE_LINES = 600
+#: Modules allowed past the limit, each with the reason it stays whole.
+LARGE_MODULES = {
+    "specdiff/midi/reader.py": "one job: the SMF parser and pretty_midi's note rules, which read the same events",
+    "specdiff/sampling/sampler.py": "one job: the samplers (DDPM, DDIM, diffusers adapter) behind one step interface",
+    "specdiff/server/app.py": "one job: the FastAPI app's routes; the work is in jobs.py, synth.py, uploads.py",
+    "specdiff/commands/synth.py": "one command: the synth options, their checks and the run",
+    "specdiff/models/decoder.py": "one network: the FiLM decoder and its layers (diffusers' T5FilmDecoder layout)",
+    "specdiff/training/vocoder.py": "vocoder training (losses, discriminators, data, loop): to split like training/",
+    "specdiff/pipeline/pipeline.py": "one job: the song loop; folder I/O is in folder.py",
+}
+
+
+def test_modules_stay_small():
+    sizes = {str(p.relative_to(ROOT)): len(p.read_text(encoding="utf-8").splitlines()) for p in PACKAGE.rglob("*.py")}
+    too_large = {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES and name not in LARGE_MODULES}
+    assert too_large == {}, f"modules over {MAX_MODULE_LINES} lines (split them, or add a reason): {too_large}"
+    stale = sorted(name for name in LARGE_MODULES if sizes.get(name, 0) <= MAX_MODULE_LINES)
+    assert stale == [], f"no longer over the limit (drop from LARGE_MODULES): {stale}"
+
+
+def test_package_root_holds_only_shared_leaves():
+    """Everything else lives in the folder of its subsystem."""
+    root = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert root == ["__init__.py", "__main__.py", "atomic.py", "cli.py", "constants.py", "errors.py", "hardware.py"]

@@ -382,7 +382,8 @@ def _decoder_batches(pipe, call) -> list[int]:
 
 
 def test_sampling_json_sets_the_defaults_of_calls_and_round_trips(pipe, segments, tmp_path):
-    from specdiff.pipeline.default_model import SAMPLING_FILE, SamplingSettings
+    from specdiff.pipeline.default_model import SamplingSettings
+    from specdiff.pipeline.folder import SAMPLING_FILE
 
     folder = pipe.save_pretrained(tmp_path / "plain")
     assert not (folder / SAMPLING_FILE).exists()  # the library defaults are not written out
@@ -423,7 +424,7 @@ def test_sampling_json_sets_the_defaults_of_calls_and_round_trips(pipe, segments
     ],
 )
 def test_bad_sampling_json_is_a_model_error(pipe, tmp_path, content):
-    from specdiff.pipeline.default_model import SAMPLING_FILE
+    from specdiff.pipeline.folder import SAMPLING_FILE
 
     folder = pipe.save_pretrained(tmp_path / "model")
     (folder / SAMPLING_FILE).write_text(content)

@@ -27,10 +27,10 @@ from specdiff.audio.griffin_lim import (
 )
 from specdiff.constants import HOP_LENGTH, SAMPLE_RATE
 from specdiff.errors import ModelError
+from specdiff.pipeline.folder import ONNX_SUBPATH
 
 logger = logging.getLogger(__name__)
 
-ONNX_SUBPATH = Path("melgan") / "model.onnx"  # diffusers' folder layout (ORIGINAL.md §6)
 ONNX_INPUT_NAME = "input_features"
 
 

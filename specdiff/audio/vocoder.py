@@ -38,8 +38,8 @@ from torch import nn
 from specdiff.atomic import atomic_write
 from specdiff.constants import HOP_LENGTH, N_MELS, SAMPLE_RATE, VOCODER_SYNTHESES
 from specdiff.errors import ModelError
+from specdiff.pipeline.folder import VOCODER_FOLDER
 
-VOCODER_SUBFOLDER = "vocoder"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 ONNX_INPUT_NAME = "input_features"  # the official inverter's input name (ORIGINAL.md §6)
@@ -427,7 +427,7 @@ class VocoderInverter:
 def find_vocoder_dir(path: str | os.PathLike) -> Path | None:
     """``path/vocoder`` or ``path`` itself when it holds a vocoder, else None."""
     path = Path(path)
-    for candidate in (path / VOCODER_SUBFOLDER, path):
+    for candidate in (path / VOCODER_FOLDER, path):
         if (candidate / CONFIG_NAME).is_file() and (candidate / WEIGHTS_NAME).is_file():
             return candidate
     return None
@@ -451,7 +451,7 @@ def load_vocoder(
     path = resolve_model_path(path, files=VOCODER_FILES, what="vocoder")
     folder = find_vocoder_dir(path)
     if folder is None:
-        raise ModelError(f"no vocoder in {path} (expected {VOCODER_SUBFOLDER}/{CONFIG_NAME} and {WEIGHTS_NAME})")
+        raise ModelError(f"no vocoder in {path} (expected {VOCODER_FOLDER}/{CONFIG_NAME} and {WEIGHTS_NAME})")
     return VocoderInverter(Vocoder.from_pretrained(folder), device, refine_iters, synthesis)
 
 

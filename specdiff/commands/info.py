@@ -88,7 +88,8 @@ def extras_status() -> dict[str, str]:
 
 def _model_lines(model: Path | None) -> tuple[Path | None, dict[str, str]]:
     """The model folder in use and its lines (model, sampling)."""
-    from specdiff.pipeline.default_model import SAMPLING_FILE, read_sampling_settings
+    from specdiff.pipeline.default_model import read_sampling_settings
+    from specdiff.pipeline.folder import SAMPLING_FILE
 
     try:
         model_dir = resolve_model_dir(model)

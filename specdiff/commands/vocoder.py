@@ -132,7 +132,8 @@ def run_train_vocoder(args: argparse.Namespace) -> int:
 
     import torch
 
-    from specdiff.audio.vocoder import VOCODER_SUBFOLDER, VocoderConfig
+    from specdiff.audio.vocoder import VocoderConfig
+    from specdiff.pipeline.folder import VOCODER_FOLDER
     from specdiff.training.vocoder import (
         AUDIO_SUFFIXES,
         MIDI_SUFFIXES,
@@ -209,7 +210,7 @@ def run_train_vocoder(args: argparse.Namespace) -> int:
         init_from=init_from,
         progress=not args.no_progress,
     )
-    print(f"vocoder saved to {run_dir / VOCODER_SUBFOLDER}")
+    print(f"vocoder saved to {run_dir / VOCODER_FOLDER}")
     return 0
 
 
@@ -261,12 +262,13 @@ def run_vocode(args: argparse.Namespace) -> int:
 
 def run_export_vocoder(args: argparse.Namespace) -> int:
     """``specdiff export-vocoder``: OUT/vocoder/ (and OUT/vocoder/model.onnx with ``--onnx``)."""
-    from specdiff.audio.vocoder import VOCODER_SUBFOLDER, Vocoder, export_onnx, find_vocoder_dir
+    from specdiff.audio.vocoder import Vocoder, export_onnx, find_vocoder_dir
+    from specdiff.pipeline.folder import VOCODER_FOLDER
 
     source = find_vocoder_dir(args.source)
     if source is None:
         raise SpecdiffError(
-            f"no vocoder in {args.source} (expected {VOCODER_SUBFOLDER}/config.json and model.safetensors)"
+            f"no vocoder in {args.source} (expected {VOCODER_FOLDER}/config.json and model.safetensors)"
         )
     model = Vocoder.from_pretrained(source)
     if args.onnx and model.config.synthesis != "network":
@@ -274,7 +276,7 @@ def run_export_vocoder(args: argparse.Namespace) -> int:
             f"--onnx: {source} uses synthesis {model.config.synthesis!r} (phase from its magnitude, computed "
             "outside the network), which an ONNX graph cannot hold; nothing was written"
         )
-    target = model.save_pretrained(Path(args.output) / VOCODER_SUBFOLDER)
+    target = model.save_pretrained(Path(args.output) / VOCODER_FOLDER)
     print(f"wrote {target}")
     if args.onnx:
         path = export_onnx(model, target / "model.onnx")

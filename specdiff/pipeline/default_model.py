@@ -27,15 +27,10 @@ from specdiff.constants import (
     SCHEDULERS,
 )
 from specdiff.errors import ModelError
+from specdiff.pipeline.folder import MODEL_INDEX, SAMPLING_FILE
 
 #: The folder a bundled model is expected in, relative to the installed package.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default_model"
-
-#: The file that marks a folder as a pipeline folder (diffusers layout).
-MODEL_INDEX = "model_index.json"
-
-#: A model folder's recommended sampler settings (optional).
-SAMPLING_FILE = "sampling.json"
 
 
 def precision_dtype(name: str):

@@ -24,25 +24,35 @@ from pathlib import Path
 
 from specdiff.constants import HUB_EXTRA_INSTALL, OFFICIAL_MODEL_ID
 from specdiff.errors import ModelError
+from specdiff.pipeline.folder import (
+    BIN_NAME,
+    CONFIG_NAME,
+    MELGAN_FOLDER,
+    MODEL_INDEX,
+    NETWORKS,
+    SAFETENSORS_NAME,
+    SAMPLING_FILE,
+    SCHEDULER_CONFIG_NAME,
+    SCHEDULER_FOLDER,
+    VOCODER_FOLDER,
+)
 
 #: ``ORG/NAME`` or ``ORG/NAME@REVISION`` (the Hub's name rules: letters, digits, ``-``, ``_``, ``.``).
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?$")
 
 #: What a pipeline folder needs (``snapshot_download`` allow patterns; ``*`` also matches ``/``).
 PIPELINE_FILES = (
-    "model_index.json",
-    "sampling.json",
+    MODEL_INDEX,
+    SAMPLING_FILE,
     "MODEL_CARD.md",
-    "*/config.json",
-    "scheduler/scheduler_config.json",
-    "notes_encoder/diffusion_pytorch_model.safetensors",
-    "continuous_encoder/diffusion_pytorch_model.safetensors",
-    "decoder/diffusion_pytorch_model.safetensors",
-    "melgan/*",
-    "vocoder/*",
+    f"*/{CONFIG_NAME}",
+    f"{SCHEDULER_FOLDER}/{SCHEDULER_CONFIG_NAME}",
+    *(f"{name}/{SAFETENSORS_NAME}" for name in NETWORKS),
+    f"{MELGAN_FOLDER}/*",
+    f"{VOCODER_FOLDER}/*",
 )
 #: The networks whose ``diffusion_pytorch_model.bin`` is fetched when their safetensors file is missing.
-PIPELINE_NETWORKS = ("notes_encoder", "continuous_encoder", "decoder")
+PIPELINE_NETWORKS = tuple(NETWORKS)
 #: What a vocoder needs: a model folder's ``vocoder/``, or a repository that is a vocoder folder.
 VOCODER_FILES = ("vocoder/*", "config.json", "model.safetensors")
 
@@ -76,7 +86,7 @@ def resolve_model_path(
     folder = _snapshot(repo_id, revision, list(files), what)
     if files is PIPELINE_FILES:
         missing = [
-            f"{name}/diffusion_pytorch_model.bin"
+            f"{name}/{BIN_NAME}"
             for name in PIPELINE_NETWORKS
             if (folder / name).is_dir() and not (folder / name / "diffusion_pytorch_model.safetensors").is_file()
         ]

@@ -1,13 +1,6 @@
 """``SpectrogramDiffusionPipeline``: MIDI tokens -> log-mel -> audio, segment by segment (ORIGINAL.md §5).
 
-Folder layout (the one diffusers uses for ``google/music-spectrogram-diffusion``, ORIGINAL.md §3.5)::
-
-    model_index.json
-    notes_encoder/      config.json + diffusion_pytorch_model.safetensors (or .bin)
-    continuous_encoder/ config.json + diffusion_pytorch_model.safetensors (or .bin)
-    decoder/            config.json + diffusion_pytorch_model.safetensors (or .bin)
-    scheduler/          scheduler_config.json
-    melgan/model.onnx   optional: the official spectrogram inverter (ORIGINAL.md §6)
+Model folders (the diffusers layout, ORIGINAL.md §3.5) are read and written by ``specdiff.pipeline.folder``.
 
 The full-song loop follows diffusers' pipeline (ORIGINAL.md §5.1): the first segment gets an all-zero
 context in feature space with an all-False mask, every later one the previous generated mel with an
@@ -19,11 +12,8 @@ Our defaults differ on purpose: the original sampler with classifier-free guidan
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +27,8 @@ from specdiff.audio.mel import scale_features, scale_to_features
 from specdiff.constants import FRAMES_PER_SECOND, SAMPLE_RATE
 from specdiff.errors import MidiError, ModelError, SpecdiffError
 from specdiff.midi.score_roll import ROLL_LAYOUTS, batch_rolls
-from specdiff.models.decoder import FilmDecoder
-from specdiff.models.encoders import ContinuousEncoder, NotesEncoder
-from specdiff.models.initialisation import skip_weight_init
 from specdiff.pipeline.default_model import SamplingSettings, read_sampling_settings, write_sampling_settings
+from specdiff.pipeline.folder import NETWORKS, read_networks, write_folder
 from specdiff.sampling import sampler as samplers
 
 #: Seconds of audio kept after the music's end (TokenizedMidi.duration): room for the release of
@@ -49,22 +37,6 @@ from specdiff.sampling import sampler as samplers
 RELEASE_TAIL_SECONDS = 0.5
 #: A raised-cosine fade over the last samples of trimmed audio, so the cut never clicks.
 FADE_OUT_SECONDS = 0.05
-
-MODEL_INDEX = "model_index.json"
-CONFIG_NAME = "config.json"
-SAFETENSORS_NAME = "diffusion_pytorch_model.safetensors"
-BIN_NAME = "diffusion_pytorch_model.bin"
-SCHEDULER_CONFIG_NAME = "scheduler_config.json"
-MELGAN_FOLDER = "melgan"
-#: Inverter folders copied along by save_pretrained (the official ONNX file, our own vocoder).
-INVERTER_FOLDERS = ("melgan", "vocoder")
-#: Class names as diffusers writes them, so diffusers can load our folders (and we load theirs).
-COMPONENTS: dict[str, tuple[str, type]] = {
-    "notes_encoder": ("SpectrogramNotesEncoder", NotesEncoder),
-    "continuous_encoder": ("SpectrogramContEncoder", ContinuousEncoder),
-    "decoder": ("T5FilmDecoder", FilmDecoder),
-}
-DIFFUSERS_VERSION = "0.20.0"  # the version the official checkpoint's layout comes from
 
 
 @dataclass
@@ -151,79 +123,6 @@ def fade_out(audio: np.ndarray, num_samples: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise ModelError(f"{what}: {path} is missing")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelError(f"{what}: cannot read {path} ({err})") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{what}: {path} is not a JSON object")
-    return data
-
-
-def _load_state_dict(folder: Path) -> dict[str, Tensor]:
-    safetensors_path, bin_path = folder / SAFETENSORS_NAME, folder / BIN_NAME
-    try:
-        if safetensors_path.is_file():
-            from safetensors.torch import load_file
-
-            return load_file(str(safetensors_path))
-        if bin_path.is_file():
-            state = torch.load(bin_path, map_location="cpu", weights_only=True)
-            if not isinstance(state, dict):
-                raise ModelError(f"{bin_path} does not hold a state dict")
-            return state
-    except ModelError:
-        raise
-    except Exception as err:  # safetensors / pickle errors have many types
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ModelError(f"cannot read the weights in {folder}: {message}") from None
-    raise ModelError(f"{folder} has no weights ({SAFETENSORS_NAME} or {BIN_NAME})")
-
-
-def _describe_keys(keys: Sequence[str]) -> str:
-    keys = list(keys)
-    shown = ", ".join(keys[:3]) + (f", ... ({len(keys)} in all)" if len(keys) > 3 else "")
-    return shown
-
-
-def load_component(folder: str | Path, cls: type) -> torch.nn.Module:
-    """One network from ``folder/config.json`` + weights, loaded with ``strict=True``, in eval mode."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ModelError(f"model folder is incomplete: {folder} is missing")
-    config = {k: v for k, v in _read_json(folder / CONFIG_NAME, folder.name).items() if not k.startswith("_")}
-    try:
-        with skip_weight_init():  # on the meta device, no random init of weights about to be replaced
-            module = cls.from_config(config)
-    except (TypeError, ValueError) as err:
-        raise ModelError(f"{folder / CONFIG_NAME} does not fit {cls.__name__}: {err}") from None
-    state = _load_state_dict(folder)
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = ([f"missing {_describe_keys(missing)}"] if missing else []) + (
-            [f"unexpected {_describe_keys(unexpected)}"] if unexpected else []
-        )
-        raise ModelError(f"weights in {folder} do not match {cls.__name__}: {'; '.join(parts)}")
-    wrong = [k for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)]
-    if wrong:
-        k = wrong[0]
-        raise ModelError(
-            f"weights in {folder} do not match its config: {k} has shape {tuple(state[k].shape)}, "
-            f"expected {tuple(expected[k].shape)} ({len(wrong)} mismatched)"
-        )
-    # Copy every tensor into memory of our own (freeing the file's buffer as we go): tensors read
-    # from a file can start at any byte offset, and MKL's matrix-vector kernels round differently
-    # on unaligned data, so a loaded model would not reproduce the saved one bit for bit.
-    aligned = {k: state.pop(k).float().clone() for k in list(state)}
-    module.load_state_dict(aligned, strict=True, assign=True)
-    return module.eval()
-
-
 def _resolve_inverter(inverter: Any, path: Path | None) -> Any:
     """``None``/"none", an inverter object, or a name for ``specdiff.audio.inverters.load_inverter``."""
     if inverter is None or (isinstance(inverter, str) and inverter == "none"):
@@ -239,10 +138,6 @@ def _resolve_inverter(inverter: Any, path: Path | None) -> Any:
             return None  # mel output still works; "np" output will say what is missing
         raise
     return load_inverter(path, inverter)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,13 +244,7 @@ class SpectrogramDiffusionPipeline:
         path = resolve_model_path(path, revision=revision)
         if not path.is_dir():
             raise ModelError(f"model folder not found: {path}")
-        index = _read_json(path / MODEL_INDEX, "not a pipeline folder")
-        for name in COMPONENTS:
-            if name not in index:
-                raise ModelError(f"{path / MODEL_INDEX} names no {name}; is this a Spectrogram Diffusion model?")
-        modules = {name: load_component(path / name, module_cls) for name, (_, module_cls) in COMPONENTS.items()}
-        scheduler_file = path / "scheduler" / SCHEDULER_CONFIG_NAME
-        scheduler_config = _read_json(scheduler_file, "scheduler") if scheduler_file.exists() else None
+        modules, scheduler_config = read_networks(path)
         pipe = cls(**modules, scheduler=scheduler, scheduler_config=scheduler_config, autocast=autocast,
                    sampling=read_sampling_settings(path))  # fmt: skip
         pipe.inverter = _resolve_inverter(inverter, path)
@@ -368,48 +257,16 @@ class SpectrogramDiffusionPipeline:
 
         ``dtype``: storage type of the weights (``torch.float16`` halves the folder; loading always
         gives float32 networks, see :meth:`from_pretrained`)."""
-        from safetensors.torch import save_file
+        sampling = self.sampling
 
-        path = Path(path)
-        if path.exists() and not (path / MODEL_INDEX).is_file() and (not path.is_dir() or any(path.iterdir())):
-            raise ModelError(f"refusing to overwrite {path}: it exists and is not a pipeline folder")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        try:
-            index: dict[str, Any] = {"_class_name": type(self).__name__, "_diffusers_version": DIFFUSERS_VERSION}
-            for name, (class_name, _) in COMPONENTS.items():
-                module = getattr(self, name)
-                (tmp / name).mkdir()
-                config = {"_class_name": class_name, "_diffusers_version": DIFFUSERS_VERSION, **dict(module.config)}
-                _write_json(tmp / name / CONFIG_NAME, config)
-                tensors = {k: v.detach().to(dtype).cpu().contiguous() for k, v in module.state_dict().items()}
-                save_file(tensors, str(tmp / name / SAFETENSORS_NAME), metadata={"format": "pt"})
-                index[name] = ["diffusers", class_name]
-            (tmp / "scheduler").mkdir()
-            scheduler_config = {"_class_name": "DDPMScheduler", **self.scheduler_config}
-            scheduler_config["_diffusers_version"] = DIFFUSERS_VERSION
-            _write_json(tmp / "scheduler" / SCHEDULER_CONFIG_NAME, scheduler_config)
-            index["scheduler"] = ["diffusers", scheduler_config["_class_name"]]
-            index["melgan"] = [None, None]
-            if self._source is not None:
-                for folder in INVERTER_FOLDERS:
-                    if (self._source / folder).is_dir():
-                        shutil.copytree(self._source / folder, tmp / folder)
-                if (tmp / MELGAN_FOLDER).is_dir():
-                    index["melgan"] = ["diffusers", "OnnxRuntimeModel"]
-            _write_json(tmp / MODEL_INDEX, index)
-            if self.sampling != SamplingSettings():
-                write_sampling_settings(tmp, self.sampling)
-            if path.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-                os.replace(path, old / "model")
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        def write_sampling(folder: Path) -> None:
+            if sampling != SamplingSettings():  # the library defaults are not written out
+                write_sampling_settings(folder, sampling)
+
+        networks = {name: getattr(self, name) for name in NETWORKS}
+        path = write_folder(
+            path, networks, self.scheduler_config, type(self).__name__, dtype, self._source, write_sampling
+        )
         self._source = path
         return path
 
@@ -778,5 +635,5 @@ class SpectrogramDiffusionPipeline:
 
 __all__ = [
     "AudioPipelineOutput", "FADE_OUT_SECONDS", "RELEASE_TAIL_SECONDS", "SegmentOutput",
-    "SpectrogramDiffusionPipeline", "frames_to_keep", "load_component",
+    "SpectrogramDiffusionPipeline", "frames_to_keep",
 ]  # fmt: skip

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from specdiff.errors import ModelError
+from specdiff.pipeline.folder import VOCODER_FOLDER, is_model_folder
 from specdiff.training.checkpoints import (
     list_checkpoints,
     load_checkpoint,
@@ -42,7 +43,7 @@ def model_from_path(path: str | Path, use_ema: bool = True) -> SpectrogramDiffus
     """The networks of a pipeline folder, a training checkpoint file or a run folder (its newest
     checkpoint; EMA weights unless ``use_ema`` is False), float32, in eval mode."""
     path = Path(path)
-    if (path / "model_index.json").is_file():
+    if is_model_folder(path):
         from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
         pipe = SpectrogramDiffusionPipeline.from_pretrained(path, inverter=None)
@@ -67,7 +68,7 @@ def copy_vocoder(vocoder_dir: str | Path, pipeline_dir: str | Path) -> Path:
 
     source = Path(vocoder_dir)
     Vocoder.from_pretrained(source)  # validates config + weights
-    target = Path(pipeline_dir) / "vocoder"
+    target = Path(pipeline_dir) / VOCODER_FOLDER
     tmp = Path(tempfile.mkdtemp(prefix=".vocoder.", suffix=".tmp", dir=pipeline_dir))
     try:
         shutil.copytree(source, tmp, dirs_exist_ok=True)

@@ -32,9 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from specdiff.atomic import atomic_write
-from specdiff.audio.vocoder import VOCODER_SUBFOLDER, Vocoder, VocoderConfig
+from specdiff.audio.vocoder import Vocoder, VocoderConfig
 from specdiff.constants import HOP_LENGTH, SAMPLE_RATE
 from specdiff.errors import AudioError, SpecdiffError
+from specdiff.pipeline.folder import VOCODER_FOLDER
 
 HOP = HOP_LENGTH
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
@@ -534,11 +535,11 @@ def train_vocoder(
             if step % checkpoint_every == 0 or step == train_config.max_steps or overdue or stop.requested:
                 last_checkpoint = time.monotonic()
                 trainer.save_checkpoint(checkpoint, sampler)
-                trainer.generator.save_pretrained(run_dir / VOCODER_SUBFOLDER)
+                trainer.generator.save_pretrained(run_dir / VOCODER_FOLDER)
             if step == train_config.warmup_steps or (keep_every and step % keep_every == 0):
                 # Kept copies: the reconstruction-only model (a fallback if the GAN phase goes wrong), and
                 # periodic snapshots to compare.
-                trainer.generator.save_pretrained(run_dir / f"{VOCODER_SUBFOLDER}_step{step}")
+                trainer.generator.save_pretrained(run_dir / f"{VOCODER_FOLDER}_step{step}")
     if stop.requested:
         bar.write(f"stopped by a signal at step {trainer.step}; checkpoint saved, run the same command to resume")
     bar.close()
