@@ -17,6 +17,10 @@ Extra rows:
 - ``--yardstick``: the same MIDI rendered with another SoundFont (FluidR3_GM) scored against the
   TimGM6mb reference: how close a different professional SoundFont is.
 
+``--final-noise-time F`` runs DDIM's steps from noise time 1 down to F and ends on the x0 estimate
+made there (``sampling.json``'s ``final_noise_time``, ``specdiff.sampling.sampler.DDIMSampler``); without it
+each folder's own setting is used (0, the full grid, for a plain export).
+
 Usage:
   python benchmarks/steps_table.py MODEL [MODEL ...] --set idioms --pieces 8 --steps 1 4 16 \\
       --name bundled [--prior-alone] [--yardstick] [--timbre TimGM6mb]

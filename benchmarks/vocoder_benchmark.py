@@ -54,13 +54,27 @@ SILENT_LOG_MEL = -8.0
 QUIET_GAIN_DB = -20.0
 
 
-def idiom_clips(max_files: int, seconds: float, soundfonts: list[str], quiet_copies: int, tmp: Path):
+def idiom_clips(max_files: int, seconds: float, soundfonts: list[str], quiet_copies: int, tmp: Path,
+                sparse_files: int = 0, sparse_pool: int = 40):  # fmt: skip
     """[(name, 16 kHz audio, midi path)]: the first ``max_files`` pieces of the generated-idioms test
-    split rendered with each SoundFont, then the first ``quiet_copies`` of those at -20 dB."""
+    split and the ``sparse_files`` of its first ``sparse_pool`` pieces with the most silent frames in
+    their TimGM6mb render (rests, gaps between hits), rendered with each SoundFont, then the first
+    ``quiet_copies`` clips at -20 dB."""
     from specdiff.data.idioms import write_split
     from specdiff.data.render import find_soundfont, render_midi
 
-    files = write_split(tmp / "idioms_midi", "test")[:max_files]
+    pool = write_split(tmp / "idioms_midi", "test")[: max(max_files, sparse_pool)]
+    files = pool[:max_files]
+    if sparse_files:
+        reference = find_soundfont(soundfonts[0])
+
+        def silent_share(path: Path) -> float:
+            audio = render_midi(path, 16000, soundfont=reference)[: int(seconds * 16000)].astype(np.float32)
+            frames = log_mel(torch.from_numpy(audio)[None])[0].mean(dim=-1)
+            return float((frames < SILENT_LOG_MEL).float().mean())
+
+        candidates = sorted(pool[max_files:], key=silent_share, reverse=True)
+        files += sorted(candidates[:sparse_files])
     clips = []
     for name in soundfonts:
         soundfont = find_soundfont(name)
@@ -221,6 +235,12 @@ def main() -> None:
         help="--set idioms: render with each of these SoundFonts",
     )
     parser.add_argument("--quiet-copies", type=int, default=2, help="--set idioms: clips also scored at -20 dB")
+    parser.add_argument(
+        "--sparse-files",
+        type=int,
+        default=4,
+        help="--set idioms: also the pieces with the most silent frames among the first 40",
+    )
     parser.add_argument("--name", default="", help="results file suffix: vocoder_benchmark_NAME.{json,md}")
     parser.add_argument("--max-files", type=int, default=12)
     parser.add_argument("--seconds", type=float, default=20.0, help="crop each clip to this length")
@@ -234,27 +254,30 @@ def main() -> None:
     args = parser.parse_args()
 
     from specdiff.audio.griffin_lim import GriffinLimInverter
+    from specdiff.audio.silence_gate import DEFAULT_GATE_ITERS
     from specdiff.audio.vocoder import DEFAULT_MEL_FIT_ITERS, load_vocoder
 
     torch.set_num_threads(1)
     default = load_vocoder(args.vocoder)  # what the pipeline uses: the folder's synthesis and its default refinement
-    rows = {
-        "vocoder, network phase alone (ONNX export)": ("network", 0),
-        f"vocoder, network phase + {args.refine_iters} refinement iterations": ("network", args.refine_iters),
-        "vocoder, phase vocoder alone": ("phase_vocoder", 0),
-        f"vocoder, phase vocoder + {DEFAULT_MEL_FIT_ITERS} mel-fit correction(s)": (
-            "phase_vocoder",
-            DEFAULT_MEL_FIT_ITERS,
-        ),
+    fit = f"{DEFAULT_MEL_FIT_ITERS} mel-fit correction(s)"
+    rows = {  # label: (synthesis, refinement iterations, silence-gate passes)
+        "vocoder, network phase alone (ONNX export)": ("network", 0, 0),
+        "vocoder, network phase + silence gate": ("network", 0, DEFAULT_GATE_ITERS),
+        f"vocoder, network phase + {args.refine_iters} refinement iterations": ("network", args.refine_iters, 0),
+        "vocoder, phase vocoder alone": ("phase_vocoder", 0, 0),
+        f"vocoder, phase vocoder + {fit} (previous default)": ("phase_vocoder", DEFAULT_MEL_FIT_ITERS, 0),
+        f"vocoder, phase vocoder + {fit} + silence gate": ("phase_vocoder", DEFAULT_MEL_FIT_ITERS, DEFAULT_GATE_ITERS),
     }
     inverters = {"griffin-lim": GriffinLimInverter()}
-    for label, (synthesis, refine_iters) in rows.items():
-        if (synthesis, refine_iters) == (default.synthesis, default.refine_iters):
+    for label, (synthesis, refine_iters, gate_iters) in rows.items():
+        if (synthesis, refine_iters, gate_iters) == (default.synthesis, default.refine_iters, default.gate_iters):
             label += " (pipeline default)"
-        inverters[label] = load_vocoder(args.vocoder, refine_iters=refine_iters, synthesis=synthesis)
+        inverters[label] = load_vocoder(args.vocoder, refine_iters=refine_iters, synthesis=synthesis,
+                                        gate_iters=gate_iters)  # fmt: skip
     tmp_dir = tempfile.TemporaryDirectory()
     if args.set == "idioms":
-        clips = idiom_clips(args.max_files, args.seconds, args.soundfonts, args.quiet_copies, Path(tmp_dir.name))
+        clips = idiom_clips(args.max_files, args.seconds, args.soundfonts, args.quiet_copies, Path(tmp_dir.name),
+                            args.sparse_files)  # fmt: skip
     else:
         clips = held_out_clips(args.split, args.max_files, args.seconds, args.audio_dir, args.midi_dir)
     if not clips:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from specdiff.audio.silence_gate import DEFAULT_GATE_ITERS
 from specdiff.audio.vocoder import (
     ISTFTHead,
     Vocoder,
@@ -154,9 +155,12 @@ def test_refinement_off_is_the_network_alone():
     mel = random_log_mel(2, 30)
     with torch.no_grad():
         expected = model(torch.from_numpy(mel)).numpy()
-    np.testing.assert_array_equal(VocoderInverter(model, refine_iters=0)(mel), expected)
+    np.testing.assert_array_equal(VocoderInverter(model, refine_iters=0, gate_iters=0)(mel), expected)
+    assert VocoderInverter(model).gate_iters == DEFAULT_GATE_ITERS  # the silence gate is on by default
     with pytest.raises(ValueError):
         VocoderInverter(model, refine_iters=-1)
+    with pytest.raises(ValueError):
+        VocoderInverter(model, gate_iters=-1)
 
 
 def _chord(seconds: float = 1.0) -> torch.Tensor:
@@ -553,9 +557,9 @@ def test_vocode_command(tmp_path):
     args.func(args)
     assert sf.read(tmp_path / "b.wav")[0].shape == (7777,)
 
-    # --refine-iters 0: the network alone, exactly
+    # --refine-iters 0 --gate-iters 0: the network alone, exactly
     args = _parser().parse_args(["vocode", str(tmp_path / "mel.npy"), "-o", str(tmp_path / "d.wav"), "--vocoder",
-                                 str(tmp_path / "model"), "--refine-iters", "0"])  # fmt: skip
+                                 str(tmp_path / "model"), "--refine-iters", "0", "--gate-iters", "0"])  # fmt: skip
     args.func(args)
     with torch.no_grad():
         network = Vocoder.from_pretrained(tmp_path / "model" / "vocoder")(torch.from_numpy(random_log_mel(1, 11)))[0]
@@ -565,6 +569,9 @@ def test_vocode_command(tmp_path):
     expected = soft_limit(expected) if np.abs(expected).max() > 1.0 else expected  # what save_wav does past full scale
     np.testing.assert_allclose(sf.read(tmp_path / "d.wav", dtype="float32")[0], expected, atol=1e-4)
     args.refine_iters = -1
+    with pytest.raises(SpecdiffError):
+        args.func(args)
+    args.refine_iters, args.gate_iters = 0, -1
     with pytest.raises(SpecdiffError):
         args.func(args)
 

@@ -333,6 +333,11 @@ class VocoderInverter:
     fast Griffin-Lim iterations start from that phase. It lowers the log-mel error, but its
     Griffin-Lim iterations run at the front end's 2x overlap, which loses onsets
     (benchmarks/results/vocoder_onsets.md). 0: the synthesis alone.
+
+    ``gate_iters`` (default :data:`specdiff.audio.silence_gate.DEFAULT_GATE_ITERS`; 0 = off): the last stage,
+    :func:`specdiff.audio.silence_gate.silence_gate`, scales down frames that come out louder than their mel
+    (the overlap smear beside loud frames, a magnitude that does not reach the floor), so rests stay
+    silent.
     """
 
     def __init__(
@@ -341,7 +346,10 @@ class VocoderInverter:
         device: str | torch.device = "cpu",
         refine_iters: int | None = None,
         synthesis: str | None = None,
+        gate_iters: int | None = None,
     ):
+        from specdiff.audio.silence_gate import DEFAULT_GATE_ITERS
+
         synthesis = synthesis or model.config.synthesis
         if synthesis not in VOCODER_SYNTHESES:
             raise ValueError(f"synthesis must be one of {VOCODER_SYNTHESES}, got {synthesis!r}")
@@ -355,6 +363,9 @@ class VocoderInverter:
         self.hop_length = model.config.hop_length
         self.refine_iters = refine_iters
         self.synthesis = synthesis
+        self.gate_iters = DEFAULT_GATE_ITERS if gate_iters is None else int(gate_iters)
+        if self.gate_iters < 0:
+            raise ValueError(f"gate_iters must be >= 0, got {gate_iters}")
 
     def __call__(self, log_mel: np.ndarray) -> np.ndarray:
         features = np.asarray(log_mel, dtype=np.float32)
@@ -370,6 +381,10 @@ class VocoderInverter:
                 audio = self.model(log_mel_t)
                 if self.refine_iters:
                     audio = self.refine(audio.float(), log_mel_t)
+            if self.gate_iters:
+                from specdiff.audio.silence_gate import silence_gate
+
+                audio = silence_gate(audio.float(), log_mel_t, iterations=self.gate_iters)
         return audio.float().cpu().numpy()
 
     def phase_vocoder(self, log_mel: torch.Tensor) -> torch.Tensor:
@@ -420,7 +435,7 @@ class VocoderInverter:
         c = self.model.config
         return (
             f"VocoderInverter(dim={c.dim}, layers={c.num_layers}, n_fft={c.n_fft}, synthesis={self.synthesis!r}, "
-            f"refine_iters={self.refine_iters})"
+            f"refine_iters={self.refine_iters}, gate_iters={self.gate_iters})"
         )
 
 
@@ -438,13 +453,15 @@ def load_vocoder(
     device: str | torch.device = "cpu",
     refine_iters: int | None = None,
     synthesis: str | None = None,
+    gate_iters: int | None = None,
 ) -> VocoderInverter:
     """Load the vocoder of a model folder (``path/vocoder/``) or a vocoder folder itself; ``path`` may
     also be a Hugging Face Hub id (``ORG/NAME[@REVISION]``, :mod:`specdiff.pipeline.hub`: only its vocoder files
     are fetched).
 
     This is the hook for ``inverters.load_inverter(model_dir)``: call it when
-    ``find_vocoder_dir(model_dir)`` is not None. ``refine_iters``, ``synthesis``: see :class:`VocoderInverter`.
+    ``find_vocoder_dir(model_dir)`` is not None. ``refine_iters``, ``synthesis``, ``gate_iters``: see
+    :class:`VocoderInverter`.
     """
     from specdiff.pipeline.hub import VOCODER_FILES, resolve_model_path
 
@@ -452,7 +469,7 @@ def load_vocoder(
     folder = find_vocoder_dir(path)
     if folder is None:
         raise ModelError(f"no vocoder in {path} (expected {VOCODER_FOLDER}/{CONFIG_NAME} and {WEIGHTS_NAME})")
-    return VocoderInverter(Vocoder.from_pretrained(folder), device, refine_iters, synthesis)
+    return VocoderInverter(Vocoder.from_pretrained(folder), device, refine_iters, synthesis, gate_iters)
 
 
 # ---- ONNX export --------------------------------------------------------------------------------

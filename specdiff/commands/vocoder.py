@@ -104,6 +104,10 @@ def add_vocode_arguments(subparsers) -> argparse.ArgumentParser:
                    help="iterations that refine the vocoder's output against the mel: gain corrections for a "
                    "phase-vocoder vocoder (default 1), Griffin-Lim iterations for one that makes its own phase "
                    "(default 32); 0: none")  # fmt: skip
+    p.add_argument("--gate-iters", type=int, default=None, metavar="N",
+                   help="passes of the silence gate, which scales down frames that come out louder than the mel "
+                   "asks for (rests stay silent; default 2); 0: off, e.g. for the network alone, as its ONNX "
+                   "export computes it")  # fmt: skip
     p.set_defaults(func=run_vocode)
     return p
 
@@ -229,6 +233,9 @@ def run_vocode(args: argparse.Namespace) -> int:
     refine = getattr(args, "refine_iters", None)
     if refine is not None and refine < 0:
         raise SpecdiffError(f"--refine-iters must be >= 0, got {refine}")
+    gate = getattr(args, "gate_iters", None)
+    if gate is not None and gate < 0:
+        raise SpecdiffError(f"--gate-iters must be >= 0, got {gate}")
     path = Path(args.input)
     if not path.is_file():
         raise AudioError(f"no such file: {path}")
@@ -239,7 +246,7 @@ def run_vocode(args: argparse.Namespace) -> int:
         source_vocoder = default_model_path()
         if source_vocoder is None:
             raise SpecdiffError("no model is bundled with this installation: pass --vocoder DIR (or a Hub id)")
-    inverter = load_vocoder(source_vocoder, refine_iters=refine)
+    inverter = load_vocoder(source_vocoder, refine_iters=refine, gate_iters=gate)
     if path.suffix.lower() == ".npy":
         try:
             mel = np.load(path)
