@@ -294,6 +294,30 @@ def test_callback_mirrors_diffusers(pipe, segments):
         run(pipe, segments, callback_steps=0)
 
 
+def test_callback_on_step_end_sees_every_step_and_can_cancel(pipe, segments):
+    plain = run(pipe, segments)
+    seen = []
+
+    def record(p, step_index, timestep, callback_kwargs):
+        assert p is pipe and set(callback_kwargs) == {"latents"}
+        seen.append(step_index)
+        return callback_kwargs
+
+    out = run(pipe, segments, callback_on_step_end=record)
+    steps = len(seen) // 2
+    assert steps >= 1 and seen == [*range(steps), *range(steps)]  # two segments, each step once
+    assert np.array_equal(out.mels, plain.mels)  # returning the latents unchanged changes nothing
+
+    class Stop(Exception):
+        pass
+
+    def stop(p, step_index, timestep, callback_kwargs):
+        raise Stop
+
+    with pytest.raises(Stop):
+        run(pipe, segments, callback_on_step_end=stop)
+
+
 def test_progress_bar_counts_all_steps_and_can_be_off(pipe, segments, capsys):
     run(pipe, segments, show_progress=False)
     run(pipe, segments, progress=False)  # the CLI's spelling

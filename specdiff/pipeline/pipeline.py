@@ -364,10 +364,11 @@ class SpectrogramDiffusionPipeline:
         guidance_scale: float,
         sampler: samplers.Sampler,
         on_step: Callable[[], None] | None,
+        on_step_end: Callable[[int, Any, Tensor], Tensor] | None = None,
     ) -> Iterator[Tensor]:
         """The full-song loop of ORIGINAL.md §5.1; yields each segment's log-mel ``[1, T, 128]`` (float32)."""
         for [(_, mel)] in self._generate_batch(
-            [segments], [generator], num_inference_steps, guidance_scale, sampler, on_step
+            [segments], [generator], num_inference_steps, guidance_scale, sampler, on_step, on_step_end
         ):
             yield mel
 
@@ -380,6 +381,7 @@ class SpectrogramDiffusionPipeline:
         guidance_scale: float,
         sampler: samplers.Sampler,
         on_step: Callable[[], None] | None,
+        on_step_end: Callable[[int, Any, Tensor], Tensor] | None = None,
     ) -> Iterator[list[tuple[int, Tensor]]]:
         """The full-song loop of ORIGINAL.md §5.1 for several songs at once: segment ``i`` of every song
         that has one runs in one batch (encoders, decoder, sampler). Yields, per segment index,
@@ -421,7 +423,7 @@ class SpectrogramDiffusionPipeline:
                 denoise = samplers.GuidedDenoiser(self.decoder, encodings, guidance_scale, film_cache, score_roll=roll,
                                                   timbre=self._timbre_indices(len(active)))  # fmt: skip
                 noise = samplers.randn((len(active), segment_frames, n_dims), generator, device, torch.float32)
-                x = samplers.sample_loop(sampler, denoise, noise, num_inference_steps, generator, on_step)
+                x = samplers.sample_loop(sampler, denoise, noise, num_inference_steps, generator, on_step, on_step_end)
             # The original and DDPM samplers end on a clipped x0 (ORIGINAL.md §4.1), so this clamp changes
             # nothing for them; it keeps ODE solvers (DPM-Solver++, UniPC), which do not clip, inside
             # the [-1, 1] range the model was trained on instead of producing log-mels in the thousands.
@@ -464,6 +466,17 @@ class SpectrogramDiffusionPipeline:
             audio = audio[0]
         return np.asarray(audio, dtype=np.float32)
 
+    def _step_end_hook(self, callback: Callable[..., dict[str, Any] | None] | None):
+        """``callback_on_step_end`` as the sampler loop's ``on_step_end(step_index, timestep, x)``."""
+        if callback is None:
+            return None
+
+        def on_step_end(step_index: int, timestep: Any, x: Tensor) -> Tensor:
+            returned = callback(self, step_index, timestep, {"latents": x})
+            return returned.get("latents", x) if returned else x
+
+        return on_step_end
+
     # -- public ----------------------------------------------------------------------------------
 
     def __call__(
@@ -479,6 +492,7 @@ class SpectrogramDiffusionPipeline:
         callback_steps: int = 1,
         show_progress: bool = True,
         progress: bool | None = None,
+        callback_on_step_end: Callable[[Any, int, Any, dict[str, Any]], dict[str, Any] | None] | None = None,
     ) -> AudioPipelineOutput | tuple[np.ndarray]:
         """Synthesize a song.
 
@@ -489,6 +503,10 @@ class SpectrogramDiffusionPipeline:
         give whole segments, like diffusers. ``callback(i, mel_so_far)`` runs after every
         ``callback_steps``-th segment ``i`` with the untrimmed log-mel so far (numpy, as diffusers).
         ``progress`` is an alias of ``show_progress``. The same generator seed gives the same output.
+        ``callback_on_step_end(pipe, step_index, timestep, callback_kwargs)`` (diffusers' name and
+        arguments) runs after every denoising step of every segment (``step_index`` counts within the
+        segment); ``callback_kwargs`` is ``{"latents": x}`` and the dict it returns may replace them.
+        Raising from it cancels the call.
         ``num_inference_steps``, ``guidance_scale`` and ``scheduler`` left unset take
         :attr:`sampling`'s values (the model folder's ``sampling.json``, else 100 steps of the
         original sampler with w = 2).
@@ -503,7 +521,10 @@ class SpectrogramDiffusionPipeline:
         sampler = self._sampler(scheduler)
         mels: list[Tensor] = []
         with self._progress(len(segments) * num_inference_steps, show) as bar:
-            generated = self._generate(segments, generator, num_inference_steps, guidance_scale, sampler, bar.update)
+            step_end = self._step_end_hook(callback_on_step_end)
+            generated = self._generate(
+                segments, generator, num_inference_steps, guidance_scale, sampler, bar.update, step_end
+            )
             for i, mel in enumerate(generated):
                 mels.append(mel.float().cpu())
                 if callback is not None and i % callback_steps == 0:

@@ -644,19 +644,25 @@ def sample_loop(
     num_inference_steps: int,
     generator: Generators = None,
     on_step: Callable[[], None] | None = None,
+    on_step_end: Callable[[int, Any, Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Run a whole reverse process from ``noise`` (already drawn, unit variance).
 
     ``generator`` may be a list with one generator per batch row (see :func:`randn`).
+    ``on_step_end(step_index, timestep, x)`` runs after each step and returns the ``x`` to go on
+    with (the one it was given, or a replacement); raising from it stops the loop. ``on_step()``
+    (a progress bar's update) runs after it.
     """
     sampler.set_timesteps(num_inference_steps)
     prepare = getattr(denoise, "prepare_times", None)
     if prepare is not None:  # e.g. GuidedDenoiser: FiLM for every step time at once
         prepare([sampler.noise_time(t) for t in sampler.timesteps])
     x = noise * sampler.init_noise_sigma
-    for t in sampler.timesteps:
+    for i, t in enumerate(sampler.timesteps):
         eps = denoise(sampler.scale_model_input(x, t), sampler.noise_time(t))
         x = sampler.step(eps, t, x, generator=generator).prev_sample
+        if on_step_end is not None:
+            x = on_step_end(i, t, x)
         if on_step is not None:
             on_step()
     return x

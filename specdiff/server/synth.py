@@ -1,10 +1,8 @@
 """The service's synthesis side: read an uploaded MIDI, run one job on the loaded pipeline.
 
-Progress and cancellation come from a forward pre-hook on the pipeline's decoder: every
-denoising step is exactly one decoder call (classifier-free guidance batches its two passes into
-one call, ``specdiff.sampling.sampler.GuidedDenoiser``), so counting calls counts steps, and raising
-:class:`~specdiff.server.jobs.JobCancelled` from the hook stops a cancelled job within one step
-without any cooperation from the pipeline.
+Progress and cancellation come from the pipeline's ``callback_on_step_end``: it runs after every
+denoising step, counts it, and raises :class:`~specdiff.server.jobs.JobCancelled` for a cancelled
+job, which stops the job within one step.
 """
 
 from __future__ import annotations
@@ -108,10 +106,6 @@ class Synthesizer:
         self.pipe = pipe
         self.draw_spectrogram = draw_spectrogram or save_spectrogram
         self._current: tuple[Job, JobQueue] | None = None
-        self._hooks = [
-            pipe.decoder.register_forward_pre_hook(self._before_step),
-            pipe.decoder.register_forward_hook(self._after_step),
-        ]
 
     # -- facts about the model, for validation and /api/info ----------------------------------------
 
@@ -158,6 +152,7 @@ class Synthesizer:
                 guidance_scale=settings.guidance,
                 scheduler=settings.scheduler,
                 callback=lambda i, _mel: queue.update(job, segments_done=i + 1),
+                callback_on_step_end=self._step_end,
                 show_progress=False,
             )
         finally:
@@ -178,17 +173,14 @@ class Synthesizer:
             limited=peak > 1.0,
         )
 
-    def _before_step(self, module: Any, args: Any) -> None:
-        if self._current is not None:
-            self._current[0].check_cancelled()
-
-    def _after_step(self, module: Any, args: Any, output: Any) -> None:
+    def _step_end(self, pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Count the step, then stop a cancelled job (``callback_on_step_end``)."""
         if self._current is not None:
             job, queue = self._current
             queue.update(job, step=min(job.step + 1, job.total_steps))
+            job.check_cancelled()
+        return callback_kwargs
 
     def close(self) -> None:
-        """Remove the decoder hooks (the pipeline is then as it was)."""
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks = []
+        """Nothing to undo: the synthesizer attaches nothing to the pipeline (kept for the app's shutdown)."""
+        self._current = None
