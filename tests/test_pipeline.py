@@ -294,6 +294,19 @@ def test_callback_mirrors_diffusers(pipe, segments):
         run(pipe, segments, callback_steps=0)
 
 
+def test_plan_says_what_a_call_will_do(pipe, segments):
+    from specdiff.midi.tokenizer import TokenizedMidi
+
+    plan = pipe.plan(segments, num_inference_steps=STEPS, scheduler="ddpm")
+    assert (plan.segments, plan.frames, plan.steps) == (len(segments), len(segments) * 256, STEPS)
+    assert plan.max_steps == pipe.scheduler_config.get("num_train_timesteps", 1000)
+    assert pipe.plan(segments, scheduler="original").max_steps is None
+    short = pipe.plan(TokenizedMidi(segments, 1.0))  # one second of music: one segment, trimmed
+    assert short.segments == 1 and short.frames == 75 and short.total_steps == short.steps
+    out = run(pipe, TokenizedMidi(segments, 1.0))
+    assert out.mels.shape[1] == short.frames
+
+
 def test_callback_on_step_end_sees_every_step_and_can_cancel(pipe, segments):
     plain = run(pipe, segments)
     seen = []

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import os
 import secrets
 import sys
@@ -301,10 +300,10 @@ def _set_refine_iters(pipe: Any, refine_iters: int | None) -> None:
         pipe.inverter.refine_iters = refine_iters
 
 
-def check_steps(scheduler: str, steps: int, scheduler_config: dict) -> None:
+def check_steps(pipe: Any, scheduler: str, steps: int) -> None:
     """diffusers schedulers cannot take more steps than their discrete training timesteps."""
-    limit = int(scheduler_config.get("num_train_timesteps", 1000))
-    if scheduler != "original" and steps > limit:
+    limit = pipe.max_steps(scheduler)
+    if limit is not None and steps > limit:
         raise SpecdiffError(
             f"--steps {steps} is more than --scheduler {scheduler} allows for this model "
             f"({limit} training timesteps); use at most {limit} or --scheduler original"
@@ -336,11 +335,7 @@ def check_audio_extension(path: Path) -> None:
 
 def _segments_used(pipe: Any, tokenized: Any) -> int:
     """How many 5.12 s segments the pipeline will generate (those after the release tail are skipped)."""
-    from specdiff.pipeline.pipeline import frames_to_keep
-
-    segment_frames = int(pipe.decoder.config["targets_length"])
-    keep = frames_to_keep(len(tokenized.segments), segment_frames, tokenized.duration)
-    return math.ceil(keep / segment_frames)
+    return pipe.plan(tokenized).segments
 
 
 def _synthesize_streaming(
@@ -467,7 +462,7 @@ def _run_synth_one(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     pipe, device = load_pipeline(args, model_dir)
     _set_refine_iters(pipe, args.refine_iters)
-    check_steps(args.scheduler, args.steps, pipe.scheduler_config)
+    check_steps(pipe, args.scheduler, args.steps)
     # A CPU generator: the same seed gives the same start noise on every device (sampler.randn).
     generator = torch.Generator(device="cpu").manual_seed(seed)
     sample_rate = pipe.sample_rate
@@ -644,7 +639,7 @@ def run_synth_many(args: argparse.Namespace, midis: list[Path]) -> int:
         seeds = [secrets.randbelow(2**31) for _ in midis]
     pipe, device = load_pipeline(args, model_dir)
     _set_refine_iters(pipe, args.refine_iters)
-    check_steps(args.scheduler, args.steps, pipe.scheduler_config)
+    check_steps(pipe, args.scheduler, args.steps)
     generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
 
     # 5. All songs (the slow part), then the outputs one song at a time, each atomically.

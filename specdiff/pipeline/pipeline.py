@@ -48,6 +48,21 @@ class AudioPipelineOutput:
     mels: np.ndarray
 
 
+@dataclass(frozen=True)
+class SynthesisPlan:
+    """What a call of the pipeline will do for one song (:meth:`SpectrogramDiffusionPipeline.plan`)."""
+
+    segments: int  # 5.12 s segments generated (those after the release tail are skipped)
+    frames: int  # log-mel frames of the output (the music plus the release tail)
+    segment_frames: int
+    steps: int  # denoising steps per segment
+    max_steps: int | None  # the most steps the scheduler allows (None: no limit)
+
+    @property
+    def total_steps(self) -> int:
+        return self.segments * self.steps
+
+
 @dataclass
 class SegmentOutput:
     """One finished segment from :meth:`SpectrogramDiffusionPipeline.segments`."""
@@ -591,6 +606,22 @@ class SpectrogramDiffusionPipeline:
         if output_type not in ("np", "mel"):
             raise SpecdiffError(f"output_type must be 'np' or 'mel', got {output_type!r}")
 
+    def max_steps(self, scheduler: Any = None) -> int | None:
+        """The most denoising steps ``scheduler`` allows for this model: diffusers' schedulers cannot
+        take more than their training timesteps; the original sampler has no limit (None)."""
+        name = self.sampling.scheduler if scheduler is None else scheduler
+        if name == "original":
+            return None
+        return int(self.scheduler_config.get("num_train_timesteps", 1000))
+
+    def plan(self, input_tokens: Any, num_inference_steps: int | None = None, scheduler: Any = None) -> SynthesisPlan:
+        """The segment plan and step limits of a call with these arguments, without running it
+        (unset arguments take :attr:`sampling`'s values, as in :meth:`__call__`)."""
+        segments, keep = self._song(input_tokens)
+        steps = self.sampling.num_inference_steps if num_inference_steps is None else num_inference_steps
+        segment_frames = int(_module_config(self.decoder, "targets_length"))
+        return SynthesisPlan(len(segments), keep, segment_frames, steps, self.max_steps(scheduler))
+
     def _song(self, input_tokens: Any) -> tuple[list[list[int]], int]:
         """The token segments that are needed and the number of frames to keep."""
         segments, duration = _as_segments(input_tokens)
@@ -656,5 +687,5 @@ class SpectrogramDiffusionPipeline:
 
 __all__ = [
     "AudioPipelineOutput", "FADE_OUT_SECONDS", "RELEASE_TAIL_SECONDS", "SegmentOutput",
-    "SpectrogramDiffusionPipeline", "frames_to_keep",
+    "SpectrogramDiffusionPipeline", "SynthesisPlan", "frames_to_keep",
 ]  # fmt: skip

@@ -8,7 +8,6 @@ job, which stops the job within one step.
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -120,16 +119,11 @@ class Synthesizer:
 
     def max_steps_for(self, scheduler: str) -> int | None:
         """diffusers' schedulers cannot take more steps than their training timesteps."""
-        if scheduler == "original":
-            return None
-        return int(self.pipe.scheduler_config.get("num_train_timesteps", 1000))
+        return self.pipe.max_steps(scheduler)
 
     def segments_for(self, midi: Any) -> int:
         """How many segments the pipeline will generate (it stops after the release tail)."""
-        from specdiff.pipeline.pipeline import frames_to_keep
-
-        keep = frames_to_keep(len(midi.segments), self.segment_frames, float(midi.duration))
-        return math.ceil(keep / self.segment_frames)
+        return self.pipe.plan(midi).segments
 
     # -- the runner -------------------------------------------------------------------------------
 
