@@ -138,6 +138,23 @@ def test_embedding_choices_are_the_registered_ones():
     assert EMBEDDINGS[0] == "mfcc-stats"
 
 
+def test_unset_sampler_settings_are_the_models_sampling_json(songs):
+    from specdiff.pipeline.default_model import SamplingSettings
+
+    pipe = FakePipeline([np.zeros(SR * 4, np.float32)])
+    pipe.sampling = SamplingSettings(scheduler="ddim", num_inference_steps=3, guidance_scale=1.0)
+    results = ev.evaluate(pipe, [songs / "a_scale.mid"], transcription=False, verbose=False)
+    kwargs = pipe.calls[0][1]
+    assert (kwargs["num_inference_steps"], kwargs["scheduler"], kwargs["guidance_scale"]) == (3, "ddim", 1.0)
+    assert (results["settings"]["steps"], results["settings"]["scheduler"]) == (3, "ddim")
+    plain = FakePipeline([np.zeros(SR * 4, np.float32)])  # no sampling.json: the library defaults
+    ev.evaluate(plain, [songs / "a_scale.mid"], transcription=False, verbose=False, steps=2)
+    assert (plain.calls[0][1]["num_inference_steps"], plain.calls[0][1]["scheduler"]) == (
+        2,
+        SamplingSettings().scheduler,
+    )
+
+
 def test_oracle_model_scores_a_perfect_reconstruction(songs):
     needs_renderer()
     audios = renders(songs)

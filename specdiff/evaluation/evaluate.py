@@ -39,6 +39,7 @@ import numpy as np
 from specdiff.atomic import atomic_write_text
 from specdiff.constants import SAMPLE_RATE
 from specdiff.errors import AudioError, MidiError, SpecdiffError
+from specdiff.pipeline.default_model import SamplingSettings
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 MIDI_SUFFIXES = (".mid", ".midi")
@@ -200,9 +201,9 @@ def evaluate(
     model: Any,
     midi_files: Sequence[str | os.PathLike],
     reference_audio: Mapping[Any, Any] | str | os.PathLike | None = None,
-    steps: int = 100,
-    scheduler: str = "original",
-    guidance: float = 2.0,
+    steps: int | None = None,
+    scheduler: str | None = None,
+    guidance: float | None = None,
     seed: int = 0,
     out_dir: str | os.PathLike | None = None,
     *,
@@ -227,6 +228,8 @@ def evaluate(
     same ``seed``. ``dtype``: the networks' dtype when ``model`` is a folder (default float32).
     ``timbre``: synthesize this timbre of a timbre-conditioned model; rendered references then
     use that timbre's SoundFont (``specdiff.data.render.find_soundfont``) unless ``soundfont`` is given.
+    ``steps``, ``scheduler`` and ``guidance`` left None take the model's ``sampling.json`` (its
+    :attr:`sampling`), else the library defaults, as a call of the pipeline does.
     Returns the result dict that is also written to ``out_dir/evaluation.json``
     (when ``out_dir`` is given); the table goes to stdout when ``verbose``.
     """
@@ -234,7 +237,7 @@ def evaluate(
     from specdiff.evaluation.embeddings import get_embedding
 
     started_all = time.perf_counter()
-    if steps < 1:
+    if steps is not None and steps < 1:
         raise SpecdiffError(f"steps must be at least 1, got {steps}")
     if max_seconds is not None and not (max_seconds > 0 and math.isfinite(max_seconds)):
         raise SpecdiffError(f"max_seconds must be a positive number, got {max_seconds}")
@@ -259,6 +262,10 @@ def evaluate(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     pipe = _load_pipeline(model, inverter, device, dtype)
+    sampling = getattr(pipe, "sampling", None) or SamplingSettings()  # the model's sampling.json
+    steps = sampling.num_inference_steps if steps is None else steps
+    scheduler = sampling.scheduler if scheduler is None else scheduler
+    guidance = sampling.guidance_scale if guidance is None else guidance
     if timbre is not None:
         pipe.timbre = timbre
         if soundfont is None and reference_audio is None:
