@@ -99,6 +99,13 @@ def model_folder(model: str, tmp: Path, prior_alone: bool = False) -> Path:
     return path
 
 
+def run_label(path: Path) -> str:
+    """A row label: a folder's name, or ``RUN/step_N.pt`` for a training checkpoint."""
+    if path.is_file() and path.parent.name == "checkpoints":
+        return f"{path.parent.parent.name}/{path.name}"
+    return path.name
+
+
 def with_final_noise_time(folder: Path, tmp: Path, value: float) -> Path:
     """A copy of ``folder`` whose sampling.json ends DDIM at noise time ``value``."""
     import dataclasses
@@ -196,7 +203,9 @@ def main() -> int:
                     summary["reference_max_segment_jump_db"] = max(
                         r["reference_max_segment_jump_db"] for r in res["pieces"]
                     )
-                    label = Path(model).name + (" (prior alone)" if prior else "")
+                    label = run_label(Path(model)) + (" (prior alone)" if prior else "")
+                    if args.guidance != 1.0:
+                        label += f", guidance {args.guidance:g}"
                     if args.final_noise_time:
                         label += f", final t {args.final_noise_time:g}"
                     results.append({"model": label, "set": args.set, "pieces": len(files), "steps": steps,

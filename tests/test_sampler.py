@@ -341,7 +341,7 @@ def test_ddim_final_noise_time_spreads_steps_down_to_it_and_ends_on_its_x0():
     one = S.make_scheduler("ddim", final_noise_time=0.8)
     one.set_timesteps(1)  # one step is the plain one-step DDIM from pure noise
     assert [int(t) for t in one.timesteps] == [999]
-    with pytest.raises(ValueError):
+    with pytest.raises(SpecdiffError, match="at most 201 steps"):
         sampler.set_timesteps(500)  # more steps than table entries between 1 and 0.8
     with pytest.raises(ValueError):
         S.make_scheduler("ddim", final_noise_time=1.0)

@@ -400,9 +400,12 @@ class DDIMSampler:
             times = np.linspace(1.0, self.final_noise_time, self.num_inference_steps)
             timesteps = np.round(times * self.num_train_timesteps).astype(np.int64) - 1
             if len(np.unique(timesteps)) < len(timesteps):
-                raise ValueError(
-                    f"{num_inference_steps} steps do not fit between noise time 1 and {self.final_noise_time} "
-                    f"on a {self.num_train_timesteps}-step table"
+                from specdiff.errors import SpecdiffError
+
+                most = int(round((1.0 - self.final_noise_time) * self.num_train_timesteps)) + 1
+                raise SpecdiffError(
+                    f"DDIM ending at noise time {self.final_noise_time:g} (the model's sampling.json) takes at "
+                    f"most {most} steps, got {num_inference_steps}; use fewer steps or another scheduler"
                 )
         else:
             ratio = self.num_train_timesteps / self.num_inference_steps
