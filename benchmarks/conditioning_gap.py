@@ -6,7 +6,7 @@ and context, with no notes (the context kept), and with neither (the classifier-
 "null" input). The gaps are what the notes and the context are worth; a model that plays the
 right notes needs a clearly positive notes gap. Also reported: how far the first cross-attention
 head of each decoder layer is from attending to the note events of its frame (the penalty of
-``specdiff.guided_attention``, 0 = as aligned as possible, 1 = as far as possible).
+``specdiff.training.guided_attention``, 0 = as aligned as possible, 1 = as far as possible).
 
 Usage:
   python benchmarks/conditioning_gap.py MODEL [MODEL ...] --data CACHE
@@ -25,20 +25,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specdiff.data import open_training_datasets  # noqa: E402
-from specdiff.diffusion import eps_from_prediction, predict_x0, q_sample  # noqa: E402
-from specdiff.guided_attention import (  # noqa: E402
+from specdiff.data.cache import open_training_datasets  # noqa: E402
+from specdiff.sampling.diffusion import eps_from_prediction, predict_x0, q_sample  # noqa: E402
+from specdiff.training.batches import collate_counted
+from specdiff.training.export import model_from_path
+from specdiff.training.guided_attention import (  # noqa: E402
     CrossAttentionRecorder,
     alignment_penalty_weights,
     guided_attention_penalty,
     token_frames,
 )
-from specdiff.train import (  # noqa: E402
-    SpectrogramDiffusionModel,
-    collate,
-    model_from_path,
-    trim_token_padding,
-)
+from specdiff.training.objective import SpectrogramDiffusionModel, trim_token_padding
 
 TIMES = (0.3, 0.5, 0.7, 0.9)
 
@@ -101,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     _, val = open_training_datasets(args.data)
-    batch = collate([(i, val[i]) for i in range(min(args.examples, len(val)))])
+    batch = collate_counted([(i, val[i]) for i in range(min(args.examples, len(val)))])
     rows = {
         str(path): measure(model_from_path(path, use_ema=not args.raw), batch, times=tuple(args.times))
         for path in args.models

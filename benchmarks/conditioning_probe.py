@@ -5,7 +5,7 @@ before any real training: on a synthetic task whose spectrogram follows from the
 many optimiser steps does a freshly initialised model need before the notes help?
 
 Task: 2-6 random piano notes (pitches 48-84) per 5.12 s segment, tokenized with the real codec
-(``specdiff.tokenizer.notes_to_segments``); the target log-mel is a piano roll in mel space: the
+(``specdiff.midi.tokenizer.notes_to_segments``); the target log-mel is a piano roll in mel space: the
 fundamental and two harmonics of each note on a silent (-1) floor.
 
 - ``--task static``: every note's harmonics span the whole segment at a constant level (a bag of
@@ -16,12 +16,12 @@ fundamental and two harmonics of each note on a silent (-1) floor.
 Objective ``direct`` (default): regress the target (MSE) from pure noise at t = 0.99 through the
 whole model (notes encoder + decoder; empty context). The noisy input carries nothing, so only the
 notes can lower the error: it isolates the conditioning pathway from denoising. ``diffusion`` uses
-the training objective itself (``specdiff.train.diffusion_loss``, eps L1, uniform t, CFG drop 0.1).
+the training objective itself (``specdiff.training.objective.diffusion_loss``, eps L1, uniform t, CFG drop 0.1).
 
 The fix of ``benchmarks/results/trainability.md``: ``--output-init zero --out-bias`` starts the
 decoder's output layer at zero with a bias at the silent floor (for ``direct``; under ``diffusion``
 the bias starts at the floor only for ``--prediction-type sample``). ``--aligned`` adds the
-frame-aligned score roll (``specdiff.score_roll``, computed from the same tokens) to the decoder
+frame-aligned score roll (``specdiff.midi.score_roll``, computed from the same tokens) to the decoder
 input: the answer frame by frame, so it measures how fast the decoder can use aligned input.
 
 Every ``--every`` steps it reports the held-out error with the notes and with no notes (all PAD),
@@ -51,30 +51,22 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specdiff.guided_attention import CrossAttentionRecorder, guided_attention_penalty  # noqa: E402
-from specdiff.mel import MEL_FMAX, N_MELS, hertz_to_mel  # noqa: E402
-from specdiff.metrics import midi_to_hz  # noqa: E402
-from specdiff.model import build_models  # noqa: E402
-from specdiff.optim import build_optimizer  # noqa: E402
-from specdiff.score_roll import ROLL_FEATURES  # noqa: E402
-from specdiff.tokenizer import (  # noqa: E402
-    FRAMES_PER_SECOND,
-    INPUT_LENGTH,
-    NUM_EMBEDDINGS,
-    SEGMENT_FRAMES,
-    SEGMENT_SECONDS,
-    SHIFT_ID,
-    STEPS_PER_FRAME,
-    Note,
-    notes_to_segments,
-)
-from specdiff.train import (  # noqa: E402
+from specdiff.audio.mel import MEL_FMAX, hertz_to_mel  # noqa: E402
+from specdiff.constants import FRAMES_PER_SECOND, N_MELS, SEGMENT_FRAMES, SEGMENT_SECONDS  # noqa: E402
+from specdiff.evaluation.metrics import midi_to_hz  # noqa: E402
+from specdiff.midi.reader import Note  # noqa: E402
+from specdiff.midi.score_roll import ROLL_FEATURES  # noqa: E402
+from specdiff.midi.tokenizer import INPUT_LENGTH, NUM_EMBEDDINGS, SHIFT_ID, STEPS_PER_FRAME, notes_to_segments  # noqa: E402
+from specdiff.models.presets import build_models  # noqa: E402
+from specdiff.training.guided_attention import CrossAttentionRecorder, guided_attention_penalty  # noqa: E402
+from specdiff.training.objective import (
     OUTPUT_INITS,
     SpectrogramDiffusionModel,
     diffusion_loss,
     initialise_output,
     trim_token_padding,
 )
+from specdiff.training.optim import build_optimizer  # noqa: E402
 
 #: (harmonic, level above the -1 floor at the onset)
 HARMONICS = ((1, 1.6), (2, 1.2), (3, 0.9))
@@ -210,7 +202,7 @@ def main(argv=None) -> int:
         type=float,
         default=0.0,
         help="direct objective: add this weight x the guided cross-attention penalty per frame "
-        "(specdiff.guided_attention, first head, onsets)",
+        "(specdiff.training.guided_attention, first head, onsets)",
     )
     parser.add_argument(
         "--aligned",

@@ -4,7 +4,7 @@ The bundled decoder's output does not respond to its noisy input (``steps_probe.
 --noise-response``: its one-step noise leak equals ``c_skip sigma``, what ignoring the input gives).
 This script isolates why. It encodes ``--train`` windows of a feature cache once (notes and context
 encoders frozen), then trains only the decoder for ``--steps`` steps on the training objective of
-:func:`specdiff.train.diffusion_loss` (``prediction_target``, summed L1 by default) under one of
+:func:`specdiff.training.objective.diffusion_loss` (``prediction_target``, summed L1 by default) under one of
 several variants, printing the validation leak at t = 0.1, 0.3, 0.5 and the x0 L1 as it goes:
 
 - ``warm``: the model's decoder as loaded (the bundled one by default);
@@ -31,10 +31,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specdiff.data import ChunkDataset  # noqa: E402
-from specdiff.diffusion import alpha_sigma, edm_coefficients, prediction_target, q_sample, x0_from_prediction  # noqa: E402
-from specdiff.model import init_weights  # noqa: E402
-from specdiff.train import collate, model_from_path, trim_token_padding  # noqa: E402
+from specdiff.data.cache import ChunkDataset  # noqa: E402
+from specdiff.models.initialisation import init_weights  # noqa: E402
+from specdiff.sampling.diffusion import alpha_sigma, edm_coefficients, prediction_target, q_sample, x0_from_prediction  # noqa: E402
+from specdiff.training.batches import collate_counted  # noqa: E402
+from specdiff.training.export import model_from_path  # noqa: E402
+from specdiff.training.objective import trim_token_padding  # noqa: E402
 
 PROBE_TIMES = (0.1, 0.3, 0.5)
 
@@ -43,7 +45,7 @@ def encode_batches(model, dataset, count: int, batch_size: int) -> list[dict]:
     """Frozen encoder outputs, score rolls and targets for ``count`` windows."""
     batches = []
     for start in range(0, count, batch_size):
-        batch = collate([(i, dataset[i]) for i in range(start, min(start + batch_size, count))])
+        batch = collate_counted([(i, dataset[i]) for i in range(start, min(start + batch_size, count))])
         tokens = trim_token_padding(batch["tokens"])
         with torch.no_grad():
             encodings = model.encode(tokens, batch["context"], batch["context_mask"])

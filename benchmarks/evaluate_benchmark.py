@@ -1,7 +1,7 @@
-"""The evaluation table: a model on the demo corpus's held-out pieces (``specdiff.evaluate``).
+"""The evaluation table: a model on the demo corpus's held-out pieces (``specdiff.evaluation.evaluate``).
 
 A fixed protocol, so tables of different models compare: the first ``--pieces`` files of the
-demo corpus's test split (specdiff/corpus.py, manifest order), the first ``--max-seconds`` of
+demo corpus's test split (specdiff/data/corpus.py, manifest order), the first ``--max-seconds`` of
 each, SoundFont renders (TimGM6mb.sf2) as references, one seed, the mfcc-stats embedding.
 
 Without ``--model`` it evaluates a freshly initialised random model of a preset (``tiny`` by
@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specdiff.evaluate import _json_safe, evaluate, markdown_report  # noqa: E402
+from specdiff.evaluation.evaluate import _json_safe, evaluate, markdown_report  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -65,15 +65,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from specdiff.corpus import demo_midi_files
+    from specdiff.data.corpus import demo_midi_files
 
     torch.set_num_threads(args.threads)
     midi_files = args.midi or demo_midi_files("test")[: args.pieces]
     name = args.name or (args.model.name if args.model else f"random_{args.preset}")
     with tempfile.TemporaryDirectory() as tmp:
         if args.model is None:
-            from specdiff.model import build_models
-            from specdiff.pipeline import SpectrogramDiffusionPipeline
+            from specdiff.models.presets import build_models
+            from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
             model = Path(tmp) / f"random_{args.preset}"
             SpectrogramDiffusionPipeline(*build_models(args.preset, seed=0)).save_pretrained(model)

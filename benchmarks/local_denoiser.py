@@ -23,14 +23,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specdiff.data import ChunkDataset  # noqa: E402
-from specdiff.diffusion import SIGMA_DATA, alpha_sigma  # noqa: E402
-from specdiff.train import collate, model_from_path, trim_token_padding  # noqa: E402
+from specdiff.data.cache import ChunkDataset  # noqa: E402
+from specdiff.sampling.diffusion import SIGMA_DATA, alpha_sigma  # noqa: E402
+from specdiff.training.batches import collate_counted  # noqa: E402
+from specdiff.training.export import model_from_path  # noqa: E402
+from specdiff.training.objective import trim_token_padding  # noqa: E402
 
 
 def windows_and_prior(model, dataset, indices) -> tuple[torch.Tensor, torch.Tensor]:
     """Targets ``[B, T, 128]`` and the model's score prior for them (same shape)."""
-    batch = collate([(i, dataset[i]) for i in indices])
+    batch = collate_counted([(i, dataset[i]) for i in indices])
     tokens = trim_token_padding(batch["tokens"])
     with torch.no_grad():
         encodings = model.encode(tokens, batch["context"], batch["context_mask"])

@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 from conftest import held_under_one_pedal_midi, pedal_storm_midi, stacked_notes_one_press_midi  # noqa: E402
 
 from specdiff.errors import MidiError  # noqa: E402
+from specdiff.midi.tokenizer import midi_to_segments  # noqa: E402
 from specdiff.server.config import ServeConfig  # noqa: E402
 from specdiff.server.synth import read_midi  # noqa: E402
-from specdiff.tokenizer import midi_to_segments  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

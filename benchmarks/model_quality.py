@@ -2,7 +2,7 @@
 
 For each sampler setting (``--configs``, e.g. ``original:100 dpmsolver++:20``) the model
 synthesizes the first ``--max-seconds`` of every held-out piece (demo corpus test split, never
-trained on) and ``specdiff.evaluate`` scores it against a SoundFont render of the same MIDI:
+trained on) and ``specdiff.evaluation.evaluate`` scores it against a SoundFont render of the same MIDI:
 basic-pitch note-onset F1 of ours and of the render (and their ratio), log-mel L1, multi-resolution
 STFT distance, Fréchet distance on the offline mfcc-stats embedding. Results are summarised over
 all pieces and per group of the corpus manifest:
@@ -49,7 +49,7 @@ def piece_group(entry: dict[str, Any]) -> str:
 
 def held_out_pieces() -> list[tuple[Path, str]]:
     """(MIDI path, group) of the demo corpus's test split, in manifest order."""
-    from specdiff.corpus import demo_midi_files
+    from specdiff.data.corpus import demo_midi_files
 
     manifest = json.loads((ROOT / "specdiff" / "assets" / "demo_midi" / "manifest.json").read_text())
     groups = {entry["file"]: piece_group(entry) for entry in manifest["files"]}
@@ -57,7 +57,7 @@ def held_out_pieces() -> list[tuple[Path, str]]:
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Means over rows; the F1 ratio is the ratio of the mean F1s (as specdiff.evaluate does)."""
+    """Means over rows; the F1 ratio is the ratio of the mean F1s (as specdiff.evaluation.evaluate does)."""
     if not rows:
         return {}
     mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
@@ -83,7 +83,7 @@ def cpu_seconds_per_audio_second(
     """Process CPU time of synthesizing (notes to audio) the first ``seconds`` of ``midi`` (after a warm-up run)."""
     import torch
 
-    from specdiff.evaluate import prepare_piece
+    from specdiff.evaluation.evaluate import prepare_piece
 
     piece = prepare_piece(midi, seconds)
 
@@ -155,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from specdiff.default_model import default_model_path, precision_dtype
-    from specdiff.evaluate import evaluate
-    from specdiff.pipeline import SpectrogramDiffusionPipeline
+    from specdiff.evaluation.evaluate import evaluate
+    from specdiff.pipeline.default_model import default_model_path, precision_dtype
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     torch.set_num_threads(args.threads)
     model = args.model or default_model_path()

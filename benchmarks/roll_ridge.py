@@ -1,7 +1,7 @@
 """How far does the score roll alone carry on real spectrograms? A per-frame ridge regression probe.
 
 The decoder's x0 estimate at high noise can only use the notes; with the frame-aligned roll
-(``specdiff/score_roll.py``) the simplest such estimate is a linear map of each frame's roll
+(``specdiff/midi/score_roll.py``) the simplest such estimate is a linear map of each frame's roll
 features (plus the features of a few neighbouring frames, for attacks that straddle a frame
 edge). This script fits that map in closed form (ridge regression on the training split of a
 feature cache) and reports:
@@ -9,7 +9,7 @@ feature cache) and reports:
 - its x0 L1 on validation segments (scaled [-1, 1] log-mel, the unit of
   ``benchmarks/conditioning_gap.py`` / trainability.md), beside the constant (mean-frame) floor;
 - with ``--evaluate``, the model-quality metrics of the held-out test pieces when the ridge
-  estimate *is* the spectrogram, through the bundled inverter (``specdiff.evaluate``, as
+  estimate *is* the spectrogram, through the bundled inverter (``specdiff.evaluation.evaluate``, as
   ``benchmarks/model_quality.py`` scores a model): a lower bound on what a decoder that has
   learned the frame-local roll -> mel map should reach, and a yardstick for its onset F1.
 
@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from specdiff.atomic import atomic_write_text  # noqa: E402
-from specdiff.score_roll import TONAL_FEATURES, batch_rolls  # noqa: E402
-from specdiff.train import collated_windows, ridge_regression  # noqa: E402
+from specdiff.midi.score_roll import TONAL_FEATURES, batch_rolls  # noqa: E402
+from specdiff.training.prior_fit import collated_windows, ridge_regression  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SHIFTS = (-2, -1, 1, 2)  # neighbouring frames whose onset features are also given
@@ -58,7 +58,7 @@ def frame_features(roll: torch.Tensor) -> torch.Tensor:
 
 def fit(train, segments: int, ridge: float) -> torch.Tensor:
     """Closed-form ridge weights ``[D + 1, 128]`` (the last row: the intercept) from ``segments``
-    training windows (``specdiff.train.ridge_regression``, as ``train.fit_score_prior`` fits the
+    training windows (``specdiff.training.prior_fit.ridge_regression``, as ``train.fit_score_prior`` fits the
     bundled model's score prior)."""
 
     pairs = (
@@ -74,7 +74,7 @@ def predict(weights: torch.Tensor, tokens) -> torch.Tensor:
 
 
 class RidgePipeline:
-    """Stands in for a pipeline in ``specdiff.evaluate``: each segment's mel is the ridge estimate."""
+    """Stands in for a pipeline in ``specdiff.evaluation.evaluate``: each segment's mel is the ridge estimate."""
 
     def __init__(self, weights: torch.Tensor, inverter):
         from specdiff.constants import SAMPLE_RATE
@@ -82,8 +82,8 @@ class RidgePipeline:
         self.weights, self.inverter, self.sample_rate = weights, inverter, SAMPLE_RATE
 
     def __call__(self, tokenized, **_ignored):
-        from specdiff.mel import scale_to_features
-        from specdiff.pipeline import AudioPipelineOutput, frames_to_keep
+        from specdiff.audio.mel import scale_to_features
+        from specdiff.pipeline.pipeline import AudioPipelineOutput, frames_to_keep
 
         segments = tokenized.segments
         mel = scale_to_features(predict(self.weights, segments)).reshape(1, -1, 128)
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", help="a .pt file: load the fitted weights if it exists, else save them")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from specdiff.data import open_training_datasets
+    from specdiff.data.cache import open_training_datasets
 
     train, val = open_training_datasets(args.data)
     started = time.perf_counter()
@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(result, indent=2), flush=True)
     if args.evaluate:
-        from specdiff.evaluate import evaluate
-        from specdiff.pipeline import SpectrogramDiffusionPipeline
+        from specdiff.evaluation.evaluate import evaluate
+        from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from model_quality import held_out_pieces, summarise

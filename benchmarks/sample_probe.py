@@ -28,14 +28,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specdiff import sampler as samplers  # noqa: E402
-from specdiff.data import open_training_datasets  # noqa: E402
-from specdiff.train import (  # noqa: E402
-    SpectrogramDiffusionModel,
-    collate,
-    model_from_path,
-    trim_token_padding,
-)
+from specdiff.data.cache import open_training_datasets  # noqa: E402
+from specdiff.sampling import sampler as samplers  # noqa: E402
+from specdiff.training.batches import collate_counted
+from specdiff.training.export import model_from_path
+from specdiff.training.objective import SpectrogramDiffusionModel, trim_token_padding
 
 
 def spectral_flux(mel: torch.Tensor) -> torch.Tensor:
@@ -88,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     _, val = open_training_datasets(args.data)
     items = [(i, val[i]) for i in range(args.segments)]
-    batches = [collate(items[i : i + 8]) for i in range(0, len(items), 8)]
+    batches = [collate_counted(items[i : i + 8]) for i in range(0, len(items), 8)]
     for path in args.models:
         row = measure(model_from_path(path), batches, args.scheduler, args.steps, args.guidance)
         print(

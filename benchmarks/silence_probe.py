@@ -4,7 +4,7 @@
     python benchmarks/silence_probe.py --data CACHE --models A.pt B.pt    # and checkpoints' outputs
 
 Part 1 fits the score prior in closed form (ridge regression of the target log-mel on the roll's
-shared columns, ``specdiff.train.fit_score_prior``) on the first ``--fit-windows`` training windows
+shared columns, ``specdiff.training.prior_fit.fit_score_prior``) on the first ``--fit-windows`` training windows
 with each roll layout, with and without the padding past piece ends, and reports on
 ``--windows`` validation windows: the mean frame level (natural-log mel) of the prior and of the
 target on quiet frames (target mean below -8) and on the others, and the log-mel L1 on real
@@ -29,16 +29,18 @@ sys.path.insert(0, str(ROOT))
 
 from steps_probe import ddim_x0, segment_cache  # noqa: E402
 
-from specdiff.data import ChunkDataset  # noqa: E402
-from specdiff.mel import scale_to_features  # noqa: E402
-from specdiff.score_roll import (  # noqa: E402
+from specdiff.audio.mel import scale_to_features  # noqa: E402
+from specdiff.data.cache import ChunkDataset  # noqa: E402
+from specdiff.midi.score_roll import (  # noqa: E402
     EXTENDED_ROLL_FEATURES,
     ROLL_FEATURES,
     SILENT_FEATURE,
     TONAL_FEATURES,
     batch_rolls,
 )
-from specdiff.train import collated_windows, model_from_path, padding_mask, ridge_regression  # noqa: E402
+from specdiff.training.export import model_from_path  # noqa: E402
+from specdiff.training.objective import padding_mask  # noqa: E402
+from specdiff.training.prior_fit import collated_windows, ridge_regression  # noqa: E402
 
 QUIET = -8.0  # natural-log mel: a frame whose mean is below this is quiet (the floor is -11.5)
 RESULTS = ROOT / "benchmarks" / "results"
@@ -54,7 +56,7 @@ FITS = [
 
 
 def roll_columns(tokens: torch.Tensor, features: int, silent_only: bool) -> torch.Tensor:
-    """The roll columns a prior fit uses (the shared ones; see ``specdiff.train.fit_score_prior``)."""
+    """The roll columns a prior fit uses (the shared ones; see ``specdiff.training.prior_fit.fit_score_prior``)."""
     roll = batch_rolls(tokens, 256, features)[..., TONAL_FEATURES:]
     if silent_only:
         keep = list(range(ROLL_FEATURES - TONAL_FEATURES)) + [SILENT_FEATURE - TONAL_FEATURES]

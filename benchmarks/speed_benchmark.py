@@ -1,7 +1,7 @@
 """Speed benchmark: synthesis real-time factor, ours vs diffusers on the same weights, tokenization.
 
 Everything uses random weights (speed does not depend on their values) in float32 on the CPU.
-What it measures, per model preset (tiny / small / base, ``specdiff.model.PRESETS``):
+What it measures, per model preset (tiny / small / base, ``specdiff.models.presets.PRESETS``):
 
 1. **Components, ours vs diffusers, same weights, same run.** diffusers' ``SpectrogramNotesEncoder``,
    ``SpectrogramContEncoder`` and ``T5FilmDecoder`` get our state dicts (the layouts are the
@@ -28,7 +28,7 @@ What it measures, per model preset (tiny / small / base, ``specdiff.model.PRESET
    shapes, same threads and clock).
 4. **Pipeline per sampler** (guidance 2.0, one 5.12 s segment, ``output_type="mel"``): K1 and K2
    steps, extrapolated to each sampler's typical step count; real-time factor with and without a
-   spectrogram inverter (Griffin-Lim, and our ``specdiff.vocoder.Vocoder`` with random weights:
+   spectrogram inverter (Griffin-Lim, and our ``specdiff.audio.vocoder.Vocoder`` with random weights:
    the same cost as a trained one).
 5. **Tokenization**: MIDI -> token segments for the demo corpus (seconds of music per second).
 6. **Profile** (``--profile PRESET``): torch.profiler of decoder steps as the pipeline runs them,
@@ -71,8 +71,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from specdiff.default_model import precision_dtype  # noqa: E402
-from specdiff.model import PRESETS, build_models, count_parameters  # noqa: E402
+from specdiff.models.presets import PRESETS, build_models, count_parameters  # noqa: E402
+from specdiff.pipeline.default_model import precision_dtype  # noqa: E402
 
 SEGMENT_SECONDS = 5.12
 #: Typical step counts per sampler, for the extrapolated end-to-end RTF.
@@ -189,7 +189,7 @@ def line_fit(k1: int, t1: float, k2: int, t2: float) -> tuple[float, float]:
 
 def benchmark_midi_files(split: str | None = None) -> list[Path]:
     """The demo corpus (one split, or all), else every MIDI file bundled with the repo's tests."""
-    from specdiff.corpus import DEMO_MIDI_DIR, demo_midi_files
+    from specdiff.data.corpus import DEMO_MIDI_DIR, demo_midi_files
     from specdiff.errors import SpecdiffError
 
     try:
@@ -201,7 +201,7 @@ def benchmark_midi_files(split: str | None = None) -> list[Path]:
 
 def demo_song() -> list[list[int]]:
     """The token segments of the first demo test piece that has at least two segments."""
-    from specdiff.tokenizer import midi_to_segments
+    from specdiff.midi.tokenizer import midi_to_segments
 
     for path in benchmark_midi_files("test") + benchmark_midi_files():
         segments = midi_to_segments(path).segments
@@ -246,7 +246,7 @@ def diffusers_modules(ours: tuple[torch.nn.Module, ...]) -> tuple[torch.nn.Modul
 def random_vocoder():
     """Our vocoder with random weights (costs what a trained one costs), or None."""
     try:
-        from specdiff.vocoder import Vocoder, VocoderInverter
+        from specdiff.audio.vocoder import Vocoder, VocoderInverter
     except ImportError:
         return None
     torch.manual_seed(0)
@@ -341,7 +341,7 @@ def diffusers_song(modules, scheduler, segments: list[list[int]], steps: int, ge
     """diffusers' SpectrogramDiffusionPipeline.__call__ loop (ORIGINAL.md §5.1), without its melgan/progress.
 
     ``clock["encode"]`` accumulates the time spent in the encoders."""
-    from specdiff.mel import scale_features, scale_to_features
+    from specdiff.audio.mel import scale_features, scale_to_features
 
     notes, cont, dec = modules
     pred_mel = torch.zeros(1, 256, 128)
@@ -380,8 +380,8 @@ def e2e_benchmark(preset: str, steps: tuple[int, int], repeats: int, bf16: bool 
 
     import diffusers
 
-    from specdiff.pipeline import SpectrogramDiffusionPipeline
-    from specdiff.sampler import OFFICIAL_SCHEDULER_CONFIG
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
+    from specdiff.sampling.sampler import OFFICIAL_SCHEDULER_CONFIG
 
     models = build_models(preset, seed=0)
     theirs = diffusers_modules(models)
@@ -453,8 +453,8 @@ def e2e_benchmark(preset: str, steps: tuple[int, int], repeats: int, bf16: bool 
 @torch.no_grad()
 def sampler_benchmark(preset: str, samplers: list[str], k1: int, k2: int, guidance: float,
                       inverter_s: dict[str, float]) -> list[dict[str, Any]]:  # fmt: skip
-    from specdiff.pipeline import SpectrogramDiffusionPipeline
-    from specdiff.tokenizer import TokenizedMidi
+    from specdiff.midi.tokenizer import TokenizedMidi
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     pipe = SpectrogramDiffusionPipeline(*build_models(preset, seed=0), inverter=None)
     tokens, _ = demo_segment()
@@ -489,8 +489,8 @@ def realtime_benchmark(preset: str, sampler: str, steps: int, threads: int, repe
     vocoder (random weights) as the inverter, wall clock on ``threads`` threads, with and without
     guidance, in each of ``precisions`` (the networks' dtype). The machine is shared, so the best
     of ``repeats`` is the least disturbed run."""
-    from specdiff.pipeline import SpectrogramDiffusionPipeline
-    from specdiff.tokenizer import TokenizedMidi
+    from specdiff.midi.tokenizer import TokenizedMidi
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     vocoder = random_vocoder()
     if vocoder is None:
@@ -535,7 +535,8 @@ def realtime_benchmark(preset: str, sampler: str, steps: int, threads: int, repe
 
 
 def tokenization_benchmark(repeats: int) -> dict[str, Any]:
-    from specdiff.tokenizer import midi_to_notes, midi_to_segments
+    from specdiff.midi.reader import midi_to_notes
+    from specdiff.midi.tokenizer import midi_to_segments
 
     files = benchmark_midi_files()
     data = [f.read_bytes() for f in files]  # from memory: no disk in the timing
@@ -556,7 +557,7 @@ def inverter_benchmark() -> dict[str, Any]:
     mel = np.random.default_rng(0).uniform(-11.5, 2.0, (1, 256, 128)).astype(np.float32)
     out: dict[str, Any] = {}
     try:
-        from specdiff.inverters import GriffinLimInverter
+        from specdiff.audio.griffin_lim import GriffinLimInverter
 
         out["griffinlim_segment_s"] = median_time(lambda: GriffinLimInverter()(mel), 3)
     except ImportError as exc:
@@ -569,18 +570,19 @@ def inverter_benchmark() -> dict[str, Any]:
 
 
 def training_benchmark(preset: str, batch: int, steps: int) -> dict[str, Any]:
-    from specdiff import train as T
-    from specdiff.optim import build_optimizer
+    from specdiff.training.batches import SyntheticDataset, collate_counted
+    from specdiff.training.objective import SpectrogramDiffusionModel, diffusion_loss, draw_diffusion_inputs
+    from specdiff.training.optim import build_optimizer
 
-    model = T.SpectrogramDiffusionModel(*build_models(preset, seed=0)).train()
+    model = SpectrogramDiffusionModel(*build_models(preset, seed=0)).train()
     optimizer = build_optimizer(model, "adafactor", 1e-3)
-    data = T.SyntheticDataset(size=batch * (steps + 1), seed=0)
+    data = SyntheticDataset(size=batch * (steps + 1), seed=0)
 
     def step(i: int) -> None:
-        batch_dict = T.collate([(j, data[j]) for j in range(i * batch, (i + 1) * batch)])
-        t, noise, keep = T.draw_diffusion_inputs(batch_dict["index"], 0, 0.1, tuple(batch_dict["target"].shape[1:]))
+        batch_dict = collate_counted([(j, data[j]) for j in range(i * batch, (i + 1) * batch)])
+        t, noise, keep = draw_diffusion_inputs(batch_dict["index"], 0, 0.1, tuple(batch_dict["target"].shape[1:]))
         optimizer.zero_grad(set_to_none=True)
-        T.diffusion_loss(model, batch_dict, t, noise, keep).loss_sum.backward()
+        diffusion_loss(model, batch_dict, t, noise, keep).loss_sum.backward()
         optimizer.step()
 
     step(0)  # warm-up
@@ -599,7 +601,7 @@ def profile_report(preset: str, steps: int = 2) -> str:
     """torch.profiler table of pipeline decoder steps and cProfile of a short pipeline run."""
     from torch.profiler import ProfilerActivity, profile
 
-    from specdiff.pipeline import SpectrogramDiffusionPipeline
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     pipe = SpectrogramDiffusionPipeline(*build_models(preset, seed=0), inverter=None)
     song = demo_song()[:2]
@@ -928,7 +930,7 @@ def main() -> None:
             try:
                 row = training_benchmark(preset, args.train_batch, args.train_steps if preset != "base" else 1)
             except (ImportError, AttributeError) as exc:
-                row = {"preset": preset, "skipped": f"specdiff.train exposes no step function ({exc})"}
+                row = {"preset": preset, "skipped": f"specdiff.training exposes no step function ({exc})"}
             result["training"].append(row)
             print("training", row, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -23,9 +23,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specdiff.data import ChunkDataset  # noqa: E402
-from specdiff.diffusion import alpha_sigma, q_sample, x0_from_prediction  # noqa: E402
-from specdiff.train import collate, model_from_path, trim_token_padding  # noqa: E402
+from specdiff.data.cache import ChunkDataset  # noqa: E402
+from specdiff.sampling.diffusion import alpha_sigma, q_sample, x0_from_prediction  # noqa: E402
+from specdiff.training.batches import collate_counted  # noqa: E402
+from specdiff.training.export import model_from_path  # noqa: E402
+from specdiff.training.objective import trim_token_padding  # noqa: E402
 
 NOISE_TIMES = [0.1, 0.3, 0.5, 0.7, 0.9]
 
@@ -73,7 +75,7 @@ def noise_response(model, batch, times: list[float], noise: torch.Tensor) -> lis
     respond to its noisy input (it then cancels none of the noise the "edm" skip path passes through:
     per-pixel shrinkage, and a multi-step sampler draws prior + white noise). A denoiser that uses
     the data's local smoothness has a leak well below ``ignore``."""
-    from specdiff.diffusion import edm_coefficients
+    from specdiff.sampling.diffusion import edm_coefficients
 
     x0 = batch["target"]
     cache = segment_cache(model, batch)
@@ -105,7 +107,7 @@ def main() -> int:
     for path in args.models:
         model = model_from_path(path, use_ema=not args.raw).eval()
         data = ChunkDataset(args.cache, seed=1_000_003, split="validation", timbres=model.decoder.timbres)
-        batch = collate([(i, data[i]) for i in range(args.examples)])
+        batch = collate_counted([(i, data[i]) for i in range(args.examples)])
         std0 = float(batch["target"].std(dim=(1, 2)).mean())
         g = torch.Generator().manual_seed(0)
         if args.noise_response:

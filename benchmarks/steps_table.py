@@ -1,13 +1,13 @@
 """Do more sampling steps help? One model (folder or training checkpoint) at 1, 4 and 16 DDIM steps.
 
-For each model and step count, ``specdiff.evaluate`` synthesizes the first ``--max-seconds`` of
+For each model and step count, ``specdiff.evaluation.evaluate`` synthesizes the first ``--max-seconds`` of
 held-out pieces and scores them against SoundFont renders of the same MIDI (the timbre's own
 SoundFont): onset F1 ratio, log-mel L1, Fréchet distance (mfcc-stats), the silence gap (ours minus
 the render's mean log-mel on frames where the render is below -8), raw peak and the largest
 segment-to-segment level jump, and the rest gap (the same difference on the music's rests, frames
-at least 1 s after every note ended: ``specdiff.metrics.rest_scores``). Two sets of pieces:
+at least 1 s after every note ended: ``specdiff.evaluation.metrics.rest_scores``). Two sets of pieces:
 
-- ``idioms``: the generated band-music test split (``specdiff.idioms``, never trained on);
+- ``idioms``: the generated band-music test split (``specdiff.data.idioms``, never trained on);
 - ``demo``: the demo corpus's test split.
 
 Extra rows:
@@ -18,7 +18,7 @@ Extra rows:
   TimGM6mb reference: how close a different professional SoundFont is.
 
 ``--final-noise-time F`` runs DDIM's steps from noise time 1 down to F and ends on the x0 estimate
-made there (``sampling.json``'s ``final_noise_time``, ``specdiff.sampler.DDIMSampler``); without it
+made there (``sampling.json``'s ``final_noise_time``, ``specdiff.sampling.sampler.DDIMSampler``); without it
 each folder's own setting is used (0, the full grid, for a plain export).
 
 Usage:
@@ -60,10 +60,10 @@ COLUMNS = (
 
 def midi_files(which: str, pieces: int, folder: Path) -> list[Path]:
     if which == "idioms":
-        from specdiff.idioms import write_split
+        from specdiff.data.idioms import write_split
 
         return write_split(folder / "idioms_midi", "test")[:pieces]
-    from specdiff.corpus import demo_midi_files
+    from specdiff.data.corpus import demo_midi_files
 
     return demo_midi_files("test")[:pieces]
 
@@ -76,8 +76,8 @@ def model_folder(model: str, tmp: Path, prior_alone: bool = False) -> Path:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from specdiff.default_model import DEFAULT_MODEL_DIR
-    from specdiff.train import export_pipeline
+    from specdiff.pipeline.default_model import DEFAULT_MODEL_DIR
+    from specdiff.training.export import export_pipeline
 
     path = Path(model)
     if path.is_file():
@@ -111,7 +111,7 @@ def with_final_noise_time(folder: Path, tmp: Path, value: float) -> Path:
     import dataclasses
     import shutil
 
-    from specdiff.default_model import read_sampling_settings, write_sampling_settings
+    from specdiff.pipeline.default_model import read_sampling_settings, write_sampling_settings
 
     out = tmp / f"final{value:g}_{folder.name}"
     if not out.exists():
@@ -123,10 +123,10 @@ def with_final_noise_time(folder: Path, tmp: Path, value: float) -> Path:
 
 def yardstick(files: list[Path], max_seconds: float, other: str = "FluidR3_GM") -> dict[str, Any]:
     """Another SoundFont's render scored against the TimGM6mb render, as evaluate scores a model."""
-    from specdiff import metrics
     from specdiff.constants import SAMPLE_RATE
-    from specdiff.evaluate import prepare_piece
-    from specdiff.render import find_soundfont, render_midi
+    from specdiff.data.render import find_soundfont, render_midi
+    from specdiff.evaluation import metrics
+    from specdiff.evaluation.evaluate import prepare_piece
 
     rows, ours_clips, ref_clips = [], [], []
     for path in files:
@@ -172,7 +172,7 @@ def main() -> int:
 
     import torch
 
-    from specdiff.evaluate import evaluate
+    from specdiff.evaluation.evaluate import evaluate
 
     torch.set_num_threads(args.threads)
     out_json = RESULTS / f"steps_table_{args.name}.json"

@@ -6,7 +6,7 @@
 
 One "segment" is one training example: 256 target frames (5.12 s of audio) with its notes and
 context (ORIGINAL.md §4.2). Each measured step is a full optimiser step (forward, backward, Adafactor,
-EMA) through ``specdiff.train.Trainer``, after ``--warmup`` unmeasured steps. On a shared machine
+EMA) through ``specdiff.training.loop.Trainer``, after ``--warmup`` unmeasured steps. On a shared machine
 the wall-clock rate understates the speed; ``segments_per_cpu_s`` (per second of this process's CPU
 time) is what one idle core gives with ``--threads 1``. With ``--data`` the
 examples come from a feature cache (real token counts); otherwise from ``SyntheticDataset``
@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def measure(preset: str, batch_size: int, steps: int, warmup: int, threads: int, data: str | None) -> dict:
     import torch
 
-    from specdiff.model import count_parameters
-    from specdiff.train import TrainConfig, Trainer
+    from specdiff.models.presets import count_parameters
+    from specdiff.training.config import TrainConfig
+    from specdiff.training.loop import Trainer
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as out:

@@ -23,12 +23,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specdiff.model import build_models  # noqa: E402
-from specdiff.score_roll import ROLL_FEATURES  # noqa: E402
-from specdiff.train import (  # noqa: E402
+from specdiff.midi.score_roll import ROLL_FEATURES  # noqa: E402
+from specdiff.models.presets import build_models  # noqa: E402
+from specdiff.training.batches import SyntheticDataset, collate_counted
+from specdiff.training.objective import (
     SpectrogramDiffusionModel,
-    SyntheticDataset,
-    collate,
     diffusion_loss,
     draw_diffusion_inputs,
     initialise_output,
@@ -97,12 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.data:
-        from specdiff.data import open_training_datasets
+        from specdiff.data.cache import open_training_datasets
 
         dataset, _ = open_training_datasets(args.data)
     else:
         dataset = SyntheticDataset()
-    batch = collate([(i, dataset[i]) for i in range(8)])
+    batch = collate_counted([(i, dataset[i]) for i in range(8)])
     for name, (options, output_init, roll_init) in SETUPS.items():
         row = measure(options, output_init, roll_init, batch)
         print(json.dumps({"setup": name, **{k: round(v, 4) for k, v in row.items()}}), flush=True)

@@ -1,6 +1,6 @@
 """Benchmark: our neural vocoder vs Griffin-Lim, analysis-resynthesis of held-out rendered audio.
 
-For every held-out demo-corpus MIDI file (rendered with specdiff.render), the audio goes through the
+For every held-out demo-corpus MIDI file (rendered with specdiff.data.render), the audio goes through the
 log-mel front end (ORIGINAL.md §1) and back through each inverter. Reported per inverter:
 - log-mel L1 between the resynthesis and the original (natural-log units, our front end);
 - multi-resolution STFT distance: mean L1 of log magnitudes and spectral convergence over
@@ -10,13 +10,13 @@ log-mel front end (ORIGINAL.md §1) and back through each inverter. Reported per
   installed (and, for reference, of each against the MIDI file itself);
 - CPU speed as x real time (audio seconds per compute second) on 1 and 2 threads.
 Rows: Griffin-Lim (32 fast iterations from random phase), and the vocoder three ways (see
-specdiff.vocoder.VocoderInverter): its head's magnitude and phase alone (what its ONNX export
+specdiff.audio.vocoder.VocoderInverter): its head's magnitude and phase alone (what its ONNX export
 computes), the same + refinement iterations, and its magnitude with the phase vocoder's phase
-(specdiff.phase_vocoder), alone and with the default mel-fit corrections. The row the pipeline uses
+(specdiff.audio.phase_vocoder), alone and with the default mel-fit corrections. The row the pipeline uses
 with this vocoder folder is marked.
 
 Held-out music unlike the demo corpus (``--set idioms``): the generated band-music test split
-(``specdiff.idioms``, never trained on) rendered with each of ``--soundfonts``, plus
+(``specdiff.data.idioms``, never trained on) rendered with each of ``--soundfonts``, plus
 ``--quiet-copies`` of the first clips at -20 dB. Extra columns there: the silence gap (mean log-mel of
 the resynthesis minus the original's on frames where the original is silent, its frame mean below
 ``SILENT_LOG_MEL``: an inverter must not add noise into rests) and "onsets kept" (onset F1 vs the MIDI
@@ -46,7 +46,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from specdiff.mel import log_mel  # noqa: E402
+from specdiff.audio.mel import log_mel  # noqa: E402
 
 RESOLUTIONS = ((256, 64), (512, 128), (1024, 256), (2048, 512))
 #: A frame whose mean log-mel (natural log) is below this is silent (the front end's floor is -11.5).
@@ -60,8 +60,8 @@ def idiom_clips(max_files: int, seconds: float, soundfonts: list[str], quiet_cop
     split and the ``sparse_files`` of its first ``sparse_pool`` pieces with the most silent frames in
     their TimGM6mb render (rests, gaps between hits), rendered with each SoundFont, then the first
     ``quiet_copies`` clips at -20 dB."""
-    from specdiff.idioms import write_split
-    from specdiff.render import find_soundfont, render_midi
+    from specdiff.data.idioms import write_split
+    from specdiff.data.render import find_soundfont, render_midi
 
     pool = write_split(tmp / "idioms_midi", "test")[: max(max_files, sparse_pool)]
     files = pool[:max_files]
@@ -101,20 +101,20 @@ def silence_gap(original: np.ndarray, resynthesis: np.ndarray) -> dict[str, floa
 
 def held_out_clips(split: str, max_files: int, seconds: float, audio_dir: Path | None, midi_dir: Path | None = None):
     """[(name, 16 kHz audio, midi path or None)] from the demo corpus split, a MIDI folder (rendered
-    with specdiff.render) or audio files."""
+    with specdiff.data.render) or audio files."""
     clips = []
     if audio_dir is not None:
-        from specdiff.audio_io import load_audio
+        from specdiff.audio.files import load_audio
 
         for path in sorted(p for p in Path(audio_dir).iterdir() if p.suffix.lower() in {".wav", ".flac"})[:max_files]:
             clips.append((path.name, np.asarray(load_audio(path), np.float32)[: int(seconds * 16000)], None))
         return clips
-    from specdiff.render import render_midi
+    from specdiff.data.render import render_midi
 
     if midi_dir is not None:
         midi_files = sorted(p for p in Path(midi_dir).iterdir() if p.suffix.lower() in {".mid", ".midi"})
     else:
-        from specdiff.corpus import demo_midi_files
+        from specdiff.data.corpus import demo_midi_files
 
         midi_files = list(demo_midi_files(split))
     for midi in midi_files[:max_files]:
@@ -253,9 +253,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
 
-    from specdiff.inverters import GriffinLimInverter
-    from specdiff.silence_gate import DEFAULT_GATE_ITERS
-    from specdiff.vocoder import DEFAULT_MEL_FIT_ITERS, load_vocoder
+    from specdiff.audio.griffin_lim import GriffinLimInverter
+    from specdiff.audio.silence_gate import DEFAULT_GATE_ITERS
+    from specdiff.audio.vocoder import DEFAULT_MEL_FIT_ITERS, load_vocoder
 
     torch.set_num_threads(1)
     default = load_vocoder(args.vocoder)  # what the pipeline uses: the folder's synthesis and its default refinement

@@ -19,7 +19,7 @@ from a mix of ORIGINAL (oracle) and RECOVERED parts, so the loss of each part ca
      Griffin-Lim at the 1280 framing, 32 / 100 / 200 iterations, from random or from the network's
      phase; one gain computed from the mel alone matches the output's mel level to the input's; and
      the same magnitude with the original phase (is the magnitude or the phase retrieval the problem?);
-  i  the phase vocoder (specdiff.phase_vocoder: phase built frame by frame from the magnitude's
+  i  the phase vocoder (specdiff.audio.phase_vocoder: phase built frame by frame from the magnitude's
      peaks) at the 1280 framing, on the original magnitude, on the mel's NNLS magnitude (h) and on
      the network's magnitude (the pipeline for a vocoder folder with synthesis "phase_vocoder");
   f  the real inverters of the benchmark: network alone, Griffin-Lim alone, the pipeline
@@ -27,7 +27,7 @@ from a mix of ORIGINAL (oracle) and RECOVERED parts, so the loss of each part ca
      iterations (network phase + network magnitudes fitted to the mel).
 
 Framings (hop 320 throughout): "fe" is the front end's own STFT (periodic Hann 640, FFT 1024, not
-centred; specdiff.mel.stft / specdiff.griffin_lim.istft), on which the mel and the repo's
+centred; specdiff.audio.mel.stft / specdiff.audio.griffin_lim.istft), on which the mel and the repo's
 Griffin-Lim live; "1280" is the vocoder's synthesis STFT (Hann 1280, frame i centred on sample
 320 i + 320, as ISTFTHead); "640" is the same with a 640 window (Hann 640, FFT 640, the front
 end's frames). For c at 1280 / 640 the 128 mel triangles are laid on that framing's own bins
@@ -70,9 +70,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from vocoder_benchmark import OnsetScorer, _write_atomic, held_out_clips, midi_notes  # noqa: E402
 
-from specdiff import mel  # noqa: E402
-from specdiff.griffin_lim import GriffinLimInverter, istft  # noqa: E402
-from specdiff.metrics import log_mel_l1, onset_scores  # noqa: E402
+from specdiff.audio import mel  # noqa: E402
+from specdiff.audio.griffin_lim import GriffinLimInverter, istft  # noqa: E402
+from specdiff.evaluation.metrics import log_mel_l1, onset_scores  # noqa: E402
 
 HOP = mel.HOP_LENGTH
 SR = mel.SAMPLE_RATE
@@ -95,7 +95,7 @@ def stft_n(audio: torch.Tensor, n_fft: int) -> torch.Tensor:
 
 def istft_n(spectrum: torch.Tensor, n_fft: int) -> torch.Tensor:
     """Least-squares inverse of :func:`stft_n`: complex ``[T, bins]`` -> ``[T * hop]`` (the envelope of
-    squared windows is floored as in specdiff.griffin_lim.istft, which matters only at the start)."""
+    squared windows is floored as in specdiff.audio.griffin_lim.istft, which matters only at the start)."""
     frames = spectrum.shape[0]
     window = torch.hann_window(n_fft, periodic=True, dtype=spectrum.real.dtype)
     chunks = torch.fft.irfft(spectrum, n=n_fft) * window  # [T, n_fft]
@@ -108,7 +108,7 @@ def istft_n(spectrum: torch.Tensor, n_fft: int) -> torch.Tensor:
 
 
 def triangle_filterbank(n_bins: int) -> torch.Tensor:
-    """The 128 mel triangles of specdiff.mel (same band edges, peak 1) at ``n_bins`` linear bins 0..8 kHz."""
+    """The 128 mel triangles of specdiff.audio.mel (same band edges, peak 1) at ``n_bins`` linear bins 0..8 kHz."""
     return torch.from_numpy(mel.mel_filterbank_on(n_bins)).float()
 
 
@@ -183,7 +183,7 @@ def network_spectrum(vocoder, log_mel: torch.Tensor) -> torch.Tensor:
 
 
 def precision_recall(truth, notes) -> dict[str, float]:
-    """Onset precision and recall against the MIDI file (specdiff.metrics.onset_scores, 50 ms)."""
+    """Onset precision and recall against the MIDI file (specdiff.evaluation.metrics.onset_scores, 50 ms)."""
     as_midi = lambda n: (n[0], 69 + 12 * np.log2(np.maximum(n[1], 1e-3) / 440.0))  # noqa: E731
     scores = onset_scores(as_midi(truth), as_midi(notes))
     return {"precision_vs_midi": scores["precision"], "recall_vs_midi": scores["recall"]}
@@ -277,8 +277,8 @@ ROWS["i. 1280: network |X| + phase-vocoder phase"] = "real (mel only): ISTFTHead
 
 
 def phase_vocoder_n(magnitude: torch.Tensor) -> torch.Tensor:
-    """``[T, 641]`` magnitude at the 1280 framing -> audio, with specdiff.phase_vocoder's phase."""
-    from specdiff.phase_vocoder import peak_locked_phase
+    """``[T, 641]`` magnitude at the 1280 framing -> audio, with specdiff.audio.phase_vocoder's phase."""
+    from specdiff.audio.phase_vocoder import peak_locked_phase
 
     phase = torch.from_numpy(peak_locked_phase(magnitude.numpy(), 1280, HOP)).to(magnitude.dtype)
     return istft_n(torch.polar(magnitude, phase), 1280)
@@ -365,7 +365,7 @@ def inverter_speed(iters: int, seconds: float = 10.0, repeats: int = 3) -> float
 
 
 def save_onset_png(path: Path, title: str, signals: dict[str, np.ndarray], t: float) -> None:
-    from specdiff.plotting import COLORMAP, _figure, _save_figure
+    from specdiff.evaluation.plotting import COLORMAP, _figure, _save_figure
 
     fig = _figure(1400, 250 * len(signals), 100)
     axes = fig.subplots(len(signals), 2)
@@ -411,7 +411,7 @@ def main() -> None:
     args = parser.parse_args()
     wanted = None if args.rows is None else (lambda label: any(r in label for r in args.rows))
 
-    from specdiff.vocoder import load_vocoder
+    from specdiff.audio.vocoder import load_vocoder
 
     torch.set_num_threads(1)
     started = time.perf_counter()

@@ -13,16 +13,16 @@ __version__ = "0.1.0"
 
 # public name -> submodule that defines it
 _LAZY = {
-    "midi_to_segments": "specdiff.tokenizer",
-    "tokens_to_notes": "specdiff.tokenizer",
-    "log_mel": "specdiff.mel",
-    "scale_features": "specdiff.mel",
-    "scale_to_features": "specdiff.mel",
-    "NotesEncoder": "specdiff.model",
-    "ContinuousEncoder": "specdiff.model",
-    "FilmDecoder": "specdiff.model",
-    "SpectrogramDiffusionPipeline": "specdiff.pipeline",
-    "AudioPipelineOutput": "specdiff.pipeline",
+    "midi_to_segments": "specdiff.midi.tokenizer",
+    "tokens_to_notes": "specdiff.midi.tokenizer",
+    "log_mel": "specdiff.audio.mel",
+    "scale_features": "specdiff.audio.mel",
+    "scale_to_features": "specdiff.audio.mel",
+    "NotesEncoder": "specdiff.models.encoders",
+    "ContinuousEncoder": "specdiff.models.encoders",
+    "FilmDecoder": "specdiff.models.decoder",
+    "SpectrogramDiffusionPipeline": "specdiff.pipeline.pipeline",
+    "AudioPipelineOutput": "specdiff.pipeline.pipeline",
 }
 
 __all__ = ["__version__", *_LAZY]

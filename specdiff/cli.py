@@ -3,8 +3,7 @@
 Each subcommand lives in its own module of :mod:`specdiff.commands` (``synth``, ``examples``,
 ``info``, ``prepare`` / ``train`` / ``export``, ``evaluate``, ``train-vocoder`` / ``vocode`` /
 ``export-vocoder``, ``serve``);
-``python -m specdiff``, the ``specdiff`` script, ``python -m specdiff.train`` and the other
-``python -m`` entries all run :func:`main`.
+``python -m specdiff`` (also under ``torchrun``) and the ``specdiff`` script run :func:`main`.
 
 Error policy: a ``SpecdiffError`` (bad user input) becomes one ``specdiff: error: ...`` line on
 stderr and a non-zero exit status (2 for a :class:`UsageError`), never a traceback; Ctrl-C exits
@@ -27,42 +26,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from specdiff import __version__
-from specdiff.commands.options import (  # noqa: F401 (re-exported: the cli module was their home)
+from specdiff.commands.options import (
     PROG,
     UsageError,
-    _non_negative_float,
-    _positive_int,
-    _seed,
-    add_precision_argument,
     one_line,
-    resolve_device,
-    resolve_model_dir,
-    resolve_precision,
-    resolve_sampling,
 )
-from specdiff.commands.synth import (  # noqa: F401 (re-exported: synth lived here)
-    _set_refine_iters,
+from specdiff.commands.synth import (
     add_synth_arguments,
-    check_audio_extension,
-    check_steps,
-    check_writable,
-    default_output_path,
-    run_synth,
-    run_synth_many,
 )
 
 # The names and defaults come from the light specdiff.constants (no torch), so building the parser
 # (and --help) stays fast; they stay importable from here.
-from specdiff.constants import (  # noqa: F401 (re-exported)
-    DEFAULT_GUIDANCE,
-    DEFAULT_NUM_STEPS,
-    DEFAULT_PRECISION,
-    DEFAULT_SCHEDULER,
-    DEVICES,
-    INVERTERS,
-    PRECISIONS,
-    SCHEDULERS,
-)
 from specdiff.errors import SpecdiffError
 
 EXIT_ERROR = 1

@@ -2,7 +2,7 @@
 
 Every other module imports these instead of writing them again, so the front end, the tokenizer,
 the data pipeline, the audio writers and the command line cannot drift apart. The old names stay
-importable from where they used to live (``from specdiff.mel import SAMPLE_RATE`` still works:
+importable from where they used to live (``from specdiff.audio.mel import SAMPLE_RATE`` still works:
 those modules import them from here).
 """
 
@@ -23,22 +23,22 @@ TOKENS_LENGTH = 2048  #: note tokens per segment, EOS included (the notes encode
 
 # ---- names the command line and the library share ----------------------------------------------
 
-#: Samplers of specdiff.sampler (the first is the original).
+#: Samplers of specdiff.sampling.sampler (the first is the original).
 SCHEDULERS = ("original", "ddpm", "ddim", "dpmsolver++", "unipc")
 #: The samplers specdiff runs itself; the others are diffusers' schedulers (the diffusers package).
 NATIVE_SCHEDULERS = ("original", "ddim")
 #: Network precisions: float32 (faithful), bfloat16 (CPUs with native bf16 matmuls, GPUs), float16 (GPUs).
 PRECISIONS = ("fp32", "bf16", "fp16")
-#: Spectrogram inverters registered by specdiff.inverters, plus "auto" (the best one a folder holds).
+#: Spectrogram inverters registered by specdiff.audio.inverters, plus "auto" (the best one a folder holds).
 INVERTERS = ("auto", "onnx", "vocoder", "griffinlim")
-#: How our vocoder makes audio (specdiff.vocoder.VocoderConfig.synthesis): the head's own phase, or
-#: a phase built from its magnitude (specdiff.phase_vocoder).
+#: How our vocoder makes audio (specdiff.audio.vocoder.VocoderConfig.synthesis): the head's own phase, or
+#: a phase built from its magnitude (specdiff.audio.phase_vocoder).
 VOCODER_SYNTHESES = ("network", "phase_vocoder")
 #: Devices the commands accept ("auto": cuda, else mps, else cpu).
 DEVICES = ("auto", "cpu", "cuda", "mps")
-#: Embeddings of the Fréchet distance registered by specdiff.embeddings (the first is the default).
+#: Embeddings of the Fréchet distance registered by specdiff.evaluation.embeddings (the first is the default).
 EMBEDDINGS = ("mfcc-stats", "logmel-mean", "basic-pitch")
-#: Model size presets (specdiff.model.PRESETS) and training presets (specdiff.train.TRAIN_PRESETS).
+#: Model size presets (specdiff.models.presets.PRESETS) and training presets (specdiff.training.config.TRAIN_PRESETS).
 PRESET_NAMES = ("base", "small", "tiny")
 TRAIN_PRESET_NAMES = PRESET_NAMES
 
@@ -48,19 +48,19 @@ DEFAULT_SCHEDULER = "original"
 DEFAULT_NUM_STEPS = 100
 DEFAULT_GUIDANCE = 2.0
 DEFAULT_PRECISION = "fp32"
-#: Audio writers pass samples up to this level unchanged and shape louder ones (specdiff.audio_io.soft_limit).
+#: Audio writers pass samples up to this level unchanged and shape louder ones (specdiff.audio.files.soft_limit).
 LIMITER_THRESHOLD = 0.9
 #: ``specdiff synth --gain`` accepts gains in [-MAX_GAIN_DB, MAX_GAIN_DB] dB.
 MAX_GAIN_DB = 60.0
 
-# ---- models on the Hugging Face Hub (specdiff.hub) ---------------------------------------------
+# ---- models on the Hugging Face Hub (specdiff.pipeline.hub) ---------------------------------------------
 
 #: The official checkpoint of the paper (diffusers layout, with the ONNX inverter in melgan/).
 OFFICIAL_MODEL_ID = "google/music-spectrogram-diffusion"
 #: How to get huggingface_hub, which Hub ids need.
 HUB_EXTRA_INSTALL = "pip install 'specdiff[hub]' (or pip install huggingface_hub)"
 
-# ---- limits on MIDI input (specdiff.midi; overridable per call) ---------------------------------
+# ---- limits on MIDI input (specdiff.midi.reader; overridable per call) ---------------------------------
 
 DEFAULT_MAX_MIDI_BYTES = 64 * 1024 * 1024  #: largest MIDI file read
 DEFAULT_MAX_MIDI_NOTES = 2_000_000  #: most notes in one file

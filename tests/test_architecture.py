@@ -1,8 +1,10 @@
-"""Architecture rules: imports inside the package run one way.
+"""Architecture rules: the folders are the architecture, and imports run one way.
 
 The import graph counts every ``import`` statement in a module, including the ones inside
 functions (which hide a cycle from Python but not from a reader): library code never imports
-command-line code, and no two modules need each other.
+command-line code, inference (midi, audio, models, sampling, pipeline, server, the metrics) never
+imports training or the command line, and no two modules need each other. Modules stay under
+``MAX_MODULE_LINES`` unless ``LARGE_MODULES`` states why not (docs/DESIGN.md has the map).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def _is_main_guard(node: ast.AST) -> bool:
 def _nodes_outside_main_guard(tree: ast.Module):
     """Every node of ``tree`` except those under ``if __name__ == "__main__":``.
 
-    That block runs only when the file is executed as a script (``python -m specdiff.train``), as the
+    That block runs only when the file is executed as a script (``python -m specdiff.some.module``), as the
     module ``__main__``, a copy apart from the importable module: what it imports is the script's
     entry into the command line, not a dependency of the module.
     """
@@ -67,7 +69,7 @@ def import_graph() -> dict[str, set[str]]:
                     stem = ".".join(base + ([node.module] if node.module else []))
                 else:
                     stem = node.module or ""
-                # ``from specdiff import mel`` imports the submodule specdiff.mel
+                # ``from specdiff import mel`` imports the submodule specdiff.audio.mel
                 candidates = [stem] + [f"{stem}.{alias.name}" for alias in node.names]
             else:
                 continue
@@ -119,8 +121,9 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_graph_sees_function_level_imports():
     graph = import_graph()
     # pipeline.load_inverter is imported inside a method: the graph must still see it
-    assert "specdiff.inverters" in graph["specdiff.pipeline"]
-    assert "specdiff.mel" in graph["specdiff.inverters"]  # ``from specdiff import mel``
+    assert "specdiff.audio.inverters" in graph["specdiff.pipeline.pipeline"]
+    # ``from specdiff.audio import vocoder`` inside a function imports the submodule
+    assert "specdiff.audio.vocoder" in graph["specdiff.audio.inverters"]
 
 
 def test_find_cycles_finds_a_cycle():
@@ -145,9 +148,8 @@ def test_library_never_imports_commands():
     assert offenders == {}, f"library modules importing command-line code: {offenders}"
 
 
-# Modules whose job is the command line besides specdiff.commands: the entry point and the old
-# names of moved command modules (they alias specdiff.commands.*).
-COMMAND_MODULES = {"specdiff.cli", "specdiff.train_cli", "specdiff.vocoder_cli", "specdiff.serve"}
+# The module whose job is the command line besides specdiff.commands: the entry point.
+COMMAND_MODULES = {"specdiff.cli"}
 # Entry points that only hand over to the command line.
 ENTRY_POINTS = {"specdiff.__main__"}
 
@@ -201,3 +203,77 @@ def test_every_citation_of_the_original_resolves():
     assert cited, "no citations found: the pattern is wrong"
     missing = {number: sorted(names) for number, names in cited.items() if number not in sections}
     assert missing == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Folders: inference never depends on training or the command line
+# ---------------------------------------------------------------------------------------------
+
+#: What synthesis needs at run time (and the metrics, which the server and evaluate share).
+INFERENCE = (
+    "specdiff.midi",
+    "specdiff.audio",
+    "specdiff.models",
+    "specdiff.sampling",
+    "specdiff.pipeline",
+    "specdiff.server",
+    "specdiff.evaluation.metrics",
+)
+#: What inference must never import, directly or through a function-level import.
+NOT_FOR_INFERENCE = ("specdiff.training", "specdiff.commands", "specdiff.cli")
+
+
+def _within(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def test_inference_never_imports_training_or_commands():
+    graph = import_graph()
+    inference = [m for m in graph if _within(m, INFERENCE)]
+    assert "specdiff.pipeline.pipeline" in inference and "specdiff.server.synth" in inference
+    offenders = {m: sorted(t for t in graph[m] if _within(t, NOT_FOR_INFERENCE)) for m in inference}
+    assert {m: t for m, t in offenders.items() if t} == {}
+
+
+def test_inference_reaches_no_training_module_indirectly():
+    """Also through other modules: what a synthesis run can import stays out of training."""
+    graph = import_graph()
+    seen: set[str] = set()
+    todo = [m for m in graph if _within(m, INFERENCE)]
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo.extend(graph.get(m, ()))
+    assert sorted(m for m in seen if _within(m, NOT_FOR_INFERENCE)) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Module size: one job per module
+# ---------------------------------------------------------------------------------------------
+
+MAX_MODULE_LINES = 600
+#: Modules allowed past the limit, each with the reason it stays whole.
+LARGE_MODULES = {
+    "specdiff/midi/reader.py": "one job: the SMF parser and pretty_midi's note rules, which read the same events",
+    "specdiff/sampling/sampler.py": "one job: the samplers (DDPM, DDIM, diffusers adapter) behind one step interface",
+    "specdiff/server/app.py": "one job: the FastAPI app's routes; the work is in jobs.py, synth.py, uploads.py",
+    "specdiff/commands/synth.py": "one command: the synth options, their checks and the run",
+    "specdiff/models/decoder.py": "one network: the FiLM decoder and its layers (diffusers' T5FilmDecoder layout)",
+    "specdiff/training/vocoder.py": "vocoder training (losses, discriminators, data, loop): to split like training/",
+    "specdiff/pipeline/pipeline.py": "one job: the song loop; folder I/O is in folder.py",
+}
+
+
+def test_modules_stay_small():
+    sizes = {str(p.relative_to(ROOT)): len(p.read_text(encoding="utf-8").splitlines()) for p in PACKAGE.rglob("*.py")}
+    too_large = {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES and name not in LARGE_MODULES}
+    assert too_large == {}, f"modules over {MAX_MODULE_LINES} lines (split them, or add a reason): {too_large}"
+    stale = sorted(name for name in LARGE_MODULES if sizes.get(name, 0) <= MAX_MODULE_LINES)
+    assert stale == [], f"no longer over the limit (drop from LARGE_MODULES): {stale}"
+
+
+def test_package_root_holds_only_shared_leaves():
+    """Everything else lives in the folder of its subsystem."""
+    root = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert root == ["__init__.py", "__main__.py", "atomic.py", "cli.py", "constants.py", "errors.py", "hardware.py"]

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from specdiff.audio_io import LIMITER_THRESHOLD, load_audio, save_wav, soft_limit
+from specdiff.audio.files import load_audio, save_wav, soft_limit
+from specdiff.constants import LIMITER_THRESHOLD
 from specdiff.errors import AudioError
 
 
@@ -139,7 +140,7 @@ def test_save_creates_folders_accepts_batch_of_one_and_sets_normal_permissions(t
 
 
 def test_save_soft_limits_loud_audio_with_a_warning(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="specdiff.audio_io"):
+    with caplog.at_level(logging.WARNING, logger="specdiff.audio.files"):
         y = load_audio(save_wav(tmp_path / "loud.wav", np.array([0.0, 1.5, -2.0, 0.5, 0.95])))
     assert "limiter" in caplog.text
     # It names the likely cause and the fix: a gain that brings the 2.0 peak under the knee, or less guidance.

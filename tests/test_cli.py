@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import ARPEGGIO, write_midi
 
-from specdiff import cli
+from specdiff import cli, constants
+from specdiff.commands import options
+from specdiff.commands import synth as synth_command
 from specdiff.errors import SpecdiffError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,8 +39,8 @@ def model_dir(tmp_path_factory) -> Path:
     """A tiny random pipeline folder written by SpectrogramDiffusionPipeline.save_pretrained."""
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    from specdiff.model import build_models
-    from specdiff.pipeline import SpectrogramDiffusionPipeline
+    from specdiff.models.presets import build_models
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     notes_encoder, continuous_encoder, decoder = build_models(
         "tiny", seed=0, d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=64
@@ -105,13 +107,10 @@ HEAVY_MODULES = (
     "matplotlib",
     "onnxruntime",
     "soundfile",
-    "specdiff.pipeline",
-    "specdiff.train",
-    "specdiff.train_cli",
-    "specdiff.evaluate",
-    "specdiff.vocoder_train",
-    "specdiff.vocoder_cli",
-    "specdiff.serve",
+    "specdiff.pipeline.pipeline",
+    "specdiff.training.loop",
+    "specdiff.evaluation.evaluate",
+    "specdiff.training.vocoder",
     "specdiff.commands.train",
     "specdiff.commands.evaluate",
     "specdiff.commands.vocoder",
@@ -220,24 +219,24 @@ def test_synth_help_states_every_option_and_default(capsys):
         "--quiet",
     ):
         assert option in text
-    for name in cli.SCHEDULERS + cli.INVERTERS:
+    for name in constants.SCHEDULERS + constants.INVERTERS:
         assert name in text
     # Defaults: the model folder's sampling.json, else the library's.
     assert text.count("the model's own setting") >= 3 and "sampling.json" in text
-    assert f"else {cli.DEFAULT_NUM_STEPS}" in text
-    assert f"else {cli.DEFAULT_GUIDANCE}" in text
-    assert f"else {cli.DEFAULT_SCHEDULER}" in text
+    assert f"else {constants.DEFAULT_NUM_STEPS}" in text
+    assert f"else {constants.DEFAULT_GUIDANCE}" in text
+    assert f"else {constants.DEFAULT_SCHEDULER}" in text
 
 
 def test_cli_defaults_mirror_the_sampler():
     # The CLI keeps copies so that --help does not import torch; they must not drift.
-    sampler = pytest.importorskip("specdiff.sampler")
-    assert cli.DEFAULT_NUM_STEPS == sampler.DEFAULT_NUM_STEPS
-    assert cli.DEFAULT_GUIDANCE == sampler.DEFAULT_GUIDANCE
-    for name in cli.SCHEDULERS:
+    sampler = pytest.importorskip("specdiff.sampling.sampler")
+    assert constants.DEFAULT_NUM_STEPS == sampler.DEFAULT_NUM_STEPS
+    assert constants.DEFAULT_GUIDANCE == sampler.DEFAULT_GUIDANCE
+    for name in constants.SCHEDULERS:
         assert name in sampler.SCHEDULERS
-    inverters = pytest.importorskip("specdiff.inverters")
-    assert set(cli.INVERTERS) == set(inverters.available_inverters())
+    inverters = pytest.importorskip("specdiff.audio.inverters")
+    assert set(constants.INVERTERS) == set(inverters.available_inverters())
 
 
 @pytest.mark.parametrize(
@@ -259,7 +258,7 @@ def test_bad_command_lines_exit_2_without_traceback(argv, capsys):
 
 
 def test_no_bundled_model_is_a_one_line_usage_error(monkeypatch, tmp_path, capsys):
-    from specdiff import default_model
+    from specdiff.pipeline import default_model
 
     monkeypatch.setattr(default_model, "DEFAULT_MODEL_DIR", tmp_path / "nothing-here")
     assert default_model.default_model_path() is None
@@ -273,7 +272,7 @@ def test_no_bundled_model_is_a_one_line_usage_error(monkeypatch, tmp_path, capsy
 
 
 def test_default_model_path_finds_a_bundled_folder(monkeypatch, tmp_path):
-    from specdiff import default_model
+    from specdiff.pipeline import default_model
 
     folder = tmp_path / "default_model"
     folder.mkdir()
@@ -292,7 +291,7 @@ def expected_num_samples() -> int:
     """Music length + the pipeline's release tail, in whole 320-sample frames."""
     import math
 
-    from specdiff import pipeline
+    from specdiff.pipeline import pipeline
 
     tail = pipeline.RELEASE_TAIL_SECONDS
     frames = math.ceil(round((SONG_SECONDS + tail) * 50, 6))
@@ -357,15 +356,15 @@ def test_precision_follows_the_flag_or_the_models_recommendation_where_it_is_fas
     shutil.copytree(model_dir, folder)
     (folder / "sampling.json").write_text('{"precision": "bf16"}')
     args = argparse.Namespace(precision="auto", scheduler=None, steps=None, guidance=None)
-    cli.resolve_sampling(args, folder)
+    options.resolve_sampling(args, folder)
     expected = torch.bfloat16 if cpu_has_native_bf16() else torch.float32  # bf16 only where it is fast
-    assert cli.resolve_precision(args, "cpu") == expected
+    assert options.resolve_precision(args, "cpu") == expected
     assert (
-        cli.resolve_precision(argparse.Namespace(precision="auto", precision_recommended="bf16"), "cuda")
+        options.resolve_precision(argparse.Namespace(precision="auto", precision_recommended="bf16"), "cuda")
         == torch.bfloat16
     )
     assert (
-        cli.resolve_precision(argparse.Namespace(precision="fp32", precision_recommended="bf16"), "cuda")
+        options.resolve_precision(argparse.Namespace(precision="fp32", precision_recommended="bf16"), "cuda")
         == torch.float32
     )
 
@@ -427,7 +426,7 @@ LONG_SECONDS = 6.0
 def test_stream_writes_the_same_length_with_a_line_per_segment(model_dir, tmp_path, capsys):
     import math
 
-    from specdiff.pipeline import RELEASE_TAIL_SECONDS
+    from specdiff.pipeline.pipeline import RELEASE_TAIL_SECONDS
 
     long_song = write_midi(tmp_path / "long.mid", LONG_NOTES)
     code, err = run(
@@ -470,7 +469,7 @@ def test_stream_of_one_segment_equals_the_whole_song_output(model_dir, song, tmp
 
 def _spy_on_segments(monkeypatch, after_first):
     """Wrap pipeline.segments: call ``after_first()`` when the CLI asks for the second segment."""
-    from specdiff.pipeline import SpectrogramDiffusionPipeline
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     original = SpectrogramDiffusionPipeline.segments
 
@@ -547,7 +546,7 @@ def assert_clean_failure(code: int, err: str, folder: Path, allowed: set[str]) -
 @pytest.fixture
 def no_model_loading(monkeypatch):
     """Fail the test if the model gets loaded: the error must be found before that."""
-    from specdiff.pipeline import SpectrogramDiffusionPipeline
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded although the input was already known to be bad")
@@ -642,10 +641,10 @@ def test_unwritable_mel_png_fails_before_loading_the_model(case, model_dir, song
 
 
 def test_check_writable_leaves_nothing_behind(tmp_path):
-    cli.check_writable(tmp_path / "x.wav", "output")
+    synth_command.check_writable(tmp_path / "x.wav", "output")
     assert files_in(tmp_path) == set()
     with pytest.raises(SpecdiffError, match="does not exist"):
-        cli.check_writable(tmp_path / "sub" / "x.wav", "output")
+        synth_command.check_writable(tmp_path / "sub" / "x.wav", "output")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -654,7 +653,7 @@ def test_check_writable_leaves_nothing_behind(tmp_path):
 
 
 def _fail_during_synthesis(monkeypatch, exc: BaseException) -> None:
-    from specdiff.pipeline import SpectrogramDiffusionPipeline
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     def boom(self, *args, **kwargs):
         raise exc
@@ -864,7 +863,7 @@ def test_two_inputs_with_the_same_name_are_refused(model_dir, tmp_path, capsys, 
 
 
 def test_batch_failure_while_writing_keeps_finished_songs_only(model_dir, two_songs, tmp_path, capsys, monkeypatch):
-    from specdiff import audio_io
+    from specdiff.audio import files as audio_io
 
     original = audio_io.save_wav
     calls = []
@@ -892,14 +891,14 @@ def test_refine_iters_option_reaches_the_vocoder_only():
     from types import SimpleNamespace
 
     vocoder_like = SimpleNamespace(inverter=SimpleNamespace(refine_iters=32))
-    cli._set_refine_iters(vocoder_like, 4)
+    synth_command._set_refine_iters(vocoder_like, 4)
     assert vocoder_like.inverter.refine_iters == 4
-    cli._set_refine_iters(vocoder_like, None)  # not given: the vocoder's default stays
+    synth_command._set_refine_iters(vocoder_like, None)  # not given: the vocoder's default stays
     assert vocoder_like.inverter.refine_iters == 4
     other = SimpleNamespace(inverter=object())  # Griffin-Lim / ONNX: nothing to set, no error
-    cli._set_refine_iters(other, 0)
+    synth_command._set_refine_iters(other, 0)
     with pytest.raises(SpecdiffError):
-        cli._set_refine_iters(vocoder_like, -1)
+        synth_command._set_refine_iters(vocoder_like, -1)
     args = cli.build_parser().parse_args(["synth", "a.mid", "--refine-iters", "0"])
     assert args.refine_iters == 0
 
@@ -924,9 +923,9 @@ def readme_quick_start() -> list[str]:
 def test_the_readme_quick_start_synthesizes_a_bundled_example(model_dir, tmp_path, capsys, monkeypatch):
     import math
 
-    from specdiff.examples import find_example
-    from specdiff.pipeline import RELEASE_TAIL_SECONDS
-    from specdiff.tokenizer import midi_to_segments
+    from specdiff.midi.examples import find_example
+    from specdiff.midi.tokenizer import midi_to_segments
+    from specdiff.pipeline.pipeline import RELEASE_TAIL_SECONDS
 
     words = readme_quick_start()
     assert words[:3] == ["specdiff", "synth", "--example"]
@@ -945,7 +944,7 @@ def test_the_readme_quick_start_synthesizes_a_bundled_example(model_dir, tmp_pat
 
 
 def test_example_output_defaults_to_its_name_in_the_current_folder(model_dir, tmp_path, capsys, monkeypatch):
-    from specdiff.corpus import DEMO_MIDI_DIR
+    from specdiff.data.corpus import DEMO_MIDI_DIR
 
     before = files_in(DEMO_MIDI_DIR)
     monkeypatch.chdir(tmp_path)
@@ -987,7 +986,7 @@ def test_gain_scales_the_audio_before_the_limiter(model_dir, song, tmp_path, cap
     outputs = {}
     for gain in ("-20", "-26", "30"):
         out = tmp_path / f"gain{gain}.wav"
-        with caplog.at_level(logging.WARNING, logger="specdiff.audio_io"):
+        with caplog.at_level(logging.WARNING, logger="specdiff.audio.files"):
             code, err = run(["synth", song, "-o", out, "--model", model_dir, *FAST, "--gain", gain], capsys)
         assert code == 0, err
         outputs[gain] = read_wav(out)[0][:, 0]

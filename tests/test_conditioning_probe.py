@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from specdiff.metrics import midi_to_hz
-from specdiff.tokenizer import tokens_to_notes
+from specdiff.evaluation.metrics import midi_to_hz
+from specdiff.midi.tokenizer import tokens_to_notes
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("conditioning_probe", ROOT / "benchmarks" / "conditioning_probe.py")

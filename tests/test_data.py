@@ -15,14 +15,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from specdiff import corpus, data
-from specdiff.data import (
+from specdiff.data import cache as data
+from specdiff.data import corpus
+from specdiff.data import songs as song_sources
+from specdiff.data.cache import ChunkDataset, build_cache, collate_examples
+from specdiff.data.songs import (
     AudioMidiPair,
-    ChunkDataset,
     RenderedMidi,
     SongPair,
-    build_cache,
-    collate,
     discover,
     folder_pairs,
     maestro_pairs,
@@ -30,7 +30,8 @@ from specdiff.data import (
     slakh_pairs,
     trim_overlapping_notes,
 )
-from specdiff.tokenizer import TIE_ID, Note, num_frames_for, tokens_to_notes
+from specdiff.midi.reader import Note
+from specdiff.midi.tokenizer import TIE_ID, num_frames_for, tokens_to_notes
 
 pytest.importorskip("tinysoundfont")
 torch.set_num_threads(1)
@@ -65,7 +66,7 @@ def midi_bytes(notes, program=0, channel=0, tempo_bpm=120.0, tpq=480) -> bytes:
 
 def write_pair(folder: Path, name: str, notes, program=0, channel=0, rate=SR, ext=".wav", stereo=False) -> Path:
     """x.mid + its rendering x.wav/x.flac at ``rate``."""
-    from specdiff.render import render_midi
+    from specdiff.data.render import render_midi
 
     folder.mkdir(parents=True, exist_ok=True)
     midi = midi_bytes(notes, program, channel)
@@ -130,7 +131,7 @@ def test_maestro_csv_and_json(tmp_path):
 
     summary = build_cache(pairs, tmp_path / "cache", workers=0, progress=False)
     assert summary["cached"] == 3 and summary["failed"] == 0
-    audio16 = data.AudioMidiPair.load(pairs[0])[0]
+    audio16 = song_sources.AudioMidiPair.load(pairs[0])[0]
     assert abs(len(audio16) - round(sf.info(pairs[0].audio).frames * SR / 44100)) <= 1
     songs = {s["id"]: s for s in data.load_index(tmp_path / "cache")}
     assert songs[pairs[0].song_id]["frames"] == -(-len(audio16) // 320)
@@ -185,7 +186,7 @@ target_peak: -1.0
 
 
 def _slakh_fixture(root: Path) -> Path:
-    from specdiff.render import render_midi
+    from specdiff.data.render import render_midi
 
     track = root / "slakh2100_flac_redux" / "train" / "Track00001"
     (track / "MIDI").mkdir(parents=True)
@@ -227,7 +228,7 @@ def test_slakh_submixes(tmp_path):
     expected = sum(np.pad(s, (0, n - len(s))) for s in stems)
     assert len(audio) == n
     assert np.corrcoef(audio, expected)[0, 1] > 0.9999  # the sum, peak-normalised
-    from specdiff.render import PEAK
+    from specdiff.data.render import PEAK
 
     assert np.abs(audio).max() == pytest.approx(PEAK, rel=1e-4)
     by = sorted((n.is_drum, n.program, n.pitch, round(n.start, 3), round(n.end, 3)) for n in notes)
@@ -237,7 +238,7 @@ def test_slakh_submixes(tmp_path):
     # piano S00 (program 1 -> Slakh class 0) and S04 overlap on pitch 60: 0-1.0 is cut at 0.5
     assert [b for b in by if not b[0] and b[2] == 60] == [(False, 0, 60, 0.0, 0.5), (False, 0, 60, 0.5, 1.5)]
     assert total_time == pytest.approx(2.0)
-    assert isinstance(discover(tmp_path / "slakh2100_flac_redux")[0], data.SlakhMix)
+    assert isinstance(discover(tmp_path / "slakh2100_flac_redux")[0], song_sources.SlakhMix)
 
 
 def test_trim_overlapping_notes():
@@ -275,12 +276,12 @@ def test_render_pairs_reassign(tmp_path):
 
 
 def test_prepare_command_renders_variants_into_a_cache(tmp_path, capsys):
-    from specdiff.cli import main  # python -m specdiff.train runs the same command line
+    from specdiff.cli import main  # python -m specdiff runs the same command line
 
     (tmp_path / "midi" / "validation").mkdir(parents=True)
     (tmp_path / "midi" / "x.mid").write_bytes(midi_bytes(SCALE, program=0))
     (tmp_path / "midi" / "validation" / "y.mid").write_bytes(midi_bytes([(0, 1, 72, 90)], program=0))
-    pairs = data.discover_with_options(f"render:{tmp_path / 'midi'}", variants=3, seed=5)
+    pairs = song_sources.discover_with_options(f"render:{tmp_path / 'midi'}", variants=3, seed=5)
     assert sorted(p.song_id for p in pairs) == [
         "render/validation/y",
         "render/validation/y/v0",
@@ -306,7 +307,7 @@ def test_prepare_command_renders_variants_into_a_cache(tmp_path, capsys):
 
 
 def test_cache_features_resume_and_failures(tmp_path, monkeypatch, caplog):
-    from specdiff.mel import log_mel
+    from specdiff.audio.mel import log_mel
 
     midi_dir = tmp_path / "midi"
     midi_dir.mkdir()
@@ -440,7 +441,7 @@ def test_examples_shapes_values_and_determinism(song_cache):
         differs += ds.window(i) != other.window(i)
     assert differs >= 20
 
-    batch = collate([ds[0], ds[1], ds[2]])
+    batch = collate_examples([ds[0], ds[1], ds[2]])
     assert {k: tuple(v.shape) for k, v in batch.items()} == {
         "tokens": (3, 2048),
         "context": (3, 256, 128),
@@ -518,9 +519,9 @@ def test_tokens_match_the_window_notes(song_cache):
 def test_items_never_parse_midi_or_compute_mels(song_cache, monkeypatch):
     # An epoch must only slice the cache (issue 3): any MIDI parsing or mel computation per item
     # would raise here. (A property, not a timing: timed unit tests are flaky on a shared machine.)
-    import specdiff.mel
-    import specdiff.midi
-    import specdiff.tokenizer
+    import specdiff.audio.mel
+    import specdiff.midi.reader
+    import specdiff.midi.tokenizer
 
     def forbidden(*args, **kwargs):
         raise AssertionError("ChunkDataset items must not parse MIDI or compute mels")
@@ -528,15 +529,15 @@ def test_items_never_parse_midi_or_compute_mels(song_cache, monkeypatch):
     cache, _ = song_cache
     ds = ChunkDataset(cache, seed=3)
     forbidden_names = [
-        (specdiff.midi, "midi_to_notes"),
-        (specdiff.tokenizer, "midi_to_notes"),
-        (specdiff.tokenizer, "midi_to_segments"),
-        (specdiff.mel, "log_mel"),
-        (specdiff.mel, "stft"),
+        (specdiff.midi.reader, "midi_to_notes"),
+        (specdiff.midi.tokenizer, "midi_to_notes"),
+        (specdiff.midi.tokenizer, "midi_to_segments"),
+        (specdiff.audio.mel, "log_mel"),
+        (specdiff.audio.mel, "stft"),
     ]
     for module, name in forbidden_names:
         monkeypatch.setattr(module, name, forbidden)
-    monkeypatch.setattr("specdiff.data.song_features", forbidden)
+    monkeypatch.setattr("specdiff.data.cache.song_features", forbidden)
     items = [ds[i] for i in range(50)]
     assert len(items) == 50
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from specdiff.default_model import default_model_path
+from specdiff.pipeline.default_model import default_model_path
 
 MODEL = default_model_path()
 pytestmark = pytest.mark.skipif(MODEL is None, reason="the package ships no default model")
@@ -61,7 +61,7 @@ def test_synth_with_no_flags_uses_the_bundled_model(tmp_path, capsys):
 
 
 def test_bundled_pipeline_loads_in_float32_with_its_vocoder():
-    from specdiff.pipeline import SpectrogramDiffusionPipeline
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     pipe = SpectrogramDiffusionPipeline.from_pretrained(MODEL)
     assert type(pipe.inverter).__name__ == "VocoderInverter"
@@ -70,7 +70,8 @@ def test_bundled_pipeline_loads_in_float32_with_its_vocoder():
 
 def _mel_band(hertz: float) -> int:
     """The mel band whose centre is nearest ``hertz`` (the front end's filterbank, ORIGINAL.md §1)."""
-    from specdiff.mel import MEL_FMAX, MEL_FMIN, N_MELS, hertz_to_mel
+    from specdiff.audio.mel import MEL_FMAX, MEL_FMIN, hertz_to_mel
+    from specdiff.constants import N_MELS
 
     centres = np.linspace(hertz_to_mel(MEL_FMIN), hertz_to_mel(MEL_FMAX), N_MELS + 2)[1:-1]
     return int(np.argmin(np.abs(centres - hertz_to_mel(hertz))))
@@ -94,8 +95,9 @@ def test_bundled_model_plays_the_note_it_is_given(pitch, timbre):
     - the model bundled before the score prior: onset -0.1..-0.7 (quieter once the note starts)."""
     import torch
 
-    from specdiff.pipeline import SpectrogramDiffusionPipeline
-    from specdiff.tokenizer import Note, TokenizedMidi, notes_to_segments
+    from specdiff.midi.reader import Note
+    from specdiff.midi.tokenizer import TokenizedMidi, notes_to_segments
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     pipe = SpectrogramDiffusionPipeline.from_pretrained(MODEL, inverter=None)
     if timbre not in pipe.timbres:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from specdiff.diffusion import SCHEDULE_A, SCHEDULE_B, alpha_sigma, logsnr, posterior, predict_x0, q_sample
+from specdiff.sampling.diffusion import SCHEDULE_A, SCHEDULE_B, alpha_sigma, logsnr, posterior, predict_x0, q_sample
 
 torch.set_num_threads(1)
 

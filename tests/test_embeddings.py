@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from specdiff import embeddings
-from specdiff.embeddings import (
+from specdiff.errors import SpecdiffError
+from specdiff.evaluation import embeddings
+from specdiff.evaluation.embeddings import (
     available_embeddings,
     dct_matrix,
     embed,
@@ -17,7 +18,6 @@ from specdiff.embeddings import (
     register_embedding,
     window_starts,
 )
-from specdiff.errors import SpecdiffError
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
@@ -104,9 +104,9 @@ def test_registry(registry):
 
 
 def test_basic_pitch_embedding_layout():
-    from specdiff import metrics
+    from specdiff.evaluation import transcription
 
-    reason = metrics.transcription_unavailable()
+    reason = transcription.transcription_unavailable()
     if reason:
         pytest.skip(reason)
     t = np.arange(3 * SR) / SR

@@ -26,17 +26,17 @@ import numpy as np
 import pytest
 from conftest import smf_bytes
 
-from specdiff import evaluate as ev
-from specdiff import metrics
 from specdiff.commands import evaluate as evaluate_command
 from specdiff.errors import AudioError, MidiError, SpecdiffError
+from specdiff.evaluation import evaluate as ev
+from specdiff.evaluation import metrics, transcription
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = 16000
-TRANSCRIPTION = metrics.transcription_unavailable() is None
+TRANSCRIPTION = transcription.transcription_unavailable() is None
 FAST = ["--steps", "2", "--inverter", "griffinlim", "--device", "cpu", "--seed", "3"]
 
 
@@ -74,8 +74,8 @@ def songs(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A tiny random pipeline folder (the 'tiny' preset, shrunk further for CI speed)."""
-    from specdiff.model import build_models
-    from specdiff.pipeline import SpectrogramDiffusionPipeline
+    from specdiff.models.presets import build_models
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     models = build_models("tiny", seed=0, d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=64)
     folder = tmp_path_factory.mktemp("model") / "tiny"
@@ -102,13 +102,13 @@ class FakePipeline:
 
 
 def renders(folder: Path) -> list[np.ndarray]:
-    from specdiff.render import render_midi
+    from specdiff.data.render import render_midi
 
     return [render_midi(path) for path in sorted(folder.glob("*.mid"))]
 
 
 def needs_renderer():
-    render = pytest.importorskip("specdiff.render")
+    render = pytest.importorskip("specdiff.data.render")
     if not render.available_backends():
         pytest.skip("no MIDI renderer installed")
 
@@ -131,10 +131,28 @@ def test_building_the_parser_does_not_import_torch():
 
 
 def test_embedding_choices_are_the_registered_ones():
-    from specdiff.embeddings import available_embeddings
+    from specdiff.constants import EMBEDDINGS
+    from specdiff.evaluation.embeddings import available_embeddings
 
-    assert set(ev.EMBEDDINGS) <= set(available_embeddings())
-    assert ev.EMBEDDINGS[0] == "mfcc-stats"
+    assert set(EMBEDDINGS) <= set(available_embeddings())
+    assert EMBEDDINGS[0] == "mfcc-stats"
+
+
+def test_unset_sampler_settings_are_the_models_sampling_json(songs):
+    from specdiff.pipeline.default_model import SamplingSettings
+
+    pipe = FakePipeline([np.zeros(SR * 4, np.float32)])
+    pipe.sampling = SamplingSettings(scheduler="ddim", num_inference_steps=3, guidance_scale=1.0)
+    results = ev.evaluate(pipe, [songs / "a_scale.mid"], transcription=False, verbose=False)
+    kwargs = pipe.calls[0][1]
+    assert (kwargs["num_inference_steps"], kwargs["scheduler"], kwargs["guidance_scale"]) == (3, "ddim", 1.0)
+    assert (results["settings"]["steps"], results["settings"]["scheduler"]) == (3, "ddim")
+    plain = FakePipeline([np.zeros(SR * 4, np.float32)])  # no sampling.json: the library defaults
+    ev.evaluate(plain, [songs / "a_scale.mid"], transcription=False, verbose=False, steps=2)
+    assert (plain.calls[0][1]["num_inference_steps"], plain.calls[0][1]["scheduler"]) == (
+        2,
+        SamplingSettings().scheduler,
+    )
 
 
 def test_oracle_model_scores_a_perfect_reconstruction(songs):
@@ -143,7 +161,7 @@ def test_oracle_model_scores_a_perfect_reconstruction(songs):
     pipe = FakePipeline(audios)
     results = ev.evaluate(pipe, [songs], steps=3, scheduler="ddim", guidance=1.5, seed=5, verbose=False)
     # The pipeline got each piece's tokens, with the settings.
-    from specdiff.tokenizer import midi_to_segments
+    from specdiff.midi.tokenizer import midi_to_segments
 
     for (tokenized, kwargs), path in zip(pipe.calls, sorted(songs.glob("*.mid"))):
         expected = midi_to_segments(path)
@@ -164,8 +182,8 @@ def test_oracle_model_scores_a_perfect_reconstruction(songs):
 
 def test_silent_model_and_a_reference_folder(songs, tmp_path):
     needs_renderer()
-    from specdiff.audio_io import load_audio, save_wav
-    from specdiff.mel import MIN_VALUE, log_mel
+    from specdiff.audio.files import load_audio, save_wav
+    from specdiff.audio.mel import MIN_VALUE, log_mel
 
     refs = tmp_path / "refs"
     refs.mkdir()
@@ -234,7 +252,7 @@ def test_end_to_end_command_with_a_tiny_model(songs, model_dir, tmp_path, capsys
 def test_missing_transcriber_is_skipped_with_a_message(songs, monkeypatch, capsys):
     needs_renderer()
     reason = "transcription metrics skipped (No module named 'basic_pitch'); install with: pip install ..."
-    monkeypatch.setattr(metrics, "transcription_unavailable", lambda: reason)
+    monkeypatch.setattr(transcription, "transcription_unavailable", lambda: reason)
     monkeypatch.setattr(metrics, "transcribe", lambda *a, **k: pytest.fail("transcribe called"))
     pipe = FakePipeline([np.zeros(SR, np.float32)])
     results = ev.evaluate(pipe, [songs / "a_scale.mid"], verbose=True)
@@ -264,7 +282,7 @@ def test_non_finite_audio_is_scored_as_silence(songs, capsys):
 
 
 def test_max_seconds_cuts_the_notes_and_keeps_the_tokens(songs):
-    from specdiff.tokenizer import midi_to_segments
+    from specdiff.midi.tokenizer import midi_to_segments
 
     path = songs / "a_scale.mid"
     whole = ev.prepare_piece(path)
@@ -280,7 +298,7 @@ def test_max_seconds_cuts_the_notes_and_keeps_the_tokens(songs):
 
 
 def test_demo_split_selects_the_held_out_files(monkeypatch, model_dir):
-    corpus = pytest.importorskip("specdiff.corpus")
+    corpus = pytest.importorskip("specdiff.data.corpus")
     try:
         expected = corpus.demo_midi_files("test")[:2]
     except SpecdiffError as err:
@@ -328,7 +346,7 @@ def test_bad_input_raises_one_line_errors(songs, tmp_path, model_dir):
 
 
 def test_files_that_cannot_be_synthesized_are_skipped_and_listed(songs, model_dir, tmp_path, capsys):
-    from specdiff.audio_io import save_wav
+    from specdiff.audio.files import save_wav
 
     folder = tmp_path / "midi"
     folder.mkdir()

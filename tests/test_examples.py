@@ -1,4 +1,4 @@
-"""Bundled examples by name (specdiff.examples) and `specdiff examples`."""
+"""Bundled examples by name (specdiff.midi.examples) and `specdiff examples`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from specdiff import cli
-from specdiff.corpus import DEMO_MIDI_DIR, load_manifest
+from specdiff.data.corpus import DEMO_MIDI_DIR, load_manifest
 from specdiff.errors import SpecdiffError
-from specdiff.examples import DEFAULT_EXAMPLE, FEATURED, all_examples, featured_examples, find_example, suggestions
+from specdiff.midi.examples import DEFAULT_EXAMPLE, FEATURED, all_examples, featured_examples, find_example, suggestions
 
 
 def test_every_demo_file_is_an_example_named_after_it():

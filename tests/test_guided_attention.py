@@ -1,4 +1,4 @@
-"""The optional guided cross-attention loss (specdiff.guided_attention): token times, penalty, training."""
+"""The optional guided cross-attention loss (specdiff.training.guided_attention): token times, penalty, training."""
 
 from __future__ import annotations
 
@@ -7,16 +7,21 @@ import math
 import pytest
 import torch
 
-from specdiff.guided_attention import (
+from specdiff.midi.tokenizer import EOS_ID, PITCH_ID, PROGRAM_ID, SHIFT_ID, TIE_ID, VELOCITY_ID
+from specdiff.models.presets import build_models
+from specdiff.training.guided_attention import (
     CrossAttentionRecorder,
     alignment_penalty_weights,
     guided_attention_penalty,
     note_spans,
     token_frames,
 )
-from specdiff.model import build_models
-from specdiff.tokenizer import EOS_ID, PITCH_ID, PROGRAM_ID, SHIFT_ID, TIE_ID, VELOCITY_ID
-from specdiff.train import GuidedAttention, SpectrogramDiffusionModel, diffusion_loss, draw_diffusion_inputs
+from specdiff.training.objective import (
+    GuidedAttention,
+    SpectrogramDiffusionModel,
+    diffusion_loss,
+    draw_diffusion_inputs,
+)
 
 torch.set_num_threads(1)
 NAN = math.nan
@@ -147,7 +152,8 @@ def test_guided_loss_adds_to_the_objective_only_and_skips_dropped_examples():
 @pytest.mark.parametrize("target", ["onsets", "notes"])
 def test_a_run_with_guided_attention_trains(tmp_path, target):
     from specdiff.errors import SpecdiffError
-    from specdiff.train import TrainConfig, train
+    from specdiff.training.config import TrainConfig
+    from specdiff.training.loop import train
 
     config = TrainConfig.from_preset(
         "tiny", model=dict(d_model=32, num_layers=1, d_ff=64, num_heads=2, d_kv=16), data="synthetic",

@@ -17,7 +17,7 @@ from conftest import ARPEGGIO, make_hub_cache, write_midi, write_onnx
 
 from specdiff import cli
 from specdiff.errors import ModelError
-from specdiff.hub import looks_like_hub_id, resolve_model_path
+from specdiff.pipeline.hub import looks_like_hub_id, resolve_model_path
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,8 +29,8 @@ TINY = dict(d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=48)
 def official_layout(tmp_path_factory) -> Path:
     """A tiny model in the official repository's layout: diffusers folders whose weights are PyTorch
     pickles (``diffusion_pytorch_model.bin``, no safetensors) and the ONNX inverter in melgan/."""
-    from specdiff.model import build_models
-    from specdiff.pipeline import SpectrogramDiffusionPipeline
+    from specdiff.models.presets import build_models
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     folder = tmp_path_factory.mktemp("official") / "music-spectrogram-diffusion"
     SpectrogramDiffusionPipeline(*build_models("tiny", seed=0, **TINY)).save_pretrained(folder)
@@ -77,8 +77,8 @@ def test_what_counts_as_a_hub_id(tmp_path, monkeypatch, hub_cache):
 
 
 def test_official_layout_loads_from_the_hub_cache_as_the_local_copy_does(official_layout, hub_cache):
-    from specdiff.inverters import OnnxInverter
-    from specdiff.pipeline import SpectrogramDiffusionPipeline
+    from specdiff.audio.inverters import OnnxInverter
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     snapshot = make_hub_cache(hub_cache, OFFICIAL, official_layout)
     from_hub = SpectrogramDiffusionPipeline.from_pretrained(OFFICIAL)
@@ -128,9 +128,9 @@ def test_without_huggingface_hub_the_same_clear_line(monkeypatch, tmp_path, caps
 
 
 def test_vocoder_and_init_from_by_hub_id(hub_cache, tmp_path):
+    from specdiff.audio.vocoder import load_vocoder
     from specdiff.commands.train import add_train_arguments, config_from_args
-    from specdiff.default_model import default_model_path
-    from specdiff.vocoder import load_vocoder
+    from specdiff.pipeline.default_model import default_model_path
 
     bundled = default_model_path()
     if bundled is None:
@@ -157,7 +157,7 @@ def test_env_variables_alone_point_a_fresh_process_at_the_cache(official_layout,
     env = {**os.environ, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     env.pop("HF_HUB_CACHE", None)
     code = (
-        "from specdiff.pipeline import SpectrogramDiffusionPipeline as P; "
+        "from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline as P; "
         "print(P.from_pretrained('someone/tiny-model', inverter=None)._source)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)

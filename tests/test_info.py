@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from specdiff import __version__, cli
+from specdiff import __version__, cli, constants
 from specdiff.commands import info
-from specdiff.default_model import DEFAULT_MODEL_DIR, read_sampling_settings
+from specdiff.pipeline.default_model import DEFAULT_MODEL_DIR, read_sampling_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,9 +51,9 @@ def test_info_reports_versions_the_bundled_model_and_its_sampler_settings(capsys
     s = read_sampling_settings(DEFAULT_MODEL_DIR)
     assert report["sampling"].startswith(f"{s.scheduler}, {s.num_inference_steps} steps, guidance {s.guidance_scale:g}")
     assert report["sampling"].endswith("(sampling.json)")
-    assert report["inverter"].split()[0] in cli.INVERTERS
+    assert report["inverter"].split()[0] in constants.INVERTERS
     assert report["device"].split()[0] == resolve_device("auto")
-    assert report["precision"].split()[0] in cli.PRECISIONS
+    assert report["precision"].split()[0] in constants.PRECISIONS
 
 
 def test_text_output_is_one_key_value_line_each(capsys):
@@ -89,7 +89,7 @@ def test_problems_are_reported_in_their_line(bare_model, monkeypatch, capsys):
     else:
         assert report["inverter"].startswith("griffinlim (skipping the onnx inverter")
 
-    monkeypatch.setattr("specdiff.default_model.DEFAULT_MODEL_DIR", bare_model.parent / "no-model-here")
+    monkeypatch.setattr("specdiff.pipeline.default_model.DEFAULT_MODEL_DIR", bare_model.parent / "no-model-here")
     report, _ = run_info([], capsys)
     assert report["model"].startswith("none (no default model is bundled") and report["inverter"].startswith("none")
 
@@ -134,7 +134,8 @@ def test_info_loads_no_diffusion_model_and_no_optional_runtime():
     probe = (
         "import contextlib, io, sys\nfrom specdiff import cli\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n    assert cli.main(['info']) == 0\n"
-        "print([m for m in ('specdiff.pipeline', 'specdiff.model', 'diffusers', 'transformers', 'matplotlib', "
+        "print([m for m in ('specdiff.pipeline.pipeline', 'specdiff.models.decoder', 'diffusers', 'transformers', "
+        "'matplotlib', "
         "'fastapi', 'tensorboard') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -146,7 +147,7 @@ def test_an_inverter_that_breaks_unexpectedly_is_reported_and_the_rest_still_pri
     def broken(model_dir):
         raise RuntimeError("weights file truncated\nat byte 7")
 
-    monkeypatch.setattr("specdiff.inverters.load_auto_inverter", broken)
+    monkeypatch.setattr("specdiff.audio.inverters.load_auto_inverter", broken)
     report, _ = run_info(["--model", bare_model], capsys)
     assert report["inverter"] == "error: RuntimeError: weights file truncated; at byte 7"
     assert {"device", "precision", "extra onnx"} <= set(report)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from specdiff.diffusion import alpha_sigma, edm_coefficients, q_sample, x0_from_prediction
-from specdiff.model import INPUT_SKIP_KNOTS, FilmDecoder, build_models, knot_weights, noisy_residual
-from specdiff.train import SpectrogramDiffusionModel, TrainConfig, _frame_windows, apply_overrides, fit_input_skip
+from specdiff.models.decoder import INPUT_SKIP_KNOTS, FilmDecoder, knot_weights, noisy_residual
+from specdiff.models.presets import build_models
+from specdiff.sampling.diffusion import alpha_sigma, edm_coefficients, q_sample, x0_from_prediction
+from specdiff.training.config import TrainConfig, apply_overrides
+from specdiff.training.objective import SpectrogramDiffusionModel
+from specdiff.training.prior_fit import _frame_windows, fit_input_skip
 
 torch.set_num_threads(1)
 MICRO = dict(d_model=32, num_layers=1, d_ff=64, num_heads=2, d_kv=16)

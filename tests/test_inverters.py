@@ -1,4 +1,4 @@
-"""specdiff.inverters: the ONNX interface of ORIGINAL.md §6 against hand-built graphs, Griffin-Lim against
+"""specdiff.audio.inverters: the ONNX interface of ORIGINAL.md §6 against hand-built graphs, Griffin-Lim against
 re-analysis with our own front end, and how load_inverter chooses (and falls back)."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import pytest
 import torch
 from conftest import write_onnx
 
-from specdiff import inverters, mel
+from specdiff.audio import griffin_lim, inverters, mel
+from specdiff.audio.griffin_lim import GriffinLimInverter
+from specdiff.audio.inverters import Inverter, InverterUnavailable, OnnxInverter, load_inverter
 from specdiff.errors import ModelError
-from specdiff.inverters import GriffinLimInverter, Inverter, InverterUnavailable, OnnxInverter, load_inverter
 
 torch.set_num_threads(1)
 HOP = 320
@@ -157,13 +158,13 @@ def test_griffin_lim_is_deterministic_and_batch_independent():
 
 def test_istft_inverts_stft():
     audio = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, 4800).astype(np.float32))
-    rebuilt = inverters.istft(mel.stft(audio), len(audio))
+    rebuilt = griffin_lim.istft(mel.stft(audio), len(audio))
     assert rebuilt.shape == audio.shape
     # Exact from where frame 0's squared window reaches the envelope floor (sample 122) on ...
     torch.testing.assert_close(rebuilt[122:], audio[122:], rtol=0, atol=1e-5)
     # ... and a fade-in before it: the audio times w(n)^2 / floor, never amplified.
     window = mel.hann_window()
-    expected = audio[:122] * window[:122] ** 2 / inverters.ENVELOPE_FLOOR
+    expected = audio[:122] * window[:122] ** 2 / griffin_lim.ENVELOPE_FLOOR
     torch.testing.assert_close(rebuilt[:122], expected, rtol=0, atol=1e-5)
 
 
@@ -173,7 +174,7 @@ def test_istft_of_an_inconsistent_spectrum_does_not_click():
     rng = np.random.default_rng(0)
     magnitude = torch.full((25, 513), 1.0)
     phase = torch.from_numpy(rng.uniform(0, 2 * np.pi, (25, 513)).astype(np.float32))
-    audio = inverters.istft(torch.polar(magnitude, phase), 25 * HOP)
+    audio = griffin_lim.istft(torch.polar(magnitude, phase), 25 * HOP)
     # Measured: 0.31 in the first 320 samples vs 0.19 later (one frame there, two averaged later);
     # without the floor it was 204.
     assert audio[:HOP].abs().max() <= 3 * audio[HOP:].abs().max()
@@ -201,12 +202,12 @@ def test_auto_prefers_the_model_folders_onnx_file(tmp_path, onnxruntime):
 
 
 def test_auto_falls_back_to_griffin_lim_with_a_warning(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="specdiff.inverters"):
+    with caplog.at_level(logging.WARNING, logger="specdiff.audio.inverters"):
         inverter = load_inverter(tmp_path)
     assert isinstance(inverter, GriffinLimInverter)
     assert any("Griffin-Lim" in r.getMessage() and "low-quality" in r.getMessage() for r in caplog.records)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="specdiff.inverters"):
+    with caplog.at_level(logging.WARNING, logger="specdiff.audio.inverters"):
         assert isinstance(load_inverter(None), GriffinLimInverter)
     assert caplog.records
 
@@ -214,7 +215,7 @@ def test_auto_falls_back_to_griffin_lim_with_a_warning(tmp_path, caplog):
 def test_auto_skips_onnx_without_onnxruntime(tmp_path, monkeypatch, caplog):
     write_onnx(tmp_path / "melgan" / "model.onnx", projection())
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    with caplog.at_level(logging.WARNING, logger="specdiff.inverters"):
+    with caplog.at_level(logging.WARNING, logger="specdiff.audio.inverters"):
         assert isinstance(load_inverter(tmp_path), GriffinLimInverter)
     assert any("skipping the onnx inverter" in r.getMessage() for r in caplog.records)
     with pytest.raises(InverterUnavailable):
@@ -280,7 +281,7 @@ def test_registering_with_auto_false_removes_from_the_auto_order(tmp_path, regis
 
 
 def test_a_trained_vocoder_folder_is_found(tmp_path):
-    vocoder = pytest.importorskip("specdiff.vocoder")
+    vocoder = pytest.importorskip("specdiff.audio.vocoder")
     torch.manual_seed(0)
     model = vocoder.Vocoder(vocoder.VocoderConfig(dim=16, intermediate_dim=32, num_layers=1))
     model.save_pretrained(tmp_path / "vocoder")

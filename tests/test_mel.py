@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from specdiff import mel
+from specdiff import constants
+from specdiff.audio import mel
 
 torch.set_num_threads(1)
 
@@ -32,7 +33,7 @@ def tf_fixtures():
 
 def test_constants():
     assert (mel.SAMPLE_RATE, mel.HOP_LENGTH, mel.WIN_LENGTH, mel.N_FFT, mel.N_MELS) == (16000, 320, 640, 1024, 128)
-    assert mel.FRAMES_PER_SECOND == 50
+    assert constants.FRAMES_PER_SECOND == 50
     assert mel.MIN_VALUE == pytest.approx(-11.5129254650, abs=1e-9)
     assert mel.MAX_VALUE == 4.0
     assert mel.ADDITIONAL_FRAMES_FOR_ENCODING == 16

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from specdiff import metrics
-from specdiff.embeddings import register_embedding
-from specdiff.tokenizer import Note
+from specdiff.evaluation import metrics, transcription
+from specdiff.evaluation.embeddings import register_embedding
+from specdiff.midi.reader import Note
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
@@ -166,7 +166,7 @@ def test_frechet_distance_of_samples_and_rank_deficient_sets():
 
 
 def test_frechet_audio_distance_pools_windows_of_all_clips(monkeypatch):
-    from specdiff import embeddings
+    from specdiff.evaluation import embeddings
 
     monkeypatch.setattr(embeddings, "_REGISTRY", dict(embeddings._REGISTRY))  # registration stays local
     register_embedding("test-rms", lambda audio: np.sqrt((audio.reshape(-1, 1600) ** 2).mean(axis=1))[:, None])
@@ -191,7 +191,7 @@ def test_frechet_audio_distance_pools_windows_of_all_clips(monkeypatch):
 
 
 def _require_basic_pitch():
-    reason = metrics.transcription_unavailable()
+    reason = transcription.transcription_unavailable()
     if reason:
         pytest.skip(reason)
 
@@ -214,7 +214,7 @@ def _scale_midi(tmp_path):
 
 def test_basic_pitch_transcribes_a_rendered_scale(tmp_path):
     _require_basic_pitch()
-    render = pytest.importorskip("specdiff.render")
+    render = pytest.importorskip("specdiff.data.render")
     if not render.available_backends():
         pytest.skip("no MIDI renderer installed")
     path = _scale_midi(tmp_path)
@@ -226,7 +226,7 @@ def test_basic_pitch_transcribes_a_rendered_scale(tmp_path):
     assert scores["generated_f1"] == 0.0 and scores["generated_estimated_notes"] == 0  # silence
     assert scores["f1_ratio"] == 0.0
     # Level-independent: a quiet copy transcribes to the same notes.
-    assert metrics.transcribe(audio * 0.01) == metrics.transcribe(audio)
+    assert transcription.transcribe(audio * 0.01) == transcription.transcribe(audio)
 
 
 @pytest.mark.slow
@@ -236,12 +236,14 @@ def test_array_transcription_equals_basic_pitch_predict_on_a_file(tmp_path):
     import soundfile as sf
     from basic_pitch.inference import predict
 
-    render = pytest.importorskip("specdiff.render")
+    render = pytest.importorskip("specdiff.data.render")
     audio = render.render_midi(_scale_midi(tmp_path))
     sf.write(tmp_path / "a.wav", audio, 16000, subtype="FLOAT")
-    _, _, events = predict(tmp_path / "a.wav", metrics._basic_pitch()["model"])
+    _, _, events = predict(tmp_path / "a.wav", transcription._basic_pitch()["model"])
     expected = sorted((round(s, 6), round(e, 6), int(p)) for s, e, p, *_ in events)
-    got = sorted((round(n.start, 6), round(n.end, 6), n.pitch) for n in metrics.transcribe(audio, normalize=False))
+    got = sorted(
+        (round(n.start, 6), round(n.end, 6), n.pitch) for n in transcription.transcribe(audio, normalize=False)
+    )
     assert got == expected and len(got) > 0
 
 
@@ -251,15 +253,15 @@ def test_missing_basic_pitch_gives_a_reason_with_the_install_command():
 
     code = (
         "import sys; sys.modules['basic_pitch'] = None  # as if not installed\n"
-        "from specdiff import metrics\n"
-        "print(metrics.transcription_unavailable())\n"
+        "from specdiff.evaluation import transcription\n"
+        "print(transcription.transcription_unavailable())\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout
     assert out.startswith("transcription metrics skipped (") and "pip install --no-deps basic-pitch" in out
 
 
 def test_level_scores_measure_loudness_peaks_and_segment_jumps():
-    from specdiff.metrics import level_comparison, level_scores
+    from specdiff.evaluation.metrics import level_comparison, level_scores
 
     seg = 81920
     t = np.arange(seg) / 16000.0

@@ -1,4 +1,4 @@
-"""specdiff.midi on pathological files (issue 26): linear cost, limits on every kind of event, a hook
+"""specdiff.midi.reader on pathological files (issue 26): linear cost, limits on every kind of event, a hook
 to abandon a parse, and the same notes as note_seq's (quadratic) sustain algorithm.
 
 The generators are the probe's files at small sizes (``tests/conftest.py``); the full sizes are in
@@ -23,8 +23,8 @@ from conftest import (
 )
 
 from specdiff.errors import MidiError
-from specdiff.midi import _sustain_instrument, midi_to_notes
-from specdiff.tokenizer import midi_to_segments
+from specdiff.midi.reader import _sustain_instrument, midi_to_notes
+from specdiff.midi.tokenizer import midi_to_segments
 
 #: Linear code grows ~4x from one size to 4x that size; quadratic code 16x. Timings on a shared CPU
 #: wobble, so the bound sits between the two.

@@ -14,18 +14,10 @@ import torch
 from conftest import diffusers_reference
 from torch import nn
 
-from specdiff.model import (
-    PRESETS,
-    ContinuousEncoder,
-    CrossAttentionCache,
-    FilmDecoder,
-    NotesEncoder,
-    build_models,
-    count_parameters,
-    fixed_permuted_offset_table,
-    terminal_relative_positions,
-    timestep_embedding,
-)
+from specdiff.models.decoder import CrossAttentionCache, FilmDecoder, timestep_embedding
+from specdiff.models.encoders import ContinuousEncoder, NotesEncoder, terminal_relative_positions
+from specdiff.models.layers import fixed_permuted_offset_table
+from specdiff.models.presets import PRESETS, build_models, count_parameters
 
 torch.set_num_threads(1)
 
@@ -328,7 +320,7 @@ def test_training_mode_dropout_is_active_and_eval_is_deterministic():
 
 
 def test_training_dropout_is_shared_along_the_sequence_like_the_original():
-    from specdiff.model import SequenceDropout
+    from specdiff.models.layers import SequenceDropout
 
     drop = SequenceDropout(0.5).train()
     x = torch.ones(3, 40, 16)
@@ -340,7 +332,7 @@ def test_training_dropout_is_shared_along_the_sequence_like_the_original():
 
 
 def test_skip_weight_init_builds_on_meta_without_init_and_restores_torch_init():
-    from specdiff.model import skip_weight_init
+    from specdiff.models.initialisation import skip_weight_init
 
     before = {name: getattr(nn.init, name) for name in ("normal_", "trunc_normal_", "kaiming_uniform_")}
     probe = torch.ones(2)

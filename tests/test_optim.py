@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from specdiff.model import build_models
-from specdiff.optim import EMA, Adafactor, build_optimizer, factored_dims, trainable_parameters
+from specdiff.models.presets import build_models
+from specdiff.training.optim import EMA, Adafactor, build_optimizer, factored_dims, trainable_parameters
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""Tests of the peak-locked phase vocoder (specdiff/phase_vocoder.py) and the vocoder's use of it."""
+"""Tests of the peak-locked phase vocoder (specdiff/audio/phase_vocoder.py) and the vocoder's use of it."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from specdiff.phase_vocoder import peak_locked_phase
-from specdiff.vocoder import ISTFTHead, Vocoder, VocoderConfig, VocoderInverter
+from specdiff.audio.phase_vocoder import peak_locked_phase
+from specdiff.audio.vocoder import ISTFTHead, Vocoder, VocoderConfig, VocoderInverter
 
 torch.set_num_threads(1)
 
@@ -108,8 +108,8 @@ def test_synthesis_option_of_the_config_and_the_inverter(tmp_path):
 
 
 def test_onnx_export_refuses_a_phase_vocoder_vocoder(tmp_path):
+    from specdiff.audio.vocoder import export_onnx
     from specdiff.errors import ModelError
-    from specdiff.vocoder import export_onnx
 
     config = VocoderConfig.from_dict(
         {**VocoderConfig(dim=16, intermediate_dim=32, num_layers=2).to_dict(), "synthesis": "phase_vocoder"}
@@ -122,7 +122,7 @@ def test_onnx_export_refuses_a_phase_vocoder_vocoder(tmp_path):
 def test_the_mel_fit_corrects_a_level_error_and_keeps_the_phase():
     """A magnitude 14 dB too quiet (what the bundled head gave for a loud pure tone, far from its
     training data) comes back to the mel's level in one correction; the waveform keeps its phase."""
-    from specdiff.mel import log_mel
+    from specdiff.audio.mel import log_mel
 
     audio = _sines([220.0, 331.0, 1760.0], amplitude=0.1)
     target = log_mel(audio)

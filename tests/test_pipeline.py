@@ -16,11 +16,11 @@ import pytest
 import torch
 from conftest import diffusers_reference
 
+from specdiff.constants import SCHEDULERS
 from specdiff.errors import MidiError, ModelError, SpecdiffError
-from specdiff.model import build_models
-from specdiff.pipeline import RELEASE_TAIL_SECONDS, SpectrogramDiffusionPipeline
-from specdiff.sampler import SCHEDULERS
-from specdiff.tokenizer import TokenizedMidi, midi_to_segments
+from specdiff.midi.tokenizer import TokenizedMidi, midi_to_segments
+from specdiff.models.presets import build_models
+from specdiff.pipeline.pipeline import RELEASE_TAIL_SECONDS, SpectrogramDiffusionPipeline
 
 torch.set_num_threads(1)
 
@@ -294,6 +294,43 @@ def test_callback_mirrors_diffusers(pipe, segments):
         run(pipe, segments, callback_steps=0)
 
 
+def test_plan_says_what_a_call_will_do(pipe, segments):
+    from specdiff.midi.tokenizer import TokenizedMidi
+
+    plan = pipe.plan(segments, num_inference_steps=STEPS, scheduler="ddpm")
+    assert (plan.segments, plan.frames, plan.steps) == (len(segments), len(segments) * 256, STEPS)
+    assert plan.max_steps == pipe.scheduler_config.get("num_train_timesteps", 1000)
+    assert pipe.plan(segments, scheduler="original").max_steps is None
+    short = pipe.plan(TokenizedMidi(segments, 1.0))  # one second of music: one segment, trimmed
+    assert short.segments == 1 and short.frames == 75 and short.total_steps == short.steps
+    out = run(pipe, TokenizedMidi(segments, 1.0))
+    assert out.mels.shape[1] == short.frames
+
+
+def test_callback_on_step_end_sees_every_step_and_can_cancel(pipe, segments):
+    plain = run(pipe, segments)
+    seen = []
+
+    def record(p, step_index, timestep, callback_kwargs):
+        assert p is pipe and set(callback_kwargs) == {"latents"}
+        seen.append(step_index)
+        return callback_kwargs
+
+    out = run(pipe, segments, callback_on_step_end=record)
+    steps = len(seen) // 2
+    assert steps >= 1 and seen == [*range(steps), *range(steps)]  # two segments, each step once
+    assert np.array_equal(out.mels, plain.mels)  # returning the latents unchanged changes nothing
+
+    class Stop(Exception):
+        pass
+
+    def stop(p, step_index, timestep, callback_kwargs):
+        raise Stop
+
+    with pytest.raises(Stop):
+        run(pipe, segments, callback_on_step_end=stop)
+
+
 def test_progress_bar_counts_all_steps_and_can_be_off(pipe, segments, capsys):
     run(pipe, segments, show_progress=False)
     run(pipe, segments, progress=False)  # the CLI's spelling
@@ -382,7 +419,8 @@ def _decoder_batches(pipe, call) -> list[int]:
 
 
 def test_sampling_json_sets_the_defaults_of_calls_and_round_trips(pipe, segments, tmp_path):
-    from specdiff.default_model import SAMPLING_FILE, SamplingSettings
+    from specdiff.pipeline.default_model import SamplingSettings
+    from specdiff.pipeline.folder import SAMPLING_FILE
 
     folder = pipe.save_pretrained(tmp_path / "plain")
     assert not (folder / SAMPLING_FILE).exists()  # the library defaults are not written out
@@ -423,7 +461,7 @@ def test_sampling_json_sets_the_defaults_of_calls_and_round_trips(pipe, segments
     ],
 )
 def test_bad_sampling_json_is_a_model_error(pipe, tmp_path, content):
-    from specdiff.default_model import SAMPLING_FILE
+    from specdiff.pipeline.folder import SAMPLING_FILE
 
     folder = pipe.save_pretrained(tmp_path / "model")
     (folder / SAMPLING_FILE).write_text(content)

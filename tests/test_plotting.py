@@ -1,4 +1,4 @@
-"""specdiff.plotting: PNGs of the requested pixel size, real content, atomic writes, and a clear
+"""specdiff.evaluation.plotting: PNGs of the requested pixel size, real content, atomic writes, and a clear
 error when matplotlib is missing."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from specdiff import plotting
 from specdiff.errors import SpecdiffError
-from specdiff.tokenizer import Note
+from specdiff.evaluation import plotting
+from specdiff.midi.reader import Note
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -9,8 +9,7 @@ import mido
 import numpy as np
 import pytest
 
-from specdiff.errors import MidiError
-from specdiff.render import (
+from specdiff.data.render import (
     PEAK,
     PROGRAM_FAMILIES,
     PROGRAM_RANGES,
@@ -19,6 +18,7 @@ from specdiff.render import (
     render_midi,
     sustained_note_ends,
 )
+from specdiff.errors import MidiError
 
 SR = 16000
 tinysoundfont = pytest.importorskip("tinysoundfont")

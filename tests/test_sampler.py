@@ -13,8 +13,8 @@ import math
 import pytest
 import torch
 
-from specdiff import sampler as S
 from specdiff.errors import SpecdiffError
+from specdiff.sampling import sampler as S
 
 torch.set_num_threads(1)
 
@@ -270,14 +270,6 @@ def test_randn_with_one_generator_per_row():
         S.randn((2, 2, 4), gens, "cpu")
 
 
-def test_cli_mirrors_stay_in_sync():
-    from specdiff import cli
-
-    assert cli.SCHEDULERS == S.SCHEDULERS
-    assert cli.DEFAULT_SCHEDULER == S.DEFAULT_SCHEDULER
-    assert (cli.DEFAULT_NUM_STEPS, cli.DEFAULT_GUIDANCE) == (S.DEFAULT_NUM_STEPS, S.DEFAULT_GUIDANCE)
-
-
 # ---------------------------------------------------------------------------------------------
 # Classifier-free guidance
 # ---------------------------------------------------------------------------------------------
@@ -285,7 +277,7 @@ def test_cli_mirrors_stay_in_sync():
 
 @pytest.fixture(scope="module")
 def decoder_and_encodings():
-    from specdiff.model import FilmDecoder
+    from specdiff.models.decoder import FilmDecoder
 
     torch.manual_seed(0)
     dec = FilmDecoder(d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=48).eval()
@@ -356,7 +348,7 @@ def test_ddim_final_noise_time_spreads_steps_down_to_it_and_ends_on_its_x0():
 
 
 def test_final_noise_time_comes_from_the_model_folder(tmp_path):
-    from specdiff.default_model import SamplingSettings, read_sampling_settings, write_sampling_settings
+    from specdiff.pipeline.default_model import SamplingSettings, read_sampling_settings, write_sampling_settings
 
     write_sampling_settings(tmp_path, SamplingSettings("ddim", 4, 1.0, final_noise_time=0.8))
     assert read_sampling_settings(tmp_path).final_noise_time == 0.8

@@ -9,11 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from specdiff.diffusion import eps_from_prediction, prediction_target, q_sample
-from specdiff.model import DECODER_EXTENSIONS, FilmDecoder, build_models
-from specdiff.pipeline import SpectrogramDiffusionPipeline
-from specdiff.sampler import GuidedDenoiser, unconditional
-from specdiff.score_roll import (
+from specdiff.midi.reader import Note
+from specdiff.midi.score_roll import (
     DRUM_DECAY_FRAMES,
     ROLL_FEATURES,
     TONAL_DECAY_FRAMES,
@@ -25,8 +22,13 @@ from specdiff.score_roll import (
     segment_roll,
     tonal_feature,
 )
-from specdiff.tokenizer import Note, notes_to_segments
-from specdiff.train import SpectrogramDiffusionModel, diffusion_loss, initialise_output
+from specdiff.midi.tokenizer import notes_to_segments
+from specdiff.models.decoder import DECODER_EXTENSIONS, FilmDecoder
+from specdiff.models.presets import build_models
+from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
+from specdiff.sampling.diffusion import eps_from_prediction, prediction_target, q_sample
+from specdiff.sampling.sampler import GuidedDenoiser, unconditional
+from specdiff.training.objective import SpectrogramDiffusionModel, diffusion_loss, initialise_output
 
 torch.set_num_threads(1)
 TINY = dict(d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=48)
@@ -195,7 +197,9 @@ def test_a_decoder_with_another_roll_layout_is_refused():
 
 
 def test_warm_start_from_a_score_folder_builds_the_same_decoder(tmp_path):
-    from specdiff.train import TrainConfig, model_from_path, pipeline_folder_state_dict, with_folder_decoder_options
+    from specdiff.training.config import TrainConfig
+    from specdiff.training.export import model_from_path, with_folder_decoder_options
+    from specdiff.training.warm_start import pipeline_folder_state_dict
 
     model = _score_model(prediction_type="sample", spec_out_bias=True)
     folder = SpectrogramDiffusionPipeline(model.notes_encoder, model.continuous_encoder, model.decoder).save_pretrained(
@@ -224,7 +228,7 @@ def test_warm_start_from_a_score_folder_builds_the_same_decoder(tmp_path):
 
 
 def test_prior_weight_gives_the_prior_at_pure_noise_and_nothing_at_clean_input():
-    from specdiff.diffusion import SIGMA_DATA, alpha_sigma, edm_coefficients, edm_prior_weight
+    from specdiff.sampling.diffusion import SIGMA_DATA, alpha_sigma, edm_coefficients, edm_prior_weight
 
     t = torch.tensor([0.0, 0.3, 0.7, 1.0])
     c_skip, c_out = edm_coefficients(t)
@@ -242,7 +246,7 @@ def test_score_prior_needs_the_roll_and_the_edm_output():
 
 
 def test_a_zero_prior_changes_nothing_and_a_fitted_one_is_the_estimate_from_pure_noise(segments):
-    from specdiff.diffusion import alpha_sigma, edm_coefficients
+    from specdiff.sampling.diffusion import alpha_sigma, edm_coefficients
 
     plain = _score_model(prediction_type="edm", spec_out_bias=True).eval()
     prior = _score_model(prediction_type="edm", spec_out_bias=True, score_prior=True).eval()
@@ -275,8 +279,8 @@ def test_a_zero_prior_changes_nothing_and_a_fitted_one_is_the_estimate_from_pure
 
 
 def test_fit_score_prior_recovers_a_linear_map_of_the_shared_roll_columns():
-    from specdiff.score_roll import TONAL_FEATURES, pitch_feature
-    from specdiff.train import fit_score_prior
+    from specdiff.midi.score_roll import TONAL_FEATURES, pitch_feature
+    from specdiff.training.prior_fit import fit_score_prior
 
     rng = np.random.default_rng(0)
 

@@ -32,14 +32,15 @@ torch = pytest.importorskip("torch")
 from conftest import midi_bytes  # noqa: E402
 
 from specdiff.errors import SpecdiffError  # noqa: E402
-from specdiff.model import build_models  # noqa: E402
-from specdiff.pipeline import SpectrogramDiffusionPipeline  # noqa: E402
+from specdiff.midi.reader import midi_to_notes  # noqa: E402
+from specdiff.midi.tokenizer import midi_to_segments  # noqa: E402
+from specdiff.models.presets import build_models  # noqa: E402
+from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline  # noqa: E402
 from specdiff.server import png  # noqa: E402
 from specdiff.server.app import create_app, running_server  # noqa: E402
 from specdiff.server.config import ServeConfig  # noqa: E402
 from specdiff.server.jobs import Job, JobQueue, JobSettings, JobState  # noqa: E402
 from specdiff.server.synth import Synthesizer, read_midi  # noqa: E402
-from specdiff.tokenizer import midi_to_notes, midi_to_segments  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -588,7 +589,7 @@ def test_info_reports_limits_and_defaults(serve):
 def test_cli_builds_the_app_from_a_model_folder(pipe, tmp_path):
     import argparse
 
-    from specdiff import serve as serve_cli
+    from specdiff.commands import serve as serve_cli
 
     parser = argparse.ArgumentParser()
     serve_cli.add_serve_arguments(parser.add_subparsers(dest="command"))
@@ -619,8 +620,8 @@ def test_cli_builds_the_app_from_a_model_folder(pipe, tmp_path):
 def test_no_model_at_all_is_a_clear_error(monkeypatch):
     import argparse
 
-    from specdiff import default_model
-    from specdiff import serve as serve_cli
+    from specdiff.commands import serve as serve_cli
+    from specdiff.pipeline import default_model
 
     monkeypatch.setattr(default_model, "default_model_path", lambda: None)
     parser = argparse.ArgumentParser()
@@ -630,14 +631,14 @@ def test_no_model_at_all_is_a_clear_error(monkeypatch):
 
 
 def test_loopback_detection():
-    from specdiff.serve import is_loopback
+    from specdiff.server.guards import is_loopback
 
     assert all(is_loopback(h) for h in ("127.0.0.1", "127.5.0.1", "localhost", "::1", "[::1]"))
     assert not any(is_loopback(h) for h in ("0.0.0.0", "192.168.1.2", "::", "example.org"))
 
 
 def test_default_examples_are_existing_midi_files():
-    from specdiff.serve import default_examples
+    from specdiff.commands.serve import default_examples
 
     for path in default_examples():
         assert path.is_file() and path.suffix == ".mid"
@@ -655,7 +656,7 @@ def test_spectrogram_picture_uses_plotting_and_falls_back_without_matplotlib(tmp
     if importlib.util.find_spec("matplotlib") is not None:
         save_spectrogram(mel, tmp_path / "plot.png", "song.mid")
         width, height = struct.unpack(">II", (tmp_path / "plot.png").read_bytes()[16:24])
-        assert (width, height) == (1000, 400)  # specdiff.plotting's size, not the plain picture's
+        assert (width, height) == (1000, 400)  # specdiff.evaluation.plotting's size, not the plain picture's
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed: import raises
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     save_spectrogram(mel, tmp_path / "plain.png", "song.mid")
@@ -1067,7 +1068,7 @@ def test_favicon_is_served(serve):
 
 
 def test_the_job_says_when_the_soft_limiter_shaped_the_audio(serve, pipe):
-    from specdiff.audio_io import LIMITER_CEILING, LIMITER_NOTE
+    from specdiff.audio.files import LIMITER_CEILING, LIMITER_NOTE
 
     client, _ = serve()
     plain = wait_until(client, submit(client, seed=3).json()["id"])
@@ -1223,7 +1224,7 @@ def test_serve_logs_each_warning_once_and_its_job_lines(capsys):
     try:
         configure_logging(quiet=False)
         configure_logging(quiet=False)  # idempotent
-        logging.getLogger("specdiff.audio_io").warning("out.wav: peak 1.30 exceeds full scale")
+        logging.getLogger("specdiff.audio.files").warning("out.wav: peak 1.30 exceeds full scale")
         serve_logger.info("job abc queued")
         err = capsys.readouterr().err
     finally:

@@ -7,8 +7,7 @@ import math
 
 import torch
 
-from specdiff.model import build_models
-from specdiff.score_roll import (
+from specdiff.midi.score_roll import (
     EXTENDED_ROLL_FEATURES,
     RELEASE_FRAMES,
     ROLL_FEATURES,
@@ -19,15 +18,12 @@ from specdiff.score_roll import (
     release_feature,
     segment_roll,
 )
-from specdiff.tokenizer import EOS_ID, PITCH_ID, PROGRAM_ID, SHIFT_ID, STEPS_PER_FRAME, VELOCITY_ID
-from specdiff.train import (
-    ROLL_WEIGHTS,
-    SpectrogramDiffusionModel,
-    _widen_roll_weights,
-    collate,
-    diffusion_loss,
-    fit_score_prior,
-)
+from specdiff.midi.tokenizer import EOS_ID, PITCH_ID, PROGRAM_ID, SHIFT_ID, STEPS_PER_FRAME, VELOCITY_ID
+from specdiff.models.presets import build_models
+from specdiff.training.batches import collate_counted
+from specdiff.training.objective import SpectrogramDiffusionModel, diffusion_loss
+from specdiff.training.prior_fit import fit_score_prior
+from specdiff.training.warm_start import ROLL_WEIGHTS, _widen_roll_weights
 
 torch.set_num_threads(1)
 MICRO = dict(d_model=32, num_layers=1, d_ff=64, num_heads=2, d_kv=16)
@@ -41,7 +37,7 @@ def shift_to(frame: int) -> int:
 def one_note(start: int, end: int, pitch: int = 60, program: int = 40) -> list[int]:
     """A segment with one violin (program 40, family 5) note from frame ``start`` to ``end``,
     written by hand: tie section (empty), then shift, program, velocity, pitch on; shift, off."""
-    from specdiff.tokenizer import TIE_ID
+    from specdiff.midi.tokenizer import TIE_ID
 
     return [TIE_ID, shift_to(start), PROGRAM_ID + program, VELOCITY_ID + 1, PITCH_ID + pitch,
             shift_to(end), VELOCITY_ID + 0, PITCH_ID + pitch, EOS_ID]  # fmt: skip
@@ -99,7 +95,7 @@ def windows(valid: list[int], seed: int = 0) -> dict[str, torch.Tensor]:
         example = dict(tokens=tokens, context=torch.zeros(256, 128), target=target, target_valid=torch.tensor(n),
                        context_mask=torch.zeros(256, dtype=torch.bool))  # fmt: skip
         items.append((k, example))
-    return collate(items)
+    return collate_counted(items)
 
 
 def test_mask_padding_leaves_padded_frames_out_of_the_loss():
@@ -109,7 +105,7 @@ def test_mask_padding_leaves_padded_frames_out_of_the_loss():
     t, noise, keep = torch.tensor([0.4, 0.7]), torch.randn(2, 256, 128), torch.ones(2, dtype=torch.bool)
     # Another target on the padding, with the noise that gives the same noisy input z_t: only the
     # training target of the padded frames differs.
-    from specdiff.diffusion import alpha_sigma
+    from specdiff.sampling.diffusion import alpha_sigma
 
     changed = {**batch, "target": batch["target"].clone()}
     changed["target"][0, 100:] = 0.9

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from specdiff import mel
-from specdiff.silence_gate import frame_gains_to_samples, frame_levels, silence_gate
+from specdiff.audio import mel
+from specdiff.audio.silence_gate import frame_gains_to_samples, frame_levels, silence_gate
 
 SR = 16000
 

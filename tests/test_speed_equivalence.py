@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from specdiff import sampler as S
-from specdiff.model import DECODER_MASK_VALUE, FilmDecoder, attend, build_models
-from specdiff.pipeline import SpectrogramDiffusionPipeline
-from specdiff.tokenizer import TokenizedMidi
+from specdiff.midi.tokenizer import TokenizedMidi
+from specdiff.models.decoder import FilmDecoder
+from specdiff.models.layers import DECODER_MASK_VALUE, attend
+from specdiff.models.presets import build_models
+from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
+from specdiff.sampling import sampler as S
 
 torch.set_num_threads(1)
 
@@ -237,7 +239,7 @@ def test_film_is_computed_once_per_step_time_for_a_whole_song(pipe):
 
 
 def test_film_of_all_step_times_at_once_equals_film_per_step(decoder_case):
-    from specdiff.sampler import GuidedDenoiser
+    from specdiff.sampling.sampler import GuidedDenoiser
 
     dec, encodings, *_ = decoder_case
     times = [torch.tensor(t) for t in (0.75, 0.5, 0.25, 1.0)]

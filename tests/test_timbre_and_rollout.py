@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from specdiff.diffusion import q_sample
 from specdiff.errors import SpecdiffError
-from specdiff.model import build_models
-from specdiff.train import (
+from specdiff.models.presets import build_models
+from specdiff.sampling.diffusion import q_sample
+from specdiff.training.batches import collate_counted
+from specdiff.training.config import TrainConfig, apply_overrides
+from specdiff.training.objective import (
     SpectrogramDiffusionModel,
-    TrainConfig,
-    apply_overrides,
-    collate,
     diffusion_loss,
     draw_rollout_times,
     parse_rollout_steps,
@@ -91,7 +90,7 @@ def test_timbre_names_are_validated():
 
 
 def test_pipeline_timbre_property_and_guided_sampling(tmp_path):
-    from specdiff.pipeline import SpectrogramDiffusionPipeline
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     model = roll_model(timbres=["A", "B"])
     with torch.no_grad():
@@ -183,7 +182,7 @@ def test_rolled_rows_train_on_the_models_own_step_and_keep_gradients():
 
 
 def test_generated_pieces_are_deterministic_and_cover_the_idioms():
-    from specdiff.idioms import STYLES, generate_piece, idiom_split, seed_for
+    from specdiff.data.idioms import STYLES, generate_piece, idiom_split, seed_for
 
     a, b = generate_piece(seed_for("idioms", 7)), generate_piece(seed_for("idioms", 7))
     assert a.dumps_midi() == b.dumps_midi()
@@ -214,7 +213,7 @@ def test_generated_pieces_do_not_depend_on_the_string_hash_seed():
     import subprocess
     import sys
 
-    code = ("import hashlib; from specdiff.idioms import generate_piece, seed_for; "
+    code = ("import hashlib; from specdiff.data.idioms import generate_piece, seed_for; "
             "print(hashlib.md5(b''.join(generate_piece(seed_for('idioms', i), seconds=20).dumps_midi() "
             "for i in range(12))).hexdigest())")  # fmt: skip
     digests = set()
@@ -227,7 +226,7 @@ def test_generated_pieces_do_not_depend_on_the_string_hash_seed():
 
 
 def test_full_silences_occur_between_notes():
-    from specdiff.idioms import generate_piece, seed_for
+    from specdiff.data.idioms import generate_piece, seed_for
 
     gaps = 0
     for i in range(40):
@@ -242,8 +241,9 @@ def test_full_silences_occur_between_notes():
 
 def test_idiom_cache_records_timbres_and_datasets_index_them(tmp_path):
     pytest.importorskip("tinysoundfont")
-    from specdiff.data import ChunkDataset, build_cache, idiom_pairs, with_soundfonts
-    from specdiff.render import default_soundfont, timbre_name
+    from specdiff.data.cache import ChunkDataset, build_cache
+    from specdiff.data.render import default_soundfont, timbre_name
+    from specdiff.data.songs import idiom_pairs, with_soundfonts
 
     pairs = idiom_pairs(3, seconds=6.0)
     sf = str(default_soundfont())
@@ -254,7 +254,7 @@ def test_idiom_cache_records_timbres_and_datasets_index_them(tmp_path):
     assert {s["timbre"] for s in index["songs"]} == {timbre_name(sf)}
     data = ChunkDataset(tmp_path / "cache", split=None, timbres=["other", timbre_name(sf)])
     assert int(data[0].timbre) == 1
-    batch = collate([(0, data[0]), (1, data[1])])
+    batch = collate_counted([(0, data[0]), (1, data[1])])
     assert batch["timbre"].tolist() == [1, 1]
     with pytest.raises(SpecdiffError, match="timbres"):
         ChunkDataset(tmp_path / "cache", split=None, timbres=["other"])
@@ -266,7 +266,7 @@ def test_idiom_cache_records_timbres_and_datasets_index_them(tmp_path):
 
 
 def test_silence_scores_measure_ours_where_the_reference_is_silent():
-    from specdiff.metrics import silence_scores
+    from specdiff.evaluation.metrics import silence_scores
 
     sr = 16000
     t = np.arange(2 * sr) / sr
@@ -282,8 +282,8 @@ def test_silence_scores_measure_ours_where_the_reference_is_silent():
 
 
 def test_rest_scores_measure_the_musics_rests_not_the_references_quiet_frames():
-    from specdiff.metrics import rest_frames, rest_scores
-    from specdiff.tokenizer import Note
+    from specdiff.evaluation.metrics import rest_frames, rest_scores
+    from specdiff.midi.reader import Note
 
     # Notes: 0.0-0.5 s, then a drum hit at 2.5 s; rests (1 s margin): frames 75-124 (1.5-2.5 s) and
     # from 3.5 s (frame 175) to the end of 4 s (frame 200).
@@ -306,7 +306,7 @@ def test_rest_scores_measure_the_musics_rests_not_the_references_quiet_frames():
 
 
 def test_min_noise_time_draws_and_rollout_grids_end_there():
-    from specdiff.train import draw_diffusion_inputs
+    from specdiff.training.objective import draw_diffusion_inputs
 
     t, _, _ = draw_diffusion_inputs(range(2000), seed=3, drop_prob=0.1, shape=(1,), min_time=0.8)
     assert float(t.min()) >= 0.8 and float(t.max()) < 1.0 and float(t.mean()) == pytest.approx(0.9, abs=0.01)
@@ -320,7 +320,7 @@ def test_min_noise_time_draws_and_rollout_grids_end_there():
 
 
 def test_context_drop_empties_the_context_of_drawn_rows_like_a_first_segment():
-    from specdiff.train import draw_context_drops, empty_context
+    from specdiff.training.objective import draw_context_drops, empty_context
 
     drops = draw_context_drops(range(4000), seed=3, prob=0.2)
     assert 0.17 < float(drops.float().mean()) < 0.23

@@ -19,8 +19,10 @@ from pathlib import Path
 import mido
 import pytest
 
+from specdiff.constants import SEGMENT_FRAMES
 from specdiff.errors import MidiError
-from specdiff.tokenizer import (
+from specdiff.midi.reader import SLAKH_PROGRAMS, Note, midi_to_notes, program_to_slakh
+from specdiff.midi.tokenizer import (
     DRUM_ID,
     EOS_ID,
     INPUT_LENGTH,
@@ -29,20 +31,15 @@ from specdiff.tokenizer import (
     PAD_ID,
     PITCH_ID,
     PROGRAM_ID,
-    SEGMENT_FRAMES,
     SHIFT_ID,
-    SLAKH_PROGRAMS,
     TIE_ID,
     VELOCITY_ID,
     VOCAB_SIZE,
-    Note,
     TokenTruncationWarning,
     index_notes,
-    midi_to_notes,
     midi_to_segments,
     notes_to_segments,
     num_frames_for,
-    program_to_slakh,
     tokenize_frames,
     tokens_to_notes,
 )

@@ -16,29 +16,23 @@ import pytest
 import torch
 from torch import nn
 
-from specdiff.cli import main  # what python -m specdiff.train runs
-from specdiff.diffusion import alpha_sigma
+from specdiff.cli import main  # what python -m specdiff runs
 from specdiff.errors import ModelError, SpecdiffError
-from specdiff.model import build_models
-from specdiff.optim import build_optimizer
-from specdiff.train import (
-    ShardedCounterSampler,
+from specdiff.models.presets import build_models
+from specdiff.sampling.diffusion import alpha_sigma
+from specdiff.training.batches import ShardedCounterSampler, SyntheticDataset, collate_counted
+from specdiff.training.checkpoints import list_checkpoints, load_checkpoint
+from specdiff.training.config import TrainConfig, apply_overrides
+from specdiff.training.export import export_pipeline, model_from_checkpoint
+from specdiff.training.log import read_metrics
+from specdiff.training.loop import Trainer, train
+from specdiff.training.objective import (
     SpectrogramDiffusionModel,
-    SyntheticDataset,
-    TrainConfig,
-    Trainer,
-    apply_overrides,
-    collate,
     diffusion_loss,
     draw_diffusion_inputs,
-    export_pipeline,
-    list_checkpoints,
-    load_checkpoint,
-    model_from_checkpoint,
-    read_metrics,
-    train,
     trim_token_padding,
 )
+from specdiff.training.optim import build_optimizer
 
 torch.set_num_threads(1)
 
@@ -109,7 +103,7 @@ class Recorder(nn.Module):
 
 def test_objective_drops_conditioning_and_sums_l1():
     data = SyntheticDataset(seed=1)
-    batch = collate([(i, data[i]) for i in range(4)])
+    batch = collate_counted([(i, data[i]) for i in range(4)])
     batch["context_mask"][:] = True
     t, noise, _ = draw_diffusion_inputs(batch["index"], 0, 0.1)
     keep = torch.tensor([True, False, True, False])
@@ -131,7 +125,7 @@ def test_objective_drops_conditioning_and_sums_l1():
 
 def test_trimming_token_padding_is_exact():
     data = SyntheticDataset(seed=2, max_tokens=100)
-    batch = collate([(i, data[i]) for i in range(3)])
+    batch = collate_counted([(i, data[i]) for i in range(3)])
     longest = max(int((tokens != 0).sum()) for tokens in batch["tokens"])  # tokens are a prefix, then PAD
     trimmed = trim_token_padding(batch["tokens"])
     assert trimmed.shape[1] == 64 * math.ceil(longest / 64)
@@ -150,7 +144,7 @@ def test_trimming_token_padding_is_exact():
 
 def test_loss_decreases_on_a_fixed_batch():
     data = SyntheticDataset(seed=0)
-    batch = collate([(i, data[i]) for i in range(4)])
+    batch = collate_counted([(i, data[i]) for i in range(4)])
     t, noise, keep = draw_diffusion_inputs(batch["index"], 0, 0.0)
     model = micro_model(dropout=0.0)
     optimizer = build_optimizer(model, "adafactor", lr=1e-3)
@@ -249,14 +243,14 @@ def test_warm_start_from_an_exported_pipeline_folder(tmp_path):
 
 KILLER = """
 import os, signal, sys
-import specdiff.train as T
+import specdiff.training.loop as T
 save = T.save_checkpoint
 def save_then_die(path, state, keep):
     save(path, state, keep)
     if state["step"] == {kill_at}:
         os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: like a pre-empted machine
 T.save_checkpoint = save_then_die
-from specdiff.cli import main  # what python -m specdiff.train runs
+from specdiff.cli import main  # what python -m specdiff runs
 sys.exit(main({argv!r}))
 """
 
@@ -289,7 +283,7 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     config = micro_config(tmp_path / "ddp", batch_size=4, steps=3, ckpt_every=3, dropout=0.0)
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "specdiff.train", *cli_args(config),
+        "-m", "specdiff", *cli_args(config),
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -319,7 +313,7 @@ def test_validation_samples_and_export_round_trip(tmp_path):
     if _has_matplotlib():
         assert (tmp_path / "run" / "samples" / "step_00000002.png").stat().st_size > 1000
 
-    from specdiff.vocoder import Vocoder, VocoderConfig
+    from specdiff.audio.vocoder import Vocoder, VocoderConfig
 
     vocoder = Vocoder(VocoderConfig(dim=8, intermediate_dim=16, num_layers=1))
     vocoder.save_pretrained(tmp_path / "voc")
@@ -337,7 +331,8 @@ def test_validation_samples_and_export_round_trip(tmp_path):
 
     from safetensors.torch import load_file
 
-    from specdiff.model import ContinuousEncoder, FilmDecoder, NotesEncoder
+    from specdiff.models.decoder import FilmDecoder
+    from specdiff.models.encoders import ContinuousEncoder, NotesEncoder
 
     ema_model = model_from_checkpoint(list_checkpoints(tmp_path / "run")[-1], use_ema=True)
     raw_model = model_from_checkpoint(list_checkpoints(tmp_path / "run")[-1], use_ema=False)
@@ -355,7 +350,7 @@ def test_validation_samples_and_export_round_trip(tmp_path):
     assert not torch.equal(ema_model.decoder.spec_out.weight, raw_model.decoder.spec_out.weight)
 
     # the folder loads in the pipeline, with the EMA weights and the copied vocoder as its inverter
-    from specdiff.pipeline import SpectrogramDiffusionPipeline
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     loaded = SpectrogramDiffusionPipeline.from_pretrained(pipe, inverter="auto")
     assert torch.equal(loaded.decoder.spec_out.weight, ema_model.decoder.spec_out.weight)
@@ -410,14 +405,15 @@ def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
 
 def test_cli_module_is_light_and_in_sync():
     code = (
-        "import sys, specdiff.train_cli as c; print(any(m == 'torch' or m.startswith('torch.') for m in sys.modules))"
+        "import sys, specdiff.commands.train; print(any(m == 'torch' or m.startswith('torch.') for m in sys.modules))"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True)
     assert proc.stdout.strip() == "False", proc.stderr[-2000:]
-    from specdiff import train_cli
-    from specdiff.train import TRAIN_PRESETS, TrainConfig
+    from specdiff.commands import train as train_cli
+    from specdiff.constants import TRAIN_PRESET_NAMES
+    from specdiff.training.config import TRAIN_PRESETS, TrainConfig
 
-    assert train_cli.TRAIN_PRESET_NAMES == tuple(sorted(TRAIN_PRESETS))
+    assert TRAIN_PRESET_NAMES == tuple(sorted(TRAIN_PRESETS))
     assert set(train_cli.TRAIN_FLAGS) <= {f for f in TrainConfig.__dataclass_fields__}
 
 
@@ -434,9 +430,10 @@ def test_tensorboard_scalars_when_installed(tmp_path):
 
 
 def test_trains_from_a_feature_cache(tmp_path):
-    pytest.importorskip("specdiff.mel")
+    pytest.importorskip("specdiff.audio.mel")
     pytest.importorskip("tinysoundfont")
-    from specdiff.data import build_cache, render_pairs
+    from specdiff.data.cache import build_cache
+    from specdiff.data.songs import render_pairs
 
     midi = ROOT / "tests" / "data" / "tokenizer"
     files = [str(midi / "bach_bwv66_6.mid"), str(midi / "multi_instrument.mid")]
@@ -450,10 +447,10 @@ def test_trains_from_a_feature_cache(tmp_path):
 
 def test_bf16_autocast_on_a_cpu_with_native_bf16_is_close_to_float32(tmp_path):
     from specdiff.hardware import cpu_has_native_bf16
-    from specdiff.train import _autocast
+    from specdiff.training.validation import _autocast
 
     model = micro_model()
-    batch = collate([(i, SyntheticDataset(seed=0)[i]) for i in range(2)])
+    batch = collate_counted([(i, SyntheticDataset(seed=0)[i]) for i in range(2)])
     t, noise, keep = draw_diffusion_inputs(batch["index"], 0, 0.0)
     with torch.no_grad():
         exact = diffusion_loss(model, batch, t, noise, keep).loss_mean
@@ -469,8 +466,8 @@ def test_bf16_autocast_on_a_cpu_with_native_bf16_is_close_to_float32(tmp_path):
 
 
 def test_min_snr_weighting_downweights_low_noise_times_only():
-    from specdiff.diffusion import logsnr
-    from specdiff.train import loss_weights
+    from specdiff.sampling.diffusion import logsnr
+    from specdiff.training.objective import loss_weights
 
     t = torch.tensor([0.01, 0.1, 0.27, 0.5, 0.9])
     assert loss_weights(t, "none") is None
@@ -483,8 +480,8 @@ def test_min_snr_weighting_downweights_low_noise_times_only():
 
 
 def test_x0_weighting_is_the_l1_error_of_the_implied_x0():
-    from specdiff.diffusion import alpha_sigma, q_sample
-    from specdiff.train import loss_weights
+    from specdiff.sampling.diffusion import alpha_sigma, q_sample
+    from specdiff.training.objective import loss_weights
 
     t = torch.tensor([0.05, 0.3, 0.6, 0.8])
     x0, eps, eps_hat = torch.randn(3, 4, 16, 8).unbind(0)
@@ -500,7 +497,7 @@ def test_x0_weighting_is_the_l1_error_of_the_implied_x0():
 
 def test_weighted_objective_scales_each_examples_error_and_logs_the_unweighted_one():
     model = micro_model()
-    batch = collate([(i, SyntheticDataset(seed=0)[i]) for i in range(2)])
+    batch = collate_counted([(i, SyntheticDataset(seed=0)[i]) for i in range(2)])
     t, noise, keep = draw_diffusion_inputs(batch["index"], 0, 0.0)
     with torch.no_grad():
         plain = diffusion_loss(model, batch, t, noise, keep)

@@ -1,4 +1,4 @@
-"""Tests of the neural vocoder (specdiff/vocoder.py) and its training code (specdiff/vocoder_train.py)."""
+"""Tests of the neural vocoder (specdiff/audio/vocoder.py) and its training code (specdiff/training/vocoder.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from specdiff.errors import AudioError, ModelError, SpecdiffError
-from specdiff.silence_gate import DEFAULT_GATE_ITERS
-from specdiff.vocoder import (
+from specdiff.audio.silence_gate import DEFAULT_GATE_ITERS
+from specdiff.audio.vocoder import (
     ISTFTHead,
     Vocoder,
     VocoderConfig,
@@ -22,6 +21,7 @@ from specdiff.vocoder import (
     find_vocoder_dir,
     load_vocoder,
 )
+from specdiff.errors import AudioError, ModelError, SpecdiffError
 
 torch.set_num_threads(1)
 
@@ -45,7 +45,7 @@ def random_log_mel(batch: int, frames: int, seed: int = 0) -> np.ndarray:
 
 
 def test_config_matches_front_end_constants():
-    mel = pytest.importorskip("specdiff.mel")
+    mel = pytest.importorskip("specdiff.audio.mel")
     c = VocoderConfig()
     assert (c.sample_rate, c.hop_length, c.n_mels) == (mel.SAMPLE_RATE, mel.HOP_LENGTH, mel.N_MELS)
     assert c.feature_min == pytest.approx(mel.MIN_VALUE) and c.feature_max == pytest.approx(mel.MAX_VALUE)
@@ -173,7 +173,7 @@ def _chord(seconds: float = 1.0) -> torch.Tensor:
 
 def test_refinement_keeps_a_perfect_networks_output():
     """Audio whose own log-mel is the input is a fixed point: consistent phase, mel already fitted."""
-    from specdiff.mel import log_mel
+    from specdiff.audio.mel import log_mel
 
     noise = 1e-3 * torch.randn(16000, generator=torch.Generator().manual_seed(1))  # no band at the clip floor
     audio = _chord() + noise
@@ -184,7 +184,7 @@ def test_refinement_keeps_a_perfect_networks_output():
 
 
 def test_refinement_fits_the_mel_and_keeps_the_networks_phase():
-    from specdiff.mel import log_mel
+    from specdiff.audio.mel import log_mel
 
     audio = _chord()
     target = log_mel(audio)
@@ -245,7 +245,7 @@ def test_onnx_export_matches_pytorch(tmp_path):
             expected = model(torch.from_numpy(mel)).numpy()
         np.testing.assert_allclose(audio, expected, rtol=1e-4, atol=1e-5)
     # The official inverter's loader accepts it as is (one input named input_features, output 0).
-    from specdiff.inverters import OnnxInverter
+    from specdiff.audio.inverters import OnnxInverter
 
     mel = random_log_mel(2, 17, seed=1)
     with torch.no_grad():
@@ -255,11 +255,11 @@ def test_onnx_export_matches_pytorch(tmp_path):
 
 def test_pipeline_from_pretrained_uses_the_folders_vocoder(tmp_path):
     """End to end: a model folder with vocoder/ -> from_pretrained picks it (auto) -> audio = vocoder(mel)."""
-    pytest.importorskip("specdiff.pipeline")
-    from specdiff.inverters import load_inverter
-    from specdiff.model import build_models
-    from specdiff.pipeline import SpectrogramDiffusionPipeline
-    from specdiff.tokenizer import TokenizedMidi, midi_to_segments
+    pytest.importorskip("specdiff.pipeline.pipeline")
+    from specdiff.audio.inverters import load_inverter
+    from specdiff.midi.tokenizer import TokenizedMidi, midi_to_segments
+    from specdiff.models.presets import build_models
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     tiny = dict(d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=48)
     folder = SpectrogramDiffusionPipeline(*build_models("tiny", seed=0, **tiny)).save_pretrained(tmp_path / "model")
@@ -305,7 +305,7 @@ def _tone_clips(seconds: float = 2.0) -> list[np.ndarray]:
 
 
 def test_loss_functions_are_zero_only_for_identical_audio():
-    from specdiff.vocoder_train import multi_resolution_stft_loss
+    from specdiff.training.vocoder import multi_resolution_stft_loss
 
     x = torch.from_numpy(np.stack(_tone_clips(0.5)))
     assert multi_resolution_stft_loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
@@ -313,27 +313,27 @@ def test_loss_functions_are_zero_only_for_identical_audio():
 
 
 def test_segment_sampler_lengths_and_determinism():
-    from specdiff.vocoder_train import SegmentSampler, features_and_target
+    from specdiff.training.vocoder import SegmentSampler, features_and_target
 
     a, b = SegmentSampler(_tone_clips(), 8, seed=3), SegmentSampler(_tone_clips(), 8, seed=3)
     batch = a.sample(4)
     assert batch.shape == (4, 8 * 320 + 320)
     torch.testing.assert_close(batch, b.sample(4))
-    pytest.importorskip("specdiff.mel")
+    pytest.importorskip("specdiff.audio.mel")
     mel, target = features_and_target(batch, 8)
     assert mel.shape == (4, 8, 128) and target.shape == (4, 8 * 320)
 
 
 def _trainer(warmup_steps: int):
-    from specdiff.vocoder_train import TrainConfig, VocoderTrainer
+    from specdiff.training.vocoder import VocoderTrainConfig, VocoderTrainer
 
-    config = TrainConfig(batch_size=2, segment_frames=8, warmup_steps=warmup_steps, lr=2e-3, lr_warmup_steps=1)
+    config = VocoderTrainConfig(batch_size=2, segment_frames=8, warmup_steps=warmup_steps, lr=2e-3, lr_warmup_steps=1)
     return VocoderTrainer(TINY, config)
 
 
 def test_a_few_steps_reduce_the_reconstruction_loss():
-    pytest.importorskip("specdiff.mel")
-    from specdiff.vocoder_train import SegmentSampler, features_and_target, mel_l1
+    pytest.importorskip("specdiff.audio.mel")
+    from specdiff.training.vocoder import SegmentSampler, features_and_target, mel_l1
 
     trainer = _trainer(warmup_steps=10_000)  # reconstruction losses only
     batch = SegmentSampler(_tone_clips(), 8, seed=0).sample(2)
@@ -350,7 +350,7 @@ def test_a_few_steps_reduce_the_reconstruction_loss():
 
 
 def test_magnitude_loss_is_zero_for_the_true_magnitude():
-    from specdiff.vocoder_train import magnitude_l1
+    from specdiff.training.vocoder import magnitude_l1
 
     x = torch.from_numpy(np.stack(_tone_clips(0.5)))[:, : 20 * 320]
     spectrum = tiny_vocoder().head.stft(x)
@@ -360,12 +360,18 @@ def test_magnitude_loss_is_zero_for_the_true_magnitude():
 
 def test_phase_vocoder_training_fits_the_magnitude():
     """With synthesis "phase_vocoder" the steps train the head's magnitude (the phase comes from it)."""
-    pytest.importorskip("specdiff.mel")
+    pytest.importorskip("specdiff.audio.mel")
     from dataclasses import replace
 
-    from specdiff.vocoder_train import SegmentSampler, TrainConfig, VocoderTrainer, features_and_target, magnitude_l1
+    from specdiff.training.vocoder import (
+        SegmentSampler,
+        VocoderTrainConfig,
+        VocoderTrainer,
+        features_and_target,
+        magnitude_l1,
+    )
 
-    config = TrainConfig(batch_size=2, segment_frames=8, warmup_steps=10_000, lr=2e-3, lr_warmup_steps=1)
+    config = VocoderTrainConfig(batch_size=2, segment_frames=8, warmup_steps=10_000, lr=2e-3, lr_warmup_steps=1)
     trainer = VocoderTrainer(replace(TINY, synthesis="phase_vocoder"), replace(config, magnitude_weight=45.0))
     batch = SegmentSampler(_tone_clips(), 8, seed=0).sample(2)
     mel, real = features_and_target(batch, 8)
@@ -381,8 +387,8 @@ def test_phase_vocoder_training_fits_the_magnitude():
 
 
 def test_checkpoint_resume_restores_step_weights_and_randomness(tmp_path):
-    pytest.importorskip("specdiff.mel")
-    from specdiff.vocoder_train import SegmentSampler
+    pytest.importorskip("specdiff.audio.mel")
+    from specdiff.training.vocoder import SegmentSampler
 
     first, sampler = _trainer(warmup_steps=1), SegmentSampler(_tone_clips(), 8, seed=1)
     for _ in range(2):  # one reconstruction-only step, one adversarial step
@@ -406,7 +412,7 @@ def test_checkpoint_resume_restores_step_weights_and_randomness(tmp_path):
 
 
 def _parser():
-    from specdiff.vocoder_cli import add_vocode_arguments, add_vocoder_arguments
+    from specdiff.commands.vocoder import add_vocode_arguments, add_vocoder_arguments
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
@@ -420,15 +426,15 @@ def test_cli_module_imports_nothing_heavy():
     import sys
 
     code = (
-        "import sys, specdiff.vocoder_cli; "
-        "print(sorted(m for m in ('torch', 'numpy', 'specdiff.vocoder') if m in sys.modules))"
+        "import sys, specdiff.commands.vocoder; "
+        "print(sorted(m for m in ('torch', 'numpy', 'specdiff.audio.vocoder') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 def test_train_vocoder_arguments():
-    from specdiff.vocoder_train import TrainConfig
+    from specdiff.training.vocoder import VocoderTrainConfig
 
     args = _parser().parse_args(
         [
@@ -446,15 +452,15 @@ def test_train_vocoder_arguments():
         ]
     )
     assert args.max_steps == 7 and args.midi_dir == [Path("m")] and args.audio_dir == [Path("a"), Path("b")]
-    assert args.lr is None and not args.demo_corpus  # None: TrainConfig's default applies
-    assert TrainConfig().lr == 5e-4
+    assert args.lr is None and not args.demo_corpus  # None: VocoderTrainConfig's default applies
+    assert VocoderTrainConfig().lr == 5e-4
     with pytest.raises(SystemExit):
         _parser().parse_args(["train-vocoder", "--audio-dir", "a"])  # --run-dir is required
 
 
 def test_train_vocoder_command_trains_resumes_and_exports(tmp_path):
-    pytest.importorskip("specdiff.mel")
-    pytest.importorskip("specdiff.audio_io")
+    pytest.importorskip("specdiff.audio.mel")
+    pytest.importorskip("specdiff.audio.files")
     import soundfile as sf
 
     for i, clip in enumerate(_tone_clips()):
@@ -511,10 +517,10 @@ def test_train_vocoder_command_trains_resumes_and_exports(tmp_path):
 
 
 def test_cache_audio_reads_the_train_songs_sources(tmp_path):
-    pytest.importorskip("specdiff.data")
+    pytest.importorskip("specdiff.data.cache")
     import soundfile as sf
 
-    from specdiff.vocoder_train import cache_audio
+    from specdiff.training.vocoder import cache_audio
 
     wav = tmp_path / "song.wav"
     sf.write(wav, _tone_clips(0.5)[0], 16000)
@@ -531,8 +537,8 @@ def test_cache_audio_reads_the_train_songs_sources(tmp_path):
 
 
 def test_vocode_command(tmp_path):
-    pytest.importorskip("specdiff.audio_io")
-    pytest.importorskip("specdiff.mel")
+    pytest.importorskip("specdiff.audio.files")
+    pytest.importorskip("specdiff.audio.mel")
     import soundfile as sf
 
     tiny_vocoder().save_pretrained(tmp_path / "model" / "vocoder")
@@ -557,7 +563,7 @@ def test_vocode_command(tmp_path):
     args.func(args)
     with torch.no_grad():
         network = Vocoder.from_pretrained(tmp_path / "model" / "vocoder")(torch.from_numpy(random_log_mel(1, 11)))[0]
-    from specdiff.audio_io import soft_limit
+    from specdiff.audio.files import soft_limit
 
     expected = network.numpy()
     expected = soft_limit(expected) if np.abs(expected).max() > 1.0 else expected  # what save_wav does past full scale
@@ -580,9 +586,9 @@ def test_vocode_command(tmp_path):
 def test_vocode_defaults_to_the_bundled_vocoder(tmp_path):
     import soundfile as sf
 
-    from specdiff.audio_io import soft_limit
-    from specdiff.default_model import default_model_path
-    from specdiff.vocoder import load_vocoder
+    from specdiff.audio.files import soft_limit
+    from specdiff.audio.vocoder import load_vocoder
+    from specdiff.pipeline.default_model import default_model_path
 
     if default_model_path() is None:
         pytest.skip("the package ships no default model")

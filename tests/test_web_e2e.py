@@ -26,8 +26,8 @@ sync_api = pytest.importorskip(
 )
 torch = pytest.importorskip("torch")
 
-from specdiff.model import build_models  # noqa: E402
-from specdiff.pipeline import SpectrogramDiffusionPipeline  # noqa: E402
+from specdiff.models.presets import build_models  # noqa: E402
+from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline  # noqa: E402
 from specdiff.server import png  # noqa: E402
 from specdiff.server.app import create_app, running_server  # noqa: E402
 from specdiff.server.config import ServeConfig  # noqa: E402

@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specdiff.render import PROGRAM_RANGES, gm_program_name  # noqa: E402
+from specdiff.data.render import PROGRAM_RANGES, gm_program_name  # noqa: E402
 
 OUT_DIR = ROOT / "specdiff" / "assets" / "demo_midi"
 TPQ = 960  # resampled from music21's 10080; exact for duplets and triplets

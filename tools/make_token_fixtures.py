@@ -476,7 +476,7 @@ def fuzz(count: int, seed: int, keep_dir: Path) -> int:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from specdiff.errors import MidiError
-    from specdiff.tokenizer import midi_to_segments
+    from specdiff.midi.tokenizer import midi_to_segments
 
     bad = skipped = 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -537,7 +537,7 @@ def main() -> None:
         type=int,
         default=0,
         metavar="N",
-        help="instead: compare specdiff.tokenizer with the official processor on N random files",
+        help="instead: compare specdiff.midi.tokenizer with the official processor on N random files",
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -9,7 +9,7 @@
   ``evaluate`` and ``serve`` share, the number parsers, :class:`~specdiff.commands.options.UsageError`.
 
 The entry point (the registry of subcommands, ``main`` and the error policy) is :mod:`specdiff.cli`.
-Imports run one way: commands use the library (``specdiff.pipeline``, ``specdiff.train``,
-``specdiff.evaluate``, ...); the library never imports a command. Building the parser imports no
+Imports run one way: commands use the library (``specdiff.pipeline.pipeline``, ``specdiff.training.loop``,
+``specdiff.evaluation.evaluate``, ...); the library never imports a command. Building the parser imports no
 torch: each module imports heavy libraries inside the functions that run the command.
 """

@@ -1,5 +1,5 @@
 """``specdiff evaluate``: score a model on MIDI files against reference audio (the work is
-:func:`specdiff.evaluate.evaluate`)."""
+:func:`specdiff.evaluation.evaluate.evaluate`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import math
 import sys
 from pathlib import Path
 
-from specdiff import evaluate as evaluation
 from specdiff.commands.options import (
     MODEL_HELP,
     PROG,
@@ -29,6 +28,7 @@ from specdiff.constants import (
     SCHEDULERS,
 )
 from specdiff.errors import SpecdiffError
+from specdiff.evaluation import evaluate as evaluation
 
 
 def _positive_float(text: str) -> float:
@@ -55,7 +55,7 @@ def add_evaluate_arguments(subparsers: argparse._SubParsersAction) -> argparse.A
     p.add_argument("--demo-split", choices=("train", "validation", "test"),
                    help="evaluate the bundled demo corpus's pieces of this split (test = held out)")  # fmt: skip
     p.add_argument("--idioms-split", choices=("train", "validation", "test"),
-                   help="evaluate the generated band-music pieces (specdiff.idioms) of this split (test = held out; "
+                   help="evaluate the generated band-music pieces (data/idioms.py) of this split (test = held out; "
                    "their MIDI files are written to OUT/midi)")  # fmt: skip
     p.add_argument("--idioms-count", type=_positive_int, default=None, metavar="N",
                    help="--idioms-split takes its pieces among the first N generated (default: the 1600 the bundled "
@@ -93,7 +93,7 @@ def add_evaluate_arguments(subparsers: argparse._SubParsersAction) -> argparse.A
         "--max-seconds", type=_positive_float, metavar="S", help="evaluate only the first S seconds of each piece"
     )
     p.add_argument("--embedding", choices=EMBEDDINGS, default="mfcc-stats",
-                   help="embedding of the Fréchet distance (default: mfcc-stats, see specdiff.embeddings)")  # fmt: skip
+                   help="embedding of the Fréchet distance (default: mfcc-stats; see embeddings.py)")  # fmt: skip
     p.add_argument("--no-transcription", action="store_true", help="skip the basic-pitch note-onset metrics")
     p.add_argument(
         "--png", action="store_true", help="one PNG per piece: reference vs generated spectrogram, piano roll"
@@ -117,16 +117,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.midi:
         midi_files = evaluation.collect_midi_files(args.midi)
     elif args.demo_split:
-        from specdiff.corpus import demo_midi_files
+        from specdiff.data.corpus import demo_midi_files
 
         midi_files = demo_midi_files(args.demo_split)
     elif args.idioms_split:
         import tempfile
 
-        from specdiff.idioms import write_split
+        from specdiff.data.idioms import write_split
 
         folder = Path(args.out) / "midi" if args.out is not None else Path(tempfile.mkdtemp(prefix="specdiff-idioms-"))
-        from specdiff.idioms import DEFAULT_COUNT
+        from specdiff.data.idioms import DEFAULT_COUNT
 
         midi_files = write_split(folder, args.idioms_split, args.idioms_count or DEFAULT_COUNT)
     else:

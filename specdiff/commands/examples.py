@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from specdiff.examples import DEFAULT_EXAMPLE, all_examples, featured_examples
+from specdiff.midi.examples import DEFAULT_EXAMPLE, all_examples, featured_examples
 
 
 def add_examples_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

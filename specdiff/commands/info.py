@@ -88,7 +88,8 @@ def extras_status() -> dict[str, str]:
 
 def _model_lines(model: Path | None) -> tuple[Path | None, dict[str, str]]:
     """The model folder in use and its lines (model, sampling)."""
-    from specdiff.default_model import SAMPLING_FILE, read_sampling_settings
+    from specdiff.pipeline.default_model import read_sampling_settings
+    from specdiff.pipeline.folder import SAMPLING_FILE
 
     try:
         model_dir = resolve_model_dir(model)
@@ -117,7 +118,7 @@ def _model_lines(model: Path | None) -> tuple[Path | None, dict[str, str]]:
 def _inverter_line(model_dir: Path | None) -> str:
     """The inverter ``--inverter auto`` loads for the model folder; its log messages (e.g. "skipping
     the onnx inverter: onnxruntime is not installed") go into the line instead of onto stderr."""
-    from specdiff.inverters import load_auto_inverter
+    from specdiff.audio.inverters import load_auto_inverter
 
     messages: list[str] = []
 
@@ -126,7 +127,7 @@ def _inverter_line(model_dir: Path | None) -> str:
             if record.levelno >= logging.WARNING:
                 messages.append(one_line(record.getMessage()))
 
-    logger = logging.getLogger("specdiff.inverters")
+    logger = logging.getLogger("specdiff.audio.inverters")
     handler, propagate = _Collect(), logger.propagate
     logger.addHandler(handler)
     logger.propagate = False
@@ -182,7 +183,8 @@ def collect_info(model: Path | None = None) -> dict[str, str]:
     """Everything ``specdiff info`` prints, in its order."""
     import torch
 
-    from specdiff.default_model import DEFAULT_PRECISION, read_sampling_settings
+    from specdiff.constants import DEFAULT_PRECISION
+    from specdiff.pipeline.default_model import read_sampling_settings
 
     info = {
         "specdiff": f"{__version__} ({Path(__file__).resolve().parents[1]})",

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from specdiff.constants import DEFAULT_PRECISION, OFFICIAL_MODEL_ID, PRECISIONS
-from specdiff.default_model import precision_dtype
 from specdiff.errors import SpecdiffError
+from specdiff.pipeline.default_model import precision_dtype
 
 PROG = "specdiff"
 
@@ -71,9 +71,9 @@ def add_precision_argument(p: argparse.ArgumentParser) -> None:
 
 def resolve_model_dir(model: str | Path | None) -> Path:
     """The ``--model`` folder (a path, or a Hugging Face Hub id ``ORG/NAME[@REVISION]``, fetched into
-    the Hub cache once, see :mod:`specdiff.hub`), else the bundled one; UsageError when there is neither."""
+    the Hub cache once, see :mod:`specdiff.pipeline.hub`), else the bundled one; UsageError when there is neither."""
     if model is not None:
-        from specdiff.hub import resolve_model_path
+        from specdiff.pipeline.hub import resolve_model_path
 
         model = resolve_model_path(model)
         if not model.exists():
@@ -81,7 +81,7 @@ def resolve_model_dir(model: str | Path | None) -> Path:
         if not model.is_dir():
             raise SpecdiffError(f"--model must be a folder (diffusers layout), got a file: {model}")
         return model
-    from specdiff.default_model import default_model_path
+    from specdiff.pipeline.default_model import default_model_path
 
     bundled = default_model_path()
     if bundled is None:
@@ -97,7 +97,7 @@ def resolve_sampling(args: argparse.Namespace, model_dir: Path) -> None:
     """Fill ``args.scheduler`` / ``args.steps`` / ``args.guidance`` left unset on the command line
     from the model folder's ``sampling.json`` (the settings it was evaluated with), else the
     library defaults."""
-    from specdiff.default_model import read_sampling_settings
+    from specdiff.pipeline.default_model import read_sampling_settings
 
     settings = read_sampling_settings(model_dir)
     if getattr(args, "precision", None) in (None, "auto"):
@@ -153,7 +153,7 @@ def resolve_model(args: argparse.Namespace) -> Path:
 def load_pipeline(args: argparse.Namespace, model_dir: Path) -> tuple[Any, str]:
     """The pipeline of ``model_dir`` on ``--device`` in ``--precision`` with ``--inverter``, and the
     device used (``args.precision`` is set to the precision chosen)."""
-    from specdiff.pipeline import SpectrogramDiffusionPipeline
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     device = resolve_device(args.device)
     dtype = resolve_precision(args, device)

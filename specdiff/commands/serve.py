@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from specdiff.commands.options import MODEL_HELP, add_precision_argument, load_pipeline, resolve_model
-from specdiff.constants import DEVICES, INVERTERS, SCHEDULERS
+from specdiff.constants import DEFAULT_GUIDANCE, DEFAULT_NUM_STEPS, DEFAULT_SCHEDULER, DEVICES, INVERTERS, SCHEDULERS
 from specdiff.errors import SpecdiffError
-from specdiff.server.config import DEFAULT_GUIDANCE, DEFAULT_NUM_STEPS, DEFAULT_SCHEDULER, ServeConfig
+from specdiff.server.config import ServeConfig
 from specdiff.server.guards import is_loopback
 
 DEFAULT_HOST = "127.0.0.1"
@@ -281,7 +281,7 @@ def check_dependencies() -> None:
 def default_examples() -> list[Path]:
     """The demo corpus' test split (the model never trained on it), or nothing if it is missing."""
     try:
-        from specdiff.corpus import demo_midi_files
+        from specdiff.data.corpus import demo_midi_files
 
         return [p for p in demo_midi_files("test") if p.is_file()]
     except (SpecdiffError, OSError, ValueError) as err:
@@ -349,7 +349,7 @@ def build_app(args: argparse.Namespace) -> Any:
         torch.set_num_threads(args.threads)
     pipe, device = load_pipeline(args, model_dir)
     # The folder's name, not its path: /api/info is public and the server's file system is not.
-    from specdiff.hub import looks_like_hub_id
+    from specdiff.pipeline.hub import looks_like_hub_id
 
     model_name = str(args.model) if args.model is not None and looks_like_hub_id(args.model) else Path(model_dir).name
     return create_app(Synthesizer(pipe), config, model_name=model_name, device=device)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import os
 import secrets
 import sys
@@ -45,7 +44,7 @@ from specdiff.constants import (
     SCHEDULERS,
 )
 from specdiff.errors import SpecdiffError
-from specdiff.examples import DEFAULT_EXAMPLE, FEATURED, find_example
+from specdiff.midi.examples import DEFAULT_EXAMPLE, FEATURED, find_example
 
 _SYNTH_DESCRIPTION = """\
 Synthesize audio from a MIDI file with a Spectrogram Diffusion model.
@@ -301,10 +300,10 @@ def _set_refine_iters(pipe: Any, refine_iters: int | None) -> None:
         pipe.inverter.refine_iters = refine_iters
 
 
-def check_steps(scheduler: str, steps: int, scheduler_config: dict) -> None:
+def check_steps(pipe: Any, scheduler: str, steps: int) -> None:
     """diffusers schedulers cannot take more steps than their discrete training timesteps."""
-    limit = int(scheduler_config.get("num_train_timesteps", 1000))
-    if scheduler != "original" and steps > limit:
+    limit = pipe.max_steps(scheduler)
+    if limit is not None and steps > limit:
         raise SpecdiffError(
             f"--steps {steps} is more than --scheduler {scheduler} allows for this model "
             f"({limit} training timesteps); use at most {limit} or --scheduler original"
@@ -336,11 +335,7 @@ def check_audio_extension(path: Path) -> None:
 
 def _segments_used(pipe: Any, tokenized: Any) -> int:
     """How many 5.12 s segments the pipeline will generate (those after the release tail are skipped)."""
-    from specdiff.pipeline import frames_to_keep
-
-    segment_frames = int(pipe.decoder.config["targets_length"])
-    keep = frames_to_keep(len(tokenized.segments), segment_frames, tokenized.duration)
-    return math.ceil(keep / segment_frames)
+    return pipe.plan(tokenized).segments
 
 
 def _synthesize_streaming(
@@ -351,7 +346,7 @@ def _synthesize_streaming(
 
     total = _segments_used(pipe, tokenized)
     mels = []
-    from specdiff.audio_io import StreamingAudioFile
+    from specdiff.audio.files import StreamingAudioFile
 
     with StreamingAudioFile(output, pipe.sample_rate) as sink:
         for segment in pipe.segments(
@@ -378,18 +373,18 @@ def _synthesize_streaming(
 
 def _save_png(args: argparse.Namespace, mel: Any) -> None:
     if args.mel_png is not None:
-        from specdiff.plotting import save_spectrogram_png
+        from specdiff.evaluation.plotting import save_spectrogram_png
 
         save_spectrogram_png(mel, args.mel_png, title=args.midi.name)
 
 
 def _write_song(wav: Path, png: Path | None, audio: Any, mel: Any, title: str, sample_rate: int) -> None:
     """The picture, then the audio, each atomically; a failed WAV takes its new picture with it."""
-    from specdiff.audio_io import save_wav
+    from specdiff.audio.files import save_wav
 
     png_existed = png is not None and png.exists()
     if png is not None:
-        from specdiff.plotting import save_spectrogram_png
+        from specdiff.evaluation.plotting import save_spectrogram_png
 
         save_spectrogram_png(mel, png, title=title)
     try:
@@ -453,7 +448,7 @@ def _run_synth_one(args: argparse.Namespace) -> int:
         )
 
     # 2. Read the MIDI before loading a model: a bad file fails in milliseconds.
-    from specdiff.tokenizer import midi_to_segments
+    from specdiff.midi.tokenizer import midi_to_segments
 
     tokenized = midi_to_segments(midi)
 
@@ -467,7 +462,7 @@ def _run_synth_one(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     pipe, device = load_pipeline(args, model_dir)
     _set_refine_iters(pipe, args.refine_iters)
-    check_steps(args.scheduler, args.steps, pipe.scheduler_config)
+    check_steps(pipe, args.scheduler, args.steps)
     # A CPU generator: the same seed gives the same start noise on every device (sampler.randn).
     generator = torch.Generator(device="cpu").manual_seed(seed)
     sample_rate = pipe.sample_rate
@@ -570,7 +565,7 @@ def _make_folders(folders: list[Path]) -> list[Path]:
 
 def _read_midis(midis: list[Path]) -> list[Any]:
     """Tokenize every file; the first bad one fails with one line that names it."""
-    from specdiff.tokenizer import midi_to_segments
+    from specdiff.midi.tokenizer import midi_to_segments
 
     tokenized = []
     for midi in midis:
@@ -644,7 +639,7 @@ def run_synth_many(args: argparse.Namespace, midis: list[Path]) -> int:
         seeds = [secrets.randbelow(2**31) for _ in midis]
     pipe, device = load_pipeline(args, model_dir)
     _set_refine_iters(pipe, args.refine_iters)
-    check_steps(args.scheduler, args.steps, pipe.scheduler_config)
+    check_steps(pipe, args.scheduler, args.steps)
     generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
 
     # 5. All songs (the slow part), then the outputs one song at a time, each atomically.

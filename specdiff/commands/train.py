@@ -1,9 +1,8 @@
 """Command-line arguments of ``specdiff prepare``, ``specdiff train`` and ``specdiff export``.
 
-Kept apart from ``specdiff.train`` and ``specdiff.data`` (which import torch) so that building the
+Kept apart from ``specdiff.training`` and ``specdiff.data.cache`` (which import torch) so that building the
 ``specdiff`` parser stays light: the ``run_*`` functions import the heavy modules when a command runs.
-Imports run one way: this module uses ``specdiff.train``, never the reverse (``python -m
-specdiff.train`` hands over to :func:`specdiff.cli.main`).
+Imports run one way: this module uses ``specdiff.training``, never the reverse.
 Each ``add_*_arguments(subparsers)`` adds one subcommand and sets ``func`` to its ``run_*``.
 """
 
@@ -15,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from specdiff.constants import TRAIN_PRESET_NAMES  # noqa: F401 (re-exported)
+from specdiff.constants import TRAIN_PRESET_NAMES
 from specdiff.errors import ModelError, SpecdiffError
 
 #: Explicit ``specdiff train`` flags -> TrainConfig fields (every other field: ``--set key=value``).
@@ -51,7 +50,7 @@ def add_train_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         description="Train Spectrogram Diffusion on a feature cache (specdiff prepare). Any TrainConfig field "
         "can be set with --set key=value (model sizes with --set model.d_model=64). Resumes from the newest "
         "checkpoint in --out by default, with the run's saved config.json (flags given again override it). "
-        "Data-parallel: torchrun --nproc_per_node N -m specdiff.train train ...",
+        "Data-parallel: torchrun --nproc_per_node N -m specdiff train ...",
     )
     parser.add_argument(
         "--preset",
@@ -71,7 +70,8 @@ def add_train_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
 
 def config_from_args(args: argparse.Namespace):
     """The TrainConfig of parsed ``specdiff train`` arguments (preset, then flags, then ``--set``)."""
-    from specdiff.train import TrainConfig, apply_overrides, with_folder_decoder_options
+    from specdiff.training.config import TrainConfig, apply_overrides
+    from specdiff.training.export import with_folder_decoder_options
 
     explicit = {dest: getattr(args, dest) for dest in TRAIN_FLAGS if getattr(args, dest, None) is not None}
     config = TrainConfig.from_preset(args.preset or "tiny")
@@ -88,7 +88,7 @@ def config_from_args(args: argparse.Namespace):
         config = saved
     config = apply_overrides(config.replace(**explicit), args.assignments)
     if config.init_from and saved is None:
-        from specdiff.hub import resolve_model_path
+        from specdiff.pipeline.hub import resolve_model_path
 
         # A Hub id (ORG/NAME[@REVISION]) becomes its folder in the Hugging Face cache; the run's
         # config.json records that folder.
@@ -98,7 +98,9 @@ def config_from_args(args: argparse.Namespace):
 
 def _saved_run_config(out_dir: str, resume: str | None):
     """The config.json of a run folder that ``--resume`` will continue, else None."""
-    from specdiff.train import NO_RESUME, TrainConfig, list_checkpoints
+    from specdiff.training.checkpoints import list_checkpoints
+    from specdiff.training.config import TrainConfig
+    from specdiff.training.loop import NO_RESUME
 
     if resume in NO_RESUME or not list_checkpoints(out_dir):
         return None
@@ -117,7 +119,7 @@ def run_train(args: argparse.Namespace) -> int:
     """``specdiff train``: train (or resume) the configured run."""
     import torch.distributed as dist
 
-    from specdiff.train import train
+    from specdiff.training.loop import train
 
     config = config_from_args(args)
     try:
@@ -151,7 +153,8 @@ def add_export_arguments(subparsers: argparse._SubParsersAction) -> argparse.Arg
 
 def run_export(args: argparse.Namespace) -> int:
     """``specdiff export``: a checkpoint (or a run folder's newest) -> pipeline folder."""
-    from specdiff.train import export_pipeline, list_checkpoints
+    from specdiff.training.checkpoints import list_checkpoints
+    from specdiff.training.export import export_pipeline
 
     checkpoint = Path(args.checkpoint)
     if checkpoint.is_dir():
@@ -173,7 +176,7 @@ def add_prepare_arguments(subparsers: argparse._SubParsersAction) -> argparse.Ar
         description="Cache log-mel features and notes of training songs (resumable; bad files are skipped "
         "and listed in failures.json). SOURCE: 'demo' (the bundled corpus, rendered), 'maestro:PATH', "
         "'slakh:PATH', 'folder:PATH' (x.mid + x.wav/flac), 'render:PATH' (MIDI files), 'idioms[:N]' (N "
-        "generated band-music pieces, specdiff.idioms, default 400, with their own fixed split), or a bare path "
+        "generated band-music pieces, specdiff.data.idioms, default 400, with their own fixed split), or a bare path "
         "(the kind is detected).",
     )
     parser.add_argument("source", help="demo, idioms[:N], maestro:PATH, slakh:PATH, folder:PATH, render:PATH or PATH")
@@ -203,16 +206,17 @@ def add_prepare_arguments(subparsers: argparse._SubParsersAction) -> argparse.Ar
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from specdiff import data
-    from specdiff.render import find_soundfont
+    from specdiff.data.cache import build_cache
+    from specdiff.data.render import find_soundfont
+    from specdiff.data.songs import discover_with_options, with_soundfonts
 
     soundfonts = [str(find_soundfont(s)) for s in args.soundfont] if args.soundfont else [None]
-    pairs = data.discover_with_options(
+    pairs = discover_with_options(
         args.source, variants=args.variants, seed=args.seed, soundfont=soundfonts[0], backend=args.backend,
         subsets_per_song=args.subsets_per_song,
     )  # fmt: skip
-    pairs = data.with_soundfonts(pairs, soundfonts)
-    counts = data.build_cache(pairs, args.cache_dir, workers=args.workers, progress=not args.no_progress)
+    pairs = with_soundfonts(pairs, soundfonts)
+    counts = build_cache(pairs, args.cache_dir, workers=args.workers, progress=not args.no_progress)
     print(", ".join(f"{k} {v}" for k, v in counts.items()) + f"; cache {args.cache_dir}")
     return 0
 

@@ -1,8 +1,8 @@
 """``specdiff train-vocoder``, ``vocode`` and ``export-vocoder``: the neural vocoder's command line.
 
 Building the ``specdiff`` parser imports nothing heavy: the ``run_*`` functions import torch and the
-training code (:mod:`specdiff.vocoder_train`) when the command runs. Defaults of ``None`` mean "the
-default of ``vocoder_train.TrainConfig`` / ``vocoder.VocoderConfig``" (kept in one place).
+training code (:mod:`specdiff.training.vocoder`) when the command runs. Defaults of ``None`` mean "the
+default of ``training.vocoder.VocoderTrainConfig`` / ``vocoder.VocoderConfig``" (kept in one place).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
     src.add_argument(
         "--cache-dir",
         type=Path,
-        help="a training feature cache (specdiff.data): its train songs' audio is "
+        help="a training feature cache (specdiff.data.cache): its train songs' audio is "
         "re-read or re-rendered from the sources in its index",
     )
     p.add_argument("--run-dir", type=Path, required=True, help="checkpoints, logs and the exported vocoder/")
@@ -52,7 +52,7 @@ def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--init-from", type=Path, help="warm start (new runs only): the generator's weights and "
                    "architecture from a model folder with vocoder/ or a vocoder folder, a new optimiser, step 0 "
                    "(e.g. to continue the bundled vocoder: --init-from specdiff/assets/default_model)")  # fmt: skip
-    t = p.add_argument_group("training (defaults: vocoder_train.TrainConfig)")
+    t = p.add_argument_group("training (defaults: training.vocoder.VocoderTrainConfig)")
     t.add_argument("--max-steps", type=int, help="total steps (default 100000)")
     t.add_argument(
         "--warmup-steps", type=int, help="reconstruction-only steps before the GAN losses start (default 3000)"
@@ -73,7 +73,7 @@ def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
         "--synthesis",
         choices=VOCODER_SYNTHESES,
         help="how the vocoder makes audio, in training and in use: the head's own phase (default, as in Vocos) "
-        "or a phase built from its magnitude (specdiff.phase_vocoder); also applies with --init-from",
+        "or a phase built from its magnitude (specdiff.audio.phase_vocoder); also applies with --init-from",
     )
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)")
     p.add_argument("--checkpoint-minutes", type=float, help="also checkpoint when this many minutes have passed")
@@ -120,7 +120,7 @@ def add_export_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
         description="Write the vocoder of a training run (RUN_DIR/vocoder/), a model folder or a vocoder folder "
         "into OUT/vocoder/ (config.json + model.safetensors, what the pipeline loads). With --onnx, also "
         "OUT/vocoder/model.onnx with the official inverter's interface (input_features [B, T, 128] log-mel -> "
-        "audio [B, T*320]), loadable by specdiff.inverters.OnnxInverter.",
+        "audio [B, T*320]), loadable by specdiff.audio.inverters.OnnxInverter.",
     )
     p.add_argument("source", type=Path, help="run folder, model folder or vocoder folder")
     p.add_argument("-o", "--output", type=Path, required=True, help="model folder to write vocoder/ into")
@@ -130,17 +130,18 @@ def add_export_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
 
 
 def run_train_vocoder(args: argparse.Namespace) -> int:
-    """``specdiff train-vocoder``: gather the audio, then :func:`~specdiff.vocoder_train.train_vocoder`
+    """``specdiff train-vocoder``: gather the audio, then :func:`~specdiff.training.vocoder.train_vocoder`
     (resuming if possible)."""
     from dataclasses import fields, replace
 
     import torch
 
-    from specdiff.vocoder import VOCODER_SUBFOLDER, VocoderConfig
-    from specdiff.vocoder_train import (
+    from specdiff.audio.vocoder import VocoderConfig
+    from specdiff.pipeline.folder import VOCODER_FOLDER
+    from specdiff.training.vocoder import (
         AUDIO_SUFFIXES,
         MIDI_SUFFIXES,
-        TrainConfig,
+        VocoderTrainConfig,
         cache_audio,
         demo_corpus_audio,
         list_files,
@@ -176,7 +177,7 @@ def run_train_vocoder(args: argparse.Namespace) -> int:
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["vocoder_config"]
         vocoder_config = VocoderConfig.from_dict(saved)
     elif getattr(args, "init_from", None) is not None:
-        from specdiff.vocoder import Vocoder, find_vocoder_dir
+        from specdiff.audio.vocoder import Vocoder, find_vocoder_dir
 
         folder = find_vocoder_dir(args.init_from)
         if folder is None:
@@ -193,9 +194,11 @@ def run_train_vocoder(args: argparse.Namespace) -> int:
             "synthesis": getattr(args, "synthesis", None),
         }
         vocoder_config = VocoderConfig(**{k: v for k, v in architecture.items() if v is not None})
-    # Every TrainConfig field that has a command-line option the user set.
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    train_config = TrainConfig(**overrides)
+    # Every VocoderTrainConfig field that has a command-line option the user set.
+    overrides = {
+        f.name: getattr(args, f.name) for f in fields(VocoderTrainConfig) if getattr(args, f.name, None) is not None
+    }
+    train_config = VocoderTrainConfig(**overrides)
     print(f"training on {len(files)} files, validating on {len(val_files)}; run folder {run_dir}")
     train_vocoder(
         files,
@@ -211,7 +214,7 @@ def run_train_vocoder(args: argparse.Namespace) -> int:
         init_from=init_from,
         progress=not args.no_progress,
     )
-    print(f"vocoder saved to {run_dir / VOCODER_SUBFOLDER}")
+    print(f"vocoder saved to {run_dir / VOCODER_FOLDER}")
     return 0
 
 
@@ -220,10 +223,10 @@ def run_vocode(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from specdiff.audio_io import save_wav
-    from specdiff.mel import log_mel
-    from specdiff.vocoder import load_vocoder
-    from specdiff.vocoder_train import load_audio_file
+    from specdiff.audio.files import save_wav
+    from specdiff.audio.mel import log_mel
+    from specdiff.audio.vocoder import load_vocoder
+    from specdiff.training.vocoder import load_audio_file
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -238,7 +241,7 @@ def run_vocode(args: argparse.Namespace) -> int:
         raise AudioError(f"no such file: {path}")
     source_vocoder = args.vocoder
     if source_vocoder is None:
-        from specdiff.default_model import default_model_path
+        from specdiff.pipeline.default_model import default_model_path
 
         source_vocoder = default_model_path()
         if source_vocoder is None:
@@ -266,12 +269,13 @@ def run_vocode(args: argparse.Namespace) -> int:
 
 def run_export_vocoder(args: argparse.Namespace) -> int:
     """``specdiff export-vocoder``: OUT/vocoder/ (and OUT/vocoder/model.onnx with ``--onnx``)."""
-    from specdiff.vocoder import VOCODER_SUBFOLDER, Vocoder, export_onnx, find_vocoder_dir
+    from specdiff.audio.vocoder import Vocoder, export_onnx, find_vocoder_dir
+    from specdiff.pipeline.folder import VOCODER_FOLDER
 
     source = find_vocoder_dir(args.source)
     if source is None:
         raise SpecdiffError(
-            f"no vocoder in {args.source} (expected {VOCODER_SUBFOLDER}/config.json and model.safetensors)"
+            f"no vocoder in {args.source} (expected {VOCODER_FOLDER}/config.json and model.safetensors)"
         )
     model = Vocoder.from_pretrained(source)
     if args.onnx and model.config.synthesis != "network":
@@ -279,7 +283,7 @@ def run_export_vocoder(args: argparse.Namespace) -> int:
             f"--onnx: {source} uses synthesis {model.config.synthesis!r} (phase from its magnitude, computed "
             "outside the network), which an ONNX graph cannot hold; nothing was written"
         )
-    target = model.save_pretrained(Path(args.output) / VOCODER_SUBFOLDER)
+    target = model.save_pretrained(Path(args.output) / VOCODER_FOLDER)
     print(f"wrote {target}")
     if args.onnx:
         path = export_onnx(model, target / "model.onnx")

@@ -48,10 +48,9 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from specdiff import __version__
-from specdiff.audio_io import LIMITER_NOTE
-from specdiff.constants import FRAMES_PER_SECOND, NATIVE_SCHEDULERS
+from specdiff.audio.files import LIMITER_NOTE
+from specdiff.constants import FRAMES_PER_SECOND, NATIVE_SCHEDULERS, SCHEDULERS
 from specdiff.errors import MidiError
-from specdiff.sampler import SCHEDULERS
 from specdiff.server.config import ServeConfig
 from specdiff.server.docs import add_offline_docs
 from specdiff.server.guards import DRAIN_BYTES, CrossSiteGuard, HostPolicy, SecurityHeaders, TokenGuard, drain_body

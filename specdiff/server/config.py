@@ -7,7 +7,7 @@ from pathlib import Path
 
 #: The library's sampler defaults (light: building the CLI parser imports no torch). A model
 #: folder's sampling.json replaces them for that model.
-from specdiff.default_model import DEFAULT_GUIDANCE, DEFAULT_NUM_STEPS, DEFAULT_SCHEDULER  # noqa: E402,F401
+from specdiff.constants import DEFAULT_GUIDANCE, DEFAULT_NUM_STEPS, DEFAULT_SCHEDULER  # noqa: E402,F401
 
 
 @dataclass

@@ -84,7 +84,7 @@ class Job:
 
     id: str
     settings: JobSettings
-    midi: Any  # specdiff.tokenizer.TokenizedMidi (validated at submission; dropped when the job ends)
+    midi: Any  # specdiff.midi.tokenizer.TokenizedMidi (validated at submission; dropped when the job ends)
     midi_name: str
     folder: Path
     duration: float = 0.0  # of the music, seconds (kept when ``midi`` is dropped)

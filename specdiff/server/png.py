@@ -1,7 +1,7 @@
-"""A spectrogram PNG without matplotlib: numpy + zlib, for when ``specdiff.plotting`` cannot run.
+"""A spectrogram PNG without matplotlib: numpy + zlib, for when ``specdiff.evaluation.plotting`` cannot run.
 
 The picture is a plain heat map of the log-mel (time left to right, low frequencies at the bottom)
-in an approximation of matplotlib's magma map (the colours of ``specdiff.plotting``), on the front
+in an approximation of matplotlib's magma map (the colours of ``specdiff.evaluation.plotting``), on the front
 end's fixed log range (ORIGINAL.md §1: ``log(1e-5)`` .. 4), so pictures of different songs compare directly.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from specdiff.atomic import atomic_write_bytes
-from specdiff.mel import MAX_VALUE, MIN_VALUE
+from specdiff.audio.mel import MAX_VALUE, MIN_VALUE
 
 #: magma at 0, 1/4, 1/2, 3/4, 1 (matplotlib's values, rounded); linear in between.
 _MAGMA = np.array([[0, 0, 4], [81, 18, 124], [183, 55, 121], [252, 137, 97], [252, 253, 191]], np.float64)

@@ -1,16 +1,13 @@
 """The service's synthesis side: read an uploaded MIDI, run one job on the loaded pipeline.
 
-Progress and cancellation come from a forward pre-hook on the pipeline's decoder: every
-denoising step is exactly one decoder call (classifier-free guidance batches its two passes into
-one call, ``specdiff.sampler.GuidedDenoiser``), so counting calls counts steps, and raising
-:class:`~specdiff.server.jobs.JobCancelled` from the hook stops a cancelled job within one step
-without any cooperation from the pipeline.
+Progress and cancellation come from the pipeline's ``callback_on_step_end``: it runs after every
+denoising step, counts it, and raises :class:`~specdiff.server.jobs.JobCancelled` for a cancelled
+job, which stops the job within one step.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -35,15 +32,15 @@ def read_midi(
 ) -> tuple[Any, list[Any]]:
     """Tokenize MIDI bytes: ``(TokenizedMidi, notes)``; MidiError if unusable.
 
-    The notes (``specdiff.midi.Note``) are read once and tokenized from there (``notes_to_segments``
+    The notes (``specdiff.midi.reader.Note``) are read once and tokenized from there (``notes_to_segments``
     on ``midi_to_notes``' output is what ``midi_to_segments`` does), so the piano roll
     (:func:`write_notes_json`) shows exactly what the model gets: sustain applied, programs mapped to
     Slakh classes. Parsing stops at ``max_notes`` notes or ``max_events`` events of any kind, so a
     dense file costs little to refuse; ``check_cancelled`` is called now and then (and between the
     steps) and may raise to abandon the work.
     """
-    from specdiff.midi import DEFAULT_MAX_EVENTS
-    from specdiff.tokenizer import TokenizedMidi, midi_to_notes, notes_to_segments
+    from specdiff.midi.reader import DEFAULT_MAX_EVENTS, midi_to_notes
+    from specdiff.midi.tokenizer import TokenizedMidi, notes_to_segments
 
     check = check_cancelled or (lambda: None)
     try:
@@ -88,9 +85,9 @@ def write_notes_json(notes: list[Any], duration: float, path: Path) -> Path:
 
 
 def save_spectrogram(mel: Any, path: Path, title: str | None = None) -> Path:
-    """The spectrogram PNG: ``specdiff.plotting`` (matplotlib) when it works, else our plain one."""
+    """The spectrogram PNG: ``specdiff.evaluation.plotting`` (matplotlib) when it works, else our plain one."""
     try:
-        from specdiff.plotting import save_spectrogram_png
+        from specdiff.evaluation.plotting import save_spectrogram_png
 
         return save_spectrogram_png(mel, path, title=title)
     except ImportError:  # matplotlib missing (plotting's PlottingUnavailable is an ImportError)
@@ -108,10 +105,6 @@ class Synthesizer:
         self.pipe = pipe
         self.draw_spectrogram = draw_spectrogram or save_spectrogram
         self._current: tuple[Job, JobQueue] | None = None
-        self._hooks = [
-            pipe.decoder.register_forward_pre_hook(self._before_step),
-            pipe.decoder.register_forward_hook(self._after_step),
-        ]
 
     # -- facts about the model, for validation and /api/info ----------------------------------------
 
@@ -126,23 +119,18 @@ class Synthesizer:
 
     def max_steps_for(self, scheduler: str) -> int | None:
         """diffusers' schedulers cannot take more steps than their training timesteps."""
-        if scheduler == "original":
-            return None
-        return int(self.pipe.scheduler_config.get("num_train_timesteps", 1000))
+        return self.pipe.max_steps(scheduler)
 
     def segments_for(self, midi: Any) -> int:
         """How many segments the pipeline will generate (it stops after the release tail)."""
-        from specdiff.pipeline import frames_to_keep
-
-        keep = frames_to_keep(len(midi.segments), self.segment_frames, float(midi.duration))
-        return math.ceil(keep / self.segment_frames)
+        return self.pipe.plan(midi).segments
 
     # -- the runner -------------------------------------------------------------------------------
 
     def __call__(self, job: Job, queue: JobQueue) -> None:
         import torch
 
-        from specdiff.audio_io import save_wav
+        from specdiff.audio.files import save_wav
 
         settings = job.settings
         segments = self.segments_for(job.midi)
@@ -158,6 +146,7 @@ class Synthesizer:
                 guidance_scale=settings.guidance,
                 scheduler=settings.scheduler,
                 callback=lambda i, _mel: queue.update(job, segments_done=i + 1),
+                callback_on_step_end=self._step_end,
                 show_progress=False,
             )
         finally:
@@ -178,17 +167,14 @@ class Synthesizer:
             limited=peak > 1.0,
         )
 
-    def _before_step(self, module: Any, args: Any) -> None:
-        if self._current is not None:
-            self._current[0].check_cancelled()
-
-    def _after_step(self, module: Any, args: Any, output: Any) -> None:
+    def _step_end(self, pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Count the step, then stop a cancelled job (``callback_on_step_end``)."""
         if self._current is not None:
             job, queue = self._current
             queue.update(job, step=min(job.step + 1, job.total_steps))
+            job.check_cancelled()
+        return callback_kwargs
 
     def close(self) -> None:
-        """Remove the decoder hooks (the pipeline is then as it was)."""
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks = []
+        """Nothing to undo: the synthesizer attaches nothing to the pipeline (kept for the app's shutdown)."""
+        self._current = None

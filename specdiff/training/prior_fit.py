@@ -1,0 +1,160 @@
+"""Closed-form fits before training: the score prior and the local linear denoiser (ridge regression
+over collated training windows)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from specdiff.errors import SpecdiffError
+from specdiff.midi.score_roll import batch_rolls
+from specdiff.models.decoder import INPUT_SKIP_KNOTS, FilmDecoder, noisy_residual
+from specdiff.sampling.diffusion import (
+    prediction_target,
+    q_sample,
+)
+from specdiff.training.batches import collate_counted
+from specdiff.training.objective import SpectrogramDiffusionModel, _valid_rows, trim_token_padding
+
+
+def collated_windows(dataset: Any, indices: range, batch_size: int = 64) -> Iterator[dict[str, Tensor]]:
+    """Items ``indices`` of ``dataset`` as collated batches (:func:`collate_counted`) of at most ``batch_size``."""
+    for start in range(0, len(indices), batch_size):
+        yield collate_counted([(i, dataset[i]) for i in indices[start : start + batch_size]])
+
+
+@torch.no_grad()
+def ridge_regression(pairs: Iterable[tuple[Tensor, Tensor]], ridge: float) -> Tensor:
+    """Closed-form ridge fit of ``y`` on ``[x, 1]`` from batches of rows ``(x [N, D], y [N, K])``,
+    accumulated as normal equations in float64. Returns ``[D + 1, K]``: the weights, then the
+    intercept (which is not shrunk)."""
+    gram = xty = None
+    for x, y in pairs:
+        x = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
+        y = y.double()
+        gram = x.T @ x if gram is None else gram + x.T @ x
+        xty = x.T @ y if xty is None else xty + x.T @ y
+    if gram is None:
+        raise SpecdiffError("ridge regression needs at least one row")
+    shrink = torch.full((gram.shape[0],), float(ridge), dtype=gram.dtype)
+    shrink[-1] = 0.0
+    return torch.linalg.solve(gram + torch.diag(shrink), xty)
+
+
+@torch.no_grad()
+def fit_score_prior(
+    decoder: FilmDecoder,
+    dataset: Any,
+    windows: int,
+    ridge: float = 10.0,
+    batch_size: int = 64,
+    mask_padding: bool = False,
+) -> float:
+    """Set ``decoder.score_prior_projection`` to the ridge-regression fit of each frame's target log-mel
+    on its roll, over the first ``windows`` items of ``dataset``. Only the roll's shared columns (per
+    pitch, per family, drums: ~700) are fitted, the per-(family, pitch) ones stay at zero, so the
+    normal equations stay small; the bias takes the intercept. Returns the fit's mean absolute error
+    (scaled units) on the first (up to) 256 of those windows. Why: the decoder learns the frame-local
+    roll -> spectrogram map slowly on real data, a closed-form fit of it is cheap
+    (``benchmarks/roll_ridge.py``). ``mask_padding``: frames past the piece end are left out."""
+    from specdiff.midi.score_roll import TONAL_FEATURES
+
+    def rows(batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        x = batch_rolls(batch["tokens"], frames, features)[..., TONAL_FEATURES:].flatten(0, 1)
+        y, keep = batch["target"].flatten(0, 1), _valid_rows(batch, mask_padding)
+        return (x, y) if keep is None else (x[keep], y[keep])
+
+    layer = decoder.score_prior_projection
+    if layer is None:
+        raise SpecdiffError("score_prior_fit needs a decoder with score_prior=true")
+    frames, features = decoder.config["targets_length"], decoder.score_roll_features
+    solution = ridge_regression(
+        (rows(b) for b in collated_windows(dataset, range(windows), batch_size)), ridge
+    )  # [shared columns + 1, 128]
+    layer.weight.zero_()
+    layer.weight[:, TONAL_FEATURES:] = solution[:-1].T.to(layer.weight.dtype)
+    layer.bias.copy_(solution[-1].to(layer.bias.dtype))
+    error, count = 0.0, 0
+    for batch in collated_windows(dataset, range(min(windows, 4 * batch_size)), batch_size):
+        prior = decoder.project_score_roll(batch_rolls(batch["tokens"], frames, features), layer.weight) + layer.bias
+        difference, keep = (prior - batch["target"]).abs().flatten(0, 1), _valid_rows(batch, mask_padding)
+        difference = difference if keep is None else difference[keep]
+        error += float(difference.sum())
+        count += difference.numel()
+    return error / max(count, 1)
+
+
+@torch.no_grad()
+def fit_input_skip(
+    model: SpectrogramDiffusionModel,
+    dataset: Any,
+    windows: int,
+    ridge: float = 1.0,
+    batch_size: int = 16,
+    mask_padding: bool = False,
+) -> list[tuple[float, float, float]]:
+    """Fit the decoder's ``input_skip`` maps in closed form: per knot of
+    :data:`specdiff.models.decoder.INPUT_SKIP_KNOTS`, the ridge regression (no intercept) of what the rest of
+    the network misses, ``prediction_target - F``, on a window of the noisy residual
+    ``z - alpha_t p`` around each frame, over the first ``windows`` items of ``dataset`` (one noise
+    draw each; knot 0 is fitted at t = 0.02, a knot at t = 1 stays zero). Returns, per knot, ``(t, L1 before,
+    L1 after)`` of the output on those windows. Why: the network does not learn this map by gradient
+    steps (``benchmarks/results/noise_response.md``), and the linear fit is cheap and exact.
+    ``mask_padding``: frames past the piece end are left out."""
+    decoder = model.decoder
+    layer = decoder.input_skip
+    if layer is None:
+        raise SpecdiffError("input_skip_fit needs a decoder with input_skip_frames > 0")
+    channels, width = decoder.config["input_dims"], layer.kernel_size[0]
+    layer.weight.zero_()
+    was_training = model.training
+    model.eval()  # no dropout in the fitted network's output
+    batches = []
+    for batch in collated_windows(dataset, range(windows), batch_size):
+        tokens = trim_token_padding(batch["tokens"])
+        encodings = model.encode(tokens, batch["context"], batch["context_mask"])
+        timbre = batch.get("timbre") if decoder.timbres else None
+        cache = decoder.prepare_cross_attention(encodings, model.score_roll(tokens), timbre)
+        batches.append((batch, cache))
+    generator = torch.Generator().manual_seed(0)
+    report = []
+    for knot, knot_time in enumerate(INPUT_SKIP_KNOTS):
+        if knot_time >= 1.0:
+            continue  # pure noise says nothing about x0: that map stays zero
+        fit_time = max(knot_time, 0.02)
+        rows = []
+        gram = torch.zeros(channels * width, channels * width, dtype=torch.float64)
+        xty = torch.zeros(channels * width, channels, dtype=torch.float64)
+        for batch, cache in batches:
+            x0 = batch["target"]
+            t = torch.full((x0.shape[0],), fit_time)
+            noise = torch.randn(x0.shape, generator=generator)
+            z = q_sample(x0, t, noise)
+            miss = prediction_target(x0, noise, t, "edm", z) - decoder(None, z, t, cross_cache=cache).float()
+            features = _frame_windows(noisy_residual(z, t, cache.frame_prior), width).double()
+            miss = miss.reshape(-1, channels)
+            keep = _valid_rows(batch, mask_padding)
+            if keep is not None:
+                features, miss = features[keep], miss[keep]
+            gram += features.T @ features
+            xty += features.T @ miss.double()
+            rows.append((features, miss))
+        solution = torch.linalg.solve(gram + ridge * torch.eye(gram.shape[0], dtype=torch.float64), xty)
+        # feature index c * width + f is input channel c at offset f, as Conv1d's weight[out, c, f]
+        block = solution.T.reshape(channels, channels, width)
+        layer.weight[knot * channels : (knot + 1) * channels] = block.to(layer.weight.dtype)
+        before = sum(float(miss.abs().sum()) for _, miss in rows) / sum(miss.numel() for _, miss in rows)
+        after = sum(float((miss.double() - f @ solution).abs().sum()) for f, miss in rows)
+        report.append((fit_time, before, after / sum(miss.numel() for _, miss in rows)))
+    model.train(was_training)
+    return report
+
+
+def _frame_windows(x: Tensor, width: int) -> Tensor:
+    """``[B, T, C]`` -> ``[B * T, C * width]``: each frame's window of ``width`` frames (zero padded),
+    ordered channel-major as a Conv1d weight ``[out, C, width]`` reads it."""
+    padded = torch.nn.functional.pad(x.transpose(1, 2), (width // 2, width // 2))
+    return padded.unfold(2, width, 1).permute(0, 2, 1, 3).reshape(-1, x.shape[2] * width)
