@@ -8,10 +8,10 @@ import math
 import sys
 from pathlib import Path
 
+from specdiff.commands import validators
 from specdiff.commands.options import (
     MODEL_HELP,
     PROG,
-    _positive_int,
     add_precision_argument,
     add_timbre_argument,
     resolve_device,
@@ -31,16 +31,6 @@ from specdiff.errors import SpecdiffError
 from specdiff.evaluation import evaluate as evaluation
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
 def add_evaluate_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``evaluate`` subcommand (``set_defaults(func=run_evaluate)``)."""
     p = subparsers.add_parser(
@@ -57,10 +47,10 @@ def add_evaluate_arguments(subparsers: argparse._SubParsersAction) -> argparse.A
     p.add_argument("--idioms-split", choices=("train", "validation", "test"),
                    help="evaluate the generated band-music pieces (data/idioms.py) of this split (test = held out; "
                    "their MIDI files are written to OUT/midi)")  # fmt: skip
-    p.add_argument("--idioms-count", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--idioms-count", type=validators.positive_int, default=None, metavar="N",
                    help="--idioms-split takes its pieces among the first N generated (default: the 1600 the bundled "
                    "model's data drew from)")  # fmt: skip
-    p.add_argument("--max-files", type=_positive_int, metavar="N", help="evaluate at most N files")
+    p.add_argument("--max-files", type=validators.positive_int, metavar="N", help="evaluate at most N files")
     p.add_argument("--model", metavar="DIR|ORG/NAME", help=MODEL_HELP)
     p.add_argument(
         "--reference-dir",
@@ -74,7 +64,7 @@ def add_evaluate_arguments(subparsers: argparse._SubParsersAction) -> argparse.A
     )
     p.add_argument(
         "--steps",
-        type=_positive_int,
+        type=validators.positive_int,
         default=None,
         metavar="N",
         help=f"denoising steps per segment (default: the model's sampling.json, else {DEFAULT_NUM_STEPS})",
@@ -88,9 +78,12 @@ def add_evaluate_arguments(subparsers: argparse._SubParsersAction) -> argparse.A
         metavar="W",
         help=f"classifier-free guidance weight (default: the model's sampling.json, else {DEFAULT_GUIDANCE})",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed, the same for every piece (default: 0)")
+    p.add_argument("--seed", type=validators.seed, default=0, help="random seed, the same for every piece (default: 0)")
     p.add_argument(
-        "--max-seconds", type=_positive_float, metavar="S", help="evaluate only the first S seconds of each piece"
+        "--max-seconds",
+        type=validators.positive_float,
+        metavar="S",
+        help="evaluate only the first S seconds of each piece",
     )
     p.add_argument("--embedding", choices=EMBEDDINGS, default="mfcc-stats",
                    help="embedding of the Fréchet distance (default: mfcc-stats; see embeddings.py)")  # fmt: skip

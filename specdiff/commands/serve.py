@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from specdiff.commands import validators
 from specdiff.commands.options import MODEL_HELP, add_precision_argument, load_pipeline, resolve_model
 from specdiff.constants import DEFAULT_GUIDANCE, DEFAULT_NUM_STEPS, DEFAULT_SCHEDULER, DEVICES, INVERTERS, SCHEDULERS
 from specdiff.errors import SpecdiffError
@@ -47,36 +48,6 @@ examples:
   specdiff serve --model ./music-spectrogram-diffusion
   specdiff serve --model DIR --port 8080 --device cuda --max-queued 4 --max-seconds 60
 """
-
-
-def _positive(kind: type):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not value > 0 or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-        return value
-
-    return parse
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _non_negative_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"not a TCP port: {value}")
-    return value
 
 
 def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -120,7 +91,9 @@ def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         help="also accept state-changing requests from pages on ORIGIN, e.g. http://localhost:3000 "
         "(repeatable; '*': any). By default only the service's own page may submit or cancel jobs",
     )
-    p.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"TCP port (default: {DEFAULT_PORT}; 0: any free)")
+    p.add_argument(
+        "--port", type=validators.port, default=DEFAULT_PORT, help=f"TCP port (default: {DEFAULT_PORT}; 0: any free)"
+    )
     p.add_argument(
         "--device",
         choices=DEVICES,
@@ -130,7 +103,7 @@ def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
     add_precision_argument(p)
     p.add_argument(
         "--threads",
-        type=_positive(int),
+        type=validators.positive_int,
         default=None,
         metavar="N",
         help="CPU threads for PyTorch (default: PyTorch's own choice, one per core)",
@@ -144,35 +117,35 @@ def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
     g = p.add_argument_group("limits")
     g.add_argument(
         "--max-queued",
-        type=_non_negative_int,
+        type=validators.non_negative_int,
         default=defaults.max_queued,
         metavar="N",
         help=f"jobs that may wait behind the running one; more get HTTP 429 (default: {defaults.max_queued})",
     )
     g.add_argument(
         "--max-upload-mb",
-        type=_positive(float),
+        type=validators.positive_float,
         default=defaults.max_upload_bytes / 2**20,
         metavar="MB",
         help=f"largest MIDI upload in MiB (default: {defaults.max_upload_bytes / 2**20:g})",
     )
     g.add_argument(
         "--max-seconds",
-        type=_positive(float),
+        type=validators.positive_float,
         default=defaults.max_midi_seconds,
         metavar="S",
         help=f"longest accepted music in seconds (default: {defaults.max_midi_seconds:g})",
     )
     g.add_argument(
         "--max-notes",
-        type=_positive(int),
+        type=validators.positive_int,
         default=defaults.max_notes,
         metavar="N",
         help=f"most notes in one MIDI upload; denser files get HTTP 400 (default: {defaults.max_notes})",
     )
     g.add_argument(
         "--max-events",
-        type=_positive(int),
+        type=validators.positive_int,
         default=defaults.max_events,
         metavar="N",
         help="most MIDI events of every kind (notes, pedal and other controllers, meta) in one upload; "
@@ -180,7 +153,7 @@ def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
     )
     g.add_argument(
         "--max-parse-seconds",
-        type=_positive(float),
+        type=validators.positive_float,
         default=defaults.max_parse_seconds,
         metavar="S",
         help=f"wall-clock seconds an upload may take to read; slower ones get HTTP 400 "
@@ -188,7 +161,7 @@ def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
     )
     g.add_argument(
         "--max-streams-per-client",
-        type=_positive(int),
+        type=validators.positive_int,
         default=defaults.max_streams_per_client,
         metavar="N",
         help="progress streams one client address may hold open; one more gets HTTP 429 (polling still "
@@ -196,7 +169,7 @@ def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
     )
     g.add_argument(
         "--header-timeout",
-        type=_positive(float),
+        type=validators.positive_float,
         default=defaults.header_timeout,
         metavar="S",
         help=f"seconds a client has to send a request's headers before the connection is closed "
@@ -204,28 +177,28 @@ def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
     )
     g.add_argument(
         "--max-steps",
-        type=_positive(int),
+        type=validators.positive_int,
         default=defaults.max_steps,
         metavar="N",
         help=f"most denoising steps a request may ask for (default: {defaults.max_steps})",
     )
     g.add_argument(
         "--result-ttl",
-        type=_positive(float),
+        type=validators.positive_float,
         default=defaults.result_ttl,
         metavar="S",
         help=f"seconds results are kept when never fetched (default: {defaults.result_ttl:g})",
     )
     g.add_argument(
         "--fetched-ttl",
-        type=_positive(float),
+        type=validators.positive_float,
         default=defaults.fetched_ttl,
         metavar="S",
         help=f"seconds results are kept after their audio was first fetched (default: {defaults.fetched_ttl:g})",
     )
     g.add_argument(
         "--max-kept",
-        type=_positive(int),
+        type=validators.positive_int,
         default=defaults.max_kept_results,
         metavar="N",
         help="most finished jobs whose results are kept; the oldest are evicted first (HTTP 410) "
@@ -233,7 +206,7 @@ def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
     )
     g.add_argument(
         "--max-kept-mb",
-        type=_positive(float),
+        type=validators.positive_float,
         default=defaults.max_kept_bytes / 2**20,
         metavar="MB",
         help="most MiB of finished results kept on disk; the oldest are evicted first "
@@ -245,7 +218,7 @@ def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
     d = p.add_argument_group("defaults offered by the page")
     d.add_argument(
         "--steps",
-        type=_positive(int),
+        type=validators.positive_int,
         default=None,
         metavar="N",
         help=f"denoising steps per segment (default: the model's sampling.json, else {DEFAULT_NUM_STEPS})",

@@ -19,13 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from specdiff.commands import validators
 from specdiff.commands.options import (
     MODEL_HELP,
     PROG,
     UsageError,
-    _non_negative_float,
-    _positive_int,
-    _seed,
     add_precision_argument,
     add_timbre_argument,
     load_pipeline,
@@ -130,7 +128,7 @@ def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
     )
     p.add_argument(
         "--steps",
-        type=_positive_int,
+        type=validators.positive_int,
         default=None,
         metavar="N",
         help=f"denoising steps per 5.12 s segment (default: the model's own setting, see below; else "
@@ -146,7 +144,7 @@ def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
     )
     p.add_argument(
         "--guidance",
-        type=_non_negative_float,
+        type=validators.non_negative_float,
         default=None,
         metavar="W",
         help=f"classifier-free guidance weight w: eps = w*eps_cond + (1-w)*eps_uncond (default: the "
@@ -157,7 +155,7 @@ def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
     )
     p.add_argument(
         "--seed",
-        type=_seed,
+        type=validators.seed,
         default=None,
         metavar="N",
         help="random seed of the start noise and sampler noise; the same seed, model, options and "
@@ -168,7 +166,7 @@ def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
     )
     p.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=validators.positive_int,
         default=None,
         metavar="N",
         help="with several MIDI files: how many songs go through the model together (default: all of "
