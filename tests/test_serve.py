@@ -1438,3 +1438,25 @@ def test_serve_flags_reach_the_config():
     assert (config.max_events, config.max_parse_seconds, config.token) == (1000, 0.5, "abc")
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "--header-timeout", "0"])
+
+
+def test_serve_limit_flags_are_generated_from_the_config():
+    import argparse
+    import dataclasses
+
+    from specdiff.commands.serve import LIMIT_FLAGS, add_serve_arguments, config_from_args
+    from specdiff.server.config import ServeConfig
+
+    fields = {f.name for f in dataclasses.fields(ServeConfig)}
+    assert {flag.field for flag in LIMIT_FLAGS} <= fields
+    assert len({flag.field for flag in LIMIT_FLAGS}) == len(LIMIT_FLAGS)
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser.add_subparsers())
+    page = ["--steps", "2", "--guidance", "1.0", "--scheduler", "ddim"]  # filled from sampling.json by run_serve
+    defaults, config = ServeConfig(), config_from_args(parser.parse_args(["serve", *page]))
+    for flag in LIMIT_FLAGS:  # no flag given: every limit is the config's own default
+        assert getattr(config, flag.field) == getattr(defaults, flag.field), flag.option
+    config = config_from_args(parser.parse_args(["serve", *page, "--max-upload-mb", "3", "--max-kept-mb", "0.5",
+                                                 "--max-queued", "0", "--max-steps", "40"]))  # fmt: skip
+    assert (config.max_upload_bytes, config.max_kept_bytes) == (3 * 2**20, 2**19)
+    assert (config.max_queued, config.max_steps) == (0, 40)

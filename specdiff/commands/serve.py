@@ -17,6 +17,7 @@ import importlib.util
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,51 @@ examples:
   specdiff serve --model ./music-spectrogram-diffusion
   specdiff serve --model DIR --port 8080 --device cuda --max-queued 4 --max-seconds 60
 """
+
+
+@dataclass(frozen=True)
+class LimitFlag:
+    """A ``serve`` option that sets one :class:`ServeConfig` limit: its default and type come from the
+    config (``scale``: config units per command-line unit, e.g. bytes per MiB)."""
+
+    option: str
+    field: str
+    metavar: str
+    help: str  # ``{default}``: the default in command-line units; ``{config}``: the default config
+    scale: int = 1
+
+
+#: The service limits the command line sets, one per ServeConfig field.
+LIMIT_FLAGS = (
+    LimitFlag("--max-queued", "max_queued", "N",
+              "jobs that may wait behind the running one; more get HTTP 429 (default: {default})"),
+    LimitFlag("--max-upload-mb", "max_upload_bytes", "MB", "largest MIDI upload in MiB (default: {default})",
+              scale=2**20),
+    LimitFlag("--max-seconds", "max_midi_seconds", "S", "longest accepted music in seconds (default: {default})"),
+    LimitFlag("--max-notes", "max_notes", "N",
+              "most notes in one MIDI upload; denser files get HTTP 400 (default: {default})"),
+    LimitFlag("--max-events", "max_events", "N",
+              "most MIDI events of every kind (notes, pedal and other controllers, meta) in one upload; "
+              "more get HTTP 400 (default: {default})"),
+    LimitFlag("--max-parse-seconds", "max_parse_seconds", "S",
+              "wall-clock seconds an upload may take to read; slower ones get HTTP 400 (default: {default})"),
+    LimitFlag("--max-streams-per-client", "max_streams_per_client", "N",
+              "progress streams one client address may hold open; one more gets HTTP 429 (polling still "
+              "works; default: {default}, and {config.max_streams} in all)"),
+    LimitFlag("--header-timeout", "header_timeout", "S",
+              "seconds a client has to send a request's headers before the connection is closed "
+              "(default: {default})"),
+    LimitFlag("--max-steps", "max_steps", "N", "most denoising steps a request may ask for (default: {default})"),
+    LimitFlag("--result-ttl", "result_ttl", "S", "seconds results are kept when never fetched (default: {default})"),
+    LimitFlag("--fetched-ttl", "fetched_ttl", "S",
+              "seconds results are kept after their audio was first fetched (default: {default})"),
+    LimitFlag("--max-kept", "max_kept_results", "N",
+              "most finished jobs whose results are kept; the oldest are evicted first (HTTP 410) "
+              "(default: {default})"),
+    LimitFlag("--max-kept-mb", "max_kept_bytes", "MB",
+              "most MiB of finished results kept on disk; the oldest are evicted first (default: {default})",
+              scale=2**20),
+)  # fmt: skip
 
 
 def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -115,103 +161,15 @@ def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         help="spectrogram-to-audio inverter (default: auto, as in `specdiff synth`)",
     )
     g = p.add_argument_group("limits")
-    g.add_argument(
-        "--max-queued",
-        type=validators.non_negative_int,
-        default=defaults.max_queued,
-        metavar="N",
-        help=f"jobs that may wait behind the running one; more get HTTP 429 (default: {defaults.max_queued})",
-    )
-    g.add_argument(
-        "--max-upload-mb",
-        type=validators.positive_float,
-        default=defaults.max_upload_bytes / 2**20,
-        metavar="MB",
-        help=f"largest MIDI upload in MiB (default: {defaults.max_upload_bytes / 2**20:g})",
-    )
-    g.add_argument(
-        "--max-seconds",
-        type=validators.positive_float,
-        default=defaults.max_midi_seconds,
-        metavar="S",
-        help=f"longest accepted music in seconds (default: {defaults.max_midi_seconds:g})",
-    )
-    g.add_argument(
-        "--max-notes",
-        type=validators.positive_int,
-        default=defaults.max_notes,
-        metavar="N",
-        help=f"most notes in one MIDI upload; denser files get HTTP 400 (default: {defaults.max_notes})",
-    )
-    g.add_argument(
-        "--max-events",
-        type=validators.positive_int,
-        default=defaults.max_events,
-        metavar="N",
-        help="most MIDI events of every kind (notes, pedal and other controllers, meta) in one upload; "
-        f"more get HTTP 400 (default: {defaults.max_events})",
-    )
-    g.add_argument(
-        "--max-parse-seconds",
-        type=validators.positive_float,
-        default=defaults.max_parse_seconds,
-        metavar="S",
-        help=f"wall-clock seconds an upload may take to read; slower ones get HTTP 400 "
-        f"(default: {defaults.max_parse_seconds:g})",
-    )
-    g.add_argument(
-        "--max-streams-per-client",
-        type=validators.positive_int,
-        default=defaults.max_streams_per_client,
-        metavar="N",
-        help="progress streams one client address may hold open; one more gets HTTP 429 (polling still "
-        f"works; default: {defaults.max_streams_per_client}, and {defaults.max_streams} in all)",
-    )
-    g.add_argument(
-        "--header-timeout",
-        type=validators.positive_float,
-        default=defaults.header_timeout,
-        metavar="S",
-        help=f"seconds a client has to send a request's headers before the connection is closed "
-        f"(default: {defaults.header_timeout:g})",
-    )
-    g.add_argument(
-        "--max-steps",
-        type=validators.positive_int,
-        default=defaults.max_steps,
-        metavar="N",
-        help=f"most denoising steps a request may ask for (default: {defaults.max_steps})",
-    )
-    g.add_argument(
-        "--result-ttl",
-        type=validators.positive_float,
-        default=defaults.result_ttl,
-        metavar="S",
-        help=f"seconds results are kept when never fetched (default: {defaults.result_ttl:g})",
-    )
-    g.add_argument(
-        "--fetched-ttl",
-        type=validators.positive_float,
-        default=defaults.fetched_ttl,
-        metavar="S",
-        help=f"seconds results are kept after their audio was first fetched (default: {defaults.fetched_ttl:g})",
-    )
-    g.add_argument(
-        "--max-kept",
-        type=validators.positive_int,
-        default=defaults.max_kept_results,
-        metavar="N",
-        help="most finished jobs whose results are kept; the oldest are evicted first (HTTP 410) "
-        f"(default: {defaults.max_kept_results})",
-    )
-    g.add_argument(
-        "--max-kept-mb",
-        type=validators.positive_float,
-        default=defaults.max_kept_bytes / 2**20,
-        metavar="MB",
-        help="most MiB of finished results kept on disk; the oldest are evicted first "
-        f"(default: {defaults.max_kept_bytes / 2**20:g})",
-    )
+    for flag in LIMIT_FLAGS:
+        default = getattr(defaults, flag.field) / flag.scale
+        if isinstance(getattr(defaults, flag.field), int) and flag.scale == 1:
+            kind = validators.non_negative_int if flag.field == "max_queued" else validators.positive_int
+        else:
+            kind = validators.positive_float
+        g.add_argument(flag.option, dest=flag.field, type=kind, default=default, metavar=flag.metavar,
+                       help=flag.help.format(default=f"{default:g}" if isinstance(default, float) else default,
+                                             config=defaults))  # fmt: skip
     g.add_argument(
         "--workdir", type=Path, metavar="DIR", help="folder for results (default: a temporary folder, removed at exit)"
     )
@@ -278,20 +236,12 @@ def resolve_token(args: argparse.Namespace) -> str | None:
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     try:
+        limits = {flag.field: getattr(args, flag.field) for flag in LIMIT_FLAGS}
+        for flag in LIMIT_FLAGS:
+            if flag.scale != 1:  # MiB on the command line, bytes in the config
+                limits[flag.field] = max(1, int(limits[flag.field] * flag.scale))
         return ServeConfig(
-            max_upload_bytes=max(1, int(args.max_upload_mb * 2**20)),
-            max_midi_seconds=args.max_seconds,
-            max_notes=args.max_notes,
-            max_events=args.max_events,
-            max_parse_seconds=args.max_parse_seconds,
-            max_streams_per_client=args.max_streams_per_client,
-            header_timeout=args.header_timeout,
-            max_kept_results=args.max_kept,
-            max_kept_bytes=max(1, int(args.max_kept_mb * 2**20)),
-            max_queued=args.max_queued,
-            max_steps=args.max_steps,
-            result_ttl=args.result_ttl,
-            fetched_ttl=args.fetched_ttl,
+            **limits,
             default_steps=args.steps,
             default_guidance=args.guidance,
             default_scheduler=args.scheduler,
