@@ -86,11 +86,10 @@ def idiom_clips(max_files: int, seconds: float, soundfonts: list[str], quiet_cop
     return clips
 
 
-def silence_gap(original: np.ndarray, resynthesis: np.ndarray) -> dict[str, float]:
-    """Mean log-mel of the resynthesis minus the original's on the original's silent frames
-    (NaN when it has none) and the share of such frames."""
-    a = log_mel(torch.from_numpy(original)[None])[0]
-    b = log_mel(torch.from_numpy(resynthesis)[None])[0]
+def silence_gap(original_mel: torch.Tensor, resynthesis_mel: torch.Tensor) -> dict[str, float]:
+    """Mean log-mel (``[1, T, 128]``) of the resynthesis minus the original's on the original's silent
+    frames (NaN when it has none) and the share of such frames."""
+    a, b = original_mel[0], resynthesis_mel[0]
     n = min(len(a), len(b))
     silent = a[:n].mean(dim=-1) < SILENT_LOG_MEL
     if not bool(silent.any()):
@@ -127,14 +126,17 @@ def _magnitude(audio: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
     return torch.stft(audio, n_fft, hop, window=window, return_complex=True).abs()
 
 
-def distances(original: np.ndarray, resynthesis: np.ndarray) -> dict[str, float]:
+def distances(
+    original: np.ndarray, resynthesis: np.ndarray, original_mel: torch.Tensor, resynthesis_mel: torch.Tensor
+) -> dict[str, float]:
+    """Log-mel L1 (of the given log-mels of both) and the multi-resolution STFT distances."""
     a, b = torch.from_numpy(original)[None], torch.from_numpy(resynthesis)[None]
     log_l1, convergence = [], []
     for n_fft, hop in RESOLUTIONS:
         ma, mb = _magnitude(a, n_fft, hop), _magnitude(b, n_fft, hop)
         log_l1.append((ma.clamp_min(1e-5).log() - mb.clamp_min(1e-5).log()).abs().mean().item())
         convergence.append((torch.linalg.norm(ma - mb) / torch.linalg.norm(ma).clamp_min(1e-8)).item())
-    mel_l1 = (log_mel(a) - log_mel(b)).abs().mean().item()
+    mel_l1 = (original_mel - resynthesis_mel).abs().mean().item()
     return {
         "log_mel_l1": mel_l1,
         "mr_stft_log_l1": float(np.mean(log_l1)),
@@ -304,7 +306,8 @@ def main() -> None:
 
     per_clip = []
     for name, audio, midi in clips:
-        mel = log_mel(torch.from_numpy(audio)[None]).numpy()
+        reference_mel = log_mel(torch.from_numpy(audio)[None])
+        mel = reference_mel.numpy()
         row = {"clip": name, "seconds": len(audio) / 16000}
         reference_notes = scorer.notes(audio) if scorer else None
         truth = midi_notes(midi, args.seconds) if (scorer and midi is not None) else None
@@ -312,7 +315,9 @@ def main() -> None:
             row["original/onset_f1_vs_midi"] = scorer.f1(truth, reference_notes)
         for label, inverter in inverters.items():
             resynthesis = inverter(mel)[0, : len(audio)].astype(np.float32)
-            for key, value in {**distances(audio, resynthesis), **silence_gap(audio, resynthesis)}.items():
+            ours_mel = log_mel(torch.from_numpy(resynthesis)[None])
+            scores = {**distances(audio, resynthesis, reference_mel, ours_mel), **silence_gap(reference_mel, ours_mel)}
+            for key, value in scores.items():
                 row[f"{label}/{key}"] = value
             if scorer:
                 notes = scorer.notes(resynthesis)

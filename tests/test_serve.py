@@ -1454,8 +1454,9 @@ def test_serve_limit_flags_are_generated_from_the_config():
     add_serve_arguments(parser.add_subparsers())
     page = ["--steps", "2", "--guidance", "1.0", "--scheduler", "ddim"]  # filled from sampling.json by run_serve
     defaults, config = ServeConfig(), config_from_args(parser.parse_args(["serve", *page]))
-    for flag in LIMIT_FLAGS:  # no flag given: every limit is the config's own default
-        assert getattr(config, flag.field) == getattr(defaults, flag.field), flag.option
+    for flag in LIMIT_FLAGS:  # no flag given: every limit is the config's own default, of its type
+        value, default = getattr(config, flag.field), getattr(defaults, flag.field)
+        assert value == default and type(value) is type(default), flag.option
     config = config_from_args(parser.parse_args(["serve", *page, "--max-upload-mb", "3", "--max-kept-mb", "0.5",
                                                  "--max-queued", "0", "--max-steps", "40"]))  # fmt: skip
     assert (config.max_upload_bytes, config.max_kept_bytes) == (3 * 2**20, 2**19)

@@ -61,12 +61,13 @@ class LimitFlag:
     metavar: str
     help: str  # ``{default}``: the default in command-line units; ``{config}``: the default config
     scale: int = 1
+    allow_zero: bool = False  # an integer limit that may be 0 (as ServeConfig accepts for it)
 
 
 #: The service limits the command line sets, one per ServeConfig field.
 LIMIT_FLAGS = (
     LimitFlag("--max-queued", "max_queued", "N",
-              "jobs that may wait behind the running one; more get HTTP 429 (default: {default})"),
+              "jobs that may wait behind the running one; more get HTTP 429 (default: {default})", allow_zero=True),
     LimitFlag("--max-upload-mb", "max_upload_bytes", "MB", "largest MIDI upload in MiB (default: {default})",
               scale=2**20),
     LimitFlag("--max-seconds", "max_midi_seconds", "S", "longest accepted music in seconds (default: {default})"),
@@ -162,9 +163,11 @@ def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
     )
     g = p.add_argument_group("limits")
     for flag in LIMIT_FLAGS:
-        default = getattr(defaults, flag.field) / flag.scale
-        if isinstance(getattr(defaults, flag.field), int) and flag.scale == 1:
-            kind = validators.non_negative_int if flag.field == "max_queued" else validators.positive_int
+        default = getattr(defaults, flag.field)
+        if flag.scale != 1:  # a count of bytes, given in MiB
+            default, kind = default / flag.scale, validators.positive_float
+        elif isinstance(default, int):
+            kind = validators.non_negative_int if flag.allow_zero else validators.positive_int
         else:
             kind = validators.positive_float
         g.add_argument(flag.option, dest=flag.field, type=kind, default=default, metavar=flag.metavar,

@@ -497,10 +497,10 @@ def make_scheduler(name: str = DEFAULT_SCHEDULER, config: dict[str, Any] | None 
         steps = int(base.get("num_train_timesteps", 1000))
         base["trained_betas"] = model_schedule_betas(steps)
         noise_times = model_schedule_noise_times(steps)
-    if name == "ddim" and (_native_ddim_fits(base) or final_noise_time):
-        if not _native_ddim_fits(base):
-            raise ValueError("final_noise_time needs the model's schedule and an epsilon DDIM config")
+    if name == "ddim" and _native_ddim_fits(base):
         return DDIMSampler(base, noise_times=noise_times, final_noise_time=final_noise_time)
+    if name == "ddim" and final_noise_time:
+        raise ValueError("final_noise_time needs the model's schedule and an epsilon DDIM config")
     diffusers = _import_diffusers()
     cls = getattr(diffusers, class_name)
     accepted = set(inspect.signature(cls.__init__).parameters)
