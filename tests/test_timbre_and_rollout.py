@@ -332,3 +332,23 @@ def test_context_drop_empties_the_context_of_drawn_rows_like_a_first_segment():
     assert torch.equal(out["context"][1], torch.zeros(4, 2)) and not out["context_mask"][1].any()
     assert torch.equal(out["context"][0], batch["context"][0]) and out["context_mask"][2].all()
     assert out["target"] is batch["target"]
+
+
+def test_context_gain_jitter_moves_sounding_frames_by_the_drawn_decibels_and_keeps_silence():
+    import math
+
+    from specdiff.audio.mel import MAX_VALUE, MIN_VALUE
+    from specdiff.training.objective import draw_context_gains, jitter_context_gain
+
+    gains = draw_context_gains(range(4000), seed=3, jitter_db=6.0)
+    assert float(gains.abs().max()) <= 6.0 and float(gains.min()) < -5.5 and float(gains.max()) > 5.5
+    assert abs(float(gains.mean())) < 0.3  # symmetric
+    assert torch.equal(gains, draw_context_gains(range(4000), seed=3, jitter_db=6.0))
+    context = torch.tensor([[[MIN_VALUE, -2.0, 3.9]], [[MIN_VALUE, -2.0, 3.9]]])
+    batch = {"context": context, "context_mask": torch.ones(2, 1, dtype=torch.bool)}
+    out = jitter_context_gain(batch, torch.tensor([20.0, -20.0]))["context"]
+    step = math.log(10.0)  # 20 dB of amplitude on the natural-log magnitude mel
+    assert out[0, 0, 0] == MIN_VALUE and out[1, 0, 0] == MIN_VALUE  # silence stays silent
+    assert math.isclose(float(out[0, 0, 1]), -2.0 + step, rel_tol=1e-6)
+    assert math.isclose(float(out[1, 0, 1]), -2.0 - step, rel_tol=1e-6)
+    assert float(out[0, 0, 2]) == MAX_VALUE  # clamped to the mel's range

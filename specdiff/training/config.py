@@ -74,6 +74,11 @@ class TrainConfig:
     # context only when they start exactly at a piece start (~0.05% of them), so without this the
     # first segment is nearly unseen (measured: it comes out 2-6 dB louder than the render).
     context_drop_prob: float = 0.0
+    # > 0: each example's context is made louder or quieter by a gain drawn from [-x, x] dB (silent frames
+    # stay silent). At synthesis the context is the model's own previous segment, whose level drifts
+    # (measured: later segments 2.5-10 dB under the render); the jitter teaches the decoder to take its
+    # level from the notes and only continuity from the context. 0 = the original (exact context).
+    context_gain_jitter_db: float = 0.0
     trim_tokens: bool = True  # run the notes encoder only up to the batch's last real token (exact: PAD is masked)
     # optimisation (ORIGINAL.md §4.3)
     optimizer: str = "adafactor"  # or "adamw"

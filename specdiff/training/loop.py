@@ -57,11 +57,13 @@ from specdiff.training.objective import (
     SpectrogramDiffusionModel,
     diffusion_loss,
     draw_context_drops,
+    draw_context_gains,
     draw_diffusion_inputs,
     draw_rollout_times,
     empty_context,
     example_seed,
     initialise_output,
+    jitter_context_gain,
     loss_weights,
     parse_rollout_steps,
 )
@@ -298,6 +300,9 @@ class Trainer:
                                              config.min_noise_time)  # fmt: skip
             if config.context_drop_prob > 0:
                 batch = empty_context(batch, draw_context_drops(batch["index"], config.seed, config.context_drop_prob))
+            if config.context_gain_jitter_db > 0:
+                gains = draw_context_gains(batch["index"], config.seed, config.context_gain_jitter_db)
+                batch = jitter_context_gain(batch, gains)
             batch = _to_device(batch, ctx.device)
             last = micro == self.accumulation - 1
             sync = self.ddp_model.no_sync() if ctx.enabled and not last else contextlib.nullcontext()

@@ -4,6 +4,7 @@ forward), the per-example diffusion inputs drawn from the sample counter, rollou
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from specdiff.audio.mel import MAX_VALUE, MIN_VALUE
 from specdiff.constants import N_MELS
 from specdiff.errors import SpecdiffError
 from specdiff.midi.score_roll import batch_rolls
@@ -152,6 +154,27 @@ def empty_context(batch: dict[str, Tensor], drop: Tensor) -> dict[str, Tensor]:
     keep = ~drop
     return {**batch, "context": batch["context"] * keep[:, None, None].to(batch["context"].dtype),
             "context_mask": batch["context_mask"].bool() & keep[:, None]}  # fmt: skip
+
+
+def draw_context_gains(counters: Sequence[int] | Tensor, seed: int, jitter_db: float) -> Tensor:
+    """Per example: a gain in dB drawn uniformly from ``[-jitter_db, jitter_db]``
+    (:attr:`TrainConfig.context_gain_jitter_db`); each example draws from its own generator."""
+    gains = []
+    for counter in [int(c) for c in counters]:
+        gen = torch.Generator().manual_seed(example_seed(seed ^ 0x6A_1E77, counter))
+        gains.append(float(jitter_db * (2.0 * torch.rand(1, generator=gen, dtype=torch.float64)[0] - 1.0)))
+    return torch.tensor(gains, dtype=torch.float32)
+
+
+def jitter_context_gain(batch: dict[str, Tensor], gains_db: Tensor) -> dict[str, Tensor]:
+    """``batch`` with each row's context made louder or quieter by ``gains_db`` (an offset of
+    ``dB * ln(10) / 20`` on the natural-log mel). Frames at the mel floor stay there (silence has no
+    level) and values stay in the mel's range, so the context still looks like a real spectrogram."""
+    context = batch["context"]
+    offset = (gains_db.to(context.dtype) * (math.log(10.0) / 20.0))[:, None, None]
+    sounding = context > MIN_VALUE + 1e-3
+    shifted = torch.where(sounding, (context + offset).clamp(MIN_VALUE, MAX_VALUE), context)
+    return {**batch, "context": shifted}
 
 
 def parse_rollout_steps(text: str) -> list[int]:
