@@ -564,6 +564,28 @@ def test_openapi_schema_describes_the_api(serve):
     assert client.get("/docs").status_code == 200
 
 
+def test_the_routes_come_from_api_routers_included_in_the_app(pipe):
+    """create_app only assembles: every route is an APIRouter's, reachable by name in the app."""
+    from fastapi import APIRouter
+
+    from specdiff.server.routes import jobs, pages, results, service
+    from specdiff.server.routes.submit import submit_router
+    from specdiff.server.state import ServerState
+
+    config = ServeConfig(default_steps=STEPS)
+    app = create_app(Synthesizer(pipe), config, model_name="tiny-test")
+    assert isinstance(app.state.server, ServerState) and app.state.queue is app.state.server.queue
+    routers = [service.router, submit_router(config), jobs.router, results.router, pages.router]
+    assert all(isinstance(router, APIRouter) for router in routers)
+    from_routers = {(route.path, method) for router in routers for route in router.routes for method in route.methods}
+    documented = {(path, method.upper()) for path, ops in app.openapi()["paths"].items() for method in ops}
+    assert documented == {(path, method) for path, method in from_routers if path.startswith("/api/")}
+    for router in routers:
+        for route in router.routes:
+            params = {"job_id": "abc"} if "{job_id}" in route.path else {}
+            assert app.url_path_for(route.name, **params) == route.path.replace("{job_id}", "abc")
+
+
 def test_the_page_and_its_files_are_served(serve):
     client, _ = serve()
     page = client.get("/")

@@ -97,71 +97,63 @@ LIMIT_FLAGS = (
 )  # fmt: skip
 
 
-def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``serve`` subcommand (``set_defaults(func=run_serve)``)."""
-    defaults = ServeConfig()
-    p = subparsers.add_parser(
-        "serve", help="run a local web app / HTTP API for synthesis", description=_DESCRIPTION,
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    p.add_argument(
-        "--model",
-        metavar="DIR|ORG/NAME",
-        help=MODEL_HELP,
-    )
-    p.add_argument(
-        "--host",
-        default=DEFAULT_HOST,
-        help=f"address to listen on (default: {DEFAULT_HOST}, this machine only). On any other address "
-        "every request needs a token (see --token)",
-    )
-    p.add_argument(
-        "--token",
-        metavar="TOKEN",
-        default=os.environ.get("SPECDIFF_TOKEN"),
-        help="token every request must carry (the URL ...?token=TOKEN, or 'Authorization: Bearer TOKEN'); "
-        "default: $SPECDIFF_TOKEN, else none on loopback and a random one, printed at start, on other addresses",
-    )
-    p.add_argument(
-        "--allow-host",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="also answer requests whose Host header is NAME (repeatable; '*': any). By default only the "
-        "listening address (and, on loopback, localhost) is accepted, against DNS rebinding",
-    )
-    p.add_argument(
-        "--allow-origin",
-        action="append",
-        default=[],
-        metavar="ORIGIN",
-        help="also accept state-changing requests from pages on ORIGIN, e.g. http://localhost:3000 "
-        "(repeatable; '*': any). By default only the service's own page may submit or cancel jobs",
-    )
-    p.add_argument(
-        "--port", type=validators.port, default=DEFAULT_PORT, help=f"TCP port (default: {DEFAULT_PORT}; 0: any free)"
-    )
-    p.add_argument(
-        "--device",
-        choices=DEVICES,
-        default="auto",
-        help="where to run the model (default: auto = cuda, else mps, else cpu)",
-    )
-    add_precision_argument(p)
-    p.add_argument(
-        "--threads",
-        type=validators.positive_int,
-        default=None,
-        metavar="N",
-        help="CPU threads for PyTorch (default: PyTorch's own choice, one per core)",
-    )
-    p.add_argument(
-        "--inverter",
-        choices=INVERTERS,
-        default="auto",
-        help="spectrogram-to-audio inverter (default: auto, as in `specdiff synth`)",
-    )
-    g = p.add_argument_group("limits")
+#: An option as ``(flags, add_argument keywords)``.
+Option = tuple[tuple[str, ...], dict[str, Any]]
+
+#: Where and how the service listens, in --help order (``--precision`` follows them).
+SERVICE_OPTIONS: tuple[Option, ...] = (
+    (("--model",), dict(metavar="DIR|ORG/NAME", help=MODEL_HELP)),
+    (("--host",), dict(default=DEFAULT_HOST,
+                       help=f"address to listen on (default: {DEFAULT_HOST}, this machine only). On any other address "
+                       "every request needs a token (see --token)")),
+    # Its default, $SPECDIFF_TOKEN, is read when the parser is built (add_serve_arguments), not at import.
+    (("--token",), dict(metavar="TOKEN",
+                        help="token every request must carry (the URL ...?token=TOKEN, or 'Authorization: Bearer "
+                        "TOKEN'); default: $SPECDIFF_TOKEN, else none on loopback and a random one, printed at start, "
+                        "on other addresses")),
+    (("--allow-host",), dict(action="append", default=[], metavar="NAME",
+                             help="also answer requests whose Host header is NAME (repeatable; '*': any). By default "
+                             "only the listening address (and, on loopback, localhost) is accepted, against DNS "
+                             "rebinding")),
+    (("--allow-origin",), dict(action="append", default=[], metavar="ORIGIN",
+                               help="also accept state-changing requests from pages on ORIGIN, e.g. "
+                               "http://localhost:3000 (repeatable; '*': any). By default only the service's own page "
+                               "may submit or cancel jobs")),
+    (("--port",), dict(type=validators.port, default=DEFAULT_PORT,
+                       help=f"TCP port (default: {DEFAULT_PORT}; 0: any free)")),
+    (("--device",), dict(choices=DEVICES, default="auto",
+                         help="where to run the model (default: auto = cuda, else mps, else cpu)")),
+)  # fmt: skip
+#: How the model runs, after ``--precision``.
+RUN_OPTIONS: tuple[Option, ...] = (
+    (("--threads",), dict(type=validators.positive_int, default=None, metavar="N",
+                          help="CPU threads for PyTorch (default: PyTorch's own choice, one per core)")),
+    (("--inverter",), dict(choices=INVERTERS, default="auto",
+                           help="spectrogram-to-audio inverter (default: auto, as in `specdiff synth`)")),
+)  # fmt: skip
+#: The "defaults offered by the page" group.
+PAGE_DEFAULT_OPTIONS: tuple[Option, ...] = (
+    (("--steps",), dict(type=validators.positive_int, default=None, metavar="N",
+                        help=f"denoising steps per segment (default: the model's sampling.json, else "
+                        f"{DEFAULT_NUM_STEPS})")),
+    (("--guidance",), dict(type=float, default=None, metavar="W",
+                           help=f"classifier-free guidance weight (default: the model's sampling.json, else "
+                           f"{DEFAULT_GUIDANCE:g})")),
+    (("--scheduler",), dict(choices=SCHEDULERS, default=None,
+                            help=f"sampler (default: the model's sampling.json, else {DEFAULT_SCHEDULER}; see "
+                            "`specdiff synth --help`)")),
+)  # fmt: skip
+
+
+def _add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, options: tuple[Option, ...]) -> None:
+    """Add each ``(flags, keywords)`` option; a list default is copied, so no two parsers share one."""
+    for flags, keywords in options:
+        default = keywords.get("default")
+        parser.add_argument(*flags, **{**keywords, **({"default": list(default)} if isinstance(default, list) else {})})
+
+
+def _add_limit_flags(group: argparse._ArgumentGroup, defaults: ServeConfig) -> None:
+    """One option per :data:`LIMIT_FLAGS` entry, its default and type taken from ``defaults``."""
     for flag in LIMIT_FLAGS:
         default = getattr(defaults, flag.field)
         if flag.scale != 1:  # a count of bytes, given in MiB
@@ -170,33 +162,27 @@ def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
             kind = validators.non_negative_int if flag.allow_zero else validators.positive_int
         else:
             kind = validators.positive_float
-        g.add_argument(flag.option, dest=flag.field, type=kind, default=default, metavar=flag.metavar,
-                       help=flag.help.format(default=f"{default:g}" if isinstance(default, float) else default,
-                                             config=defaults))  # fmt: skip
+        group.add_argument(flag.option, dest=flag.field, type=kind, default=default, metavar=flag.metavar,
+                           help=flag.help.format(default=f"{default:g}" if isinstance(default, float) else default,
+                                                 config=defaults))  # fmt: skip
+
+
+def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``serve`` subcommand (``set_defaults(func=run_serve)``)."""
+    p = subparsers.add_parser(
+        "serve", help="run a local web app / HTTP API for synthesis", description=_DESCRIPTION,
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    _add_options(p, SERVICE_OPTIONS)
+    p.set_defaults(token=os.environ.get("SPECDIFF_TOKEN"))
+    add_precision_argument(p)
+    _add_options(p, RUN_OPTIONS)
+    g = p.add_argument_group("limits")
+    _add_limit_flags(g, ServeConfig())
     g.add_argument(
         "--workdir", type=Path, metavar="DIR", help="folder for results (default: a temporary folder, removed at exit)"
     )
-    d = p.add_argument_group("defaults offered by the page")
-    d.add_argument(
-        "--steps",
-        type=validators.positive_int,
-        default=None,
-        metavar="N",
-        help=f"denoising steps per segment (default: the model's sampling.json, else {DEFAULT_NUM_STEPS})",
-    )
-    d.add_argument(
-        "--guidance",
-        type=float,
-        default=None,
-        metavar="W",
-        help=f"classifier-free guidance weight (default: the model's sampling.json, else {DEFAULT_GUIDANCE:g})",
-    )
-    d.add_argument(
-        "--scheduler",
-        choices=SCHEDULERS,
-        default=None,
-        help=f"sampler (default: the model's sampling.json, else {DEFAULT_SCHEDULER}; see `specdiff synth --help`)",
-    )
+    _add_options(p.add_argument_group("defaults offered by the page"), PAGE_DEFAULT_OPTIONS)
     p.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
     p.set_defaults(func=run_serve)
     return p

@@ -17,7 +17,8 @@ the same folder serves them again. Waiting jobs are
 bounded by ``max_queued``; a client reserves a place (:meth:`JobQueue.reserve`) before the costly
 parsing of its upload, so a full queue refuses work before doing any.
 
-This module knows nothing about HTTP; ``specdiff.server.app`` maps its exceptions to status codes.
+This module knows nothing about HTTP; the routes (``specdiff.server.routes``) map its exceptions to
+status codes.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ the event and note limits, but it is still CPU work that a client can ask for. S
 - files a parse writes (the job's folder) are registered with the ticket, and removed if the
   request is cancelled before the job reaches the queue: nothing is left behind.
 
-This module knows nothing about HTTP; ``specdiff.server.app`` maps its exceptions to status codes.
+This module knows nothing about HTTP; the routes (``specdiff.server.routes``) map its exceptions to
+status codes.
 """
 
 from __future__ import annotations
