@@ -419,8 +419,8 @@ def _decoder_batches(pipe, call) -> list[int]:
 
 
 def test_sampling_json_sets_the_defaults_of_calls_and_round_trips(pipe, segments, tmp_path):
-    from specdiff.pipeline.default_model import SamplingSettings
     from specdiff.pipeline.folder import SAMPLING_FILE
+    from specdiff.pipeline.sampling_settings import SamplingSettings
 
     folder = pipe.save_pretrained(tmp_path / "plain")
     assert not (folder / SAMPLING_FILE).exists()  # the library defaults are not written out

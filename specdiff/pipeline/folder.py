@@ -10,7 +10,7 @@ plus two optional files of ours::
     scheduler/          scheduler_config.json
     melgan/model.onnx   optional: the official spectrogram inverter (ORIGINAL.md §6)
     vocoder/            optional: our neural vocoder (``specdiff.audio.vocoder``)
-    sampling.json       optional: the recommended sampler settings (``specdiff.pipeline.default_model``)
+    sampling.json       optional: the recommended sampler settings (``specdiff.pipeline.sampling_settings``)
 
 Every module that needs one of these names imports it from here. This module is light: torch,
 safetensors and the networks are imported by the functions that read or write weights, so the

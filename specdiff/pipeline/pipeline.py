@@ -27,8 +27,14 @@ from specdiff.audio.mel import scale_features, scale_to_features
 from specdiff.constants import FRAMES_PER_SECOND, SAMPLE_RATE
 from specdiff.errors import MidiError, ModelError, SpecdiffError
 from specdiff.midi.score_roll import ROLL_LAYOUTS, batch_rolls
-from specdiff.pipeline.default_model import SamplingSettings, read_sampling_settings, write_sampling_settings
 from specdiff.pipeline.folder import NETWORKS, read_networks, write_folder
+from specdiff.pipeline.sampling_settings import (
+    ResolvedSampling,
+    SamplingSettings,
+    read_sampling_settings,
+    resolve_sampling,
+    write_sampling_settings,
+)
 from specdiff.sampling import sampler as samplers
 
 #: Seconds of audio kept after the music's end (TokenizedMidi.duration): room for the release of
@@ -164,7 +170,7 @@ class SpectrogramDiffusionPipeline:
     """Notes encoder + context encoder + FiLM decoder + sampler (+ spectrogram inverter).
 
     ``scheduler``: a name (``specdiff.sampling.sampler.SCHEDULERS``), one of our samplers, or a diffusers
-    scheduler; default ``sampling.scheduler`` (``"original"`` unless the model folder's
+    scheduler; None (the default): ``sampling.scheduler`` (``"original"`` unless the model folder's
     ``sampling.json`` says otherwise). ``inverter``: a callable ``log_mel [B, T, 128] (numpy) ->
     audio [B, T * 320]`` (``specdiff.audio.inverters``), needed only for audio output.
     """
@@ -190,10 +196,10 @@ class SpectrogramDiffusionPipeline:
                 f"specdiff computes {' or '.join(map(str, ROLL_LAYOUTS))} (specdiff.midi.score_roll): the model was "
                 "trained with another layout"
             )
-        #: Sampler, steps and guidance used where a call leaves them unset (a model folder's
-        #: sampling.json, else the library defaults); saved with the folder.
+        #: Sampler, steps and guidance the model recommends, used where a call leaves them unset (a
+        #: model folder's sampling.json, else the library defaults); saved with the folder.
         self.sampling = sampling if sampling is not None else SamplingSettings()
-        self.scheduler = scheduler if scheduler is not None else self.sampling.scheduler
+        self._scheduler = scheduler  # None: the recommendation (see the scheduler property)
         #: diffusers scheduler config used when a diffusers sampler is chosen by name (ORIGINAL.md §3.5).
         self.scheduler_config = dict(scheduler_config or samplers.OFFICIAL_SCHEDULER_CONFIG)
         self.inverter = inverter
@@ -204,6 +210,30 @@ class SpectrogramDiffusionPipeline:
         self.autocast = autocast
         self._source: Path | None = None  # folder loaded from: its inverter files travel on save
         self._timbre: str | None = None
+
+    @property
+    def scheduler(self) -> Any:
+        """The sampler of calls that name none: the one given to the pipeline, else
+        ``sampling.scheduler`` (the model's recommendation). Set it to a name or a sampler object;
+        None goes back to the recommendation."""
+        return self.sampling.scheduler if self._scheduler is None else self._scheduler
+
+    @scheduler.setter
+    def scheduler(self, scheduler: Any) -> None:
+        self._scheduler = scheduler
+
+    def sampling_for(
+        self, scheduler: Any = None, num_inference_steps: int | None = None, guidance_scale: float | None = None
+    ) -> ResolvedSampling:
+        """The settings a call with these arguments runs with: each argument that is not None, else
+        the pipeline's :attr:`scheduler`, else :attr:`sampling` (the model folder's ``sampling.json``,
+        else the library defaults), by :func:`specdiff.pipeline.sampling_settings.resolve_sampling`."""
+        return resolve_sampling(
+            self.sampling,
+            scheduler=scheduler if scheduler is not None else self._scheduler,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+        )
 
     # -- timbre ----------------------------------------------------------------------------------
 
@@ -364,12 +394,11 @@ class SpectrogramDiffusionPipeline:
         ctx = self.continuous_encoder(encoder_inputs=context.to(device, ctx_dtype), encoder_inputs_mask=context_mask)
         return [(notes, notes_mask), tuple(ctx)]
 
-    def _sampler(self, scheduler: Any) -> samplers.Sampler:
-        scheduler = self.scheduler if scheduler is None else scheduler
-        if isinstance(scheduler, str):
-            return samplers.make_scheduler(scheduler, config=self.scheduler_config,
-                                           final_noise_time=self.sampling.final_noise_time)  # fmt: skip
-        return samplers.as_sampler(scheduler)
+    def _sampler(self, chosen: ResolvedSampling) -> samplers.Sampler:
+        if isinstance(chosen.scheduler, str):
+            return samplers.make_scheduler(chosen.scheduler, config=self.scheduler_config,
+                                           final_noise_time=chosen.final_noise_time)  # fmt: skip
+        return samplers.as_sampler(chosen.scheduler)
 
     def _generate(
         self,
@@ -448,12 +477,6 @@ class SpectrogramDiffusionPipeline:
                 contexts[k] = mel[j : j + 1]
                 context_masks[k] = torch.ones(1, segment_frames, dtype=torch.bool, device=device)
 
-    def _settings(self, num_inference_steps: int | None, guidance_scale: float | None) -> tuple[int, float]:
-        """Unset steps / guidance -> :attr:`sampling`'s (the model folder's sampling.json, else the defaults)."""
-        steps = self.sampling.num_inference_steps if num_inference_steps is None else num_inference_steps
-        guidance = self.sampling.guidance_scale if guidance_scale is None else guidance_scale
-        return steps, guidance
-
     def _check_args(self, num_inference_steps: int, guidance_scale: float, callback_steps: int) -> None:
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise SpecdiffError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
@@ -522,18 +545,19 @@ class SpectrogramDiffusionPipeline:
         arguments) runs after every denoising step of every segment (``step_index`` counts within the
         segment); ``callback_kwargs`` is ``{"latents": x}`` and the dict it returns may replace them.
         Raising from it cancels the call.
-        ``num_inference_steps``, ``guidance_scale`` and ``scheduler`` left unset take
-        :attr:`sampling`'s values (the model folder's ``sampling.json``, else 100 steps of the
-        original sampler with w = 2).
+        ``num_inference_steps``, ``guidance_scale`` and ``scheduler`` left None take the model's
+        recommendation (:meth:`sampling_for`: the model folder's ``sampling.json``, else 100 steps
+        of the original sampler with w = 2).
         """
         self._check_output_type(output_type)
-        num_inference_steps, guidance_scale = self._settings(num_inference_steps, guidance_scale)
+        chosen = self.sampling_for(scheduler, num_inference_steps, guidance_scale)
+        num_inference_steps, guidance_scale = chosen.num_inference_steps, chosen.guidance_scale
         self._check_args(num_inference_steps, guidance_scale, callback_steps)
         show = show_progress if progress is None else progress
         segments, keep = self._song(input_tokens)
         if output_type == "np":
             self._require_inverter()  # fail before the slow part
-        sampler = self._sampler(scheduler)
+        sampler = self._sampler(chosen)
         mels: list[Tensor] = []
         with self._progress(len(segments) * num_inference_steps, show) as bar:
             step_end = self._step_end_hook(callback_on_step_end)
@@ -569,7 +593,8 @@ class SpectrogramDiffusionPipeline:
         song's matmuls do not fill the machine (GPUs; CPUs far less).
         """
         self._check_output_type(output_type)
-        num_inference_steps, guidance_scale = self._settings(num_inference_steps, guidance_scale)
+        chosen = self.sampling_for(scheduler, num_inference_steps, guidance_scale)
+        num_inference_steps, guidance_scale = chosen.num_inference_steps, chosen.guidance_scale
         self._check_args(num_inference_steps, guidance_scale, 1)
         songs = [self._song(item) for item in inputs]
         if not songs:
@@ -584,7 +609,7 @@ class SpectrogramDiffusionPipeline:
             raise SpecdiffError(f"batch_size must be a positive integer, got {batch_size!r}")
         if output_type == "np":
             self._require_inverter()
-        sampler = self._sampler(scheduler)
+        sampler = self._sampler(chosen)
         step = batch_size or len(songs)
         groups = [list(range(start, min(start + step, len(songs)))) for start in range(0, len(songs), step)]
         total = sum(max(len(songs[k][0]) for k in group) for group in groups) * num_inference_steps
@@ -609,7 +634,7 @@ class SpectrogramDiffusionPipeline:
     def max_steps(self, scheduler: Any = None) -> int | None:
         """The most denoising steps ``scheduler`` allows for this model: diffusers' schedulers cannot
         take more than their training timesteps; the original sampler has no limit (None)."""
-        name = self.sampling.scheduler if scheduler is None else scheduler
+        name = self.sampling_for(scheduler).scheduler
         if name == "original":
             return None
         return int(self.scheduler_config.get("num_train_timesteps", 1000))
@@ -618,7 +643,7 @@ class SpectrogramDiffusionPipeline:
         """The segment plan and step limits of a call with these arguments, without running it
         (unset arguments take :attr:`sampling`'s values, as in :meth:`__call__`)."""
         segments, keep = self._song(input_tokens)
-        steps = self.sampling.num_inference_steps if num_inference_steps is None else num_inference_steps
+        steps = self.sampling_for(scheduler, num_inference_steps).num_inference_steps
         segment_frames = int(_module_config(self.decoder, "targets_length"))
         return SynthesisPlan(len(segments), keep, segment_frames, steps, self.max_steps(scheduler))
 
@@ -657,11 +682,12 @@ class SpectrogramDiffusionPipeline:
         inverted per segment, so it can differ from ``__call__``'s whole-song inversion near the
         5.12 s boundaries.
         """
-        num_inference_steps, guidance_scale = self._settings(num_inference_steps, guidance_scale)
+        chosen = self.sampling_for(scheduler, num_inference_steps, guidance_scale)
+        num_inference_steps, guidance_scale = chosen.num_inference_steps, chosen.guidance_scale
         self._check_args(num_inference_steps, guidance_scale, 1)
         segments, keep = self._song(input_tokens)
         segment_frames = int(_module_config(self.decoder, "targets_length"))
-        sampler = self._sampler(scheduler)
+        sampler = self._sampler(chosen)
         with self._progress(len(segments) * num_inference_steps, show_progress) as bar:
             generated = self._generate(segments, generator, num_inference_steps, guidance_scale, sampler, bar.update)
             for i, mel in enumerate(generated):
