@@ -20,7 +20,8 @@ from specdiff.constants import SCHEDULERS
 from specdiff.errors import MidiError, ModelError, SpecdiffError
 from specdiff.midi.tokenizer import TokenizedMidi, midi_to_segments
 from specdiff.models.presets import build_models
-from specdiff.pipeline.pipeline import RELEASE_TAIL_SECONDS, SpectrogramDiffusionPipeline
+from specdiff.pipeline.inputs import RELEASE_TAIL_SECONDS
+from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
 torch.set_num_threads(1)
 

@@ -154,6 +154,15 @@ def resolve_sampling(
     )
 
 
+def write_recommendation(folder: str | Path, settings: SamplingSettings) -> Path | None:
+    """``sampling.json`` for a model folder being saved: written only when ``settings`` differ from
+    the library defaults (a folder without the file means them), so a plain model's folder stays
+    exactly the diffusers layout. Returns the file written, if any."""
+    if settings == SamplingSettings():
+        return None
+    return write_sampling_settings(folder, settings)
+
+
 def write_sampling_settings(folder: str | Path, settings: SamplingSettings, note: str | None = None) -> Path:
     """Write ``sampling.json`` into a model folder (``note``: a free-text ``_note`` entry)."""
     from specdiff.atomic import atomic_write_text
