@@ -83,7 +83,8 @@ class RidgePipeline:
 
     def __call__(self, tokenized, **_ignored):
         from specdiff.audio.mel import scale_to_features
-        from specdiff.pipeline.pipeline import AudioPipelineOutput, frames_to_keep
+        from specdiff.pipeline.inputs import frames_to_keep
+        from specdiff.pipeline.outputs import AudioPipelineOutput
 
         segments = tokenized.segments
         mel = scale_to_features(predict(self.weights, segments)).reshape(1, -1, 128)

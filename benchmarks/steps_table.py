@@ -111,7 +111,7 @@ def with_final_noise_time(folder: Path, tmp: Path, value: float) -> Path:
     import dataclasses
     import shutil
 
-    from specdiff.pipeline.default_model import read_sampling_settings, write_sampling_settings
+    from specdiff.pipeline.sampling_settings import read_sampling_settings, write_sampling_settings
 
     out = tmp / f"final{value:g}_{folder.name}"
     if not out.exists():

@@ -22,7 +22,7 @@ _LAZY = {
     "ContinuousEncoder": "specdiff.models.encoders",
     "FilmDecoder": "specdiff.models.decoder",
     "SpectrogramDiffusionPipeline": "specdiff.pipeline.pipeline",
-    "AudioPipelineOutput": "specdiff.pipeline.pipeline",
+    "AudioPipelineOutput": "specdiff.pipeline.outputs",
 }
 
 __all__ = ["__version__", *_LAZY]

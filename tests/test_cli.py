@@ -291,9 +291,9 @@ def expected_num_samples() -> int:
     """Music length + the pipeline's release tail, in whole 320-sample frames."""
     import math
 
-    from specdiff.pipeline import pipeline
+    from specdiff.pipeline.inputs import RELEASE_TAIL_SECONDS
 
-    tail = pipeline.RELEASE_TAIL_SECONDS
+    tail = RELEASE_TAIL_SECONDS
     frames = math.ceil(round((SONG_SECONDS + tail) * 50, 6))
     return frames * 320
 
@@ -426,7 +426,7 @@ LONG_SECONDS = 6.0
 def test_stream_writes_the_same_length_with_a_line_per_segment(model_dir, tmp_path, capsys):
     import math
 
-    from specdiff.pipeline.pipeline import RELEASE_TAIL_SECONDS
+    from specdiff.pipeline.inputs import RELEASE_TAIL_SECONDS
 
     long_song = write_midi(tmp_path / "long.mid", LONG_NOTES)
     code, err = run(
@@ -925,7 +925,7 @@ def test_the_readme_quick_start_synthesizes_a_bundled_example(model_dir, tmp_pat
 
     from specdiff.midi.examples import find_example
     from specdiff.midi.tokenizer import midi_to_segments
-    from specdiff.pipeline.pipeline import RELEASE_TAIL_SECONDS
+    from specdiff.pipeline.inputs import RELEASE_TAIL_SECONDS
 
     words = readme_quick_start()
     assert words[:3] == ["specdiff", "synth", "--example"]

@@ -139,7 +139,7 @@ def test_embedding_choices_are_the_registered_ones():
 
 
 def test_unset_sampler_settings_are_the_models_sampling_json(songs):
-    from specdiff.pipeline.default_model import SamplingSettings
+    from specdiff.pipeline.sampling_settings import SamplingSettings
 
     pipe = FakePipeline([np.zeros(SR * 4, np.float32)])
     pipe.sampling = SamplingSettings(scheduler="ddim", num_inference_steps=3, guidance_scale=1.0)

@@ -11,7 +11,8 @@ import pytest
 
 from specdiff import __version__, cli, constants
 from specdiff.commands import info
-from specdiff.pipeline.default_model import DEFAULT_MODEL_DIR, read_sampling_settings
+from specdiff.pipeline.default_model import DEFAULT_MODEL_DIR
+from specdiff.pipeline.sampling_settings import read_sampling_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

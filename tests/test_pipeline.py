@@ -20,7 +20,8 @@ from specdiff.constants import SCHEDULERS
 from specdiff.errors import MidiError, ModelError, SpecdiffError
 from specdiff.midi.tokenizer import TokenizedMidi, midi_to_segments
 from specdiff.models.presets import build_models
-from specdiff.pipeline.pipeline import RELEASE_TAIL_SECONDS, SpectrogramDiffusionPipeline
+from specdiff.pipeline.inputs import RELEASE_TAIL_SECONDS
+from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
 torch.set_num_threads(1)
 
@@ -419,8 +420,8 @@ def _decoder_batches(pipe, call) -> list[int]:
 
 
 def test_sampling_json_sets_the_defaults_of_calls_and_round_trips(pipe, segments, tmp_path):
-    from specdiff.pipeline.default_model import SamplingSettings
     from specdiff.pipeline.folder import SAMPLING_FILE
+    from specdiff.pipeline.sampling_settings import SamplingSettings
 
     folder = pipe.save_pretrained(tmp_path / "plain")
     assert not (folder / SAMPLING_FILE).exists()  # the library defaults are not written out

@@ -348,7 +348,7 @@ def test_ddim_final_noise_time_spreads_steps_down_to_it_and_ends_on_its_x0():
 
 
 def test_final_noise_time_comes_from_the_model_folder(tmp_path):
-    from specdiff.pipeline.default_model import SamplingSettings, read_sampling_settings, write_sampling_settings
+    from specdiff.pipeline.sampling_settings import SamplingSettings, read_sampling_settings, write_sampling_settings
 
     write_sampling_settings(tmp_path, SamplingSettings("ddim", 4, 1.0, final_noise_time=0.8))
     assert read_sampling_settings(tmp_path).final_noise_time == 0.8

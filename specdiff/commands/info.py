@@ -88,8 +88,8 @@ def extras_status() -> dict[str, str]:
 
 def _model_lines(model: Path | None) -> tuple[Path | None, dict[str, str]]:
     """The model folder in use and its lines (model, sampling)."""
-    from specdiff.pipeline.default_model import read_sampling_settings
     from specdiff.pipeline.folder import SAMPLING_FILE
+    from specdiff.pipeline.sampling_settings import resolve_sampling
 
     try:
         model_dir = resolve_model_dir(model)
@@ -97,7 +97,7 @@ def _model_lines(model: Path | None) -> tuple[Path | None, dict[str, str]]:
         return None, {"model": f"none ({one_line(err)})"}
     lines = {"model": f"{model_dir.resolve()}" + (" (bundled)" if model is None else "")}
     try:
-        s = read_sampling_settings(model_dir)
+        s = resolve_sampling(model_dir)  # what a command with no sampler flags uses
     except SpecdiffError as err:
         lines["sampling"] = f"error: {one_line(err)}"
         return model_dir, lines
@@ -184,7 +184,7 @@ def collect_info(model: Path | None = None) -> dict[str, str]:
     import torch
 
     from specdiff.constants import DEFAULT_PRECISION
-    from specdiff.pipeline.default_model import read_sampling_settings
+    from specdiff.pipeline.sampling_settings import resolve_sampling
 
     info = {
         "specdiff": f"{__version__} ({Path(__file__).resolve().parents[1]})",
@@ -197,7 +197,7 @@ def collect_info(model: Path | None = None) -> dict[str, str]:
     info["inverter"] = _inverter_line(model_dir) if model_dir is not None else "none (no model folder)"
     device, info["device"] = _device_line()
     try:
-        recommended = read_sampling_settings(model_dir).precision
+        recommended = resolve_sampling(model_dir).precision
     except SpecdiffError:
         recommended = DEFAULT_PRECISION
     info["precision"] = _precision_line(recommended, device)

@@ -64,20 +64,23 @@ def resolve_model_dir(model: str | Path | None) -> Path:
 
 
 def resolve_sampling(args: argparse.Namespace, model_dir: Path) -> None:
-    """Fill ``args.scheduler`` / ``args.steps`` / ``args.guidance`` left unset on the command line
-    from the model folder's ``sampling.json`` (the settings it was evaluated with), else the
-    library defaults."""
-    from specdiff.pipeline.default_model import read_sampling_settings
+    """Fill ``args.scheduler`` / ``args.steps`` / ``args.guidance`` left unset (None) on the command
+    line, and ``args.precision_recommended`` for ``--precision auto``, by
+    :func:`specdiff.pipeline.sampling_settings.resolve_sampling` (the flag, else the model folder's
+    ``sampling.json``, else the library default): the commands decide nothing themselves."""
+    from specdiff.pipeline.sampling_settings import resolve_sampling as resolve
 
-    settings = read_sampling_settings(model_dir)
-    if getattr(args, "precision", None) in (None, "auto"):
-        args.precision_recommended = settings.precision
-    if getattr(args, "scheduler", None) is None:
-        args.scheduler = settings.scheduler
-    if getattr(args, "steps", None) is None:
-        args.steps = settings.num_inference_steps
-    if getattr(args, "guidance", None) is None:
-        args.guidance = settings.guidance_scale
+    precision = getattr(args, "precision", None)
+    chosen = resolve(
+        model_dir,
+        scheduler=getattr(args, "scheduler", None),
+        num_inference_steps=getattr(args, "steps", None),
+        guidance_scale=getattr(args, "guidance", None),
+        precision=None if precision in (None, "auto") else precision,
+    )
+    if precision in (None, "auto"):  # resolve_precision weighs the recommendation against the device
+        args.precision_recommended = chosen.precision
+    args.scheduler, args.steps, args.guidance = chosen.scheduler, chosen.num_inference_steps, chosen.guidance_scale
 
 
 def resolve_precision(args: argparse.Namespace, device: str) -> Any:

@@ -39,7 +39,7 @@ import numpy as np
 from specdiff.atomic import atomic_write_text
 from specdiff.constants import SAMPLE_RATE
 from specdiff.errors import AudioError, MidiError, SpecdiffError
-from specdiff.pipeline.default_model import SamplingSettings
+from specdiff.pipeline.sampling_settings import resolve_sampling
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 MIDI_SUFFIXES = (".mid", ".midi")
@@ -262,10 +262,12 @@ def evaluate(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     pipe = _load_pipeline(model, inverter, device, dtype)
-    sampling = getattr(pipe, "sampling", None) or SamplingSettings()  # the model's sampling.json
-    steps = sampling.num_inference_steps if steps is None else steps
-    scheduler = sampling.scheduler if scheduler is None else scheduler
-    guidance = sampling.guidance_scale if guidance is None else guidance
+    # Unset settings: the model's sampling.json (a pipeline's ``sampling``; any other object, the
+    # library defaults), decided by the pipeline's own rule, so the report names what was run.
+    chosen = resolve_sampling(
+        getattr(pipe, "sampling", None), scheduler=scheduler, num_inference_steps=steps, guidance_scale=guidance
+    )
+    steps, scheduler, guidance = chosen.num_inference_steps, chosen.scheduler, chosen.guidance_scale
     if timbre is not None:
         pipe.timbre = timbre
         if soundfont is None and reference_audio is None:

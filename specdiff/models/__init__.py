@@ -10,8 +10,10 @@ Parameter names and shapes equal the official diffusers checkpoint
 - encoders use Hugging Face T5 names (``encoders.{i}.layer.0.SelfAttention.q`` ...),
 - the decoder uses diffusers names (``decoders.{i}.layer.0.attention.to_q`` ...).
 
-Constructor keyword arguments equal the keys of each subfolder's ``config.json``.
+Constructor keyword arguments equal the keys of each subfolder's ``config.json``: each network records
+them as ``config`` (``config.register_to_config``) and is rebuilt by ``from_config``.
 
-Modules: ``layers`` (shared blocks), ``encoders``, ``decoder``, ``initialisation``, ``presets``.
+Modules: ``config`` (the config helper), ``layers`` (shared blocks), ``encoders``, ``decoder``,
+``initialisation``, ``presets``.
 Importing this package imports none of its modules.
 """

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from specdiff.models.config import ConfigMixin, register_to_config
 from specdiff.models.initialisation import init_weights
 from specdiff.models.layers import (
     DECODER_MASK_VALUE,
@@ -278,7 +279,7 @@ INPUT_SKIP_KNOTS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9,
 ZERO_STARTED_DECODER_PARAMETERS = ("timbre_embedding", "timbre_prior", "input_context", "input_skip")
 
 
-class FilmDecoder(nn.Module):
+class FilmDecoder(ConfigMixin, nn.Module):
     """FiLM-conditioned, non-causal T5 decoder that predicts the noise (spec §3.4; ``T5FilmDecoder``).
 
     ``forward(encodings_and_masks, z_t [B, T, 128], noise_time [B] in [0, 1)) -> eps [B, T, 128]``.
@@ -325,11 +326,24 @@ class FilmDecoder(nn.Module):
       closed form; training refines it with the rest.
     """
 
+    #: JSON forms of the extensions' arguments (``config`` holds them as config.json will).
+    config_casts = {
+        "score_roll_features": int,
+        "spec_out_bias": bool,
+        "score_prior": bool,
+        "timbres": lambda names: [str(name) for name in names],
+        "input_context_frames": int,
+        "input_skip_frames": int,
+    }
+    #: The extensions appear in ``config`` only when on, so an original folder's config is unchanged.
+    config_optional = frozenset(DECODER_EXTENSIONS)
+
+    @register_to_config
     def __init__(
         self,
         input_dims: int = 128,
         targets_length: int = 256,
-        max_decoder_noise_time: float = 20000.0,
+        max_decoder_noise_time: float = 20000.0,  # diffusers' default is 2000.0, the checkpoint's 20000.0 (spec §9.1)
         d_model: int = 768,
         num_layers: int = 12,
         num_heads: int = 12,
@@ -353,30 +367,14 @@ class FilmDecoder(nn.Module):
             raise ValueError(f"score_roll_features must be >= 0, got {score_roll_features}")
         if score_prior and not (int(score_roll_features) and prediction_type == "edm"):
             raise ValueError("score_prior needs score_roll_features > 0 and prediction_type 'edm'")
-        # Note: diffusers' class default is 2000.0 but the official checkpoint says 20000.0 (spec §9.1).
-        self.config = dict(
-            input_dims=input_dims, targets_length=targets_length, max_decoder_noise_time=max_decoder_noise_time,
-            d_model=d_model, num_layers=num_layers, num_heads=num_heads, d_kv=d_kv, d_ff=d_ff,
-            dropout_rate=dropout_rate,
-        )  # fmt: skip
-        extensions = dict(
-            score_roll_features=int(score_roll_features),
-            prediction_type=prediction_type,
-            spec_out_bias=bool(spec_out_bias),
-            score_prior=bool(score_prior),
-            timbres=[str(name) for name in timbres],
-            input_context_frames=int(input_context_frames),
-            input_skip_frames=int(input_skip_frames),
-        )
-        for key in ("input_context_frames", "input_skip_frames"):
-            frames = extensions[key]
+        for key, frames in (("input_context_frames", int(input_context_frames)),
+                            ("input_skip_frames", int(input_skip_frames))):  # fmt: skip
             if frames < 0 or (frames and frames % 2 == 0):
                 raise ValueError(f"{key} must be 0 or odd, got {frames}")
         if input_skip_frames and prediction_type != "edm":
             raise ValueError("input_skip_frames needs prediction_type 'edm'")
-        if len(set(extensions["timbres"])) != len(extensions["timbres"]):
-            raise ValueError(f"timbre names must be unique, got {extensions['timbres']}")
-        self.config.update({k: v for k, v in extensions.items() if v != DECODER_EXTENSIONS[k]})
+        if len(set(self.timbres)) != len(self.timbres):
+            raise ValueError(f"timbre names must be unique, got {self.timbres}")
         self.conditioning_emb = nn.Sequential(
             nn.Linear(d_model, d_model * 4, bias=False),
             nn.SiLU(),
@@ -460,10 +458,6 @@ class FilmDecoder(nn.Module):
         contributions = weight.t()[col] * flat[row, col].to(weight.dtype)[:, None]
         out = weight.new_zeros(batch * frames, weight.shape[0]).index_add(0, row, contributions)
         return out.reshape(batch, frames, -1)
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> FilmDecoder:
-        return cls(**{k: v for k, v in config.items() if not k.startswith("_")})
 
     def time_conditioning(self, decoder_noise_time: Tensor) -> Tensor:
         """Noise time ``[B]`` in [0, 1) -> FiLM conditioning ``[B, 1, 4D]``."""

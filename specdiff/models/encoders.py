@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
+from specdiff.models.config import ConfigMixin, register_to_config
 from specdiff.models.initialisation import init_weights
 from specdiff.models.layers import (
     EncodingAndMask,
@@ -90,8 +89,9 @@ def encoder_attention_bias(mask: Tensor, dtype: torch.dtype) -> Tensor:
     return bias[:, None, None, :]
 
 
-class _T5Encoder(nn.Module):
-    """Shared stack: ``x -> dropout -> N x EncoderBlock -> RMSNorm -> dropout``."""
+class _T5Encoder(ConfigMixin, nn.Module):
+    """Shared stack: ``x -> dropout -> N x EncoderBlock -> RMSNorm -> dropout``. ``config``: the
+    constructor's arguments (:func:`specdiff.models.config.register_to_config`)."""
 
     def _build_stack(self, d_model: int, num_layers: int, num_heads: int, d_kv: int, d_ff: int, dropout_rate: float):
         self.dropout_pre = SequenceDropout(dropout_rate)
@@ -113,10 +113,6 @@ class _T5Encoder(nn.Module):
             x = block(x, bias)
         return self.dropout_post(self.layer_norm(x))
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any]):
-        return cls(**{k: v for k, v in config.items() if not k.startswith("_")})
-
 
 class NotesEncoder(_T5Encoder):
     """T5 encoder over MIDI event tokens (spec §3.2; diffusers ``SpectrogramNotesEncoder``).
@@ -126,6 +122,7 @@ class NotesEncoder(_T5Encoder):
     mask) gives the same encodings for the real positions.
     """
 
+    @register_to_config
     def __init__(
         self,
         max_length: int = 2048,
@@ -141,11 +138,6 @@ class NotesEncoder(_T5Encoder):
     ) -> None:
         super().__init__()
         _check_ff(feed_forward_proj, is_decoder)
-        self.config = dict(
-            max_length=max_length, vocab_size=vocab_size, d_model=d_model, dropout_rate=dropout_rate,
-            num_layers=num_layers, num_heads=num_heads, d_kv=d_kv, d_ff=d_ff,
-            feed_forward_proj=feed_forward_proj, is_decoder=is_decoder,
-        )  # fmt: skip
         self.token_embedder = nn.Embedding(vocab_size, d_model)
         self.position_encoding = nn.Embedding(max_length, d_model)
         self.position_encoding.weight.requires_grad = False
@@ -168,6 +160,7 @@ class ContinuousEncoder(_T5Encoder):
     the wrong axis (a no-op); the two agree for empty and full contexts, the only ones its pipeline uses.
     """
 
+    @register_to_config
     def __init__(
         self,
         input_dims: int = 128,
@@ -183,11 +176,6 @@ class ContinuousEncoder(_T5Encoder):
     ) -> None:
         super().__init__()
         _check_ff(feed_forward_proj, is_decoder)
-        self.config = dict(
-            input_dims=input_dims, targets_context_length=targets_context_length, d_model=d_model,
-            dropout_rate=dropout_rate, num_layers=num_layers, num_heads=num_heads, d_kv=d_kv, d_ff=d_ff,
-            feed_forward_proj=feed_forward_proj, is_decoder=is_decoder,
-        )  # fmt: skip
         self.input_proj = nn.Linear(input_dims, d_model, bias=False)
         self.position_encoding = nn.Embedding(targets_context_length, d_model)
         self.position_encoding.weight.requires_grad = False

@@ -10,7 +10,7 @@ plus two optional files of ours::
     scheduler/          scheduler_config.json
     melgan/model.onnx   optional: the official spectrogram inverter (ORIGINAL.md §6)
     vocoder/            optional: our neural vocoder (``specdiff.audio.vocoder``)
-    sampling.json       optional: the recommended sampler settings (``specdiff.pipeline.default_model``)
+    sampling.json       optional: the recommended sampler settings (``specdiff.pipeline.sampling_settings``)
 
 Every module that needs one of these names imports it from here. This module is light: torch,
 safetensors and the networks are imported by the functions that read or write weights, so the
@@ -116,7 +116,8 @@ def _describe_keys(keys: Sequence[str]) -> str:
 
 
 def load_component(folder: str | Path, cls: type) -> torch.nn.Module:
-    """One network from ``folder/config.json`` + weights, loaded with ``strict=True``, in eval mode."""
+    """One network from ``folder/config.json`` (``cls.from_config``, ``specdiff.models.config``) +
+    weights, loaded with ``strict=True``, in eval mode."""
     from specdiff.models.initialisation import skip_weight_init
 
     folder = Path(folder)
@@ -177,7 +178,8 @@ def write_folder(
     """Write the folder layout (safetensors weights), atomically: a temporary folder is renamed
     into place, so a failure leaves no half-written model. Replaces an existing pipeline folder.
 
-    ``networks``: the modules of :data:`NETWORKS` (each with a ``config``); ``class_name``: the
+    ``networks``: the modules of :data:`NETWORKS` (each with the ``config`` its constructor recorded,
+    ``specdiff.models.config``, written as its ``config.json``); ``class_name``: the
     pipeline's class name for ``model_index.json``; ``dtype``: storage type of the weights;
     ``source``: a model folder whose inverter folders are copied along; ``extra(folder)`` writes
     further files into the temporary folder before it is renamed into place."""

@@ -1,6 +1,10 @@
 """``SpectrogramDiffusionPipeline``: MIDI tokens -> log-mel -> audio, segment by segment (ORIGINAL.md §5).
 
-Model folders (the diffusers layout, ORIGINAL.md §3.5) are read and written by ``specdiff.pipeline.folder``.
+This module holds the song loop. Around it: ``specdiff.pipeline.inputs`` turns a song into the
+segments to generate, ``specdiff.pipeline.outputs`` turns log-mels into what the caller asked for
+(inverter, trimming, return types), ``specdiff.pipeline.sampling_settings`` decides each call's
+sampler settings, and model folders (the diffusers layout, ORIGINAL.md §3.5) are read and written by
+``specdiff.pipeline.folder``.
 
 The full-song loop follows diffusers' pipeline (ORIGINAL.md §5.1): the first segment gets an all-zero
 context in feature space with an all-False mask, every later one the previous generated mel with an
@@ -12,10 +16,9 @@ Our defaults differ on purpose: the original sampler with classifier-free guidan
 
 from __future__ import annotations
 
-import math
+import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,135 +27,51 @@ import torch
 from torch import Tensor
 
 from specdiff.audio.mel import scale_features, scale_to_features
-from specdiff.constants import FRAMES_PER_SECOND, SAMPLE_RATE
-from specdiff.errors import MidiError, ModelError, SpecdiffError
-from specdiff.midi.score_roll import ROLL_LAYOUTS, batch_rolls
-from specdiff.pipeline.default_model import SamplingSettings, read_sampling_settings, write_sampling_settings
+from specdiff.constants import SAMPLE_RATE
+from specdiff.errors import ModelError
+from specdiff.midi.score_roll import batch_rolls
 from specdiff.pipeline.folder import NETWORKS, read_networks, write_folder
+from specdiff.pipeline.inputs import (
+    SynthesisPlan,
+    check_batch_generators,
+    check_call_arguments,
+    check_roll_layout,
+    encoder_ids,
+    segment_tensor,
+    song_generators,
+    song_groups,
+    song_segments,
+    timbre_index,
+)
+from specdiff.pipeline.outputs import (
+    AudioPipelineOutput,
+    SegmentOutput,
+    check_output_type,
+    progress_bar,
+    require_inverter,
+    resolve_inverter,
+    segment_output,
+    song_output,
+    step_end_hook,
+)
+from specdiff.pipeline.sampling_settings import (
+    ResolvedSampling,
+    SamplingSettings,
+    read_sampling_settings,
+    resolve_sampling,
+    write_recommendation,
+)
 from specdiff.sampling import sampler as samplers
-
-#: Seconds of audio kept after the music's end (TokenizedMidi.duration): room for the release of
-#: the last notes, which the notes themselves do not include. The rest of the last 5.12 s segment
-#: is cut off (diffusers returns whole segments, ORIGINAL.md §5.1).
-RELEASE_TAIL_SECONDS = 0.5
-#: A raised-cosine fade over the last samples of trimmed audio, so the cut never clicks.
-FADE_OUT_SECONDS = 0.05
-
-
-@dataclass
-class AudioPipelineOutput:
-    """``audios``: audio ``[1, n_samples]`` (output_type "np") or log-mel ``[1, frames, 128]``
-    ("mel"), as diffusers returns them; ``mels``: the log-mel ``[1, frames, 128]`` in both cases."""
-
-    audios: np.ndarray
-    mels: np.ndarray
-
-
-@dataclass(frozen=True)
-class SynthesisPlan:
-    """What a call of the pipeline will do for one song (:meth:`SpectrogramDiffusionPipeline.plan`)."""
-
-    segments: int  # 5.12 s segments generated (those after the release tail are skipped)
-    frames: int  # log-mel frames of the output (the music plus the release tail)
-    segment_frames: int
-    steps: int  # denoising steps per segment
-    max_steps: int | None  # the most steps the scheduler allows (None: no limit)
-
-    @property
-    def total_steps(self) -> int:
-        return self.segments * self.steps
-
-
-@dataclass
-class SegmentOutput:
-    """One finished segment from :meth:`SpectrogramDiffusionPipeline.segments`."""
-
-    index: int
-    start_time: float  # seconds from the start of the song
-    mel: np.ndarray  # [frames, 128] log-mel (the last segment trimmed like __call__'s output)
-    audio: np.ndarray | None  # [frames * 320] when the pipeline has an inverter
 
 
 def _module_config(module: torch.nn.Module, key: str) -> Any:
+    """``module.config[key]``: our networks' and diffusers' configs are dicts, other configs namespaces."""
     config = module.config
     return config[key] if isinstance(config, dict) else getattr(config, key)
 
 
 def _first_param(module: torch.nn.Module) -> Tensor:
     return next(module.parameters())
-
-
-# ---------------------------------------------------------------------------------------------
-# Inputs
-# ---------------------------------------------------------------------------------------------
-
-
-def _as_segments(input_tokens: Any) -> tuple[list[list[int]], float | None]:
-    """Token segments and the music's duration (None for bare token lists: no trimming)."""
-    if isinstance(input_tokens, (str, os.PathLike)):
-        from specdiff.midi.tokenizer import midi_to_segments
-
-        input_tokens = midi_to_segments(input_tokens)
-    if hasattr(input_tokens, "segments") and hasattr(input_tokens, "duration"):
-        segments, duration = list(input_tokens.segments), float(input_tokens.duration)
-    else:
-        segments, duration = list(input_tokens), None
-    if not segments:
-        raise MidiError("nothing to synthesize: the input has no token segments")
-    return segments, duration
-
-
-def _segment_tensor(tokens: Sequence[int], index: int, vocab_size: int, max_length: int) -> Tensor:
-    try:
-        ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
-    except (TypeError, ValueError, OverflowError):
-        raise MidiError(f"token segment {index} is not a list of integers") from None
-    if ids.ndim != 1 or len(ids) > max_length:
-        raise MidiError(
-            f"token segment {index} must be a flat list of at most {max_length} tokens, got shape {tuple(ids.shape)}"
-        )
-    if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
-        raise MidiError(f"token segment {index} has ids outside the vocabulary [0, {vocab_size})")
-    return ids
-
-
-def frames_to_keep(num_segments: int, segment_frames: int, duration: float | None) -> int:
-    """Output length in frames: the music plus :data:`RELEASE_TAIL_SECONDS`, at most the segments."""
-    total = num_segments * segment_frames
-    if duration is None:
-        return total
-    return max(1, min(total, math.ceil((duration + RELEASE_TAIL_SECONDS) * FRAMES_PER_SECOND)))
-
-
-def fade_out(audio: np.ndarray, num_samples: int) -> np.ndarray:
-    """Raised-cosine fade over the last ``num_samples`` of ``audio [..., n]`` (a copy)."""
-    audio = np.array(audio, dtype=np.float32, copy=True)
-    n = min(num_samples, audio.shape[-1])
-    if n > 0:
-        audio[..., -n:] *= (0.5 + 0.5 * np.cos(np.pi * np.arange(1, n + 1) / n)).astype(np.float32)
-    return audio
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading and saving
-# ---------------------------------------------------------------------------------------------
-
-
-def _resolve_inverter(inverter: Any, path: Path | None) -> Any:
-    """``None``/"none", an inverter object, or a name for ``specdiff.audio.inverters.load_inverter``."""
-    if inverter is None or (isinstance(inverter, str) and inverter == "none"):
-        return None
-    if not isinstance(inverter, str):
-        if not callable(inverter):
-            raise TypeError(f"inverter must be a name or a callable mel -> audio, got {type(inverter).__name__}")
-        return inverter
-    try:
-        from specdiff.audio.inverters import load_inverter
-    except ModuleNotFoundError as err:
-        if err.name == "specdiff.audio.inverters" and inverter == "auto":
-            return None  # mel output still works; "np" output will say what is missing
-        raise
-    return load_inverter(path, inverter)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,7 +83,7 @@ class SpectrogramDiffusionPipeline:
     """Notes encoder + context encoder + FiLM decoder + sampler (+ spectrogram inverter).
 
     ``scheduler``: a name (``specdiff.sampling.sampler.SCHEDULERS``), one of our samplers, or a diffusers
-    scheduler; default ``sampling.scheduler`` (``"original"`` unless the model folder's
+    scheduler; None (the default): ``sampling.scheduler`` (``"original"`` unless the model folder's
     ``sampling.json`` says otherwise). ``inverter``: a callable ``log_mel [B, T, 128] (numpy) ->
     audio [B, T * 320]`` (``specdiff.audio.inverters``), needed only for audio output.
     """
@@ -183,17 +102,11 @@ class SpectrogramDiffusionPipeline:
         self.notes_encoder = notes_encoder.eval()
         self.continuous_encoder = continuous_encoder.eval()
         self.decoder = decoder.eval()
-        roll_features = getattr(decoder, "score_roll_features", 0)
-        if roll_features and roll_features not in ROLL_LAYOUTS:
-            raise ModelError(
-                f"the decoder expects a score roll of {roll_features} features per frame; this version of "
-                f"specdiff computes {' or '.join(map(str, ROLL_LAYOUTS))} (specdiff.midi.score_roll): the model was "
-                "trained with another layout"
-            )
-        #: Sampler, steps and guidance used where a call leaves them unset (a model folder's
-        #: sampling.json, else the library defaults); saved with the folder.
+        check_roll_layout(getattr(decoder, "score_roll_features", 0))
+        #: Sampler, steps and guidance the model recommends, used where a call leaves them unset (a
+        #: model folder's sampling.json, else the library defaults); saved with the folder.
         self.sampling = sampling if sampling is not None else SamplingSettings()
-        self.scheduler = scheduler if scheduler is not None else self.sampling.scheduler
+        self._scheduler = scheduler  # None: the recommendation (see the scheduler property)
         #: diffusers scheduler config used when a diffusers sampler is chosen by name (ORIGINAL.md §3.5).
         self.scheduler_config = dict(scheduler_config or samplers.OFFICIAL_SCHEDULER_CONFIG)
         self.inverter = inverter
@@ -204,6 +117,30 @@ class SpectrogramDiffusionPipeline:
         self.autocast = autocast
         self._source: Path | None = None  # folder loaded from: its inverter files travel on save
         self._timbre: str | None = None
+
+    @property
+    def scheduler(self) -> Any:
+        """The sampler of calls that name none: the one given to the pipeline, else
+        ``sampling.scheduler`` (the model's recommendation). Set it to a name or a sampler object;
+        None goes back to the recommendation."""
+        return self.sampling.scheduler if self._scheduler is None else self._scheduler
+
+    @scheduler.setter
+    def scheduler(self, scheduler: Any) -> None:
+        self._scheduler = scheduler
+
+    def sampling_for(
+        self, scheduler: Any = None, num_inference_steps: int | None = None, guidance_scale: float | None = None
+    ) -> ResolvedSampling:
+        """The settings a call with these arguments runs with: each argument that is not None, else
+        the pipeline's :attr:`scheduler`, else :attr:`sampling` (the model folder's ``sampling.json``,
+        else the library defaults), by :func:`specdiff.pipeline.sampling_settings.resolve_sampling`."""
+        return resolve_sampling(
+            self.sampling,
+            scheduler=scheduler if scheduler is not None else self._scheduler,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+        )
 
     # -- timbre ----------------------------------------------------------------------------------
 
@@ -221,16 +158,13 @@ class SpectrogramDiffusionPipeline:
 
     @timbre.setter
     def timbre(self, name: str | None) -> None:
-        if name is not None and name not in self.timbres:
-            known = ", ".join(self.timbres) if self.timbres else "none (this model has no timbre conditioning)"
-            raise SpecdiffError(f"unknown timbre {name!r}; this model knows: {known}")
+        timbre_index(self.timbres, name)  # an unknown name raises here, not in the middle of a song
         self._timbre = name
 
     def _timbre_indices(self, batch: int) -> Tensor | None:
         if not self.timbres:
             return None
-        index = self.timbres.index(self._timbre) if self._timbre is not None else 0
-        return torch.full((batch,), index, dtype=torch.long, device=self.device)
+        return torch.full((batch,), timbre_index(self.timbres, self._timbre), dtype=torch.long, device=self.device)
 
     # -- folders ---------------------------------------------------------------------------------
 
@@ -262,7 +196,7 @@ class SpectrogramDiffusionPipeline:
         modules, scheduler_config = read_networks(path)
         pipe = cls(**modules, scheduler=scheduler, scheduler_config=scheduler_config, autocast=autocast,
                    sampling=read_sampling_settings(path))  # fmt: skip
-        pipe.inverter = _resolve_inverter(inverter, path)
+        pipe.inverter = resolve_inverter(inverter, path)
         pipe._source = path
         return pipe.to(device, dtype)
 
@@ -272,13 +206,8 @@ class SpectrogramDiffusionPipeline:
 
         ``dtype``: storage type of the weights (``torch.float16`` halves the folder; loading always
         gives float32 networks, see :meth:`from_pretrained`)."""
-        sampling = self.sampling
-
-        def write_sampling(folder: Path) -> None:
-            if sampling != SamplingSettings():  # the library defaults are not written out
-                write_sampling_settings(folder, sampling)
-
         networks = {name: getattr(self, name) for name in NETWORKS}
+        write_sampling = functools.partial(write_recommendation, settings=self.sampling)
         path = write_folder(
             path, networks, self.scheduler_config, type(self).__name__, dtype, self._source, write_sampling
         )
@@ -347,14 +276,7 @@ class SpectrogramDiffusionPipeline:
         masked out of the cross-attention anyway (an empty encoding stands in).
         """
         device = self.device
-        lengths = []
-        for row in tokens:
-            nonzero = torch.nonzero(row).flatten()
-            lengths.append(int(nonzero[-1]) + 1 if len(nonzero) else 1)
-        ids = torch.zeros(len(tokens), max(lengths), dtype=torch.long)
-        for i, (row, length) in enumerate(zip(tokens, lengths)):
-            ids[i, :length] = torch.as_tensor(row[:length])
-        ids = ids.to(device)
+        ids = encoder_ids(tokens).to(device)
         notes, notes_mask = self.notes_encoder(encoder_input_tokens=ids, encoder_inputs_mask=ids > 0)
         context_mask = context_mask.to(device)
         if not bool(context_mask.any()):
@@ -364,28 +286,11 @@ class SpectrogramDiffusionPipeline:
         ctx = self.continuous_encoder(encoder_inputs=context.to(device, ctx_dtype), encoder_inputs_mask=context_mask)
         return [(notes, notes_mask), tuple(ctx)]
 
-    def _sampler(self, scheduler: Any) -> samplers.Sampler:
-        scheduler = self.scheduler if scheduler is None else scheduler
-        if isinstance(scheduler, str):
-            return samplers.make_scheduler(scheduler, config=self.scheduler_config,
-                                           final_noise_time=self.sampling.final_noise_time)  # fmt: skip
-        return samplers.as_sampler(scheduler)
-
-    def _generate(
-        self,
-        segments: Sequence[Sequence[int]],
-        generator: torch.Generator | None,
-        num_inference_steps: int,
-        guidance_scale: float,
-        sampler: samplers.Sampler,
-        on_step: Callable[[], None] | None,
-        on_step_end: Callable[[int, Any, Tensor], Tensor] | None = None,
-    ) -> Iterator[Tensor]:
-        """The full-song loop of ORIGINAL.md §5.1; yields each segment's log-mel ``[1, T, 128]`` (float32)."""
-        for [(_, mel)] in self._generate_batch(
-            [segments], [generator], num_inference_steps, guidance_scale, sampler, on_step, on_step_end
-        ):
-            yield mel
+    def _sampler(self, chosen: ResolvedSampling) -> samplers.Sampler:
+        if isinstance(chosen.scheduler, str):
+            return samplers.make_scheduler(chosen.scheduler, config=self.scheduler_config,
+                                           final_noise_time=chosen.final_noise_time)  # fmt: skip
+        return samplers.as_sampler(chosen.scheduler)
 
     @torch.no_grad()
     def _generate_batch(
@@ -410,11 +315,8 @@ class SpectrogramDiffusionPipeline:
         n_dims = int(_module_config(self.decoder, "input_dims"))
         vocab = int(_module_config(self.notes_encoder, "vocab_size"))
         max_length = int(_module_config(self.notes_encoder, "max_length"))
-        token_tensors = [[_segment_tensor(s, i, vocab, max_length) for i, s in enumerate(song)] for song in songs]
-        if len(generators) != len(songs):
-            raise SpecdiffError(f"{len(generators)} generators for {len(songs)} songs")
-        if len(songs) > 1 and any(g is None for g in generators) and not all(g is None for g in generators):
-            raise SpecdiffError("pass a generator for every song or for none")
+        token_tensors = [[segment_tensor(s, i, vocab, max_length) for i, s in enumerate(song)] for song in songs]
+        check_batch_generators(generators, len(songs))
         device = self.device
         # First segment: zeros in *feature* space (0.4843 once scaled) with nothing valid (ORIGINAL.md §9.6).
         contexts = [torch.zeros(1, segment_frames, n_dims, device=device) for _ in songs]
@@ -448,50 +350,6 @@ class SpectrogramDiffusionPipeline:
                 contexts[k] = mel[j : j + 1]
                 context_masks[k] = torch.ones(1, segment_frames, dtype=torch.bool, device=device)
 
-    def _settings(self, num_inference_steps: int | None, guidance_scale: float | None) -> tuple[int, float]:
-        """Unset steps / guidance -> :attr:`sampling`'s (the model folder's sampling.json, else the defaults)."""
-        steps = self.sampling.num_inference_steps if num_inference_steps is None else num_inference_steps
-        guidance = self.sampling.guidance_scale if guidance_scale is None else guidance_scale
-        return steps, guidance
-
-    def _check_args(self, num_inference_steps: int, guidance_scale: float, callback_steps: int) -> None:
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise SpecdiffError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
-        if not math.isfinite(guidance_scale) or guidance_scale < 0:
-            raise SpecdiffError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
-        if not isinstance(callback_steps, int) or callback_steps < 1:
-            raise SpecdiffError(f"callback_steps must be a positive integer, got {callback_steps!r}")
-
-    def _progress(self, total: int, show: bool):
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, disable=not show, unit="step", desc="denoising", leave=True)
-
-    def _require_inverter(self) -> None:
-        if self.inverter is None:
-            raise ModelError(
-                "audio output needs a spectrogram inverter (the model folder has none); "
-                "pass inverter=... or use output_type='mel'"
-            )
-
-    def _invert(self, mel: Tensor) -> np.ndarray:
-        self._require_inverter()
-        audio = self.inverter(mel.detach().float().cpu().numpy())
-        if isinstance(audio, (list, tuple)):  # ONNX sessions return a list of outputs
-            audio = audio[0]
-        return np.asarray(audio, dtype=np.float32)
-
-    def _step_end_hook(self, callback: Callable[..., dict[str, Any] | None] | None):
-        """``callback_on_step_end`` as the sampler loop's ``on_step_end(step_index, timestep, x)``."""
-        if callback is None:
-            return None
-
-        def on_step_end(step_index: int, timestep: Any, x: Tensor) -> Tensor:
-            returned = callback(self, step_index, timestep, {"latents": x})
-            return returned.get("latents", x) if returned else x
-
-        return on_step_end
-
     # -- public ----------------------------------------------------------------------------------
 
     def __call__(
@@ -514,7 +372,7 @@ class SpectrogramDiffusionPipeline:
         ``input_tokens``: token segments (``list[list[int]]``, as diffusers' ``MidiProcessor`` gives),
         a ``TokenizedMidi``, or a MIDI file path. ``output_type``: "np" (audio ``[1, n_samples]``
         through the inverter) or "mel" (log-mel ``[1, frames, 128]``). With a duration (TokenizedMidi
-        or a path) the output stops :data:`RELEASE_TAIL_SECONDS` after the music; bare token lists
+        or a path) the output stops ``inputs.RELEASE_TAIL_SECONDS`` after the music; bare token lists
         give whole segments, like diffusers. ``callback(i, mel_so_far)`` runs after every
         ``callback_steps``-th segment ``i`` with the untrimmed log-mel so far (numpy, as diffusers).
         ``progress`` is an alias of ``show_progress``. The same generator seed gives the same output.
@@ -522,29 +380,30 @@ class SpectrogramDiffusionPipeline:
         arguments) runs after every denoising step of every segment (``step_index`` counts within the
         segment); ``callback_kwargs`` is ``{"latents": x}`` and the dict it returns may replace them.
         Raising from it cancels the call.
-        ``num_inference_steps``, ``guidance_scale`` and ``scheduler`` left unset take
-        :attr:`sampling`'s values (the model folder's ``sampling.json``, else 100 steps of the
-        original sampler with w = 2).
+        ``num_inference_steps``, ``guidance_scale`` and ``scheduler`` left None take the model's
+        recommendation (:meth:`sampling_for`: the model folder's ``sampling.json``, else 100 steps
+        of the original sampler with w = 2).
         """
-        self._check_output_type(output_type)
-        num_inference_steps, guidance_scale = self._settings(num_inference_steps, guidance_scale)
-        self._check_args(num_inference_steps, guidance_scale, callback_steps)
+        check_output_type(output_type)
+        chosen = self.sampling_for(scheduler, num_inference_steps, guidance_scale)
+        num_inference_steps, guidance_scale = chosen.num_inference_steps, chosen.guidance_scale
+        check_call_arguments(num_inference_steps, guidance_scale, callback_steps)
         show = show_progress if progress is None else progress
         segments, keep = self._song(input_tokens)
         if output_type == "np":
-            self._require_inverter()  # fail before the slow part
-        sampler = self._sampler(scheduler)
+            require_inverter(self.inverter)  # fail before the slow part
+        sampler = self._sampler(chosen)
         mels: list[Tensor] = []
-        with self._progress(len(segments) * num_inference_steps, show) as bar:
-            step_end = self._step_end_hook(callback_on_step_end)
-            generated = self._generate(
-                segments, generator, num_inference_steps, guidance_scale, sampler, bar.update, step_end
+        with progress_bar(len(segments) * num_inference_steps, show) as bar:
+            step_end = step_end_hook(self, callback_on_step_end)
+            generated = self._generate_batch(
+                [segments], [generator], num_inference_steps, guidance_scale, sampler, bar.update, step_end
             )
-            for i, mel in enumerate(generated):
+            for i, [(_, mel)] in enumerate(generated):  # one song: one (song index, mel) per segment
                 mels.append(mel.float().cpu())
                 if callback is not None and i % callback_steps == 0:
                     callback(i, torch.cat(mels, dim=1).numpy())
-        out = self._finish(torch.cat(mels, dim=1), keep, output_type)
+        out = song_output(torch.cat(mels, dim=1), keep, output_type, self.inverter, self.sample_rate)
         if not return_dict:
             return (out.audios,)
         return out
@@ -568,28 +427,20 @@ class SpectrogramDiffusionPipeline:
         with CFG the decoder batch is twice that). Throughput grows with the batch where one
         song's matmuls do not fill the machine (GPUs; CPUs far less).
         """
-        self._check_output_type(output_type)
-        num_inference_steps, guidance_scale = self._settings(num_inference_steps, guidance_scale)
-        self._check_args(num_inference_steps, guidance_scale, 1)
+        check_output_type(output_type)
+        chosen = self.sampling_for(scheduler, num_inference_steps, guidance_scale)
+        num_inference_steps, guidance_scale = chosen.num_inference_steps, chosen.guidance_scale
+        check_call_arguments(num_inference_steps, guidance_scale)
         songs = [self._song(item) for item in inputs]
         if not songs:
             return []
-        if generators is None:
-            gens: list[torch.Generator | None] = [None] * len(songs)
-        else:
-            gens = [torch.Generator().manual_seed(g) if isinstance(g, int) else g for g in generators]
-            if len(gens) != len(songs):
-                raise SpecdiffError(f"{len(gens)} generators for {len(songs)} songs")
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise SpecdiffError(f"batch_size must be a positive integer, got {batch_size!r}")
+        gens, groups = song_generators(generators, len(songs)), song_groups(len(songs), batch_size)
         if output_type == "np":
-            self._require_inverter()
-        sampler = self._sampler(scheduler)
-        step = batch_size or len(songs)
-        groups = [list(range(start, min(start + step, len(songs)))) for start in range(0, len(songs), step)]
+            require_inverter(self.inverter)
+        sampler = self._sampler(chosen)
         total = sum(max(len(songs[k][0]) for k in group) for group in groups) * num_inference_steps
         mels: list[list[Tensor]] = [[] for _ in songs]
-        with self._progress(total, show_progress) as bar:
+        with progress_bar(total, show_progress) as bar:
             for group in groups:
                 batches = self._generate_batch(
                     [songs[k][0] for k in group], [gens[k] for k in group], num_inference_steps,
@@ -598,18 +449,17 @@ class SpectrogramDiffusionPipeline:
                 for finished in batches:
                     for j, mel in finished:
                         mels[group[j]].append(mel.float().cpu())
-        return [self._finish(torch.cat(m, dim=1), keep, output_type) for m, (_, keep) in zip(mels, songs)]
+        return [
+            song_output(torch.cat(m, dim=1), keep, output_type, self.inverter, self.sample_rate)
+            for m, (_, keep) in zip(mels, songs)
+        ]
 
     # -- helpers of the public calls -----------------------------------------------------------
-
-    def _check_output_type(self, output_type: str) -> None:
-        if output_type not in ("np", "mel"):
-            raise SpecdiffError(f"output_type must be 'np' or 'mel', got {output_type!r}")
 
     def max_steps(self, scheduler: Any = None) -> int | None:
         """The most denoising steps ``scheduler`` allows for this model: diffusers' schedulers cannot
         take more than their training timesteps; the original sampler has no limit (None)."""
-        name = self.sampling.scheduler if scheduler is None else scheduler
+        name = self.sampling_for(scheduler).scheduler
         if name == "original":
             return None
         return int(self.scheduler_config.get("num_train_timesteps", 1000))
@@ -618,29 +468,13 @@ class SpectrogramDiffusionPipeline:
         """The segment plan and step limits of a call with these arguments, without running it
         (unset arguments take :attr:`sampling`'s values, as in :meth:`__call__`)."""
         segments, keep = self._song(input_tokens)
-        steps = self.sampling.num_inference_steps if num_inference_steps is None else num_inference_steps
+        steps = self.sampling_for(scheduler, num_inference_steps).num_inference_steps
         segment_frames = int(_module_config(self.decoder, "targets_length"))
         return SynthesisPlan(len(segments), keep, segment_frames, steps, self.max_steps(scheduler))
 
     def _song(self, input_tokens: Any) -> tuple[list[list[int]], int]:
         """The token segments that are needed and the number of frames to keep."""
-        segments, duration = _as_segments(input_tokens)
-        segment_frames = int(_module_config(self.decoder, "targets_length"))
-        keep = frames_to_keep(len(segments), segment_frames, duration)
-        return segments[: math.ceil(keep / segment_frames)], keep  # nothing after the tail is needed
-
-    def _finish(self, full: Tensor, keep: int, output_type: str) -> AudioPipelineOutput:
-        """Whole-song mel ``[1, frames, 128]`` -> trimmed output (and audio)."""
-        mel_out = full[:, :keep].numpy()
-        if output_type == "mel":
-            return AudioPipelineOutput(audios=mel_out, mels=mel_out)
-        # Invert the untrimmed mel, then cut: the inverter sees no artificial edge at the cut.
-        audio = self._invert(full)
-        hop = audio.shape[-1] // full.shape[1]
-        audios = audio[:, : keep * hop]
-        if keep < full.shape[1]:
-            audios = fade_out(audios, int(FADE_OUT_SECONDS * self.sample_rate))
-        return AudioPipelineOutput(audios=audios, mels=mel_out)
+        return song_segments(input_tokens, int(_module_config(self.decoder, "targets_length")))
 
     def segments(
         self,
@@ -657,24 +491,17 @@ class SpectrogramDiffusionPipeline:
         inverted per segment, so it can differ from ``__call__``'s whole-song inversion near the
         5.12 s boundaries.
         """
-        num_inference_steps, guidance_scale = self._settings(num_inference_steps, guidance_scale)
-        self._check_args(num_inference_steps, guidance_scale, 1)
+        chosen = self.sampling_for(scheduler, num_inference_steps, guidance_scale)
+        num_inference_steps, guidance_scale = chosen.num_inference_steps, chosen.guidance_scale
+        check_call_arguments(num_inference_steps, guidance_scale)
         segments, keep = self._song(input_tokens)
-        segment_frames = int(_module_config(self.decoder, "targets_length"))
-        sampler = self._sampler(scheduler)
-        with self._progress(len(segments) * num_inference_steps, show_progress) as bar:
-            generated = self._generate(segments, generator, num_inference_steps, guidance_scale, sampler, bar.update)
-            for i, mel in enumerate(generated):
-                start = i * segment_frames
-                frames = min(segment_frames, keep - start)
-                audio = None
-                if self.inverter is not None:
-                    wave = self._invert(mel)[0]
-                    hop = wave.shape[-1] // segment_frames
-                    audio = wave[: frames * hop]
-                    if frames < segment_frames:
-                        audio = fade_out(audio, int(FADE_OUT_SECONDS * self.sample_rate))
-                yield SegmentOutput(i, start / FRAMES_PER_SECOND, mel[0, :frames].float().cpu().numpy(), audio)
+        sampler = self._sampler(chosen)
+        with progress_bar(len(segments) * num_inference_steps, show_progress) as bar:
+            generated = self._generate_batch(
+                [segments], [generator], num_inference_steps, guidance_scale, sampler, bar.update
+            )
+            for i, [(_, mel)] in enumerate(generated):
+                yield segment_output(i, mel, keep, self.inverter, self.sample_rate)
 
     def __repr__(self) -> str:
         d = self.decoder
@@ -685,7 +512,4 @@ class SpectrogramDiffusionPipeline:
         )
 
 
-__all__ = [
-    "AudioPipelineOutput", "FADE_OUT_SECONDS", "RELEASE_TAIL_SECONDS", "SegmentOutput",
-    "SpectrogramDiffusionPipeline", "SynthesisPlan", "frames_to_keep",
-]  # fmt: skip
+__all__ = ["SpectrogramDiffusionPipeline"]

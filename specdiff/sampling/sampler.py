@@ -357,7 +357,7 @@ class DDIMSampler:
     estimates are good at high noise but leave white-noise texture behind at low noise (measured in
     ``benchmarks/results/steps_table_*.md``) then refines its coarse structure with every extra step
     and never hands the result to its weak low-noise regime. A model folder recommends it in
-    ``sampling.json`` (:class:`specdiff.pipeline.default_model.SamplingSettings`).
+    ``sampling.json`` (:class:`specdiff.pipeline.sampling_settings.SamplingSettings`).
     """
 
     init_noise_sigma = 1.0
