@@ -337,18 +337,25 @@ def test_context_drop_empties_the_context_of_drawn_rows_like_a_first_segment():
 def test_context_gain_jitter_moves_sounding_frames_by_the_drawn_decibels_and_keeps_silence():
     import math
 
-    from specdiff.audio.mel import MAX_VALUE, MIN_VALUE
+    from specdiff.audio.mel import MIN_VALUE, scale_to_features
     from specdiff.training.objective import draw_context_gains, jitter_context_gain
 
     gains = draw_context_gains(range(4000), seed=3, jitter_db=6.0)
     assert float(gains.abs().max()) <= 6.0 and float(gains.min()) < -5.5 and float(gains.max()) > 5.5
     assert abs(float(gains.mean())) < 0.3  # symmetric
     assert torch.equal(gains, draw_context_gains(range(4000), seed=3, jitter_db=6.0))
-    context = torch.tensor([[[MIN_VALUE, -2.0, 3.9]], [[MIN_VALUE, -2.0, 3.9]]])
-    batch = {"context": context, "context_mask": torch.ones(2, 1, dtype=torch.bool)}
+    from specdiff.audio.mel import scale_features
+
+    log_mel = torch.tensor([[[MIN_VALUE, -2.0, 3.9, 0.0]], [[MIN_VALUE, -2.0, 3.9, 0.0]]])
+    context = scale_features(log_mel)  # the data sets' context: features scaled to [-1, 1]
+    mask = torch.tensor([[True], [True]])
+    batch = {"context": context, "context_mask": mask}
     out = jitter_context_gain(batch, torch.tensor([20.0, -20.0]))["context"]
+    back = scale_to_features(out)
     step = math.log(10.0)  # 20 dB of amplitude on the natural-log magnitude mel
-    assert out[0, 0, 0] == MIN_VALUE and out[1, 0, 0] == MIN_VALUE  # silence stays silent
-    assert math.isclose(float(out[0, 0, 1]), -2.0 + step, rel_tol=1e-6)
-    assert math.isclose(float(out[1, 0, 1]), -2.0 - step, rel_tol=1e-6)
-    assert float(out[0, 0, 2]) == MAX_VALUE  # clamped to the mel's range
+    assert out[0, 0, 0] == -1.0 and out[1, 0, 0] == -1.0  # silence stays silent
+    assert math.isclose(float(back[0, 0, 1]), -2.0 + step, rel_tol=1e-5)
+    assert math.isclose(float(back[1, 0, 1]), -2.0 - step, rel_tol=1e-5)
+    assert float(out[0, 0, 2]) == 1.0  # clamped to the features' range
+    masked = jitter_context_gain({"context": context, "context_mask": ~mask}, torch.tensor([20.0, -20.0]))
+    assert torch.equal(masked["context"], context)  # frames outside the mask are not context

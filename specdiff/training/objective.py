@@ -167,13 +167,16 @@ def draw_context_gains(counters: Sequence[int] | Tensor, seed: int, jitter_db: f
 
 
 def jitter_context_gain(batch: dict[str, Tensor], gains_db: Tensor) -> dict[str, Tensor]:
-    """``batch`` with each row's context made louder or quieter by ``gains_db`` (an offset of
-    ``dB * ln(10) / 20`` on the natural-log mel). Frames at the mel floor stay there (silence has no
-    level) and values stay in the mel's range, so the context still looks like a real spectrogram."""
+    """``batch`` with each row's context made louder or quieter by ``gains_db``. The context holds
+    features scaled to [-1, 1] (:func:`specdiff.audio.mel.scale_features`), so a gain of ``g`` dB is an
+    offset of ``g ln(10) / 20`` on the natural-log mel times ``2 / (MAX_VALUE - MIN_VALUE)``. Frames at
+    the floor (-1, silence) and masked frames stay as they are, and values stay in [-1, 1], so the
+    context still looks like a real spectrogram."""
     context = batch["context"]
-    offset = (gains_db.to(context.dtype) * (math.log(10.0) / 20.0))[:, None, None]
-    sounding = context > MIN_VALUE + 1e-3
-    shifted = torch.where(sounding, (context + offset).clamp(MIN_VALUE, MAX_VALUE), context)
+    per_db = (math.log(10.0) / 20.0) * 2.0 / (MAX_VALUE - MIN_VALUE)
+    offset = (gains_db.to(context.dtype) * per_db)[:, None, None]
+    sounding = (context > -1.0 + 1e-3) & batch["context_mask"].bool()[:, :, None]
+    shifted = torch.where(sounding, (context + offset).clamp(-1.0, 1.0), context)
     return {**batch, "context": shifted}
 
 
