@@ -1,0 +1,161 @@
+"""How much of the spectrogram's level do the notes' velocities explain? A closed-form probe.
+
+The original codec has one velocity bin (note on/off, ORIGINAL.md §2): the tokens, and so the
+score roll computed from them, carry no velocity. Renders of real MIDI do: a SoundFont plays a
+velocity-30 note ~20 dB under a velocity-110 one. This probe fits, in closed form (ridge regression
+on the training split of a feature cache, as ``specdiff.training.prior_fit`` fits the score prior),
+each frame's log-mel from
+
+- ``roll``: the roll's shared columns (per pitch, per family, drums, releases, silent), what the
+  score prior sees today;
+- ``roll + velocity``: the same plus, per instrument family and for drums and overall, the
+  log-velocity ``ln(v / 127)`` of the notes sounding in that frame (the loudest one),
+
+and scores both on validation windows: x0 L1, and the *level* error (the frame's mean over the 128
+bands, ours minus the truth), per frame and per window, in natural-log units (the scaled
+[-1, 1] features times (MAX_VALUE - MIN_VALUE) / 2).
+
+Usage:
+  python benchmarks/velocity_probe.py --data CACHE [--train 600] [--val 96] [--timbre TimGM6mb] [--name NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from specdiff.atomic import atomic_write_text  # noqa: E402
+from specdiff.audio.mel import MAX_VALUE, MIN_VALUE  # noqa: E402
+from specdiff.constants import FRAMES_PER_SECOND  # noqa: E402
+from specdiff.data.cache import ChunkDataset  # noqa: E402
+from specdiff.midi.score_roll import EXTENDED_ROLL_FEATURES, NUM_FAMILIES, TONAL_FEATURES, batch_rolls  # noqa: E402
+from specdiff.training.prior_fit import ridge_regression  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+NAT_PER_UNIT = (MAX_VALUE - MIN_VALUE) / 2  # scaled feature units -> natural-log mel
+VELOCITY_FEATURES = NUM_FAMILIES + 2  # per family, drums, any note
+DRUM_SPAN_FRAMES = 20
+
+
+def velocity_features(notes, target_start: int, frames: int) -> np.ndarray:
+    """``[frames, VELOCITY_FEATURES]``: per frame, the largest ``ln(v / 127)`` of the notes sounding
+    in it, per family, for drums (a hit counts for DRUM_SPAN_FRAMES frames) and over all notes;
+    0 where none sounds (the roll's presence features tell sounding from silent)."""
+    out = np.full((frames, VELOCITY_FEATURES), -np.inf, np.float32)
+    for note in notes:
+        start = int(math.floor(note.start * FRAMES_PER_SECOND)) - target_start
+        if note.is_drum:
+            end, column = start + DRUM_SPAN_FRAMES, NUM_FAMILIES
+        else:
+            end, column = int(math.ceil(note.end * FRAMES_PER_SECOND)) - target_start, note.program // 8
+        lo, hi = max(start, 0), min(max(end, start + 1), frames)
+        if hi <= lo:
+            continue
+        level = math.log(max(note.velocity, 1) / 127.0)
+        for col in (column, VELOCITY_FEATURES - 1):
+            out[lo:hi, col] = np.maximum(out[lo:hi, col], level)
+    out[~np.isfinite(out)] = 0.0
+    return out
+
+
+def window_indices(dataset: ChunkDataset, count: int, timbre: str | None) -> list[int]:
+    """The first ``count`` items of ``dataset`` whose song has ``timbre`` (any when None)."""
+    chosen, i = [], 0
+    while len(chosen) < count:
+        if timbre is None or dataset.songs[dataset.window(i)[0]].get("timbre") == timbre:
+            chosen.append(i)
+        i += 1
+    return chosen
+
+
+def windows(dataset: ChunkDataset, indices: list[int], with_velocity: bool):
+    """``(x [rows, D], y [rows, 128], lengths)`` batches of the windows' valid frames."""
+    notes_cache: dict[int, list] = {}
+    for start in range(0, len(indices), 32):
+        rolls, velocities, targets = [], [], []
+        items = indices[start : start + 32]
+        examples = [dataset[i] for i in items]
+        roll = batch_rolls(torch.stack([e.tokens for e in examples]), 256, EXTENDED_ROLL_FEATURES)
+        for row, (i, example) in enumerate(zip(items, examples)):
+            k, _, target_start, valid = dataset.window(i)
+            if k not in notes_cache:
+                notes_cache[k] = dataset.notes(k)
+            rolls.append(roll[row, :valid, TONAL_FEATURES:])
+            velocities.append(torch.from_numpy(velocity_features(notes_cache[k], target_start, 256)[:valid]))
+            targets.append(example.target[:valid])
+        x = torch.cat(rolls)
+        if with_velocity:
+            x = torch.cat([x, torch.cat(velocities)], dim=1)
+        lengths = [len(t) for t in targets]
+        yield x, torch.cat(targets), lengths
+
+
+def score(weights: torch.Tensor, dataset: ChunkDataset, indices: list[int], with_velocity: bool) -> dict[str, float]:
+    l1 = frame_level = window_level = 0.0
+    rows = windows_seen = 0
+    for x, y, lengths in windows(dataset, indices, with_velocity):
+        pred = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1) @ weights
+        diff = pred - y.double()
+        l1 += float(diff.abs().sum()) / diff.shape[1]
+        level = diff.mean(dim=1)
+        frame_level += float(level.abs().sum())
+        for part in torch.split(level, lengths):
+            window_level += float(part.mean().abs())
+            windows_seen += 1
+        rows += len(x)
+    return {
+        "x0_l1_nat": l1 / rows * NAT_PER_UNIT,
+        "frame_level_error_nat": frame_level / rows * NAT_PER_UNIT,
+        "window_level_error_nat": window_level / windows_seen * NAT_PER_UNIT,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--train", type=int, default=600)
+    parser.add_argument("--val", type=int, default=96)
+    parser.add_argument("--ridge", type=float, default=10.0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--timbre", default=None, help="only windows of songs rendered with this SoundFont")
+    parser.add_argument("--name", default="idioms")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    train = ChunkDataset(args.data, seed=0, split="train")
+    val = ChunkDataset(args.data, seed=1, split="validation")
+    result: dict = {"data": args.data, "train_windows": args.train, "val_windows": args.val, "ridge": args.ridge,
+                    "timbre": args.timbre}  # fmt: skip
+    train_items = window_indices(train, args.train, args.timbre)
+    val_items = window_indices(val, args.val, args.timbre)
+    for label, with_velocity in (("roll", False), ("roll + velocity", True)):
+        started = time.time()
+        weights = ridge_regression(((x, y) for x, y, _ in windows(train, train_items, with_velocity)), args.ridge)
+        result[label] = score(weights, val, val_items, with_velocity)
+        result[label]["features"] = int(weights.shape[0] - 1)
+        result[label]["seconds"] = time.time() - started
+        print(label, result[label], flush=True)
+    out = RESULTS / f"velocity_probe_{args.name}"
+    atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=1))
+    lines = ["| features | columns | x0 L1 (nat) | frame level error (nat) | window level error (nat) |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for label in ("roll", "roll + velocity"):
+        r = result[label]
+        lines.append(f"| {label} | {r['features']} | {r['x0_l1_nat']:.3f} | {r['frame_level_error_nat']:.3f} | "
+                     f"{r['window_level_error_nat']:.3f} |")  # fmt: skip
+    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
