@@ -259,7 +259,6 @@ LARGE_MODULES = {
     "specdiff/sampling/sampler.py": "one job: the samplers (DDPM, DDIM, diffusers adapter) behind one step interface",
     "specdiff/commands/synth.py": "one command: the synth options, their checks and the run",
     "specdiff/models/decoder.py": "one network: the FiLM decoder and its layers (diffusers' T5FilmDecoder layout)",
-    "specdiff/training/vocoder.py": "vocoder training (losses, discriminators, data, loop): to split like training/",
 }
 
 

@@ -138,15 +138,14 @@ def run_train_vocoder(args: argparse.Namespace) -> int:
 
     from specdiff.audio.vocoder import VocoderConfig
     from specdiff.pipeline.folder import VOCODER_FOLDER
-    from specdiff.training.vocoder import (
+    from specdiff.training.vocoder import VocoderTrainConfig, train_vocoder
+    from specdiff.training.vocoder_data import (
         AUDIO_SUFFIXES,
         MIDI_SUFFIXES,
-        VocoderTrainConfig,
         cache_audio,
         demo_corpus_audio,
         list_files,
         render_midi_files,
-        train_vocoder,
     )
 
     torch.set_num_threads(args.threads)
@@ -226,7 +225,7 @@ def run_vocode(args: argparse.Namespace) -> int:
     from specdiff.audio.files import save_wav
     from specdiff.audio.mel import log_mel
     from specdiff.audio.vocoder import load_vocoder
-    from specdiff.training.vocoder import load_audio_file
+    from specdiff.training.vocoder_data import load_audio_file
 
     if args.threads:
         torch.set_num_threads(args.threads)
