@@ -221,11 +221,10 @@ def evaluate(
 ) -> dict[str, Any]:
     """Synthesize every MIDI file with ``model`` and score it against reference audio.
 
-    ``model``: a pipeline folder (diffusers layout) or a ``SpectrogramDiffusionPipeline`` (any
-    object with ``sample_rate`` and ``__call__(tokenized, ...) -> .audios [1, N]``).
-    ``midi_files``: files and/or folders. ``max_seconds`` keeps only the first seconds of each
-    piece (notes and reference audio are cut to match), for quick checks. Every piece uses the
-    same ``seed``. ``dtype``: the networks' dtype when ``model`` is a folder (default float32).
+    ``model``: a pipeline folder (diffusers layout) or a ``SpectrogramDiffusionPipeline`` (any object with
+    ``sample_rate`` and ``__call__(tokenized, ...) -> .audios [1, N]``). ``midi_files``: files and/or folders.
+    ``max_seconds`` keeps only the first seconds of each piece (notes and reference audio are cut to match), for
+    quick checks. Every piece uses the same ``seed``. ``dtype``: the networks' dtype for a folder (default float32).
     ``timbre``: synthesize this timbre of a timbre-conditioned model; rendered references then
     use that timbre's SoundFont (``specdiff.data.render.find_soundfont``) unless ``soundfont`` is given.
     ``steps``, ``scheduler`` and ``guidance`` left None take the model's ``sampling.json`` (its
@@ -251,11 +250,9 @@ def evaluate(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     pipe = _load_pipeline(model, inverter, device, dtype)
-    # Unset settings: the model's sampling.json (a pipeline's ``sampling``; any other object, the
-    # library defaults), decided by the pipeline's own rule, so the report names what was run.
-    chosen = resolve_sampling(
-        getattr(pipe, "sampling", None), scheduler=scheduler, num_inference_steps=steps, guidance_scale=guidance
-    )
+    # Unset settings: the model's sampling.json, else the library defaults, so the report names what was run.
+    chosen = resolve_sampling(getattr(pipe, "sampling", None), scheduler=scheduler, num_inference_steps=steps,
+                              guidance_scale=guidance)  # fmt: skip
     steps, scheduler, guidance = chosen.num_inference_steps, chosen.scheduler, chosen.guidance_scale
     soundfont = _set_timbre(pipe, timbre, soundfont, reference_audio)
 
@@ -264,24 +261,12 @@ def evaluate(
     summary = _summarize(rows)
     summary["skipped"] = len(skipped_files)
     summary.update(metrics.frechet_audio_distance(generated_clips, reference_clips, embedding=embedding))
+    settings = _settings_record(pipe, dtype, reference_audio, steps=steps, scheduler=scheduler, guidance=guidance,
+                                seed=seed, max_seconds=max_seconds, embedding=embedding, inverter=inverter,
+                                timbre=timbre, soundfont=soundfont, device=device)  # fmt: skip
     results: dict[str, Any] = {
         "model": str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
-        "settings": {
-            "steps": steps,
-            "scheduler": scheduler,
-            "guidance": guidance,
-            "seed": seed,
-            "max_seconds": max_seconds,
-            "embedding": embedding,
-            "inverter": inverter,
-            "timbre": timbre,
-            "soundfont": str(soundfont) if soundfont is not None else None,
-            "device": device,
-            "dtype": str(getattr(pipe, "dtype", dtype)).replace("torch.", ""),
-            "reference_audio": str(reference_audio)
-            if isinstance(reference_audio, (str, os.PathLike))
-            else ("given" if reference_audio is not None else None),
-        },  # fmt: skip
+        "settings": settings,
         "transcription": skipped or TRANSCRIPTION_METHOD,
         "embedding": embedder.description,
         "summary": summary,
@@ -292,6 +277,20 @@ def evaluate(
     }
     _write_report(results, out, verbose)
     return results
+
+
+def _settings_record(pipe: Any, dtype: Any, reference_audio: Any, **settings: Any) -> dict[str, Any]:
+    """The settings of a run as the report records them, in the order given and then ``dtype`` (the
+    pipeline's own) and ``reference_audio`` (a folder, "given", or None); a SoundFont as a string."""
+    soundfont = settings.get("soundfont")
+    return {
+        **settings,
+        "soundfont": str(soundfont) if soundfont is not None else None,  # keeps its place in the order
+        "dtype": str(getattr(pipe, "dtype", dtype)).replace("torch.", ""),
+        "reference_audio": str(reference_audio)
+        if isinstance(reference_audio, (str, os.PathLike))
+        else ("given" if reference_audio is not None else None),
+    }
 
 
 def _midi_paths(midi_files: Sequence[str | os.PathLike], reference_audio: Any, writes_per_piece: bool) -> list[Path]:
