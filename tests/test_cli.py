@@ -111,6 +111,8 @@ HEAVY_MODULES = (
     "specdiff.training.loop",
     "specdiff.evaluation.evaluate",
     "specdiff.training.vocoder",
+    "specdiff.training.vocoder_data",
+    "specdiff.training.vocoder_losses",
     "specdiff.commands.train",
     "specdiff.commands.evaluate",
     "specdiff.commands.vocoder",

@@ -1,4 +1,4 @@
-"""Tests of the neural vocoder (specdiff/audio/vocoder.py) and its training code (specdiff/training/vocoder.py)."""
+"""Tests of the neural vocoder (specdiff/audio/vocoder.py) and its training code (specdiff/training/vocoder*.py)."""
 
 from __future__ import annotations
 
@@ -305,7 +305,7 @@ def _tone_clips(seconds: float = 2.0) -> list[np.ndarray]:
 
 
 def test_loss_functions_are_zero_only_for_identical_audio():
-    from specdiff.training.vocoder import multi_resolution_stft_loss
+    from specdiff.training.vocoder_losses import multi_resolution_stft_loss
 
     x = torch.from_numpy(np.stack(_tone_clips(0.5)))
     assert multi_resolution_stft_loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
@@ -313,7 +313,7 @@ def test_loss_functions_are_zero_only_for_identical_audio():
 
 
 def test_segment_sampler_lengths_and_determinism():
-    from specdiff.training.vocoder import SegmentSampler, features_and_target
+    from specdiff.training.vocoder_data import SegmentSampler, features_and_target
 
     a, b = SegmentSampler(_tone_clips(), 8, seed=3), SegmentSampler(_tone_clips(), 8, seed=3)
     batch = a.sample(4)
@@ -333,7 +333,8 @@ def _trainer(warmup_steps: int):
 
 def test_a_few_steps_reduce_the_reconstruction_loss():
     pytest.importorskip("specdiff.audio.mel")
-    from specdiff.training.vocoder import SegmentSampler, features_and_target, mel_l1
+    from specdiff.training.vocoder_data import SegmentSampler, features_and_target
+    from specdiff.training.vocoder_losses import mel_l1
 
     trainer = _trainer(warmup_steps=10_000)  # reconstruction losses only
     batch = SegmentSampler(_tone_clips(), 8, seed=0).sample(2)
@@ -350,7 +351,7 @@ def test_a_few_steps_reduce_the_reconstruction_loss():
 
 
 def test_magnitude_loss_is_zero_for_the_true_magnitude():
-    from specdiff.training.vocoder import magnitude_l1
+    from specdiff.training.vocoder_losses import magnitude_l1
 
     x = torch.from_numpy(np.stack(_tone_clips(0.5)))[:, : 20 * 320]
     spectrum = tiny_vocoder().head.stft(x)
@@ -363,13 +364,9 @@ def test_phase_vocoder_training_fits_the_magnitude():
     pytest.importorskip("specdiff.audio.mel")
     from dataclasses import replace
 
-    from specdiff.training.vocoder import (
-        SegmentSampler,
-        VocoderTrainConfig,
-        VocoderTrainer,
-        features_and_target,
-        magnitude_l1,
-    )
+    from specdiff.training.vocoder import VocoderTrainConfig, VocoderTrainer
+    from specdiff.training.vocoder_data import SegmentSampler, features_and_target
+    from specdiff.training.vocoder_losses import magnitude_l1
 
     config = VocoderTrainConfig(batch_size=2, segment_frames=8, warmup_steps=10_000, lr=2e-3, lr_warmup_steps=1)
     trainer = VocoderTrainer(replace(TINY, synthesis="phase_vocoder"), replace(config, magnitude_weight=45.0))
@@ -388,7 +385,7 @@ def test_phase_vocoder_training_fits_the_magnitude():
 
 def test_checkpoint_resume_restores_step_weights_and_randomness(tmp_path):
     pytest.importorskip("specdiff.audio.mel")
-    from specdiff.training.vocoder import SegmentSampler
+    from specdiff.training.vocoder_data import SegmentSampler
 
     first, sampler = _trainer(warmup_steps=1), SegmentSampler(_tone_clips(), 8, seed=1)
     for _ in range(2):  # one reconstruction-only step, one adversarial step
@@ -520,7 +517,7 @@ def test_cache_audio_reads_the_train_songs_sources(tmp_path):
     pytest.importorskip("specdiff.data.cache")
     import soundfile as sf
 
-    from specdiff.training.vocoder import cache_audio
+    from specdiff.training.vocoder_data import cache_audio
 
     wav = tmp_path / "song.wav"
     sf.write(wav, _tone_clips(0.5)[0], 16000)

@@ -26,6 +26,17 @@ class UsageError(SpecdiffError):
     """The command cannot run as given (e.g. no model to use); exits with status 2."""
 
 
+#: An option as ``(flags, add_argument keywords)``: commands list theirs in tables, in --help order.
+Option = tuple[tuple[str, ...], dict[str, Any]]
+
+
+def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, options: tuple[Option, ...]) -> None:
+    """Add each ``(flags, keywords)`` option; a list default is copied, so no two parsers share one."""
+    for flags, keywords in options:
+        default = keywords.get("default")
+        parser.add_argument(*flags, **{**keywords, **({"default": list(default)} if isinstance(default, list) else {})})
+
+
 def add_precision_argument(p: argparse.ArgumentParser) -> None:
     """``--precision`` (synth, evaluate, serve)."""
     p.add_argument(

@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from specdiff.commands import validators
-from specdiff.commands.options import MODEL_HELP, add_precision_argument, load_pipeline, resolve_model
+from specdiff.commands.options import (
+    MODEL_HELP,
+    Option,
+    add_options,
+    add_precision_argument,
+    load_pipeline,
+    resolve_model,
+)
 from specdiff.constants import DEFAULT_GUIDANCE, DEFAULT_NUM_STEPS, DEFAULT_SCHEDULER, DEVICES, INVERTERS, SCHEDULERS
 from specdiff.errors import SpecdiffError
 from specdiff.server.config import ServeConfig
@@ -97,9 +104,6 @@ LIMIT_FLAGS = (
 )  # fmt: skip
 
 
-#: An option as ``(flags, add_argument keywords)``.
-Option = tuple[tuple[str, ...], dict[str, Any]]
-
 #: Where and how the service listens, in --help order (``--precision`` follows them).
 SERVICE_OPTIONS: tuple[Option, ...] = (
     (("--model",), dict(metavar="DIR|ORG/NAME", help=MODEL_HELP)),
@@ -145,13 +149,6 @@ PAGE_DEFAULT_OPTIONS: tuple[Option, ...] = (
 )  # fmt: skip
 
 
-def _add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, options: tuple[Option, ...]) -> None:
-    """Add each ``(flags, keywords)`` option; a list default is copied, so no two parsers share one."""
-    for flags, keywords in options:
-        default = keywords.get("default")
-        parser.add_argument(*flags, **{**keywords, **({"default": list(default)} if isinstance(default, list) else {})})
-
-
 def _add_limit_flags(group: argparse._ArgumentGroup, defaults: ServeConfig) -> None:
     """One option per :data:`LIMIT_FLAGS` entry, its default and type taken from ``defaults``."""
     for flag in LIMIT_FLAGS:
@@ -173,16 +170,16 @@ def add_serve_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "serve", help="run a local web app / HTTP API for synthesis", description=_DESCRIPTION,
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    _add_options(p, SERVICE_OPTIONS)
+    add_options(p, SERVICE_OPTIONS)
     p.set_defaults(token=os.environ.get("SPECDIFF_TOKEN"))
     add_precision_argument(p)
-    _add_options(p, RUN_OPTIONS)
+    add_options(p, RUN_OPTIONS)
     g = p.add_argument_group("limits")
     _add_limit_flags(g, ServeConfig())
     g.add_argument(
         "--workdir", type=Path, metavar="DIR", help="folder for results (default: a temporary folder, removed at exit)"
     )
-    _add_options(p.add_argument_group("defaults offered by the page"), PAGE_DEFAULT_OPTIONS)
+    add_options(p.add_argument_group("defaults offered by the page"), PAGE_DEFAULT_OPTIONS)
     p.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
     p.set_defaults(func=run_serve)
     return p

@@ -23,7 +23,9 @@ from specdiff.commands import validators
 from specdiff.commands.options import (
     MODEL_HELP,
     PROG,
+    Option,
     UsageError,
+    add_options,
     add_precision_argument,
     add_timbre_argument,
     load_pipeline,
@@ -86,166 +88,6 @@ dpmsolver++ / unipc: multistep ODE solvers; good quality at 10-25 steps, so seve
 """
 
 
-def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``synth`` subcommand (``set_defaults(func=run_synth)``)."""
-    p = subparsers.add_parser(
-        "synth",
-        help="render a MIDI file to a WAV file",
-        description=_SYNTH_DESCRIPTION,
-        epilog=_SYNTH_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "midi",
-        type=Path,
-        nargs="*",
-        metavar="MIDI",
-        help="input Standard MIDI File(s) (.mid/.midi); several files are synthesized in one batch "
-        "(or none, with --example)",
-    )
-    p.add_argument(
-        "--example",
-        metavar="NAME",
-        help=f"synthesize a MIDI file bundled with specdiff instead of your own (default output: ./NAME.wav). "
-        f"A few: {', '.join(FEATURED)}; `specdiff examples` describes them and `specdiff examples --all` "
-        "lists them all.",
-    )
-    p.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        metavar="WAV",
-        help="output audio file, 16 kHz mono (default: the MIDI file's path with .wav instead of its "
-        "extension). The extension picks the format: .wav (16-bit PCM), .flac, .ogg, ... An existing "
-        "file is replaced, only once synthesis has succeeded. With several MIDI files: a folder "
-        "(created if missing) that receives one <MIDI name>.wav per song (default: each WAV next to "
-        "its MIDI file).",
-    )
-    p.add_argument(
-        "--model",
-        metavar="DIR|ORG/NAME",
-        help=MODEL_HELP,
-    )
-    p.add_argument(
-        "--steps",
-        type=validators.positive_int,
-        default=None,
-        metavar="N",
-        help=f"denoising steps per 5.12 s segment (default: the model's own setting, see below; else "
-        f"{DEFAULT_NUM_STEPS}). Run time grows "
-        "linearly with N; fewer steps are faster but noisier, the multistep schedulers (dpmsolver++, "
-        "unipc) tolerate far fewer steps than original/ddpm.",
-    )
-    p.add_argument(
-        "--scheduler",
-        choices=SCHEDULERS,
-        default=None,
-        help=" ".join(_SCHEDULER_HELP.split()),
-    )
-    p.add_argument(
-        "--guidance",
-        type=validators.non_negative_float,
-        default=None,
-        metavar="W",
-        help=f"classifier-free guidance weight w: eps = w*eps_cond + (1-w)*eps_uncond (default: the "
-        f"model's own setting, else {DEFAULT_GUIDANCE}, the paper's colab; its training default was 5). w = 1 turns "
-        "guidance "
-        "off and halves the decoder work; larger w follows the notes more closely but can sound "
-        "harsher.",
-    )
-    p.add_argument(
-        "--seed",
-        type=validators.seed,
-        default=None,
-        metavar="N",
-        help="random seed of the start noise and sampler noise; the same seed, model, options and "
-        "device give the same audio (default: a fresh random seed, printed in the summary). With "
-        "several MIDI files, the k-th file (counting from 0) uses seed N+k, so it sounds exactly as "
-        "a run of that file alone with --seed N+k (up to float rounding); without --seed each song "
-        "gets its own random seed, all printed in the summary.",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=validators.positive_int,
-        default=None,
-        metavar="N",
-        help="with several MIDI files: how many songs go through the model together (default: all of "
-        "them). Larger batches are faster on a GPU but need more memory (with guidance, the decoder "
-        "batch is 2N). The audio does not depend on N.",
-    )
-    p.add_argument(
-        "--device",
-        choices=DEVICES,
-        default="auto",
-        help="where to run the model (default: auto = cuda if available, else mps, else cpu). A GPU "
-        "is many times faster; results can differ slightly between devices.",
-    )
-    add_precision_argument(p)
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        metavar="N",
-        help="CPU threads for PyTorch (default: PyTorch's own choice, one per core). On a busy "
-        "machine fewer threads can be faster.",
-    )
-    p.add_argument(
-        "--inverter",
-        choices=INVERTERS,
-        default="auto",
-        help="spectrogram-to-audio inverter (default: auto = the model folder's own inverter: "
-        "melgan/model.onnx when onnxruntime is installed, else a trained vocoder/, else griffinlim "
-        "with a warning). onnx: the official neural inverter (needs onnxruntime and the ONNX file; "
-        "best quality). vocoder: our trained vocoder in the model folder's vocoder/ (needs its "
-        "weights). griffinlim: phase reconstruction with no learned weights; always available but "
-        "audibly phasey.",
-    )
-    p.add_argument(
-        "--refine-iters",
-        type=int,
-        default=None,
-        metavar="N",
-        help="with our trained vocoder: iterations that refine its output against the spectrogram: "
-        "gain corrections for a phase-vocoder vocoder such as the bundled one (default 1), Griffin-Lim "
-        "iterations for one that makes its own phase (default 32); 0: none. More cost speed and onsets",
-    )
-    p.add_argument(
-        "--gain",
-        type=_gain_db,
-        default=0.0,
-        metavar="DB",
-        help="scale the audio by DB decibels before it is written (default 0; e.g. -6 halves the amplitude). "
-        f"Audio louder than full scale is shaped by a soft limiter above {LIMITER_THRESHOLD:g} of full scale "
-        "(with a warning that suggests a gain); a negative --gain leaves the waveform unshaped",
-    )
-    p.add_argument(
-        "--stream",
-        action="store_true",
-        help="write the audio segment by segment, as soon as each 5.12 s segment is generated, "
-        "printing a line per segment (default: off: the whole song's spectrogram is inverted at "
-        "once). Each segment is inverted on its own, so the audio can differ slightly near segment "
-        "boundaries. The output file still appears only when the song is finished (until then the "
-        "audio grows in a hidden temporary file next to it). Only for a single MIDI file.",
-    )
-    p.add_argument(
-        "--mel-png",
-        type=Path,
-        metavar="PATH",
-        help="also save a picture of the generated log-mel spectrogram as PNG (needs matplotlib; "
-        "default: no picture). With several MIDI files: a folder (created if missing) that receives "
-        "one <MIDI name>.png per song.",
-    )
-    p.add_argument(
-        "-q",
-        "--quiet",
-        action="store_true",
-        help="no progress bar, summary or warnings on stderr; errors are still printed (default: off)",
-    )
-    add_timbre_argument(p)
-    p.set_defaults(func=run_synth)
-    return p
-
-
 def _gain_db(text: str) -> float:
     try:
         value = float(text)
@@ -254,6 +96,99 @@ def _gain_db(text: str) -> float:
     if not -MAX_GAIN_DB <= value <= MAX_GAIN_DB:  # rejects nan and inf too
         raise argparse.ArgumentTypeError(f"must be between -{MAX_GAIN_DB:g} and {MAX_GAIN_DB:g} dB, got {text}")
     return value
+
+
+#: What to synthesize, where it goes, and how it is sampled, in --help order (``--precision`` follows).
+INPUT_OPTIONS: tuple[Option, ...] = (
+    (("midi",), dict(type=Path, nargs="*", metavar="MIDI",
+                     help="input Standard MIDI File(s) (.mid/.midi); several files are synthesized in one batch "
+                     "(or none, with --example)")),
+    (("--example",), dict(metavar="NAME",
+                          help=f"synthesize a MIDI file bundled with specdiff instead of your own (default output: "
+                          f"./NAME.wav). A few: {', '.join(FEATURED)}; `specdiff examples` describes them and "
+                          "`specdiff examples --all` lists them all.")),
+    (("-o", "--output"), dict(type=Path, metavar="WAV",
+                              help="output audio file, 16 kHz mono (default: the MIDI file's path with .wav instead "
+                              "of its extension). The extension picks the format: .wav (16-bit PCM), .flac, .ogg, "
+                              "... An existing file is replaced, only once synthesis has succeeded. With several "
+                              "MIDI files: a folder (created if missing) that receives one <MIDI name>.wav per song "
+                              "(default: each WAV next to its MIDI file).")),
+    (("--model",), dict(metavar="DIR|ORG/NAME", help=MODEL_HELP)),
+    (("--steps",), dict(type=validators.positive_int, default=None, metavar="N",
+                        help=f"denoising steps per 5.12 s segment (default: the model's own setting, see below; "
+                        f"else {DEFAULT_NUM_STEPS}). Run time grows linearly with N; fewer steps are faster but "
+                        "noisier, the multistep schedulers (dpmsolver++, unipc) tolerate far fewer steps than "
+                        "original/ddpm.")),
+    (("--scheduler",), dict(choices=SCHEDULERS, default=None, help=" ".join(_SCHEDULER_HELP.split()))),
+    (("--guidance",), dict(type=validators.non_negative_float, default=None, metavar="W",
+                           help=f"classifier-free guidance weight w: eps = w*eps_cond + (1-w)*eps_uncond (default: "
+                           f"the model's own setting, else {DEFAULT_GUIDANCE}, the paper's colab; its training "
+                           "default was 5). w = 1 turns guidance off and halves the decoder work; larger w follows "
+                           "the notes more closely but can sound harsher.")),
+    (("--seed",), dict(type=validators.seed, default=None, metavar="N",
+                       help="random seed of the start noise and sampler noise; the same seed, model, options and "
+                       "device give the same audio (default: a fresh random seed, printed in the summary). With "
+                       "several MIDI files, the k-th file (counting from 0) uses seed N+k, so it sounds exactly as "
+                       "a run of that file alone with --seed N+k (up to float rounding); without --seed each song "
+                       "gets its own random seed, all printed in the summary.")),
+    (("--batch-size",), dict(type=validators.positive_int, default=None, metavar="N",
+                             help="with several MIDI files: how many songs go through the model together (default: "
+                             "all of them). Larger batches are faster on a GPU but need more memory (with guidance, "
+                             "the decoder batch is 2N). The audio does not depend on N.")),
+    (("--device",), dict(choices=DEVICES, default="auto",
+                         help="where to run the model (default: auto = cuda if available, else mps, else cpu). A "
+                         "GPU is many times faster; results can differ slightly between devices.")),
+)  # fmt: skip
+#: How the model and the inverter run and what is written besides the audio, after ``--precision``.
+RUN_OPTIONS: tuple[Option, ...] = (
+    (("--threads",), dict(type=int, default=None, metavar="N",
+                          help="CPU threads for PyTorch (default: PyTorch's own choice, one per core). On a busy "
+                          "machine fewer threads can be faster.")),
+    (("--inverter",), dict(choices=INVERTERS, default="auto",
+                           help="spectrogram-to-audio inverter (default: auto = the model folder's own inverter: "
+                           "melgan/model.onnx when onnxruntime is installed, else a trained vocoder/, else "
+                           "griffinlim with a warning). onnx: the official neural inverter (needs onnxruntime and "
+                           "the ONNX file; best quality). vocoder: our trained vocoder in the model folder's vocoder/ "
+                           "(needs its weights). griffinlim: phase reconstruction with no learned weights; always "
+                           "available but audibly phasey.")),
+    (("--refine-iters",), dict(type=int, default=None, metavar="N",
+                               help="with our trained vocoder: iterations that refine its output against the "
+                               "spectrogram: gain corrections for a phase-vocoder vocoder such as the bundled one "
+                               "(default 1), Griffin-Lim iterations for one that makes its own phase (default 32); "
+                               "0: none. More cost speed and onsets")),
+    (("--gain",), dict(type=_gain_db, default=0.0, metavar="DB",
+                       help="scale the audio by DB decibels before it is written (default 0; e.g. -6 halves the "
+                       f"amplitude). Audio louder than full scale is shaped by a soft limiter above "
+                       f"{LIMITER_THRESHOLD:g} of full scale (with a warning that suggests a gain); a negative --gain "
+                       "leaves the waveform unshaped")),
+    (("--stream",), dict(action="store_true",
+                         help="write the audio segment by segment, as soon as each 5.12 s segment is generated, "
+                         "printing a line per segment (default: off: the whole song's spectrogram is inverted at "
+                         "once). Each segment is inverted on its own, so the audio can differ slightly near segment "
+                         "boundaries. The output file still appears only when the song is finished (until then the "
+                         "audio grows in a hidden temporary file next to it). Only for a single MIDI file.")),
+    (("--mel-png",), dict(type=Path, metavar="PATH",
+                          help="also save a picture of the generated log-mel spectrogram as PNG (needs matplotlib; "
+                          "default: no picture). With several MIDI files: a folder (created if missing) that "
+                          "receives one <MIDI name>.png per song.")),
+    (("-q", "--quiet"), dict(action="store_true",
+                             help="no progress bar, summary or warnings on stderr; errors are still printed "
+                             "(default: off)")),
+)  # fmt: skip
+
+
+def add_synth_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``synth`` subcommand (``set_defaults(func=run_synth)``)."""
+    p = subparsers.add_parser(
+        "synth", help="render a MIDI file to a WAV file", description=_SYNTH_DESCRIPTION, epilog=_SYNTH_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    add_options(p, INPUT_OPTIONS)
+    add_precision_argument(p)
+    add_options(p, RUN_OPTIONS)
+    add_timbre_argument(p)
+    p.set_defaults(func=run_synth)
+    return p
 
 
 def apply_gain(audio: Any, gain_db: float) -> Any:
@@ -404,6 +339,29 @@ def _use_example(args: argparse.Namespace, midis: list[Path]) -> list[Path]:
     return [example.path]
 
 
+def _check_optional_dependencies(args: argparse.Namespace) -> None:
+    """What the chosen options need beyond the core install, checked before anything slow runs."""
+    if args.mel_png is not None and importlib.util.find_spec("matplotlib") is None:
+        raise SpecdiffError("--mel-png needs matplotlib: pip install matplotlib (or specdiff[plot])")
+    if args.scheduler not in NATIVE_SCHEDULERS and importlib.util.find_spec("diffusers") is None:
+        raise SpecdiffError(
+            f"--scheduler {args.scheduler} needs diffusers: pip install diffusers (or use --scheduler original or ddim)"
+        )
+
+
+def _load_model(args: argparse.Namespace, model_dir: Path) -> tuple[Any, str]:
+    """The pipeline on its device, with the threads, vocoder refinement and steps of ``args`` checked
+    against it; ``--threads`` was already checked to be >= 1."""
+    import torch
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    pipe, device = load_pipeline(args, model_dir)
+    _set_refine_iters(pipe, args.refine_iters)
+    check_steps(pipe, args.scheduler, args.steps)
+    return pipe, device
+
+
 def run_synth(args: argparse.Namespace) -> int:
     """``specdiff synth``: MIDI file(s) -> WAV (and optionally spectrogram PNGs)."""
     midis = list(args.midi) if isinstance(args.midi, (list, tuple)) else [args.midi]
@@ -438,12 +396,7 @@ def _run_synth_one(args: argparse.Namespace) -> int:
     check_audio_extension(output)
     if args.mel_png is not None and output.resolve() == args.mel_png.resolve():
         raise SpecdiffError(f"the WAV and the --mel-png picture would both be written to {output}")
-    if args.mel_png is not None and importlib.util.find_spec("matplotlib") is None:
-        raise SpecdiffError("--mel-png needs matplotlib: pip install matplotlib (or specdiff[plot])")
-    if args.scheduler not in NATIVE_SCHEDULERS and importlib.util.find_spec("diffusers") is None:
-        raise SpecdiffError(
-            f"--scheduler {args.scheduler} needs diffusers: pip install diffusers (or use --scheduler original or ddim)"
-        )
+    _check_optional_dependencies(args)
 
     # 2. Read the MIDI before loading a model: a bad file fails in milliseconds.
     from specdiff.midi.tokenizer import midi_to_segments
@@ -453,14 +406,10 @@ def _run_synth_one(args: argparse.Namespace) -> int:
     # 3. Model, device, sampler.
     import torch
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise SpecdiffError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise SpecdiffError(f"--threads must be >= 1, got {args.threads}")
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    pipe, device = load_pipeline(args, model_dir)
-    _set_refine_iters(pipe, args.refine_iters)
-    check_steps(pipe, args.scheduler, args.steps)
+    pipe, device = _load_model(args, model_dir)
     # A CPU generator: the same seed gives the same start noise on every device (sampler.randn).
     generator = torch.Generator(device="cpu").manual_seed(seed)
     sample_rate = pipe.sample_rate
@@ -576,15 +525,9 @@ def _read_midis(midis: list[Path]) -> list[Any]:
     return tokenized
 
 
-def run_synth_many(args: argparse.Namespace, midis: list[Path]) -> int:
-    """``specdiff synth a.mid b.mid ... [-o FOLDER]``: the songs in batches, one WAV (and PNG) each.
-
-    Song ``k`` gets seed ``--seed + k`` (random ones without --seed), so it comes out as a
-    single-file run with that seed would (``SpectrogramDiffusionPipeline.synthesize_many``).
-    """
-    started = time.perf_counter()
-
-    # 1. The command line and everything cheap; no torch, nothing created yet.
+def _check_many(args: argparse.Namespace, midis: list[Path]) -> tuple[Path, list[tuple[Path, Path | None]]]:
+    """The command line and everything cheap for several songs (no torch, nothing created yet):
+    returns the model folder and each song's ``(wav, png)`` outputs."""
     if args.stream:
         raise UsageError(
             f"--stream takes a single MIDI file, got {len(midis)}; drop --stream to synthesize "
@@ -597,21 +540,15 @@ def run_synth_many(args: argparse.Namespace, midis: list[Path]) -> int:
         if not midi.exists():
             raise SpecdiffError(f"MIDI file not found: {midi}")
     targets = _output_paths(midis, args.output, args.mel_png)
-    if args.mel_png is not None and importlib.util.find_spec("matplotlib") is None:
-        raise SpecdiffError("--mel-png needs matplotlib: pip install matplotlib (or specdiff[plot])")
-    if args.scheduler not in NATIVE_SCHEDULERS and importlib.util.find_spec("diffusers") is None:
-        raise SpecdiffError(
-            f"--scheduler {args.scheduler} needs diffusers: pip install diffusers (or use --scheduler original or ddim)"
-        )
+    _check_optional_dependencies(args)
     if args.threads is not None and args.threads < 1:
         raise SpecdiffError(f"--threads must be >= 1, got {args.threads}")
+    return model_dir, targets
 
-    # 2. Every MIDI file before the model: one bad file fails the run in milliseconds, before any
-    # folder or file is created.
-    tokenized = _read_midis(midis)
 
-    # 3. Output folders, and a real write test of every output (removing what we created if any
-    # of them fails, so that a refused run leaves nothing behind).
+def _prepare_outputs(targets: list[tuple[Path, Path | None]]) -> None:
+    """Create the output folders and test-write every output; if one fails, remove the folders this
+    created, so that a refused run leaves nothing behind."""
     created = _make_folders([p.parent for wav_png in targets for p in wav_png if p is not None])
     try:
         for wav, png in targets:
@@ -626,21 +563,47 @@ def run_synth_many(args: argparse.Namespace, midis: list[Path]) -> int:
                 pass
         raise
 
+
+def _write_songs(
+    args: argparse.Namespace, midis: list[Path], targets: list, results: list, seeds: list[int], sample_rate: int
+) -> int:
+    """Each song's outputs, one song at a time and each atomically; returns the samples written."""
+    total_samples = 0
+    for midi, (wav, png), result, seed in zip(midis, targets, results, seeds):
+        audio = apply_gain(result.audios[0], getattr(args, "gain", 0.0))
+        _write_song(wav, png, audio, result.mels[0], midi.name, sample_rate)
+        total_samples += len(audio)
+        written = f"{wav}" + (f" and {png}" if png is not None else "")
+        _log(args, f"wrote {written}: {len(audio) / sample_rate:.2f} s of audio, seed {seed}")
+    return total_samples
+
+
+def run_synth_many(args: argparse.Namespace, midis: list[Path]) -> int:
+    """``specdiff synth a.mid b.mid ... [-o FOLDER]``: the songs in batches, one WAV (and PNG) each.
+
+    Song ``k`` gets seed ``--seed + k`` (random ones without --seed), so it comes out as a
+    single-file run with that seed would (``SpectrogramDiffusionPipeline.synthesize_many``).
+    """
+    started = time.perf_counter()
+    # 1. The command line and everything cheap.
+    model_dir, targets = _check_many(args, midis)
+    # 2. Every MIDI file before the model: one bad file fails the run in milliseconds, before any
+    # folder or file is created.
+    tokenized = _read_midis(midis)
+    # 3. Output folders, and a real write test of every output.
+    _prepare_outputs(targets)
+
     # 4. Model, device, one seeded CPU generator per song (same noise on every device).
     import torch
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     if args.seed is not None:
         seeds = [args.seed + k for k in range(len(midis))]
     else:
         seeds = [secrets.randbelow(2**31) for _ in midis]
-    pipe, device = load_pipeline(args, model_dir)
-    _set_refine_iters(pipe, args.refine_iters)
-    check_steps(pipe, args.scheduler, args.steps)
+    pipe, device = _load_model(args, model_dir)
     generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
 
-    # 5. All songs (the slow part), then the outputs one song at a time, each atomically.
+    # 5. All songs (the slow part), then the outputs.
     results = pipe.synthesize_many(
         tokenized,
         generators=generators,
@@ -651,13 +614,7 @@ def run_synth_many(args: argparse.Namespace, midis: list[Path]) -> int:
         show_progress=not args.quiet,
     )
     sample_rate = pipe.sample_rate
-    total_samples = 0
-    for midi, (wav, png), result, seed in zip(midis, targets, results, seeds):
-        audio = apply_gain(result.audios[0], getattr(args, "gain", 0.0))
-        _write_song(wav, png, audio, result.mels[0], midi.name, sample_rate)
-        total_samples += len(audio)
-        written = f"{wav}" + (f" and {png}" if png is not None else "")
-        _log(args, f"wrote {written}: {len(audio) / sample_rate:.2f} s of audio, seed {seed}")
+    total_samples = _write_songs(args, midis, targets, results, seeds, sample_rate)
 
     wall = time.perf_counter() - started
     seconds = total_samples / sample_rate

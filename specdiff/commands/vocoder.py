@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from specdiff.constants import VOCODER_SYNTHESES
 from specdiff.errors import AudioError, SpecdiffError
+
+if TYPE_CHECKING:  # the commands import no torch until they run
+    from specdiff.audio.vocoder import Vocoder, VocoderConfig
 
 
 def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
@@ -129,28 +133,18 @@ def add_export_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def run_train_vocoder(args: argparse.Namespace) -> int:
-    """``specdiff train-vocoder``: gather the audio, then :func:`~specdiff.training.vocoder.train_vocoder`
-    (resuming if possible)."""
-    from dataclasses import fields, replace
-
-    import torch
-
-    from specdiff.audio.vocoder import VocoderConfig
-    from specdiff.pipeline.folder import VOCODER_FOLDER
-    from specdiff.training.vocoder import (
+def _gather_audio(args: argparse.Namespace, run_dir: Path) -> tuple[list[Path], list[Path]]:
+    """The training and validation audio files the options name (MIDI and caches rendered into
+    ``run_dir/rendered``); without a validation set, every 20th file (at most 8) is held out."""
+    from specdiff.training.vocoder_data import (
         AUDIO_SUFFIXES,
         MIDI_SUFFIXES,
-        VocoderTrainConfig,
         cache_audio,
         demo_corpus_audio,
         list_files,
         render_midi_files,
-        train_vocoder,
     )
 
-    torch.set_num_threads(args.threads)
-    run_dir = Path(args.run_dir)
     files: list[Path] = []
     val_files: list[Path] = []
     for folder in args.audio_dir or []:
@@ -171,12 +165,22 @@ def run_train_vocoder(args: argparse.Namespace) -> int:
     elif not val_files and len(files) >= 20:  # hold out every 20th file (at most 8)
         val_files = files[::20][:8]
         files = [f for f in files if f not in set(val_files)]
-    checkpoint = run_dir / "checkpoint.pt"
-    init_from = None
-    if checkpoint.exists():  # a resumed run keeps the architecture it started with
+    return files, val_files
+
+
+def _vocoder_architecture(args: argparse.Namespace, checkpoint: Path) -> tuple[VocoderConfig, Vocoder | None]:
+    """``(VocoderConfig, vocoder to start from or None)``: a resumed run keeps the architecture it
+    started with, ``--init-from`` takes the given vocoder's, else the options' (None: the default)."""
+    from dataclasses import replace
+
+    import torch
+
+    from specdiff.audio.vocoder import VocoderConfig
+
+    if checkpoint.exists():
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["vocoder_config"]
-        vocoder_config = VocoderConfig.from_dict(saved)
-    elif getattr(args, "init_from", None) is not None:
+        return VocoderConfig.from_dict(saved), None
+    if getattr(args, "init_from", None) is not None:
         from specdiff.audio.vocoder import Vocoder, find_vocoder_dir
 
         folder = find_vocoder_dir(args.init_from)
@@ -186,14 +190,30 @@ def run_train_vocoder(args: argparse.Namespace) -> int:
         vocoder_config = init_from.config
         if getattr(args, "synthesis", None):
             vocoder_config = replace(vocoder_config, synthesis=args.synthesis)
-    else:
-        architecture = {
-            "dim": args.dim,
-            "intermediate_dim": args.intermediate_dim,
-            "num_layers": args.num_layers,
-            "synthesis": getattr(args, "synthesis", None),
-        }
-        vocoder_config = VocoderConfig(**{k: v for k, v in architecture.items() if v is not None})
+        return vocoder_config, init_from
+    architecture = {
+        "dim": args.dim,
+        "intermediate_dim": args.intermediate_dim,
+        "num_layers": args.num_layers,
+        "synthesis": getattr(args, "synthesis", None),
+    }
+    return VocoderConfig(**{k: v for k, v in architecture.items() if v is not None}), None
+
+
+def run_train_vocoder(args: argparse.Namespace) -> int:
+    """``specdiff train-vocoder``: gather the audio, then :func:`~specdiff.training.vocoder.train_vocoder`
+    (resuming if possible)."""
+    from dataclasses import fields
+
+    import torch
+
+    from specdiff.pipeline.folder import VOCODER_FOLDER
+    from specdiff.training.vocoder import VocoderTrainConfig, train_vocoder
+
+    torch.set_num_threads(args.threads)
+    run_dir = Path(args.run_dir)
+    files, val_files = _gather_audio(args, run_dir)
+    vocoder_config, init_from = _vocoder_architecture(args, run_dir / "checkpoint.pt")
     # Every VocoderTrainConfig field that has a command-line option the user set.
     overrides = {
         f.name: getattr(args, f.name) for f in fields(VocoderTrainConfig) if getattr(args, f.name, None) is not None
@@ -226,7 +246,7 @@ def run_vocode(args: argparse.Namespace) -> int:
     from specdiff.audio.files import save_wav
     from specdiff.audio.mel import log_mel
     from specdiff.audio.vocoder import load_vocoder
-    from specdiff.training.vocoder import load_audio_file
+    from specdiff.training.vocoder_data import load_audio_file
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -188,39 +188,45 @@ def _drum_bar(
     return hits
 
 
+#: Bars per section: parts drop out, and the drums fill and crash, at section boundaries.
+SECTION_BARS = 4
+
+
 def _add(part: _Part, start: int, dur: int, pitch: int, vel: int) -> None:
     if 0 <= pitch <= 127 and dur > 0:
         part.notes.append((int(start), int(dur), int(pitch), int(vel)))
 
 
-def generate_piece(seed: int, seconds: float = 30.0, style: str | None = None):
-    """One generated piece as a ``symusic.Score`` (ticks, 480 per quarter) of about ``seconds``.
+@dataclass(frozen=True)
+class _Bar:
+    """What every part of bar ``index`` plays against: its style, key, chord and dynamic level."""
 
-    The seed decides everything: the style (unless ``style`` names one of :data:`STYLES`), key,
-    tempo, the programs of each part, the dynamics curve and where sections drop out. Returns the
-    score; ``score.tracks`` hold one track per part (drums on channel 10).
-    """
-    from symusic import ControlChange, Note, Score, Tempo, Track
+    style: Style
+    rng: np.random.Generator
+    key: int
+    index: int
+    t0: int  # first tick of the bar
+    root: int
+    chord: tuple[int, ...]
+    level: float
 
-    rng = np.random.default_rng(seed)
-    by_name = {s.name: s for s in STYLES}
-    st = by_name[style] if style is not None else STYLES[int(rng.integers(len(STYLES)))]
-    bpm = float(rng.integers(st.tempo[0], st.tempo[1] + 1))
-    q = TICKS_PER_QUARTER
-    bar = st.beats * q
-    n_bars = max(2, int(round(seconds * bpm / 60 / st.beats)))
-    key = int(rng.integers(0, 12))
-    progression = PROGRESSIONS[st.progressions[int(rng.integers(len(st.progressions)))]]
+    @property
+    def length(self) -> int:
+        return self.style.beats * TICKS_PER_QUARTER
 
-    # Which parts play, on which programs; ambient textures may get two pads.
+
+def _choose_parts(rng: np.random.Generator, st: Style) -> tuple[dict[str, _Part], _Part | None]:
+    """Which parts play, on which programs, and whether a drum kit plays."""
     roles = [r for r in st.parts if r in ("bass", "pad") or rng.random() < 0.85]
     if not roles:
         roles = [st.parts[0]]
     parts = {role: _Part(int(rng.choice(ROLE_PROGRAMS[role]))) for role in roles}
     drums = _Part(0, is_drum=True) if st.groove is not None and rng.random() < 0.9 else None
+    return parts, drums
 
-    # Dynamics: a base level (pp..ff), an optional fade in or out, and per-bar sections where some
-    # or all parts rest (a full silence now and then, a drum break, a solo).
+
+def _dynamics(rng: np.random.Generator, n_bars: int) -> tuple[float, np.ndarray]:
+    """A base level (pp..ff) and each bar's level: flat, a fade in or out, a swell, or terraces."""
     base = float(rng.uniform(0.25, 0.95))
     shape = rng.choice(["flat", "fade_in", "fade_out", "swell", "terraced"])
     levels = np.full(n_bars, base)
@@ -233,12 +239,16 @@ def generate_piece(seed: int, seconds: float = 30.0, style: str | None = None):
         levels = base * (0.4 + 0.6 * np.sin(np.linspace(0, np.pi, n_bars)))
     elif shape == "terraced":
         levels = np.repeat(rng.uniform(0.2, 1.0, size=(n_bars + 3) // 4), 4)[:n_bars]
-    section_len = 4
+    return base, levels
+
+
+def _sections(rng: np.random.Generator, n_bars: int, everyone: set[str]) -> list[set[str]]:
+    """The parts that play in each bar: per section of ``SECTION_BARS`` bars everyone, half of them
+    (a drum break, a solo), or now and then nobody (a full silence)."""
     active: list[set[str]] = []
     for b in range(n_bars):
-        if b % section_len == 0:
+        if b % SECTION_BARS == 0:
             u = rng.random()
-            everyone = set(parts) | ({"drums"} if drums else set())
             if u < 0.08 and b > 0:
                 current: set[str] = set()  # full silence
             elif u < 0.2:
@@ -248,95 +258,95 @@ def generate_piece(seed: int, seconds: float = 30.0, style: str | None = None):
             else:
                 current = everyone
         active.append(current)
+    return active
 
-    pedal_comp = "comp" in parts and parts["comp"].program < 8 and rng.random() < 0.6
-    for b in range(n_bars):
-        t0 = b * bar
-        root_deg, quality = progression[(b // st.chord_bars) % len(progression)]
-        root = key + root_deg
-        chord = TRIAD[quality]
-        level = float(levels[b])
-        on = active[b]
-        if "bass" in parts and "bass" in on:
-            p = parts["bass"]
-            if st.name == "jazz":
-                walk = [root, root + chord[1], root + chord[2], root + 7 + int(rng.choice([-1, 1, 2]))]
-                for i in range(st.beats):
-                    _add(p, t0 + i * q, int(q * 0.9), _fit(36 + walk[i % 4] % 12, 28, 52), _velocity(rng, level))
-            elif st.name in ("funk", "game"):
-                for i in range(4 * st.beats):
-                    if rng.random() < 0.45 * st.density or i == 0:
-                        pitch = root + (12 if rng.random() < 0.25 else 0) + (7 if rng.random() < 0.15 else 0)
-                        _add(p, t0 + i * q // 4, q // 5, _fit(36 + pitch % 12, 28, 55), _velocity(rng, level, 0.1))
-            elif st.name in ("ambient", "organ_pad"):
-                _add(p, t0, bar * st.chord_bars - q // 8 if b % st.chord_bars == 0 else 0, _fit(36 + root % 12, 28, 48),
-                     _velocity(rng, level, -0.2))  # fmt: skip
-            else:
-                step = q if rng.random() < 0.5 else q // 2
-                for i in range(bar // step):
-                    pitch = root + (chord[2] if i % 4 == 2 and rng.random() < 0.5 else 0)
-                    _add(p, t0 + i * step, int(step * 0.85), _fit(36 + pitch % 12, 28, 55), _velocity(rng, level))
-        if "comp" in parts and "comp" in on:
-            p = parts["comp"]
-            voicing = [_fit(60 + (root + c) % 12, 52, 76) for c in chord]
-            if st.name in ("rock", "game"):
-                hits = [(i * q // 2, q // 2 - 20) for i in range(2 * st.beats)]
-            elif st.name == "waltz":
-                hits = [(b2 * q, q - 40) for b2 in (1, 2)]
-            elif st.name in ("funk", "latin"):
-                hits = [(i * q // 4, q // 6) for i in range(4 * st.beats) if rng.random() < 0.35 * st.density]
-            elif st.name in ("ambient", "sparse"):
-                hits = [(0, bar - q // 4)] if rng.random() < st.density + 0.3 else []
-            else:
-                hits = [(0, q + q // 2), (2 * q + int(st.swing * q / 2), q)] if st.beats == 4 else [(0, bar)]
-            for start, dur in hits:
-                for pitch in voicing:
-                    _add(p, t0 + start, dur, pitch, _velocity(rng, level, -0.1))
-            if pedal_comp and b % 2 == 0:
-                p.pedal += [(t0 + 10, 127), (t0 + 2 * bar - 30, 0)]
-        if "pad" in parts and "pad" in on and b % st.chord_bars == 0:
-            p = parts["pad"]
-            for c in chord[:3]:
-                pitch = _fit(55 + (root + c) % 12, 48, 72)
-                _add(p, t0, bar * st.chord_bars - q // 8, pitch, _velocity(rng, level, -0.3))
-        if "lead" in parts and "lead" in on:
-            p = parts["lead"]
-            scale = BLUES_SCALE if st.name == "blues" else MINOR_PENTATONIC if rng.random() < 0.4 else MAJOR_SCALE
-            pos = 0
-            while pos < bar:
-                dur = int(rng.choice([q // 4, q // 2, q // 2, q, q, 2 * q, 3 * q]) / max(st.density, 0.3))
-                dur = max(q // 4, min(dur, bar - pos))
-                if rng.random() < 0.75 * min(1.0, st.density + 0.3):
-                    degree = int(rng.integers(len(scale)))
-                    pitch = _fit(72 + (key + scale[degree] + 12 * int(rng.integers(-1, 2))) % 24, 60, 88)
-                    accent = 0.15 if pos % q == 0 else -0.05
-                    _add(p, t0 + pos + (int(st.swing * q / 2) if pos % q == q // 2 else 0), int(dur * 0.9), pitch,
-                         _velocity(rng, level, accent))  # fmt: skip
-                pos += dur
-        if "perc" in parts and "perc" in on:
-            p = parts["perc"]
-            for i in range(2 * st.beats):
-                if rng.random() < 0.3:
-                    _add(p, t0 + i * q // 2, q // 3, _fit(60 + (key + chord[i % len(chord)]) % 12, 55, 84),
-                         _velocity(rng, level, -0.2))  # fmt: skip
-        if drums is not None and "drums" in on:
-            fill = (b % section_len == section_len - 1) and rng.random() < 0.6
-            for offset, note, accent in _drum_bar(st.groove or "rock", st.beats, q, rng, fill, st.swing):
-                drums.notes.append((t0 + offset, q // 4, note, _velocity(rng, level, accent / 100)))
-            if b % section_len == 0 and rng.random() < 0.5:
-                drums.notes.append((t0, q // 2, CRASH, _velocity(rng, level, 0.1)))
 
-    # A final long chord held and left to ring (long sustains, decays into silence).
-    end = n_bars * bar
-    if rng.random() < 0.5:
-        held = parts.get("pad") or parts.get("comp") or next(iter(parts.values()))
-        root_deg, quality = progression[0]
-        for c in TRIAD[quality][:3]:
-            _add(held, end, 3 * q, _fit(60 + (key + root_deg + c) % 12, 52, 76), _velocity(rng, base, -0.1))
+def _play_bass(p: _Part, c: _Bar) -> None:
+    st, rng, q, root, chord, level = c.style, c.rng, TICKS_PER_QUARTER, c.root, c.chord, c.level
+    if st.name == "jazz":
+        walk = [root, root + chord[1], root + chord[2], root + 7 + int(rng.choice([-1, 1, 2]))]
+        for i in range(st.beats):
+            _add(p, c.t0 + i * q, int(q * 0.9), _fit(36 + walk[i % 4] % 12, 28, 52), _velocity(rng, level))
+    elif st.name in ("funk", "game"):
+        for i in range(4 * st.beats):
+            if rng.random() < 0.45 * st.density or i == 0:
+                pitch = root + (12 if rng.random() < 0.25 else 0) + (7 if rng.random() < 0.15 else 0)
+                _add(p, c.t0 + i * q // 4, q // 5, _fit(36 + pitch % 12, 28, 55), _velocity(rng, level, 0.1))
+    elif st.name in ("ambient", "organ_pad"):
+        _add(p, c.t0, c.length * st.chord_bars - q // 8 if c.index % st.chord_bars == 0 else 0,
+             _fit(36 + root % 12, 28, 48), _velocity(rng, level, -0.2))  # fmt: skip
+    else:
+        step = q if rng.random() < 0.5 else q // 2
+        for i in range(c.length // step):
+            pitch = root + (chord[2] if i % 4 == 2 and rng.random() < 0.5 else 0)
+            _add(p, c.t0 + i * step, int(step * 0.85), _fit(36 + pitch % 12, 28, 55), _velocity(rng, level))
+
+
+def _play_comp(p: _Part, c: _Bar, pedal: bool) -> None:
+    st, rng, q, bar = c.style, c.rng, TICKS_PER_QUARTER, c.length
+    voicing = [_fit(60 + (c.root + n) % 12, 52, 76) for n in c.chord]
+    if st.name in ("rock", "game"):
+        hits = [(i * q // 2, q // 2 - 20) for i in range(2 * st.beats)]
+    elif st.name == "waltz":
+        hits = [(b2 * q, q - 40) for b2 in (1, 2)]
+    elif st.name in ("funk", "latin"):
+        hits = [(i * q // 4, q // 6) for i in range(4 * st.beats) if rng.random() < 0.35 * st.density]
+    elif st.name in ("ambient", "sparse"):
+        hits = [(0, bar - q // 4)] if rng.random() < st.density + 0.3 else []
+    else:
+        hits = [(0, q + q // 2), (2 * q + int(st.swing * q / 2), q)] if st.beats == 4 else [(0, bar)]
+    for start, dur in hits:
+        for pitch in voicing:
+            _add(p, c.t0 + start, dur, pitch, _velocity(rng, c.level, -0.1))
+    if pedal and c.index % 2 == 0:
+        p.pedal += [(c.t0 + 10, 127), (c.t0 + 2 * bar - 30, 0)]
+
+
+def _play_pad(p: _Part, c: _Bar) -> None:
+    for n in c.chord[:3]:
+        pitch = _fit(55 + (c.root + n) % 12, 48, 72)
+        _add(p, c.t0, c.length * c.style.chord_bars - TICKS_PER_QUARTER // 8, pitch, _velocity(c.rng, c.level, -0.3))
+
+
+def _play_lead(p: _Part, c: _Bar) -> None:
+    st, rng, q, bar = c.style, c.rng, TICKS_PER_QUARTER, c.length
+    scale = BLUES_SCALE if st.name == "blues" else MINOR_PENTATONIC if rng.random() < 0.4 else MAJOR_SCALE
+    pos = 0
+    while pos < bar:
+        dur = int(rng.choice([q // 4, q // 2, q // 2, q, q, 2 * q, 3 * q]) / max(st.density, 0.3))
+        dur = max(q // 4, min(dur, bar - pos))
+        if rng.random() < 0.75 * min(1.0, st.density + 0.3):
+            degree = int(rng.integers(len(scale)))
+            pitch = _fit(72 + (c.key + scale[degree] + 12 * int(rng.integers(-1, 2))) % 24, 60, 88)
+            accent = 0.15 if pos % q == 0 else -0.05
+            _add(p, c.t0 + pos + (int(st.swing * q / 2) if pos % q == q // 2 else 0), int(dur * 0.9), pitch,
+                 _velocity(rng, c.level, accent))  # fmt: skip
+        pos += dur
+
+
+def _play_perc(p: _Part, c: _Bar) -> None:
+    q = TICKS_PER_QUARTER
+    for i in range(2 * c.style.beats):
+        if c.rng.random() < 0.3:
+            _add(p, c.t0 + i * q // 2, q // 3, _fit(60 + (c.key + c.chord[i % len(c.chord)]) % 12, 55, 84),
+                 _velocity(c.rng, c.level, -0.2))  # fmt: skip
+
+
+def _play_drums(p: _Part, c: _Bar) -> None:
+    st, rng, q = c.style, c.rng, TICKS_PER_QUARTER
+    fill = (c.index % SECTION_BARS == SECTION_BARS - 1) and rng.random() < 0.6
+    for offset, note, accent in _drum_bar(st.groove or "rock", st.beats, q, rng, fill, st.swing):
+        p.notes.append((c.t0 + offset, q // 4, note, _velocity(rng, c.level, accent / 100)))
+    if c.index % SECTION_BARS == 0 and rng.random() < 0.5:
+        p.notes.append((c.t0, q // 2, CRASH, _velocity(rng, c.level, 0.1)))
+
+
+def _to_score(bpm: float, parts: dict[str, _Part], drums: _Part | None):
+    """The parts as a ``symusic.Score``, one track per part that plays (drums last)."""
+    from symusic import ControlChange, Note, Score, Tempo, Track
 
     score = Score(TICKS_PER_QUARTER)
     score.tempos.append(Tempo(0, qpm=bpm))
-    channel = 0
     for role, part in list(parts.items()) + ([("drums", drums)] if drums is not None else []):
         if not part.notes:
             continue
@@ -346,8 +356,56 @@ def generate_piece(seed: int, seconds: float = 30.0, style: str | None = None):
         for tick, value in part.pedal:
             track.controls.append(ControlChange(tick, 64, value))
         score.tracks.append(track)
-        channel += 1
     return score
+
+
+def generate_piece(seed: int, seconds: float = 30.0, style: str | None = None):
+    """One generated piece as a ``symusic.Score`` (ticks, 480 per quarter) of about ``seconds``.
+
+    The seed decides everything: the style (unless ``style`` names one of :data:`STYLES`), key,
+    tempo, the programs of each part, the dynamics curve and where sections drop out. Returns the
+    score; ``score.tracks`` hold one track per part (drums on channel 10).
+    """
+    # Every choice comes from one generator in a fixed order (the helpers draw in turn), so a seed
+    # keeps giving the same piece: the feature caches and the test split depend on it.
+    rng = np.random.default_rng(seed)
+    by_name = {s.name: s for s in STYLES}
+    st = by_name[style] if style is not None else STYLES[int(rng.integers(len(STYLES)))]
+    bpm = float(rng.integers(st.tempo[0], st.tempo[1] + 1))
+    bar = st.beats * TICKS_PER_QUARTER
+    n_bars = max(2, int(round(seconds * bpm / 60 / st.beats)))
+    key = int(rng.integers(0, 12))
+    progression = PROGRESSIONS[st.progressions[int(rng.integers(len(st.progressions)))]]
+    parts, drums = _choose_parts(rng, st)
+    base, levels = _dynamics(rng, n_bars)
+    active = _sections(rng, n_bars, set(parts) | ({"drums"} if drums else set()))
+
+    pedal_comp = "comp" in parts and parts["comp"].program < 8 and rng.random() < 0.6
+    for b in range(n_bars):
+        root_deg, quality = progression[(b // st.chord_bars) % len(progression)]
+        c = _Bar(st, rng, key, b, b * bar, key + root_deg, TRIAD[quality], float(levels[b]))
+        on = active[b]
+        if "bass" in parts and "bass" in on:
+            _play_bass(parts["bass"], c)
+        if "comp" in parts and "comp" in on:
+            _play_comp(parts["comp"], c, pedal_comp)
+        if "pad" in parts and "pad" in on and b % st.chord_bars == 0:
+            _play_pad(parts["pad"], c)
+        if "lead" in parts and "lead" in on:
+            _play_lead(parts["lead"], c)
+        if "perc" in parts and "perc" in on:
+            _play_perc(parts["perc"], c)
+        if drums is not None and "drums" in on:
+            _play_drums(drums, c)
+
+    # A final long chord held and left to ring (long sustains, decays into silence).
+    if rng.random() < 0.5:
+        held = parts.get("pad") or parts.get("comp") or next(iter(parts.values()))
+        root_deg, quality = progression[0]
+        for n in TRIAD[quality][:3]:
+            _add(held, n_bars * bar, 3 * TICKS_PER_QUARTER, _fit(60 + (key + root_deg + n) % 12, 52, 76),
+                 _velocity(rng, base, -0.1))  # fmt: skip
+    return _to_score(bpm, parts, drums)
 
 
 def generate_set(

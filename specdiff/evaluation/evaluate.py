@@ -221,11 +221,10 @@ def evaluate(
 ) -> dict[str, Any]:
     """Synthesize every MIDI file with ``model`` and score it against reference audio.
 
-    ``model``: a pipeline folder (diffusers layout) or a ``SpectrogramDiffusionPipeline`` (any
-    object with ``sample_rate`` and ``__call__(tokenized, ...) -> .audios [1, N]``).
-    ``midi_files``: files and/or folders. ``max_seconds`` keeps only the first seconds of each
-    piece (notes and reference audio are cut to match), for quick checks. Every piece uses the
-    same ``seed``. ``dtype``: the networks' dtype when ``model`` is a folder (default float32).
+    ``model``: a pipeline folder (diffusers layout) or a ``SpectrogramDiffusionPipeline`` (any object with
+    ``sample_rate`` and ``__call__(tokenized, ...) -> .audios [1, N]``). ``midi_files``: files and/or folders.
+    ``max_seconds`` keeps only the first seconds of each piece (notes and reference audio are cut to match), for
+    quick checks. Every piece uses the same ``seed``. ``dtype``: the networks' dtype for a folder (default float32).
     ``timbre``: synthesize this timbre of a timbre-conditioned model; rendered references then
     use that timbre's SoundFont (``specdiff.data.render.find_soundfont``) unless ``soundfont`` is given.
     ``steps``, ``scheduler`` and ``guidance`` left None take the model's ``sampling.json`` (its
@@ -242,15 +241,72 @@ def evaluate(
     if max_seconds is not None and not (max_seconds > 0 and math.isfinite(max_seconds)):
         raise SpecdiffError(f"max_seconds must be a positive number, got {max_seconds}")
     embedder = get_embedding(embedding)  # unknown name: SpecdiffError before any work
-    midi_paths = collect_midi_files(midi_files)
-    if len({p.stem for p in midi_paths}) < len(midi_paths) and out_dir is not None and (save_audio or plots):
-        raise SpecdiffError("two MIDI files share a file name stem; their outputs would overwrite each other")
-
-    if isinstance(reference_audio, (str, os.PathLike)) and not Path(reference_audio).is_dir():
-        raise AudioError(f"reference audio folder not found: {reference_audio}")
+    midi_paths = _midi_paths(midi_files, reference_audio, out_dir is not None and (save_audio or plots))
     # Cheap checks first: every MIDI file is read before the model loads. One that cannot be
     # synthesized (no notes, not a MIDI file, ...) is skipped and listed; none left is an error.
     pieces, skipped_files = _prepare_pieces(midi_paths, max_seconds, verbose)
+    skipped = _transcription_skipped(transcription, embedding, verbose)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    pipe = _load_pipeline(model, inverter, device, dtype)
+    # Unset settings: the model's sampling.json, else the library defaults, so the report names what was run.
+    chosen = resolve_sampling(getattr(pipe, "sampling", None), scheduler=scheduler, num_inference_steps=steps,
+                              guidance_scale=guidance)  # fmt: skip
+    steps, scheduler, guidance = chosen.num_inference_steps, chosen.scheduler, chosen.guidance_scale
+    soundfont = _set_timbre(pipe, timbre, soundfont, reference_audio)
+
+    run = _Run(pipe, reference_audio, soundfont, steps, scheduler, guidance, seed, not skipped, verbose)
+    rows, generated_clips, reference_clips = _score_pieces(run, pieces, out, save_audio, plots)
+    summary = _summarize(rows)
+    summary["skipped"] = len(skipped_files)
+    summary.update(metrics.frechet_audio_distance(generated_clips, reference_clips, embedding=embedding))
+    settings = _settings_record(pipe, dtype, reference_audio, steps=steps, scheduler=scheduler, guidance=guidance,
+                                seed=seed, max_seconds=max_seconds, embedding=embedding, inverter=inverter,
+                                timbre=timbre, soundfont=soundfont, device=device)  # fmt: skip
+    results: dict[str, Any] = {
+        "model": str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
+        "settings": settings,
+        "transcription": skipped or TRANSCRIPTION_METHOD,
+        "embedding": embedder.description,
+        "summary": summary,
+        "pieces": rows,
+        "skipped": skipped_files,
+        "environment": _environment(),
+        "wall_seconds": time.perf_counter() - started_all,
+    }
+    _write_report(results, out, verbose)
+    return results
+
+
+def _settings_record(pipe: Any, dtype: Any, reference_audio: Any, **settings: Any) -> dict[str, Any]:
+    """The settings of a run as the report records them, in the order given and then ``dtype`` (the
+    pipeline's own) and ``reference_audio`` (a folder, "given", or None); a SoundFont as a string."""
+    soundfont = settings.get("soundfont")
+    return {
+        **settings,
+        "soundfont": str(soundfont) if soundfont is not None else None,  # keeps its place in the order
+        "dtype": str(getattr(pipe, "dtype", dtype)).replace("torch.", ""),
+        "reference_audio": str(reference_audio)
+        if isinstance(reference_audio, (str, os.PathLike))
+        else ("given" if reference_audio is not None else None),
+    }
+
+
+def _midi_paths(midi_files: Sequence[str | os.PathLike], reference_audio: Any, writes_per_piece: bool) -> list[Path]:
+    """The MIDI files to evaluate; outputs named after each file's stem must not collide, and a
+    reference folder must exist."""
+    midi_paths = collect_midi_files(midi_files)
+    if len({p.stem for p in midi_paths}) < len(midi_paths) and writes_per_piece:
+        raise SpecdiffError("two MIDI files share a file name stem; their outputs would overwrite each other")
+    if isinstance(reference_audio, (str, os.PathLike)) and not Path(reference_audio).is_dir():
+        raise AudioError(f"reference audio folder not found: {reference_audio}")
+    return midi_paths
+
+
+def _transcription_skipped(transcription: bool, embedding: str, verbose: bool) -> str | None:
+    """Why the transcription metrics are skipped (disabled, basic-pitch missing), or None; the
+    basic-pitch embedding cannot do without it."""
     from specdiff.evaluation import transcription as basic_pitch
 
     skipped = basic_pitch.transcription_unavailable() if transcription else "transcription metrics skipped (disabled)"
@@ -258,16 +314,12 @@ def evaluate(
         raise SpecdiffError(f"the basic-pitch embedding needs basic-pitch: {basic_pitch.BASIC_PITCH_INSTALL}")
     if skipped and transcription:
         _log(f"note: {skipped}", verbose)
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    pipe = _load_pipeline(model, inverter, device, dtype)
-    # Unset settings: the model's sampling.json (a pipeline's ``sampling``; any other object, the
-    # library defaults), decided by the pipeline's own rule, so the report names what was run.
-    chosen = resolve_sampling(
-        getattr(pipe, "sampling", None), scheduler=scheduler, num_inference_steps=steps, guidance_scale=guidance
-    )
-    steps, scheduler, guidance = chosen.num_inference_steps, chosen.scheduler, chosen.guidance_scale
+    return skipped
+
+
+def _set_timbre(pipe: Any, timbre: str | None, soundfont: Any, reference_audio: Any) -> Any:
+    """Point the pipeline at ``timbre`` and check its sample rate; returns the SoundFont rendered
+    references use (the timbre's own when neither a SoundFont nor references are given)."""
     if timbre is not None:
         pipe.timbre = timbre
         if soundfont is None and reference_audio is None:
@@ -277,16 +329,38 @@ def evaluate(
     sample_rate = int(getattr(pipe, "sample_rate", SAMPLE_RATE))
     if sample_rate != SAMPLE_RATE:
         raise SpecdiffError(f"the pipeline produces {sample_rate} Hz audio; evaluation expects {SAMPLE_RATE} Hz")
+    return soundfont
 
+
+@dataclass(frozen=True)
+class _Run:
+    """What every piece of one evaluation is synthesized and scored with."""
+
+    pipe: Any
+    reference_audio: Any
+    soundfont: Any
+    steps: int
+    scheduler: str
+    guidance: float
+    seed: int
+    transcription: bool
+    verbose: bool
+
+
+def _score_pieces(
+    run: _Run, pieces: list, out: Path | None, save_audio: bool, plots: bool
+) -> tuple[list[dict[str, Any]], list[np.ndarray], list[np.ndarray]]:
+    """Synthesize and score each piece (writing its audio and plot under ``out`` when asked):
+    the rows, the generated clips and the reference clips."""
     rows: list[dict[str, Any]] = []
     generated_clips: list[np.ndarray] = []
     reference_clips: list[np.ndarray] = []
     for index, piece in enumerate(pieces):
         _log(f"[{index + 1}/{len(pieces)}] {piece.midi.name}: synthesizing "
-             f"{len(piece.tokenized.segments)} segment(s)", verbose)  # fmt: skip
+             f"{len(piece.tokenized.segments)} segment(s)", run.verbose)  # fmt: skip
         row, generated, reference = _evaluate_piece(
-            pipe, piece, reference_audio, soundfont, steps, scheduler, guidance, seed,
-            transcription=not skipped, verbose=verbose,
+            run.pipe, piece, run.reference_audio, run.soundfont, run.steps, run.scheduler, run.guidance, run.seed,
+            transcription=run.transcription, verbose=run.verbose,
         )  # fmt: skip
         if out is not None and save_audio:
             row["audio"] = _save_audio(out / "audio" / f"{piece.midi.stem}.wav", row.pop("_full_audio"))
@@ -301,37 +375,13 @@ def evaluate(
         generated_clips.append(generated)
         reference_clips.append(reference)
         _log("    " + ", ".join(f"{header.split(' ↑')[0].split(' ↓')[0]} {_cell(row.get(key), fmt)}"
-                                for key, header, fmt in TABLE_COLUMNS[1:] if key in row), verbose)  # fmt: skip
+                                for key, header, fmt in TABLE_COLUMNS[1:] if key in row), run.verbose)  # fmt: skip
+    return rows, generated_clips, reference_clips
 
-    summary = _summarize(rows)
-    summary["skipped"] = len(skipped_files)
-    summary.update(metrics.frechet_audio_distance(generated_clips, reference_clips, embedding=embedding))
-    results: dict[str, Any] = {
-        "model": str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
-        "settings": {
-            "steps": steps,
-            "scheduler": scheduler,
-            "guidance": guidance,
-            "seed": seed,
-            "max_seconds": max_seconds,
-            "embedding": embedding,
-            "inverter": inverter,
-            "timbre": timbre,
-            "soundfont": str(soundfont) if soundfont is not None else None,
-            "device": device,
-            "dtype": str(getattr(pipe, "dtype", dtype)).replace("torch.", ""),
-            "reference_audio": str(reference_audio)
-            if isinstance(reference_audio, (str, os.PathLike))
-            else ("given" if reference_audio is not None else None),
-        },  # fmt: skip
-        "transcription": skipped or TRANSCRIPTION_METHOD,
-        "embedding": embedder.description,
-        "summary": summary,
-        "pieces": rows,
-        "skipped": skipped_files,
-        "environment": _environment(),
-        "wall_seconds": time.perf_counter() - started_all,
-    }
+
+def _write_report(results: dict[str, Any], out: Path | None, verbose: bool) -> None:
+    """The results as JSON and Markdown under ``out`` (their paths go into ``results["files"]``),
+    and the table on stdout when ``verbose``."""
     table = markdown_report(results)
     if out is not None:
         atomic_write_text(out / RESULT_JSON, json.dumps(_json_safe(results), indent=2, ensure_ascii=False) + "\n")
@@ -339,7 +389,6 @@ def evaluate(
         results["files"] = {"json": str(out / RESULT_JSON), "markdown": str(out / RESULT_MARKDOWN)}
     if verbose:
         print(table, flush=True)
-    return results
 
 
 def _evaluate_piece(

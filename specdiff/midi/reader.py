@@ -208,15 +208,9 @@ _MIN_ARRAY_RUN = 32
 _ARRAY_KINDS = {0xA0: 2, 0xB0: 2, 0xC0: 1, 0xD0: 1, 0xE0: 2}
 
 
-def _parse_track(
-    data: bytes,
-    track_idx: int,
-    instruments: dict,
-    stragglers: dict,
-    tempos: list | None,
-    budget: _Budget,
-) -> None:
-    """Walk one MTrk chunk, pairing notes and routing CC64 exactly like pretty_midi.
+class _TrackState:
+    """What the channel messages of one MTrk chunk change: each channel's program, the open notes,
+    and the instruments and stragglers of the whole file.
 
     pretty_midi rules reproduced here (``PrettyMIDI._load_instruments``):
     - a note-off (or note-on with velocity 0) closes *every* open note of that (channel, pitch)
@@ -226,37 +220,143 @@ def _parse_track(
     - a control change goes to the instrument of the current program if it exists, otherwise to
       the (channel, track) straggler, whose list the next instrument created there adopts;
     - notes still open at the end of the track are dropped.
+    """
+
+    __slots__ = ("track_idx", "instruments", "stragglers", "budget", "program", "open_notes")
+
+    def __init__(self, track_idx: int, instruments: dict, stragglers: dict, budget: _Budget) -> None:
+        self.track_idx = track_idx
+        self.instruments = instruments
+        self.stragglers = stragglers
+        self.budget = budget
+        self.program = [0] * 16
+        self.open_notes: dict[int, list[tuple[int, int]]] = {}  # (channel << 7 | pitch) -> [(tick, velocity)]
+
+    def cc_list(self, ch: int) -> list:
+        """The control-change list of the instrument of ``ch``'s current program, else the straggler's."""
+        inst = self.instruments.get((self.program[ch], ch, self.track_idx))
+        if inst is not None:
+            return inst.sustain
+        lst = self.stragglers.get((ch, self.track_idx))
+        if lst is None:
+            lst = self.stragglers[(ch, self.track_idx)] = []
+        return lst
+
+    def note_off(self, ch: int, pitch: int, tick: int) -> None:
+        """Close the open notes of (``ch``, ``pitch``) begun before ``tick``, pretty_midi's way."""
+        key = (ch << 7) | pitch
+        lst = self.open_notes.pop(key, None)
+        if lst is None:
+            return  # spurious note-off
+        to_close = lst if lst[-1][0] != tick else [n for n in lst if n[0] != tick]
+        if to_close:
+            prog = self.program[ch]
+            inst = self.instruments.get((prog, ch, self.track_idx))
+            if inst is None:
+                inst = _Instrument(prog, ch, self.stragglers.get((ch, self.track_idx), []))
+                self.instruments[(prog, ch, self.track_idx)] = inst
+            for start_tick, velocity in to_close:
+                inst.notes.append((start_tick, tick, pitch, velocity))
+            self.budget.notes_left -= len(to_close)
+            if self.budget.notes_left < 0:
+                raise _OverLimit("max_notes")
+            if len(to_close) < len(lst):
+                # a note-off and note-on on the same tick: the new note continues
+                self.open_notes[key] = [n for n in lst if n[0] == tick]
+        # otherwise the key stays closed, even when all its notes began on this tick
+        # (pretty_midi then drops them)
+
+    def channel_message(self, data: bytes, p: int, kind: int, ch: int, tick: int) -> int:
+        """A controller, program, pressure or pitch-bend message whose data starts at ``p``;
+        returns the position after it."""
+        if kind == 0xC0 or kind == 0xD0:
+            d1 = data[p]
+            if d1 > 127:
+                raise ValueError("data byte out of range")
+            if kind == 0xC0:
+                self.program[ch] = d1
+            return p + 1
+        d1 = data[p]
+        d2 = data[p + 1]
+        if (d1 | d2) > 127:
+            raise ValueError("data byte out of range")
+        if kind == 0xB0:  # control change
+            lst = self.cc_list(ch)
+            if d1 == 64:
+                lst.append((tick, d2))
+        elif kind == 0xE0:  # pitch bend: only matters because it can create a straggler
+            self.cc_list(ch)
+        return p + 2
+
+    def array_run(self, data: bytes, p: int, run_end: int, kind: int, ch: int, tick: int) -> tuple[int, int]:
+        """Apply the running-status messages of ``kind`` in ``data[p:run_end]`` (all data bytes) if
+        there are at least ``_MIN_ARRAY_RUN`` of them: returns how many were read (0: none) and the
+        tick of the last."""
+        size = 1 + _ARRAY_KINDS[kind]
+        n = (run_end - p) // size
+        if n < _MIN_ARRAY_RUN:
+            return 0, tick
+        run = np.frombuffer(data, np.uint8, n * size, p).reshape(n, size)  # rows: delta time, data bytes
+        ticks = tick + np.cumsum(run[:, 0], dtype=np.int64)
+        if kind == 0xB0:
+            pedal = run[:, 1] == 64
+            if pedal.any():  # a block of (tick, value) rows among the list's tuples
+                self.cc_list(ch).append(np.stack([ticks[pedal], run[pedal, 2]], axis=1))
+        elif kind == 0xC0:
+            self.program[ch] = int(run[-1, 1])
+        return n, int(ticks[-1])
+
+
+def _skip_system_event(data: bytes, p: int, status: int, explicit: bool, tick: int, tempos: list | None) -> int:
+    """Read a meta, sysex or system message whose data starts at ``p`` (collecting tempo changes
+    into ``tempos``); returns the position after it."""
+    if status == 0xFF:  # meta event
+        meta_type = data[p]
+        length, p = _read_varlen(data, p + 1)
+        if meta_type == 0x51 and tempos is not None:
+            if length < 3 or p + 3 > len(data):
+                raise ValueError("bad tempo event")
+            tempos.append((tick, (data[p] << 16) | (data[p + 1] << 8) | data[p + 2]))
+        return p + length
+    if status == 0xF0 or status == 0xF7:  # sysex
+        if not explicit:
+            raise ValueError("running status on a sysex message")
+        length, p = _read_varlen(data, p)
+        return p + length
+    n = _SYSTEM_DATA_LENGTH.get(status)
+    if n is None or not explicit:
+        raise ValueError(f"undefined status byte 0x{status:02x}")
+    return p + n
+
+
+def _parse_track(
+    data: bytes,
+    track_idx: int,
+    instruments: dict,
+    stragglers: dict,
+    tempos: list | None,
+    budget: _Budget,
+) -> None:
+    """Walk one MTrk chunk, pairing notes and routing CC64 exactly like pretty_midi (:class:`_TrackState`).
 
     Every event counts against ``budget`` (notes, pedal and other controllers, meta, sysex), and
     long runs of running-status controller, pitch-bend, pressure and program messages (a pedal
     storm) are read as arrays, so the cost is linear in the file and bounded by the budget.
     """
-    program = [0] * 16
-    open_notes: dict[int, list[tuple[int, int]]] = {}
-    tick = 0
-    running = 0
-    p = 0
+    # The hot path (delta time, status, notes) stays inline: a call per event costs more than the rest.
+    state = _TrackState(track_idx, instruments, stragglers, budget)
+    open_notes = state.open_notes
+    tick = running = p = 0
     end = len(data)
     count = 0  # events read since the budget was last told
     chunk = budget.take_events(0)  # events that may be read before telling it again
     array_from = 0  # no array run is looked for before this position
-
-    def cc_list(prog: int, ch: int) -> list:
-        inst = instruments.get((prog, ch, track_idx))
-        if inst is not None:
-            return inst.sustain
-        lst = stragglers.get((ch, track_idx))
-        if lst is None:
-            lst = stragglers[(ch, track_idx)] = []
-        return lst
-
     while p < end:
         count += 1
         if count >= chunk:
             chunk = budget.take_events(count)
             count = 0
-        # delta time (variable length)
-        b = data[p]
+        b = data[p]  # delta time (variable length)
         p += 1
         delta = b & 0x7F
         while b & 0x80:
@@ -275,99 +375,37 @@ def _parse_track(
             status = running  # running status: this byte is the first data byte
         else:
             raise ValueError("running status without a previous status byte")
-
-        if status < 0xF0:
-            kind = status & 0xF0
-            ch = status & 0x0F
-            if kind == 0xC0 or kind == 0xD0:
-                d1 = data[p]
-                p += 1
-                if d1 > 127:
-                    raise ValueError("data byte out of range")
-                if kind == 0xC0:
-                    program[ch] = d1
-            else:
-                d1 = data[p]
-                d2 = data[p + 1]
-                p += 2
-                if (d1 | d2) > 127:
-                    raise ValueError("data byte out of range")
-                if kind == 0x90 and d2 > 0:  # note on
-                    key = (ch << 7) | d1
-                    lst = open_notes.get(key)
-                    if lst is None:
-                        open_notes[key] = [(tick, d2)]
-                    else:
-                        lst.append((tick, d2))
-                    continue
-                if kind == 0x80 or kind == 0x90:  # note off
-                    key = (ch << 7) | d1
-                    lst = open_notes.pop(key, None)
-                    if lst is None:
-                        continue  # spurious note-off
-                    to_close = lst if lst[-1][0] != tick else [n for n in lst if n[0] != tick]
-                    if to_close:
-                        prog = program[ch]
-                        inst = instruments.get((prog, ch, track_idx))
-                        if inst is None:
-                            inst = _Instrument(prog, ch, stragglers.get((ch, track_idx), []))
-                            instruments[(prog, ch, track_idx)] = inst
-                        for start_tick, velocity in to_close:
-                            inst.notes.append((start_tick, tick, d1, velocity))
-                        budget.notes_left -= len(to_close)
-                        if budget.notes_left < 0:
-                            raise _OverLimit("max_notes")
-                        if len(to_close) < len(lst):
-                            # a note-off and note-on on the same tick: the new note continues
-                            open_notes[key] = [n for n in lst if n[0] == tick]
-                    # otherwise the key stays closed, even when all its notes began on this tick
-                    # (pretty_midi then drops them)
-                    continue
-                if kind == 0xB0:  # control change
-                    lst = cc_list(program[ch], ch)
-                    if d1 == 64:
-                        lst.append((tick, d2))
-                elif kind == 0xE0:  # pitch bend: only matters because it can create a straggler
-                    cc_list(program[ch], ch)
-            # A long run of messages of this kind in running status is read in one go.
-            if p >= array_from:
-                run_end = _DATA_BYTES.match(data, p).end()
-                array_from = run_end
-                size = 1 + _ARRAY_KINDS[kind]
-                n = (run_end - p) // size
-                if n >= _MIN_ARRAY_RUN:
-                    run = np.frombuffer(data, np.uint8, n * size, p).reshape(n, size)
-                    ticks = tick + np.cumsum(run[:, 0], dtype=np.int64)
-                    count += n
-                    if count >= chunk:
-                        chunk = budget.take_events(count)
-                        count = 0
-                    if kind == 0xB0:
-                        pedal = run[:, 1] == 64
-                        if pedal.any():  # a block of (tick, value) rows among the list's tuples
-                            cc_list(program[ch], ch).append(np.stack([ticks[pedal], run[pedal, 2]], axis=1))
-                    elif kind == 0xC0:
-                        program[ch] = int(run[-1, 1])
-                    tick = int(ticks[-1])
-                    p += n * size
-        elif status == 0xFF:  # meta event
-            meta_type = data[p]
-            length, p = _read_varlen(data, p + 1)
-            if meta_type == 0x51 and tempos is not None:
-                if length < 3 or p + 3 > end:
-                    raise ValueError("bad tempo event")
-                tempos.append((tick, (data[p] << 16) | (data[p + 1] << 8) | data[p + 2]))
-            p += length
-        elif status == 0xF0 or status == 0xF7:  # sysex
-            if not explicit:
-                raise ValueError("running status on a sysex message")
-            length, p = _read_varlen(data, p)
-            p += length
-        else:
-            n = _SYSTEM_DATA_LENGTH.get(status)
-            if n is None or not explicit:
-                raise ValueError(f"undefined status byte 0x{status:02x}")
-            p += n
+        if status >= 0xF0:
+            p = _skip_system_event(data, p, status, explicit, tick, tempos)
+            continue
+        kind = status & 0xF0
+        ch = status & 0x0F
+        if kind == 0x90 or kind == 0x80:
+            d1 = data[p]
+            d2 = data[p + 1]
+            p += 2
+            if (d1 | d2) > 127:
+                raise ValueError("data byte out of range")
+            if kind == 0x90 and d2 > 0:  # note on
+                key = (ch << 7) | d1
+                lst = open_notes.get(key)
+                if lst is None:
+                    open_notes[key] = [(tick, d2)]
+                else:
+                    lst.append((tick, d2))
+            else:  # note off
+                state.note_off(ch, d1, tick)
+            continue
+        p = state.channel_message(data, p, kind, ch, tick)
+        if p >= array_from:  # a long run of messages of this kind in running status is read in one go
+            array_from = _DATA_BYTES.match(data, p).end()
+            n, tick = state.array_run(data, p, array_from, kind, ch, tick)
+            if n:
+                p += n * (1 + _ARRAY_KINDS[kind])
+                count += n
+                if count >= chunk:
+                    chunk = budget.take_events(count)
+                    count = 0
     if p > end:
         raise IndexError("event runs past the end of its track")
     budget.take_events(count)

@@ -279,6 +279,31 @@ INPUT_SKIP_KNOTS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9,
 ZERO_STARTED_DECODER_PARAMETERS = ("timbre_embedding", "timbre_prior", "input_context", "input_skip")
 
 
+def _check_extensions(
+    prediction_type: str,
+    score_roll_features: int,
+    score_prior: bool,
+    input_context_frames: int,
+    input_skip_frames: int,
+    timbres: Sequence[str],
+) -> None:
+    """Raise ValueError for a :class:`FilmDecoder` configuration whose extensions do not fit together."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}")
+    if int(score_roll_features) < 0:
+        raise ValueError(f"score_roll_features must be >= 0, got {score_roll_features}")
+    if score_prior and not (int(score_roll_features) and prediction_type == "edm"):
+        raise ValueError("score_prior needs score_roll_features > 0 and prediction_type 'edm'")
+    for key, frames in (("input_context_frames", int(input_context_frames)),
+                        ("input_skip_frames", int(input_skip_frames))):  # fmt: skip
+        if frames < 0 or (frames and frames % 2 == 0):
+            raise ValueError(f"{key} must be 0 or odd, got {frames}")
+    if input_skip_frames and prediction_type != "edm":
+        raise ValueError("input_skip_frames needs prediction_type 'edm'")
+    if len(set(timbres)) != len(timbres):
+        raise ValueError(f"timbre names must be unique, got {timbres}")
+
+
 class FilmDecoder(ConfigMixin, nn.Module):
     """FiLM-conditioned, non-causal T5 decoder that predicts the noise (spec §3.4; ``T5FilmDecoder``).
 
@@ -359,22 +384,9 @@ class FilmDecoder(ConfigMixin, nn.Module):
         input_skip_frames: int = 0,
     ) -> None:
         super().__init__()
-        if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(
-                f"unknown prediction_type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}"
-            )
-        if int(score_roll_features) < 0:
-            raise ValueError(f"score_roll_features must be >= 0, got {score_roll_features}")
-        if score_prior and not (int(score_roll_features) and prediction_type == "edm"):
-            raise ValueError("score_prior needs score_roll_features > 0 and prediction_type 'edm'")
-        for key, frames in (("input_context_frames", int(input_context_frames)),
-                            ("input_skip_frames", int(input_skip_frames))):  # fmt: skip
-            if frames < 0 or (frames and frames % 2 == 0):
-                raise ValueError(f"{key} must be 0 or odd, got {frames}")
-        if input_skip_frames and prediction_type != "edm":
-            raise ValueError("input_skip_frames needs prediction_type 'edm'")
-        if len(set(self.timbres)) != len(self.timbres):
-            raise ValueError(f"timbre names must be unique, got {self.timbres}")
+        _check_extensions(
+            prediction_type, score_roll_features, score_prior, input_context_frames, input_skip_frames, self.timbres
+        )
         self.conditioning_emb = nn.Sequential(
             nn.Linear(d_model, d_model * 4, bias=False),
             nn.SiLU(),

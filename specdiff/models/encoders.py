@@ -93,13 +93,20 @@ class _T5Encoder(ConfigMixin, nn.Module):
     """Shared stack: ``x -> dropout -> N x EncoderBlock -> RMSNorm -> dropout``. ``config``: the
     constructor's arguments (:func:`specdiff.models.config.register_to_config`)."""
 
-    def _build_stack(self, d_model: int, num_layers: int, num_heads: int, d_kv: int, d_ff: int, dropout_rate: float):
+    def _build_stack(
+        self, positions: int, d_model: int, num_layers: int, num_heads: int, d_kv: int, d_ff: int, dropout_rate: float
+    ) -> None:
+        """Everything after the subclass's input layer, then the initial weights: the frozen position
+        table of ``positions`` entries and the block stack (registered in the checkpoints' order)."""
+        self.position_encoding = nn.Embedding(positions, d_model)
+        self.position_encoding.weight.requires_grad = False
         self.dropout_pre = SequenceDropout(dropout_rate)
         self.encoders = nn.ModuleList(
             [EncoderBlock(d_model, num_heads, d_kv, d_ff, dropout_rate) for _ in range(num_layers)]
         )
         self.layer_norm = RMSNorm(d_model)
         self.dropout_post = nn.Dropout(dropout_rate)
+        init_weights(self)
 
     def _run_stack(self, x: Tensor, mask: Tensor) -> Tensor:
         x = self.dropout_pre(x)
@@ -139,10 +146,7 @@ class NotesEncoder(_T5Encoder):
         super().__init__()
         _check_ff(feed_forward_proj, is_decoder)
         self.token_embedder = nn.Embedding(vocab_size, d_model)
-        self.position_encoding = nn.Embedding(max_length, d_model)
-        self.position_encoding.weight.requires_grad = False
-        self._build_stack(d_model, num_layers, num_heads, d_kv, d_ff, dropout_rate)
-        init_weights(self)
+        self._build_stack(max_length, d_model, num_layers, num_heads, d_kv, d_ff, dropout_rate)
 
     def forward(self, encoder_input_tokens: Tensor, encoder_inputs_mask: Tensor) -> EncodingAndMask:
         length = encoder_input_tokens.shape[1]
@@ -177,10 +181,7 @@ class ContinuousEncoder(_T5Encoder):
         super().__init__()
         _check_ff(feed_forward_proj, is_decoder)
         self.input_proj = nn.Linear(input_dims, d_model, bias=False)
-        self.position_encoding = nn.Embedding(targets_context_length, d_model)
-        self.position_encoding.weight.requires_grad = False
-        self._build_stack(d_model, num_layers, num_heads, d_kv, d_ff, dropout_rate)
-        init_weights(self)
+        self._build_stack(targets_context_length, d_model, num_layers, num_heads, d_kv, d_ff, dropout_rate)
 
     def forward(self, encoder_inputs: Tensor, encoder_inputs_mask: Tensor) -> EncodingAndMask:
         x = self.input_proj(encoder_inputs)

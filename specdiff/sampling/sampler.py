@@ -133,6 +133,18 @@ logsnr = diffusion.logsnr
 alpha_sigma = diffusion.alpha_sigma
 
 
+def check_num_inference_steps(num_inference_steps: int, num_train_timesteps: int | None = None) -> None:
+    """Raise ValueError unless a sampler can take ``num_inference_steps`` steps: at least one, and
+    no more than the ``num_train_timesteps`` of a discrete schedule (None: no such limit)."""
+    if num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    if num_train_timesteps is not None and num_inference_steps > num_train_timesteps:
+        raise ValueError(
+            f"num_inference_steps={num_inference_steps} exceeds this scheduler's "
+            f"{num_train_timesteps} training timesteps"
+        )
+
+
 def _alpha_sigma_float(t: float) -> tuple[float, float]:
     """``(cos(a t + b), sin(a t + b))`` as Python floats (:func:`specdiff.sampling.diffusion.alpha_sigma`)."""
     angle = diffusion.SCHEDULE_A * t + diffusion.SCHEDULE_B
@@ -196,8 +208,7 @@ class CosineLogSNRSampler:
         return {"_class_name": type(self).__name__, "clip_x0": self.clip_x0}
 
     def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        check_num_inference_steps(num_inference_steps)  # continuous time: no count of training timesteps
         self.num_inference_steps = int(num_inference_steps)
         n = self.num_inference_steps
         self._timesteps = torch.arange(n, 0, -1, dtype=torch.float64) / n
@@ -304,13 +315,7 @@ class DiffusersSampler:
         return float(self.scheduler.init_noise_sigma)
 
     def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        if num_inference_steps > self.num_train_timesteps:
-            raise ValueError(
-                f"num_inference_steps={num_inference_steps} exceeds this scheduler's "
-                f"{self.num_train_timesteps} training timesteps"
-            )
+        check_num_inference_steps(num_inference_steps, self.num_train_timesteps)
         self.scheduler.set_timesteps(num_inference_steps)
 
     @property
@@ -388,13 +393,7 @@ class DDIMSampler:
     def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
         import numpy as np
 
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        if num_inference_steps > self.num_train_timesteps:
-            raise ValueError(
-                f"num_inference_steps={num_inference_steps} exceeds this scheduler's "
-                f"{self.num_train_timesteps} training timesteps"
-            )
+        check_num_inference_steps(num_inference_steps, self.num_train_timesteps)
         self.num_inference_steps = int(num_inference_steps)
         if self.final_noise_time > 0:
             times = np.linspace(1.0, self.final_noise_time, self.num_inference_steps)

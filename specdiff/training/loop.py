@@ -169,21 +169,8 @@ class Trainer:
             self._restore(resume_path)
         elif config.init_from:
             self._warm_start(Path(config.init_from))
-        # Closed-form fits (after a warm start, which they refit; never on resume): the prior first,
-        # since the input skip sees the noisy input less the prior.
-        if config.score_prior_fit > 0 and resume_path is None:
-            error = fit_score_prior(
-                self.model.decoder, train_set, config.score_prior_fit, mask_padding=config.mask_padding
-            )
-            self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)  # the EMA starts from the fit
-            if self.ctx.is_main:
-                print(f"score prior fitted on {config.score_prior_fit} windows: L1 {error:.4f}", flush=True)
-        if config.input_skip_fit > 0 and resume_path is None:
-            report = fit_input_skip(self.model, train_set, config.input_skip_fit, mask_padding=config.mask_padding)
-            self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)  # the EMA starts from the fit
-            if self.ctx.is_main:
-                cells = ", ".join(f"t={t:.2f} {before:.3f}->{after:.3f}" for t, before, after in report)
-                print(f"input skip fitted on {config.input_skip_fit} windows (output L1): {cells}", flush=True)
+        if resume_path is None:  # after a warm start, which they refit; never on resume
+            self._fit_closed_forms(train_set)
 
         self.ddp_model: nn.Module = self.model
         if self.ctx.enabled:
@@ -196,16 +183,38 @@ class Trainer:
         self.val_seed = example_seed(config.seed, 2_000_003)
         self._ema_model: SpectrogramDiffusionModel | None = None
         if self.ctx.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.out_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-            self.metrics = MetricsLog(self.out_dir, self.step, config.tensorboard)
-            n_val = min(config.val_examples, len(val_set))  # type: ignore[arg-type]
-            items = [(i, val_set[i]) for i in range(n_val)]
-            self.val_batches = [
-                collate_counted(items[i : i + self.micro_batch]) for i in range(0, n_val, self.micro_batch)
-            ]
+            self._open_run_folder(val_set)
 
     # -- setup -----------------------------------------------------------------------------------
+
+    def _fit_closed_forms(self, train_set: torch.utils.data.Dataset) -> None:
+        """The closed-form fits the config asks for, the prior first, since the input skip sees the
+        noisy input less the prior; the EMA restarts from each fit."""
+        config = self.config
+        if config.score_prior_fit > 0:
+            error = fit_score_prior(
+                self.model.decoder, train_set, config.score_prior_fit, mask_padding=config.mask_padding
+            )
+            self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)  # the EMA starts from the fit
+            if self.ctx.is_main:
+                print(f"score prior fitted on {config.score_prior_fit} windows: L1 {error:.4f}", flush=True)
+        if config.input_skip_fit > 0:
+            report = fit_input_skip(self.model, train_set, config.input_skip_fit, mask_padding=config.mask_padding)
+            self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)  # the EMA starts from the fit
+            if self.ctx.is_main:
+                cells = ", ".join(f"t={t:.2f} {before:.3f}->{after:.3f}" for t, before, after in report)
+                print(f"input skip fitted on {config.input_skip_fit} windows (output L1): {cells}", flush=True)
+
+    def _open_run_folder(self, val_set: torch.utils.data.Dataset) -> None:
+        """On the main rank: the run folder with its config.json, the metrics log, and the fixed
+        validation batches."""
+        config = self.config
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.out_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+        self.metrics = MetricsLog(self.out_dir, self.step, config.tensorboard)
+        n_val = min(config.val_examples, len(val_set))  # type: ignore[arg-type]
+        items = [(i, val_set[i]) for i in range(n_val)]
+        self.val_batches = [collate_counted(items[i : i + self.micro_batch]) for i in range(0, n_val, self.micro_batch)]
 
     def _restore(self, path: Path) -> None:
         state = load_checkpoint(path)

@@ -1,4 +1,4 @@
-"""Training of the neural vocoder (specdiff/audio/vocoder.py): losses, discriminators, data, the loop.
+"""Training of the neural vocoder (specdiff/audio/vocoder.py): the trainer, validation and the loop.
 
 Recipe (HiFi-GAN / Vocos): reconstruction losses (log-mel L1 through our exact front end, ORIGINAL.md §1,
 plus a multi-resolution STFT loss) and, after a reconstruction-only warm-up, hinge adversarial
@@ -32,222 +32,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from specdiff.atomic import atomic_write
+from specdiff.audio.mel import log_mel
 from specdiff.audio.vocoder import Vocoder, VocoderConfig
-from specdiff.constants import HOP_LENGTH, SAMPLE_RATE
-from specdiff.errors import AudioError, SpecdiffError
+from specdiff.errors import AudioError
 from specdiff.pipeline.folder import VOCODER_FOLDER
-
-HOP = HOP_LENGTH
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
-MIDI_SUFFIXES = {".mid", ".midi"}
-
-
-def _log_mel(audio: torch.Tensor) -> torch.Tensor:
-    from specdiff.audio.mel import log_mel
-
-    return log_mel(audio)
-
-
-# ---- reconstruction losses -------------------------------------------------------------------------
-
-STFT_RESOLUTIONS = ((256, 64), (512, 128), (1024, 256), (2048, 512))  # (n_fft = window, hop)
-
-
-def stft_magnitude(audio: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
-    """|STFT| ``[B, n_fft/2 + 1, frames]`` with a Hann window of n_fft samples (centred frames)."""
-    window = torch.hann_window(n_fft, device=audio.device)
-    spec = torch.stft(audio, n_fft, hop, window=window, return_complex=True)
-    return torch.sqrt(spec.real**2 + spec.imag**2 + 1e-9)  # the epsilon keeps the gradient finite at 0
-
-
-def multi_resolution_stft_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Mean over resolutions of the L1 distances of log and of linear STFT magnitudes (as in DAC).
-
-    No spectral-convergence term: its per-example normalisation explodes on silent segments.
-    """
-    total = fake.new_zeros(())
-    for n_fft, hop in STFT_RESOLUTIONS:
-        f, r = stft_magnitude(fake, n_fft, hop), stft_magnitude(real, n_fft, hop)
-        total = total + F.l1_loss(torch.log(f.clamp_min(1e-5)), torch.log(r.clamp_min(1e-5))) + F.l1_loss(f, r)
-    return total / len(STFT_RESOLUTIONS)
-
-
-#: Magnitudes below this count as silence in :func:`magnitude_l1` (the loudest bins reach ~300; the
-#: front end clips its mel at the same 1e-5).
-MAGNITUDE_FLOOR = 1e-5
-
-
-def magnitude_l1(log_magnitude: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L1 between the head's log-magnitude ``[B, bins, T]`` and ``log |target|`` (complex, the head's own
-    framing, :meth:`specdiff.audio.vocoder.ISTFTHead.stft`), both floored at :data:`MAGNITUDE_FLOOR`.
-
-    This trains the magnitude for the phase-vocoder synthesis (specdiff.audio.phase_vocoder), which takes
-    the phase from the magnitude instead of the head; the floor keeps silent bins from dominating.
-    """
-    floor = math.log(MAGNITUDE_FLOOR)
-    return F.l1_loss(log_magnitude.clamp_min(floor), torch.log(target.abs().clamp_min(MAGNITUDE_FLOOR)))
-
-
-def mel_l1(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """L1 between our log-mel features (ORIGINAL.md §1) of two waveforms."""
-    return F.l1_loss(_log_mel(fake), _log_mel(real))
-
-
-# ---- discriminators ---------------------------------------------------------------------------------
-
-
-class PeriodDiscriminator(nn.Module):
-    """HiFi-GAN period discriminator: the waveform folded to [T/p, p], 2-D convs along time."""
-
-    def __init__(self, period: int, channels: tuple[int, ...] = (16, 32, 64, 128)):
-        super().__init__()
-        self.period = period
-        norm = nn.utils.parametrizations.weight_norm
-        chans = (1, *channels)
-        self.convs = nn.ModuleList(
-            norm(nn.Conv2d(chans[i], chans[i + 1], (5, 1), (3, 1), padding=(2, 0))) for i in range(len(channels))
-        )
-        self.convs.append(norm(nn.Conv2d(chans[-1], chans[-1], (5, 1), 1, padding=(2, 0))))
-        self.post = norm(nn.Conv2d(chans[-1], 1, (3, 1), 1, padding=(1, 0)))
-
-    def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        b, n = audio.shape
-        if n % self.period:
-            audio = F.pad(audio, (0, self.period - n % self.period), mode="reflect")
-        x = audio.view(b, 1, -1, self.period)
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            features.append(x)
-        x = self.post(x)
-        features.append(x)
-        return x.flatten(1), features
-
-
-class ResolutionDiscriminator(nn.Module):
-    """UnivNet/Vocos resolution discriminator: 2-D convs on a linear magnitude spectrogram."""
-
-    def __init__(self, n_fft: int, hop: int, channels: int = 16):
-        super().__init__()
-        self.n_fft, self.hop = n_fft, hop
-        norm = nn.utils.parametrizations.weight_norm
-        # The first conv already strides along frequency: full-resolution 2-D convs dominate CPU time.
-        self.convs = nn.ModuleList(
-            [
-                norm(nn.Conv2d(1, channels, (7, 5), (2, 1), padding=(3, 2))),
-                norm(nn.Conv2d(channels, channels, (5, 3), (2, 1), padding=(2, 1))),
-                norm(nn.Conv2d(channels, channels, (5, 3), (2, 1), padding=(2, 1))),
-                norm(nn.Conv2d(channels, channels, (5, 3), (2, 1), padding=(2, 1))),
-                norm(nn.Conv2d(channels, channels, (3, 3), padding=(1, 1))),
-            ]
-        )
-        self.post = norm(nn.Conv2d(channels, 1, (3, 3), padding=(1, 1)))
-
-    def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        x = stft_magnitude(audio, self.n_fft, self.hop)[:, None]  # [B, 1, freq, time]
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            features.append(x)
-        x = self.post(x)
-        features.append(x)
-        return x.flatten(1), features
-
-
-class MultiPeriodDiscriminator(nn.ModuleList):
-    def __init__(self, periods: tuple[int, ...] = (2, 3, 5, 7, 11), channels: tuple[int, ...] = (16, 32, 64, 128)):
-        super().__init__(PeriodDiscriminator(p, channels) for p in periods)
-
-
-class MultiResolutionDiscriminator(nn.ModuleList):
-    def __init__(
-        self, resolutions: tuple[tuple[int, int], ...] = ((256, 64), (512, 128), (1024, 256)), channels: int = 16
-    ):
-        super().__init__(ResolutionDiscriminator(n, h, channels) for n, h in resolutions)
-
-
-def discriminator_loss(
-    discriminators: nn.ModuleList, real: torch.Tensor, fake: torch.Tensor
-) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
-    """Hinge loss (push real scores above +1, fake ones below -1; mean over sub-discriminators) and
-    each sub-discriminator's detached feature maps of ``real`` (reused for feature matching).
-
-    Real and fake audio go through each sub-discriminator as one batch: on a CPU the per-call
-    overhead of many small 2-D convolutions is a large part of the cost.
-    """
-    total = real.new_zeros(())
-    real_features = []
-    n = real.shape[0]
-    for d in discriminators:
-        scores, features = d(torch.cat([real, fake]))
-        total = total + F.relu(1 - scores[:n]).mean() + F.relu(1 + scores[n:]).mean()
-        real_features.append([f[:n].detach() for f in features])
-    return total / len(discriminators), real_features
-
-
-def generator_adversarial_loss(
-    discriminators: nn.ModuleList, real_features: list[list[torch.Tensor]], fake: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hinge generator loss, feature-matching L1), each a mean over sub-discriminators.
-
-    ``real_features`` are the real audio's feature maps from :func:`discriminator_loss` of the same
-    step (computed just before the discriminator update, which saves one discriminator pass).
-    """
-    adversarial, matching = fake.new_zeros(()), fake.new_zeros(())
-    for d, features_real in zip(discriminators, real_features):
-        score_fake, features_fake = d(fake)
-        adversarial = adversarial + F.relu(1 - score_fake).mean()
-        matching = matching + sum(F.l1_loss(f, r) for f, r in zip(features_fake, features_real)) / len(features_real)
-    return adversarial / len(discriminators), matching / len(discriminators)
-
-
-# ---- data ---------------------------------------------------------------------------------------------
-
-
-def load_audio_file(path: str | os.PathLike) -> np.ndarray:
-    """16 kHz mono float32 audio (via specdiff.audio.files)."""
-    from specdiff.audio.files import load_audio
-
-    return np.asarray(load_audio(path), dtype=np.float32)
-
-
-def list_files(folder: str | os.PathLike, suffixes: set[str]) -> list[Path]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise SpecdiffError(f"not a folder: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
-    if not files:
-        raise SpecdiffError(f"no {'/'.join(sorted(suffixes))} files in {folder}")
-    return files
-
-
-class SegmentSampler:
-    """Random fixed-length training segments from in-memory clips, with random gain.
-
-    Each example is ``segment_frames * 320 + 320`` samples: the extra frame lets the last mel frame
-    see real audio instead of the STFT's end padding (ORIGINAL.md §1 ``pad_end``), as inside a long song.
-    """
-
-    def __init__(self, clips: list[np.ndarray], segment_frames: int, seed: int = 0, gain_range=(0.4, 1.0)):
-        self.length = segment_frames * HOP + HOP
-        self.clips = [np.pad(c, (0, max(0, self.length - len(c)))) for c in clips]
-        weights = np.array([len(c) - self.length + 1 for c in self.clips], np.float64)
-        self.probabilities = weights / weights.sum()
-        self.gain_range = gain_range
-        self.rng = np.random.default_rng(seed)
-
-    def sample(self, batch_size: int) -> torch.Tensor:
-        out = np.empty((batch_size, self.length), np.float32)
-        for i, clip_index in enumerate(self.rng.choice(len(self.clips), size=batch_size, p=self.probabilities)):
-            clip = self.clips[clip_index]
-            start = self.rng.integers(0, len(clip) - self.length + 1)
-            out[i] = clip[start : start + self.length] * self.rng.uniform(*self.gain_range)
-        return torch.from_numpy(out)
-
-
-def features_and_target(audio: torch.Tensor, segment_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-mel of the first ``segment_frames`` frames, the matching ``segment_frames * 320`` samples)."""
-    return _log_mel(audio)[:, :segment_frames], audio[:, : segment_frames * HOP]
+from specdiff.training.vocoder_data import SegmentSampler, features_and_target, load_clips
+from specdiff.training.vocoder_losses import (
+    MultiPeriodDiscriminator,
+    MultiResolutionDiscriminator,
+    discriminator_loss,
+    generator_adversarial_loss,
+    magnitude_l1,
+    mel_l1,
+    multi_resolution_stft_loss,
+)
 
 
 def synthesize(generator: Vocoder, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -402,9 +200,9 @@ def evaluate_vocoder(generator: Vocoder, clips: list[np.ndarray]) -> dict[str, f
     mel_errors, stft_errors = [], []
     for clip in clips:
         audio = torch.from_numpy(clip)[None]
-        mel = _log_mel(audio)
+        mel = log_mel(audio)
         fake = synthesize(generator, mel)[0][:, : audio.shape[-1]]
-        mel_errors.append(F.l1_loss(_log_mel(fake), mel).item())
+        mel_errors.append(F.l1_loss(log_mel(fake), mel).item())
         stft_errors.append(multi_resolution_stft_loss(fake, audio).item())
     generator.train()
     return {"val/mel_l1": float(np.mean(mel_errors)), "val/mr_stft": float(np.mean(stft_errors))}
@@ -459,17 +257,6 @@ class _StopOnSignal:
             signal.signal(sig, handler)
 
 
-def _load_clips(files: list[Path], max_seconds: float | None = None) -> list[np.ndarray]:
-    clips = []
-    for f in files:
-        audio = load_audio_file(f)
-        if max_seconds is not None:
-            audio = audio[: int(max_seconds * SAMPLE_RATE)]
-        if audio.size >= HOP * 4:
-            clips.append(audio)
-    return clips
-
-
 def train_vocoder(
     train_files: list[Path],
     val_files: list[Path],
@@ -498,10 +285,10 @@ def train_vocoder(
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    clips = _load_clips(train_files)
+    clips = load_clips(train_files)
     if not clips:
         raise AudioError("no usable training audio (every file is shorter than 4 frames)")
-    val_clips = _load_clips(val_files, max_seconds=10.0)
+    val_clips = load_clips(val_files, max_seconds=10.0)
     sampler = SegmentSampler(clips, train_config.segment_frames, seed=train_config.seed)
     trainer = VocoderTrainer(vocoder_config, train_config, device=device)
     checkpoint = run_dir / "checkpoint.pt"
@@ -544,76 +331,3 @@ def train_vocoder(
         bar.write(f"stopped by a signal at step {trainer.step}; checkpoint saved, run the same command to resume")
     bar.close()
     return trainer
-
-
-# ---- gathering training audio -------------------------------------------------------------------------
-
-
-def demo_corpus_audio(split: str, cache_dir: Path, soundfont: str | None = None) -> list[Path]:
-    """The bundled demo corpus's ``split`` (specdiff.data.corpus) rendered once into ``cache_dir``."""
-    from specdiff.data.corpus import demo_midi_files
-
-    return render_midi_files(demo_midi_files(split), cache_dir, soundfont)
-
-
-def render_midi_files(midi_files: list[Path], cache_dir: Path, soundfont: str | None = None) -> list[Path]:
-    """Render MIDI files (specdiff.data.render) to ``cache_dir/<name>.wav`` unless already there."""
-    from tqdm import tqdm
-
-    from specdiff.audio.files import save_wav
-    from specdiff.data.render import render_midi
-
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    out = []
-    for midi in tqdm(midi_files, desc=f"render {cache_dir.name}", leave=False):
-        wav = cache_dir / (Path(midi).stem + ".wav")
-        if not wav.exists():
-            save_wav(wav, render_midi(midi, soundfont=soundfont), SAMPLE_RATE)  # atomic
-        out.append(wav)
-    return out
-
-
-def cache_audio(cache_dir: Path, out_dir: Path, split: str = "train") -> list[Path]:
-    """Audio of the ``split`` songs of a feature cache (specdiff.data.cache), written to ``out_dir``.
-
-    The cache keeps features only, so each song's audio comes back from the source its index
-    records: a recording ("AUDIO + MIDI") is used in place, a render ("render MIDI [(programs seed
-    N)]") is rendered again the way specdiff.data.cache made it. Other sources are skipped.
-    """
-    import re
-    import warnings
-
-    from specdiff.audio.files import save_wav
-    from specdiff.data.cache import load_index
-    from specdiff.data.songs import RenderedMidi
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files, skipped = [], 0
-    for song in load_index(cache_dir):
-        if song.get("split", "train") != split:
-            continue
-        source = str(song.get("source", ""))
-        rendered = re.fullmatch(r"render (.+?)(?: \(programs seed (\d+)\))?", source)
-        if rendered:
-            wav = out_dir / (re.sub(r"[^A-Za-z0-9._-]+", "_", song["id"]) + ".wav")
-            if not wav.exists():
-                seed = None if rendered.group(2) is None else int(rendered.group(2))
-                pair = RenderedMidi(song_id=song["id"], split=split, midi=rendered.group(1), program_seed=seed)
-                try:
-                    save_wav(wav, pair.load()[0], SAMPLE_RATE)
-                except (SpecdiffError, OSError) as err:
-                    warnings.warn(f"cannot render {rendered.group(1)}: {err}", stacklevel=2)
-                    skipped += 1
-                    continue
-            files.append(wav)
-        elif " + " in source and Path(source.split(" + ")[0]).is_file():
-            files.append(Path(source.split(" + ")[0]))
-        else:
-            skipped += 1
-    if skipped:
-        warnings.warn(
-            f"{skipped} {split} songs of {cache_dir} have no audio source that can be read again", stacklevel=2
-        )
-    if not files:
-        raise SpecdiffError(f"no {split} audio can be recovered from the feature cache {cache_dir}")
-    return files
