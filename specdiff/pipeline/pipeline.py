@@ -29,7 +29,7 @@ from torch import Tensor
 from specdiff.audio.mel import scale_features, scale_to_features
 from specdiff.constants import SAMPLE_RATE
 from specdiff.errors import ModelError
-from specdiff.midi.score_roll import batch_rolls
+from specdiff.midi.score_roll import add_context_level, batch_rolls
 from specdiff.pipeline.folder import NETWORKS, read_networks, write_folder
 from specdiff.pipeline.inputs import (
     SynthesisPlan,
@@ -329,14 +329,13 @@ class SpectrogramDiffusionPipeline:
             gens = [generators[k] for k in active]
             generator = gens[0] if len(gens) == 1 else (None if gens[0] is None else gens)
             with self._autocast():
-                encodings = self.encode_batch(
-                    [token_tensors[k][index] for k in active], scale_features(context, clip=True), context_mask
-                )
+                scaled_context = scale_features(context, clip=True)
+                encodings = self.encode_batch([token_tensors[k][index] for k in active], scaled_context, context_mask)
                 roll = None
                 if getattr(self.decoder, "score_roll_features", 0):  # frame-aligned score conditioning
                     roll = batch_rolls([token_tensors[k][index] for k in active], segment_frames,
                                        self.decoder.score_roll_features)  # fmt: skip
-                    roll = roll.to(device)
+                    roll = add_context_level(roll.to(device), scaled_context, context_mask)
                 denoise = samplers.GuidedDenoiser(self.decoder, encodings, guidance_scale, film_cache, score_roll=roll,
                                                   timbre=self._timbre_indices(len(active)))  # fmt: skip
                 noise = samplers.randn((len(active), segment_frames, n_dims), generator, device, torch.float32)

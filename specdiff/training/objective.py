@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from specdiff.audio.mel import MAX_VALUE, MIN_VALUE
 from specdiff.constants import N_MELS
 from specdiff.errors import SpecdiffError
-from specdiff.midi.score_roll import batch_rolls
+from specdiff.midi.score_roll import add_context_level, batch_rolls
 from specdiff.models.decoder import FilmDecoder
 from specdiff.models.encoders import ContinuousEncoder, NotesEncoder
 from specdiff.sampling.diffusion import (
@@ -65,13 +65,20 @@ class SpectrogramDiffusionModel(nn.Module):
         gets the roll of these ``tokens`` (all-PAD rows, CFG-dropped, get an all-zero roll), a
         timbre-conditioned one the ``timbre`` indices ``[B]`` (None: the default timbre)."""
         encodings = self.encode(tokens, context, context_mask)
-        return self.decoder(encodings, z_t, t, score_roll=self.score_roll(tokens), timbre=timbre)
+        roll = self.score_roll(tokens, context, context_mask)
+        return self.decoder(encodings, z_t, t, score_roll=roll, timbre=timbre)
 
-    def score_roll(self, tokens: Tensor) -> Tensor | None:
-        """The frame-aligned roll of a token batch, or None for the original architecture."""
+    def score_roll(self, tokens: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None
+                   ) -> Tensor | None:  # fmt: skip
+        """The frame-aligned roll of a token batch (with the context-level columns of a
+        context-level layout, ``specdiff.midi.score_roll.add_context_level``), or None for the
+        original architecture."""
         if not self.decoder.score_roll_features:
             return None
-        return batch_rolls(tokens, self.decoder.config["targets_length"], self.decoder.score_roll_features)
+        roll = batch_rolls(tokens, self.decoder.config["targets_length"], self.decoder.score_roll_features)
+        if context is not None and context_mask is not None:
+            roll = add_context_level(roll, context, context_mask, tokens)
+        return roll
 
 
 OUTPUT_INITS = ("default", "zero")

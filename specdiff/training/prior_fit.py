@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from specdiff.errors import SpecdiffError
-from specdiff.midi.score_roll import batch_rolls
+from specdiff.midi.score_roll import add_context_level, batch_rolls
 from specdiff.models.decoder import INPUT_SKIP_KNOTS, FilmDecoder, noisy_residual
 from specdiff.sampling.diffusion import (
     prediction_target,
@@ -63,7 +63,9 @@ def fit_score_prior(
     from specdiff.midi.score_roll import TONAL_FEATURES
 
     def rows(batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        x = batch_rolls(batch["tokens"], frames, features)[..., TONAL_FEATURES:].flatten(0, 1)
+        roll = add_context_level(batch_rolls(batch["tokens"], frames, features), batch["context"],
+                                 batch["context_mask"], batch["tokens"])  # fmt: skip
+        x = roll[..., TONAL_FEATURES:].flatten(0, 1)
         y, keep = batch["target"].flatten(0, 1), _valid_rows(batch, mask_padding)
         return (x, y) if keep is None else (x[keep], y[keep])
 
@@ -79,7 +81,9 @@ def fit_score_prior(
     layer.bias.copy_(solution[-1].to(layer.bias.dtype))
     error, count = 0.0, 0
     for batch in collated_windows(dataset, range(min(windows, 4 * batch_size)), batch_size):
-        prior = decoder.project_score_roll(batch_rolls(batch["tokens"], frames, features), layer.weight) + layer.bias
+        roll = add_context_level(batch_rolls(batch["tokens"], frames, features), batch["context"],
+                                 batch["context_mask"], batch["tokens"])  # fmt: skip
+        prior = decoder.project_score_roll(roll, layer.weight) + layer.bias
         difference, keep = (prior - batch["target"]).abs().flatten(0, 1), _valid_rows(batch, mask_padding)
         difference = difference if keep is None else difference[keep]
         error += float(difference.sum())
@@ -117,7 +121,8 @@ def fit_input_skip(
         tokens = trim_token_padding(batch["tokens"])
         encodings = model.encode(tokens, batch["context"], batch["context_mask"])
         timbre = batch.get("timbre") if decoder.timbres else None
-        cache = decoder.prepare_cross_attention(encodings, model.score_roll(tokens), timbre)
+        roll = model.score_roll(tokens, batch["context"], batch["context_mask"])
+        cache = decoder.prepare_cross_attention(encodings, roll, timbre)
         batches.append((batch, cache))
     generator = torch.Generator().manual_seed(0)
     report = []

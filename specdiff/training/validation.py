@@ -77,7 +77,8 @@ def sample_spectrogram(
     device = batch["target"].device
     tokens = trim_token_padding(batch["tokens"])
     encodings = model.encode(tokens, batch["context"], batch["context_mask"])
-    cache = model.decoder.prepare_cross_attention(encodings, model.score_roll(tokens))
+    roll = model.score_roll(tokens, batch["context"], batch["context_mask"])
+    cache = model.decoder.prepare_cross_attention(encodings, roll)
     z = torch.randn(batch["target"].shape, generator=generator).to(device)
     for i in reversed(range(steps)):
         t = torch.full((z.shape[0],), (i + 1) / steps, device=device)

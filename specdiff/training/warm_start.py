@@ -32,14 +32,16 @@ def _widen_roll_weights(state: dict[str, Any], target: dict[str, Tensor]) -> tup
     """A warm start from a model on the base roll layout into one on the extended layout: the roll
     weights get zero columns for the added features (so the model starts with the old one's output).
     Returns the state and the keys widened."""
-    from specdiff.midi.score_roll import EXTENDED_ROLL_FEATURES, ROLL_FEATURES
+    from specdiff.midi.score_roll import ROLL_LAYOUTS
 
     model_state, widened = dict(state["model"]), set()
     for key in ROLL_WEIGHTS:
         old, new = model_state.get(key), target.get(key)
         if old is None or new is None or old.shape == new.shape:
             continue
-        if old.shape[-1] == ROLL_FEATURES and new.shape == (*old.shape[:-1], EXTENDED_ROLL_FEATURES):
+        # Each layout extends the one before it (score_roll.py), so a narrower one is a prefix.
+        wider = old.shape[-1] in ROLL_LAYOUTS and new.shape[-1] in ROLL_LAYOUTS and new.shape[-1] > old.shape[-1]
+        if wider and new.shape[:-1] == old.shape[:-1]:
             model_state[key] = torch.cat([old, old.new_zeros(*old.shape[:-1], new.shape[-1] - old.shape[-1])], -1)
             widened.add(key)
     return {**state, "model": model_state}, widened
