@@ -220,7 +220,7 @@ def add_context_level(roll: Tensor, context: Tensor, context_mask: Tensor, token
     Why: the level a segment continues at is in its context, and the decoder follows its context's
     level poorly (measured: 1-step outputs 5-15 dB off the render with the render's own context);
     a closed-form fit of the log-mel on the roll plus these features lowers the x0 L1 of the
-    validation windows from 1.395 to 1.252 nat (``benchmarks/results/context_level.md``)."""
+    validation windows from 1.395 to 1.252 nat (``benchmarks/results/level_probe_idioms.md``)."""
     if roll.shape[-1] != CONTEXT_ROLL_FEATURES:
         return roll
     mask = context_mask.bool().to(roll.device)

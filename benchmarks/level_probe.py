@@ -1,4 +1,4 @@
-"""How much of the spectrogram's level do the notes' velocities explain? A closed-form probe.
+"""What explains a segment's level beyond the score roll: velocities, or the context? A closed-form probe.
 
 The original codec has one velocity bin (note on/off, ORIGINAL.md §2): the tokens, and so the
 score roll computed from them, carry no velocity. Renders of real MIDI do: a SoundFont plays a
@@ -9,14 +9,17 @@ each frame's log-mel from
 - ``roll``: the roll's shared columns (per pitch, per family, drums, releases, silent), what the
   score prior sees today;
 - ``roll + velocity``: the same plus, per instrument family and for drums and overall, the
-  log-velocity ``ln(v / 127)`` of the notes sounding in that frame (the loudest one),
+  log-velocity ``ln(v / 127)`` of the notes sounding in that frame (the loudest one);
+- ``roll + context level``: the roll plus the context-level columns of the
+  ``CONTEXT_ROLL_FEATURES`` layout (each band's mean over the context's last frames, an
+  empty-context flag: ``specdiff.midi.score_roll.add_context_level``),
 
 and scores both on validation windows: x0 L1, and the *level* error (the frame's mean over the 128
 bands, ours minus the truth), per frame and per window, in natural-log units (the scaled
 [-1, 1] features times (MAX_VALUE - MIN_VALUE) / 2).
 
 Usage:
-  python benchmarks/velocity_probe.py --data CACHE [--train 600] [--val 96] [--timbre TimGM6mb] [--name NAME]
+  python benchmarks/level_probe.py --data CACHE [--train 600] [--val 96] [--timbre TimGM6mb] [--name NAME]
 """
 
 from __future__ import annotations
@@ -38,13 +41,21 @@ from specdiff.atomic import atomic_write_text  # noqa: E402
 from specdiff.audio.mel import MAX_VALUE, MIN_VALUE  # noqa: E402
 from specdiff.constants import FRAMES_PER_SECOND  # noqa: E402
 from specdiff.data.cache import ChunkDataset  # noqa: E402
-from specdiff.midi.score_roll import EXTENDED_ROLL_FEATURES, NUM_FAMILIES, TONAL_FEATURES, batch_rolls  # noqa: E402
+from specdiff.midi.score_roll import (  # noqa: E402
+    CONTEXT_ROLL_FEATURES,
+    EXTENDED_ROLL_FEATURES,
+    NUM_FAMILIES,
+    TONAL_FEATURES,
+    add_context_level,
+    batch_rolls,
+)
 from specdiff.training.prior_fit import ridge_regression  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 NAT_PER_UNIT = (MAX_VALUE - MIN_VALUE) / 2  # scaled feature units -> natural-log mel
 VELOCITY_FEATURES = NUM_FAMILIES + 2  # per family, drums, any note
 DRUM_SPAN_FRAMES = 20
+LABELS = {"roll": "", "roll + velocity": "velocity", "roll + context level": "context level"}
 
 
 def velocity_features(notes, target_start: int, frames: int) -> np.ndarray:
@@ -78,14 +89,19 @@ def window_indices(dataset: ChunkDataset, count: int, timbre: str | None) -> lis
     return chosen
 
 
-def windows(dataset: ChunkDataset, indices: list[int], with_velocity: bool):
+def windows(dataset: ChunkDataset, indices: list[int], extra: str):
     """``(x [rows, D], y [rows, 128], lengths)`` batches of the windows' valid frames."""
     notes_cache: dict[int, list] = {}
     for start in range(0, len(indices), 32):
         rolls, velocities, targets = [], [], []
         items = indices[start : start + 32]
         examples = [dataset[i] for i in items]
-        roll = batch_rolls(torch.stack([e.tokens for e in examples]), 256, EXTENDED_ROLL_FEATURES)
+        tokens = torch.stack([e.tokens for e in examples])
+        roll = add_context_level(batch_rolls(tokens, 256, CONTEXT_ROLL_FEATURES),
+                                 torch.stack([e.context for e in examples]),
+                                 torch.stack([e.context_mask for e in examples]), tokens)  # fmt: skip
+        if extra != "context level":
+            roll = roll[..., :EXTENDED_ROLL_FEATURES]
         for row, (i, example) in enumerate(zip(items, examples)):
             k, _, target_start, valid = dataset.window(i)
             if k not in notes_cache:
@@ -94,16 +110,16 @@ def windows(dataset: ChunkDataset, indices: list[int], with_velocity: bool):
             velocities.append(torch.from_numpy(velocity_features(notes_cache[k], target_start, 256)[:valid]))
             targets.append(example.target[:valid])
         x = torch.cat(rolls)
-        if with_velocity:
+        if extra == "velocity":
             x = torch.cat([x, torch.cat(velocities)], dim=1)
         lengths = [len(t) for t in targets]
         yield x, torch.cat(targets), lengths
 
 
-def score(weights: torch.Tensor, dataset: ChunkDataset, indices: list[int], with_velocity: bool) -> dict[str, float]:
+def score(weights: torch.Tensor, dataset: ChunkDataset, indices: list[int], extra: str) -> dict[str, float]:
     l1 = frame_level = window_level = 0.0
     rows = windows_seen = 0
-    for x, y, lengths in windows(dataset, indices, with_velocity):
+    for x, y, lengths in windows(dataset, indices, extra):
         pred = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1) @ weights
         diff = pred - y.double()
         l1 += float(diff.abs().sum()) / diff.shape[1]
@@ -137,18 +153,18 @@ def main() -> int:
                     "timbre": args.timbre}  # fmt: skip
     train_items = window_indices(train, args.train, args.timbre)
     val_items = window_indices(val, args.val, args.timbre)
-    for label, with_velocity in (("roll", False), ("roll + velocity", True)):
+    for label, extra in LABELS.items():
         started = time.time()
-        weights = ridge_regression(((x, y) for x, y, _ in windows(train, train_items, with_velocity)), args.ridge)
-        result[label] = score(weights, val, val_items, with_velocity)
+        weights = ridge_regression(((x, y) for x, y, _ in windows(train, train_items, extra)), args.ridge)
+        result[label] = score(weights, val, val_items, extra)
         result[label]["features"] = int(weights.shape[0] - 1)
         result[label]["seconds"] = time.time() - started
         print(label, result[label], flush=True)
-    out = RESULTS / f"velocity_probe_{args.name}"
+    out = RESULTS / f"level_probe_{args.name}"
     atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=1))
     lines = ["| features | columns | x0 L1 (nat) | frame level error (nat) | window level error (nat) |",
              "|---|---|---|---|---|"]  # fmt: skip
-    for label in ("roll", "roll + velocity"):
+    for label in LABELS:
         r = result[label]
         lines.append(f"| {label} | {r['features']} | {r['x0_l1_nat']:.3f} | {r['frame_level_error_nat']:.3f} | "
                      f"{r['window_level_error_nat']:.3f} |")  # fmt: skip
