@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from specdiff.commands import validators
 from specdiff.commands.options import (
@@ -45,6 +45,9 @@ from specdiff.constants import (
 )
 from specdiff.errors import SpecdiffError
 from specdiff.midi.examples import DEFAULT_EXAMPLE, FEATURED, find_example
+
+if TYPE_CHECKING:
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
 _SYNTH_DESCRIPTION = """\
 Synthesize audio from a MIDI file with a Spectrogram Diffusion model.
@@ -223,7 +226,7 @@ def check_writable(path: Path, what: str) -> None:
         raise SpecdiffError(f"cannot write {what} {path}: {err.strerror or err}") from None
 
 
-def _set_refine_iters(pipe: Any, refine_iters: int | None) -> None:
+def _set_refine_iters(pipe: SpectrogramDiffusionPipeline, refine_iters: int | None) -> None:
     """``--refine-iters``: applies to our trained vocoder only (other inverters have no such setting)."""
     if refine_iters is None:
         return
@@ -233,7 +236,7 @@ def _set_refine_iters(pipe: Any, refine_iters: int | None) -> None:
         pipe.inverter.refine_iters = refine_iters
 
 
-def check_steps(pipe: Any, scheduler: str, steps: int) -> None:
+def check_steps(pipe: SpectrogramDiffusionPipeline, scheduler: str, steps: int) -> None:
     """diffusers schedulers cannot take more steps than their discrete training timesteps."""
     limit = pipe.max_steps(scheduler)
     if limit is not None and steps > limit:
@@ -266,7 +269,7 @@ def check_audio_extension(path: Path) -> None:
         )
 
 
-def _segments_used(pipe: Any, tokenized: Any) -> int:
+def _segments_used(pipe: SpectrogramDiffusionPipeline, tokenized: Any) -> int:
     """How many 5.12 s segments the pipeline will generate (those after the release tail are skipped)."""
     return pipe.plan(tokenized).segments
 

@@ -32,14 +32,18 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from specdiff.atomic import atomic_write_text
 from specdiff.constants import SAMPLE_RATE
 from specdiff.errors import AudioError, MidiError, SpecdiffError
+from specdiff.evaluation.report import TABLE_COLUMNS, format_cell, json_safe, markdown_report
 from specdiff.pipeline.sampling_settings import resolve_sampling
+
+if TYPE_CHECKING:
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 MIDI_SUFFIXES = (".mid", ".midi")
@@ -47,16 +51,6 @@ RESULT_JSON = "evaluation.json"
 RESULT_MARKDOWN = "evaluation.md"
 
 # Columns of the per-piece table: (result key, header, format).
-TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("seconds", "audio s", "{:.1f}"),
-    ("generated_f1", "onset F1 (ours) ↑", "{:.3f}"),
-    ("reference_f1", "onset F1 (reference) ↑", "{:.3f}"),
-    ("f1_ratio", "F1 ratio ↑", "{:.3f}"),
-    ("log_mel_l1", "log-mel L1 ↓", "{:.3f}"),
-    ("mr_stft_log_l1", "MR-STFT log L1 ↓", "{:.3f}"),
-    ("spectral_convergence", "spectral conv. ↓", "{:.3f}"),
-    ("x_real_time", "x real time ↑", "{:.2f}"),
-)
 TRANSCRIPTION_METHOD = "basic-pitch 0.4 (ONNX) + mir_eval note onsets, 50 ms, offsets ignored, drums excluded"
 
 
@@ -198,7 +192,7 @@ def _load_pipeline(model: Any, inverter: str, device: str, dtype: Any = None):
 
 
 def evaluate(
-    model: Any,
+    model: str | os.PathLike | SpectrogramDiffusionPipeline,
     midi_files: Sequence[str | os.PathLike],
     reference_audio: Mapping[Any, Any] | str | os.PathLike | None = None,
     steps: int | None = None,
@@ -279,7 +273,9 @@ def evaluate(
     return results
 
 
-def _settings_record(pipe: Any, dtype: Any, reference_audio: Any, **settings: Any) -> dict[str, Any]:
+def _settings_record(
+    pipe: SpectrogramDiffusionPipeline, dtype: Any, reference_audio: Any, **settings: Any
+) -> dict[str, Any]:
     """The settings of a run as the report records them, in the order given and then ``dtype`` (the
     pipeline's own) and ``reference_audio`` (a folder, "given", or None); a SoundFont as a string."""
     soundfont = settings.get("soundfont")
@@ -317,7 +313,7 @@ def _transcription_skipped(transcription: bool, embedding: str, verbose: bool) -
     return skipped
 
 
-def _set_timbre(pipe: Any, timbre: str | None, soundfont: Any, reference_audio: Any) -> Any:
+def _set_timbre(pipe: SpectrogramDiffusionPipeline, timbre: str | None, soundfont: Any, reference_audio: Any) -> Any:
     """Point the pipeline at ``timbre`` and check its sample rate; returns the SoundFont rendered
     references use (the timbre's own when neither a SoundFont nor references are given)."""
     if timbre is not None:
@@ -336,7 +332,7 @@ def _set_timbre(pipe: Any, timbre: str | None, soundfont: Any, reference_audio: 
 class _Run:
     """What every piece of one evaluation is synthesized and scored with."""
 
-    pipe: Any
+    pipe: SpectrogramDiffusionPipeline
     reference_audio: Any
     soundfont: Any
     steps: int
@@ -374,7 +370,7 @@ def _score_pieces(
         rows.append(row)
         generated_clips.append(generated)
         reference_clips.append(reference)
-        _log("    " + ", ".join(f"{header.split(' ↑')[0].split(' ↓')[0]} {_cell(row.get(key), fmt)}"
+        _log("    " + ", ".join(f"{header.split(' ↑')[0].split(' ↓')[0]} {format_cell(row.get(key), fmt)}"
                                 for key, header, fmt in TABLE_COLUMNS[1:] if key in row), run.verbose)  # fmt: skip
     return rows, generated_clips, reference_clips
 
@@ -384,7 +380,7 @@ def _write_report(results: dict[str, Any], out: Path | None, verbose: bool) -> N
     and the table on stdout when ``verbose``."""
     table = markdown_report(results)
     if out is not None:
-        atomic_write_text(out / RESULT_JSON, json.dumps(_json_safe(results), indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(out / RESULT_JSON, json.dumps(json_safe(results), indent=2, ensure_ascii=False) + "\n")
         atomic_write_text(out / RESULT_MARKDOWN, table)
         results["files"] = {"json": str(out / RESULT_JSON), "markdown": str(out / RESULT_MARKDOWN)}
     if verbose:
@@ -392,7 +388,7 @@ def _write_report(results: dict[str, Any], out: Path | None, verbose: bool) -> N
 
 
 def _evaluate_piece(
-    pipe: Any,
+    pipe: SpectrogramDiffusionPipeline,
     piece: Piece,
     reference_audio: Any,
     soundfont: Any,
@@ -490,18 +486,6 @@ def _environment() -> dict[str, Any]:
     return {"python": sys.version.split()[0], "packages": versions}
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None  # JSON has no NaN
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _json_safe(obj.item())
-    return obj
-
-
 def _save_audio(path: Path, audio: np.ndarray) -> str:
     from specdiff.audio.files import save_wav
 
@@ -534,64 +518,3 @@ def save_comparison_png(
         print("note: --png needs matplotlib (pip install matplotlib); no picture written", file=sys.stderr)
         return None
     return str(path)
-
-
-# ---------------------------------------------------------------------------------------------
-# Report
-# ---------------------------------------------------------------------------------------------
-
-
-def _cell(value: Any, fmt: str) -> str:
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return fmt.format(value)
-    return "–"
-
-
-def markdown_report(results: Mapping[str, Any]) -> str:
-    """The readable table: one row per piece, a mean row, then the Fréchet distance and notes."""
-    s = results["settings"]
-    rows, summary = results["pieces"], results["summary"]
-    columns = [c for c in TABLE_COLUMNS if any(c[0] in r for r in rows)]
-    lines = [
-        f"# Evaluation of {results['model']}",
-        "",
-        f"{s['scheduler']} sampler, {s['steps']} steps, guidance {s['guidance']:g}, seed {s['seed']}"
-        + (f", first {s['max_seconds']:g} s of each piece" if s.get("max_seconds") else ""),
-        "",
-        "| piece | " + " | ".join(header for _, header, _ in columns) + " |",
-        "|---" * (len(columns) + 1) + "|",
-    ]
-    for r in rows:
-        lines.append(f"| {r['piece']} | " + " | ".join(_cell(r.get(key), fmt) for key, _, fmt in columns) + " |")
-    lines.append("| **mean** | " + " | ".join(_cell(summary.get(key), fmt) for key, _, fmt in columns) + " |")
-    lines += [
-        "",
-        f"Fréchet distance, {summary['embedding']} embedding ({summary['windows_generated']} generated vs "
-        f"{summary['windows_reference']} reference windows"
-        + (f", {summary['windows_dropped']} non-finite dropped" if summary.get("windows_dropped") else "")
-        + f"): {_cell(summary.get('frechet_distance'), '{:.3f}')}",
-        "",
-        f"- Transcription: {results['transcription']}.",
-    ]
-    if any("f1_ratio" in r for r in rows):
-        lines.append(
-            "- F1 ratio = onset F1 of our audio / onset F1 of the reference audio (mean row: ratio of the means)."
-        )
-    lines += [
-        "- References: " + "; ".join(sorted({r["reference"] for r in rows})) + ".",
-        "- Reconstruction distances compare with the reference audio over their common length.",
-    ]
-    skipped = results.get("skipped") or []
-    if skipped:
-        lines.append(
-            f"- Skipped, cannot be synthesized ({len(skipped)}): "
-            + "; ".join(f"{s['piece']} ({s['reason']})" for s in skipped)
-            + "."
-        )
-    broken = [f"{r['piece']} ({r['nonfinite_samples']})" for r in rows if r.get("nonfinite_samples")]
-    if broken:
-        lines.append("- Non-finite generated samples, scored as silence: " + ", ".join(broken) + ".")
-    lines += [
-        f"- Embedding: {results.get('embedding', summary['embedding'])}.",
-    ]
-    return "\n".join(lines) + "\n"

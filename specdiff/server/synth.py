@@ -11,12 +11,15 @@ import logging
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from specdiff.errors import MidiError
 from specdiff.server.jobs import AUDIO_NAME, SPECTROGRAM_NAME, Job, JobQueue
+
+if TYPE_CHECKING:
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
 logger = logging.getLogger("specdiff.serve")
 
@@ -100,7 +103,9 @@ def save_spectrogram(mel: Any, path: Path, title: str | None = None) -> Path:
 class Synthesizer:
     """Runs jobs on one pipeline (the job queue's ``runner``); only one job at a time."""
 
-    def __init__(self, pipe: Any, draw_spectrogram: Callable[[Any, Path, str | None], Any] | None = None) -> None:
+    def __init__(
+        self, pipe: SpectrogramDiffusionPipeline, draw_spectrogram: Callable[[Any, Path, str | None], Any] | None = None
+    ) -> None:
         """``draw_spectrogram(mel, path, title)`` writes the PNG (default :func:`save_spectrogram`)."""
         self.pipe = pipe
         self.draw_spectrogram = draw_spectrogram or save_spectrogram
@@ -167,7 +172,9 @@ class Synthesizer:
             limited=peak > 1.0,
         )
 
-    def _step_end(self, pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _step_end(
+        self, pipe: SpectrogramDiffusionPipeline, step_index: int, timestep: Any, callback_kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
         """Count the step, then stop a cancelled job (``callback_on_step_end``)."""
         if self._current is not None:
             job, queue = self._current
