@@ -67,3 +67,24 @@ def test_a_warm_start_into_the_context_layout_keeps_the_output():
         assert torch.allclose(new(tokens, context, mask, z, t), old(tokens, context, mask, z, t), atol=1e-5)
         new.decoder.score_prior_projection.weight[:, EXTENDED_ROLL_FEATURES:] = 0.1
         assert not torch.allclose(new(tokens, context, mask, z, t), old(tokens, context, mask, z, t), atol=1e-3)
+
+
+def test_the_pipeline_gives_later_segments_their_context_level():
+    """Band-level weights of the score prior change a later segment (its context is the first one's
+    output) and leave the first segment (empty context: band columns zero) exactly as it was."""
+    import numpy as np
+
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
+
+    model = SpectrogramDiffusionModel(*build_models("tiny", seed=0, dropout_rate=0.0, **MICRO, **EDM,
+                                                    score_roll_features=CONTEXT_ROLL_FEATURES))  # fmt: skip
+    pipe = SpectrogramDiffusionPipeline(model.notes_encoder, model.continuous_encoder, model.decoder, "ddim")
+    song = [NOTE, NOTE]
+    kw = dict(num_inference_steps=1, output_type="mel", show_progress=False, guidance_scale=1.0)
+    before = pipe(song, generator=torch.Generator().manual_seed(0), **kw).mels[0]
+    with torch.no_grad():
+        band_columns = slice(EXTENDED_ROLL_FEATURES, CONTEXT_ROLL_FEATURES - 1)
+        model.decoder.score_prior_projection.weight[:, band_columns] = 0.05
+    after = pipe(song, generator=torch.Generator().manual_seed(0), **kw).mels[0]
+    assert np.array_equal(before[:256], after[:256])  # the first segment has no context
+    assert np.abs(before[256:] - after[256:]).mean() > 1e-3
