@@ -50,7 +50,9 @@ def test_info_reports_versions_the_bundled_model_and_its_sampler_settings(capsys
     assert report["torch"].startswith(torch.__version__)
     assert report["model"] == f"{DEFAULT_MODEL_DIR.resolve()} (bundled)"
     s = read_sampling_settings(DEFAULT_MODEL_DIR)
-    assert report["sampling"].startswith(f"{s.scheduler}, {s.num_inference_steps} steps, guidance {s.guidance_scale:g}")
+    steps = f"{s.num_inference_steps} step" + ("" if s.num_inference_steps == 1 else "s")
+    ends = f" (more end at noise time {s.final_noise_time:g})" if s.final_noise_time > 0 else ""
+    assert report["sampling"].startswith(f"{s.scheduler}, {steps}{ends}, guidance {s.guidance_scale:g}")
     assert report["sampling"].endswith("(sampling.json)")
     assert report["inverter"].split()[0] in constants.INVERTERS
     assert report["device"].split()[0] == resolve_device("auto")

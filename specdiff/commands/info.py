@@ -108,9 +108,10 @@ def _model_lines(model: Path | None) -> tuple[Path | None, dict[str, str]]:
     except (OSError, ValueError):
         pass
     source = SAMPLING_FILE if (model_dir / SAMPLING_FILE).is_file() else f"library defaults, no {SAMPLING_FILE}"
+    steps = f"{s.num_inference_steps} step" + ("" if s.num_inference_steps == 1 else "s")
+    ends = f" (more end at noise time {s.final_noise_time:g})" if s.final_noise_time > 0 else ""
     lines["sampling"] = (
-        f"{s.scheduler}, {s.num_inference_steps} steps, guidance {s.guidance_scale:g}, "
-        f"precision {s.precision} where fast ({source})"
+        f"{s.scheduler}, {steps}{ends}, guidance {s.guidance_scale:g}, precision {s.precision} where fast ({source})"
     )
     return model_dir, lines
 
