@@ -142,7 +142,8 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, help="pipeline folder (default: the bundled model)")
-    ap.add_argument("--name", default="default_model", help="results name (default: default_model)")
+    ap.add_argument("--name", default=None,
+                    help="results name (default: default_model for the bundle, else the folder name)")  # fmt: skip
     ap.add_argument("--configs", nargs="+", default=["original:100", "ddpm:100", "dpmsolver++:20"],
                     help="sampler[:steps[:precision]] settings to compare, e.g. original:100:bf16")  # fmt: skip
     ap.add_argument("--max-seconds", type=float, default=20.0, help="seconds of each piece (default: 20)")
@@ -161,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     model = args.model or default_model_path()
+    if args.name is None:  # another model's results must not overwrite the bundled model's file
+        args.name = "default_model" if args.model is None else Path(args.model).name
     if model is None:
         raise SystemExit("no --model and no bundled model")
     configs = [parse_config(config) for config in args.configs]
