@@ -73,12 +73,19 @@ class SpectrogramDiffusionModel(nn.Module):
         """The frame-aligned roll of a token batch (with the context-level columns of a
         context-level layout, ``specdiff.midi.score_roll.add_context_level``), or None for the
         original architecture."""
-        if not self.decoder.score_roll_features:
-            return None
-        roll = batch_rolls(tokens, self.decoder.config["targets_length"], self.decoder.score_roll_features)
-        if context is not None and context_mask is not None:
-            roll = add_context_level(roll, context, context_mask, tokens)
-        return roll
+        return decoder_score_roll(self.decoder, tokens, context, context_mask)
+
+
+def decoder_score_roll(decoder: FilmDecoder, tokens: Tensor, context: Tensor | None = None,
+                       context_mask: Tensor | None = None) -> Tensor | None:  # fmt: skip
+    """The frame-aligned roll ``decoder`` takes for a token batch (its layout, the context-level columns
+    filled from ``context`` when given), or None for the original architecture."""
+    if not decoder.score_roll_features:
+        return None
+    roll = batch_rolls(tokens, decoder.config["targets_length"], decoder.score_roll_features)
+    if context is not None and context_mask is not None:
+        roll = add_context_level(roll, context, context_mask, tokens)
+    return roll
 
 
 OUTPUT_INITS = ("default", "zero")
@@ -145,14 +152,20 @@ def draw_diffusion_inputs(
     return torch.tensor(times, dtype=torch.float32), torch.stack(noises), torch.tensor(keeps)
 
 
+def example_uniforms(counters: Sequence[int] | Tensor, seed: int) -> Tensor:
+    """Per example: one float64 draw from U[0, 1), from that example's own generator
+    (``example_seed(seed, counter)``), so a draw does not depend on how the batch is split."""
+    draws = []
+    for counter in [int(c) for c in counters]:
+        gen = torch.Generator().manual_seed(example_seed(seed, counter))
+        draws.append(torch.rand(1, generator=gen, dtype=torch.float64)[0])
+    return torch.stack(draws) if draws else torch.zeros(0, dtype=torch.float64)
+
+
 def draw_context_drops(counters: Sequence[int] | Tensor, seed: int, prob: float) -> Tensor:
     """Per example: True (with probability ``prob``) where the context is emptied
     (:attr:`TrainConfig.context_drop_prob`); each example draws from its own generator."""
-    drops = []
-    for counter in [int(c) for c in counters]:
-        gen = torch.Generator().manual_seed(example_seed(seed ^ 0xC0_47E7, counter))
-        drops.append(bool(torch.rand(1, generator=gen, dtype=torch.float64)[0] < prob))
-    return torch.tensor(drops, dtype=torch.bool)
+    return example_uniforms(counters, seed ^ 0xC0_47E7) < prob
 
 
 def empty_context(batch: dict[str, Tensor], drop: Tensor) -> dict[str, Tensor]:
@@ -166,11 +179,7 @@ def empty_context(batch: dict[str, Tensor], drop: Tensor) -> dict[str, Tensor]:
 def draw_context_gains(counters: Sequence[int] | Tensor, seed: int, jitter_db: float) -> Tensor:
     """Per example: a gain in dB drawn uniformly from ``[-jitter_db, jitter_db]``
     (:attr:`TrainConfig.context_gain_jitter_db`); each example draws from its own generator."""
-    gains = []
-    for counter in [int(c) for c in counters]:
-        gen = torch.Generator().manual_seed(example_seed(seed ^ 0x6A_1E77, counter))
-        gains.append(float(jitter_db * (2.0 * torch.rand(1, generator=gen, dtype=torch.float64)[0] - 1.0)))
-    return torch.tensor(gains, dtype=torch.float32)
+    return (jitter_db * (2.0 * example_uniforms(counters, seed ^ 0x6A_1E77) - 1.0)).float()
 
 
 def jitter_context_gain(batch: dict[str, Tensor], gains_db: Tensor) -> dict[str, Tensor]:

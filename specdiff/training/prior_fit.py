@@ -10,14 +10,18 @@ import torch
 from torch import Tensor
 
 from specdiff.errors import SpecdiffError
-from specdiff.midi.score_roll import add_context_level, batch_rolls
 from specdiff.models.decoder import INPUT_SKIP_KNOTS, FilmDecoder, noisy_residual
 from specdiff.sampling.diffusion import (
     prediction_target,
     q_sample,
 )
 from specdiff.training.batches import collate_counted
-from specdiff.training.objective import SpectrogramDiffusionModel, _valid_rows, trim_token_padding
+from specdiff.training.objective import (
+    SpectrogramDiffusionModel,
+    _valid_rows,
+    decoder_score_roll,
+    trim_token_padding,
+)
 
 
 def collated_windows(dataset: Any, indices: range, batch_size: int = 64) -> Iterator[dict[str, Tensor]]:
@@ -62,17 +66,17 @@ def fit_score_prior(
     (``benchmarks/roll_ridge.py``). ``mask_padding``: frames past the piece end are left out."""
     from specdiff.midi.score_roll import TONAL_FEATURES
 
+    def roll_of(batch: Mapping[str, Tensor]) -> Tensor:
+        return decoder_score_roll(decoder, batch["tokens"], batch["context"], batch["context_mask"])
+
     def rows(batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        roll = add_context_level(batch_rolls(batch["tokens"], frames, features), batch["context"],
-                                 batch["context_mask"], batch["tokens"])  # fmt: skip
-        x = roll[..., TONAL_FEATURES:].flatten(0, 1)
+        x = roll_of(batch)[..., TONAL_FEATURES:].flatten(0, 1)
         y, keep = batch["target"].flatten(0, 1), _valid_rows(batch, mask_padding)
         return (x, y) if keep is None else (x[keep], y[keep])
 
     layer = decoder.score_prior_projection
     if layer is None:
         raise SpecdiffError("score_prior_fit needs a decoder with score_prior=true")
-    frames, features = decoder.config["targets_length"], decoder.score_roll_features
     solution = ridge_regression(
         (rows(b) for b in collated_windows(dataset, range(windows), batch_size)), ridge
     )  # [shared columns + 1, 128]
@@ -81,9 +85,7 @@ def fit_score_prior(
     layer.bias.copy_(solution[-1].to(layer.bias.dtype))
     error, count = 0.0, 0
     for batch in collated_windows(dataset, range(min(windows, 4 * batch_size)), batch_size):
-        roll = add_context_level(batch_rolls(batch["tokens"], frames, features), batch["context"],
-                                 batch["context_mask"], batch["tokens"])  # fmt: skip
-        prior = decoder.project_score_roll(roll, layer.weight) + layer.bias
+        prior = decoder.project_score_roll(roll_of(batch), layer.weight) + layer.bias
         difference, keep = (prior - batch["target"]).abs().flatten(0, 1), _valid_rows(batch, mask_padding)
         difference = difference if keep is None else difference[keep]
         error += float(difference.sum())
