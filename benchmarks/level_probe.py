@@ -11,12 +11,18 @@ each frame's log-mel from
 - ``roll + velocity``: the same plus, per instrument family and for drums and overall, the
   log-velocity ``ln(v / 127)`` of the notes sounding in that frame (the loudest one);
 - ``roll + context level``: the roll plus the context-level columns of the
-  ``CONTEXT_ROLL_FEATURES`` layout (each band's mean over the context's last frames, an
-  empty-context flag: ``specdiff.midi.score_roll.add_context_level``),
+  ``CONTEXT_ROLL_FEATURES`` layout (each band's mean level over the context's last frames above
+  -8 nat, an empty-context flag: ``specdiff.midi.score_roll.add_context_level``),
+- ``roll + context level, no floor``: the same with the plain level (the first version of the
+  layout: every value above ln 1e-5 counts),
+- ``roll + gated context level``: the same columns multiplied, frame by frame, by 1 - the roll's
+  ``silent`` feature, so they speak only where a note sounds (where none does, the render sits at its
+  floor whatever the context's level was),
 
-and scores both on validation windows: x0 L1, and the *level* error (the frame's mean over the 128
-bands, ours minus the truth), per frame and per window, in natural-log units (the scaled
-[-1, 1] features times (MAX_VALUE - MIN_VALUE) / 2).
+and scores them on validation windows: x0 L1, the *level* error (the frame's mean over the 128
+bands, ours minus the truth), per frame and per window, and the *quiet gap* (ours minus the truth,
+mean over the frames whose true mean log-mel is below -8 natural-log units, the issue's silence
+measure), in natural-log units (the scaled [-1, 1] features times (MAX_VALUE - MIN_VALUE) / 2).
 
 Usage:
   python benchmarks/level_probe.py --data CACHE [--train 600] [--val 96] [--timbre TimGM6mb] [--name NAME]
@@ -42,9 +48,11 @@ from specdiff.audio.mel import MAX_VALUE, MIN_VALUE  # noqa: E402
 from specdiff.constants import FRAMES_PER_SECOND  # noqa: E402
 from specdiff.data.cache import ChunkDataset  # noqa: E402
 from specdiff.midi.score_roll import (  # noqa: E402
+    CONTEXT_LEVEL_FLOOR_NAT,
     CONTEXT_ROLL_FEATURES,
     EXTENDED_ROLL_FEATURES,
     NUM_FAMILIES,
+    SILENT_FEATURE,
     TONAL_FEATURES,
     add_context_level,
     batch_rolls,
@@ -55,7 +63,10 @@ RESULTS = ROOT / "benchmarks" / "results"
 NAT_PER_UNIT = (MAX_VALUE - MIN_VALUE) / 2  # scaled feature units -> natural-log mel
 VELOCITY_FEATURES = NUM_FAMILIES + 2  # per family, drums, any note
 DRUM_SPAN_FRAMES = 20
-LABELS = {"roll": "", "roll + velocity": "velocity", "roll + context level": "context level"}
+LABELS = {"roll": "", "roll + velocity": "velocity", "roll + context level": "context level",
+          "roll + context level, no floor": "unfloored context level",
+          "roll + gated context level": "gated context level"}  # fmt: skip
+QUIET_NAT = -8.0  # frames whose true mean log-mel is below this count as quiet (the measure)
 
 
 def velocity_features(notes, target_start: int, frames: int) -> np.ndarray:
@@ -97,10 +108,14 @@ def windows(dataset: ChunkDataset, indices: list[int], extra: str):
         items = indices[start : start + 32]
         examples = [dataset[i] for i in items]
         tokens = torch.stack([e.tokens for e in examples])
+        floor = MIN_VALUE if extra == "unfloored context level" else CONTEXT_LEVEL_FLOOR_NAT
         roll = add_context_level(batch_rolls(tokens, 256, CONTEXT_ROLL_FEATURES),
                                  torch.stack([e.context for e in examples]),
-                                 torch.stack([e.context_mask for e in examples]), tokens)  # fmt: skip
-        if extra != "context level":
+                                 torch.stack([e.context_mask for e in examples]), tokens, floor)  # fmt: skip
+        if extra == "gated context level":
+            sounding = 1.0 - roll[..., SILENT_FEATURE : SILENT_FEATURE + 1]
+            roll = torch.cat([roll[..., :EXTENDED_ROLL_FEATURES], roll[..., EXTENDED_ROLL_FEATURES:] * sounding], -1)
+        elif extra not in ("context level", "unfloored context level"):
             roll = roll[..., :EXTENDED_ROLL_FEATURES]
         for row, (i, example) in enumerate(zip(items, examples)):
             k, _, target_start, valid = dataset.window(i)
@@ -117,14 +132,17 @@ def windows(dataset: ChunkDataset, indices: list[int], extra: str):
 
 
 def score(weights: torch.Tensor, dataset: ChunkDataset, indices: list[int], extra: str) -> dict[str, float]:
-    l1 = frame_level = window_level = 0.0
-    rows = windows_seen = 0
+    l1 = frame_level = window_level = quiet_sum = 0.0
+    rows = windows_seen = quiet_rows = 0
     for x, y, lengths in windows(dataset, indices, extra):
         pred = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1) @ weights
         diff = pred - y.double()
         l1 += float(diff.abs().sum()) / diff.shape[1]
         level = diff.mean(dim=1)
         frame_level += float(level.abs().sum())
+        quiet = MIN_VALUE + (y.double().mean(dim=1) + 1.0) * NAT_PER_UNIT < QUIET_NAT
+        quiet_sum += float(level[quiet].sum())
+        quiet_rows += int(quiet.sum())
         for part in torch.split(level, lengths):
             window_level += float(part.mean().abs())
             windows_seen += 1
@@ -133,6 +151,8 @@ def score(weights: torch.Tensor, dataset: ChunkDataset, indices: list[int], extr
         "x0_l1_nat": l1 / rows * NAT_PER_UNIT,
         "frame_level_error_nat": frame_level / rows * NAT_PER_UNIT,
         "window_level_error_nat": window_level / windows_seen * NAT_PER_UNIT,
+        "quiet_gap_nat": quiet_sum / max(quiet_rows, 1) * NAT_PER_UNIT,
+        "quiet_frames": quiet_rows,
     }
 
 
@@ -145,6 +165,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--timbre", default=None, help="only windows of songs rendered with this SoundFont")
     parser.add_argument("--name", default="idioms")
+    parser.add_argument("--variants", nargs="+", choices=list(LABELS), default=list(LABELS), metavar="LABEL",
+                        help="feature sets to fit (default: all)")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train = ChunkDataset(args.data, seed=0, split="train")
@@ -153,7 +175,8 @@ def main() -> int:
                     "timbre": args.timbre}  # fmt: skip
     train_items = window_indices(train, args.train, args.timbre)
     val_items = window_indices(val, args.val, args.timbre)
-    for label, extra in LABELS.items():
+    for label in args.variants:
+        extra = LABELS[label]
         started = time.time()
         weights = ridge_regression(((x, y) for x, y, _ in windows(train, train_items, extra)), args.ridge)
         result[label] = score(weights, val, val_items, extra)
@@ -162,12 +185,13 @@ def main() -> int:
         print(label, result[label], flush=True)
     out = RESULTS / f"level_probe_{args.name}"
     atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=1))
-    lines = ["| features | columns | x0 L1 (nat) | frame level error (nat) | window level error (nat) |",
-             "|---|---|---|---|---|"]  # fmt: skip
-    for label in LABELS:
+    lines = ["| features | columns | x0 L1 (nat) | frame level error (nat) | window level error (nat) "
+             "| quiet gap (nat) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for label in args.variants:
         r = result[label]
         lines.append(f"| {label} | {r['features']} | {r['x0_l1_nat']:.3f} | {r['frame_level_error_nat']:.3f} | "
-                     f"{r['window_level_error_nat']:.3f} |")  # fmt: skip
+                     f"{r['window_level_error_nat']:.3f} | {r['quiet_gap_nat']:+.2f} "
+                     f"({r['quiet_frames']} frames) |")  # fmt: skip
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -35,13 +35,20 @@ def test_context_columns_hold_the_tail_level_per_band_and_the_empty_flag():
     context[0, valid - CONTEXT_TAIL_FRAMES : valid, 5] = 0.5
     context[0, : valid - CONTEXT_TAIL_FRAMES, 5] = 0.9  # before the tail: not counted
     context[0, valid:, 5] = 0.9  # past the valid frames: not counted
+    context[0, valid - CONTEXT_TAIL_FRAMES : valid, 7] = -0.8  # -9.96 nat: under the -8 floor
+    context[0, valid - 8 : valid, 9] = 0.0  # half of the tail at 0, half silent
     mask = torch.zeros(3, 256, dtype=torch.bool)
     mask[0, :valid] = True
     mask[2, :valid] = True
     filled = add_context_level(roll, context, mask, tokens)
     level = filled[..., EXTENDED_ROLL_FEATURES:]
-    assert torch.allclose(level[0, :, 5], torch.full((256,), 1.5))  # 0.5 + 1 on every frame
+    # the floor, -8 nat, in the scaled units of [ln 1e-5, 4] -> [-1, 1]: -1 + 2 * 3.5129 / 15.5129
+    floor = -1.0 + 2.0 * (-8.0 + 11.512925) / 15.512925
+    assert abs(floor - -0.547107) < 1e-5
+    assert torch.allclose(level[0, :, 5], torch.full((256,), 0.5 - floor))  # on every frame
     assert not level[0, :, 6].any()  # a silent band (-1) is 0
+    assert not level[0, :, 7].any()  # so is an inaudible floor above silence
+    assert torch.allclose(level[0, :, 9], torch.full((256,), (0.0 - floor) / 2))  # the tail's mean
     assert level[0, :, -1].eq(0).all()  # not empty
     assert level[1, :, :-1].eq(0).all() and level[1, :, -1].eq(1).all()  # the first segment's empty context
     assert not level[2].any()  # the CFG null condition keeps an all-zero roll

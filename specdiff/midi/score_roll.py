@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from specdiff.audio.mel import MAX_VALUE, MIN_VALUE
 from specdiff.constants import SEGMENT_FRAMES
 from specdiff.midi.tokenizer import (
     DRUM_ID,
@@ -79,9 +80,16 @@ RELEASE_FEATURES = len(RELEASE_FRAMES) * (NUM_PITCHES + NUM_FAMILIES)
 EXTENDED_ROLL_FEATURES = ROLL_FEATURES + RELEASE_FEATURES + 1  # 7121
 SILENT_FEATURE = EXTENDED_ROLL_FEATURES - 1
 #: The context-level layout: the extended one, then the level of the context's last
-#: :data:`CONTEXT_TAIL_FRAMES` frames per mel band (the scaled features + 1, so silence is 0) and one
-#: ``empty context`` feature (the first segment), the same on every frame: :func:`add_context_level`.
+#: :data:`CONTEXT_TAIL_FRAMES` frames per mel band (above :data:`CONTEXT_LEVEL_FLOOR_NAT`, so silence
+#: is 0) and one ``empty context`` feature (the first segment), the same on every frame:
+#: :func:`add_context_level`.
 CONTEXT_TAIL_FRAMES = 16
+#: Context values below this natural-log mel level count as silence in the context-level columns.
+#: Why: renders reach the exact floor (ln 1e-5) where the model's own output, the context at synthesis,
+#: hovers a few units above it; without a floor those inaudible differences move every band's level
+#: feature. With it the closed-form fit is also better on true contexts (x0 L1 1.219 vs 1.234 nat,
+#: ``benchmarks/results/level_probe_idioms_floor.md``).
+CONTEXT_LEVEL_FLOOR_NAT = -8.0
 CONTEXT_LEVEL_FEATURES = 128 + 1
 CONTEXT_ROLL_FEATURES = EXTENDED_ROLL_FEATURES + CONTEXT_LEVEL_FEATURES  # 7250
 #: The roll layouts a decoder's ``score_roll_features`` may name.
@@ -209,11 +217,19 @@ def segment_roll(tokens: Sequence[int], num_frames: int = SEGMENT_FRAMES, featur
     return torch.from_numpy(roll)
 
 
-def add_context_level(roll: Tensor, context: Tensor, context_mask: Tensor, tokens: Tensor | None = None) -> Tensor:
+def add_context_level(
+    roll: Tensor,
+    context: Tensor,
+    context_mask: Tensor,
+    tokens: Tensor | None = None,
+    floor_nat: float = CONTEXT_LEVEL_FLOOR_NAT,
+) -> Tensor:
     """Fill the context-level columns of a :data:`CONTEXT_ROLL_FEATURES` roll ``[B, T, F]`` from the
     segment's context (``[B, T_c, 128]`` scaled to [-1, 1], ``context_mask`` ``[B, T_c]``, valid frames a
     prefix): on every frame, each band's mean over the last :data:`CONTEXT_TAIL_FRAMES` valid context
-    frames plus 1 (silence: 0), or the ``empty context`` feature where no frame is valid. Rows whose
+    frames of its level above ``floor_nat`` (in scaled units; silence and inaudible floors: 0; ``MIN_VALUE``
+    gives the plain level, the scaled features + 1), or the ``empty context`` feature where no frame is
+    valid. Rows whose
     ``tokens`` are all PAD (the CFG null condition) keep an all-zero roll. Other layouts are returned
     unchanged.
 
@@ -229,7 +245,8 @@ def add_context_level(roll: Tensor, context: Tensor, context_mask: Tensor, token
     frame = torch.arange(mask.shape[1], device=roll.device)[None, :]
     tail = (frame < valid[:, None]) & (frame >= (valid[:, None] - CONTEXT_TAIL_FRAMES))
     weights = tail.to(roll.dtype)
-    level = (context + 1.0) * weights[..., None]
+    floor = -1.0 + 2.0 * (floor_nat - MIN_VALUE) / (MAX_VALUE - MIN_VALUE)
+    level = (context.clamp(min=floor) - floor) * weights[..., None]
     level = level.sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)[:, None]  # [B, 128]
     empty = (valid == 0).to(roll.dtype)[:, None]
     columns = torch.cat([level, empty], dim=1)
@@ -262,6 +279,7 @@ __all__ = [
     "CONTEXT_ROLL_FEATURES",
     "CONTEXT_LEVEL_FEATURES",
     "CONTEXT_TAIL_FRAMES",
+    "CONTEXT_LEVEL_FLOOR_NAT",
     "add_context_level",
     "release_feature",
     "TONAL_FEATURES",
