@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from specdiff.atomic import atomic_write_text  # noqa: E402
+from specdiff.evaluation.metrics import BAND_OFFSET_KEYS  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 COLUMNS = (
@@ -54,6 +55,7 @@ COLUMNS = (
     ("rest_gap", "rest gap ↓", "{:+.2f}"),
     ("peak", "peak (max)", "{:.2f}"),
     ("max_segment_jump_db", "max seg. jump dB", "{:.1f}"),
+    ("band_offsets", "band offsets, low to high", "{:+.1f}"),
     ("x_real_time", "x real time", "{:.1f}"),
 )
 
@@ -211,7 +213,8 @@ def main() -> int:
                     results.append({"model": label, "set": args.set, "pieces": len(files), "steps": steps,
                                     "timbre": args.timbre, "summary": summary,
                                     "seconds": time.time() - started})  # fmt: skip
-                    print(label, steps, {k: round(summary.get(k, float("nan")), 3) for k, _, _ in COLUMNS}, flush=True)
+                    print(label, steps, {k: round(summary.get(k, float("nan")), 3) for k, _, _ in COLUMNS
+                                         if k != "band_offsets"}, flush=True)  # fmt: skip
                     atomic_write_text(out_json, json.dumps(results, indent=1) + "\n")
     atomic_write_text(out_json, json.dumps(results, indent=1) + "\n")
     lines = ["| model | set | timbre | pieces | DDIM steps | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
@@ -219,6 +222,10 @@ def main() -> int:
     for r in results:
         cells = []
         for key, _, fmt in COLUMNS:
+            if key == "band_offsets":  # ours minus the render per group of mel bands (metrics.band_offsets)
+                values = [r["summary"].get(k) for k in BAND_OFFSET_KEYS]
+                cells.append(" / ".join(fmt.format(v) for v in values) if None not in values else "")
+                continue
             value = r["summary"].get(key)
             cells.append(fmt.format(value) if isinstance(value, (int, float)) and np.isfinite(value) else "")
         lines.append(f"| {r['model']} | {r['set']} | {r.get('timbre') or 'default'} | {r['pieces']} | "

@@ -409,3 +409,18 @@ def test_context_gain_jitter_moves_sounding_frames_by_the_drawn_decibels_and_kee
     assert float(out[0, 0, 2]) == 1.0  # clamped to the features' range
     masked = jitter_context_gain({"context": context, "context_mask": ~mask}, torch.tensor([20.0, -20.0]))
     assert torch.equal(masked["context"], context)  # frames outside the mask are not context
+
+
+def test_band_offsets_measure_the_spectral_balance_per_group_of_bands():
+    from specdiff.evaluation.metrics import BAND_OFFSET_KEYS, band_offsets
+
+    rng = np.random.default_rng(0)
+    reference = (0.1 * rng.standard_normal(16000)).astype(np.float32)  # white noise: every band well above the floor
+    assert list(band_offsets(reference, reference).values()) == [0.0] * 4
+    doubled = band_offsets(2 * reference, reference)  # log-mel of magnitudes: ln 2 louder in every band
+    assert list(doubled) == list(BAND_OFFSET_KEYS)
+    assert all(abs(v - np.log(2.0)) < 1e-3 for v in doubled.values())
+    # a low-passed copy keeps the low bands and drops the top ones towards the floor
+    smooth = np.convolve(reference, np.ones(8) / 8, mode="same").astype(np.float32)
+    tilt = band_offsets(smooth, reference)
+    assert abs(tilt["band_offset_1"]) < 0.5 and tilt["band_offset_4"] < -2.0

@@ -456,12 +456,15 @@ def _evaluate_piece(
 
 def _summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Means over pieces; the F1 ratio of the means (steadier than a mean of ratios); overall speed."""
+    from specdiff.evaluation import metrics
+
     summary: dict[str, Any] = {"pieces": len(rows), "total_seconds": float(sum(r["seconds"] for r in rows))}
     keys = [key for key, _, _ in TABLE_COLUMNS if key not in ("f1_ratio", "x_real_time")]
     keys += ["generated_precision", "generated_recall", "reference_precision", "reference_recall"]
     keys += ["silence_level", "reference_silence_level", "silence_gap", "rest_level", "reference_rest_level",
              "rest_gap", "peak", "reference_peak",
-             "max_segment_jump_db", "reference_max_segment_jump_db", "loudness_diff_db"]  # fmt: skip
+             "max_segment_jump_db", "reference_max_segment_jump_db", "loudness_diff_db",
+             *metrics.BAND_OFFSET_KEYS]  # fmt: skip
     for key in keys:
         values = [r[key] for r in rows if isinstance(r.get(key), float) and math.isfinite(r[key])]
         if values:

@@ -285,9 +285,32 @@ def rest_scores(generated: np.ndarray, reference: np.ndarray, notes: Any, margin
     return _gap_over(levels, None if levels is None else rest_frames(notes, len(levels[0]), margin), REST_KEYS)
 
 
+#: Groups of mel bands for :func:`band_offsets`, low to high (32 bands each).
+BAND_GROUPS = 4
+BAND_OFFSET_KEYS = tuple(f"band_offset_{k + 1}" for k in range(BAND_GROUPS))
+
+
+def band_offsets(generated: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """The spectral balance: ours minus the reference's log-mel (natural log), averaged over all
+    frames and over each of :data:`BAND_GROUPS` groups of mel bands, low to high
+    (:data:`BAND_OFFSET_KEYS`). Why: the mean log-mel of a band is dominated by its quiet frames, so
+    a model that lifts the floors of quiet bands shows a positive offset there even when its loud
+    partials are right; the MFCC statistics of the Fréchet distance move with it."""
+    import torch
+
+    from specdiff.audio.mel import log_mel
+
+    a, b = crop_to_common_length(np.asarray(generated).reshape(-1), np.asarray(reference).reshape(-1))
+    if len(a) == 0:
+        return dict.fromkeys(BAND_OFFSET_KEYS, float("nan"))
+    with torch.no_grad():
+        diff = (log_mel(torch.from_numpy(a)) - log_mel(torch.from_numpy(b))).mean(0).numpy()
+    return {key: float(part.mean()) for key, part in zip(BAND_OFFSET_KEYS, np.array_split(diff, BAND_GROUPS))}
+
+
 def reconstruction_scores(generated: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     return {"log_mel_l1": log_mel_l1(generated, reference), **multi_resolution_stft_distance(generated, reference),
-            **silence_scores(generated, reference)}  # fmt: skip
+            **silence_scores(generated, reference), **band_offsets(generated, reference)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
