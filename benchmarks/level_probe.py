@@ -15,6 +15,12 @@ each frame's log-mel from
   -8 nat, an empty-context flag: ``specdiff.midi.score_roll.add_context_level``),
 - ``roll + context level, no floor``: the same with the plain level (the first version of the
   layout: every value above ln 1e-5 counts),
+- ``roll + relative velocity``: as ``roll + velocity`` with ``ln(v / v_max)``, the velocity relative to
+  the piece's loudest note. Why: renders are peak-normalised per piece
+  (``specdiff.data.render.PEAK``), so what sets a frame's level is its velocity against the piece's
+  loudest moment, not the absolute velocity; the pipeline knows the whole piece, so this is
+  computable at synthesis;
+- ``roll + context level + relative velocity``: both;
 - ``roll + gated context level``: the same columns multiplied, frame by frame, by 1 - the roll's
   ``silent`` feature, so they speak only where a note sounds (where none does, the render sits at its
   floor whatever the context's level was),
@@ -65,14 +71,16 @@ VELOCITY_FEATURES = NUM_FAMILIES + 2  # per family, drums, any note
 DRUM_SPAN_FRAMES = 20
 LABELS = {"roll": "", "roll + velocity": "velocity", "roll + context level": "context level",
           "roll + context level, no floor": "unfloored context level",
+          "roll + relative velocity": "relative velocity",
+          "roll + context level + relative velocity": "context level + relative velocity",
           "roll + gated context level": "gated context level"}  # fmt: skip
 QUIET_NAT = -8.0  # frames whose true mean log-mel is below this count as quiet (the issue's measure)
 
 
-def velocity_features(notes, target_start: int, frames: int) -> np.ndarray:
-    """``[frames, VELOCITY_FEATURES]``: per frame, the largest ``ln(v / 127)`` of the notes sounding
-    in it, per family, for drums (a hit counts for DRUM_SPAN_FRAMES frames) and over all notes;
-    0 where none sounds (the roll's presence features tell sounding from silent)."""
+def velocity_features(notes, target_start: int, frames: int, reference: float = 127.0) -> np.ndarray:
+    """``[frames, VELOCITY_FEATURES]``: per frame, the largest ``ln(v / reference)`` of the notes
+    sounding in it, per family, for drums (a hit counts for DRUM_SPAN_FRAMES frames) and over all
+    notes; 0 where none sounds (the roll's presence features tell sounding from silent)."""
     out = np.full((frames, VELOCITY_FEATURES), -np.inf, np.float32)
     for note in notes:
         start = int(math.floor(note.start * FRAMES_PER_SECOND)) - target_start
@@ -83,7 +91,7 @@ def velocity_features(notes, target_start: int, frames: int) -> np.ndarray:
         lo, hi = max(start, 0), min(max(end, start + 1), frames)
         if hi <= lo:
             continue
-        level = math.log(max(note.velocity, 1) / 127.0)
+        level = math.log(max(note.velocity, 1) / reference)
         for col in (column, VELOCITY_FEATURES - 1):
             out[lo:hi, col] = np.maximum(out[lo:hi, col], level)
     out[~np.isfinite(out)] = 0.0
@@ -115,17 +123,19 @@ def windows(dataset: ChunkDataset, indices: list[int], extra: str):
         if extra == "gated context level":
             sounding = 1.0 - roll[..., SILENT_FEATURE : SILENT_FEATURE + 1]
             roll = torch.cat([roll[..., :EXTENDED_ROLL_FEATURES], roll[..., EXTENDED_ROLL_FEATURES:] * sounding], -1)
-        elif extra not in ("context level", "unfloored context level"):
+        elif extra not in ("context level", "unfloored context level", "context level + relative velocity"):
             roll = roll[..., :EXTENDED_ROLL_FEATURES]
         for row, (i, example) in enumerate(zip(items, examples)):
             k, _, target_start, valid = dataset.window(i)
             if k not in notes_cache:
                 notes_cache[k] = dataset.notes(k)
+            notes = notes_cache[k]
+            reference = max((n.velocity for n in notes), default=127) if "relative" in extra else 127.0
             rolls.append(roll[row, :valid, TONAL_FEATURES:])
-            velocities.append(torch.from_numpy(velocity_features(notes_cache[k], target_start, 256)[:valid]))
+            velocities.append(torch.from_numpy(velocity_features(notes, target_start, 256, reference)[:valid]))
             targets.append(example.target[:valid])
         x = torch.cat(rolls)
-        if extra == "velocity":
+        if "velocity" in extra:
             x = torch.cat([x, torch.cat(velocities)], dim=1)
         lengths = [len(t) for t in targets]
         yield x, torch.cat(targets), lengths
