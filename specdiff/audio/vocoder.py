@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from specdiff.atomic import atomic_write
+from specdiff.audio.phase_vocoder import TRANSIENT_ALIGNS
 from specdiff.constants import HOP_LENGTH, N_MELS, SAMPLE_RATE, VOCODER_SYNTHESES
 from specdiff.errors import ModelError
 from specdiff.pipeline.folder import VOCODER_FOLDER
@@ -70,6 +71,11 @@ class VocoderConfig:
     # forward() and the ONNX export compute) or "phase_vocoder" (its magnitude with a phase built from
     # that magnitude, specdiff.audio.phase_vocoder; for heads trained on the magnitude itself).
     synthesis: str = "network"
+    # Transient phase reset of the "phase_vocoder" synthesis (specdiff.audio.phase_vocoder): at peaks
+    # whose magnitude rises by more than this many dB from one frame to the next (None: off, the
+    # default of folders saved before the key existed), with the rule ``transient_align``.
+    transient_db: float | None = None
+    transient_align: str = "envelope"
 
     @classmethod
     def from_dict(cls, data: dict) -> VocoderConfig:
@@ -84,6 +90,10 @@ class VocoderConfig:
         if values.get("synthesis", "network") not in VOCODER_SYNTHESES:
             raise ModelError(
                 f"vocoder config: synthesis must be one of {VOCODER_SYNTHESES}, got {values['synthesis']!r}"
+            )
+        if values.get("transient_align", "envelope") not in TRANSIENT_ALIGNS:
+            raise ModelError(
+                f"vocoder config: transient_align must be one of {TRANSIENT_ALIGNS}, got {values['transient_align']!r}"
             )
         return cls(**values)
 
@@ -176,14 +186,18 @@ class ISTFTHead(nn.Module):
         """:meth:`spectrum`'s outputs -> audio ``[B, T * hop]``."""
         return self.istft(torch.exp(log_mag), phase)
 
-    def peak_locked_phase(self, magnitude: torch.Tensor) -> torch.Tensor:
+    def peak_locked_phase(
+        self, magnitude: torch.Tensor, transient_db: float | None = None, transient_align: str = "envelope"
+    ) -> torch.Tensor:
         """A phase ``[B, n_bins, T]`` for ``magnitude`` ``[B, n_bins, T]`` from its spectral peaks
-        (specdiff.audio.phase_vocoder; no gradient), in :meth:`istft`'s convention."""
+        (specdiff.audio.phase_vocoder, with its transient reset when ``transient_db`` is not None; no
+        gradient), in :meth:`istft`'s convention."""
         from specdiff.audio.phase_vocoder import peak_locked_phase
 
         frames = magnitude.detach().float().transpose(1, 2).cpu().numpy()
         # One signal at a time: each frame's phase continues the previous frame's.
-        phase = np.stack([peak_locked_phase(m, self.n_fft, self.hop_length) for m in frames])
+        options = {"transient_db": transient_db, "transient_align": transient_align}
+        phase = np.stack([peak_locked_phase(m, self.n_fft, self.hop_length, **options) for m in frames])
         return torch.from_numpy(phase).to(device=magnitude.device, dtype=magnitude.dtype).transpose(1, 2)
 
     def stft(self, audio: torch.Tensor) -> torch.Tensor:
@@ -338,6 +352,10 @@ class VocoderInverter:
     :func:`specdiff.audio.silence_gate.silence_gate`, scales down frames that come out louder than their mel
     (the overlap smear beside loud frames, a magnitude that does not reach the floor), so rests stay
     silent.
+
+    ``transient_db`` / ``transient_align``: the phase vocoder's transient phase reset (default: the
+    vocoder config's; see :func:`specdiff.audio.phase_vocoder.peak_locked_phase`). Attributes of the
+    same names, so a benchmark can compare rules on one loaded model.
     """
 
     def __init__(
@@ -366,6 +384,7 @@ class VocoderInverter:
         self.gate_iters = DEFAULT_GATE_ITERS if gate_iters is None else int(gate_iters)
         if self.gate_iters < 0:
             raise ValueError(f"gate_iters must be >= 0, got {gate_iters}")
+        self.transient_db, self.transient_align = model.config.transient_db, model.config.transient_align
 
     def __call__(self, log_mel: np.ndarray) -> np.ndarray:
         features = np.asarray(log_mel, dtype=np.float32)
@@ -392,7 +411,7 @@ class VocoderInverter:
         ``refine_iters`` gain corrections (:meth:`fit_to_mel`) -> audio ``[B, T * 320]``."""
         head = self.model.head
         magnitude = torch.exp(self.model.spectrum(log_mel)[0].float())
-        phase = head.peak_locked_phase(magnitude)
+        phase = head.peak_locked_phase(magnitude, self.transient_db, self.transient_align)
         return self.fit_to_mel(magnitude, phase, log_mel.float(), self.refine_iters)
 
     def fit_to_mel(
