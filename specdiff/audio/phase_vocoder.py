@@ -35,7 +35,7 @@ def peak_locked_phase(
     hop_length: int,
     floor_ratio: float = 1e-4,
     transient_db: float | None = None,
-    transient_align: str = "centre",
+    transient_align: str = "envelope",
 ) -> np.ndarray:
     """Phase ``[T, n_fft/2 + 1]`` for the magnitude ``[T, n_fft/2 + 1]`` of one signal (see the module doc).
 
