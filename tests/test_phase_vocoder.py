@@ -244,3 +244,18 @@ def test_the_envelope_reset_keeps_the_energy_after_the_onset():
 
     plain, reset = pre_echo_db(), pre_echo_db(transient_db=10.0, transient_align="envelope")
     assert reset < plain - 3.0, (plain, reset)
+
+
+def test_the_inverter_passes_its_transient_reset_to_the_phase_vocoder():
+    torch.manual_seed(0)
+    model = Vocoder(VocoderConfig(dim=16, intermediate_dim=32, num_layers=2, synthesis="phase_vocoder"))
+    inverter = VocoderInverter(model, refine_iters=0, gate_iters=0)
+    assert inverter.transient_db is None  # off unless asked for
+    mel = np.random.default_rng(0).uniform(-11.5, 2.0, (1, 12, 128)).astype(np.float32)
+    with torch.no_grad():
+        magnitude = torch.exp(model.spectrum(torch.from_numpy(mel))[0])
+    for db, align in ((None, "envelope"), (6.0, "centre"), (6.0, "envelope")):
+        inverter.transient_db, inverter.transient_align = db, align
+        phase = peak_locked_phase(magnitude[0].T.numpy(), N_FFT, HOP, transient_db=db, transient_align=align).T
+        expected = model.head.istft(magnitude, torch.from_numpy(phase).float()[None])
+        np.testing.assert_allclose(inverter(mel), expected.numpy(), atol=1e-5)

@@ -36,7 +36,6 @@ import torch
 from torch import nn
 
 from specdiff.atomic import atomic_write
-from specdiff.audio.phase_vocoder import TRANSIENT_ALIGNS
 from specdiff.constants import HOP_LENGTH, N_MELS, SAMPLE_RATE, VOCODER_SYNTHESES
 from specdiff.errors import ModelError
 from specdiff.pipeline.folder import VOCODER_FOLDER
@@ -71,11 +70,6 @@ class VocoderConfig:
     # forward() and the ONNX export compute) or "phase_vocoder" (its magnitude with a phase built from
     # that magnitude, specdiff.audio.phase_vocoder; for heads trained on the magnitude itself).
     synthesis: str = "network"
-    # Transient phase reset of the "phase_vocoder" synthesis (specdiff.audio.phase_vocoder): at peaks
-    # whose magnitude rises by more than this many dB from one frame to the next (None: off, the
-    # default of folders saved before the key existed), with the rule ``transient_align``.
-    transient_db: float | None = None
-    transient_align: str = "envelope"
 
     @classmethod
     def from_dict(cls, data: dict) -> VocoderConfig:
@@ -90,10 +84,6 @@ class VocoderConfig:
         if values.get("synthesis", "network") not in VOCODER_SYNTHESES:
             raise ModelError(
                 f"vocoder config: synthesis must be one of {VOCODER_SYNTHESES}, got {values['synthesis']!r}"
-            )
-        if values.get("transient_align", "envelope") not in TRANSIENT_ALIGNS:
-            raise ModelError(
-                f"vocoder config: transient_align must be one of {TRANSIENT_ALIGNS}, got {values['transient_align']!r}"
             )
         return cls(**values)
 
@@ -353,9 +343,10 @@ class VocoderInverter:
     (the overlap smear beside loud frames, a magnitude that does not reach the floor), so rests stay
     silent.
 
-    ``transient_db`` / ``transient_align``: the phase vocoder's transient phase reset (default: the
-    vocoder config's; see :func:`specdiff.audio.phase_vocoder.peak_locked_phase`). Attributes of the
-    same names, so a benchmark can compare rules on one loaded model.
+    Attributes ``transient_db`` (default None: off) and ``transient_align``: the phase vocoder's
+    transient phase reset (:func:`specdiff.audio.phase_vocoder.peak_locked_phase`). Not a config key:
+    measured, it keeps no more onsets (benchmarks/results/vocoder_benchmark_idioms_transients.md);
+    benchmarks/vocoder_benchmark.py ``--transients`` sets them to compare rules.
     """
 
     def __init__(
@@ -384,7 +375,8 @@ class VocoderInverter:
         self.gate_iters = DEFAULT_GATE_ITERS if gate_iters is None else int(gate_iters)
         if self.gate_iters < 0:
             raise ValueError(f"gate_iters must be >= 0, got {gate_iters}")
-        self.transient_db, self.transient_align = model.config.transient_db, model.config.transient_align
+        self.transient_db: float | None = None
+        self.transient_align = "envelope"
 
     def __call__(self, log_mel: np.ndarray) -> np.ndarray:
         features = np.asarray(log_mel, dtype=np.float32)
