@@ -17,6 +17,33 @@ The rule, per frame i (phases referred to the frame's centre):
   hop (``2 pi (k + d) hop / n_fft``): a partial that lasts keeps a continuous phase;
 - every other bin takes the phase of its nearest peak (identity phase locking): the bins of one
   partial's main lobe share one phase, as they do for a real sinusoid under a symmetric window.
+
+Transient phase reset (``transient_db``; off by default, and off in the pipeline). The classic remedy
+for attacks smeared over the window (Roebel 2003; Duxbury et al.): a peak whose log-magnitude rose by
+more than ``transient_db`` over the previous frame (the loudest of its bin and the two beside it), in
+the first frame of such a rise, does not continue the previous phase. Rules (``transient_align``):
+- ``"centre"``: its phase is 0 at the frame's centre (the new partials line up there);
+- ``"onset"``: its phase is 0 at the onset sample u (from the centre): a partial that starts at u
+  holds, in this frame, the share (n/2 - u)/n - sin(2 pi u/n)/(2 pi) of its full level (n = n_fft,
+  the part of a Hann window's sum after u); that
+  share, counted from the previous frame's level up to the largest of frames i..i+3 and averaged over
+  the frame's new peaks, gives one u per frame; the phase at the centre is -2 pi (k + d) u / n_fft;
+- ``"envelope"``: ``"onset"``, and while u lies inside a later frame's window the bins of that
+  partial's lobe also turn by -2 pi (bin - (k + d)) c / n_fft, c the centroid of the window after u:
+  the phase of a partial cut at u, so the frame puts its energy after the onset, not across the
+  whole window. Propagation continues from the peak's own phase.
+Only ``"envelope"`` changes what a frame sounds like in time (identity locking gives every lobe one
+phase, so the other two only move where harmonics line up): on a true magnitude it cuts the energy
+before a synthetic onset by 13 dB (the example of tests/test_phase_vocoder.py). It does not bring
+onsets back.
+benchmarks/results/vocoder_benchmark_idioms_transients*.md (26 held-out idioms clips, bundled vocoder
++ mel fit + silence gate): onsets kept 0.730 without; 0.727 / 0.697 with "centre" at 10 / 6 dB,
+0.710 / 0.711 "onset" at 10 / 6 dB, 0.720 / 0.716 / 0.709 / 0.645 "envelope" at 15 / 10 / 6 / 3 dB
+(paired per-clip differences -0.003 to -0.084, standard errors ~0.01); log-mel L1 0.213 -> 0.207
+("centre") to 0.223, silence gap unchanged; demo test split 0.949 without, 0.944 / 0.951 with
+"centre" 10 dB / "envelope" 15 dB. The oracle ladder there (benchmarks/vocoder_ladder_idioms.py) says
+where the onsets go instead: on those clips the phase vocoder keeps 1.10x the original's onsets on the
+true magnitude, the network's magnitude keeps 0.93x with the true phase and 0.76x with this phase.
 """
 
 from __future__ import annotations
