@@ -13,7 +13,9 @@ Rows: Griffin-Lim (32 fast iterations from random phase), and the vocoder three 
 specdiff.audio.vocoder.VocoderInverter): its head's magnitude and phase alone (what its ONNX export
 computes), the same + refinement iterations, and its magnitude with the phase vocoder's phase
 (specdiff.audio.phase_vocoder), alone and with the default mel-fit corrections. The row the pipeline uses
-with this vocoder folder is marked.
+with this vocoder folder is marked. ``--transients`` adds rows of the phase vocoder's transient phase
+reset (thresholds and rules; the mel fit and the silence gate of the pipeline's row); ``--rows`` keeps
+only some rows (screening).
 
 Held-out music unlike the demo corpus (``--set idioms``): the generated band-music test split
 (``specdiff.data.idioms``, never trained on) rendered with each of ``--soundfonts``, plus
@@ -252,6 +254,20 @@ def main() -> None:
     parser.add_argument(
         "--refine-iters", type=int, default=32, help="refinement iterations of the refined row (default 32)"
     )
+    parser.add_argument(
+        "--transients",
+        nargs="+",
+        default=[],
+        metavar="DB[:ALIGN]",
+        help="extra rows: the pipeline's phase-vocoder row with the transient phase reset at DB dB and the rule "
+        "ALIGN (centre, onset or envelope; default envelope), e.g. 6:envelope 10:centre; 'off' = no reset",
+    )
+    parser.add_argument(
+        "--threads", type=int, nargs="*", default=[1, 2], help="time on these torch thread counts (none: no timing)"
+    )
+    parser.add_argument(
+        "--rows", nargs="+", default=[], metavar="TEXT", help="keep only the rows whose label contains one of these"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
 
@@ -262,6 +278,7 @@ def main() -> None:
     torch.set_num_threads(1)
     default = load_vocoder(args.vocoder)  # what the pipeline uses: the folder's synthesis and its default refinement
     fit = f"{DEFAULT_MEL_FIT_ITERS} mel-fit correction(s)"
+    folder = (default.transient_db, default.transient_align)  # the folder's transient reset
     rows = {  # label: (synthesis, refinement iterations, silence-gate passes)
         "vocoder, network phase alone (ONNX export)": ("network", 0, 0),
         "vocoder, network phase + silence gate": ("network", 0, DEFAULT_GATE_ITERS),
@@ -270,12 +287,24 @@ def main() -> None:
         f"vocoder, phase vocoder + {fit} (previous default)": ("phase_vocoder", DEFAULT_MEL_FIT_ITERS, 0),
         f"vocoder, phase vocoder + {fit} + silence gate": ("phase_vocoder", DEFAULT_MEL_FIT_ITERS, DEFAULT_GATE_ITERS),
     }
+    transients = dict.fromkeys(rows, folder)  # label: (transient_db, transient_align)
+    for spec in args.transients:
+        transient = transient_option(spec)
+        rule = "no transient reset" if transient[0] is None else f"transient reset {transient[0]:g} dB, {transient[1]}"
+        label = f"vocoder, phase vocoder + {fit} + silence gate, {rule}"
+        rows[label], transients[label] = ("phase_vocoder", DEFAULT_MEL_FIT_ITERS, DEFAULT_GATE_ITERS), transient
     inverters = {"griffin-lim": GriffinLimInverter()}
+    pipeline = (default.synthesis, default.refine_iters, default.gate_iters)
+    marked = [name for name in rows if rows[name] == pipeline and transients[name] == folder][:1]
     for label, (synthesis, refine_iters, gate_iters) in rows.items():
-        if (synthesis, refine_iters, gate_iters) == (default.synthesis, default.refine_iters, default.gate_iters):
+        transient = transients[label]
+        if label in marked:
             label += " (pipeline default)"
         inverters[label] = load_vocoder(args.vocoder, refine_iters=refine_iters, synthesis=synthesis,
                                         gate_iters=gate_iters)  # fmt: skip
+        inverters[label].transient_db, inverters[label].transient_align = transient
+    if args.rows:
+        inverters = {label: inv for label, inv in inverters.items() if any(text in label for text in args.rows)}
     tmp_dir = tempfile.TemporaryDirectory()
     if args.set == "idioms":
         clips = idiom_clips(args.max_files, args.seconds, args.soundfonts, args.quiet_copies, Path(tmp_dir.name),
@@ -289,7 +318,7 @@ def main() -> None:
     # other jobs can be paused for just this part; "speed done" is printed when it is over.
     longest = max(clips, key=lambda c: len(c[1]))[1][: 10 * 16000]
     mel = log_mel(torch.from_numpy(longest)[None]).numpy()
-    speeds = {label: {f"{t}_thread": speed(inv, mel, t) for t in (1, 2)} for label, inv in inverters.items()}
+    speeds = {label: {f"{t}_thread": speed(inv, mel, t) for t in args.threads} for label, inv in inverters.items()}
     if args.onnx is not None:
         speeds["vocoder, network alone, onnxruntime"] = {
             f"{t}_thread": speed(OnnxRunner(args.onnx, t), mel, 1) for t in (1, 2)
@@ -369,6 +398,14 @@ def main() -> None:
     _write_atomic(args.out / f"{stem}.md", markdown(result, keys))
     tmp_dir.cleanup()
     print(markdown(result, keys))
+
+
+def transient_option(spec: str) -> tuple[float | None, str]:
+    """``--transients`` item -> (transient_db, transient_align): "10", "10:centre", or "off"."""
+    if spec == "off":
+        return None, "envelope"
+    db, _, align = spec.partition(":")
+    return float(db), align or "envelope"
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -140,3 +140,122 @@ def test_the_mel_fit_corrects_a_level_error_and_keeps_the_phase():
     assert (log_mel(after) - target).abs().mean() < 0.3 * (log_mel(before) - target).abs().mean()
     correlation = torch.nn.functional.cosine_similarity(after[0, inner], 5 * before[0, inner], dim=0)
     assert correlation > 0.99  # the same waveform, louder: the phase did not move
+
+
+# ---- transient phase reset ------------------------------------------------------------------------
+
+
+def _reference_peak_locked_phase(magnitude: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
+    """The phase vocoder as it was before the transient reset existed (a copy of its loop)."""
+    frames, bins = magnitude.shape
+    k = np.arange(bins)
+    log_magnitude = np.log(magnitude + 1e-12)
+    phase, previous = np.empty((frames, bins)), np.zeros(bins)
+    for i in range(frames):
+        m, log_m = magnitude[i], log_magnitude[i]
+        peaks = 1 + np.flatnonzero((m[1:-1] > m[:-2]) & (m[1:-1] >= m[2:]) & (m[1:-1] > 1e-4 * m.max()))
+        if peaks.size == 0:
+            current = previous + 2 * np.pi * hop / n_fft * k
+        else:
+            left, centre, right = log_m[peaks - 1], log_m[peaks], log_m[peaks + 1]
+            curvature = left - 2 * centre + right
+            safe = np.where(curvature < -1e-12, curvature, -1.0)
+            offset = np.where(curvature < -1e-12, np.clip(0.5 * (left - right) / safe, -0.5, 0.5), 0.0)
+            peak_phase = previous[peaks] + 2 * np.pi * hop / n_fft * (peaks + offset)
+            current = peak_phase[np.searchsorted((peaks[:-1] + peaks[1:]) / 2, k)]
+        phase[i] = previous = current
+    return np.remainder(phase - np.pi * k, 2 * np.pi)
+
+
+def test_without_a_transient_threshold_the_phase_is_the_same_as_before():
+    magnitude = np.abs(np.random.default_rng(0).normal(size=(40, N_FFT // 2 + 1))) ** 3
+    magnitude[10:14] = 0.0  # a silent stretch: no peaks
+    expected = _reference_peak_locked_phase(magnitude, N_FFT, HOP)
+    np.testing.assert_array_equal(peak_locked_phase(magnitude, N_FFT, HOP), expected)
+    np.testing.assert_array_equal(peak_locked_phase(magnitude, N_FFT, HOP, transient_db=None), expected)
+    with pytest.raises(ValueError, match="transient_align"):
+        peak_locked_phase(magnitude, N_FFT, HOP, transient_db=6.0, transient_align="nowhere")
+
+
+def _onset_magnitude(share: float) -> np.ndarray:
+    """A steady partial at bin 40 in every frame; a new one at bin 101 from frame 5, at ``share`` of
+    its full level in frame 5 (symmetric lobes: both peaks' frequencies are their bin centres)."""
+    magnitude = np.full((10, N_FFT // 2 + 1), 1e-6)
+    magnitude[:, 39:42] = [0.5, 1.0, 0.5]
+    magnitude[5:, 100:103] = [0.5, 1.0, 0.5]
+    magnitude[5, 100:103] *= share
+    return magnitude
+
+
+@pytest.mark.parametrize("align", ["centre", "onset", "envelope"])
+def test_a_partial_that_appears_gets_the_reset_phase_and_a_steady_one_keeps_its_own(align):
+    """Hand-derived. A partial that starts at sample u from a frame's centre holds, in that frame, the
+    share of the Hann window's sum after u: (n/2 - u) / n - sin(2 pi u / n) / (2 pi); at u = n/4 that
+    is 1/4 - 1/(2 pi). "centre": centre-referenced phase 0 at its peak; "onset": phase 0 at u, so
+    -2 pi (k + d) u / n at the centre; "envelope": the same peak phase, and the lobe's other bins turn
+    by -2 pi (bin - (k + d)) c / n, c the centroid of the window after u, for a Hann window from n/4 on
+    n (1/4 - 1/(2 pi)^2 ... ) = 0.31516 n. Then propagation as usual. The steady partial is untouched."""
+    n = N_FFT
+    share = 0.25 - 1 / (2 * np.pi)
+    magnitude = _onset_magnitude(share)
+    phase = peak_locked_phase(magnitude, n, HOP, transient_db=10.0, transient_align=align)
+    plain = peak_locked_phase(magnitude, n, HOP)
+    centred = lambda frame, bin_: phase[frame, bin_] + np.pi * bin_  # noqa: E731  centre-referenced
+    wrap = lambda x: np.angle(np.exp(1j * x))  # noqa: E731
+    u = n / 4
+    expected_peak = 0.0 if align == "centre" else -2 * np.pi * 101 * u / n
+    assert wrap(centred(5, 101) - expected_peak) == pytest.approx(0.0, abs=0.02)
+    x = np.array([0.25, 0.5])  # the centroid of the window after u, by hand (in units of n)
+    numerator = np.diff(x**2 / 2 + x * np.sin(2 * np.pi * x) / (2 * np.pi) + np.cos(2 * np.pi * x) / (4 * np.pi**2))
+    centroid = float(numerator[0] / share) * n
+    assert centroid / n == pytest.approx(0.31516, abs=1e-4)
+    slope = -2 * np.pi * centroid / n if align == "envelope" else 0.0
+    assert wrap(centred(5, 100) - expected_peak + slope) == pytest.approx(0.0, abs=0.02)  # bin 100 = peak - 1
+    assert wrap(centred(5, 102) - expected_peak - slope) == pytest.approx(0.0, abs=0.02)
+    # The next frame: propagated from the reset (peak phase + one hop at its frequency).
+    advance = 2 * np.pi * 101 * HOP / n
+    assert wrap(centred(6, 101) - expected_peak - advance) == pytest.approx(0.0, abs=0.02)
+    # The steady partial: the plain phase vocoder's phase (frame 0, where every partial starts, is a
+    # reset too; here it lands on the same phase mod 2 pi), turning by its frequency every hop.
+    np.testing.assert_allclose(wrap(phase[:, 35:46] - plain[:, 35:46]), 0.0, atol=1e-9)
+    assert wrap(centred(6, 40) - centred(5, 40) - 2 * np.pi * 40 * HOP / n) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_the_envelope_reset_keeps_the_energy_after_the_onset():
+    """A harmonic note that starts at a known sample after a quieter one: with its true magnitude,
+    the plain phase vocoder spreads the new note over its frames' whole windows (pre-echo up to 40 ms
+    before the onset); the envelope reset gives the frames that straddle the onset the phase of a
+    partial cut at it, so less of the new note's energy comes before the onset."""
+    sr, start = 16000, 14417
+    t = np.arange(2 * sr) / sr
+    rng = np.random.default_rng(1)
+    audio = np.zeros_like(t)
+    for onset, f0, level in ((0.1, 330.0, 0.02), (start / sr, 220.0, 0.1)):
+        envelope = np.where(t >= onset, np.exp(-(t - onset) * 3), 0.0)
+        for h in range(1, 8):
+            audio += level / h * envelope * np.sin(2 * np.pi * f0 * h * (t - onset) + rng.uniform(0, 2 * np.pi))
+    magnitude = HEAD.stft(torch.from_numpy(audio).float()[None]).abs()
+
+    def pre_echo_db(**options) -> float:
+        phase = peak_locked_phase(magnitude[0].T.numpy(), N_FFT, HOP, **options).T
+        out = HEAD.istft(magnitude, torch.from_numpy(phase).float()[None])[0].double().numpy()
+        before, after = out[start - 480 : start - 80], out[start : start + 400]
+        return 10 * math.log10(np.mean(before**2) / np.mean(after**2))
+
+    plain, reset = pre_echo_db(), pre_echo_db(transient_db=10.0, transient_align="envelope")
+    assert reset < plain - 3.0, (plain, reset)
+
+
+def test_the_inverter_passes_its_transient_reset_to_the_phase_vocoder():
+    torch.manual_seed(0)
+    model = Vocoder(VocoderConfig(dim=16, intermediate_dim=32, num_layers=2, synthesis="phase_vocoder"))
+    inverter = VocoderInverter(model, refine_iters=0, gate_iters=0)
+    assert inverter.transient_db is None  # off unless asked for
+    mel = np.random.default_rng(0).uniform(-11.5, 2.0, (1, 12, 128)).astype(np.float32)
+    with torch.no_grad():
+        magnitude = torch.exp(model.spectrum(torch.from_numpy(mel))[0])
+    for db, align in ((None, "envelope"), (6.0, "centre"), (6.0, "envelope")):
+        inverter.transient_db, inverter.transient_align = db, align
+        phase = peak_locked_phase(magnitude[0].T.numpy(), N_FFT, HOP, transient_db=db, transient_align=align).T
+        expected = model.head.istft(magnitude, torch.from_numpy(phase).float()[None])
+        np.testing.assert_allclose(inverter(mel), expected.numpy(), atol=1e-5)

@@ -176,14 +176,18 @@ class ISTFTHead(nn.Module):
         """:meth:`spectrum`'s outputs -> audio ``[B, T * hop]``."""
         return self.istft(torch.exp(log_mag), phase)
 
-    def peak_locked_phase(self, magnitude: torch.Tensor) -> torch.Tensor:
+    def peak_locked_phase(
+        self, magnitude: torch.Tensor, transient_db: float | None = None, transient_align: str = "envelope"
+    ) -> torch.Tensor:
         """A phase ``[B, n_bins, T]`` for ``magnitude`` ``[B, n_bins, T]`` from its spectral peaks
-        (specdiff.audio.phase_vocoder; no gradient), in :meth:`istft`'s convention."""
+        (specdiff.audio.phase_vocoder, with its transient reset when ``transient_db`` is not None; no
+        gradient), in :meth:`istft`'s convention."""
         from specdiff.audio.phase_vocoder import peak_locked_phase
 
         frames = magnitude.detach().float().transpose(1, 2).cpu().numpy()
         # One signal at a time: each frame's phase continues the previous frame's.
-        phase = np.stack([peak_locked_phase(m, self.n_fft, self.hop_length) for m in frames])
+        options = {"transient_db": transient_db, "transient_align": transient_align}
+        phase = np.stack([peak_locked_phase(m, self.n_fft, self.hop_length, **options) for m in frames])
         return torch.from_numpy(phase).to(device=magnitude.device, dtype=magnitude.dtype).transpose(1, 2)
 
     def stft(self, audio: torch.Tensor) -> torch.Tensor:
@@ -338,6 +342,11 @@ class VocoderInverter:
     :func:`specdiff.audio.silence_gate.silence_gate`, scales down frames that come out louder than their mel
     (the overlap smear beside loud frames, a magnitude that does not reach the floor), so rests stay
     silent.
+
+    Attributes ``transient_db`` (default None: off) and ``transient_align``: the phase vocoder's
+    transient phase reset (:func:`specdiff.audio.phase_vocoder.peak_locked_phase`). Not a config key:
+    measured, it keeps no more onsets (benchmarks/results/vocoder_benchmark_idioms_transients.md);
+    benchmarks/vocoder_benchmark.py ``--transients`` sets them to compare rules.
     """
 
     def __init__(
@@ -366,6 +375,8 @@ class VocoderInverter:
         self.gate_iters = DEFAULT_GATE_ITERS if gate_iters is None else int(gate_iters)
         if self.gate_iters < 0:
             raise ValueError(f"gate_iters must be >= 0, got {gate_iters}")
+        self.transient_db: float | None = None
+        self.transient_align = "envelope"
 
     def __call__(self, log_mel: np.ndarray) -> np.ndarray:
         features = np.asarray(log_mel, dtype=np.float32)
@@ -392,7 +403,7 @@ class VocoderInverter:
         ``refine_iters`` gain corrections (:meth:`fit_to_mel`) -> audio ``[B, T * 320]``."""
         head = self.model.head
         magnitude = torch.exp(self.model.spectrum(log_mel)[0].float())
-        phase = head.peak_locked_phase(magnitude)
+        phase = head.peak_locked_phase(magnitude, self.transient_db, self.transient_align)
         return self.fit_to_mel(magnitude, phase, log_mel.float(), self.refine_iters)
 
     def fit_to_mel(

@@ -1,0 +1,141 @@
+"""Where does the phase-vocoder synthesis lose onsets on held-out band music? A small oracle ladder.
+
+On the clips of ``vocoder_benchmark.py --set idioms`` (the generated-idioms test split rendered with
+each SoundFont, plus its sparse pieces; no quiet copies), each row resynthesises the render at the
+vocoder's synthesis framing (Hann 1280, hop 320, specdiff.audio.vocoder.ISTFTHead) from a magnitude and
+a phase, each either the ORIGINAL one (the render's own STFT) or a recovered one:
+
+  true |X| + true phase       the framing alone (should keep every onset);
+  true |X| + PV phase         the phase vocoder (specdiff.audio.phase_vocoder) on a perfect magnitude;
+  network |X| + true phase    the bundled vocoder's magnitude (from the render's log-mel) alone;
+  network |X| + PV phase      both recovered: "vocoder, phase vocoder alone" of vocoder_benchmark.py;
+and, per ``--transients`` item, the phase vocoder with its transient phase reset on both magnitudes.
+
+No mel fit and no silence gate: the rows isolate the magnitude and the phase. Per row: onsets kept
+(basic-pitch onset F1 against the MIDI of the resynthesis over the original's, mean over clips, as
+in vocoder_benchmark.py) and log-mel L1 to the original. Writes
+benchmarks/results/vocoder_ladder_idioms.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from vocoder_benchmark import OnsetScorer, idiom_clips, midi_notes, transient_option  # noqa: E402
+
+from specdiff.audio.mel import log_mel  # noqa: E402
+
+
+def resyntheses(head, model, audio: np.ndarray, transients: list[str]) -> tuple[dict, torch.Tensor]:
+    """{row: audio} for one clip (see the module doc), and the clip's log-mel."""
+    x = torch.from_numpy(audio)[None]
+    spectrum = head.stft(x)
+    mel = log_mel(x)
+    with torch.inference_mode():
+        network = torch.exp(model.spectrum(mel)[0].float())
+    frames = min(network.shape[-1], spectrum.shape[-1])
+    magnitudes = {"true |X|": spectrum.abs()[..., :frames], "network |X|": network[..., :frames]}
+    true_phase = spectrum.angle()[..., :frames]
+    rows = {}
+    for name, magnitude in magnitudes.items():
+        rows[f"{name} + true phase"] = head.istft(magnitude, true_phase)
+        rows[f"{name} + PV phase"] = head.istft(magnitude, head.peak_locked_phase(magnitude))
+        for spec in transients:
+            db, align = transient_option(spec)
+            phase = head.peak_locked_phase(magnitude, db, align)
+            rows[f"{name} + PV phase, transient reset {db:g} dB, {align}"] = head.istft(magnitude, phase)
+    return {label: y[0].float().numpy() for label, y in rows.items()}, mel
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vocoder", type=Path, default=REPO / "specdiff" / "assets" / "default_model")
+    parser.add_argument("--max-files", type=int, default=8)
+    parser.add_argument("--sparse-files", type=int, default=4)
+    parser.add_argument("--soundfonts", nargs="+", default=["TimGM6mb", "FluidR3_GM"])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--transients", nargs="+", default=["10:envelope"], metavar="DB[:ALIGN]")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = parser.parse_args()
+
+    from specdiff.audio.vocoder import load_vocoder
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    model = load_vocoder(args.vocoder).model
+    tmp = tempfile.TemporaryDirectory()
+    clips = idiom_clips(args.max_files, args.seconds, args.soundfonts, 0, Path(tmp.name), args.sparse_files)
+    scorer = OnsetScorer()
+    per_clip = []
+    for name, audio, midi in clips:
+        audio = audio[: len(audio) // 320 * 320]
+        truth = midi_notes(midi, args.seconds)
+        original = scorer.f1(truth, scorer.notes(audio))
+        row = {"clip": name, "original/onset_f1_vs_midi": original}
+        outputs, mel = resyntheses(model.head, model, audio, args.transients)
+        for label, y in outputs.items():
+            ours = log_mel(torch.from_numpy(y)[None])
+            frames = min(ours.shape[1], mel.shape[1])
+            row[f"{label}/log_mel_l1"] = float((ours[:, :frames] - mel[:, :frames]).abs().mean())
+            if original > 0:
+                row[f"{label}/onsets_kept"] = scorer.f1(truth, scorer.notes(y)) / original
+        per_clip.append(row)
+        print(name, {k: round(v, 3) for k, v in row.items() if isinstance(v, float)}, flush=True)
+    result = summarise(per_clip, args)
+    result["seconds_taken"] = time.perf_counter() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "vocoder_ladder_idioms.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "vocoder_ladder_idioms.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+def summarise(per_clip: list[dict], args) -> dict:
+    labels = [k.split("/")[0] for k in per_clip[0] if k.endswith("/log_mel_l1")]
+    groups = {"all": per_clip, **{sf: [r for r in per_clip if f"[{sf}]" in r["clip"]] for sf in args.soundfonts}}
+    summary = {}
+    for label in labels:
+        summary[label] = {"log_mel_l1": float(np.mean([r[f"{label}/log_mel_l1"] for r in per_clip]))}
+        for group, rows in groups.items():
+            kept = [r[f"{label}/onsets_kept"] for r in rows if f"{label}/onsets_kept" in r]
+            summary[label][f"onsets_kept/{group}"] = float(np.mean(kept)) if kept else float("nan")
+    original = float(np.mean([r["original/onset_f1_vs_midi"] for r in per_clip]))
+    vocoder = args.vocoder.resolve()
+    vocoder = vocoder.relative_to(REPO) if vocoder.is_relative_to(REPO) else vocoder
+    return {"clips": len(per_clip), "vocoder": vocoder.as_posix(), "soundfonts": args.soundfonts,
+            "original_onset_f1_vs_midi": original, "summary": summary, "per_clip": per_clip}  # fmt: skip
+
+
+def markdown(result: dict) -> str:
+    groups = ["all", *result["soundfonts"]]
+    lines = [
+        f"# Onset ladder at the vocoder's synthesis framing: {result['clips']} held-out idioms clips",
+        "",
+        "| row | log-mel L1 ↓ | " + " | ".join(f"onsets kept, {g} ↑" for g in groups) + " |",
+        "|---" * (len(groups) + 2) + "|",
+    ]
+    for label, values in result["summary"].items():
+        cells = [f"{values['log_mel_l1']:.4f}"] + [f"{values[f'onsets_kept/{g}']:.4f}" for g in groups]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Original render: onset F1 vs MIDI {result['original_onset_f1_vs_midi']:.4f} (mean over clips).",
+        f"Vocoder: {result['vocoder']}. No mel fit, no silence gate. Made by benchmarks/vocoder_ladder_idioms.py"
+        + (f" in {result['seconds_taken']:.0f} s." if "seconds_taken" in result else "."),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
