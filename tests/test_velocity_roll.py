@@ -289,3 +289,31 @@ def test_cached_notes_keep_their_velocities(midi_cache):
     cache, _, _ = midi_cache
     stored = np.load(Path(cache) / "songs" / "song" / "notes.npy")
     assert stored["velocity"].max() == 105 and len(set(stored["velocity"].tolist())) > 5
+
+
+def test_a_velocity_layout_model_trains_exports_and_synthesizes(midi_cache, tmp_path):
+    """The whole path: a run on a feature cache (the score prior fitted on the roll with its velocity
+    columns, rollouts, validation and a sample), its export, and the exported pipeline on the MIDI file."""
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
+    from specdiff.training.checkpoints import list_checkpoints
+    from specdiff.training.config import TrainConfig
+    from specdiff.training.export import export_pipeline
+    from specdiff.training.loop import train
+
+    cache, midi, frames = midi_cache
+    model = dict(MICRO, score_roll_features=VELOCITY_ROLL_FEATURES, **EDM)
+    config = TrainConfig.from_preset(
+        "tiny", model=model, data=str(cache), out_dir=str(tmp_path / "run"), batch_size=2, steps=2, log_every=1,
+        val_every=2, sample_every=2, ckpt_every=2, val_examples=2, tensorboard=False, num_threads=1, bf16=False,
+        score_prior_fit=4, rollout_prob=0.5, context_drop_prob=0.5, mask_padding=True,
+    )  # fmt: skip
+    records = train(config, progress=False)
+    assert len(records) == 2 and all(math.isfinite(r.loss) for r in records)
+    folder = export_pipeline(list_checkpoints(tmp_path / "run")[-1], tmp_path / "exported")
+    pipe = SpectrogramDiffusionPipeline.from_pretrained(folder, inverter=None)
+    assert pipe.decoder.score_roll_features == VELOCITY_ROLL_FEATURES
+    prior = pipe.decoder.score_prior_projection.weight[:, VELOCITY_COLUMNS]
+    assert prior.abs().sum() > 0  # the closed-form prior fit uses the velocity columns
+    out = pipe(midi, generator=torch.Generator().manual_seed(0), num_inference_steps=1, output_type="mel",
+               show_progress=False)  # fmt: skip
+    assert np.isfinite(out.mels[0]).all() and len(out.mels[0]) <= frames + 25
