@@ -16,7 +16,8 @@ each frame's log-mel from
 - ``roll + context level, no floor``: the same with the plain level (the first version of the
   layout: every value above ln 1e-5 counts),
 - ``roll + relative velocity``: as ``roll + velocity`` with ``ln(v / v_max)``, the velocity relative to
-  the piece's loudest note. Why: renders are peak-normalised per piece
+  the piece's loudest note (the velocity columns of the ``VELOCITY_ROLL_FEATURES`` layout,
+  ``specdiff.midi.velocity_roll.velocity_block``). Why: renders are peak-normalised per piece
   (``specdiff.data.render.PEAK``), so what sets a frame's level is its velocity against the piece's
   loudest moment, not the absolute velocity; the pipeline knows the whole piece, so this is
   computable at synthesis;
@@ -38,12 +39,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,51 +50,27 @@ sys.path.insert(0, str(ROOT))
 
 from specdiff.atomic import atomic_write_text  # noqa: E402
 from specdiff.audio.mel import MAX_VALUE, MIN_VALUE  # noqa: E402
-from specdiff.constants import FRAMES_PER_SECOND  # noqa: E402
 from specdiff.data.cache import ChunkDataset  # noqa: E402
 from specdiff.midi.score_roll import (  # noqa: E402
     CONTEXT_LEVEL_FLOOR_NAT,
     CONTEXT_ROLL_FEATURES,
     EXTENDED_ROLL_FEATURES,
-    NUM_FAMILIES,
     SILENT_FEATURE,
     TONAL_FEATURES,
     add_context_level,
     batch_rolls,
 )
+from specdiff.midi.velocity_roll import velocity_block, velocity_spans  # noqa: E402
 from specdiff.training.prior_fit import ridge_regression  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 NAT_PER_UNIT = (MAX_VALUE - MIN_VALUE) / 2  # scaled feature units -> natural-log mel
-VELOCITY_FEATURES = NUM_FAMILIES + 2  # per family, drums, any note
-DRUM_SPAN_FRAMES = 20
 LABELS = {"roll": "", "roll + velocity": "velocity", "roll + context level": "context level",
           "roll + context level, no floor": "unfloored context level",
           "roll + relative velocity": "relative velocity",
           "roll + context level + relative velocity": "context level + relative velocity",
           "roll + gated context level": "gated context level"}  # fmt: skip
 QUIET_NAT = -8.0  # frames whose true mean log-mel is below this count as quiet (the issue's measure)
-
-
-def velocity_features(notes, target_start: int, frames: int, reference: float = 127.0) -> np.ndarray:
-    """``[frames, VELOCITY_FEATURES]``: per frame, the largest ``ln(v / reference)`` of the notes
-    sounding in it, per family, for drums (a hit counts for DRUM_SPAN_FRAMES frames) and over all
-    notes; 0 where none sounds (the roll's presence features tell sounding from silent)."""
-    out = np.full((frames, VELOCITY_FEATURES), -np.inf, np.float32)
-    for note in notes:
-        start = int(math.floor(note.start * FRAMES_PER_SECOND)) - target_start
-        if note.is_drum:
-            end, column = start + DRUM_SPAN_FRAMES, NUM_FAMILIES
-        else:
-            end, column = int(math.ceil(note.end * FRAMES_PER_SECOND)) - target_start, note.program // 8
-        lo, hi = max(start, 0), min(max(end, start + 1), frames)
-        if hi <= lo:
-            continue
-        level = math.log(max(note.velocity, 1) / reference)
-        for col in (column, VELOCITY_FEATURES - 1):
-            out[lo:hi, col] = np.maximum(out[lo:hi, col], level)
-    out[~np.isfinite(out)] = 0.0
-    return out
 
 
 def window_indices(dataset: ChunkDataset, count: int, timbre: str | None) -> list[int]:
@@ -110,7 +85,7 @@ def window_indices(dataset: ChunkDataset, count: int, timbre: str | None) -> lis
 
 def windows(dataset: ChunkDataset, indices: list[int], extra: str):
     """``(x [rows, D], y [rows, 128], lengths)`` batches of the windows' valid frames."""
-    notes_cache: dict[int, list] = {}
+    spans_cache: dict[int, object] = {}
     for start in range(0, len(indices), 32):
         rolls, velocities, targets = [], [], []
         items = indices[start : start + 32]
@@ -127,12 +102,12 @@ def windows(dataset: ChunkDataset, indices: list[int], extra: str):
             roll = roll[..., :EXTENDED_ROLL_FEATURES]
         for row, (i, example) in enumerate(zip(items, examples)):
             k, _, target_start, valid = dataset.window(i)
-            if k not in notes_cache:
-                notes_cache[k] = dataset.notes(k)
-            notes = notes_cache[k]
-            reference = max((n.velocity for n in notes), default=127) if "relative" in extra else 127.0
+            if k not in spans_cache:
+                spans_cache[k] = velocity_spans(dataset.notes(k))
+            spans = spans_cache[k]  # relative: to the piece's loudest note (the library's velocity columns)
+            reference = None if "relative" in extra else 127
             rolls.append(roll[row, :valid, TONAL_FEATURES:])
-            velocities.append(torch.from_numpy(velocity_features(notes, target_start, 256, reference)[:valid]))
+            velocities.append(torch.from_numpy(velocity_block(spans, target_start, reference, 256)[:valid]))
             targets.append(example.target[:valid])
         x = torch.cat(rolls)
         if "velocity" in extra:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from specdiff.midi.score_roll import (
@@ -10,6 +11,8 @@ from specdiff.midi.score_roll import (
     CONTEXT_ROLL_FEATURES,
     CONTEXT_TAIL_FRAMES,
     EXTENDED_ROLL_FEATURES,
+    VELOCITY_FEATURES,
+    VELOCITY_ROLL_FEATURES,
     add_context_level,
     batch_rolls,
 )
@@ -57,11 +60,14 @@ def test_context_columns_hold_the_tail_level_per_band_and_the_empty_flag():
     assert add_context_level(extended, context, mask) is extended  # other layouts: unchanged
 
 
-def test_a_warm_start_into_the_context_layout_keeps_the_output():
+@pytest.mark.parametrize("narrow, wide", [(EXTENDED_ROLL_FEATURES, CONTEXT_ROLL_FEATURES),
+                                          (EXTENDED_ROLL_FEATURES, VELOCITY_ROLL_FEATURES),
+                                          (CONTEXT_ROLL_FEATURES, VELOCITY_ROLL_FEATURES)])  # fmt: skip
+def test_a_warm_start_into_a_wider_layout_keeps_the_output(narrow, wide):
     old = SpectrogramDiffusionModel(*build_models("tiny", seed=0, dropout_rate=0.0, **MICRO, **EDM,
-                                                  score_roll_features=EXTENDED_ROLL_FEATURES))  # fmt: skip
+                                                  score_roll_features=narrow))  # fmt: skip
     new = SpectrogramDiffusionModel(*build_models("tiny", seed=1, dropout_rate=0.0, **MICRO, **EDM,
-                                                  score_roll_features=CONTEXT_ROLL_FEATURES))  # fmt: skip
+                                                  score_roll_features=wide))  # fmt: skip
     with torch.no_grad():
         old.decoder.score_prior_projection.weight.normal_()
     state, widened = _widen_roll_weights({"model": old.state_dict()}, new.state_dict())
@@ -70,10 +76,12 @@ def test_a_warm_start_into_the_context_layout_keeps_the_output():
     tokens = torch.tensor([NOTE + [0]])
     context, mask = torch.rand(1, 256, 128) * 2 - 1, torch.ones(1, 256, dtype=torch.bool)
     z, t = torch.randn(1, 256, 128), torch.tensor([0.6])
+    velocity = {"velocity": torch.full((1, 256, VELOCITY_FEATURES), -0.5)}  # the velocity layout's columns
     with torch.no_grad():
-        assert torch.allclose(new(tokens, context, mask, z, t), old(tokens, context, mask, z, t), atol=1e-5)
-        new.decoder.score_prior_projection.weight[:, EXTENDED_ROLL_FEATURES:] = 0.1
-        assert not torch.allclose(new(tokens, context, mask, z, t), old(tokens, context, mask, z, t), atol=1e-3)
+        before = old(tokens, context, mask, z, t, **velocity)
+        assert torch.allclose(new(tokens, context, mask, z, t, **velocity), before, atol=1e-5)
+        new.decoder.score_prior_projection.weight[:, narrow:] = 0.1
+        assert not torch.allclose(new(tokens, context, mask, z, t, **velocity), before, atol=1e-3)
 
 
 def test_the_pipeline_gives_later_segments_their_context_level():

@@ -447,6 +447,7 @@ def test_examples_shapes_values_and_determinism(song_cache):
         "context": (3, 256, 128),
         "context_mask": (3, 256),
         "target": (3, 256, 128),
+        "velocity": (3, 256, 18),  # the velocity roll layout's columns (tests/test_velocity_roll.py)
     }
     assert batch["tokens"].dtype == torch.long and batch["context_mask"].dtype == torch.bool
 

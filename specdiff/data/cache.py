@@ -44,6 +44,7 @@ from specdiff.errors import AudioError, SpecdiffError
 if TYPE_CHECKING:
     from specdiff.midi.reader import Note
     from specdiff.midi.tokenizer import EventIndex
+    from specdiff.midi.velocity_roll import VelocitySpans
 
 log = logging.getLogger(__name__)
 
@@ -278,14 +279,19 @@ class TrainingExample:
     target: torch.Tensor  # FloatTensor[256, 128]: scaled; frames past the piece end are -1
     timbre: torch.Tensor | None = None  # LongTensor[]: the song's timbre index (datasets given timbres)
     target_valid: torch.Tensor | None = None  # LongTensor[]: target frames before the piece end (feature caches)
+    #: FloatTensor[256, 18]: the target window's relative log-velocities per frame (feature caches), the
+    #: velocity roll layout's columns (specdiff.midi.velocity_roll.velocity_block)
+    velocity: torch.Tensor | None = None
 
 
 def collate_examples(examples: Sequence[TrainingExample]) -> dict[str, torch.Tensor]:
-    """Stack examples into a batch dict with keys tokens, context, context_mask, target."""
+    """Stack examples into a batch dict with keys tokens, context, context_mask, target (and timbre,
+    velocity where every example has one)."""
     batch = {key: torch.stack([getattr(ex, key) for ex in examples])
              for key in ("tokens", "context", "context_mask", "target")}  # fmt: skip
-    if all(ex.timbre is not None for ex in examples):
-        batch["timbre"] = torch.stack([ex.timbre for ex in examples])
+    for key in ("timbre", "velocity"):
+        if all(getattr(ex, key) is not None for ex in examples):
+            batch[key] = torch.stack([getattr(ex, key) for ex in examples])
     return batch
 
 
@@ -304,7 +310,9 @@ class ChunkDataset(torch.utils.data.Dataset):
     ``[start + C, min(start + C + T, n))``, so about ``C / (n - 1)`` of the items (12.8% for full
     pieces) have a partial or empty context. The tokens are the note events of the target's
     valid frames (``tokenizer.tokenize_frames``). Features are scaled to [-1, 1] with clipping;
-    the target is padded with -1 (silence), the context with 0 and masked.
+    the target is padded with -1 (silence), the context with 0 and masked. ``velocity`` holds the
+    window's relative log-velocities (``specdiff.midi.velocity_roll.velocity_block`` of the song's notes,
+    relative to the song's loudest note: what a velocity-layout decoder's roll needs).
 
     ``timbres`` (a model's timbre names): each item also carries its song's timbre index (the
     cache's ``timbre``; songs without one get the first, the default); a song whose timbre the
@@ -347,13 +355,14 @@ class ChunkDataset(torch.utils.data.Dataset):
         self.piece_len = np.array(piece_len, np.int64)
         self._mels: dict[int, np.ndarray] = {}
         self._indexes: dict[int, EventIndex] = {}
+        self._velocity_spans: dict[int, VelocitySpans] = {}
 
     def __len__(self) -> int:
         return self.epoch_size
 
     def __getstate__(self) -> dict:  # DataLoader workers re-open the memory maps themselves
         state = self.__dict__.copy()
-        state["_mels"], state["_indexes"] = {}, {}
+        state["_mels"], state["_indexes"], state["_velocity_spans"] = {}, {}, {}
         return state
 
     @property
@@ -381,6 +390,17 @@ class ChunkDataset(torch.utils.data.Dataset):
             self._indexes[k] = index
         return index
 
+    def velocity_spans(self, k: int) -> VelocitySpans:
+        """Song ``k``'s notes as the velocity columns see them (relative to its loudest note), computed
+        once per process."""
+        spans = self._velocity_spans.get(k)
+        if spans is None:
+            from specdiff.midi.velocity_roll import velocity_spans
+
+            spans = velocity_spans(np.load(_song_dir(self.cache_dir, self.songs[k]["id"]) / "notes.npy"))
+            self._velocity_spans[k] = spans
+        return spans
+
     def window(self, i: int) -> tuple[int, int, int, int]:
         """Item ``i``'s (song, context start frame, target start frame, target valid frames),
         frames counted from the song start."""
@@ -398,6 +418,7 @@ class ChunkDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> TrainingExample:
         from specdiff.audio.mel import scale_features
         from specdiff.midi.tokenizer import TokenTruncationWarning, tokenize_frames
+        from specdiff.midi.velocity_roll import velocity_block
 
         k, ctx_start, tgt_start, valid = self.window(i)
         mel = self.mel(k)
@@ -424,6 +445,7 @@ class ChunkDataset(torch.utils.data.Dataset):
             target=target,
             timbre=timbre,
             target_valid=torch.tensor(valid, dtype=torch.long),
+            velocity=torch.from_numpy(velocity_block(self.velocity_spans(k), tgt_start, None, self.target_frames)),
         )
 
 

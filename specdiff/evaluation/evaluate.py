@@ -143,7 +143,7 @@ def prepare_piece(midi: Path, max_seconds: float | None = None) -> Piece:
     if max_seconds is not None and total_time > max_seconds:
         notes = [replace(n, end=min(n.end, max_seconds)) for n in notes if n.start < max_seconds]
         total_time = cut = float(max_seconds)
-    return Piece(midi, notes, TokenizedMidi(notes_to_segments(notes, total_time), total_time), cut)
+    return Piece(midi, notes, TokenizedMidi(notes_to_segments(notes, total_time), total_time, notes), cut)
 
 
 def _prepare_pieces(

@@ -29,6 +29,15 @@ feature and the release decays the same fit comes ~2 nat closer on held-out wind
 log-mel L1 drops 22% (``benchmarks/results/silence.md``). The CFG null condition (an all-PAD row)
 still has an all-zero roll, distinct from a segment that is truly silent.
 
+Two wider layouts append columns that the tokens cannot give: :data:`CONTEXT_ROLL_FEATURES` the
+level of the segment's context (:func:`add_context_level`), and :data:`VELOCITY_ROLL_FEATURES` the
+relative log-velocity ``ln(v / v_max)`` of the notes sounding in each frame, per family, for drums and
+over all notes (the codec has one velocity bin, but renders are peak-normalised per piece, so a frame's
+level follows its velocity against the piece's loudest note: with the context level, these columns
+lower a closed-form fit's window level error from 0.749 to 0.705 nat,
+``benchmarks/results/level_probe_idioms_relvel.md``). They come from the notes:
+``specdiff.midi.velocity_roll``.
+
 The same three tonal kinds are also given per pitch whatever the family, and per family whatever
 the pitch (the maximum over the notes concerned). The projection of the roll is a sum of one
 learned vector per active feature, so these shared features let what is learned about a pitch
@@ -92,8 +101,16 @@ CONTEXT_TAIL_FRAMES = 16
 CONTEXT_LEVEL_FLOOR_NAT = -8.0
 CONTEXT_LEVEL_FEATURES = 128 + 1
 CONTEXT_ROLL_FEATURES = EXTENDED_ROLL_FEATURES + CONTEXT_LEVEL_FEATURES  # 7250
-#: The roll layouts a decoder's ``score_roll_features`` may name.
-ROLL_LAYOUTS = (ROLL_FEATURES, EXTENDED_ROLL_FEATURES, CONTEXT_ROLL_FEATURES)
+#: The velocity layout: the context-level one, then per frame the relative log-velocity
+#: ``ln(v / v_max)`` of the loudest note sounding in it, per family (:data:`NUM_FAMILIES` columns), for
+#: drums and over all notes (0 where none sounds; ``v_max``: the piece's loudest note). The codec has one
+#: velocity bin, so these columns come from the notes, not the tokens: ``specdiff.midi.velocity_roll``.
+VELOCITY_FEATURES = NUM_FAMILIES + 2
+VELOCITY_ROLL_FEATURES = CONTEXT_ROLL_FEATURES + VELOCITY_FEATURES  # 7268
+#: The roll layouts a decoder's ``score_roll_features`` may name (each extends the one before it).
+ROLL_LAYOUTS = (ROLL_FEATURES, EXTENDED_ROLL_FEATURES, CONTEXT_ROLL_FEATURES, VELOCITY_ROLL_FEATURES)
+#: The layouts with the release decays and the ``silent`` feature.
+_EXTENDED_LAYOUTS = (EXTENDED_ROLL_FEATURES, CONTEXT_ROLL_FEATURES, VELOCITY_ROLL_FEATURES)
 
 
 def tonal_feature(kind: str, program: int, pitch: int) -> int:
@@ -184,7 +201,7 @@ def segment_roll(tokens: Sequence[int], num_frames: int = SEGMENT_FRAMES, featur
     roll = np.zeros((num_frames, features), np.float32)
     if not any(int(tok) for tok in tokens):  # PAD is 0
         return torch.from_numpy(roll)
-    extended = features in (EXTENDED_ROLL_FEATURES, CONTEXT_ROLL_FEATURES)
+    extended = features in _EXTENDED_LAYOUTS
     sounding = np.zeros(num_frames, bool)
     frames = np.arange(num_frames, dtype=np.float32)
     tonal, drums = segment_notes(tokens, num_frames)
@@ -224,7 +241,8 @@ def add_context_level(
     tokens: Tensor | None = None,
     floor_nat: float = CONTEXT_LEVEL_FLOOR_NAT,
 ) -> Tensor:
-    """Fill the context-level columns of a :data:`CONTEXT_ROLL_FEATURES` roll ``[B, T, F]`` from the
+    """Fill the context-level columns of a :data:`CONTEXT_ROLL_FEATURES` (or
+    :data:`VELOCITY_ROLL_FEATURES`) roll ``[B, T, F]`` from the
     segment's context (``[B, T_c, 128]`` scaled to [-1, 1], ``context_mask`` ``[B, T_c]``, valid frames a
     prefix): on every frame, each band's mean over the last :data:`CONTEXT_TAIL_FRAMES` valid context
     frames of its level above ``floor_nat`` (in scaled units; silence and inaudible floors: 0; ``MIN_VALUE``
@@ -237,7 +255,7 @@ def add_context_level(
     level poorly (measured: 1-step outputs 5-15 dB off the render with the render's own context);
     a closed-form fit of the log-mel on the roll plus these features lowers the x0 L1 of the
     validation windows from 1.395 to 1.252 nat (``benchmarks/results/level_probe_idioms.md``)."""
-    if roll.shape[-1] != CONTEXT_ROLL_FEATURES:
+    if roll.shape[-1] not in (CONTEXT_ROLL_FEATURES, VELOCITY_ROLL_FEATURES):
         return roll
     mask = context_mask.bool().to(roll.device)
     context = context.to(roll.device, roll.dtype)
@@ -254,7 +272,7 @@ def add_context_level(
         has_notes = (torch.as_tensor(tokens).to(roll.device) != 0).any(dim=-1)
         columns = columns * has_notes.to(roll.dtype)[:, None]
     roll = roll.clone()
-    roll[..., EXTENDED_ROLL_FEATURES:] = columns[:, None, :]
+    roll[..., EXTENDED_ROLL_FEATURES:CONTEXT_ROLL_FEATURES] = columns[:, None, :]
     return roll
 
 
@@ -280,6 +298,8 @@ __all__ = [
     "CONTEXT_LEVEL_FEATURES",
     "CONTEXT_TAIL_FRAMES",
     "CONTEXT_LEVEL_FLOOR_NAT",
+    "VELOCITY_FEATURES",
+    "VELOCITY_ROLL_FEATURES",
     "add_context_level",
     "release_feature",
     "TONAL_FEATURES",

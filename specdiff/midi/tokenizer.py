@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -82,10 +83,15 @@ class TokenTruncationWarning(UserWarning):
 
 @dataclass
 class TokenizedMidi:
-    """Token segments of a MIDI file (each exactly INPUT_LENGTH ints) and its duration in seconds."""
+    """Token segments of a MIDI file (each exactly INPUT_LENGTH ints) and its duration in seconds.
+
+    ``notes``: the notes the segments were made from, with their velocities (a list of :class:`Note` or
+    the reader's arrays; None when unknown), which the tokens lack (one velocity bin): the velocity roll
+    layout's columns come from them (``specdiff.midi.velocity_roll``). Not part of equality."""
 
     segments: list[list[int]]
     duration: float  # NoteSequence total_time after sustain (ORIGINAL.md §2.5)
+    notes: Any = field(default=None, compare=False, repr=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,7 +303,7 @@ def midi_to_segments(
     :func:`midi_to_notes`).
     """
     notes, total_time, _ = _midi_to_note_arrays(midi, max_bytes, max_notes, max_seconds, max_events)
-    return TokenizedMidi(_index_to_segments(_index_arrays(notes, total_time)), total_time)
+    return TokenizedMidi(_index_to_segments(_index_arrays(notes, total_time)), total_time, notes)
 
 
 # --------------------------------------------------------------------------------------------

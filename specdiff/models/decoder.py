@@ -312,8 +312,10 @@ class FilmDecoder(ConfigMixin, nn.Module):
     Extensions, all off by default (then the module is exactly the original, key for key):
 
     - ``score_roll_features > 0``: frame-aligned score conditioning. A per-frame piano roll
-      (``specdiff.midi.score_roll``) enters the decoder input through ``score_projection`` (a sparse
-      embedding sum: roll @ W^T), added to ``continuous_inputs_projection``'s output.
+      (``specdiff.midi.score_roll``; the value names the layout, ``score_roll.ROLL_LAYOUTS``: 6832 base,
+      7121 extended, 7250 plus the context level, 7268 plus the notes' relative velocities) enters the
+      decoder input through ``score_projection`` (a sparse embedding sum: roll @ W^T), added to
+      ``continuous_inputs_projection``'s output.
     - ``prediction_type``: ``"epsilon"`` (the original), ``"v_prediction"``, ``"sample"`` (x0) or
       ``"edm"`` (x0 with the EDM skip preconditioning, ``specdiff.sampling.diffusion.edm_coefficients``);
       samplers convert any of them to eps with :func:`specdiff.sampling.diffusion.eps_from_prediction`.

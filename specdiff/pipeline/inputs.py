@@ -41,8 +41,9 @@ class SynthesisPlan:
         return self.segments * self.steps
 
 
-def as_segments(input_tokens: Any) -> tuple[list[list[int]], float | None]:
-    """Token segments and the music's duration (None for bare token lists: no trimming).
+def as_song(input_tokens: Any) -> tuple[list[list[int]], float | None, Any]:
+    """Token segments, the music's duration (None for bare token lists: no trimming) and its notes with
+    velocities (a ``TokenizedMidi``'s ``notes``; None where unknown, as for bare token lists).
 
     ``input_tokens``: a MIDI file path (tokenized here), anything with ``segments`` and
     ``duration`` (a ``TokenizedMidi``), or a list of token lists. No segments: :class:`MidiError`.
@@ -53,10 +54,17 @@ def as_segments(input_tokens: Any) -> tuple[list[list[int]], float | None]:
         input_tokens = midi_to_segments(input_tokens)
     if hasattr(input_tokens, "segments") and hasattr(input_tokens, "duration"):
         segments, duration = list(input_tokens.segments), float(input_tokens.duration)
+        notes = getattr(input_tokens, "notes", None)
     else:
-        segments, duration = list(input_tokens), None
+        segments, duration, notes = list(input_tokens), None, None
     if not segments:
         raise MidiError("nothing to synthesize: the input has no token segments")
+    return segments, duration, notes
+
+
+def as_segments(input_tokens: Any) -> tuple[list[list[int]], float | None]:
+    """Token segments and the music's duration (:func:`as_song` without the notes)."""
+    segments, duration, _ = as_song(input_tokens)
     return segments, duration
 
 
@@ -71,9 +79,31 @@ def frames_to_keep(num_segments: int, segment_frames: int, duration: float | Non
 def song_segments(input_tokens: Any, segment_frames: int) -> tuple[list[list[int]], int]:
     """The token segments that are needed and the number of log-mel frames to keep: segments that
     start after the release tail are dropped, since nothing of them would be kept."""
-    segments, duration = as_segments(input_tokens)
+    segments, keep, _ = song_input(input_tokens, segment_frames)
+    return segments, keep
+
+
+def song_input(
+    input_tokens: Any, segment_frames: int, velocity: bool = False
+) -> tuple[list[list[int]], int, list[Any] | None]:
+    """:func:`song_segments` and, with ``velocity`` (a decoder on the velocity roll layout), each needed
+    segment's velocity columns (``[segment_frames, 18]`` numpy, :func:`segment_velocity`); None without
+    ``velocity`` or where the input has no notes (bare token lists: the columns stay 0)."""
+    segments, duration, notes = as_song(input_tokens)
     keep = frames_to_keep(len(segments), segment_frames, duration)
-    return segments[: math.ceil(keep / segment_frames)], keep
+    segments = segments[: math.ceil(keep / segment_frames)]
+    blocks = segment_velocity(notes, len(segments), segment_frames) if velocity and notes is not None else None
+    return segments, keep, blocks
+
+
+def segment_velocity(notes: Any, num_segments: int, segment_frames: int) -> list[Any]:
+    """The velocity roll columns of segments ``0..num_segments - 1`` (segment ``i`` covers song frames
+    ``[i * segment_frames, (i + 1) * segment_frames)``, as the tokenizer cuts them) from the song's
+    ``notes``, relative to the song's loudest note: what a training example of the same window holds
+    (``specdiff.midi.velocity_roll.velocity_block``)."""
+    from specdiff.midi.velocity_roll import segment_velocity_blocks
+
+    return segment_velocity_blocks(notes, [i * segment_frames for i in range(num_segments)], segment_frames)
 
 
 def segment_tensor(tokens: Sequence[int], index: int, vocab_size: int, max_length: int) -> Tensor:

@@ -29,7 +29,8 @@ from torch import Tensor
 from specdiff.audio.mel import scale_features, scale_to_features
 from specdiff.constants import SAMPLE_RATE
 from specdiff.errors import ModelError
-from specdiff.midi.score_roll import add_context_level, batch_rolls
+from specdiff.midi.score_roll import VELOCITY_FEATURES, VELOCITY_ROLL_FEATURES, add_context_level, batch_rolls
+from specdiff.midi.velocity_roll import add_velocity_levels
 from specdiff.pipeline.folder import NETWORKS, read_networks, write_folder
 from specdiff.pipeline.inputs import (
     SynthesisPlan,
@@ -40,6 +41,7 @@ from specdiff.pipeline.inputs import (
     segment_tensor,
     song_generators,
     song_groups,
+    song_input,
     song_segments,
     timbre_index,
 )
@@ -286,6 +288,23 @@ class SpectrogramDiffusionPipeline:
         ctx = self.continuous_encoder(encoder_inputs=context.to(device, ctx_dtype), encoder_inputs_mask=context_mask)
         return [(notes, notes_mask), tuple(ctx)]
 
+    def _score_roll(
+        self, tokens: Sequence[Tensor], velocity: Sequence[Any], scaled_context: Tensor, context_mask: Tensor
+    ) -> Tensor | None:
+        """The decoder's frame-aligned roll of a batch of segments (None: the original architecture): the
+        tokens' roll, the context-level columns from the (scaled) context and, for the velocity layout,
+        the velocity columns (``velocity``: per row ``[T, 18]`` numpy or None, which leaves them 0)."""
+        features = getattr(self.decoder, "score_roll_features", 0)
+        if not features:
+            return None
+        segment_frames = int(_module_config(self.decoder, "targets_length"))
+        roll = add_context_level(batch_rolls(tokens, segment_frames, features).to(self.device), scaled_context,
+                                 context_mask)  # fmt: skip
+        if features != VELOCITY_ROLL_FEATURES:
+            return roll
+        blocks = [np.zeros((segment_frames, VELOCITY_FEATURES), np.float32) if v is None else v for v in velocity]
+        return add_velocity_levels(roll, torch.from_numpy(np.stack(blocks)))
+
     def _sampler(self, chosen: ResolvedSampling) -> samplers.Sampler:
         if isinstance(chosen.scheduler, str):
             return samplers.make_scheduler(chosen.scheduler, config=self.scheduler_config,
@@ -302,10 +321,12 @@ class SpectrogramDiffusionPipeline:
         sampler: samplers.Sampler,
         on_step: Callable[[], None] | None,
         on_step_end: Callable[[int, Any, Tensor], Tensor] | None = None,
+        velocities: Sequence[Sequence[Any] | None] | None = None,
     ) -> Iterator[list[tuple[int, Tensor]]]:
         """The full-song loop of ORIGINAL.md §5.1 for several songs at once: segment ``i`` of every song
         that has one runs in one batch (encoders, decoder, sampler). Yields, per segment index,
-        ``[(song index, log-mel [1, T, 128] float32), ...]``.
+        ``[(song index, log-mel [1, T, 128] float32), ...]``. ``velocities``: per song, its segments'
+        velocity roll columns (:func:`specdiff.pipeline.inputs.song_input`) or None.
 
         Each song's rows see only their own conditioning, and song ``k`` draws all its noise from
         ``generators[k]`` in the order it would alone (``sampler.randn`` with a generator list),
@@ -330,12 +351,11 @@ class SpectrogramDiffusionPipeline:
             generator = gens[0] if len(gens) == 1 else (None if gens[0] is None else gens)
             with self._autocast():
                 scaled_context = scale_features(context, clip=True)
-                encodings = self.encode_batch([token_tensors[k][index] for k in active], scaled_context, context_mask)
-                roll = None
-                if getattr(self.decoder, "score_roll_features", 0):  # frame-aligned score conditioning
-                    roll = batch_rolls([token_tensors[k][index] for k in active], segment_frames,
-                                       self.decoder.score_roll_features)  # fmt: skip
-                    roll = add_context_level(roll.to(device), scaled_context, context_mask)
+                rows = [token_tensors[k][index] for k in active]
+                encodings = self.encode_batch(rows, scaled_context, context_mask)
+                velocity = [None if velocities is None or velocities[k] is None else velocities[k][index]
+                            for k in active]  # fmt: skip
+                roll = self._score_roll(rows, velocity, scaled_context, context_mask)  # frame-aligned score
                 denoise = samplers.GuidedDenoiser(self.decoder, encodings, guidance_scale, film_cache, score_roll=roll,
                                                   timbre=self._timbre_indices(len(active)))  # fmt: skip
                 noise = samplers.randn((len(active), segment_frames, n_dims), generator, device, torch.float32)
@@ -388,7 +408,7 @@ class SpectrogramDiffusionPipeline:
         num_inference_steps, guidance_scale = chosen.num_inference_steps, chosen.guidance_scale
         check_call_arguments(num_inference_steps, guidance_scale, callback_steps)
         show = show_progress if progress is None else progress
-        segments, keep = self._song(input_tokens)
+        segments, keep, velocity = self._song(input_tokens)
         if output_type == "np":
             require_inverter(self.inverter)  # fail before the slow part
         sampler = self._sampler(chosen)
@@ -396,7 +416,7 @@ class SpectrogramDiffusionPipeline:
         with progress_bar(len(segments) * num_inference_steps, show) as bar:
             step_end = step_end_hook(self, callback_on_step_end)
             generated = self._generate_batch(
-                [segments], [generator], num_inference_steps, guidance_scale, sampler, bar.update, step_end
+                [segments], [generator], num_inference_steps, guidance_scale, sampler, bar.update, step_end, [velocity]
             )
             for i, [(_, mel)] in enumerate(generated):  # one song: one (song index, mel) per segment
                 mels.append(mel.float().cpu())
@@ -443,14 +463,14 @@ class SpectrogramDiffusionPipeline:
             for group in groups:
                 batches = self._generate_batch(
                     [songs[k][0] for k in group], [gens[k] for k in group], num_inference_steps,
-                    guidance_scale, sampler, bar.update,
+                    guidance_scale, sampler, bar.update, velocities=[songs[k][2] for k in group],
                 )  # fmt: skip
                 for finished in batches:
                     for j, mel in finished:
                         mels[group[j]].append(mel.float().cpu())
         return [
             song_output(torch.cat(m, dim=1), keep, output_type, self.inverter, self.sample_rate)
-            for m, (_, keep) in zip(mels, songs)
+            for m, (_, keep, _) in zip(mels, songs)
         ]
 
     # -- helpers of the public calls -----------------------------------------------------------
@@ -466,14 +486,16 @@ class SpectrogramDiffusionPipeline:
     def plan(self, input_tokens: Any, num_inference_steps: int | None = None, scheduler: Any = None) -> SynthesisPlan:
         """The segment plan and step limits of a call with these arguments, without running it
         (unset arguments take :attr:`sampling`'s values, as in :meth:`__call__`)."""
-        segments, keep = self._song(input_tokens)
+        segments, keep = song_segments(input_tokens, int(_module_config(self.decoder, "targets_length")))
         steps = self.sampling_for(scheduler, num_inference_steps).num_inference_steps
         segment_frames = int(_module_config(self.decoder, "targets_length"))
         return SynthesisPlan(len(segments), keep, segment_frames, steps, self.max_steps(scheduler))
 
-    def _song(self, input_tokens: Any) -> tuple[list[list[int]], int]:
-        """The token segments that are needed and the number of frames to keep."""
-        return song_segments(input_tokens, int(_module_config(self.decoder, "targets_length")))
+    def _song(self, input_tokens: Any) -> tuple[list[list[int]], int, list[Any] | None]:
+        """The token segments that are needed, the number of frames to keep and, for a decoder on the
+        velocity roll layout, the segments' velocity columns from the song's notes (None otherwise)."""
+        velocity = getattr(self.decoder, "score_roll_features", 0) == VELOCITY_ROLL_FEATURES
+        return song_input(input_tokens, int(_module_config(self.decoder, "targets_length")), velocity)
 
     def segments(
         self,
@@ -493,11 +515,11 @@ class SpectrogramDiffusionPipeline:
         chosen = self.sampling_for(scheduler, num_inference_steps, guidance_scale)
         num_inference_steps, guidance_scale = chosen.num_inference_steps, chosen.guidance_scale
         check_call_arguments(num_inference_steps, guidance_scale)
-        segments, keep = self._song(input_tokens)
+        segments, keep, velocity = self._song(input_tokens)
         sampler = self._sampler(chosen)
         with progress_bar(len(segments) * num_inference_steps, show_progress) as bar:
             generated = self._generate_batch(
-                [segments], [generator], num_inference_steps, guidance_scale, sampler, bar.update
+                [segments], [generator], num_inference_steps, guidance_scale, sampler, bar.update, velocities=[velocity]
             )
             for i, [(_, mel)] in enumerate(generated):
                 yield segment_output(i, mel, keep, self.inverter, self.sample_rate)

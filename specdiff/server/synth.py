@@ -64,7 +64,7 @@ def read_midi(
     for warning in caught:  # e.g. a segment too dense for 2048 tokens was truncated
         logger.warning("%s: %s", name, warning.message)
     check()
-    return TokenizedMidi(segments, total_time), notes
+    return TokenizedMidi(segments, total_time, notes), notes
 
 
 def write_notes_json(notes: list[Any], duration: float, path: Path) -> Path:

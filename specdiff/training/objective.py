@@ -16,6 +16,7 @@ from specdiff.audio.mel import MAX_VALUE, MIN_VALUE
 from specdiff.constants import N_MELS
 from specdiff.errors import SpecdiffError
 from specdiff.midi.score_roll import add_context_level, batch_rolls
+from specdiff.midi.velocity_roll import add_velocity_levels
 from specdiff.models.decoder import FilmDecoder
 from specdiff.models.encoders import ContinuousEncoder, NotesEncoder
 from specdiff.sampling.diffusion import (
@@ -59,33 +60,43 @@ class SpectrogramDiffusionModel(nn.Module):
 
     def forward(
         self, tokens: Tensor, context: Tensor, context_mask: Tensor, z_t: Tensor, t: Tensor,
-        timbre: Tensor | None = None,
+        timbre: Tensor | None = None, velocity: Tensor | None = None,
     ) -> Tensor:  # fmt: skip
         """The decoder's output (its ``prediction_type``) for ``z_t``; a score-conditioned decoder
-        gets the roll of these ``tokens`` (all-PAD rows, CFG-dropped, get an all-zero roll), a
+        gets the roll of these ``tokens`` (all-PAD rows, CFG-dropped, get an all-zero roll; a velocity
+        layout's columns from ``velocity`` ``[B, T, 18]``, a batch's ``velocity``), a
         timbre-conditioned one the ``timbre`` indices ``[B]`` (None: the default timbre)."""
         encodings = self.encode(tokens, context, context_mask)
-        roll = self.score_roll(tokens, context, context_mask)
+        roll = self.score_roll(tokens, context, context_mask, velocity)
         return self.decoder(encodings, z_t, t, score_roll=roll, timbre=timbre)
 
-    def score_roll(self, tokens: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None
-                   ) -> Tensor | None:  # fmt: skip
+    def score_roll(self, tokens: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None,
+                   velocity: Tensor | None = None) -> Tensor | None:  # fmt: skip
         """The frame-aligned roll of a token batch (with the context-level columns of a
-        context-level layout, ``specdiff.midi.score_roll.add_context_level``), or None for the
+        context-level layout, ``specdiff.midi.score_roll.add_context_level``, and the velocity columns of
+        the velocity layout, ``specdiff.midi.velocity_roll.add_velocity_levels``), or None for the
         original architecture."""
-        return decoder_score_roll(self.decoder, tokens, context, context_mask)
+        return decoder_score_roll(self.decoder, tokens, context, context_mask, velocity)
 
 
 def decoder_score_roll(decoder: FilmDecoder, tokens: Tensor, context: Tensor | None = None,
-                       context_mask: Tensor | None = None) -> Tensor | None:  # fmt: skip
+                       context_mask: Tensor | None = None, velocity: Tensor | None = None
+                       ) -> Tensor | None:  # fmt: skip
     """The frame-aligned roll ``decoder`` takes for a token batch (its layout, the context-level columns
-    filled from ``context`` when given), or None for the original architecture."""
+    filled from ``context`` when given, the velocity columns from ``velocity`` ``[B, T, 18]`` when given;
+    all-PAD rows keep zeros), or None for the original architecture."""
     if not decoder.score_roll_features:
         return None
     roll = batch_rolls(tokens, decoder.config["targets_length"], decoder.score_roll_features)
     if context is not None and context_mask is not None:
         roll = add_context_level(roll, context, context_mask, tokens)
-    return roll
+    return add_velocity_levels(roll, velocity, tokens)
+
+
+def velocity_input(batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The model's ``velocity`` keyword for a batch: its velocity columns where it has them (feature
+    caches), else nothing (the model's default, None)."""
+    return {"velocity": batch["velocity"]} if batch.get("velocity") is not None else {}
 
 
 OUTPUT_INITS = ("default", "zero")
@@ -241,7 +252,8 @@ def rollout_inputs(model: nn.Module, tokens: Tensor, batch: Mapping[str, Tensor]
     ``z_t = alpha_t x0_hat + sigma_t eps_hat`` (no gradient flows through this step)."""
     inner = getattr(model, "module", model)  # through DDP's wrapper: no gradient sync needed here
     z_prev = q_sample(x0, t_prev, noise)
-    out = inner(tokens, batch["context"], context_mask, z_prev, t_prev, batch.get("timbre")).float()
+    out = inner(tokens, batch["context"], context_mask, z_prev, t_prev, batch.get("timbre"), **velocity_input(batch))
+    out = out.float()
     x0_hat = x0_from_prediction(out, z_prev, t_prev, inner.decoder.prediction_type).clamp(-1.0, 1.0)
     alpha_prev, sigma_prev = alpha_sigma(t_prev)
     shape = (-1,) + (1,) * (x0.dim() - 1)
@@ -347,7 +359,8 @@ def diffusion_loss(
     z_t = q_sample(x0, t, noise)
     if rollout is not None and bool(rollout[0].any()):
         rows = rollout[0].to(x0.device).nonzero().flatten()
-        sub = {key: value.index_select(0, rows) for key, value in batch.items() if key in ("context", "timbre")}
+        sub = {key: value.index_select(0, rows) for key, value in batch.items()
+               if key in ("context", "timbre", "velocity")}  # fmt: skip
         t_roll, t_prev = rollout[1].to(x0.device)[rows], rollout[2].to(x0.device)[rows]
         z_roll = rollout_inputs(model, tokens.index_select(0, rows), sub, context_mask.index_select(0, rows),
                                 x0.index_select(0, rows), noise.index_select(0, rows), t_roll, t_prev)  # fmt: skip
@@ -362,7 +375,7 @@ def diffusion_loss(
 
         recorder = CrossAttentionRecorder(getattr(model, "module", model))  # through DDP's wrapper
     with recorder.recording() if recorder is not None else contextlib.nullcontext():
-        prediction = model(tokens, batch["context"], context_mask, z_t, t, batch.get("timbre"))
+        prediction = model(tokens, batch["context"], context_mask, z_t, t, batch.get("timbre"), **velocity_input(batch))
     error = (prediction.float() - prediction_target(x0, noise, t, prediction_type, z_t).float()).abs()
     if prediction_type != "epsilon":  # log the eps error, comparable across prediction types
         eps_error = (eps_from_prediction(prediction.detach().float(), z_t, t, prediction_type) - noise.float()).abs()

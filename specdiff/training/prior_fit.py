@@ -67,7 +67,8 @@ def fit_score_prior(
     from specdiff.midi.score_roll import TONAL_FEATURES
 
     def roll_of(batch: Mapping[str, Tensor]) -> Tensor:
-        return decoder_score_roll(decoder, batch["tokens"], batch["context"], batch["context_mask"])
+        return decoder_score_roll(decoder, batch["tokens"], batch["context"], batch["context_mask"],
+                                  batch.get("velocity"))  # fmt: skip
 
     def rows(batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         x = roll_of(batch)[..., TONAL_FEATURES:].flatten(0, 1)
@@ -123,7 +124,7 @@ def fit_input_skip(
         tokens = trim_token_padding(batch["tokens"])
         encodings = model.encode(tokens, batch["context"], batch["context_mask"])
         timbre = batch.get("timbre") if decoder.timbres else None
-        roll = model.score_roll(tokens, batch["context"], batch["context_mask"])
+        roll = model.score_roll(tokens, batch["context"], batch["context_mask"], batch.get("velocity"))
         cache = decoder.prepare_cross_attention(encodings, roll, timbre)
         batches.append((batch, cache))
     generator = torch.Generator().manual_seed(0)

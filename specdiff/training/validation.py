@@ -77,7 +77,7 @@ def sample_spectrogram(
     device = batch["target"].device
     tokens = trim_token_padding(batch["tokens"])
     encodings = model.encode(tokens, batch["context"], batch["context_mask"])
-    roll = model.score_roll(tokens, batch["context"], batch["context_mask"])
+    roll = model.score_roll(tokens, batch["context"], batch["context_mask"], batch.get("velocity"))
     cache = model.decoder.prepare_cross_attention(encodings, roll)
     z = torch.randn(batch["target"].shape, generator=generator).to(device)
     for i in reversed(range(steps)):

@@ -30,9 +30,9 @@ ROLL_WEIGHTS = ("decoder.score_projection.weight", "decoder.score_prior_projecti
 
 def _widen_roll_weights(state: dict[str, Any], target: dict[str, Tensor]) -> tuple[dict[str, Any], set[str]]:
     """A warm start from a model on a roll layout into one on a wider layout (base -> extended ->
-    context-level, ``specdiff.midi.score_roll.ROLL_LAYOUTS``): the roll weights get zero columns for
-    the added features (so the model starts with the old one's output). Returns the state and the
-    keys widened."""
+    context-level -> velocity, ``specdiff.midi.score_roll.ROLL_LAYOUTS``): the roll weights get zero
+    columns for the added features (so the model starts with the old one's output). Returns the state
+    and the keys widened."""
     from specdiff.midi.score_roll import ROLL_LAYOUTS
 
     model_state, widened = dict(state["model"]), set()
