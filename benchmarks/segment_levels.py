@@ -43,12 +43,16 @@ def power_db(log_mel: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def segment_mels(pipe, tokens: list, reference_mel: torch.Tensor, way: str) -> list[torch.Tensor]:
-    """The log-mel ``[256, 128]`` of every segment, synthesized ``way``."""
+def segment_mels(pipe, tokens: list, reference_mel: torch.Tensor, way: str, notes=None) -> list[torch.Tensor]:
+    """The log-mel ``[256, 128]`` of every segment, synthesized ``way``; ``notes`` (the piece's, with
+    velocities) fill the velocity columns of a velocity-layout decoder as the pipeline does."""
     from specdiff.audio.mel import scale_features, scale_to_features
     from specdiff.midi.score_roll import add_context_level, batch_rolls
-    from specdiff.pipeline.inputs import segment_tensor
+    from specdiff.midi.velocity_roll import add_velocity_levels
+    from specdiff.pipeline.inputs import segment_tensor, segment_velocity
     from specdiff.sampling import sampler as samplers
+
+    velocity = segment_velocity(notes, len(tokens), 256) if notes is not None else None
 
     sampler = pipe._sampler(pipe.sampling_for("ddim", 1, 1.0))
     vocab, max_length = pipe.notes_encoder.config["vocab_size"], pipe.notes_encoder.config["max_length"]
@@ -65,6 +69,8 @@ def segment_mels(pipe, tokens: list, reference_mel: torch.Tensor, way: str) -> l
         row = segment_tensor(segment, i, vocab, max_length)
         encodings = pipe.encode_batch([row], scaled, mask)
         roll = add_context_level(batch_rolls([row], 256, features), scaled, mask) if features else None
+        if roll is not None and velocity is not None:
+            roll = add_velocity_levels(roll, torch.as_tensor(velocity[i])[None], row[None])
         denoise = samplers.GuidedDenoiser(pipe.decoder, encodings, 1.0, {}, score_roll=roll,
                                           timbre=pipe._timbre_indices(1))  # fmt: skip
         noise = samplers.randn((1, 256, 128), torch.Generator().manual_seed(i), "cpu", torch.float32)
@@ -110,7 +116,7 @@ def main() -> int:
                 reference = references[path]
                 cells = []
                 for way in WAYS:
-                    mels = segment_mels(pipe, tokens, reference, way)
+                    mels = segment_mels(pipe, tokens, reference, way, getattr(piece.tokenized, "notes", None))
                     row = []
                     for i, mel in enumerate(mels):
                         ref = reference[i * 256 : (i + 1) * 256]
