@@ -112,7 +112,7 @@ def main() -> int:
             offsets: dict[str, list[float]] = {w: [] for w in WAYS}
             for path in files:
                 piece = prepare_piece(path, args.max_seconds)
-                tokens, _ = pipe._song(piece.tokenized)
+                tokens = pipe._song(piece.tokenized)[0]
                 reference = references[path]
                 cells = []
                 for way in WAYS:
