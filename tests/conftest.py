@@ -67,6 +67,11 @@ def write_midi(path: Path, notes: Sequence[tuple[int, float, float]], program: i
 #: A C major arpeggio, 1.5 s of music (NoteSequence total_time = the last note-off).
 ARPEGGIO = [(60, 0.0, 0.5), (64, 0.5, 1.0), (67, 1.0, 1.5)]
 
+#: The smallest network sizes the model tests build (``build_models(**MICRO, ...)``).
+MICRO = dict(d_model=32, num_layers=1, d_ff=64, num_heads=2, d_kv=16)
+#: The bundled model's decoder options: EDM x0 output with its bias and the score prior.
+EDM = dict(prediction_type="edm", spec_out_bias=True, score_prior=True)
+
 
 # ---------------------------------------------------------------------------------------------
 # ONNX inverters and Hugging Face Hub caches built by hand

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import EDM, MICRO
 
 from specdiff.midi.score_roll import (
     CONTEXT_LEVEL_FEATURES,
@@ -22,8 +23,6 @@ from specdiff.training.objective import SpectrogramDiffusionModel
 from specdiff.training.warm_start import ROLL_WEIGHTS, _widen_roll_weights
 
 torch.set_num_threads(1)
-MICRO = dict(d_model=32, num_layers=1, d_ff=64, num_heads=2, d_kv=16)
-EDM = dict(prediction_type="edm", spec_out_bias=True, score_prior=True)
 NOTE = [TIE_ID, SHIFT_ID + 10, PROGRAM_ID + 40, VELOCITY_ID + 1, PITCH_ID + 60, SHIFT_ID + 30, EOS_ID]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import MICRO
 
 from specdiff.models.decoder import INPUT_SKIP_KNOTS, FilmDecoder, knot_weights, noisy_residual
 from specdiff.models.presets import build_models
@@ -13,7 +14,6 @@ from specdiff.training.objective import SpectrogramDiffusionModel
 from specdiff.training.prior_fit import _frame_windows, fit_input_skip
 
 torch.set_num_threads(1)
-MICRO = dict(d_model=32, num_layers=1, d_ff=64, num_heads=2, d_kv=16)
 ROLL = dict(score_roll_features=6832, prediction_type="edm", spec_out_bias=True, score_prior=True)
 
 

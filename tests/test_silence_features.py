@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
+from conftest import EDM, MICRO
 
 from specdiff.midi.score_roll import (
     EXTENDED_ROLL_FEATURES,
@@ -26,8 +27,6 @@ from specdiff.training.prior_fit import fit_score_prior
 from specdiff.training.warm_start import ROLL_WEIGHTS, _widen_roll_weights
 
 torch.set_num_threads(1)
-MICRO = dict(d_model=32, num_layers=1, d_ff=64, num_heads=2, d_kv=16)
-EDM = dict(prediction_type="edm", spec_out_bias=True, score_prior=True)
 
 
 def shift_to(frame: int) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import MICRO
 
 from specdiff.errors import SpecdiffError
 from specdiff.models.presets import build_models
@@ -25,7 +26,6 @@ from specdiff.training.objective import (
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
-MICRO = dict(d_model=32, num_layers=1, d_ff=64, num_heads=2, d_kv=16)
 ROLL = dict(score_roll_features=6832, prediction_type="edm", spec_out_bias=True, score_prior=True)
 
 

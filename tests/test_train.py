@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import MICRO
 from torch import nn
 
 from specdiff.cli import main  # what python -m specdiff runs
@@ -37,7 +38,6 @@ from specdiff.training.optim import build_optimizer
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
-MICRO = dict(d_model=32, num_layers=1, d_ff=64, num_heads=2, d_kv=16)
 MICRO_SET = [f"model.{k}={v}" for k, v in MICRO.items()]
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import EDM, MICRO
 
 from specdiff.midi.reader import Note
 from specdiff.midi.score_roll import (
@@ -37,8 +38,6 @@ from specdiff.training.objective import SpectrogramDiffusionModel, decoder_score
 from specdiff.training.warm_start import ROLL_WEIGHTS, _widen_roll_weights
 
 torch.set_num_threads(1)
-MICRO = dict(d_model=32, num_layers=1, d_ff=64, num_heads=2, d_kv=16)
-EDM = dict(prediction_type="edm", spec_out_bias=True, score_prior=True)
 NOTE = [TIE_ID, SHIFT_ID + 10, PROGRAM_ID + 40, VELOCITY_ID + 1, PITCH_ID + 60, SHIFT_ID + 30, EOS_ID]
 VELOCITY_COLUMNS = slice(CONTEXT_ROLL_FEATURES, VELOCITY_ROLL_FEATURES)
 
