@@ -47,8 +47,6 @@ def segment_mels(pipe, tokens: list, reference_mel: torch.Tensor, way: str, note
     """The log-mel ``[256, 128]`` of every segment, synthesized ``way``; ``notes`` (the piece's, with
     velocities) fill the velocity columns of a velocity-layout decoder as the pipeline does."""
     from specdiff.audio.mel import scale_features, scale_to_features
-    from specdiff.midi.score_roll import add_context_level, batch_rolls
-    from specdiff.midi.velocity_roll import add_velocity_levels
     from specdiff.pipeline.inputs import segment_tensor, segment_velocity
     from specdiff.sampling import sampler as samplers
 
@@ -56,7 +54,6 @@ def segment_mels(pipe, tokens: list, reference_mel: torch.Tensor, way: str, note
 
     sampler = pipe._sampler(pipe.sampling_for("ddim", 1, 1.0))
     vocab, max_length = pipe.notes_encoder.config["vocab_size"], pipe.notes_encoder.config["max_length"]
-    features = pipe.decoder.score_roll_features
     mels: list[torch.Tensor] = []
     for i, segment in enumerate(tokens):
         context, mask = torch.zeros(1, 256, 128), torch.zeros(1, 256, dtype=torch.bool)
@@ -68,9 +65,7 @@ def segment_mels(pipe, tokens: list, reference_mel: torch.Tensor, way: str, note
         scaled = scale_features(context, clip=True)
         row = segment_tensor(segment, i, vocab, max_length)
         encodings = pipe.encode_batch([row], scaled, mask)
-        roll = add_context_level(batch_rolls([row], 256, features), scaled, mask) if features else None
-        if roll is not None and velocity is not None:
-            roll = add_velocity_levels(roll, torch.as_tensor(velocity[i])[None], row[None])
+        roll = pipe._score_roll([row], [None if velocity is None else velocity[i]], scaled, mask)
         denoise = samplers.GuidedDenoiser(pipe.decoder, encodings, 1.0, {}, score_roll=roll,
                                           timbre=pipe._timbre_indices(1))  # fmt: skip
         noise = samplers.randn((1, 256, 128), torch.Generator().manual_seed(i), "cpu", torch.float32)

@@ -268,12 +268,18 @@ def add_context_level(
     level = level.sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)[:, None]  # [B, 128]
     empty = (valid == 0).to(roll.dtype)[:, None]
     columns = torch.cat([level, empty], dim=1)
-    if tokens is not None:
-        has_notes = (torch.as_tensor(tokens).to(roll.device) != 0).any(dim=-1)
-        columns = columns * has_notes.to(roll.dtype)[:, None]
     roll = roll.clone()
-    roll[..., EXTENDED_ROLL_FEATURES:CONTEXT_ROLL_FEATURES] = columns[:, None, :]
+    roll[..., EXTENDED_ROLL_FEATURES:CONTEXT_ROLL_FEATURES] = zero_null_rows(columns, tokens)[:, None, :]
     return roll
+
+
+def zero_null_rows(columns: Tensor, tokens: Tensor | None) -> Tensor:
+    """``columns`` ``[B, ...]`` with the rows whose ``tokens`` are all PAD (the CFG null condition) set to
+    zero, so a null row's roll stays all-zero whatever else is known; unchanged when ``tokens`` is None."""
+    if tokens is None:
+        return columns
+    has_notes = (torch.as_tensor(tokens).to(columns.device) != 0).any(dim=-1)
+    return columns * has_notes.to(columns.dtype).reshape(-1, *([1] * (columns.dim() - 1)))
 
 
 def batch_rolls(
@@ -301,6 +307,7 @@ __all__ = [
     "VELOCITY_FEATURES",
     "VELOCITY_ROLL_FEATURES",
     "add_context_level",
+    "zero_null_rows",
     "release_feature",
     "TONAL_FEATURES",
     "DRUM_FEATURES",

@@ -42,6 +42,7 @@ from specdiff.midi.score_roll import (
     NUM_FAMILIES,
     VELOCITY_FEATURES,
     VELOCITY_ROLL_FEATURES,
+    zero_null_rows,
 )
 
 #: Columns of the velocity block: families ``0..NUM_FAMILIES - 1``, then drums, then any note.
@@ -79,10 +80,13 @@ def _note_fields(notes: Any) -> dict[str, np.ndarray]:
     return {name: np.array([getattr(note, name) for note in notes]) for name in names}
 
 
+def _loudest(velocity: np.ndarray) -> int:
+    return int(velocity.max()) if len(velocity) else DEFAULT_MAX_VELOCITY
+
+
 def piece_max_velocity(notes: Any) -> int:
     """The velocity of the piece's loudest note (drums included); :data:`DEFAULT_MAX_VELOCITY` for none."""
-    velocity = _note_fields(notes)["velocity"]
-    return int(velocity.max()) if len(velocity) else DEFAULT_MAX_VELOCITY
+    return _loudest(_note_fields(notes)["velocity"])
 
 
 def velocity_spans(notes: Any, max_velocity: int | None = None) -> VelocitySpans:
@@ -90,7 +94,7 @@ def velocity_spans(notes: Any, max_velocity: int | None = None) -> VelocitySpans
     once per song; ``max_velocity``: the reference ``v_max`` (None: the loudest of ``notes``)."""
     fields = _note_fields(notes)
     if max_velocity is None:
-        max_velocity = int(fields["velocity"].max()) if len(fields["velocity"]) else DEFAULT_MAX_VELOCITY
+        max_velocity = _loudest(fields["velocity"])
     drum = fields["is_drum"].astype(bool)
     first = np.floor(fields["start"].astype(np.float64) * FRAMES_PER_SECOND).astype(np.int64)
     end = np.ceil(fields["end"].astype(np.float64) * FRAMES_PER_SECOND).astype(np.int64)
@@ -146,11 +150,8 @@ def add_velocity_levels(roll: Tensor, velocity: Tensor | np.ndarray | None, toke
     columns = torch.as_tensor(velocity).to(roll.device, roll.dtype)
     if columns.shape != (*roll.shape[:-1], VELOCITY_FEATURES):
         raise ValueError(f"velocity columns of shape {tuple(columns.shape)} for a roll of shape {tuple(roll.shape)}")
-    if tokens is not None:
-        has_notes = (torch.as_tensor(tokens).to(roll.device) != 0).any(dim=-1)
-        columns = columns * has_notes.to(roll.dtype)[:, None, None]
     roll = roll.clone()
-    roll[..., CONTEXT_ROLL_FEATURES:] = columns
+    roll[..., CONTEXT_ROLL_FEATURES:] = zero_null_rows(columns, tokens)
     return roll
 
 

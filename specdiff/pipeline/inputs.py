@@ -62,12 +62,6 @@ def as_song(input_tokens: Any) -> tuple[list[list[int]], float | None, Any]:
     return segments, duration, notes
 
 
-def as_segments(input_tokens: Any) -> tuple[list[list[int]], float | None]:
-    """Token segments and the music's duration (:func:`as_song` without the notes)."""
-    segments, duration, _ = as_song(input_tokens)
-    return segments, duration
-
-
 def frames_to_keep(num_segments: int, segment_frames: int, duration: float | None) -> int:
     """Output length in frames: the music plus :data:`RELEASE_TAIL_SECONDS`, at most the segments."""
     total = num_segments * segment_frames

@@ -29,8 +29,8 @@ from torch import Tensor
 from specdiff.audio.mel import scale_features, scale_to_features
 from specdiff.constants import SAMPLE_RATE
 from specdiff.errors import ModelError
-from specdiff.midi.score_roll import VELOCITY_FEATURES, VELOCITY_ROLL_FEATURES, add_context_level, batch_rolls
-from specdiff.midi.velocity_roll import add_velocity_levels
+from specdiff.midi.decoder_roll import decoder_roll
+from specdiff.midi.score_roll import VELOCITY_FEATURES, VELOCITY_ROLL_FEATURES
 from specdiff.pipeline.folder import NETWORKS, read_networks, write_folder
 from specdiff.pipeline.inputs import (
     SynthesisPlan,
@@ -295,15 +295,14 @@ class SpectrogramDiffusionPipeline:
         tokens' roll, the context-level columns from the (scaled) context and, for the velocity layout,
         the velocity columns (``velocity``: per row ``[T, 18]`` numpy or None, which leaves them 0)."""
         features = getattr(self.decoder, "score_roll_features", 0)
-        if not features:
-            return None
         segment_frames = int(_module_config(self.decoder, "targets_length"))
-        roll = add_context_level(batch_rolls(tokens, segment_frames, features).to(self.device), scaled_context,
-                                 context_mask)  # fmt: skip
-        if features != VELOCITY_ROLL_FEATURES:
-            return roll
-        blocks = [np.zeros((segment_frames, VELOCITY_FEATURES), np.float32) if v is None else v for v in velocity]
-        return add_velocity_levels(roll, torch.from_numpy(np.stack(blocks)))
+        columns = None
+        if features == VELOCITY_ROLL_FEATURES:
+            blocks = [np.zeros((segment_frames, VELOCITY_FEATURES), np.float32) if v is None else v for v in velocity]
+            columns = torch.from_numpy(np.stack(blocks))
+        # The rows are real segments; the guided denoiser zeroes the CFG null branch's roll itself.
+        return decoder_roll(tokens, segment_frames, features, scaled_context, context_mask, columns,
+                            zero_null_rows=False)  # fmt: skip
 
     def _sampler(self, chosen: ResolvedSampling) -> samplers.Sampler:
         if isinstance(chosen.scheduler, str):
@@ -486,9 +485,9 @@ class SpectrogramDiffusionPipeline:
     def plan(self, input_tokens: Any, num_inference_steps: int | None = None, scheduler: Any = None) -> SynthesisPlan:
         """The segment plan and step limits of a call with these arguments, without running it
         (unset arguments take :attr:`sampling`'s values, as in :meth:`__call__`)."""
-        segments, keep = song_segments(input_tokens, int(_module_config(self.decoder, "targets_length")))
-        steps = self.sampling_for(scheduler, num_inference_steps).num_inference_steps
         segment_frames = int(_module_config(self.decoder, "targets_length"))
+        segments, keep = song_segments(input_tokens, segment_frames)
+        steps = self.sampling_for(scheduler, num_inference_steps).num_inference_steps
         return SynthesisPlan(len(segments), keep, segment_frames, steps, self.max_steps(scheduler))
 
     def _song(self, input_tokens: Any) -> tuple[list[list[int]], int, list[Any] | None]:

@@ -15,8 +15,7 @@ from torch import Tensor, nn
 from specdiff.audio.mel import MAX_VALUE, MIN_VALUE
 from specdiff.constants import N_MELS
 from specdiff.errors import SpecdiffError
-from specdiff.midi.score_roll import add_context_level, batch_rolls
-from specdiff.midi.velocity_roll import add_velocity_levels
+from specdiff.midi.decoder_roll import decoder_roll
 from specdiff.models.decoder import FilmDecoder
 from specdiff.models.encoders import ContinuousEncoder, NotesEncoder
 from specdiff.sampling.diffusion import (
@@ -85,12 +84,8 @@ def decoder_score_roll(decoder: FilmDecoder, tokens: Tensor, context: Tensor | N
     """The frame-aligned roll ``decoder`` takes for a token batch (its layout, the context-level columns
     filled from ``context`` when given, the velocity columns from ``velocity`` ``[B, T, 18]`` when given;
     all-PAD rows keep zeros), or None for the original architecture."""
-    if not decoder.score_roll_features:
-        return None
-    roll = batch_rolls(tokens, decoder.config["targets_length"], decoder.score_roll_features)
-    if context is not None and context_mask is not None:
-        roll = add_context_level(roll, context, context_mask, tokens)
-    return add_velocity_levels(roll, velocity, tokens)
+    return decoder_roll(tokens, decoder.config["targets_length"], decoder.score_roll_features, context, context_mask,
+                        velocity)  # fmt: skip
 
 
 def velocity_input(batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
