@@ -3,21 +3,18 @@ piece's loudest note, from the notes (the tokens have one velocity bin), in trai
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
-import mido
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import EDM, MICRO
+from conftest import EDM, MICRO, smf_bytes
 
 from specdiff.midi.reader import Note
 from specdiff.midi.score_roll import (
     CONTEXT_ROLL_FEATURES,
-    EXTENDED_ROLL_FEATURES,
     ROLL_LAYOUTS,
     VELOCITY_FEATURES,
     VELOCITY_ROLL_FEATURES,
@@ -35,7 +32,6 @@ from specdiff.midi.velocity_roll import (
 )
 from specdiff.models.presets import build_models
 from specdiff.training.objective import SpectrogramDiffusionModel, decoder_score_roll
-from specdiff.training.warm_start import ROLL_WEIGHTS, _widen_roll_weights
 
 torch.set_num_threads(1)
 NOTE = [TIE_ID, SHIFT_ID + 10, PROGRAM_ID + 40, VELOCITY_ID + 1, PITCH_ID + 60, SHIFT_ID + 30, EOS_ID]
@@ -135,29 +131,16 @@ def test_decoder_roll_fills_velocity_only_for_the_velocity_layout():
 
 def song_midi(piano_velocity: int = 64, seconds: float = 12.0) -> bytes:
     """Piano (fading from velocity 105), bass and drums; the piano's first note has ``piano_velocity``."""
-    mid = mido.MidiFile(ticks_per_beat=480)  # 120 bpm: 960 ticks per second
     parts = [
         (0, 0, [(0.1 + 0.6 * i, 0.5, 60 + i % 7, max(20, 110 - 5 * i)) for i in range(int(seconds / 0.6))]),
         (1, 33, [(0.3 + 1.0 * i, 0.9, 36 + i % 5, 90) for i in range(int(seconds))]),
         (9, 0, [(0.05 + 0.5 * i, 0.05, 36 + 2 * (i % 2), 70 + 3 * (i % 10)) for i in range(int(seconds * 2))]),
     ]
     parts[0][2][0] = (0.1, 0.5, 60, piano_velocity)
-    for channel, program, notes in parts:
-        track = mido.MidiTrack()
-        track.append(mido.Message("program_change", channel=channel, program=program, time=0))
-        events = []
-        for start, length, pitch, velocity in notes:
-            events.append((round(start * 960), 1, mido.Message("note_on", channel=channel, note=pitch,
-                                                               velocity=velocity)))  # fmt: skip
-            events.append((round((start + length) * 960), 0, mido.Message("note_off", channel=channel, note=pitch)))
-        now = 0
-        for tick, _, message in sorted(events, key=lambda e: (e[0], e[1])):
-            track.append(message.copy(time=tick - now))
-            now = tick
-        mid.tracks.append(track)
-    buffer = io.BytesIO()
-    mid.save(file=buffer)
-    return buffer.getvalue()
+    # (start, length, pitch, velocity) -> the (pitch, start, end, velocity) notes of conftest.smf_bytes
+    return smf_bytes([(channel, program, [(pitch, start, start + length, velocity)
+                                          for start, length, pitch, velocity in notes])
+                      for channel, program, notes in parts])  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -236,26 +219,6 @@ def test_the_velocity_layout_hears_velocities_and_the_old_ones_do_not(tmp_path):
     np.testing.assert_allclose(many[1].mels[0], b, atol=1e-5)
     streamed = np.concatenate([s.mel for s in pipe.segments(loud, torch.Generator().manual_seed(0), 1, 2.0)])
     np.testing.assert_allclose(streamed[: len(b)], b, atol=1e-5)
-
-
-def test_a_warm_start_into_the_velocity_layout_keeps_the_output():
-    old, new = model_on(CONTEXT_ROLL_FEATURES, 0), model_on(VELOCITY_ROLL_FEATURES, 1)
-    with torch.no_grad():
-        old.decoder.score_prior_projection.weight.normal_()
-    state, widened = _widen_roll_weights({"model": old.state_dict()}, new.state_dict())
-    assert widened == set(ROLL_WEIGHTS)
-    new.load_state_dict(state["model"])
-    tokens = torch.tensor([NOTE + [0]])
-    context, mask = torch.rand(1, 256, 128) * 2 - 1, torch.ones(1, 256, dtype=torch.bool)
-    z, t = torch.randn(1, 256, 128), torch.tensor([0.6])
-    velocity = torch.full((1, 256, VELOCITY_FEATURES), -0.7)
-    with torch.no_grad():
-        before = old(tokens, context, mask, z, t)
-        assert torch.allclose(new(tokens, context, mask, z, t, velocity=velocity), before, atol=1e-5)
-        new.decoder.score_prior_projection.weight[:, VELOCITY_COLUMNS] = 0.1
-        assert not torch.allclose(new(tokens, context, mask, z, t, velocity=velocity), before, atol=1e-3)
-        assert torch.allclose(new(tokens, context, mask, z, t), before, atol=1e-5)  # no velocities: columns 0
-    assert EXTENDED_ROLL_FEATURES < CONTEXT_ROLL_FEATURES  # each layout is a prefix of the next
 
 
 def test_training_loss_passes_velocities_and_drops_them_with_the_tokens(midi_cache):
