@@ -72,8 +72,8 @@ def peak_locked_phase(
 
     ``transient_db`` (None: off): the transient phase reset of the module doc, at peaks whose magnitude
     rose by more than that many dB over the previous frame; ``transient_align``: where the reset
-    partials line up, ``"centre"`` (the frame's centre) or ``"onset"`` (the onset sample estimated
-    from the rise).
+    partials line up, ``"centre"`` (the frame's centre), ``"onset"`` (the onset sample estimated
+    from the rise) or ``"envelope"`` (``"onset"``, and the lobes shaped to start there).
     """
     magnitude = np.asarray(magnitude, dtype=np.float64)
     if magnitude.ndim != 2 or magnitude.shape[1] != n_fft // 2 + 1:
