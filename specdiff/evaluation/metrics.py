@@ -132,18 +132,30 @@ def crop_to_common_length(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.
     return np.asarray(a[:n], np.float32), np.asarray(b[:n], np.float32)
 
 
-def log_mel_l1(generated: np.ndarray, reference: np.ndarray) -> float:
-    """Mean |log-mel(generated) - log-mel(reference)| on our front end (ORIGINAL.md §1, natural log,
-    floor ln 1e-5), after cropping both to their common length."""
+#: Log-mels ``(ours [T, 128], reference [T, 128])`` of two signals over their common length, or None.
+LogMelPair = tuple[np.ndarray, np.ndarray] | None
+
+
+def log_mel_pair(generated: np.ndarray, reference: np.ndarray) -> LogMelPair:
+    """Both signals' log-mels on our front end (ORIGINAL.md §1, natural log, floor ln 1e-5), after
+    cropping them to their common length; None when that length is zero. The log-mel scores below
+    take either the signals or this pair, so a caller scoring one clip several ways computes it once."""
     import torch
 
     from specdiff.audio.mel import log_mel
 
     a, b = crop_to_common_length(np.asarray(generated).reshape(-1), np.asarray(reference).reshape(-1))
     if len(a) == 0:
-        return float("nan")
+        return None
     with torch.no_grad():
-        return float((log_mel(torch.from_numpy(a)) - log_mel(torch.from_numpy(b))).abs().mean())
+        return log_mel(torch.from_numpy(a)).numpy(), log_mel(torch.from_numpy(b)).numpy()
+
+
+def log_mel_l1(generated: np.ndarray, reference: np.ndarray, mels: LogMelPair = None) -> float:
+    """Mean |log-mel(generated) - log-mel(reference)| (:func:`log_mel_pair`; ``mels``: that pair,
+    computed beforehand)."""
+    mels = log_mel_pair(generated, reference) if mels is None else mels
+    return float("nan") if mels is None else float(np.abs(mels[0] - mels[1]).mean())
 
 
 def multi_resolution_stft_distance(
@@ -210,18 +222,12 @@ def level_comparison(generated: np.ndarray, reference: np.ndarray) -> dict[str, 
 SILENCE_THRESHOLD = -8.0
 
 
-def frame_levels(generated: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+def frame_levels(generated: np.ndarray, reference: np.ndarray, mels: LogMelPair = None
+                 ) -> tuple[np.ndarray, np.ndarray] | None:  # fmt: skip
     """Each frame's mean log-mel (natural log) of ours and of the reference over their common length,
-    as ``(ours [T], reference [T])``; None when that length is zero."""
-    import torch
-
-    from specdiff.audio.mel import log_mel
-
-    a, b = crop_to_common_length(np.asarray(generated).reshape(-1), np.asarray(reference).reshape(-1))
-    if len(a) == 0:
-        return None
-    with torch.no_grad():
-        return log_mel(torch.from_numpy(a)).mean(-1).numpy(), log_mel(torch.from_numpy(b)).mean(-1).numpy()
+    as ``(ours [T], reference [T])``; None when that length is zero (``mels``: :func:`log_mel_pair`)."""
+    mels = log_mel_pair(generated, reference) if mels is None else mels
+    return None if mels is None else (mels[0].mean(-1), mels[1].mean(-1))
 
 
 #: Result names of :func:`silence_scores` and :func:`rest_scores`: ours, the reference's, the gap, the
@@ -243,13 +249,13 @@ def _gap_over(
     return dict(zip(keys, (level, ref_level, level - ref_level, float(frames.mean()))))
 
 
-def silence_scores(generated: np.ndarray, reference: np.ndarray, threshold: float = SILENCE_THRESHOLD
-                   ) -> dict[str, float]:  # fmt: skip
+def silence_scores(generated: np.ndarray, reference: np.ndarray, threshold: float = SILENCE_THRESHOLD,
+                   mels: LogMelPair = None) -> dict[str, float]:  # fmt: skip
     """How silent ours is where the reference is: over the frames whose reference log-mel mean is
     below ``threshold``, the mean log-mel of ours (``silence_level``) and of the reference
     (``reference_silence_level``), their difference (``silence_gap``, ours - reference; 0 is
     perfect) and the fraction of such frames (``silent_fraction``). NaN levels when there are none."""
-    levels = frame_levels(generated, reference)
+    levels = frame_levels(generated, reference, mels)
     return _gap_over(levels, None if levels is None else levels[1] < threshold, SILENCE_KEYS)
 
 
@@ -290,27 +296,25 @@ BAND_GROUPS = 4
 BAND_OFFSET_KEYS = tuple(f"band_offset_{k + 1}" for k in range(BAND_GROUPS))
 
 
-def band_offsets(generated: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+def band_offsets(generated: np.ndarray, reference: np.ndarray, mels: LogMelPair = None) -> dict[str, float]:
     """The spectral balance: ours minus the reference's log-mel (natural log), averaged over all
     frames and over each of :data:`BAND_GROUPS` groups of mel bands, low to high
     (:data:`BAND_OFFSET_KEYS`). Why: the mean log-mel of a band is dominated by its quiet frames, so
     a model that lifts the floors of quiet bands shows a positive offset there even when its loud
-    partials are right; the MFCC statistics of the Fréchet distance move with it."""
-    import torch
-
-    from specdiff.audio.mel import log_mel
-
-    a, b = crop_to_common_length(np.asarray(generated).reshape(-1), np.asarray(reference).reshape(-1))
-    if len(a) == 0:
+    partials are right; the MFCC statistics of the Fréchet distance move with it. ``mels``:
+    :func:`log_mel_pair`, computed beforehand."""
+    mels = log_mel_pair(generated, reference) if mels is None else mels
+    if mels is None:
         return dict.fromkeys(BAND_OFFSET_KEYS, float("nan"))
-    with torch.no_grad():
-        diff = (log_mel(torch.from_numpy(a)) - log_mel(torch.from_numpy(b))).mean(0).numpy()
+    diff = (mels[0] - mels[1]).mean(0)
     return {key: float(part.mean()) for key, part in zip(BAND_OFFSET_KEYS, np.array_split(diff, BAND_GROUPS))}
 
 
 def reconstruction_scores(generated: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    return {"log_mel_l1": log_mel_l1(generated, reference), **multi_resolution_stft_distance(generated, reference),
-            **silence_scores(generated, reference), **band_offsets(generated, reference)}  # fmt: skip
+    mels = log_mel_pair(generated, reference)  # once for the three log-mel scores
+    return {"log_mel_l1": log_mel_l1(generated, reference, mels),
+            **multi_resolution_stft_distance(generated, reference),
+            **silence_scores(generated, reference, mels=mels), **band_offsets(generated, reference, mels)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
