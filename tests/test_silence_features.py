@@ -49,7 +49,9 @@ def test_the_extended_roll_adds_release_decays_and_silence_to_the_base_one():
     assert (extended[:, :ROLL_FEATURES] == base).all()  # the base layout is a prefix
     assert extended[:10, SILENT_FEATURE].tolist() == [1.0] * 10  # before the note
     assert extended[10:30, SILENT_FEATURE].tolist() == [0.0] * 20  # while it sounds
-    assert extended[30:, SILENT_FEATURE].tolist() == [1.0] * 226  # after it ends
+    # its release rings on SILENT_GUARD_FRAMES (10) frames after it ends; then silence
+    assert extended[30:40, SILENT_FEATURE].tolist() == [0.0] * 10
+    assert extended[40:, SILENT_FEATURE].tolist() == [1.0] * 216
     for index, constant in enumerate(RELEASE_FRAMES):
         for column in (release_feature(index, pitch=60), release_feature(index, program=40)):
             assert extended[:30, column].tolist() == [0.0] * 30

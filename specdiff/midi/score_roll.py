@@ -21,7 +21,8 @@ instrument family is the General MIDI family of the (Slakh) program, ``program /
 A second, wider layout (:data:`EXTENDED_ROLL_FEATURES`, chosen by a decoder's
 ``score_roll_features``) appends what happens *after* notes end: per pitch and per family, a
 ``release`` decay ``exp(-(frame - end frame) / r)`` for each ``r`` of :data:`RELEASE_FRAMES`, and one
-``silent`` feature, 1 on frames where no note sounds and no drum hit decays. Why: with the base
+``silent`` feature, 1 on frames where no note sounds or has ended within :data:`SILENT_GUARD_FRAMES`
+and no drum hit decays. Why: with the base
 layout every frame without a sounding note has an all-zero roll, so a linear map of the roll (the
 score prior) gives them all one value, the mean of true silence and of release tails; the
 closed-form fit of that map then puts silent frames ~6 nat above the floor. With the ``silent``
@@ -75,6 +76,13 @@ TONAL_DECAY_FRAMES = 25.0  # 0.5 s
 DRUM_DECAY_FRAMES = 5.0  # 0.1 s
 DRUM_DECAY_SPAN = 20  # frames a drum hit's decay feature lasts (4 time constants)
 RELEASE_FRAMES = (5.0, 20.0)  # time constants of the extended layout's release decays (0.1 s, 0.4 s)
+#: Frames after a tonal note ends that still count as sounding for the ``silent`` feature (0.2 s).
+#: Why: a SoundFont note's release rings on. In the training renders (idioms train split, TimGM6mb) the
+#: mean log-mel 0 / 1 / 2 / 5 / 9 frames after the last note ended is -1.9 / -2.2 / -3.2 / -5.0 / -6.2 nat
+#: (-1.0 while notes sound, -6.8 .. -10.8 from 10 frames on). Without the guard the short gaps of
+#: detached playing (one or two frames between chords) were flagged silent and the model drew a dark
+#: frame there, about -5 nat where the render is about -1, and the inverter a click after it.
+SILENT_GUARD_FRAMES = 10
 
 #: Features per frame: (kind, family, pitch) for tonal notes, then (kind, pitch) for drums, then
 #: the shared tonal features (kind, pitch) and (kind, family).
@@ -211,7 +219,7 @@ def segment_roll(tokens: Sequence[int], num_frames: int = SEGMENT_FRAMES, featur
             continue
         end = max(end, start + 1)  # a note shorter than a frame still sounds on its onset frame
         roll[start:end, _columns("sustain", program, pitch)] = 1.0
-        sounding[start:end] = True
+        sounding[start : end + SILENT_GUARD_FRAMES] = True
         if onset is not None:
             roll[onset, _columns("onset", program, pitch)] = 1.0
             decay = np.exp(-(frames[onset:end] - onset) / TONAL_DECAY_FRAMES)[:, None]
