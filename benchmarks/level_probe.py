@@ -22,6 +22,10 @@ each frame's log-mel from
   loudest moment, not the absolute velocity; the pipeline knows the whole piece, so this is
   computable at synthesis;
 - ``roll + context level + relative velocity``: both;
+- ``... + piece loudness``: one more column, the same on every frame of a piece: ``ln`` of its loudest
+  moment's summed ``(v / 127)^2`` (:func:`piece_loudness`). Why: renders are peak-normalised, so a solo
+  line is lifted far more than a full band; does the decoder need to know how far? (Refuted: no gain,
+  ``benchmarks/results/level_probe_idioms_guard.md``);
 - ``roll + gated context level``: the same columns multiplied, frame by frame, by 1 - the roll's
   ``silent`` feature, so they speak only where a note sounds (where none does, the render sits at its
   floor whatever the context's level was),
@@ -42,7 +46,9 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +66,7 @@ from specdiff.midi.score_roll import (  # noqa: E402
     add_context_level,
     batch_rolls,
 )
-from specdiff.midi.velocity_roll import velocity_block, velocity_spans  # noqa: E402
+from specdiff.midi.velocity_roll import DEFAULT_MAX_VELOCITY, velocity_block, velocity_spans  # noqa: E402
 from specdiff.training.prior_fit import ridge_regression  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -69,8 +75,28 @@ LABELS = {"roll": "", "roll + velocity": "velocity", "roll + context level": "co
           "roll + context level, no floor": "unfloored context level",
           "roll + relative velocity": "relative velocity",
           "roll + context level + relative velocity": "context level + relative velocity",
-          "roll + gated context level": "gated context level"}  # fmt: skip
+          "roll + gated context level": "gated context level",
+          "roll + relative velocity + piece loudness": "relative velocity + piece loudness",
+          "roll + context level + relative velocity + piece loudness":
+              "context level + relative velocity + piece loudness"}  # fmt: skip
 QUIET_NAT = -8.0  # frames whose true mean log-mel is below this count as quiet (the issue's measure)
+
+
+def piece_loudness(notes: Any) -> float:
+    """The piece's loudest moment as its notes tell it: ``ln`` of the largest, over frames, sum of
+    ``(v / 127)^2`` of the notes sounding in a frame (a drum hit for ``DRUM_DECAY_SPAN`` frames);
+    0 for no notes. Why: renders are peak-normalised per piece, so one note of a solo line comes out
+    much louder than the same note in a full band; a decoder sees one segment, and this one number
+    of the whole piece says how far the normalisation lifted it."""
+    spans = velocity_spans(notes)
+    if len(spans.first) == 0:
+        return 0.0
+    origin = int(spans.first.min())
+    power = np.zeros(int(spans.stop.max()) - origin + 1, np.float64)
+    weight = (spans.velocity.astype(np.float64) / DEFAULT_MAX_VELOCITY) ** 2
+    np.add.at(power, spans.first - origin, weight)
+    np.add.at(power, spans.stop - origin, -weight)
+    return float(np.log(max(float(np.cumsum(power).max()), 1e-6)))
 
 
 def window_indices(dataset: ChunkDataset, count: int, timbre: str | None) -> list[int]:
@@ -86,6 +112,7 @@ def window_indices(dataset: ChunkDataset, count: int, timbre: str | None) -> lis
 def windows(dataset: ChunkDataset, indices: list[int], extra: str):
     """``(x [rows, D], y [rows, 128], lengths)`` batches of the windows' valid frames."""
     spans_cache: dict[int, object] = {}
+    loudness_cache: dict[int, float] = {}
     for start in range(0, len(indices), 32):
         rolls, velocities, targets = [], [], []
         items = indices[start : start + 32]
@@ -98,16 +125,21 @@ def windows(dataset: ChunkDataset, indices: list[int], extra: str):
         if extra == "gated context level":
             sounding = 1.0 - roll[..., SILENT_FEATURE : SILENT_FEATURE + 1]
             roll = torch.cat([roll[..., :EXTENDED_ROLL_FEATURES], roll[..., EXTENDED_ROLL_FEATURES:] * sounding], -1)
-        elif extra not in ("context level", "unfloored context level", "context level + relative velocity"):
+        elif not extra.startswith("context level") and extra != "unfloored context level":
             roll = roll[..., :EXTENDED_ROLL_FEATURES]
         for row, (i, example) in enumerate(zip(items, examples)):
             k, _, target_start, valid = dataset.window(i)
             if k not in spans_cache:
-                spans_cache[k] = velocity_spans(dataset.notes(k))
+                notes = dataset.notes(k)
+                spans_cache[k] = velocity_spans(notes)
+                loudness_cache[k] = piece_loudness(notes)
             spans = spans_cache[k]  # relative: to the piece's loudest note (the library's velocity columns)
             reference = None if "relative" in extra else 127
             rolls.append(roll[row, :valid, TONAL_FEATURES:])
-            velocities.append(torch.from_numpy(velocity_block(spans, target_start, reference, 256)[:valid]))
+            block = torch.from_numpy(velocity_block(spans, target_start, reference, 256)[:valid])
+            if "piece loudness" in extra:
+                block = torch.cat([block, torch.full((valid, 1), loudness_cache[k])], 1)
+            velocities.append(block)
             targets.append(example.target[:valid])
         x = torch.cat(rolls)
         if "velocity" in extra:
