@@ -383,6 +383,60 @@ def test_phase_vocoder_training_fits_the_magnitude():
     assert all(np.isfinite(v) for entry in logs for v in entry.values())
 
 
+def test_magnitude_rise_loss_hand_values():
+    from specdiff.training.vocoder_losses import magnitude_rise_loss
+
+    def rise(fake: list[float], real: list[float]) -> float:
+        return magnitude_rise_loss(torch.tensor([[fake]]), torch.tensor([[real]])).item()  # [1, 1, T]
+
+    step, ramp = [0.0, 0.0, 4.0, 4.0], [0.0, 2.0, 4.0, 4.0]
+    assert rise(ramp, step) == pytest.approx(4 / 3)  # rises [2, 2, 0] vs [0, 4, 0]: (2 + 2 + 0) / 3
+    assert rise(step, ramp) == pytest.approx(4 / 3)  # symmetric
+    assert rise(step, step) == 0.0 and rise(ramp, ramp) == 0.0
+    assert rise([4.0, 0.0, 0.0, 0.0], [4.0, 4.0, 4.0, 0.0]) == 0.0  # falls are ignored, wherever they are
+    assert rise([0.0, 4.0, 0.0], [0.0, 0.0, 0.0]) == pytest.approx(2.0)  # a rise then a fall: rises [4, 0]
+    assert rise([1.0, 3.0, 3.0], [5.0, 7.0, 7.0]) == 0.0  # a level offset alone costs nothing
+    # Time is the last axis and the mean runs over every element: [B=2, bins=2, T=3] -> 8 differences.
+    fake = torch.zeros(2, 2, 3)
+    fake[1, 0, 2] = 8.0  # a single rise of 8 (the real one is flat)
+    assert magnitude_rise_loss(fake, torch.zeros(2, 2, 3)).item() == pytest.approx(8 / 8)
+    assert magnitude_rise_loss(fake.transpose(1, 2), torch.zeros(2, 3, 2)).item() == 0.0  # along bins: none
+
+
+def test_rise_weight_adds_exactly_weight_times_the_rise_loss():
+    """rise_weight 0 leaves the generator loss as it was; > 0 adds weight * rise loss and nothing else."""
+    pytest.importorskip("specdiff.audio.mel")
+    from dataclasses import replace
+
+    from specdiff.training.vocoder import VocoderTrainConfig, VocoderTrainer, synthesize
+    from specdiff.training.vocoder_data import SegmentSampler, features_and_target
+    from specdiff.training.vocoder_losses import floored_log_magnitudes, magnitude_rise_loss
+
+    assert VocoderTrainConfig().rise_weight == 0.0
+    config = VocoderTrainConfig(batch_size=2, segment_frames=8, warmup_steps=10_000, lr_warmup_steps=1)
+    config = replace(config, magnitude_weight=45.0)
+    vocoder_config = replace(TINY, synthesis="phase_vocoder")
+    batch = SegmentSampler(_tone_clips(), 8, seed=0).sample(2)
+
+    def first_step(rise_weight: float) -> tuple[dict[str, float], float]:
+        trainer = VocoderTrainer(vocoder_config, replace(config, rise_weight=rise_weight))
+        with torch.no_grad():  # the rise loss of the initial weights, computed independently
+            mel, real = features_and_target(batch, config.segment_frames)
+            log_magnitude = synthesize(trainer.generator, mel)[1]
+            expected = magnitude_rise_loss(*floored_log_magnitudes(log_magnitude, trainer.generator.head.stft(real)))
+        return trainer.train_step(batch), expected.item()
+
+    off, expected = first_step(0.0)
+    assert "loss/rise" not in off
+    rest = config.mel_weight * off["loss/mel_l1"] + config.stft_weight * off["loss/mr_stft"]
+    assert off["loss/generator"] == pytest.approx(rest + config.magnitude_weight * off["loss/magnitude"], rel=1e-6)
+    on, _ = first_step(2.5)
+    assert on["loss/rise"] == pytest.approx(expected, rel=1e-6) and expected > 0
+    for key in ("loss/mel_l1", "loss/mr_stft", "loss/magnitude"):
+        assert on[key] == off[key]  # same seed, same weights, same batch
+    assert on["loss/generator"] == pytest.approx(off["loss/generator"] + 2.5 * on["loss/rise"], rel=1e-6)
+
+
 def test_checkpoint_resume_restores_step_weights_and_randomness(tmp_path):
     pytest.importorskip("specdiff.audio.mel")
     from specdiff.training.vocoder_data import SegmentSampler
@@ -450,6 +504,8 @@ def test_train_vocoder_arguments():
     )
     assert args.max_steps == 7 and args.midi_dir == [Path("m")] and args.audio_dir == [Path("a"), Path("b")]
     assert args.lr is None and not args.demo_corpus  # None: VocoderTrainConfig's default applies
+    assert args.rise_weight is None and VocoderTrainConfig().rise_weight == 0.0
+    assert _parser().parse_args(["train-vocoder", "--run-dir", "r", "--rise-weight", "3"]).rise_weight == 3.0
     assert VocoderTrainConfig().lr == 5e-4
     with pytest.raises(SystemExit):
         _parser().parse_args(["train-vocoder", "--audio-dir", "a"])  # --run-dir is required

@@ -68,6 +68,13 @@ def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--mel-weight", type=float, help="weight of the log-mel L1 (default 45)")
     t.add_argument("--stft-weight", type=float, help="weight of the multi-resolution STFT loss (default 15)")
     t.add_argument("--magnitude-weight", type=float, help="weight of the head's log-magnitude L1 (default 0: off)")
+    t.add_argument(
+        "--rise-weight",
+        type=float,
+        help="weight of an L1 between the rises (positive frame-to-frame steps) of the head's log-magnitude and "
+        "of the true one, for attacks as sharp as the true ones, i.e. crisper note onsets with the phase "
+        "vocoder (default 0: off)",
+    )
     t.add_argument("--seed", type=int, help="random seed (default 0)")
     v = p.add_argument_group("architecture (new runs only; defaults: vocoder.VocoderConfig)")
     v.add_argument("--dim", type=int, help="backbone width (default 192)")

@@ -10,7 +10,9 @@ For a vocoder whose synthesis is the phase vocoder (``VocoderConfig.synthesis``,
 the losses see the audio of the head's magnitude with the phase vocoder's phase (:func:`synthesize`),
 and ``magnitude_weight`` adds an L1 between the head's log-magnitude and the true one of its own
 STFT framing (:func:`magnitude_l1`); the bundled vocoder was trained that way without the
-adversarial losses (its model card has the commands).
+adversarial losses (its model card has the commands). ``rise_weight`` adds an L1 between the rises
+along time of the same two log-magnitudes (:func:`magnitude_rise_loss`), for attacks as sharp as the
+true ones.
 
 Commands (in specdiff/commands/vocoder.py):
   specdiff train-vocoder [--audio-dir DIR] [--midi-dir DIR] [--demo-corpus] [--cache-dir DIR] --run-dir RUN ...
@@ -41,8 +43,9 @@ from specdiff.training.vocoder_losses import (
     MultiPeriodDiscriminator,
     MultiResolutionDiscriminator,
     discriminator_loss,
+    floored_log_magnitudes,
     generator_adversarial_loss,
-    magnitude_l1,
+    magnitude_rise_loss,
     mel_l1,
     multi_resolution_stft_loss,
 )
@@ -76,6 +79,8 @@ class VocoderTrainConfig:
     stft_weight: float = 15.0
     # Weight of magnitude_l1 on the head's own log-magnitude (0: off).
     magnitude_weight: float = 0.0
+    # Weight of magnitude_rise_loss on the same log-magnitudes (0: off): sharper magnitude attacks.
+    rise_weight: float = 0.0
     mrd_weight: float = 0.5
     feature_matching_weight: float = 2.0
     grad_clip: float = 100.0
@@ -140,10 +145,16 @@ class VocoderTrainer:
         with torch.set_grad_enabled(c.stft_weight != 0):
             stft_loss = multi_resolution_stft_loss(fake, real)
         g_loss = c.mel_weight * mel_loss + c.stft_weight * stft_loss
+        if c.magnitude_weight or c.rise_weight:  # one STFT of the target for both
+            fake_log, real_log = floored_log_magnitudes(log_magnitude, self.generator.head.stft(real))
         if c.magnitude_weight:
-            magnitude_loss = magnitude_l1(log_magnitude, self.generator.head.stft(real))
+            magnitude_loss = F.l1_loss(fake_log, real_log)  # = magnitude_l1(log_magnitude, stft(real))
             g_loss = g_loss + c.magnitude_weight * magnitude_loss
             logs["loss/magnitude"] = magnitude_loss.item()
+        if c.rise_weight:
+            rise_loss = magnitude_rise_loss(fake_log, real_log)
+            g_loss = g_loss + c.rise_weight * rise_loss
+            logs["loss/rise"] = rise_loss.item()
         if adversarial:
             adv_p, fm_p = generator_adversarial_loss(self.mpd, features_mpd, fake_k)
             adv_r, fm_r = generator_adversarial_loss(self.mrd, features_mrd, fake_k)

@@ -2,9 +2,10 @@
 
 Reconstruction: log-mel L1 through our exact front end (ORIGINAL.md §1) plus a multi-resolution
 STFT loss, and for a phase-vocoder vocoder an L1 on the head's own log-magnitude
-(:func:`magnitude_l1`). Adversarial: hinge losses with feature matching from a multi-period
-discriminator (MPD, HiFi-GAN) and a multi-resolution spectrogram discriminator (MRD, UnivNet/Vocos),
-slimmer than the originals so that a run fits a shared CPU.
+(:func:`magnitude_l1`) and optionally one on its rises along time (:func:`magnitude_rise_loss`).
+Adversarial: hinge losses with feature matching from a multi-period discriminator (MPD, HiFi-GAN)
+and a multi-resolution spectrogram discriminator (MRD, UnivNet/Vocos), slimmer than the originals
+so that a run fits a shared CPU.
 """
 
 from __future__ import annotations
@@ -46,6 +47,16 @@ def multi_resolution_stft_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.
 MAGNITUDE_FLOOR = 1e-5
 
 
+def floored_log_magnitudes(log_magnitude: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the head's log-magnitude ``[B, bins, T]``, ``log |target|``), both floored at :data:`MAGNITUDE_FLOOR`;
+    ``target`` is complex, the head's own framing (:meth:`specdiff.audio.vocoder.ISTFTHead.stft`).
+
+    What :func:`magnitude_l1` and :func:`magnitude_rise_loss` compare (the trainer computes it once).
+    """
+    floor = math.log(MAGNITUDE_FLOOR)
+    return log_magnitude.clamp_min(floor), torch.log(target.abs().clamp_min(MAGNITUDE_FLOOR))
+
+
 def magnitude_l1(log_magnitude: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """L1 between the head's log-magnitude ``[B, bins, T]`` and ``log |target|`` (complex, the head's own
     framing, :meth:`specdiff.audio.vocoder.ISTFTHead.stft`), both floored at :data:`MAGNITUDE_FLOOR`.
@@ -53,8 +64,24 @@ def magnitude_l1(log_magnitude: torch.Tensor, target: torch.Tensor) -> torch.Ten
     This trains the magnitude for the phase-vocoder synthesis (specdiff.audio.phase_vocoder), which takes
     the phase from the magnitude instead of the head; the floor keeps silent bins from dominating.
     """
-    floor = math.log(MAGNITUDE_FLOOR)
-    return F.l1_loss(log_magnitude.clamp_min(floor), torch.log(target.abs().clamp_min(MAGNITUDE_FLOOR)))
+    return F.l1_loss(*floored_log_magnitudes(log_magnitude, target))
+
+
+def magnitude_rise_loss(log_mag_fake: torch.Tensor, log_mag_real: torch.Tensor) -> torch.Tensor:
+    """L1 between the rises of two log-magnitudes ``[..., frames]`` (time last, e.g. ``[B, bins, T]``):
+    the positive parts of their frame-to-frame differences, ``relu(x[..., 1:] - x[..., :-1])``, mean
+    over elements (``T - 1`` differences per bin).
+
+    Why: the network's magnitude attacks come out smoother than the true ones (a rise spread over
+    several frames instead of one step), and the phase-vocoder synthesis turns that into soft note
+    onsets. :func:`magnitude_l1` pays for a late frame only by its level; this loss pays for the size
+    of each frame's jump, so it asks for attacks as sharp as the truth's. Falls (decays, releases) are
+    ignored. Pass both sides floored like :func:`magnitude_l1` (:func:`floored_log_magnitudes`), so
+    that rises out of silence count from the same floor.
+    """
+    rise_fake = F.relu(log_mag_fake[..., 1:] - log_mag_fake[..., :-1])
+    rise_real = F.relu(log_mag_real[..., 1:] - log_mag_real[..., :-1])
+    return F.l1_loss(rise_fake, rise_real)
 
 
 def mel_l1(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
