@@ -124,9 +124,16 @@ def run_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     try:
         records = train(config, resume=args.resume, progress=not args.no_progress)
-    finally:
+    except BaseException:
         if dist.is_initialized():
-            dist.destroy_process_group()
+            dist.destroy_process_group()  # no barrier: the other ranks may never reach it
+        raise
+    if dist.is_initialized():
+        # Why the barrier: a rank that tears its gloo group down while another still has collectives
+        # in flight can abort at exit ("terminate called without an active exception", seen once in
+        # tests/test_train.py's two-process run under a loaded CPU).
+        dist.barrier()
+        dist.destroy_process_group()
     if records and int(os.environ.get("RANK", "0")) == 0:
         print(f"step {records[-1].step}: loss {records[-1].loss:.5f}; run folder {config.out_dir}")
     return 0
