@@ -46,7 +46,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -66,7 +65,12 @@ from specdiff.midi.score_roll import (  # noqa: E402
     add_context_level,
     batch_rolls,
 )
-from specdiff.midi.velocity_roll import DEFAULT_MAX_VELOCITY, velocity_block, velocity_spans  # noqa: E402
+from specdiff.midi.velocity_roll import (  # noqa: E402
+    DEFAULT_MAX_VELOCITY,
+    VelocitySpans,
+    velocity_block,
+    velocity_spans,
+)
 from specdiff.training.prior_fit import ridge_regression  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -82,13 +86,13 @@ LABELS = {"roll": "", "roll + velocity": "velocity", "roll + context level": "co
 QUIET_NAT = -8.0  # frames whose true mean log-mel is below this count as quiet (the issue's measure)
 
 
-def piece_loudness(notes: Any) -> float:
+def piece_loudness(spans: VelocitySpans) -> float:
     """The piece's loudest moment as its notes tell it: ``ln`` of the largest, over frames, sum of
     ``(v / 127)^2`` of the notes sounding in a frame (a drum hit for ``DRUM_DECAY_SPAN`` frames);
     0 for no notes. Why: renders are peak-normalised per piece, so one note of a solo line comes out
     much louder than the same note in a full band; a decoder sees one segment, and this one number
-    of the whole piece says how far the normalisation lifted it."""
-    spans = velocity_spans(notes)
+    of the whole piece says how far the normalisation lifted it. ``spans``: the song's
+    :func:`velocity_spans` (their velocities are absolute; the reference only matters to the columns)."""
     if len(spans.first) == 0:
         return 0.0
     origin = int(spans.first.min())
@@ -111,7 +115,7 @@ def window_indices(dataset: ChunkDataset, count: int, timbre: str | None) -> lis
 
 def windows(dataset: ChunkDataset, indices: list[int], extra: str):
     """``(x [rows, D], y [rows, 128], lengths)`` batches of the windows' valid frames."""
-    spans_cache: dict[int, object] = {}
+    spans_cache: dict[int, VelocitySpans] = {}
     loudness_cache: dict[int, float] = {}
     for start in range(0, len(indices), 32):
         rolls, velocities, targets = [], [], []
@@ -130,9 +134,8 @@ def windows(dataset: ChunkDataset, indices: list[int], extra: str):
         for row, (i, example) in enumerate(zip(items, examples)):
             k, _, target_start, valid = dataset.window(i)
             if k not in spans_cache:
-                notes = dataset.notes(k)
-                spans_cache[k] = velocity_spans(notes)
-                loudness_cache[k] = piece_loudness(notes)
+                spans_cache[k] = velocity_spans(dataset.notes(k))
+                loudness_cache[k] = piece_loudness(spans_cache[k])
             spans = spans_cache[k]  # relative: to the piece's loudest note (the library's velocity columns)
             reference = None if "relative" in extra else 127
             rolls.append(roll[row, :valid, TONAL_FEATURES:])
