@@ -265,6 +265,7 @@ DECODER_EXTENSIONS: dict[str, Any] = {
     "prediction_type": "epsilon",
     "spec_out_bias": False,
     "score_prior": False,
+    "additive_prior": False,
     "timbres": [],
     "input_context_frames": 0,
     "input_skip_frames": 0,
@@ -277,6 +278,9 @@ INPUT_SKIP_KNOTS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9,
 #: Decoder parameters that extensions add zero-initialised, so a warm start from a folder without
 #: them keeps that folder's output (train.Trainer's warm start accepts their absence).
 ZERO_STARTED_DECODER_PARAMETERS = ("timbre_embedding", "timbre_prior", "input_context", "input_skip")
+#: Decoder parameters that extensions add and that must be fitted before training continues from a model
+#: without them (``specdiff.training.prior_fit.fit_additive_prior``, run by ``score_prior_fit``).
+FITTED_DECODER_PARAMETERS = ("additive_prior",)
 
 
 def _check_extensions(
@@ -286,6 +290,7 @@ def _check_extensions(
     input_context_frames: int,
     input_skip_frames: int,
     timbres: Sequence[str],
+    additive_prior: bool = False,
 ) -> None:
     """Raise ValueError for a :class:`FilmDecoder` configuration whose extensions do not fit together."""
     if prediction_type not in PREDICTION_TYPES:
@@ -294,6 +299,11 @@ def _check_extensions(
         raise ValueError(f"score_roll_features must be >= 0, got {score_roll_features}")
     if score_prior and not (int(score_roll_features) and prediction_type == "edm"):
         raise ValueError("score_prior needs score_roll_features > 0 and prediction_type 'edm'")
+    if additive_prior:
+        from specdiff.midi.score_roll import EXTENDED_ROLL_FEATURES
+
+        if not score_prior or int(score_roll_features) < EXTENDED_ROLL_FEATURES:
+            raise ValueError("additive_prior needs score_prior and an extended roll layout (score_roll_features >= 7121)")
     for key, frames in (("input_context_frames", int(input_context_frames)),
                         ("input_skip_frames", int(input_skip_frames))):  # fmt: skip
         if frames < 0 or (frames and frames % 2 == 0):
@@ -328,6 +338,11 @@ class FilmDecoder(ConfigMixin, nn.Module):
       instead of having to build the roll -> spectrogram map through all its layers (a closed-form
       linear fit of that map scores far above a decoder trained for hundreds of steps:
       ``benchmarks/results/trainability.md``).
+    - ``additive_prior`` (needs ``score_prior`` and an extended roll layout): a second prior term, an
+      additive synthesiser that sums each sounding note's power spectrum
+      (:class:`specdiff.models.additive_prior.AdditivePrior`), added to the linear one. Why: the linear
+      map adds the notes' *log* spectra, which overshoots dense frames and undershoots sparse ones
+      (``benchmarks/results/additive_prior.md``).
     - ``timbres`` (a list of names, e.g. SoundFont names): timbre conditioning. A learned vector
       per timbre (``timbre_embedding``) is added to every frame of the decoder input, and with
       the score prior a learned log-mel offset per timbre (``timbre_prior``) to the prior, so
@@ -358,6 +373,7 @@ class FilmDecoder(ConfigMixin, nn.Module):
         "score_roll_features": int,
         "spec_out_bias": bool,
         "score_prior": bool,
+        "additive_prior": bool,
         "timbres": lambda names: [str(name) for name in names],
         "input_context_frames": int,
         "input_skip_frames": int,
@@ -384,10 +400,12 @@ class FilmDecoder(ConfigMixin, nn.Module):
         timbres: Sequence[str] = (),
         input_context_frames: int = 0,
         input_skip_frames: int = 0,
+        additive_prior: bool = False,
     ) -> None:
         super().__init__()
         _check_extensions(
-            prediction_type, score_roll_features, score_prior, input_context_frames, input_skip_frames, self.timbres
+            prediction_type, score_roll_features, score_prior, input_context_frames, input_skip_frames, self.timbres,
+            additive_prior,
         )
         self.conditioning_emb = nn.Sequential(
             nn.Linear(d_model, d_model * 4, bias=False),
@@ -411,6 +429,11 @@ class FilmDecoder(ConfigMixin, nn.Module):
         self.score_prior_projection = None
         if score_prior:
             self.score_prior_projection = nn.Linear(int(score_roll_features), input_dims)
+        self.additive_prior = None
+        if additive_prior:
+            from specdiff.models.additive_prior import AdditivePrior
+
+            self.additive_prior = AdditivePrior(int(score_roll_features), input_dims)
         self.timbre_embedding = self.timbre_prior = None
         if timbres:
             self.timbre_embedding = nn.Embedding(len(timbres), d_model)
@@ -434,6 +457,8 @@ class FilmDecoder(ConfigMixin, nn.Module):
         for table in (self.timbre_embedding, self.timbre_prior, self.input_context, self.input_skip):
             if table is not None:  # start as the model without them (warm starts keep their output)
                 nn.init.zeros_(table.weight)
+        if self.additive_prior is not None and self.additive_prior.context_level is not None:
+            nn.init.zeros_(self.additive_prior.context_level.weight)  # a gain that starts at 0 dB
 
     @property
     def prediction_type(self) -> str:
@@ -530,6 +555,8 @@ class FilmDecoder(ConfigMixin, nn.Module):
                 both = self.project_score_roll(score_roll, torch.cat([weights, prior_layer.weight]))
                 frames, prior = both.split([weights.shape[0], prior_layer.out_features], dim=-1)
                 prior = prior + prior_layer.bias
+                if self.additive_prior is not None:
+                    prior = prior + self.additive_prior(score_roll).to(prior.dtype)
         elif score_roll is not None:
             raise ValueError("this decoder has no score conditioning (score_roll_features = 0)")
         if self.timbre_embedding is not None:

@@ -35,6 +35,12 @@ class TrainConfig:
     # score prior in closed form (ridge regression of the target on the roll's shared columns) on N
     # training windows before step 1.
     score_prior_fit: int = 0
+    # decoders with model.additive_prior=true: score_prior_fit fits the additive prior and the linear one
+    # together by Adam (prior_fit.fit_additive_prior) instead of the ridge fit, on the first
+    # min(score_prior_fit, additive_prior_fit_windows) windows (their rolls are held in memory, ~3.7 MB
+    # each), for additive_prior_fit_steps steps of 4096 frames.
+    additive_prior_fit_windows: int = 600
+    additive_prior_fit_steps: int = 400
     # N > 0 (decoders with model.input_skip_frames, new runs and warm starts): fit the input_skip maps in
     # closed form on N training windows before step 1 (train.fit_input_skip).
     input_skip_fit: int = 0

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from specdiff.atomic import atomic_write_text
 from specdiff.errors import ModelError, SpecdiffError
-from specdiff.models.decoder import ZERO_STARTED_DECODER_PARAMETERS
+from specdiff.models.decoder import FITTED_DECODER_PARAMETERS, ZERO_STARTED_DECODER_PARAMETERS
 from specdiff.models.presets import build_models
 from specdiff.training.batches import ShardedCounterSampler, _CounterDataset, collate_counted, open_datasets
 from specdiff.training.checkpoints import (
@@ -68,7 +68,7 @@ from specdiff.training.objective import (
     parse_rollout_steps,
 )
 from specdiff.training.optim import EMA, build_optimizer
-from specdiff.training.prior_fit import fit_input_skip, fit_score_prior
+from specdiff.training.prior_fit import fit_additive_prior, fit_input_skip, fit_score_prior
 from specdiff.training.validation import _autocast, _to_device, sample_spectrogram, validation_loss
 from specdiff.training.warm_start import _widen_roll_weights, pipeline_folder_state_dict
 
@@ -191,7 +191,15 @@ class Trainer:
         """The closed-form fits the config asks for, the prior first, since the input skip sees the
         noisy input less the prior; the EMA restarts from each fit."""
         config = self.config
-        if config.score_prior_fit > 0:
+        if config.score_prior_fit > 0 and self.model.decoder.additive_prior is not None:
+            windows = min(config.score_prior_fit, config.additive_prior_fit_windows)
+            before, after = fit_additive_prior(self.model.decoder, train_set, windows, config.additive_prior_fit_steps,
+                                               mask_padding=config.mask_padding, seed=config.seed)  # fmt: skip
+            self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)  # the EMA starts from the fit
+            if self.ctx.is_main:
+                print(f"additive + linear score prior fitted on {windows} windows: L1 {before:.4f} -> {after:.4f}",
+                      flush=True)  # fmt: skip
+        elif config.score_prior_fit > 0:
             error = fit_score_prior(
                 self.model.decoder, train_set, config.score_prior_fit, mask_padding=config.mask_padding
             )
@@ -244,6 +252,12 @@ class Trainer:
         # keeps their zero start, so it begins with the folder's output.
         prefixes = tuple(f"decoder.{name}." for name in ZERO_STARTED_DECODER_PARAMETERS)
         added = {k for k in self.model.state_dict() if k.startswith(prefixes)}
+        # Extensions that are fitted before step 1 (the additive prior) may be absent too, if they are fitted.
+        fitted = tuple(f"decoder.{name}." for name in FITTED_DECODER_PARAMETERS)
+        added_fitted = {k for k in self.model.state_dict() if k.startswith(fitted)} - set(state["model"])
+        if added_fitted and self.config.score_prior_fit <= 0:
+            raise ModelError(f"{path} has no additive prior: fit one with --set score_prior_fit=N")
+        added |= added_fitted
         missing = added - set(state["model"])
         state, widened = _widen_roll_weights(state, self.model.state_dict())
         try:

@@ -1,0 +1,119 @@
+"""The additive score prior: each sounding note's spectrum, summed as power (a decoder extension).
+
+The linear score prior (``FilmDecoder``'s ``score_prior_projection``) maps a frame's roll to a log-mel
+estimate with one matrix, so the notes of a chord add their *log* spectra: a frame with a kick, a bass
+note and a four-note chord gets six log offsets stacked on each other, where the audio's spectrum is the
+*sum* of six spectra (about the loudest one in each band). A least-squares fit of that map overshoots
+dense frames and undershoots sparse ones (measured: its loudest frames come out 6-10 dB over the render,
+``benchmarks/results/additive_prior.md``).
+
+This module is a small additive synthesiser instead. Each tonal roll feature (kind ``onset`` / ``sustain``
+/ ``decay`` of a family and a pitch, ``specdiff.midi.score_roll``) contributes the power spectrum
+``exp(P[kind, pitch] + F[kind, family] + a * v_family)``: a per-pitch log template, a per-family log
+colour, and the family's relative log velocity (the roll's velocity columns) times a per-band slope;
+drum features their own template per drum pitch, the shared per-pitch, per-family and release columns
+one template each. Contributions are weighted by the roll's envelope values, summed with a floor
+(one for frames the roll calls silent, one for the others), and turned into a log-mel by ``0.5 ln``
+(mel magnitudes from summed power). The context-level columns, when the layout has them, add a linear
+log-domain offset (they say how loud the previous segment was, a gain, not a source).
+
+All parameters are in natural-log mel units; :meth:`AdditivePrior.forward` returns the decoder's
+scaled units. ``specdiff.training.prior_fit.fit_additive_prior`` fits it on training windows.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from specdiff.audio.mel import MAX_VALUE, MIN_VALUE
+from specdiff.midi.score_roll import (
+    CONTEXT_LEVEL_FEATURES,
+    CONTEXT_ROLL_FEATURES,
+    DRUM_FEATURES,
+    DRUM_KINDS,
+    EXTENDED_ROLL_FEATURES,
+    NUM_FAMILIES,
+    NUM_PITCHES,
+    SILENT_FEATURE,
+    TONAL_FEATURES,
+    TONAL_KINDS,
+    VELOCITY_ROLL_FEATURES,
+)
+from specdiff.midi.velocity_roll import DRUM_VELOCITY_COLUMN
+
+NAT_PER_UNIT = (MAX_VALUE - MIN_VALUE) / 2.0  # scaled [-1, 1] feature units -> natural-log mel
+#: Shared columns of the extended layout between the drum block and the silent flag: per pitch, per
+#: family and the release decays; each gets one power template.
+SHARED_SOURCE_FEATURES = SILENT_FEATURE - TONAL_FEATURES - DRUM_FEATURES
+#: Initial values (natural-log mel): templates start quiet, the floors at the mel floor's neighbourhood.
+INITIAL_TEMPLATE_NAT = -1.0
+INITIAL_SHARED_NAT = -3.0
+INITIAL_FLOOR_NAT = -10.0
+
+
+class AdditivePrior(nn.Module):
+    """``roll [B, T, F] -> log-mel estimate [B, T, bins]`` in scaled units (see the module docstring).
+
+    ``roll_features``: the roll layout (``score_roll.ROLL_LAYOUTS``; the extended ones only, as the
+    prior needs the ``silent`` flag); the context-level and velocity columns are used when present."""
+
+    def __init__(self, roll_features: int, bins: int = 128) -> None:
+        super().__init__()
+        if roll_features not in (EXTENDED_ROLL_FEATURES, CONTEXT_ROLL_FEATURES, VELOCITY_ROLL_FEATURES):
+            raise ValueError(f"the additive prior needs an extended roll layout, got {roll_features} features")
+        self.roll_features = int(roll_features)
+        # twice the log-magnitude = log power
+        self.pitch_templates = nn.Parameter(torch.full((len(TONAL_KINDS), NUM_PITCHES, bins), 2 * INITIAL_TEMPLATE_NAT))
+        self.family_colours = nn.Parameter(torch.zeros(len(TONAL_KINDS), NUM_FAMILIES, bins))
+        self.drum_templates = nn.Parameter(torch.full((len(DRUM_KINDS), NUM_PITCHES, bins), 2 * INITIAL_TEMPLATE_NAT))
+        self.shared_templates = nn.Parameter(torch.full((SHARED_SOURCE_FEATURES, bins), 2 * INITIAL_SHARED_NAT))
+        self.velocity_slope = nn.Parameter(torch.full((bins,), 2.0))  # log power per unit ln(v / v_max)
+        self.floors = nn.Parameter(torch.full((2, bins), 2 * INITIAL_FLOOR_NAT))  # [sounding, silent]
+        self.context_level = None
+        if roll_features >= CONTEXT_ROLL_FEATURES:
+            self.context_level = nn.Linear(CONTEXT_LEVEL_FEATURES, bins)
+            nn.init.zeros_(self.context_level.weight)
+            nn.init.zeros_(self.context_level.bias)
+
+    def log_power(self, roll: Tensor) -> Tensor:
+        """``[N, F]`` float32 roll rows -> ``[N, bins]`` log power of the summed sources and floor
+        (computed in float32 whatever the parameters' dtype: the sum spans ~20 nat)."""
+        rows = roll.shape[0]
+        kinds, families = len(TONAL_KINDS), NUM_FAMILIES
+        pitch_templates, slope = self.pitch_templates.float(), self.velocity_slope.float()
+        tonal = roll[:, :TONAL_FEATURES].reshape(rows, kinds, families, NUM_PITCHES)
+        if self.roll_features == VELOCITY_ROLL_FEATURES:
+            velocity = roll[:, CONTEXT_ROLL_FEATURES:]
+            family_velocity = velocity[:, :families]
+            drum_velocity = velocity[:, DRUM_VELOCITY_COLUMN : DRUM_VELOCITY_COLUMN + 1]
+        else:
+            family_velocity = roll.new_zeros(rows, families)
+            drum_velocity = roll.new_zeros(rows, 1)
+        # sum over pitches first (the envelope-weighted pitch templates of each kind and family), with the
+        # templates' maximum taken out of the exponential so that it cannot overflow
+        top = pitch_templates.amax(dim=1, keepdim=True).detach()  # [K, 1, bins]
+        per_family = torch.einsum("nkfp,kpb->nkfb", tonal, torch.exp(pitch_templates - top))
+        gain = self.family_colours.float()[None] + top[None] + slope * family_velocity[:, None, :, None]
+        power = (per_family * torch.exp(gain)).sum(dim=(1, 2))
+        drums = roll[:, TONAL_FEATURES : TONAL_FEATURES + DRUM_FEATURES].reshape(rows, len(DRUM_KINDS), NUM_PITCHES)
+        drum_power = torch.einsum("nkp,kpb->nb", drums, torch.exp(self.drum_templates.float()))
+        power = power + drum_power * torch.exp(slope * drum_velocity)
+        power = power + roll[:, TONAL_FEATURES + DRUM_FEATURES : SILENT_FEATURE] @ torch.exp(self.shared_templates.float())
+        silent = roll[:, SILENT_FEATURE : SILENT_FEATURE + 1]
+        floors = torch.exp(self.floors.float())
+        power = power + floors[0] * (1.0 - silent) + floors[1] * silent
+        return torch.log(power)
+
+    def forward(self, roll: Tensor) -> Tensor:
+        """``[..., F]`` roll -> ``[..., bins]`` log-mel estimate in the decoder's scaled units (float32)."""
+        if roll.shape[-1] != self.roll_features:
+            raise ValueError(f"roll has {roll.shape[-1]} features, the additive prior expects {self.roll_features}")
+        lead = roll.shape[:-1]
+        flat = roll.reshape(-1, roll.shape[-1]).float()
+        log_mel = 0.5 * self.log_power(flat)
+        if self.context_level is not None:
+            context = flat[:, EXTENDED_ROLL_FEATURES:CONTEXT_ROLL_FEATURES]
+            log_mel = log_mel + context @ self.context_level.weight.float().T + self.context_level.bias.float()
+        log_mel = log_mel.clamp(MIN_VALUE, MAX_VALUE)
+        return ((log_mel - MIN_VALUE) / NAT_PER_UNIT - 1.0).reshape(*lead, -1)

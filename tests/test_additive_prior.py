@@ -1,0 +1,143 @@
+"""The additive score prior: hand-computed spectra of one and two notes, the decoder option, its fit."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from specdiff.audio.mel import MAX_VALUE, MIN_VALUE
+from specdiff.midi.reader import Note
+from specdiff.midi.score_roll import (
+    CONTEXT_ROLL_FEATURES,
+    EXTENDED_ROLL_FEATURES,
+    ROLL_FEATURES,
+    SILENT_FEATURE,
+    VELOCITY_ROLL_FEATURES,
+    batch_rolls,
+    drum_feature,
+    pitch_feature,
+    tonal_feature,
+)
+from specdiff.midi.tokenizer import notes_to_segments
+from specdiff.models.additive_prior import AdditivePrior
+from specdiff.models.decoder import DECODER_EXTENSIONS, FilmDecoder
+
+torch.set_num_threads(1)
+TINY = dict(d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=48)
+NAT_PER_UNIT = (MAX_VALUE - MIN_VALUE) / 2
+
+
+def _nat(scaled: torch.Tensor) -> np.ndarray:
+    return (MIN_VALUE + (scaled.detach().double().numpy() + 1.0) * NAT_PER_UNIT)
+
+
+def _prior(layout: int = VELOCITY_ROLL_FEATURES) -> AdditivePrior:
+    prior = AdditivePrior(layout)
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for p in (prior.pitch_templates, prior.family_colours, prior.drum_templates, prior.shared_templates):
+            p.copy_(torch.from_numpy(rng.uniform(-3.0, 1.0, p.shape).astype(np.float32)))
+        prior.velocity_slope.fill_(1.5)
+        prior.floors.copy_(torch.tensor([[-16.0] * 128, [-22.0] * 128]))
+    return prior
+
+
+def test_one_note_is_its_template_plus_family_colour_and_velocity():
+    prior = _prior()
+    roll = torch.zeros(1, VELOCITY_ROLL_FEATURES)
+    program, pitch, envelope, velocity = 40, 64, 0.6, math.log(80 / 100)  # a violin (family 5) at 0.6 sustain
+    roll[0, tonal_feature("sustain", program, pitch)] = envelope
+    roll[0, CONTEXT_ROLL_FEATURES + program // 8] = velocity
+    kind = 1  # sustain
+    power = (envelope * np.exp(prior.pitch_templates[kind, pitch].double().detach().numpy()
+                               + prior.family_colours[kind, program // 8].double().detach().numpy() + 1.5 * velocity)
+             + np.exp(-16.0))  # fmt: skip
+    expected = np.clip(0.5 * np.log(power), MIN_VALUE, MAX_VALUE)
+    assert np.allclose(_nat(prior(roll))[0], expected, atol=1e-4)
+
+
+def test_notes_add_as_power_not_as_log_spectra():
+    prior = _prior()
+    with torch.no_grad():
+        prior.family_colours.zero_()
+        prior.pitch_templates[:, 60].fill_(2.0)  # log power 2: log-mel 1.0 per note
+        prior.pitch_templates[:, 67].fill_(2.0)
+    one, two = torch.zeros(1, VELOCITY_ROLL_FEATURES), torch.zeros(1, VELOCITY_ROLL_FEATURES)
+    one[0, tonal_feature("sustain", 0, 60)] = 1.0
+    two[0, tonal_feature("sustain", 0, 60)] = two[0, tonal_feature("sustain", 0, 67)] = 1.0
+    gain = _nat(prior(two)) - _nat(prior(one))
+    assert np.allclose(gain, 0.5 * math.log(2.0), atol=1e-3)  # 3 dB, where log spectra would add 1.0 nat
+
+
+def test_silent_frames_sit_on_their_floor_and_drums_have_templates():
+    prior = _prior()
+    silent = torch.zeros(1, VELOCITY_ROLL_FEATURES)
+    silent[0, SILENT_FEATURE] = 1.0
+    assert np.allclose(_nat(prior(silent)), -11.0, atol=1e-4)  # 0.5 * -22
+    kick = torch.zeros(1, VELOCITY_ROLL_FEATURES)
+    kick[0, drum_feature("onset", 36)] = 1.0
+    expected = 0.5 * np.log(np.exp(prior.drum_templates[0, 36].double().detach().numpy()) + np.exp(-16.0))
+    assert np.allclose(_nat(prior(kick))[0], np.clip(expected, MIN_VALUE, MAX_VALUE), atol=1e-4)
+    with pytest.raises(ValueError, match="extended roll layout"):
+        AdditivePrior(ROLL_FEATURES)
+
+
+def test_decoder_option_defaults_to_off_and_round_trips_through_its_config():
+    assert DECODER_EXTENSIONS["additive_prior"] is False
+    assert "additive_prior" not in FilmDecoder(**TINY).config  # an original config is unchanged
+    with pytest.raises(ValueError, match="additive_prior"):
+        FilmDecoder(**TINY, score_roll_features=EXTENDED_ROLL_FEATURES, prediction_type="edm", additive_prior=True)
+    kw = dict(**TINY, score_roll_features=EXTENDED_ROLL_FEATURES, prediction_type="edm", score_prior=True,
+              additive_prior=True)  # fmt: skip
+    decoder = FilmDecoder(**kw)
+    config = json.loads(json.dumps(decoder.config))
+    assert config["additive_prior"] is True
+    rebuilt = FilmDecoder.from_config(config)
+    rebuilt.load_state_dict(decoder.state_dict())  # strict: the same keys
+    assert rebuilt.additive_prior is not None and rebuilt.additive_prior.context_level is None
+
+
+def test_fit_recovers_power_summed_note_spectra():
+    """Targets made as the power sum of one random spectrum per pitch: the fitted prior gets within a
+    fraction of the L1 that the linear (log-domain) ridge fit of the same frames leaves."""
+    from specdiff.training.prior_fit import fit_additive_prior, fit_score_prior
+
+    rng = np.random.default_rng(1)
+    template = rng.uniform(-4.0, 1.0, (128, 128))  # log-mel (nat) per pitch
+
+    class Windows:
+        def __init__(self):
+            self.items = []
+            for _ in range(24):
+                notes = [Note(int(rng.integers(40, 80)), float(s), float(s + rng.uniform(0.3, 1.5)), 100, 0, False)
+                         for s in rng.uniform(0, 4.5, 8)]  # fmt: skip
+                tokens = torch.tensor(notes_to_segments(notes, 5.12)[0])
+                roll = batch_rolls(tokens[None], 256, EXTENDED_ROLL_FEATURES)[0].double().numpy()
+                sustain = roll[:, pitch_feature("sustain", 0) : pitch_feature("sustain", 0) + 128]
+                nat = 0.5 * np.log((sustain > 0) @ np.exp(2 * template) + np.exp(2 * MIN_VALUE))
+                target = (np.clip(nat, MIN_VALUE, MAX_VALUE) - MIN_VALUE) / NAT_PER_UNIT - 1.0
+                self.items.append(dict(tokens=tokens, context=torch.zeros(256, 128),
+                                       context_mask=torch.zeros(256, dtype=torch.bool),
+                                       target=torch.from_numpy(target.astype(np.float32))))  # fmt: skip
+
+        def __getitem__(self, i):
+            return self.items[i]
+
+    windows = Windows()
+    linear = FilmDecoder(**TINY, score_roll_features=EXTENDED_ROLL_FEATURES, prediction_type="edm", score_prior=True)
+    ridge_error = fit_score_prior(linear, windows, 24, ridge=1e-3, batch_size=8)
+    decoder = FilmDecoder(**TINY, score_roll_features=EXTENDED_ROLL_FEATURES, prediction_type="edm", score_prior=True,
+                          additive_prior=True)  # fmt: skip
+    before, after = fit_additive_prior(decoder, windows, 24, steps=300, rows_per_step=1024, batch_size=8)
+    assert after < 0.6 * ridge_error, (after, ridge_error)
+    # the fit lives in the decoder: its prior on a window is the fitted estimate
+    item = windows[0]
+    roll = batch_rolls(item["tokens"][None], 256, EXTENDED_ROLL_FEATURES)
+    with torch.no_grad():
+        estimate = decoder.additive_prior(roll)[0] + roll[0] @ decoder.score_prior_projection.weight.T \
+            + decoder.score_prior_projection.bias  # fmt: skip
+    assert float((estimate - item["target"]).abs().mean()) < 0.6 * ridge_error
