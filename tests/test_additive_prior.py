@@ -114,7 +114,7 @@ def test_fit_recovers_power_summed_note_spectra():
             self.items = []
             for _ in range(24):
                 notes = [Note(int(rng.integers(40, 80)), float(s), float(s + rng.uniform(0.3, 1.5)), 100, 0, False)
-                         for s in rng.uniform(0, 4.5, 8)]  # fmt: skip
+                         for s in rng.uniform(0, 4.5, 16)]  # fmt: skip
                 tokens = torch.tensor(notes_to_segments(notes, 5.12)[0])
                 roll = batch_rolls(tokens[None], 256, EXTENDED_ROLL_FEATURES)[0].double().numpy()
                 sustain = roll[:, pitch_feature("sustain", 0) : pitch_feature("sustain", 0) + 128]
@@ -132,7 +132,7 @@ def test_fit_recovers_power_summed_note_spectra():
     ridge_error = fit_score_prior(linear, windows, 24, ridge=1e-3, batch_size=8)
     decoder = FilmDecoder(**TINY, score_roll_features=EXTENDED_ROLL_FEATURES, prediction_type="edm", score_prior=True,
                           additive_prior=True)  # fmt: skip
-    before, after = fit_additive_prior(decoder, windows, 24, steps=300, rows_per_step=1024, batch_size=8)
+    before, after = fit_additive_prior(decoder, windows, 24, steps=300, rows_per_step=512, batch_size=8)
     assert after < 0.6 * ridge_error, (after, ridge_error)
     # the fit lives in the decoder: its prior on a window is the fitted estimate
     item = windows[0]

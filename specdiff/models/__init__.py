@@ -13,7 +13,8 @@ Parameter names and shapes equal the official diffusers checkpoint
 Constructor keyword arguments equal the keys of each subfolder's ``config.json``: each network records
 them as ``config`` (``config.register_to_config``) and is rebuilt by ``from_config``.
 
-Modules: ``config`` (the config helper), ``layers`` (shared blocks), ``encoders``, ``decoder``,
+Modules: ``config`` (the config helper), ``layers`` (shared blocks), ``encoders``, ``decoder`` (with
+``additive_prior``, one of its extensions),
 ``initialisation``, ``presets``.
 Importing this package imports none of its modules.
 """

@@ -109,10 +109,13 @@ def fit_additive_prior(
     with the linear prior's shared columns, its bias and the per-timbre prior offsets, by Adam on the L1 of
     the prior against each frame's target log-mel, over the first ``windows`` items of ``dataset``
     (``steps`` steps of ``rows_per_step`` random frames, cosine learning rate). The linear part starts at
-    zero (a sum of power spectra and a log-linear correction are fitted as one). Unlike the ridge fit
+    zero (a sum of power spectra and a log-linear correction are fitted as one); every parameter is
+    stepped in natural-log units, as the additive prior's own (in the decoder's scaled units the linear
+    part's steps would be 7.8x larger: measured, held-out x0 L1 1.128 instead of 1.018 nat). Unlike the ridge fit
     this is not closed form: the power sum is not linear in its parameters. Returns ``(L1 before,
     L1 after)`` in scaled units on those frames (before: the decoder's linear prior as it was). ``mask_padding``: frames past the piece end are left out."""
     from specdiff.midi.score_roll import TONAL_FEATURES
+    from specdiff.models.additive_prior import NAT_PER_UNIT
 
     prior, linear = decoder.additive_prior, decoder.score_prior_projection
     if prior is None or linear is None:
@@ -140,7 +143,7 @@ def fit_additive_prior(
 
     def estimate(index: Tensor, additive: bool = True) -> Tensor:
         roll = roll_rows[index].float()
-        linear_part = roll[:, TONAL_FEATURES:] @ shared + bias + offsets[timbre_rows[index]]
+        linear_part = (roll[:, TONAL_FEATURES:] @ shared + bias + offsets[timbre_rows[index]]) / NAT_PER_UNIT
         return prior(roll) + linear_part if additive else linear_part
 
     def error(additive: bool = True) -> float:
@@ -150,10 +153,10 @@ def fit_additive_prior(
         return total / target_rows.numel()
 
     with torch.no_grad():  # the linear prior as it stands, for the report
-        shared.copy_(linear.weight[:, TONAL_FEATURES:].T.float())
-        bias.copy_(linear.bias.float())
+        shared.copy_(linear.weight[:, TONAL_FEATURES:].T.float() * NAT_PER_UNIT)
+        bias.copy_(linear.bias.float() * NAT_PER_UNIT)
         if decoder.timbre_prior is not None:
-            offsets.copy_(decoder.timbre_prior.weight.float())
+            offsets.copy_(decoder.timbre_prior.weight.float() * NAT_PER_UNIT)
         before = error(additive=False)
         for value in (shared, bias, offsets):
             value.zero_()
@@ -172,10 +175,10 @@ def fit_additive_prior(
     after = error()
     with torch.no_grad():
         linear.weight.zero_()
-        linear.weight[:, TONAL_FEATURES:] = shared.T.to(linear.weight.dtype)
-        linear.bias.copy_(bias.to(linear.bias.dtype))
+        linear.weight[:, TONAL_FEATURES:] = (shared.T / NAT_PER_UNIT).to(linear.weight.dtype)
+        linear.bias.copy_((bias / NAT_PER_UNIT).to(linear.bias.dtype))
         if decoder.timbre_prior is not None:
-            decoder.timbre_prior.weight.copy_(offsets.to(decoder.timbre_prior.weight.dtype))
+            decoder.timbre_prior.weight.copy_((offsets / NAT_PER_UNIT).to(decoder.timbre_prior.weight.dtype))
     return before, after
 
 
