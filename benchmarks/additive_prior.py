@@ -56,7 +56,9 @@ def estimates(model: FilmDecoder, dataset: ChunkDataset, count: int) -> tuple[to
     guesses, truths, lengths = [], [], []
     for start in range(0, count, 32):
         batch = collate_counted([(i, dataset[i]) for i in range(start, min(count, start + 32))])
-        roll = decoder_score_roll(model, batch["tokens"], batch["context"], batch["context_mask"], batch.get("velocity"))
+        roll = decoder_score_roll(
+            model, batch["tokens"], batch["context"], batch["context_mask"], batch.get("velocity")
+        )
         layer = model.score_prior_projection
         prior = roll @ layer.weight.T + layer.bias
         if model.additive_prior is not None:

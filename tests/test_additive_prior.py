@@ -32,7 +32,7 @@ NAT_PER_UNIT = (MAX_VALUE - MIN_VALUE) / 2
 
 
 def _nat(scaled: torch.Tensor) -> np.ndarray:
-    return (MIN_VALUE + (scaled.detach().double().numpy() + 1.0) * NAT_PER_UNIT)
+    return MIN_VALUE + (scaled.detach().double().numpy() + 1.0) * NAT_PER_UNIT
 
 
 def _prior(layout: int = VELOCITY_ROLL_FEATURES) -> AdditivePrior:

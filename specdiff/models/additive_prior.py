@@ -4,8 +4,8 @@ The linear score prior (``FilmDecoder``'s ``score_prior_projection``) maps a fra
 estimate with one matrix, so the notes of a chord add their *log* spectra: a frame with a kick, a bass
 note and a four-note chord gets six log offsets stacked on each other, where the audio's spectrum is the
 *sum* of six spectra (about the loudest one in each band). A least-squares fit of that map overshoots
-dense frames and undershoots sparse ones (measured: its loudest frames come out 6-10 dB over the render,
-``benchmarks/results/additive_prior.md``).
+dense frames and undershoots sparse ones (measured: the frames it calls loudest come out 0.9 nat, 8 dB,
+over the truth; ``benchmarks/results/additive_prior.md``).
 
 This module is a small additive synthesiser instead. Each tonal roll feature (kind ``onset`` / ``sustain``
 / ``decay`` of a family and a pitch, ``specdiff.midi.score_roll``) contributes the power spectrum
@@ -99,7 +99,9 @@ class AdditivePrior(nn.Module):
         drums = roll[:, TONAL_FEATURES : TONAL_FEATURES + DRUM_FEATURES].reshape(rows, len(DRUM_KINDS), NUM_PITCHES)
         drum_power = torch.einsum("nkp,kpb->nb", drums, torch.exp(self.drum_templates.float()))
         power = power + drum_power * torch.exp(slope * drum_velocity)
-        power = power + roll[:, TONAL_FEATURES + DRUM_FEATURES : SILENT_FEATURE] @ torch.exp(self.shared_templates.float())
+        power = power + roll[:, TONAL_FEATURES + DRUM_FEATURES : SILENT_FEATURE] @ torch.exp(
+            self.shared_templates.float()
+        )
         silent = roll[:, SILENT_FEATURE : SILENT_FEATURE + 1]
         floors = torch.exp(self.floors.float())
         power = power + floors[0] * (1.0 - silent) + floors[1] * silent

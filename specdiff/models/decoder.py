@@ -303,7 +303,9 @@ def _check_extensions(
         from specdiff.midi.score_roll import EXTENDED_ROLL_FEATURES
 
         if not score_prior or int(score_roll_features) < EXTENDED_ROLL_FEATURES:
-            raise ValueError("additive_prior needs score_prior and an extended roll layout (score_roll_features >= 7121)")
+            raise ValueError(
+                "additive_prior needs score_prior and an extended roll layout (score_roll_features >= 7121)"
+            )
     for key, frames in (("input_context_frames", int(input_context_frames)),
                         ("input_skip_frames", int(input_skip_frames))):  # fmt: skip
         if frames < 0 or (frames and frames % 2 == 0):
@@ -404,7 +406,12 @@ class FilmDecoder(ConfigMixin, nn.Module):
     ) -> None:
         super().__init__()
         _check_extensions(
-            prediction_type, score_roll_features, score_prior, input_context_frames, input_skip_frames, self.timbres,
+            prediction_type,
+            score_roll_features,
+            score_prior,
+            input_context_frames,
+            input_skip_frames,
+            self.timbres,
             additive_prior,
         )
         self.conditioning_emb = nn.Sequential(

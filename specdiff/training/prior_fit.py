@@ -111,9 +111,11 @@ def fit_additive_prior(
     (``steps`` steps of ``rows_per_step`` random frames, cosine learning rate). The linear part starts at
     zero (a sum of power spectra and a log-linear correction are fitted as one); every parameter is
     stepped in natural-log units, as the additive prior's own (in the decoder's scaled units the linear
-    part's steps would be 7.8x larger: measured, held-out x0 L1 1.128 instead of 1.018 nat). Unlike the ridge fit
-    this is not closed form: the power sum is not linear in its parameters. Returns ``(L1 before,
-    L1 after)`` in scaled units on those frames (before: the decoder's linear prior as it was). ``mask_padding``: frames past the piece end are left out."""
+    part's steps would be 7.8x larger: measured, held-out x0 L1 1.128 instead of 1.043 nat,
+    ``benchmarks/results/additive_prior.md``). Unlike the ridge fit this is not closed form: the power
+    sum is not linear in its parameters. Returns ``(L1 before, L1 after)`` in scaled units on those
+    frames (before: the decoder's linear prior as it was). ``mask_padding``: frames past the piece end
+    are left out."""
     from specdiff.midi.score_roll import TONAL_FEATURES
     from specdiff.models.additive_prior import NAT_PER_UNIT
 
