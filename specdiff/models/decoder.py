@@ -316,6 +316,13 @@ def _check_extensions(
         raise ValueError(f"timbre names must be unique, got {timbres}")
 
 
+def _additive_prior(roll_features: int, bins: int) -> nn.Module:
+    """The ``additive_prior`` extension's module (imported only by decoders that have one)."""
+    from specdiff.models.additive_prior import AdditivePrior
+
+    return AdditivePrior(roll_features, bins)
+
+
 class FilmDecoder(ConfigMixin, nn.Module):
     """FiLM-conditioned, non-causal T5 decoder that predicts the noise (spec §3.4; ``T5FilmDecoder``).
 
@@ -436,11 +443,6 @@ class FilmDecoder(ConfigMixin, nn.Module):
         self.score_prior_projection = None
         if score_prior:
             self.score_prior_projection = nn.Linear(int(score_roll_features), input_dims)
-        self.additive_prior = None
-        if additive_prior:
-            from specdiff.models.additive_prior import AdditivePrior
-
-            self.additive_prior = AdditivePrior(int(score_roll_features), input_dims)
         self.timbre_embedding = self.timbre_prior = None
         if timbres:
             self.timbre_embedding = nn.Embedding(len(timbres), d_model)
@@ -464,8 +466,8 @@ class FilmDecoder(ConfigMixin, nn.Module):
         for table in (self.timbre_embedding, self.timbre_prior, self.input_context, self.input_skip):
             if table is not None:  # start as the model without them (warm starts keep their output)
                 nn.init.zeros_(table.weight)
-        if self.additive_prior is not None and self.additive_prior.context_level is not None:
-            nn.init.zeros_(self.additive_prior.context_level.weight)  # a gain that starts at 0 dB
+        # built after init_weights, which would redraw its context-level gain (it starts at 0 dB)
+        self.additive_prior = _additive_prior(int(score_roll_features), input_dims) if additive_prior else None
 
     @property
     def prediction_type(self) -> str:

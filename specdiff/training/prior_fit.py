@@ -94,6 +94,30 @@ def fit_score_prior(
     return error / max(count, 1)
 
 
+@torch.no_grad()
+def _prior_fit_rows(
+    decoder: FilmDecoder, dataset: Any, windows: int, batch_size: int, mask_padding: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The rolls (float16), targets and timbre indices of the valid frames of the first ``windows`` items."""
+    rolls, targets, timbres = [], [], []
+    for batch in collated_windows(dataset, range(windows), batch_size):
+        roll = decoder_score_roll(
+            decoder, batch["tokens"], batch["context"], batch["context_mask"], batch.get("velocity")
+        ).flatten(0, 1)
+        target = batch["target"].flatten(0, 1)
+        timbre = batch.get("timbre", torch.zeros(batch["target"].shape[0], dtype=torch.long))
+        timbre = timbre[:, None].expand(-1, batch["target"].shape[1]).reshape(-1)
+        keep = _valid_rows(batch, mask_padding)
+        if keep is not None:
+            roll, target, timbre = roll[keep], target[keep], timbre[keep]
+        rolls.append(roll.half())  # envelope values in [0, 1] and log velocities: half is plenty
+        targets.append(target.float())
+        timbres.append(timbre)
+    if not rolls or sum(len(r) for r in rolls) == 0:
+        raise SpecdiffError("fitting the additive prior needs at least one frame")
+    return torch.cat(rolls), torch.cat(targets), torch.cat(timbres)
+
+
 def fit_additive_prior(
     decoder: FilmDecoder,
     dataset: Any,
@@ -122,23 +146,7 @@ def fit_additive_prior(
     prior, linear = decoder.additive_prior, decoder.score_prior_projection
     if prior is None or linear is None:
         raise SpecdiffError("fitting the additive prior needs a decoder with score_prior and additive_prior")
-    rolls, targets, timbres = [], [], []
-    with torch.no_grad():
-        for batch in collated_windows(dataset, range(windows), batch_size):
-            roll = decoder_score_roll(decoder, batch["tokens"], batch["context"], batch["context_mask"],
-                                      batch.get("velocity")).flatten(0, 1)  # fmt: skip
-            target = batch["target"].flatten(0, 1)
-            timbre = batch.get("timbre", torch.zeros(batch["target"].shape[0], dtype=torch.long))
-            timbre = timbre[:, None].expand(-1, batch["target"].shape[1]).reshape(-1)
-            keep = _valid_rows(batch, mask_padding)
-            if keep is not None:
-                roll, target, timbre = roll[keep], target[keep], timbre[keep]
-            rolls.append(roll.half())  # envelope values in [0, 1] and log velocities: half is plenty
-            targets.append(target.float())
-            timbres.append(timbre)
-    roll_rows, target_rows, timbre_rows = torch.cat(rolls), torch.cat(targets), torch.cat(timbres)
-    if len(roll_rows) == 0:
-        raise SpecdiffError("fitting the additive prior needs at least one frame")
+    roll_rows, target_rows, timbre_rows = _prior_fit_rows(decoder, dataset, windows, batch_size, mask_padding)
     shared = torch.nn.Parameter(torch.zeros(roll_rows.shape[1] - TONAL_FEATURES, linear.out_features))
     bias = torch.nn.Parameter(torch.zeros(linear.out_features))
     offsets = torch.nn.Parameter(torch.zeros(len(decoder.timbres) or 1, linear.out_features))
