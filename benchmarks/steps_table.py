@@ -60,14 +60,16 @@ COLUMNS = (
 )
 
 
-def midi_files(which: str, pieces: int, folder: Path) -> list[Path]:
+def midi_files(which: str, pieces: int, folder: Path, split: str = "test") -> list[Path]:
+    """The first ``pieces`` MIDI files of a held-out ``split`` ("test", or "validation" to choose
+    settings without looking at the test pieces) of the generated idioms or the demo corpus."""
     if which == "idioms":
         from specdiff.data.idioms import write_split
 
-        return write_split(folder / "idioms_midi", "test")[:pieces]
+        return write_split(folder / "idioms_midi", split)[:pieces]
     from specdiff.data.corpus import demo_midi_files
 
-    return demo_midi_files("test")[:pieces]
+    return demo_midi_files(split)[:pieces]
 
 
 def model_folder(model: str, tmp: Path, prior_alone: bool = False) -> Path:
@@ -154,6 +156,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="*")
     parser.add_argument("--set", choices=("idioms", "demo"), default="idioms")
+    parser.add_argument("--split", choices=("test", "validation"), default="test",
+                        help="held-out split (validation: for choosing sampler settings)")  # fmt: skip
     parser.add_argument("--pieces", type=int, default=8)
     parser.add_argument("--max-seconds", type=float, default=20.0)
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 4, 16])
@@ -181,11 +185,11 @@ def main() -> int:
     results = json.loads(out_json.read_text()) if out_json.is_file() else []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        files = midi_files(args.set, args.pieces, tmp)
+        files = midi_files(args.set, args.pieces, tmp, args.split)
         if args.yardstick:
             started = time.time()
             summary = yardstick(files, args.max_seconds)
-            results.append({"model": "FluidR3_GM render", "set": args.set, "pieces": len(files), "steps": None,
+            results.append({"model": "FluidR3_GM render", "set": args.set if args.split == "test" else f"{args.set} ({args.split})", "pieces": len(files), "steps": None,
                             "summary": summary, "seconds": time.time() - started})  # fmt: skip
             print(results[-1], flush=True)
         for model in args.models:
@@ -210,7 +214,7 @@ def main() -> int:
                         label += f", guidance {args.guidance:g}"
                     if args.final_noise_time:
                         label += f", final t {args.final_noise_time:g}"
-                    results.append({"model": label, "set": args.set, "pieces": len(files), "steps": steps,
+                    results.append({"model": label, "set": args.set if args.split == "test" else f"{args.set} ({args.split})", "pieces": len(files), "steps": steps,
                                     "timbre": args.timbre, "summary": summary,
                                     "seconds": time.time() - started})  # fmt: skip
                     print(label, steps, {k: round(summary.get(k, float("nan")), 3) for k, _, _ in COLUMNS
