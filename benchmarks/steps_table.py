@@ -186,10 +186,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         files = midi_files(args.set, args.pieces, tmp, args.split)
+        set_label = args.set if args.split == "test" else f"{args.set} ({args.split})"
         if args.yardstick:
             started = time.time()
             summary = yardstick(files, args.max_seconds)
-            results.append({"model": "FluidR3_GM render", "set": args.set if args.split == "test" else f"{args.set} ({args.split})", "pieces": len(files), "steps": None,
+            results.append({"model": "FluidR3_GM render", "set": set_label, "pieces": len(files), "steps": None,
                             "summary": summary, "seconds": time.time() - started})  # fmt: skip
             print(results[-1], flush=True)
         for model in args.models:
@@ -214,7 +215,7 @@ def main() -> int:
                         label += f", guidance {args.guidance:g}"
                     if args.final_noise_time:
                         label += f", final t {args.final_noise_time:g}"
-                    results.append({"model": label, "set": args.set if args.split == "test" else f"{args.set} ({args.split})", "pieces": len(files), "steps": steps,
+                    results.append({"model": label, "set": set_label, "pieces": len(files), "steps": steps,
                                     "timbre": args.timbre, "summary": summary,
                                     "seconds": time.time() - started})  # fmt: skip
                     print(label, steps, {k: round(summary.get(k, float("nan")), 3) for k, _, _ in COLUMNS
