@@ -113,9 +113,10 @@ class AdditivePrior(nn.Module):
             raise ValueError(f"roll has {roll.shape[-1]} features, the additive prior expects {self.roll_features}")
         lead = roll.shape[:-1]
         flat = roll.reshape(-1, roll.shape[-1]).float()
-        log_mel = 0.5 * self.log_power(flat)
-        if self.context_level is not None:
-            context = flat[:, EXTENDED_ROLL_FEATURES:CONTEXT_ROLL_FEATURES]
-            log_mel = log_mel + context @ self.context_level.weight.float().T + self.context_level.bias.float()
+        with torch.autocast(flat.device.type, enabled=False):  # the power sum stays float32 under bf16 autocast
+            log_mel = 0.5 * self.log_power(flat)
+            if self.context_level is not None:
+                context = flat[:, EXTENDED_ROLL_FEATURES:CONTEXT_ROLL_FEATURES]
+                log_mel = log_mel + context @ self.context_level.weight.float().T + self.context_level.bias.float()
         log_mel = log_mel.clamp(MIN_VALUE, MAX_VALUE)
         return ((log_mel - MIN_VALUE) / NAT_PER_UNIT - 1.0).reshape(*lead, -1)
