@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from specdiff.atomic import atomic_write_text  # noqa: E402
-from specdiff.audio.mel import MAX_VALUE, MIN_VALUE  # noqa: E402
+from specdiff.audio.mel import scale_to_features  # noqa: E402
 from specdiff.data.cache import ChunkDataset  # noqa: E402
 from specdiff.midi.score_roll import VELOCITY_ROLL_FEATURES  # noqa: E402
 from specdiff.models.decoder import FilmDecoder  # noqa: E402
@@ -39,7 +39,6 @@ from specdiff.training.objective import _valid_rows, decoder_score_roll  # noqa:
 from specdiff.training.prior_fit import fit_additive_prior, fit_score_prior  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-NAT_PER_UNIT = (MAX_VALUE - MIN_VALUE) / 2
 QUIET_NAT = -8.0
 LOUD_SHARE = 0.05
 SMALL = dict(d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=48)  # the network is not used: priors only
@@ -69,8 +68,8 @@ def estimates(model: FilmDecoder, dataset: ChunkDataset, count: int) -> tuple[to
         guess, truth = prior.flatten(0, 1), batch["target"].flatten(0, 1)
         if keep is not None:
             guess, truth = guess[keep], truth[keep]
-        guesses.append(MIN_VALUE + (guess.clamp(-1, 1) + 1) * NAT_PER_UNIT)
-        truths.append(MIN_VALUE + (truth + 1) * NAT_PER_UNIT)
+        guesses.append(scale_to_features(guess, clip=True))
+        truths.append(scale_to_features(truth))
         valid = batch.get("target_valid")
         lengths += [int(v) for v in valid] if valid is not None else [batch["target"].shape[1]] * len(batch["target"])
     return torch.cat(guesses).double(), torch.cat(truths).double(), lengths

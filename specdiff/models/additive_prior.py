@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from specdiff.audio.mel import MAX_VALUE, MIN_VALUE
+from specdiff.audio.mel import MAX_VALUE, MIN_VALUE, scale_features
 from specdiff.midi.score_roll import (
     CONTEXT_LEVEL_FEATURES,
     CONTEXT_ROLL_FEATURES,
@@ -118,5 +118,4 @@ class AdditivePrior(nn.Module):
             if self.context_level is not None:
                 context = flat[:, EXTENDED_ROLL_FEATURES:CONTEXT_ROLL_FEATURES]
                 log_mel = log_mel + context @ self.context_level.weight.float().T + self.context_level.bias.float()
-        log_mel = log_mel.clamp(MIN_VALUE, MAX_VALUE)
-        return ((log_mel - MIN_VALUE) / NAT_PER_UNIT - 1.0).reshape(*lead, -1)
+        return scale_features(log_mel, clip=True).reshape(*lead, -1)
