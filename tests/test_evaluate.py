@@ -374,3 +374,29 @@ def test_files_that_cannot_be_synthesized_are_skipped_and_listed(songs, model_di
     assert args.func(args) == 0
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("specdiff: evaluated 1 piece(s); skipped 2: b_empty.mid (MIDI file has no notes)")
+
+
+def test_a_cut_after_a_long_rest_plays_no_phantom_ties(tmp_path):
+    """The MT3 tie quirk (a segment after the song's last event lists the notes that ended there)
+    must not reach a cut piece whose notes resume after the cut: the segment inside the rest has
+    an empty tie section, as in the whole song."""
+    import pretty_midi
+
+    from specdiff.midi.tokenizer import EOS_ID, PAD_ID, TIE_ID, notes_to_segments
+
+    midi = pretty_midi.PrettyMIDI()
+    piano = pretty_midi.Instrument(program=0)
+    piano.notes.append(pretty_midi.Note(velocity=100, pitch=60, start=0.5, end=1.5))
+    piano.notes.append(pretty_midi.Note(velocity=100, pitch=64, start=14.0, end=15.0))
+    midi.instruments.append(piano)
+    path = tmp_path / "rest.mid"
+    midi.write(str(path))
+
+    piece = ev.prepare_piece(path, max_seconds=10.0)
+    assert [(n.pitch, n.start, n.end) for n in piece.notes] == [(60, 0.5, 1.5)]
+    assert len(piece.tokenized.segments) == 2  # 10 s: 501 frames
+    second = [t for t in piece.tokenized.segments[1] if t != PAD_ID]
+    assert second == [TIE_ID, EOS_ID]  # nothing held at 5.12 s, no events before 10.24 s
+    # The cut notes tokenized alone carry the quirk: pitch 60 tied into the silent segment.
+    quirk = [t for t in notes_to_segments(piece.notes, 10.0)[1] if t != PAD_ID]
+    assert quirk != second and TIE_ID in quirk and len(quirk) > 2

@@ -134,16 +134,28 @@ class Piece:
 
 def prepare_piece(midi: Path, max_seconds: float | None = None) -> Piece:
     """Read and tokenize ``midi``; with ``max_seconds`` keep only the notes that start before it,
-    ending any still sounding there (so the model and the transcription see the same music)."""
+    ending any still sounding there (the notes the transcription is scored against), and the whole
+    song's first segments up to it (what the model plays; its output is cropped there).
+
+    Why the whole song's tokens and not those of the cut notes: the token codec keeps an MT3 quirk
+    (docs/ORIGINAL.md §2.3): a segment that starts after the song's last event lists, in its tie
+    section, the notes that ended at that last event, as if they were still held. Tokenizing the cut
+    notes made every segment after a long rest before the cut such a segment, and the model played
+    the phantom ties where the reference (the whole song's render, cut) is silent (a 20 s idioms
+    validation piece whose notes resume at 24.6 s: -2 nat where the render is at the floor, -11.5).
+    In the whole song later events exist, so the tie sections are the notes really sounding."""
     from specdiff.midi.reader import midi_to_notes
-    from specdiff.midi.tokenizer import TokenizedMidi, notes_to_segments
+    from specdiff.constants import SEGMENT_FRAMES
+    from specdiff.midi.tokenizer import TokenizedMidi, notes_to_segments, num_frames_for
 
     notes, total_time = midi_to_notes(midi)
+    segments = notes_to_segments(notes, total_time)
     cut = None
     if max_seconds is not None and total_time > max_seconds:
         notes = [replace(n, end=min(n.end, max_seconds)) for n in notes if n.start < max_seconds]
         total_time = cut = float(max_seconds)
-    return Piece(midi, notes, TokenizedMidi(notes_to_segments(notes, total_time), total_time, notes), cut)
+        segments = segments[: -(-num_frames_for(total_time) // SEGMENT_FRAMES)]
+    return Piece(midi, notes, TokenizedMidi(segments, total_time, notes), cut)
 
 
 def _prepare_pieces(
