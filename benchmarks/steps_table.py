@@ -152,6 +152,17 @@ def yardstick(files: list[Path], max_seconds: float, other: str = "FluidR3_GM") 
     return summary
 
 
+#: What the JSON keeps of each piece, so one piece that dominates a mean (a Fréchet distance
+#: pooled over pieces moves with a single bad one) can be found without re-running.
+PER_PIECE_KEYS = ("generated_f1", "reference_f1", "log_mel_l1", "peak", "max_segment_jump_db",
+                  "reference_max_segment_jump_db", "silence_gap", "rest_gap")  # fmt: skip
+
+
+def per_piece_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`PER_PIECE_KEYS` of one piece's evaluation row, with its name."""
+    return {"piece": row["piece"], **{k: row[k] for k in PER_PIECE_KEYS if k in row}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="*")
@@ -217,6 +228,7 @@ def main() -> int:
                         label += f", final t {args.final_noise_time:g}"
                     results.append({"model": label, "set": set_label, "pieces": len(files), "steps": steps,
                                     "timbre": args.timbre, "summary": summary,
+                                    "per_piece": [per_piece_row(r) for r in res["pieces"]],
                                     "seconds": time.time() - started})  # fmt: skip
                     print(label, steps, {k: round(summary.get(k, float("nan")), 3) for k, _, _ in COLUMNS
                                          if k != "band_offsets"}, flush=True)  # fmt: skip

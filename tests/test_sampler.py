@@ -347,6 +347,20 @@ def test_ddim_final_noise_time_spreads_steps_down_to_it_and_ends_on_its_x0():
         S.make_scheduler("ddim", final_noise_time=1.0)
 
 
+def test_ddim_final_noise_time_near_zero_ends_on_the_first_table_entry():
+    # 0.0001 * 1000 rounds to 0, and index 0 - 1 = -1 would pick the schedule's last entry (t = 1):
+    # the final x0 would divide by sqrt(alpha_bar(1)) ~ 4.5e-5. The grid stops at index 0 instead.
+    sampler = S.make_scheduler("ddim", final_noise_time=0.0001)
+    sampler.set_timesteps(4)
+    # noise times 1, 0.6667, 0.3334, 0.0001 -> table indices round(1000 t) - 1, the last clamped to 0
+    assert [int(t) for t in sampler.timesteps] == [999, 666, 332, 0]
+    z = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+    eps = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2)) * 0.1
+    alphas = sampler.alphas_cumprod
+    last = sampler.step(eps, 0, z)
+    assert torch.allclose(last.prev_sample, ((z - (1 - alphas[0]).sqrt() * eps) / alphas[0].sqrt()).clamp(-1, 1))
+
+
 def test_final_noise_time_comes_from_the_model_folder(tmp_path):
     from specdiff.pipeline.sampling_settings import SamplingSettings, read_sampling_settings, write_sampling_settings
 

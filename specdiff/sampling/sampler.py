@@ -397,7 +397,9 @@ class DDIMSampler:
         self.num_inference_steps = int(num_inference_steps)
         if self.final_noise_time > 0:
             times = np.linspace(1.0, self.final_noise_time, self.num_inference_steps)
-            timesteps = np.round(times * self.num_train_timesteps).astype(np.int64) - 1
+            # Noise times under 1 / (2 num_train_timesteps) would round to index -1, which indexes the
+            # schedule's *last* entry (t = 1); the smallest trained time step is index 0.
+            timesteps = np.maximum(np.round(times * self.num_train_timesteps).astype(np.int64) - 1, 0)
             if len(np.unique(timesteps)) < len(timesteps):
                 from specdiff.errors import SpecdiffError
 
