@@ -154,8 +154,10 @@ def yardstick(files: list[Path], max_seconds: float, other: str = "FluidR3_GM") 
 
 #: What the JSON keeps of each piece, so one piece that dominates a mean (a Fréchet distance
 #: pooled over pieces moves with a single bad one) can be found without re-running.
-PER_PIECE_KEYS = ("generated_f1", "reference_f1", "log_mel_l1", "peak", "max_segment_jump_db",
-                  "reference_max_segment_jump_db", "silence_gap", "rest_gap")  # fmt: skip
+PER_PIECE_KEYS = ("generated_f1", "generated_precision", "generated_recall", "generated_estimated_notes",
+                  "reference_f1", "reference_precision", "reference_recall", "reference_estimated_notes",
+                  "log_mel_l1", "peak", "max_segment_jump_db", "reference_max_segment_jump_db", "silence_gap",
+                  "rest_gap")  # fmt: skip
 
 
 def per_piece_row(row: dict[str, Any]) -> dict[str, Any]:

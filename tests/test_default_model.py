@@ -88,12 +88,15 @@ def test_bundled_model_plays_the_note_it_is_given(pitch, timbre):
     - renders of the same note: onset +13.3 / +14.0 / +13.2 (TimGM6mb), +13.7 / +14.3 / +13.2
       (FluidR3_GM), fifth below +2.2 / +5.1 / +6.2 and +2.1 / +5.1 / +6.8. The rest before the note
       must be quieter than the note by 4.0, 30% of the renders' smallest margin;
-    - the bundled model (run X step 600, with the additive prior; its default 4 DDIM steps ending at
-      noise time 0.97), TimGM6mb / FluidR3_GM: onset +10.4 / +11.4 / +11.7 and +10.0 / +11.4 / +11.7,
-      fifth below +1.30 / +4.08 / +4.39 and +1.13 / +4.14 / +4.39;
-    - the model bundled before it (run W step 600, 4 steps ending at 0.9), either timbre: onset
+    - the bundled model (run Y step 1000, trained on noise times 0.9-1; its default 4 DDIM steps ending
+      at noise time 0.97), TimGM6mb / FluidR3_GM: onset +10.4 / +11.2 / +11.7 and +10.2 / +11.2 / +11.7,
+      fifth below +1.15 / +3.95 / +4.26 and +1.02 / +3.95 / +4.25;
+    - the model bundled before it (run X step 600, with the additive prior; 4 steps ending at 0.97):
+      onset +10.4 / +11.4 / +11.7 and +10.0 / +11.4 / +11.7, fifth below +1.30 / +4.08 / +4.39 and
+      +1.13 / +4.14 / +4.39;
+    - run W step 600 (4 steps ending at 0.9), either timbre: onset
       +9.5..+9.6 / +10.0 / +10.2, fifth below +1.25..+1.33 / +3.40..+3.41 / +1.24;
-    - the model bundled before that (run V step 600, 4 steps): onset +8.6 / +8.2 / +8.6, fifth below
+    - run V step 600 (4 steps): onset +8.6 / +8.2 / +8.6, fifth below
       +1.14..+1.22 / +3.25..+3.26 / +1.34;
     - run F step 1000 (1 step): onset +8.1 / +7.4 / +8.1, fifth below
       +0.78..+0.85 / +2.56..+2.60 / +1.09..+1.12;
