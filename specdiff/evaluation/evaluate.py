@@ -144,8 +144,8 @@ def prepare_piece(midi: Path, max_seconds: float | None = None) -> Piece:
     the phantom ties where the reference (the whole song's render, cut) is silent (a 20 s idioms
     validation piece whose notes resume at 24.6 s: -2 nat where the render is at the floor, -11.5).
     In the whole song later events exist, so the tie sections are the notes really sounding."""
-    from specdiff.midi.reader import midi_to_notes
     from specdiff.constants import SEGMENT_FRAMES
+    from specdiff.midi.reader import midi_to_notes
     from specdiff.midi.tokenizer import TokenizedMidi, notes_to_segments, num_frames_for
 
     notes, total_time = midi_to_notes(midi)
