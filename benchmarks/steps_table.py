@@ -110,19 +110,29 @@ def run_label(path: Path) -> str:
     return path.name
 
 
-def with_final_noise_time(folder: Path, tmp: Path, value: float) -> Path:
-    """A copy of ``folder`` whose sampling.json ends DDIM at noise time ``value``."""
+def with_sampling(folder: Path, tmp: Path, **changes: Any) -> Path:
+    """A copy of ``folder`` whose sampling.json has these fields changed (e.g. ``final_noise_time``)."""
     import dataclasses
     import shutil
 
     from specdiff.pipeline.sampling_settings import read_sampling_settings, write_sampling_settings
 
-    out = tmp / f"final{value:g}_{folder.name}"
+    out = tmp / ("_".join(f"{k}{v}" for k, v in sorted(changes.items())) + f"_{folder.name}")
     if not out.exists():
         shutil.copytree(folder, out)
-        settings = dataclasses.replace(read_sampling_settings(folder), final_noise_time=value)
+        settings = dataclasses.replace(read_sampling_settings(folder), **changes)
         write_sampling_settings(out, settings)
     return out
+
+
+def with_final_noise_time(folder: Path, tmp: Path, value: float) -> Path:
+    """A copy of ``folder`` whose sampling.json ends DDIM at noise time ``value``."""
+    return with_sampling(folder, tmp, final_noise_time=value)
+
+
+def ceiling_argument(text: str) -> float | None:
+    """``--guidance-ceiling``: a number of natural-log mel units, or ``off`` (plain guidance)."""
+    return None if text.lower() in ("off", "none") else float(text)
 
 
 def yardstick(files: list[Path], max_seconds: float, other: str = "FluidR3_GM") -> dict[str, Any]:
@@ -175,7 +185,13 @@ def main() -> int:
     parser.add_argument("--max-seconds", type=float, default=20.0)
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--scheduler", default="ddim")
-    parser.add_argument("--guidance", type=float, default=1.0)
+    parser.add_argument("--guidance", type=float, default=None, help="default: the folder's sampling.json")
+    parser.add_argument(
+        "--guidance-ceiling",
+        type=ceiling_argument,
+        default="keep",
+        help="sampling.json guidance_ceiling (log-mel units, or 'off'; default: the folder's)",
+    )
     parser.add_argument("--timbre", default=None)
     parser.add_argument(
         "--final-noise-time",
@@ -211,6 +227,8 @@ def main() -> int:
                 folder = model_folder(model, tmp, prior)
                 if args.final_noise_time is not None:
                     folder = with_final_noise_time(folder, tmp, args.final_noise_time)
+                if args.guidance_ceiling != "keep":
+                    folder = with_sampling(folder, tmp, guidance_ceiling=args.guidance_ceiling)
                 for steps in [1] if prior else args.steps:
                     started = time.time()
                     res = evaluate(
@@ -224,8 +242,10 @@ def main() -> int:
                         r["reference_max_segment_jump_db"] for r in res["pieces"]
                     )
                     label = run_label(Path(model)) + (" (prior alone)" if prior else "")
-                    if args.guidance != 1.0:
+                    if args.guidance is not None:
                         label += f", guidance {args.guidance:g}"
+                    if args.guidance_ceiling != "keep":
+                        label += f", ceiling {args.guidance_ceiling}"
                     if args.final_noise_time:
                         label += f", final t {args.final_noise_time:g}"
                     results.append({"model": label, "set": set_label, "pieces": len(files), "steps": steps,

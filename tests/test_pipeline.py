@@ -468,3 +468,20 @@ def test_bad_sampling_json_is_a_model_error(pipe, tmp_path, content):
     (folder / SAMPLING_FILE).write_text(content)
     with pytest.raises(ModelError, match="sampling.json"):
         SpectrogramDiffusionPipeline.from_pretrained(folder)
+
+
+def test_the_guidance_ceiling_of_sampling_json_reaches_every_guided_call(segments):
+    from specdiff.audio.mel import MIN_VALUE
+    from specdiff.pipeline.sampling_settings import SamplingSettings
+
+    def pipe_with(ceiling):
+        settings = SamplingSettings("ddim", 2, 2.0, final_noise_time=0.5, guidance_ceiling=ceiling)
+        return SpectrogramDiffusionPipeline(*build_models("tiny", seed=0, **TINY), sampling=settings)
+
+    # A ceiling 100 log-mel units under every bin's conditional maximum leaves nothing but silence
+    # (the x0 estimate is capped far below the [-1, 1] range and clipped to its floor) ...
+    silent = run(pipe_with(-100.0), segments[:1]).audios
+    assert np.allclose(silent, MIN_VALUE)
+    # ... while plain guidance, and any unguided call, make sound.
+    assert not np.allclose(run(pipe_with(None), segments[:1]).audios, MIN_VALUE)
+    assert not np.allclose(run(pipe_with(-100.0), segments[:1], guidance_scale=1.0).audios, MIN_VALUE)

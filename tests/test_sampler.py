@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from specdiff.errors import SpecdiffError
+from specdiff.sampling import diffusion
 from specdiff.sampling import sampler as S
 
 torch.set_num_threads(1)
@@ -316,6 +317,45 @@ def test_guidance_combines_conditional_and_zeroed_unconditional(decoder_and_enco
         uncond = dec([(e * 0, m & False) for e, m in encodings], z, t.reshape(1))
     assert (guided - (2.5 * cond - 1.5 * uncond)).abs().max() < 1e-4
     assert (cond - uncond).abs().max() > 1e-3  # guidance actually changes something
+
+
+def test_cap_guided_x0_caps_each_bin_at_the_conditional_maximum_plus_the_ceiling():
+    # Two frames, three bins. Conditional maxima per bin: 0.2, -0.5, 0.9 (the 1.5 is clipped to 1).
+    cond = torch.tensor([[[0.2, -0.9, 1.5], [-0.4, -0.5, 0.3]]])
+    guided = torch.tensor([[[0.5, -1.0, 0.95], [0.1, -0.45, -0.2]]])
+    capped = S.cap_guided_x0(guided, cond, ceiling=0.0)
+    # Hand-derived: min(guided, per-bin cap (0.2, -0.5, 1.0)).
+    assert torch.equal(capped, torch.tensor([[[0.2, -1.0, 0.95], [0.1, -0.5, -0.2]]]))
+    lowered = S.cap_guided_x0(guided, cond, ceiling=-0.1)  # caps 0.1, -0.6, 0.9
+    assert torch.allclose(lowered, torch.tensor([[[0.1, -1.0, 0.9], [0.1, -0.6, -0.2]]]))
+
+
+def test_capped_guidance_is_plain_guidance_where_nothing_reaches_the_ceiling(decoder_and_encodings):
+    # The combination moves to x0 space to apply the cap; with a ceiling nothing reaches it is the
+    # same affine mix, so the eps must equal plain CFG's.
+    dec, encodings = decoder_and_encodings
+    z, t = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2)), torch.tensor(0.6)
+    with torch.no_grad():
+        plain = S.GuidedDenoiser(dec, encodings, guidance_scale=2.5)(z, t)
+        roomy = S.GuidedDenoiser(dec, encodings, guidance_scale=2.5, guidance_ceiling=1e6)(z, t)
+    assert (plain - roomy).abs().max() < 1e-4
+
+
+def test_capped_guidance_keeps_the_x0_estimate_under_the_conditional_bin_maxima(decoder_and_encodings):
+    dec, encodings = decoder_and_encodings
+    z, t = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3)), torch.tensor(0.6)
+    alpha, sigma = (float(v) for v in diffusion.alpha_sigma(0.6))
+    ceiling = -0.3  # natural-log mel
+    with torch.no_grad():
+        cond = dec(encodings, z, t.reshape(1))
+        plain = S.GuidedDenoiser(dec, encodings, guidance_scale=2.5)(z, t)
+        capped = S.GuidedDenoiser(dec, encodings, guidance_scale=2.5, guidance_ceiling=ceiling)(z, t)
+    x0 = {name: (z - sigma * eps) / alpha for name, eps in (("cond", cond), ("plain", plain), ("capped", capped))}
+    cap = x0["cond"].clamp(-1, 1).amax(dim=-2, keepdim=True) + ceiling / S.LOG_MEL_PER_FEATURE_UNIT
+    assert bool((x0["plain"] > cap + 1e-3).any())  # plain guidance overshoots somewhere ...
+    assert float((x0["capped"] - cap).max()) < 1e-4  # ... the capped one nowhere
+    below = x0["plain"] <= cap  # and where plain guidance stays under the cap, nothing changes
+    assert (x0["capped"] - x0["plain"])[below].abs().max() < 1e-4
 
 
 def test_unconditional_zeroes_encodings_and_masks():

@@ -33,6 +33,7 @@ LIBRARY = {
     "guidance_scale": DEFAULT_GUIDANCE,
     "final_noise_time": 0.0,
     "precision": DEFAULT_PRECISION,
+    "guidance_ceiling": None,
 }
 #: What the test folder's sampling.json recommends: a value unlike the library's for every key.
 RECOMMENDED = {
@@ -41,6 +42,7 @@ RECOMMENDED = {
     "guidance_scale": 1.0,
     "final_noise_time": 0.5,
     "precision": "bf16",
+    "guidance_ceiling": -0.2,
 }
 #: What a caller asks for: unlike both.
 EXPLICIT = {
@@ -49,6 +51,7 @@ EXPLICIT = {
     "guidance_scale": 3.5,
     "final_noise_time": 0.25,
     "precision": "fp16",
+    "guidance_ceiling": 0.5,
 }
 
 

@@ -106,7 +106,8 @@ class SpectrogramDiffusionPipeline:
         self.decoder = decoder.eval()
         check_roll_layout(getattr(decoder, "score_roll_features", 0))
         #: Sampler, steps and guidance the model recommends, used where a call leaves them unset (a
-        #: model folder's sampling.json, else the library defaults); saved with the folder.
+        #: model folder's sampling.json, else the library defaults); saved with the folder. Its
+        #: ``guidance_ceiling`` applies to every guided call (no call argument: change it here).
         self.sampling = sampling if sampling is not None else SamplingSettings()
         self._scheduler = scheduler  # None: the recommendation (see the scheduler property)
         #: diffusers scheduler config used when a diffusers sampler is chosen by name (ORIGINAL.md §3.5).
@@ -321,11 +322,13 @@ class SpectrogramDiffusionPipeline:
         on_step: Callable[[], None] | None,
         on_step_end: Callable[[int, Any, Tensor], Tensor] | None = None,
         velocities: Sequence[Sequence[Any] | None] | None = None,
+        guidance_ceiling: float | None = None,
     ) -> Iterator[list[tuple[int, Tensor]]]:
         """The full-song loop of ORIGINAL.md §5.1 for several songs at once: segment ``i`` of every song
         that has one runs in one batch (encoders, decoder, sampler). Yields, per segment index,
         ``[(song index, log-mel [1, T, 128] float32), ...]``. ``velocities``: per song, its segments'
         velocity roll columns (:func:`specdiff.pipeline.inputs.song_input`) or None.
+        ``guidance_ceiling``: :func:`specdiff.sampling.sampler.cap_guided_x0`'s, None for plain CFG.
 
         Each song's rows see only their own conditioning, and song ``k`` draws all its noise from
         ``generators[k]`` in the order it would alone (``sampler.randn`` with a generator list),
@@ -356,7 +359,8 @@ class SpectrogramDiffusionPipeline:
                             for k in active]  # fmt: skip
                 roll = self._score_roll(rows, velocity, scaled_context, context_mask)  # frame-aligned score
                 denoise = samplers.GuidedDenoiser(self.decoder, encodings, guidance_scale, film_cache, score_roll=roll,
-                                                  timbre=self._timbre_indices(len(active)))  # fmt: skip
+                                                  timbre=self._timbre_indices(len(active)),
+                                                  guidance_ceiling=guidance_ceiling)  # fmt: skip
                 noise = samplers.randn((len(active), segment_frames, n_dims), generator, device, torch.float32)
                 x = samplers.sample_loop(sampler, denoise, noise, num_inference_steps, generator, on_step, on_step_end)
             # The original and DDPM samplers end on a clipped x0 (ORIGINAL.md §4.1), so this clamp changes
@@ -415,7 +419,15 @@ class SpectrogramDiffusionPipeline:
         with progress_bar(len(segments) * num_inference_steps, show) as bar:
             step_end = step_end_hook(self, callback_on_step_end)
             generated = self._generate_batch(
-                [segments], [generator], num_inference_steps, guidance_scale, sampler, bar.update, step_end, [velocity]
+                [segments],
+                [generator],
+                num_inference_steps,
+                guidance_scale,
+                sampler,
+                bar.update,
+                step_end,
+                [velocity],
+                guidance_ceiling=chosen.guidance_ceiling,
             )
             for i, [(_, mel)] in enumerate(generated):  # one song: one (song index, mel) per segment
                 mels.append(mel.float().cpu())
@@ -463,6 +475,7 @@ class SpectrogramDiffusionPipeline:
                 batches = self._generate_batch(
                     [songs[k][0] for k in group], [gens[k] for k in group], num_inference_steps,
                     guidance_scale, sampler, bar.update, velocities=[songs[k][2] for k in group],
+                    guidance_ceiling=chosen.guidance_ceiling,
                 )  # fmt: skip
                 for finished in batches:
                     for j, mel in finished:
@@ -518,7 +531,14 @@ class SpectrogramDiffusionPipeline:
         sampler = self._sampler(chosen)
         with progress_bar(len(segments) * num_inference_steps, show_progress) as bar:
             generated = self._generate_batch(
-                [segments], [generator], num_inference_steps, guidance_scale, sampler, bar.update, velocities=[velocity]
+                [segments],
+                [generator],
+                num_inference_steps,
+                guidance_scale,
+                sampler,
+                bar.update,
+                velocities=[velocity],
+                guidance_ceiling=chosen.guidance_ceiling,
             )
             for i, [(_, mel)] in enumerate(generated):
                 yield segment_output(i, mel, keep, self.inverter, self.sample_rate)

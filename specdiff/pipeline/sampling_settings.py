@@ -2,7 +2,8 @@
 
 Any model folder may hold ``sampling.json``: the sampler, step count and guidance weight it was
 evaluated with, e.g. ``{"scheduler": "dpmsolver++", "num_inference_steps": 20,
-"guidance_scale": 2.0}``, plus the ``ddim`` end time and a precision hint. diffusers ignores the file.
+"guidance_scale": 2.0}``, plus the ``ddim`` end time, the guidance ceiling and a precision hint.
+diffusers ignores the file.
 
 Every setting of a call is decided here, by one rule (:func:`resolve_sampling`): the caller's
 explicit value, else the model folder's ``sampling.json``, else the library default
@@ -47,6 +48,11 @@ class SamplingSettings:
     #: ``ddim`` only: the noise time whose x0 prediction ends the sampling (0 = run down to t = 0);
     #: see :class:`specdiff.sampling.sampler.DDIMSampler`.
     final_noise_time: float = 0.0
+    #: Level-safe guidance (:func:`specdiff.sampling.sampler.cap_guided_x0`; our extension): with
+    #: ``guidance_scale != 1`` the guided x0 estimate may not rise above the conditional estimate's
+    #: loudest value of each mel bin in the segment plus this many natural-log mel units. None
+    #: (default): plain classifier-free guidance, as the original.
+    guidance_ceiling: float | None = None
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -62,6 +68,9 @@ class SamplingSettings:
         w = self.guidance_scale
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {w!r}")
+        c = self.guidance_ceiling
+        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c)):
+            raise ValueError(f"guidance_ceiling must be a finite number or null, got {c!r}")
 
     def to_json(self) -> dict[str, object]:
         """The settings as ``sampling.json`` holds them."""
@@ -75,6 +84,7 @@ class SamplingSettings:
         guidance_scale: float | None = None,
         final_noise_time: float | None = None,
         precision: str | None = None,
+        guidance_ceiling: float | None = None,
     ) -> ResolvedSampling:
         """The settings of one call: each argument that is not None, else this recommendation.
 
@@ -89,19 +99,22 @@ class SamplingSettings:
             "guidance_scale": guidance_scale,
             "final_noise_time": final_noise_time,
             "precision": precision,
+            "guidance_ceiling": guidance_ceiling,
         }
         return ResolvedSampling(**{k: getattr(self, k) if v is None else v for k, v in explicit.items()})
 
 
 @dataclass(frozen=True)
 class ResolvedSampling:
-    """The settings one call runs with (:meth:`SamplingSettings.resolve`): no field is None."""
+    """The settings one call runs with (:meth:`SamplingSettings.resolve`): no field but
+    ``guidance_ceiling`` is None."""
 
     scheduler: Any  # a name of specdiff.constants.SCHEDULERS, or a sampler / diffusers scheduler
     num_inference_steps: int
     guidance_scale: float
     final_noise_time: float
     precision: str
+    guidance_ceiling: float | None  # None: plain guidance (the one field that may be None)
 
 
 def read_sampling_settings(folder: str | Path | None) -> SamplingSettings:
@@ -137,6 +150,7 @@ def resolve_sampling(
     guidance_scale: float | None = None,
     final_noise_time: float | None = None,
     precision: str | None = None,
+    guidance_ceiling: float | None = None,
 ) -> ResolvedSampling:
     """Explicit value > the model folder's ``sampling.json`` > library default, for every key.
 
@@ -151,6 +165,7 @@ def resolve_sampling(
         guidance_scale=guidance_scale,
         final_noise_time=final_noise_time,
         precision=precision,
+        guidance_ceiling=guidance_ceiling,
     )
 
 
