@@ -130,8 +130,11 @@ def with_final_noise_time(folder: Path, tmp: Path, value: float) -> Path:
     return with_sampling(folder, tmp, final_noise_time=value)
 
 
-def ceiling_argument(text: str) -> float | None:
-    """``--guidance-ceiling``: a number of natural-log mel units, or ``off`` (plain guidance)."""
+def ceiling_argument(text: str) -> float | str | None:
+    """``--guidance-ceiling``: a number of natural-log mel units, ``off`` (plain guidance) or
+    ``keep`` (the default: the folder's own setting)."""
+    if text.lower() == "keep":
+        return "keep"
     return None if text.lower() in ("off", "none") else float(text)
 
 

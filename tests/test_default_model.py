@@ -84,13 +84,15 @@ def test_bundled_model_plays_the_note_it_is_given(pitch, timbre):
     louder while it sounds than before it starts (the model is silent before the first note), and
     louder than a band a fifth below, where a piano note has no partial.
 
-    Natural-log units, pitches 48 / 60 / 72 (the folder's sampling settings, guidance 1, seed 0):
+    Natural-log units, pitches 48 / 60 / 72 (the folder's sampling settings, seed 0):
     - renders of the same note: onset +13.3 / +14.0 / +13.2 (TimGM6mb), +13.7 / +14.3 / +13.2
       (FluidR3_GM), fifth below +2.2 / +5.1 / +6.2 and +2.1 / +5.1 / +6.8. The rest before the note
       must be quieter than the note by 4.0, 30% of the renders' smallest margin;
     - the bundled model (run Y step 1000, trained on noise times 0.9-1; its default 4 DDIM steps ending
-      at noise time 0.97), TimGM6mb / FluidR3_GM: onset +10.4 / +11.2 / +11.7 and +10.2 / +11.2 / +11.7,
-      fifth below +1.15 / +3.95 / +4.26 and +1.02 / +3.95 / +4.25;
+      at noise time 0.97, guidance 1.2 with guidance_ceiling -0.1), TimGM6mb / FluidR3_GM: onset
+      +10.2 / +12.1 / +12.3 and +10.0 / +12.1 / +12.1, fifth below +1.23 / +4.58 / +5.20 and
+      +1.10 / +4.58 / +5.19; unguided (guidance 1, the setting bundled before): onset +10.4 / +11.2 /
+      +11.7 and +10.2 / +11.2 / +11.7, fifth below +1.15 / +3.95 / +4.26 and +1.02 / +3.95 / +4.25;
     - the model bundled before it (run X step 600, with the additive prior; 4 steps ending at 0.97):
       onset +10.4 / +11.4 / +11.7 and +10.0 / +11.4 / +11.7, fifth below +1.30 / +4.08 / +4.39 and
       +1.13 / +4.14 / +4.39;

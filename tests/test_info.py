@@ -52,7 +52,8 @@ def test_info_reports_versions_the_bundled_model_and_its_sampler_settings(capsys
     s = read_sampling_settings(DEFAULT_MODEL_DIR)
     steps = f"{s.num_inference_steps} step" + ("" if s.num_inference_steps == 1 else "s")
     ends = f" (more end at noise time {s.final_noise_time:g})" if s.final_noise_time > 0 else ""
-    assert report["sampling"].startswith(f"{s.scheduler}, {steps}{ends}, guidance {s.guidance_scale:g}")
+    ceiling = "" if s.guidance_ceiling is None else f" capped at {s.guidance_ceiling:g}"
+    assert report["sampling"].startswith(f"{s.scheduler}, {steps}{ends}, guidance {s.guidance_scale:g}{ceiling}")
     assert report["sampling"].endswith("(sampling.json)")
     assert report["inverter"].split()[0] in constants.INVERTERS
     assert report["device"].split()[0] == resolve_device("auto")

@@ -276,3 +276,26 @@ def test_level_scores_measure_loudness_peaks_and_segment_jumps():
     both = level_comparison(0.5 * audio, audio)
     assert both["loudness_diff_db"] == pytest.approx(20 * np.log10(0.5), abs=1e-6)
     assert both["reference_peak"] == pytest.approx(0.2, abs=1e-4)
+
+
+def test_frechet_decomposition_splits_the_distance_into_mean_and_covariance_terms():
+    # benchmarks/frechet_decomposition.py: FD = |mu1 - mu2|^2 + covariance term. Two Gaussians with the
+    # same covariance differ by the mean term alone; a shrunk copy (same mean) by the covariance term
+    # alone, which for x -> c x of a white d-dim set is d (1 - c)^2 (tr S1 + tr S2 - 2 tr (S1 S2)^1/2).
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "frechet_decomposition.py"
+    spec = importlib.util.spec_from_file_location("frechet_decomposition", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((20000, 40))
+    ref = (ref - ref.mean(0)) / ref.std(0, ddof=1)  # exactly zero mean, unit variance per dim
+    shifted = module.decompose(ref + 0.5, ref)
+    assert shifted["mean_term"] == pytest.approx(40 * 0.25) and abs(shifted["covariance_term"]) < 1e-6
+    shrunk = module.decompose(0.5 * ref, ref)
+    assert shrunk["mean_term"] == pytest.approx(0.0, abs=1e-12)
+    assert shrunk["covariance_term"] == pytest.approx(40 * 0.25, rel=0.02)  # off-diagonal noise: ~1%
+    assert shrunk["mean_dims_trace"] == pytest.approx(0.25 * 20, rel=0.02)
+    assert shrunk["frechet_distance"] == pytest.approx(shrunk["mean_dims_fd"] + shrunk["spread_dims_fd"], rel=0.02)

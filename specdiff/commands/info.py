@@ -110,8 +110,10 @@ def _model_lines(model: Path | None) -> tuple[Path | None, dict[str, str]]:
     source = SAMPLING_FILE if (model_dir / SAMPLING_FILE).is_file() else f"library defaults, no {SAMPLING_FILE}"
     steps = f"{s.num_inference_steps} step" + ("" if s.num_inference_steps == 1 else "s")
     ends = f" (more end at noise time {s.final_noise_time:g})" if s.final_noise_time > 0 else ""
+    ceiling = "" if s.guidance_ceiling is None else f" capped at {s.guidance_ceiling:g} (guidance_ceiling)"
     lines["sampling"] = (
-        f"{s.scheduler}, {steps}{ends}, guidance {s.guidance_scale:g}, precision {s.precision} where fast ({source})"
+        f"{s.scheduler}, {steps}{ends}, guidance {s.guidance_scale:g}{ceiling}, precision {s.precision} where fast"
+        f" ({source})"
     )
     return model_dir, lines
 
