@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from specdiff.atomic import atomic_write_text  # noqa: E402
-from specdiff.audio.mel import MAX_VALUE, MIN_VALUE  # noqa: E402
+from specdiff.audio.mel import MIN_VALUE, NAT_PER_UNIT  # noqa: E402
 from specdiff.data.cache import ChunkDataset  # noqa: E402
 from specdiff.midi.score_roll import (  # noqa: E402
     CONTEXT_LEVEL_FLOOR_NAT,
@@ -74,7 +74,6 @@ from specdiff.midi.velocity_roll import (  # noqa: E402
 from specdiff.training.prior_fit import ridge_regression  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-NAT_PER_UNIT = (MAX_VALUE - MIN_VALUE) / 2  # scaled feature units -> natural-log mel
 LABELS = {"roll": "", "roll + velocity": "velocity", "roll + context level": "context level",
           "roll + context level, no floor": "unfloored context level",
           "roll + relative velocity": "relative velocity",

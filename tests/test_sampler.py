@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 
+from specdiff.audio.mel import NAT_PER_UNIT
 from specdiff.errors import SpecdiffError
 from specdiff.sampling import diffusion
 from specdiff.sampling import sampler as S
@@ -351,7 +352,7 @@ def test_capped_guidance_keeps_the_x0_estimate_under_the_conditional_bin_maxima(
         plain = S.GuidedDenoiser(dec, encodings, guidance_scale=2.5)(z, t)
         capped = S.GuidedDenoiser(dec, encodings, guidance_scale=2.5, guidance_ceiling=ceiling)(z, t)
     x0 = {name: (z - sigma * eps) / alpha for name, eps in (("cond", cond), ("plain", plain), ("capped", capped))}
-    cap = x0["cond"].clamp(-1, 1).amax(dim=-2, keepdim=True) + ceiling / S.LOG_MEL_PER_FEATURE_UNIT
+    cap = x0["cond"].clamp(-1, 1).amax(dim=-2, keepdim=True) + ceiling / NAT_PER_UNIT
     assert bool((x0["plain"] > cap + 1e-3).any())  # plain guidance overshoots somewhere ...
     assert float((x0["capped"] - cap).max()) < 1e-4  # ... the capped one nowhere
     below = x0["plain"] <= cap  # and where plain guidance stays under the cap, nothing changes

@@ -30,6 +30,8 @@ CLIP_VALUE_MIN = 1e-5
 CLIP_VALUE_MAX = 1e8
 MIN_VALUE = math.log(CLIP_VALUE_MIN)  # -11.512925...: silence; also the pad value (ORIGINAL.md §1)
 MAX_VALUE = 4.0  # "largest value for most examples" (ORIGINAL.md §1), the top of the scaling range
+#: Natural-log mel units per unit of the model's scaled [-1, 1] features (:func:`scale_features`).
+NAT_PER_UNIT = (MAX_VALUE - MIN_VALUE) / 2.0
 ADDITIONAL_FRAMES_FOR_ENCODING = 16  # extra frames fed to the STFT when making training features
 
 # The HTK mel scale in TensorFlow's natural-log form: mel = 1127 ln(1 + f / 700).

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from specdiff.audio.mel import MAX_VALUE, MIN_VALUE, scale_features
+from specdiff.audio.mel import scale_features
 from specdiff.midi.score_roll import (
     CONTEXT_LEVEL_FEATURES,
     CONTEXT_ROLL_FEATURES,
@@ -42,7 +42,6 @@ from specdiff.midi.score_roll import (
 )
 from specdiff.midi.velocity_roll import DRUM_VELOCITY_COLUMN
 
-NAT_PER_UNIT = (MAX_VALUE - MIN_VALUE) / 2.0  # scaled [-1, 1] feature units -> natural-log mel
 #: Shared columns of the extended layout between the drum block and the silent flag: per pitch, per
 #: family and the release decays; each gets one power template.
 SHARED_SOURCE_FEATURES = SILENT_FEATURE - TONAL_FEATURES - DRUM_FEATURES

@@ -46,7 +46,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from specdiff.audio.mel import MAX_VALUE, MIN_VALUE
+from specdiff.audio.mel import NAT_PER_UNIT
 from specdiff.sampling import diffusion
 
 EncodingAndMask = tuple[Tensor, Tensor]
@@ -553,11 +553,6 @@ def combine_guidance(eps_cond: Tensor, eps_uncond: Tensor, guidance_scale: float
     return guidance_scale * eps_cond + (1.0 - guidance_scale) * eps_uncond
 
 
-#: Natural-log mel units per unit of the model's [-1, 1] feature scale (the scaling range of
-#: ORIGINAL.md §1.1): a guidance ceiling given in log-mel is divided by this.
-LOG_MEL_PER_FEATURE_UNIT = (MAX_VALUE - MIN_VALUE) / 2.0
-
-
 def cap_guided_x0(x0_guided: Tensor, x0_cond: Tensor, ceiling: float) -> Tensor:
     """Level-safe guidance (our extension, off in the original): the guided x0 estimate
     ``[B, frames, bins]`` may not rise above the conditional estimate's loudest value of the same
@@ -681,7 +676,7 @@ class GuidedDenoiser:
         x0_uncond = (sample - sigma * eps_uncond) / alpha
         x0 = combine_guidance(x0_cond, x0_uncond, self.guidance_scale)
         assert self.guidance_ceiling is not None
-        x0 = cap_guided_x0(x0, x0_cond, self.guidance_ceiling / LOG_MEL_PER_FEATURE_UNIT)
+        x0 = cap_guided_x0(x0, x0_cond, self.guidance_ceiling / NAT_PER_UNIT)
         return (sample - alpha * x0) / sigma
 
 
@@ -719,7 +714,7 @@ def sample_loop(
 __all__ = [
     "DEFAULT_GUIDANCE", "DEFAULT_NUM_STEPS", "DEFAULT_SCHEDULER", "OFFICIAL_SCHEDULER_CONFIG", "SCHEDULERS",
     "CosineLogSNRSampler", "DDIMSampler", "DiffusersSampler", "GuidedDenoiser", "Sampler", "SamplerOutput",
-    "LOG_MEL_PER_FEATURE_UNIT", "alpha_sigma", "as_sampler", "cap_guided_x0", "combine_guidance", "logsnr",
+    "alpha_sigma", "as_sampler", "cap_guided_x0", "combine_guidance", "logsnr",
     "make_scheduler", "model_schedule_betas", "model_schedule_noise_times", "randn",
     "sample_loop",
     "unconditional",

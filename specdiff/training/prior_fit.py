@@ -140,8 +140,8 @@ def fit_additive_prior(
     sum is not linear in its parameters. Returns ``(L1 before, L1 after)`` in scaled units on those
     frames (before: the decoder's linear prior as it was). ``mask_padding``: frames past the piece end
     are left out."""
+    from specdiff.audio.mel import NAT_PER_UNIT
     from specdiff.midi.score_roll import TONAL_FEATURES
-    from specdiff.models.additive_prior import NAT_PER_UNIT
 
     prior, linear = decoder.additive_prior, decoder.score_prior_projection
     if prior is None or linear is None:
