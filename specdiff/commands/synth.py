@@ -127,7 +127,9 @@ INPUT_OPTIONS: tuple[Option, ...] = (
                            help=f"classifier-free guidance weight w: eps = w*eps_cond + (1-w)*eps_uncond (default: "
                            f"the model's own setting, else {DEFAULT_GUIDANCE}, the paper's colab; its training "
                            "default was 5). w = 1 turns guidance off and halves the decoder work; larger w follows "
-                           "the notes more closely but can sound harsher.")),
+                           "the notes more closely but can sound harsher. A model whose sampling.json sets "
+                           "guidance_ceiling (the bundled one does) keeps guidance from raising any mel band above "
+                           "the unguided estimate's loudest value, whatever w.")),
     (("--seed",), dict(type=validators.seed, default=None, metavar="N",
                        help="random seed of the start noise and sampler noise; the same seed, model, options and "
                        "device give the same audio (default: a fresh random seed, printed in the summary). With "
