@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from steps_table import ceiling_argument, midi_files, model_folder, with_sampling  # noqa: E402
+from steps_table import add_ceiling_argument, midi_files, model_folder, with_sampling  # noqa: E402
 
 from specdiff.atomic import atomic_write_text  # noqa: E402
 
@@ -127,12 +127,7 @@ def main() -> int:
     parser.add_argument("--max-seconds", type=float, default=20.0)
     parser.add_argument("--steps", type=int, default=None, help="default: the folder's sampling.json")
     parser.add_argument("--guidance", type=float, default=None, help="default: the folder's sampling.json")
-    parser.add_argument(
-        "--guidance-ceiling",
-        type=ceiling_argument,
-        default="keep",
-        help="sampling.json guidance_ceiling (log-mel units, or 'off'; default: the folder's)",
-    )
+    add_ceiling_argument(parser)
     parser.add_argument("--yardstick", action="store_true", help="also a FluidR3_GM render row")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", required=True)

@@ -138,6 +138,16 @@ def ceiling_argument(text: str) -> float | str | None:
     return None if text.lower() in ("off", "none") else float(text)
 
 
+def add_ceiling_argument(parser: Any) -> None:
+    """``--guidance-ceiling`` (:func:`ceiling_argument`) on an argparse parser."""
+    parser.add_argument(
+        "--guidance-ceiling",
+        type=ceiling_argument,
+        default="keep",
+        help="sampling.json guidance_ceiling (log-mel units, or 'off'; default: the folder's)",
+    )
+
+
 def yardstick(files: list[Path], max_seconds: float, other: str = "FluidR3_GM") -> dict[str, Any]:
     """Another SoundFont's render scored against the TimGM6mb render, as evaluate scores a model."""
     from specdiff.constants import SAMPLE_RATE
@@ -189,12 +199,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--scheduler", default="ddim")
     parser.add_argument("--guidance", type=float, default=None, help="default: the folder's sampling.json")
-    parser.add_argument(
-        "--guidance-ceiling",
-        type=ceiling_argument,
-        default="keep",
-        help="sampling.json guidance_ceiling (log-mel units, or 'off'; default: the folder's)",
-    )
+    add_ceiling_argument(parser)
     parser.add_argument("--timbre", default=None)
     parser.add_argument(
         "--final-noise-time",

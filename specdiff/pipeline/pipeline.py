@@ -316,19 +316,17 @@ class SpectrogramDiffusionPipeline:
         self,
         songs: Sequence[Sequence[Sequence[int]]],
         generators: Sequence[torch.Generator | None],
-        num_inference_steps: int,
-        guidance_scale: float,
+        chosen: ResolvedSampling,
         sampler: samplers.Sampler,
         on_step: Callable[[], None] | None,
         on_step_end: Callable[[int, Any, Tensor], Tensor] | None = None,
         velocities: Sequence[Sequence[Any] | None] | None = None,
-        guidance_ceiling: float | None = None,
     ) -> Iterator[list[tuple[int, Tensor]]]:
         """The full-song loop of ORIGINAL.md §5.1 for several songs at once: segment ``i`` of every song
         that has one runs in one batch (encoders, decoder, sampler). Yields, per segment index,
         ``[(song index, log-mel [1, T, 128] float32), ...]``. ``velocities``: per song, its segments'
-        velocity roll columns (:func:`specdiff.pipeline.inputs.song_input`) or None.
-        ``guidance_ceiling``: :func:`specdiff.sampling.sampler.cap_guided_x0`'s, None for plain CFG.
+        velocity roll columns (:func:`specdiff.pipeline.inputs.song_input`) or None. ``chosen``: the
+        call's resolved settings (steps, guidance weight and ceiling); ``sampler`` is built from it.
 
         Each song's rows see only their own conditioning, and song ``k`` draws all its noise from
         ``generators[k]`` in the order it would alone (``sampler.randn`` with a generator list),
@@ -358,11 +356,12 @@ class SpectrogramDiffusionPipeline:
                 velocity = [None if velocities is None or velocities[k] is None else velocities[k][index]
                             for k in active]  # fmt: skip
                 roll = self._score_roll(rows, velocity, scaled_context, context_mask)  # frame-aligned score
-                denoise = samplers.GuidedDenoiser(self.decoder, encodings, guidance_scale, film_cache, score_roll=roll,
-                                                  timbre=self._timbre_indices(len(active)),
-                                                  guidance_ceiling=guidance_ceiling)  # fmt: skip
+                denoise = samplers.GuidedDenoiser(self.decoder, encodings, chosen.guidance_scale, film_cache,
+                                                  score_roll=roll, timbre=self._timbre_indices(len(active)),
+                                                  guidance_ceiling=chosen.guidance_ceiling)  # fmt: skip
                 noise = samplers.randn((len(active), segment_frames, n_dims), generator, device, torch.float32)
-                x = samplers.sample_loop(sampler, denoise, noise, num_inference_steps, generator, on_step, on_step_end)
+                x = samplers.sample_loop(sampler, denoise, noise, chosen.num_inference_steps, generator, on_step,
+                                         on_step_end)  # fmt: skip
             # The original and DDPM samplers end on a clipped x0 (ORIGINAL.md §4.1), so this clamp changes
             # nothing for them; it keeps ODE solvers (DPM-Solver++, UniPC), which do not clip, inside
             # the [-1, 1] range the model was trained on instead of producing log-mels in the thousands.
@@ -418,17 +417,7 @@ class SpectrogramDiffusionPipeline:
         mels: list[Tensor] = []
         with progress_bar(len(segments) * num_inference_steps, show) as bar:
             step_end = step_end_hook(self, callback_on_step_end)
-            generated = self._generate_batch(
-                [segments],
-                [generator],
-                num_inference_steps,
-                guidance_scale,
-                sampler,
-                bar.update,
-                step_end,
-                [velocity],
-                guidance_ceiling=chosen.guidance_ceiling,
-            )
+            generated = self._generate_batch([segments], [generator], chosen, sampler, bar.update, step_end, [velocity])
             for i, [(_, mel)] in enumerate(generated):  # one song: one (song index, mel) per segment
                 mels.append(mel.float().cpu())
                 if callback is not None and i % callback_steps == 0:
@@ -473,9 +462,8 @@ class SpectrogramDiffusionPipeline:
         with progress_bar(total, show_progress) as bar:
             for group in groups:
                 batches = self._generate_batch(
-                    [songs[k][0] for k in group], [gens[k] for k in group], num_inference_steps,
-                    guidance_scale, sampler, bar.update, velocities=[songs[k][2] for k in group],
-                    guidance_ceiling=chosen.guidance_ceiling,
+                    [songs[k][0] for k in group], [gens[k] for k in group], chosen, sampler, bar.update,
+                    velocities=[songs[k][2] for k in group],
                 )  # fmt: skip
                 for finished in batches:
                     for j, mel in finished:
@@ -531,14 +519,7 @@ class SpectrogramDiffusionPipeline:
         sampler = self._sampler(chosen)
         with progress_bar(len(segments) * num_inference_steps, show_progress) as bar:
             generated = self._generate_batch(
-                [segments],
-                [generator],
-                num_inference_steps,
-                guidance_scale,
-                sampler,
-                bar.update,
-                velocities=[velocity],
-                guidance_ceiling=chosen.guidance_ceiling,
+                [segments], [generator], chosen, sampler, bar.update, velocities=[velocity]
             )
             for i, [(_, mel)] in enumerate(generated):
                 yield segment_output(i, mel, keep, self.inverter, self.sample_rate)

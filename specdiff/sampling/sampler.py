@@ -660,10 +660,14 @@ class GuidedDenoiser:
         eps_cond, eps_uncond = eps.chunk(2)
         if self.guidance_ceiling is None:
             return combine_guidance(eps_cond, eps_uncond, self.guidance_scale)
-        return self._capped_guidance(sample, float(noise_time.reshape(-1)[0]), eps_cond, eps_uncond)
+        time_value = float(noise_time.reshape(-1)[0])
+        return self._capped_guidance(sample, time_value, eps_cond, eps_uncond, self.guidance_ceiling)
 
-    def _capped_guidance(self, sample: Tensor, noise_time: float, eps_cond: Tensor, eps_uncond: Tensor) -> Tensor:
-        """CFG combined in x0 space, capped by :func:`cap_guided_x0`, returned as eps.
+    def _capped_guidance(
+        self, sample: Tensor, noise_time: float, eps_cond: Tensor, eps_uncond: Tensor, ceiling: float
+    ) -> Tensor:
+        """CFG combined in x0 space, capped by :func:`cap_guided_x0` (``ceiling`` in natural-log mel),
+        returned as eps.
 
         The combination is affine with weights summing to 1, so in x0 space it is the same mix as
         in eps space; only the cap needs x0. ``x0 = (z - sigma eps) / alpha`` on the model's
@@ -675,8 +679,7 @@ class GuidedDenoiser:
         x0_cond = (sample - sigma * eps_cond) / alpha
         x0_uncond = (sample - sigma * eps_uncond) / alpha
         x0 = combine_guidance(x0_cond, x0_uncond, self.guidance_scale)
-        assert self.guidance_ceiling is not None
-        x0 = cap_guided_x0(x0, x0_cond, self.guidance_ceiling / NAT_PER_UNIT)
+        x0 = cap_guided_x0(x0, x0_cond, ceiling / NAT_PER_UNIT)
         return (sample - alpha * x0) / sigma
 
 
