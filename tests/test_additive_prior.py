@@ -141,3 +141,51 @@ def test_fit_recovers_power_summed_note_spectra():
         estimate = decoder.additive_prior(roll)[0] + roll[0] @ decoder.score_prior_projection.weight.T \
             + decoder.score_prior_projection.bias  # fmt: skip
     assert float((estimate - item["target"]).abs().mean()) < 0.6 * ridge_error
+
+
+def test_faster_drum_decays_add_their_own_templates_to_the_power_sum():
+    """With ``drum_decay_powers`` a drum's decay power is ``d * exp(T) + d**k * exp(T_k)`` (hand-computed),
+    so the fit can make a hit fall faster than the roll's exp(-t / 5 frames) lets one template fall."""
+    prior = AdditivePrior(VELOCITY_ROLL_FEATURES, drum_decay_powers=(4.0, 10.0))
+    rng = np.random.default_rng(2)
+    with torch.no_grad():
+        for p in (prior.drum_templates, prior.fast_drum_templates):
+            p.copy_(torch.from_numpy(rng.uniform(-3.0, 1.0, p.shape).astype(np.float32)))
+        prior.floors.copy_(torch.tensor([[-16.0] * 128, [-22.0] * 128]))
+    envelope = 0.5  # 3.5 frames after a hit
+    roll = torch.zeros(1, VELOCITY_ROLL_FEATURES)
+    roll[0, drum_feature("decay", 38)] = envelope
+    templates = [prior.drum_templates[1, 38], prior.fast_drum_templates[0, 38], prior.fast_drum_templates[1, 38]]
+    weights = [envelope, envelope**4, envelope**10]
+    power = sum(w * np.exp(t.double().detach().numpy()) for w, t in zip(weights, templates)) + np.exp(-16.0)
+    assert np.allclose(_nat(prior(roll))[0], np.clip(0.5 * np.log(power), MIN_VALUE, MAX_VALUE), atol=1e-4)
+    # a faster decay's share shrinks as the envelope falls: at d = 0.5 the k = 10 template adds < 0.1%
+    assert weights[2] < 1e-3
+
+
+def test_drum_decay_powers_are_a_checked_decoder_option():
+    kw = dict(**TINY, score_roll_features=EXTENDED_ROLL_FEATURES, prediction_type="edm", score_prior=True)
+    assert DECODER_EXTENSIONS["drum_decay_powers"] == []
+    plain = FilmDecoder(**kw, additive_prior=True)
+    assert "drum_decay_powers" not in plain.config and plain.additive_prior.fast_drum_templates is None
+    with pytest.raises(ValueError, match="needs additive_prior"):
+        FilmDecoder(**kw, drum_decay_powers=[3.0])
+    for bad in ([1.0], [0.5], [3.0, 3.0]):
+        with pytest.raises(ValueError, match="above 1"):
+            FilmDecoder(**kw, additive_prior=True, drum_decay_powers=bad)
+    decoder = FilmDecoder(**kw, additive_prior=True, drum_decay_powers=[3, 10])
+    config = json.loads(json.dumps(decoder.config))
+    assert config["drum_decay_powers"] == [3.0, 10.0]
+    rebuilt = FilmDecoder.from_config(config)
+    rebuilt.load_state_dict(decoder.state_dict())  # strict: the same keys
+    assert rebuilt.additive_prior.fast_drum_templates.shape == (2, 128, 128)
+
+
+def test_drum_decay_powers_parse_from_the_training_command_line():
+    from specdiff.errors import SpecdiffError
+    from specdiff.training.config import TrainConfig, apply_overrides
+
+    config = apply_overrides(TrainConfig(), ["model.drum_decay_powers=3,10"])
+    assert config.model["drum_decay_powers"] == [3.0, 10.0]
+    with pytest.raises(SpecdiffError, match="drum_decay_powers"):
+        apply_overrides(TrainConfig(), ["model.drum_decay_powers=fast"])

@@ -12,7 +12,11 @@ This module is a small additive synthesiser instead. Each tonal roll feature (ki
 ``exp(P[kind, pitch] + F[kind, family] + a * v_family)``: a per-pitch log template, a per-family log
 colour, and the family's relative log velocity (the roll's velocity columns) times a per-band slope;
 drum features their own template per drum pitch, the shared per-pitch, per-family and release columns
-one template each. Contributions are weighted by the roll's envelope values, summed with a floor
+one template each. With ``drum_decay_powers`` the drum decay envelope ``d = exp(-t / 5 frames)`` also
+drives faster decays ``d ** k``, each with its own template per drum pitch. Why: the power-weighted
+envelope lets a drum's log-mel fall by only 0.1 nat per frame, where a TimGM6mb hit falls about 1 nat
+per frame and the render's gaps between hits go silent (``benchmarks/results/drum_decay_idioms_0130.md``);
+a fitted mix of rates lets each drum and band find its own. Contributions are weighted by the roll's envelope values, summed with a floor
 (one for frames the roll calls silent, one for the others), and turned into a log-mel by ``0.5 ln``
 (mel magnitudes from summed power). The context-level columns, when the layout has them, add a linear
 log-domain offset (they say how loud the previous segment was, a gain, not a source).
@@ -22,6 +26,8 @@ scaled units. ``specdiff.training.prior_fit.fit_additive_prior`` fits it on trai
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -51,21 +57,37 @@ INITIAL_SHARED_NAT = -3.0
 INITIAL_FLOOR_NAT = -10.0
 
 
+def check_drum_decay_powers(powers: Sequence[float]) -> None:
+    """Raise ValueError unless ``powers`` are distinct numbers above 1 (faster than the roll's own decay)."""
+    values = [float(k) for k in powers]
+    if any(not k > 1.0 for k in values) or len(set(values)) != len(values):
+        raise ValueError(f"drum_decay_powers must be distinct numbers above 1, got {list(powers)}")
+
+
 class AdditivePrior(nn.Module):
     """``roll [B, T, F] -> log-mel estimate [B, T, bins]`` in scaled units (see the module docstring).
 
     ``roll_features``: the roll layout (``score_roll.ROLL_LAYOUTS``; the extended ones only, as the
-    prior needs the ``silent`` flag); the context-level and velocity columns are used when present."""
+    prior needs the ``silent`` flag); the context-level and velocity columns are used when present.
+    ``drum_decay_powers``: the powers ``k > 1`` of the drum decay envelope that get templates of their own
+    (none: the drum decay has one rate, as before the option existed)."""
 
-    def __init__(self, roll_features: int, bins: int = 128) -> None:
+    def __init__(self, roll_features: int, bins: int = 128, drum_decay_powers: Sequence[float] = ()) -> None:
         super().__init__()
         if roll_features not in (EXTENDED_ROLL_FEATURES, CONTEXT_ROLL_FEATURES, VELOCITY_ROLL_FEATURES):
             raise ValueError(f"the additive prior needs an extended roll layout, got {roll_features} features")
+        check_drum_decay_powers(drum_decay_powers)
         self.roll_features = int(roll_features)
+        self.drum_decay_powers = tuple(float(k) for k in drum_decay_powers)
         # twice the log-magnitude = log power
         self.pitch_templates = nn.Parameter(torch.full((len(TONAL_KINDS), NUM_PITCHES, bins), 2 * INITIAL_TEMPLATE_NAT))
         self.family_colours = nn.Parameter(torch.zeros(len(TONAL_KINDS), NUM_FAMILIES, bins))
         self.drum_templates = nn.Parameter(torch.full((len(DRUM_KINDS), NUM_PITCHES, bins), 2 * INITIAL_TEMPLATE_NAT))
+        self.fast_drum_templates = None
+        if self.drum_decay_powers:
+            self.fast_drum_templates = nn.Parameter(
+                torch.full((len(self.drum_decay_powers), NUM_PITCHES, bins), 2 * INITIAL_TEMPLATE_NAT)
+            )
         self.shared_templates = nn.Parameter(torch.full((SHARED_SOURCE_FEATURES, bins), 2 * INITIAL_SHARED_NAT))
         self.velocity_slope = nn.Parameter(torch.full((bins,), 2.0))  # log power per unit ln(v / v_max)
         self.floors = nn.Parameter(torch.full((2, bins), 2 * INITIAL_FLOOR_NAT))  # [sounding, silent]
@@ -97,6 +119,10 @@ class AdditivePrior(nn.Module):
         power = (per_family * torch.exp(gain)).sum(dim=(1, 2))
         drums = roll[:, TONAL_FEATURES : TONAL_FEATURES + DRUM_FEATURES].reshape(rows, len(DRUM_KINDS), NUM_PITCHES)
         drum_power = torch.einsum("nkp,kpb->nb", drums, torch.exp(self.drum_templates.float()))
+        if self.fast_drum_templates is not None:
+            decay = drums[:, DRUM_KINDS.index("decay")].clamp(min=0.0)
+            faster = torch.stack([decay**power for power in self.drum_decay_powers], dim=1)  # [N, powers, P]
+            drum_power = drum_power + torch.einsum("nkp,kpb->nb", faster, torch.exp(self.fast_drum_templates.float()))
         power = power + drum_power * torch.exp(slope * drum_velocity)
         power = power + roll[:, TONAL_FEATURES + DRUM_FEATURES : SILENT_FEATURE] @ torch.exp(
             self.shared_templates.float()

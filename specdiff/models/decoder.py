@@ -269,6 +269,7 @@ DECODER_EXTENSIONS: dict[str, Any] = {
     "timbres": [],
     "input_context_frames": 0,
     "input_skip_frames": 0,
+    "drum_decay_powers": [],
 }
 
 #: Noise times at which the ``input_skip`` extension holds one local linear map each; between two
@@ -291,6 +292,7 @@ def _check_extensions(
     input_skip_frames: int,
     timbres: Sequence[str],
     additive_prior: bool = False,
+    drum_decay_powers: Sequence[float] = (),
 ) -> None:
     """Raise ValueError for a :class:`FilmDecoder` configuration whose extensions do not fit together."""
     if prediction_type not in PREDICTION_TYPES:
@@ -306,6 +308,12 @@ def _check_extensions(
             raise ValueError(
                 "additive_prior needs score_prior and an extended roll layout (score_roll_features >= 7121)"
             )
+    if drum_decay_powers:
+        if not additive_prior:
+            raise ValueError("drum_decay_powers needs additive_prior")
+        from specdiff.models.additive_prior import check_drum_decay_powers
+
+        check_drum_decay_powers(drum_decay_powers)
     for key, frames in (("input_context_frames", int(input_context_frames)),
                         ("input_skip_frames", int(input_skip_frames))):  # fmt: skip
         if frames < 0 or (frames and frames % 2 == 0):
@@ -316,11 +324,11 @@ def _check_extensions(
         raise ValueError(f"timbre names must be unique, got {timbres}")
 
 
-def _additive_prior(roll_features: int, bins: int) -> nn.Module:
+def _additive_prior(roll_features: int, bins: int, drum_decay_powers: Sequence[float]) -> nn.Module:
     """The ``additive_prior`` extension's module (imported only by decoders that have one)."""
     from specdiff.models.additive_prior import AdditivePrior
 
-    return AdditivePrior(roll_features, bins)
+    return AdditivePrior(roll_features, bins, drum_decay_powers)
 
 
 class FilmDecoder(ConfigMixin, nn.Module):
@@ -352,6 +360,9 @@ class FilmDecoder(ConfigMixin, nn.Module):
       (:class:`specdiff.models.additive_prior.AdditivePrior`), added to the linear one. Why: the linear
       map adds the notes' *log* spectra, which overshoots dense frames and undershoots sparse ones
       (``benchmarks/results/additive_prior.md``).
+    - ``drum_decay_powers`` (needs ``additive_prior``; empty = off): powers ``k > 1`` of the roll's drum
+      decay envelope that the additive prior gives templates of their own, so a drum hit can fade as
+      fast as a SoundFont's does (``benchmarks/results/drum_decay_idioms_0130.md``).
     - ``timbres`` (a list of names, e.g. SoundFont names): timbre conditioning. A learned vector
       per timbre (``timbre_embedding``) is added to every frame of the decoder input, and with
       the score prior a learned log-mel offset per timbre (``timbre_prior``) to the prior, so
@@ -386,6 +397,7 @@ class FilmDecoder(ConfigMixin, nn.Module):
         "timbres": lambda names: [str(name) for name in names],
         "input_context_frames": int,
         "input_skip_frames": int,
+        "drum_decay_powers": lambda powers: [float(power) for power in powers],
     }
     #: The extensions appear in ``config`` only when on, so an original folder's config is unchanged.
     config_optional = frozenset(DECODER_EXTENSIONS)
@@ -410,17 +422,11 @@ class FilmDecoder(ConfigMixin, nn.Module):
         input_context_frames: int = 0,
         input_skip_frames: int = 0,
         additive_prior: bool = False,
+        drum_decay_powers: Sequence[float] = (),
     ) -> None:
         super().__init__()
-        _check_extensions(
-            prediction_type,
-            score_roll_features,
-            score_prior,
-            input_context_frames,
-            input_skip_frames,
-            self.timbres,
-            additive_prior,
-        )
+        _check_extensions(prediction_type, score_roll_features, score_prior, input_context_frames,
+                          input_skip_frames, self.timbres, additive_prior, drum_decay_powers)  # fmt: skip
         self.conditioning_emb = nn.Sequential(
             nn.Linear(d_model, d_model * 4, bias=False),
             nn.SiLU(),
@@ -467,7 +473,9 @@ class FilmDecoder(ConfigMixin, nn.Module):
             if table is not None:  # start as the model without them (warm starts keep their output)
                 nn.init.zeros_(table.weight)
         # built after init_weights, which would redraw its context-level gain (it starts at 0 dB)
-        self.additive_prior = _additive_prior(int(score_roll_features), input_dims) if additive_prior else None
+        self.additive_prior = None
+        if additive_prior:
+            self.additive_prior = _additive_prior(int(score_roll_features), input_dims, drum_decay_powers)
 
     @property
     def prediction_type(self) -> str:
