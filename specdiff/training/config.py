@@ -41,6 +41,9 @@ class TrainConfig:
     # each), for additive_prior_fit_steps steps of 4096 frames.
     additive_prior_fit_windows: int = 600
     additive_prior_fit_steps: int = 400
+    # 0: every frame weighs the same in that fit; 1: every kind of frame (tonal, release tail, drums
+    # alone, silent: prior_fit.frame_kinds) weighs the same, whatever its share of the frames.
+    additive_prior_fit_balance: float = 0.0
     # N > 0 (decoders with model.input_skip_frames, new runs and warm starts): fit the input_skip maps in
     # closed form on N training windows before step 1 (train.fit_input_skip).
     input_skip_fit: int = 0

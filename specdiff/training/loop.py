@@ -194,7 +194,8 @@ class Trainer:
         if config.score_prior_fit > 0 and self.model.decoder.additive_prior is not None:
             windows = min(config.score_prior_fit, config.additive_prior_fit_windows)
             before, after = fit_additive_prior(self.model.decoder, train_set, windows, config.additive_prior_fit_steps,
-                                               mask_padding=config.mask_padding, seed=config.seed)  # fmt: skip
+                                               mask_padding=config.mask_padding, seed=config.seed,
+                                               balance=config.additive_prior_fit_balance)  # fmt: skip
             self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)  # the EMA starts from the fit
             if self.ctx.is_main:
                 print(f"additive + linear score prior fitted on {windows} windows: L1 {before:.4f} -> {after:.4f}",
