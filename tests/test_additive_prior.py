@@ -189,3 +189,24 @@ def test_drum_decay_powers_parse_from_the_training_command_line():
     assert config.model["drum_decay_powers"] == [3.0, 10.0]
     with pytest.raises(SpecdiffError, match="drum_decay_powers"):
         apply_overrides(TrainConfig(), ["model.drum_decay_powers=fast"])
+
+
+def test_frame_kinds_and_balanced_row_probabilities():
+    """A piano note over 0-1 s and a snare hit at 2 s: tonal frames 0-49, the release tail while the
+    0.4 s release decay exp(-(t - 50) / 20) stays above 0.6 (frames 50-60), the hit's decay span of
+    20 frames (100-119), silence elsewhere; balance 1 gives each kind the same total probability."""
+    from specdiff.training.prior_fit import FRAME_KINDS, balanced_row_probabilities, frame_kinds
+
+    notes = [Note(60, 0.0, 1.0, 100, 0, False), Note(38, 2.0, 2.1, 100, 0, True)]
+    roll = batch_rolls(torch.tensor(notes_to_segments(notes, 5.12)[0])[None], 256, EXTENDED_ROLL_FEATURES)[0]
+    expected = torch.full((256,), FRAME_KINDS.index("silent"))
+    expected[:50] = FRAME_KINDS.index("tonal")
+    expected[50:61] = FRAME_KINDS.index("release")
+    expected[100:120] = FRAME_KINDS.index("drums alone")
+    assert torch.equal(frame_kinds(roll), expected)
+    assert balanced_row_probabilities(roll, 0.0) is None
+    probabilities = balanced_row_probabilities(roll, 1.0)
+    per_kind = torch.zeros(len(FRAME_KINDS)).index_add_(0, expected, probabilities)
+    assert torch.allclose(per_kind, torch.full((4,), 0.25), atol=1e-6)
+    half = balanced_row_probabilities(roll, 0.5)  # one of 20 drum frames weighs sqrt(175 / 20) of one of 175 silent
+    assert torch.allclose(half[100] / half[200], torch.tensor((175 / 20) ** 0.5), atol=1e-4)
