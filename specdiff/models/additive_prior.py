@@ -15,8 +15,9 @@ drum features their own template per drum pitch, the shared per-pitch, per-famil
 one template each. With ``drum_decay_powers`` the drum decay envelope ``d = exp(-t / 5 frames)`` also
 drives faster decays ``d ** k``, each with its own template per drum pitch. Why: the power-weighted
 envelope lets a drum's log-mel fall by only 0.1 nat per frame, where a TimGM6mb hit falls about 1 nat
-per frame and the render's gaps between hits go silent (``benchmarks/results/drum_decay_idioms_0130.md``);
-a fitted mix of rates lets each drum and band find its own. Contributions are weighted by the roll's envelope values, summed with a floor
+per frame (``benchmarks/results/drum_decay_idioms_0130.md``); a fitted mix of rates lets each drum and
+band find its own (measured: the hit frames reach the render's level; the tails stay slow where the training
+music has few drums alone). Contributions are weighted by the roll's envelope values, summed with a floor
 (one for frames the roll calls silent, one for the others), and turned into a log-mel by ``0.5 ln``
 (mel magnitudes from summed power). The context-level columns, when the layout has them, add a linear
 log-domain offset (they say how loud the previous segment was, a gain, not a source).
