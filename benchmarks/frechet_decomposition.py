@@ -32,7 +32,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from steps_table import add_ceiling_argument, midi_files, model_folder, with_sampling  # noqa: E402
+from steps_table import (  # noqa: E402
+    add_ceiling_argument,
+    load_results,
+    midi_files,
+    model_folder,
+    split_label,
+    with_sampling,
+)
 
 from specdiff.atomic import atomic_write_text  # noqa: E402
 
@@ -139,8 +146,8 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     out_json = RESULTS / f"frechet_decomposition_{args.name}.json"
-    results = json.loads(out_json.read_text()) if out_json.is_file() else []
-    set_label = args.set if args.split == "test" else f"{args.set} ({args.split})"
+    results = load_results(out_json)
+    set_label = split_label(args.set, args.split)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         files = midi_files(args.set, args.pieces, tmp, args.split)

@@ -72,6 +72,16 @@ def midi_files(which: str, pieces: int, folder: Path, split: str = "test") -> li
     return demo_midi_files(split)[:pieces]
 
 
+def split_label(which: str, split: str) -> str:
+    """The set's name in result rows: ``idioms`` for the test split, ``idioms (validation)`` otherwise."""
+    return which if split == "test" else f"{which} ({split})"
+
+
+def load_results(path: Path) -> list[dict[str, Any]]:
+    """The rows already in a results JSON (new rows are appended to them), or none."""
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
 def model_folder(model: str, tmp: Path, prior_alone: bool = False) -> Path:
     """A pipeline folder for ``model`` (a checkpoint is exported with the bundled vocoder);
     ``prior_alone`` zeroes the decoder's output layer in a copy."""
@@ -219,11 +229,11 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     out_json = RESULTS / f"steps_table_{args.name}.json"
-    results = json.loads(out_json.read_text()) if out_json.is_file() else []
+    results = load_results(out_json)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         files = midi_files(args.set, args.pieces, tmp, args.split)
-        set_label = args.set if args.split == "test" else f"{args.set} ({args.split})"
+        set_label = split_label(args.set, args.split)
         if args.yardstick:
             started = time.time()
             summary = yardstick(files, args.max_seconds)
