@@ -210,3 +210,38 @@ def test_frame_kinds_and_balanced_row_probabilities():
     assert torch.allclose(per_kind, torch.full((4,), 0.25), atol=1e-6)
     half = balanced_row_probabilities(roll, 0.5)  # one of 20 drum frames weighs sqrt(175 / 20) of one of 175 silent
     assert torch.allclose(half[100] / half[200], torch.tensor((175 / 20) ** 0.5), atol=1e-4)
+
+
+def test_drum_template_fit_moves_only_the_drum_decay_templates_and_fits_fast_decays():
+    """Targets where each snare hit is loud on its frame only and at the floor after it: the refit lowers the
+    drums-alone L1 (measured 1.17 -> 0.72; the decay envelopes cannot fall to the floor in one frame, so not to
+    zero), and leaves every other parameter (and the onset templates) as it was."""
+    from specdiff.training.prior_fit import fit_drum_templates
+
+    class Windows:
+        def __init__(self):
+            self.items = []
+            for w in range(6):
+                notes = [Note(38, 0.5 * k + 0.01 * w, 0.5 * k + 0.1, 100, 0, True) for k in range(10)]
+                tokens = torch.tensor(notes_to_segments(notes, 5.12)[0])
+                nat = np.full((256, 128), MIN_VALUE)
+                for k in range(10):
+                    nat[int(round((0.5 * k + 0.01 * w) * 50))] = 0.0  # the hit's frame only
+                target = (nat - MIN_VALUE) / NAT_PER_UNIT - 1.0
+                self.items.append(dict(tokens=tokens, context=torch.zeros(256, 128),
+                                       context_mask=torch.zeros(256, dtype=torch.bool),
+                                       target=torch.from_numpy(target.astype(np.float32))))  # fmt: skip
+
+        def __getitem__(self, i):
+            return self.items[i]
+
+    decoder = FilmDecoder(**TINY, score_roll_features=EXTENDED_ROLL_FEATURES, prediction_type="edm", score_prior=True,
+                          additive_prior=True, drum_decay_powers=[10])  # fmt: skip
+    fixed = {k: v.clone() for k, v in decoder.state_dict().items() if "drum_templates" not in k}
+    onset_templates = decoder.additive_prior.drum_templates[0].detach().clone()
+    before, after = fit_drum_templates(decoder, Windows(), 6, steps=150, rows_per_step=256, batch_size=3)
+    assert after < 0.7 * before, (before, after)
+    state = decoder.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in fixed.items())
+    assert torch.equal(decoder.additive_prior.drum_templates[0], onset_templates)
+    assert all(p.grad is None for p in decoder.parameters())

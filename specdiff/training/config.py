@@ -44,6 +44,10 @@ class TrainConfig:
     # 0: every frame weighs the same in that fit; 1: every kind of frame (tonal, release tail, drums
     # alone, silent: prior_fit.frame_kinds) weighs the same, whatever its share of the frames.
     additive_prior_fit_balance: float = 0.0
+    # N > 0 (decoders with model.additive_prior=true; new runs and warm starts): after any prior fit, refit
+    # only the drum decay templates for N Adam steps on frames where drums play alone and frames with drums
+    # (prior_fit.fit_drum_templates), on additive_prior_fit_windows windows; the network is then trained on it.
+    drum_template_fit_steps: int = 0
     # N > 0 (decoders with model.input_skip_frames, new runs and warm starts): fit the input_skip maps in
     # closed form on N training windows before step 1 (train.fit_input_skip).
     input_skip_fit: int = 0
