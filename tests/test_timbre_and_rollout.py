@@ -257,6 +257,35 @@ def test_generated_pieces_stay_the_same_for_a_seed():
     assert styles == STYLE_DIGESTS
 
 
+def test_breaks_leave_the_kit_alone_and_let_hits_decay_into_silence():
+    """The ``breaks`` set exists for what band music lacks: drum hits with nothing else sounding and
+    time after them to decay. Counted from the scores (20 s each): most onsets are drums, lone hits
+    use most GM drum keys, and many hits are followed by half a second or more without any onset."""
+    from specdiff.data.idioms import GENERATORS, generate_break, idiom_split, seed_for
+    from specdiff.data.songs import discover
+
+    assert GENERATORS["breaks"] is generate_break
+    a, b = generate_break(seed_for("breaks", 3)), generate_break(seed_for("breaks", 3))
+    assert a.dumps_midi() == b.dumps_midi()
+    drum_onsets, tonal_onsets, drum_keys, lone_hits = 0, 0, set(), 0
+    for i in range(10):
+        score = generate_break(seed_for("breaks", i), seconds=20).to("second")
+        onsets = sorted((n.time, t.is_drum, n.pitch) for t in score.tracks for n in t.notes)
+        for (time, is_drum, pitch), following in zip(onsets, onsets[1:] + [(float("inf"), False, 0)]):
+            drum_onsets += is_drum
+            tonal_onsets += not is_drum
+            drum_keys |= {pitch} if is_drum else set()
+            lone_hits += is_drum and following[0] - time >= 0.5
+    assert drum_onsets > 4 * tonal_onsets > 0
+    assert len(drum_keys) >= 30  # of the 47 GM drum keys
+    assert lone_hits >= 50
+    pieces = discover("breaks:4")
+    assert [p.song_id for p in pieces] == [f"breaks/breaks_{i:04d}" for i in range(4)]
+    assert {p.generator for p in pieces} == {"breaks"}
+    assert [p.split for p in pieces] == [idiom_split(i) for i in range(4)]
+    assert {p.generator for p in discover("idioms:2")} == {"idioms"}
+
+
 def test_generated_pieces_do_not_depend_on_the_string_hash_seed():
     """The same seed gives the same piece in every process: a generator that iterates over a set of
     strings follows PYTHONHASHSEED (the test split then changed from run to run)."""

@@ -183,10 +183,13 @@ def add_prepare_arguments(subparsers: argparse._SubParsersAction) -> argparse.Ar
         description="Cache log-mel features and notes of training songs (resumable; bad files are skipped "
         "and listed in failures.json). SOURCE: 'demo' (the bundled corpus, rendered), 'maestro:PATH', "
         "'slakh:PATH', 'folder:PATH' (x.mid + x.wav/flac), 'render:PATH' (MIDI files), 'idioms[:N]' (N "
-        "generated band-music pieces, specdiff.data.idioms, default 400, with their own fixed split), or a bare path "
-        "(the kind is detected).",
+        "generated band-music pieces, specdiff.data.idioms, default 400, with their own fixed split), 'breaks[:N]' "
+        "(N generated drum breaks: the kit mostly alone, stop-time hits, lone hits decaying into silence), or a "
+        "bare path (the kind is detected).",
     )
-    parser.add_argument("source", help="demo, idioms[:N], maestro:PATH, slakh:PATH, folder:PATH, render:PATH or PATH")
+    parser.add_argument(
+        "source", help="demo, idioms[:N], breaks[:N], maestro:PATH, slakh:PATH, folder:PATH, render:PATH or PATH"
+    )
     parser.add_argument("cache_dir", help="output feature cache folder")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     parser.add_argument(

@@ -408,6 +408,67 @@ def generate_piece(seed: int, seconds: float = 30.0, style: str | None = None):
     return _to_score(bpm, parts, drums)
 
 
+#: Every General MIDI drum key (35 acoustic bass drum .. 81 open triangle): a break's lone hits use them all.
+GM_DRUM_KEYS = tuple(range(35, 82))
+
+#: What one bar of a break plays (:func:`generate_break`): the kit alone, one stop-time hit, a few
+#: lone hits far apart, a chord stab with a hit, or nothing.
+BREAK_BARS = ("solo", "stop", "lone", "stab", "rest")
+
+
+def _break_bar(p: _Part, stabs: _Part, kind: str, c: _Bar, groove: str) -> None:
+    """One bar of a break (``kind`` from :data:`BREAK_BARS`) into the drum part and the stab part."""
+    rng, q, bar = c.rng, TICKS_PER_QUARTER, c.length
+    if kind == "solo":
+        fill = rng.random() < 0.3
+        for offset, note, accent in _drum_bar(groove, c.style.beats, q, rng, fill, c.style.swing):
+            p.notes.append((c.t0 + offset, q // 4, note, _velocity(rng, c.level, accent / 100)))
+    elif kind == "stop":  # everyone hits the downbeat together, then the bar rings out
+        for note in (KICK, int(rng.choice([CRASH, SNARE, OPEN_HAT, CLAP]))):
+            p.notes.append((c.t0, q // 4, note, _velocity(rng, c.level, 0.1)))
+    elif kind == "lone":  # single hits at least a beat apart: each decays into silence
+        pos = int(rng.integers(0, 2)) * q // 2
+        while pos < bar:
+            p.notes.append((c.t0 + pos, q // 4, int(rng.choice(GM_DRUM_KEYS)), _velocity(rng, c.level, 0.0)))
+            pos += int(rng.choice([1, 2, 3])) * q
+    elif kind == "stab":  # a short chord over a kick, then silence
+        voicing = [_fit(60 + (c.root + n) % 12, 48, 76) for n in c.chord]
+        for pitch in voicing:
+            _add(stabs, c.t0, int(rng.choice([q // 4, q // 2])), pitch, _velocity(rng, c.level, 0.0))
+        p.notes.append((c.t0, q // 4, KICK, _velocity(rng, c.level, 0.1)))
+
+
+def generate_break(seed: int, seconds: float = 30.0):
+    """A generated *break* piece as a ``symusic.Score``: the drum kit mostly alone, with gaps.
+
+    Band music leaves drums alone rarely (about 0.5% of :func:`generate_piece`'s frames), so a model
+    fitted on it never sees a hit decay into silence. Each bar here is one of :data:`BREAK_BARS`
+    (a groove of any style with fills, a stop-time hit, lone hits of every GM drum key a beat or more
+    apart, a short chord stab over a kick, or a rest), at a dynamic level from pp to ff.
+    """
+    rng = np.random.default_rng(seed)
+    grooves = [s for s in STYLES if s.groove is not None]
+    st = grooves[int(rng.integers(len(grooves)))]
+    bpm = float(rng.integers(st.tempo[0], st.tempo[1] + 1))
+    bar = st.beats * TICKS_PER_QUARTER
+    n_bars = max(2, int(round(seconds * bpm / 60 / st.beats)))
+    key = int(rng.integers(0, 12))
+    progression = PROGRESSIONS[st.progressions[int(rng.integers(len(st.progressions)))]]
+    drums = _Part(0, is_drum=True)
+    stabs = _Part(int(rng.choice(ROLE_PROGRAMS["comp"] + ROLE_PROGRAMS["bass"])))
+    _, levels = _dynamics(rng, n_bars)
+    weights = np.array([0.35, 0.2, 0.25, 0.1, 0.1])
+    for b in range(n_bars):
+        root_deg, quality = progression[b % len(progression)]
+        c = _Bar(st, rng, key, b, b * bar, key + root_deg, TRIAD[quality], float(levels[b]))
+        _break_bar(drums, stabs, str(rng.choice(BREAK_BARS, p=weights)), c, st.groove or "rock")
+    return _to_score(bpm, {"stabs": stabs}, drums)
+
+
+#: The generators of named sets: ``idioms`` (band music) and ``breaks`` (the kit alone, with gaps).
+GENERATORS = {"idioms": generate_piece, "breaks": generate_break}
+
+
 def generate_set(
     count: int, name: str = "idioms", seconds: float = 30.0, splits: Sequence[str] | None = None
 ) -> list[tuple[str, str, object]]:
@@ -417,7 +478,8 @@ def generate_set(
         split = idiom_split(i)
         if splits is not None and split not in splits:
             continue
-        out.append((f"{name}_{i:04d}", split, generate_piece(seed_for(name, i), seconds=seconds)))
+        generate = GENERATORS.get(name, generate_piece)
+        out.append((f"{name}_{i:04d}", split, generate(seed_for(name, i), seconds=seconds)))
     return out
 
 
@@ -446,5 +508,5 @@ def write_split(folder, split: str = "test", count: int = DEFAULT_COUNT, name: s
     return paths
 
 
-__all__ = ["STYLES", "ROLE_PROGRAMS", "DEFAULT_COUNT", "generate_piece", "generate_set", "idiom_split", "seed_for",
-           "write_split"]  # fmt: skip
+__all__ = ["STYLES", "ROLE_PROGRAMS", "DEFAULT_COUNT", "GENERATORS", "generate_break", "generate_piece",
+           "generate_set", "idiom_split", "seed_for", "write_split"]  # fmt: skip

@@ -170,13 +170,14 @@ class IdiomPiece(SongPair):
     seconds: float = 30.0
     soundfont: str | None = None
     backend: str = "auto"
+    generator: str = "idioms"  # a key of specdiff.data.idioms.GENERATORS
 
     def load(self) -> tuple[np.ndarray, list[Note], float]:
-        from specdiff.data.idioms import generate_piece
+        from specdiff.data.idioms import GENERATORS
         from specdiff.data.render import render_midi
         from specdiff.midi.reader import midi_to_notes
 
-        score = generate_piece(self.seed, seconds=self.seconds)
+        score = GENERATORS[self.generator](self.seed, seconds=self.seconds)
         notes, total_time = midi_to_notes(score.dumps_midi())
         audio = render_midi(score, SAMPLE_RATE, soundfont=self.soundfont, backend=self.backend)
         return audio, notes, total_time
@@ -426,12 +427,14 @@ def demo_pairs(variants: int = 1, seed: int = 0, **kwargs) -> list[RenderedMidi]
 
 def idiom_pairs(count: int = 400, seconds: float = 30.0, name: str = "idioms", **kwargs) -> list[IdiomPiece]:
     """``count`` generated pieces (``specdiff.data.idioms``) with their fixed train/validation/test split
-    (:func:`specdiff.data.idioms.idiom_split`); ``kwargs``: soundfont, backend."""
-    from specdiff.data.idioms import idiom_split, seed_for
+    (:func:`specdiff.data.idioms.idiom_split`); ``name`` ``breaks`` generates drum breaks instead
+    (:func:`specdiff.data.idioms.generate_break`); ``kwargs``: soundfont, backend."""
+    from specdiff.data.idioms import GENERATORS, idiom_split, seed_for
 
+    generator = name if name in GENERATORS else "idioms"
     return [
         IdiomPiece(song_id=f"{name}/{name}_{i:04d}", split=idiom_split(i), seed=seed_for(name, i), seconds=seconds,
-                   **kwargs)
+                   generator=generator, **kwargs)
         for i in range(count)
     ]  # fmt: skip
 
@@ -454,7 +457,7 @@ def with_soundfonts(pairs: Sequence[SongPair], soundfonts: Sequence[str | None])
 
 
 def detect_source(source: str | os.PathLike) -> tuple[str, Path | None]:
-    """``(kind, path)`` of a data source: kind is demo, maestro, slakh, folder or render.
+    """``(kind, path)`` of a data source: kind is demo, idioms, breaks, maestro, slakh, folder or render.
 
     ``"maestro:PATH"``, ``"slakh:PATH"``, ``"folder:PATH"``, ``"render:PATH"`` name the kind; a bare
     path is detected: MAESTRO metadata -> maestro, ``metadata.yaml`` files -> slakh, MIDI files with
@@ -463,8 +466,9 @@ def detect_source(source: str | os.PathLike) -> tuple[str, Path | None]:
     text = str(source)
     if text == "demo":
         return "demo", None
-    if text == "idioms" or text.startswith("idioms:"):
-        return "idioms", None
+    for generated in ("idioms", "breaks"):
+        if text == generated or text.startswith(generated + ":"):
+            return generated, None
     kind, _, rest = text.partition(":")
     if kind in ("maestro", "slakh", "folder", "render") and rest:
         path = Path(rest)
@@ -491,9 +495,9 @@ def discover(source: str | os.PathLike, **kwargs) -> list[SongPair]:
     kind, path = detect_source(source)
     if kind == "demo":
         return list(demo_pairs(**kwargs))
-    if kind == "idioms":
+    if kind in ("idioms", "breaks"):
         count = str(source).partition(":")[2]
-        return list(idiom_pairs(int(count) if count else 400, **kwargs))
+        return list(idiom_pairs(int(count) if count else 400, name=kind, **kwargs))
     if kind == "maestro":
         return list(maestro_pairs(path, **kwargs))
     if kind == "slakh":
@@ -519,7 +523,7 @@ def discover_with_options(
     """
     kind, _ = detect_source(source)
     render = dict(soundfont=soundfont, backend=backend)
-    if kind == "idioms":
+    if kind in ("idioms", "breaks"):
         return discover(source, **render)
     if kind == "demo":
         return discover(source, variants=variants, seed=seed, **render)
