@@ -3,7 +3,7 @@ over collated training windows)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -151,6 +151,14 @@ def balanced_row_probabilities(roll: Tensor, balance: float) -> Tensor | None:
     return (weights / weights.sum()).float()
 
 
+def _rows_l1(estimate: Callable[[Tensor], Tensor], index: Tensor, targets: Tensor, chunk: int = 8192) -> float:
+    """The mean absolute error of ``estimate(rows)`` against ``targets[rows]`` over the rows ``index``,
+    ``chunk`` rows at a time, without gradients (the fits' before / after report)."""
+    with torch.no_grad():
+        total = sum(float((estimate(part) - targets[part]).abs().sum()) for part in index.split(chunk))
+    return total / (len(index) * targets.shape[1])
+
+
 def fit_additive_prior(
     decoder: FilmDecoder,
     dataset: Any,
@@ -194,10 +202,8 @@ def fit_additive_prior(
         return prior(roll) + linear_part if additive else linear_part
 
     def error(additive: bool = True) -> float:
-        with torch.no_grad():
-            total = sum(float((estimate(part, additive) - target_rows[part]).abs().sum())
-                        for part in torch.arange(len(roll_rows)).split(rows_per_step))  # fmt: skip
-        return total / target_rows.numel()
+        every_row = torch.arange(len(roll_rows))
+        return _rows_l1(lambda index: estimate(index, additive), every_row, target_rows, rows_per_step)
 
     with torch.no_grad():  # the linear prior as it stands, for the report
         shared.copy_(linear.weight[:, TONAL_FEATURES:].T.float() * NAT_PER_UNIT)
@@ -271,16 +277,11 @@ def fit_drum_templates(
             total = total + decoder.timbre_prior(timbre_rows[index]).float()
         return total
 
-    def error(index: Tensor) -> float:
-        with torch.no_grad():
-            total = sum(float((estimate(part) - target_rows[part]).abs().sum()) for part in index.split(8192))
-        return total / (len(index) * target_rows.shape[1])
-
     params = [prior.drum_templates] + ([prior.fast_drum_templates] if prior.fast_drum_templates is not None else [])
     # the decay kind only: the onset templates and every other parameter keep their fitted values
     mask = torch.zeros_like(prior.drum_templates)
     mask[DRUM_KINDS.index("decay")] = 1.0
-    before = error(alone)
+    before = _rows_l1(estimate, alone, target_rows)
     optimizer = torch.optim.Adam(params, lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
     half = rows_per_step // 2
@@ -295,7 +296,7 @@ def fit_drum_templates(
             optimizer.step()
     for parameter in decoder.parameters():  # the fit's gradients must not reach the first training step
         parameter.grad = None
-    return before, error(alone)
+    return before, _rows_l1(estimate, alone, target_rows)
 
 
 @torch.no_grad()
