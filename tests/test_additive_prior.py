@@ -14,12 +14,14 @@ from specdiff.midi.reader import Note
 from specdiff.midi.score_roll import (
     CONTEXT_ROLL_FEATURES,
     EXTENDED_ROLL_FEATURES,
+    PROGRAM_ROLL_FEATURES,
     ROLL_FEATURES,
     SILENT_FEATURE,
     VELOCITY_ROLL_FEATURES,
     batch_rolls,
     drum_feature,
     pitch_feature,
+    segment_roll,
     tonal_feature,
 )
 from specdiff.midi.tokenizer import notes_to_segments
@@ -245,3 +247,55 @@ def test_drum_template_fit_moves_only_the_drum_decay_templates_and_fits_fast_dec
     assert all(torch.equal(state[k], v) for k, v in fixed.items())
     assert torch.equal(decoder.additive_prior.drum_templates[0], onset_templates)
     assert all(p.grad is None for p in decoder.parameters())
+
+
+def test_program_columns_mark_where_each_program_sounds():
+    """The program layout is the velocity layout plus one column per MIDI program: 1 on the frames where
+    a tonal note of that program sounds (its sustain), never for drums."""
+    notes = [
+        Note(60, 0.10, 0.50, 100, 16, False),
+        Note(48, 0.30, 0.90, 100, 19, False),
+        Note(38, 0.2, 0.3, 100, 0, True),
+    ]
+    tokens = notes_to_segments(notes, 1.0)[0]
+    wide = segment_roll(tokens, features=PROGRAM_ROLL_FEATURES)
+    narrow = segment_roll(tokens, features=VELOCITY_ROLL_FEATURES)
+    assert torch.equal(wide[:, :VELOCITY_ROLL_FEATURES], narrow)
+    programs = wide[:, VELOCITY_ROLL_FEATURES:]
+    assert programs.shape == (256, 128) and set(programs.unique().tolist()) == {0.0, 1.0}
+    assert programs[:, 16].nonzero().flatten().tolist() == list(range(5, 25))  # 0.1 s to 0.5 s, 50 frames/s
+    assert programs[:, 19].nonzero().flatten().tolist() == list(range(15, 45))
+    assert programs.sum(dim=0).nonzero().flatten().tolist() == [16, 19]  # the snare has no program column
+    assert torch.equal(programs[:, 16], wide[:, tonal_feature("sustain", 16, 60)])
+
+
+def test_program_colours_start_at_zero_and_colour_only_their_programs_frames():
+    """Zero program colours give exactly the velocity layout's prior (a warm start keeps the output);
+    a program's colour moves only the frames where it sounds, as much as the same change of its
+    family's colour would when it plays alone, and half as much in log power (the mean over the
+    family's sounding programs) when another program of the family sounds with it."""
+    prior = AdditivePrior(PROGRAM_ROLL_FEATURES)
+    reference = _prior()
+    with torch.no_grad():
+        for name, parameter in reference.named_parameters():
+            dict(prior.named_parameters())[name].copy_(parameter)
+    assert prior.program_colours is not None and not prior.program_colours.any()
+    assert AdditivePrior(VELOCITY_ROLL_FEATURES).program_colours is None
+    roll = torch.zeros(3, PROGRAM_ROLL_FEATURES)
+    for row in range(3):
+        roll[row, tonal_feature("sustain", 16, 60)] = 1.0  # a drawbar organ note (family 2) on every frame
+    roll[1, VELOCITY_ROLL_FEATURES + 16] = 1.0  # frame 1: only program 16 of family 2 sounds
+    roll[2, VELOCITY_ROLL_FEATURES + 16] = roll[2, VELOCITY_ROLL_FEATURES + 19] = 1.0  # frame 2: 16 and 19
+    assert torch.equal(prior(roll), reference(roll[:, :VELOCITY_ROLL_FEATURES]))
+    before = prior.log_power(roll).detach()
+    with torch.no_grad():
+        prior.program_colours[16] = -0.8
+        family = AdditivePrior(PROGRAM_ROLL_FEATURES)
+        family.load_state_dict(reference.state_dict(), strict=False)
+        family.family_colours[:, 2] += -0.8
+    after = prior.log_power(roll).detach()
+    assert torch.equal(after[0], before[0])  # no program column: no program colour
+    assert torch.allclose(after[1], family.log_power(roll[1:2])[0], atol=1e-5)
+    with torch.no_grad():
+        family.family_colours[:, 2] += 0.4  # net -0.4: the mean of -0.8 (program 16) and 0 (program 19)
+    assert torch.allclose(after[2], family.log_power(roll[2:3])[0], atol=1e-5)

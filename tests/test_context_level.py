@@ -12,6 +12,7 @@ from specdiff.midi.score_roll import (
     CONTEXT_ROLL_FEATURES,
     CONTEXT_TAIL_FRAMES,
     EXTENDED_ROLL_FEATURES,
+    PROGRAM_ROLL_FEATURES,
     VELOCITY_FEATURES,
     VELOCITY_ROLL_FEATURES,
     add_context_level,
@@ -61,7 +62,8 @@ def test_context_columns_hold_the_tail_level_per_band_and_the_empty_flag():
 
 @pytest.mark.parametrize("narrow, wide", [(EXTENDED_ROLL_FEATURES, CONTEXT_ROLL_FEATURES),
                                           (EXTENDED_ROLL_FEATURES, VELOCITY_ROLL_FEATURES),
-                                          (CONTEXT_ROLL_FEATURES, VELOCITY_ROLL_FEATURES)])  # fmt: skip
+                                          (CONTEXT_ROLL_FEATURES, VELOCITY_ROLL_FEATURES),
+                                          (VELOCITY_ROLL_FEATURES, PROGRAM_ROLL_FEATURES)])  # fmt: skip
 def test_a_warm_start_into_a_wider_layout_keeps_the_output(narrow, wide):
     old = SpectrogramDiffusionModel(*build_models("tiny", seed=0, dropout_rate=0.0, **MICRO, **EDM,
                                                   score_roll_features=narrow))  # fmt: skip

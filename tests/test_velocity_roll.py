@@ -15,6 +15,7 @@ from conftest import EDM, MICRO, smf_bytes
 from specdiff.midi.reader import Note
 from specdiff.midi.score_roll import (
     CONTEXT_ROLL_FEATURES,
+    PROGRAM_ROLL_FEATURES,
     ROLL_LAYOUTS,
     VELOCITY_FEATURES,
     VELOCITY_ROLL_FEATURES,
@@ -50,7 +51,8 @@ def model_on(layout: int, seed: int = 0) -> SpectrogramDiffusionModel:
 
 def test_layout_sizes():
     assert VELOCITY_FEATURES == 18 and VELOCITY_ROLL_FEATURES == CONTEXT_ROLL_FEATURES + 18 == 7268
-    assert ROLL_LAYOUTS[-2:] == (CONTEXT_ROLL_FEATURES, VELOCITY_ROLL_FEATURES)
+    assert ROLL_LAYOUTS[-3:] == (CONTEXT_ROLL_FEATURES, VELOCITY_ROLL_FEATURES, PROGRAM_ROLL_FEATURES)
+    assert PROGRAM_ROLL_FEATURES == VELOCITY_ROLL_FEATURES + 128 == 7396
 
 
 def test_velocity_block_by_hand():
@@ -113,15 +115,17 @@ def test_decoder_roll_fills_velocity_only_for_the_velocity_layout():
     tokens = torch.tensor([NOTE + [0], [0] * 8])
     context, mask = torch.rand(2, 256, 128) * 2 - 1, torch.ones(2, 256, dtype=torch.bool)
     velocity = torch.full((2, 256, VELOCITY_FEATURES), -1.0)
-    for layout in ROLL_LAYOUTS[:-1]:  # the old layouts: bit-identical with or without velocities
+    for layout in ROLL_LAYOUTS[:-2]:  # the old layouts: bit-identical with or without velocities
         decoder = model_on(layout).decoder
         assert torch.equal(decoder_score_roll(decoder, tokens, context, mask, velocity),
                            decoder_score_roll(decoder, tokens, context, mask))  # fmt: skip
-    decoder = model_on(VELOCITY_ROLL_FEATURES).decoder
-    roll = decoder_score_roll(decoder, tokens, context, mask, velocity)
-    assert torch.equal(roll[0, :, VELOCITY_COLUMNS], velocity[0]) and not roll[1].any()
-    assert torch.equal(roll[..., :CONTEXT_ROLL_FEATURES], add_context_level(
-        batch_rolls(tokens, features=CONTEXT_ROLL_FEATURES), context, mask, tokens))  # fmt: skip
+    for layout in (VELOCITY_ROLL_FEATURES, PROGRAM_ROLL_FEATURES):  # the velocity layout and the one after it
+        decoder = model_on(layout).decoder
+        roll = decoder_score_roll(decoder, tokens, context, mask, velocity)
+        assert torch.equal(roll[0, :, VELOCITY_COLUMNS], velocity[0]) and not roll[1].any()
+        assert torch.equal(roll[..., :CONTEXT_ROLL_FEATURES], add_context_level(
+            batch_rolls(tokens, features=CONTEXT_ROLL_FEATURES), context, mask, tokens))  # fmt: skip
+        assert torch.equal(roll[..., VELOCITY_ROLL_FEATURES:], batch_rolls(tokens, features=layout)[..., 7268:])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -115,10 +115,22 @@ CONTEXT_ROLL_FEATURES = EXTENDED_ROLL_FEATURES + CONTEXT_LEVEL_FEATURES  # 7250
 #: velocity bin, so these columns come from the notes, not the tokens: ``specdiff.midi.velocity_roll``.
 VELOCITY_FEATURES = NUM_FAMILIES + 2
 VELOCITY_ROLL_FEATURES = CONTEXT_ROLL_FEATURES + VELOCITY_FEATURES  # 7268
+#: The program layout: the velocity one, then one column per MIDI program, 1 on the frames where a
+#: tonal note of that program sounds (drums have none). Why: the tonal features name the GM *family*
+#: (program // 8), and the programs of a family sound unlike each other; in TimGM6mb a sustained chord's
+#: mel bins 32-63 sit at +0.29 nat for the drawbar organ (program 16) and +1.1 to +1.6 for programs 19-23,
+#: so a family colour draws a drawbar organ chorale 1.4 nat too bright there
+#: (``benchmarks/results/program_colours.md``). The additive prior gives each program a colour of its own.
+NUM_PROGRAMS = 128
+PROGRAM_ROLL_FEATURES = VELOCITY_ROLL_FEATURES + NUM_PROGRAMS  # 7396
 #: The roll layouts a decoder's ``score_roll_features`` may name (each extends the one before it).
-ROLL_LAYOUTS = (ROLL_FEATURES, EXTENDED_ROLL_FEATURES, CONTEXT_ROLL_FEATURES, VELOCITY_ROLL_FEATURES)
+ROLL_LAYOUTS = (ROLL_FEATURES, EXTENDED_ROLL_FEATURES, CONTEXT_ROLL_FEATURES, VELOCITY_ROLL_FEATURES,
+                PROGRAM_ROLL_FEATURES)  # fmt: skip
 #: The layouts with the release decays and the ``silent`` feature.
-_EXTENDED_LAYOUTS = (EXTENDED_ROLL_FEATURES, CONTEXT_ROLL_FEATURES, VELOCITY_ROLL_FEATURES)
+_EXTENDED_LAYOUTS = ROLL_LAYOUTS[1:]
+#: The layouts with the context-level columns, and those with the velocity columns.
+CONTEXT_LAYOUTS = ROLL_LAYOUTS[2:]
+VELOCITY_LAYOUTS = ROLL_LAYOUTS[3:]
 
 
 def tonal_feature(kind: str, program: int, pitch: int) -> int:
@@ -219,6 +231,8 @@ def segment_roll(tokens: Sequence[int], num_frames: int = SEGMENT_FRAMES, featur
             continue
         end = max(end, start + 1)  # a note shorter than a frame still sounds on its onset frame
         roll[start:end, _columns("sustain", program, pitch)] = 1.0
+        if features == PROGRAM_ROLL_FEATURES:
+            roll[start:end, VELOCITY_ROLL_FEATURES + program] = 1.0
         sounding[start : end + SILENT_GUARD_FRAMES] = True
         if onset is not None:
             roll[onset, _columns("onset", program, pitch)] = 1.0
@@ -249,8 +263,7 @@ def add_context_level(
     tokens: Tensor | None = None,
     floor_nat: float = CONTEXT_LEVEL_FLOOR_NAT,
 ) -> Tensor:
-    """Fill the context-level columns of a :data:`CONTEXT_ROLL_FEATURES` (or
-    :data:`VELOCITY_ROLL_FEATURES`) roll ``[B, T, F]`` from the
+    """Fill the context-level columns of a roll ``[B, T, F]`` of the :data:`CONTEXT_LAYOUTS` from the
     segment's context (``[B, T_c, 128]`` scaled to [-1, 1], ``context_mask`` ``[B, T_c]``, valid frames a
     prefix): on every frame, each band's mean over the last :data:`CONTEXT_TAIL_FRAMES` valid context
     frames of its level above ``floor_nat`` (in scaled units; silence and inaudible floors: 0; ``MIN_VALUE``
@@ -263,7 +276,7 @@ def add_context_level(
     level poorly (measured: 1-step outputs 5-15 dB off the render with the render's own context);
     a closed-form fit of the log-mel on the roll plus these features lowers the x0 L1 of the
     validation windows from 1.395 to 1.252 nat (``benchmarks/results/level_probe_idioms.md``)."""
-    if roll.shape[-1] not in (CONTEXT_ROLL_FEATURES, VELOCITY_ROLL_FEATURES):
+    if roll.shape[-1] not in CONTEXT_LAYOUTS:
         return roll
     mask = context_mask.bool().to(roll.device)
     context = context.to(roll.device, roll.dtype)
@@ -314,6 +327,10 @@ __all__ = [
     "CONTEXT_LEVEL_FLOOR_NAT",
     "VELOCITY_FEATURES",
     "VELOCITY_ROLL_FEATURES",
+    "VELOCITY_LAYOUTS",
+    "CONTEXT_LAYOUTS",
+    "NUM_PROGRAMS",
+    "PROGRAM_ROLL_FEATURES",
     "add_context_level",
     "zero_null_rows",
     "release_feature",

@@ -41,6 +41,7 @@ from specdiff.midi.score_roll import (
     DRUM_DECAY_SPAN,
     NUM_FAMILIES,
     VELOCITY_FEATURES,
+    VELOCITY_LAYOUTS,
     VELOCITY_ROLL_FEATURES,
     zero_null_rows,
 )
@@ -141,17 +142,17 @@ def segment_velocity_blocks(notes: Any, starts: Sequence[int], num_frames: int =
 
 
 def add_velocity_levels(roll: Tensor, velocity: Tensor | np.ndarray | None, tokens: Tensor | None = None) -> Tensor:
-    """Fill the velocity columns of a :data:`VELOCITY_ROLL_FEATURES` roll ``[B, T, F]`` with ``velocity``
+    """Fill the velocity columns of a roll ``[B, T, F]`` of the :data:`VELOCITY_LAYOUTS` with ``velocity``
     ``[B, T, VELOCITY_FEATURES]`` (:func:`velocity_block` per row). Rows whose ``tokens`` are all PAD (the
     CFG null condition) keep all-zero columns. Other layouts, and ``velocity`` None (nothing known about
     velocities: the columns stay 0, "as loud as the piece gets"), return ``roll`` unchanged."""
-    if roll.shape[-1] != VELOCITY_ROLL_FEATURES or velocity is None:
+    if roll.shape[-1] not in VELOCITY_LAYOUTS or velocity is None:
         return roll
     columns = torch.as_tensor(velocity).to(roll.device, roll.dtype)
     if columns.shape != (*roll.shape[:-1], VELOCITY_FEATURES):
         raise ValueError(f"velocity columns of shape {tuple(columns.shape)} for a roll of shape {tuple(roll.shape)}")
     roll = roll.clone()
-    roll[..., CONTEXT_ROLL_FEATURES:] = zero_null_rows(columns, tokens)
+    roll[..., CONTEXT_ROLL_FEATURES:VELOCITY_ROLL_FEATURES] = zero_null_rows(columns, tokens)
     return roll
 
 

@@ -7,18 +7,20 @@ note and a four-note chord gets six log offsets stacked on each other, where the
 dense frames and undershoots sparse ones (measured: the frames it calls loudest come out 0.9 nat, 8 dB,
 over the truth; ``benchmarks/results/additive_prior.md``).
 
-This module is a small additive synthesiser instead. Each tonal roll feature (kind ``onset`` / ``sustain``
-/ ``decay`` of a family and a pitch, ``specdiff.midi.score_roll``) contributes the power spectrum
-``exp(P[kind, pitch] + F[kind, family] + a * v_family)``: a per-pitch log template, a per-family log
-colour, and the family's relative log velocity (the roll's velocity columns) times a per-band slope;
-drum features their own template per drum pitch, the shared per-pitch, per-family and release columns
-one template each. With ``drum_decay_powers`` the drum decay envelope ``d = exp(-t / 5 frames)`` also
-drives faster decays ``d ** k``, each with its own template per drum pitch. Why: the power-weighted
-envelope lets a drum's log-mel fall by only 0.1 nat per frame, where a TimGM6mb hit falls about 1 nat
-per frame (``benchmarks/results/drum_decay_idioms_0130.md``); a fitted mix of rates lets each drum and
-band find its own (measured: the hit frames reach the render's level; the tails stay slow where the training
-music has few drums alone). Contributions are weighted by the roll's envelope values, summed with a floor
-(one for frames the roll calls silent, one for the others), and turned into a log-mel by ``0.5 ln``
+This module is a small additive synthesiser instead. Each tonal roll feature (kind ``onset`` / ``sustain`` /
+``decay`` of a family and a pitch, ``specdiff.midi.score_roll``) contributes the power spectrum
+``exp(P[kind, pitch] + F[kind, family] + a * v_family)``: a per-pitch log template, a per-family log colour,
+and the family's relative log velocity (the roll's velocity columns) times a per-band slope; drum features
+their own template per drum pitch, the shared per-pitch, per-family and release columns one template each;
+on the program layout (``score_roll.PROGRAM_ROLL_FEATURES``) each family's colour also gets the mean of
+per-program colours over its programs sounding in the frame (the programs of a GM family differ:
+``benchmarks/results/program_colours.md``). With ``drum_decay_powers`` the drum decay envelope ``d = exp(-t
+/ 5 frames)`` also drives faster decays ``d ** k``, each with its own template per drum pitch. Why: the
+power-weighted envelope lets a drum's log-mel fall by only 0.1 nat per frame, where a TimGM6mb hit falls
+about 1 nat per frame (``benchmarks/results/drum_decay_idioms_0130.md``); a fitted mix of rates lets each
+drum and band find its own (measured: the hit frames reach the render's level; the tails stay slow where the
+training music has few drums alone). Contributions are weighted by the roll's envelope values, summed with a
+floor (one for frames the roll calls silent, one for the others), and turned into a log-mel by ``0.5 ln``
 (mel magnitudes from summed power). The context-level columns, when the layout has them, add a linear
 log-domain offset (they say how loud the previous segment was, a gain, not a source).
 
@@ -42,6 +44,8 @@ from specdiff.midi.score_roll import (
     EXTENDED_ROLL_FEATURES,
     NUM_FAMILIES,
     NUM_PITCHES,
+    NUM_PROGRAMS,
+    PROGRAM_ROLL_FEATURES,
     SILENT_FEATURE,
     TONAL_FEATURES,
     TONAL_KINDS,
@@ -75,7 +79,8 @@ class AdditivePrior(nn.Module):
 
     def __init__(self, roll_features: int, bins: int = 128, drum_decay_powers: Sequence[float] = ()) -> None:
         super().__init__()
-        if roll_features not in (EXTENDED_ROLL_FEATURES, CONTEXT_ROLL_FEATURES, VELOCITY_ROLL_FEATURES):
+        if roll_features not in (EXTENDED_ROLL_FEATURES, CONTEXT_ROLL_FEATURES, VELOCITY_ROLL_FEATURES,
+                                 PROGRAM_ROLL_FEATURES):  # fmt: skip
             raise ValueError(f"the additive prior needs an extended roll layout, got {roll_features} features")
         check_drum_decay_powers(drum_decay_powers)
         self.roll_features = int(roll_features)
@@ -83,6 +88,9 @@ class AdditivePrior(nn.Module):
         # twice the log-magnitude = log power
         self.pitch_templates = nn.Parameter(torch.full((len(TONAL_KINDS), NUM_PITCHES, bins), 2 * INITIAL_TEMPLATE_NAT))
         self.family_colours = nn.Parameter(torch.zeros(len(TONAL_KINDS), NUM_FAMILIES, bins))
+        self.program_colours = None
+        if roll_features == PROGRAM_ROLL_FEATURES:  # zero: a warm start from the family colours alone is exact
+            self.program_colours = nn.Parameter(torch.zeros(NUM_PROGRAMS, bins))
         self.drum_templates = nn.Parameter(torch.full((len(DRUM_KINDS), NUM_PITCHES, bins), 2 * INITIAL_TEMPLATE_NAT))
         self.fast_drum_templates = None
         if self.drum_decay_powers:
@@ -105,8 +113,8 @@ class AdditivePrior(nn.Module):
         kinds, families = len(TONAL_KINDS), NUM_FAMILIES
         pitch_templates, slope = self.pitch_templates.float(), self.velocity_slope.float()
         tonal = roll[:, :TONAL_FEATURES].reshape(rows, kinds, families, NUM_PITCHES)
-        if self.roll_features == VELOCITY_ROLL_FEATURES:
-            velocity = roll[:, CONTEXT_ROLL_FEATURES:]
+        if self.roll_features >= VELOCITY_ROLL_FEATURES:
+            velocity = roll[:, CONTEXT_ROLL_FEATURES:VELOCITY_ROLL_FEATURES]
             family_velocity = velocity[:, :families]
             drum_velocity = velocity[:, DRUM_VELOCITY_COLUMN : DRUM_VELOCITY_COLUMN + 1]
         else:
@@ -117,6 +125,8 @@ class AdditivePrior(nn.Module):
         top = pitch_templates.amax(dim=1, keepdim=True).detach()  # [K, 1, bins]
         per_family = torch.einsum("nkfp,kpb->nkfb", tonal, torch.exp(pitch_templates - top))
         gain = self.family_colours.float()[None] + top[None] + slope * family_velocity[:, None, :, None]
+        if self.program_colours is not None:
+            gain = gain + self._program_colour(roll[:, VELOCITY_ROLL_FEATURES:PROGRAM_ROLL_FEATURES])[:, None]
         power = (per_family * torch.exp(gain)).sum(dim=(1, 2))
         drums = roll[:, TONAL_FEATURES : TONAL_FEATURES + DRUM_FEATURES].reshape(rows, len(DRUM_KINDS), NUM_PITCHES)
         drum_power = torch.einsum("nkp,kpb->nb", drums, torch.exp(self.drum_templates.float()))
@@ -132,6 +142,14 @@ class AdditivePrior(nn.Module):
         floors = torch.exp(self.floors.float())
         power = power + floors[0] * (1.0 - silent) + floors[1] * silent
         return torch.log(power)
+
+    def _program_colour(self, programs: Tensor) -> Tensor:
+        """``[N, 128]`` sounding-program columns -> ``[N, families, bins]`` log-power colour of each family:
+        the mean colour of its programs that sound in the frame (0 where none does)."""
+        per_family = programs.reshape(len(programs), NUM_FAMILIES, NUM_PROGRAMS // NUM_FAMILIES)
+        share = per_family / per_family.sum(dim=2, keepdim=True).clamp(min=1.0)
+        colours = self.program_colours.float().reshape(NUM_FAMILIES, NUM_PROGRAMS // NUM_FAMILIES, -1)
+        return torch.einsum("nfq,fqb->nfb", share, colours)
 
     def forward(self, roll: Tensor) -> Tensor:
         """``[..., F]`` roll -> ``[..., bins]`` log-mel estimate in the decoder's scaled units (float32)."""

@@ -278,7 +278,8 @@ INPUT_SKIP_KNOTS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9,
 
 #: Decoder parameters that extensions add zero-initialised, so a warm start from a folder without
 #: them keeps that folder's output (train.Trainer's warm start accepts their absence).
-ZERO_STARTED_DECODER_PARAMETERS = ("timbre_embedding", "timbre_prior", "input_context", "input_skip")
+ZERO_STARTED_DECODER_PARAMETERS = ("timbre_embedding", "timbre_prior", "input_context", "input_skip",
+                                   "additive_prior.program_colours")  # fmt: skip
 #: Decoder parameters that extensions add and that must be fitted before training continues from a model
 #: without them (``specdiff.training.prior_fit.fit_additive_prior``, run by ``score_prior_fit``).
 FITTED_DECODER_PARAMETERS = ("additive_prior",)
@@ -340,7 +341,8 @@ class FilmDecoder(ConfigMixin, nn.Module):
 
     - ``score_roll_features > 0``: frame-aligned score conditioning. A per-frame piano roll
       (``specdiff.midi.score_roll``; the value names the layout, ``score_roll.ROLL_LAYOUTS``: 6832 base,
-      7121 extended, 7250 plus the context level, 7268 plus the notes' relative velocities) enters the
+      7121 extended, 7250 plus the context level, 7268 plus the notes' relative velocities, 7396 plus the
+      sounding programs) enters the
       decoder input through ``score_projection`` (a sparse embedding sum: roll @ W^T), added to
       ``continuous_inputs_projection``'s output.
     - ``prediction_type``: ``"epsilon"`` (the original), ``"v_prediction"``, ``"sample"`` (x0) or

@@ -30,7 +30,7 @@ from specdiff.audio.mel import scale_features, scale_to_features
 from specdiff.constants import SAMPLE_RATE
 from specdiff.errors import ModelError
 from specdiff.midi.decoder_roll import decoder_roll
-from specdiff.midi.score_roll import VELOCITY_FEATURES, VELOCITY_ROLL_FEATURES
+from specdiff.midi.score_roll import VELOCITY_FEATURES, VELOCITY_LAYOUTS
 from specdiff.pipeline.folder import NETWORKS, read_networks, write_folder
 from specdiff.pipeline.inputs import (
     SynthesisPlan,
@@ -298,7 +298,7 @@ class SpectrogramDiffusionPipeline:
         features = getattr(self.decoder, "score_roll_features", 0)
         segment_frames = int(_module_config(self.decoder, "targets_length"))
         columns = None
-        if features == VELOCITY_ROLL_FEATURES:
+        if features in VELOCITY_LAYOUTS:
             blocks = [np.zeros((segment_frames, VELOCITY_FEATURES), np.float32) if v is None else v for v in velocity]
             columns = torch.from_numpy(np.stack(blocks))
         # The rows are real segments; the guided denoiser zeroes the CFG null branch's roll itself.
@@ -494,7 +494,7 @@ class SpectrogramDiffusionPipeline:
     def _song(self, input_tokens: Any) -> tuple[list[list[int]], int, list[Any] | None]:
         """The token segments that are needed, the number of frames to keep and, for a decoder on the
         velocity roll layout, the segments' velocity columns from the song's notes (None otherwise)."""
-        velocity = getattr(self.decoder, "score_roll_features", 0) == VELOCITY_ROLL_FEATURES
+        velocity = getattr(self.decoder, "score_roll_features", 0) in VELOCITY_LAYOUTS
         return song_input(input_tokens, int(_module_config(self.decoder, "targets_length")), velocity)
 
     def segments(

@@ -260,10 +260,11 @@ class Trainer:
         # A model that adds zero-started extensions (timbres, input context) to a model without them
         # keeps their zero start, so it begins with the folder's output.
         prefixes = tuple(f"decoder.{name}." for name in ZERO_STARTED_DECODER_PARAMETERS)
-        added = {k for k in self.model.state_dict() if k.startswith(prefixes)}
+        names = {f"decoder.{name}" for name in ZERO_STARTED_DECODER_PARAMETERS}  # a bare Parameter's own key
+        added = {k for k in self.model.state_dict() if k.startswith(prefixes) or k in names}
         # Extensions that are fitted before step 1 (the additive prior) may be absent too, if they are fitted.
         fitted = tuple(f"decoder.{name}." for name in FITTED_DECODER_PARAMETERS)
-        added_fitted = {k for k in self.model.state_dict() if k.startswith(fitted)} - set(state["model"])
+        added_fitted = {k for k in self.model.state_dict() if k.startswith(fitted)} - set(state["model"]) - added
         if added_fitted and self.config.score_prior_fit <= 0:
             raise ModelError(f"{path} has no additive prior: fit one with --set score_prior_fit=N")
         added |= added_fitted
