@@ -415,6 +415,8 @@ def _run_synth_one(args: argparse.Namespace) -> int:
         raise SpecdiffError(f"--threads must be >= 1, got {args.threads}")
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     pipe, device = _load_model(args, model_dir)
+    if not pipe.slakh_programs:  # the model reads General MIDI programs (its decoder's gm_programs)
+        tokenized = pipe.tokenize(midi)
     # A CPU generator: the same seed gives the same start noise on every device (sampler.randn).
     generator = torch.Generator(device="cpu").manual_seed(seed)
     sample_rate = pipe.sample_rate
@@ -606,6 +608,8 @@ def run_synth_many(args: argparse.Namespace, midis: list[Path]) -> int:
     else:
         seeds = [secrets.randbelow(2**31) for _ in midis]
     pipe, device = _load_model(args, model_dir)
+    if not pipe.slakh_programs:  # the model reads General MIDI programs (its decoder's gm_programs)
+        tokenized = [pipe.tokenize(midi) for midi in midis]
     generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
 
     # 5. All songs (the slow part), then the outputs.

@@ -17,8 +17,12 @@ Cache layout::
     cache_dir/index.json             songs with split, frame count, total_time, source
     cache_dir/failures.json          song id -> reason, for songs that could not be cached
     cache_dir/songs/<id>/mel.npy     float16 [frames, 128] natural-log mel (ORIGINAL.md §1)
-    cache_dir/songs/<id>/notes.npy   NOTE_DTYPE structured array (sustain + Slakh programs applied)
+    cache_dir/songs/<id>/notes.npy   NOTE_DTYPE structured array (sustain applied, General MIDI programs)
     cache_dir/songs/<id>/meta.json   written last: marks the song as cached
+
+The notes keep their General MIDI programs (``"programs": "gm"`` in the meta; caches made before held
+Slakh classes): :class:`ChunkDataset` maps them to Slakh classes for the original models and leaves them
+for models with the decoder's ``gm_programs`` extension.
 """
 
 from __future__ import annotations
@@ -127,7 +131,8 @@ def _cache_song(pair: SongPair, cache_dir: str) -> tuple[str, dict | None, str |
         atomic_write(folder / "mel.npy", lambda tmp: _save_npy(tmp, mel))
         atomic_write(folder / "notes.npy", lambda tmp: _save_npy(tmp, notes_to_array(notes)))
         meta = {"id": pair.song_id, "split": pair.split, "frames": int(len(mel)),
-                "total_time": float(total_time), "num_notes": len(notes), "source": pair.source}  # fmt: skip
+                "total_time": float(total_time), "num_notes": len(notes), "source": pair.source,
+                "programs": "gm"}  # fmt: skip
         if pair.timbre is not None:
             meta["timbre"] = pair.timbre
         _write_json(folder / "meta.json", meta)  # last: marks the song as cached
@@ -329,9 +334,11 @@ class ChunkDataset(torch.utils.data.Dataset):
         context_frames: int = CONTEXT_FRAMES,
         target_frames: int = TARGET_FRAMES,
         timbres: Sequence[str] = (),
+        slakh_programs: bool = True,
     ) -> None:
         self.cache_dir = Path(cache_dir)
         self.timbres = list(timbres)
+        self.slakh_programs = bool(slakh_programs)
         self.seed, self.split, self.epoch_size = int(seed), split, int(epoch_size)
         self.context_frames, self.target_frames = context_frames, target_frames
         songs = [s for s in load_index(cache_dir) if split is None or s["split"] == split]
@@ -349,6 +356,12 @@ class ChunkDataset(torch.utils.data.Dataset):
         if unknown:
             raise SpecdiffError(f"the feature cache {cache_dir} has timbres {unknown} that the model lacks "
                                 f"(it knows {self.timbres})")  # fmt: skip
+        if not self.slakh_programs:
+            mapped = [s["id"] for s in songs if s.get("programs") != "gm"]
+            if mapped:
+                raise SpecdiffError(f"the feature cache {cache_dir} holds Slakh classes, not General MIDI programs, "
+                                    f"for {len(mapped)} songs (e.g. {mapped[0]}): a gm_programs model needs a cache "
+                                    "made by this version of specdiff prepare")  # fmt: skip
         self.songs = songs
         self.piece_song = np.array(piece_song, np.int64)
         self.piece_start = np.array(piece_start, np.int64)
@@ -377,8 +390,19 @@ class ChunkDataset(torch.utils.data.Dataset):
             self._mels[k] = mel
         return mel
 
+    def note_array(self, k: int) -> np.ndarray:
+        """Song ``k``'s notes (``NOTE_DTYPE``) with programs as the model reads them: caches hold General
+        MIDI programs (older ones Slakh classes); with ``slakh_programs`` they are mapped to Slakh classes
+        (ORIGINAL.md §2.5 step 3; idempotent, so older caches give the same notes)."""
+        from specdiff.midi.reader import slakh_classes
+
+        notes = np.load(_song_dir(self.cache_dir, self.songs[k]["id"]) / "notes.npy")
+        if self.slakh_programs:
+            notes["program"] = slakh_classes(notes["program"], notes["is_drum"])
+        return notes
+
     def notes(self, k: int) -> list[Note]:
-        return array_to_notes(np.load(_song_dir(self.cache_dir, self.songs[k]["id"]) / "notes.npy"))
+        return array_to_notes(self.note_array(k))
 
     def event_index(self, k: int) -> EventIndex:
         """Song ``k``'s token index, computed once per process."""
@@ -397,7 +421,7 @@ class ChunkDataset(torch.utils.data.Dataset):
         if spans is None:
             from specdiff.midi.velocity_roll import velocity_spans
 
-            spans = velocity_spans(np.load(_song_dir(self.cache_dir, self.songs[k]["id"]) / "notes.npy"))
+            spans = velocity_spans(self.note_array(k))
             self._velocity_spans[k] = spans
         return spans
 
@@ -455,10 +479,12 @@ def open_training_datasets(
     seed: int = 0,
     epoch_size: int = 1_000_000,
     timbres: Sequence[str] = (),
+    slakh_programs: bool = True,
 ) -> tuple[ChunkDataset, ChunkDataset]:
     """The training set (split "train" of ``data``) and validation set (split "validation" of
     ``val_data``, default ``data``, with a different seed so its windows differ)."""
-    train = ChunkDataset(data, seed=seed, split="train", epoch_size=epoch_size, timbres=timbres)
-    val = ChunkDataset(val_data if val_data is not None else data, seed=seed + 1_000_003,
-                       split="validation", epoch_size=epoch_size, timbres=timbres)  # fmt: skip
+    train = ChunkDataset(data, seed=seed, split="train", epoch_size=epoch_size, timbres=timbres,
+                         slakh_programs=slakh_programs)  # fmt: skip
+    val = ChunkDataset(val_data if val_data is not None else data, seed=seed + 1_000_003, split="validation",
+                       epoch_size=epoch_size, timbres=timbres, slakh_programs=slakh_programs)  # fmt: skip
     return train, val

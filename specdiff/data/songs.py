@@ -71,7 +71,7 @@ class AudioMidiPair(SongPair):
         from specdiff.audio.files import load_audio
         from specdiff.midi.reader import midi_to_notes
 
-        notes, total_time = midi_to_notes(self.midi)
+        notes, total_time = midi_to_notes(self.midi, slakh_programs=False)  # the cache keeps GM programs
         return load_audio(self.audio), notes, total_time
 
     @property
@@ -146,7 +146,7 @@ class RenderedMidi(SongPair):
             rng = np.random.default_rng(self.program_seed)
             score = reassign_programs(self.midi, rng, families=self.families)
             midi = score.dumps_midi()  # tokens and audio come from the same modified file
-        notes, total_time = midi_to_notes(midi)
+        notes, total_time = midi_to_notes(midi, slakh_programs=False)  # the cache keeps GM programs
         audio = render_midi(score, SAMPLE_RATE, soundfont=self.soundfont, backend=self.backend)
         return audio, notes, total_time
 
@@ -178,7 +178,7 @@ class IdiomPiece(SongPair):
         from specdiff.midi.reader import midi_to_notes
 
         score = GENERATORS[self.generator](self.seed, seconds=self.seconds)
-        notes, total_time = midi_to_notes(score.dumps_midi())
+        notes, total_time = midi_to_notes(score.dumps_midi(), slakh_programs=False)  # the cache keeps GM programs
         audio = render_midi(score, SAMPLE_RATE, soundfont=self.soundfont, backend=self.backend)
         return audio, notes, total_time
 

@@ -132,7 +132,7 @@ class Piece:
     cut: float | None  # seconds the piece was cut at (None: whole piece)
 
 
-def prepare_piece(midi: Path, max_seconds: float | None = None) -> Piece:
+def prepare_piece(midi: Path, max_seconds: float | None = None, slakh_programs: bool = True) -> Piece:
     """Read and tokenize ``midi``; with ``max_seconds`` keep only the notes that start before it,
     ending any still sounding there (the notes the transcription is scored against), and the whole
     song's first segments up to it (what the model plays; its output is cropped there).
@@ -148,14 +148,14 @@ def prepare_piece(midi: Path, max_seconds: float | None = None) -> Piece:
     from specdiff.midi.reader import midi_to_notes
     from specdiff.midi.tokenizer import TokenizedMidi, notes_to_segments, num_frames_for
 
-    notes, total_time = midi_to_notes(midi)
+    notes, total_time = midi_to_notes(midi, slakh_programs=slakh_programs)
     segments = notes_to_segments(notes, total_time)
     cut = None
     if max_seconds is not None and total_time > max_seconds:
         notes = [replace(n, end=min(n.end, max_seconds)) for n in notes if n.start < max_seconds]
         total_time = cut = float(max_seconds)
         segments = segments[: -(-num_frames_for(total_time) // SEGMENT_FRAMES)]
-    return Piece(midi, notes, TokenizedMidi(segments, total_time, notes), cut)
+    return Piece(midi, notes, TokenizedMidi(segments, total_time, notes, slakh_programs), cut)
 
 
 def _prepare_pieces(
@@ -256,6 +256,8 @@ def evaluate(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     pipe = _load_pipeline(model, inverter, device, dtype)
+    if not getattr(pipe, "slakh_programs", True):  # the model reads General MIDI programs (gm_programs)
+        pieces = [prepare_piece(piece.midi, max_seconds, slakh_programs=False) for piece in pieces]
     # Unset settings: the model's sampling.json, else the library defaults, so the report names what was run.
     chosen = resolve_sampling(getattr(pipe, "sampling", None), scheduler=scheduler, num_inference_steps=steps,
                               guidance_scale=guidance)  # fmt: skip

@@ -711,6 +711,7 @@ def _midi_to_note_arrays(
     max_seconds: float,
     max_events: int = DEFAULT_MAX_EVENTS,
     check_cancelled: CheckCancelled | None = None,
+    slakh_programs: bool = True,
 ) -> tuple[_NoteArrays, float, str]:
     data, name = _read_bytes(midi, max_bytes)
     instruments, scales = _parse_midi(data, name, max_notes, max_events, check_cancelled)
@@ -736,9 +737,15 @@ def _midi_to_note_arrays(
     notes, total_time = _apply_sustain(notes, instrument, pedals, total_time, check_cancelled)
     if not total_time <= max_seconds:
         raise MidiError(f"{name}: MIDI file too long ({total_time:.0f} s > {max_seconds:.0f} s, limit max_seconds)")
-    # Slakh classes for non-drum notes (ORIGINAL.md §2.5 step 3); drums keep their program.
-    notes.program = np.where(notes.is_drum, notes.program, _SLAKH_MAP[notes.program])
+    if slakh_programs:  # Slakh classes for non-drum notes (ORIGINAL.md §2.5 step 3); drums keep their program.
+        notes.program = slakh_classes(notes.program, notes.is_drum)
     return notes, total_time, name
+
+
+def slakh_classes(programs: np.ndarray, is_drum: np.ndarray) -> np.ndarray:
+    """Non-drum ``programs`` mapped to their Slakh class (:func:`program_to_slakh`); drums unchanged.
+    Idempotent: a class maps to itself."""
+    return np.where(is_drum, programs, _SLAKH_MAP[programs])
 
 
 def midi_to_notes(
@@ -749,11 +756,13 @@ def midi_to_notes(
     max_seconds: float = DEFAULT_MAX_SECONDS,
     max_events: int = DEFAULT_MAX_EVENTS,
     check_cancelled: CheckCancelled | None = None,
+    slakh_programs: bool = True,
 ) -> tuple[list[Note], float]:
     """Read a MIDI file (path or bytes) into notes, as diffusers' MidiProcessor sees them.
 
     Sustain pedal is applied per instrument and non-drum programs are mapped to Slakh classes
-    (ORIGINAL.md §2.5 steps 1-3). Returns the notes in NoteSequence order and the NoteSequence
+    (ORIGINAL.md §2.5 steps 1-3; ``slakh_programs=False`` keeps the General MIDI programs, for a model
+    with the ``gm_programs`` extension). Returns the notes in NoteSequence order and the NoteSequence
     ``total_time`` in seconds. Raises MidiError for a missing, non-MIDI, truncated or corrupt
     file, a file without notes, or one beyond ``max_bytes`` / ``max_notes`` / ``max_seconds`` /
     ``max_events`` (events of every kind: notes, pedal and other controllers, meta, sysex).
@@ -762,5 +771,7 @@ def midi_to_notes(
     pedal). ``check_cancelled``, if given, is called every few thousand events; whatever it
     raises abandons the parse (a wall-clock budget, a cancelled request).
     """
-    notes, total_time, _ = _midi_to_note_arrays(midi, max_bytes, max_notes, max_seconds, max_events, check_cancelled)
+    notes, total_time, _ = _midi_to_note_arrays(
+        midi, max_bytes, max_notes, max_seconds, max_events, check_cancelled, slakh_programs
+    )
     return notes.to_notes(), total_time

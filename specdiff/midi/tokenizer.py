@@ -87,11 +87,14 @@ class TokenizedMidi:
 
     ``notes``: the notes the segments were made from, with their velocities (a list of :class:`Note` or
     the reader's arrays; None when unknown), which the tokens lack (one velocity bin): the velocity roll
-    layout's columns come from them (``specdiff.midi.velocity_roll``). Not part of equality."""
+    layout's columns come from them (``specdiff.midi.velocity_roll``). Not part of equality.
+    ``slakh_programs``: whether the programs were mapped to Slakh classes (the original; False for a model
+    with the ``gm_programs`` extension)."""
 
     segments: list[list[int]]
     duration: float  # NoteSequence total_time after sustain (ORIGINAL.md §2.5)
     notes: Any = field(default=None, compare=False, repr=False)
+    slakh_programs: bool = field(default=True, compare=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,15 +298,19 @@ def midi_to_segments(
     max_notes: int = DEFAULT_MAX_NOTES,
     max_seconds: float = DEFAULT_MAX_SECONDS,
     max_events: int = DEFAULT_MAX_EVENTS,
+    slakh_programs: bool = True,
 ) -> TokenizedMidi:
     """Tokenize a MIDI file exactly like diffusers' ``MidiProcessor()(midi)`` (ORIGINAL.md §2.5).
 
     Differences by design: a segment with more than 2047 events keeps the first 2047 and warns
     (diffusers returns an over-long list), and bad input raises MidiError (limits as in
-    :func:`midi_to_notes`).
+    :func:`midi_to_notes`). ``slakh_programs=False`` keeps the General MIDI programs (an extension,
+    for models with ``gm_programs``; the vocabulary has all 128 program tokens).
     """
-    notes, total_time, _ = _midi_to_note_arrays(midi, max_bytes, max_notes, max_seconds, max_events)
-    return TokenizedMidi(_index_to_segments(_index_arrays(notes, total_time)), total_time, notes)
+    notes, total_time, _ = _midi_to_note_arrays(
+        midi, max_bytes, max_notes, max_seconds, max_events, slakh_programs=slakh_programs
+    )
+    return TokenizedMidi(_index_to_segments(_index_arrays(notes, total_time)), total_time, notes, slakh_programs)
 
 
 # --------------------------------------------------------------------------------------------

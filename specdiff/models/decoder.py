@@ -270,6 +270,7 @@ DECODER_EXTENSIONS: dict[str, Any] = {
     "input_context_frames": 0,
     "input_skip_frames": 0,
     "drum_decay_powers": [],
+    "gm_programs": False,
 }
 
 #: Noise times at which the ``input_skip`` extension holds one local linear map each; between two
@@ -365,6 +366,13 @@ class FilmDecoder(ConfigMixin, nn.Module):
     - ``drum_decay_powers`` (needs ``additive_prior``; empty = off): powers ``k > 1`` of the roll's drum
       decay envelope that the additive prior gives templates of their own, so a drum hit can fade as
       fast as a SoundFont's does (``benchmarks/results/drum_decay_idioms_0130.md``).
+    - ``gm_programs``: the notes keep their General MIDI program where the original maps each to its
+      Slakh class (34 classes; every program from 88 up is 88: ORIGINAL.md §2.5 step 3); the vocabulary
+      has all 128 program tokens, so only the reading of the MIDI file changes (``slakh_programs=False``
+      in ``specdiff.midi``; the pipeline and the training data follow this flag). Why: the programs of
+      one class sound unlike each other; TimGM6mb, a sustained chord, each program's band levels lie
+      1.6 nat (mean over four band groups) from its class's mean (``benchmarks/results/program_colours.md``).
+      The decoder itself does not use it.
     - ``timbres`` (a list of names, e.g. SoundFont names): timbre conditioning. A learned vector
       per timbre (``timbre_embedding``) is added to every frame of the decoder input, and with
       the score prior a learned log-mel offset per timbre (``timbre_prior``) to the prior, so
@@ -400,6 +408,7 @@ class FilmDecoder(ConfigMixin, nn.Module):
         "input_context_frames": int,
         "input_skip_frames": int,
         "drum_decay_powers": lambda powers: [float(power) for power in powers],
+        "gm_programs": bool,
     }
     #: The extensions appear in ``config`` only when on, so an original folder's config is unchanged.
     config_optional = frozenset(DECODER_EXTENSIONS)
@@ -425,6 +434,7 @@ class FilmDecoder(ConfigMixin, nn.Module):
         input_skip_frames: int = 0,
         additive_prior: bool = False,
         drum_decay_powers: Sequence[float] = (),
+        gm_programs: bool = False,
     ) -> None:
         super().__init__()
         _check_extensions(prediction_type, score_roll_features, score_prior, input_context_frames,

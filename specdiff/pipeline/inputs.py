@@ -41,17 +41,22 @@ class SynthesisPlan:
         return self.segments * self.steps
 
 
-def as_song(input_tokens: Any) -> tuple[list[list[int]], float | None, Any]:
+def as_song(input_tokens: Any, slakh_programs: bool = True) -> tuple[list[list[int]], float | None, Any]:
     """Token segments, the music's duration (None for bare token lists: no trimming) and its notes with
     velocities (a ``TokenizedMidi``'s ``notes``; None where unknown, as for bare token lists).
 
     ``input_tokens``: a MIDI file path (tokenized here), anything with ``segments`` and
     ``duration`` (a ``TokenizedMidi``), or a list of token lists. No segments: :class:`MidiError`.
+    ``slakh_programs``: how the model reads programs (False: General MIDI programs, the decoder's
+    ``gm_programs``); a ``TokenizedMidi`` made the other way is refused.
     """
     if isinstance(input_tokens, (str, os.PathLike)):
         from specdiff.midi.tokenizer import midi_to_segments
 
-        input_tokens = midi_to_segments(input_tokens)
+        input_tokens = midi_to_segments(input_tokens, slakh_programs=slakh_programs)
+    if getattr(input_tokens, "slakh_programs", slakh_programs) != slakh_programs:
+        wanted = "Slakh classes" if slakh_programs else "General MIDI programs"
+        raise SpecdiffError(f"this model reads {wanted}: tokenize the MIDI file with the pipeline's tokenize()")
     if hasattr(input_tokens, "segments") and hasattr(input_tokens, "duration"):
         segments, duration = list(input_tokens.segments), float(input_tokens.duration)
         notes = getattr(input_tokens, "notes", None)
@@ -70,20 +75,20 @@ def frames_to_keep(num_segments: int, segment_frames: int, duration: float | Non
     return max(1, min(total, math.ceil((duration + RELEASE_TAIL_SECONDS) * FRAMES_PER_SECOND)))
 
 
-def song_segments(input_tokens: Any, segment_frames: int) -> tuple[list[list[int]], int]:
+def song_segments(input_tokens: Any, segment_frames: int, slakh_programs: bool = True) -> tuple[list[list[int]], int]:
     """The token segments that are needed and the number of log-mel frames to keep: segments that
     start after the release tail are dropped, since nothing of them would be kept."""
-    segments, keep, _ = song_input(input_tokens, segment_frames)
+    segments, keep, _ = song_input(input_tokens, segment_frames, slakh_programs=slakh_programs)
     return segments, keep
 
 
 def song_input(
-    input_tokens: Any, segment_frames: int, velocity: bool = False
+    input_tokens: Any, segment_frames: int, velocity: bool = False, slakh_programs: bool = True
 ) -> tuple[list[list[int]], int, list[Any] | None]:
     """:func:`song_segments` and, with ``velocity`` (a decoder on the velocity roll layout), each needed
     segment's velocity columns (``[segment_frames, 18]`` numpy, :func:`segment_velocity`); None without
     ``velocity`` or where the input has no notes (bare token lists: the columns stay 0)."""
-    segments, duration, notes = as_song(input_tokens)
+    segments, duration, notes = as_song(input_tokens, slakh_programs)
     keep = frames_to_keep(len(segments), segment_frames, duration)
     segments = segments[: math.ceil(keep / segment_frames)]
     blocks = segment_velocity(notes, len(segments), segment_frames) if velocity and notes is not None else None

@@ -145,6 +145,24 @@ class SpectrogramDiffusionPipeline:
             guidance_scale=guidance_scale,
         )
 
+    # -- programs --------------------------------------------------------------------------------
+
+    @property
+    def slakh_programs(self) -> bool:
+        """Whether the model reads programs as Slakh classes (the original) or, with the decoder's
+        ``gm_programs`` extension, as General MIDI programs."""
+        config = self.decoder.config
+        gm = config.get("gm_programs", False) if isinstance(config, dict) else getattr(config, "gm_programs", False)
+        return not bool(gm)
+
+    def tokenize(self, midi: Any, **limits: Any) -> Any:
+        """A MIDI file (path or bytes) as this model reads it: ``specdiff.midi.tokenizer.midi_to_segments``
+        with the model's program mapping; ``limits``: its ``max_bytes`` / ``max_notes`` / ``max_seconds`` /
+        ``max_events``."""
+        from specdiff.midi.tokenizer import midi_to_segments
+
+        return midi_to_segments(midi, slakh_programs=self.slakh_programs, **limits)
+
     # -- timbre ----------------------------------------------------------------------------------
 
     @property
@@ -487,7 +505,7 @@ class SpectrogramDiffusionPipeline:
         """The segment plan and step limits of a call with these arguments, without running it
         (unset arguments take :attr:`sampling`'s values, as in :meth:`__call__`)."""
         segment_frames = int(_module_config(self.decoder, "targets_length"))
-        segments, keep = song_segments(input_tokens, segment_frames)
+        segments, keep = song_segments(input_tokens, segment_frames, self.slakh_programs)
         steps = self.sampling_for(scheduler, num_inference_steps).num_inference_steps
         return SynthesisPlan(len(segments), keep, segment_frames, steps, self.max_steps(scheduler))
 
@@ -495,7 +513,8 @@ class SpectrogramDiffusionPipeline:
         """The token segments that are needed, the number of frames to keep and, for a decoder on the
         velocity roll layout, the segments' velocity columns from the song's notes (None otherwise)."""
         velocity = getattr(self.decoder, "score_roll_features", 0) in VELOCITY_LAYOUTS
-        return song_input(input_tokens, int(_module_config(self.decoder, "targets_length")), velocity)
+        segment_frames = int(_module_config(self.decoder, "targets_length"))
+        return song_input(input_tokens, segment_frames, velocity, self.slakh_programs)
 
     def segments(
         self,

@@ -32,8 +32,10 @@ def read_midi(
     max_notes: int = 2_000_000,
     max_events: int | None = None,
     check_cancelled: Callable[[], None] | None = None,
+    slakh_programs: bool = True,
 ) -> tuple[Any, list[Any]]:
-    """Tokenize MIDI bytes: ``(TokenizedMidi, notes)``; MidiError if unusable.
+    """Tokenize MIDI bytes: ``(TokenizedMidi, notes)``; MidiError if unusable. ``slakh_programs``: the
+    model's program mapping (``SpectrogramDiffusionPipeline.slakh_programs``).
 
     The notes (``specdiff.midi.reader.Note``) are read once and tokenized from there (``notes_to_segments``
     on ``midi_to_notes``' output is what ``midi_to_segments`` does), so the piano roll
@@ -50,6 +52,7 @@ def read_midi(
         notes, total_time = midi_to_notes(
             data, max_bytes=max_bytes, max_seconds=max_seconds, max_notes=max_notes,
             max_events=DEFAULT_MAX_EVENTS if max_events is None else max_events, check_cancelled=check,
+            slakh_programs=slakh_programs,
         )  # fmt: skip
     except MidiError as err:
         # The tokenizer names bytes input "MIDI data"; the client knows its file by name.
@@ -64,7 +67,7 @@ def read_midi(
     for warning in caught:  # e.g. a segment too dense for 2048 tokens was truncated
         logger.warning("%s: %s", name, warning.message)
     check()
-    return TokenizedMidi(segments, total_time, notes), notes
+    return TokenizedMidi(segments, total_time, notes, slakh_programs), notes
 
 
 def write_notes_json(notes: list[Any], duration: float, path: Path) -> Path:

@@ -146,13 +146,14 @@ def open_datasets(config: TrainConfig) -> tuple[torch.utils.data.Dataset, torch.
     epoch_size = max(1_000_000, config.steps * config.batch_size)
     val_source = config.val_data if config.val_data is not None else config.data
     timbres = _model_timbres(config)
+    options = dict(timbres=timbres, slakh_programs=not config.model.get("gm_programs", False))
     if not any(song["split"] == "validation" for song in data_module.load_index(val_source)):
         if config.val_data is not None:
             raise SpecdiffError(f"the feature cache {config.val_data} has no validation split")
         print(f"note: {config.data} has no validation split; validating on training windows drawn with another seed")
         train_set = data_module.ChunkDataset(config.data, seed=config.seed, split="train", epoch_size=epoch_size,
-                                             timbres=timbres)  # fmt: skip
+                                             **options)  # fmt: skip
         return train_set, data_module.ChunkDataset(config.data, seed=config.seed + 1_000_003, split="train",
-                                                   timbres=timbres)  # fmt: skip
+                                                   **options)  # fmt: skip
     return data_module.open_training_datasets(config.data, config.val_data, seed=config.seed, epoch_size=epoch_size,
-                                              timbres=timbres)  # fmt: skip
+                                              **options)  # fmt: skip

@@ -70,7 +70,12 @@ from specdiff.training.objective import (
 from specdiff.training.optim import EMA, build_optimizer
 from specdiff.training.prior_fit import fit_additive_prior, fit_drum_templates, fit_input_skip, fit_score_prior
 from specdiff.training.validation import _autocast, _to_device, sample_spectrogram, validation_loss
-from specdiff.training.warm_start import _widen_roll_weights, pipeline_folder_state_dict
+from specdiff.training.warm_start import (
+    _widen_roll_weights,
+    pipeline_folder_state_dict,
+    reads_gm_programs,
+    slakh_to_gm_programs,
+)
 
 # ---------------------------------------------------------------------------------------------
 # The loop
@@ -270,6 +275,9 @@ class Trainer:
         added |= added_fitted
         missing = added - set(state["model"])
         state, widened = _widen_roll_weights(state, self.model.state_dict())
+        if self.config.model.get("gm_programs") and not reads_gm_programs(path, state):
+            # the source read Slakh classes: start each program as its class (the same output)
+            state, widened = {**state, "model": slakh_to_gm_programs(state["model"])}, widened | {"programs"}
         try:
             result = self.model.load_state_dict(state["model"], strict=not missing)
         except RuntimeError as exc:

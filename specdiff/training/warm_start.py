@@ -46,3 +46,82 @@ def _widen_roll_weights(state: dict[str, Any], target: dict[str, Tensor]) -> tup
             model_state[key] = torch.cat([old, old.new_zeros(*old.shape[:-1], new.shape[-1] - old.shape[-1])], -1)
             widened.add(key)
     return {**state, "model": model_state}, widened
+
+
+def reads_gm_programs(path: Path, state: dict[str, Any]) -> bool:
+    """Whether the warm start's source (a pipeline folder or a training checkpoint ``state``) has the
+    decoder's ``gm_programs`` extension."""
+    import json
+
+    if path.is_dir():
+        config_path = path / "decoder" / "config.json"
+        decoder = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    else:
+        decoder = (state.get("model_configs") or {}).get("decoder") or {}
+    return bool(decoder.get("gm_programs", False))
+
+
+def slakh_to_gm_programs(model_state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The weights of a model that read Slakh classes, rewritten for reading General MIDI programs
+    (the decoder's ``gm_programs``) so that it starts with the same output: each program's token
+    embedding row and program columns (``score_roll.PROGRAM_ROLL_FEATURES``) start as its class's, and the
+    roll's families 12-15, where Slakh folds every program from 88 up into class 88 (family 11), start as
+    family 11 (their tonal, family, release and velocity columns, the additive prior's colours). Exact
+    where a frame holds at most one family of 11-15 (family features are maxima over their notes)."""
+    from specdiff.midi.reader import program_to_slakh
+    from specdiff.midi.score_roll import (
+        CONTEXT_ROLL_FEATURES,
+        DRUM_FEATURES,
+        PROGRAM_ROLL_FEATURES,
+        RELEASE_FRAMES,
+        TONAL_FEATURES,
+        TONAL_KINDS,
+        VELOCITY_ROLL_FEATURES,
+        family_feature,
+        release_feature,
+        tonal_feature,
+    )
+    from specdiff.midi.tokenizer import PROGRAM_ID
+
+    state = dict(model_state)
+    key = "notes_encoder.token_embedder.weight"
+    if key in state:
+        table = state[key].clone()
+        table[[PROGRAM_ID + p for p in range(128)]] = table[[PROGRAM_ID + program_to_slakh(p) for p in range(128)]]
+        state[key] = table
+    folded = [8 * family for family in range(12, 16)]  # a program of each family that class 88 held
+    pairs = [(tonal_feature(kind, new, pitch), tonal_feature(kind, 88, pitch))
+             for kind in TONAL_KINDS for new in folded for pitch in range(128)]  # fmt: skip
+    pairs += [(family_feature(kind, new), family_feature(kind, 88)) for kind in TONAL_KINDS for new in folded]
+    pairs += [(release_feature(i, program=new), release_feature(i, program=88))
+              for i in range(len(RELEASE_FRAMES)) for new in folded]  # fmt: skip
+    for key in ROLL_WEIGHTS:
+        if key not in state:
+            continue
+        weight, width = state[key].clone(), state[key].shape[-1]
+        layout_pairs = list(pairs)
+        if width >= VELOCITY_ROLL_FEATURES:
+            layout_pairs += [(CONTEXT_ROLL_FEATURES + new // 8, CONTEXT_ROLL_FEATURES + 11) for new in folded]
+        if width == PROGRAM_ROLL_FEATURES:
+            layout_pairs += [
+                (VELOCITY_ROLL_FEATURES + p, VELOCITY_ROLL_FEATURES + program_to_slakh(p)) for p in range(128)
+            ]
+        destination, source = zip(*layout_pairs)
+        weight[:, list(destination)] = weight[:, list(source)]
+        state[key] = weight
+    shared = state.get("decoder.additive_prior.shared_templates")  # one row per shared roll column
+    if shared is not None:
+        offset = TONAL_FEATURES + DRUM_FEATURES
+        shared = shared.clone()
+        destination, source = zip(*pairs[len(TONAL_KINDS) * len(folded) * 128 :])  # the family and release pairs
+        shared[[d - offset for d in destination]] = shared[[s - offset for s in source]]
+        state["decoder.additive_prior.shared_templates"] = shared
+    colours = state.get("decoder.additive_prior.family_colours")
+    if colours is not None:
+        colours = colours.clone()
+        colours[:, 12:16] = colours[:, 11:12]
+        state["decoder.additive_prior.family_colours"] = colours
+    programs = state.get("decoder.additive_prior.program_colours")
+    if programs is not None:
+        state["decoder.additive_prior.program_colours"] = programs[[program_to_slakh(p) for p in range(128)]].clone()
+    return state

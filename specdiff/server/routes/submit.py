@@ -128,8 +128,12 @@ def make_job(state: ServerState, data: bytes, name: str, settings: JobSettings, 
     """Parse and tokenize an upload and write its notes to the job's folder (in a worker thread,
     within the ticket's wall-clock budget; abandoned, leaving no files, once it is cancelled)."""
     config = state.config
+    # a model that reads General MIDI programs (gm_programs) is told so; the original's readers need no argument
+    slakh = getattr(getattr(state.synthesizer, "pipe", None), "slakh_programs", True)
+    programs = {} if slakh else {"slakh_programs": False}
     tokenized, notes = state.read_midi(data, name, config.max_midi_seconds, config.max_upload_bytes,
-                                       config.max_notes, config.max_events, check_cancelled=ticket.check)  # fmt: skip
+                                       config.max_notes, config.max_events, check_cancelled=ticket.check,
+                                       **programs)  # fmt: skip
     ticket.check()
     job_id = new_job_id()
     folder = state.queue.new_folder(job_id)
