@@ -77,7 +77,6 @@ def main() -> int:
                 tonal[int(n.start * FRAMES_PER_SECOND) : int(n.end * FRAMES_PER_SECOND) + TONAL_TAIL_FRAMES] = True
         audio = render_midi(path, SAMPLE_RATE, soundfont=find_soundfont("TimGM6mb"))[: int(args.seconds * SAMPLE_RATE)]
         mels = {"TimGM6mb render": log_mel(torch.from_numpy(audio.astype(np.float32))[None]).numpy()[0]}
-        piece = prepare_piece(path, args.seconds)
         for label, prior_alone, guidance in (
             ("model (its sampling.json)", False, None),
             ("model, guidance 1", False, 1.0),
@@ -85,6 +84,7 @@ def main() -> int:
         ):
             folder = model_folder(args.model, tmp, prior_alone)
             pipe = SpectrogramDiffusionPipeline.from_pretrained(folder, inverter=None)
+            piece = prepare_piece(path, args.seconds, slakh_programs=pipe.slakh_programs)
             out = pipe(piece.tokenized, generator=torch.Generator().manual_seed(0), guidance_scale=guidance,
                        output_type="mel", show_progress=False)  # fmt: skip
             mels[label] = np.asarray(out.mels[0])

@@ -102,7 +102,7 @@ def embed_model(folder: Path, files: list[Path], seconds: float, steps: int, gui
     pipe = SpectrogramDiffusionPipeline.from_pretrained(folder)
     rows, peak = [], 0.0
     for f in files:
-        piece = prepare_piece(f, seconds)
+        piece = prepare_piece(f, seconds, slakh_programs=pipe.slakh_programs)
         out = pipe(piece.tokenized, generator=torch.Generator().manual_seed(0), num_inference_steps=steps,
                    guidance_scale=guidance, show_progress=False)  # fmt: skip
         audio = np.asarray(out.audios, dtype=np.float32).reshape(-1)[:n]

@@ -85,7 +85,7 @@ def cpu_seconds_per_audio_second(
 
     from specdiff.evaluation.evaluate import prepare_piece
 
-    piece = prepare_piece(midi, seconds)
+    piece = prepare_piece(midi, seconds, slakh_programs=pipe.slakh_programs)
 
     def run():
         return pipe(piece.tokenized, num_inference_steps=steps, scheduler=scheduler, guidance_scale=guidance,

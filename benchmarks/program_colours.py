@@ -58,6 +58,24 @@ def band_levels(mel: np.ndarray) -> list[float]:
     return [float(mel[lo:hi, a:b].mean()) for a, b in BANDS]
 
 
+def spread_lines(render: dict[int, list[float]]) -> list[str]:
+    """How far each program's render lies from the mean of its Slakh class and of its GM family (mean
+    absolute difference per band group): what a model that cannot tell the programs apart must miss."""
+    from specdiff.midi.reader import program_to_slakh
+
+    lines = ["| programs grouped by | groups | " + " | ".join(f"bins {a}-{b - 1}" for a, b in BANDS) + " | mean |",
+             "|---" * (3 + len(BANDS)) + "|"]  # fmt: skip
+    for label, key in (("Slakh class (the original's tokens)", program_to_slakh), ("GM family", lambda p: p // 8)):
+        groups: dict[int, list[list[float]]] = {}
+        for program, levels in render.items():
+            groups.setdefault(key(program), []).append(levels)
+        errors = np.concatenate([np.abs(np.array(g) - np.mean(g, axis=0)) for g in groups.values()])
+        values = errors.mean(axis=0)
+        lines.append(f"| {label} | {len(groups)} | " + " | ".join(f"{v:.2f}" for v in values)
+                     + f" | {values.mean():.2f} |")  # fmt: skip
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", nargs="?", default=str(ROOT / "specdiff" / "assets" / "default_model"))
@@ -103,6 +121,7 @@ def main() -> int:
                            for levels in rows.values()])  # fmt: skip
         lines.append("| mean abs. error vs render | " + " | ".join([""] * len(bands)) + " | "
                      + " | ".join(f"{v:.2f}" for v in errors.mean(axis=0)) + " |")  # fmt: skip
+    lines += ["", *spread_lines({program: levels["render"] for program, levels in rows.items()})]
     title = f"# Band levels of a sustained chord per program (families {', '.join(map(str, args.families))})"
     text = "\n".join([title, "", f"Model: `{Path(args.model).name}`.", "", *lines, "",
                       "Made by `benchmarks/program_colours.py`; natural-log mel, frames 0.5-3.5 s."])  # fmt: skip

@@ -106,7 +106,7 @@ def main() -> int:
             label = run_label(Path(model))
             offsets: dict[str, list[float]] = {w: [] for w in WAYS}
             for path in files:
-                piece = prepare_piece(path, args.max_seconds)
+                piece = prepare_piece(path, args.max_seconds, slakh_programs=pipe.slakh_programs)
                 tokens = pipe._song(piece.tokenized)[0]
                 reference = references[path]
                 cells = []

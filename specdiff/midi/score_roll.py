@@ -118,9 +118,10 @@ VELOCITY_ROLL_FEATURES = CONTEXT_ROLL_FEATURES + VELOCITY_FEATURES  # 7268
 #: The program layout: the velocity one, then one column per MIDI program, 1 on the frames where a
 #: tonal note of that program sounds (drums have none). Why: the tonal features name the GM *family*
 #: (program // 8), and the programs of a family sound unlike each other; in TimGM6mb a sustained chord's
-#: mel bins 32-63 sit at +0.29 nat for the drawbar organ (program 16) and +1.1 to +1.6 for programs 19-23,
-#: so a family colour draws a drawbar organ chorale 1.4 nat too bright there
-#: (``benchmarks/results/program_colours.md``). The additive prior gives each program a colour of its own.
+#: mel bins 32-63 sit at +0.29 nat for the drawbar organ (program 16) and +1.1 to +1.6 for programs 19-23
+#: (``benchmarks/results/program_colours_timgm6mb.md``). The additive prior gives each program a colour of
+#: its own. The columns come from the tokens, so they name Slakh classes unless the decoder reads General
+#: MIDI programs (its ``gm_programs`` option; the original's classes put all eight organs in one).
 NUM_PROGRAMS = 128
 PROGRAM_ROLL_FEATURES = VELOCITY_ROLL_FEATURES + NUM_PROGRAMS  # 7396
 #: The roll layouts a decoder's ``score_roll_features`` may name (each extends the one before it).

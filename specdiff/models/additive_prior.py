@@ -14,7 +14,7 @@ and the family's relative log velocity (the roll's velocity columns) times a per
 their own template per drum pitch, the shared per-pitch, per-family and release columns one template each;
 on the program layout (``score_roll.PROGRAM_ROLL_FEATURES``) each family's colour also gets the mean of
 per-program colours over its programs sounding in the frame (the programs of a GM family differ:
-``benchmarks/results/program_colours.md``). With ``drum_decay_powers`` the drum decay envelope ``d = exp(-t
+``benchmarks/results/program_colours_timgm6mb.md``). With ``drum_decay_powers`` the drum decay envelope ``d = exp(-t
 / 5 frames)`` also drives faster decays ``d ** k``, each with its own template per drum pitch. Why: the
 power-weighted envelope lets a drum's log-mel fall by only 0.1 nat per frame, where a TimGM6mb hit falls
 about 1 nat per frame (``benchmarks/results/drum_decay_idioms_0130.md``); a fitted mix of rates lets each

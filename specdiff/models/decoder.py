@@ -371,7 +371,7 @@ class FilmDecoder(ConfigMixin, nn.Module):
       has all 128 program tokens, so only the reading of the MIDI file changes (``slakh_programs=False``
       in ``specdiff.midi``; the pipeline and the training data follow this flag). Why: the programs of
       one class sound unlike each other; TimGM6mb, a sustained chord, each program's band levels lie
-      1.6 nat (mean over four band groups) from its class's mean (``benchmarks/results/program_colours.md``).
+      1.6 nat (mean over four band groups) from its class's mean (``benchmarks/results/program_colours_timgm6mb.md``).
       The decoder itself does not use it.
     - ``timbres`` (a list of names, e.g. SoundFont names): timbre conditioning. A learned vector
       per timbre (``timbre_embedding``) is added to every frame of the decoder input, and with
