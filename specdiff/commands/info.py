@@ -105,6 +105,8 @@ def _model_lines(model: Path | None) -> tuple[Path | None, dict[str, str]]:
         decoder = json.loads((model_dir / "decoder" / "config.json").read_text())
         timbres = decoder.get("timbres", [])
         lines["timbres"] = (", ".join(timbres) + " (--timbre NAME; the first is the default)") if timbres else "none"
+        lines["programs"] = ("General MIDI (all 128 programs, gm_programs)" if decoder.get("gm_programs")
+                             else "Slakh classes (34, as the original)")  # fmt: skip
     except (OSError, ValueError):
         pass
     source = SAMPLING_FILE if (model_dir / SAMPLING_FILE).is_file() else f"library defaults, no {SAMPLING_FILE}"
