@@ -252,12 +252,9 @@ def evaluate(
     # synthesized (no notes, not a MIDI file, ...) is skipped and listed; none left is an error.
     pieces, skipped_files = _prepare_pieces(midi_paths, max_seconds, verbose)
     skipped = _transcription_skipped(transcription, embedding, verbose)
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+    out = _output_folder(out_dir)
     pipe = _load_pipeline(model, inverter, device, dtype)
-    if not getattr(pipe, "slakh_programs", True):  # the model reads General MIDI programs (gm_programs)
-        pieces = [prepare_piece(piece.midi, max_seconds, slakh_programs=False) for piece in pieces]
+    pieces = _as_the_model_reads(pipe, pieces, max_seconds)
     # Unset settings: the model's sampling.json, else the library defaults, so the report names what was run.
     chosen = resolve_sampling(getattr(pipe, "sampling", None), scheduler=scheduler, num_inference_steps=steps,
                               guidance_scale=guidance)  # fmt: skip
@@ -285,6 +282,21 @@ def evaluate(
     }
     _write_report(results, out, verbose)
     return results
+
+
+def _output_folder(out_dir: str | os.PathLike | None) -> Path | None:
+    """The report folder (created), or None."""
+    if out_dir is None:
+        return None
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return Path(out_dir)
+
+
+def _as_the_model_reads(pipe: Any, pieces: list[Piece], max_seconds: float | None) -> list[Piece]:
+    """The pieces tokenized again with General MIDI programs when the model reads them (``gm_programs``)."""
+    if getattr(pipe, "slakh_programs", True):
+        return pieces
+    return [prepare_piece(piece.midi, max_seconds, slakh_programs=False) for piece in pieces]
 
 
 def _settings_record(
