@@ -262,9 +262,10 @@ def test_breaks_leave_the_kit_alone_and_let_hits_decay_into_silence():
     time after them to decay. Counted from the scores (20 s each): most onsets are drums, lone hits
     use most GM drum keys, and many hits are followed by half a second or more without any onset."""
     from specdiff.data.idioms import GENERATORS, generate_break, idiom_split, seed_for
-    from specdiff.data.songs import discover
+    from specdiff.data.songs import GENERATED_KINDS, discover
 
     assert GENERATORS["breaks"] is generate_break
+    assert set(GENERATED_KINDS) == set(GENERATORS)  # every generator is a source of specdiff prepare
     a, b = generate_break(seed_for("breaks", 3)), generate_break(seed_for("breaks", 3))
     assert a.dumps_midi() == b.dumps_midi()
     drum_onsets, tonal_onsets, drum_keys, lone_hits = 0, 0, set(), 0

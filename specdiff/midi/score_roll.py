@@ -128,7 +128,7 @@ PROGRAM_ROLL_FEATURES = VELOCITY_ROLL_FEATURES + NUM_PROGRAMS  # 7396
 ROLL_LAYOUTS = (ROLL_FEATURES, EXTENDED_ROLL_FEATURES, CONTEXT_ROLL_FEATURES, VELOCITY_ROLL_FEATURES,
                 PROGRAM_ROLL_FEATURES)  # fmt: skip
 #: The layouts with the release decays and the ``silent`` feature.
-_EXTENDED_LAYOUTS = ROLL_LAYOUTS[1:]
+EXTENDED_LAYOUTS = ROLL_LAYOUTS[1:]
 #: The layouts with the context-level columns, and those with the velocity columns.
 CONTEXT_LAYOUTS = ROLL_LAYOUTS[2:]
 VELOCITY_LAYOUTS = ROLL_LAYOUTS[3:]
@@ -222,7 +222,7 @@ def segment_roll(tokens: Sequence[int], num_frames: int = SEGMENT_FRAMES, featur
     roll = np.zeros((num_frames, features), np.float32)
     if not any(int(tok) for tok in tokens):  # PAD is 0
         return torch.from_numpy(roll)
-    extended = features in _EXTENDED_LAYOUTS
+    extended = features in EXTENDED_LAYOUTS
     sounding = np.zeros(num_frames, bool)
     frames = np.arange(num_frames, dtype=np.float32)
     tonal, drums = segment_notes(tokens, num_frames)
@@ -330,6 +330,7 @@ __all__ = [
     "VELOCITY_ROLL_FEATURES",
     "VELOCITY_LAYOUTS",
     "CONTEXT_LAYOUTS",
+    "EXTENDED_LAYOUTS",
     "NUM_PROGRAMS",
     "PROGRAM_ROLL_FEATURES",
     "add_context_level",

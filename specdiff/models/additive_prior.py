@@ -41,6 +41,7 @@ from specdiff.midi.score_roll import (
     CONTEXT_ROLL_FEATURES,
     DRUM_FEATURES,
     DRUM_KINDS,
+    EXTENDED_LAYOUTS,
     EXTENDED_ROLL_FEATURES,
     NUM_FAMILIES,
     NUM_PITCHES,
@@ -49,6 +50,7 @@ from specdiff.midi.score_roll import (
     SILENT_FEATURE,
     TONAL_FEATURES,
     TONAL_KINDS,
+    VELOCITY_LAYOUTS,
     VELOCITY_ROLL_FEATURES,
 )
 from specdiff.midi.velocity_roll import DRUM_VELOCITY_COLUMN
@@ -79,8 +81,7 @@ class AdditivePrior(nn.Module):
 
     def __init__(self, roll_features: int, bins: int = 128, drum_decay_powers: Sequence[float] = ()) -> None:
         super().__init__()
-        if roll_features not in (EXTENDED_ROLL_FEATURES, CONTEXT_ROLL_FEATURES, VELOCITY_ROLL_FEATURES,
-                                 PROGRAM_ROLL_FEATURES):  # fmt: skip
+        if roll_features not in EXTENDED_LAYOUTS:
             raise ValueError(f"the additive prior needs an extended roll layout, got {roll_features} features")
         check_drum_decay_powers(drum_decay_powers)
         self.roll_features = int(roll_features)
@@ -113,7 +114,7 @@ class AdditivePrior(nn.Module):
         kinds, families = len(TONAL_KINDS), NUM_FAMILIES
         pitch_templates, slope = self.pitch_templates.float(), self.velocity_slope.float()
         tonal = roll[:, :TONAL_FEATURES].reshape(rows, kinds, families, NUM_PITCHES)
-        if self.roll_features >= VELOCITY_ROLL_FEATURES:
+        if self.roll_features in VELOCITY_LAYOUTS:
             velocity = roll[:, CONTEXT_ROLL_FEATURES:VELOCITY_ROLL_FEATURES]
             family_velocity = velocity[:, :families]
             drum_velocity = velocity[:, DRUM_VELOCITY_COLUMN : DRUM_VELOCITY_COLUMN + 1]

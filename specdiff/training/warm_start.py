@@ -90,11 +90,13 @@ def slakh_to_gm_programs(model_state: dict[str, Tensor]) -> dict[str, Tensor]:
         table[[PROGRAM_ID + p for p in range(128)]] = table[[PROGRAM_ID + program_to_slakh(p) for p in range(128)]]
         state[key] = table
     folded = [8 * family for family in range(12, 16)]  # a program of each family that class 88 held
-    pairs = [(tonal_feature(kind, new, pitch), tonal_feature(kind, 88, pitch))
-             for kind in TONAL_KINDS for new in folded for pitch in range(128)]  # fmt: skip
-    pairs += [(family_feature(kind, new), family_feature(kind, 88)) for kind in TONAL_KINDS for new in folded]
-    pairs += [(release_feature(i, program=new), release_feature(i, program=88))
-              for i in range(len(RELEASE_FRAMES)) for new in folded]  # fmt: skip
+    tonal_pairs = [(tonal_feature(kind, new, pitch), tonal_feature(kind, 88, pitch))
+                   for kind in TONAL_KINDS for new in folded for pitch in range(128)]  # fmt: skip
+    # the shared columns (one additive prior template each): per family, and the families' release decays
+    shared_pairs = [(family_feature(kind, new), family_feature(kind, 88)) for kind in TONAL_KINDS for new in folded]
+    shared_pairs += [(release_feature(i, program=new), release_feature(i, program=88))
+                     for i in range(len(RELEASE_FRAMES)) for new in folded]  # fmt: skip
+    pairs = tonal_pairs + shared_pairs
     for key in ROLL_WEIGHTS:
         if key not in state:
             continue
@@ -113,7 +115,7 @@ def slakh_to_gm_programs(model_state: dict[str, Tensor]) -> dict[str, Tensor]:
     if shared is not None:
         offset = TONAL_FEATURES + DRUM_FEATURES
         shared = shared.clone()
-        destination, source = zip(*pairs[len(TONAL_KINDS) * len(folded) * 128 :])  # the family and release pairs
+        destination, source = zip(*shared_pairs)
         shared[[d - offset for d in destination]] = shared[[s - offset for s in source]]
         state["decoder.additive_prior.shared_templates"] = shared
     colours = state.get("decoder.additive_prior.family_colours")
