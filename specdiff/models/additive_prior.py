@@ -19,8 +19,12 @@ per-program colours over its programs sounding in the frame (the programs of a G
 power-weighted envelope lets a drum's log-mel fall by only 0.1 nat per frame, where a TimGM6mb hit falls
 about 1 nat per frame (``benchmarks/results/drum_decay_idioms_0130.md``); a fitted mix of rates lets each
 drum and band find its own (measured: the hit frames reach the render's level; the tails stay slow where the
-training music has few drums alone). Contributions are weighted by the roll's envelope values, summed with a
-floor (one for frames the roll calls silent, one for the others), and turned into a log-mel by ``0.5 ln``
+training music has few drums alone). With ``timbres`` each timbre gets a log offset on every drum decay
+template (``timbre_drum_decays``, zero-started), so a SoundFont whose drums stop dead and one whose drums
+ring can each have their own tail: one rate mix for both fitted neither (5-9 frames after a drum hit with
+no tonal note, TimGM6mb's render sits at -5.8 nat, FluidR3_GM's at -2.8; the shared fit at -2.9;
+``benchmarks/results/drum_decay_idioms_0130.md``). Contributions are weighted by the roll's envelope values,
+summed with a floor (one for frames the roll calls silent, one for the others), and turned into a log-mel by ``0.5 ln``
 (mel magnitudes from summed power). The context-level columns, when the layout has them, add a linear
 log-domain offset (they say how loud the previous segment was, a gain, not a source).
 
@@ -77,9 +81,12 @@ class AdditivePrior(nn.Module):
     ``roll_features``: the roll layout (``score_roll.ROLL_LAYOUTS``; the extended ones only, as the
     prior needs the ``silent`` flag); the context-level and velocity columns are used when present.
     ``drum_decay_powers``: the powers ``k > 1`` of the drum decay envelope that get templates of their own
-    (none: the drum decay has one rate, as before the option existed)."""
+    (none: the drum decay has one rate, as before the option existed). ``timbres`` > 0: that many timbres
+    get their own log offsets on the drum decay templates (``timbre_drum_decays``; 0: shared by all)."""
 
-    def __init__(self, roll_features: int, bins: int = 128, drum_decay_powers: Sequence[float] = ()) -> None:
+    def __init__(
+        self, roll_features: int, bins: int = 128, drum_decay_powers: Sequence[float] = (), timbres: int = 0
+    ) -> None:
         super().__init__()
         if roll_features not in EXTENDED_LAYOUTS:
             raise ValueError(f"the additive prior needs an extended roll layout, got {roll_features} features")
@@ -98,6 +105,11 @@ class AdditivePrior(nn.Module):
             self.fast_drum_templates = nn.Parameter(
                 torch.full((len(self.drum_decay_powers), NUM_PITCHES, bins), 2 * INITIAL_TEMPLATE_NAT)
             )
+        self.timbre_drum_decays = None
+        if timbres:  # zero: a warm start from the shared decays is exact
+            self.timbre_drum_decays = nn.Parameter(
+                torch.zeros(int(timbres), 1 + len(self.drum_decay_powers), NUM_PITCHES, bins)
+            )
         self.shared_templates = nn.Parameter(torch.full((SHARED_SOURCE_FEATURES, bins), 2 * INITIAL_SHARED_NAT))
         self.velocity_slope = nn.Parameter(torch.full((bins,), 2.0))  # log power per unit ln(v / v_max)
         self.floors = nn.Parameter(torch.full((2, bins), 2 * INITIAL_FLOOR_NAT))  # [sounding, silent]
@@ -107,9 +119,10 @@ class AdditivePrior(nn.Module):
             nn.init.zeros_(self.context_level.weight)
             nn.init.zeros_(self.context_level.bias)
 
-    def log_power(self, roll: Tensor) -> Tensor:
+    def log_power(self, roll: Tensor, timbre: Tensor | None = None) -> Tensor:
         """``[N, F]`` float32 roll rows -> ``[N, bins]`` log power of the summed sources and floor
-        (computed in float32 whatever the parameters' dtype: the sum spans ~20 nat)."""
+        (computed in float32 whatever the parameters' dtype: the sum spans ~20 nat). ``timbre``: ``[N]``
+        timbre indices of the rows (None: timbre 0), used by ``timbre_drum_decays``."""
         rows = roll.shape[0]
         kinds, families = len(TONAL_KINDS), NUM_FAMILIES
         pitch_templates, slope = self.pitch_templates.float(), self.velocity_slope.float()
@@ -130,11 +143,14 @@ class AdditivePrior(nn.Module):
             gain = gain + self._program_colour(roll[:, VELOCITY_ROLL_FEATURES:PROGRAM_ROLL_FEATURES])[:, None]
         power = (per_family * torch.exp(gain)).sum(dim=(1, 2))
         drums = roll[:, TONAL_FEATURES : TONAL_FEATURES + DRUM_FEATURES].reshape(rows, len(DRUM_KINDS), NUM_PITCHES)
-        drum_power = torch.einsum("nkp,kpb->nb", drums, torch.exp(self.drum_templates.float()))
-        if self.fast_drum_templates is not None:
-            decay = drums[:, DRUM_KINDS.index("decay")].clamp(min=0.0)
-            faster = torch.stack([decay**power for power in self.drum_decay_powers], dim=1)  # [N, powers, P]
-            drum_power = drum_power + torch.einsum("nkp,kpb->nb", faster, torch.exp(self.fast_drum_templates.float()))
+        if self.timbre_drum_decays is None:
+            drum_power = torch.einsum("nkp,kpb->nb", drums, torch.exp(self.drum_templates.float()))
+            if self.fast_drum_templates is not None:
+                faster = self._faster_decays(drums)
+                fast_templates = torch.exp(self.fast_drum_templates.float())
+                drum_power = drum_power + torch.einsum("nkp,kpb->nb", faster, fast_templates)
+        else:
+            drum_power = self._timbre_drum_power(drums, timbre)
         power = power + drum_power * torch.exp(slope * drum_velocity)
         power = power + roll[:, TONAL_FEATURES + DRUM_FEATURES : SILENT_FEATURE] @ torch.exp(
             self.shared_templates.float()
@@ -144,6 +160,30 @@ class AdditivePrior(nn.Module):
         power = power + floors[0] * (1.0 - silent) + floors[1] * silent
         return torch.log(power)
 
+    def _faster_decays(self, drums: Tensor) -> Tensor:
+        """``[N, kinds, P]`` drum roll -> ``[N, powers, P]``: the decay envelope raised to each power."""
+        decay = drums[:, DRUM_KINDS.index("decay")].clamp(min=0.0)
+        return torch.stack([decay**power for power in self.drum_decay_powers], dim=1)
+
+    def _timbre_drum_power(self, drums: Tensor, timbre: Tensor | None) -> Tensor:
+        """``[N, kinds, P]`` drum roll, ``[N]`` timbres -> ``[N, bins]`` drum power with each row's
+        timbre offsets on the decay templates (the onset templates stay shared)."""
+        onset, decay = DRUM_KINDS.index("onset"), DRUM_KINDS.index("decay")
+        templates = self.drum_templates.float()
+        power = drums[:, onset] @ torch.exp(templates[onset])
+        rates, decay_templates = drums[:, decay : decay + 1], templates[decay : decay + 1]
+        if self.fast_drum_templates is not None:
+            rates = torch.cat([rates, self._faster_decays(drums)], dim=1)
+            decay_templates = torch.cat([decay_templates, self.fast_drum_templates.float()])
+        if timbre is None:
+            timbre = torch.zeros(len(drums), dtype=torch.long, device=drums.device)
+        offsets = self.timbre_drum_decays.float()
+        for index in range(len(offsets)):  # each timbre's rows, masked (two or three timbres: cheap)
+            rows = (timbre == index).to(power.dtype)[:, None]
+            per_row = torch.einsum("nkp,kpb->nb", rates, torch.exp(decay_templates + offsets[index]))
+            power = power + rows * per_row
+        return power
+
     def _program_colour(self, programs: Tensor) -> Tensor:
         """``[N, 128]`` sounding-program columns -> ``[N, families, bins]`` log-power colour of each family:
         the mean colour of its programs that sound in the frame (0 where none does)."""
@@ -152,14 +192,20 @@ class AdditivePrior(nn.Module):
         colours = self.program_colours.float().reshape(NUM_FAMILIES, NUM_PROGRAMS // NUM_FAMILIES, -1)
         return torch.einsum("nfq,fqb->nfb", share, colours)
 
-    def forward(self, roll: Tensor) -> Tensor:
-        """``[..., F]`` roll -> ``[..., bins]`` log-mel estimate in the decoder's scaled units (float32)."""
+    def forward(self, roll: Tensor, timbre: Tensor | None = None) -> Tensor:
+        """``[..., F]`` roll -> ``[..., bins]`` log-mel estimate in the decoder's scaled units (float32).
+        ``timbre``: timbre indices broadcastable from the left to ``roll``'s leading shape (``[B]`` for
+        ``[B, T, F]``, ``[N]`` for rows, ``[1]``); None: timbre 0."""
         if roll.shape[-1] != self.roll_features:
             raise ValueError(f"roll has {roll.shape[-1]} features, the additive prior expects {self.roll_features}")
         lead = roll.shape[:-1]
         flat = roll.reshape(-1, roll.shape[-1]).float()
+        rows = None
+        if timbre is not None and self.timbre_drum_decays is not None:
+            timbre = timbre.to(device=roll.device, dtype=torch.long)
+            rows = timbre.reshape(*timbre.shape, *([1] * (len(lead) - timbre.dim()))).expand(lead).reshape(-1)
         with torch.autocast(flat.device.type, enabled=False):  # the power sum stays float32 under bf16 autocast
-            log_mel = 0.5 * self.log_power(flat)
+            log_mel = 0.5 * self.log_power(flat, rows)
             if self.context_level is not None:
                 context = flat[:, EXTENDED_ROLL_FEATURES:CONTEXT_ROLL_FEATURES]
                 log_mel = log_mel + context @ self.context_level.weight.float().T + self.context_level.bias.float()

@@ -271,6 +271,7 @@ DECODER_EXTENSIONS: dict[str, Any] = {
     "input_skip_frames": 0,
     "drum_decay_powers": [],
     "gm_programs": False,
+    "timbre_drum_decays": False,
 }
 
 #: Noise times at which the ``input_skip`` extension holds one local linear map each; between two
@@ -280,7 +281,7 @@ INPUT_SKIP_KNOTS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9,
 #: Decoder parameters that extensions add zero-initialised, so a warm start from a folder without
 #: them keeps that folder's output (train.Trainer's warm start accepts their absence).
 ZERO_STARTED_DECODER_PARAMETERS = ("timbre_embedding", "timbre_prior", "input_context", "input_skip",
-                                   "additive_prior.program_colours")  # fmt: skip
+                                   "additive_prior.program_colours", "additive_prior.timbre_drum_decays")  # fmt: skip
 #: Decoder parameters that extensions add and that must be fitted before training continues from a model
 #: without them (``specdiff.training.prior_fit.fit_additive_prior``, run by ``score_prior_fit``).
 FITTED_DECODER_PARAMETERS = ("additive_prior",)
@@ -295,6 +296,7 @@ def _check_extensions(
     timbres: Sequence[str],
     additive_prior: bool = False,
     drum_decay_powers: Sequence[float] = (),
+    timbre_drum_decays: bool = False,
 ) -> None:
     """Raise ValueError for a :class:`FilmDecoder` configuration whose extensions do not fit together."""
     if prediction_type not in PREDICTION_TYPES:
@@ -316,6 +318,8 @@ def _check_extensions(
         from specdiff.models.additive_prior import check_drum_decay_powers
 
         check_drum_decay_powers(drum_decay_powers)
+    if timbre_drum_decays and not (additive_prior and timbres):
+        raise ValueError("timbre_drum_decays needs additive_prior and timbres")
     for key, frames in (("input_context_frames", int(input_context_frames)),
                         ("input_skip_frames", int(input_skip_frames))):  # fmt: skip
         if frames < 0 or (frames and frames % 2 == 0):
@@ -326,11 +330,11 @@ def _check_extensions(
         raise ValueError(f"timbre names must be unique, got {timbres}")
 
 
-def _additive_prior(roll_features: int, bins: int, drum_decay_powers: Sequence[float]) -> nn.Module:
+def _additive_prior(roll_features: int, bins: int, drum_decay_powers: Sequence[float], timbres: int) -> nn.Module:
     """The ``additive_prior`` extension's module (imported only by decoders that have one)."""
     from specdiff.models.additive_prior import AdditivePrior
 
-    return AdditivePrior(roll_features, bins, drum_decay_powers)
+    return AdditivePrior(roll_features, bins, drum_decay_powers, timbres)
 
 
 class FilmDecoder(ConfigMixin, nn.Module):
@@ -366,6 +370,9 @@ class FilmDecoder(ConfigMixin, nn.Module):
     - ``drum_decay_powers`` (needs ``additive_prior``; empty = off): powers ``k > 1`` of the roll's drum
       decay envelope that the additive prior gives templates of their own, so a drum hit can fade as
       fast as a SoundFont's does (``benchmarks/results/drum_decay_idioms_0130.md``).
+    - ``timbre_drum_decays`` (needs ``additive_prior`` and ``timbres``): each timbre gets a zero-started
+      log offset on every drum decay template of the additive prior, as SoundFonts' drums ring for
+      different times (TimGM6mb's stop dead, FluidR3_GM's ring: ``benchmarks/results/drum_decay_idioms_0130.md``).
     - ``gm_programs``: the notes keep their General MIDI program where the original maps each to its
       Slakh class (34 classes; every program from 88 up is 88: ORIGINAL.md §2.5 step 3); the vocabulary
       has all 128 program tokens, so only the reading of the MIDI file changes (``slakh_programs=False``
@@ -409,6 +416,7 @@ class FilmDecoder(ConfigMixin, nn.Module):
         "input_skip_frames": int,
         "drum_decay_powers": lambda powers: [float(power) for power in powers],
         "gm_programs": bool,
+        "timbre_drum_decays": bool,
     }
     #: The extensions appear in ``config`` only when on, so an original folder's config is unchanged.
     config_optional = frozenset(DECODER_EXTENSIONS)
@@ -435,10 +443,12 @@ class FilmDecoder(ConfigMixin, nn.Module):
         additive_prior: bool = False,
         drum_decay_powers: Sequence[float] = (),
         gm_programs: bool = False,
+        timbre_drum_decays: bool = False,
     ) -> None:
         super().__init__()
         _check_extensions(prediction_type, score_roll_features, score_prior, input_context_frames,
-                          input_skip_frames, self.timbres, additive_prior, drum_decay_powers)  # fmt: skip
+                          input_skip_frames, self.timbres, additive_prior, drum_decay_powers,
+                          timbre_drum_decays)  # fmt: skip
         self.conditioning_emb = nn.Sequential(
             nn.Linear(d_model, d_model * 4, bias=False),
             nn.SiLU(),
@@ -487,7 +497,8 @@ class FilmDecoder(ConfigMixin, nn.Module):
         # built after init_weights, which would redraw its context-level gain (it starts at 0 dB)
         self.additive_prior = None
         if additive_prior:
-            self.additive_prior = _additive_prior(int(score_roll_features), input_dims, drum_decay_powers)
+            timbre_count = len(self.timbres) if timbre_drum_decays else 0
+            self.additive_prior = _additive_prior(int(score_roll_features), input_dims, drum_decay_powers, timbre_count)
 
     @property
     def prediction_type(self) -> str:
@@ -576,6 +587,10 @@ class FilmDecoder(ConfigMixin, nn.Module):
         bias = bias.masked_fill(~mask, DECODER_MASK_VALUE)[:, None, None, :]
         keys_values = [layer.layer[1].attention.keys_values(encoded) for layer in self.decoders]
         frames = prior = None
+        if self.timbre_embedding is not None:
+            if timbre is None:
+                timbre = torch.zeros(1, dtype=torch.long, device=encoded.device)
+            timbre = timbre.to(device=self.timbre_embedding.weight.device, dtype=torch.long).reshape(-1)
         if self.score_projection is not None and score_roll is not None:
             if self.score_prior_projection is None:
                 frames = self.project_score_roll(score_roll)
@@ -585,13 +600,10 @@ class FilmDecoder(ConfigMixin, nn.Module):
                 frames, prior = both.split([weights.shape[0], prior_layer.out_features], dim=-1)
                 prior = prior + prior_layer.bias
                 if self.additive_prior is not None:
-                    prior = prior + self.additive_prior(score_roll).to(prior.dtype)
+                    prior = prior + self.additive_prior(score_roll, timbre).to(prior.dtype)
         elif score_roll is not None:
             raise ValueError("this decoder has no score conditioning (score_roll_features = 0)")
         if self.timbre_embedding is not None:
-            if timbre is None:
-                timbre = torch.zeros(1, dtype=torch.long, device=encoded.device)
-            timbre = timbre.to(device=self.timbre_embedding.weight.device, dtype=torch.long).reshape(-1)
             length = int(self.config["targets_length"])
             vectors = self.timbre_embedding(timbre)[:, None, :].expand(batch, length, -1)
             frames = vectors if frames is None else frames + vectors

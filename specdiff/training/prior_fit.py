@@ -199,7 +199,7 @@ def fit_additive_prior(
     def estimate(index: Tensor, additive: bool = True) -> Tensor:
         roll = roll_rows[index].float()
         linear_part = (roll[:, TONAL_FEATURES:] @ shared + bias + offsets[timbre_rows[index]]) / NAT_PER_UNIT
-        return prior(roll) + linear_part if additive else linear_part
+        return prior(roll, timbre_rows[index]) + linear_part if additive else linear_part
 
     def error(additive: bool = True) -> float:
         every_row = torch.arange(len(roll_rows))
@@ -251,8 +251,8 @@ def fit_drum_templates(
     seed: int = 0,
 ) -> tuple[float, float]:
     """Refit only the additive prior's drum decay templates (the roll's rate and the faster
-    ``drum_decay_powers`` ones), everything else fixed, by Adam on the L1 of the whole prior against the
-    target, each step's rows half from "drums alone" frames (:func:`frame_kinds`) and half from any frame
+    ``drum_decay_powers`` ones, and their per-timbre offsets with ``timbre_drum_decays``), everything else
+    fixed, by Adam on the L1 of the whole prior against the target, each step's rows half from "drums alone" frames (:func:`frame_kinds`) and half from any frame
     with a drum, over the first ``windows`` items of ``dataset``. Returns the L1 (scaled units) on the
     drums-alone frames before and after. Why: in a fit over all frames the drum templates serve the frames
     where drums play with tonal notes, and 5-9 frames after a TimGM6mb hit with no tonal note near the prior
@@ -272,12 +272,14 @@ def fit_drum_templates(
 
     def estimate(index: Tensor) -> Tensor:
         roll = roll_rows[index].float()
-        total = roll @ linear.weight.float().T + linear.bias.float() + prior(roll)
+        total = roll @ linear.weight.float().T + linear.bias.float() + prior(roll, timbre_rows[index])
         if decoder.timbre_prior is not None:
             total = total + decoder.timbre_prior(timbre_rows[index]).float()
         return total
 
-    params = [prior.drum_templates] + ([prior.fast_drum_templates] if prior.fast_drum_templates is not None else [])
+    params = [prior.drum_templates] + [
+        extra for extra in (prior.fast_drum_templates, prior.timbre_drum_decays) if extra is not None
+    ]
     # the decay kind only: the onset templates and every other parameter keep their fitted values
     mask = torch.zeros_like(prior.drum_templates)
     mask[DRUM_KINDS.index("decay")] = 1.0
