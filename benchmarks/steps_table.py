@@ -156,6 +156,12 @@ def add_ceiling_argument(parser: Any) -> None:
         default="keep",
         help="sampling.json guidance_ceiling (log-mel units, or 'off'; default: the folder's)",
     )
+    parser.add_argument(
+        "--guidance-lift",
+        type=ceiling_argument,
+        default="keep",
+        help="sampling.json guidance_lift (log-mel units, or 'off'; default: the folder's)",
+    )
 
 
 def yardstick(files: list[Path], max_seconds: float, other: str = "FluidR3_GM") -> dict[str, Any]:
@@ -245,8 +251,9 @@ def main() -> int:
                 folder = model_folder(model, tmp, prior)
                 if args.final_noise_time is not None:
                     folder = with_final_noise_time(folder, tmp, args.final_noise_time)
-                if args.guidance_ceiling != "keep":
-                    folder = with_sampling(folder, tmp, guidance_ceiling=args.guidance_ceiling)
+                for key in ("guidance_ceiling", "guidance_lift"):
+                    if getattr(args, key) != "keep":
+                        folder = with_sampling(folder, tmp, **{key: getattr(args, key)})
                 for steps in [1] if prior else args.steps:
                     started = time.time()
                     res = evaluate(
@@ -264,6 +271,8 @@ def main() -> int:
                         label += f", guidance {args.guidance:g}"
                     if args.guidance_ceiling != "keep":
                         label += f", ceiling {args.guidance_ceiling}"
+                    if args.guidance_lift != "keep":
+                        label += f", lift {args.guidance_lift}"
                     if args.final_noise_time:
                         label += f", final t {args.final_noise_time:g}"
                     results.append({"model": label, "set": set_label, "pieces": len(files), "steps": steps,

@@ -10,6 +10,8 @@ own colour.
 Usage:
   python benchmarks/training_curve.py B=runs/b/metrics.jsonl:1150 C=runs/c/metrics.jsonl \\
       --note "C: input-skip fit" --name bundled
+A run whose metrics file was lost with its machine is ``LABEL=-:STEPS``: it keeps its place (STEPS
+steps) on the axis and a row in the table, with no points.
 Writes benchmarks/results/training_curve_NAME.png and .md, and copies the metrics files beside them
 (benchmarks/results/training_curve_NAME/) so the figure can be redrawn from the repo.
 """
@@ -68,6 +70,10 @@ def main() -> int:
     fig, (ax_train, ax_val) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
     offset, rows = 0, []
     for label, path, stop in map(parse_run, args.runs):
+        if str(path) == "-":  # metrics lost: the run keeps its steps on the axis
+            rows.append((label, offset, offset + (stop or 0), None, None))
+            offset += stop or 0
+            continue
         train, val = read_run(path, stop)
         shutil.copyfile(path, copies / f"{label}.jsonl")
         last = max([s for s, _ in train + val], default=0)

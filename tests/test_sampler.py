@@ -331,6 +331,31 @@ def test_cap_guided_x0_caps_each_bin_at_the_conditional_maximum_plus_the_ceiling
     assert torch.allclose(lowered, torch.tensor([[[0.1, -1.0, 0.9], [0.1, -0.6, -0.2]]]))
 
 
+def test_cap_guided_x0_lift_caps_each_element_at_the_conditional_value_plus_the_lift():
+    cond = torch.tensor([[[0.2, -0.9, 1.5], [-0.4, -0.5, 0.3]]])
+    guided = torch.tensor([[[0.5, -1.0, 0.95], [0.1, -0.45, -0.2]]])
+    # Hand-derived: min(guided, cond + 0.1) element by element; lowering passes.
+    lifted = S.cap_guided_x0(guided, cond, ceiling=None, lift=0.1)
+    assert torch.allclose(lifted, torch.tensor([[[0.3, -1.0, 0.95], [-0.3, -0.45, -0.2]]]))
+    both = S.cap_guided_x0(guided, cond, ceiling=-0.1, lift=0.1)  # and the ceiling's caps 0.1, -0.6, 0.9
+    assert torch.allclose(both, torch.tensor([[[0.1, -1.0, 0.9], [-0.3, -0.6, -0.2]]]))
+
+
+def test_guidance_lift_keeps_the_guided_x0_within_the_lift_of_the_conditional_one(decoder_and_encodings):
+    dec, encodings = decoder_and_encodings
+    z, t = torch.randn(SHAPE, generator=torch.Generator().manual_seed(4)), torch.tensor(0.6)
+    alpha, sigma = (float(v) for v in diffusion.alpha_sigma(0.6))
+    with torch.no_grad():
+        cond = dec(encodings, z, t.reshape(1))
+        plain = S.GuidedDenoiser(dec, encodings, guidance_scale=2.5)(z, t)
+        lifted = S.GuidedDenoiser(dec, encodings, guidance_scale=2.5, guidance_lift=0.0)(z, t)
+    x0 = {name: (z - sigma * eps) / alpha for name, eps in (("cond", cond), ("plain", plain), ("lifted", lifted))}
+    assert bool((x0["plain"] > x0["cond"] + 1e-3).any())  # plain guidance lifts somewhere ...
+    assert float((x0["lifted"] - x0["cond"]).max()) < 1e-4  # ... with lift 0 nowhere
+    lowered = x0["plain"] <= x0["cond"]  # where guidance lowers, nothing changes
+    assert (x0["lifted"] - x0["plain"])[lowered].abs().max() < 1e-4
+
+
 def test_capped_guidance_is_plain_guidance_where_nothing_reaches_the_ceiling(decoder_and_encodings):
     # The combination moves to x0 space to apply the cap; with a ceiling nothing reaches it is the
     # same affine mix, so the eps must equal plain CFG's.

@@ -34,6 +34,7 @@ LIBRARY = {
     "final_noise_time": 0.0,
     "precision": DEFAULT_PRECISION,
     "guidance_ceiling": None,
+    "guidance_lift": None,
 }
 #: What the test folder's sampling.json recommends: a value unlike the library's for every key.
 RECOMMENDED = {
@@ -43,6 +44,7 @@ RECOMMENDED = {
     "final_noise_time": 0.5,
     "precision": "bf16",
     "guidance_ceiling": -0.2,
+    "guidance_lift": 0.0,
 }
 #: What a caller asks for: unlike both.
 EXPLICIT = {
@@ -52,6 +54,7 @@ EXPLICIT = {
     "final_noise_time": 0.25,
     "precision": "fp16",
     "guidance_ceiling": 0.5,
+    "guidance_lift": 0.3,
 }
 
 

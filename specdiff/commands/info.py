@@ -113,6 +113,8 @@ def _model_lines(model: Path | None) -> tuple[Path | None, dict[str, str]]:
     steps = f"{s.num_inference_steps} step" + ("" if s.num_inference_steps == 1 else "s")
     ends = f" (more end at noise time {s.final_noise_time:g})" if s.final_noise_time > 0 else ""
     ceiling = "" if s.guidance_ceiling is None else f" capped at {s.guidance_ceiling:g} (guidance_ceiling)"
+    if s.guidance_lift is not None:
+        ceiling += f", lift at most {s.guidance_lift:g} (guidance_lift)"
     lines["sampling"] = (
         f"{s.scheduler}, {steps}{ends}, guidance {s.guidance_scale:g}{ceiling}, precision {s.precision} where fast"
         f" ({source})"

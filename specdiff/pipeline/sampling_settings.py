@@ -53,6 +53,13 @@ class SamplingSettings:
     #: loudest value of each mel bin in the segment plus this many natural-log mel units. None
     #: (default): plain classifier-free guidance, as the original.
     guidance_ceiling: float | None = None
+    #: Level-safe guidance, frame by frame (:func:`specdiff.sampling.sampler.cap_guided_x0`; our
+    #: extension): the guided x0 estimate may rise at most this many natural-log mel units above the
+    #: conditional estimate in each frame and bin (0: guidance may only lower it). None (default): no
+    #: such limit. Why: in a song's first segment the unconditional estimate (no notes, no context) is
+    #: near silence, so guidance lifted every bin of the opening by ~0.4 nat and its attacks to twice the
+    #: render's peak; the segment-wide ``guidance_ceiling`` does not stop a lift under the loudest frame.
+    guidance_lift: float | None = None
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -68,9 +75,10 @@ class SamplingSettings:
         w = self.guidance_scale
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {w!r}")
-        c = self.guidance_ceiling
-        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c)):
-            raise ValueError(f"guidance_ceiling must be a finite number or null, got {c!r}")
+        for key in ("guidance_ceiling", "guidance_lift"):
+            c = getattr(self, key)
+            if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c)):
+                raise ValueError(f"{key} must be a finite number or null, got {c!r}")
 
     def to_json(self) -> dict[str, object]:
         """The settings as ``sampling.json`` holds them."""
@@ -85,6 +93,7 @@ class SamplingSettings:
         final_noise_time: float | None = None,
         precision: str | None = None,
         guidance_ceiling: float | None = None,
+        guidance_lift: float | None = None,
     ) -> ResolvedSampling:
         """The settings of one call: each argument that is not None, else this recommendation.
 
@@ -100,6 +109,7 @@ class SamplingSettings:
             "final_noise_time": final_noise_time,
             "precision": precision,
             "guidance_ceiling": guidance_ceiling,
+            "guidance_lift": guidance_lift,
         }
         return ResolvedSampling(**{k: getattr(self, k) if v is None else v for k, v in explicit.items()})
 
@@ -107,14 +117,15 @@ class SamplingSettings:
 @dataclass(frozen=True)
 class ResolvedSampling:
     """The settings one call runs with (:meth:`SamplingSettings.resolve`): no field but
-    ``guidance_ceiling`` is None."""
+    ``guidance_ceiling`` and ``guidance_lift`` is None."""
 
     scheduler: Any  # a name of specdiff.constants.SCHEDULERS, or a sampler / diffusers scheduler
     num_inference_steps: int
     guidance_scale: float
     final_noise_time: float
     precision: str
-    guidance_ceiling: float | None  # None: plain guidance (the one field that may be None)
+    guidance_ceiling: float | None  # None: plain guidance
+    guidance_lift: float | None = None  # None: no per-frame limit
 
 
 def read_sampling_settings(folder: str | Path | None) -> SamplingSettings:
@@ -151,6 +162,7 @@ def resolve_sampling(
     final_noise_time: float | None = None,
     precision: str | None = None,
     guidance_ceiling: float | None = None,
+    guidance_lift: float | None = None,
 ) -> ResolvedSampling:
     """Explicit value > the model folder's ``sampling.json`` > library default, for every key.
 
@@ -166,6 +178,7 @@ def resolve_sampling(
         final_noise_time=final_noise_time,
         precision=precision,
         guidance_ceiling=guidance_ceiling,
+        guidance_lift=guidance_lift,
     )
 
 

@@ -553,7 +553,7 @@ def combine_guidance(eps_cond: Tensor, eps_uncond: Tensor, guidance_scale: float
     return guidance_scale * eps_cond + (1.0 - guidance_scale) * eps_uncond
 
 
-def cap_guided_x0(x0_guided: Tensor, x0_cond: Tensor, ceiling: float) -> Tensor:
+def cap_guided_x0(x0_guided: Tensor, x0_cond: Tensor, ceiling: float | None, lift: float | None = None) -> Tensor:
     """Level-safe guidance (our extension, off in the original): the guided x0 estimate
     ``[B, frames, bins]`` may not rise above the conditional estimate's loudest value of the same
     mel bin in the segment plus ``ceiling`` (in the model's feature units; negative: below it).
@@ -563,10 +563,16 @@ def cap_guided_x0(x0_guided: Tensor, x0_cond: Tensor, ceiling: float) -> Tensor:
     raises attacks past anything the conditional estimate holds (raw audio peaks 0.70 -> 1.52 at
     w = 1.25 on the bundled model's validation pieces). Capping each bin at the conditional
     estimate's own maximum keeps the spread below the loudest moments and stops the overshoot.
-    Lowering (guidance into quieter values) is never capped.
+    Lowering (guidance into quieter values) is never capped. ``lift`` (same units; None: off) also
+    caps each element at the conditional estimate's own value plus ``lift``: where the unconditional
+    estimate is far below the conditional one (a song's first segment, with no context), guidance
+    would otherwise lift every frame up to that ceiling. ``ceiling`` None: only the lift applies.
     """
-    ceiling_per_bin = x0_cond.clamp(-1.0, 1.0).amax(dim=-2, keepdim=True) + ceiling
-    return torch.minimum(x0_guided, ceiling_per_bin)
+    if ceiling is not None:
+        x0_guided = torch.minimum(x0_guided, x0_cond.clamp(-1.0, 1.0).amax(dim=-2, keepdim=True) + ceiling)
+    if lift is not None:
+        x0_guided = torch.minimum(x0_guided, x0_cond + lift)
+    return x0_guided
 
 
 class GuidedDenoiser:
@@ -582,7 +588,7 @@ class GuidedDenoiser:
     def __init__(self, decoder: torch.nn.Module, encodings_and_masks: Sequence[EncodingAndMask],
                  guidance_scale: float = 1.0, film_cache: dict[float, Any] | None = None,
                  score_roll: Tensor | None = None, timbre: Tensor | None = None,
-                 guidance_ceiling: float | None = None) -> None:  # fmt: skip
+                 guidance_ceiling: float | None = None, guidance_lift: float | None = None) -> None:  # fmt: skip
         self.decoder = decoder
         # A decoder trained to predict v or x0 (FilmDecoder.prediction_type) is turned into an
         # eps predictor here, so every sampler serves it unchanged.
@@ -597,6 +603,8 @@ class GuidedDenoiser:
         self.guided = self.guidance_scale != 1.0
         #: :func:`cap_guided_x0`'s ceiling in natural-log mel (None: plain CFG, as the original).
         self.guidance_ceiling = None if guidance_ceiling is None else float(guidance_ceiling)
+        #: :func:`cap_guided_x0`'s per-element lift in natural-log mel (None: off).
+        self.guidance_lift = None if guidance_lift is None else float(guidance_lift)
         conditions = list(encodings_and_masks)
         if self.guided:
             uncond = unconditional(conditions)
@@ -658,16 +666,14 @@ class GuidedDenoiser:
         if not self.guided:
             return eps
         eps_cond, eps_uncond = eps.chunk(2)
-        if self.guidance_ceiling is None:
+        if self.guidance_ceiling is None and self.guidance_lift is None:
             return combine_guidance(eps_cond, eps_uncond, self.guidance_scale)
         time_value = float(noise_time.reshape(-1)[0])
-        return self._capped_guidance(sample, time_value, eps_cond, eps_uncond, self.guidance_ceiling)
+        return self._capped_guidance(sample, time_value, eps_cond, eps_uncond)
 
-    def _capped_guidance(
-        self, sample: Tensor, noise_time: float, eps_cond: Tensor, eps_uncond: Tensor, ceiling: float
-    ) -> Tensor:
-        """CFG combined in x0 space, capped by :func:`cap_guided_x0` (``ceiling`` in natural-log mel),
-        returned as eps.
+    def _capped_guidance(self, sample: Tensor, noise_time: float, eps_cond: Tensor, eps_uncond: Tensor) -> Tensor:
+        """CFG combined in x0 space, capped by :func:`cap_guided_x0` (this denoiser's ceiling and lift,
+        in natural-log mel), returned as eps.
 
         The combination is affine with weights summing to 1, so in x0 space it is the same mix as
         in eps space; only the cap needs x0. ``x0 = (z - sigma eps) / alpha`` on the model's
@@ -679,7 +685,9 @@ class GuidedDenoiser:
         x0_cond = (sample - sigma * eps_cond) / alpha
         x0_uncond = (sample - sigma * eps_uncond) / alpha
         x0 = combine_guidance(x0_cond, x0_uncond, self.guidance_scale)
-        x0 = cap_guided_x0(x0, x0_cond, ceiling / NAT_PER_UNIT)
+        ceiling, lift = self.guidance_ceiling, self.guidance_lift
+        x0 = cap_guided_x0(x0, x0_cond, None if ceiling is None else ceiling / NAT_PER_UNIT,
+                           None if lift is None else lift / NAT_PER_UNIT)  # fmt: skip
         return (sample - alpha * x0) / sigma
 
 

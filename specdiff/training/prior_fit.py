@@ -250,15 +250,15 @@ def fit_drum_templates(
     mask_padding: bool = False,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Refit only the additive prior's drum decay templates (the roll's rate and the faster
-    ``drum_decay_powers`` ones, and their per-timbre offsets with ``timbre_drum_decays``), everything else
-    fixed, by Adam on the L1 of the whole prior against the target, each step's rows half from "drums alone" frames (:func:`frame_kinds`) and half from any frame
-    with a drum, over the first ``windows`` items of ``dataset``. Returns the L1 (scaled units) on the
-    drums-alone frames before and after. Why: in a fit over all frames the drum templates serve the frames
-    where drums play with tonal notes, and 5-9 frames after a TimGM6mb hit with no tonal note near the prior
-    sat 3 nat over the render; measured on the bundled model, this refit brings those tails 1.5 nat down
-    at +0.7% L1 over all frames (``benchmarks/results/drum_decay_idioms_0130.md``). The network should
-    then be fine-tuned on the new prior (its hits overshoot otherwise)."""
+    """Refit only the additive prior's drum decay templates (the roll's rate and the faster ``drum_decay_powers`` ones,
+    and their per-timbre offsets with ``timbre_drum_decays``), everything else fixed, by Adam on the L1 of the
+    whole prior against the target, each step's rows half from "drums alone" frames (:func:`frame_kinds`) and
+    half from any frame with a drum, over the first ``windows`` items of ``dataset``. Returns the L1 (scaled
+    units) on the drums-alone frames before and after. Why: in a fit over all frames the drum templates serve
+    the frames where drums play with tonal notes, and 5-9 frames after a TimGM6mb hit with no tonal note near
+    the prior sat 3 nat over the render; measured on the bundled model, this refit brings those tails 1.5 nat
+    down at +0.7% L1 over all frames (``benchmarks/results/drum_decay_idioms_0130.md``). The network should then
+    be fine-tuned on the new prior (its hits overshoot otherwise)."""
     from specdiff.midi.score_roll import DRUM_FEATURES, DRUM_KINDS, TONAL_FEATURES
 
     prior, linear = decoder.additive_prior, decoder.score_prior_projection
