@@ -129,7 +129,8 @@ INPUT_OPTIONS: tuple[Option, ...] = (
                            "default was 5). w = 1 turns guidance off and halves the decoder work; larger w follows "
                            "the notes more closely but can sound harsher. A model whose sampling.json sets "
                            "guidance_ceiling (the bundled one does) keeps guidance from raising any mel band above "
-                           "the unguided estimate's loudest value, whatever w.")),
+                           "the unguided estimate's loudest value, whatever w; one that sets guidance_lift keeps "
+                           "it from raising any frame more than that over the unguided estimate.")),
     (("--seed",), dict(type=validators.seed, default=None, metavar="N",
                        help="random seed of the start noise and sampler noise; the same seed, model, options and "
                        "device give the same audio (default: a fresh random seed, printed in the summary). With "
