@@ -72,6 +72,7 @@ from specdiff.training.prior_fit import fit_additive_prior, fit_drum_templates, 
 from specdiff.training.validation import _autocast, _to_device, sample_spectrogram, validation_loss
 from specdiff.training.warm_start import (
     _widen_roll_weights,
+    add_drum_decay_powers,
     pipeline_folder_state_dict,
     reads_gm_programs,
     slakh_to_gm_programs,
@@ -275,6 +276,8 @@ class Trainer:
         added |= added_fitted
         missing = added - set(state["model"])
         state, widened = _widen_roll_weights(state, self.model.state_dict())
+        state, extended = add_drum_decay_powers(state, self.model.state_dict())
+        widened |= extended
         if self.config.model.get("gm_programs") and not reads_gm_programs(path, state):
             # the source read Slakh classes: start each program as its class (the same output)
             state, widened = {**state, "model": slakh_to_gm_programs(state["model"])}, widened | {"programs"}

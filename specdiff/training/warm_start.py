@@ -48,6 +48,38 @@ def _widen_roll_weights(state: dict[str, Any], target: dict[str, Tensor]) -> tup
     return {**state, "model": model_state}, widened
 
 
+#: Log power (natural log) an added drum decay template starts at, relative to the fastest existing one's:
+#: exp(-8) of a template whose envelope is already the smaller one adds under 0.001 nat where it sounds, so a
+#: warm start that adds a decay power keeps the source's output; yet the fit's Adam steps (0.05 each) reach a
+#: useful level within its 300 steps, which they would not from a template set at -60.
+ADDED_TEMPLATE_LOG_POWER = -8.0
+
+
+def add_drum_decay_powers(state: dict[str, Any], target: dict[str, Tensor]) -> tuple[dict[str, Any], set[str]]:
+    """A warm start into a decoder with more ``drum_decay_powers`` than its source (the source's powers
+    first, the new ones appended, faster than them): each added power's templates start at the fastest
+    existing power's plus :data:`ADDED_TEMPLATE_LOG_POWER` and its per-timbre offsets at zero, so the model
+    begins with (nearly) the source's output; the drum template fit (``drum_template_fit_steps``) then fits
+    them. Returns the state and the keys extended."""
+    model_state, extended = dict(state["model"]), set()
+    key = "decoder.additive_prior.fast_drum_templates"
+    old, new = model_state.get(key), target.get(key)
+    if old is None or new is None or old.shape == new.shape:
+        return state, extended
+    if old.shape[1:] != new.shape[1:] or old.shape[0] > new.shape[0]:
+        return state, extended  # load_state_dict reports the mismatch
+    added = new.shape[0] - old.shape[0]
+    model_state[key] = torch.cat([old, (old[-1:] + ADDED_TEMPLATE_LOG_POWER).expand(added, *old.shape[1:])])
+    extended.add(key)
+    offsets_key = "decoder.additive_prior.timbre_drum_decays"
+    offsets = model_state.get(offsets_key)
+    if offsets is not None and offsets_key in target and offsets.shape != target[offsets_key].shape:
+        zeros = offsets.new_zeros(offsets.shape[0], added, *offsets.shape[2:])
+        model_state[offsets_key] = torch.cat([offsets, zeros], 1)
+        extended.add(offsets_key)
+    return {**state, "model": model_state}, extended
+
+
 def reads_gm_programs(path: Path, state: dict[str, Any]) -> bool:
     """Whether the warm start's source (a pipeline folder or a training checkpoint ``state``) has the
     decoder's ``gm_programs`` extension."""
