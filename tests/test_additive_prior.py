@@ -382,3 +382,29 @@ def test_drum_template_fit_gives_each_timbre_its_own_tail():
         decoder = FilmDecoder(**kw, timbre_drum_decays=option)
         results[option] = fit_drum_templates(decoder, Windows(), 4, steps=100, rows_per_step=256, batch_size=4)
     assert results[True][1] < 0.8 * results[False][1], results
+
+
+def test_a_warm_start_that_adds_a_faster_drum_decay_keeps_the_output():
+    """Powers (3, 10) -> (3, 10, 25): the added templates start 8 nat of log power under the k = 10 ones and
+    their timbre offsets at zero, so the prior moves by under 0.001 nat; the state then loads strictly."""
+    from specdiff.training.warm_start import add_drum_decay_powers
+
+    kw = dict(**TINY, score_roll_features=EXTENDED_ROLL_FEATURES, prediction_type="edm", score_prior=True,
+              additive_prior=True, timbres=["a", "b"], timbre_drum_decays=True)  # fmt: skip
+    source = FilmDecoder(**kw, drum_decay_powers=[3, 10])
+    rng = np.random.default_rng(5)
+    with torch.no_grad():
+        for p in (source.additive_prior.drum_templates, source.additive_prior.fast_drum_templates):
+            p.copy_(torch.from_numpy(rng.uniform(-3.0, 1.0, p.shape).astype(np.float32)))
+    target = FilmDecoder(**kw, drum_decay_powers=[3, 10, 25])
+    state = {"model": {f"decoder.{k}": v for k, v in source.state_dict().items()}}
+    wanted = {f"decoder.{k}": v for k, v in target.state_dict().items()}
+    state, extended = add_drum_decay_powers(state, wanted)
+    assert extended == {"decoder.additive_prior.fast_drum_templates", "decoder.additive_prior.timbre_drum_decays"}
+    target.load_state_dict({k.removeprefix("decoder."): v for k, v in state["model"].items()})  # strict
+    notes = [Note(38, 0.1, 0.2, 100, 0, True), Note(60, 2.0, 3.0, 80, 0, False)]
+    roll = batch_rolls(torch.tensor(notes_to_segments(notes, 5.12)[0])[None], 256, EXTENDED_ROLL_FEATURES)
+    for timbre in (0, 1):
+        index = torch.tensor([timbre])
+        before, after = source.additive_prior(roll, index), target.additive_prior(roll, index)
+        assert float((_nat(after) - _nat(before)).max()) < 1e-3
