@@ -48,6 +48,9 @@ class TrainConfig:
     # only the drum decay templates for N Adam steps on frames where drums play alone and frames with drums
     # (prior_fit.fit_drum_templates), on additive_prior_fit_windows windows; the network is then trained on it.
     drum_template_fit_steps: int = 0
+    # The share of that fit's rows drawn from drums-alone frames (the rest: any frame with a drum). Why: the
+    # frames where tonal notes mask a drum's tail do not constrain it (benchmarks/results/drum_decay_idioms_0130.md).
+    drum_template_fit_alone: float = 0.5
     # N > 0 (decoders with model.input_skip_frames, new runs and warm starts): fit the input_skip maps in
     # closed form on N training windows before step 1 (train.fit_input_skip).
     input_skip_fit: int = 0

@@ -214,9 +214,15 @@ class Trainer:
             if self.ctx.is_main:
                 print(f"score prior fitted on {config.score_prior_fit} windows: L1 {error:.4f}", flush=True)
         if config.drum_template_fit_steps > 0:
-            before, after = fit_drum_templates(self.model.decoder, train_set, config.additive_prior_fit_windows,
-                                               config.drum_template_fit_steps, mask_padding=config.mask_padding,
-                                               seed=config.seed)  # fmt: skip
+            before, after = fit_drum_templates(
+                self.model.decoder,
+                train_set,
+                config.additive_prior_fit_windows,
+                config.drum_template_fit_steps,
+                mask_padding=config.mask_padding,
+                seed=config.seed,
+                alone_share=config.drum_template_fit_alone,
+            )
             self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)  # the EMA starts from the fit
             if self.ctx.is_main:
                 print(f"drum decay templates refitted: L1 on drums-alone frames {before:.4f} -> {after:.4f}",

@@ -249,16 +249,18 @@ def fit_drum_templates(
     batch_size: int = 64,
     mask_padding: bool = False,
     seed: int = 0,
+    alone_share: float = 0.5,
 ) -> tuple[float, float]:
-    """Refit only the additive prior's drum decay templates (the roll's rate and the faster ``drum_decay_powers`` ones,
-    and their per-timbre offsets with ``timbre_drum_decays``), everything else fixed, by Adam on the L1 of the
-    whole prior against the target, each step's rows half from "drums alone" frames (:func:`frame_kinds`) and
-    half from any frame with a drum, over the first ``windows`` items of ``dataset``. Returns the L1 (scaled
-    units) on the drums-alone frames before and after. Why: in a fit over all frames the drum templates serve
-    the frames where drums play with tonal notes, and 5-9 frames after a TimGM6mb hit with no tonal note near
-    the prior sat 3 nat over the render; measured on the bundled model, this refit brings those tails 1.5 nat
-    down at +0.7% L1 over all frames (``benchmarks/results/drum_decay_idioms_0130.md``). The network should then
-    be fine-tuned on the new prior (its hits overshoot otherwise)."""
+    """Refit only the additive prior's drum decay templates (the roll's rate and the faster ``drum_decay_powers``
+    ones, and their per-timbre offsets with ``timbre_drum_decays``), everything else fixed, by Adam on the
+    L1 of the whole prior against the target, each step's rows ``alone_share`` from "drums alone" frames
+    (:func:`frame_kinds`) and the rest from any frame with a drum, over the first ``windows`` items of
+    ``dataset``. Returns the L1 (scaled units) on the drums-alone frames before and after. Why: in a fit
+    over all frames the drum templates serve the frames where drums play with tonal notes, and 5-9 frames
+    after a TimGM6mb hit with no tonal note near the prior sat 3 nat over the render; measured on the
+    bundled model, this refit brings those tails 1.5 nat down at +0.7% L1 over all frames
+    (``benchmarks/results/drum_decay_idioms_0130.md``). The network should then be fine-tuned on the new
+    prior (its hits overshoot otherwise)."""
     from specdiff.midi.score_roll import DRUM_FEATURES, DRUM_KINDS, TONAL_FEATURES
 
     prior, linear = decoder.additive_prior, decoder.score_prior_projection
@@ -286,11 +288,14 @@ def fit_drum_templates(
     before = _rows_l1(estimate, alone, target_rows)
     optimizer = torch.optim.Adam(params, lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
-    half = rows_per_step // 2
+    if not 0.0 <= alone_share <= 1.0:
+        raise SpecdiffError(f"the drums-alone share of the drum template fit must be in [0, 1], got {alone_share}")
+    alone_rows = int(round(rows_per_step * alone_share))
     with torch.enable_grad():
         for _ in range(steps):
-            index = torch.cat([alone[torch.randint(len(alone), (half,), generator=generator)],
-                               with_drums[torch.randint(len(with_drums), (half,), generator=generator)]])  # fmt: skip
+            index = torch.cat([alone[torch.randint(len(alone), (alone_rows,), generator=generator)],
+                               with_drums[torch.randint(len(with_drums), (rows_per_step - alone_rows,),
+                                                        generator=generator)]])  # fmt: skip
             loss = (estimate(index) - target_rows[index]).abs().mean()
             optimizer.zero_grad()
             loss.backward()
