@@ -17,6 +17,7 @@ from specdiff.midi.score_roll import (
     PROGRAM_ROLL_FEATURES,
     ROLL_FEATURES,
     SILENT_FEATURE,
+    TONAL_FEATURES,
     VELOCITY_ROLL_FEATURES,
     batch_rolls,
     drum_feature,
@@ -408,3 +409,40 @@ def test_a_warm_start_that_adds_a_faster_drum_decay_keeps_the_output():
         index = torch.tensor([timbre])
         before, after = source.additive_prior(roll, index), target.additive_prior(roll, index)
         assert float((_nat(after) - _nat(before)).max()) < 1e-3
+
+
+def test_drum_decay_gates_add_a_box_over_the_hits_first_frames():
+    """Gate k: the hit's frames 0..k-1 (envelope exp(-t / 5) > exp(-(k - 0.5) / 5)) get exp(T_k) of power,
+    the frames after it nothing; and a warm start from a model without gates nearly keeps the
+    output (the gate templates start 8 nat of log power under the fastest decay template)."""
+    from specdiff.training.warm_start import add_drum_decay_powers
+
+    kw = dict(**TINY, score_roll_features=EXTENDED_ROLL_FEATURES, prediction_type="edm", score_prior=True,
+              additive_prior=True, timbres=["a", "b"], timbre_drum_decays=True, drum_decay_powers=[3])  # fmt: skip
+    with pytest.raises(ValueError, match="drum_decay_gates"):
+        FilmDecoder(**kw, drum_decay_gates=[0])
+    source, target = FilmDecoder(**kw), FilmDecoder(**kw, drum_decay_gates=[2, 6])
+    config = json.loads(json.dumps(target.config))
+    assert config["drum_decay_gates"] == [2, 6]
+    rng = np.random.default_rng(6)
+    with torch.no_grad():
+        for p in (source.additive_prior.drum_templates, source.additive_prior.fast_drum_templates):
+            p.copy_(torch.from_numpy(rng.uniform(-3.0, 1.0, p.shape).astype(np.float32)))
+        source.additive_prior.timbre_drum_decays.copy_(torch.randn(2, 2, 128, 128))
+    state = {"model": {f"decoder.{k}": v for k, v in source.state_dict().items()}}
+    wanted = {f"decoder.{k}": v for k, v in target.state_dict().items()}
+    state, extended = add_drum_decay_powers(state, wanted)
+    assert "decoder.additive_prior.gate_drum_templates" in extended
+    target.load_state_dict({k.removeprefix("decoder."): v for k, v in state["model"].items()})  # strict
+    notes = [Note(38, 0.1, 0.2, 100, 0, True)]
+    roll = batch_rolls(torch.tensor(notes_to_segments(notes, 5.12)[0])[None], 256, EXTENDED_ROLL_FEATURES)
+    for timbre in (0, 1):
+        index = torch.tensor([timbre])
+        before, after = source.additive_prior(roll, index), target.additive_prior(roll, index)
+        assert float((_nat(after) - _nat(before)).max()) < 0.01  # measured 0.007 with random offsets
+    # the gates' own envelopes: the hit is at frame 5
+    prior = target.additive_prior
+    drums = roll[0, :, TONAL_FEATURES : TONAL_FEATURES + 2 * 128].reshape(256, 2, 128)
+    gates = prior._extra_envelopes(drums)[:, 1:, 38]  # after the one power
+    assert torch.equal(gates[:, 0].nonzero().flatten(), torch.tensor([5, 6]))
+    assert torch.equal(gates[:, 1].nonzero().flatten(), torch.arange(5, 11))

@@ -23,7 +23,10 @@ training music has few drums alone). With ``timbres`` each timbre gets a log off
 template (``timbre_drum_decays``, zero-started), so a SoundFont whose drums stop dead and one whose drums
 ring can each have their own tail: one rate mix for both fitted neither (5-9 frames after a drum hit with
 no tonal note, TimGM6mb's render sits at -5.8 nat, FluidR3_GM's at -2.8; the shared fit at -2.9;
-``benchmarks/results/drum_decay_idioms_0130.md``). Contributions are weighted by the roll's envelope values,
+``benchmarks/results/drum_decay_idioms_0130.md``). With ``drum_decay_gates`` a hit also drives boxes over its
+first k frames, each with its own template per drum pitch: TimGM6mb's drums are gated samples, loud for a few
+frames and then digitally silent within one (a lone snare: -3.2 nat 8 frames after the hit, the floor at 10),
+which no mix of exponential decays can follow. Contributions are weighted by the roll's envelope values,
 summed with a floor (one for frames the roll calls silent, one for the others), and turned into a log-mel by ``0.5 ln``
 (mel magnitudes from summed power). The context-level columns, when the layout has them, add a linear
 log-domain offset (they say how loud the previous segment was, a gain, not a source).
@@ -34,6 +37,7 @@ scaled units. ``specdiff.training.prior_fit.fit_additive_prior`` fits it on trai
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -43,6 +47,8 @@ from specdiff.audio.mel import scale_features
 from specdiff.midi.score_roll import (
     CONTEXT_LEVEL_FEATURES,
     CONTEXT_ROLL_FEATURES,
+    DRUM_DECAY_FRAMES,
+    DRUM_DECAY_SPAN,
     DRUM_FEATURES,
     DRUM_KINDS,
     EXTENDED_LAYOUTS,
@@ -68,6 +74,14 @@ INITIAL_SHARED_NAT = -3.0
 INITIAL_FLOOR_NAT = -10.0
 
 
+def check_drum_decay_gates(gates: Sequence[int]) -> None:
+    """Raise ValueError unless ``gates`` are distinct whole frame counts from 1 to the drum decay's span."""
+    values = list(gates)
+    bad = any(isinstance(k, bool) or int(k) != k or not 1 <= int(k) <= DRUM_DECAY_SPAN for k in values)
+    if bad or len(set(values)) != len(values):
+        raise ValueError(f"drum_decay_gates must be distinct frame counts in 1..{DRUM_DECAY_SPAN}, got {values}")
+
+
 def check_drum_decay_powers(powers: Sequence[float]) -> None:
     """Raise ValueError unless ``powers`` are distinct numbers above 1 (faster than the roll's own decay)."""
     values = [float(k) for k in powers]
@@ -85,7 +99,12 @@ class AdditivePrior(nn.Module):
     get their own log offsets on the drum decay templates (``timbre_drum_decays``; 0: shared by all)."""
 
     def __init__(
-        self, roll_features: int, bins: int = 128, drum_decay_powers: Sequence[float] = (), timbres: int = 0
+        self,
+        roll_features: int,
+        bins: int = 128,
+        drum_decay_powers: Sequence[float] = (),
+        timbres: int = 0,
+        drum_decay_gates: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if roll_features not in EXTENDED_LAYOUTS:
@@ -93,6 +112,8 @@ class AdditivePrior(nn.Module):
         check_drum_decay_powers(drum_decay_powers)
         self.roll_features = int(roll_features)
         self.drum_decay_powers = tuple(float(k) for k in drum_decay_powers)
+        check_drum_decay_gates(drum_decay_gates)
+        self.drum_decay_gates = tuple(int(k) for k in drum_decay_gates)
         # twice the log-magnitude = log power
         self.pitch_templates = nn.Parameter(torch.full((len(TONAL_KINDS), NUM_PITCHES, bins), 2 * INITIAL_TEMPLATE_NAT))
         self.family_colours = nn.Parameter(torch.zeros(len(TONAL_KINDS), NUM_FAMILIES, bins))
@@ -105,11 +126,15 @@ class AdditivePrior(nn.Module):
             self.fast_drum_templates = nn.Parameter(
                 torch.full((len(self.drum_decay_powers), NUM_PITCHES, bins), 2 * INITIAL_TEMPLATE_NAT)
             )
+        self.gate_drum_templates = None
+        if self.drum_decay_gates:
+            self.gate_drum_templates = nn.Parameter(
+                torch.full((len(self.drum_decay_gates), NUM_PITCHES, bins), 2 * INITIAL_TEMPLATE_NAT)
+            )
         self.timbre_drum_decays = None
         if timbres:  # zero: a warm start from the shared decays is exact
-            self.timbre_drum_decays = nn.Parameter(
-                torch.zeros(int(timbres), 1 + len(self.drum_decay_powers), NUM_PITCHES, bins)
-            )
+            envelopes = 1 + len(self.drum_decay_powers) + len(self.drum_decay_gates)
+            self.timbre_drum_decays = nn.Parameter(torch.zeros(int(timbres), envelopes, NUM_PITCHES, bins))
         self.shared_templates = nn.Parameter(torch.full((SHARED_SOURCE_FEATURES, bins), 2 * INITIAL_SHARED_NAT))
         self.velocity_slope = nn.Parameter(torch.full((bins,), 2.0))  # log power per unit ln(v / v_max)
         self.floors = nn.Parameter(torch.full((2, bins), 2 * INITIAL_FLOOR_NAT))  # [sounding, silent]
@@ -145,10 +170,9 @@ class AdditivePrior(nn.Module):
         drums = roll[:, TONAL_FEATURES : TONAL_FEATURES + DRUM_FEATURES].reshape(rows, len(DRUM_KINDS), NUM_PITCHES)
         if self.timbre_drum_decays is None:
             drum_power = torch.einsum("nkp,kpb->nb", drums, torch.exp(self.drum_templates.float()))
-            if self.fast_drum_templates is not None:
-                faster = self._faster_decays(drums)
-                fast_templates = torch.exp(self.fast_drum_templates.float())
-                drum_power = drum_power + torch.einsum("nkp,kpb->nb", faster, fast_templates)
+            extra = self._extra_templates()
+            if extra is not None:
+                drum_power = drum_power + torch.einsum("nkp,kpb->nb", self._extra_envelopes(drums), torch.exp(extra))
         else:
             drum_power = self._timbre_drum_power(drums, timbre)
         power = power + drum_power * torch.exp(slope * drum_velocity)
@@ -160,10 +184,18 @@ class AdditivePrior(nn.Module):
         power = power + floors[0] * (1.0 - silent) + floors[1] * silent
         return torch.log(power)
 
-    def _faster_decays(self, drums: Tensor) -> Tensor:
-        """``[N, kinds, P]`` drum roll -> ``[N, powers, P]``: the decay envelope raised to each power."""
+    def _extra_envelopes(self, drums: Tensor) -> Tensor:
+        """``[N, kinds, P]`` drum roll -> ``[N, powers + gates, P]``: the decay envelope raised to each power,
+        then each gate (1 over the hit's first k frames, read off the envelope exp(-t / 5), else 0)."""
         decay = drums[:, DRUM_KINDS.index("decay")].clamp(min=0.0)
-        return torch.stack([decay**power for power in self.drum_decay_powers], dim=1)
+        powers = [decay**power for power in self.drum_decay_powers]
+        gates = [(decay > math.exp(-(k - 0.5) / DRUM_DECAY_FRAMES)).to(decay.dtype) for k in self.drum_decay_gates]
+        return torch.stack(powers + gates, dim=1)
+
+    def _extra_templates(self) -> Tensor | None:
+        """The log-power templates of :meth:`_extra_envelopes`, ``[powers + gates, P, bins]`` (None: none)."""
+        parts = [t.float() for t in (self.fast_drum_templates, self.gate_drum_templates) if t is not None]
+        return torch.cat(parts) if parts else None
 
     def _timbre_drum_power(self, drums: Tensor, timbre: Tensor | None) -> Tensor:
         """``[N, kinds, P]`` drum roll, ``[N]`` timbres -> ``[N, bins]`` drum power with each row's
@@ -172,9 +204,10 @@ class AdditivePrior(nn.Module):
         templates = self.drum_templates.float()
         power = drums[:, onset] @ torch.exp(templates[onset])
         rates, decay_templates = drums[:, decay : decay + 1], templates[decay : decay + 1]
-        if self.fast_drum_templates is not None:
-            rates = torch.cat([rates, self._faster_decays(drums)], dim=1)
-            decay_templates = torch.cat([decay_templates, self.fast_drum_templates.float()])
+        extra = self._extra_templates()
+        if extra is not None:
+            rates = torch.cat([rates, self._extra_envelopes(drums)], dim=1)
+            decay_templates = torch.cat([decay_templates, extra])
         if timbre is None:
             timbre = torch.zeros(len(drums), dtype=torch.long, device=drums.device)
         offsets = self.timbre_drum_decays.float()

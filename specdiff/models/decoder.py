@@ -270,6 +270,7 @@ DECODER_EXTENSIONS: dict[str, Any] = {
     "input_context_frames": 0,
     "input_skip_frames": 0,
     "drum_decay_powers": [],
+    "drum_decay_gates": [],
     "gm_programs": False,
     "timbre_drum_decays": False,
 }
@@ -297,6 +298,7 @@ def _check_extensions(
     additive_prior: bool = False,
     drum_decay_powers: Sequence[float] = (),
     timbre_drum_decays: bool = False,
+    drum_decay_gates: Sequence[int] = (),
 ) -> None:
     """Raise ValueError for a :class:`FilmDecoder` configuration whose extensions do not fit together."""
     if prediction_type not in PREDICTION_TYPES:
@@ -318,6 +320,12 @@ def _check_extensions(
         from specdiff.models.additive_prior import check_drum_decay_powers
 
         check_drum_decay_powers(drum_decay_powers)
+    if drum_decay_gates:
+        if not additive_prior:
+            raise ValueError("drum_decay_gates needs additive_prior")
+        from specdiff.models.additive_prior import check_drum_decay_gates
+
+        check_drum_decay_gates(drum_decay_gates)
     if timbre_drum_decays and not (additive_prior and timbres):
         raise ValueError("timbre_drum_decays needs additive_prior and timbres")
     for key, frames in (("input_context_frames", int(input_context_frames)),
@@ -330,11 +338,13 @@ def _check_extensions(
         raise ValueError(f"timbre names must be unique, got {timbres}")
 
 
-def _additive_prior(roll_features: int, bins: int, drum_decay_powers: Sequence[float], timbres: int) -> nn.Module:
+def _additive_prior(
+    roll_features: int, bins: int, drum_decay_powers: Sequence[float], timbres: int, drum_decay_gates: Sequence[int]
+) -> nn.Module:
     """The ``additive_prior`` extension's module (imported only by decoders that have one)."""
     from specdiff.models.additive_prior import AdditivePrior
 
-    return AdditivePrior(roll_features, bins, drum_decay_powers, timbres)
+    return AdditivePrior(roll_features, bins, drum_decay_powers, timbres, drum_decay_gates)
 
 
 class FilmDecoder(ConfigMixin, nn.Module):
@@ -370,6 +380,9 @@ class FilmDecoder(ConfigMixin, nn.Module):
     - ``drum_decay_powers`` (needs ``additive_prior``; empty = off): powers ``k > 1`` of the roll's drum
       decay envelope that the additive prior gives templates of their own, so a drum hit can fade as
       fast as a SoundFont's does (``benchmarks/results/drum_decay_idioms_0130.md``).
+    - ``drum_decay_gates`` (needs ``additive_prior``; empty = off): frame counts k; a drum hit also drives a
+      box over its first k frames with its own template per drum pitch, as TimGM6mb's drums are gated samples
+      that fall silent within a frame (``benchmarks/results/drum_decay_idioms_0130.md``).
     - ``timbre_drum_decays`` (needs ``additive_prior`` and ``timbres``): each timbre gets a zero-started
       log offset on every drum decay template of the additive prior, as SoundFonts' drums ring for
       different times (TimGM6mb's stop dead, FluidR3_GM's ring: ``benchmarks/results/drum_decay_idioms_0130.md``).
@@ -415,6 +428,7 @@ class FilmDecoder(ConfigMixin, nn.Module):
         "input_context_frames": int,
         "input_skip_frames": int,
         "drum_decay_powers": lambda powers: [float(power) for power in powers],
+        "drum_decay_gates": lambda gates: [int(gate) for gate in gates],
         "gm_programs": bool,
         "timbre_drum_decays": bool,
     }
@@ -444,11 +458,12 @@ class FilmDecoder(ConfigMixin, nn.Module):
         drum_decay_powers: Sequence[float] = (),
         gm_programs: bool = False,
         timbre_drum_decays: bool = False,
+        drum_decay_gates: Sequence[int] = (),
     ) -> None:
         super().__init__()
         _check_extensions(prediction_type, score_roll_features, score_prior, input_context_frames,
                           input_skip_frames, self.timbres, additive_prior, drum_decay_powers,
-                          timbre_drum_decays)  # fmt: skip
+                          timbre_drum_decays, drum_decay_gates)  # fmt: skip
         self.conditioning_emb = nn.Sequential(
             nn.Linear(d_model, d_model * 4, bias=False),
             nn.SiLU(),
@@ -498,7 +513,9 @@ class FilmDecoder(ConfigMixin, nn.Module):
         self.additive_prior = None
         if additive_prior:
             timbre_count = len(self.timbres) if timbre_drum_decays else 0
-            self.additive_prior = _additive_prior(int(score_roll_features), input_dims, drum_decay_powers, timbre_count)
+            self.additive_prior = _additive_prior(
+                int(score_roll_features), input_dims, drum_decay_powers, timbre_count, drum_decay_gates
+            )
 
     @property
     def prediction_type(self) -> str:

@@ -269,6 +269,8 @@ class Trainer:
             state = {"model": pipeline_folder_state_dict(path), "ema": None, "step": "unknown (pipeline folder)"}
         else:
             state = load_checkpoint(path)
+        # Added drum envelopes start near-silent (before the checks below, so they count as present).
+        state, extended = add_drum_decay_powers(state, self.model.state_dict())
         # A model that adds zero-started extensions (timbres, input context) to a model without them
         # keeps their zero start, so it begins with the folder's output.
         prefixes = tuple(f"decoder.{name}." for name in ZERO_STARTED_DECODER_PARAMETERS)
@@ -282,7 +284,6 @@ class Trainer:
         added |= added_fitted
         missing = added - set(state["model"])
         state, widened = _widen_roll_weights(state, self.model.state_dict())
-        state, extended = add_drum_decay_powers(state, self.model.state_dict())
         widened |= extended
         if self.config.model.get("gm_programs") and not reads_gm_programs(path, state):
             # the source read Slakh classes: start each program as its class (the same output)

@@ -280,7 +280,9 @@ def fit_drum_templates(
         return total
 
     params = [prior.drum_templates] + [
-        extra for extra in (prior.fast_drum_templates, prior.timbre_drum_decays) if extra is not None
+        extra
+        for extra in (prior.fast_drum_templates, prior.gate_drum_templates, prior.timbre_drum_decays)
+        if extra is not None
     ]
     # the decay kind only: the onset templates and every other parameter keep their fitted values
     mask = torch.zeros_like(prior.drum_templates)

@@ -56,26 +56,42 @@ ADDED_TEMPLATE_LOG_POWER = -8.0
 
 
 def add_drum_decay_powers(state: dict[str, Any], target: dict[str, Tensor]) -> tuple[dict[str, Any], set[str]]:
-    """A warm start into a decoder with more ``drum_decay_powers`` than its source (the source's powers
-    first, the new ones appended, faster than them): each added power's templates start at the fastest
-    existing power's plus :data:`ADDED_TEMPLATE_LOG_POWER` and its per-timbre offsets at zero, so the model
-    begins with (nearly) the source's output; the drum template fit (``drum_template_fit_steps``) then fits
-    them. Returns the state and the keys extended."""
+    """A warm start into a decoder with more drum envelopes than its source: more ``drum_decay_powers`` (the
+    source's first, the new ones appended, faster than them) or ``drum_decay_gates`` the source lacks. Each
+    added template starts at the fastest existing decay template plus :data:`ADDED_TEMPLATE_LOG_POWER`, and
+    the per-timbre offsets of the added envelopes at zero, so the model begins with (nearly) the source's
+    output; the drum template fit (``drum_template_fit_steps``) then fits them. Returns the state and the keys
+    extended."""
     model_state, extended = dict(state["model"]), set()
-    key = "decoder.additive_prior.fast_drum_templates"
-    old, new = model_state.get(key), target.get(key)
-    if old is None or new is None or old.shape == new.shape:
+    prefix = "decoder.additive_prior."
+    fast = model_state.get(prefix + "fast_drum_templates")
+    slow = model_state.get(prefix + "drum_templates")
+    if slow is None:
         return state, extended
-    if old.shape[1:] != new.shape[1:] or old.shape[0] > new.shape[0]:
-        return state, extended  # load_state_dict reports the mismatch
-    added = new.shape[0] - old.shape[0]
-    model_state[key] = torch.cat([old, (old[-1:] + ADDED_TEMPLATE_LOG_POWER).expand(added, *old.shape[1:])])
-    extended.add(key)
-    offsets_key = "decoder.additive_prior.timbre_drum_decays"
-    offsets = model_state.get(offsets_key)
-    if offsets is not None and offsets_key in target and offsets.shape != target[offsets_key].shape:
-        zeros = offsets.new_zeros(offsets.shape[0], added, *offsets.shape[2:])
-        model_state[offsets_key] = torch.cat([offsets, zeros], 1)
+    fastest = (fast[-1:] if fast is not None else slow[-1:]) + ADDED_TEMPLATE_LOG_POWER  # the decay kind is last
+    added = 0
+    for name in ("fast_drum_templates", "gate_drum_templates"):
+        old, new = model_state.get(prefix + name), target.get(prefix + name)
+        if new is None or (old is not None and old.shape == new.shape):
+            continue
+        have = 0 if old is None else old.shape[0]
+        if (old is not None and old.shape[1:] != new.shape[1:]) or have > new.shape[0]:
+            continue  # load_state_dict reports the mismatch
+        start = fastest.expand(new.shape[0] - have, *new.shape[1:])
+        model_state[prefix + name] = start.clone() if old is None else torch.cat([old, start])
+        extended.add(prefix + name)
+        added += new.shape[0] - have
+    offsets_key = prefix + "timbre_drum_decays"
+    offsets, wanted = model_state.get(offsets_key), target.get(offsets_key)
+    if added and offsets is not None and wanted is not None and offsets.shape != wanted.shape:
+        # the envelopes' order: the roll's decay, the powers, the gates; the source's powers end its offsets
+        powers_before = 1 + (0 if fast is None else fast.shape[0])
+        fast_new = target.get(prefix + "fast_drum_templates")
+        powers_after = 1 + (0 if fast_new is None else fast_new.shape[0])
+        zeros = offsets.new_zeros(offsets.shape[0], wanted.shape[1] - offsets.shape[1], *offsets.shape[2:])
+        split = [offsets[:, :powers_before], zeros[:, : powers_after - powers_before], offsets[:, powers_before:],
+                 zeros[:, powers_after - powers_before :]]  # fmt: skip
+        model_state[offsets_key] = torch.cat(split, 1)
         extended.add(offsets_key)
     return {**state, "model": model_state}, extended
 
