@@ -338,13 +338,14 @@ def _check_extensions(
         raise ValueError(f"timbre names must be unique, got {timbres}")
 
 
-def _additive_prior(
-    roll_features: int, bins: int, drum_decay_powers: Sequence[float], timbres: int, drum_decay_gates: Sequence[int]
-) -> nn.Module:
-    """The ``additive_prior`` extension's module (imported only by decoders that have one)."""
+def _additive_prior(config: Any, bins: int) -> nn.Module:
+    """The ``additive_prior`` extension's module for a decoder ``config`` (imported only by decoders that
+    have one): its roll layout, drum envelopes and, with ``timbre_drum_decays``, one offset set per timbre."""
     from specdiff.models.additive_prior import AdditivePrior
 
-    return AdditivePrior(roll_features, bins, drum_decay_powers, timbres, drum_decay_gates)
+    timbres = len(config.get("timbres", [])) if config.get("timbre_drum_decays") else 0
+    powers, gates = config.get("drum_decay_powers", []), config.get("drum_decay_gates", [])
+    return AdditivePrior(int(config["score_roll_features"]), bins, powers, timbres, gates)
 
 
 class FilmDecoder(ConfigMixin, nn.Module):
@@ -512,10 +513,7 @@ class FilmDecoder(ConfigMixin, nn.Module):
         # built after init_weights, which would redraw its context-level gain (it starts at 0 dB)
         self.additive_prior = None
         if additive_prior:
-            timbre_count = len(self.timbres) if timbre_drum_decays else 0
-            self.additive_prior = _additive_prior(
-                int(score_roll_features), input_dims, drum_decay_powers, timbre_count, drum_decay_gates
-            )
+            self.additive_prior = _additive_prior(self.config, input_dims)
 
     @property
     def prediction_type(self) -> str:
