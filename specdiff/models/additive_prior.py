@@ -168,13 +168,7 @@ class AdditivePrior(nn.Module):
             gain = gain + self._program_colour(roll[:, VELOCITY_ROLL_FEATURES:PROGRAM_ROLL_FEATURES])[:, None]
         power = (per_family * torch.exp(gain)).sum(dim=(1, 2))
         drums = roll[:, TONAL_FEATURES : TONAL_FEATURES + DRUM_FEATURES].reshape(rows, len(DRUM_KINDS), NUM_PITCHES)
-        if self.timbre_drum_decays is None:
-            drum_power = torch.einsum("nkp,kpb->nb", drums, torch.exp(self.drum_templates.float()))
-            extra = self._extra_templates()
-            if extra is not None:
-                drum_power = drum_power + torch.einsum("nkp,kpb->nb", self._extra_envelopes(drums), torch.exp(extra))
-        else:
-            drum_power = self._timbre_drum_power(drums, timbre)
+        drum_power = self._drum_power(drums, timbre)
         power = power + drum_power * torch.exp(slope * drum_velocity)
         power = power + roll[:, TONAL_FEATURES + DRUM_FEATURES : SILENT_FEATURE] @ torch.exp(
             self.shared_templates.float()
@@ -197,9 +191,10 @@ class AdditivePrior(nn.Module):
         parts = [t.float() for t in (self.fast_drum_templates, self.gate_drum_templates) if t is not None]
         return torch.cat(parts) if parts else None
 
-    def _timbre_drum_power(self, drums: Tensor, timbre: Tensor | None) -> Tensor:
-        """``[N, kinds, P]`` drum roll, ``[N]`` timbres -> ``[N, bins]`` drum power with each row's
-        timbre offsets on the decay templates (the onset templates stay shared)."""
+    def _drum_power(self, drums: Tensor, timbre: Tensor | None) -> Tensor:
+        """``[N, kinds, P]`` drum roll, ``[N]`` timbres -> ``[N, bins]`` drum power: the onset templates,
+        and the decay envelopes (the roll's, its powers, the gates) on their templates, with each row's
+        timbre offsets on the latter when the prior has ``timbre_drum_decays``."""
         onset, decay = DRUM_KINDS.index("onset"), DRUM_KINDS.index("decay")
         templates = self.drum_templates.float()
         power = drums[:, onset] @ torch.exp(templates[onset])
@@ -208,6 +203,8 @@ class AdditivePrior(nn.Module):
         if extra is not None:
             rates = torch.cat([rates, self._extra_envelopes(drums)], dim=1)
             decay_templates = torch.cat([decay_templates, extra])
+        if self.timbre_drum_decays is None:
+            return power + torch.einsum("nkp,kpb->nb", rates, torch.exp(decay_templates))
         if timbre is None:
             timbre = torch.zeros(len(drums), dtype=torch.long, device=drums.device)
         offsets = self.timbre_drum_decays.float()
