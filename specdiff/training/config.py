@@ -179,16 +179,13 @@ def _parse_value(text: str, annotation: Any, key: str) -> Any:
 def _parse_model_value(text: str, key: str = "") -> Any:
     if key == "timbres":  # a list of names: "TimGM6mb,FluidR3_GM"
         return [name.strip() for name in text.split(",") if name.strip()]
-    if key == "drum_decay_gates":  # a list of frame counts: "4,8"
+    lists = {"drum_decay_powers": (float, "numbers: 3,10"), "drum_decay_gates": (int, "frame counts: 4,8")}
+    if key in lists:  # a list of numbers
+        cast, expected = lists[key]
         try:
-            return [int(part) for part in text.split(",") if part.strip()]
+            return [cast(part) for part in text.split(",") if part.strip()]
         except ValueError:
-            raise SpecdiffError(f"bad value {text!r} for model.drum_decay_gates (expected frame counts: 4,8)") from None
-    if key == "drum_decay_powers":  # a list of numbers: "3,10"
-        try:
-            return [float(part) for part in text.split(",") if part.strip()]
-        except ValueError:
-            raise SpecdiffError(f"bad value {text!r} for model.drum_decay_powers (expected numbers: 3,10)") from None
+            raise SpecdiffError(f"bad value {text!r} for model.{key} (expected {expected})") from None
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
     for cast in (int, float):
