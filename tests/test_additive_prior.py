@@ -388,7 +388,7 @@ def test_drum_template_fit_gives_each_timbre_its_own_tail():
 def test_a_warm_start_that_adds_a_faster_drum_decay_keeps_the_output():
     """Powers (3, 10) -> (3, 10, 25): the added templates start 8 nat of log power under the k = 10 ones and
     their timbre offsets at zero, so the prior moves by under 0.001 nat; the state then loads strictly."""
-    from specdiff.training.warm_start import add_drum_decay_powers
+    from specdiff.training.warm_start import add_drum_envelopes
 
     kw = dict(**TINY, score_roll_features=EXTENDED_ROLL_FEATURES, prediction_type="edm", score_prior=True,
               additive_prior=True, timbres=["a", "b"], timbre_drum_decays=True)  # fmt: skip
@@ -400,7 +400,7 @@ def test_a_warm_start_that_adds_a_faster_drum_decay_keeps_the_output():
     target = FilmDecoder(**kw, drum_decay_powers=[3, 10, 25])
     state = {"model": {f"decoder.{k}": v for k, v in source.state_dict().items()}}
     wanted = {f"decoder.{k}": v for k, v in target.state_dict().items()}
-    state, extended = add_drum_decay_powers(state, wanted)
+    state, extended = add_drum_envelopes(state, wanted)
     assert extended == {"decoder.additive_prior.fast_drum_templates", "decoder.additive_prior.timbre_drum_decays"}
     target.load_state_dict({k.removeprefix("decoder."): v for k, v in state["model"].items()})  # strict
     notes = [Note(38, 0.1, 0.2, 100, 0, True), Note(60, 2.0, 3.0, 80, 0, False)]
@@ -415,7 +415,7 @@ def test_drum_decay_gates_add_a_box_over_the_hits_first_frames():
     """Gate k: the hit's frames 0..k-1 (envelope exp(-t / 5) > exp(-(k - 0.5) / 5)) get exp(T_k) of power,
     the frames after it nothing; and a warm start from a model without gates nearly keeps the
     output (the gate templates start 8 nat of log power under the fastest decay template)."""
-    from specdiff.training.warm_start import add_drum_decay_powers
+    from specdiff.training.warm_start import add_drum_envelopes
 
     kw = dict(**TINY, score_roll_features=EXTENDED_ROLL_FEATURES, prediction_type="edm", score_prior=True,
               additive_prior=True, timbres=["a", "b"], timbre_drum_decays=True, drum_decay_powers=[3])  # fmt: skip
@@ -431,7 +431,7 @@ def test_drum_decay_gates_add_a_box_over_the_hits_first_frames():
         source.additive_prior.timbre_drum_decays.copy_(torch.randn(2, 2, 128, 128))
     state = {"model": {f"decoder.{k}": v for k, v in source.state_dict().items()}}
     wanted = {f"decoder.{k}": v for k, v in target.state_dict().items()}
-    state, extended = add_drum_decay_powers(state, wanted)
+    state, extended = add_drum_envelopes(state, wanted)
     assert "decoder.additive_prior.gate_drum_templates" in extended
     target.load_state_dict({k.removeprefix("decoder."): v for k, v in state["model"].items()})  # strict
     notes = [Note(38, 0.1, 0.2, 100, 0, True)]

@@ -72,7 +72,7 @@ from specdiff.training.prior_fit import fit_additive_prior, fit_drum_templates, 
 from specdiff.training.validation import _autocast, _to_device, sample_spectrogram, validation_loss
 from specdiff.training.warm_start import (
     _widen_roll_weights,
-    add_drum_decay_powers,
+    add_drum_envelopes,
     pipeline_folder_state_dict,
     reads_gm_programs,
     slakh_to_gm_programs,
@@ -270,7 +270,7 @@ class Trainer:
         else:
             state = load_checkpoint(path)
         # Added drum envelopes start near-silent (before the checks below, so they count as present).
-        state, extended = add_drum_decay_powers(state, self.model.state_dict())
+        state, extended = add_drum_envelopes(state, self.model.state_dict())
         # A model that adds zero-started extensions (timbres, input context) to a model without them
         # keeps their zero start, so it begins with the folder's output.
         prefixes = tuple(f"decoder.{name}." for name in ZERO_STARTED_DECODER_PARAMETERS)

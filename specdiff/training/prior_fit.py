@@ -252,20 +252,22 @@ def fit_drum_templates(
     alone_share: float = 0.5,
 ) -> tuple[float, float]:
     """Refit only the additive prior's drum decay templates (the roll's rate and the faster ``drum_decay_powers``
-    ones, and their per-timbre offsets with ``timbre_drum_decays``), everything else fixed, by Adam on the
-    L1 of the whole prior against the target, each step's rows ``alone_share`` from "drums alone" frames
-    (:func:`frame_kinds`) and the rest from any frame with a drum, over the first ``windows`` items of
-    ``dataset``. Returns the L1 (scaled units) on the drums-alone frames before and after. Why: in a fit
-    over all frames the drum templates serve the frames where drums play with tonal notes, and 5-9 frames
-    after a TimGM6mb hit with no tonal note near the prior sat 3 nat over the render; measured on the
-    bundled model, this refit brings those tails 1.5 nat down at +0.7% L1 over all frames
-    (``benchmarks/results/drum_decay_idioms_0130.md``). The network should then be fine-tuned on the new
-    prior (its hits overshoot otherwise)."""
+    ones, the ``drum_decay_gates`` ones, and their per-timbre offsets with ``timbre_drum_decays``),
+    everything else fixed, by Adam on the L1 of the whole prior against the target, each step's rows
+    ``alone_share`` from "drums alone" frames (:func:`frame_kinds`) and the rest from any frame with a drum,
+    over the first ``windows`` items of ``dataset``. Returns the L1 (scaled units) on the drums-alone frames
+    before and after. Why: in a fit over all frames the drum templates serve the frames where drums play
+    with tonal notes, and 5-9 frames after a TimGM6mb hit with no tonal note near the prior sat 3 nat over
+    the render; measured on the bundled model, this refit brings those tails 1.5 nat down at +0.7% L1 over
+    all frames (``benchmarks/results/drum_decay_idioms_0130.md``). The network should then be fine-tuned on
+    the new prior (its hits overshoot otherwise)."""
     from specdiff.midi.score_roll import DRUM_FEATURES, DRUM_KINDS, TONAL_FEATURES
 
     prior, linear = decoder.additive_prior, decoder.score_prior_projection
     if prior is None or linear is None:
         raise SpecdiffError("fitting the drum templates needs a decoder with score_prior and additive_prior")
+    if not 0.0 <= alone_share <= 1.0:
+        raise SpecdiffError(f"the drums-alone share of the drum template fit must be in [0, 1], got {alone_share}")
     roll_rows, target_rows, timbre_rows = _prior_fit_rows(decoder, dataset, windows, batch_size, mask_padding)
     alone = (frame_kinds(roll_rows) == FRAME_KINDS.index("drums alone")).nonzero().flatten()
     with_drums = (roll_rows[:, TONAL_FEATURES : TONAL_FEATURES + DRUM_FEATURES] != 0).any(dim=1).nonzero().flatten()
@@ -290,8 +292,6 @@ def fit_drum_templates(
     before = _rows_l1(estimate, alone, target_rows)
     optimizer = torch.optim.Adam(params, lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
-    if not 0.0 <= alone_share <= 1.0:
-        raise SpecdiffError(f"the drums-alone share of the drum template fit must be in [0, 1], got {alone_share}")
     alone_rows = int(round(rows_per_step * alone_share))
     with torch.enable_grad():
         for _ in range(steps):

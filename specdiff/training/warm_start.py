@@ -55,7 +55,7 @@ def _widen_roll_weights(state: dict[str, Any], target: dict[str, Tensor]) -> tup
 ADDED_TEMPLATE_LOG_POWER = -8.0
 
 
-def add_drum_decay_powers(state: dict[str, Any], target: dict[str, Tensor]) -> tuple[dict[str, Any], set[str]]:
+def add_drum_envelopes(state: dict[str, Any], target: dict[str, Tensor]) -> tuple[dict[str, Any], set[str]]:
     """A warm start into a decoder with more drum envelopes than its source: more ``drum_decay_powers`` (the
     source's first, the new ones appended, faster than them) or ``drum_decay_gates`` the source lacks. Each
     added template starts at the fastest existing decay template plus :data:`ADDED_TEMPLATE_LOG_POWER`, and
