@@ -215,34 +215,39 @@ def test_frame_kinds_and_balanced_row_probabilities():
     assert torch.allclose(half[100] / half[200], torch.tensor((175 / 20) ** 0.5), atol=1e-4)
 
 
+def _snare_windows(count: int, two_timbres: bool = False) -> list[dict]:
+    """``count`` training windows of ten snare hits each (window w shifted by w * 10 ms) whose target is at 0
+    nat on each hit's frame and at the floor elsewhere; with ``two_timbres`` the odd windows are timbre 1 and
+    ring at 0 nat for 6 frames from each hit (the even ones: timbre 0, the hit's frame only)."""
+    windows = []
+    for w in range(count):
+        notes = [Note(38, 0.5 * k + 0.01 * w, 0.5 * k + 0.1, 100, 0, True) for k in range(10)]
+        ring = 6 if two_timbres and w % 2 else 1
+        nat = np.full((256, 128), MIN_VALUE)
+        for k in range(10):
+            hit = int(round((0.5 * k + 0.01 * w) * 50))
+            nat[hit : hit + ring] = 0.0
+        target = (nat - MIN_VALUE) / NAT_PER_UNIT - 1.0
+        window = dict(tokens=torch.tensor(notes_to_segments(notes, 5.12)[0]), context=torch.zeros(256, 128),
+                      context_mask=torch.zeros(256, dtype=torch.bool),
+                      target=torch.from_numpy(target.astype(np.float32)))  # fmt: skip
+        if two_timbres:
+            window["timbre"] = torch.tensor(w % 2)
+        windows.append(window)
+    return windows
+
+
 def test_drum_template_fit_moves_only_the_drum_decay_templates_and_fits_fast_decays():
     """Targets where each snare hit is loud on its frame only and at the floor after it: the refit lowers the
     drums-alone L1 (measured 1.17 -> 0.72; the decay envelopes cannot fall to the floor in one frame, so not to
     zero), and leaves every other parameter (and the onset templates) as it was."""
     from specdiff.training.prior_fit import fit_drum_templates
 
-    class Windows:
-        def __init__(self):
-            self.items = []
-            for w in range(6):
-                notes = [Note(38, 0.5 * k + 0.01 * w, 0.5 * k + 0.1, 100, 0, True) for k in range(10)]
-                tokens = torch.tensor(notes_to_segments(notes, 5.12)[0])
-                nat = np.full((256, 128), MIN_VALUE)
-                for k in range(10):
-                    nat[int(round((0.5 * k + 0.01 * w) * 50))] = 0.0  # the hit's frame only
-                target = (nat - MIN_VALUE) / NAT_PER_UNIT - 1.0
-                self.items.append(dict(tokens=tokens, context=torch.zeros(256, 128),
-                                       context_mask=torch.zeros(256, dtype=torch.bool),
-                                       target=torch.from_numpy(target.astype(np.float32))))  # fmt: skip
-
-        def __getitem__(self, i):
-            return self.items[i]
-
     decoder = FilmDecoder(**TINY, score_roll_features=EXTENDED_ROLL_FEATURES, prediction_type="edm", score_prior=True,
                           additive_prior=True, drum_decay_powers=[10])  # fmt: skip
     fixed = {k: v.clone() for k, v in decoder.state_dict().items() if "drum_templates" not in k}
     onset_templates = decoder.additive_prior.drum_templates[0].detach().clone()
-    before, after = fit_drum_templates(decoder, Windows(), 6, steps=150, rows_per_step=256, batch_size=3)
+    before, after = fit_drum_templates(decoder, _snare_windows(6), 6, steps=150, rows_per_step=256, batch_size=3)
     assert after < 0.7 * before, (before, after)
     state = decoder.state_dict()
     assert all(torch.equal(state[k], v) for k, v in fixed.items())
@@ -357,31 +362,13 @@ def test_drum_template_fit_gives_each_timbre_its_own_tail():
     offsets fit both (drums-alone L1 1.03 before the fit; after it, measured 0.81 shared, 0.56 per timbre)."""
     from specdiff.training.prior_fit import fit_drum_templates
 
-    class Windows:
-        def __init__(self):
-            self.items = []
-            for w in range(4):
-                notes = [Note(38, 0.5 * k + 0.01 * w, 0.5 * k + 0.1, 100, 0, True) for k in range(10)]
-                tokens = torch.tensor(notes_to_segments(notes, 5.12)[0])
-                nat = np.full((256, 128), MIN_VALUE)
-                for k in range(10):
-                    hit = int(round((0.5 * k + 0.01 * w) * 50))
-                    nat[hit : hit + (1 if w % 2 == 0 else 6)] = 0.0
-                target = (nat - MIN_VALUE) / NAT_PER_UNIT - 1.0
-                self.items.append(dict(tokens=tokens, context=torch.zeros(256, 128),
-                                       context_mask=torch.zeros(256, dtype=torch.bool), timbre=torch.tensor(w % 2),
-                                       target=torch.from_numpy(target.astype(np.float32))))  # fmt: skip
-
-        def __getitem__(self, i):
-            return self.items[i]
-
     kw = dict(**TINY, score_roll_features=EXTENDED_ROLL_FEATURES, prediction_type="edm", score_prior=True,
               additive_prior=True, drum_decay_powers=[3, 10], timbres=["dead", "ringing"])  # fmt: skip
-    results = {}
+    results, windows = {}, _snare_windows(4, two_timbres=True)
     for option in (False, True):
         torch.manual_seed(0)
         decoder = FilmDecoder(**kw, timbre_drum_decays=option)
-        results[option] = fit_drum_templates(decoder, Windows(), 4, steps=100, rows_per_step=256, batch_size=4)
+        results[option] = fit_drum_templates(decoder, windows, 4, steps=100, rows_per_step=256, batch_size=4)
     assert results[True][1] < 0.8 * results[False][1], results
 
 
