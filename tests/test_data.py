@@ -31,7 +31,7 @@ from specdiff.data.songs import (
     trim_overlapping_notes,
 )
 from specdiff.midi.reader import Note
-from specdiff.midi.tokenizer import TIE_ID, num_frames_for, tokens_to_notes
+from specdiff.midi.tokenizer import TIE_ID, num_frames_for, tokenize_frames, tokens_to_notes
 
 pytest.importorskip("tinysoundfont")
 torch.set_num_threads(1)
@@ -435,6 +435,10 @@ def test_examples_shapes_values_and_determinism(song_cache):
         assert (ex.target[valid:] == -1).all()
         np.testing.assert_allclose(ex.context[:n_ctx].numpy(), scaled(mel[c0:t0]), atol=1e-6)
         assert (ex.context[n_ctx:] == 0).all()
+        # the carry-in tokens cover exactly the context's frames (nothing where the context is empty)
+        assert int(ex.carry_frames) == n_ctx
+        expected = tokenize_frames(ds.event_index(k), c0, n_ctx) if n_ctx else [0] * 2048
+        assert ex.carry_tokens.tolist() == expected
         assert ex.target.min() >= -1 and ex.target.max() <= 1
         b = same[i]
         assert all(torch.equal(getattr(ex, f), getattr(b, f)) for f in ("tokens", "context", "context_mask", "target"))
@@ -448,6 +452,8 @@ def test_examples_shapes_values_and_determinism(song_cache):
         "context_mask": (3, 256),
         "target": (3, 256, 128),
         "velocity": (3, 256, 18),  # the velocity roll layout's columns (tests/test_velocity_roll.py)
+        "carry_tokens": (3, 2048),  # what rings in from the context's frames (tests/test_score_roll.py)
+        "carry_frames": (3,),
     }
     assert batch["tokens"].dtype == torch.long and batch["context_mask"].dtype == torch.bool
 

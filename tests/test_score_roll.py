@@ -12,12 +12,16 @@ import torch
 from specdiff.midi.reader import Note
 from specdiff.midi.score_roll import (
     DRUM_DECAY_FRAMES,
+    EXTENDED_ROLL_FEATURES,
+    RELEASE_FRAMES,
     ROLL_FEATURES,
     TONAL_DECAY_FRAMES,
+    CarryIn,
     batch_rolls,
     drum_feature,
     family_feature,
     pitch_feature,
+    release_feature,
     segment_notes,
     segment_roll,
     tonal_feature,
@@ -28,7 +32,12 @@ from specdiff.models.presets import build_models
 from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 from specdiff.sampling.diffusion import eps_from_prediction, prediction_target, q_sample
 from specdiff.sampling.sampler import GuidedDenoiser, unconditional
-from specdiff.training.objective import SpectrogramDiffusionModel, diffusion_loss, initialise_output
+from specdiff.training.objective import (
+    SpectrogramDiffusionModel,
+    decoder_score_roll,
+    diffusion_loss,
+    initialise_output,
+)
 
 torch.set_num_threads(1)
 TINY = dict(d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=48)
@@ -73,6 +82,55 @@ def test_roll_of_hand_built_notes(segments):
     assert np.flatnonzero(tied[:, tonal_feature("sustain", 40, 64)]).tolist() == list(range(44))
     assert not tied[:, tonal_feature("onset", 40, 64)].any() and not tied[:, tonal_feature("decay", 40, 64)].any()
     assert np.count_nonzero(tied) == 3 * 44
+
+
+def test_carried_notes_ring_into_the_next_segment():
+    # A piano C4 from 5.0 s (frame 250) into the next segment, a piano E4 ending at 5.0 s, a snare at 5.08 s
+    # (frame 254). In the second segment the tied C4's decay continues from its onset 6 frames before,
+    # the E4's release decays from its end 6 frames before, the snare's decay from 2 frames before.
+    notes = [Note(60, 5.0, 6.0, 100, 0, False), Note(64, 4.9, 5.0, 100, 0, False), Note(38, 5.08, 5.1, 100, 0, True)]
+    first, second = notes_to_segments(notes, 7.0)
+    alone = segment_roll(second, features=EXTENDED_ROLL_FEATURES).numpy()
+    carried = segment_roll(second, features=EXTENDED_ROLL_FEATURES, previous=first).numpy()
+    frames = np.arange(256)
+    tied_decay = carried[:, tonal_feature("decay", 0, 60)]
+    assert not alone[:, tonal_feature("decay", 0, 60)].any()
+    np.testing.assert_allclose(tied_decay[:44], np.exp(-(frames[:44] + 6) / TONAL_DECAY_FRAMES), rtol=1e-6)
+    assert not tied_decay[44:].any()  # the note ends at 6.0 s, frame 44
+    assert np.array_equal(carried[:, pitch_feature("decay", 60)], tied_decay)  # the shared columns follow
+    for index, constant in enumerate(RELEASE_FRAMES):
+        release = carried[:, release_feature(index, pitch=64)]
+        np.testing.assert_allclose(release, np.exp(-(frames + 6) / constant), rtol=1e-5)
+        assert not alone[:, release_feature(index, pitch=64)].any()
+    snare = carried[:, drum_feature("decay", 38)]
+    np.testing.assert_allclose(snare[:18], np.exp(-(frames[:18] + 2) / DRUM_DECAY_FRAMES), rtol=1e-6)
+    assert not snare[18:].any() and not carried[:, drum_feature("onset", 38)].any()  # 20-frame span, no onset
+    # Nothing else changes; a first segment (nothing before it) and an all-PAD row carry nothing in.
+    changed = np.flatnonzero((carried != alone).any(axis=0))
+    assert set(changed) <= {tonal_feature("decay", 0, 60), pitch_feature("decay", 60), family_feature("decay", 0),
+                            drum_feature("decay", 38), *[release_feature(i, pitch=64) for i in range(2)],
+                            *[release_feature(i, program=0) for i in range(2)]}  # fmt: skip
+    assert np.array_equal(segment_roll(first, previous=[0] * 2048).numpy(), segment_roll(first).numpy())
+    pad = torch.zeros(1, 2048, dtype=torch.long)
+    assert not batch_rolls(pad, carry=CarryIn(torch.tensor([first]), [256])).any()
+    # A shorter stretch before the segment (a song's first frames) places the same notes by its length.
+    [short] = notes_to_segments([Note(62, 0.0, 3.0, 100, 0, False)], 3.0)
+    late = segment_roll(second, features=EXTENDED_ROLL_FEATURES, previous=short, previous_frames=150).numpy()
+    assert late[0, release_feature(1, pitch=62)] == pytest.approx(1.0)  # ended at the stretch's end
+
+
+def test_roll_carry_in_is_a_decoder_option_the_roll_reads():
+    with pytest.raises(ValueError, match="roll_carry_in"):
+        FilmDecoder(**TINY, roll_carry_in=True)
+    notes = [Note(60, 5.0, 6.0, 100, 0, False)]
+    first, second = notes_to_segments(notes, 7.0)
+    tokens, carry = torch.tensor([second]), CarryIn(torch.tensor([first]), torch.tensor([256]))
+    plain = FilmDecoder(**TINY, score_roll_features=EXTENDED_ROLL_FEATURES)
+    reading = FilmDecoder(**TINY, score_roll_features=EXTENDED_ROLL_FEATURES, roll_carry_in=True)
+    assert reading.config["roll_carry_in"] is True and "roll_carry_in" not in plain.config
+    assert torch.equal(decoder_score_roll(plain, tokens, carry=carry), decoder_score_roll(plain, tokens))
+    with_carry = decoder_score_roll(reading, tokens, carry=carry)
+    assert with_carry[0, 0, tonal_feature("decay", 0, 60)] == pytest.approx(math.exp(-6 / TONAL_DECAY_FRAMES))
 
 
 def test_roll_families_and_padding():

@@ -287,17 +287,29 @@ class TrainingExample:
     #: FloatTensor[256, 18]: the target window's relative log-velocities per frame (feature caches), the
     #: velocity roll layout's columns (specdiff.midi.velocity_roll.velocity_block)
     velocity: torch.Tensor | None = None
+    #: LongTensor[2048]: the note tokens of the context's frames (what rings into the target: a
+    #: ``roll_carry_in`` decoder's roll, specdiff.midi.score_roll.add_carried_notes), all PAD where the
+    #: context is empty; ``carry_frames`` (LongTensor[]): how many frames those tokens cover
+    carry_tokens: torch.Tensor | None = None
+    carry_frames: torch.Tensor | None = None
 
 
 def collate_examples(examples: Sequence[TrainingExample]) -> dict[str, torch.Tensor]:
     """Stack examples into a batch dict with keys tokens, context, context_mask, target (and timbre,
-    velocity where every example has one)."""
+    velocity, carry_tokens, carry_frames where every example has one)."""
     batch = {key: torch.stack([getattr(ex, key) for ex in examples])
              for key in ("tokens", "context", "context_mask", "target")}  # fmt: skip
-    for key in ("timbre", "velocity"):
+    for key in ("timbre", "velocity", "carry_tokens", "carry_frames"):
         if all(getattr(ex, key) is not None for ex in examples):
             batch[key] = torch.stack([getattr(ex, key) for ex in examples])
     return batch
+
+
+def _padded_tokens(tokens: Sequence[int], length: int) -> torch.Tensor:
+    """``tokens`` as a LongTensor padded with PAD (0) to ``length``."""
+    row = torch.zeros(length, dtype=torch.long)
+    row[: len(tokens)] = torch.as_tensor(list(tokens), dtype=torch.long)
+    return row
 
 
 def _example_rng(seed: int, i: int) -> np.random.Generator:
@@ -458,6 +470,9 @@ class ChunkDataset(torch.utils.data.Dataset):
         with warnings.catch_warnings():  # a very dense window keeps its first 2047 events
             warnings.simplefilter("ignore", TokenTruncationWarning)
             tokens = tokenize_frames(self.event_index(k), tgt_start, valid)
+            # what rings in: the notes of the context's frames (none where the context is empty, as for a
+            # song's first segment in the pipeline)
+            carry = tokenize_frames(self.event_index(k), ctx_start, n_ctx) if n_ctx else []
         timbre = None
         if self.timbres:
             name = self.songs[k].get("timbre")
@@ -470,6 +485,8 @@ class ChunkDataset(torch.utils.data.Dataset):
             timbre=timbre,
             target_valid=torch.tensor(valid, dtype=torch.long),
             velocity=torch.from_numpy(velocity_block(self.velocity_spans(k), tgt_start, None, self.target_frames)),
+            carry_tokens=_padded_tokens(carry, len(tokens)),
+            carry_frames=torch.tensor(n_ctx, dtype=torch.long),
         )
 
 

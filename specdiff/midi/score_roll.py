@@ -50,6 +50,7 @@ from its own rare examples.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -214,9 +215,17 @@ def segment_notes(tokens: Sequence[int], num_frames: int = SEGMENT_FRAMES) -> tu
     return tonal, drums
 
 
-def segment_roll(tokens: Sequence[int], num_frames: int = SEGMENT_FRAMES, features: int = ROLL_FEATURES) -> Tensor:
+def segment_roll(
+    tokens: Sequence[int],
+    num_frames: int = SEGMENT_FRAMES,
+    features: int = ROLL_FEATURES,
+    previous: Sequence[int] | None = None,
+    previous_frames: int | None = None,
+) -> Tensor:
     """The roll ``[num_frames, features]`` (float32) of one segment's tokens; ``features`` names the
-    layout (:data:`ROLL_LAYOUTS`). A row with no token but PAD (the CFG null condition) gives zeros."""
+    layout (:data:`ROLL_LAYOUTS`). A row with no token but PAD (the CFG null condition) gives zeros.
+    ``previous``: the tokens of the ``previous_frames`` (default ``num_frames``) frames just before the
+    segment, whose notes carry in (:func:`add_carried_notes`); None: the segment is read alone."""
     if features not in ROLL_LAYOUTS:
         raise ValueError(f"no roll layout has {features} features (known: {ROLL_LAYOUTS})")
     roll = np.zeros((num_frames, features), np.float32)
@@ -252,9 +261,65 @@ def segment_roll(tokens: Sequence[int], num_frames: int = SEGMENT_FRAMES, featur
         column = drum_feature("decay", pitch)
         roll[frame:stop, column] = np.maximum(roll[frame:stop, column], decay)
         sounding[frame:stop] = True
+    if previous is not None:
+        frames_before = num_frames if previous_frames is None else int(previous_frames)
+        add_carried_notes(roll, sounding, tonal, previous, frames_before, extended)
     if extended:
         roll[~sounding, SILENT_FEATURE] = 1.0
     return torch.from_numpy(roll)
+
+
+def add_carried_notes(
+    roll: np.ndarray,
+    sounding: np.ndarray,
+    tonal: Sequence[tuple[int, int, int | None, int]],
+    previous: Sequence[int],
+    previous_frames: int,
+    extended: bool,
+) -> None:
+    """Write into ``roll`` ``[T, F]`` (and the ``sounding`` flags) what the notes of the ``previous_frames``
+    frames before the segment (their tokens ``previous``) still do in it: a tied note (in ``tonal``, the
+    segment's :func:`segment_notes`) that started there continues its ``decay`` from its true onset
+    instead of 0; a note that ended there (or sounded to its end and is not tied in) continues its
+    release decays (extended layouts); a drum hit there continues its ``decay``. All of these count as
+    sounding for the ``silent`` feature as they would inside one segment.
+
+    Why: the tokens of a segment say nothing of what rings into it, so the score prior drew every
+    segment's first frames as if the music started there: on the bundled model the log-mel of the first
+    5 frames of segments 2+ sat 0.5 nat (score prior alone) and 0.7 nat (the model) under the render
+    against ~0 elsewhere (``benchmarks/results/segment_seams.md``). With ``roll_carry_in`` a decoder's
+    roll gets them (the previous segment's tokens are known to training windows and the pipeline alike).
+    """
+    if not any(int(tok) for tok in previous):
+        return
+    num_frames = roll.shape[0]
+    frames = np.arange(num_frames, dtype=np.float32)
+    before_tonal, before_drums = segment_notes(previous, previous_frames)
+    tied = {(program, pitch): end for program, pitch, onset, end in tonal if onset is None}
+    for program, pitch, onset, end in before_tonal:
+        if end >= previous_frames and (program, pitch) in tied:
+            if onset is not None:  # tied notes of tied notes started >= one segment ago: decay ~0
+                stop = max(tied[(program, pitch)], 1)
+                decay = np.exp(-(frames[:stop] - (onset - previous_frames)) / TONAL_DECAY_FRAMES)[:, None]
+                columns = _columns("decay", program, pitch)
+                roll[:stop, columns] = np.maximum(roll[:stop, columns], decay)
+            continue
+        ended = min(end, previous_frames) - previous_frames  # <= 0: frames before the segment
+        sounding[: max(0, ended + SILENT_GUARD_FRAMES)] = True
+        if extended:
+            for index, constant in enumerate(RELEASE_FRAMES):
+                release = np.exp(-(frames - ended) / constant)[:, None]
+                columns = [release_feature(index, pitch=pitch), release_feature(index, program=program)]
+                roll[:, columns] = np.maximum(roll[:, columns], release)
+    for pitch, frame in before_drums:
+        hit = frame - previous_frames
+        stop = min(num_frames, hit + DRUM_DECAY_SPAN)
+        if stop <= 0:
+            continue
+        decay = np.exp(-(frames[:stop] - hit) / DRUM_DECAY_FRAMES)
+        column = drum_feature("decay", pitch)
+        roll[:stop, column] = np.maximum(roll[:stop, column], decay)
+        sounding[:stop] = True
 
 
 def add_context_level(
@@ -305,14 +370,35 @@ def zero_null_rows(columns: Tensor, tokens: Tensor | None) -> Tensor:
 
 
 def batch_rolls(
-    tokens: Tensor | Sequence[Sequence[int]], num_frames: int = SEGMENT_FRAMES, features: int = ROLL_FEATURES
+    tokens: Tensor | Sequence[Sequence[int]],
+    num_frames: int = SEGMENT_FRAMES,
+    features: int = ROLL_FEATURES,
+    carry: CarryIn | None = None,
 ) -> Tensor:
     """Rolls ``[B, num_frames, features]`` of token rows (a ``[B, L]`` batch or a list of
     segments of any lengths); all-PAD rows (the CFG null condition) give zeros. On the device of
-    a tensor batch."""
+    a tensor batch. ``carry``: each row's previous tokens and their frame count (:class:`CarryIn`), whose
+    notes ring into the segment (:func:`add_carried_notes`); None reads every row alone."""
     device = tokens.device if isinstance(tokens, Tensor) else torch.device("cpu")
     rows = [row.tolist() if isinstance(row, Tensor) else list(row) for row in tokens]
-    return torch.stack([segment_roll(row, num_frames, features) for row in rows]).to(device)
+    if carry is None:
+        return torch.stack([segment_roll(row, num_frames, features) for row in rows]).to(device)
+    before = [row.tolist() if isinstance(row, Tensor) else list(row) for row in carry.tokens]
+    lengths = [int(n) for n in carry.frames]
+    if len(before) != len(rows) or len(lengths) != len(rows):
+        raise ValueError(f"carry-in for {len(before)} rows ({len(lengths)} lengths), tokens for {len(rows)}")
+    return torch.stack(
+        [segment_roll(row, num_frames, features, prev, n) for row, prev, n in zip(rows, before, lengths)]
+    ).to(device)
+
+
+class CarryIn(NamedTuple):
+    """What rings into a batch of segments: per row the tokens of the frames just before it (``[B, L]``
+    or lists; all PAD: nothing) and how many frames those tokens cover (``[B]``; a song's first frames have
+    fewer than a segment before them)."""
+
+    tokens: Tensor | Sequence[Sequence[int]]
+    frames: Tensor | Sequence[int]
 
 
 __all__ = [
@@ -354,4 +440,6 @@ __all__ = [
     "segment_notes",
     "segment_roll",
     "batch_rolls",
+    "add_carried_notes",
+    "CarryIn",
 ]

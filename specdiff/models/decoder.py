@@ -273,6 +273,7 @@ DECODER_EXTENSIONS: dict[str, Any] = {
     "drum_decay_gates": [],
     "gm_programs": False,
     "timbre_drum_decays": False,
+    "roll_carry_in": False,
 }
 
 #: Noise times at which the ``input_skip`` extension holds one local linear map each; between two
@@ -299,12 +300,15 @@ def _check_extensions(
     drum_decay_powers: Sequence[float] = (),
     timbre_drum_decays: bool = False,
     drum_decay_gates: Sequence[int] = (),
+    roll_carry_in: bool = False,
 ) -> None:
     """Raise ValueError for a :class:`FilmDecoder` configuration whose extensions do not fit together."""
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}")
     if int(score_roll_features) < 0:
         raise ValueError(f"score_roll_features must be >= 0, got {score_roll_features}")
+    if roll_carry_in and not int(score_roll_features):
+        raise ValueError("roll_carry_in needs score_roll_features > 0")
     if score_prior and not (int(score_roll_features) and prediction_type == "edm"):
         raise ValueError("score_prior needs score_roll_features > 0 and prediction_type 'edm'")
     if additive_prior:
@@ -387,6 +391,11 @@ class FilmDecoder(ConfigMixin, nn.Module):
     - ``timbre_drum_decays`` (needs ``additive_prior`` and ``timbres``): each timbre gets a zero-started
       log offset on every drum decay template of the additive prior, as SoundFonts' drums ring for
       different times (TimGM6mb's stop dead, FluidR3_GM's ring: ``benchmarks/results/drum_decay_idioms_0130.md``).
+    - ``roll_carry_in`` (needs the roll): the roll also reads the previous segment's tokens, so notes and
+      drum hits that ring into a segment keep their decay and release there (a tied note's decay from its
+      true onset; :func:`specdiff.midi.score_roll.add_carried_notes`). Without it a segment's first frames
+      are drawn as if the music started there (``benchmarks/results/segment_seams.md``). Training windows
+      and the pipeline both know the previous tokens; the decoder itself only reads the flag.
     - ``gm_programs``: the notes keep their General MIDI program where the original maps each to its
       Slakh class (34 classes; every program from 88 up is 88: ORIGINAL.md §2.5 step 3); the vocabulary
       has all 128 program tokens, so only the reading of the MIDI file changes (``slakh_programs=False``
@@ -432,6 +441,7 @@ class FilmDecoder(ConfigMixin, nn.Module):
         "drum_decay_gates": lambda gates: [int(gate) for gate in gates],
         "gm_programs": bool,
         "timbre_drum_decays": bool,
+        "roll_carry_in": bool,
     }
     #: The extensions appear in ``config`` only when on, so an original folder's config is unchanged.
     config_optional = frozenset(DECODER_EXTENSIONS)
@@ -460,11 +470,12 @@ class FilmDecoder(ConfigMixin, nn.Module):
         gm_programs: bool = False,
         timbre_drum_decays: bool = False,
         drum_decay_gates: Sequence[int] = (),
+        roll_carry_in: bool = False,
     ) -> None:
         super().__init__()
         _check_extensions(prediction_type, score_roll_features, score_prior, input_context_frames,
                           input_skip_frames, self.timbres, additive_prior, drum_decay_powers,
-                          timbre_drum_decays, drum_decay_gates)  # fmt: skip
+                          timbre_drum_decays, drum_decay_gates, roll_carry_in)  # fmt: skip
         self.conditioning_emb = nn.Sequential(
             nn.Linear(d_model, d_model * 4, bias=False),
             nn.SiLU(),

@@ -30,7 +30,7 @@ from specdiff.audio.mel import scale_features, scale_to_features
 from specdiff.constants import SAMPLE_RATE
 from specdiff.errors import ModelError
 from specdiff.midi.decoder_roll import decoder_roll
-from specdiff.midi.score_roll import VELOCITY_FEATURES, VELOCITY_LAYOUTS
+from specdiff.midi.score_roll import VELOCITY_FEATURES, VELOCITY_LAYOUTS, CarryIn
 from specdiff.pipeline.folder import NETWORKS, read_networks, write_folder
 from specdiff.pipeline.inputs import (
     SynthesisPlan,
@@ -66,10 +66,13 @@ from specdiff.pipeline.sampling_settings import (
 from specdiff.sampling import sampler as samplers
 
 
-def _module_config(module: torch.nn.Module, key: str) -> Any:
-    """``module.config[key]``: our networks' and diffusers' configs are dicts, other configs namespaces."""
+def _module_config(module: torch.nn.Module, key: str, *default: Any) -> Any:
+    """``module.config[key]``: our networks' and diffusers' configs are dicts, other configs namespaces;
+    with a ``default``, that where the config lacks the key."""
     config = module.config
-    return config[key] if isinstance(config, dict) else getattr(config, key)
+    if isinstance(config, dict):
+        return config.get(key, *default) if default else config[key]
+    return getattr(config, key, *default)
 
 
 def _first_param(module: torch.nn.Module) -> Tensor:
@@ -308,20 +311,31 @@ class SpectrogramDiffusionPipeline:
         return [(notes, notes_mask), tuple(ctx)]
 
     def _score_roll(
-        self, tokens: Sequence[Tensor], velocity: Sequence[Any], scaled_context: Tensor, context_mask: Tensor
+        self,
+        tokens: Sequence[Tensor],
+        velocity: Sequence[Any],
+        scaled_context: Tensor,
+        context_mask: Tensor,
+        previous: Sequence[Tensor | None] | None = None,
     ) -> Tensor | None:
         """The decoder's frame-aligned roll of a batch of segments (None: the original architecture): the
-        tokens' roll, the context-level columns from the (scaled) context and, for the velocity layout,
-        the velocity columns (``velocity``: per row ``[T, 18]`` numpy or None, which leaves them 0)."""
+        tokens' roll, the context-level columns from the (scaled) context, for the velocity layout the
+        velocity columns (``velocity``: per row ``[T, 18]`` numpy or None, which leaves them 0) and, for a
+        ``roll_carry_in`` decoder, what rings in from each row's ``previous`` segment's tokens (None: the
+        song's first segment)."""
         features = getattr(self.decoder, "score_roll_features", 0)
         segment_frames = int(_module_config(self.decoder, "targets_length"))
         columns = None
         if features in VELOCITY_LAYOUTS:
             blocks = [np.zeros((segment_frames, VELOCITY_FEATURES), np.float32) if v is None else v for v in velocity]
             columns = torch.from_numpy(np.stack(blocks))
+        carry = None
+        if previous is not None and _module_config(self.decoder, "roll_carry_in", False):
+            before = [torch.zeros(1, dtype=torch.long) if row is None else row for row in previous]
+            carry = CarryIn(before, [segment_frames] * len(before))
         # The rows are real segments; the guided denoiser zeroes the CFG null branch's roll itself.
         return decoder_roll(tokens, segment_frames, features, scaled_context, context_mask, columns,
-                            zero_null_rows=False)  # fmt: skip
+                            zero_null_rows=False, carry=carry)  # fmt: skip
 
     def _sampler(self, chosen: ResolvedSampling) -> samplers.Sampler:
         if isinstance(chosen.scheduler, str):
@@ -373,7 +387,8 @@ class SpectrogramDiffusionPipeline:
                 encodings = self.encode_batch(rows, scaled_context, context_mask)
                 velocity = [None if velocities is None or velocities[k] is None else velocities[k][index]
                             for k in active]  # fmt: skip
-                roll = self._score_roll(rows, velocity, scaled_context, context_mask)  # frame-aligned score
+                previous = [token_tensors[k][index - 1] if index else None for k in active]
+                roll = self._score_roll(rows, velocity, scaled_context, context_mask, previous)  # frame-aligned score
                 denoise = samplers.GuidedDenoiser(self.decoder, encodings, chosen.guidance_scale, film_cache,
                                                   score_roll=roll, timbre=self._timbre_indices(len(active)),
                                                   guidance_ceiling=chosen.guidance_ceiling,

@@ -31,7 +31,8 @@ def _as_mapping(item: Any) -> Mapping[str, Tensor]:
 
 def collate_counted(items: Sequence[tuple[int, Any]]) -> dict[str, Tensor]:
     """``(counter, example)`` pairs -> batch dict with ``index`` (the counters) and the BATCH_KEYS stacked
-    (and ``timbre``, ``target_valid``, ``velocity`` where every example has one)."""
+    (and ``timbre``, ``target_valid``, ``velocity``, ``carry_tokens``, ``carry_frames`` where every example has
+    one)."""
     examples = [_as_mapping(example) for _, example in items]
     batch = {key: torch.stack([torch.as_tensor(ex[key]) for ex in examples]) for key in BATCH_KEYS}
     if all(ex.get("timbre") is not None for ex in examples):  # timbre indices (feature caches); absent: the default
@@ -40,6 +41,9 @@ def collate_counted(items: Sequence[tuple[int, Any]]) -> dict[str, Tensor]:
         batch["target_valid"] = torch.stack([torch.as_tensor(ex["target_valid"]) for ex in examples]).long()
     if all(ex.get("velocity") is not None for ex in examples):  # relative log-velocities per frame (caches)
         batch["velocity"] = torch.stack([torch.as_tensor(ex["velocity"]) for ex in examples]).float()
+    for key in ("carry_tokens", "carry_frames"):  # what rings into the window (caches)
+        if all(ex.get(key) is not None for ex in examples):
+            batch[key] = torch.stack([torch.as_tensor(ex[key]) for ex in examples]).long()
     batch["tokens"] = batch["tokens"].long()
     batch["context_mask"] = batch["context_mask"].bool()
     batch["index"] = torch.tensor([counter for counter, _ in items], dtype=torch.long)

@@ -16,6 +16,7 @@ from specdiff.audio.mel import MAX_VALUE, MIN_VALUE
 from specdiff.constants import N_MELS
 from specdiff.errors import SpecdiffError
 from specdiff.midi.decoder_roll import decoder_roll
+from specdiff.midi.score_roll import CarryIn
 from specdiff.models.decoder import FilmDecoder
 from specdiff.models.encoders import ContinuousEncoder, NotesEncoder
 from specdiff.sampling.diffusion import (
@@ -59,39 +60,47 @@ class SpectrogramDiffusionModel(nn.Module):
 
     def forward(
         self, tokens: Tensor, context: Tensor, context_mask: Tensor, z_t: Tensor, t: Tensor,
-        timbre: Tensor | None = None, velocity: Tensor | None = None,
+        timbre: Tensor | None = None, velocity: Tensor | None = None, carry: CarryIn | None = None,
     ) -> Tensor:  # fmt: skip
         """The decoder's output (its ``prediction_type``) for ``z_t``; a score-conditioned decoder
         gets the roll of these ``tokens`` (all-PAD rows, CFG-dropped, get an all-zero roll; a velocity
         layout's columns from ``velocity`` ``[B, T, 18]``, a batch's ``velocity``), a
-        timbre-conditioned one the ``timbre`` indices ``[B]`` (None: the default timbre)."""
+        timbre-conditioned one the ``timbre`` indices ``[B]`` (None: the default timbre); ``carry``: what
+        rings into each row (a ``roll_carry_in`` decoder's roll reads it)."""
         encodings = self.encode(tokens, context, context_mask)
-        roll = self.score_roll(tokens, context, context_mask, velocity)
+        roll = self.score_roll(tokens, context, context_mask, velocity, carry)
         return self.decoder(encodings, z_t, t, score_roll=roll, timbre=timbre)
 
     def score_roll(self, tokens: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None,
-                   velocity: Tensor | None = None) -> Tensor | None:  # fmt: skip
+                   velocity: Tensor | None = None, carry: CarryIn | None = None) -> Tensor | None:  # fmt: skip
         """The frame-aligned roll of a token batch (with the context-level columns of a
         context-level layout, ``specdiff.midi.score_roll.add_context_level``, and the velocity columns of
         the velocity layout, ``specdiff.midi.velocity_roll.add_velocity_levels``), or None for the
         original architecture."""
-        return decoder_score_roll(self.decoder, tokens, context, context_mask, velocity)
+        return decoder_score_roll(self.decoder, tokens, context, context_mask, velocity, carry)
 
 
 def decoder_score_roll(decoder: FilmDecoder, tokens: Tensor, context: Tensor | None = None,
-                       context_mask: Tensor | None = None, velocity: Tensor | None = None
-                       ) -> Tensor | None:  # fmt: skip
+                       context_mask: Tensor | None = None, velocity: Tensor | None = None,
+                       carry: CarryIn | None = None) -> Tensor | None:  # fmt: skip
     """The frame-aligned roll ``decoder`` takes for a token batch (its layout, the context-level columns
-    filled from ``context`` when given, the velocity columns from ``velocity`` ``[B, T, 18]`` when given;
-    all-PAD rows keep zeros), or None for the original architecture."""
+    filled from ``context`` when given, the velocity columns from ``velocity`` ``[B, T, 18]`` when given,
+    what rings in from ``carry`` when the decoder has ``roll_carry_in``; all-PAD rows keep zeros), or None
+    for the original architecture."""
+    carry = carry if decoder.config.get("roll_carry_in", False) else None
     return decoder_roll(tokens, decoder.config["targets_length"], decoder.score_roll_features, context, context_mask,
-                        velocity)  # fmt: skip
+                        velocity, carry=carry)  # fmt: skip
 
 
-def velocity_input(batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The model's ``velocity`` keyword for a batch: its velocity columns where it has them (feature
-    caches), else nothing (the model's default, None)."""
-    return {"velocity": batch["velocity"]} if batch.get("velocity") is not None else {}
+def roll_inputs(batch: Mapping[str, Tensor]) -> dict[str, Any]:
+    """The model's ``velocity`` and ``carry`` keywords for a batch: its velocity columns and its carry-in
+    tokens where it has them (feature caches), else nothing (the model's defaults, None)."""
+    inputs: dict[str, Any] = {}
+    if batch.get("velocity") is not None:
+        inputs["velocity"] = batch["velocity"]
+    if batch.get("carry_tokens") is not None and batch.get("carry_frames") is not None:
+        inputs["carry"] = CarryIn(batch["carry_tokens"], batch["carry_frames"])
+    return inputs
 
 
 OUTPUT_INITS = ("default", "zero")
@@ -247,7 +256,7 @@ def rollout_inputs(model: nn.Module, tokens: Tensor, batch: Mapping[str, Tensor]
     ``z_t = alpha_t x0_hat + sigma_t eps_hat`` (no gradient flows through this step)."""
     inner = getattr(model, "module", model)  # through DDP's wrapper: no gradient sync needed here
     z_prev = q_sample(x0, t_prev, noise)
-    out = inner(tokens, batch["context"], context_mask, z_prev, t_prev, batch.get("timbre"), **velocity_input(batch))
+    out = inner(tokens, batch["context"], context_mask, z_prev, t_prev, batch.get("timbre"), **roll_inputs(batch))
     out = out.float()
     x0_hat = x0_from_prediction(out, z_prev, t_prev, inner.decoder.prediction_type).clamp(-1.0, 1.0)
     alpha_prev, sigma_prev = alpha_sigma(t_prev)
@@ -370,7 +379,7 @@ def diffusion_loss(
 
         recorder = CrossAttentionRecorder(getattr(model, "module", model))  # through DDP's wrapper
     with recorder.recording() if recorder is not None else contextlib.nullcontext():
-        prediction = model(tokens, batch["context"], context_mask, z_t, t, batch.get("timbre"), **velocity_input(batch))
+        prediction = model(tokens, batch["context"], context_mask, z_t, t, batch.get("timbre"), **roll_inputs(batch))
     error = (prediction.float() - prediction_target(x0, noise, t, prediction_type, z_t).float()).abs()
     if prediction_type != "epsilon":  # log the eps error, comparable across prediction types
         eps_error = (eps_from_prediction(prediction.detach().float(), z_t, t, prediction_type) - noise.float()).abs()

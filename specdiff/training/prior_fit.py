@@ -20,6 +20,7 @@ from specdiff.training.objective import (
     SpectrogramDiffusionModel,
     _valid_rows,
     decoder_score_roll,
+    roll_inputs,
     trim_token_padding,
 )
 
@@ -68,7 +69,7 @@ def fit_score_prior(
 
     def roll_of(batch: Mapping[str, Tensor]) -> Tensor:
         return decoder_score_roll(decoder, batch["tokens"], batch["context"], batch["context_mask"],
-                                  batch.get("velocity"))  # fmt: skip
+                                  **roll_inputs(batch))  # fmt: skip
 
     def rows(batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         x = roll_of(batch)[..., TONAL_FEATURES:].flatten(0, 1)
@@ -102,7 +103,7 @@ def _prior_fit_rows(
     rolls, targets, timbres = [], [], []
     for batch in collated_windows(dataset, range(windows), batch_size):
         roll = decoder_score_roll(
-            decoder, batch["tokens"], batch["context"], batch["context_mask"], batch.get("velocity")
+            decoder, batch["tokens"], batch["context"], batch["context_mask"], **roll_inputs(batch)
         ).flatten(0, 1)
         target = batch["target"].flatten(0, 1)
         timbre = batch.get("timbre", torch.zeros(batch["target"].shape[0], dtype=torch.long))
@@ -338,7 +339,7 @@ def fit_input_skip(
         tokens = trim_token_padding(batch["tokens"])
         encodings = model.encode(tokens, batch["context"], batch["context_mask"])
         timbre = batch.get("timbre") if decoder.timbres else None
-        roll = model.score_roll(tokens, batch["context"], batch["context_mask"], batch.get("velocity"))
+        roll = model.score_roll(tokens, batch["context"], batch["context_mask"], **roll_inputs(batch))
         cache = decoder.prepare_cross_attention(encodings, roll, timbre)
         batches.append((batch, cache))
     generator = torch.Generator().manual_seed(0)

@@ -19,6 +19,7 @@ from specdiff.training.objective import (
     SpectrogramDiffusionModel,
     diffusion_loss,
     draw_diffusion_inputs,
+    roll_inputs,
     trim_token_padding,
 )
 
@@ -77,7 +78,7 @@ def sample_spectrogram(
     device = batch["target"].device
     tokens = trim_token_padding(batch["tokens"])
     encodings = model.encode(tokens, batch["context"], batch["context_mask"])
-    roll = model.score_roll(tokens, batch["context"], batch["context_mask"], batch.get("velocity"))
+    roll = model.score_roll(tokens, batch["context"], batch["context_mask"], **roll_inputs(batch))
     cache = model.decoder.prepare_cross_attention(encodings, roll)
     z = torch.randn(batch["target"].shape, generator=generator).to(device)
     for i in reversed(range(steps)):
