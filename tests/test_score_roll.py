@@ -133,6 +133,21 @@ def test_roll_carry_in_is_a_decoder_option_the_roll_reads():
     assert with_carry[0, 0, tonal_feature("decay", 0, 60)] == pytest.approx(math.exp(-6 / TONAL_DECAY_FRAMES))
 
 
+def test_the_pipeline_carries_the_previous_segment_into_the_roll(segments):
+    plain = _score_model(features=EXTENDED_ROLL_FEATURES)
+    reading = _score_model(features=EXTENDED_ROLL_FEATURES, roll_carry_in=True)
+    reading.load_state_dict(plain.state_dict())  # the same weights: only the roll differs
+    kw = dict(num_inference_steps=1, output_type="mel", show_progress=False, guidance_scale=1.0, scheduler="ddim")
+
+    def mel(model):
+        pipe = SpectrogramDiffusionPipeline(model.notes_encoder, model.continuous_encoder, model.decoder)
+        return pipe(segments, generator=torch.Generator().manual_seed(0), **kw).mels[0]
+
+    a, b = mel(plain), mel(reading)
+    np.testing.assert_array_equal(a[:256], b[:256])  # the first segment: nothing rings in
+    assert np.abs(a[256:300] - b[256:300]).mean() > 1e-4  # the violin tied in keeps its decay
+
+
 def test_roll_families_and_padding():
     assert tonal_feature("onset", 7, 60) == tonal_feature("onset", 0, 60)  # same GM family
     assert tonal_feature("onset", 8, 60) != tonal_feature("onset", 0, 60)
@@ -174,8 +189,8 @@ def test_sparse_projection_equals_the_dense_product(segments):
     assert torch.allclose(decoder.project_score_roll(roll), dense, atol=1e-6)
 
 
-def _score_model(**extra) -> SpectrogramDiffusionModel:
-    return SpectrogramDiffusionModel(*build_models("tiny", seed=0, score_roll_features=ROLL_FEATURES, **TINY, **extra))
+def _score_model(features: int = ROLL_FEATURES, **extra) -> SpectrogramDiffusionModel:
+    return SpectrogramDiffusionModel(*build_models("tiny", seed=0, score_roll_features=features, **TINY, **extra))
 
 
 def test_roll_changes_the_output_and_cfg_drops_it_with_the_tokens(segments):

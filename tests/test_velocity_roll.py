@@ -187,6 +187,9 @@ def test_training_examples_and_the_pipeline_compute_the_same_columns(midi_cache)
         example = dataset[s]
         assert example.tokens.tolist() == tokens  # the same window
         np.testing.assert_array_equal(example.velocity.numpy(), block)
+        # what rings in: the pipeline's previous segment (roll_carry_in), nothing before the first
+        assert example.carry_tokens.tolist() == (segments[s - 1] if s else [0] * 2048)
+        assert int(example.carry_frames) == (256 if s else 0)
     assert blocks[1][:, 0].min() < blocks[0][:, 0].min() < 0  # the piano (family 0) fades
 
 
