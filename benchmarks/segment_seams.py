@@ -11,13 +11,15 @@ the later ones. The ``seam dip`` is the later segments' first 5 frames against t
 Usage:
   python benchmarks/segment_seams.py MODEL [MODEL ...] --set idioms --split validation --pieces 16 \\
       --name NAME [--prior-alone]
-MODEL: a pipeline folder or a training checkpoint (exported on the fly with the bundled vocoder).
+MODEL: a pipeline folder (its own sampling settings) or a training checkpoint (exported on the fly with the
+bundled vocoder and the bundled model's sampling settings).
 Writes benchmarks/results/segment_seams_<name>.md and .json (rows appended).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -108,6 +110,10 @@ def main() -> int:
         for model in args.models:
             for prior in [False, True] if args.prior_alone else [False]:
                 folder = model_folder(model, Path(tmp), prior_alone=prior)
+                if not (folder / "sampling.json").exists():  # a checkpoint: the bundled model's settings
+                    from specdiff.pipeline.default_model import DEFAULT_MODEL_DIR
+
+                    shutil.copy(DEFAULT_MODEL_DIR / "sampling.json", folder / "sampling.json")
                 row = offsets_by_position(folder, files, args.max_seconds, args.threads)
                 label = run_label(Path(model)) + (" (prior alone)" if prior else "")
                 row.update(model=label, set=split_label(args.set, args.split), pieces=len(files))
