@@ -146,6 +146,14 @@ def test_the_pipeline_carries_the_previous_segment_into_the_roll(segments):
     a, b = mel(plain), mel(reading)
     np.testing.assert_array_equal(a[:256], b[:256])  # the first segment: nothing rings in
     assert np.abs(a[256:300] - b[256:300]).mean() > 1e-4  # the violin tied in keeps its decay
+    # Streaming and batched songs (of different lengths) carry the same segments in.
+    pipe = SpectrogramDiffusionPipeline(reading.notes_encoder, reading.continuous_encoder, reading.decoder)
+    streamed = np.concatenate([part.mel for part in pipe.segments(segments, torch.Generator().manual_seed(0), 1, 1.0,
+                                                                   "ddim")])  # fmt: skip
+    np.testing.assert_allclose(streamed[: len(b)], b, atol=1e-5)
+    many = pipe.synthesize_many([segments[:1], segments], generators=[0, 0], **kw)
+    np.testing.assert_allclose(many[1].mels[0], b, atol=1e-5)
+    np.testing.assert_allclose(many[0].mels[0], b[: len(many[0].mels[0])], atol=1e-5)
 
 
 def test_roll_families_and_padding():
