@@ -285,10 +285,11 @@ def add_carried_notes(
     sounding for the ``silent`` feature as they would inside one segment.
 
     Why: the tokens of a segment say nothing of what rings into it, so the score prior drew every
-    segment's first frames as if the music started there: on the bundled model the log-mel of the first
-    5 frames of segments 2+ sat 0.5 nat (score prior alone) and 0.7 nat (the model) under the render
-    against ~0 elsewhere (``benchmarks/results/segment_seams.md``). With ``roll_carry_in`` a decoder's
-    roll gets them (the previous segment's tokens are known to training windows and the pipeline alike).
+    segment's first frames as if the music started there: on run T 600 the log-mel of the first 5 frames
+    of segments 2+ sat 0.50 nat (score prior alone) and 0.66 nat (the model) further under the render than
+    their frames 50-255 (the demo corpus: 0.81 and 1.04; ``benchmarks/results/segment_seams_idioms_val.md``,
+    ``segment_seams_demo_val.md``). With ``roll_carry_in`` a decoder's roll gets them (the previous segment's
+    tokens are known to training windows and the pipeline alike).
     """
     if not any(int(tok) for tok in previous):
         return

@@ -394,8 +394,8 @@ class FilmDecoder(ConfigMixin, nn.Module):
     - ``roll_carry_in`` (needs the roll): the roll also reads the previous segment's tokens, so notes and
       drum hits that ring into a segment keep their decay and release there (a tied note's decay from its
       true onset; :func:`specdiff.midi.score_roll.add_carried_notes`). Without it a segment's first frames
-      are drawn as if the music started there (``benchmarks/results/segment_seams.md``). Training windows
-      and the pipeline both know the previous tokens; the decoder itself only reads the flag.
+      are drawn as if the music started there (``benchmarks/results/segment_seams_idioms_val.md``). Training
+      windows and the pipeline both know the previous tokens; the decoder itself only reads the flag.
     - ``gm_programs``: the notes keep their General MIDI program where the original maps each to its
       Slakh class (34 classes; every program from 88 up is 88: ORIGINAL.md §2.5 step 3); the vocabulary
       has all 128 program tokens, so only the reading of the MIDI file changes (``slakh_programs=False``
