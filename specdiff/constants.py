@@ -53,6 +53,26 @@ LIMITER_THRESHOLD = 0.9
 #: ``specdiff synth --gain`` accepts gains in [-MAX_GAIN_DB, MAX_GAIN_DB] dB.
 MAX_GAIN_DB = 60.0
 
+# ---- decoder extensions (specdiff.models.decoder.FilmDecoder) -----------------------------------------
+
+#: Decoder options beyond the original architecture, with the values that mean "the original".
+#: A config.json holds them only when they differ, so an original folder's config is unchanged.
+DECODER_EXTENSIONS: dict[str, object] = {
+    "score_roll_features": 0,
+    "prediction_type": "epsilon",
+    "spec_out_bias": False,
+    "score_prior": False,
+    "additive_prior": False,
+    "timbres": [],
+    "input_context_frames": 0,
+    "input_skip_frames": 0,
+    "drum_decay_powers": [],
+    "drum_decay_gates": [],
+    "gm_programs": False,
+    "timbre_drum_decays": False,
+    "roll_carry_in": False,
+}
+
 # ---- models on the Hugging Face Hub (specdiff.pipeline.hub) ---------------------------------------------
 
 #: The official checkpoint of the paper (diffusers layout, with the ONNX inverter in melgan/).

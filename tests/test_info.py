@@ -58,6 +58,20 @@ def test_info_reports_versions_the_bundled_model_and_its_sampler_settings(capsys
     assert report["inverter"].split()[0] in constants.INVERTERS
     assert report["device"].split()[0] == resolve_device("auto")
     assert report["precision"].split()[0] in constants.PRECISIONS
+    # The bundled decoder's extensions, read from its config.json (switches by name, values after "=").
+    decoder = json.loads((DEFAULT_MODEL_DIR / "decoder" / "config.json").read_text())
+    extensions = report["decoder"].removesuffix(" (extensions)").split(", ")
+    assert f"score_roll_features={decoder['score_roll_features']}" in extensions
+    assert ("roll_carry_in" in extensions) == bool(decoder.get("roll_carry_in"))
+    assert not any(part.startswith("timbres") for part in extensions)  # they have their own line
+
+
+def test_an_original_decoder_has_no_extensions(bare_model, capsys):
+    (bare_model / "decoder").mkdir()
+    (bare_model / "decoder" / "config.json").write_text('{"d_model": 768, "prediction_type": "epsilon"}')
+    report, _ = run_info(["--model", bare_model], capsys)
+    assert report["decoder"] == "the original architecture (no extensions)"
+    assert report["programs"] == "Slakh classes (34, as the original)"
 
 
 def test_text_output_is_one_key_value_line_each(capsys):

@@ -86,6 +86,25 @@ def extras_status() -> dict[str, str]:
     return status
 
 
+def decoder_extensions_line(decoder: dict) -> str:
+    """The decoder options of a ``decoder/config.json`` beyond the original architecture
+    (:data:`specdiff.constants.DECODER_EXTENSIONS`), as one line: switches by name, values after ``=``."""
+    from specdiff.constants import DECODER_EXTENSIONS
+
+    parts = []
+    for key, original in DECODER_EXTENSIONS.items():
+        value = decoder.get(key, original)
+        if value == original or key == "timbres":  # the timbres have their own line
+            continue
+        if value is True:
+            parts.append(key)
+        elif isinstance(value, list):
+            parts.append(f"{key}={','.join(f'{v:g}' if isinstance(v, float) else str(v) for v in value)}")
+        else:
+            parts.append(f"{key}={value}")
+    return ", ".join(parts) + " (extensions)" if parts else "the original architecture (no extensions)"
+
+
 def _model_lines(model: Path | None) -> tuple[Path | None, dict[str, str]]:
     """The model folder in use and its lines (model, sampling)."""
     from specdiff.pipeline.folder import SAMPLING_FILE
@@ -107,6 +126,7 @@ def _model_lines(model: Path | None) -> tuple[Path | None, dict[str, str]]:
         lines["timbres"] = (", ".join(timbres) + " (--timbre NAME; the first is the default)") if timbres else "none"
         lines["programs"] = ("General MIDI (all 128 programs, gm_programs)" if decoder.get("gm_programs")
                              else "Slakh classes (34, as the original)")  # fmt: skip
+        lines["decoder"] = decoder_extensions_line(decoder)
     except (OSError, ValueError):
         pass
     source = SAMPLING_FILE if (model_dir / SAMPLING_FILE).is_file() else f"library defaults, no {SAMPLING_FILE}"

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from specdiff.constants import DECODER_EXTENSIONS
 from specdiff.models.config import ConfigMixin, register_to_config
 from specdiff.models.initialisation import init_weights
 from specdiff.models.layers import (
@@ -257,24 +258,6 @@ def timestep_embedding(time: Tensor, dim: int, max_period: float) -> Tensor:
 #: What the decoder's output means (diffusers' ``prediction_type`` names). The original predicts
 #: the noise; the others are training-time choices of an extension (``specdiff.sampling.diffusion``).
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "edm")
-
-#: Decoder options beyond the original architecture, with the values that mean "the original".
-#: A config.json holds them only when they differ, so an original folder's config is unchanged.
-DECODER_EXTENSIONS: dict[str, Any] = {
-    "score_roll_features": 0,
-    "prediction_type": "epsilon",
-    "spec_out_bias": False,
-    "score_prior": False,
-    "additive_prior": False,
-    "timbres": [],
-    "input_context_frames": 0,
-    "input_skip_frames": 0,
-    "drum_decay_powers": [],
-    "drum_decay_gates": [],
-    "gm_programs": False,
-    "timbre_drum_decays": False,
-    "roll_carry_in": False,
-}
 
 #: Noise times at which the ``input_skip`` extension holds one local linear map each; between two
 #: knots the maps are blended linearly in ``t``. Denser at low noise, where the best map changes fastest.
