@@ -246,21 +246,12 @@ def segment_roll(
         sounding[start : end + SILENT_GUARD_FRAMES] = True
         if onset is not None:
             roll[onset, _columns("onset", program, pitch)] = 1.0
-            decay = np.exp(-(frames[onset:end] - onset) / TONAL_DECAY_FRAMES)[:, None]
-            columns = _columns("decay", program, pitch)
-            roll[onset:end, columns] = np.maximum(roll[onset:end, columns], decay)
+            _add_tonal_decay(roll, frames, program, pitch, onset, end)
         if extended and end < num_frames:
-            for index, constant in enumerate(RELEASE_FRAMES):
-                release = np.exp(-(frames[end:] - end) / constant)[:, None]
-                columns = [release_feature(index, pitch=pitch), release_feature(index, program=program)]
-                roll[end:, columns] = np.maximum(roll[end:, columns], release)
+            _add_release(roll, frames, program, pitch, end)
     for pitch, frame in drums:
         roll[frame, drum_feature("onset", pitch)] = 1.0
-        stop = min(num_frames, frame + DRUM_DECAY_SPAN)
-        decay = np.exp(-(frames[frame:stop] - frame) / DRUM_DECAY_FRAMES)
-        column = drum_feature("decay", pitch)
-        roll[frame:stop, column] = np.maximum(roll[frame:stop, column], decay)
-        sounding[frame:stop] = True
+        _add_drum_decay(roll, sounding, frames, pitch, frame)
     if previous is not None:
         frames_before = num_frames if previous_frames is None else int(previous_frames)
         add_carried_notes(roll, sounding, tonal, previous, frames_before, extended)
@@ -293,34 +284,53 @@ def add_carried_notes(
     """
     if not any(int(tok) for tok in previous):
         return
-    num_frames = roll.shape[0]
-    frames = np.arange(num_frames, dtype=np.float32)
+    frames = np.arange(roll.shape[0], dtype=np.float32)
     before_tonal, before_drums = segment_notes(previous, previous_frames)
     tied = {(program, pitch): end for program, pitch, onset, end in tonal if onset is None}
+    # Frames before the segment count from -previous_frames (segment_notes clips ends to previous_frames).
     for program, pitch, onset, end in before_tonal:
         if end >= previous_frames and (program, pitch) in tied:
             if onset is not None:  # tied notes of tied notes started >= one segment ago: decay ~0
                 stop = max(tied[(program, pitch)], 1)
-                decay = np.exp(-(frames[:stop] - (onset - previous_frames)) / TONAL_DECAY_FRAMES)[:, None]
-                columns = _columns("decay", program, pitch)
-                roll[:stop, columns] = np.maximum(roll[:stop, columns], decay)
+                _add_tonal_decay(roll, frames, program, pitch, onset - previous_frames, stop)
             continue
-        ended = min(end, previous_frames) - previous_frames  # <= 0: frames before the segment
+        ended = end - previous_frames
         sounding[: max(0, ended + SILENT_GUARD_FRAMES)] = True
         if extended:
-            for index, constant in enumerate(RELEASE_FRAMES):
-                release = np.exp(-(frames - ended) / constant)[:, None]
-                columns = [release_feature(index, pitch=pitch), release_feature(index, program=program)]
-                roll[:, columns] = np.maximum(roll[:, columns], release)
+            _add_release(roll, frames, program, pitch, ended)
     for pitch, frame in before_drums:
-        hit = frame - previous_frames
-        stop = min(num_frames, hit + DRUM_DECAY_SPAN)
-        if stop <= 0:
-            continue
-        decay = np.exp(-(frames[:stop] - hit) / DRUM_DECAY_FRAMES)
-        column = drum_feature("decay", pitch)
-        roll[:stop, column] = np.maximum(roll[:stop, column], decay)
-        sounding[:stop] = True
+        _add_drum_decay(roll, sounding, frames, pitch, frame - previous_frames)
+
+
+def _add_tonal_decay(roll: np.ndarray, frames: np.ndarray, program: int, pitch: int, onset: int, end: int) -> None:
+    """A note's ``decay`` envelope from its ``onset`` frame (negative: before the segment) on the segment's
+    frames up to ``end``."""
+    start = max(0, onset)
+    decay = np.exp(-(frames[start:end] - onset) / TONAL_DECAY_FRAMES)[:, None]
+    columns = _columns("decay", program, pitch)
+    roll[start:end, columns] = np.maximum(roll[start:end, columns], decay)
+
+
+def _add_release(roll: np.ndarray, frames: np.ndarray, program: int, pitch: int, end: int) -> None:
+    """A note's release decays (per pitch and per family) from its ``end`` frame (negative: before the
+    segment) to the segment's end."""
+    start = max(0, end)
+    for index, constant in enumerate(RELEASE_FRAMES):
+        release = np.exp(-(frames[start:] - end) / constant)[:, None]
+        columns = [release_feature(index, pitch=pitch), release_feature(index, program=program)]
+        roll[start:, columns] = np.maximum(roll[start:, columns], release)
+
+
+def _add_drum_decay(roll: np.ndarray, sounding: np.ndarray, frames: np.ndarray, pitch: int, hit: int) -> None:
+    """A drum hit's ``decay`` over the :data:`DRUM_DECAY_SPAN` frames from frame ``hit`` (negative: before
+    the segment) that fall in the segment, which count as sounding."""
+    start, stop = max(0, hit), min(len(frames), hit + DRUM_DECAY_SPAN)
+    if stop <= start:
+        return
+    decay = np.exp(-(frames[start:stop] - hit) / DRUM_DECAY_FRAMES)
+    column = drum_feature("decay", pitch)
+    roll[start:stop, column] = np.maximum(roll[start:stop, column], decay)
+    sounding[start:stop] = True
 
 
 def add_context_level(

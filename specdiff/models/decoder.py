@@ -518,6 +518,11 @@ class FilmDecoder(ConfigMixin, nn.Module):
         return int(self.config.get("score_roll_features", 0))
 
     @property
+    def roll_carry_in(self) -> bool:
+        """Whether the roll also reads what rings in from the previous segment (the ``roll_carry_in`` option)."""
+        return bool(self.config.get("roll_carry_in", False))
+
+    @property
     def timbres(self) -> list[str]:
         """The timbre names this decoder is conditioned on (empty: no timbre conditioning)."""
         return list(self.config.get("timbres", []))

@@ -66,13 +66,10 @@ from specdiff.pipeline.sampling_settings import (
 from specdiff.sampling import sampler as samplers
 
 
-def _module_config(module: torch.nn.Module, key: str, *default: Any) -> Any:
-    """``module.config[key]``: our networks' and diffusers' configs are dicts, other configs namespaces;
-    with a ``default``, that where the config lacks the key."""
+def _module_config(module: torch.nn.Module, key: str) -> Any:
+    """``module.config[key]``: our networks' and diffusers' configs are dicts, other configs namespaces."""
     config = module.config
-    if isinstance(config, dict):
-        return config.get(key, *default) if default else config[key]
-    return getattr(config, key, *default)
+    return config[key] if isinstance(config, dict) else getattr(config, key)
 
 
 def _first_param(module: torch.nn.Module) -> Tensor:
@@ -316,13 +313,13 @@ class SpectrogramDiffusionPipeline:
         velocity: Sequence[Any],
         scaled_context: Tensor,
         context_mask: Tensor,
-        previous: Sequence[Tensor | None] | None = None,
+        previous: Sequence[Tensor] | None = None,
     ) -> Tensor | None:
         """The decoder's frame-aligned roll of a batch of segments (None: the original architecture): the
         tokens' roll, the context-level columns from the (scaled) context, for the velocity layout the
         velocity columns (``velocity``: per row ``[T, 18]`` numpy or None, which leaves them 0) and, for a
         ``roll_carry_in`` decoder, what rings in from each row's ``previous`` segment's tokens (None: the
-        song's first segment)."""
+        songs' first segments)."""
         features = getattr(self.decoder, "score_roll_features", 0)
         segment_frames = int(_module_config(self.decoder, "targets_length"))
         columns = None
@@ -330,9 +327,8 @@ class SpectrogramDiffusionPipeline:
             blocks = [np.zeros((segment_frames, VELOCITY_FEATURES), np.float32) if v is None else v for v in velocity]
             columns = torch.from_numpy(np.stack(blocks))
         carry = None
-        if previous is not None and _module_config(self.decoder, "roll_carry_in", False):
-            before = [torch.zeros(1, dtype=torch.long) if row is None else row for row in previous]
-            carry = CarryIn(before, [segment_frames] * len(before))
+        if previous is not None and getattr(self.decoder, "roll_carry_in", False):  # diffusers' has none
+            carry = CarryIn(previous, [segment_frames] * len(previous))
         # The rows are real segments; the guided denoiser zeroes the CFG null branch's roll itself.
         return decoder_roll(tokens, segment_frames, features, scaled_context, context_mask, columns,
                             zero_null_rows=False, carry=carry)  # fmt: skip
@@ -387,7 +383,8 @@ class SpectrogramDiffusionPipeline:
                 encodings = self.encode_batch(rows, scaled_context, context_mask)
                 velocity = [None if velocities is None or velocities[k] is None else velocities[k][index]
                             for k in active]  # fmt: skip
-                previous = [token_tensors[k][index - 1] if index else None for k in active]
+                # the batch's rows are all at segment `index`: all have a previous segment or none has
+                previous = [token_tensors[k][index - 1] for k in active] if index else None
                 roll = self._score_roll(rows, velocity, scaled_context, context_mask, previous)  # frame-aligned score
                 denoise = samplers.GuidedDenoiser(self.decoder, encodings, chosen.guidance_scale, film_cache,
                                                   score_roll=roll, timbre=self._timbre_indices(len(active)),

@@ -87,7 +87,7 @@ def decoder_score_roll(decoder: FilmDecoder, tokens: Tensor, context: Tensor | N
     filled from ``context`` when given, the velocity columns from ``velocity`` ``[B, T, 18]`` when given,
     what rings in from ``carry`` when the decoder has ``roll_carry_in``; all-PAD rows keep zeros), or None
     for the original architecture."""
-    carry = carry if decoder.config.get("roll_carry_in", False) else None
+    carry = carry if decoder.roll_carry_in else None
     return decoder_roll(tokens, decoder.config["targets_length"], decoder.score_roll_features, context, context_mask,
                         velocity, carry=carry)  # fmt: skip
 
