@@ -34,6 +34,9 @@ INVERTERS = ("auto", "onnx", "vocoder", "griffinlim")
 #: How our vocoder makes audio (specdiff.audio.vocoder.VocoderConfig.synthesis): the head's own phase, or
 #: a phase built from its magnitude (specdiff.audio.phase_vocoder).
 VOCODER_SYNTHESES = ("network", "phase_vocoder")
+#: Where the phase vocoder takes each spectral peak's frequency (specdiff.audio.vocoder.VocoderConfig.peak_frequency):
+#: a parabola through the magnitude, or the head's predicted instantaneous frequency.
+PEAK_FREQUENCY_RULES = ("parabola", "predicted")
 #: Devices the commands accept ("auto": cuda, else mps, else cpu).
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: Embeddings of the Fréchet distance registered by specdiff.evaluation.embeddings (the first is the default).

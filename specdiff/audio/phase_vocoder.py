@@ -12,7 +12,9 @@ audio, at ~200x real time on one CPU thread.
 The rule, per frame i (phases referred to the frame's centre):
 - the peaks are the local maxima of the magnitude above ``floor_ratio`` times the frame's maximum;
 - each peak's frequency ``k + d`` (in bins) comes from a parabola through the log-magnitudes of its
-  bin and its two neighbours;
+  bin and its two neighbours, or, given ``frequency_offset``, ``d`` is that array's value at the peak
+  (a vocoder head that predicts each bin's instantaneous frequency: on a network's blurred magnitude the
+  parabola misplaces the partials, see below);
 - a peak's phase is the previous frame's phase at its bin, advanced by the peak's frequency over one
   hop (``2 pi (k + d) hop / n_fft``): a partial that lasts keeps a continuous phase;
 - every other bin takes the phase of its nearest peak (identity phase locking): the bins of one
@@ -63,6 +65,7 @@ def peak_locked_phase(
     floor_ratio: float = 1e-4,
     transient_db: float | None = None,
     transient_align: str = "envelope",
+    frequency_offset: np.ndarray | None = None,
 ) -> np.ndarray:
     """Phase ``[T, n_fft/2 + 1]`` for the magnitude ``[T, n_fft/2 + 1]`` of one signal (see the module doc).
 
@@ -74,10 +77,18 @@ def peak_locked_phase(
     rose by more than that many dB over the previous frame; ``transient_align``: where the reset
     partials line up, ``"centre"`` (the frame's centre), ``"onset"`` (the onset sample estimated
     from the rise) or ``"envelope"`` (``"onset"``, and the lobes shaped to start there).
+
+    ``frequency_offset`` (None: the parabola): ``[T, n_fft/2 + 1]``, each bin's instantaneous frequency
+    minus the bin's index, in bins; a peak's frequency is its bin plus this value there (clipped to
+    +-1 bin).
     """
     magnitude = np.asarray(magnitude, dtype=np.float64)
     if magnitude.ndim != 2 or magnitude.shape[1] != n_fft // 2 + 1:
         raise ValueError(f"expected magnitude [frames, {n_fft // 2 + 1}], got {magnitude.shape}")
+    if frequency_offset is not None:
+        frequency_offset = np.clip(np.asarray(frequency_offset, dtype=np.float64), -1.0, 1.0)
+        if frequency_offset.shape != magnitude.shape:
+            raise ValueError(f"frequency_offset must have the magnitude's shape {magnitude.shape}")
     if transient_align not in TRANSIENT_ALIGNS:
         raise ValueError(f"transient_align must be one of {TRANSIENT_ALIGNS}, got {transient_align!r}")
     frames, bins = magnitude.shape
@@ -100,6 +111,8 @@ def peak_locked_phase(
             curvature = left - 2 * centre + right  # < 0 at a strict maximum
             safe = np.where(curvature < -1e-12, curvature, -1.0)
             offset = np.where(curvature < -1e-12, np.clip(0.5 * (left - right) / safe, -0.5, 0.5), 0.0)
+            if frequency_offset is not None:
+                offset = frequency_offset[i, peaks]
             peak_phase = previous[peaks] + advance_per_bin * (peaks + offset)
             owner = np.searchsorted((peaks[:-1] + peaks[1:]) / 2, k)  # nearest peak of each bin
             if reset is not None:

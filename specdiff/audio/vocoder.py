@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from specdiff.atomic import atomic_write
-from specdiff.constants import HOP_LENGTH, N_MELS, SAMPLE_RATE, VOCODER_SYNTHESES
+from specdiff.constants import HOP_LENGTH, N_MELS, PEAK_FREQUENCY_RULES, SAMPLE_RATE, VOCODER_SYNTHESES
 from specdiff.errors import ModelError
 from specdiff.pipeline.folder import VOCODER_FOLDER
 
@@ -44,6 +44,9 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 ONNX_INPUT_NAME = "input_features"  # the official inverter's input name (ORIGINAL.md §6)
 ONNX_OUTPUT_NAME = "waveform"  # the official output's name is unknown (ORIGINAL.md §6); used by position
+#: Bound of a predicted instantaneous frequency offset, in bins (``peak_frequency: predicted``): a peak's
+#: partial lies within a bin of it.
+MAX_FREQUENCY_OFFSET = 1.0
 
 
 @dataclass
@@ -70,6 +73,13 @@ class VocoderConfig:
     # forward() and the ONNX export compute) or "phase_vocoder" (its magnitude with a phase built from
     # that magnitude, specdiff.audio.phase_vocoder; for heads trained on the magnitude itself).
     synthesis: str = "network"
+    # With "phase_vocoder": where each spectral peak's frequency comes from. "parabola": a parabola through
+    # the head's log-magnitude at the peak (folders saved before the key existed). "predicted": the head's
+    # second output is each bin's instantaneous frequency offset in bins (ISTFTHead.magnitude_and_frequency),
+    # trained on the true STFT's phase advance. Why: benchmarks/results/vocoder_peak_frequency.md measured
+    # that the network's blurred magnitude misplaces the partials (the true instantaneous frequency at the
+    # network's peaks keeps 0.98x of the onsets on held-out clips, the parabola 0.80x).
+    peak_frequency: str = "parabola"
 
     @classmethod
     def from_dict(cls, data: dict) -> VocoderConfig:
@@ -79,6 +89,12 @@ class VocoderConfig:
             raise ModelError(f"vocoder config has unknown keys: {sorted(unknown)}")
         values = {k: v for k, v in data.items() if k in known}
         values.setdefault("phase", "frame")  # configs written before the key existed
+        values.setdefault("peak_frequency", "parabola")
+        if values["peak_frequency"] not in PEAK_FREQUENCY_RULES:
+            raise ModelError(
+                f"vocoder config: peak_frequency must be one of {PEAK_FREQUENCY_RULES}, "
+                f"got {values['peak_frequency']!r}"
+            )
         if values["phase"] not in ("absolute", "frame"):
             raise ModelError(f"vocoder config: phase must be 'absolute' or 'frame', got {values['phase']!r}")
         if values.get("synthesis", "network") not in VOCODER_SYNTHESES:
@@ -172,22 +188,42 @@ class ISTFTHead(nn.Module):
             phase = phase + self.frame_phase(phase.shape[-1], phase.device)
         return torch.clamp(log_mag, max=self.max_log_magnitude), phase
 
+    def magnitude_and_frequency(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, T, C]`` -> (log-magnitude, instantaneous frequency offset), each ``[B, n_bins, T]``, for a
+        head whose second output is trained as each bin's frequency offset in bins (``peak_frequency:
+        predicted``), bounded to +-:data:`MAX_FREQUENCY_OFFSET` by a tanh."""
+        log_mag, raw = self.out(x).transpose(1, 2).chunk(2, dim=1)
+        return torch.clamp(log_mag, max=self.max_log_magnitude), MAX_FREQUENCY_OFFSET * torch.tanh(raw)
+
     def synthesize(self, log_mag: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
         """:meth:`spectrum`'s outputs -> audio ``[B, T * hop]``."""
         return self.istft(torch.exp(log_mag), phase)
 
     def peak_locked_phase(
-        self, magnitude: torch.Tensor, transient_db: float | None = None, transient_align: str = "envelope"
+        self,
+        magnitude: torch.Tensor,
+        transient_db: float | None = None,
+        transient_align: str = "envelope",
+        frequency_offset: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """A phase ``[B, n_bins, T]`` for ``magnitude`` ``[B, n_bins, T]`` from its spectral peaks
-        (specdiff.audio.phase_vocoder, with its transient reset when ``transient_db`` is not None; no
-        gradient), in :meth:`istft`'s convention."""
+        (specdiff.audio.phase_vocoder, with its transient reset when ``transient_db`` is not None, the peaks'
+        frequencies from ``frequency_offset`` ``[B, n_bins, T]`` when given; no gradient), in
+        :meth:`istft`'s convention."""
         from specdiff.audio.phase_vocoder import peak_locked_phase
 
-        frames = magnitude.detach().float().transpose(1, 2).cpu().numpy()
+        def frames_of(x: torch.Tensor) -> np.ndarray:
+            return x.detach().float().transpose(1, 2).cpu().numpy()
+
+        offsets = [None] * magnitude.shape[0] if frequency_offset is None else frames_of(frequency_offset)
         # One signal at a time: each frame's phase continues the previous frame's.
         options = {"transient_db": transient_db, "transient_align": transient_align}
-        phase = np.stack([peak_locked_phase(m, self.n_fft, self.hop_length, **options) for m in frames])
+        phase = np.stack(
+            [
+                peak_locked_phase(m, self.n_fft, self.hop_length, frequency_offset=f, **options)
+                for m, f in zip(frames_of(magnitude), offsets)
+            ]
+        )
         return torch.from_numpy(phase).to(device=magnitude.device, dtype=magnitude.dtype).transpose(1, 2)
 
     def stft(self, audio: torch.Tensor) -> torch.Tensor:
@@ -261,6 +297,31 @@ class Vocoder(nn.Module):
     def spectrum(self, log_mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-mel ``[B, T, 128]`` -> the head's (log-magnitude, phase), each ``[B, n_fft/2 + 1, T]``
         (see :meth:`ISTFTHead.spectrum`)."""
+        return self.head.spectrum(self.features(log_mel))
+
+    def magnitude_and_frequency(self, log_mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-mel ``[B, T, 128]`` -> (log-magnitude, instantaneous frequency offset in bins), each
+        ``[B, n_fft/2 + 1, T]``, for ``peak_frequency: predicted`` (:meth:`ISTFTHead.magnitude_and_frequency`)."""
+        return self.head.magnitude_and_frequency(self.features(log_mel))
+
+    def phase_vocoder_inputs(self, log_mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-mel ``[B, T, 128]`` -> what the phase-vocoder synthesis needs from the network: the head's
+        log-magnitude and, when the config's ``peak_frequency`` is ``"predicted"``, its frequency offsets
+        (else None: the phase vocoder fits a parabola), each ``[B, n_fft/2 + 1, T]``."""
+        if self.config.peak_frequency == "predicted":
+            return self.magnitude_and_frequency(log_mel)
+        return self.spectrum(log_mel)[0], None
+
+    def reset_frequency_output(self) -> None:
+        """Zero the head's second output (frequency offset 0: each peak at its bin's centre), for a head
+        switched to ``peak_frequency: predicted`` whose second output was trained as a phase."""
+        n_bins = self.config.n_fft // 2 + 1
+        with torch.no_grad():
+            self.head.out.weight[n_bins:].zero_()
+            self.head.out.bias[n_bins:].zero_()
+
+    def features(self, log_mel: torch.Tensor) -> torch.Tensor:
+        """Log-mel ``[B, T, 128]`` -> the backbone's frame features ``[B, T, dim]`` (the head's input)."""
         c = self.config
         # Scale to [-1, 1] the way the diffusion model's features are scaled (ORIGINAL.md §1.1, no clipping).
         x = (log_mel - c.feature_min) * (2.0 / (c.feature_max - c.feature_min)) - 1.0
@@ -268,7 +329,7 @@ class Vocoder(nn.Module):
         x = self.norm(x.transpose(1, 2)).transpose(1, 2)
         for block in self.blocks:
             x = block(x)
-        return self.head.spectrum(self.final_norm(x.transpose(1, 2)))
+        return self.final_norm(x.transpose(1, 2))
 
     # ---- saving / loading -------------------------------------------------------------------------
 
@@ -402,8 +463,9 @@ class VocoderInverter:
         """The head's magnitude with :meth:`ISTFTHead.peak_locked_phase`, fitted to the mel by
         ``refine_iters`` gain corrections (:meth:`fit_to_mel`) -> audio ``[B, T * 320]``."""
         head = self.model.head
-        magnitude = torch.exp(self.model.spectrum(log_mel)[0].float())
-        phase = head.peak_locked_phase(magnitude, self.transient_db, self.transient_align)
+        log_magnitude, offset = self.model.phase_vocoder_inputs(log_mel)
+        magnitude = torch.exp(log_magnitude.float())
+        phase = head.peak_locked_phase(magnitude, self.transient_db, self.transient_align, offset)
         return self.fit_to_mel(magnitude, phase, log_mel.float(), self.refine_iters)
 
     def fit_to_mel(

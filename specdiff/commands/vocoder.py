@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from specdiff.constants import VOCODER_SYNTHESES
+from specdiff.constants import PEAK_FREQUENCY_RULES, VOCODER_SYNTHESES
 from specdiff.errors import AudioError, SpecdiffError
 
 if TYPE_CHECKING:  # the commands import no torch until they run
@@ -75,6 +75,12 @@ def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
         "of the true one, for attacks as sharp as the true ones, i.e. crisper note onsets with the phase "
         "vocoder (default 0: off)",
     )
+    t.add_argument(
+        "--frequency-weight",
+        type=float,
+        help="weight of a magnitude-weighted L1 between the head's predicted instantaneous frequencies and the "
+        "true ones (vocoders with --peak-frequency predicted; default 0: off)",
+    )
     t.add_argument("--seed", type=int, help="random seed (default 0)")
     v = p.add_argument_group("architecture (new runs only; defaults: vocoder.VocoderConfig)")
     v.add_argument("--dim", type=int, help="backbone width (default 192)")
@@ -85,6 +91,13 @@ def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
         choices=VOCODER_SYNTHESES,
         help="how the vocoder makes audio, in training and in use: the head's own phase (default, as in Vocos) "
         "or a phase built from its magnitude (specdiff.audio.phase_vocoder); also applies with --init-from",
+    )
+    v.add_argument(
+        "--peak-frequency",
+        choices=PEAK_FREQUENCY_RULES,
+        help="with --synthesis phase_vocoder: each spectral peak's frequency from a parabola through the magnitude "
+        "(default) or from the head's own prediction of each bin's instantaneous frequency (train it with "
+        "--frequency-weight); also applies with --init-from (switching to 'predicted' starts that output at zero)",
     )
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)")
     p.add_argument("--checkpoint-minutes", type=float, help="also checkpoint when this many minutes have passed")
@@ -197,12 +210,19 @@ def _vocoder_architecture(args: argparse.Namespace, checkpoint: Path) -> tuple[V
         vocoder_config = init_from.config
         if getattr(args, "synthesis", None):
             vocoder_config = replace(vocoder_config, synthesis=args.synthesis)
+        peak_frequency = getattr(args, "peak_frequency", None)
+        if peak_frequency and peak_frequency != vocoder_config.peak_frequency:
+            vocoder_config = replace(vocoder_config, peak_frequency=peak_frequency)
+            init_from.config = vocoder_config
+            if peak_frequency == "predicted":
+                init_from.reset_frequency_output()  # that output was a phase until now
         return vocoder_config, init_from
     architecture = {
         "dim": args.dim,
         "intermediate_dim": args.intermediate_dim,
         "num_layers": args.num_layers,
         "synthesis": getattr(args, "synthesis", None),
+        "peak_frequency": getattr(args, "peak_frequency", None),
     }
     return VocoderConfig(**{k: v for k, v in architecture.items() if v is not None}), None
 

@@ -12,7 +12,8 @@ and ``magnitude_weight`` adds an L1 between the head's log-magnitude and the tru
 STFT framing (:func:`magnitude_l1`); the bundled vocoder was trained that way without the
 adversarial losses (its model card has the commands). ``rise_weight`` adds an L1 between the rises
 along time of the same two log-magnitudes (:func:`magnitude_rise_loss`), for attacks as sharp as the
-true ones.
+true ones. ``frequency_weight`` trains the head's frequency offsets of a vocoder with ``peak_frequency:
+predicted`` on the true STFT's instantaneous frequency (:func:`frequency_offset_loss`).
 
 Commands (in specdiff/commands/vocoder.py):
   specdiff train-vocoder [--audio-dir DIR] [--midi-dir DIR] [--demo-corpus] [--cache-dir DIR] --run-dir RUN ...
@@ -44,6 +45,7 @@ from specdiff.training.vocoder_losses import (
     MultiResolutionDiscriminator,
     discriminator_loss,
     floored_log_magnitudes,
+    frequency_offset_loss,
     generator_adversarial_loss,
     magnitude_rise_loss,
     mel_l1,
@@ -57,10 +59,19 @@ def synthesize(generator: Vocoder, mel: torch.Tensor) -> tuple[torch.Tensor, tor
     With the phase vocoder the head's phase is unused and the gradient reaches the magnitude only
     (the peak picking is a constant of the step).
     """
-    log_magnitude, phase = generator.spectrum(mel)
-    if generator.config.synthesis == "phase_vocoder":
-        phase = generator.head.peak_locked_phase(log_magnitude.exp())
-    return generator.head.synthesize(log_magnitude, phase), log_magnitude
+    return synthesize_with_frequency(generator, mel)[:2]
+
+
+def synthesize_with_frequency(
+    generator: Vocoder, mel: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """:func:`synthesize`, plus the head's frequency offsets (``peak_frequency: predicted``; else None)."""
+    if generator.config.synthesis != "phase_vocoder":
+        log_magnitude, phase = generator.spectrum(mel)
+        return generator.head.synthesize(log_magnitude, phase), log_magnitude, None
+    log_magnitude, offset = generator.phase_vocoder_inputs(mel)
+    phase = generator.head.peak_locked_phase(log_magnitude.exp(), frequency_offset=offset)
+    return generator.head.synthesize(log_magnitude, phase), log_magnitude, offset
 
 
 # ---- training -----------------------------------------------------------------------------------------
@@ -81,6 +92,9 @@ class VocoderTrainConfig:
     magnitude_weight: float = 0.0
     # Weight of magnitude_rise_loss on the same log-magnitudes (0: off): sharper magnitude attacks.
     rise_weight: float = 0.0
+    # Weight of frequency_offset_loss on the head's predicted instantaneous frequencies (vocoders with
+    # peak_frequency "predicted"; 0: off).
+    frequency_weight: float = 0.0
     mrd_weight: float = 0.5
     feature_matching_weight: float = 2.0
     grad_clip: float = 100.0
@@ -123,7 +137,7 @@ class VocoderTrainer:
         audio = audio.to(self.device)
         with torch.no_grad():
             mel, real = features_and_target(audio, c.segment_frames)
-        fake, log_magnitude = synthesize(self.generator, mel)
+        fake, log_magnitude, frequency_offset = synthesize_with_frequency(self.generator, mel)
         adversarial = self.step >= c.warmup_steps
         logs: dict[str, float] = {"lr": lr}
 
@@ -145,8 +159,9 @@ class VocoderTrainer:
         with torch.set_grad_enabled(c.stft_weight != 0):
             stft_loss = multi_resolution_stft_loss(fake, real)
         g_loss = c.mel_weight * mel_loss + c.stft_weight * stft_loss
-        if c.magnitude_weight or c.rise_weight:  # one STFT of the target for both
-            fake_log, real_log = floored_log_magnitudes(log_magnitude, self.generator.head.stft(real))
+        if c.magnitude_weight or c.rise_weight or c.frequency_weight:  # one STFT of the target for all
+            real_spectrum = self.generator.head.stft(real)
+            fake_log, real_log = floored_log_magnitudes(log_magnitude, real_spectrum)
         if c.magnitude_weight:
             magnitude_loss = F.l1_loss(fake_log, real_log)  # = magnitude_l1(log_magnitude, stft(real))
             g_loss = g_loss + c.magnitude_weight * magnitude_loss
@@ -155,6 +170,11 @@ class VocoderTrainer:
             rise_loss = magnitude_rise_loss(fake_log, real_log)
             g_loss = g_loss + c.rise_weight * rise_loss
             logs["loss/rise"] = rise_loss.item()
+        if c.frequency_weight and frequency_offset is not None:
+            head = self.generator.head
+            frequency_loss = frequency_offset_loss(frequency_offset, real_spectrum, head.n_fft, head.hop_length)
+            g_loss = g_loss + c.frequency_weight * frequency_loss
+            logs["loss/frequency"] = frequency_loss.item()
         if adversarial:
             adv_p, fm_p = generator_adversarial_loss(self.mpd, features_mpd, fake_k)
             adv_r, fm_r = generator_adversarial_loss(self.mrd, features_mrd, fake_k)

@@ -67,6 +67,43 @@ def magnitude_l1(log_magnitude: torch.Tensor, target: torch.Tensor) -> torch.Ten
     return F.l1_loss(*floored_log_magnitudes(log_magnitude, target))
 
 
+def instantaneous_frequency_offset(spectrum: torch.Tensor, n_fft: int, hop_length: int) -> torch.Tensor:
+    """Each bin's instantaneous frequency minus its index, in bins, ``[B, bins, T]``, from the phase advance
+    between frames of ``spectrum`` (complex ``[B, bins, T]``, frames ``hop_length`` apart, each frame's phase
+    referred to its first sample as :meth:`specdiff.audio.vocoder.ISTFTHead.stft` gives it).
+
+    A sinusoid at ``k + d`` bins turns by ``2 pi (k + d) hop / n_fft`` from one frame to the next; the
+    advance beyond the bin's own ``2 pi k hop / n_fft``, wrapped to ``(-pi, pi]``, gives ``d`` (unambiguous
+    within ``+-n_fft / (2 hop)`` bins). Frame 0 has no previous frame: it takes frame 1's values.
+    """
+    bins, frames = spectrum.shape[-2], spectrum.shape[-1]
+    if frames < 2:
+        return torch.zeros(spectrum.shape, device=spectrum.device)
+    k = torch.arange(bins, device=spectrum.device, dtype=torch.float64)[:, None]
+    per_bin = 2 * math.pi * hop_length / n_fft
+    advance = torch.angle(spectrum[..., 1:] * spectrum[..., :-1].conj()).double() - per_bin * k
+    offset = (torch.remainder(advance + math.pi, 2 * math.pi) - math.pi) / per_bin
+    return torch.cat([offset[..., :1], offset], -1).float()
+
+
+def frequency_offset_loss(predicted: torch.Tensor, target: torch.Tensor, n_fft: int, hop_length: int) -> torch.Tensor:
+    """Magnitude-weighted L1 between the head's frequency offsets ``predicted`` ``[B, bins, T]`` and the
+    true ones of ``target`` (complex, the head's own framing; :func:`instantaneous_frequency_offset`,
+    clipped to the head's bound :data:`specdiff.audio.vocoder.MAX_FREQUENCY_OFFSET`).
+
+    Weighted by the true magnitude: the phase vocoder reads the offsets at spectral peaks only, and the
+    phase advance of a bin far below its neighbours is noise.
+    """
+    from specdiff.audio.vocoder import MAX_FREQUENCY_OFFSET
+
+    with torch.no_grad():
+        truth = instantaneous_frequency_offset(target, n_fft, hop_length)
+        truth = truth.clamp(-MAX_FREQUENCY_OFFSET, MAX_FREQUENCY_OFFSET)
+        weight = target.abs()
+        weight = weight / weight.sum().clamp_min(1e-12)
+    return (weight * (predicted - truth).abs()).sum()
+
+
 def magnitude_rise_loss(log_mag_fake: torch.Tensor, log_mag_real: torch.Tensor) -> torch.Tensor:
     """L1 between the rises of two log-magnitudes ``[..., frames]`` (time last, e.g. ``[B, bins, T]``):
     the positive parts of their frame-to-frame differences, ``relu(x[..., 1:] - x[..., :-1])``, mean
