@@ -10,6 +10,12 @@ a phase, each either the ORIGINAL one (the render's own STFT) or a recovered one
   network |X| + true phase    the bundled vocoder's magnitude (from the render's log-mel) alone;
   network |X| + PV phase      both recovered: "vocoder, phase vocoder alone" of vocoder_benchmark.py;
 and, per ``--transients`` item, the phase vocoder with its transient phase reset on both magnitudes.
+Two oracle rows split the last step (the phase vocoder's phase from the network's magnitude):
+  network |X| + PV phase of true |X|           the phase vocoder run on the true magnitude;
+  network |X| + PV phase, true peak frequency  the network's peaks, each at the true STFT's instantaneous
+                                               frequency there (its phase advance) instead of a parabola;
+and, for a vocoder with ``peak_frequency: predicted``, the row it ships:
+  network |X| + PV phase, predicted peak frequency.
 
 No mel fit and no silence gate: the rows isolate the magnitude and the phase. Per row: onsets kept
 (basic-pitch onset F1 against the MIDI of the resynthesis over the original's, mean over clips, as
@@ -36,6 +42,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from vocoder_benchmark import OnsetScorer, idiom_clips, midi_notes, transient_option  # noqa: E402
 
 from specdiff.audio.mel import log_mel  # noqa: E402
+from specdiff.training.vocoder_losses import instantaneous_frequency_offset  # noqa: E402
 
 
 def resyntheses(head, model, audio: np.ndarray, transients: list[str]) -> tuple[dict, torch.Tensor]:
@@ -56,6 +63,16 @@ def resyntheses(head, model, audio: np.ndarray, transients: list[str]) -> tuple[
             db, align = transient_option(spec)
             phase = head.peak_locked_phase(magnitude, db, align)
             rows[f"{name} + PV phase, transient reset {db:g} dB, {align}"] = head.istft(magnitude, phase)
+    network = magnitudes["network |X|"]
+    rows["network |X| + PV phase of true |X|"] = head.istft(network, head.peak_locked_phase(magnitudes["true |X|"]))
+    true_offset = instantaneous_frequency_offset(spectrum[..., :frames], head.n_fft, head.hop_length)
+    phase = head.peak_locked_phase(network, frequency_offset=true_offset)
+    rows["network |X| + PV phase, true peak frequency"] = head.istft(network, phase)
+    if model.config.peak_frequency == "predicted":
+        with torch.inference_mode():
+            predicted = model.magnitude_and_frequency(mel)[1][..., :frames]
+        phase = head.peak_locked_phase(network, frequency_offset=predicted)
+        rows["network |X| + PV phase, predicted peak frequency"] = head.istft(network, phase)
     return {label: y[0].float().numpy() for label, y in rows.items()}, mel
 
 
@@ -68,6 +85,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--transients", nargs="+", default=["10:envelope"], metavar="DB[:ALIGN]")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--name", default="vocoder_ladder_idioms", help="results file stem")
     args = parser.parse_args()
 
     from specdiff.audio.vocoder import load_vocoder
@@ -96,8 +114,8 @@ def main() -> None:
     result = summarise(per_clip, args)
     result["seconds_taken"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "vocoder_ladder_idioms.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "vocoder_ladder_idioms.md").write_text(markdown(result))
+    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"{args.name}.md").write_text(markdown(result))
     print(markdown(result))
 
 

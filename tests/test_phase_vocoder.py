@@ -259,3 +259,48 @@ def test_the_inverter_passes_its_transient_reset_to_the_phase_vocoder():
         phase = peak_locked_phase(magnitude[0].T.numpy(), N_FFT, HOP, transient_db=db, transient_align=align).T
         expected = model.head.istft(magnitude, torch.from_numpy(phase).float()[None])
         np.testing.assert_allclose(inverter(mel), expected.numpy(), atol=1e-5)
+
+
+def test_given_peak_frequencies_replace_the_parabola():
+    """With ``frequency_offset`` a peak's phase advances by 2 pi (k + offset) hop / n_fft, whatever the
+    magnitude's shape; without it (or with the parabola's own offsets) nothing changes."""
+    k, d = 35, 0.3
+    audio = _sines([(k + d) * 16000 / N_FFT])
+    magnitude = HEAD.stft(audio).abs()[0].T.numpy()
+    blurred = np.convolve(magnitude[10], np.ones(9) / 9, mode="same")  # a lobe whose parabola says ~0
+    flat = np.tile(blurred, (magnitude.shape[0], 1))
+    peak = int(blurred.argmax())
+    given = np.full(flat.shape, 0.25)
+    phase = peak_locked_phase(flat, N_FFT, HOP, frequency_offset=given)
+    turn = np.angle(np.exp(1j * (phase[11, peak] - phase[10, peak])))
+    assert turn == pytest.approx(np.angle(np.exp(1j * 2 * np.pi * (peak + 0.25) * HOP / N_FFT)), abs=1e-9)
+    # Offsets beyond one bin are clipped to it.
+    far = peak_locked_phase(flat, N_FFT, HOP, frequency_offset=np.full(flat.shape, 3.0))
+    turn = np.angle(np.exp(1j * (far[11, peak] - far[10, peak])))
+    assert turn == pytest.approx(np.angle(np.exp(1j * 2 * np.pi * (peak + 1.0) * HOP / N_FFT)), abs=1e-9)
+    with pytest.raises(ValueError, match="shape"):
+        peak_locked_phase(flat, N_FFT, HOP, frequency_offset=given[:, :10])
+
+
+def test_true_instantaneous_frequency_restores_a_partial_from_a_misshapen_magnitude():
+    """The case peak_frequency 'predicted' exists for: a network's magnitude whose lobe has lost its
+    shape (here flattened over bins 35-37: the parabola then puts the peak at the first bin's centre)
+    plays the partial at the wrong pitch; its true instantaneous frequency
+    (training.vocoder_losses.instantaneous_frequency_offset) brings the pitch back. (A symmetric blur
+    alone would not do it: the parabola still finds the centre of a symmetric lobe.)"""
+    from specdiff.training.vocoder_losses import instantaneous_frequency_offset
+
+    frequency = 35.3 * 16000 / N_FFT
+    audio = _sines([frequency], frames=120)
+    spectrum = HEAD.stft(audio)
+    blurred = spectrum.abs().clone()
+    blurred[:, 35:38] = blurred[:, 35:38].amax(1, keepdim=True)
+
+    def pitch(offset) -> float:
+        phase = HEAD.peak_locked_phase(blurred, frequency_offset=offset)
+        out = HEAD.istft(blurred, phase)[0, 2 * N_FFT : -2 * N_FFT].double()
+        spectrum = torch.fft.rfft(out * torch.hann_window(out.shape[0], dtype=torch.float64), n=8 * out.shape[0])
+        return float(spectrum.abs().argmax()) * 16000 / (8 * out.shape[0])
+
+    assert abs(pitch(None) - frequency) > 2.0  # measured: the bin centre, 3.75 Hz off
+    assert pitch(instantaneous_frequency_offset(spectrum, N_FFT, HOP)) == pytest.approx(frequency, abs=0.5)

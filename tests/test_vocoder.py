@@ -567,6 +567,18 @@ def test_train_vocoder_command_trains_resumes_and_exports(tmp_path):
     )
     assert args.func(args) == 0
     assert load_vocoder(tmp_path / "pv").synthesis == "phase_vocoder"
+    # --peak-frequency predicted switches the head's second output to frequency offsets, started at zero.
+    pf = [a if a != str(tmp_path / "run") else str(tmp_path / "pf") for a in common]
+    args = _parser().parse_args(
+        [*pf, "--max-steps", "1", "--init-from", str(tmp_path / "pv"), "--peak-frequency", "predicted"]
+        + ["--frequency-weight", "10", "--lr", "1e-9"]
+    )
+    assert args.func(args) == 0
+    switched = load_vocoder(tmp_path / "pf").model
+    assert switched.config.peak_frequency == "predicted" and switched.config.synthesis == "phase_vocoder"
+    n_bins = switched.config.n_fft // 2 + 1
+    assert switched.head.out.weight[n_bins:].abs().max() < 1e-6  # zeroed, then one step at lr 1e-9
+    assert load_vocoder(tmp_path / "pv").model.config.peak_frequency == "parabola"
 
 
 def test_cache_audio_reads_the_train_songs_sources(tmp_path):
@@ -652,3 +664,90 @@ def test_vocode_defaults_to_the_bundled_vocoder(tmp_path):
     expected = load_vocoder(default_model_path())(mel)[0]
     expected = soft_limit(expected) if np.abs(expected).max() > 1.0 else expected
     np.testing.assert_allclose(sf.read(tmp_path / "a.wav", dtype="float32")[0], expected, atol=1e-4)
+
+
+def test_peak_frequency_config_key():
+    old = {k: v for k, v in TINY.to_dict().items() if k != "peak_frequency"}
+    assert VocoderConfig.from_dict(old).peak_frequency == "parabola" == VocoderConfig().peak_frequency
+    assert VocoderConfig.from_dict({**old, "peak_frequency": "predicted"}).peak_frequency == "predicted"
+    with pytest.raises(ModelError, match="peak_frequency"):
+        VocoderConfig.from_dict({**old, "peak_frequency": "guess"})
+
+
+def test_predicted_peak_frequencies_drive_the_inverters_phase_vocoder(tmp_path):
+    """A 'predicted' vocoder gives the phase vocoder its head's second output (tanh-bounded offsets),
+    the magnitude unchanged; a 'parabola' one with the same weights gives a different phase."""
+    from dataclasses import replace
+
+    from specdiff.audio.vocoder import MAX_FREQUENCY_OFFSET
+
+    torch.manual_seed(0)
+    model = Vocoder(replace(TINY, synthesis="phase_vocoder", peak_frequency="predicted")).eval()
+    with torch.no_grad():
+        model.head.out.bias.normal_(0, 2.0)  # offsets well beyond the tanh's linear range
+    model.save_pretrained(tmp_path)
+    loaded = load_vocoder(tmp_path, refine_iters=0, gate_iters=0)
+    mel = random_log_mel(1, 12)
+    with torch.no_grad():
+        log_magnitude, offset = loaded.model.magnitude_and_frequency(torch.from_numpy(mel))
+        spectrum_magnitude = loaded.model.spectrum(torch.from_numpy(mel))[0]
+    assert offset.abs().max() <= MAX_FREQUENCY_OFFSET and offset.abs().max() > 0.9
+    torch.testing.assert_close(log_magnitude, spectrum_magnitude)
+    head = loaded.model.head
+    expected = head.istft(log_magnitude.exp(), head.peak_locked_phase(log_magnitude.exp(), frequency_offset=offset))
+    np.testing.assert_allclose(loaded(mel)[0], expected[0].numpy(), atol=1e-5)
+    parabola = VocoderInverter(replace_config(loaded.model, peak_frequency="parabola"), refine_iters=0, gate_iters=0)
+    assert np.abs(parabola(mel) - loaded(mel)).max() > 1e-3
+
+
+def replace_config(model: Vocoder, **changes) -> Vocoder:
+    from dataclasses import replace
+
+    copy = Vocoder(replace(model.config, **changes))
+    copy.load_state_dict(model.state_dict())
+    return copy.eval()
+
+
+def test_instantaneous_frequency_offset_hand_values():
+    """A sinusoid at 20.3 bins: every bin of its main lobe reads 20.3 - k (hand-derived from the phase
+    advance 2 pi 20.3 hop / n_fft per frame)."""
+    from specdiff.training.vocoder_losses import instantaneous_frequency_offset
+
+    head = Vocoder(TINY).head
+    t = torch.arange(50 * 320, dtype=torch.float64) / 16000
+    audio = torch.sin(2 * math.pi * 20.3 * 16000 / 1280 * t + 0.4).float()[None]
+    offset = instantaneous_frequency_offset(head.stft(audio), 1280, 320)
+    assert offset.shape == (1, 641, 50)
+    expected = torch.tensor([1.3, 0.3, -0.7, -1.7])
+    torch.testing.assert_close(offset[0, 19:23, 5:45], expected[:, None].expand(4, 40), atol=2e-3, rtol=0)
+
+
+def test_frequency_weight_adds_exactly_weight_times_the_frequency_loss_and_trains_it():
+    pytest.importorskip("specdiff.audio.mel")
+    from dataclasses import replace
+
+    from specdiff.training.vocoder import VocoderTrainConfig, VocoderTrainer, synthesize_with_frequency
+    from specdiff.training.vocoder_data import SegmentSampler, features_and_target
+    from specdiff.training.vocoder_losses import frequency_offset_loss
+
+    assert VocoderTrainConfig().frequency_weight == 0.0
+    config = VocoderTrainConfig(batch_size=2, segment_frames=8, warmup_steps=10_000, lr_warmup_steps=1, lr=2e-3)
+    vocoder_config = replace(TINY, synthesis="phase_vocoder", peak_frequency="predicted")
+    batch = SegmentSampler(_tone_clips(), 8, seed=0).sample(2)
+    mel, real = features_and_target(batch, config.segment_frames)
+
+    def frequency_loss(trainer) -> float:
+        with torch.no_grad():
+            offset = synthesize_with_frequency(trainer.generator, mel)[2]
+            head = trainer.generator.head
+            return frequency_offset_loss(offset, head.stft(real), head.n_fft, head.hop_length).item()
+
+    off = VocoderTrainer(vocoder_config, config)
+    on = VocoderTrainer(vocoder_config, replace(config, frequency_weight=3.0))
+    expected = frequency_loss(on)
+    logs_off, logs_on = off.train_step(batch), on.train_step(batch)
+    assert "loss/frequency" not in logs_off and logs_on["loss/frequency"] == pytest.approx(expected, rel=1e-6)
+    assert logs_on["loss/generator"] == pytest.approx(logs_off["loss/generator"] + 3.0 * expected, rel=1e-6)
+    for _ in range(30):
+        on.train_step(batch)
+    assert frequency_loss(on) < 0.8 * expected
