@@ -70,7 +70,7 @@ def resyntheses(head, model, audio: np.ndarray, transients: list[str]) -> tuple[
     rows["network |X| + PV phase, true peak frequency"] = head.istft(network, phase)
     if model.config.peak_frequency == "predicted":
         with torch.inference_mode():
-            predicted = model.magnitude_and_frequency(mel)[1][..., :frames]
+            predicted = model.phase_vocoder_inputs(mel)[1][..., :frames]
         phase = head.peak_locked_phase(network, frequency_offset=predicted)
         rows["network |X| + PV phase, predicted peak frequency"] = head.istft(network, phase)
     return {label: y[0].float().numpy() for label, y in rows.items()}, mel

@@ -576,9 +576,10 @@ def test_train_vocoder_command_trains_resumes_and_exports(tmp_path):
     assert args.func(args) == 0
     switched = load_vocoder(tmp_path / "pf").model
     assert switched.config.peak_frequency == "predicted" and switched.config.synthesis == "phase_vocoder"
-    n_bins = switched.config.n_fft // 2 + 1
-    assert switched.head.out.weight[n_bins:].abs().max() < 1e-6  # zeroed, then one step at lr 1e-9
-    assert load_vocoder(tmp_path / "pv").model.config.peak_frequency == "parabola"
+    assert switched.peak_frequency is not None and load_vocoder(tmp_path / "pv").model.peak_frequency is None
+    before = load_vocoder(tmp_path / "pv").model.state_dict()
+    for key, value in before.items():  # one step at lr 1e-9 from the warm start
+        torch.testing.assert_close(switched.state_dict()[key], value, atol=1e-4, rtol=0)
 
 
 def test_cache_audio_reads_the_train_songs_sources(tmp_path):
@@ -675,37 +676,35 @@ def test_peak_frequency_config_key():
 
 
 def test_predicted_peak_frequencies_drive_the_inverters_phase_vocoder(tmp_path):
-    """A 'predicted' vocoder gives the phase vocoder its head's second output (tanh-bounded offsets),
-    the magnitude unchanged; a 'parabola' one with the same weights gives a different phase."""
+    """A 'predicted' vocoder gives the phase vocoder its peak-frequency network's offsets (tanh-bounded on
+    the covered bins, NaN above: the parabola there), the magnitude unchanged; the same weights with the
+    parabola everywhere give a different phase."""
     from dataclasses import replace
 
-    from specdiff.audio.vocoder import MAX_FREQUENCY_OFFSET
+    from specdiff.audio.peak_frequency import MAX_FREQUENCY_OFFSET
 
     torch.manual_seed(0)
-    model = Vocoder(replace(TINY, synthesis="phase_vocoder", peak_frequency="predicted")).eval()
+    config = replace(TINY, synthesis="phase_vocoder", peak_frequency="predicted", frequency_bins=100)
+    model = Vocoder(config).eval()
     with torch.no_grad():
-        model.head.out.bias.normal_(0, 2.0)  # offsets well beyond the tanh's linear range
+        model.peak_frequency.out.bias.fill_(3.0)  # offsets near the bound
     model.save_pretrained(tmp_path)
     loaded = load_vocoder(tmp_path, refine_iters=0, gate_iters=0)
+    assert any(k.startswith("peak_frequency.") for k in loaded.model.state_dict())
     mel = random_log_mel(1, 12)
     with torch.no_grad():
-        log_magnitude, offset = loaded.model.magnitude_and_frequency(torch.from_numpy(mel))
-        spectrum_magnitude = loaded.model.spectrum(torch.from_numpy(mel))[0]
-    assert offset.abs().max() <= MAX_FREQUENCY_OFFSET and offset.abs().max() > 0.9
-    torch.testing.assert_close(log_magnitude, spectrum_magnitude)
+        log_magnitude, offset = loaded.model.phase_vocoder_inputs(torch.from_numpy(mel))
+        torch.testing.assert_close(log_magnitude, loaded.model.spectrum(torch.from_numpy(mel))[0])
+    assert offset.shape == log_magnitude.shape and torch.isnan(offset[:, 100:]).all()
+    assert offset[:, :100].abs().max() <= MAX_FREQUENCY_OFFSET and offset[:, :100].min() > 0.5
     head = loaded.model.head
     expected = head.istft(log_magnitude.exp(), head.peak_locked_phase(log_magnitude.exp(), frequency_offset=offset))
     np.testing.assert_allclose(loaded(mel)[0], expected[0].numpy(), atol=1e-5)
-    parabola = VocoderInverter(replace_config(loaded.model, peak_frequency="parabola"), refine_iters=0, gate_iters=0)
+    parabola = VocoderInverter(loaded.model.with_config(replace(config, peak_frequency="parabola")), refine_iters=0)
+    parabola.gate_iters = 0
     assert np.abs(parabola(mel) - loaded(mel)).max() > 1e-3
-
-
-def replace_config(model: Vocoder, **changes) -> Vocoder:
-    from dataclasses import replace
-
-    copy = Vocoder(replace(model.config, **changes))
-    copy.load_state_dict(model.state_dict())
-    return copy.eval()
+    with pytest.raises(ModelError, match="more than"):
+        loaded.model.with_config(replace(config, dim=32))
 
 
 def test_instantaneous_frequency_offset_hand_values():

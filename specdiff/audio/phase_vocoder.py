@@ -80,7 +80,7 @@ def peak_locked_phase(
 
     ``frequency_offset`` (None: the parabola): ``[T, n_fft/2 + 1]``, each bin's instantaneous frequency
     minus the bin's index, in bins; a peak's frequency is its bin plus this value there (clipped to
-    +-1 bin).
+    +-1 bin; NaN: the parabola at that bin).
     """
     magnitude = np.asarray(magnitude, dtype=np.float64)
     if magnitude.ndim != 2 or magnitude.shape[1] != n_fft // 2 + 1:
@@ -112,7 +112,8 @@ def peak_locked_phase(
             safe = np.where(curvature < -1e-12, curvature, -1.0)
             offset = np.where(curvature < -1e-12, np.clip(0.5 * (left - right) / safe, -0.5, 0.5), 0.0)
             if frequency_offset is not None:
-                offset = frequency_offset[i, peaks]
+                given = frequency_offset[i, peaks]
+                offset = np.where(np.isnan(given), offset, given)
             peak_phase = previous[peaks] + advance_per_bin * (peaks + offset)
             owner = np.searchsorted((peaks[:-1] + peaks[1:]) / 2, k)  # nearest peak of each bin
             if reset is not None:

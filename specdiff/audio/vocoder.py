@@ -44,9 +44,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 ONNX_INPUT_NAME = "input_features"  # the official inverter's input name (ORIGINAL.md §6)
 ONNX_OUTPUT_NAME = "waveform"  # the official output's name is unknown (ORIGINAL.md §6); used by position
-#: Bound of a predicted instantaneous frequency offset, in bins (``peak_frequency: predicted``): a peak's
-#: partial lies within a bin of it.
-MAX_FREQUENCY_OFFSET = 1.0
 
 
 @dataclass
@@ -74,12 +71,12 @@ class VocoderConfig:
     # that magnitude, specdiff.audio.phase_vocoder; for heads trained on the magnitude itself).
     synthesis: str = "network"
     # With "phase_vocoder": where each spectral peak's frequency comes from. "parabola": a parabola through
-    # the head's log-magnitude at the peak (folders saved before the key existed). "predicted": the head's
-    # second output is each bin's instantaneous frequency offset in bins (ISTFTHead.magnitude_and_frequency),
-    # trained on the true STFT's phase advance. Why: benchmarks/results/vocoder_peak_frequency.md measured
-    # that the network's blurred magnitude misplaces the partials (the true instantaneous frequency at the
-    # network's peaks keeps 0.98x of the onsets on held-out clips, the parabola 0.80x).
+    # the head's log-magnitude at the peak (folders saved before the key existed). "predicted": a small
+    # network over frequency (specdiff.audio.peak_frequency, its own weights ``peak_frequency.*``) on the
+    # lowest ``frequency_bins`` bins, the parabola above.
     peak_frequency: str = "parabola"
+    frequency_channels: int = 16
+    frequency_bins: int = 321  # 0-4 kHz of the 1280-point synthesis STFT
 
     @classmethod
     def from_dict(cls, data: dict) -> VocoderConfig:
@@ -188,13 +185,6 @@ class ISTFTHead(nn.Module):
             phase = phase + self.frame_phase(phase.shape[-1], phase.device)
         return torch.clamp(log_mag, max=self.max_log_magnitude), phase
 
-    def magnitude_and_frequency(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[B, T, C]`` -> (log-magnitude, instantaneous frequency offset), each ``[B, n_bins, T]``, for a
-        head whose second output is trained as each bin's frequency offset in bins (``peak_frequency:
-        predicted``), bounded to +-:data:`MAX_FREQUENCY_OFFSET` by a tanh."""
-        log_mag, raw = self.out(x).transpose(1, 2).chunk(2, dim=1)
-        return torch.clamp(log_mag, max=self.max_log_magnitude), MAX_FREQUENCY_OFFSET * torch.tanh(raw)
-
     def synthesize(self, log_mag: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
         """:meth:`spectrum`'s outputs -> audio ``[B, T * hop]``."""
         return self.istft(torch.exp(log_mag), phase)
@@ -279,6 +269,13 @@ class Vocoder(nn.Module):
             ConvNeXtBlock(config.dim, config.intermediate_dim, config.kernel_size, 1.0 / config.num_layers)
             for _ in range(config.num_layers)
         )
+        self.peak_frequency = None
+        if config.peak_frequency == "predicted":
+            from specdiff.audio.peak_frequency import PeakFrequencyNet
+
+            self.peak_frequency = PeakFrequencyNet(
+                config.frequency_channels, config.frequency_bins, config.n_fft, config.sample_rate
+            )
         self.final_norm = nn.LayerNorm(config.dim, eps=1e-6)
         self.head = ISTFTHead(
             config.dim, config.n_fft, config.hop_length, config.max_log_magnitude, config.phase == "absolute"
@@ -299,26 +296,16 @@ class Vocoder(nn.Module):
         (see :meth:`ISTFTHead.spectrum`)."""
         return self.head.spectrum(self.features(log_mel))
 
-    def magnitude_and_frequency(self, log_mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-mel ``[B, T, 128]`` -> (log-magnitude, instantaneous frequency offset in bins), each
-        ``[B, n_fft/2 + 1, T]``, for ``peak_frequency: predicted`` (:meth:`ISTFTHead.magnitude_and_frequency`)."""
-        return self.head.magnitude_and_frequency(self.features(log_mel))
-
     def phase_vocoder_inputs(self, log_mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-mel ``[B, T, 128]`` -> what the phase-vocoder synthesis needs from the network: the head's
-        log-magnitude and, when the config's ``peak_frequency`` is ``"predicted"``, its frequency offsets
-        (else None: the phase vocoder fits a parabola), each ``[B, n_fft/2 + 1, T]``."""
-        if self.config.peak_frequency == "predicted":
-            return self.magnitude_and_frequency(log_mel)
-        return self.spectrum(log_mel)[0], None
-
-    def reset_frequency_output(self) -> None:
-        """Zero the head's second output (frequency offset 0: each peak at its bin's centre), for a head
-        switched to ``peak_frequency: predicted`` whose second output was trained as a phase."""
-        n_bins = self.config.n_fft // 2 + 1
-        with torch.no_grad():
-            self.head.out.weight[n_bins:].zero_()
-            self.head.out.bias[n_bins:].zero_()
+        log-magnitude and, when the config's ``peak_frequency`` is ``"predicted"``, the peaks' frequency
+        offsets in bins (NaN where the parabola applies; else None: the parabola everywhere), each
+        ``[B, n_fft/2 + 1, T]``. The offsets see the magnitude without its gradient: their loss trains
+        only their own network."""
+        log_magnitude = self.spectrum(log_mel)[0]
+        if self.peak_frequency is None:
+            return log_magnitude, None
+        return log_magnitude, self.peak_frequency(log_mel, log_magnitude.detach())
 
     def features(self, log_mel: torch.Tensor) -> torch.Tensor:
         """Log-mel ``[B, T, 128]`` -> the backbone's frame features ``[B, T, dim]`` (the head's input)."""
@@ -344,6 +331,21 @@ class Vocoder(nn.Module):
         text = json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n"
         atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(text))
         return directory
+
+    def with_config(self, config: VocoderConfig) -> Vocoder:
+        """A new vocoder with ``config`` and this one's weights; only the peak-frequency network
+        (``peak_frequency.*``) may be new (freshly initialised) or dropped, e.g. to switch a trained
+        vocoder's ``peak_frequency`` before training that network."""
+        model = type(self)(config)
+        try:
+            result = model.load_state_dict(self.state_dict(), strict=False)
+        except RuntimeError as err:  # shapes that differ
+            first = str(err).strip().splitlines()[-1].strip()
+            raise ModelError(f"the new config changes more than the peak-frequency network: {first}") from None
+        changed = [k for k in [*result.missing_keys, *result.unexpected_keys] if not k.startswith("peak_frequency.")]
+        if changed:
+            raise ModelError(f"the new config changes more than the peak-frequency network: {changed[:3]}")
+        return model.train(self.training)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> Vocoder:

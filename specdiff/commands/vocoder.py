@@ -96,8 +96,9 @@ def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
         "--peak-frequency",
         choices=PEAK_FREQUENCY_RULES,
         help="with --synthesis phase_vocoder: each spectral peak's frequency from a parabola through the magnitude "
-        "(default) or from the head's own prediction of each bin's instantaneous frequency (train it with "
-        "--frequency-weight); also applies with --init-from (switching to 'predicted' starts that output at zero)",
+        "(default) or from a small network that predicts each bin's instantaneous frequency (specdiff.audio."
+        "peak_frequency; train it with --frequency-weight); also applies with --init-from (switching to "
+        "'predicted' adds that network, freshly initialised)",
     )
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)")
     p.add_argument("--checkpoint-minutes", type=float, help="also checkpoint when this many minutes have passed")
@@ -213,9 +214,7 @@ def _vocoder_architecture(args: argparse.Namespace, checkpoint: Path) -> tuple[V
         peak_frequency = getattr(args, "peak_frequency", None)
         if peak_frequency and peak_frequency != vocoder_config.peak_frequency:
             vocoder_config = replace(vocoder_config, peak_frequency=peak_frequency)
-            init_from.config = vocoder_config
-            if peak_frequency == "predicted":
-                init_from.reset_frequency_output()  # that output was a phase until now
+            init_from = init_from.with_config(vocoder_config)
         return vocoder_config, init_from
     architecture = {
         "dim": args.dim,

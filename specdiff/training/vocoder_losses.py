@@ -87,21 +87,24 @@ def instantaneous_frequency_offset(spectrum: torch.Tensor, n_fft: int, hop_lengt
 
 
 def frequency_offset_loss(predicted: torch.Tensor, target: torch.Tensor, n_fft: int, hop_length: int) -> torch.Tensor:
-    """Magnitude-weighted L1 between the head's frequency offsets ``predicted`` ``[B, bins, T]`` and the
-    true ones of ``target`` (complex, the head's own framing; :func:`instantaneous_frequency_offset`,
-    clipped to the head's bound :data:`specdiff.audio.vocoder.MAX_FREQUENCY_OFFSET`).
+    """Magnitude-weighted L1 between predicted frequency offsets ``predicted`` ``[B, bins, T]`` (NaN: a bin
+    not predicted, left out) and the true ones of ``target`` (complex, the head's own framing;
+    :func:`instantaneous_frequency_offset`, clipped to the prediction's bound
+    :data:`specdiff.audio.peak_frequency.MAX_FREQUENCY_OFFSET`).
 
-    Weighted by the true magnitude: the phase vocoder reads the offsets at spectral peaks only, and the
-    phase advance of a bin far below its neighbours is noise.
+    Weighted by the true magnitude (normalised over the predicted bins): the phase vocoder reads the
+    offsets at spectral peaks only, and the phase advance of a bin far below its neighbours is noise.
     """
-    from specdiff.audio.vocoder import MAX_FREQUENCY_OFFSET
+    from specdiff.audio.peak_frequency import MAX_FREQUENCY_OFFSET
 
     with torch.no_grad():
         truth = instantaneous_frequency_offset(target, n_fft, hop_length)
         truth = truth.clamp(-MAX_FREQUENCY_OFFSET, MAX_FREQUENCY_OFFSET)
-        weight = target.abs()
+        predicted_bins = torch.isfinite(predicted)
+        weight = target.abs() * predicted_bins
         weight = weight / weight.sum().clamp_min(1e-12)
-    return (weight * (predicted - truth).abs()).sum()
+    error = torch.where(predicted_bins, predicted - truth, torch.zeros_like(predicted))
+    return (weight * error.abs()).sum()
 
 
 def magnitude_rise_loss(log_mag_fake: torch.Tensor, log_mag_real: torch.Tensor) -> torch.Tensor:
