@@ -14,6 +14,7 @@ Two oracle rows split the last step (the phase vocoder's phase from the network'
   network |X| + PV phase of true |X|           the phase vocoder run on the true magnitude;
   network |X| + PV phase, true peak frequency  the network's peaks, each at the true STFT's instantaneous
                                                frequency there (its phase advance) instead of a parabola;
+                                               with ``--frequency-noise``, also that frequency plus noise;
 and, for a vocoder with ``peak_frequency: predicted``, the row it ships:
   network |X| + PV phase, predicted peak frequency.
 
@@ -42,11 +43,14 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from vocoder_benchmark import OnsetScorer, idiom_clips, midi_notes, transient_option  # noqa: E402
 
 from specdiff.audio.mel import log_mel  # noqa: E402
+from specdiff.audio.phase_vocoder import spectral_peaks  # noqa: E402
 from specdiff.training.vocoder_losses import instantaneous_frequency_offset  # noqa: E402
 
 
-def resyntheses(head, model, audio: np.ndarray, transients: list[str]) -> tuple[dict, torch.Tensor]:
-    """{row: audio} for one clip (see the module doc), and the clip's log-mel."""
+def resyntheses(
+    head, model, audio: np.ndarray, transients: list[str], noise: list[float]
+) -> tuple[dict, dict, torch.Tensor]:
+    """({row: audio}, {row: peak frequency error in bins}) for one clip (see the module doc), and its log-mel."""
     x = torch.from_numpy(audio)[None]
     spectrum = head.stft(x)
     mel = log_mel(x)
@@ -66,14 +70,41 @@ def resyntheses(head, model, audio: np.ndarray, transients: list[str]) -> tuple[
     network = magnitudes["network |X|"]
     rows["network |X| + PV phase of true |X|"] = head.istft(network, head.peak_locked_phase(magnitudes["true |X|"]))
     true_offset = instantaneous_frequency_offset(spectrum[..., :frames], head.n_fft, head.hop_length)
-    phase = head.peak_locked_phase(network, frequency_offset=true_offset)
-    rows["network |X| + PV phase, true peak frequency"] = head.istft(network, phase)
+    offsets = {"network |X| + PV phase": None, "network |X| + PV phase, true peak frequency": true_offset}
+    generator = torch.Generator().manual_seed(0)
+    for sigma in noise:
+        jitter = sigma * torch.randn(true_offset.shape, generator=generator)
+        offsets[f"network |X| + PV phase, true peak frequency + noise {sigma:g} bins"] = true_offset + jitter
     if model.config.peak_frequency == "predicted":
         with torch.inference_mode():
-            predicted = model.phase_vocoder_inputs(mel)[1][..., :frames]
-        phase = head.peak_locked_phase(network, frequency_offset=predicted)
-        rows["network |X| + PV phase, predicted peak frequency"] = head.istft(network, phase)
-    return {label: y[0].float().numpy() for label, y in rows.items()}, mel
+            offsets["network |X| + PV phase, predicted peak frequency"] = model.phase_vocoder_inputs(mel)[1][
+                ..., :frames
+            ]
+    errors = {}
+    for label, offset in offsets.items():
+        if offset is not None:
+            rows[label] = head.istft(network, head.peak_locked_phase(network, frequency_offset=offset))
+        errors[label] = peak_frequency_error(network[0], offset, true_offset[0], magnitudes["true |X|"][0])
+    return {label: y[0].float().numpy() for label, y in rows.items()}, errors, mel
+
+
+def peak_frequency_error(magnitude, offset, true_offset, true_magnitude) -> float:
+    """Mean |frequency error| in bins at the spectral peaks of ``magnitude`` ``[bins, T]`` that the phase
+    vocoder reads (``offset`` None: its parabola; NaN entries: the parabola there), weighted by the true
+    magnitude there; the truth is the true STFT's instantaneous frequency clipped to +-1 bin, as the
+    phase vocoder clips a given one."""
+    m = magnitude.T.double().numpy()
+    log_m = np.log(m + 1e-12)
+    truth, weight = true_offset.T.double().numpy().clip(-1, 1), true_magnitude.T.double().numpy()
+    given = None if offset is None else offset.T.double().numpy()
+    total = weighted = 0.0
+    for i in range(m.shape[0]):
+        peaks, parabola = spectral_peaks(m[i], log_m[i])
+        estimate = parabola if given is None else np.where(np.isnan(given[i, peaks]), parabola, given[i, peaks])
+        w = weight[i, peaks]
+        weighted += float(np.sum(w * np.abs(np.clip(estimate, -1, 1) - truth[i, peaks])))
+        total += float(np.sum(w))
+    return weighted / max(total, 1e-12)
 
 
 def main() -> None:
@@ -86,6 +117,14 @@ def main() -> None:
     parser.add_argument("--transients", nargs="+", default=["10:envelope"], metavar="DB[:ALIGN]")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--name", default="vocoder_ladder_idioms", help="results file stem")
+    parser.add_argument(
+        "--frequency-noise",
+        nargs="*",
+        type=float,
+        default=[0.1, 0.2, 0.3],
+        metavar="BINS",
+        help="rows with the true peak frequencies plus Gaussian noise of this standard deviation",
+    )
     args = parser.parse_args()
 
     from specdiff.audio.vocoder import load_vocoder
@@ -102,7 +141,8 @@ def main() -> None:
         truth = midi_notes(midi, args.seconds)
         original = scorer.f1(truth, scorer.notes(audio))
         row = {"clip": name, "original/onset_f1_vs_midi": original}
-        outputs, mel = resyntheses(model.head, model, audio, args.transients)
+        outputs, errors, mel = resyntheses(model.head, model, audio, args.transients, args.frequency_noise)
+        row.update({f"{label}/peak_frequency_error": value for label, value in errors.items()})
         for label, y in outputs.items():
             ours = log_mel(torch.from_numpy(y)[None])
             frames = min(ours.shape[1], mel.shape[1])
@@ -125,6 +165,9 @@ def summarise(per_clip: list[dict], args) -> dict:
     summary = {}
     for label in labels:
         summary[label] = {"log_mel_l1": float(np.mean([r[f"{label}/log_mel_l1"] for r in per_clip]))}
+        if f"{label}/peak_frequency_error" in per_clip[0]:
+            errors = [r[f"{label}/peak_frequency_error"] for r in per_clip]
+            summary[label]["peak_frequency_error"] = float(np.mean(errors))
         for group, rows in groups.items():
             kept = [r[f"{label}/onsets_kept"] for r in rows if f"{label}/onsets_kept" in r]
             summary[label][f"onsets_kept/{group}"] = float(np.mean(kept)) if kept else float("nan")
@@ -140,15 +183,19 @@ def markdown(result: dict) -> str:
     lines = [
         f"# Onset ladder at the vocoder's synthesis framing: {result['clips']} held-out idioms clips",
         "",
-        "| row | log-mel L1 ↓ | " + " | ".join(f"onsets kept, {g} ↑" for g in groups) + " |",
-        "|---" * (len(groups) + 2) + "|",
+        "| row | log-mel L1 ↓ | " + " | ".join(f"onsets kept, {g} ↑" for g in groups) + " | peak frequency error ↓ |",
+        "|---" * (len(groups) + 3) + "|",
     ]
     for label, values in result["summary"].items():
         cells = [f"{values['log_mel_l1']:.4f}"] + [f"{values[f'onsets_kept/{g}']:.4f}" for g in groups]
+        error = values.get("peak_frequency_error")
+        cells.append("" if error is None else f"{error:.3f} bins")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"Original render: onset F1 vs MIDI {result['original_onset_f1_vs_midi']:.4f} (mean over clips).",
+        "Peak frequency error: at the network magnitude's spectral peaks, |frequency the phase vocoder uses - the "
+        "true STFT's instantaneous frequency| (both clipped to +-1 bin of 12.5 Hz), weighted by the true magnitude.",
         f"Vocoder: {result['vocoder']}. No mel fit, no silence gate. Made by benchmarks/vocoder_ladder_idioms.py"
         + (f" in {result['seconds_taken']:.0f} s." if "seconds_taken" in result else "."),
     ]

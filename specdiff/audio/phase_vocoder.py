@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["TRANSIENT_ALIGNS", "peak_locked_phase"]
+__all__ = ["TRANSIENT_ALIGNS", "peak_locked_phase", "spectral_peaks"]
 
 
 TRANSIENT_ALIGNS = ("centre", "onset", "envelope")
@@ -101,16 +101,12 @@ def peak_locked_phase(
     for i in range(frames):
         m, log_m = magnitude[i], log_magnitude[i]
         shape = 0.0
-        peaks = 1 + np.flatnonzero((m[1:-1] > m[:-2]) & (m[1:-1] >= m[2:]) & (m[1:-1] > floor_ratio * m.max()))
+        peaks, offset = spectral_peaks(m, log_m, floor_ratio)
         if peaks.size == 0:
             current = previous + advance_per_bin * k
             if reset is not None:
                 reset.rising[:], reset.start[:] = False, np.nan
         else:
-            left, centre, right = log_m[peaks - 1], log_m[peaks], log_m[peaks + 1]
-            curvature = left - 2 * centre + right  # < 0 at a strict maximum
-            safe = np.where(curvature < -1e-12, curvature, -1.0)
-            offset = np.where(curvature < -1e-12, np.clip(0.5 * (left - right) / safe, -0.5, 0.5), 0.0)
             if frequency_offset is not None:
                 given = frequency_offset[i, peaks]
                 offset = np.where(np.isnan(given), offset, given)
@@ -123,6 +119,18 @@ def peak_locked_phase(
         previous = current
     # Centre -> first sample of the frame: a shift by n_fft / 2 samples turns bin k by -pi k.
     return np.remainder(phase - np.pi * k, 2 * np.pi)
+
+
+def spectral_peaks(magnitude: np.ndarray, log_magnitude: np.ndarray, floor_ratio: float = 1e-4):
+    """The peaks of one frame's ``magnitude`` ``[bins]`` (local maxima above ``floor_ratio`` times its
+    maximum) and each one's parabola offset in bins (a parabola through ``log_magnitude`` at the peak and
+    its two neighbours, within +-0.5): ``(peaks, offsets)``."""
+    m = magnitude
+    peaks = 1 + np.flatnonzero((m[1:-1] > m[:-2]) & (m[1:-1] >= m[2:]) & (m[1:-1] > floor_ratio * m.max()))
+    left, centre, right = log_magnitude[peaks - 1], log_magnitude[peaks], log_magnitude[peaks + 1]
+    curvature = left - 2 * centre + right  # < 0 at a strict maximum
+    safe = np.where(curvature < -1e-12, curvature, -1.0)
+    return peaks, np.where(curvature < -1e-12, np.clip(0.5 * (left - right) / safe, -0.5, 0.5), 0.0)
 
 
 class _TransientReset:

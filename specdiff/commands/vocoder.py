@@ -82,6 +82,20 @@ def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
         "true ones (vocoders with --peak-frequency predicted; default 0: off)",
     )
     t.add_argument("--seed", type=int, help="random seed (default 0)")
+    _add_architecture_arguments(p)
+    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)")
+    p.add_argument("--checkpoint-minutes", type=float, help="also checkpoint when this many minutes have passed")
+    p.add_argument("--validate-every", type=int, default=2000, help="steps between validations (default 2000)")
+    p.add_argument("--keep-every", type=int, default=0, help="also keep RUN_DIR/vocoder_stepN/ every N steps")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the CPU is shared)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run_train_vocoder)
+    return p
+
+
+def _add_architecture_arguments(p: argparse.ArgumentParser) -> None:
+    """``train-vocoder``'s architecture options (VocoderConfig fields)."""
     v = p.add_argument_group("architecture (new runs only; defaults: vocoder.VocoderConfig)")
     v.add_argument("--dim", type=int, help="backbone width (default 192)")
     v.add_argument("--intermediate-dim", type=int, help="ConvNeXt MLP width (default 576)")
@@ -100,15 +114,6 @@ def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
         "peak_frequency; train it with --frequency-weight); also applies with --init-from (switching to "
         "'predicted' adds that network, freshly initialised)",
     )
-    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)")
-    p.add_argument("--checkpoint-minutes", type=float, help="also checkpoint when this many minutes have passed")
-    p.add_argument("--validate-every", type=int, default=2000, help="steps between validations (default 2000)")
-    p.add_argument("--keep-every", type=int, default=0, help="also keep RUN_DIR/vocoder_stepN/ every N steps")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the CPU is shared)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=run_train_vocoder)
-    return p
 
 
 def add_vocode_arguments(subparsers) -> argparse.ArgumentParser:
