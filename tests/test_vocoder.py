@@ -571,12 +571,14 @@ def test_train_vocoder_command_trains_resumes_and_exports(tmp_path):
     pf = [a if a != str(tmp_path / "run") else str(tmp_path / "pf") for a in common]
     args = _parser().parse_args(
         [*pf, "--max-steps", "1", "--init-from", str(tmp_path / "pv"), "--peak-frequency", "predicted"]
-        + ["--frequency-weight", "10", "--lr", "1e-9"]
+        + ["--frequency-weight", "10", "--lr", "1e-9", "--frequency-channels", "8", "--frequency-bins", "50"]
     )
     assert args.func(args) == 0
     switched = load_vocoder(tmp_path / "pf").model
     assert switched.config.peak_frequency == "predicted" and switched.config.synthesis == "phase_vocoder"
     assert switched.peak_frequency is not None and load_vocoder(tmp_path / "pv").model.peak_frequency is None
+    assert (switched.config.frequency_channels, switched.config.frequency_bins) == (8, 50)
+    assert switched.peak_frequency.inp.out_channels == 8 and switched.peak_frequency.bins == 50
     before = load_vocoder(tmp_path / "pv").model.state_dict()
     for key, value in before.items():  # one step at lr 1e-9 from the warm start
         torch.testing.assert_close(switched.state_dict()[key], value, atol=1e-4, rtol=0)

@@ -114,6 +114,12 @@ def _add_architecture_arguments(p: argparse.ArgumentParser) -> None:
         "peak_frequency; train it with --frequency-weight); also applies with --init-from (switching to "
         "'predicted' adds that network, freshly initialised)",
     )
+    v.add_argument("--frequency-channels", type=int, help="width of the peak-frequency network (default 16)")
+    v.add_argument(
+        "--frequency-bins",
+        type=int,
+        help="synthesis bins the peak-frequency network covers from DC (default 321: 4 kHz)",
+    )
 
 
 def add_vocode_arguments(subparsers) -> argparse.ArgumentParser:
@@ -216,9 +222,11 @@ def _vocoder_architecture(args: argparse.Namespace, checkpoint: Path) -> tuple[V
         vocoder_config = init_from.config
         if getattr(args, "synthesis", None):
             vocoder_config = replace(vocoder_config, synthesis=args.synthesis)
-        peak_frequency = getattr(args, "peak_frequency", None)
-        if peak_frequency and peak_frequency != vocoder_config.peak_frequency:
-            vocoder_config = replace(vocoder_config, peak_frequency=peak_frequency)
+        # The peak-frequency network may be added, dropped or resized on a trained vocoder.
+        peak_options = {k: getattr(args, k, None) for k in ("peak_frequency", "frequency_channels", "frequency_bins")}
+        peak_options = {k: v for k, v in peak_options.items() if v is not None}
+        if peak_options and replace(vocoder_config, **peak_options) != vocoder_config:
+            vocoder_config = replace(vocoder_config, **peak_options)
             init_from = init_from.with_config(vocoder_config)
         return vocoder_config, init_from
     architecture = {
@@ -227,6 +235,8 @@ def _vocoder_architecture(args: argparse.Namespace, checkpoint: Path) -> tuple[V
         "num_layers": args.num_layers,
         "synthesis": getattr(args, "synthesis", None),
         "peak_frequency": getattr(args, "peak_frequency", None),
+        "frequency_channels": getattr(args, "frequency_channels", None),
+        "frequency_bins": getattr(args, "frequency_bins", None),
     }
     return VocoderConfig(**{k: v for k, v in architecture.items() if v is not None}), None
 
