@@ -84,7 +84,8 @@ def resyntheses(
     for label, offset in offsets.items():
         if offset is not None:
             rows[label] = head.istft(network, head.peak_locked_phase(network, frequency_offset=offset))
-        errors[label] = peak_frequency_error(network[0], offset, true_offset[0], magnitudes["true |X|"][0])
+        given = None if offset is None else offset[0]
+        errors[label] = peak_frequency_error(network[0], given, true_offset[0], magnitudes["true |X|"][0])
     return {label: y[0].float().numpy() for label, y in rows.items()}, errors, mel
 
 
