@@ -55,7 +55,9 @@ def test_info_reports_versions_the_bundled_model_and_its_sampler_settings(capsys
     ceiling = "" if s.guidance_ceiling is None else f" capped at {s.guidance_ceiling:g}"
     assert report["sampling"].startswith(f"{s.scheduler}, {steps}{ends}, guidance {s.guidance_scale:g}{ceiling}")
     assert report["sampling"].endswith("(sampling.json)")
-    assert report["inverter"].split()[0] in constants.INVERTERS
+    assert report["inverter"].split()[0].rstrip(":") in constants.INVERTERS
+    if report["inverter"].startswith("vocoder:"):  # the bundled vocoder says how it makes audio
+        assert "phase vocoder (peak frequencies predicted)" in report["inverter"]
     assert report["device"].split()[0] == resolve_device("auto")
     assert report["precision"].split()[0] in constants.PRECISIONS
     # The bundled decoder's extensions, read from its config.json (switches by name, values after "=").

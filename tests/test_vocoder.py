@@ -707,6 +707,8 @@ def test_predicted_peak_frequencies_drive_the_inverters_phase_vocoder(tmp_path):
     assert np.abs(parabola(mel) - loaded(mel)).max() > 1e-3
     with pytest.raises(ModelError, match="more than"):
         loaded.model.with_config(replace(config, dim=32))
+    assert loaded.description == "phase vocoder (peak frequencies predicted), 0 mel-fit correction(s)"
+    assert parabola.description.startswith("phase vocoder (peak frequencies from a parabola)")
 
 
 def test_instantaneous_frequency_offset_hand_values():

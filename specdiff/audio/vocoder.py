@@ -17,7 +17,10 @@ Vocos (what ``forward`` and the ONNX export compute). ``"phase_vocoder"``: the h
 trained to be the true magnitude of the synthesis framing, with a phase built from it frame by frame
 (specdiff/audio/phase_vocoder.py). benchmarks/results/vocoder_onsets.md measured why: the network's
 phase loses more onsets than any other part of the chain, while the true magnitude with the phase
-vocoder's phase keeps them all.
+vocoder's phase keeps them all. With ``peak_frequency: "predicted"`` the phase vocoder takes each peak's
+frequency from a small network over frequency (specdiff/audio/peak_frequency.py, weights
+``peak_frequency.*``) instead of a parabola through the magnitude, which misplaces the partials of the
+network's magnitude (benchmarks/results/vocoder_peak_frequency.md).
 
 Layout on disk (inside a model folder): ``vocoder/config.json`` + ``vocoder/model.safetensors``
 (fp16 weights; buffers such as the DFT basis are rebuilt from the config).
@@ -388,7 +391,8 @@ class VocoderInverter:
     ``synthesis`` (default: the vocoder config's): ``"network"`` synthesises the head's magnitude with
     its own phase (what the ONNX export computes); ``"phase_vocoder"`` gives the head's magnitude a
     phase built from that magnitude (specdiff.audio.phase_vocoder), for heads trained to predict the true
-    magnitude of the synthesis framing.
+    magnitude of the synthesis framing; its peaks' frequencies come from the vocoder's peak-frequency
+    network when its config says ``peak_frequency: "predicted"`` (:meth:`Vocoder.phase_vocoder_inputs`).
 
     ``refine_iters``: refinement iterations against the input mel (``None``: the synthesis's default).
     With ``"phase_vocoder"``, gain corrections of the magnitude at the synthesis framing, the phase
@@ -506,11 +510,23 @@ class VocoderInverter:
         magnitude = griffin_lim.mel_to_magnitude(log_mel, init=spectrum.abs())
         return griffin_lim.griffin_lim(magnitude, angles=spectrum / spectrum.abs().clamp_min(1e-16))
 
+    @property
+    def description(self) -> str:
+        """How it makes audio, in words (``specdiff info``'s inverter line)."""
+        if self.synthesis == "network":
+            steps = [f"the network's own phase, {self.refine_iters} refinement iterations"]
+        else:
+            rule = "predicted" if self.model.config.peak_frequency == "predicted" else "from a parabola"
+            steps = [f"phase vocoder (peak frequencies {rule})", f"{self.refine_iters} mel-fit correction(s)"]
+        if self.gate_iters:
+            steps.append("silence gate")
+        return ", ".join(steps)
+
     def __repr__(self) -> str:
         c = self.model.config
         return (
             f"VocoderInverter(dim={c.dim}, layers={c.num_layers}, n_fft={c.n_fft}, synthesis={self.synthesis!r}, "
-            f"refine_iters={self.refine_iters}, gate_iters={self.gate_iters})"
+            f"peak_frequency={c.peak_frequency!r}, refine_iters={self.refine_iters}, gate_iters={self.gate_iters})"
         )
 
 

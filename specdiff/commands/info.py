@@ -159,7 +159,7 @@ def _inverter_line(model_dir: Path | None) -> str:
     logger.addHandler(handler)
     logger.propagate = False
     try:
-        name, _ = load_auto_inverter(model_dir)
+        name, inverter = load_auto_inverter(model_dir)
     except ModelError as err:
         return f"error: {one_line(err)}"
     except Exception as err:  # whatever else broke, a bug report needs it here, and the lines after it
@@ -167,7 +167,8 @@ def _inverter_line(model_dir: Path | None) -> str:
     finally:
         logger.removeHandler(handler)
         logger.propagate = propagate
-    return f"{name}" + (f" ({'; '.join(messages)})" if messages else "")
+    details = getattr(inverter, "description", None)
+    return f"{name}" + (f": {details}" if details else "") + (f" ({'; '.join(messages)})" if messages else "")
 
 
 def _device_line() -> tuple[str, str]:
