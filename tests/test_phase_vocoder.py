@@ -108,7 +108,7 @@ def test_synthesis_option_of_the_config_and_the_inverter(tmp_path):
 
 
 def test_onnx_export_refuses_a_phase_vocoder_vocoder(tmp_path):
-    from specdiff.audio.vocoder import export_onnx
+    from specdiff.audio.vocoder_onnx import export_onnx
     from specdiff.errors import ModelError
 
     config = VocoderConfig.from_dict(

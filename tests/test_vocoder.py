@@ -17,10 +17,10 @@ from specdiff.audio.vocoder import (
     Vocoder,
     VocoderConfig,
     VocoderInverter,
-    export_onnx,
     find_vocoder_dir,
     load_vocoder,
 )
+from specdiff.audio.vocoder_onnx import export_onnx
 from specdiff.errors import AudioError, ModelError, SpecdiffError
 
 torch.set_num_threads(1)

@@ -330,7 +330,8 @@ def run_vocode(args: argparse.Namespace) -> int:
 
 def run_export_vocoder(args: argparse.Namespace) -> int:
     """``specdiff export-vocoder``: OUT/vocoder/ (and OUT/vocoder/model.onnx with ``--onnx``)."""
-    from specdiff.audio.vocoder import Vocoder, export_onnx, find_vocoder_dir
+    from specdiff.audio.vocoder import Vocoder, find_vocoder_dir
+    from specdiff.audio.vocoder_onnx import export_onnx
     from specdiff.pipeline.folder import VOCODER_FOLDER
 
     source = find_vocoder_dir(args.source)
