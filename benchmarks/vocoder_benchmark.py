@@ -255,6 +255,14 @@ def main() -> None:
         "--refine-iters", type=int, default=32, help="refinement iterations of the refined row (default 32)"
     )
     parser.add_argument(
+        "--mel-fit-iters",
+        nargs="+",
+        type=int,
+        default=[],
+        metavar="N",
+        help="extra rows: the phase vocoder with N mel-fit corrections and the silence gate",
+    )
+    parser.add_argument(
         "--transients",
         nargs="+",
         default=[],
@@ -287,6 +295,12 @@ def main() -> None:
         f"vocoder, phase vocoder + {fit} (previous default)": ("phase_vocoder", DEFAULT_MEL_FIT_ITERS, 0),
         f"vocoder, phase vocoder + {fit} + silence gate": ("phase_vocoder", DEFAULT_MEL_FIT_ITERS, DEFAULT_GATE_ITERS),
     }
+    for count in args.mel_fit_iters:
+        rows[f"vocoder, phase vocoder + {count} mel-fit correction(s) + silence gate"] = (
+            "phase_vocoder",
+            count,
+            DEFAULT_GATE_ITERS,
+        )
     transients = dict.fromkeys(rows, folder)  # label: (transient_db, transient_align)
     for spec in args.transients:
         transient = transient_option(spec)
