@@ -55,6 +55,12 @@ def mel_to_hertz(mel: Any) -> np.ndarray:
 
 
 @cache
+def mel_band_edges() -> np.ndarray:
+    """The ``N_MELS + 2`` equally spaced mel-scale edges of the filterbank's triangles: band k rises from
+    edge k, peaks at edge k + 1 (its centre) and falls to edge k + 2."""
+    return np.linspace(hertz_to_mel(MEL_FMIN), hertz_to_mel(MEL_FMAX), N_MELS + 2)
+
+
 def _mel_filterbank_float64(n_freqs: int = N_FREQS) -> np.ndarray:
     """``tf.signal.linear_to_mel_weight_matrix(128, 513, 16000, 0.0, 8000.0)`` as float64 ``[513, 128]``
     (with ``n_freqs``: the same triangles on that many linear bins from 0 to 8 kHz).
@@ -67,8 +73,8 @@ def _mel_filterbank_float64(n_freqs: int = N_FREQS) -> np.ndarray:
     # HTK excludes the DC bin: its row stays zero.
     linear_frequencies = np.linspace(0.0, SAMPLE_RATE / 2, n_freqs)[1:]
     bins_mel = hertz_to_mel(linear_frequencies)[:, None]
-    # N_MELS + 2 equally spaced mel edges; band k is the triple (edge k, edge k+1, edge k+2).
-    edges = np.linspace(hertz_to_mel(MEL_FMIN), hertz_to_mel(MEL_FMAX), N_MELS + 2)
+    # Band k is the triple (edge k, edge k+1, edge k+2).
+    edges = mel_band_edges()
     lower, center, upper = edges[None, :-2], edges[None, 1:-1], edges[None, 2:]
     # Triangles are straight lines in the mel domain, peaking at 1.0 (no area normalisation).
     lower_slopes = (bins_mel - lower) / (center - lower)

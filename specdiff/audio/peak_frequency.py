@@ -52,10 +52,9 @@ class PeakFrequencyNet(nn.Module):
         )
         self.out = nn.Conv1d(channels, 1, 1)
         # Each covered bin's position on the mel axis (band centres: the filterbank's triangle peaks).
-        edges = np.linspace(front_end.hertz_to_mel(front_end.MEL_FMIN), front_end.hertz_to_mel(front_end.MEL_FMAX),
-                            front_end.N_MELS + 2)  # fmt: skip
+        centres = front_end.mel_band_edges()[1:-1]
         bin_mel = front_end.hertz_to_mel(np.arange(bins) * sample_rate / n_fft)
-        position = np.clip(np.interp(bin_mel, edges[1:-1], np.arange(front_end.N_MELS)), 0, front_end.N_MELS - 1)
+        position = np.clip(np.interp(bin_mel, centres, np.arange(front_end.N_MELS)), 0, front_end.N_MELS - 1)
         lower = np.floor(position).astype(np.int64)
         self.register_buffer("lower", torch.from_numpy(lower), persistent=False)
         self.register_buffer("upper", torch.from_numpy(np.minimum(lower + 1, front_end.N_MELS - 1)), persistent=False)
