@@ -35,7 +35,7 @@ INVERTERS = ("auto", "onnx", "vocoder", "griffinlim")
 #: a phase built from its magnitude (specdiff.audio.phase_vocoder).
 VOCODER_SYNTHESES = ("network", "phase_vocoder")
 #: Where the phase vocoder takes each spectral peak's frequency (specdiff.audio.vocoder.VocoderConfig.peak_frequency):
-#: a parabola through the magnitude, or the head's predicted instantaneous frequency.
+#: a parabola through the magnitude, or a network's predicted instantaneous frequency.
 PEAK_FREQUENCY_RULES = ("parabola", "predicted")
 #: Devices the commands accept ("auto": cuda, else mps, else cpu).
 DEVICES = ("auto", "cpu", "cuda", "mps")

@@ -5,14 +5,14 @@ frequency over one hop, and takes that frequency from a parabola through the mag
 magnitude the parabola misplaces the partials: its lobes are misshapen, not merely blurred (a symmetric
 blur of the true magnitude keeps the parabola's centres). Measured on 24 held-out idioms clips
 (benchmarks/results/vocoder_peak_frequency.md): the true instantaneous frequency at the network's own
-peaks keeps 0.98x of the onsets, the parabola 0.80x; true frequencies with an error of 0.1 / 0.2 / 0.3
-bins (standard deviation) keep 0.93-0.94 / 0.87-0.89 / 0.81-0.83.
+peaks keeps 0.98x of the onsets, the parabola 0.80x; true frequencies plus noise of 0.1 / 0.2 / 0.3 bins
+(standard deviation) keep 0.93 / 0.86 / 0.83.
 
 What. A small network along the *frequency* axis, frame by frame: a partial's exact frequency shows in
 how its energy splits between neighbouring mel bands, a local pattern that repeats at every frequency,
 which convolutions over frequency learn and the vocoder's backbone (frequency as channels, convolutions
-over time) does not (its own extra output, trained the same way, reached a weighted error of 0.25 bins,
-this network 0.18 after fewer steps). Inputs per linear bin of the synthesis STFT (1280 points, 12.5 Hz):
+over time) does not (its own extra output, trained the same way, reached a weighted error of 0.25 bins at
+the peaks; this network, bundled, 0.17). Inputs per linear bin of the synthesis STFT (1280 points, 12.5 Hz):
 the log-mel of the frame and its two neighbours (which the 1280-sample window spans) interpolated onto the
 bin's frequency, the head's log-magnitude, and the bin's position. Output: the bin's instantaneous
 frequency minus its index, in bins, bounded to +-1 by a tanh; trained on the true STFT's phase advance

@@ -13,8 +13,8 @@ The rule, per frame i (phases referred to the frame's centre):
 - the peaks are the local maxima of the magnitude above ``floor_ratio`` times the frame's maximum;
 - each peak's frequency ``k + d`` (in bins) comes from a parabola through the log-magnitudes of its
   bin and its two neighbours, or, given ``frequency_offset``, ``d`` is that array's value at the peak
-  (a vocoder head that predicts each bin's instantaneous frequency: on a network's blurred magnitude the
-  parabola misplaces the partials, see below);
+  (a network that predicts each bin's instantaneous frequency, specdiff/audio/peak_frequency.py: on a
+  vocoder's misshapen magnitude lobes the parabola misplaces the partials);
 - a peak's phase is the previous frame's phase at its bin, advanced by the peak's frequency over one
   hop (``2 pi (k + d) hop / n_fft``): a partial that lasts keeps a continuous phase;
 - every other bin takes the phase of its nearest peak (identity phase locking): the bins of one

@@ -78,8 +78,8 @@ def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
     t.add_argument(
         "--frequency-weight",
         type=float,
-        help="weight of a magnitude-weighted L1 between the head's predicted instantaneous frequencies and the "
-        "true ones (vocoders with --peak-frequency predicted; default 0: off)",
+        help="weight of a magnitude-weighted L1 between the peak-frequency network's instantaneous frequencies and "
+        "the true ones (vocoders with --peak-frequency predicted; default 0: off)",
     )
     t.add_argument("--seed", type=int, help="random seed (default 0)")
     _add_architecture_arguments(p)

@@ -12,7 +12,7 @@ and ``magnitude_weight`` adds an L1 between the head's log-magnitude and the tru
 STFT framing (:func:`magnitude_l1`); the bundled vocoder was trained that way without the
 adversarial losses (its model card has the commands). ``rise_weight`` adds an L1 between the rises
 along time of the same two log-magnitudes (:func:`magnitude_rise_loss`), for attacks as sharp as the
-true ones. ``frequency_weight`` trains the head's frequency offsets of a vocoder with ``peak_frequency:
+true ones. ``frequency_weight`` trains the peak-frequency network of a vocoder with ``peak_frequency:
 predicted`` on the true STFT's instantaneous frequency (:func:`frequency_offset_loss`).
 
 Commands (in specdiff/commands/vocoder.py):
@@ -65,7 +65,7 @@ def synthesize(generator: Vocoder, mel: torch.Tensor) -> tuple[torch.Tensor, tor
 def synthesize_with_frequency(
     generator: Vocoder, mel: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """:func:`synthesize`, plus the head's frequency offsets (``peak_frequency: predicted``; else None)."""
+    """:func:`synthesize`, plus the peak-frequency network's offsets (``peak_frequency: predicted``; else None)."""
     if generator.config.synthesis != "phase_vocoder":
         log_magnitude, phase = generator.spectrum(mel)
         return generator.head.synthesize(log_magnitude, phase), log_magnitude, None
@@ -92,8 +92,8 @@ class VocoderTrainConfig:
     magnitude_weight: float = 0.0
     # Weight of magnitude_rise_loss on the same log-magnitudes (0: off): sharper magnitude attacks.
     rise_weight: float = 0.0
-    # Weight of frequency_offset_loss on the head's predicted instantaneous frequencies (vocoders with
-    # peak_frequency "predicted"; 0: off).
+    # Weight of frequency_offset_loss on the peak-frequency network's instantaneous frequencies (vocoders
+    # with peak_frequency "predicted"; 0: off).
     frequency_weight: float = 0.0
     mrd_weight: float = 0.5
     feature_matching_weight: float = 2.0
