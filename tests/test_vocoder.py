@@ -582,6 +582,14 @@ def test_train_vocoder_command_trains_resumes_and_exports(tmp_path):
     before = load_vocoder(tmp_path / "pv").model.state_dict()
     for key, value in before.items():  # one step at lr 1e-9 from the warm start
         torch.testing.assert_close(switched.state_dict()[key], value, atol=1e-4, rtol=0)
+    # --frequency-weight on a vocoder without the peak-frequency network would train nothing: refused.
+    nofreq = [a if a != str(tmp_path / "run") else str(tmp_path / "nofreq") for a in common]
+    args = _parser().parse_args(
+        [*nofreq, "--max-steps", "1", "--init-from", str(tmp_path / "pv"), "--frequency-weight", "1"]
+    )
+    with pytest.raises(SpecdiffError, match="--peak-frequency predicted"):
+        args.func(args)
+    assert not (tmp_path / "nofreq" / "checkpoint.pt").exists()
 
 
 def test_cache_audio_reads_the_train_songs_sources(tmp_path):

@@ -260,6 +260,12 @@ def run_train_vocoder(args: argparse.Namespace) -> int:
         f.name: getattr(args, f.name) for f in fields(VocoderTrainConfig) if getattr(args, f.name, None) is not None
     }
     train_config = VocoderTrainConfig(**overrides)
+    if train_config.frequency_weight and vocoder_config.peak_frequency != "predicted":
+        # The loss trains the peak-frequency network; a parabola vocoder has none, so the weight would do nothing.
+        raise SpecdiffError(
+            f"--frequency-weight {train_config.frequency_weight:g} trains the peak-frequency network, but this "
+            f"vocoder's peak_frequency is {vocoder_config.peak_frequency!r}: add --peak-frequency predicted"
+        )
     print(f"training on {len(files)} files, validating on {len(val_files)}; run folder {run_dir}")
     train_vocoder(
         files,
