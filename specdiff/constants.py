@@ -37,6 +37,9 @@ VOCODER_SYNTHESES = ("network", "phase_vocoder")
 #: Where the phase vocoder takes each spectral peak's frequency (specdiff.audio.vocoder.VocoderConfig.peak_frequency):
 #: a parabola through the magnitude, or a network's predicted instantaneous frequency.
 PEAK_FREQUENCY_RULES = ("parabola", "predicted")
+#: What the peak-frequency network reads per synthesis bin (specdiff.audio.peak_frequency): the log-mel interpolated
+#: onto the bin, or that plus the two mel bands around the bin and where the bin lies between their centres.
+PEAK_FREQUENCY_INPUTS = ("mel", "mel+bands")
 #: Devices the commands accept ("auto": cuda, else mps, else cpu).
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: Embeddings of the Fréchet distance registered by specdiff.evaluation.embeddings (the first is the default).

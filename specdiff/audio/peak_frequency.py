@@ -36,17 +36,31 @@ KERNEL = 9
 DILATIONS = (2, 4, 1)  # after the first layer; receptive field 65 bins (810 Hz): a few harmonics
 
 
+#: Inputs per bin: the interpolated log-mel of the frame before, the frame and the frame after, the head's
+#: log-magnitude, the bin's position; with band inputs also the two mel bands around the bin (upper minus
+#: lower), where the bin lies between their centres, their spacing and the product of the first two.
+MEL_INPUTS = 5
+BAND_INPUTS = 4
+
+
 class PeakFrequencyNet(nn.Module):
     """``(log-mel [B, T, 128], head log-magnitude [B, n_fft/2 + 1, T])`` -> frequency offsets
-    ``[B, n_fft/2 + 1, T]`` in bins, NaN on the bins above ``bins`` (see the module doc)."""
+    ``[B, n_fft/2 + 1, T]`` in bins, NaN on the bins above ``bins`` (see the module doc).
 
-    def __init__(self, channels: int, bins: int, n_fft: int, sample_rate: int):
+    ``band_inputs`` (config ``frequency_inputs: "mel+bands"``) adds what decodes a lone partial's place
+    between two mel band centres: with triangular filters, the log ratio of the two bands is a monotone
+    function of where the partial lies between their centres, so the network is given that difference, the
+    bin's own place there (0 at the lower centre, 1 at the upper) and the centres' spacing in bins. On the
+    interpolated log-mel alone it has to infer the bin's place from a sawtooth whose period changes along
+    the axis."""
+
+    def __init__(self, channels: int, bins: int, n_fft: int, sample_rate: int, band_inputs: bool = False):
         super().__init__()
         n_bins = n_fft // 2 + 1
         if not 3 <= bins <= n_bins:
             raise ValueError(f"peak frequency bins must be in 3..{n_bins}, got {bins}")
-        self.bins, self.n_bins = bins, n_bins
-        self.inp = nn.Conv1d(5, channels, KERNEL, padding=KERNEL // 2)
+        self.bins, self.n_bins, self.band_inputs = bins, n_bins, band_inputs
+        self.inp = nn.Conv1d(MEL_INPUTS + BAND_INPUTS * band_inputs, channels, KERNEL, padding=KERNEL // 2)
         self.layers = nn.ModuleList(
             nn.Conv1d(channels, channels, KERNEL, padding=d * (KERNEL // 2), dilation=d) for d in DILATIONS
         )
@@ -56,20 +70,35 @@ class PeakFrequencyNet(nn.Module):
         bin_mel = front_end.hertz_to_mel(np.arange(bins) * sample_rate / n_fft)
         position = np.clip(np.interp(bin_mel, centres, np.arange(front_end.N_MELS)), 0, front_end.N_MELS - 1)
         lower = np.floor(position).astype(np.int64)
+        upper = np.minimum(lower + 1, front_end.N_MELS - 1)
         self.register_buffer("lower", torch.from_numpy(lower), persistent=False)
-        self.register_buffer("upper", torch.from_numpy(np.minimum(lower + 1, front_end.N_MELS - 1)), persistent=False)
+        self.register_buffer("upper", torch.from_numpy(upper), persistent=False)
         self.register_buffer("fraction", torch.from_numpy(position - lower).float(), persistent=False)
+        # The centres' spacing around each bin, in synthesis bins, as log2 / 3 (about 0 to 1 from 1 to 8 bins).
+        gaps = np.diff(front_end.mel_to_hertz(centres))[np.minimum(lower, front_end.N_MELS - 2)]
+        spacing = gaps * n_fft / sample_rate
+        self.register_buffer("spacing", torch.from_numpy(np.log2(spacing) / 3.0).float(), persistent=False)
 
-    def forward(self, log_mel: torch.Tensor, log_magnitude: torch.Tensor) -> torch.Tensor:
-        batch, frames = log_mel.shape[0], log_mel.shape[1]
+    def inputs(self, log_mel: torch.Tensor, log_magnitude: torch.Tensor) -> torch.Tensor:
+        """The per-bin inputs ``[B, T, channels, bins]`` (see :data:`MEL_INPUTS`, :data:`BAND_INPUTS`)."""
+        frames = log_mel.shape[1]
         on_bins = log_mel[..., self.lower] * (1 - self.fraction) + log_mel[..., self.upper] * self.fraction
         here = ((on_bins + 4.0) / 4.0).transpose(1, 2)  # [B, bins, T], about [-2, 2] (natural-log units)
         before = torch.cat([here[..., :1], here[..., :-1]], -1)
         after = torch.cat([here[..., 1:], here[..., -1:]], -1)
         level = (log_magnitude[:, : self.bins, :frames] + 4.0) / 4.0
         where = torch.linspace(0.0, 1.0, self.bins, device=log_mel.device)[None, :, None].expand_as(here)
-        x = torch.stack([before, here, after, level, where], 1)  # [B, 5, bins, T]
-        x = x.permute(0, 3, 1, 2).reshape(batch * frames, 5, self.bins)  # one frame at a time
+        channels = [before, here, after, level, where]
+        if self.band_inputs:
+            difference = ((log_mel[..., self.upper] - log_mel[..., self.lower]) / 4.0).transpose(1, 2)
+            place = (2 * self.fraction - 1)[None, :, None].expand_as(here)
+            channels += [difference, place, self.spacing[None, :, None].expand_as(here), difference * place]
+        return torch.stack(channels, 1).permute(0, 3, 1, 2)  # [B, T, channels, bins]
+
+    def forward(self, log_mel: torch.Tensor, log_magnitude: torch.Tensor) -> torch.Tensor:
+        batch, frames = log_mel.shape[0], log_mel.shape[1]
+        x = self.inputs(log_mel, log_magnitude)
+        x = x.reshape(batch * frames, x.shape[2], self.bins)  # one frame at a time
         h = F.gelu(self.inp(x))
         for layer in self.layers:
             h = h + F.gelu(layer(h))
@@ -77,3 +106,14 @@ class PeakFrequencyNet(nn.Module):
         offset = offset.reshape(batch, frames, self.bins).transpose(1, 2)
         rest = offset.new_full((batch, self.n_bins - self.bins, frames), float("nan"))
         return torch.cat([offset, rest], 1)
+
+
+def widen_inputs(state: dict[str, torch.Tensor], net: PeakFrequencyNet, prefix: str) -> dict[str, torch.Tensor]:
+    """``state`` with the first layer of a peak-frequency network (keys under ``prefix``) given zero weights
+    for the inputs ``net`` reads and it did not (``frequency_inputs`` "mel" -> "mel+bands"), so ``net``
+    loaded with it computes what the old network did. Other states are returned as they are."""
+    key = prefix + "inp.weight"
+    old, new = state.get(key), net.inp.weight
+    if old is None or old.shape == new.shape or old.shape[0] != new.shape[0] or old.shape[1] > new.shape[1]:
+        return state
+    return {**state, key: torch.cat([old, old.new_zeros(old.shape[0], new.shape[1] - old.shape[1], old.shape[2])], 1)}

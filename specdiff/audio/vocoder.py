@@ -39,7 +39,14 @@ import torch
 from torch import nn
 
 from specdiff.atomic import atomic_write
-from specdiff.constants import HOP_LENGTH, N_MELS, PEAK_FREQUENCY_RULES, SAMPLE_RATE, VOCODER_SYNTHESES
+from specdiff.constants import (
+    HOP_LENGTH,
+    N_MELS,
+    PEAK_FREQUENCY_INPUTS,
+    PEAK_FREQUENCY_RULES,
+    SAMPLE_RATE,
+    VOCODER_SYNTHESES,
+)
 from specdiff.errors import ModelError
 from specdiff.pipeline.folder import VOCODER_FOLDER
 
@@ -78,6 +85,9 @@ class VocoderConfig:
     peak_frequency: str = "parabola"
     frequency_channels: int = 16
     frequency_bins: int = 321  # 0-4 kHz of the 1280-point synthesis STFT
+    # What that network reads (constants.PEAK_FREQUENCY_INPUTS): "mel" (folders saved before the key existed)
+    # or "mel+bands", which adds the two mel bands around each bin and the bin's place between their centres.
+    frequency_inputs: str = "mel"
 
     @classmethod
     def from_dict(cls, data: dict) -> VocoderConfig:
@@ -88,6 +98,11 @@ class VocoderConfig:
         values = {k: v for k, v in data.items() if k in known}
         values.setdefault("phase", "frame")  # configs written before the key existed
         values.setdefault("peak_frequency", "parabola")
+        if values.get("frequency_inputs", "mel") not in PEAK_FREQUENCY_INPUTS:
+            raise ModelError(
+                f"vocoder config: frequency_inputs must be one of {PEAK_FREQUENCY_INPUTS}, "
+                f"got {values['frequency_inputs']!r}"
+            )
         if values["peak_frequency"] not in PEAK_FREQUENCY_RULES:
             raise ModelError(
                 f"vocoder config: peak_frequency must be one of {PEAK_FREQUENCY_RULES}, "
@@ -275,7 +290,11 @@ class Vocoder(nn.Module):
             from specdiff.audio.peak_frequency import PeakFrequencyNet
 
             self.peak_frequency = PeakFrequencyNet(
-                config.frequency_channels, config.frequency_bins, config.n_fft, config.sample_rate
+                config.frequency_channels,
+                config.frequency_bins,
+                config.n_fft,
+                config.sample_rate,
+                band_inputs=config.frequency_inputs == "mel+bands",
             )
         self.final_norm = nn.LayerNorm(config.dim, eps=1e-6)
         self.head = ISTFTHead(
@@ -335,11 +354,17 @@ class Vocoder(nn.Module):
 
     def with_config(self, config: VocoderConfig) -> Vocoder:
         """A new vocoder with ``config`` and this one's weights; only the peak-frequency network
-        (``peak_frequency.*``) may be new (freshly initialised) or dropped, e.g. to switch a trained
-        vocoder's ``peak_frequency`` before training that network."""
+        (``peak_frequency.*``) may be new (freshly initialised), dropped or given more inputs (their weights
+        start at zero, so it starts as the old one: ``frequency_inputs`` "mel" -> "mel+bands"), e.g. to
+        switch a trained vocoder's ``peak_frequency`` before training that network."""
         model = type(self)(config)
+        state = self.state_dict()
+        if model.peak_frequency is not None:
+            from specdiff.audio.peak_frequency import widen_inputs
+
+            state = widen_inputs(state, model.peak_frequency, "peak_frequency.")
         try:
-            result = model.load_state_dict(self.state_dict(), strict=False)
+            result = model.load_state_dict(state, strict=False)
         except RuntimeError as err:  # shapes that differ
             first = str(err).strip().splitlines()[-1].strip()
             raise ModelError(f"the new config changes more than the peak-frequency network: {first}") from None

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from specdiff.constants import PEAK_FREQUENCY_RULES, VOCODER_SYNTHESES
+from specdiff.constants import PEAK_FREQUENCY_INPUTS, PEAK_FREQUENCY_RULES, VOCODER_SYNTHESES
 from specdiff.errors import AudioError, SpecdiffError
 
 if TYPE_CHECKING:  # the commands import no torch until they run
@@ -120,6 +120,13 @@ def _add_architecture_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         help="synthesis bins the peak-frequency network covers from DC (default 321: 4 kHz)",
     )
+    v.add_argument(
+        "--frequency-inputs",
+        choices=PEAK_FREQUENCY_INPUTS,
+        help="what the peak-frequency network reads per bin: the log-mel interpolated onto it (default) or that "
+        "plus the two mel bands around it and its place between their centres; with --init-from, 'mel+bands' "
+        "widens a trained network (the new inputs start at zero)",
+    )
 
 
 def add_vocode_arguments(subparsers) -> argparse.ArgumentParser:
@@ -223,7 +230,8 @@ def _vocoder_architecture(args: argparse.Namespace, checkpoint: Path) -> tuple[V
         if getattr(args, "synthesis", None):
             vocoder_config = replace(vocoder_config, synthesis=args.synthesis)
         # The peak-frequency network may be added, dropped or resized on a trained vocoder.
-        peak_options = {k: getattr(args, k, None) for k in ("peak_frequency", "frequency_channels", "frequency_bins")}
+        peak_keys = ("peak_frequency", "frequency_channels", "frequency_bins", "frequency_inputs")
+        peak_options = {k: getattr(args, k, None) for k in peak_keys}
         peak_options = {k: v for k, v in peak_options.items() if v is not None}
         if peak_options and replace(vocoder_config, **peak_options) != vocoder_config:
             vocoder_config = replace(vocoder_config, **peak_options)
@@ -237,6 +245,7 @@ def _vocoder_architecture(args: argparse.Namespace, checkpoint: Path) -> tuple[V
         "peak_frequency": getattr(args, "peak_frequency", None),
         "frequency_channels": getattr(args, "frequency_channels", None),
         "frequency_bins": getattr(args, "frequency_bins", None),
+        "frequency_inputs": getattr(args, "frequency_inputs", None),
     }
     return VocoderConfig(**{k: v for k, v in architecture.items() if v is not None}), None
 
