@@ -582,6 +582,18 @@ def test_train_vocoder_command_trains_resumes_and_exports(tmp_path):
     before = load_vocoder(tmp_path / "pv").model.state_dict()
     for key, value in before.items():  # one step at lr 1e-9 from the warm start
         torch.testing.assert_close(switched.state_dict()[key], value, atol=1e-4, rtol=0)
+    # --frequency-inputs mel+bands widens that network: the old inputs' weights kept, the new ones at zero.
+    wide = [a if a != str(tmp_path / "run") else str(tmp_path / "wide") for a in common]
+    args = _parser().parse_args(
+        [*wide, "--max-steps", "1", "--init-from", str(tmp_path / "pf"), "--frequency-inputs", "mel+bands"]
+        + ["--frequency-weight", "1", "--lr", "1e-9"]
+    )
+    assert args.func(args) == 0
+    widened = load_vocoder(tmp_path / "wide").model
+    assert widened.config.frequency_inputs == "mel+bands" and widened.peak_frequency.inp.in_channels == 9
+    first = widened.peak_frequency.inp.weight
+    torch.testing.assert_close(first[:, :5], switched.peak_frequency.inp.weight, atol=1e-4, rtol=0)
+    assert first[:, 5:].abs().max() < 1e-4
     # --frequency-weight on a vocoder without the peak-frequency network would train nothing: refused.
     nofreq = [a if a != str(tmp_path / "run") else str(tmp_path / "nofreq") for a in common]
     args = _parser().parse_args(
