@@ -18,7 +18,9 @@ bin's frequency, the head's log-magnitude, and the bin's position. Output: the b
 frequency minus its index, in bins, bounded to +-1 by a tanh; trained on the true STFT's phase advance
 (specdiff.training.vocoder_losses.frequency_offset_loss). It covers the lowest ``bins`` bins only (the
 rest keep the parabola, marked NaN): the cost grows with them, and the mel bands above a few kHz are
-wider than the harmonic spacing, so they hold little of a partial's exact frequency.
+wider than the harmonic spacing, so they hold little of a partial's exact frequency. With ``band_inputs``
+(config ``frequency_inputs: "mel+bands"``, bundled) it also reads the two mel bands around each bin and the
+bin's place between their centres: weighted error at the peaks 0.172 -> 0.159 bins on the same clips.
 """
 
 from __future__ import annotations
