@@ -49,6 +49,14 @@ def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
         help="a training feature cache (specdiff.data.cache): its train songs' audio is "
         "re-read or re-rendered from the sources in its index",
     )
+    src.add_argument(
+        "--paired-dir",
+        type=Path,
+        action="append",
+        help="folder of (NAME.npy log-mel, NAME.wav audio) pairs, e.g. a model's own mels and the renders of the "
+        "same pieces from `specdiff prepare-vocoder-pairs`: they make --paired-share of every batch (the vocoder "
+        "learns to invert the mels it will be given); repeatable; with at least one other source",
+    )
     p.add_argument("--run-dir", type=Path, required=True, help="checkpoints, logs and the exported vocoder/")
     p.add_argument("--val-dir", type=Path, help="held-out audio for validation (default: the demo validation split "
                    "with --demo-corpus, else every 20th training file)")  # fmt: skip
@@ -64,6 +72,7 @@ def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, help="segments per step (default 8)")
     t.add_argument("--gan-batch-size", type=int, help="segments of each batch the discriminators see (default: all)")
     t.add_argument("--segment-frames", type=int, help="frames per segment (default 32 = 0.64 s)")
+    t.add_argument("--paired-share", type=float, help="share of each batch from --paired-dir pairs (default 0.5)")
     t.add_argument("--lr", type=float, help="peak learning rate (default 5e-4)")
     t.add_argument("--mel-weight", type=float, help="weight of the log-mel L1 (default 45)")
     t.add_argument("--stft-weight", type=float, help="weight of the multi-resolution STFT loss (default 15)")
@@ -172,6 +181,60 @@ def add_export_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def add_vocoder_pairs_arguments(subparsers) -> argparse.ArgumentParser:
+    """Add ``prepare-vocoder-pairs`` to an argparse subparsers object (``args.func`` writes the pairs)."""
+    p = subparsers.add_parser(
+        "prepare-vocoder-pairs",
+        help="render MIDI files and generate a model's mels for them: pairs for train-vocoder --paired-dir",
+        description="For each MIDI file and SoundFont, write OUT/<timbre>/<name>.wav (the render) and "
+        "OUT/<timbre>/<name>.npy (the log-mel [frames, 128] the model generates for the piece with its own "
+        "sampling settings, in the SoundFont's timbre when the model knows it). Train the vocoder on them with "
+        "`specdiff train-vocoder --paired-dir OUT ...`, so that it learns to invert the mels it will be given. "
+        "Pairs already written are kept (rerun to continue). Use training music, never evaluation pieces.",
+    )
+    p.add_argument("midi", type=Path, nargs="+", help="MIDI files or folders of them")
+    p.add_argument("-o", "--output", type=Path, required=True, help="folder to write the pairs into")
+    p.add_argument("--model", help="the model whose mels to pair (default: the bundled one)")
+    p.add_argument(
+        "--soundfont",
+        action="append",
+        help="SoundFont to render with (a name such as FluidR3_GM or a path); repeatable (default: each timbre "
+        "the model knows, else the renderer's default)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="the noise of file i is seeded SEED + i (default 0)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run_prepare_vocoder_pairs)
+    return p
+
+
+def run_prepare_vocoder_pairs(args: argparse.Namespace) -> int:
+    """``specdiff prepare-vocoder-pairs``: :func:`~specdiff.training.vocoder_pairs.write_vocoder_pairs`."""
+    import torch
+
+    from specdiff.commands.options import resolve_model_dir
+    from specdiff.data.render import default_soundfont
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
+    from specdiff.training.vocoder_data import MIDI_SUFFIXES, list_files
+    from specdiff.training.vocoder_pairs import write_vocoder_pairs
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    midi_files: list[Path] = []
+    for path in args.midi:
+        if path.is_dir():
+            midi_files += list_files(path, MIDI_SUFFIXES)
+        elif path.is_file():
+            midi_files.append(path)
+        else:
+            raise SpecdiffError(f"no such MIDI file or folder: {path}")
+    pipe = SpectrogramDiffusionPipeline.from_pretrained(resolve_model_dir(args.model), inverter=None)
+    soundfonts = args.soundfont or pipe.timbres or [str(default_soundfont())]
+    written = write_vocoder_pairs(pipe, midi_files, soundfonts, args.output, args.seed, not args.no_progress)
+    print(f"{len(written)} (mel, audio) pairs in {args.output}")
+    return 0
+
+
 def _gather_audio(args: argparse.Namespace, run_dir: Path) -> tuple[list[Path], list[Path]]:
     """The training and validation audio files the options name (MIDI and caches rendered into
     ``run_dir/rendered``); without a validation set, every 20th file (at most 8) is held out."""
@@ -275,6 +338,12 @@ def run_train_vocoder(args: argparse.Namespace) -> int:
             f"--frequency-weight {train_config.frequency_weight:g} trains the peak-frequency network, but this "
             f"vocoder's peak_frequency is {vocoder_config.peak_frequency!r}: add --peak-frequency predicted"
         )
+    pairs = None
+    if getattr(args, "paired_dir", None):
+        from specdiff.training.vocoder_data import load_pairs
+
+        pairs = load_pairs(args.paired_dir)
+        print(f"{len(pairs)} (mel, audio) pairs make {train_config.paired_share:g} of every batch")
     print(f"training on {len(files)} files, validating on {len(val_files)}; run folder {run_dir}")
     train_vocoder(
         files,
@@ -289,6 +358,7 @@ def run_train_vocoder(args: argparse.Namespace) -> int:
         device=args.device,
         init_from=init_from,
         progress=not args.no_progress,
+        pairs=pairs,
     )
     print(f"vocoder saved to {run_dir / VOCODER_FOLDER}")
     return 0

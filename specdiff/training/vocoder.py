@@ -39,7 +39,7 @@ from specdiff.audio.mel import log_mel
 from specdiff.audio.vocoder import Vocoder, VocoderConfig
 from specdiff.errors import AudioError
 from specdiff.pipeline.folder import VOCODER_FOLDER
-from specdiff.training.vocoder_data import SegmentSampler, features_and_target, load_clips
+from specdiff.training.vocoder_data import PairedSegmentSampler, SegmentSampler, features_and_target, load_clips
 from specdiff.training.vocoder_losses import (
     MultiPeriodDiscriminator,
     MultiResolutionDiscriminator,
@@ -101,6 +101,9 @@ class VocoderTrainConfig:
     # Segments of each batch the discriminators see (0: all). Discriminators cost ~5x the generator
     # step on a CPU; the reconstruction losses still use the whole batch.
     gan_batch_size: int = 0
+    # Share of each batch drawn from (audio, given log-mel) pairs when train_vocoder gets some
+    # (specdiff.training.vocoder_data.PairedSegmentSampler); the rest are real audio and its own mel.
+    paired_share: float = 0.5
     seed: int = 0
 
 
@@ -126,8 +129,10 @@ class VocoderTrainer:
         progress = min(1.0, step / max(1, c.max_steps))
         return ramp * c.lr * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
-    def train_step(self, audio: torch.Tensor) -> dict[str, float]:
-        """One optimisation step on a batch of raw audio segments (see :class:`SegmentSampler`)."""
+    def train_step(self, audio: torch.Tensor, given_mel: torch.Tensor | None = None) -> dict[str, float]:
+        """One optimisation step on a batch of raw audio segments (see :class:`SegmentSampler`).
+        ``given_mel`` ``[B, segment_frames, 128]``: the vocoder's input for the rows where it is finite (a
+        model's mel paired with the audio, :class:`PairedSegmentSampler`), the audio's own mel elsewhere."""
         c = self.train_config
         self.generator.train()
         lr = self.learning_rate(self.step)
@@ -137,6 +142,10 @@ class VocoderTrainer:
         audio = audio.to(self.device)
         with torch.no_grad():
             mel, real = features_and_target(audio, c.segment_frames)
+            if given_mel is not None:
+                given = given_mel.to(mel)
+                rows = torch.isfinite(given).flatten(1).all(dim=1)
+                mel = torch.where(rows[:, None, None], given.nan_to_num(), mel)
         fake, log_magnitude, frequency_offset = synthesize_with_frequency(self.generator, mel)
         adversarial = self.step >= c.warmup_steps
         logs: dict[str, float] = {"lr": lr}
@@ -288,6 +297,28 @@ class _StopOnSignal:
             signal.signal(sig, handler)
 
 
+class TrainingBatches:
+    """Each step's batch: real audio segments (:class:`SegmentSampler`) and, with ``pairs``, a
+    ``paired_share`` of (audio, given mel) segments (:class:`PairedSegmentSampler`, drawn with the same
+    generator, so the checkpointed ``sampler.rng`` state covers both)."""
+
+    def __init__(self, sampler: SegmentSampler, pairs: list | None, config: VocoderTrainConfig):
+        if not 0.0 <= config.paired_share <= 1.0:
+            raise AudioError(f"paired_share must be in [0, 1], got {config.paired_share}")
+        self.sampler, self.batch_size, self.frames = sampler, config.batch_size, config.segment_frames
+        self.paired = PairedSegmentSampler(pairs, self.frames, sampler.rng) if pairs else None
+        self.paired_rows = round(self.batch_size * config.paired_share) if self.paired else 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(audio [B, samples], given mel [B, frames, 128] with NaN rows for real audio, or None)``."""
+        audio = self.sampler.sample(self.batch_size - self.paired_rows)
+        if not self.paired_rows:
+            return audio, None
+        paired_audio, paired_mel = self.paired.sample(self.paired_rows)
+        unknown = torch.full((len(audio), self.frames, paired_mel.shape[-1]), float("nan"))
+        return torch.cat([audio, paired_audio]), torch.cat([unknown, paired_mel])
+
+
 def train_vocoder(
     train_files: list[Path],
     val_files: list[Path],
@@ -302,6 +333,7 @@ def train_vocoder(
     device: str = "cpu",
     progress: bool = True,
     init_from: Vocoder | None = None,
+    pairs: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> VocoderTrainer:
     """Train (or resume from ``run_dir/checkpoint.pt``) until ``train_config.max_steps``.
 
@@ -310,7 +342,8 @@ def train_vocoder(
     Writes ``checkpoint.pt`` (everything, for resuming), ``vocoder/`` (the latest generator in the
     shipped layout), ``vocoder_step{N}/`` copies (at the end of the warm-up and every ``keep_every``
     steps), ``log.jsonl`` and ``tensorboard/`` when available. ``init_from``: a vocoder whose weights
-    start a new run (ignored when resuming; its config must be ``vocoder_config``).
+    start a new run (ignored when resuming; its config must be ``vocoder_config``). ``pairs``: (audio, log-mel)
+    pairs (``vocoder_data.load_pairs``) that make ``train_config.paired_share`` of every batch.
     """
     from tqdm import tqdm
 
@@ -321,6 +354,7 @@ def train_vocoder(
         raise AudioError("no usable training audio (every file is shorter than 4 frames)")
     val_clips = load_clips(val_files, max_seconds=10.0)
     sampler = SegmentSampler(clips, train_config.segment_frames, seed=train_config.seed)
+    batches = TrainingBatches(sampler, pairs, train_config)
     trainer = VocoderTrainer(vocoder_config, train_config, device=device)
     checkpoint = run_dir / "checkpoint.pt"
     if checkpoint.exists():
@@ -336,7 +370,7 @@ def train_vocoder(
     stop = _StopOnSignal()
     with stop:
         while trainer.step < train_config.max_steps and not stop.requested:
-            logs = trainer.train_step(sampler.sample(train_config.batch_size))
+            logs = trainer.train_step(*batches.next())
             for k, v in logs.items():
                 recent.setdefault(k, []).append(v)
             bar.update(1)

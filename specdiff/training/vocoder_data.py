@@ -59,6 +59,68 @@ class SegmentSampler:
         return torch.from_numpy(out)
 
 
+class PairedSegmentSampler:
+    """Random training segments of (audio, given log-mel) pairs: the log-mel a diffusion model generated for
+    a piece and the render of that piece (``specdiff prepare-vocoder-pairs``), so that the vocoder learns to
+    turn the mels it is given at synthesis time, not only the renders' own, into the audio they stand for.
+
+    Why: the vocoder was trained on renders' mels and inverts a model's mels, which are smoother; its peak
+    frequencies and attacks are read from details those mels do not carry as the renders do (a network
+    trained on finer render cues kept fewer of the synthesized music's onsets:
+    ``benchmarks/results/vocoder_peak_frequency.md``). Vocoders of text-to-speech systems are fine-tuned on
+    their acoustic model's output for the same reason.
+
+    Each example is ``segment_frames`` mel frames and the ``segment_frames * 320 + 320`` samples from the
+    first one's start (as :class:`SegmentSampler`'s). No random gain: the given mel fixes the level.
+    ``rng``: the generator to draw with (the real-audio sampler's, so one checkpointed state covers both).
+    """
+
+    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], segment_frames: int, rng: np.random.Generator):
+        self.segment_frames, self.length, self.rng = segment_frames, segment_frames * HOP + HOP, rng
+        # A start frame s needs the mel's frames s .. s + F - 1 and audio up to (s + F + 1) * HOP.
+        self.pairs = [(audio, mel) for audio, mel in pairs if len(mel) > segment_frames]
+        if not self.pairs:
+            raise SpecdiffError(f"no (audio, mel) pair is longer than {segment_frames + 1} frames")
+        weights = np.array([len(mel) - segment_frames for _, mel in self.pairs], np.float64)
+        self.probabilities = weights / weights.sum()
+
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(audio [batch_size, length], mel [batch_size, segment_frames, 128])``."""
+        audio = np.empty((batch_size, self.length), np.float32)
+        mels = np.empty((batch_size, self.segment_frames, self.pairs[0][1].shape[1]), np.float32)
+        for i, index in enumerate(self.rng.choice(len(self.pairs), size=batch_size, p=self.probabilities)):
+            clip, mel = self.pairs[index]
+            start = self.rng.integers(0, len(mel) - self.segment_frames)
+            audio[i] = clip[start * HOP : start * HOP + self.length]
+            mels[i] = mel[start : start + self.segment_frames]
+        return torch.from_numpy(audio), torch.from_numpy(mels)
+
+
+def load_pairs(folders: list[Path]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every ``NAME.npy`` log-mel ``[frames, 128]`` under ``folders`` with an audio file ``NAME.<audio suffix>``
+    beside it, as ``(audio, mel)`` cut to their common length (whole frames of 320 samples). A ``.npy`` without
+    its audio is skipped; a wrong shape raises ``SpecdiffError``."""
+    from specdiff.audio.mel import N_MELS
+
+    pairs = []
+    for folder in folders:
+        for mel_path in list_files(folder, {".npy"}):
+            audio_path = next(
+                (mel_path.with_suffix(s) for s in sorted(AUDIO_SUFFIXES) if mel_path.with_suffix(s).exists()), None
+            )
+            if audio_path is None:
+                continue
+            mel = np.load(mel_path).astype(np.float32)
+            if mel.ndim != 2 or mel.shape[1] != N_MELS:
+                raise SpecdiffError(f"{mel_path}: a log-mel must be [frames, {N_MELS}], got {list(mel.shape)}")
+            audio = load_audio_file(audio_path)
+            frames = min(len(mel), len(audio) // HOP)
+            pairs.append((audio[: frames * HOP], mel[:frames]))
+    if not pairs:
+        raise SpecdiffError(f"no (.npy log-mel, audio) pairs in {', '.join(str(f) for f in folders)}")
+    return pairs
+
+
 def features_and_target(audio: torch.Tensor, segment_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-mel of the first ``segment_frames`` frames, the matching ``segment_frames * 320`` samples)."""
     return log_mel(audio)[:, :segment_frames], audio[:, : segment_frames * HOP]
