@@ -28,35 +28,7 @@ def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
         "RUN_DIR/checkpoint.pt when it exists; the latest weights are kept in RUN_DIR/vocoder/ "
         "(copy that folder into a model folder to use it).",
     )
-    src = p.add_argument_group("training audio (at least one)")
-    src.add_argument(
-        "--audio-dir", type=Path, action="append", help="folder of audio (any rate; made 16 kHz mono); repeatable"
-    )
-    src.add_argument(
-        "--midi-dir",
-        type=Path,
-        action="append",
-        help="folder of MIDI files, rendered once into RUN_DIR/rendered/; repeatable",
-    )
-    src.add_argument(
-        "--demo-corpus",
-        action="store_true",
-        help="the bundled demo corpus: train split rendered for training, validation split for validation",
-    )
-    src.add_argument(
-        "--cache-dir",
-        type=Path,
-        help="a training feature cache (specdiff.data.cache): its train songs' audio is "
-        "re-read or re-rendered from the sources in its index",
-    )
-    src.add_argument(
-        "--paired-dir",
-        type=Path,
-        action="append",
-        help="folder of (NAME.npy log-mel, NAME.wav audio) pairs, e.g. a model's own mels and the renders of the "
-        "same pieces from `specdiff prepare-vocoder-pairs`: they make --paired-share of every batch (the vocoder "
-        "learns to invert the mels it will be given); repeatable; with at least one other source",
-    )
+    _add_source_arguments(p)
     p.add_argument("--run-dir", type=Path, required=True, help="checkpoints, logs and the exported vocoder/")
     p.add_argument("--val-dir", type=Path, help="held-out audio for validation (default: the demo validation split "
                    "with --demo-corpus, else every 20th training file)")  # fmt: skip
@@ -101,6 +73,39 @@ def add_vocoder_arguments(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run_train_vocoder)
     return p
+
+
+def _add_source_arguments(p: argparse.ArgumentParser) -> None:
+    """``train-vocoder``'s training audio options."""
+    src = p.add_argument_group("training audio (at least one)")
+    src.add_argument(
+        "--audio-dir", type=Path, action="append", help="folder of audio (any rate; made 16 kHz mono); repeatable"
+    )
+    src.add_argument(
+        "--midi-dir",
+        type=Path,
+        action="append",
+        help="folder of MIDI files, rendered once into RUN_DIR/rendered/; repeatable",
+    )
+    src.add_argument(
+        "--demo-corpus",
+        action="store_true",
+        help="the bundled demo corpus: train split rendered for training, validation split for validation",
+    )
+    src.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="a training feature cache (specdiff.data.cache): its train songs' audio is "
+        "re-read or re-rendered from the sources in its index",
+    )
+    src.add_argument(
+        "--paired-dir",
+        type=Path,
+        action="append",
+        help="folder of (NAME.npy log-mel, NAME.wav audio) pairs, e.g. a model's own mels and the renders of the "
+        "same pieces from `specdiff prepare-vocoder-pairs`: they make --paired-share of every batch (the vocoder "
+        "learns to invert the mels it will be given); repeatable; with at least one other source",
+    )
 
 
 def _add_architecture_arguments(p: argparse.ArgumentParser) -> None:
