@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING
 from specdiff.constants import PEAK_FREQUENCY_INPUTS, PEAK_FREQUENCY_RULES, VOCODER_SYNTHESES
 from specdiff.errors import AudioError, SpecdiffError
 
+#: The architecture options of the peak-frequency network (VocoderConfig fields; --init-from may change them).
+PEAK_FREQUENCY_OPTIONS = ("peak_frequency", "frequency_channels", "frequency_bins", "frequency_inputs")
+
 if TYPE_CHECKING:  # the commands import no torch until they run
     from specdiff.audio.vocoder import Vocoder, VocoderConfig
 
@@ -219,20 +222,13 @@ def run_prepare_vocoder_pairs(args: argparse.Namespace) -> int:
 
     from specdiff.commands.options import resolve_model_dir
     from specdiff.data.render import default_soundfont
+    from specdiff.evaluation.evaluate import collect_midi_files
     from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
-    from specdiff.training.vocoder_data import MIDI_SUFFIXES, list_files
     from specdiff.training.vocoder_pairs import write_vocoder_pairs
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    midi_files: list[Path] = []
-    for path in args.midi:
-        if path.is_dir():
-            midi_files += list_files(path, MIDI_SUFFIXES)
-        elif path.is_file():
-            midi_files.append(path)
-        else:
-            raise SpecdiffError(f"no such MIDI file or folder: {path}")
+    midi_files = collect_midi_files(args.midi)
     pipe = SpectrogramDiffusionPipeline.from_pretrained(resolve_model_dir(args.model), inverter=None)
     soundfonts = args.soundfont or pipe.timbres or [str(default_soundfont())]
     written = write_vocoder_pairs(pipe, midi_files, soundfonts, args.output, args.seed, not args.no_progress)
@@ -298,8 +294,7 @@ def _vocoder_architecture(args: argparse.Namespace, checkpoint: Path) -> tuple[V
         if getattr(args, "synthesis", None):
             vocoder_config = replace(vocoder_config, synthesis=args.synthesis)
         # The peak-frequency network may be added, dropped or resized on a trained vocoder.
-        peak_keys = ("peak_frequency", "frequency_channels", "frequency_bins", "frequency_inputs")
-        peak_options = {k: getattr(args, k, None) for k in peak_keys}
+        peak_options = {k: getattr(args, k, None) for k in PEAK_FREQUENCY_OPTIONS}
         peak_options = {k: v for k, v in peak_options.items() if v is not None}
         if peak_options and replace(vocoder_config, **peak_options) != vocoder_config:
             vocoder_config = replace(vocoder_config, **peak_options)
@@ -310,10 +305,7 @@ def _vocoder_architecture(args: argparse.Namespace, checkpoint: Path) -> tuple[V
         "intermediate_dim": args.intermediate_dim,
         "num_layers": args.num_layers,
         "synthesis": getattr(args, "synthesis", None),
-        "peak_frequency": getattr(args, "peak_frequency", None),
-        "frequency_channels": getattr(args, "frequency_channels", None),
-        "frequency_bins": getattr(args, "frequency_bins", None),
-        "frequency_inputs": getattr(args, "frequency_inputs", None),
+        **{k: getattr(args, k, None) for k in PEAK_FREQUENCY_OPTIONS},
     }
     return VocoderConfig(**{k: v for k, v in architecture.items() if v is not None}), None
 

@@ -41,20 +41,22 @@ def write_vocoder_pairs(
     from specdiff.data.render import find_soundfont, render_midi, timbre_name
 
     written = []
-    jobs = [(i, Path(midi), soundfont) for soundfont in soundfonts for i, midi in enumerate(midi_files)]
-    for index, midi, soundfont in tqdm(jobs, desc="vocoder pairs", disable=not progress, dynamic_ncols=True):
+    bar = tqdm(total=len(midi_files) * len(soundfonts), desc="vocoder pairs", disable=not progress, dynamic_ncols=True)
+    for soundfont in soundfonts:
         path = find_soundfont(soundfont)
         timbre = timbre_name(path)
-        wav, npy = pair_paths(out_dir, timbre, midi)
-        if not npy.exists():
-            npy.parent.mkdir(parents=True, exist_ok=True)
-            if not wav.exists():
-                save_wav(wav, render_midi(midi, SAMPLE_RATE, soundfont=path), SAMPLE_RATE)  # atomic
-            pipe.timbre = timbre if timbre in pipe.timbres else None
-            generator = torch.Generator().manual_seed(seed + index)
-            mel = pipe(str(midi), generator=generator, output_type="mel", progress=False).mels[0]
-            atomic_write_stream(npy, lambda handle, mel=mel: np.save(handle, mel.astype(np.float16)))
-        written.append(npy)
+        for index, midi in enumerate(map(Path, midi_files)):
+            wav, npy = pair_paths(out_dir, timbre, midi)
+            if not npy.exists():  # both writers below create the folder and replace their file atomically
+                if not wav.exists():
+                    save_wav(wav, render_midi(midi, SAMPLE_RATE, soundfont=path), SAMPLE_RATE)
+                pipe.timbre = timbre if timbre in pipe.timbres else None
+                generator = torch.Generator().manual_seed(seed + index)
+                mel = pipe(str(midi), generator=generator, output_type="mel", progress=False).mels[0]
+                atomic_write_stream(npy, lambda handle, mel=mel: np.save(handle, mel.astype(np.float16)))
+            written.append(npy)
+            bar.update(1)
+    bar.close()
     return written
 
 
