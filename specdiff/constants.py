@@ -77,6 +77,7 @@ DECODER_EXTENSIONS: dict[str, object] = {
     "gm_programs": False,
     "timbre_drum_decays": False,
     "roll_carry_in": False,
+    "release_decay_powers": [],
 }
 
 # ---- models on the Hugging Face Hub (specdiff.pipeline.hub) ---------------------------------------------

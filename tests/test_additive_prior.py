@@ -433,3 +433,118 @@ def test_drum_decay_gates_add_a_box_over_the_hits_first_frames():
     gates = prior._extra_envelopes(drums)[:, 1:, 38]  # after the one power
     assert torch.equal(gates[:, 0].nonzero().flatten(), torch.tensor([5, 6]))
     assert torch.equal(gates[:, 1].nonzero().flatten(), torch.arange(5, 11))
+
+
+def _chord_windows(count: int) -> list[dict]:
+    """``count`` windows of five piano chords (C major, 0.3 s each, 0.5 s apart) whose target is at 0 nat while
+    a chord sounds, falls 1 nat per frame after it ends and sits at the floor after that (a fast release)."""
+    windows = []
+    for w in range(count):
+        starts = [0.5 * k + 0.01 * w for k in range(5)]
+        notes = [Note(pitch, s, s + 0.3, 100, 0, False) for s in starts for pitch in (60, 64, 67)]
+        nat = np.full((256, 128), MIN_VALUE)
+        for s in starts:
+            on, off = int(s * 50), int((s + 0.3) * 50)
+            nat[on:off] = 0.0
+            for t in range(12):
+                nat[off + t] = max(-1.0 * (t + 1), MIN_VALUE)
+        target = (nat - MIN_VALUE) / NAT_PER_UNIT - 1.0
+        windows.append(dict(tokens=torch.tensor(notes_to_segments(notes, 5.12)[0]), context=torch.zeros(256, 128),
+                            context_mask=torch.zeros(256, dtype=torch.bool),
+                            target=torch.from_numpy(target.astype(np.float32))))  # fmt: skip
+    return windows
+
+
+def test_faster_release_decays_add_their_own_templates_to_the_power_sum():
+    """With ``release_decay_powers`` a release column's power is ``r * exp(T) + r**k * exp(T_k)`` (hand-computed)
+    plus each timbre's offsets on both; the other shared columns keep their one template."""
+    from specdiff.midi.score_roll import release_feature
+    from specdiff.models.additive_prior import RELEASE_SOURCE_START
+
+    prior = AdditivePrior(VELOCITY_ROLL_FEATURES, timbres=2, release_decay_powers=(6.0,))
+    rng = np.random.default_rng(7)
+    with torch.no_grad():
+        for p in (prior.shared_templates, prior.fast_release_templates):
+            p.copy_(torch.from_numpy(rng.uniform(-3.0, 1.0, p.shape).astype(np.float32)))
+        prior.timbre_release_decays[1].copy_(torch.from_numpy(rng.uniform(-2.0, 0.0, (2, 288, 128)).astype(np.float32)))
+        prior.floors.copy_(torch.tensor([[-16.0] * 128, [-22.0] * 128]))
+    assert prior.fast_release_templates.shape == (1, 288, 128) and prior.timbre_release_decays.shape == (2, 2, 288, 128)
+    column, envelope = release_feature(1, pitch=64), 0.7
+    index = column - (TONAL_FEATURES + 2 * 128)  # its row among the shared templates
+    roll = torch.zeros(2, VELOCITY_ROLL_FEATURES)
+    roll[:, column] = envelope
+    roll[:, pitch_feature("sustain", 60)] = 1.0  # a shared per-pitch column: one template, no offsets
+    out = _nat(prior(roll, torch.tensor([0, 1])))
+    pitch_template = prior.shared_templates[pitch_feature("sustain", 60) - TONAL_FEATURES - 256].double().detach()
+    for timbre in (0, 1):
+        slow, fast = prior.shared_templates[index], prior.fast_release_templates[0, index - RELEASE_SOURCE_START]
+        offsets = prior.timbre_release_decays[timbre, :, index - RELEASE_SOURCE_START].double().detach().numpy()
+        power = (envelope * np.exp(slow.double().detach().numpy() + offsets[0])
+                 + envelope**6 * np.exp(fast.double().detach().numpy() + offsets[1])
+                 + np.exp(pitch_template.numpy())
+                 + np.exp(-16.0))  # fmt: skip
+        assert np.allclose(out[timbre], np.clip(0.5 * np.log(power), MIN_VALUE, MAX_VALUE), atol=1e-4)
+
+
+def test_release_decay_powers_are_a_checked_decoder_option_and_a_warm_start_keeps_the_output():
+    """The option needs the additive prior, parses from the command line, round-trips through config.json;
+    a warm start from a model without it starts each faster template 8 nat of log power under its column's
+    release template (timbre offsets zero), so the prior moves by under 0.001 nat, and loads strictly."""
+    from specdiff.errors import SpecdiffError
+    from specdiff.training.config import TrainConfig, apply_overrides
+    from specdiff.training.warm_start import add_drum_envelopes
+
+    kw = dict(**TINY, score_roll_features=EXTENDED_ROLL_FEATURES, prediction_type="edm", score_prior=True)
+    assert DECODER_EXTENSIONS["release_decay_powers"] == []
+    with pytest.raises(ValueError, match="release_decay_powers needs additive_prior"):
+        FilmDecoder(**kw, release_decay_powers=[3.0])
+    with pytest.raises(ValueError, match="release_decay_powers must be"):
+        FilmDecoder(**kw, additive_prior=True, release_decay_powers=[1.0])
+    assert apply_overrides(TrainConfig(), ["model.release_decay_powers=3,10"]).model["release_decay_powers"] == [3, 10]
+    with pytest.raises(SpecdiffError, match="release_decay_powers"):
+        apply_overrides(TrainConfig(), ["model.release_decay_powers=fast"])
+    kw.update(additive_prior=True, timbres=["a", "b"], timbre_drum_decays=True)
+    source, target = FilmDecoder(**kw), FilmDecoder(**kw, release_decay_powers=[3, 10])
+    config = json.loads(json.dumps(target.config))
+    assert config["release_decay_powers"] == [3.0, 10.0]
+    FilmDecoder.from_config(config).load_state_dict(target.state_dict())  # strict: the same keys
+    rng = np.random.default_rng(8)
+    with torch.no_grad():
+        source.additive_prior.shared_templates.copy_(torch.from_numpy(rng.uniform(-3.0, 1.0, (720, 128))))
+    state = {"model": {f"decoder.{k}": v for k, v in source.state_dict().items()}}
+    wanted = {f"decoder.{k}": v for k, v in target.state_dict().items()}
+    state, extended = add_drum_envelopes(state, wanted)
+    assert extended == {"decoder.additive_prior.fast_release_templates"}
+    loaded = {k.removeprefix("decoder."): v for k, v in state["model"].items()}
+    missing = target.load_state_dict(loaded, strict=False).missing_keys
+    assert missing == ["additive_prior.timbre_release_decays"]  # zero-started: the trainer accepts its absence
+    notes = [Note(60, 0.1, 0.5, 100, 0, False), Note(64, 2.0, 2.2, 80, 40, False)]
+    roll = batch_rolls(torch.tensor(notes_to_segments(notes, 5.12)[0])[None], 256, EXTENDED_ROLL_FEATURES)
+    for timbre in (0, 1):
+        index = torch.tensor([timbre])
+        before, after = source.additive_prior(roll, index), target.additive_prior(roll, index)
+        assert float((_nat(after) - _nat(before)).max()) < 1e-3
+
+
+def test_release_template_fit_moves_only_the_release_templates_and_fits_fast_releases():
+    """Chords whose target falls 1 nat per frame after they end: the roll's slowest release cannot follow, a
+    fitted power can; the refit lowers the L1 on the quiet release frames (measured 0.82 -> 0.39) and leaves
+    every other parameter (the shared per-pitch and per-family templates too) as it was."""
+    from specdiff.errors import SpecdiffError
+    from specdiff.models.additive_prior import RELEASE_SOURCE_START
+    from specdiff.training.prior_fit import fit_release_templates
+
+    decoder = FilmDecoder(**TINY, score_roll_features=EXTENDED_ROLL_FEATURES, prediction_type="edm", score_prior=True,
+                          additive_prior=True, release_decay_powers=[3, 10])  # fmt: skip
+    with pytest.raises(SpecdiffError, match="release_decay_powers"):
+        fit_release_templates(FilmDecoder(**TINY, score_roll_features=EXTENDED_ROLL_FEATURES, prediction_type="edm",
+                                          score_prior=True, additive_prior=True), _chord_windows(1), 1)  # fmt: skip
+    moving = ("shared_templates", "fast_release_templates")
+    fixed = {k: v.clone() for k, v in decoder.state_dict().items() if not k.endswith(moving)}
+    shared_before = decoder.additive_prior.shared_templates[:RELEASE_SOURCE_START].detach().clone()
+    before, after = fit_release_templates(decoder, _chord_windows(6), 6, steps=150, rows_per_step=256, batch_size=3)
+    assert after < 0.5 * before, (before, after)
+    state = decoder.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in fixed.items())
+    assert torch.equal(decoder.additive_prior.shared_templates[:RELEASE_SOURCE_START], shared_before)
+    assert all(p.grad is None for p in decoder.parameters())

@@ -26,7 +26,11 @@ no tonal note, TimGM6mb's render sits at -5.8 nat, FluidR3_GM's at -2.8; the sha
 ``benchmarks/results/drum_decay_idioms_0130.md``). With ``drum_decay_gates`` a hit also drives boxes over its
 first k frames, each with its own template per drum pitch: TimGM6mb's drums are gated samples, loud for a few
 frames and then digitally silent within one (a lone snare: -3.2 nat 8 frames after the hit, the floor at 10),
-which no mix of exponential decays can follow. Contributions are weighted by the roll's envelope values,
+which no mix of exponential decays can follow. With ``release_decay_powers`` the release decays after a note's
+end also drive faster decays ``r ** k`` on templates of their own (and per-timbre offsets on all release
+templates): the roll's fastest release ``exp(-t / 5 frames)`` lets the log-mel fall 0.1 nat per frame, where a
+TimGM6mb chord's release falls about 0.6 (a chorale's fermata: -1 to -7.6 nat in 11 frames,
+``benchmarks/results/release_tails.md``). Contributions are weighted by the roll's envelope values,
 summed with a floor (one for frames the roll calls silent, one for the others), and turned into a log-mel by ``0.5 ln``
 (mel magnitudes from summed power). The context-level columns, when the layout has them, add a linear
 log-domain offset (they say how loud the previous segment was, a gain, not a source).
@@ -57,6 +61,7 @@ from specdiff.midi.score_roll import (
     NUM_PITCHES,
     NUM_PROGRAMS,
     PROGRAM_ROLL_FEATURES,
+    RELEASE_FEATURES,
     SILENT_FEATURE,
     TONAL_FEATURES,
     TONAL_KINDS,
@@ -68,6 +73,8 @@ from specdiff.midi.velocity_roll import DRUM_VELOCITY_COLUMN
 #: Shared columns of the extended layout between the drum block and the silent flag: per pitch, per
 #: family and the release decays; each gets one power template.
 SHARED_SOURCE_FEATURES = SILENT_FEATURE - TONAL_FEATURES - DRUM_FEATURES
+#: The release decays are the last :data:`RELEASE_FEATURES` of them.
+RELEASE_SOURCE_START = SHARED_SOURCE_FEATURES - RELEASE_FEATURES
 #: Initial values (natural-log mel): templates start quiet, the floors at the mel floor's neighbourhood.
 INITIAL_TEMPLATE_NAT = -1.0
 INITIAL_SHARED_NAT = -3.0
@@ -82,11 +89,11 @@ def check_drum_decay_gates(gates: Sequence[int]) -> None:
         raise ValueError(f"drum_decay_gates must be distinct frame counts in 1..{DRUM_DECAY_SPAN}, got {values}")
 
 
-def check_drum_decay_powers(powers: Sequence[float]) -> None:
+def check_drum_decay_powers(powers: Sequence[float], name: str = "drum_decay_powers") -> None:
     """Raise ValueError unless ``powers`` are distinct numbers above 1 (faster than the roll's own decay)."""
     values = [float(k) for k in powers]
     if any(not k > 1.0 for k in values) or len(set(values)) != len(values):
-        raise ValueError(f"drum_decay_powers must be distinct numbers above 1, got {list(powers)}")
+        raise ValueError(f"{name} must be distinct numbers above 1, got {list(powers)}")
 
 
 class AdditivePrior(nn.Module):
@@ -96,7 +103,9 @@ class AdditivePrior(nn.Module):
     prior needs the ``silent`` flag); the context-level and velocity columns are used when present.
     ``drum_decay_powers``: the powers ``k > 1`` of the drum decay envelope that get templates of their own
     (none: the drum decay has one rate, as before the option existed). ``timbres`` > 0: that many timbres
-    get their own log offsets on the drum decay templates (``timbre_drum_decays``; 0: shared by all)."""
+    get their own log offsets on the drum decay templates (``timbre_drum_decays``; 0: shared by all).
+    ``release_decay_powers``: the same for the release decays (``fast_release_templates``), whose templates
+    then also get per-timbre offsets when ``timbres`` > 0 (``timbre_release_decays``)."""
 
     def __init__(
         self,
@@ -105,6 +114,7 @@ class AdditivePrior(nn.Module):
         drum_decay_powers: Sequence[float] = (),
         timbres: int = 0,
         drum_decay_gates: Sequence[int] = (),
+        release_decay_powers: Sequence[float] = (),
     ) -> None:
         super().__init__()
         if roll_features not in EXTENDED_LAYOUTS:
@@ -114,6 +124,8 @@ class AdditivePrior(nn.Module):
         self.drum_decay_powers = tuple(float(k) for k in drum_decay_powers)
         check_drum_decay_gates(drum_decay_gates)
         self.drum_decay_gates = tuple(int(k) for k in drum_decay_gates)
+        check_drum_decay_powers(release_decay_powers, "release_decay_powers")
+        self.release_decay_powers = tuple(float(k) for k in release_decay_powers)
         # twice the log-magnitude = log power
         self.pitch_templates = nn.Parameter(torch.full((len(TONAL_KINDS), NUM_PITCHES, bins), 2 * INITIAL_TEMPLATE_NAT))
         self.family_colours = nn.Parameter(torch.zeros(len(TONAL_KINDS), NUM_FAMILIES, bins))
@@ -136,6 +148,14 @@ class AdditivePrior(nn.Module):
             envelopes = 1 + len(self.drum_decay_powers) + len(self.drum_decay_gates)
             self.timbre_drum_decays = nn.Parameter(torch.zeros(int(timbres), envelopes, NUM_PITCHES, bins))
         self.shared_templates = nn.Parameter(torch.full((SHARED_SOURCE_FEATURES, bins), 2 * INITIAL_SHARED_NAT))
+        self.fast_release_templates = self.timbre_release_decays = None
+        if self.release_decay_powers:
+            self.fast_release_templates = nn.Parameter(
+                torch.full((len(self.release_decay_powers), RELEASE_FEATURES, bins), 2 * INITIAL_SHARED_NAT)
+            )
+            if timbres:  # zero: a warm start from the shared release templates is exact
+                envelopes = 1 + len(self.release_decay_powers)
+                self.timbre_release_decays = nn.Parameter(torch.zeros(int(timbres), envelopes, RELEASE_FEATURES, bins))
         self.velocity_slope = nn.Parameter(torch.full((bins,), 2.0))  # log power per unit ln(v / v_max)
         self.floors = nn.Parameter(torch.full((2, bins), 2 * INITIAL_FLOOR_NAT))  # [sounding, silent]
         self.context_level = None
@@ -170,9 +190,7 @@ class AdditivePrior(nn.Module):
         drums = roll[:, TONAL_FEATURES : TONAL_FEATURES + DRUM_FEATURES].reshape(rows, len(DRUM_KINDS), NUM_PITCHES)
         drum_power = self._drum_power(drums, timbre)
         power = power + drum_power * torch.exp(slope * drum_velocity)
-        power = power + roll[:, TONAL_FEATURES + DRUM_FEATURES : SILENT_FEATURE] @ torch.exp(
-            self.shared_templates.float()
-        )
+        power = power + self._shared_power(roll[:, TONAL_FEATURES + DRUM_FEATURES : SILENT_FEATURE], timbre)
         silent = roll[:, SILENT_FEATURE : SILENT_FEATURE + 1]
         floors = torch.exp(self.floors.float())
         power = power + floors[0] * (1.0 - silent) + floors[1] * silent
@@ -203,16 +221,21 @@ class AdditivePrior(nn.Module):
         if extra is not None:
             rates = torch.cat([rates, self._extra_envelopes(drums)], dim=1)
             decay_templates = torch.cat([decay_templates, extra])
-        if self.timbre_drum_decays is None:
-            return power + torch.einsum("nkp,kpb->nb", rates, torch.exp(decay_templates))
-        if timbre is None:
-            timbre = torch.zeros(len(drums), dtype=torch.long, device=drums.device)
-        offsets = self.timbre_drum_decays.float()
-        for index in range(len(offsets)):  # each timbre's rows, masked (two or three timbres: cheap)
-            rows = (timbre == index).to(power.dtype)[:, None]
-            per_row = torch.einsum("nkp,kpb->nb", rates, torch.exp(decay_templates + offsets[index]))
-            power = power + rows * per_row
-        return power
+        return power + _envelope_power(rates, decay_templates, self.timbre_drum_decays, timbre)
+
+    def _shared_power(self, shared: Tensor, timbre: Tensor | None) -> Tensor:
+        """``[N, SHARED_SOURCE_FEATURES]`` shared roll columns -> ``[N, bins]`` power: one template each,
+        and with ``release_decay_powers`` the release decays also raised to each power on templates of their
+        own (with each row's timbre offsets when the prior has ``timbre_release_decays``)."""
+        templates = self.shared_templates.float()
+        if self.fast_release_templates is None:
+            return shared @ torch.exp(templates)
+        start = RELEASE_SOURCE_START
+        release = shared[:, start:].clamp(min=0.0)
+        rates = torch.stack([release] + [release**power for power in self.release_decay_powers], dim=1)
+        release_templates = torch.cat([templates[None, start:], self.fast_release_templates.float()])
+        power = shared[:, :start] @ torch.exp(templates[:start])
+        return power + _envelope_power(rates, release_templates, self.timbre_release_decays, timbre)
 
     def _program_colour(self, programs: Tensor) -> Tensor:
         """``[N, 128]`` sounding-program columns -> ``[N, families, bins]`` log-power colour of each family:
@@ -240,3 +263,19 @@ class AdditivePrior(nn.Module):
                 context = flat[:, EXTENDED_ROLL_FEATURES:CONTEXT_ROLL_FEATURES]
                 log_mel = log_mel + context @ self.context_level.weight.float().T + self.context_level.bias.float()
         return scale_features(log_mel, clip=True).reshape(*lead, -1)
+
+
+def _envelope_power(rates: Tensor, templates: Tensor, offsets: Tensor | None, timbre: Tensor | None) -> Tensor:
+    """``[N, envelopes, C]`` envelope values on ``[envelopes, C, bins]`` log-power templates -> ``[N, bins]``
+    power, each row with its timbre's ``[timbres, envelopes, C, bins]`` log offsets when ``offsets`` is given
+    (``timbre``: ``[N]`` indices; None: timbre 0)."""
+    if offsets is None:
+        return torch.einsum("nkp,kpb->nb", rates, torch.exp(templates))
+    if timbre is None:
+        timbre = torch.zeros(len(rates), dtype=torch.long, device=rates.device)
+    offsets = offsets.float()
+    power = rates.new_zeros(len(rates), templates.shape[-1])
+    for index in range(len(offsets)):  # each timbre's rows, masked (two or three timbres: cheap)
+        rows = (timbre == index).to(power.dtype)[:, None]
+        power = power + rows * torch.einsum("nkp,kpb->nb", rates, torch.exp(templates + offsets[index]))
+    return power

@@ -266,7 +266,8 @@ INPUT_SKIP_KNOTS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9,
 #: Decoder parameters that extensions add zero-initialised, so a warm start from a folder without
 #: them keeps that folder's output (train.Trainer's warm start accepts their absence).
 ZERO_STARTED_DECODER_PARAMETERS = ("timbre_embedding", "timbre_prior", "input_context", "input_skip",
-                                   "additive_prior.program_colours", "additive_prior.timbre_drum_decays")  # fmt: skip
+                                   "additive_prior.program_colours", "additive_prior.timbre_drum_decays",
+                                   "additive_prior.timbre_release_decays")  # fmt: skip
 #: Decoder parameters that extensions add and that must be fitted before training continues from a model
 #: without them (``specdiff.training.prior_fit.fit_additive_prior``, run by ``score_prior_fit``).
 FITTED_DECODER_PARAMETERS = ("additive_prior",)
@@ -284,6 +285,7 @@ def _check_extensions(
     timbre_drum_decays: bool = False,
     drum_decay_gates: Sequence[int] = (),
     roll_carry_in: bool = False,
+    release_decay_powers: Sequence[float] = (),
 ) -> None:
     """Raise ValueError for a :class:`FilmDecoder` configuration whose extensions do not fit together."""
     if prediction_type not in PREDICTION_TYPES:
@@ -307,6 +309,12 @@ def _check_extensions(
         from specdiff.models.additive_prior import check_drum_decay_powers
 
         check_drum_decay_powers(drum_decay_powers)
+    if release_decay_powers:
+        if not additive_prior:
+            raise ValueError("release_decay_powers needs additive_prior")
+        from specdiff.models.additive_prior import check_drum_decay_powers
+
+        check_drum_decay_powers(release_decay_powers, "release_decay_powers")
     if drum_decay_gates:
         if not additive_prior:
             raise ValueError("drum_decay_gates needs additive_prior")
@@ -332,7 +340,8 @@ def _additive_prior(config: Any, bins: int) -> nn.Module:
 
     timbres = len(config.get("timbres", [])) if config.get("timbre_drum_decays") else 0
     powers, gates = config.get("drum_decay_powers", []), config.get("drum_decay_gates", [])
-    return AdditivePrior(int(config["score_roll_features"]), bins, powers, timbres, gates)
+    releases = config.get("release_decay_powers", [])
+    return AdditivePrior(int(config["score_roll_features"]), bins, powers, timbres, gates, releases)
 
 
 class FilmDecoder(ConfigMixin, nn.Module):
@@ -374,6 +383,10 @@ class FilmDecoder(ConfigMixin, nn.Module):
     - ``timbre_drum_decays`` (needs ``additive_prior`` and ``timbres``): each timbre gets a zero-started
       log offset on every drum decay template of the additive prior, as SoundFonts' drums ring for
       different times (TimGM6mb's stop dead, FluidR3_GM's ring: ``benchmarks/results/drum_decay_idioms_0130.md``).
+    - ``release_decay_powers`` (needs ``additive_prior``; empty = off): powers ``k > 1`` of the roll's release
+      decays that the additive prior gives templates of their own (with per-timbre offsets on all release
+      templates when it has ``timbre_drum_decays``), so a chord's release can fall as fast as a SoundFont's
+      does (``benchmarks/results/release_tails.md``).
     - ``roll_carry_in`` (needs the roll): the roll also reads the previous segment's tokens, so notes and
       drum hits that ring into a segment keep their decay and release there (a tied note's decay from its
       true onset; :func:`specdiff.midi.score_roll.add_carried_notes`). Without it a segment's first frames
@@ -425,6 +438,7 @@ class FilmDecoder(ConfigMixin, nn.Module):
         "gm_programs": bool,
         "timbre_drum_decays": bool,
         "roll_carry_in": bool,
+        "release_decay_powers": lambda powers: [float(power) for power in powers],
     }
     #: The extensions appear in ``config`` only when on, so an original folder's config is unchanged.
     config_optional = frozenset(DECODER_EXTENSIONS)
@@ -454,11 +468,12 @@ class FilmDecoder(ConfigMixin, nn.Module):
         timbre_drum_decays: bool = False,
         drum_decay_gates: Sequence[int] = (),
         roll_carry_in: bool = False,
+        release_decay_powers: Sequence[float] = (),
     ) -> None:
         super().__init__()
         _check_extensions(prediction_type, score_roll_features, score_prior, input_context_frames,
                           input_skip_frames, self.timbres, additive_prior, drum_decay_powers,
-                          timbre_drum_decays, drum_decay_gates, roll_carry_in)  # fmt: skip
+                          timbre_drum_decays, drum_decay_gates, roll_carry_in, release_decay_powers)  # fmt: skip
         self.conditioning_emb = nn.Sequential(
             nn.Linear(d_model, d_model * 4, bias=False),
             nn.SiLU(),

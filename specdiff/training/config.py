@@ -51,6 +51,12 @@ class TrainConfig:
     # The share of that fit's rows drawn from drums-alone frames (the rest: any frame with a drum). Why: the
     # frames where tonal notes mask a drum's tail do not constrain it (benchmarks/results/drum_decay_idioms_0130.md).
     drum_template_fit_alone: float = 0.5
+    # N > 0 (decoders with model.release_decay_powers): then refit only the release decay templates (and their
+    # per-timbre offsets) for N Adam steps (prior_fit.fit_release_templates), release_template_fit_quiet of
+    # each step's rows from frames where a release rings and no tonal note sounds, the rest from any frame
+    # with a release. Why: where other notes sound they mask the tail (benchmarks/results/release_tails.md).
+    release_template_fit_steps: int = 0
+    release_template_fit_quiet: float = 0.5
     # N > 0 (decoders with model.input_skip_frames, new runs and warm starts): fit the input_skip maps in
     # closed form on N training windows before step 1 (train.fit_input_skip).
     input_skip_fit: int = 0
@@ -179,7 +185,8 @@ def _parse_value(text: str, annotation: Any, key: str) -> Any:
 def _parse_model_value(text: str, key: str = "") -> Any:
     if key == "timbres":  # a list of names: "TimGM6mb,FluidR3_GM"
         return [name.strip() for name in text.split(",") if name.strip()]
-    lists = {"drum_decay_powers": (float, "numbers: 3,10"), "drum_decay_gates": (int, "frame counts: 4,8")}
+    lists = {"drum_decay_powers": (float, "numbers: 3,10"), "drum_decay_gates": (int, "frame counts: 4,8"),
+             "release_decay_powers": (float, "numbers: 3,10")}  # fmt: skip
     if key in lists:  # a list of numbers
         cast, expected = lists[key]
         try:

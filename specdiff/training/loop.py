@@ -68,7 +68,13 @@ from specdiff.training.objective import (
     parse_rollout_steps,
 )
 from specdiff.training.optim import EMA, build_optimizer
-from specdiff.training.prior_fit import fit_additive_prior, fit_drum_templates, fit_input_skip, fit_score_prior
+from specdiff.training.prior_fit import (
+    fit_additive_prior,
+    fit_drum_templates,
+    fit_input_skip,
+    fit_release_templates,
+    fit_score_prior,
+)
 from specdiff.training.validation import _autocast, _to_device, sample_spectrogram, validation_loss
 from specdiff.training.warm_start import (
     _widen_roll_weights,
@@ -226,6 +232,20 @@ class Trainer:
             self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)  # the EMA starts from the fit
             if self.ctx.is_main:
                 print(f"drum decay templates refitted: L1 on drums-alone frames {before:.4f} -> {after:.4f}",
+                      flush=True)  # fmt: skip
+        if config.release_template_fit_steps > 0:
+            before, after = fit_release_templates(
+                self.model.decoder,
+                train_set,
+                config.additive_prior_fit_windows,
+                config.release_template_fit_steps,
+                mask_padding=config.mask_padding,
+                seed=config.seed,
+                quiet_share=config.release_template_fit_quiet,
+            )
+            self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)  # the EMA starts from the fit
+            if self.ctx.is_main:
+                print(f"release decay templates refitted: L1 on quiet release frames {before:.4f} -> {after:.4f}",
                       flush=True)  # fmt: skip
         if config.input_skip_fit > 0:
             report = fit_input_skip(self.model, train_set, config.input_skip_fit, mask_padding=config.mask_padding)

@@ -264,16 +264,87 @@ def fit_drum_templates(
     the new prior (its hits overshoot otherwise)."""
     from specdiff.midi.score_roll import DRUM_FEATURES, DRUM_KINDS, TONAL_FEATURES
 
-    prior, linear = decoder.additive_prior, decoder.score_prior_projection
-    if prior is None or linear is None:
-        raise SpecdiffError("fitting the drum templates needs a decoder with score_prior and additive_prior")
+    prior = _fitted_prior(decoder, "drum")
     if not 0.0 <= alone_share <= 1.0:
         raise SpecdiffError(f"the drums-alone share of the drum template fit must be in [0, 1], got {alone_share}")
-    roll_rows, target_rows, timbre_rows = _prior_fit_rows(decoder, dataset, windows, batch_size, mask_padding)
-    alone = (frame_kinds(roll_rows) == FRAME_KINDS.index("drums alone")).nonzero().flatten()
-    with_drums = (roll_rows[:, TONAL_FEATURES : TONAL_FEATURES + DRUM_FEATURES] != 0).any(dim=1).nonzero().flatten()
+    rows = _prior_fit_rows(decoder, dataset, windows, batch_size, mask_padding)
+    alone = (frame_kinds(rows[0]) == FRAME_KINDS.index("drums alone")).nonzero().flatten()
+    with_drums = (rows[0][:, TONAL_FEATURES : TONAL_FEATURES + DRUM_FEATURES] != 0).any(dim=1).nonzero().flatten()
     if len(alone) == 0:
         raise SpecdiffError("fitting the drum templates needs training frames where drums play alone")
+    # the decay kind only: the onset templates and every other parameter keep their fitted values
+    mask = torch.zeros_like(prior.drum_templates)
+    mask[DRUM_KINDS.index("decay")] = 1.0
+    extra = (prior.fast_drum_templates, prior.gate_drum_templates, prior.timbre_drum_decays)
+    extra = [parameter for parameter in extra if parameter is not None]
+    return _fit_templates(decoder, rows, {prior.drum_templates: mask, **dict.fromkeys(extra)}, (alone, with_drums),
+                          alone_share, steps, rows_per_step, learning_rate, seed)  # fmt: skip
+
+
+def fit_release_templates(
+    decoder: FilmDecoder,
+    dataset: Any,
+    windows: int,
+    steps: int = 300,
+    rows_per_step: int = 2048,
+    learning_rate: float = 0.05,
+    batch_size: int = 64,
+    mask_padding: bool = False,
+    seed: int = 0,
+    quiet_share: float = 0.5,
+) -> tuple[float, float]:
+    """Refit only the additive prior's release decay templates (the shared ones of the roll's release columns,
+    the faster ``release_decay_powers`` ones and their per-timbre offsets), everything else fixed, as
+    :func:`fit_drum_templates` does for the drums: rows ``quiet_share`` from frames where a release decay
+    rings and no tonal note sounds, the rest from any frame with a release decay. Returns the L1 (scaled
+    units) on those quiet frames before and after. Why: the roll's fastest release lets the prior's log-mel
+    fall 0.1 nat per frame after a note ends, a TimGM6mb release about 0.6 (``benchmarks/results/release_tails.md``)."""
+    from specdiff.midi.score_roll import DRUM_FEATURES, SILENT_FEATURE, TONAL_FEATURES
+    from specdiff.models.additive_prior import RELEASE_SOURCE_START
+
+    prior = _fitted_prior(decoder, "release")
+    if prior.fast_release_templates is None:
+        raise SpecdiffError("fitting the release templates needs a decoder with release_decay_powers")
+    if not 0.0 <= quiet_share <= 1.0:
+        raise SpecdiffError(f"the quiet share of the release template fit must be in [0, 1], got {quiet_share}")
+    rows = _prior_fit_rows(decoder, dataset, windows, batch_size, mask_padding)
+    first = TONAL_FEATURES + DRUM_FEATURES + RELEASE_SOURCE_START
+    ringing = (rows[0][:, first:SILENT_FEATURE] > 0).any(dim=1)
+    quiet = (ringing & (frame_kinds(rows[0]) != FRAME_KINDS.index("tonal"))).nonzero().flatten()
+    if len(quiet) == 0:
+        raise SpecdiffError("fitting the release templates needs training frames where a release rings alone")
+    mask = torch.zeros_like(prior.shared_templates)
+    mask[RELEASE_SOURCE_START:] = 1.0  # the per-pitch and per-family templates keep their fitted values
+    extra = [p for p in (prior.fast_release_templates, prior.timbre_release_decays) if p is not None]
+    return _fit_templates(decoder, rows, {prior.shared_templates: mask, **dict.fromkeys(extra)},
+                          (quiet, ringing.nonzero().flatten()), quiet_share, steps, rows_per_step, learning_rate,
+                          seed)  # fmt: skip
+
+
+def _fitted_prior(decoder: FilmDecoder, what: str) -> Any:
+    """The decoder's additive prior, checked to have the linear part its template fits need."""
+    if decoder.additive_prior is None or decoder.score_prior_projection is None:
+        raise SpecdiffError(f"fitting the {what} templates needs a decoder with score_prior and additive_prior")
+    return decoder.additive_prior
+
+
+def _fit_templates(
+    decoder: FilmDecoder,
+    rows: tuple[Tensor, Tensor, Tensor],
+    parameters: dict[torch.nn.Parameter, Tensor | None],
+    pools: tuple[Tensor, Tensor],
+    first_share: float,
+    steps: int,
+    rows_per_step: int,
+    learning_rate: float,
+    seed: int,
+) -> tuple[float, float]:
+    """Adam on the L1 of the whole prior (linear + additive + timbre prior) against the target over
+    ``rows`` (rolls, targets, timbres), moving only ``parameters`` (each with a gradient mask, None: all of
+    it); each step draws ``first_share`` of its rows from ``pools[0]``, the rest from ``pools[1]``. Returns
+    the L1 on ``pools[0]`` before and after."""
+    roll_rows, target_rows, timbre_rows = rows
+    prior, linear = decoder.additive_prior, decoder.score_prior_projection
 
     def estimate(index: Tensor) -> Tensor:
         roll = roll_rows[index].float()
@@ -282,31 +353,26 @@ def fit_drum_templates(
             total = total + decoder.timbre_prior(timbre_rows[index]).float()
         return total
 
-    params = [prior.drum_templates] + [
-        extra
-        for extra in (prior.fast_drum_templates, prior.gate_drum_templates, prior.timbre_drum_decays)
-        if extra is not None
-    ]
-    # the decay kind only: the onset templates and every other parameter keep their fitted values
-    mask = torch.zeros_like(prior.drum_templates)
-    mask[DRUM_KINDS.index("decay")] = 1.0
-    before = _rows_l1(estimate, alone, target_rows)
-    optimizer = torch.optim.Adam(params, lr=learning_rate)
+    first, second = pools
+    before = _rows_l1(estimate, first, target_rows)
+    optimizer = torch.optim.Adam(list(parameters), lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
-    alone_rows = int(round(rows_per_step * alone_share))
+    first_rows = int(round(rows_per_step * first_share))
     with torch.enable_grad():
         for _ in range(steps):
-            index = torch.cat([alone[torch.randint(len(alone), (alone_rows,), generator=generator)],
-                               with_drums[torch.randint(len(with_drums), (rows_per_step - alone_rows,),
-                                                        generator=generator)]])  # fmt: skip
+            index = torch.cat([first[torch.randint(len(first), (first_rows,), generator=generator)],
+                               second[torch.randint(len(second), (rows_per_step - first_rows,),
+                                                    generator=generator)]])  # fmt: skip
             loss = (estimate(index) - target_rows[index]).abs().mean()
             optimizer.zero_grad()
             loss.backward()
-            prior.drum_templates.grad.mul_(mask)
+            for parameter, mask in parameters.items():
+                if mask is not None:
+                    parameter.grad.mul_(mask)
             optimizer.step()
     for parameter in decoder.parameters():  # the fit's gradients must not reach the first training step
         parameter.grad = None
-    return before, _rows_l1(estimate, alone, target_rows)
+    return before, _rows_l1(estimate, first, target_rows)
 
 
 @torch.no_grad()

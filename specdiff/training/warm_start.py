@@ -60,8 +60,10 @@ def add_drum_envelopes(state: dict[str, Any], target: dict[str, Tensor]) -> tupl
     source's first, the new ones appended, faster than them) or ``drum_decay_gates`` the source lacks. Each
     added template starts at the fastest existing decay template plus :data:`ADDED_TEMPLATE_LOG_POWER`, and
     the per-timbre offsets of the added envelopes at zero, so the model begins with (nearly) the source's
-    output; the drum template fit (``drum_template_fit_steps``) then fits them. Returns the state and the keys
-    extended."""
+    output; the drum template fit (``drum_template_fit_steps``) then fits them. Likewise ``release_decay_powers``
+    a source lacks: each release column's faster templates start at its own release template plus
+    :data:`ADDED_TEMPLATE_LOG_POWER` (their per-timbre offsets are zero-started parameters). Returns the state
+    and the keys extended."""
     model_state, extended = dict(state["model"]), set()
     prefix = "decoder.additive_prior."
     fast = model_state.get(prefix + "fast_drum_templates")
@@ -81,6 +83,15 @@ def add_drum_envelopes(state: dict[str, Any], target: dict[str, Tensor]) -> tupl
         model_state[prefix + name] = start.clone() if old is None else torch.cat([old, start])
         extended.add(prefix + name)
         added += new.shape[0] - have
+    release = target.get(prefix + "fast_release_templates")
+    shared = model_state.get(prefix + "shared_templates")
+    if release is not None and prefix + "fast_release_templates" not in model_state and shared is not None:
+        from specdiff.models.additive_prior import RELEASE_SOURCE_START
+
+        # each release power starts under its column's own release template, as the added drum envelopes do
+        start = shared[RELEASE_SOURCE_START:] + ADDED_TEMPLATE_LOG_POWER
+        model_state[prefix + "fast_release_templates"] = start[None].expand(release.shape[0], -1, -1).clone()
+        extended.add(prefix + "fast_release_templates")
     offsets_key = prefix + "timbre_drum_decays"
     offsets, wanted = model_state.get(offsets_key), target.get(offsets_key)
     if added and offsets is not None and wanted is not None and offsets.shape != wanted.shape:
