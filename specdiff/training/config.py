@@ -53,8 +53,8 @@ class TrainConfig:
     drum_template_fit_alone: float = 0.5
     # N > 0 (decoders with model.release_decay_powers): then refit only the release decay templates (and their
     # per-timbre offsets) for N Adam steps (prior_fit.fit_release_templates), release_template_fit_quiet of
-    # each step's rows from frames where a release rings and no tonal note sounds, the rest from any frame
-    # with a release. Why: where other notes sound they mask the tail (benchmarks/results/release_tails.md).
+    # each step's rows from frames where a release rings and no tonal note or drum sounds, the rest from any
+    # frame with a release. Why: where other notes sound they mask the tail (benchmarks/results/release_tails.md).
     release_template_fit_steps: int = 0
     release_template_fit_quiet: float = 0.5
     # N > 0 (decoders with model.input_skip_frames, new runs and warm starts): fit the input_skip maps in

@@ -296,8 +296,8 @@ def fit_release_templates(
     """Refit only the additive prior's release decay templates (the shared ones of the roll's release columns,
     the faster ``release_decay_powers`` ones and their per-timbre offsets), everything else fixed, as
     :func:`fit_drum_templates` does for the drums: rows ``quiet_share`` from frames where a release decay
-    rings and no tonal note sounds, the rest from any frame with a release decay. Returns the L1 (scaled
-    units) on those quiet frames before and after. Why: the roll's fastest release lets the prior's log-mel
+    rings and neither a tonal note nor a drum sounds, the rest from any frame with a release decay. Returns the
+    L1 (scaled units) on those quiet frames before and after. Why: the roll's fastest release lets the prior's log-mel
     fall 0.1 nat per frame after a note ends, a TimGM6mb release about 0.6 (``benchmarks/results/release_tails.md``)."""
     from specdiff.midi.score_roll import DRUM_FEATURES, SILENT_FEATURE, TONAL_FEATURES
     from specdiff.models.additive_prior import RELEASE_SOURCE_START
@@ -310,7 +310,9 @@ def fit_release_templates(
     rows = _prior_fit_rows(decoder, dataset, windows, batch_size, mask_padding)
     first = TONAL_FEATURES + DRUM_FEATURES + RELEASE_SOURCE_START
     ringing = (rows[0][:, first:SILENT_FEATURE] > 0).any(dim=1)
-    quiet = (ringing & (frame_kinds(rows[0]) != FRAME_KINDS.index("tonal"))).nonzero().flatten()
+    kinds = frame_kinds(rows[0])  # no tonal note and no drum: the release is all that sounds
+    alone = (kinds == FRAME_KINDS.index("release")) | (kinds == FRAME_KINDS.index("silent"))
+    quiet = (ringing & alone).nonzero().flatten()
     if len(quiet) == 0:
         raise SpecdiffError("fitting the release templates needs training frames where a release rings alone")
     mask = torch.zeros_like(prior.shared_templates)
