@@ -127,6 +127,38 @@ def test_bundled_model_plays_the_note_it_is_given(pitch, timbre):
     assert during - mel[55:140, fifth_below].mean() > 0.75  # > 6.5 dB above a band with no partial
 
 
+#: Lone TimGM6mb drum hits: (key, first frame after the hit at which the render is digitally silent).
+GATED_DRUMS = ((36, 5), (38, 10), (42, 4), (44, 5))
+
+
+def test_bundled_model_lets_a_lone_timgm6mb_drum_hit_fall_silent():
+    """Kick, snare, closed and pedal hi-hat, one hit each (1 s apart, velocity 100): TimGM6mb's drums are gated
+    samples, loud for a few frames and then digitally silent (-11.5 nat) from frame 5 / 10 / 4 / 5 after the hit
+    (``benchmarks/results/release_tails_bundled.md``). On the 5 frames from the one after that, the model's
+    mean log-mel must be under -8 nat, the silence metric's threshold (issue 24; the render: -11.5).
+
+    Measured (TimGM6mb, the folder's sampling settings, seed 0): the bundled model (drum gates, Training step
+    19) -11.1 / -9.9 / -11.2 / -8.9 (hits -0.4 / +0.9 / -0.5 / -1.2); the model bundled before it (exponential
+    drum decays only) -9.5 / -4.1 / -8.1 / -5.6 (hits -1.3 / +0.9 / -1.1 / -1.1)."""
+    import torch
+
+    from specdiff.midi.reader import Note
+    from specdiff.midi.tokenizer import TokenizedMidi, notes_to_segments
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
+
+    pipe = SpectrogramDiffusionPipeline.from_pretrained(MODEL, inverter=None)
+    pipe.timbre = "TimGM6mb"
+    notes = [Note(key, 1.0 + i, 1.1 + i, 100, 0, True) for i, (key, _) in enumerate(GATED_DRUMS)]
+    song = TokenizedMidi(notes_to_segments(notes, 5.0), 5.0, slakh_programs=pipe.slakh_programs)
+    mel = pipe(song, output_type="mel", show_progress=False, generator=torch.Generator().manual_seed(0)).mels[0]
+    level = np.asarray(mel).mean(axis=1)
+    tails = {key: float(level[50 * (1 + i) + silent + 1 : 50 * (1 + i) + silent + 6].mean())
+             for i, (key, silent) in enumerate(GATED_DRUMS)}  # fmt: skip
+    assert all(value < -8.0 for value in tails.values()), tails
+    hits = [float(level[50 * (1 + i) : 50 * (1 + i) + 2].mean()) for i in range(len(GATED_DRUMS))]
+    assert min(hits) > -3.0, hits  # the hits themselves sound (render: -0.3 to +1.9)
+
+
 def test_cold_start_imports_neither_dynamo_nor_diffusers(tmp_path):
     """Issue 28: loading the bundled model and its one-step DDIM sampling skip weight initialisation
     (which imported torch._dynamo, ~2 s) and diffusers (its import also pulls in torch._dynamo)."""
