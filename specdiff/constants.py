@@ -78,6 +78,7 @@ DECODER_EXTENSIONS: dict[str, object] = {
     "timbre_drum_decays": False,
     "roll_carry_in": False,
     "release_decay_powers": [],
+    "release_gain_frames": 0,
 }
 
 # ---- models on the Hugging Face Hub (specdiff.pipeline.hub) ---------------------------------------------

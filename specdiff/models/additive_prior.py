@@ -30,10 +30,18 @@ which no mix of exponential decays can follow. With ``release_decay_powers`` the
 end also drive faster decays ``r ** k`` on templates of their own (and per-timbre offsets on all release
 templates): the roll's fastest release ``exp(-t / 5 frames)`` lets the log-mel fall 0.1 nat per frame, where a
 TimGM6mb chord's release falls about 0.6 (a chorale's fermata: -1 to -7.6 nat in 11 frames,
-``benchmarks/results/release_tails.md``). Contributions are weighted by the roll's envelope values,
-summed with a floor (one for frames the roll calls silent, one for the others), and turned into a log-mel by ``0.5 ln``
-(mel magnitudes from summed power). The context-level columns, when the layout has them, add a linear
-log-domain offset (they say how loud the previous segment was, a gain, not a source).
+``benchmarks/results/release_tails.md``). With ``release_gain_frames`` K a released note also keeps its own held
+spectrum (its family's and pitch's ``sustain`` templates) under a gain per family and frame after its end, ``G[f,
+t]`` for t < K (plus a per-timbre offset), so each family's release is the note it ends, fading at its own
+rate: the release columns' templates are one spectrum per pitch or per family, whatever the note was, and
+exponential in time, where a TimGM6mb piano rings on at its held level and a brass chord or a bass note falls
+0.7-1 nat per frame to digital silence (``benchmarks/results/release_tails_bundled.md``). The roll has the
+release per pitch and per family, not per note: a (family, pitch) pair counts as released ``max(t_family,
+t_pitch)`` frames ago, which is exact for notes that end alone or together. Contributions are weighted by the
+roll's envelope values, summed with a floor (one for frames the roll calls silent, one for the others), and
+turned into a log-mel by ``0.5 ln`` (mel magnitudes from summed power). The context-level columns, when the
+layout has them, add a linear log-domain offset (they say how loud the previous segment was, a gain, not a
+source).
 
 All parameters are in natural-log mel units; :meth:`AdditivePrior.forward` returns the decoder's
 scaled units. ``specdiff.training.prior_fit.fit_additive_prior`` fits it on training windows.
@@ -79,6 +87,15 @@ RELEASE_SOURCE_START = SHARED_SOURCE_FEATURES - RELEASE_FEATURES
 INITIAL_TEMPLATE_NAT = -1.0
 INITIAL_SHARED_NAT = -3.0
 INITIAL_FLOOR_NAT = -10.0
+#: Initial release gains (log power under the note's held spectrum, per frame after its end): a drop of
+#: 1 nat of log-mel at the end, then 0.5 nat per frame, near a TimGM6mb chord's release; the fit then moves them.
+INITIAL_RELEASE_GAIN_LOG_POWER = -2.0
+INITIAL_RELEASE_GAIN_SLOPE = -1.0
+#: The release gain of a note ended more than ``release_gain_frames`` ago (or never): no power at all.
+_NO_RELEASE_LOG_POWER = -80.0
+#: The release time constant (frames) whose roll columns time the release gains: exp(-t / 20) stays far above
+#: float32's and bfloat16's smallest numbers for hundreds of frames.
+RELEASE_GAIN_CLOCK = 20.0
 
 
 def check_drum_decay_gates(gates: Sequence[int]) -> None:
@@ -87,6 +104,12 @@ def check_drum_decay_gates(gates: Sequence[int]) -> None:
     bad = any(isinstance(k, bool) or int(k) != k or not 1 <= int(k) <= DRUM_DECAY_SPAN for k in values)
     if bad or len(set(values)) != len(values):
         raise ValueError(f"drum_decay_gates must be distinct frame counts in 1..{DRUM_DECAY_SPAN}, got {values}")
+
+
+def check_release_gain_frames(frames: int) -> None:
+    """Raise ValueError unless ``frames`` is a whole number of frames from 0 (off) to 250 (5 s)."""
+    if isinstance(frames, bool) or int(frames) != frames or not 0 <= int(frames) <= 250:
+        raise ValueError(f"release_gain_frames must be a frame count in 0..250, got {frames!r}")
 
 
 def check_drum_decay_powers(powers: Sequence[float], name: str = "drum_decay_powers") -> None:
@@ -105,7 +128,9 @@ class AdditivePrior(nn.Module):
     (none: the drum decay has one rate, as before the option existed). ``timbres`` > 0: that many timbres
     get their own log offsets on the drum decay templates (``timbre_drum_decays``; 0: shared by all).
     ``release_decay_powers``: the same for the release decays (``fast_release_templates``), whose templates
-    then also get per-timbre offsets when ``timbres`` > 0 (``timbre_release_decays``)."""
+    then also get per-timbre offsets when ``timbres`` > 0 (``timbre_release_decays``). ``release_gain_frames``
+    K > 0: released notes keep their held spectrum under a gain per family and frame for K frames
+    (``release_gains``, and per timbre ``timbre_release_gains`` when ``timbres`` > 0)."""
 
     def __init__(
         self,
@@ -115,6 +140,7 @@ class AdditivePrior(nn.Module):
         timbres: int = 0,
         drum_decay_gates: Sequence[int] = (),
         release_decay_powers: Sequence[float] = (),
+        release_gain_frames: int = 0,
     ) -> None:
         super().__init__()
         if roll_features not in EXTENDED_LAYOUTS:
@@ -156,6 +182,15 @@ class AdditivePrior(nn.Module):
             if timbres:  # zero: a warm start from the shared release templates is exact
                 envelopes = 1 + len(self.release_decay_powers)
                 self.timbre_release_decays = nn.Parameter(torch.zeros(int(timbres), envelopes, RELEASE_FEATURES, bins))
+        check_release_gain_frames(release_gain_frames)
+        self.release_gain_frames = int(release_gain_frames)
+        self.release_gains = self.timbre_release_gains = None
+        if self.release_gain_frames:
+            frames = torch.arange(self.release_gain_frames, dtype=torch.float32)
+            start = INITIAL_RELEASE_GAIN_LOG_POWER + INITIAL_RELEASE_GAIN_SLOPE * frames
+            self.release_gains = nn.Parameter(start.expand(NUM_FAMILIES, -1).clone())
+            if timbres:  # zero: each timbre starts with the shared gains
+                self.timbre_release_gains = nn.Parameter(torch.zeros(int(timbres), NUM_FAMILIES, len(frames)))
         self.velocity_slope = nn.Parameter(torch.full((bins,), 2.0))  # log power per unit ln(v / v_max)
         self.floors = nn.Parameter(torch.full((2, bins), 2 * INITIAL_FLOOR_NAT))  # [sounding, silent]
         self.context_level = None
@@ -191,6 +226,11 @@ class AdditivePrior(nn.Module):
         drum_power = self._drum_power(drums, timbre)
         power = power + drum_power * torch.exp(slope * drum_velocity)
         power = power + self._shared_power(roll[:, TONAL_FEATURES + DRUM_FEATURES : SILENT_FEATURE], timbre)
+        if self.release_gains is not None:
+            sustain = TONAL_KINDS.index("sustain")
+            spectra = torch.exp(pitch_templates[sustain] - top[sustain])  # [P, bins]
+            colours = torch.exp(self.family_colours.float()[sustain] + top[sustain])  # [families, bins]
+            power = power + self._released_power(roll, timbre, spectra, colours)
         silent = roll[:, SILENT_FEATURE : SILENT_FEATURE + 1]
         floors = torch.exp(self.floors.float())
         power = power + floors[0] * (1.0 - silent) + floors[1] * silent
@@ -236,6 +276,31 @@ class AdditivePrior(nn.Module):
         release_templates = torch.cat([templates[None, start:], self.fast_release_templates.float()])
         power = shared[:, :start] @ torch.exp(templates[:start])
         return power + _envelope_power(rates, release_templates, self.timbre_release_decays, timbre)
+
+    def _released_power(self, roll: Tensor, timbre: Tensor | None, spectra: Tensor, colours: Tensor) -> Tensor:
+        """``[N, F]`` roll rows -> ``[N, bins]`` power of the released notes: each (family, pitch) whose release
+        columns both ring, ``t = max(t_family, t_pitch)`` frames after its end (read off ``exp(-t / 20)``), gets
+        its held spectrum ``spectra[p] * colours[f]`` under the gain ``exp(G[f, t])`` while ``t`` < K."""
+        from specdiff.midi.score_roll import RELEASE_FRAMES, release_feature
+
+        clock = RELEASE_FRAMES.index(RELEASE_GAIN_CLOCK)
+        first = release_feature(clock, pitch=0)
+        by_pitch = roll[:, first : first + NUM_PITCHES].clamp(min=0.0)
+        by_family = roll[:, first + NUM_PITCHES : first + NUM_PITCHES + NUM_FAMILIES].clamp(min=0.0)
+        joint = torch.minimum(by_family[:, :, None], by_pitch[:, None, :])  # [N, families, P]: the older end
+        frames = (-RELEASE_GAIN_CLOCK * torch.log(joint.clamp(min=1e-30))).round()
+        index = frames.clamp(max=self.release_gain_frames).long()  # K: ended too long ago (or never)
+        index = torch.where(joint > 0, index, torch.full_like(index, self.release_gain_frames))
+        gains = self.release_gains.float()
+        gains = torch.cat([gains, gains.new_full((NUM_FAMILIES, 1), _NO_RELEASE_LOG_POWER)], dim=1)
+        if self.timbre_release_gains is None:
+            table = gains.expand(len(roll), -1, -1)
+        else:
+            rows = torch.zeros(len(roll), dtype=torch.long, device=roll.device) if timbre is None else timbre
+            offsets = torch.nn.functional.pad(self.timbre_release_gains.float(), (0, 1))
+            table = gains[None] + offsets[rows]
+        weights = torch.exp(torch.gather(table, 2, index))  # [N, families, P]
+        return (torch.einsum("nfp,pb->nfb", weights, spectra) * colours).sum(dim=1)
 
     def _program_colour(self, programs: Tensor) -> Tensor:
         """``[N, 128]`` sounding-program columns -> ``[N, families, bins]`` log-power colour of each family:

@@ -267,7 +267,8 @@ INPUT_SKIP_KNOTS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9,
 #: them keeps that folder's output (train.Trainer's warm start accepts their absence).
 ZERO_STARTED_DECODER_PARAMETERS = ("timbre_embedding", "timbre_prior", "input_context", "input_skip",
                                    "additive_prior.program_colours", "additive_prior.timbre_drum_decays",
-                                   "additive_prior.timbre_release_decays")  # fmt: skip
+                                   "additive_prior.timbre_release_decays",
+                                   "additive_prior.timbre_release_gains")  # fmt: skip
 #: Decoder parameters that extensions add and that must be fitted before training continues from a model
 #: without them (``specdiff.training.prior_fit.fit_additive_prior``, run by ``score_prior_fit``).
 FITTED_DECODER_PARAMETERS = ("additive_prior",)
@@ -286,6 +287,7 @@ def _check_extensions(
     drum_decay_gates: Sequence[int] = (),
     roll_carry_in: bool = False,
     release_decay_powers: Sequence[float] = (),
+    release_gain_frames: int = 0,
 ) -> None:
     """Raise ValueError for a :class:`FilmDecoder` configuration whose extensions do not fit together."""
     if prediction_type not in PREDICTION_TYPES:
@@ -315,6 +317,12 @@ def _check_extensions(
         from specdiff.models.additive_prior import check_drum_decay_powers
 
         check_drum_decay_powers(release_decay_powers, "release_decay_powers")
+    if release_gain_frames:
+        if not additive_prior:
+            raise ValueError("release_gain_frames needs additive_prior")
+        from specdiff.models.additive_prior import check_release_gain_frames
+
+        check_release_gain_frames(release_gain_frames)
     if drum_decay_gates:
         if not additive_prior:
             raise ValueError("drum_decay_gates needs additive_prior")
@@ -340,8 +348,8 @@ def _additive_prior(config: Any, bins: int) -> nn.Module:
 
     timbres = len(config.get("timbres", [])) if config.get("timbre_drum_decays") else 0
     powers, gates = config.get("drum_decay_powers", []), config.get("drum_decay_gates", [])
-    releases = config.get("release_decay_powers", [])
-    return AdditivePrior(int(config["score_roll_features"]), bins, powers, timbres, gates, releases)
+    releases, gain_frames = config.get("release_decay_powers", []), int(config.get("release_gain_frames", 0))
+    return AdditivePrior(int(config["score_roll_features"]), bins, powers, timbres, gates, releases, gain_frames)
 
 
 class FilmDecoder(ConfigMixin, nn.Module):
@@ -387,6 +395,10 @@ class FilmDecoder(ConfigMixin, nn.Module):
       decays that the additive prior gives templates of their own (with per-timbre offsets on all release
       templates when it has ``timbre_drum_decays``), so a chord's release can fall as fast as a SoundFont's
       does (``benchmarks/results/release_tails.md``).
+    - ``release_gain_frames`` (needs ``additive_prior``; 0 = off): for that many frames after a note ends, the
+      additive prior keeps the note's held spectrum under a fitted gain per family and frame (per timbre with
+      ``timbre_drum_decays``), so a piano rings on and a brass chord falls to silence as the SoundFont's do
+      (``benchmarks/results/release_tails_bundled.md``).
     - ``roll_carry_in`` (needs the roll): the roll also reads the previous segment's tokens, so notes and
       drum hits that ring into a segment keep their decay and release there (a tied note's decay from its
       true onset; :func:`specdiff.midi.score_roll.add_carried_notes`). Without it a segment's first frames
@@ -439,6 +451,7 @@ class FilmDecoder(ConfigMixin, nn.Module):
         "timbre_drum_decays": bool,
         "roll_carry_in": bool,
         "release_decay_powers": lambda powers: [float(power) for power in powers],
+        "release_gain_frames": int,
     }
     #: The extensions appear in ``config`` only when on, so an original folder's config is unchanged.
     config_optional = frozenset(DECODER_EXTENSIONS)
@@ -469,11 +482,13 @@ class FilmDecoder(ConfigMixin, nn.Module):
         drum_decay_gates: Sequence[int] = (),
         roll_carry_in: bool = False,
         release_decay_powers: Sequence[float] = (),
+        release_gain_frames: int = 0,
     ) -> None:
         super().__init__()
         _check_extensions(prediction_type, score_roll_features, score_prior, input_context_frames,
                           input_skip_frames, self.timbres, additive_prior, drum_decay_powers,
-                          timbre_drum_decays, drum_decay_gates, roll_carry_in, release_decay_powers)  # fmt: skip
+                          timbre_drum_decays, drum_decay_gates, roll_carry_in, release_decay_powers,
+                          release_gain_frames)  # fmt: skip
         self.conditioning_emb = nn.Sequential(
             nn.Linear(d_model, d_model * 4, bias=False),
             nn.SiLU(),

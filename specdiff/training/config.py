@@ -51,10 +51,11 @@ class TrainConfig:
     # The share of that fit's rows drawn from drums-alone frames (the rest: any frame with a drum). Why: the
     # frames where tonal notes mask a drum's tail do not constrain it (benchmarks/results/drum_decay_idioms_0130.md).
     drum_template_fit_alone: float = 0.5
-    # N > 0 (decoders with model.release_decay_powers): then refit only the release decay templates (and their
-    # per-timbre offsets) for N Adam steps (prior_fit.fit_release_templates), release_template_fit_quiet of
-    # each step's rows from frames where a release rings and no tonal note or drum sounds, the rest from any
-    # frame with a release. Why: where other notes sound they mask the tail (benchmarks/results/release_tails.md).
+    # N > 0 (decoders with model.release_decay_powers or model.release_gain_frames): then refit only the release
+    # decay templates and gains (and their per-timbre offsets) for N Adam steps (prior_fit.fit_release_templates),
+    # release_template_fit_quiet of each step's rows from frames where a release rings and no tonal note or drum
+    # sounds, the rest from any frame with a release. Why: where other notes sound they mask the tail
+    # (benchmarks/results/release_tails.md).
     release_template_fit_steps: int = 0
     release_template_fit_quiet: float = 0.5
     # N > 0 (decoders with model.input_skip_frames, new runs and warm starts): fit the input_skip maps in

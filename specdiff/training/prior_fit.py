@@ -294,7 +294,8 @@ def fit_release_templates(
     quiet_share: float = 0.5,
 ) -> tuple[float, float]:
     """Refit only the additive prior's release decay templates (the shared ones of the roll's release columns,
-    the faster ``release_decay_powers`` ones and their per-timbre offsets), everything else fixed, as
+    the faster ``release_decay_powers`` ones, the ``release_gain_frames`` gains, and their per-timbre offsets),
+    everything else fixed, as
     :func:`fit_drum_templates` does for the drums: rows ``quiet_share`` from frames where a release decay
     rings and neither a tonal note nor a drum sounds, the rest from any frame with a release decay. Returns the
     L1 (scaled units) on those quiet frames before and after. Why: the roll's fastest release lets the prior's log-mel
@@ -303,8 +304,9 @@ def fit_release_templates(
     from specdiff.models.additive_prior import RELEASE_SOURCE_START
 
     prior = _fitted_prior(decoder, "release")
-    if prior.fast_release_templates is None:
-        raise SpecdiffError("fitting the release templates needs a decoder with release_decay_powers")
+    if prior.fast_release_templates is None and prior.release_gains is None:
+        raise SpecdiffError("fitting the release templates needs a decoder with release_decay_powers or "
+                            "release_gain_frames")  # fmt: skip
     if not 0.0 <= quiet_share <= 1.0:
         raise SpecdiffError(f"the quiet share of the release template fit must be in [0, 1], got {quiet_share}")
     rows = _prior_fit_rows(decoder, dataset, windows, batch_size, mask_padding)
@@ -317,7 +319,8 @@ def fit_release_templates(
         raise SpecdiffError("fitting the release templates needs training frames where a release rings alone")
     mask = torch.zeros_like(prior.shared_templates)
     mask[RELEASE_SOURCE_START:] = 1.0  # the per-pitch and per-family templates keep their fitted values
-    extra = [p for p in (prior.fast_release_templates, prior.timbre_release_decays) if p is not None]
+    extra = (prior.fast_release_templates, prior.timbre_release_decays, prior.release_gains, prior.timbre_release_gains)
+    extra = [parameter for parameter in extra if parameter is not None]
     return _fit_templates(decoder, rows, {prior.shared_templates: mask, **dict.fromkeys(extra)},
                           (quiet, ringing.nonzero().flatten()), quiet_share, steps, rows_per_step, learning_rate,
                           seed)  # fmt: skip

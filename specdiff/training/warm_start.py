@@ -62,8 +62,9 @@ def add_drum_envelopes(state: dict[str, Any], target: dict[str, Tensor]) -> tupl
     the per-timbre offsets of the added envelopes at zero, so the model begins with (nearly) the source's
     output; the drum template fit (``drum_template_fit_steps``) then fits them. Likewise ``release_decay_powers``
     a source lacks: each release column's faster templates start at its own release template plus
-    :data:`ADDED_TEMPLATE_LOG_POWER` (their per-timbre offsets are zero-started parameters). Returns the state
-    and the keys extended."""
+    :data:`ADDED_TEMPLATE_LOG_POWER` (their per-timbre offsets are zero-started parameters). ``release_gain_frames``
+    a source lacks start at the additive prior's own initial gains (not the source's output: fit them with
+    ``release_template_fit_steps``). Returns the state and the keys extended."""
     model_state, extended = dict(state["model"]), set()
     prefix = "decoder.additive_prior."
     fast = model_state.get(prefix + "fast_drum_templates")
@@ -92,6 +93,11 @@ def add_drum_envelopes(state: dict[str, Any], target: dict[str, Tensor]) -> tupl
         start = shared[RELEASE_SOURCE_START:] + ADDED_TEMPLATE_LOG_POWER
         model_state[prefix + "fast_release_templates"] = start[None].expand(release.shape[0], -1, -1).clone()
         extended.add(prefix + "fast_release_templates")
+    gains = target.get(prefix + "release_gains")
+    if gains is not None and prefix + "release_gains" not in model_state:
+        # the module's own start (a guess the release fit moves: release_template_fit_steps)
+        model_state[prefix + "release_gains"] = gains.clone()
+        extended.add(prefix + "release_gains")
     offsets_key = prefix + "timbre_drum_decays"
     offsets, wanted = model_state.get(offsets_key), target.get(offsets_key)
     if added and offsets is not None and wanted is not None and offsets.shape != wanted.shape:
