@@ -159,6 +159,31 @@ def test_bundled_model_lets_a_lone_timgm6mb_drum_hit_fall_silent():
     assert min(hits) > -3.0, hits  # the hits themselves sound (render: -0.3 to +1.9)
 
 
+
+def test_bundled_model_lets_a_released_timgm6mb_brass_chord_fall_silent():
+    """A brass chord (program 61, C4 E4 G4, velocity 90) held 0.5 s from 1.0 s: TimGM6mb's render falls about
+    0.7 nat per frame after the note-off and is digitally silent (-11.5 nat) from frame 13 on
+    (``benchmarks/results/release_tails_bundled_gr.md``). On frames 13-15 after the note-off the model's mean log-mel
+    must be under -9.5 nat, and while the chord sounds over -2 nat.
+
+    Measured (TimGM6mb, the folder's sampling settings, seed 0): the bundled model (release gains, Training step 20)
+    -10.4, held -0.3; the model bundled before it (run G) -8.6, held -0.3."""
+    import torch
+
+    from specdiff.midi.reader import Note
+    from specdiff.midi.tokenizer import TokenizedMidi, notes_to_segments
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
+
+    pipe = SpectrogramDiffusionPipeline.from_pretrained(MODEL, inverter=None)
+    pipe.timbre = "TimGM6mb"
+    notes = [Note(key, 1.0, 1.5, 90, 61, False) for key in (60, 64, 67)]
+    song = TokenizedMidi(notes_to_segments(notes, 3.0), 3.0, slakh_programs=pipe.slakh_programs)
+    mel = pipe(song, output_type="mel", show_progress=False, generator=torch.Generator().manual_seed(0)).mels[0]
+    level = np.asarray(mel).mean(axis=1)
+    end = 75  # the note-off's frame (1.5 s at 50 frames per second)
+    held, tail = float(level[end - 10 : end].mean()), float(level[end + 13 : end + 16].mean())
+    assert tail < -9.5 and held > -2.0, (tail, held)
+
 def test_cold_start_imports_neither_dynamo_nor_diffusers(tmp_path):
     """Issue 28: loading the bundled model and its one-step DDIM sampling skip weight initialisation
     (which imported torch._dynamo, ~2 s) and diffusers (its import also pulls in torch._dynamo)."""

@@ -186,11 +186,12 @@ class AdditivePrior(nn.Module):
         self.release_gain_frames = int(release_gain_frames)
         self.release_gains = self.timbre_release_gains = None
         if self.release_gain_frames:
-            frames = torch.arange(self.release_gain_frames, dtype=torch.float32)
-            start = INITIAL_RELEASE_GAIN_LOG_POWER + INITIAL_RELEASE_GAIN_SLOPE * frames
-            self.release_gains = nn.Parameter(start.expand(NUM_FAMILIES, -1).clone())
+            # a Python list, not torch.arange: under the loader's meta device arange imports torch._dynamo
+            frames = range(self.release_gain_frames)
+            start = [INITIAL_RELEASE_GAIN_LOG_POWER + INITIAL_RELEASE_GAIN_SLOPE * k for k in frames]
+            self.release_gains = nn.Parameter(torch.tensor([start] * NUM_FAMILIES))
             if timbres:  # zero: each timbre starts with the shared gains
-                self.timbre_release_gains = nn.Parameter(torch.zeros(int(timbres), NUM_FAMILIES, len(frames)))
+                self.timbre_release_gains = nn.Parameter(torch.zeros(int(timbres), NUM_FAMILIES, len(start)))
         self.velocity_slope = nn.Parameter(torch.full((bins,), 2.0))  # log power per unit ln(v / v_max)
         self.floors = nn.Parameter(torch.full((2, bins), 2 * INITIAL_FLOOR_NAT))  # [sounding, silent]
         self.context_level = None
