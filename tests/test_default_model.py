@@ -159,7 +159,6 @@ def test_bundled_model_lets_a_lone_timgm6mb_drum_hit_fall_silent():
     assert min(hits) > -3.0, hits  # the hits themselves sound (render: -0.3 to +1.9)
 
 
-
 def test_bundled_model_lets_a_released_timgm6mb_brass_chord_fall_silent():
     """A brass chord (program 61, C4 E4 G4, velocity 90) held 0.5 s from 1.0 s: TimGM6mb's render falls about
     0.7 nat per frame after the note-off and is digitally silent (-11.5 nat) from frame 13 on
@@ -183,6 +182,7 @@ def test_bundled_model_lets_a_released_timgm6mb_brass_chord_fall_silent():
     end = 75  # the note-off's frame (1.5 s at 50 frames per second)
     held, tail = float(level[end - 10 : end].mean()), float(level[end + 13 : end + 16].mean())
     assert tail < -9.5 and held > -2.0, (tail, held)
+
 
 def test_cold_start_imports_neither_dynamo_nor_diffusers(tmp_path):
     """Issue 28: loading the bundled model and its one-step DDIM sampling skip weight initialisation
