@@ -74,6 +74,7 @@ from specdiff.training.prior_fit import (
     fit_input_skip,
     fit_release_templates,
     fit_score_prior,
+    prior_fit_rows,
 )
 from specdiff.training.validation import _autocast, _to_device, sample_spectrogram, validation_loss
 from specdiff.training.warm_start import (
@@ -219,6 +220,10 @@ class Trainer:
             self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)  # the EMA starts from the fit
             if self.ctx.is_main:
                 print(f"score prior fitted on {config.score_prior_fit} windows: L1 {error:.4f}", flush=True)
+        rows = None  # the two template fits read the same windows' rolls: collect them once (~5 GB at 1 500)
+        if config.drum_template_fit_steps > 0 and config.release_template_fit_steps > 0:
+            rows = prior_fit_rows(self.model.decoder, train_set, config.additive_prior_fit_windows, 64,
+                                  config.mask_padding)  # fmt: skip
         if config.drum_template_fit_steps > 0:
             before, after = fit_drum_templates(
                 self.model.decoder,
@@ -228,6 +233,7 @@ class Trainer:
                 mask_padding=config.mask_padding,
                 seed=config.seed,
                 alone_share=config.drum_template_fit_alone,
+                rows=rows,
             )
             self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)  # the EMA starts from the fit
             if self.ctx.is_main:
@@ -242,6 +248,7 @@ class Trainer:
                 mask_padding=config.mask_padding,
                 seed=config.seed,
                 quiet_share=config.release_template_fit_quiet,
+                rows=rows,
             )
             self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)  # the EMA starts from the fit
             if self.ctx.is_main:

@@ -96,10 +96,11 @@ def fit_score_prior(
 
 
 @torch.no_grad()
-def _prior_fit_rows(
+def prior_fit_rows(
     decoder: FilmDecoder, dataset: Any, windows: int, batch_size: int, mask_padding: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The rolls (float16), targets and timbre indices of the valid frames of the first ``windows`` items."""
+    """The rolls (float16), targets and timbre indices of the valid frames of the first ``windows`` items: the
+    rows the template fits read (collect them once and pass them to each fit as ``rows``)."""
     rolls, targets, timbres = [], [], []
     for batch in collated_windows(dataset, range(windows), batch_size):
         roll = decoder_score_roll(
@@ -192,7 +193,7 @@ def fit_additive_prior(
     prior, linear = decoder.additive_prior, decoder.score_prior_projection
     if prior is None or linear is None:
         raise SpecdiffError("fitting the additive prior needs a decoder with score_prior and additive_prior")
-    roll_rows, target_rows, timbre_rows = _prior_fit_rows(decoder, dataset, windows, batch_size, mask_padding)
+    roll_rows, target_rows, timbre_rows = prior_fit_rows(decoder, dataset, windows, batch_size, mask_padding)
     shared = torch.nn.Parameter(torch.zeros(roll_rows.shape[1] - TONAL_FEATURES, linear.out_features))
     bias = torch.nn.Parameter(torch.zeros(linear.out_features))
     offsets = torch.nn.Parameter(torch.zeros(len(decoder.timbres) or 1, linear.out_features))
@@ -251,13 +252,15 @@ def fit_drum_templates(
     mask_padding: bool = False,
     seed: int = 0,
     alone_share: float = 0.5,
+    rows: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[float, float]:
     """Refit only the additive prior's drum decay templates (the roll's rate and the faster ``drum_decay_powers``
     ones, the ``drum_decay_gates`` ones, and their per-timbre offsets with ``timbre_drum_decays``),
     everything else fixed, by Adam on the L1 of the whole prior against the target, each step's rows
     ``alone_share`` from "drums alone" frames (:func:`frame_kinds`) and the rest from any frame with a drum,
     over the first ``windows`` items of ``dataset``. Returns the L1 (scaled units) on the drums-alone frames
-    before and after. Why: in a fit over all frames the drum templates serve the frames where drums play
+    before and after (``rows``: :func:`prior_fit_rows` of those windows, when the caller has them). Why: in a fit
+    over all frames the drum templates serve the frames where drums play
     with tonal notes, and 5-9 frames after a TimGM6mb hit with no tonal note near the prior sat 3 nat over
     the render; measured on the bundled model, this refit brings those tails 1.5 nat down at +0.7% L1 over
     all frames (``benchmarks/results/drum_decay_idioms_0130.md``). The network should then be fine-tuned on
@@ -267,7 +270,8 @@ def fit_drum_templates(
     prior = _fitted_prior(decoder, "drum")
     if not 0.0 <= alone_share <= 1.0:
         raise SpecdiffError(f"the drums-alone share of the drum template fit must be in [0, 1], got {alone_share}")
-    rows = _prior_fit_rows(decoder, dataset, windows, batch_size, mask_padding)
+    if rows is None:
+        rows = prior_fit_rows(decoder, dataset, windows, batch_size, mask_padding)
     alone = (frame_kinds(rows[0]) == FRAME_KINDS.index("drums alone")).nonzero().flatten()
     with_drums = (rows[0][:, TONAL_FEATURES : TONAL_FEATURES + DRUM_FEATURES] != 0).any(dim=1).nonzero().flatten()
     if len(alone) == 0:
@@ -292,14 +296,15 @@ def fit_release_templates(
     mask_padding: bool = False,
     seed: int = 0,
     quiet_share: float = 0.5,
+    rows: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[float, float]:
     """Refit only the additive prior's release decay templates (the shared ones of the roll's release columns,
     the faster ``release_decay_powers`` ones, the ``release_gain_frames`` gains, and their per-timbre offsets),
-    everything else fixed, as
-    :func:`fit_drum_templates` does for the drums: rows ``quiet_share`` from frames where a release decay
-    rings and neither a tonal note nor a drum sounds, the rest from any frame with a release decay. Returns the
-    L1 (scaled units) on those quiet frames before and after. Why: the roll's fastest release lets the prior's log-mel
-    fall 0.1 nat per frame after a note ends, a TimGM6mb release about 0.6 (``benchmarks/results/release_tails.md``)."""
+    everything else fixed, as :func:`fit_drum_templates` does for the drums: rows ``quiet_share`` from frames where
+    a release decay rings and neither a tonal note nor a drum sounds, the rest from any frame with a release decay.
+    Returns the L1 (scaled units) on those quiet frames before and after (``rows`` as for
+    :func:`fit_drum_templates`). Why: the roll's fastest release lets the prior's log-mel fall 0.1 nat per frame
+    after a note ends, a TimGM6mb release about 0.6 (``benchmarks/results/release_tails.md``)."""
     from specdiff.midi.score_roll import DRUM_FEATURES, SILENT_FEATURE, TONAL_FEATURES
     from specdiff.models.additive_prior import RELEASE_SOURCE_START
 
@@ -309,7 +314,8 @@ def fit_release_templates(
                             "release_gain_frames")  # fmt: skip
     if not 0.0 <= quiet_share <= 1.0:
         raise SpecdiffError(f"the quiet share of the release template fit must be in [0, 1], got {quiet_share}")
-    rows = _prior_fit_rows(decoder, dataset, windows, batch_size, mask_padding)
+    if rows is None:
+        rows = prior_fit_rows(decoder, dataset, windows, batch_size, mask_padding)
     first = TONAL_FEATURES + DRUM_FEATURES + RELEASE_SOURCE_START
     ringing = (rows[0][:, first:SILENT_FEATURE] > 0).any(dim=1)
     kinds = frame_kinds(rows[0])  # no tonal note and no drum: the release is all that sounds
