@@ -485,16 +485,11 @@ class FilmDecoder(ConfigMixin, nn.Module):
         release_gain_frames: int = 0,
     ) -> None:
         super().__init__()
-        _check_extensions(prediction_type, score_roll_features, score_prior, input_context_frames,
-                          input_skip_frames, self.timbres, additive_prior, drum_decay_powers,
-                          timbre_drum_decays, drum_decay_gates, roll_carry_in, release_decay_powers,
-                          release_gain_frames)  # fmt: skip
-        self.conditioning_emb = nn.Sequential(
-            nn.Linear(d_model, d_model * 4, bias=False),
-            nn.SiLU(),
-            nn.Linear(d_model * 4, d_model * 4, bias=False),
-            nn.SiLU(),
-        )
+        _check_extensions(prediction_type, score_roll_features, score_prior, input_context_frames, input_skip_frames,
+                          self.timbres, additive_prior, drum_decay_powers, timbre_drum_decays, drum_decay_gates,
+                          roll_carry_in, release_decay_powers, release_gain_frames)  # fmt: skip
+        self.conditioning_emb = nn.Sequential(nn.Linear(d_model, d_model * 4, bias=False), nn.SiLU(),
+                                              nn.Linear(d_model * 4, d_model * 4, bias=False), nn.SiLU())  # fmt: skip
         self.position_encoding = nn.Embedding(targets_length, d_model)
         self.position_encoding.weight.requires_grad = False
         self.continuous_inputs_projection = nn.Linear(input_dims, d_model, bias=False)
