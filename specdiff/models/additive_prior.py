@@ -70,11 +70,13 @@ from specdiff.midi.score_roll import (
     NUM_PROGRAMS,
     PROGRAM_ROLL_FEATURES,
     RELEASE_FEATURES,
+    RELEASE_FRAMES,
     SILENT_FEATURE,
     TONAL_FEATURES,
     TONAL_KINDS,
     VELOCITY_LAYOUTS,
     VELOCITY_ROLL_FEATURES,
+    release_feature,
 )
 from specdiff.midi.velocity_roll import DRUM_VELOCITY_COLUMN
 
@@ -282,8 +284,6 @@ class AdditivePrior(nn.Module):
         """``[N, F]`` roll rows -> ``[N, bins]`` power of the released notes: each (family, pitch) whose release
         columns both ring, ``t = max(t_family, t_pitch)`` frames after its end (read off ``exp(-t / 20)``), gets
         its held spectrum ``spectra[p] * colours[f]`` under the gain ``exp(G[f, t])`` while ``t`` < K."""
-        from specdiff.midi.score_roll import RELEASE_FRAMES, release_feature
-
         clock = RELEASE_FRAMES.index(RELEASE_GAIN_CLOCK)
         first = release_feature(clock, pitch=0)
         by_pitch = roll[:, first : first + NUM_PITCHES].clamp(min=0.0)
