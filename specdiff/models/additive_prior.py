@@ -289,9 +289,9 @@ class AdditivePrior(nn.Module):
         by_pitch = roll[:, first : first + NUM_PITCHES].clamp(min=0.0)
         by_family = roll[:, first + NUM_PITCHES : first + NUM_PITCHES + NUM_FAMILIES].clamp(min=0.0)
         joint = torch.minimum(by_family[:, :, None], by_pitch[:, None, :])  # [N, families, P]: the older end
+        # a silent column (never ended) reads as 1 382 frames ago: past K like any old end, so no gain
         frames = (-RELEASE_GAIN_CLOCK * torch.log(joint.clamp(min=1e-30))).round()
         index = frames.clamp(max=self.release_gain_frames).long()  # K: ended too long ago (or never)
-        index = torch.where(joint > 0, index, torch.full_like(index, self.release_gain_frames))
         gains = self.release_gains.float()
         gains = torch.cat([gains, gains.new_full((NUM_FAMILIES, 1), _NO_RELEASE_LOG_POWER)], dim=1)
         if self.timbre_release_gains is None:
