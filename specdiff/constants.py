@@ -79,6 +79,7 @@ DECODER_EXTENSIONS: dict[str, object] = {
     "roll_carry_in": False,
     "release_decay_powers": [],
     "release_gain_frames": 0,
+    "program_release_gains": False,
 }
 
 # ---- models on the Hugging Face Hub (specdiff.pipeline.hub) ---------------------------------------------

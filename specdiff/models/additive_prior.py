@@ -37,7 +37,11 @@ rate: the release columns' templates are one spectrum per pitch or per family, w
 exponential in time, where a TimGM6mb piano rings on at its held level and a brass chord or a bass note falls
 0.7-1 nat per frame to digital silence (``benchmarks/results/release_tails_bundled.md``). The roll has the
 release per pitch and per family, not per note: a (family, pitch) pair counts as released ``max(t_family,
-t_pitch)`` frames ago, which is exact for notes that end alone or together. Contributions are weighted by the
+t_pitch)`` frames ago, which is exact for notes that end alone or together. With ``program_release`` (program
+layout) the gains also get a log offset per GM program and frame, for each family the mean offset of its
+programs heard so far in the segment (:func:`programs_heard`): the programs of one family release very
+differently (TimGM6mb's drawbar organ is silent 12 frames after its note-off, its church organ after 33,
+``benchmarks/results/program_release_lengths.md``), and the roll's program columns are 0 once a note has ended. Contributions are weighted by the
 roll's envelope values, summed with a floor (one for frames the roll calls silent, one for the others), and
 turned into a log-mel by ``0.5 ln`` (mel magnitudes from summed power). The context-level columns, when the
 layout has them, add a linear log-domain offset (they say how loud the previous segment was, a gain, not a
@@ -132,7 +136,8 @@ class AdditivePrior(nn.Module):
     ``release_decay_powers``: the same for the release decays (``fast_release_templates``), whose templates
     then also get per-timbre offsets when ``timbres`` > 0 (``timbre_release_decays``). ``release_gain_frames``
     K > 0: released notes keep their held spectrum under a gain per family and frame for K frames
-    (``release_gains``, and per timbre ``timbre_release_gains`` when ``timbres`` > 0)."""
+    (``release_gains``, and per timbre ``timbre_release_gains`` when ``timbres`` > 0). ``program_release``: those
+    gains also get a zero-started log offset per GM program (``program_release_gains``; the program layout)."""
 
     def __init__(
         self,
@@ -143,6 +148,7 @@ class AdditivePrior(nn.Module):
         drum_decay_gates: Sequence[int] = (),
         release_decay_powers: Sequence[float] = (),
         release_gain_frames: int = 0,
+        program_release: bool = False,
     ) -> None:
         super().__init__()
         if roll_features not in EXTENDED_LAYOUTS:
@@ -194,6 +200,11 @@ class AdditivePrior(nn.Module):
             self.release_gains = nn.Parameter(torch.tensor([start] * NUM_FAMILIES))
             if timbres:  # zero: each timbre starts with the shared gains
                 self.timbre_release_gains = nn.Parameter(torch.zeros(int(timbres), NUM_FAMILIES, len(start)))
+        self.program_release_gains = None
+        if program_release:
+            if not self.release_gain_frames or roll_features != PROGRAM_ROLL_FEATURES:
+                raise ValueError("program_release needs release_gain_frames and the program roll layout")
+            self.program_release_gains = nn.Parameter(torch.zeros(NUM_PROGRAMS, self.release_gain_frames))
         self.velocity_slope = nn.Parameter(torch.full((bins,), 2.0))  # log power per unit ln(v / v_max)
         self.floors = nn.Parameter(torch.full((2, bins), 2 * INITIAL_FLOOR_NAT))  # [sounding, silent]
         self.context_level = None
@@ -202,10 +213,12 @@ class AdditivePrior(nn.Module):
             nn.init.zeros_(self.context_level.weight)
             nn.init.zeros_(self.context_level.bias)
 
-    def log_power(self, roll: Tensor, timbre: Tensor | None = None) -> Tensor:
+    def log_power(self, roll: Tensor, timbre: Tensor | None = None, heard: Tensor | None = None) -> Tensor:
         """``[N, F]`` float32 roll rows -> ``[N, bins]`` log power of the summed sources and floor
         (computed in float32 whatever the parameters' dtype: the sum spans ~20 nat). ``timbre``: ``[N]``
-        timbre indices of the rows (None: timbre 0), used by ``timbre_drum_decays``."""
+        timbre indices of the rows (None: timbre 0), used by ``timbre_drum_decays``. ``heard``: ``[N, 128]``
+        :func:`programs_heard` of the rows, read by ``program_release_gains`` (None: the rows' own program
+        columns)."""
         rows = roll.shape[0]
         kinds, families = len(TONAL_KINDS), NUM_FAMILIES
         pitch_templates, slope = self.pitch_templates.float(), self.velocity_slope.float()
@@ -233,7 +246,7 @@ class AdditivePrior(nn.Module):
             sustain = TONAL_KINDS.index("sustain")
             spectra = torch.exp(pitch_templates[sustain] - top[sustain])  # [P, bins]
             colours = torch.exp(self.family_colours.float()[sustain] + top[sustain])  # [families, bins]
-            power = power + self._released_power(roll, timbre, spectra, colours)
+            power = power + self._released_power(roll, timbre, spectra, colours, heard)
         silent = roll[:, SILENT_FEATURE : SILENT_FEATURE + 1]
         floors = torch.exp(self.floors.float())
         power = power + floors[0] * (1.0 - silent) + floors[1] * silent
@@ -280,10 +293,13 @@ class AdditivePrior(nn.Module):
         power = shared[:, :start] @ torch.exp(templates[:start])
         return power + _envelope_power(rates, release_templates, self.timbre_release_decays, timbre)
 
-    def _released_power(self, roll: Tensor, timbre: Tensor | None, spectra: Tensor, colours: Tensor) -> Tensor:
+    def _released_power(
+        self, roll: Tensor, timbre: Tensor | None, spectra: Tensor, colours: Tensor, heard: Tensor | None = None
+    ) -> Tensor:
         """``[N, F]`` roll rows -> ``[N, bins]`` power of the released notes: each (family, pitch) whose release
         columns both ring, ``t = max(t_family, t_pitch)`` frames after its end (read off ``exp(-t / 20)``), gets
-        its held spectrum ``spectra[p] * colours[f]`` under the gain ``exp(G[f, t])`` while ``t`` < K."""
+        its held spectrum ``spectra[p] * colours[f]`` under the gain ``exp(G[f, t])`` while ``t`` < K (``G`` with
+        the mean offset of the family's ``heard`` programs when the prior has ``program_release_gains``)."""
         clock = RELEASE_FRAMES.index(RELEASE_GAIN_CLOCK)
         first = release_feature(clock, pitch=0)
         by_pitch = roll[:, first : first + NUM_PITCHES].clamp(min=0.0)
@@ -300,6 +316,13 @@ class AdditivePrior(nn.Module):
             rows = torch.zeros(len(roll), dtype=torch.long, device=roll.device) if timbre is None else timbre
             offsets = torch.nn.functional.pad(self.timbre_release_gains.float(), (0, 1))
             table = gains[None] + offsets[rows]
+        if self.program_release_gains is not None:
+            if heard is None:
+                heard = roll[:, VELOCITY_ROLL_FEATURES:PROGRAM_ROLL_FEATURES]
+            per_family = heard.reshape(len(roll), NUM_FAMILIES, NUM_PROGRAMS // NUM_FAMILIES)
+            share = per_family / per_family.sum(dim=2, keepdim=True).clamp(min=1.0)
+            programs = self.program_release_gains.float().reshape(NUM_FAMILIES, NUM_PROGRAMS // NUM_FAMILIES, -1)
+            table = table + torch.nn.functional.pad(torch.einsum("nfq,fqk->nfk", share, programs), (0, 1))
         weights = torch.exp(torch.gather(table, 2, index))  # [N, families, P]
         return (torch.einsum("nfp,pb->nfb", weights, spectra) * colours).sum(dim=1)
 
@@ -311,24 +334,38 @@ class AdditivePrior(nn.Module):
         colours = self.program_colours.float().reshape(NUM_FAMILIES, NUM_PROGRAMS // NUM_FAMILIES, -1)
         return torch.einsum("nfq,fqb->nfb", share, colours)
 
-    def forward(self, roll: Tensor, timbre: Tensor | None = None) -> Tensor:
+    def forward(self, roll: Tensor, timbre: Tensor | None = None, heard: Tensor | None = None) -> Tensor:
         """``[..., F]`` roll -> ``[..., bins]`` log-mel estimate in the decoder's scaled units (float32).
         ``timbre``: timbre indices broadcastable from the left to ``roll``'s leading shape (``[B]`` for
-        ``[B, T, F]``, ``[N]`` for rows, ``[1]``); None: timbre 0."""
+        ``[B, T, F]``, ``[N]`` for rows, ``[1]``); None: timbre 0. ``heard``: ``[..., 128]`` programs heard
+        (:func:`programs_heard`) for ``program_release_gains``; None: computed along the frame axis of a
+        ``[..., T, F]`` roll, or each row's own program columns for ``[N, F]`` rows."""
         if roll.shape[-1] != self.roll_features:
             raise ValueError(f"roll has {roll.shape[-1]} features, the additive prior expects {self.roll_features}")
         lead = roll.shape[:-1]
         flat = roll.reshape(-1, roll.shape[-1]).float()
+        if self.program_release_gains is not None and heard is None and roll.dim() > 2:
+            heard = programs_heard(roll)
+        if heard is not None:
+            heard = heard.reshape(-1, NUM_PROGRAMS).float()
         rows = None
         if timbre is not None and self.timbre_drum_decays is not None:
             timbre = timbre.to(device=roll.device, dtype=torch.long)
             rows = timbre.reshape(*timbre.shape, *([1] * (len(lead) - timbre.dim()))).expand(lead).reshape(-1)
         with torch.autocast(flat.device.type, enabled=False):  # the power sum stays float32 under bf16 autocast
-            log_mel = 0.5 * self.log_power(flat, rows)
+            log_mel = 0.5 * self.log_power(flat, rows, heard)
             if self.context_level is not None:
                 context = flat[:, EXTENDED_ROLL_FEATURES:CONTEXT_ROLL_FEATURES]
                 log_mel = log_mel + context @ self.context_level.weight.float().T + self.context_level.bias.float()
         return scale_features(log_mel, clip=True).reshape(*lead, -1)
+
+
+def programs_heard(roll: Tensor) -> Tensor:
+    """``[..., T, F]`` program-layout roll -> ``[..., T, 128]``: 1 for each GM program that has sounded in the
+    segment at or before the frame (the roll's program columns say only what sounds now, so a note's program is
+    gone from them once the note ends, when its release needs it)."""
+    sounding = (roll[..., VELOCITY_ROLL_FEATURES:PROGRAM_ROLL_FEATURES] > 0).to(roll.dtype)
+    return torch.cummax(sounding, dim=-2).values
 
 
 def _envelope_power(rates: Tensor, templates: Tensor, offsets: Tensor | None, timbre: Tensor | None) -> Tensor:

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from specdiff.errors import SpecdiffError
+from specdiff.models.additive_prior import programs_heard
 from specdiff.models.decoder import INPUT_SKIP_KNOTS, FilmDecoder, noisy_residual
 from specdiff.sampling.diffusion import (
     prediction_target,
@@ -100,12 +101,17 @@ def prior_fit_rows(
     decoder: FilmDecoder, dataset: Any, windows: int, batch_size: int, mask_padding: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The rolls (float16), targets and timbre indices of the valid frames of the first ``windows`` items: the
-    rows the template fits read (collect them once and pass them to each fit as ``rows``)."""
+    rows the template fits read (collect them once and pass them to each fit as ``rows``). For a prior with
+    ``program_release_gains`` each roll row ends with its 128 :func:`~specdiff.models.additive_prior.programs_heard`
+    columns (:func:`split_heard` takes them off)."""
     rolls, targets, timbres = [], [], []
     for batch in collated_windows(dataset, range(windows), batch_size):
         roll = decoder_score_roll(
             decoder, batch["tokens"], batch["context"], batch["context_mask"], **roll_inputs(batch)
-        ).flatten(0, 1)
+        )
+        if getattr(decoder.additive_prior, "program_release_gains", None) is not None:
+            roll = torch.cat([roll, programs_heard(roll)], dim=-1)  # the rows lose the frame order it needs
+        roll = roll.flatten(0, 1)
         target = batch["target"].flatten(0, 1)
         timbre = batch.get("timbre", torch.zeros(batch["target"].shape[0], dtype=torch.long))
         timbre = timbre[:, None].expand(-1, batch["target"].shape[1]).reshape(-1)
@@ -118,6 +124,12 @@ def prior_fit_rows(
     if not rolls or sum(len(r) for r in rolls) == 0:
         raise SpecdiffError("fitting the additive prior needs at least one frame")
     return torch.cat(rolls), torch.cat(targets), torch.cat(timbres)
+
+
+def split_heard(prior: Any, roll: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Fit rows of :func:`prior_fit_rows` -> (the roll, its programs-heard columns or None)."""
+    features = prior.roll_features
+    return roll[:, :features], (roll[:, features:] if roll.shape[1] > features else None)
 
 
 #: Kinds of frames the additive prior's fit can balance (:func:`frame_kinds`).
@@ -194,14 +206,14 @@ def fit_additive_prior(
     if prior is None or linear is None:
         raise SpecdiffError("fitting the additive prior needs a decoder with score_prior and additive_prior")
     roll_rows, target_rows, timbre_rows = prior_fit_rows(decoder, dataset, windows, batch_size, mask_padding)
-    shared = torch.nn.Parameter(torch.zeros(roll_rows.shape[1] - TONAL_FEATURES, linear.out_features))
+    shared = torch.nn.Parameter(torch.zeros(prior.roll_features - TONAL_FEATURES, linear.out_features))
     bias = torch.nn.Parameter(torch.zeros(linear.out_features))
     offsets = torch.nn.Parameter(torch.zeros(len(decoder.timbres) or 1, linear.out_features))
 
     def estimate(index: Tensor, additive: bool = True) -> Tensor:
-        roll = roll_rows[index].float()
+        roll, heard = split_heard(prior, roll_rows[index].float())
         linear_part = (roll[:, TONAL_FEATURES:] @ shared + bias + offsets[timbre_rows[index]]) / NAT_PER_UNIT
-        return prior(roll, timbre_rows[index]) + linear_part if additive else linear_part
+        return prior(roll, timbre_rows[index], heard) + linear_part if additive else linear_part
 
     def error(additive: bool = True) -> float:
         every_row = torch.arange(len(roll_rows))
@@ -299,7 +311,8 @@ def fit_release_templates(
     rows: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[float, float]:
     """Refit only the additive prior's release decay templates (the shared ones of the roll's release columns,
-    the faster ``release_decay_powers`` ones, the ``release_gain_frames`` gains, and their per-timbre offsets),
+    the faster ``release_decay_powers`` ones, the ``release_gain_frames`` gains, their per-timbre and per-program
+    offsets),
     everything else fixed, as :func:`fit_drum_templates` does for the drums: rows ``quiet_share`` from frames where
     a release decay rings and neither a tonal note nor a drum sounds, the rest from any frame with a release decay.
     Returns the L1 (scaled units) on those quiet frames before and after (``rows`` as for
@@ -325,7 +338,8 @@ def fit_release_templates(
         raise SpecdiffError("fitting the release templates needs training frames where a release rings alone")
     mask = torch.zeros_like(prior.shared_templates)
     mask[RELEASE_SOURCE_START:] = 1.0  # the per-pitch and per-family templates keep their fitted values
-    extra = (prior.fast_release_templates, prior.timbre_release_decays, prior.release_gains, prior.timbre_release_gains)
+    extra = (prior.fast_release_templates, prior.timbre_release_decays, prior.release_gains, prior.timbre_release_gains,
+             prior.program_release_gains)
     extra = [parameter for parameter in extra if parameter is not None]
     return _fit_templates(decoder, rows, {prior.shared_templates: mask, **dict.fromkeys(extra)},
                           (quiet, ringing.nonzero().flatten()), quiet_share, steps, rows_per_step, learning_rate,
@@ -358,8 +372,8 @@ def _fit_templates(
     prior, linear = decoder.additive_prior, decoder.score_prior_projection
 
     def estimate(index: Tensor) -> Tensor:
-        roll = roll_rows[index].float()
-        total = roll @ linear.weight.float().T + linear.bias.float() + prior(roll, timbre_rows[index])
+        roll, heard = split_heard(prior, roll_rows[index].float())
+        total = roll @ linear.weight.float().T + linear.bias.float() + prior(roll, timbre_rows[index], heard)
         if decoder.timbre_prior is not None:
             total = total + decoder.timbre_prior(timbre_rows[index]).float()
         return total
