@@ -8,44 +8,42 @@ dense frames and undershoots sparse ones (measured: the frames it calls loudest 
 over the truth; ``benchmarks/results/additive_prior.md``).
 
 This module is a small additive synthesiser instead. Each tonal roll feature (kind ``onset`` / ``sustain`` /
-``decay`` of a family and a pitch, ``specdiff.midi.score_roll``) contributes the power spectrum
-``exp(P[kind, pitch] + F[kind, family] + a * v_family)``: a per-pitch log template, a per-family log colour,
-and the family's relative log velocity (the roll's velocity columns) times a per-band slope; drum features
-their own template per drum pitch, the shared per-pitch, per-family and release columns one template each;
-on the program layout (``score_roll.PROGRAM_ROLL_FEATURES``) each family's colour also gets the mean of
-per-program colours over its programs sounding in the frame (the programs of a GM family differ:
+``decay`` of a family and a pitch, ``specdiff.midi.score_roll``) contributes the power spectrum ``exp(P[kind, pitch]
++ F[kind, family] + a * v_family)``: a per-pitch log template, a per-family log colour, and the family's relative
+log velocity (the roll's velocity columns) times a per-band slope; drum features their own template per drum pitch,
+the shared per-pitch, per-family and release columns one template each; on the program layout
+(``score_roll.PROGRAM_ROLL_FEATURES``) each family's colour also gets the mean of per-program colours over its
+programs sounding in the frame (the programs of a GM family differ:
 ``benchmarks/results/program_colours_timgm6mb.md``). With ``drum_decay_powers`` the drum decay envelope ``d = exp(-t
 / 5 frames)`` also drives faster decays ``d ** k``, each with its own template per drum pitch. Why: the
-power-weighted envelope lets a drum's log-mel fall by only 0.1 nat per frame, where a TimGM6mb hit falls
-about 1 nat per frame (``benchmarks/results/drum_decay_idioms_0130.md``); a fitted mix of rates lets each
-drum and band find its own (measured: the hit frames reach the render's level; the tails stay slow where the
-training music has few drums alone). With ``timbres`` each timbre gets a log offset on every drum decay
-template (``timbre_drum_decays``, zero-started), so a SoundFont whose drums stop dead and one whose drums
-ring can each have their own tail: one rate mix for both fitted neither (5-9 frames after a drum hit with
-no tonal note, TimGM6mb's render sits at -5.8 nat, FluidR3_GM's at -2.8; the shared fit at -2.9;
-``benchmarks/results/drum_decay_idioms_0130.md``). With ``drum_decay_gates`` a hit also drives boxes over its
-first k frames, each with its own template per drum pitch: TimGM6mb's drums are gated samples, loud for a few
-frames and then digitally silent within one (a lone snare: -3.2 nat 8 frames after the hit, the floor at 10),
-which no mix of exponential decays can follow. With ``release_decay_powers`` the release decays after a note's
-end also drive faster decays ``r ** k`` on templates of their own (and per-timbre offsets on all release
-templates): the roll's fastest release ``exp(-t / 5 frames)`` lets the log-mel fall 0.1 nat per frame, where a
-TimGM6mb chord's release falls about 0.6 (a chorale's fermata: -1 to -7.6 nat in 11 frames,
-``benchmarks/results/release_tails.md``). With ``release_gain_frames`` K a released note also keeps its own held
-spectrum (its family's and pitch's ``sustain`` templates) under a gain per family and frame after its end, ``G[f,
-t]`` for t < K (plus a per-timbre offset), so each family's release is the note it ends, fading at its own
-rate: the release columns' templates are one spectrum per pitch or per family, whatever the note was, and
-exponential in time, where a TimGM6mb piano rings on at its held level and a brass chord or a bass note falls
-0.7-1 nat per frame to digital silence (``benchmarks/results/release_tails_bundled.md``). The roll has the
-release per pitch and per family, not per note: a (family, pitch) pair counts as released ``max(t_family,
-t_pitch)`` frames ago, which is exact for notes that end alone or together. With ``program_release`` (program
-layout) the gains also get a log offset per GM program and frame, for each family the mean offset of its
-programs heard so far in the segment (:func:`programs_heard`): the programs of one family release very
-differently (TimGM6mb's drawbar organ is silent 12 frames after its note-off, its church organ after 33,
-``benchmarks/results/program_release_lengths.md``), and the roll's program columns are 0 once a note has ended. Contributions are weighted by the
-roll's envelope values, summed with a floor (one for frames the roll calls silent, one for the others), and
-turned into a log-mel by ``0.5 ln`` (mel magnitudes from summed power). The context-level columns, when the
-layout has them, add a linear log-domain offset (they say how loud the previous segment was, a gain, not a
-source).
+power-weighted envelope lets a drum's log-mel fall by only 0.1 nat per frame, where a TimGM6mb hit falls about 1 nat
+per frame (``benchmarks/results/drum_decay_idioms_0130.md``); a fitted mix of rates lets each drum and band find its
+own (measured: the hit frames reach the render's level; the tails stay slow where the training music has few drums
+alone). With ``timbres`` each timbre gets a log offset on every drum decay template (``timbre_drum_decays``,
+zero-started), so a SoundFont whose drums stop dead and one whose drums ring can each have their own tail: one rate
+mix for both fitted neither (5-9 frames after a drum hit with no tonal note, TimGM6mb's render sits at -5.8 nat,
+FluidR3_GM's at -2.8; the shared fit at -2.9; ``benchmarks/results/drum_decay_idioms_0130.md``). With
+``drum_decay_gates`` a hit also drives boxes over its first k frames, each with its own template per drum pitch:
+TimGM6mb's drums are gated samples, loud for a few frames and then digitally silent within one (a lone snare: -3.2
+nat 8 frames after the hit, the floor at 10), which no mix of exponential decays can follow. With
+``release_decay_powers`` the release decays after a note's end also drive faster decays ``r ** k`` on templates of
+their own (and per-timbre offsets on all release templates): the roll's fastest release ``exp(-t / 5 frames)`` lets
+the log-mel fall 0.1 nat per frame, where a TimGM6mb chord's release falls about 0.6 (a chorale's fermata: -1 to
+-7.6 nat in 11 frames, ``benchmarks/results/release_tails.md``). With ``release_gain_frames`` K a released note also
+keeps its own held spectrum (its family's and pitch's ``sustain`` templates) under a gain per family and frame after
+its end, ``G[f, t]`` for t < K (plus a per-timbre offset), so each family's release is the note it ends, fading at
+its own rate: the release columns' templates are one spectrum per pitch or per family, whatever the note was, and
+exponential in time, where a TimGM6mb piano rings on at its held level and a brass chord or a bass note falls 0.7-1
+nat per frame to digital silence (``benchmarks/results/release_tails_bundled.md``). The roll has the release per
+pitch and per family, not per note: a (family, pitch) pair counts as released ``max(t_family, t_pitch)`` frames ago,
+which is exact for notes that end alone or together. With ``program_release`` (program layout) the gains also get a
+log offset per GM program and frame, for each family the mean offset of its programs heard so far in the segment
+(:func:`programs_heard`): the programs of one family release very differently (TimGM6mb's drawbar organ is silent 12
+frames after its note-off, its church organ after 33, ``benchmarks/results/program_release_lengths.md``), and the
+roll's program columns are 0 once a note has ended. Contributions are weighted by the roll's envelope values, summed
+with a floor (one for frames the roll calls silent, one for the others), and turned into a log-mel by ``0.5 ln``
+(mel magnitudes from summed power). The context-level columns, when the layout has them, add a linear log-domain
+offset (they say how loud the previous segment was, a gain, not a source).
 
 All parameters are in natural-log mel units; :meth:`AdditivePrior.forward` returns the decoder's
 scaled units. ``specdiff.training.prior_fit.fit_additive_prior`` fits it on training windows.

@@ -338,8 +338,13 @@ def fit_release_templates(
         raise SpecdiffError("fitting the release templates needs training frames where a release rings alone")
     mask = torch.zeros_like(prior.shared_templates)
     mask[RELEASE_SOURCE_START:] = 1.0  # the per-pitch and per-family templates keep their fitted values
-    extra = (prior.fast_release_templates, prior.timbre_release_decays, prior.release_gains, prior.timbre_release_gains,
-             prior.program_release_gains)
+    extra = (
+        prior.fast_release_templates,
+        prior.timbre_release_decays,
+        prior.release_gains,
+        prior.timbre_release_gains,
+        prior.program_release_gains,
+    )
     extra = [parameter for parameter in extra if parameter is not None]
     return _fit_templates(decoder, rows, {prior.shared_templates: mask, **dict.fromkeys(extra)},
                           (quiet, ringing.nonzero().flatten()), quiet_share, steps, rows_per_step, learning_rate,
