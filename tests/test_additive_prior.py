@@ -775,3 +775,17 @@ def test_release_fit_with_program_gains_tells_two_organs_apart():
     assert errors["programs"][1] < 0.5 * errors["family"][1], errors  # measured 0.118 against 0.380
     moved = programs.additive_prior.program_release_gains.detach().abs().sum(dim=1).nonzero().flatten().tolist()
     assert moved == [16, 19]
+
+
+def test_frames_before_onsets_marks_the_frames_that_hold_the_next_attack():
+    """A tonal onset at frame 3 and a drum hit at frame 5 of a 7-frame roll: with a guard of 1 the frames just
+    before them are marked, with 2 the two frames before each; tied notes (no onset column) mark nothing."""
+    from specdiff.midi.score_roll import drum_feature, tonal_feature
+    from specdiff.training.prior_fit import frames_before_onsets
+
+    roll = torch.zeros(1, 7, PROGRAM_ROLL_FEATURES)
+    roll[0, 3, tonal_feature("onset", 40, 60)] = 1.0
+    roll[0, 5, drum_feature("onset", 38)] = 1.0
+    roll[0, :, tonal_feature("sustain", 0, 48)] = 1.0
+    assert frames_before_onsets(roll, 1)[0].tolist() == [False, False, True, False, True, False, False]
+    assert frames_before_onsets(roll, 2)[0].tolist() == [False, True, True, True, True, False, False]

@@ -58,6 +58,9 @@ class TrainConfig:
     # (benchmarks/results/release_tails.md).
     release_template_fit_steps: int = 0
     release_template_fit_quiet: float = 0.5
+    # N > 0: those two template fits leave out the frames N frames or fewer before a note or drum onset, which
+    # already hold its attack (the log-mel frame i is centred on sample 320 (i + 1); prior_fit.frames_before_onsets).
+    template_fit_onset_guard: int = 0
     # N > 0 (decoders with model.input_skip_frames, new runs and warm starts): fit the input_skip maps in
     # closed form on N training windows before step 1 (train.fit_input_skip).
     input_skip_fit: int = 0

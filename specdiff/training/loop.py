@@ -223,7 +223,7 @@ class Trainer:
         rows = None  # the two template fits read the same windows' rolls: collect them once (~5 GB at 1 500)
         if config.drum_template_fit_steps > 0 and config.release_template_fit_steps > 0:
             rows = prior_fit_rows(self.model.decoder, train_set, config.additive_prior_fit_windows, 64,
-                                  config.mask_padding)  # fmt: skip
+                                  config.mask_padding, config.template_fit_onset_guard)  # fmt: skip
         if config.drum_template_fit_steps > 0:
             before, after = fit_drum_templates(
                 self.model.decoder,
@@ -234,6 +234,7 @@ class Trainer:
                 seed=config.seed,
                 alone_share=config.drum_template_fit_alone,
                 rows=rows,
+                onset_guard=config.template_fit_onset_guard,
             )
             self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)  # the EMA starts from the fit
             if self.ctx.is_main:
@@ -249,6 +250,7 @@ class Trainer:
                 seed=config.seed,
                 quiet_share=config.release_template_fit_quiet,
                 rows=rows,
+                onset_guard=config.template_fit_onset_guard,
             )
             self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)  # the EMA starts from the fit
             if self.ctx.is_main:

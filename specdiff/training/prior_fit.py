@@ -96,19 +96,42 @@ def fit_score_prior(
     return error / max(count, 1)
 
 
+def frames_before_onsets(roll: Tensor, frames: int) -> Tensor:
+    """``[B, T, F]`` roll -> ``[B, T]`` bool: a tonal note or a drum hit starts within the next ``frames`` frames.
+
+    Why: the log-mel frame i is centred on sample 320 (i + 1), so the frame before a note's onset frame already
+    holds its attack (a lone TimGM6mb organ chord or snare hit at 1.00 s: frame 49 at 0.0 / +2.0 nat, frame 48 at
+    the floor; the roll's onset is frame 50). A fit that reads such a frame as a release tail or a drum's
+    decay learns a burst at the usual gap before the next note (a +10 nat spike 8 frames after an organ's
+    note-off, ``benchmarks/results/program_release_lengths.md``)."""
+    from specdiff.midi.score_roll import DRUM_KINDS, NUM_PITCHES, TONAL_FEATURES, TONAL_KINDS
+
+    onset_block = TONAL_FEATURES // len(TONAL_KINDS) * TONAL_KINDS.index("onset")
+    tonal = roll[..., onset_block : onset_block + TONAL_FEATURES // len(TONAL_KINDS)]
+    drum_start = TONAL_FEATURES + NUM_PITCHES * DRUM_KINDS.index("onset")
+    drums = roll[..., drum_start : drum_start + NUM_PITCHES]
+    starts = (tonal > 0).any(dim=-1) | (drums > 0).any(dim=-1)  # [B, T]
+    ahead = torch.zeros_like(starts)
+    for k in range(1, frames + 1):
+        ahead[:, :-k] |= starts[:, k:]
+    return ahead
+
+
 @torch.no_grad()
 def prior_fit_rows(
-    decoder: FilmDecoder, dataset: Any, windows: int, batch_size: int, mask_padding: bool
+    decoder: FilmDecoder, dataset: Any, windows: int, batch_size: int, mask_padding: bool, onset_guard: int = 0
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The rolls (float16), targets and timbre indices of the valid frames of the first ``windows`` items: the
     rows the template fits read (collect them once and pass them to each fit as ``rows``). For a prior with
     ``program_release_gains`` each roll row ends with its 128 :func:`~specdiff.models.additive_prior.programs_heard`
-    columns (:func:`split_heard` takes them off)."""
+    columns (:func:`split_heard` takes them off). ``onset_guard`` > 0 leaves out the frames that many frames or
+    fewer before an onset (:func:`frames_before_onsets`)."""
     rolls, targets, timbres = [], [], []
     for batch in collated_windows(dataset, range(windows), batch_size):
         roll = decoder_score_roll(
             decoder, batch["tokens"], batch["context"], batch["context_mask"], **roll_inputs(batch)
         )
+        guarded = frames_before_onsets(roll, onset_guard).flatten() if onset_guard > 0 else None
         if getattr(decoder.additive_prior, "program_release_gains", None) is not None:
             roll = torch.cat([roll, programs_heard(roll)], dim=-1)  # the rows lose the frame order it needs
         roll = roll.flatten(0, 1)
@@ -116,6 +139,8 @@ def prior_fit_rows(
         timbre = batch.get("timbre", torch.zeros(batch["target"].shape[0], dtype=torch.long))
         timbre = timbre[:, None].expand(-1, batch["target"].shape[1]).reshape(-1)
         keep = _valid_rows(batch, mask_padding)
+        if guarded is not None:
+            keep = ~guarded if keep is None else keep & ~guarded
         if keep is not None:
             roll, target, timbre = roll[keep], target[keep], timbre[keep]
         rolls.append(roll.half())  # envelope values in [0, 1] and log velocities: half is plenty
@@ -265,13 +290,15 @@ def fit_drum_templates(
     seed: int = 0,
     alone_share: float = 0.5,
     rows: tuple[Tensor, Tensor, Tensor] | None = None,
+    onset_guard: int = 0,
 ) -> tuple[float, float]:
     """Refit only the additive prior's drum decay templates (the roll's rate and the faster ``drum_decay_powers``
     ones, the ``drum_decay_gates`` ones, and their per-timbre offsets with ``timbre_drum_decays``),
     everything else fixed, by Adam on the L1 of the whole prior against the target, each step's rows
     ``alone_share`` from "drums alone" frames (:func:`frame_kinds`) and the rest from any frame with a drum,
     over the first ``windows`` items of ``dataset``. Returns the L1 (scaled units) on the drums-alone frames
-    before and after (``rows``: :func:`prior_fit_rows` of those windows, when the caller has them). Why: in a fit
+    before and after (``rows``: :func:`prior_fit_rows` of those windows, when the caller has them; else it collects
+    them with ``onset_guard``). Why: in a fit
     over all frames the drum templates serve the frames where drums play
     with tonal notes, and 5-9 frames after a TimGM6mb hit with no tonal note near the prior sat 3 nat over
     the render; measured on the bundled model, this refit brings those tails 1.5 nat down at +0.7% L1 over
@@ -283,7 +310,7 @@ def fit_drum_templates(
     if not 0.0 <= alone_share <= 1.0:
         raise SpecdiffError(f"the drums-alone share of the drum template fit must be in [0, 1], got {alone_share}")
     if rows is None:
-        rows = prior_fit_rows(decoder, dataset, windows, batch_size, mask_padding)
+        rows = prior_fit_rows(decoder, dataset, windows, batch_size, mask_padding, onset_guard)
     alone = (frame_kinds(rows[0]) == FRAME_KINDS.index("drums alone")).nonzero().flatten()
     with_drums = (rows[0][:, TONAL_FEATURES : TONAL_FEATURES + DRUM_FEATURES] != 0).any(dim=1).nonzero().flatten()
     if len(alone) == 0:
@@ -309,13 +336,14 @@ def fit_release_templates(
     seed: int = 0,
     quiet_share: float = 0.5,
     rows: tuple[Tensor, Tensor, Tensor] | None = None,
+    onset_guard: int = 0,
 ) -> tuple[float, float]:
     """Refit only the additive prior's release decay templates (the shared ones of the roll's release columns,
     the faster ``release_decay_powers`` ones, the ``release_gain_frames`` gains, their per-timbre and per-program
     offsets),
     everything else fixed, as :func:`fit_drum_templates` does for the drums: rows ``quiet_share`` from frames where
     a release decay rings and neither a tonal note nor a drum sounds, the rest from any frame with a release decay.
-    Returns the L1 (scaled units) on those quiet frames before and after (``rows`` as for
+    Returns the L1 (scaled units) on those quiet frames before and after (``rows`` and ``onset_guard`` as for
     :func:`fit_drum_templates`). Why: the roll's fastest release lets the prior's log-mel fall 0.1 nat per frame
     after a note ends, a TimGM6mb release about 0.6 (``benchmarks/results/release_tails.md``)."""
     from specdiff.midi.score_roll import DRUM_FEATURES, SILENT_FEATURE, TONAL_FEATURES
@@ -328,7 +356,7 @@ def fit_release_templates(
     if not 0.0 <= quiet_share <= 1.0:
         raise SpecdiffError(f"the quiet share of the release template fit must be in [0, 1], got {quiet_share}")
     if rows is None:
-        rows = prior_fit_rows(decoder, dataset, windows, batch_size, mask_padding)
+        rows = prior_fit_rows(decoder, dataset, windows, batch_size, mask_padding, onset_guard)
     first = TONAL_FEATURES + DRUM_FEATURES + RELEASE_SOURCE_START
     ringing = (rows[0][:, first:SILENT_FEATURE] > 0).any(dim=1)
     kinds = frame_kinds(rows[0])  # no tonal note and no drum: the release is all that sounds
