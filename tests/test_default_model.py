@@ -137,9 +137,10 @@ def test_bundled_model_lets_a_lone_timgm6mb_drum_hit_fall_silent():
     (``benchmarks/results/release_tails_bundled.md``). On the 5 frames from the one after that, the model's
     mean log-mel must be under -8 nat, the silence metric's threshold (issue 24; the render: -11.5).
 
-    Measured (TimGM6mb, the folder's sampling settings, seed 0): the bundled model (drum gates, Training step
-    19) -11.1 / -9.9 / -11.2 / -8.9 (hits -0.4 / +0.9 / -0.5 / -1.2); the model bundled before it (exponential
-    drum decays only) -9.5 / -4.1 / -8.1 / -5.6 (hits -1.3 / +0.9 / -1.1 / -1.1)."""
+    Measured (TimGM6mb, the folder's sampling settings, seed 0): the bundled model (drum gates refitted without
+    the frame before each onset, Training step 21) -11.5 / -10.8 / -11.5 / -10.3 (hits -0.3 / +0.8 / -0.5 / -1.2);
+    with the drum gates as first fitted (Training step 19) -11.1 / -9.9 / -11.2 / -8.9; with exponential drum
+    decays only -9.5 / -4.1 / -8.1 / -5.6 (hits -1.3 / +0.9 / -1.1 / -1.1)."""
     import torch
 
     from specdiff.midi.reader import Note
@@ -165,8 +166,8 @@ def test_bundled_model_lets_a_released_timgm6mb_brass_chord_fall_silent():
     (``benchmarks/results/release_tails_bundled_gr.md``). On frames 13-15 after the note-off the model's mean log-mel
     must be under -9.5 nat, and while the chord sounds over -2 nat.
 
-    Measured (TimGM6mb, the folder's sampling settings, seed 0): the bundled model (release gains, Training step 20)
-    -10.4, held -0.3; the model bundled before it (run G) -8.6, held -0.3."""
+    Measured (TimGM6mb, the folder's sampling settings, seed 0): the bundled model (per-program release offsets,
+    Training step 21) -10.6, held -0.3; with the release gains per family (Training step 20) -10.4; run G -8.6."""
     import torch
 
     from specdiff.midi.reader import Note
