@@ -435,24 +435,28 @@ def test_drum_decay_gates_add_a_box_over_the_hits_first_frames():
     assert torch.equal(gates[:, 1].nonzero().flatten(), torch.arange(5, 11))
 
 
+def _chord_window(w: int, program: int, slope: float, spacing: float, tail: int) -> dict:
+    """Window ``w`` of five C major chords of ``program`` (0.3 s each, ``spacing`` s apart) whose target is at 0 nat
+    while a chord sounds, falls ``slope`` nat per frame for ``tail`` frames after it ends and sits at the floor
+    after that."""
+    starts = [spacing * k + 0.01 * w for k in range(5)]
+    notes = [Note(pitch, s, s + 0.3, 100, program, False) for s in starts for pitch in (60, 64, 67)]
+    nat = np.full((256, 128), MIN_VALUE)
+    for s in starts:
+        on, off = int(s * 50), int((s + 0.3) * 50)
+        nat[on:off] = 0.0
+        for t in range(tail):
+            nat[off + t] = max(-slope * (t + 1), MIN_VALUE)
+    target = (nat - MIN_VALUE) / NAT_PER_UNIT - 1.0
+    return dict(tokens=torch.tensor(notes_to_segments(notes, 5.12)[0]), context=torch.zeros(256, 128),
+                context_mask=torch.zeros(256, dtype=torch.bool),
+                target=torch.from_numpy(target.astype(np.float32)))  # fmt: skip
+
+
 def _chord_windows(count: int) -> list[dict]:
     """``count`` windows of five piano chords (C major, 0.3 s each, 0.5 s apart) whose target is at 0 nat while
     a chord sounds, falls 1 nat per frame after it ends and sits at the floor after that (a fast release)."""
-    windows = []
-    for w in range(count):
-        starts = [0.5 * k + 0.01 * w for k in range(5)]
-        notes = [Note(pitch, s, s + 0.3, 100, 0, False) for s in starts for pitch in (60, 64, 67)]
-        nat = np.full((256, 128), MIN_VALUE)
-        for s in starts:
-            on, off = int(s * 50), int((s + 0.3) * 50)
-            nat[on:off] = 0.0
-            for t in range(12):
-                nat[off + t] = max(-1.0 * (t + 1), MIN_VALUE)
-        target = (nat - MIN_VALUE) / NAT_PER_UNIT - 1.0
-        windows.append(dict(tokens=torch.tensor(notes_to_segments(notes, 5.12)[0]), context=torch.zeros(256, 128),
-                            context_mask=torch.zeros(256, dtype=torch.bool),
-                            target=torch.from_numpy(target.astype(np.float32))))  # fmt: skip
-    return windows
+    return [_chord_window(w, program=0, slope=1.0, spacing=0.5, tail=12) for w in range(count)]
 
 
 def test_faster_release_decays_add_their_own_templates_to_the_power_sum():
@@ -731,25 +735,10 @@ def test_program_release_gains_is_a_checked_option_whose_warm_start_loads():
 
 
 def _organ_windows(count: int) -> list[dict]:
-    """``count`` windows of organ chords (as :func:`_chord_windows`), alternately of GM program 16, whose target
-    falls 2 nat per frame after a chord ends, and 19, whose target falls 0.25 nat per frame: one family, two
-    releases."""
-    windows = []
-    for w in range(count):
-        program, slope = (16, 2.0) if w % 2 == 0 else (19, 0.25)
-        starts = [0.8 * k + 0.01 * w for k in range(5)]
-        notes = [Note(pitch, s, s + 0.3, 100, program, False) for s in starts for pitch in (60, 64, 67)]
-        nat = np.full((256, 128), MIN_VALUE)
-        for s in starts:
-            on, off = int(s * 50), int((s + 0.3) * 50)
-            nat[on:off] = 0.0
-            for t in range(25):
-                nat[off + t] = max(-slope * (t + 1), MIN_VALUE)
-        target = (nat - MIN_VALUE) / NAT_PER_UNIT - 1.0
-        windows.append(dict(tokens=torch.tensor(notes_to_segments(notes, 5.12)[0]), context=torch.zeros(256, 128),
-                            context_mask=torch.zeros(256, dtype=torch.bool),
-                            target=torch.from_numpy(target.astype(np.float32))))  # fmt: skip
-    return windows
+    """``count`` windows of organ chords (as :func:`_chord_windows`, 0.8 s apart), alternately of GM program 16,
+    whose target falls 2 nat per frame after a chord ends, and 19, whose target falls 0.25 nat per frame: one
+    family, two releases."""
+    return [_chord_window(w, *((16, 2.0) if w % 2 == 0 else (19, 0.25)), spacing=0.8, tail=25) for w in range(count)]
 
 
 def test_release_fit_with_program_gains_tells_two_organs_apart():

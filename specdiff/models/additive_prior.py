@@ -317,20 +317,15 @@ class AdditivePrior(nn.Module):
         if self.program_release_gains is not None:
             if heard is None:
                 heard = roll[:, VELOCITY_ROLL_FEATURES:PROGRAM_ROLL_FEATURES]
-            per_family = heard.reshape(len(roll), NUM_FAMILIES, NUM_PROGRAMS // NUM_FAMILIES)
-            share = per_family / per_family.sum(dim=2, keepdim=True).clamp(min=1.0)
-            programs = self.program_release_gains.float().reshape(NUM_FAMILIES, NUM_PROGRAMS // NUM_FAMILIES, -1)
-            table = table + torch.nn.functional.pad(torch.einsum("nfq,fqk->nfk", share, programs), (0, 1))
+            offsets = _family_mean_over_programs(heard, self.program_release_gains.float())
+            table = table + torch.nn.functional.pad(offsets, (0, 1))
         weights = torch.exp(torch.gather(table, 2, index))  # [N, families, P]
         return (torch.einsum("nfp,pb->nfb", weights, spectra) * colours).sum(dim=1)
 
     def _program_colour(self, programs: Tensor) -> Tensor:
         """``[N, 128]`` sounding-program columns -> ``[N, families, bins]`` log-power colour of each family:
         the mean colour of its programs that sound in the frame (0 where none does)."""
-        per_family = programs.reshape(len(programs), NUM_FAMILIES, NUM_PROGRAMS // NUM_FAMILIES)
-        share = per_family / per_family.sum(dim=2, keepdim=True).clamp(min=1.0)
-        colours = self.program_colours.float().reshape(NUM_FAMILIES, NUM_PROGRAMS // NUM_FAMILIES, -1)
-        return torch.einsum("nfq,fqb->nfb", share, colours)
+        return _family_mean_over_programs(programs, self.program_colours.float())
 
     def forward(self, roll: Tensor, timbre: Tensor | None = None, heard: Tensor | None = None) -> Tensor:
         """``[..., F]`` roll -> ``[..., bins]`` log-mel estimate in the decoder's scaled units (float32).
@@ -356,6 +351,14 @@ class AdditivePrior(nn.Module):
                 context = flat[:, EXTENDED_ROLL_FEATURES:CONTEXT_ROLL_FEATURES]
                 log_mel = log_mel + context @ self.context_level.weight.float().T + self.context_level.bias.float()
         return scale_features(log_mel, clip=True).reshape(*lead, -1)
+
+
+def _family_mean_over_programs(programs: Tensor, values: Tensor) -> Tensor:
+    """``[N, 128]`` program flags and ``[128, X]`` values per program -> ``[N, families, X]``: for each family the
+    mean of its flagged programs' values (0 where none is flagged)."""
+    per_family = programs.reshape(len(programs), NUM_FAMILIES, NUM_PROGRAMS // NUM_FAMILIES)
+    share = per_family / per_family.sum(dim=2, keepdim=True).clamp(min=1.0)
+    return torch.einsum("nfq,fqx->nfx", share, values.reshape(NUM_FAMILIES, NUM_PROGRAMS // NUM_FAMILIES, -1))
 
 
 def programs_heard(roll: Tensor) -> Tensor:
