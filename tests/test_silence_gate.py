@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from specdiff.audio import mel
@@ -22,13 +23,39 @@ def tone_then_rest(noise_db: float | None = None) -> torch.Tensor:
     return audio[None].float()
 
 
-def test_frame_gains_interpolate_between_frame_centres():
-    gains = torch.tensor([[1.0, 0.0, 1.0]])
+def test_frame_gains_interpolate_geometrically_between_frame_centres():
+    gains = torch.tensor([[1.0, 0.0625, 1.0]])
     samples = frame_gains_to_samples(gains, 4 * 320)
-    # centres at 320, 640, 960: flat before the first, linear between, flat after the last
+    # centres at 320, 640, 960: flat before the first, geometric between, flat after the last
     assert torch.allclose(samples[0, :321], torch.ones(321))
-    assert float(samples[0, 480]) == 0.5 and float(samples[0, 640]) == 0.0 and float(samples[0, 800]) == 0.5
+    halfway = float(samples[0, 480])  # the geometric mean of 1 and 1/16 (a linear ramp would give 0.53)
+    assert abs(halfway - 0.25) < 1e-6 and abs(float(samples[0, 640]) - 0.0625) < 1e-7
+    assert abs(float(samples[0, 800]) - 0.25) < 1e-6 and abs(float(samples[0, 560]) - 0.125) < 1e-6
     assert torch.allclose(samples[0, 960:], torch.ones(320))
+    assert bool((samples[0].diff().abs() < 0.01).all())  # continuous: no step between samples
+
+
+def test_frame_gains_linear_ramp_for_comparison_and_unknown_ramp_refused():
+    samples = frame_gains_to_samples(torch.tensor([[1.0, 0.0, 1.0]]), 4 * 320, interpolation="linear")
+    assert float(samples[0, 480]) == 0.5 and float(samples[0, 640]) == 0.0 and float(samples[0, 800]) == 0.5
+    with pytest.raises(ValueError, match="interpolation"):
+        frame_gains_to_samples(torch.ones(1, 3), 960, interpolation="cubic")
+
+
+def test_geometric_ramp_leaks_less_of_a_loud_frame_into_the_rest_beside_it():
+    # a tone for 0.5 s, then a rest the mel asks to be silent; the "smear" is a -30 dB copy of the tone in the rest
+    t = torch.arange(SR, dtype=torch.float64) / SR
+    tone = 0.5 * torch.sin(2 * math.pi * 440 * t)
+    clean = (tone * (t < 0.5))[None].float()
+    smeared = (tone * ((t < 0.5) + (t >= 0.5) * 10 ** (-30 / 20)))[None].float()
+    target = mel.log_mel(clean)
+    first_rest = int((frame_levels(target)[0] < -5).nonzero()[0])  # the frame after the tone's last window
+    levels = {}
+    for ramp in ("geometric", "linear"):
+        gated = silence_gate(smeared, target, interpolation=ramp)
+        levels[ramp] = float(frame_levels(mel.log_mel(gated))[0, first_rest])
+    # measured: -2.7 against +0.1 (the rest asks for -6.7): the linear ramp lets half the loud frame's gain in
+    assert levels["geometric"] < levels["linear"] - 2.0
 
 
 def test_gate_silences_a_noisy_rest_and_keeps_the_tone():
