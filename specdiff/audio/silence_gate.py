@@ -13,8 +13,9 @@ gain 1 to a rest's gain of e^-4 is still at 0.5 halfway, and that half hop of th
 inside the rest's analysis window; the geometric ramp is at e^-2 there. Measured on the held-out band
 music (the bundled model's own mels, 2 passes): the silence gap of the test piece with drum gaps
 2.31 -> 1.87 nat, on the validation pieces with silent frames 2.24 / 2.27 / 3.61 -> 2.20 / 2.11 / 3.46,
-onset F1 unchanged (``benchmarks/results/silence_gate_interpolation.md``, ``..._validation.md``). It sharpens attacks too: the
-pre-echo a synthesis window spreads before an onset sits in frames the mel says are quiet.
+onset F1 unchanged (``benchmarks/results/silence_gate_interpolation.md``, ``..._validation.md``). It
+sharpens attacks too: the pre-echo a synthesis window spreads before an onset sits in frames the mel
+says are quiet.
 """
 
 from __future__ import annotations
