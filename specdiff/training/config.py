@@ -58,6 +58,10 @@ class TrainConfig:
     # (benchmarks/results/release_tails.md).
     release_template_fit_steps: int = 0
     release_template_fit_quiet: float = 0.5
+    # > 0 (decoders with model.program_release_gains): that fit also pulls each GM program's release offsets towards
+    # its family's gains, this weight times their sum of squares (log power) added to each step's loss; a program
+    # heard releasing alone in few of the fit's windows keeps its family's fade (prior_fit.fit_release_templates).
+    release_template_fit_program_shrink: float = 0.0
     # N > 0: those two template fits leave out the frames N frames or fewer before a note or drum onset, which
     # already hold its attack (the log-mel frame i is centred on sample 320 (i + 1); prior_fit.frames_before_onsets).
     template_fit_onset_guard: int = 0

@@ -251,6 +251,7 @@ class Trainer:
                 quiet_share=config.release_template_fit_quiet,
                 rows=rows,
                 onset_guard=config.template_fit_onset_guard,
+                program_shrink=config.release_template_fit_program_shrink,
             )
             self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)  # the EMA starts from the fit
             if self.ctx.is_main:

@@ -4,6 +4,7 @@ over collated training windows)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import partial
 from typing import Any
 
 import torch
@@ -337,6 +338,7 @@ def fit_release_templates(
     quiet_share: float = 0.5,
     rows: tuple[Tensor, Tensor, Tensor] | None = None,
     onset_guard: int = 0,
+    program_shrink: float = 0.0,
 ) -> tuple[float, float]:
     """Refit only the additive prior's release decay templates (the shared ones of the roll's release columns,
     the faster ``release_decay_powers`` ones, the ``release_gain_frames`` gains, their per-timbre and per-program
@@ -345,7 +347,13 @@ def fit_release_templates(
     a release decay rings and neither a tonal note nor a drum sounds, the rest from any frame with a release decay.
     Returns the L1 (scaled units) on those quiet frames before and after (``rows`` and ``onset_guard`` as for
     :func:`fit_drum_templates`). Why: the roll's fastest release lets the prior's log-mel fall 0.1 nat per frame
-    after a note ends, a TimGM6mb release about 0.6 (``benchmarks/results/release_tails.md``)."""
+    after a note ends, a TimGM6mb release about 0.6 (``benchmarks/results/release_tails.md``).
+
+    ``program_shrink`` > 0 adds ``program_shrink`` times the sum of squares of the per-program release offsets
+    (``program_release_gains``, log power) to each step's loss, pulling each program's offsets towards its
+    family's gains by as much as its own frames do not outweigh: a program heard releasing alone in only one or
+    two of the fit's windows (on 1 500 windows, TimGM6mb's piano family: about 35 quiet frames at each frame
+    after the note-off) gets its family's fade instead of that one event's."""
     from specdiff.midi.score_roll import DRUM_FEATURES, SILENT_FEATURE, TONAL_FEATURES
     from specdiff.models.additive_prior import RELEASE_SOURCE_START
 
@@ -374,9 +382,19 @@ def fit_release_templates(
         prior.program_release_gains,
     )
     extra = [parameter for parameter in extra if parameter is not None]
+    if program_shrink < 0:
+        raise SpecdiffError(f"the program offsets' shrinkage must be >= 0, got {program_shrink}")
+    penalty = None
+    if program_shrink > 0 and prior.program_release_gains is not None:
+        penalty = partial(_weighted_sum_of_squares, prior.program_release_gains, program_shrink)
     return _fit_templates(decoder, rows, {prior.shared_templates: mask, **dict.fromkeys(extra)},
                           (quiet, ringing.nonzero().flatten()), quiet_share, steps, rows_per_step, learning_rate,
-                          seed)  # fmt: skip
+                          seed, penalty)  # fmt: skip
+
+
+def _weighted_sum_of_squares(parameter: Tensor, weight: float) -> Tensor:
+    """``weight`` times the sum of squares of ``parameter`` (a template fit's penalty)."""
+    return weight * parameter.float().pow(2).sum()
 
 
 def _fitted_prior(decoder: FilmDecoder, what: str) -> Any:
@@ -396,11 +414,12 @@ def _fit_templates(
     rows_per_step: int,
     learning_rate: float,
     seed: int,
+    penalty: Callable[[], Tensor] | None = None,
 ) -> tuple[float, float]:
     """Adam on the L1 of the whole prior (linear + additive + timbre prior) against the target over
-    ``rows`` (rolls, targets, timbres), moving only ``parameters`` (each with a gradient mask, None: all of
-    it); each step draws ``first_share`` of its rows from ``pools[0]``, the rest from ``pools[1]``. Returns
-    the L1 on ``pools[0]`` before and after."""
+    ``rows`` (rolls, targets, timbres), plus ``penalty()`` when given, moving only ``parameters`` (each with a
+    gradient mask, None: all of it); each step draws ``first_share`` of its rows from ``pools[0]``, the rest
+    from ``pools[1]``. Returns the L1 on ``pools[0]`` before and after."""
     roll_rows, target_rows, timbre_rows = rows
     prior, linear = decoder.additive_prior, decoder.score_prior_projection
 
@@ -422,6 +441,8 @@ def _fit_templates(
                                second[torch.randint(len(second), (rows_per_step - first_rows,),
                                                     generator=generator)]])  # fmt: skip
             loss = (estimate(index) - target_rows[index]).abs().mean()
+            if penalty is not None:
+                loss = loss + penalty()
             optimizer.zero_grad()
             loss.backward()
             for parameter, mask in parameters.items():
