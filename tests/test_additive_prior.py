@@ -778,3 +778,26 @@ def test_frames_before_onsets_marks_the_frames_that_hold_the_next_attack():
     roll[0, :, tonal_feature("sustain", 0, 48)] = 1.0
     assert frames_before_onsets(roll, 1)[0].tolist() == [False, False, True, False, True, False, False]
     assert frames_before_onsets(roll, 2)[0].tolist() == [False, True, True, True, True, False, False]
+
+
+def test_program_shrink_pulls_the_program_offsets_towards_the_family_gains():
+    """The same two organs: with ``program_shrink`` the fitted offsets are smaller than without (a penalty on
+    their sum of squares), and a negative weight is refused."""
+    from specdiff.errors import SpecdiffError
+    from specdiff.training.prior_fit import fit_release_templates
+
+    kw = dict(**TINY, score_roll_features=PROGRAM_ROLL_FEATURES, prediction_type="edm", score_prior=True,
+              additive_prior=True, release_gain_frames=32, program_release_gains=True)  # fmt: skip
+    windows = _organ_windows(4)
+    sizes = {}
+    for shrink in (0.0, 1e-2):
+        decoder = FilmDecoder(**kw)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            decoder.additive_prior.pitch_templates.fill_(0.0)
+        fit_release_templates(decoder, windows, 4, steps=120, rows_per_step=256, learning_rate=0.3, batch_size=2,
+                              program_shrink=shrink)  # fmt: skip
+        sizes[shrink] = float(decoder.additive_prior.program_release_gains.detach().pow(2).sum())
+    assert sizes[1e-2] < 0.5 * sizes[0.0], sizes
+    with pytest.raises(SpecdiffError, match="shrinkage"):
+        fit_release_templates(FilmDecoder(**kw), windows, 4, steps=1, batch_size=2, program_shrink=-1.0)
