@@ -39,7 +39,9 @@ def frame_levels(log_mel: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(log_mel, dim=-1)
 
 
-def frame_gains_to_samples(gains: torch.Tensor, num_samples: int, interpolation: str = "geometric") -> torch.Tensor:
+def frame_gains_to_samples(
+    gains: torch.Tensor, num_samples: int, interpolation: str = GAIN_INTERPOLATIONS[0]
+) -> torch.Tensor:
     """Per-frame gains ``[B, T]`` (positive) -> per-sample gains ``[B, num_samples]``, ``"geometric"``
     between the frame centres (linear in log gain) or ``"linear"`` (the gate before the geometric ramp was
     measured, kept for comparison); frame ``t`` covers samples ``[320 t, 320 t + 640)``, centre

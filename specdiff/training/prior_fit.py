@@ -363,6 +363,8 @@ def fit_release_templates(
                             "release_gain_frames")  # fmt: skip
     if not 0.0 <= quiet_share <= 1.0:
         raise SpecdiffError(f"the quiet share of the release template fit must be in [0, 1], got {quiet_share}")
+    if program_shrink < 0:
+        raise SpecdiffError(f"the program offsets' shrinkage must be >= 0, got {program_shrink}")
     if rows is None:
         rows = prior_fit_rows(decoder, dataset, windows, batch_size, mask_padding, onset_guard)
     first = TONAL_FEATURES + DRUM_FEATURES + RELEASE_SOURCE_START
@@ -382,8 +384,6 @@ def fit_release_templates(
         prior.program_release_gains,
     )
     extra = [parameter for parameter in extra if parameter is not None]
-    if program_shrink < 0:
-        raise SpecdiffError(f"the program offsets' shrinkage must be >= 0, got {program_shrink}")
     penalty = None
     if program_shrink > 0 and prior.program_release_gains is not None:
         penalty = partial(_weighted_sum_of_squares, prior.program_release_gains, program_shrink)
