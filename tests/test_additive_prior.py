@@ -415,7 +415,8 @@ def test_drum_decay_gates_add_a_box_over_the_hits_first_frames():
     with torch.no_grad():
         for p in (source.additive_prior.drum_templates, source.additive_prior.fast_drum_templates):
             p.copy_(torch.from_numpy(rng.uniform(-3.0, 1.0, p.shape).astype(np.float32)))
-        source.additive_prior.timbre_drum_decays.copy_(torch.randn(2, 2, 128, 128))
+        offsets = torch.randn(2, 2, 128, 128, generator=torch.Generator().manual_seed(0))  # seeded: order-free
+        source.additive_prior.timbre_drum_decays.copy_(offsets)
     state = {"model": {f"decoder.{k}": v for k, v in source.state_dict().items()}}
     wanted = {f"decoder.{k}": v for k, v in target.state_dict().items()}
     state, extended = add_drum_envelopes(state, wanted)
@@ -426,7 +427,7 @@ def test_drum_decay_gates_add_a_box_over_the_hits_first_frames():
     for timbre in (0, 1):
         index = torch.tensor([timbre])
         before, after = source.additive_prior(roll, index), target.additive_prior(roll, index)
-        assert float((_nat(after) - _nat(before)).max()) < 0.01  # measured 0.007 with random offsets
+        assert float((_nat(after) - _nat(before)).max()) < 0.01  # measured 0.005 / 0.005 (seeded offsets)
     # the gates' own envelopes: the hit is at frame 5
     prior = target.additive_prior
     drums = roll[0, :, TONAL_FEATURES : TONAL_FEATURES + 2 * 128].reshape(256, 2, 128)
