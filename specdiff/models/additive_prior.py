@@ -95,8 +95,9 @@ INITIAL_FLOOR_NAT = -10.0
 #: 1 nat of log-mel at the end, then 0.5 nat per frame, near a TimGM6mb chord's release; the fit then moves them.
 INITIAL_RELEASE_GAIN_LOG_POWER = -2.0
 INITIAL_RELEASE_GAIN_SLOPE = -1.0
-#: The release gain of a note ended more than ``release_gain_frames`` ago (or never): no power at all.
-_NO_RELEASE_LOG_POWER = -80.0
+#: The release gain of a note ended more than ``release_gain_frames`` ago (or never), and a release template
+#: switched off: no power at all.
+NO_RELEASE_LOG_POWER = -80.0
 #: The release time constant (frames) whose roll columns time the release gains: exp(-t / 20) stays far above
 #: float32's and bfloat16's smallest numbers for hundreds of frames.
 RELEASE_GAIN_CLOCK = 20.0
@@ -108,6 +109,12 @@ def check_drum_decay_gates(gates: Sequence[int]) -> None:
     bad = any(isinstance(k, bool) or int(k) != k or not 1 <= int(k) <= DRUM_DECAY_SPAN for k in values)
     if bad or len(set(values)) != len(values):
         raise ValueError(f"drum_decay_gates must be distinct frame counts in 1..{DRUM_DECAY_SPAN}, got {values}")
+
+
+def release_pitch_rows() -> list[int]:
+    """The first row of each release time constant's per-pitch templates in ``shared_templates`` (each block
+    spans ``NUM_PITCHES`` rows; the per-family templates follow it)."""
+    return [release_feature(k, pitch=0) - TONAL_FEATURES - DRUM_FEATURES for k in range(len(RELEASE_FRAMES))]
 
 
 def check_release_gain_frames(frames: int) -> None:
@@ -307,7 +314,7 @@ class AdditivePrior(nn.Module):
         frames = (-RELEASE_GAIN_CLOCK * torch.log(joint.clamp(min=1e-30))).round()
         index = frames.clamp(max=self.release_gain_frames).long()  # K: ended too long ago (or never)
         gains = self.release_gains.float()
-        gains = torch.cat([gains, gains.new_full((NUM_FAMILIES, 1), _NO_RELEASE_LOG_POWER)], dim=1)
+        gains = torch.cat([gains, gains.new_full((NUM_FAMILIES, 1), NO_RELEASE_LOG_POWER)], dim=1)
         if self.timbre_release_gains is None:
             table = gains.expand(len(roll), -1, -1)
         else:

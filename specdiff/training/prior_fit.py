@@ -339,6 +339,7 @@ def fit_release_templates(
     rows: tuple[Tensor, Tensor, Tensor] | None = None,
     onset_guard: int = 0,
     program_shrink: float = 0.0,
+    pitch_templates: bool = True,
 ) -> tuple[float, float]:
     """Refit only the additive prior's release decay templates (the shared ones of the roll's release columns,
     the faster ``release_decay_powers`` ones, the ``release_gain_frames`` gains, their per-timbre and per-program
@@ -353,9 +354,16 @@ def fit_release_templates(
     (``program_release_gains``, log power) to each step's loss, pulling each program's offsets towards its
     family's gains by as much as its own frames do not outweigh: a program heard releasing alone in only one or
     two of the fit's windows (on 1 500 windows, TimGM6mb's piano family: about 35 quiet frames at each frame
-    after the note-off) gets its family's fade instead of that one event's."""
-    from specdiff.midi.score_roll import DRUM_FEATURES, SILENT_FEATURE, TONAL_FEATURES
-    from specdiff.models.additive_prior import RELEASE_SOURCE_START
+    after the note-off) gets its family's fade instead of that one event's.
+
+    ``pitch_templates`` False switches the release columns' per-pitch templates off (no power, held there) and
+    leaves the release to the per-family templates, gains and program offsets. Why: a per-pitch column knows
+    neither family nor program, so its fit is one fade for every instrument, and on the roll's decays
+    exp(-t / 5) and exp(-t / 20) it falls at most 0.1 nat per frame: after a drawbar organ chord (digital
+    silence 12 frames after its note-off in TimGM6mb) the bundled prior's per-pitch release columns still held
+    the log-mel at -3.7 to -7 nat for 50 frames, where the render was at the floor (-11.5)."""
+    from specdiff.midi.score_roll import DRUM_FEATURES, NUM_PITCHES, SILENT_FEATURE, TONAL_FEATURES
+    from specdiff.models.additive_prior import NO_RELEASE_LOG_POWER, RELEASE_SOURCE_START, release_pitch_rows
 
     prior = _fitted_prior(decoder, "release")
     if prior.fast_release_templates is None and prior.release_gains is None:
@@ -376,6 +384,11 @@ def fit_release_templates(
         raise SpecdiffError("fitting the release templates needs training frames where a release rings alone")
     mask = torch.zeros_like(prior.shared_templates)
     mask[RELEASE_SOURCE_START:] = 1.0  # the per-pitch and per-family templates keep their fitted values
+    if not pitch_templates:
+        with torch.no_grad():
+            for start in release_pitch_rows():
+                prior.shared_templates[start : start + NUM_PITCHES] = NO_RELEASE_LOG_POWER
+                mask[start : start + NUM_PITCHES] = 0.0
     extra = (
         prior.fast_release_templates,
         prior.timbre_release_decays,
