@@ -804,27 +804,35 @@ def test_program_shrink_pulls_the_program_offsets_towards_the_family_gains():
         fit_release_templates(FilmDecoder(**kw), windows, 4, steps=1, batch_size=2, program_shrink=-1.0)
 
 
-def test_release_fit_without_pitch_templates_leaves_the_release_to_the_families():
-    """With ``pitch_templates=False`` the release fit switches the per-pitch release templates off and holds them
-    there, while the per-family ones move; a released note then adds no power through its pitch's columns."""
+def test_release_fit_switches_off_the_release_columns_it_is_not_given():
+    """With ``columns=("family",)`` the release fit switches the per-pitch release templates off and holds them
+    there while the per-family ones move, and a released note then adds no power through its pitch's columns;
+    with ``columns=()`` both kinds are off; an unknown kind is refused."""
+    from specdiff.errors import SpecdiffError
     from specdiff.midi.score_roll import release_feature
-    from specdiff.models.additive_prior import NO_RELEASE_LOG_POWER, release_pitch_rows
+    from specdiff.models.additive_prior import NO_RELEASE_LOG_POWER, release_template_rows
     from specdiff.training.prior_fit import fit_release_templates
 
     kw = dict(**TINY, score_roll_features=PROGRAM_ROLL_FEATURES, prediction_type="edm", score_prior=True,
               additive_prior=True, release_gain_frames=32, program_release_gains=True)  # fmt: skip
-    decoder = FilmDecoder(**kw)
-    prior = decoder.additive_prior
-    before = prior.shared_templates.detach().clone()
-    fit_release_templates(decoder, _organ_windows(4), 4, steps=20, rows_per_step=256, learning_rate=0.3,
-                          batch_size=2, pitch_templates=False)  # fmt: skip
-    after = prior.shared_templates.detach()
-    for start in release_pitch_rows():
-        assert torch.all(after[start : start + 128] == NO_RELEASE_LOG_POWER)
-        family = slice(start + 128, start + 128 + 16)
-        assert not torch.equal(after[family], before[family])
+    for columns in (("family",), ()):
+        decoder = FilmDecoder(**kw)
+        prior = decoder.additive_prior
+        before = prior.shared_templates.detach().clone()
+        fit_release_templates(decoder, _organ_windows(4), 4, steps=20, rows_per_step=256, learning_rate=0.3,
+                              batch_size=2, columns=columns)  # fmt: skip
+        after = prior.shared_templates.detach()
+        for rows in release_template_rows("pitch"):
+            assert torch.all(after[rows] == NO_RELEASE_LOG_POWER)
+        for rows in release_template_rows("family"):
+            if columns:
+                assert not torch.equal(after[rows], before[rows])
+            else:
+                assert torch.all(after[rows] == NO_RELEASE_LOG_POWER)
     roll = torch.zeros(2, PROGRAM_ROLL_FEATURES)
     roll[1, release_feature(0, pitch=60)] = roll[1, release_feature(1, pitch=60)] = 0.5
     with torch.no_grad():
         out = prior(roll)
     assert torch.allclose(out[0], out[1])
+    with pytest.raises(SpecdiffError, match="columns"):
+        fit_release_templates(FilmDecoder(**kw), _organ_windows(4), 4, steps=1, batch_size=2, columns=("note",))

@@ -111,10 +111,19 @@ def check_drum_decay_gates(gates: Sequence[int]) -> None:
         raise ValueError(f"drum_decay_gates must be distinct frame counts in 1..{DRUM_DECAY_SPAN}, got {values}")
 
 
-def release_pitch_rows() -> list[int]:
-    """The first row of each release time constant's per-pitch templates in ``shared_templates`` (each block
-    spans ``NUM_PITCHES`` rows; the per-family templates follow it)."""
-    return [release_feature(k, pitch=0) - TONAL_FEATURES - DRUM_FEATURES for k in range(len(RELEASE_FRAMES))]
+#: The two kinds of release columns of the roll (per time constant: one per pitch, then one per family).
+RELEASE_COLUMN_KINDS = ("pitch", "family")
+
+
+def release_template_rows(kind: str) -> list[slice]:
+    """The rows of ``shared_templates`` that hold the release columns' templates of ``kind`` (``"pitch"`` or
+    ``"family"``), one slice per release time constant."""
+    if kind not in RELEASE_COLUMN_KINDS:
+        raise ValueError(f"release column kind must be one of {RELEASE_COLUMN_KINDS}, got {kind!r}")
+    size = NUM_PITCHES if kind == "pitch" else NUM_FAMILIES
+    offset = 0 if kind == "pitch" else NUM_PITCHES
+    starts = [release_feature(k, pitch=0) - TONAL_FEATURES - DRUM_FEATURES + offset for k in range(len(RELEASE_FRAMES))]
+    return [slice(start, start + size) for start in starts]
 
 
 def check_release_gain_frames(frames: int) -> None:

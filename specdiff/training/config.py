@@ -62,10 +62,11 @@ class TrainConfig:
     # its family's gains, this weight times their sum of squares (log power) added to each step's loss; a program
     # heard releasing alone in few of the fit's windows keeps its family's fade (prior_fit.fit_release_templates).
     release_template_fit_program_shrink: float = 0.0
-    # false: that fit switches the release columns' per-pitch templates off (no power) and leaves the release to
-    # the per-family templates, gains and program offsets: a per-pitch column knows no instrument, so it drew one
-    # slow fade for all of them (prior_fit.fit_release_templates).
-    release_template_fit_pitch_templates: bool = True
+    # The kinds of release columns ("pitch", "family", comma-separated; "" for none) whose templates that fit keeps;
+    # the others it switches off (no power), leaving the release to the rest and to the release gains: a per-pitch
+    # column knows no instrument and a per-family one no program, so each drew one slow fade for several
+    # (prior_fit.fit_release_templates).
+    release_template_fit_columns: str = "pitch,family"
     # N > 0: those two template fits leave out the frames N frames or fewer before a note or drum onset, which
     # already hold its attack (the log-mel frame i is centred on sample 320 (i + 1); prior_fit.frames_before_onsets).
     template_fit_onset_guard: int = 0

@@ -252,7 +252,7 @@ class Trainer:
                 rows=rows,
                 onset_guard=config.template_fit_onset_guard,
                 program_shrink=config.release_template_fit_program_shrink,
-                pitch_templates=config.release_template_fit_pitch_templates,
+                columns=tuple(kind for kind in config.release_template_fit_columns.split(",") if kind),
             )
             self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)  # the EMA starts from the fit
             if self.ctx.is_main:

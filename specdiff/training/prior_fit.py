@@ -3,7 +3,7 @@ over collated training windows)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from specdiff.errors import SpecdiffError
-from specdiff.models.additive_prior import programs_heard
+from specdiff.models.additive_prior import RELEASE_COLUMN_KINDS, programs_heard
 from specdiff.models.decoder import INPUT_SKIP_KNOTS, FilmDecoder, noisy_residual
 from specdiff.sampling.diffusion import (
     prediction_target,
@@ -339,7 +339,7 @@ def fit_release_templates(
     rows: tuple[Tensor, Tensor, Tensor] | None = None,
     onset_guard: int = 0,
     program_shrink: float = 0.0,
-    pitch_templates: bool = True,
+    columns: Sequence[str] = RELEASE_COLUMN_KINDS,
 ) -> tuple[float, float]:
     """Refit only the additive prior's release decay templates (the shared ones of the roll's release columns,
     the faster ``release_decay_powers`` ones, the ``release_gain_frames`` gains, their per-timbre and per-program
@@ -356,14 +356,15 @@ def fit_release_templates(
     two of the fit's windows (on 1 500 windows, TimGM6mb's piano family: about 35 quiet frames at each frame
     after the note-off) gets its family's fade instead of that one event's.
 
-    ``pitch_templates`` False switches the release columns' per-pitch templates off (no power, held there) and
-    leaves the release to the per-family templates, gains and program offsets. Why: a per-pitch column knows
-    neither family nor program, so its fit is one fade for every instrument, and on the roll's decays
-    exp(-t / 5) and exp(-t / 20) it falls at most 0.1 nat per frame: after a drawbar organ chord (digital
-    silence 12 frames after its note-off in TimGM6mb) the bundled prior's per-pitch release columns still held
-    the log-mel at -3.7 to -7 nat for 50 frames, where the render was at the floor (-11.5)."""
-    from specdiff.midi.score_roll import DRUM_FEATURES, NUM_PITCHES, SILENT_FEATURE, TONAL_FEATURES
-    from specdiff.models.additive_prior import NO_RELEASE_LOG_POWER, RELEASE_SOURCE_START, release_pitch_rows
+    ``columns``: the kinds of release columns (``"pitch"``, ``"family"``) whose templates stay; the others are
+    switched off (no power, held there) and the release is left to the rest (with neither: the
+    ``release_gain_frames`` gains and their program offsets). Why: a per-pitch column knows neither family nor
+    program, and a per-family one no program, so their fit is one fade for several instruments, and on the
+    roll's decays exp(-t / 5) and exp(-t / 20) it falls at most 0.1 nat per frame: after a drawbar organ chord
+    (digital silence 12 frames after its note-off in TimGM6mb) the bundled prior's per-pitch release columns
+    still held the log-mel at -3.7 to -7 nat for 50 frames, where the render was at the floor (-11.5)."""
+    from specdiff.midi.score_roll import DRUM_FEATURES, SILENT_FEATURE, TONAL_FEATURES
+    from specdiff.models.additive_prior import NO_RELEASE_LOG_POWER, RELEASE_SOURCE_START, release_template_rows
 
     prior = _fitted_prior(decoder, "release")
     if prior.fast_release_templates is None and prior.release_gains is None:
@@ -373,6 +374,8 @@ def fit_release_templates(
         raise SpecdiffError(f"the quiet share of the release template fit must be in [0, 1], got {quiet_share}")
     if program_shrink < 0:
         raise SpecdiffError(f"the program offsets' shrinkage must be >= 0, got {program_shrink}")
+    if set(columns) - set(RELEASE_COLUMN_KINDS):
+        raise SpecdiffError(f"release template columns must be among {RELEASE_COLUMN_KINDS}, got {tuple(columns)}")
     if rows is None:
         rows = prior_fit_rows(decoder, dataset, windows, batch_size, mask_padding, onset_guard)
     first = TONAL_FEATURES + DRUM_FEATURES + RELEASE_SOURCE_START
@@ -384,11 +387,11 @@ def fit_release_templates(
         raise SpecdiffError("fitting the release templates needs training frames where a release rings alone")
     mask = torch.zeros_like(prior.shared_templates)
     mask[RELEASE_SOURCE_START:] = 1.0  # the per-pitch and per-family templates keep their fitted values
-    if not pitch_templates:
+    for kind in set(RELEASE_COLUMN_KINDS) - set(columns):
         with torch.no_grad():
-            for start in release_pitch_rows():
-                prior.shared_templates[start : start + NUM_PITCHES] = NO_RELEASE_LOG_POWER
-                mask[start : start + NUM_PITCHES] = 0.0
+            for rows_of_kind in release_template_rows(kind):
+                prior.shared_templates[rows_of_kind] = NO_RELEASE_LOG_POWER
+                mask[rows_of_kind] = 0.0
     extra = (
         prior.fast_release_templates,
         prior.timbre_release_decays,
