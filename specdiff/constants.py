@@ -80,6 +80,7 @@ DECODER_EXTENSIONS: dict[str, object] = {
     "release_decay_powers": [],
     "release_gain_frames": 0,
     "program_release_gains": False,
+    "program_release_decays": False,
 }
 
 # ---- models on the Hugging Face Hub (specdiff.pipeline.hub) ---------------------------------------------

@@ -836,3 +836,34 @@ def test_release_fit_switches_off_the_release_columns_it_is_not_given():
     assert torch.allclose(out[0], out[1])
     with pytest.raises(SpecdiffError, match="columns"):
         fit_release_templates(FilmDecoder(**kw), _organ_windows(4), 4, steps=1, batch_size=2, columns=("note",))
+
+
+def test_program_release_decays_scale_the_family_release_templates_of_the_programs_heard():
+    """Zero offsets leave the prior as it was (a warm start is exact); an offset of ln 2 on program 19's fast
+    release equals twice that family column's value; a wrong layout is refused; the release fit moves the
+    offsets of the two organs it hears and no other program's."""
+    from specdiff.midi.score_roll import release_feature
+    from specdiff.training.prior_fit import fit_release_templates
+
+    kw = dict(**TINY, score_roll_features=PROGRAM_ROLL_FEATURES, prediction_type="edm", score_prior=True,
+              additive_prior=True, release_gain_frames=32, program_release_gains=True)  # fmt: skip
+    plain, scaled = FilmDecoder(**kw), FilmDecoder(**kw, program_release_decays=True)
+    missing, _ = scaled.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["additive_prior.program_release_decays"]
+    roll = torch.zeros(1, 3, PROGRAM_ROLL_FEATURES)
+    roll[0, 0, VELOCITY_ROLL_FEATURES + 19] = 1.0  # program 19 heard from frame 0 on
+    roll[0, 1:, release_feature(0, program=19)] = 0.3
+    with torch.no_grad():
+        assert torch.equal(plain.additive_prior(roll), scaled.additive_prior(roll))
+        scaled.additive_prior.program_release_decays[19, 0] = math.log(2.0)
+        doubled = roll.clone()
+        doubled[0, 1:, release_feature(0, program=19)] = 0.6
+        assert torch.allclose(scaled.additive_prior(roll), plain.additive_prior(doubled), atol=1e-6)
+    with pytest.raises(ValueError, match="program_release_decays"):
+        FilmDecoder(**{**kw, "score_roll_features": VELOCITY_ROLL_FEATURES, "program_release_gains": False},
+                    program_release_decays=True)  # fmt: skip
+    decoder = FilmDecoder(**kw, program_release_decays=True)
+    fit_release_templates(decoder, _organ_windows(4), 4, steps=20, rows_per_step=256, learning_rate=0.3,
+                          batch_size=2, columns=("family",))  # fmt: skip
+    moved = (decoder.additive_prior.program_release_decays.detach() != 0).any(dim=1).nonzero().flatten().tolist()
+    assert moved == [16, 19]

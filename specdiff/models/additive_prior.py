@@ -151,7 +151,9 @@ class AdditivePrior(nn.Module):
     then also get per-timbre offsets when ``timbres`` > 0 (``timbre_release_decays``). ``release_gain_frames``
     K > 0: released notes keep their held spectrum under a gain per family and frame for K frames
     (``release_gains``, and per timbre ``timbre_release_gains`` when ``timbres`` > 0). ``program_release``: those
-    gains also get a zero-started log offset per GM program (``program_release_gains``; the program layout)."""
+    gains also get a zero-started log offset per GM program (``program_release_gains``; the program layout).
+    ``program_release_decays``: the per-family release decay templates get a zero-started log offset per GM
+    program and release time constant (``program_release_decays``; the program layout)."""
 
     def __init__(
         self,
@@ -163,6 +165,7 @@ class AdditivePrior(nn.Module):
         release_decay_powers: Sequence[float] = (),
         release_gain_frames: int = 0,
         program_release: bool = False,
+        program_release_decays: bool = False,
     ) -> None:
         super().__init__()
         if roll_features not in EXTENDED_LAYOUTS:
@@ -219,6 +222,11 @@ class AdditivePrior(nn.Module):
             if not self.release_gain_frames or roll_features != PROGRAM_ROLL_FEATURES:
                 raise ValueError("program_release needs release_gain_frames and the program roll layout")
             self.program_release_gains = nn.Parameter(torch.zeros(NUM_PROGRAMS, self.release_gain_frames))
+        self.program_release_decays = None
+        if program_release_decays:
+            if roll_features != PROGRAM_ROLL_FEATURES:
+                raise ValueError("program_release_decays needs the program roll layout")
+            self.program_release_decays = nn.Parameter(torch.zeros(NUM_PROGRAMS, len(RELEASE_FRAMES)))
         self.velocity_slope = nn.Parameter(torch.full((bins,), 2.0))  # log power per unit ln(v / v_max)
         self.floors = nn.Parameter(torch.full((2, bins), 2 * INITIAL_FLOOR_NAT))  # [sounding, silent]
         self.context_level = None
@@ -226,6 +234,11 @@ class AdditivePrior(nn.Module):
             self.context_level = nn.Linear(CONTEXT_LEVEL_FEATURES, bins)
             nn.init.zeros_(self.context_level.weight)
             nn.init.zeros_(self.context_level.bias)
+
+    @property
+    def reads_heard(self) -> bool:
+        """Whether an extension reads the programs heard so far in the segment (:func:`programs_heard`)."""
+        return self.program_release_gains is not None or self.program_release_decays is not None
 
     def log_power(self, roll: Tensor, timbre: Tensor | None = None, heard: Tensor | None = None) -> Tensor:
         """``[N, F]`` float32 roll rows -> ``[N, bins]`` log power of the summed sources and floor
@@ -255,7 +268,10 @@ class AdditivePrior(nn.Module):
         drums = roll[:, TONAL_FEATURES : TONAL_FEATURES + DRUM_FEATURES].reshape(rows, len(DRUM_KINDS), NUM_PITCHES)
         drum_power = self._drum_power(drums, timbre)
         power = power + drum_power * torch.exp(slope * drum_velocity)
-        power = power + self._shared_power(roll[:, TONAL_FEATURES + DRUM_FEATURES : SILENT_FEATURE], timbre)
+        shared = roll[:, TONAL_FEATURES + DRUM_FEATURES : SILENT_FEATURE]
+        if self.program_release_decays is not None:
+            shared = self._program_scaled_releases(shared, roll, heard)
+        power = power + self._shared_power(shared, timbre)
         if self.release_gains is not None:
             sustain = TONAL_KINDS.index("sustain")
             spectra = torch.exp(pitch_templates[sustain] - top[sustain])  # [P, bins]
@@ -307,6 +323,21 @@ class AdditivePrior(nn.Module):
         power = shared[:, :start] @ torch.exp(templates[:start])
         return power + _envelope_power(rates, release_templates, self.timbre_release_decays, timbre)
 
+    def _program_scaled_releases(self, shared: Tensor, roll: Tensor, heard: Tensor | None) -> Tensor:
+        """``shared`` roll columns with each per-family release decay scaled by ``exp`` of its family's mean
+        ``program_release_decays`` offset over the ``heard`` programs (None: ``roll``'s own program columns):
+        the same as that log offset on the family's template, so the fit can give each program its own mix of
+        fast and slow decay."""
+        if heard is None:
+            heard = roll[:, VELOCITY_ROLL_FEATURES:PROGRAM_ROLL_FEATURES]
+        scales = torch.exp(_family_mean_over_programs(heard, self.program_release_decays.float()))  # [N, fam, R]
+        pieces, done = [], 0
+        for clock in range(len(RELEASE_FRAMES)):  # out of place: the fit backpropagates through it
+            first = release_feature(clock, program=0) - TONAL_FEATURES - DRUM_FEATURES
+            pieces += [shared[:, done:first], shared[:, first : first + NUM_FAMILIES] * scales[:, :, clock]]
+            done = first + NUM_FAMILIES
+        return torch.cat(pieces + [shared[:, done:]], dim=1)
+
     def _released_power(
         self, roll: Tensor, timbre: Tensor | None, spectra: Tensor, colours: Tensor, heard: Tensor | None = None
     ) -> Tensor:
@@ -353,7 +384,7 @@ class AdditivePrior(nn.Module):
             raise ValueError(f"roll has {roll.shape[-1]} features, the additive prior expects {self.roll_features}")
         lead = roll.shape[:-1]
         flat = roll.reshape(-1, roll.shape[-1]).float()
-        if self.program_release_gains is not None and heard is None and roll.dim() > 2:
+        if self.reads_heard and heard is None and roll.dim() > 2:
             heard = programs_heard(roll)
         if heard is not None:
             heard = heard.reshape(-1, NUM_PROGRAMS).float()

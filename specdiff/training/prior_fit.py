@@ -124,7 +124,8 @@ def prior_fit_rows(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The rolls (float16), targets and timbre indices of the valid frames of the first ``windows`` items: the
     rows the template fits read (collect them once and pass them to each fit as ``rows``). For a prior with
-    ``program_release_gains`` each roll row ends with its 128 :func:`~specdiff.models.additive_prior.programs_heard`
+    ``program_release_gains`` or ``program_release_decays`` each roll row ends with its 128
+    :func:`~specdiff.models.additive_prior.programs_heard`
     columns (:func:`split_heard` takes them off). ``onset_guard`` > 0 leaves out the frames that many frames or
     fewer before an onset (:func:`frames_before_onsets`)."""
     rolls, targets, timbres = [], [], []
@@ -133,7 +134,7 @@ def prior_fit_rows(
             decoder, batch["tokens"], batch["context"], batch["context_mask"], **roll_inputs(batch)
         )
         guarded = frames_before_onsets(roll, onset_guard).flatten() if onset_guard > 0 else None
-        if getattr(decoder.additive_prior, "program_release_gains", None) is not None:
+        if getattr(decoder.additive_prior, "reads_heard", False):
             roll = torch.cat([roll, programs_heard(roll)], dim=-1)  # the rows lose the frame order it needs
         roll = roll.flatten(0, 1)
         target = batch["target"].flatten(0, 1)
@@ -398,6 +399,7 @@ def fit_release_templates(
         prior.release_gains,
         prior.timbre_release_gains,
         prior.program_release_gains,
+        prior.program_release_decays,
     )
     extra = [parameter for parameter in extra if parameter is not None]
     penalty = None
