@@ -204,6 +204,24 @@ def per_piece_row(row: dict[str, Any]) -> dict[str, Any]:
     return {"piece": row["piece"], **{k: row[k] for k in PER_PIECE_KEYS if k in row}}
 
 
+def markdown_table(results: list[dict[str, Any]]) -> list[str]:
+    """The rows of a results JSON as the lines of a markdown table (one row per model, set and step count)."""
+    lines = ["| model | set | timbre | pieces | DDIM steps | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
+             "|---" * (5 + len(COLUMNS)) + "|"]  # fmt: skip
+    for r in results:
+        cells = []
+        for key, _, fmt in COLUMNS:
+            if key == "band_offsets":  # ours minus the render per group of mel bands (metrics.band_offsets)
+                values = [r["summary"].get(k) for k in BAND_OFFSET_KEYS]
+                cells.append(" / ".join(fmt.format(v) for v in values) if None not in values else "")
+                continue
+            value = r["summary"].get(key)
+            cells.append(fmt.format(value) if isinstance(value, (int, float)) and np.isfinite(value) else "")
+        lines.append(f"| {r['model']} | {r['set']} | {r.get('timbre') or 'default'} | {r['pieces']} | "
+                     f"{r['steps'] if r['steps'] is not None else '-'} | " + " | ".join(cells) + " |")  # fmt: skip
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="*")
@@ -283,19 +301,7 @@ def main() -> int:
                                          if k != "band_offsets"}, flush=True)  # fmt: skip
                     atomic_write_text(out_json, json.dumps(results, indent=1) + "\n")
     atomic_write_text(out_json, json.dumps(results, indent=1) + "\n")
-    lines = ["| model | set | timbre | pieces | DDIM steps | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
-             "|---" * (5 + len(COLUMNS)) + "|"]  # fmt: skip
-    for r in results:
-        cells = []
-        for key, _, fmt in COLUMNS:
-            if key == "band_offsets":  # ours minus the render per group of mel bands (metrics.band_offsets)
-                values = [r["summary"].get(k) for k in BAND_OFFSET_KEYS]
-                cells.append(" / ".join(fmt.format(v) for v in values) if None not in values else "")
-                continue
-            value = r["summary"].get(key)
-            cells.append(fmt.format(value) if isinstance(value, (int, float)) and np.isfinite(value) else "")
-        lines.append(f"| {r['model']} | {r['set']} | {r.get('timbre') or 'default'} | {r['pieces']} | "
-                     f"{r['steps'] if r['steps'] is not None else '-'} | " + " | ".join(cells) + " |")  # fmt: skip
+    lines = markdown_table(results)
     atomic_write_text(RESULTS / f"steps_table_{args.name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
