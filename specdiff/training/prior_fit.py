@@ -365,7 +365,7 @@ def fit_release_templates(
     (digital silence 12 frames after its note-off in TimGM6mb) the bundled prior's per-pitch release columns
     still held the log-mel at -3.7 to -7 nat for 50 frames, where the render was at the floor (-11.5)."""
     from specdiff.midi.score_roll import DRUM_FEATURES, SILENT_FEATURE, TONAL_FEATURES
-    from specdiff.models.additive_prior import NO_RELEASE_LOG_POWER, RELEASE_SOURCE_START, release_template_rows
+    from specdiff.models.additive_prior import RELEASE_SOURCE_START
 
     prior = _fitted_prior(decoder, "release")
     if prior.fast_release_templates is None and prior.release_gains is None:
@@ -388,11 +388,7 @@ def fit_release_templates(
         raise SpecdiffError("fitting the release templates needs training frames where a release rings alone")
     mask = torch.zeros_like(prior.shared_templates)
     mask[RELEASE_SOURCE_START:] = 1.0  # the per-pitch and per-family templates keep their fitted values
-    for kind in set(RELEASE_COLUMN_KINDS) - set(columns):
-        with torch.no_grad():
-            for rows_of_kind in release_template_rows(kind):
-                prior.shared_templates[rows_of_kind] = NO_RELEASE_LOG_POWER
-                mask[rows_of_kind] = 0.0
+    _switch_off_release_columns(prior, mask, columns)
     extra = (
         prior.fast_release_templates,
         prior.timbre_release_decays,
@@ -408,6 +404,18 @@ def fit_release_templates(
     return _fit_templates(decoder, rows, {prior.shared_templates: mask, **dict.fromkeys(extra)},
                           (quiet, ringing.nonzero().flatten()), quiet_share, steps, rows_per_step, learning_rate,
                           seed, penalty)  # fmt: skip
+
+
+def _switch_off_release_columns(prior: Any, mask: Tensor, columns: Sequence[str]) -> None:
+    """Set the release templates of the kinds not in ``columns`` to no power and zero their rows of the fit's
+    gradient ``mask`` (of ``prior.shared_templates``), so that they stay off."""
+    from specdiff.models.additive_prior import NO_RELEASE_LOG_POWER, release_template_rows
+
+    for kind in set(RELEASE_COLUMN_KINDS) - set(columns):
+        with torch.no_grad():
+            for rows in release_template_rows(kind):
+                prior.shared_templates[rows] = NO_RELEASE_LOG_POWER
+                mask[rows] = 0.0
 
 
 def _weighted_sum_of_squares(parameter: Tensor, weight: float) -> Tensor:
