@@ -79,3 +79,21 @@ def test_gate_never_raises_a_frame_and_leaves_a_matching_signal_alone():
     quiet_target = mel.log_mel(clean * 10)  # the mel asks for more than the audio has
     assert torch.equal(silence_gate(clean, quiet_target), clean)
     assert torch.equal(silence_gate(clean, mel.log_mel(clean)), clean)
+
+
+def test_silent_frames_get_their_own_margin():
+    """The whole signal 0.3 nat louder than its mel: the tone's frames are within the 0.5 nat margin and stay
+    as they are, the rest's frames (mel mean under -8 nat: noise at -110 dB) have no margin and come down to the
+    mel's level; with ``quiet_margin=None`` the one margin leaves everything alone."""
+    from specdiff.audio.silence_gate import SILENT_FRAME_NAT
+
+    asked = tone_then_rest(noise_db=-110)
+    target = mel.log_mel(asked)
+    assert float(target[0, 60:].mean(-1).max()) < SILENT_FRAME_NAT < float(target[0, 5:45].mean(-1).min())
+    louder = asked * math.exp(0.3)
+    gated = silence_gate(louder, target)
+    tone = slice(0, SR - 640)
+    assert torch.allclose(gated[0, tone], louder[0, tone])
+    excess = frame_levels(mel.log_mel(gated))[0, 60:] - frame_levels(target)[0, 60:]
+    assert float(excess.abs().max()) < 0.05, excess
+    assert torch.equal(silence_gate(louder, target, quiet_margin=None), louder)
