@@ -327,7 +327,8 @@ class AdditivePrior(nn.Module):
         """``shared`` roll columns with each per-family release decay scaled by ``exp`` of its family's mean
         ``program_release_decays`` offset over the ``heard`` programs (None: ``roll``'s own program columns):
         the same as that log offset on the family's template, so the fit can give each program its own mix of
-        fast and slow decay."""
+        fast and slow decay (with ``release_decay_powers`` the faster templates read the scaled decay, so the
+        k-th power's template gets k times the offset)."""
         if heard is None:
             heard = roll[:, VELOCITY_ROLL_FEATURES:PROGRAM_ROLL_FEATURES]
         scales = torch.exp(_family_mean_over_programs(heard, self.program_release_decays.float()))  # [N, fam, R]
