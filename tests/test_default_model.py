@@ -214,7 +214,7 @@ def test_bundled_model_releases_two_organs_of_one_family_at_their_own_rates():
     least 3 nat above it.
 
     Measured (TimGM6mb, the folder's sampling settings, seed 0): the bundled model (per-pitch release templates
-    off, per-program release decays, Training step 22) -11.5 and -5.5; run GP (per-program release gains, Training
+    off, per-program release decays, Training steps 22-23) -11.5 and -5.5; run GP (per-program release gains, Training
     step 21) -10.2 and -5.1; run GR (one gain per family) -6.5 and -6.5."""
     import torch
 

@@ -244,8 +244,8 @@ class AdditivePrior(nn.Module):
         """``[N, F]`` float32 roll rows -> ``[N, bins]`` log power of the summed sources and floor
         (computed in float32 whatever the parameters' dtype: the sum spans ~20 nat). ``timbre``: ``[N]``
         timbre indices of the rows (None: timbre 0), used by ``timbre_drum_decays``. ``heard``: ``[N, 128]``
-        :func:`programs_heard` of the rows, read by ``program_release_gains`` (None: the rows' own program
-        columns)."""
+        :func:`programs_heard` of the rows, read by ``program_release_gains`` and ``program_release_decays`` (None:
+        the rows' own program columns)."""
         rows = roll.shape[0]
         kinds, families = len(TONAL_KINDS), NUM_FAMILIES
         pitch_templates, slope = self.pitch_templates.float(), self.velocity_slope.float()
@@ -268,9 +268,11 @@ class AdditivePrior(nn.Module):
         drums = roll[:, TONAL_FEATURES : TONAL_FEATURES + DRUM_FEATURES].reshape(rows, len(DRUM_KINDS), NUM_PITCHES)
         drum_power = self._drum_power(drums, timbre)
         power = power + drum_power * torch.exp(slope * drum_velocity)
+        if heard is None and self.reads_heard:  # rows without the frame order: their own program columns
+            heard = roll[:, VELOCITY_ROLL_FEATURES:PROGRAM_ROLL_FEATURES]
         shared = roll[:, TONAL_FEATURES + DRUM_FEATURES : SILENT_FEATURE]
         if self.program_release_decays is not None:
-            shared = self._program_scaled_releases(shared, roll, heard)
+            shared = self._program_scaled_releases(shared, heard)
         power = power + self._shared_power(shared, timbre)
         if self.release_gains is not None:
             sustain = TONAL_KINDS.index("sustain")
@@ -323,20 +325,17 @@ class AdditivePrior(nn.Module):
         power = shared[:, :start] @ torch.exp(templates[:start])
         return power + _envelope_power(rates, release_templates, self.timbre_release_decays, timbre)
 
-    def _program_scaled_releases(self, shared: Tensor, roll: Tensor, heard: Tensor | None) -> Tensor:
+    def _program_scaled_releases(self, shared: Tensor, heard: Tensor) -> Tensor:
         """``shared`` roll columns with each per-family release decay scaled by ``exp`` of its family's mean
-        ``program_release_decays`` offset over the ``heard`` programs (None: ``roll``'s own program columns):
-        the same as that log offset on the family's template, so the fit can give each program its own mix of
-        fast and slow decay (with ``release_decay_powers`` the faster templates read the scaled decay, so the
-        k-th power's template gets k times the offset)."""
-        if heard is None:
-            heard = roll[:, VELOCITY_ROLL_FEATURES:PROGRAM_ROLL_FEATURES]
+        ``program_release_decays`` offset over the ``heard`` programs ``[N, 128]``: the same as that log offset
+        on the family's template, so the fit can give each program its own mix of fast and slow decay (with
+        ``release_decay_powers`` the faster templates read the scaled decay, so the k-th power's template gets
+        k times the offset)."""
         scales = torch.exp(_family_mean_over_programs(heard, self.program_release_decays.float()))  # [N, fam, R]
         pieces, done = [], 0
-        for clock in range(len(RELEASE_FRAMES)):  # out of place: the fit backpropagates through it
-            first = release_feature(clock, program=0) - TONAL_FEATURES - DRUM_FEATURES
-            pieces += [shared[:, done:first], shared[:, first : first + NUM_FAMILIES] * scales[:, :, clock]]
-            done = first + NUM_FAMILIES
+        for clock, family in enumerate(release_template_rows("family")):  # out of place: the fit backpropagates
+            pieces += [shared[:, done : family.start], shared[:, family] * scales[:, :, clock]]
+            done = family.stop
         return torch.cat(pieces + [shared[:, done:]], dim=1)
 
     def _released_power(
@@ -363,8 +362,6 @@ class AdditivePrior(nn.Module):
             offsets = torch.nn.functional.pad(self.timbre_release_gains.float(), (0, 1))
             table = gains[None] + offsets[rows]
         if self.program_release_gains is not None:
-            if heard is None:
-                heard = roll[:, VELOCITY_ROLL_FEATURES:PROGRAM_ROLL_FEATURES]
             offsets = _family_mean_over_programs(heard, self.program_release_gains.float())
             table = table + torch.nn.functional.pad(offsets, (0, 1))
         weights = torch.exp(torch.gather(table, 2, index))  # [N, families, P]
