@@ -81,6 +81,7 @@ DECODER_EXTENSIONS: dict[str, object] = {
     "release_gain_frames": 0,
     "program_release_gains": False,
     "program_release_decays": False,
+    "timbre_program_colours": False,
 }
 
 # ---- models on the Hugging Face Hub (specdiff.pipeline.hub) ---------------------------------------------

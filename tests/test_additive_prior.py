@@ -867,3 +867,69 @@ def test_program_release_decays_scale_the_family_release_templates_of_the_progra
                           batch_size=2, columns=("family",))  # fmt: skip
     moved = (decoder.additive_prior.program_release_decays.detach() != 0).any(dim=1).nonzero().flatten().tolist()
     assert moved == [16, 19]
+
+
+def test_timbre_program_colours_are_each_timbres_own_offsets_on_the_program_colours():
+    """Hand-computed: a violin's sustain under timbre 1 gets ``exp`` of timbre 1's sustain offset for program 40
+    on its power, the mean of the offsets of the family's two sounding programs when a viola (41) joins it,
+    and timbre 0 keeps the shared colours; zero offsets leave the decoder as it was (a warm start is exact)."""
+    prior = AdditivePrior(PROGRAM_ROLL_FEATURES, colour_timbres=2)
+    rng = np.random.default_rng(3)
+    with torch.no_grad():
+        for p in (prior.pitch_templates, prior.family_colours, prior.program_colours):
+            p.copy_(torch.from_numpy(rng.uniform(-2.0, 1.0, p.shape).astype(np.float32)))
+        prior.floors.fill_(-60.0)
+        prior.timbre_program_colours[1, 1, 40] = 0.8  # timbre 1, sustain, violin
+        prior.timbre_program_colours[1, 1, 41] = -0.4  # timbre 1, sustain, viola
+        prior.timbre_program_colours[1, 0, 40] = 5.0  # an onset offset: no onset sounds here
+    roll = torch.zeros(2, PROGRAM_ROLL_FEATURES)
+    roll[:, tonal_feature("sustain", 40, 64)] = 0.5
+    roll[:, VELOCITY_ROLL_FEATURES + 40] = 1.0
+    roll[1, VELOCITY_ROLL_FEATURES + 41] = 1.0  # the viola's column: the family's colour is the mean of both
+    shared = prior.log_power(roll, torch.tensor([0, 0]))
+    own = prior.log_power(roll, torch.tensor([1, 1]))
+    with torch.no_grad():
+        expected = torch.tensor([0.8, (0.8 - 0.4) / 2])[:, None].expand(2, 128)
+        assert torch.allclose(own - shared, expected, atol=1e-5)
+    kw = dict(**TINY, score_roll_features=PROGRAM_ROLL_FEATURES, prediction_type="edm", score_prior=True,
+              additive_prior=True, timbres=["a", "b"])  # fmt: skip
+    plain, coloured = FilmDecoder(**kw), FilmDecoder(**kw, timbre_program_colours=True)
+    missing, _ = coloured.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["additive_prior.timbre_program_colours"]
+    with torch.no_grad():
+        rolls = roll[None].expand(2, -1, -1)
+        assert torch.equal(plain.additive_prior(rolls, torch.tensor([0, 1])),
+                           coloured.additive_prior(rolls, torch.tensor([0, 1])))  # fmt: skip
+    with pytest.raises(ValueError, match="timbre_program_colours"):
+        FilmDecoder(**{**kw, "timbres": []}, timbre_program_colours=True)
+
+
+def test_colour_fit_moves_only_the_per_timbre_colours_towards_each_timbres_level():
+    """Piano chord windows of two timbres, timbre 1's target 1.5 nat louder while a chord sounds: the colour refit
+    lowers the L1 on tonal frames, raises timbre 1's piano offsets over timbre 0's (a sustained chord: the
+    sustain kind's, by about the 1.5 nat the targets differ, 3 in log power: measured 2.8), moves no other
+    program's and no other parameter."""
+    from specdiff.training.prior_fit import fit_colour_templates
+
+    windows = []
+    for w in range(6):
+        window = _chord_window(w, program=0, slope=1.0, spacing=0.5, tail=12)
+        if w % 2:
+            loud = window["target"] > -1.0 + 1e-3  # above the floor: the chords and their tails
+            window["target"] = torch.where(loud, window["target"] + 1.5 / NAT_PER_UNIT, window["target"])
+        window["timbre"] = torch.tensor(w % 2)
+        windows.append(window)
+    decoder = FilmDecoder(**TINY, score_roll_features=PROGRAM_ROLL_FEATURES, prediction_type="edm", score_prior=True,
+                          additive_prior=True, timbres=["a", "b"], timbre_program_colours=True)  # fmt: skip
+    fixed = {k: v.clone() for k, v in decoder.state_dict().items() if "timbre_program_colours" not in k}
+    before, after = fit_colour_templates(decoder, windows, 6, steps=150, rows_per_step=256, learning_rate=0.05,
+                                         batch_size=3)  # fmt: skip
+    assert after < 0.8 * before, (before, after)
+    offsets = decoder.additive_prior.timbre_program_colours.detach()
+    sustain = offsets[:, 1, 0].mean(dim=1)  # [timbres]: the piano's sustain offset (log power), mean over bins
+    assert 2.4 < float(sustain[1] - sustain[0]) < 3.6, sustain
+    moved = (offsets != 0).any(dim=3).any(dim=1).any(dim=0).nonzero().flatten().tolist()
+    assert moved == [0]
+    state = decoder.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in fixed.items())
+    assert all(p.grad is None for p in decoder.parameters())

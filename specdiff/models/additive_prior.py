@@ -14,7 +14,11 @@ log velocity (the roll's velocity columns) times a per-band slope; drum features
 the shared per-pitch, per-family and release columns one template each; on the program layout
 (``score_roll.PROGRAM_ROLL_FEATURES``) each family's colour also gets the mean of per-program colours over its
 programs sounding in the frame (the programs of a GM family differ:
-``benchmarks/results/program_colours_timgm6mb.md``). With ``drum_decay_powers`` the drum decay envelope ``d = exp(-t
+``benchmarks/results/program_colours_timgm6mb.md``), and with ``colour_timbres`` each timbre its own offsets on
+them per tonal kind (a SoundFont's program differs from another's: with colours shared by TimGM6mb and FluidR3_GM
+the bundled prior drew a lone FluidR3_GM piano 2.8 nat under its render in the top mel bins, and TimGM6mb's
+chorale voices 1.3 to 1.6 nat under theirs where FluidR3_GM's came out 0.4 to 0.7 over:
+``benchmarks/results/timbre_colours.md``). With ``drum_decay_powers`` the drum decay envelope ``d = exp(-t
 / 5 frames)`` also drives faster decays ``d ** k``, each with its own template per drum pitch. Why: the
 power-weighted envelope lets a drum's log-mel fall by only 0.1 nat per frame, where a TimGM6mb hit falls about 1 nat
 per frame (``benchmarks/results/drum_decay_idioms_0130.md``); a fitted mix of rates lets each drum and band find its
@@ -153,7 +157,10 @@ class AdditivePrior(nn.Module):
     (``release_gains``, and per timbre ``timbre_release_gains`` when ``timbres`` > 0). ``program_release``: those
     gains also get a zero-started log offset per GM program (``program_release_gains``; the program layout).
     ``program_release_decays``: the per-family release decay templates get a zero-started log offset per GM
-    program and release time constant (``program_release_decays``; the program layout)."""
+    program and release time constant (``program_release_decays``; the program layout). ``colour_timbres`` > 0:
+    that many timbres get their own zero-started log offsets on the program colours, per tonal kind
+    (``timbre_program_colours``; the program layout): one SoundFont's piano is not another's, and shared colours
+    fit the mean of the two."""
 
     def __init__(
         self,
@@ -166,6 +173,7 @@ class AdditivePrior(nn.Module):
         release_gain_frames: int = 0,
         program_release: bool = False,
         program_release_decays: bool = False,
+        colour_timbres: int = 0,
     ) -> None:
         super().__init__()
         if roll_features not in EXTENDED_LAYOUTS:
@@ -183,6 +191,12 @@ class AdditivePrior(nn.Module):
         self.program_colours = None
         if roll_features == PROGRAM_ROLL_FEATURES:  # zero: a warm start from the family colours alone is exact
             self.program_colours = nn.Parameter(torch.zeros(NUM_PROGRAMS, bins))
+        self.timbre_program_colours = None
+        if colour_timbres:  # zero: a warm start from the shared colours is exact
+            if roll_features != PROGRAM_ROLL_FEATURES:
+                raise ValueError("per-timbre program colours need the program roll layout")
+            shape = (int(colour_timbres), len(TONAL_KINDS), NUM_PROGRAMS, bins)
+            self.timbre_program_colours = nn.Parameter(torch.zeros(shape))
         self.drum_templates = nn.Parameter(torch.full((len(DRUM_KINDS), NUM_PITCHES, bins), 2 * INITIAL_TEMPLATE_NAT))
         self.fast_drum_templates = None
         if self.drum_decay_powers:
@@ -263,7 +277,10 @@ class AdditivePrior(nn.Module):
         per_family = torch.einsum("nkfp,kpb->nkfb", tonal, torch.exp(pitch_templates - top))
         gain = self.family_colours.float()[None] + top[None] + slope * family_velocity[:, None, :, None]
         if self.program_colours is not None:
-            gain = gain + self._program_colour(roll[:, VELOCITY_ROLL_FEATURES:PROGRAM_ROLL_FEATURES])[:, None]
+            programs = roll[:, VELOCITY_ROLL_FEATURES:PROGRAM_ROLL_FEATURES]
+            gain = gain + self._program_colour(programs)[:, None]
+            if self.timbre_program_colours is not None:
+                gain = gain + self._timbre_program_colour(programs, timbre)
         power = (per_family * torch.exp(gain)).sum(dim=(1, 2))
         drums = roll[:, TONAL_FEATURES : TONAL_FEATURES + DRUM_FEATURES].reshape(rows, len(DRUM_KINDS), NUM_PITCHES)
         drum_power = self._drum_power(drums, timbre)
@@ -372,6 +389,28 @@ class AdditivePrior(nn.Module):
         the mean colour of its programs that sound in the frame (0 where none does)."""
         return _family_mean_over_programs(programs, self.program_colours.float())
 
+    def _timbre_program_colour(self, programs: Tensor, timbre: Tensor | None) -> Tensor:
+        """``[N, 128]`` sounding-program columns, ``[N]`` timbres (None: timbre 0) -> ``[N, kinds, families,
+        bins]``: each row's timbre's own offsets on the program colours, per tonal kind, the mean over the
+        family's programs sounding in the frame (0 where none does)."""
+        offsets = self.timbre_program_colours.float()  # [timbres, kinds, programs, bins]
+        timbres, kinds, _, bins = offsets.shape
+        per_program = offsets.permute(0, 2, 1, 3).reshape(timbres, NUM_PROGRAMS, kinds * bins)
+        rows = torch.zeros(len(programs), dtype=torch.long, device=programs.device) if timbre is None else timbre
+        colour = programs.new_zeros(len(programs), NUM_FAMILIES, kinds * bins)
+        for index in rows.unique().tolist():  # one timbre at a time: a row-wise gather would copy the table N times
+            chosen = rows == index
+            colour = colour.index_put((chosen.nonzero().flatten(),),
+                                      _family_mean_over_programs(programs[chosen], per_program[index]))  # fmt: skip
+        return colour.reshape(len(programs), NUM_FAMILIES, kinds, bins).transpose(1, 2)
+
+    @property
+    def reads_timbre(self) -> bool:
+        """Whether a parameter depends on the rows' timbre (the per-timbre offsets)."""
+        tables = (self.timbre_drum_decays, self.timbre_release_decays, self.timbre_release_gains,
+                  self.timbre_program_colours)  # fmt: skip
+        return any(table is not None for table in tables)
+
     def forward(self, roll: Tensor, timbre: Tensor | None = None, heard: Tensor | None = None) -> Tensor:
         """``[..., F]`` roll -> ``[..., bins]`` log-mel estimate in the decoder's scaled units (float32).
         ``timbre``: timbre indices broadcastable from the left to ``roll``'s leading shape (``[B]`` for
@@ -387,7 +426,7 @@ class AdditivePrior(nn.Module):
         if heard is not None:
             heard = heard.reshape(-1, NUM_PROGRAMS).float()
         rows = None
-        if timbre is not None and self.timbre_drum_decays is not None:
+        if timbre is not None and self.reads_timbre:
             timbre = timbre.to(device=roll.device, dtype=torch.long)
             rows = timbre.reshape(*timbre.shape, *([1] * (len(lead) - timbre.dim()))).expand(lead).reshape(-1)
         with torch.autocast(flat.device.type, enabled=False):  # the power sum stays float32 under bf16 autocast

@@ -270,7 +270,8 @@ ZERO_STARTED_DECODER_PARAMETERS = ("timbre_embedding", "timbre_prior", "input_co
                                    "additive_prior.timbre_release_decays",
                                    "additive_prior.timbre_release_gains",
                                    "additive_prior.program_release_gains",
-                                   "additive_prior.program_release_decays")  # fmt: skip
+                                   "additive_prior.program_release_decays",
+                                   "additive_prior.timbre_program_colours")  # fmt: skip
 #: Decoder parameters that extensions add and that must be fitted before training continues from a model
 #: without them (``specdiff.training.prior_fit.fit_additive_prior``, run by ``score_prior_fit``).
 FITTED_DECODER_PARAMETERS = ("additive_prior",)
@@ -292,6 +293,7 @@ def _check_extensions(
     release_gain_frames: int = 0,
     program_release_gains: bool = False,
     program_release_decays: bool = False,
+    timbre_program_colours: bool = False,
 ) -> None:
     """Raise ValueError for a :class:`FilmDecoder` configuration whose extensions do not fit together."""
     if prediction_type not in PREDICTION_TYPES:
@@ -339,6 +341,12 @@ def _check_extensions(
         if not additive_prior or int(score_roll_features) != PROGRAM_ROLL_FEATURES:
             raise ValueError("program_release_decays needs additive_prior and the program roll layout "
                              f"(score_roll_features = {PROGRAM_ROLL_FEATURES})")  # fmt: skip
+    if timbre_program_colours:
+        from specdiff.midi.score_roll import PROGRAM_ROLL_FEATURES
+
+        if not (additive_prior and timbres) or int(score_roll_features) != PROGRAM_ROLL_FEATURES:
+            raise ValueError("timbre_program_colours needs additive_prior, timbres and the program roll layout "
+                             f"(score_roll_features = {PROGRAM_ROLL_FEATURES})")  # fmt: skip
     if drum_decay_gates:
         if not additive_prior:
             raise ValueError("drum_decay_gates needs additive_prior")
@@ -367,7 +375,8 @@ def _additive_prior(config: Any, bins: int) -> nn.Module:
     releases, gain_frames = config.get("release_decay_powers", []), int(config.get("release_gain_frames", 0))
     return AdditivePrior(int(config["score_roll_features"]), bins, powers, timbres, gates, releases, gain_frames,
                          bool(config.get("program_release_gains", False)),
-                         bool(config.get("program_release_decays", False)))  # fmt: skip
+                         bool(config.get("program_release_decays", False)),
+                         len(config.get("timbres", [])) if config.get("timbre_program_colours") else 0)  # fmt: skip
 
 
 class FilmDecoder(ConfigMixin, nn.Module):
@@ -426,6 +435,9 @@ class FilmDecoder(ConfigMixin, nn.Module):
       family's programs heard so far in the segment), so each program mixes the fast and the slow decay in its
       own proportion: one fade per family carried the church organ's long release into a percussive organ's
       short notes.
+    - ``timbre_program_colours`` (needs ``additive_prior``, ``timbres`` and the program layout): each timbre gets
+      its own log offsets on the additive prior's program colours, per tonal kind (onset, sustain, decay), so two
+      SoundFonts' pianos need not share one spectrum and envelope (``benchmarks/results/timbre_colours.md``).
     - ``roll_carry_in`` (needs the roll): the roll also reads the previous segment's tokens, so notes and
       drum hits that ring into a segment keep their decay and release there (a tied note's decay from its
       true onset; :func:`specdiff.midi.score_roll.add_carried_notes`). Without it a segment's first frames
@@ -481,6 +493,7 @@ class FilmDecoder(ConfigMixin, nn.Module):
         "release_gain_frames": int,
         "program_release_gains": bool,
         "program_release_decays": bool,
+        "timbre_program_colours": bool,
     }
     #: The extensions appear in ``config`` only when on, so an original folder's config is unchanged.
     config_optional = frozenset(DECODER_EXTENSIONS)
@@ -514,12 +527,13 @@ class FilmDecoder(ConfigMixin, nn.Module):
         release_gain_frames: int = 0,
         program_release_gains: bool = False,
         program_release_decays: bool = False,
+        timbre_program_colours: bool = False,
     ) -> None:
         super().__init__()
         _check_extensions(prediction_type, score_roll_features, score_prior, input_context_frames, input_skip_frames,
                           self.timbres, additive_prior, drum_decay_powers, timbre_drum_decays, drum_decay_gates,
                           roll_carry_in, release_decay_powers, release_gain_frames, program_release_gains,
-                          program_release_decays)  # fmt: skip
+                          program_release_decays, timbre_program_colours)  # fmt: skip
         self.conditioning_emb = nn.Sequential(nn.Linear(d_model, d_model * 4, bias=False), nn.SiLU(),
                                               nn.Linear(d_model * 4, d_model * 4, bias=False), nn.SiLU())  # fmt: skip
         self.position_encoding = nn.Embedding(targets_length, d_model)

@@ -67,7 +67,10 @@ class TrainConfig:
     # column knows no instrument and a per-family one no program, so each drew one slow fade for several
     # (prior_fit.fit_release_templates).
     release_template_fit_columns: str = "pitch,family"
-    # N > 0: those two template fits leave out the frames N frames or fewer before a note or drum onset, which
+    # N > 0 (decoders with model.timbre_program_colours): refit only the per-timbre program colours for N Adam steps
+    # on frames where a tonal note sounds (prior_fit.fit_colour_templates), before the drum and release fits.
+    colour_template_fit_steps: int = 0
+    # N > 0: those template fits leave out the frames N frames or fewer before a note or drum onset, which
     # already hold its attack (the log-mel frame i is centred on sample 320 (i + 1); prior_fit.frames_before_onsets).
     template_fit_onset_guard: int = 0
     # N > 0 (decoders with model.input_skip_frames, new runs and warm starts): fit the input_skip maps in

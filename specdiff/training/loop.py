@@ -70,6 +70,7 @@ from specdiff.training.objective import (
 from specdiff.training.optim import EMA, build_optimizer
 from specdiff.training.prior_fit import (
     fit_additive_prior,
+    fit_colour_templates,
     fit_drum_templates,
     fit_input_skip,
     fit_release_templates,
@@ -220,50 +221,43 @@ class Trainer:
             self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)  # the EMA starts from the fit
             if self.ctx.is_main:
                 print(f"score prior fitted on {config.score_prior_fit} windows: L1 {error:.4f}", flush=True)
-        rows = None  # the two template fits read the same windows' rolls: collect them once (~5 GB at 1 500)
-        if config.drum_template_fit_steps > 0 and config.release_template_fit_steps > 0:
-            rows = prior_fit_rows(self.model.decoder, train_set, config.additive_prior_fit_windows, 64,
-                                  config.mask_padding, config.template_fit_onset_guard)  # fmt: skip
-        if config.drum_template_fit_steps > 0:
-            before, after = fit_drum_templates(
-                self.model.decoder,
-                train_set,
-                config.additive_prior_fit_windows,
-                config.drum_template_fit_steps,
-                mask_padding=config.mask_padding,
-                seed=config.seed,
-                alone_share=config.drum_template_fit_alone,
-                rows=rows,
-                onset_guard=config.template_fit_onset_guard,
-            )
-            self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)  # the EMA starts from the fit
-            if self.ctx.is_main:
-                print(f"drum decay templates refitted: L1 on drums-alone frames {before:.4f} -> {after:.4f}",
-                      flush=True)  # fmt: skip
-        if config.release_template_fit_steps > 0:
-            before, after = fit_release_templates(
-                self.model.decoder,
-                train_set,
-                config.additive_prior_fit_windows,
-                config.release_template_fit_steps,
-                mask_padding=config.mask_padding,
-                seed=config.seed,
-                quiet_share=config.release_template_fit_quiet,
-                rows=rows,
-                onset_guard=config.template_fit_onset_guard,
-                program_shrink=config.release_template_fit_program_shrink,
-                columns=tuple(kind for kind in config.release_template_fit_columns.split(",") if kind),
-            )
-            self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)  # the EMA starts from the fit
-            if self.ctx.is_main:
-                print(f"release decay templates refitted: L1 on quiet release frames {before:.4f} -> {after:.4f}",
-                      flush=True)  # fmt: skip
+        self._fit_prior_templates(train_set)
         if config.input_skip_fit > 0:
             report = fit_input_skip(self.model, train_set, config.input_skip_fit, mask_padding=config.mask_padding)
             self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)  # the EMA starts from the fit
             if self.ctx.is_main:
                 cells = ", ".join(f"t={t:.2f} {before:.3f}->{after:.3f}" for t, before, after in report)
                 print(f"input skip fitted on {config.input_skip_fit} windows (output L1): {cells}", flush=True)
+
+    def _fit_prior_templates(self, train_set: torch.utils.data.Dataset) -> None:
+        """The additive prior's template refits the config asks for (per-timbre colours, drum decays, releases),
+        each from the one before; the EMA restarts from each."""
+        config = self.config
+        common = {"mask_padding": config.mask_padding, "seed": config.seed,
+                  "onset_guard": config.template_fit_onset_guard}  # fmt: skip
+        steps = (config.colour_template_fit_steps, config.drum_template_fit_steps, config.release_template_fit_steps)
+        if sum(n > 0 for n in steps) >= 2:  # the template fits read the same windows' rolls: collect them once
+            common["rows"] = prior_fit_rows(self.model.decoder, train_set, config.additive_prior_fit_windows, 64,
+                                            config.mask_padding, config.template_fit_onset_guard)  # fmt: skip
+        fits = []
+        if config.colour_template_fit_steps > 0:
+            fits.append(("per-timbre program colours refitted: L1 on tonal frames", fit_colour_templates,
+                         config.colour_template_fit_steps, {}))  # fmt: skip
+        if config.drum_template_fit_steps > 0:
+            fits.append(("drum decay templates refitted: L1 on drums-alone frames", fit_drum_templates,
+                         config.drum_template_fit_steps, {"alone_share": config.drum_template_fit_alone}))  # fmt: skip
+        if config.release_template_fit_steps > 0:
+            columns = tuple(kind for kind in config.release_template_fit_columns.split(",") if kind)
+            fits.append(("release decay templates refitted: L1 on quiet release frames", fit_release_templates,
+                         config.release_template_fit_steps,
+                         {"quiet_share": config.release_template_fit_quiet, "columns": columns,
+                          "program_shrink": config.release_template_fit_program_shrink}))  # fmt: skip
+        for label, fit, fit_steps, options in fits:
+            before, after = fit(self.model.decoder, train_set, config.additive_prior_fit_windows, fit_steps,
+                                **common, **options)  # fmt: skip
+            self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)  # the EMA starts from the fit
+            if self.ctx.is_main:
+                print(f"{label} {before:.4f} -> {after:.4f}", flush=True)
 
     def _open_run_folder(self, val_set: torch.utils.data.Dataset) -> None:
         """On the main rank: the run folder with its config.json, the metrics log, and the fixed

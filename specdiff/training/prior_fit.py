@@ -406,6 +406,36 @@ def fit_release_templates(
                           seed, penalty)  # fmt: skip
 
 
+def fit_colour_templates(
+    decoder: FilmDecoder,
+    dataset: Any,
+    windows: int,
+    steps: int = 300,
+    rows_per_step: int = 2048,
+    learning_rate: float = 0.05,
+    batch_size: int = 64,
+    mask_padding: bool = False,
+    seed: int = 0,
+    rows: tuple[Tensor, Tensor, Tensor] | None = None,
+    onset_guard: int = 0,
+) -> tuple[float, float]:
+    """Refit only the additive prior's per-timbre program colours (``timbre_program_colours``), everything else
+    fixed, by Adam on the L1 of the whole prior against the target over the frames where a tonal note sounds, as
+    :func:`fit_drum_templates` does for the drums. Returns the L1 (scaled units) on those frames before and after
+    (``rows`` and ``onset_guard`` as there). Why: the program colours were fitted on renders of two SoundFonts at
+    once, so each program's spectrum is their mean (``benchmarks/results/timbre_colours.md``)."""
+    prior = _fitted_prior(decoder, "colour")
+    if prior.timbre_program_colours is None:
+        raise SpecdiffError("fitting the per-timbre colours needs a decoder with timbre_program_colours")
+    if rows is None:
+        rows = prior_fit_rows(decoder, dataset, windows, batch_size, mask_padding, onset_guard)
+    tonal = (frame_kinds(rows[0]) == FRAME_KINDS.index("tonal")).nonzero().flatten()
+    if len(tonal) == 0:
+        raise SpecdiffError("fitting the per-timbre colours needs training frames where a tonal note sounds")
+    return _fit_templates(decoder, rows, {prior.timbre_program_colours: None}, (tonal, tonal), 1.0, steps,
+                          rows_per_step, learning_rate, seed)  # fmt: skip
+
+
 def _switch_off_release_columns(prior: Any, mask: Tensor, columns: Sequence[str]) -> None:
     """Set the release templates of the kinds not in ``columns`` to no power and zero their rows of the fit's
     gradient ``mask`` (of ``prior.shared_templates``), so that they stay off."""
