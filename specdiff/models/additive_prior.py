@@ -18,7 +18,7 @@ programs sounding in the frame (the programs of a GM family differ:
 them per tonal kind (a SoundFont's program differs from another's: with colours shared by TimGM6mb and FluidR3_GM
 the bundled prior drew a lone FluidR3_GM piano 2.8 nat under its render in the top mel bins, and TimGM6mb's
 chorale voices 1.3 to 1.6 nat under theirs where FluidR3_GM's came out 0.4 to 0.7 over:
-``benchmarks/results/timbre_colours.md``). With ``drum_decay_powers`` the drum decay envelope ``d = exp(-t
+``benchmarks/results/timbre_bands_colours.md``). With ``drum_decay_powers`` the drum decay envelope ``d = exp(-t
 / 5 frames)`` also drives faster decays ``d ** k``, each with its own template per drum pitch. Why: the
 power-weighted envelope lets a drum's log-mel fall by only 0.1 nat per frame, where a TimGM6mb hit falls about 1 nat
 per frame (``benchmarks/results/drum_decay_idioms_0130.md``); a fitted mix of rates lets each drum and band find its

@@ -437,7 +437,7 @@ class FilmDecoder(ConfigMixin, nn.Module):
       short notes.
     - ``timbre_program_colours`` (needs ``additive_prior``, ``timbres`` and the program layout): each timbre gets
       its own log offsets on the additive prior's program colours, per tonal kind (onset, sustain, decay), so two
-      SoundFonts' pianos need not share one spectrum and envelope (``benchmarks/results/timbre_colours.md``).
+      SoundFonts' pianos need not share one spectrum and envelope (``benchmarks/results/timbre_bands_colours.md``).
     - ``roll_carry_in`` (needs the roll): the roll also reads the previous segment's tokens, so notes and
       drum hits that ring into a segment keep their decay and release there (a tied note's decay from its
       true onset; :func:`specdiff.midi.score_roll.add_carried_notes`). Without it a segment's first frames

@@ -70,6 +70,8 @@ class TrainConfig:
     # N > 0 (decoders with model.timbre_program_colours): refit only the per-timbre program colours for N Adam steps
     # on frames where a tonal note sounds (prior_fit.fit_colour_templates), before the drum and release fits.
     colour_template_fit_steps: int = 0
+    # True: that fit gives each timbre and program one offset for the onset, sustain and decay kinds alike.
+    colour_template_fit_tied: bool = False
     # N > 0: those template fits leave out the frames N frames or fewer before a note or drum onset, which
     # already hold its attack (the log-mel frame i is centred on sample 320 (i + 1); prior_fit.frames_before_onsets).
     template_fit_onset_guard: int = 0

@@ -418,12 +418,15 @@ def fit_colour_templates(
     seed: int = 0,
     rows: tuple[Tensor, Tensor, Tensor] | None = None,
     onset_guard: int = 0,
+    tie_kinds: bool = False,
 ) -> tuple[float, float]:
     """Refit only the additive prior's per-timbre program colours (``timbre_program_colours``), everything else
     fixed, by Adam on the L1 of the whole prior against the target over the frames where a tonal note sounds, as
     :func:`fit_drum_templates` does for the drums. Returns the L1 (scaled units) on those frames before and after
     (``rows`` and ``onset_guard`` as there). Why: the program colours were fitted on renders of two SoundFonts at
-    once, so each program's spectrum is their mean (``benchmarks/results/timbre_colours.md``)."""
+    once, so each program's spectrum is their mean (``benchmarks/results/timbre_bands_colours.md``). ``tie_kinds``:
+    one offset per timbre, program and bin for the onset, sustain and decay kinds alike (a colour, not an envelope:
+    the network was trained on the prior's attack-to-sustain contrast)."""
     prior = _fitted_prior(decoder, "colour")
     if prior.timbre_program_colours is None:
         raise SpecdiffError("fitting the per-timbre colours needs a decoder with timbre_program_colours")
@@ -432,8 +435,14 @@ def fit_colour_templates(
     tonal = (frame_kinds(rows[0]) == FRAME_KINDS.index("tonal")).nonzero().flatten()
     if len(tonal) == 0:
         raise SpecdiffError("fitting the per-timbre colours needs training frames where a tonal note sounds")
-    return _fit_templates(decoder, rows, {prior.timbre_program_colours: None}, (tonal, tonal), 1.0, steps,
-                          rows_per_step, learning_rate, seed)  # fmt: skip
+    tie = prior.timbre_program_colours.register_hook(lambda grad: grad.mean(dim=1, keepdim=True).expand_as(grad))
+    try:  # equal gradients from equal starts: Adam keeps the kinds' offsets equal
+        if not tie_kinds:
+            tie.remove()
+        return _fit_templates(decoder, rows, {prior.timbre_program_colours: None}, (tonal, tonal), 1.0, steps,
+                              rows_per_step, learning_rate, seed)  # fmt: skip
+    finally:
+        tie.remove()
 
 
 def _switch_off_release_columns(prior: Any, mask: Tensor, columns: Sequence[str]) -> None:
