@@ -908,7 +908,7 @@ def test_colour_fit_moves_only_the_per_timbre_colours_towards_each_timbres_level
     """Piano chord windows of two timbres, timbre 1's target 1.5 nat louder while a chord sounds: the colour refit
     lowers the L1 on tonal frames, raises timbre 1's piano offsets over timbre 0's (a sustained chord: the
     sustain kind's, by about the 1.5 nat the targets differ, 3 in log power: measured 2.8), moves no other
-    program's and no other parameter."""
+    program's and no other parameter; with ``tie_kinds`` it moves the three kinds' offsets alike."""
     from specdiff.training.prior_fit import fit_colour_templates
 
     windows = []
@@ -925,7 +925,7 @@ def test_colour_fit_moves_only_the_per_timbre_colours_towards_each_timbres_level
     before, after = fit_colour_templates(decoder, windows, 6, steps=150, rows_per_step=256, learning_rate=0.05,
                                          batch_size=3)  # fmt: skip
     assert after < 0.8 * before, (before, after)
-    offsets = decoder.additive_prior.timbre_program_colours.detach()
+    offsets = decoder.additive_prior.timbre_program_colours.detach().clone()
     sustain = offsets[:, 1, 0].mean(dim=1)  # [timbres]: the piano's sustain offset (log power), mean over bins
     assert 2.4 < float(sustain[1] - sustain[0]) < 3.6, sustain
     moved = (offsets != 0).any(dim=3).any(dim=1).any(dim=0).nonzero().flatten().tolist()
@@ -933,3 +933,8 @@ def test_colour_fit_moves_only_the_per_timbre_colours_towards_each_timbres_level
     state = decoder.state_dict()
     assert all(torch.equal(state[k], v) for k, v in fixed.items())
     assert all(p.grad is None for p in decoder.parameters())
+    assert not torch.equal(offsets[:, 0], offsets[:, 1])  # untied: the onset's offset is its own
+    fit_colour_templates(decoder, windows, 6, steps=20, rows_per_step=256, batch_size=3, tie_kinds=True)
+    tied = decoder.additive_prior.timbre_program_colours.detach() - offsets  # what the tied fit moved
+    assert float(tied.abs().max()) > 0.01
+    assert torch.allclose(tied[:, 0], tied[:, 1], atol=1e-6) and torch.allclose(tied[:, 1], tied[:, 2], atol=1e-6)

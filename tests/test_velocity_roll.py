@@ -286,3 +286,24 @@ def test_a_velocity_layout_model_trains_exports_and_synthesizes(midi_cache, tmp_
     out = pipe(midi, generator=torch.Generator().manual_seed(0), num_inference_steps=1, output_type="mel",
                show_progress=False)  # fmt: skip
     assert np.isfinite(out.mels[0]).all() and len(out.mels[0]) <= frames + 25
+
+
+def test_the_trainer_runs_the_template_fits_its_config_asks_for(midi_cache, tmp_path, capsys):
+    """A program-layout run with per-timbre program colours: the additive prior is fitted, then only the colours
+    (``colour_template_fit_steps``), and the run says so with the fit's L1 before and after."""
+    from specdiff.training.config import TrainConfig
+    from specdiff.training.loop import train
+
+    cache, _, _ = midi_cache
+    model = dict(MICRO, score_roll_features=PROGRAM_ROLL_FEATURES, **EDM, additive_prior=True, gm_programs=True,
+                 timbres=["TimGM6mb"], timbre_program_colours=True)  # fmt: skip
+    config = TrainConfig.from_preset(
+        "tiny", model=model, data=str(cache), out_dir=str(tmp_path / "run"), batch_size=2, steps=1, log_every=1,
+        val_every=0, sample_every=0, ckpt_every=1, val_examples=2, tensorboard=False, num_threads=1, bf16=False,
+        score_prior_fit=2, additive_prior_fit_windows=2, additive_prior_fit_steps=2, colour_template_fit_steps=3,
+        mask_padding=True,
+    )  # fmt: skip
+    train(config, progress=False)
+    printed = capsys.readouterr().out
+    assert "additive + linear score prior fitted on 2 windows" in printed
+    assert "per-timbre program colours refitted: L1 on tonal frames" in printed

@@ -16,8 +16,8 @@ the shared per-pitch, per-family and release columns one template each; on the p
 programs sounding in the frame (the programs of a GM family differ:
 ``benchmarks/results/program_colours_timgm6mb.md``), and with ``colour_timbres`` each timbre its own offsets on
 them per tonal kind (a SoundFont's program differs from another's: with colours shared by TimGM6mb and FluidR3_GM
-the bundled prior drew a lone FluidR3_GM piano 2.8 nat under its render in the top mel bins, and TimGM6mb's
-chorale voices 1.3 to 1.6 nat under theirs where FluidR3_GM's came out 0.4 to 0.7 over:
+the bundled prior drew a FluidR3_GM piano line 3.1 nat under its render in the top 32 mel bins, TimGM6mb's 0.3, and a
+chorale's voices in bins 64-95 0.7 nat under TimGM6mb's render and 0.65 over FluidR3_GM's;
 ``benchmarks/results/timbre_bands_colours.md``). With ``drum_decay_powers`` the drum decay envelope ``d = exp(-t
 / 5 frames)`` also drives faster decays ``d ** k``, each with its own template per drum pitch. Why: the
 power-weighted envelope lets a drum's log-mel fall by only 0.1 nat per frame, where a TimGM6mb hit falls about 1 nat

@@ -424,7 +424,9 @@ def fit_colour_templates(
     fixed, by Adam on the L1 of the whole prior against the target over the frames where a tonal note sounds, as
     :func:`fit_drum_templates` does for the drums. Returns the L1 (scaled units) on those frames before and after
     (``rows`` and ``onset_guard`` as there). Why: the program colours were fitted on renders of two SoundFonts at
-    once, so each program's spectrum is their mean (``benchmarks/results/timbre_bands_colours.md``). ``tie_kinds``:
+    once, so each program's spectrum is their mean (``benchmarks/results/timbre_bands_colours.md``); refitted on
+    run N5 without network steps, the tonal frames' L1 fell 0.0992 -> 0.0883, but the whole model did not get better
+    on validation music (``benchmarks/results/steps_table_val_timbre_colours.md``). ``tie_kinds``:
     one offset per timbre, program and bin for the onset, sustain and decay kinds alike (a colour, not an envelope:
     the network was trained on the prior's attack-to-sustain contrast)."""
     prior = _fitted_prior(decoder, "colour")
