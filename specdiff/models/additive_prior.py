@@ -188,15 +188,6 @@ class AdditivePrior(nn.Module):
         # twice the log-magnitude = log power
         self.pitch_templates = nn.Parameter(torch.full((len(TONAL_KINDS), NUM_PITCHES, bins), 2 * INITIAL_TEMPLATE_NAT))
         self.family_colours = nn.Parameter(torch.zeros(len(TONAL_KINDS), NUM_FAMILIES, bins))
-        self.program_colours = None
-        if roll_features == PROGRAM_ROLL_FEATURES:  # zero: a warm start from the family colours alone is exact
-            self.program_colours = nn.Parameter(torch.zeros(NUM_PROGRAMS, bins))
-        self.timbre_program_colours = None
-        if colour_timbres:  # zero: a warm start from the shared colours is exact
-            if roll_features != PROGRAM_ROLL_FEATURES:
-                raise ValueError("per-timbre program colours need the program roll layout")
-            shape = (int(colour_timbres), len(TONAL_KINDS), NUM_PROGRAMS, bins)
-            self.timbre_program_colours = nn.Parameter(torch.zeros(shape))
         self.drum_templates = nn.Parameter(torch.full((len(DRUM_KINDS), NUM_PITCHES, bins), 2 * INITIAL_TEMPLATE_NAT))
         self.fast_drum_templates = None
         if self.drum_decay_powers:
@@ -231,16 +222,7 @@ class AdditivePrior(nn.Module):
             self.release_gains = nn.Parameter(torch.tensor([start] * NUM_FAMILIES))
             if timbres:  # zero: each timbre starts with the shared gains
                 self.timbre_release_gains = nn.Parameter(torch.zeros(int(timbres), NUM_FAMILIES, len(start)))
-        self.program_release_gains = None
-        if program_release:
-            if not self.release_gain_frames or roll_features != PROGRAM_ROLL_FEATURES:
-                raise ValueError("program_release needs release_gain_frames and the program roll layout")
-            self.program_release_gains = nn.Parameter(torch.zeros(NUM_PROGRAMS, self.release_gain_frames))
-        self.program_release_decays = None
-        if program_release_decays:
-            if roll_features != PROGRAM_ROLL_FEATURES:
-                raise ValueError("program_release_decays needs the program roll layout")
-            self.program_release_decays = nn.Parameter(torch.zeros(NUM_PROGRAMS, len(RELEASE_FRAMES)))
+        self._add_program_tables(bins, program_release, program_release_decays, colour_timbres)
         self.velocity_slope = nn.Parameter(torch.full((bins,), 2.0))  # log power per unit ln(v / v_max)
         self.floors = nn.Parameter(torch.full((2, bins), 2 * INITIAL_FLOOR_NAT))  # [sounding, silent]
         self.context_level = None
@@ -248,6 +230,29 @@ class AdditivePrior(nn.Module):
             self.context_level = nn.Linear(CONTEXT_LEVEL_FEATURES, bins)
             nn.init.zeros_(self.context_level.weight)
             nn.init.zeros_(self.context_level.bias)
+
+    def _add_program_tables(
+        self, bins: int, program_release: bool, program_release_decays: bool, colour_timbres: int
+    ) -> None:
+        """The per-GM-program parameters of the program layout, all zero-started (a warm start from a prior
+        without them is exact): the program colours (always on that layout), and on request the release gains'
+        and release decays' program offsets and each timbre's offsets on the colours."""
+        program_layout = self.roll_features == PROGRAM_ROLL_FEATURES
+        self.program_colours = nn.Parameter(torch.zeros(NUM_PROGRAMS, bins)) if program_layout else None
+        self.program_release_gains = self.program_release_decays = self.timbre_program_colours = None
+        if program_release:
+            if not self.release_gain_frames or not program_layout:
+                raise ValueError("program_release needs release_gain_frames and the program roll layout")
+            self.program_release_gains = nn.Parameter(torch.zeros(NUM_PROGRAMS, self.release_gain_frames))
+        if program_release_decays:
+            if not program_layout:
+                raise ValueError("program_release_decays needs the program roll layout")
+            self.program_release_decays = nn.Parameter(torch.zeros(NUM_PROGRAMS, len(RELEASE_FRAMES)))
+        if colour_timbres:
+            if not program_layout:
+                raise ValueError("per-timbre program colours need the program roll layout")
+            shape = (int(colour_timbres), len(TONAL_KINDS), NUM_PROGRAMS, bins)
+            self.timbre_program_colours = nn.Parameter(torch.zeros(shape))
 
     @property
     def reads_heard(self) -> bool:

@@ -329,24 +329,11 @@ def _check_extensions(
         from specdiff.models.additive_prior import check_release_gain_frames
 
         check_release_gain_frames(release_gain_frames)
-    if program_release_gains:
-        from specdiff.midi.score_roll import PROGRAM_ROLL_FEATURES
-
-        if not release_gain_frames or int(score_roll_features) != PROGRAM_ROLL_FEATURES:
-            raise ValueError("program_release_gains needs release_gain_frames and the program roll layout "
-                             f"(score_roll_features = {PROGRAM_ROLL_FEATURES})")  # fmt: skip
-    if program_release_decays:
-        from specdiff.midi.score_roll import PROGRAM_ROLL_FEATURES
-
-        if not additive_prior or int(score_roll_features) != PROGRAM_ROLL_FEATURES:
-            raise ValueError("program_release_decays needs additive_prior and the program roll layout "
-                             f"(score_roll_features = {PROGRAM_ROLL_FEATURES})")  # fmt: skip
-    if timbre_program_colours:
-        from specdiff.midi.score_roll import PROGRAM_ROLL_FEATURES
-
-        if not (additive_prior and timbres) or int(score_roll_features) != PROGRAM_ROLL_FEATURES:
-            raise ValueError("timbre_program_colours needs additive_prior, timbres and the program roll layout "
-                             f"(score_roll_features = {PROGRAM_ROLL_FEATURES})")  # fmt: skip
+    _check_program_extensions(int(score_roll_features), {
+        "program_release_gains": (program_release_gains, bool(release_gain_frames), "release_gain_frames"),
+        "program_release_decays": (program_release_decays, additive_prior, "additive_prior"),
+        "timbre_program_colours": (timbre_program_colours, additive_prior and bool(timbres), "additive_prior, timbres"),
+    })  # fmt: skip
     if drum_decay_gates:
         if not additive_prior:
             raise ValueError("drum_decay_gates needs additive_prior")
@@ -363,6 +350,17 @@ def _check_extensions(
         raise ValueError("input_skip_frames needs prediction_type 'edm'")
     if len(set(timbres)) != len(timbres):
         raise ValueError(f"timbre names must be unique, got {timbres}")
+
+
+def _check_program_extensions(score_roll_features: int, options: dict[str, tuple[bool, bool, str]]) -> None:
+    """Raise ValueError for an extension of the program roll layout that is on (``options``: name -> (on, its other
+    needs met, what they are)) without that layout or its other needs."""
+    from specdiff.midi.score_roll import PROGRAM_ROLL_FEATURES
+
+    for name, (on, needs_met, needs) in options.items():
+        if on and (not needs_met or score_roll_features != PROGRAM_ROLL_FEATURES):
+            raise ValueError(f"{name} needs {needs} and the program roll layout "
+                             f"(score_roll_features = {PROGRAM_ROLL_FEATURES})")  # fmt: skip
 
 
 def _additive_prior(config: Any, bins: int) -> nn.Module:
@@ -564,13 +562,8 @@ class FilmDecoder(ConfigMixin, nn.Module):
             )
         self.input_skip = None
         if input_skip_frames:
-            self.input_skip = nn.Conv1d(
-                input_dims,
-                input_dims * len(INPUT_SKIP_KNOTS),
-                int(input_skip_frames),
-                padding=int(input_skip_frames) // 2,
-                bias=False,
-            )
+            self.input_skip = nn.Conv1d(input_dims, input_dims * len(INPUT_SKIP_KNOTS), int(input_skip_frames),
+                                        padding=int(input_skip_frames) // 2, bias=False)  # fmt: skip
         init_weights(self)
         for table in (self.timbre_embedding, self.timbre_prior, self.input_context, self.input_skip):
             if table is not None:  # start as the model without them (warm starts keep their output)
