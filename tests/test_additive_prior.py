@@ -908,7 +908,8 @@ def test_colour_fit_moves_only_the_per_timbre_colours_towards_each_timbres_level
     """Piano chord windows of two timbres, timbre 1's target 1.5 nat louder while a chord sounds: the colour refit
     lowers the L1 on tonal frames, raises timbre 1's piano offsets over timbre 0's (a sustained chord: the
     sustain kind's, by about the 1.5 nat the targets differ, 3 in log power: measured 2.8), moves no other
-    program's and no other parameter; with ``tie_kinds`` it moves the three kinds' offsets alike."""
+    program's and no other parameter; with ``tie_kinds`` it moves the three kinds' offsets alike; ``shrink`` holds
+    them nearer zero."""
     from specdiff.training.prior_fit import fit_colour_templates
 
     windows = []
@@ -938,3 +939,9 @@ def test_colour_fit_moves_only_the_per_timbre_colours_towards_each_timbres_level
     tied = decoder.additive_prior.timbre_program_colours.detach() - offsets  # what the tied fit moved
     assert float(tied.abs().max()) > 0.01
     assert torch.allclose(tied[:, 0], tied[:, 1], atol=1e-6) and torch.allclose(tied[:, 1], tied[:, 2], atol=1e-6)
+    shrunk = FilmDecoder(**TINY, score_roll_features=PROGRAM_ROLL_FEATURES, prediction_type="edm", score_prior=True,
+                         additive_prior=True, timbres=["a", "b"], timbre_program_colours=True)  # fmt: skip
+    shrunk.load_state_dict({k: v for k, v in fixed.items()}, strict=False)
+    fit_colour_templates(shrunk, windows, 6, steps=150, rows_per_step=256, batch_size=3, shrink=1e-3)
+    pulled = shrunk.additive_prior.timbre_program_colours.detach()[:, 1, 0].mean(dim=1)
+    assert 0.0 < float(pulled[1] - pulled[0]) < 0.7 * float(sustain[1] - sustain[0]), (pulled, sustain)

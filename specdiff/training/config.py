@@ -72,6 +72,8 @@ class TrainConfig:
     colour_template_fit_steps: int = 0
     # True: that fit gives each timbre and program one offset for the onset, sustain and decay kinds alike.
     colour_template_fit_tied: bool = False
+    # > 0: that fit adds this weight times the offsets' sum of squares (log power) to each step's loss.
+    colour_template_fit_shrink: float = 0.0
     # N > 0: those template fits leave out the frames N frames or fewer before a note or drum onset, which
     # already hold its attack (the log-mel frame i is centred on sample 320 (i + 1); prior_fit.frames_before_onsets).
     template_fit_onset_guard: int = 0

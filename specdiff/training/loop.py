@@ -242,7 +242,9 @@ class Trainer:
         fits = []
         if config.colour_template_fit_steps > 0:
             fits.append(("per-timbre program colours refitted: L1 on tonal frames", fit_colour_templates,
-                         config.colour_template_fit_steps, {"tie_kinds": config.colour_template_fit_tied}))  # fmt: skip
+                         config.colour_template_fit_steps,
+                         {"tie_kinds": config.colour_template_fit_tied,
+                          "shrink": config.colour_template_fit_shrink}))  # fmt: skip
         if config.drum_template_fit_steps > 0:
             fits.append(("drum decay templates refitted: L1 on drums-alone frames", fit_drum_templates,
                          config.drum_template_fit_steps, {"alone_share": config.drum_template_fit_alone}))  # fmt: skip

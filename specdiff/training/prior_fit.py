@@ -419,6 +419,7 @@ def fit_colour_templates(
     rows: tuple[Tensor, Tensor, Tensor] | None = None,
     onset_guard: int = 0,
     tie_kinds: bool = False,
+    shrink: float = 0.0,
 ) -> tuple[float, float]:
     """Refit only the additive prior's per-timbre program colours (``timbre_program_colours``), everything else
     fixed, by Adam on the L1 of the whole prior against the target over the frames where a tonal note sounds, as
@@ -428,7 +429,8 @@ def fit_colour_templates(
     run N5 without network steps, the tonal frames' L1 fell 0.0992 -> 0.0883, but the whole model did not get better
     on validation music (``benchmarks/results/steps_table_val_timbre_colours.md``). ``tie_kinds``:
     one offset per timbre, program and bin for the onset, sustain and decay kinds alike (a colour, not an envelope:
-    the network was trained on the prior's attack-to-sustain contrast)."""
+    the network was trained on the prior's attack-to-sustain contrast). ``shrink`` > 0 adds that weight times the
+    offsets' sum of squares to each step's loss (a program heard in few windows keeps the shared colour)."""
     prior = _fitted_prior(decoder, "colour")
     if prior.timbre_program_colours is None:
         raise SpecdiffError("fitting the per-timbre colours needs a decoder with timbre_program_colours")
@@ -441,8 +443,9 @@ def fit_colour_templates(
     try:  # equal gradients from equal starts: Adam keeps the kinds' offsets equal
         if not tie_kinds:
             tie.remove()
+        penalty = partial(_weighted_sum_of_squares, prior.timbre_program_colours, shrink) if shrink > 0 else None
         return _fit_templates(decoder, rows, {prior.timbre_program_colours: None}, (tonal, tonal), 1.0, steps,
-                              rows_per_step, learning_rate, seed)  # fmt: skip
+                              rows_per_step, learning_rate, seed, penalty)  # fmt: skip
     finally:
         tie.remove()
 
