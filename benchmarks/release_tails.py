@@ -28,9 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from steps_table import model_folder  # noqa: E402
-
-from specdiff.atomic import atomic_write_text  # noqa: E402
+from steps_table import model_and_prior_pipelines, write_probe_report  # noqa: E402
 
 FRAMES_PER_SECOND = 50  # 20 ms log-mel frames (ORIGINAL.md §1)
 START = 1.0  # seconds of silence before each event
@@ -77,7 +75,6 @@ def main() -> int:
     from specdiff.constants import SAMPLE_RATE
     from specdiff.data.render import find_soundfont, render_midi
     from specdiff.evaluation.evaluate import prepare_piece
-    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     torch.set_num_threads(2)
     lines = [
@@ -86,15 +83,10 @@ def main() -> int:
     ]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        pipes = {}
-        for index, model in enumerate(args.models):
-            for prior_alone in (False, True):
-                folder = model_folder(model, tmp, prior_alone)
-                pipe = SpectrogramDiffusionPipeline.from_pretrained(folder, inverter=None)
-                if args.timbre in pipe.timbres:
-                    pipe.timbre = args.timbre
-                label = f"model {index + 1}" if len(args.models) > 1 else "model"
-                pipes[label + (", prior alone" if prior_alone else "")] = pipe
+        pipes = model_and_prior_pipelines(args.models, tmp)
+        for pipe in pipes.values():
+            if args.timbre in pipe.timbres:
+                pipe.timbre = args.timbre
         for label, program, keys in EVENTS:
             path = tmp / "event.mid"
             tail = event_midi(program, keys, path)
@@ -110,10 +102,7 @@ def main() -> int:
                 held = f"{level[tail - 10 : tail].mean():.1f}" if program is not None else ""
                 lines.append(f"| {label} | {name} | {held} | {cells} |")
     title = f"# Release tails: mean log-mel from a lone event's end ({args.timbre}; frames of 20 ms)"
-    models = "; ".join(f"model {i + 1}: `{m}`" for i, m in enumerate(args.models)) if len(args.models) > 1 else ""
-    text = "\n".join([title, "", *lines, "", f"Made by `benchmarks/release_tails.py`. {models}".rstrip()])
-    atomic_write_text(ROOT / "benchmarks" / "results" / f"release_tails_{args.name}.md", text + "\n")
-    print(text)
+    print(write_probe_report("release_tails", args.name, title, lines, args.models))
     return 0
 
 

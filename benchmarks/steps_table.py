@@ -113,6 +113,30 @@ def model_folder(model: str, tmp: Path, prior_alone: bool = False) -> Path:
     return path
 
 
+def model_and_prior_pipelines(models: list[str], tmp: Path) -> dict[str, Any]:
+    """Pipelines (no inverter: mels only) of each model and of its score prior alone (:func:`model_folder`), by
+    row label: "model" / "model, prior alone", or "model N" / "model N, prior alone" for several models."""
+    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
+
+    pipes = {}
+    for index, model in enumerate(models):
+        label = f"model {index + 1}" if len(models) > 1 else "model"
+        for prior_alone in (False, True):
+            folder = model_folder(model, tmp, prior_alone)
+            pipe = SpectrogramDiffusionPipeline.from_pretrained(folder, inverter=None)
+            pipes[label + (", prior alone" if prior_alone else "")] = pipe
+    return pipes
+
+
+def write_probe_report(script: str, name: str, title: str, lines: list[str], models: list[str]) -> str:
+    """Write ``benchmarks/results/<script>_<name>.md``: ``title``, the table ``lines`` and a footer naming the
+    script and (for several) the models by their row numbers; returns the text."""
+    listed = "; ".join(f"model {i + 1}: `{m}`" for i, m in enumerate(models)) if len(models) > 1 else ""
+    text = "\n".join([title, "", *lines, "", f"Made by `benchmarks/{script}.py`. {listed}".rstrip()])
+    atomic_write_text(ROOT / "benchmarks" / "results" / f"{script}_{name}.md", text + "\n")
+    return text
+
+
 def run_label(path: Path) -> str:
     """A row label: a folder's name, or ``RUN/step_N.pt`` for a training checkpoint."""
     if path.is_file() and path.parent.name == "checkpoints":

@@ -28,9 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from steps_table import model_folder  # noqa: E402
-
-from specdiff.atomic import atomic_write_text  # noqa: E402
+from steps_table import model_and_prior_pipelines, write_probe_report  # noqa: E402
 
 BAND_WIDTH = 32
 LOUD_NAT = -8.0
@@ -82,7 +80,6 @@ def main() -> int:
     from specdiff.data.corpus import DEMO_MIDI_DIR
     from specdiff.data.render import find_soundfont, render_midi
     from specdiff.evaluation.evaluate import prepare_piece
-    from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
 
     torch.set_num_threads(2)
     header = "| music | timbre | model | " + " | ".join(f"bins {k}-{k + BAND_WIDTH - 1}" for k in range(0, 128, 32))
@@ -95,13 +92,7 @@ def main() -> int:
                 made_midi(program, tmp / f"{program}.mid")
                 files.append((f"{label}: line, then chords", tmp / f"{program}.mid"))
             files += [(name.removesuffix(".mid"), DEMO_MIDI_DIR / name) for name in DEMO_FILES]
-        pipes = {}
-        for index, model in enumerate(args.models):
-            for prior_alone in (False, True):
-                folder = model_folder(model, tmp, prior_alone)
-                pipe = SpectrogramDiffusionPipeline.from_pretrained(folder, inverter=None)
-                label = f"model {index + 1}" if len(args.models) > 1 else "model"
-                pipes[label + (", prior alone" if prior_alone else "")] = pipe
+        pipes = model_and_prior_pipelines(args.models, tmp)
         timbres = next(iter(pipes.values())).timbres or [None]
         for label, path in files:
             for timbre in timbres:
@@ -117,10 +108,7 @@ def main() -> int:
                     lines.append(f"| {label} | {timbre or 'default'} | {name} | {cells} | {l1:.3f} |")
                     print(lines[-1], flush=True)
     title = "# Band levels per timbre: ours - the timbre's own render (power-mean log-mel, nat; L1 on loud frames)"
-    models = "; ".join(f"model {i + 1}: `{m}`" for i, m in enumerate(args.models)) if len(args.models) > 1 else ""
-    text = "\n".join([title, "", *lines, "", f"Made by `benchmarks/timbre_bands.py`. {models}".rstrip()])
-    atomic_write_text(ROOT / "benchmarks" / "results" / f"timbre_bands_{args.name}.md", text + "\n")
-    print(text)
+    print(write_probe_report("timbre_bands", args.name, title, lines, args.models))
     return 0
 
 
