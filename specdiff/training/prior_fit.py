@@ -439,15 +439,16 @@ def fit_colour_templates(
     tonal = (frame_kinds(rows[0]) == FRAME_KINDS.index("tonal")).nonzero().flatten()
     if len(tonal) == 0:
         raise SpecdiffError("fitting the per-timbre colours needs training frames where a tonal note sounds")
-    tie = prior.timbre_program_colours.register_hook(lambda grad: grad.mean(dim=1, keepdim=True).expand_as(grad))
-    try:  # equal gradients from equal starts: Adam keeps the kinds' offsets equal
-        if not tie_kinds:
-            tie.remove()
-        penalty = partial(_weighted_sum_of_squares, prior.timbre_program_colours, shrink) if shrink > 0 else None
-        return _fit_templates(decoder, rows, {prior.timbre_program_colours: None}, (tonal, tonal), 1.0, steps,
-                              rows_per_step, learning_rate, seed, penalty)  # fmt: skip
+    offsets = prior.timbre_program_colours
+    # tied: equal gradients from equal starts, so Adam keeps the kinds' offsets equal
+    tie = offsets.register_hook(lambda grad: grad.mean(dim=1, keepdim=True).expand_as(grad)) if tie_kinds else None
+    penalty = partial(_weighted_sum_of_squares, offsets, shrink) if shrink > 0 else None
+    try:
+        return _fit_templates(decoder, rows, {offsets: None}, (tonal, tonal), 1.0, steps, rows_per_step,
+                              learning_rate, seed, penalty)  # fmt: skip
     finally:
-        tie.remove()
+        if tie is not None:
+            tie.remove()
 
 
 def _switch_off_release_columns(prior: Any, mask: Tensor, columns: Sequence[str]) -> None:
