@@ -75,6 +75,8 @@ COMMANDS: tuple[Command, ...] = (
             "train a model (single process, or under torchrun for DDP)", "run_train"),
     Command("export", ("specdiff.commands.train",), "add_export_arguments",
             "write a training checkpoint as a pipeline folder for --model", "run_export"),
+    Command("train-expert", ("specdiff.commands.train_expert",), "add_train_expert_arguments",
+            "train a model folder's low-noise expert denoiser (the rest frozen)", "run_train_expert"),
     Command("evaluate", ("specdiff.commands.evaluate",), "add_evaluate_arguments",
             "score a model on MIDI files against reference audio", "run_evaluate"),
     Command("train-vocoder", ("specdiff.commands.vocoder",), "add_vocoder_arguments",

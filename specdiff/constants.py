@@ -82,6 +82,8 @@ DECODER_EXTENSIONS: dict[str, object] = {
     "program_release_gains": False,
     "program_release_decays": False,
     "timbre_program_colours": False,
+    "low_noise_expert_channels": 0,
+    "low_noise_expert_below": 0.0,
 }
 
 # ---- models on the Hugging Face Hub (specdiff.pipeline.hub) ---------------------------------------------

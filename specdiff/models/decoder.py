@@ -25,6 +25,7 @@ from specdiff.models.layers import (
     merge_heads,
     split_heads,
 )
+from specdiff.models.low_noise_expert import LowNoiseExpert
 from specdiff.sampling.diffusion import alpha_sigma, edm_prior_weight
 
 # ---------------------------------------------------------------------------------------------
@@ -471,6 +472,13 @@ class FilmDecoder(ConfigMixin, nn.Module):
       means no denoising), while a 9-frame linear map of the input removes most of it
       (``benchmarks/results/noise_response.md``). ``specdiff.training.train.fit_input_skip`` fits it in
       closed form; training refines it with the rest.
+    - ``low_noise_expert_channels`` (0 = off) and ``low_noise_expert_below`` (a noise time; needs
+      ``score_prior``): rows whose noise time is below it are denoised by a small 2-D convolutional
+      network (``low_noise_expert``, :class:`specdiff.models.low_noise_expert.LowNoiseExpert`, that many
+      channels) around the score prior instead of by the transformer, which then does not run at all
+      when a whole batch is below. The transformer's estimate leaves temporal roughness that an
+      iterated sampler accumulates; the expert's does not (``benchmarks/results/low_noise_expert.md``).
+      Trained on its own with the rest frozen (``specdiff train-expert``).
     """
 
     #: JSON forms of the extensions' arguments (``config`` holds them as config.json will).
@@ -492,6 +500,8 @@ class FilmDecoder(ConfigMixin, nn.Module):
         "program_release_gains": bool,
         "program_release_decays": bool,
         "timbre_program_colours": bool,
+        "low_noise_expert_channels": int,
+        "low_noise_expert_below": float,
     }
     #: The extensions appear in ``config`` only when on, so an original folder's config is unchanged.
     config_optional = frozenset(DECODER_EXTENSIONS)
@@ -526,6 +536,8 @@ class FilmDecoder(ConfigMixin, nn.Module):
         program_release_gains: bool = False,
         program_release_decays: bool = False,
         timbre_program_colours: bool = False,
+        low_noise_expert_channels: int = 0,
+        low_noise_expert_below: float = 0.0,
     ) -> None:
         super().__init__()
         _check_extensions(prediction_type, score_roll_features, score_prior, input_context_frames, input_skip_frames,
@@ -572,6 +584,7 @@ class FilmDecoder(ConfigMixin, nn.Module):
         self.additive_prior = None
         if additive_prior:
             self.additive_prior = _additive_prior(self.config, input_dims)
+        self.low_noise_expert = _low_noise_expert(low_noise_expert_channels, low_noise_expert_below, score_prior)
 
     @property
     def prediction_type(self) -> str:
@@ -713,6 +726,9 @@ class FilmDecoder(ConfigMixin, nn.Module):
             cross_cache = self.prepare_cross_attention(encodings_and_masks, score_roll, timbre)
         if cross_cache.batch_size != batch:
             raise ValueError(f"the cross-attention cache is for batch {cross_cache.batch_size}, got {batch}")
+        expert_rows = self.low_noise_expert_rows(decoder_noise_time)
+        if expert_rows is not None and bool(expert_rows.all()):  # the transformer is not needed at all
+            return self._low_noise_expert_output(decoder_input_tokens, decoder_noise_time, cross_cache)
         if film is None:
             film = self.film_conditioning(decoder_noise_time)
         positions = torch.arange(length, device=decoder_input_tokens.device)
@@ -731,7 +747,23 @@ class FilmDecoder(ConfigMixin, nn.Module):
             out = out + weight * cross_cache.frame_prior.to(out.dtype)
         if self.input_skip is not None:
             out = out + self.input_skip_output(decoder_input_tokens, decoder_noise_time, cross_cache.frame_prior)
+        if expert_rows is not None and bool(expert_rows.any()):
+            expert = self._low_noise_expert_output(decoder_input_tokens, decoder_noise_time, cross_cache)
+            out = torch.where(expert_rows[:, None, None], expert, out)
         return out
+
+    def low_noise_expert_rows(self, noise_time: Tensor) -> Tensor | None:
+        """Which rows of a batch at ``noise_time`` ``[B]`` the ``low_noise_expert`` denoises (bool ``[B]``);
+        None without the extension."""
+        if self.low_noise_expert is None:
+            return None
+        return noise_time < float(self.config["low_noise_expert_below"])
+
+    def _low_noise_expert_output(self, z: Tensor, noise_time: Tensor, cross_cache: CrossAttentionCache) -> Tensor:
+        assert self.low_noise_expert is not None and cross_cache.frame_prior is not None
+        dtype = self.low_noise_expert.output.weight.dtype
+        prior = cross_cache.frame_prior.to(dtype)
+        return self.low_noise_expert.edm_output(z.to(dtype), noise_time, prior).to(z.dtype)
 
     def input_skip_output(self, z: Tensor, noise_time: Tensor, prior: Tensor | None) -> Tensor:
         """The ``input_skip`` extension's share of the output: its knot maps of the noisy residual
@@ -743,6 +775,20 @@ class FilmDecoder(ConfigMixin, nn.Module):
         maps = maps.unflatten(1, (len(INPUT_SKIP_KNOTS), z.shape[-1]))
         weights = knot_weights(noise_time).to(maps.dtype)
         return torch.einsum("bk,bkct->btc", weights, maps).to(z.dtype)
+
+
+def _low_noise_expert(channels: int, below: float, score_prior: bool) -> LowNoiseExpert | None:
+    """The ``low_noise_expert`` extension's network (None when off); ValueError for a bad setting."""
+    if not int(channels) and not float(below):
+        return None
+    if int(channels) <= 0 or not 0.0 < float(below) <= 1.0:
+        raise ValueError(
+            "low_noise_expert needs low_noise_expert_channels > 0 and 0 < low_noise_expert_below <= 1, "
+            f"got {channels} and {below}"
+        )
+    if not score_prior:
+        raise ValueError("low_noise_expert needs score_prior (it denoises around the score prior)")
+    return LowNoiseExpert(int(channels))
 
 
 def noisy_residual(z: Tensor, noise_time: Tensor, prior: Tensor | None) -> Tensor:

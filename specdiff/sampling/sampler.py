@@ -666,10 +666,20 @@ class GuidedDenoiser:
         if not self.guided:
             return eps
         eps_cond, eps_uncond = eps.chunk(2)
+        if self._expert_only(time):
+            return eps_cond  # a low-noise expert denoises around the conditional prior: nothing to guide
         if self.guidance_ceiling is None and self.guidance_lift is None:
             return combine_guidance(eps_cond, eps_uncond, self.guidance_scale)
         time_value = float(noise_time.reshape(-1)[0])
         return self._capped_guidance(sample, time_value, eps_cond, eps_uncond)
+
+    def _expert_only(self, time: Tensor) -> bool:
+        """Whether the decoder's low-noise expert (``FilmDecoder.low_noise_expert_rows``) takes these rows."""
+        rows = getattr(self.decoder, "low_noise_expert_rows", None)
+        if rows is None:
+            return False
+        below = rows(time[:1])
+        return below is not None and bool(below.all())
 
     def _capped_guidance(self, sample: Tensor, noise_time: float, eps_cond: Tensor, eps_uncond: Tensor) -> Tensor:
         """CFG combined in x0 space, capped by :func:`cap_guided_x0` (this denoiser's ceiling and lift,

@@ -1,0 +1,185 @@
+"""Train a decoder's low-noise expert (specdiff/models/low_noise_expert.py) with the rest of a model frozen.
+
+The expert sees only the score prior ``p`` and the noisy residual, so its training data is pairs of
+targets ``x0`` and the model's prior for them, computed once (``pairs.pt`` in the run folder). Each
+step draws random crops of ``crop_frames`` frames (the expert is convolutional: a crop trains it as well
+as a whole segment, at a fraction of the cost), noise times uniform in ``(0, below)``, and minimises the
+EDM-weighted squared error of the residual (the error of ``F``, Karras et al. 2022). The run folder holds
+``expert.pt`` (weights, optimiser, step; written atomically every ``checkpoint_every`` steps), so a killed
+run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from specdiff.atomic import atomic_write
+from specdiff.errors import SpecdiffError
+from specdiff.models.decoder import FilmDecoder
+from specdiff.models.low_noise_expert import RESIDUAL_SCALE, LowNoiseExpert
+from specdiff.sampling.diffusion import alpha_sigma
+from specdiff.training.batches import collate_counted
+from specdiff.training.objective import SpectrogramDiffusionModel, roll_inputs, trim_token_padding
+
+PAIRS_NAME = "pairs.pt"
+CHECKPOINT_NAME = "expert.pt"
+SETTINGS_NAME = "settings.json"
+
+
+@dataclass
+class ExpertTrainSettings:
+    """What :func:`train_low_noise_expert` does (saved as ``settings.json`` in the run folder)."""
+
+    channels: int = 32
+    below: float = 0.9  # the decoder's low_noise_expert_below: train on noise times under it
+    steps: int = 3000
+    windows: int = 1024  # training windows whose priors are computed (spread over the train split)
+    batch_size: int = 16
+    crop_frames: int = 64
+    learning_rate: float = 2e-3
+    seed: int = 0
+    checkpoint_every: int = 200
+
+
+@torch.no_grad()
+def residual_pairs(model: SpectrogramDiffusionModel, dataset: Any, windows: int, batch_size: int = 16,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Targets ``[N, T, C]`` and the model's score prior for them, for ``windows`` items spread evenly
+    over ``dataset`` (each item's own context, roll inputs and timbre)."""
+    if model.decoder.score_prior_projection is None:
+        raise SpecdiffError("a low-noise expert needs a model with a score prior (decoder option score_prior)")
+    stride = max(1, len(dataset) // max(1, windows))
+    indices = [i * stride for i in range(min(windows, len(dataset)))]
+    targets, priors = [], []
+    for start in range(0, len(indices), batch_size):
+        batch = collate_counted([(i, dataset[i]) for i in indices[start : start + batch_size]])
+        tokens = trim_token_padding(batch["tokens"])
+        encodings = model.encode(tokens, batch["context"], batch["context_mask"])
+        roll = model.score_roll(tokens, batch["context"], batch["context_mask"], **roll_inputs(batch))
+        timbre = batch.get("timbre") if model.decoder.timbres else None
+        cache = model.decoder.prepare_cross_attention(encodings, roll, timbre)
+        targets.append(batch["target"].float())
+        priors.append(cache.frame_prior.float())
+    return torch.cat(targets), torch.cat(priors)
+
+
+def warmup_cosine(step: int, steps: int, warmup_fraction: float = 0.05) -> float:
+    """Learning-rate factor at ``step`` of ``steps``: a linear warm-up over the first 5%, then a cosine to 0."""
+    warmup = max(1.0, warmup_fraction * steps)
+    return min(1.0, (step + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
+
+
+def expert_loss(expert: LowNoiseExpert, targets: torch.Tensor, priors: torch.Tensor, noise_time: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+    """EDM-weighted squared error of the expert's residual estimate at ``noise_time`` ``[B]``."""
+    alpha, sigma = (v.float()[:, None, None] for v in alpha_sigma(noise_time.double()))
+    residual = targets - priors
+    noise = torch.randn(residual.shape, generator=generator)
+    estimate = expert(alpha * residual + sigma * noise, priors, noise_time)
+    c_out = sigma * RESIDUAL_SCALE / torch.sqrt(alpha**2 * RESIDUAL_SCALE**2 + sigma**2)
+    return (((estimate - residual) / c_out) ** 2).mean()
+
+
+def train_low_noise_expert(
+    model: SpectrogramDiffusionModel,
+    dataset: Any,
+    settings: ExpertTrainSettings,
+    run_dir: str | Path,
+    log: Callable[[str], None] = print,
+) -> LowNoiseExpert:
+    """Train (or resume, from ``run_dir``) a :class:`LowNoiseExpert` for ``model``; returns it trained."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_settings(run_dir, settings)
+    targets, priors = _cached_pairs(model, dataset, settings, run_dir, log)
+    if targets.shape[1] < settings.crop_frames:
+        raise SpecdiffError(f"crop_frames {settings.crop_frames} exceeds the windows' {targets.shape[1]} frames")
+    torch.manual_seed(settings.seed)
+    expert = LowNoiseExpert(settings.channels)
+    optimiser = torch.optim.AdamW(expert.parameters(), lr=settings.learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, functools.partial(warmup_cosine, steps=settings.steps))
+    generator = torch.Generator().manual_seed(settings.seed)
+    step = _resume(run_dir / CHECKPOINT_NAME, expert, optimiser, schedule, generator)
+    if step:
+        log(f"resumed at step {step}")
+    started, recent = time.monotonic(), []
+    while step < settings.steps:
+        rows = torch.randint(0, targets.shape[0], (settings.batch_size,), generator=generator)
+        first = int(torch.randint(0, targets.shape[1] - settings.crop_frames + 1, (1,), generator=generator))
+        crop = slice(first, first + settings.crop_frames)
+        noise_time = 0.005 + torch.rand(settings.batch_size, generator=generator) * (settings.below - 0.005)
+        loss = expert_loss(expert, targets[rows, crop], priors[rows, crop], noise_time, generator)
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(expert.parameters(), 1.0)
+        optimiser.step()
+        schedule.step()
+        step += 1
+        recent.append(float(loss.detach()))
+        if step % settings.checkpoint_every == 0 or step == settings.steps:
+            _save(run_dir / CHECKPOINT_NAME, expert, optimiser, schedule, generator, step)
+            log(f"step {step}/{settings.steps}  loss {sum(recent) / len(recent):.4f}  "
+                f"{(time.monotonic() - started) / max(1, len(recent)):.2f} s/step")  # fmt: skip
+            started, recent = time.monotonic(), []
+    return expert.eval()
+
+
+def decoder_with_expert(decoder: FilmDecoder, expert: LowNoiseExpert, below: float) -> FilmDecoder:
+    """A copy of ``decoder`` with the ``low_noise_expert`` extension on and ``expert``'s weights."""
+    config = {k: v for k, v in dict(decoder.config).items() if not k.startswith("_")}
+    channels = expert.output.in_channels
+    config.update(low_noise_expert_channels=channels, low_noise_expert_below=float(below))
+    merged = FilmDecoder(**config)
+    state = {k: v for k, v in decoder.state_dict().items() if not k.startswith("low_noise_expert.")}
+    state.update({f"low_noise_expert.{k}": v for k, v in expert.state_dict().items()})
+    merged.load_state_dict(state, strict=True)
+    return merged.eval()
+
+
+def _check_settings(run_dir: Path, settings: ExpertTrainSettings) -> None:
+    """Write ``settings.json``, or refuse to resume a run made with other settings."""
+    path = run_dir / SETTINGS_NAME
+    wanted = asdict(settings)
+    if path.is_file():
+        found = json.loads(path.read_text())
+        changed = {k for k in wanted if found.get(k) != wanted[k]}
+        if changed:
+            raise SpecdiffError(f"{run_dir} holds a run with other settings ({sorted(changed)}); use a new run folder")
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(wanted, indent=2)))
+
+
+def _cached_pairs(model, dataset, settings, run_dir: Path, log) -> tuple[torch.Tensor, torch.Tensor]:
+    path = run_dir / PAIRS_NAME
+    if path.is_file():
+        pairs = torch.load(path)
+        return pairs["targets"], pairs["priors"]
+    log(f"computing the score prior of {settings.windows} training windows")
+    targets, priors = residual_pairs(model, dataset, settings.windows)
+    atomic_write(path, lambda tmp: torch.save({"targets": targets, "priors": priors}, tmp))
+    return targets, priors
+
+
+def _save(path: Path, expert, optimiser, schedule, generator: torch.Generator, step: int) -> None:
+    state = {"expert": expert.state_dict(), "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
+             "generator": generator.get_state(), "step": step}  # fmt: skip
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def _resume(path: Path, expert, optimiser, schedule, generator: torch.Generator) -> int:
+    if not path.is_file():
+        return 0
+    state = torch.load(path)
+    expert.load_state_dict(state["expert"])
+    optimiser.load_state_dict(state["optimiser"])
+    schedule.load_state_dict(state["schedule"])
+    generator.set_state(state["generator"])
+    return int(state["step"])
