@@ -1,7 +1,7 @@
 """The ``specdiff`` command line: one entry point, one registry of subcommands, one error policy.
 
 Each subcommand lives in its own module of :mod:`specdiff.commands` (``synth``, ``examples``,
-``info``, ``prepare`` / ``train`` / ``export``, ``evaluate``, ``train-vocoder`` / ``vocode`` /
+``info``, ``prepare`` / ``train`` / ``export``, ``train-expert``, ``evaluate``, ``train-vocoder`` / ``vocode`` /
 ``export-vocoder``, ``serve``);
 ``python -m specdiff`` (also under ``torchrun``) and the ``specdiff`` script run :func:`main`.
 

@@ -760,10 +760,19 @@ class FilmDecoder(ConfigMixin, nn.Module):
         return noise_time < float(self.config["low_noise_expert_below"])
 
     def _low_noise_expert_output(self, z: Tensor, noise_time: Tensor, cross_cache: CrossAttentionCache) -> Tensor:
-        assert self.low_noise_expert is not None and cross_cache.frame_prior is not None
+        if cross_cache.frame_prior is None:
+            raise ValueError("the low-noise expert needs the score prior (a cross_cache with a frame_prior)")
+        return self.low_noise_expert_prediction(z, noise_time, cross_cache.frame_prior)
+
+    def low_noise_expert_prediction(self, z: Tensor, noise_time: Tensor, frame_prior: Tensor) -> Tensor:
+        """The ``low_noise_expert``'s output (in this decoder's "edm" prediction) for ``z`` ``[B, T, C]`` at
+        ``noise_time`` ``[B]`` around the score prior ``frame_prior`` ``[B, T, C]`` (``CrossAttentionCache``)."""
+        if self.low_noise_expert is None:
+            raise ValueError("this decoder has no low_noise_expert")
         dtype = self.low_noise_expert.output.weight.dtype
-        prior = cross_cache.frame_prior.to(dtype)
-        return self.low_noise_expert.edm_output(z.to(dtype), noise_time, prior).to(z.dtype)
+        # Its output is added to the state almost unscaled at low noise: no mixed precision here.
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self.low_noise_expert.edm_output(z.to(dtype), noise_time, frame_prior.to(dtype)).to(z.dtype)
 
     def input_skip_output(self, z: Tensor, noise_time: Tensor, prior: Tensor | None) -> Tensor:
         """The ``input_skip`` extension's share of the output: its knot maps of the noisy residual

@@ -649,6 +649,8 @@ class GuidedDenoiser:
     def __call__(self, sample: Tensor, noise_time: Tensor) -> Tensor:
         x = torch.cat([sample, sample]) if self.guided else sample
         time = noise_time.to(x.device, torch.float32).reshape(-1).expand(self.batch)
+        if self._expert_only(time):
+            return self._expert_eps(sample, time[: sample.shape[0]])
         kwargs: dict[str, Any] = {"cross_cache": self.cache} if self.cache is not None else {}
         if self._film:
             key = float(noise_time.reshape(-1)[0])  # the sampler's CPU value: no device sync
@@ -666,8 +668,6 @@ class GuidedDenoiser:
         if not self.guided:
             return eps
         eps_cond, eps_uncond = eps.chunk(2)
-        if self._expert_only(time):
-            return eps_cond  # a low-noise expert denoises around the conditional prior: nothing to guide
         if self.guidance_ceiling is None and self.guidance_lift is None:
             return combine_guidance(eps_cond, eps_uncond, self.guidance_scale)
         time_value = float(noise_time.reshape(-1)[0])
@@ -676,10 +676,17 @@ class GuidedDenoiser:
     def _expert_only(self, time: Tensor) -> bool:
         """Whether the decoder's low-noise expert (``FilmDecoder.low_noise_expert_rows``) takes these rows."""
         rows = getattr(self.decoder, "low_noise_expert_rows", None)
-        if rows is None:
+        if rows is None or self.cache is None or self.cache.frame_prior is None:
             return False
         below = rows(time[:1])
         return below is not None and bool(below.all())
+
+    def _expert_eps(self, sample: Tensor, time: Tensor) -> Tensor:
+        """eps from the decoder's low-noise expert on the conditional rows only: it denoises around the
+        conditional score prior, so there is nothing to guide (and no unconditional half to run)."""
+        prior = self.cache.frame_prior[: sample.shape[0]]
+        out = self.decoder.low_noise_expert_prediction(sample.to(self.dtype), time, prior).to(sample.dtype)
+        return diffusion.eps_from_prediction(out, sample, time.to(sample.dtype), self.prediction_type)
 
     def _capped_guidance(self, sample: Tensor, noise_time: float, eps_cond: Tensor, eps_uncond: Tensor) -> Tensor:
         """CFG combined in x0 space, capped by :func:`cap_guided_x0` (this denoiser's ceiling and lift,
