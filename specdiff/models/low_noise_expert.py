@@ -56,16 +56,13 @@ class LowNoiseExpert(nn.Module):
     def forward(self, noisy_residual: Tensor, prior: Tensor, noise_time: Tensor) -> Tensor:
         """The residual estimate ``[B, T, C]`` from ``noisy_residual = z - alpha_t p`` and ``prior`` ``p``
         (both ``[B, T, C]``) at ``noise_time`` ``[B]`` (in (0, 1])."""
-        alpha, sigma = (v.to(noisy_residual.dtype)[:, None, None] for v in alpha_sigma(noise_time.double()))
-        norm = torch.sqrt(alpha**2 * RESIDUAL_SCALE**2 + sigma**2)
+        alpha, sigma, c_in, c_skip, c_out = (c.to(noisy_residual.dtype) for c in preconditioning(noise_time))
         log_snr_plane = (torch.log(alpha / sigma.clamp_min(1e-8)) / 4).expand_as(prior)
-        h = self.inputs(torch.stack([noisy_residual / norm, prior, log_snr_plane], 1))
+        h = self.inputs(torch.stack([noisy_residual * c_in, prior, log_snr_plane], 1))
         scale_shift = self.film(time_features(noise_time).to(h.dtype))
         scale_shift = scale_shift.view(h.shape[0], len(self.layers), 2, -1, 1, 1)
         for k, layer in enumerate(self.layers):
             h = h + layer(nn.functional.gelu(h)) * (1 + scale_shift[:, k, 0]) + scale_shift[:, k, 1]
-        c_skip = alpha * RESIDUAL_SCALE**2 / norm**2
-        c_out = sigma * RESIDUAL_SCALE / norm
         return c_skip * noisy_residual + c_out * self.output(nn.functional.gelu(h))[:, 0]
 
     def edm_output(self, z: Tensor, noise_time: Tensor, prior: Tensor) -> Tensor:
@@ -76,6 +73,16 @@ class LowNoiseExpert(nn.Module):
         x0 = prior + self(z - alpha * prior, prior, noise_time)
         c_skip, c_out = (c.to(z.dtype)[:, None, None] for c in edm_coefficients(noise_time.double()))
         return (x0 - c_skip * z) / c_out.clamp_min(1e-8)
+
+
+def preconditioning(noise_time: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``alpha, sigma, c_in, c_skip, c_out`` at ``noise_time`` ``[B]``, each float32 ``[B, 1, 1]``: the schedule and
+    EDM's preconditioning of the residual (scale :data:`RESIDUAL_SCALE`), computed in float64. The expert scales its
+    input by ``c_in`` and outputs ``c_skip y + c_out F``; its loss weights errors by ``1 / c_out^2``."""
+    alpha, sigma = alpha_sigma(noise_time.double())
+    norm = torch.sqrt(alpha**2 * RESIDUAL_SCALE**2 + sigma**2)
+    coefficients = (alpha, sigma, 1 / norm, alpha * RESIDUAL_SCALE**2 / norm**2, sigma * RESIDUAL_SCALE / norm)
+    return tuple(c.float()[:, None, None] for c in coefficients)  # type: ignore[return-value]
 
 
 def time_features(noise_time: Tensor) -> Tensor:

@@ -25,10 +25,9 @@ import torch
 from specdiff.atomic import atomic_write
 from specdiff.errors import SpecdiffError
 from specdiff.models.decoder import FilmDecoder
-from specdiff.models.low_noise_expert import RESIDUAL_SCALE, LowNoiseExpert
-from specdiff.sampling.diffusion import alpha_sigma
-from specdiff.training.batches import collate_counted
-from specdiff.training.objective import SpectrogramDiffusionModel, roll_inputs, trim_token_padding
+from specdiff.models.low_noise_expert import LowNoiseExpert, preconditioning
+from specdiff.training.objective import SpectrogramDiffusionModel
+from specdiff.training.prior_fit import collated_windows
 
 PAIRS_NAME = "pairs.pt"
 CHECKPOINT_NAME = "expert.pt"
@@ -58,17 +57,11 @@ def residual_pairs(model: SpectrogramDiffusionModel, dataset: Any, windows: int,
     if model.decoder.score_prior_projection is None:
         raise SpecdiffError("a low-noise expert needs a model with a score prior (decoder option score_prior)")
     stride = max(1, len(dataset) // max(1, windows))
-    indices = [i * stride for i in range(min(windows, len(dataset)))]
+    indices = range(0, stride * min(windows, len(dataset)), stride)
     targets, priors = [], []
-    for start in range(0, len(indices), batch_size):
-        batch = collate_counted([(i, dataset[i]) for i in indices[start : start + batch_size]])
-        tokens = trim_token_padding(batch["tokens"])
-        encodings = model.encode(tokens, batch["context"], batch["context_mask"])
-        roll = model.score_roll(tokens, batch["context"], batch["context_mask"], **roll_inputs(batch))
-        timbre = batch.get("timbre") if model.decoder.timbres else None
-        cache = model.decoder.prepare_cross_attention(encodings, roll, timbre)
+    for batch in collated_windows(dataset, indices, batch_size):
         targets.append(batch["target"].float())
-        priors.append(cache.frame_prior.float())
+        priors.append(model.batch_cross_cache(batch).frame_prior.float())
     return torch.cat(targets), torch.cat(priors)
 
 
@@ -81,11 +74,10 @@ def warmup_cosine(step: int, steps: int, warmup_fraction: float = 0.05) -> float
 def expert_loss(expert: LowNoiseExpert, targets: torch.Tensor, priors: torch.Tensor, noise_time: torch.Tensor,
                 generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
     """EDM-weighted squared error of the expert's residual estimate at ``noise_time`` ``[B]``."""
-    alpha, sigma = (v.float()[:, None, None] for v in alpha_sigma(noise_time.double()))
+    alpha, sigma, _, _, c_out = preconditioning(noise_time)
     residual = targets - priors
     noise = torch.randn(residual.shape, generator=generator)
     estimate = expert(alpha * residual + sigma * noise, priors, noise_time)
-    c_out = sigma * RESIDUAL_SCALE / torch.sqrt(alpha**2 * RESIDUAL_SCALE**2 + sigma**2)
     return (((estimate - residual) / c_out) ** 2).mean()
 
 

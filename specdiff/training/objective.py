@@ -79,6 +79,15 @@ class SpectrogramDiffusionModel(nn.Module):
         original architecture."""
         return decoder_score_roll(self.decoder, tokens, context, context_mask, velocity, carry)
 
+    def batch_cross_cache(self, batch: Mapping[str, Tensor]) -> Any:
+        """The decoder's ``CrossAttentionCache`` for a collated batch: its encodings, its roll (with the batch's
+        roll inputs) and, for a timbre-conditioned decoder, its timbres. Its ``frame_prior`` is the score prior."""
+        tokens = trim_token_padding(batch["tokens"])
+        encodings = self.encode(tokens, batch["context"], batch["context_mask"])
+        roll = self.score_roll(tokens, batch["context"], batch["context_mask"], **roll_inputs(batch))
+        timbre = batch.get("timbre") if self.decoder.timbres else None
+        return self.decoder.prepare_cross_attention(encodings, roll, timbre)
+
 
 def decoder_score_roll(decoder: FilmDecoder, tokens: Tensor, context: Tensor | None = None,
                        context_mask: Tensor | None = None, velocity: Tensor | None = None,

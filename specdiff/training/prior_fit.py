@@ -23,7 +23,6 @@ from specdiff.training.objective import (
     _valid_rows,
     decoder_score_roll,
     roll_inputs,
-    trim_token_padding,
 )
 
 
@@ -552,12 +551,7 @@ def fit_input_skip(
     model.eval()  # no dropout in the fitted network's output
     batches = []
     for batch in collated_windows(dataset, range(windows), batch_size):
-        tokens = trim_token_padding(batch["tokens"])
-        encodings = model.encode(tokens, batch["context"], batch["context_mask"])
-        timbre = batch.get("timbre") if decoder.timbres else None
-        roll = model.score_roll(tokens, batch["context"], batch["context_mask"], **roll_inputs(batch))
-        cache = decoder.prepare_cross_attention(encodings, roll, timbre)
-        batches.append((batch, cache))
+        batches.append((batch, model.batch_cross_cache(batch)))
     generator = torch.Generator().manual_seed(0)
     report = []
     for knot, knot_time in enumerate(INPUT_SKIP_KNOTS):
