@@ -84,6 +84,8 @@ DECODER_EXTENSIONS: dict[str, object] = {
     "timbre_program_colours": False,
     "low_noise_expert_channels": 0,
     "low_noise_expert_below": 0.0,
+    "low_noise_expert_anchor": "prior",
+    "low_noise_expert_planes": False,
 }
 
 # ---- models on the Hugging Face Hub (specdiff.pipeline.hub) ---------------------------------------------

@@ -34,6 +34,14 @@ def add_train_expert_arguments(subparsers: argparse._SubParsersAction) -> argpar
     parser.add_argument("--below", type=float, default=0.9,
                         help="noise time below which the expert denoises (default 0.9)")  # fmt: skip
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle; default 2e-3)")
+    parser.add_argument("--anchor", choices=("prior", "estimate"), default="prior",
+                        help="what the expert denoises around: the score prior (default) or the network's own "
+                             "estimate at the sampler's first step")  # fmt: skip
+    parser.add_argument(
+        "--score-planes",
+        action="store_true",
+        help="give the expert the score's onset (on the notes' harmonics), drum and silence planes",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run_train_expert)
     return parser
@@ -52,14 +60,15 @@ def run_train_expert(args: argparse.Namespace) -> int:
     if args.steps <= 0 or args.windows <= 0 or args.channels <= 0 or not 0.0 < args.below <= 1.0:
         raise SpecdiffError("--steps, --windows and --channels must be > 0 and --below in (0, 1]")
     settings = ExpertTrainSettings(channels=args.channels, below=args.below, steps=args.steps,
-                                   windows=args.windows, learning_rate=args.lr, seed=args.seed)  # fmt: skip
+                                   windows=args.windows, learning_rate=args.lr, seed=args.seed,
+                                   anchor=args.anchor, planes=args.score_planes)  # fmt: skip
     pipe = SpectrogramDiffusionPipeline.from_pretrained(args.model, inverter=None)
     model = SpectrogramDiffusionModel(pipe.notes_encoder, pipe.continuous_encoder, pipe.decoder).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     train_set, _ = open_training_datasets(args.cache)
     expert = train_low_noise_expert(model, train_set, settings, args.run_dir)
-    pipe.decoder = decoder_with_expert(pipe.decoder, expert, args.below)
+    pipe.decoder = decoder_with_expert(pipe.decoder, expert, args.below, args.anchor)
     out = pipe.save_pretrained(Path(args.out))
     print(f"wrote {out}")
     return 0

@@ -25,7 +25,7 @@ from specdiff.models.layers import (
     merge_heads,
     split_heads,
 )
-from specdiff.models.low_noise_expert import LowNoiseExpert
+from specdiff.models.low_noise_expert import EXPERT_ANCHORS, SCORE_PLANES, LowNoiseExpert, score_planes
 from specdiff.sampling.diffusion import alpha_sigma, edm_prior_weight
 
 # ---------------------------------------------------------------------------------------------
@@ -180,6 +180,11 @@ class CrossAttentionCache:
     frame_conditioning: Tensor | None = None
     # [B, T, input_dims]: the score prior's x0 estimate (decoders with score_prior only)
     frame_prior: Tensor | None = None
+    # [B, T, input_dims, planes]: the low-noise expert's score planes (low_noise_expert_planes only)
+    expert_planes: Tensor | None = None
+    # [B', T, input_dims]: what an "estimate"-anchored low-noise expert denoises around; a sampler sets it
+    # from its first step (B' = the conditional rows)
+    expert_anchor: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -209,6 +214,7 @@ class CrossAttentionCache:
             rows = torch.cat([self.rows + i * self.batch for i in range(n)])
         frames = None if self.frame_conditioning is None else self.frame_conditioning.repeat(n, 1, 1)
         prior = None if self.frame_prior is None else self.frame_prior.repeat(n, 1, 1)
+        planes = None if self.expert_planes is None else self.expert_planes.repeat(n, 1, 1, 1)
         return CrossAttentionCache(
             [(k.repeat(n, 1, 1, 1), v.repeat(n, 1, 1, 1)) for k, v in self.keys_values],
             self.bias.repeat(n, 1, 1, 1),
@@ -216,6 +222,7 @@ class CrossAttentionCache:
             self.batch * n,
             frames,
             prior,
+            planes,
         )
 
     @staticmethod
@@ -238,7 +245,9 @@ class CrossAttentionCache:
             offsets += c.batch
             all_rows &= c.rows is None
         joined = []
-        for parts in ([c.frame_conditioning for c in caches], [c.frame_prior for c in caches]):
+        parts_by_field = ([c.frame_conditioning for c in caches], [c.frame_prior for c in caches],
+                          [c.expert_planes for c in caches])  # fmt: skip
+        for parts in parts_by_field:
             if any(p is None for p in parts) and not all(p is None for p in parts):
                 raise ValueError("cannot concatenate caches with and without score conditioning")
             joined.append(None if parts[0] is None else torch.cat(parts))
@@ -479,6 +488,10 @@ class FilmDecoder(ConfigMixin, nn.Module):
       when a whole batch is below. The transformer's estimate leaves temporal roughness that an
       iterated sampler accumulates; the expert's does not (``benchmarks/results/low_noise_expert.md``).
       Trained on its own with the rest frozen (``specdiff train-expert``).
+      ``low_noise_expert_anchor`` says what it denoises around: ``"prior"`` (the score prior) or
+      ``"estimate"`` (the network's estimate at the sampler's first step, which the sampler keeps in the
+      cache's ``expert_anchor``); ``low_noise_expert_planes`` gives it the score's onset, drum and silence
+      planes (:func:`specdiff.models.low_noise_expert.score_planes`).
     """
 
     #: JSON forms of the extensions' arguments (``config`` holds them as config.json will).
@@ -502,6 +515,8 @@ class FilmDecoder(ConfigMixin, nn.Module):
         "timbre_program_colours": bool,
         "low_noise_expert_channels": int,
         "low_noise_expert_below": float,
+        "low_noise_expert_anchor": str,
+        "low_noise_expert_planes": bool,
     }
     #: The extensions appear in ``config`` only when on, so an original folder's config is unchanged.
     config_optional = frozenset(DECODER_EXTENSIONS)
@@ -538,6 +553,8 @@ class FilmDecoder(ConfigMixin, nn.Module):
         timbre_program_colours: bool = False,
         low_noise_expert_channels: int = 0,
         low_noise_expert_below: float = 0.0,
+        low_noise_expert_anchor: str = "prior",
+        low_noise_expert_planes: bool = False,
     ) -> None:
         super().__init__()
         _check_extensions(prediction_type, score_roll_features, score_prior, input_context_frames, input_skip_frames,
@@ -546,8 +563,7 @@ class FilmDecoder(ConfigMixin, nn.Module):
                           program_release_decays, timbre_program_colours)  # fmt: skip
         self.conditioning_emb = nn.Sequential(nn.Linear(d_model, d_model * 4, bias=False), nn.SiLU(),
                                               nn.Linear(d_model * 4, d_model * 4, bias=False), nn.SiLU())  # fmt: skip
-        self.position_encoding = nn.Embedding(targets_length, d_model)
-        self.position_encoding.weight.requires_grad = False
+        self.position_encoding = nn.Embedding(targets_length, d_model).requires_grad_(False)  # fixed, not learnt
         self.continuous_inputs_projection = nn.Linear(input_dims, d_model, bias=False)
         self.dropout = SequenceDropout(dropout_rate)
         self.decoders = nn.ModuleList(
@@ -584,7 +600,7 @@ class FilmDecoder(ConfigMixin, nn.Module):
         self.additive_prior = None
         if additive_prior:
             self.additive_prior = _additive_prior(self.config, input_dims)
-        self.low_noise_expert = _low_noise_expert(low_noise_expert_channels, low_noise_expert_below, score_prior)
+        self.low_noise_expert = _low_noise_expert(self.config)
 
     @property
     def prediction_type(self) -> str:
@@ -702,7 +718,10 @@ class FilmDecoder(ConfigMixin, nn.Module):
                 prior = prior + self.timbre_prior(timbre)[:, None, :]
         elif timbre is not None and bool((timbre != 0).any()):
             raise ValueError("this decoder has no timbre conditioning (timbres is empty)")
-        return CrossAttentionCache(keys_values, bias, rows, batch, frames, prior)
+        planes = None
+        if self.low_noise_expert is not None and self.low_noise_expert.planes and score_roll is not None:
+            planes = score_planes(score_roll)
+        return CrossAttentionCache(keys_values, bias, rows, batch, frames, prior, planes)
 
     def forward(
         self,
@@ -759,20 +778,43 @@ class FilmDecoder(ConfigMixin, nn.Module):
             return None
         return noise_time < float(self.config["low_noise_expert_below"])
 
-    def _low_noise_expert_output(self, z: Tensor, noise_time: Tensor, cross_cache: CrossAttentionCache) -> Tensor:
-        if cross_cache.frame_prior is None:
-            raise ValueError("the low-noise expert needs the score prior (a cross_cache with a frame_prior)")
-        return self.low_noise_expert_prediction(z, noise_time, cross_cache.frame_prior)
+    @property
+    def low_noise_expert_anchor(self) -> str:
+        """What the low-noise expert denoises around: ``"prior"`` or ``"estimate"``."""
+        return str(self.config.get("low_noise_expert_anchor", "prior"))
 
-    def low_noise_expert_prediction(self, z: Tensor, noise_time: Tensor, frame_prior: Tensor) -> Tensor:
+    def low_noise_expert_inputs(self, cache: CrossAttentionCache, rows: int) -> tuple[Tensor, Tensor | None]:
+        """The anchor and score planes of the first ``rows`` rows of ``cache`` for the low-noise expert (its
+        ``low_noise_expert_anchor``); ValueError when the cache lacks them."""
+        if self.low_noise_expert_anchor == "estimate":
+            if cache.expert_anchor is None:
+                raise ValueError("an estimate-anchored low-noise expert needs the cache's expert_anchor "
+                                 "(the sampler sets it from its first step, above the expert's time)")  # fmt: skip
+            anchor = cache.expert_anchor
+        elif cache.frame_prior is None:
+            raise ValueError("the low-noise expert needs the score prior (a cross_cache with a frame_prior)")
+        else:
+            anchor = cache.frame_prior
+        planes = cache.expert_planes
+        if self.low_noise_expert is not None and self.low_noise_expert.planes and planes is None:
+            raise ValueError("this low-noise expert reads score planes: prepare the cache with the score roll")
+        return anchor[:rows], None if planes is None else planes[:rows]
+
+    def _low_noise_expert_output(self, z: Tensor, noise_time: Tensor, cross_cache: CrossAttentionCache) -> Tensor:
+        anchor, planes = self.low_noise_expert_inputs(cross_cache, z.shape[0])
+        return self.low_noise_expert_prediction(z, noise_time, anchor, planes)
+
+    def low_noise_expert_prediction(self, z: Tensor, noise_time: Tensor, anchor: Tensor,
+                                    planes: Tensor | None = None) -> Tensor:  # fmt: skip
         """The ``low_noise_expert``'s output (in this decoder's "edm" prediction) for ``z`` ``[B, T, C]`` at
-        ``noise_time`` ``[B]`` around the score prior ``frame_prior`` ``[B, T, C]`` (``CrossAttentionCache``)."""
+        ``noise_time`` ``[B]`` around ``anchor`` ``[B, T, C]`` (the score prior or the network's estimate,
+        :meth:`low_noise_expert_inputs`), with its score ``planes`` when it reads them."""
         if self.low_noise_expert is None:
             raise ValueError("this decoder has no low_noise_expert")
         dtype = self.low_noise_expert.output.weight.dtype
         # Its output is added to the state almost unscaled at low noise: no mixed precision here.
         with torch.autocast(device_type=z.device.type, enabled=False):
-            return self.low_noise_expert.edm_output(z.to(dtype), noise_time, frame_prior.to(dtype)).to(z.dtype)
+            return self.low_noise_expert.edm_output(z.to(dtype), noise_time, anchor.to(dtype), planes).to(z.dtype)
 
     def input_skip_output(self, z: Tensor, noise_time: Tensor, prior: Tensor | None) -> Tensor:
         """The ``input_skip`` extension's share of the output: its knot maps of the noisy residual
@@ -786,9 +828,17 @@ class FilmDecoder(ConfigMixin, nn.Module):
         return torch.einsum("bk,bkct->btc", weights, maps).to(z.dtype)
 
 
-def _low_noise_expert(channels: int, below: float, score_prior: bool) -> LowNoiseExpert | None:
-    """The ``low_noise_expert`` extension's network (None when off); ValueError for a bad setting."""
+def _low_noise_expert(config: Any) -> LowNoiseExpert | None:
+    """The ``low_noise_expert`` extension's network for a decoder ``config`` (None when off); ValueError for a
+    bad setting."""
+    channels, below = config.get("low_noise_expert_channels", 0), config.get("low_noise_expert_below", 0.0)
+    anchor, planes = config.get("low_noise_expert_anchor", "prior"), config.get("low_noise_expert_planes", False)
+    score_prior = config.get("score_prior", False)
+    if anchor not in EXPERT_ANCHORS:
+        raise ValueError(f"low_noise_expert_anchor must be one of {EXPERT_ANCHORS}, got {anchor!r}")
     if not int(channels) and not float(below):
+        if anchor != "prior" or planes:
+            raise ValueError("low_noise_expert_anchor / low_noise_expert_planes need low_noise_expert_channels")
         return None
     if int(channels) <= 0 or not 0.0 < float(below) <= 1.0:
         raise ValueError(
@@ -797,7 +847,7 @@ def _low_noise_expert(channels: int, below: float, score_prior: bool) -> LowNois
         )
     if not score_prior:
         raise ValueError("low_noise_expert needs score_prior (it denoises around the score prior)")
-    return LowNoiseExpert(int(channels))
+    return LowNoiseExpert(int(channels), planes=SCORE_PLANES if planes else 0)
 
 
 def noisy_residual(z: Tensor, noise_time: Tensor, prior: Tensor | None) -> Tensor:

@@ -665,27 +665,43 @@ class GuidedDenoiser:
         ).to(sample.dtype)
         if self.prediction_type != "epsilon":
             eps = diffusion.eps_from_prediction(eps, x, time.to(x.dtype), self.prediction_type)
-        if not self.guided:
-            return eps
-        eps_cond, eps_uncond = eps.chunk(2)
-        if self.guidance_ceiling is None and self.guidance_lift is None:
-            return combine_guidance(eps_cond, eps_uncond, self.guidance_scale)
-        time_value = float(noise_time.reshape(-1)[0])
-        return self._capped_guidance(sample, time_value, eps_cond, eps_uncond)
+        if self.guided:
+            eps_cond, eps_uncond = eps.chunk(2)
+            if self.guidance_ceiling is None and self.guidance_lift is None:
+                eps = combine_guidance(eps_cond, eps_uncond, self.guidance_scale)
+            else:
+                eps = self._capped_guidance(sample, float(noise_time.reshape(-1)[0]), eps_cond, eps_uncond)
+        self._remember_expert_anchor(sample, noise_time, eps)
+        return eps
+
+    def _remember_expert_anchor(self, sample: Tensor, noise_time: Tensor, eps: Tensor) -> None:
+        """Keep the first step's (guided) x0 estimate as the anchor of an "estimate"-anchored low-noise
+        expert (``FilmDecoder.low_noise_expert_anchor``): the conditional mean the network learnt, around
+        which the expert adds what one estimate cannot (``benchmarks/results/low_noise_expert.md``)."""
+        if self.cache is None or self.cache.expert_anchor is not None:
+            return
+        if (
+            getattr(self.decoder, "low_noise_expert", None) is None
+            or self.decoder.low_noise_expert_anchor != "estimate"
+        ):
+            return
+        alpha, sigma = _alpha_sigma_float(float(noise_time.reshape(-1)[0]))
+        self.cache.expert_anchor = ((sample - sigma * eps) / alpha).clamp(-1.0, 1.0)
 
     def _expert_only(self, time: Tensor) -> bool:
         """Whether the decoder's low-noise expert (``FilmDecoder.low_noise_expert_rows``) takes these rows."""
         rows = getattr(self.decoder, "low_noise_expert_rows", None)
-        if rows is None or self.cache is None or self.cache.frame_prior is None:
+        if rows is None or self.cache is None or (self.cache.frame_prior is None and self.cache.expert_anchor is None):
             return False
         below = rows(time[:1])
         return below is not None and bool(below.all())
 
     def _expert_eps(self, sample: Tensor, time: Tensor) -> Tensor:
         """eps from the decoder's low-noise expert on the conditional rows only: it denoises around the
-        conditional score prior, so there is nothing to guide (and no unconditional half to run)."""
-        prior = self.cache.frame_prior[: sample.shape[0]]
-        out = self.decoder.low_noise_expert_prediction(sample.to(self.dtype), time, prior).to(sample.dtype)
+        conditional score prior (or the first step's guided estimate), so there is nothing to guide (and no
+        unconditional half to run)."""
+        anchor, planes = self.decoder.low_noise_expert_inputs(self.cache, sample.shape[0])
+        out = self.decoder.low_noise_expert_prediction(sample.to(self.dtype), time, anchor, planes).to(sample.dtype)
         return diffusion.eps_from_prediction(out, sample, time.to(sample.dtype), self.prediction_type)
 
     def _capped_guidance(self, sample: Tensor, noise_time: float, eps_cond: Tensor, eps_uncond: Tensor) -> Tensor:
