@@ -8,9 +8,11 @@ import pytest
 import torch
 from conftest import MICRO
 
+from specdiff.audio.mel import mel_band_edges, mel_to_hertz
 from specdiff.errors import SpecdiffError
+from specdiff.midi.score_roll import EXTENDED_ROLL_FEATURES, SILENT_FEATURE, drum_feature, pitch_feature
 from specdiff.models.decoder import FilmDecoder
-from specdiff.models.low_noise_expert import RESIDUAL_SCALE, LowNoiseExpert
+from specdiff.models.low_noise_expert import RESIDUAL_SCALE, SCORE_PLANES, LowNoiseExpert, score_planes
 from specdiff.models.presets import build_models
 from specdiff.sampling.diffusion import alpha_sigma, x0_from_prediction
 from specdiff.sampling.sampler import GuidedDenoiser
@@ -20,6 +22,7 @@ from specdiff.training.low_noise_expert import (
     ExpertTrainSettings,
     decoder_with_expert,
     expert_loss,
+    residual_pairs,
     train_low_noise_expert,
     warmup_cosine,
 )
@@ -150,3 +153,79 @@ def test_learning_rate_warms_up_then_decays_to_zero():
     assert warmup_cosine(0, 100) == pytest.approx(0.2 * 0.5 * (1 + torch.cos(torch.tensor(0.0)).item()))
     assert warmup_cosine(4, 100) == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(torch.pi * 0.04)).item()))
     assert warmup_cosine(100, 100) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_score_planes_mark_onsets_on_their_harmonics_drums_and_silence():
+    roll = torch.zeros(1, 8, EXTENDED_ROLL_FEATURES)
+    roll[0, 2, pitch_feature("onset", 69)] = 1.0  # A4, 440 Hz
+    roll[0, 5, drum_feature("onset", 38)] = 1.0
+    roll[0, 7, SILENT_FEATURE] = 1.0
+    planes = score_planes(roll)
+    assert planes.shape == (1, 8, 128, SCORE_PLANES)
+    tonal = planes[0, :, :, 0]
+    assert tonal[2].max() == 1.0 and tonal[[0, 1, 3, 4, 5, 6, 7]].abs().max() == 0.0
+    centres = torch.as_tensor(mel_to_hertz(mel_band_edges()[1:-1]))  # band b peaks at edge b + 1 (in mel)
+    assert int(tonal[2].argmax()) == int((centres - 440.0).abs().argmin())  # the fundamental weighs most
+    assert int((tonal[2] > 0).sum()) > 4  # and its harmonics are marked too
+    assert torch.equal(planes[0, :, :, 1].sum(1), torch.tensor([0, 0, 0, 0, 0, 128, 0, 0.0]))
+    assert torch.equal(planes[0, :, :, 2].sum(1), torch.tensor([0, 0, 0, 0, 0, 0, 0, 128.0]))
+    assert score_planes(torch.zeros(1, 8, 6832))[..., 2].abs().max() == 0.0  # base layout: no silent feature
+
+
+ESTIMATE = dict(EXPERT, low_noise_expert_anchor="estimate", low_noise_expert_planes=True)
+
+
+def test_an_estimate_anchored_expert_denoises_around_the_first_steps_estimate():
+    model = roll_model(**ESTIMATE)
+    with torch.no_grad():
+        for parameter in model.decoder.low_noise_expert.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    tokens, context, mask = inputs(1)
+    roll = model.score_roll(tokens)
+    denoiser = GuidedDenoiser(model.decoder, model.encode(tokens, context, mask), guidance_scale=2.0, score_roll=roll)
+    g = torch.Generator().manual_seed(2)
+    z1, z = torch.randn(1, 256, 128, generator=g), torch.randn(1, 256, 128, generator=g)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="expert_anchor"):
+            denoiser(z, torch.tensor(0.3))  # no first step yet
+        eps = denoiser(z1, torch.tensor(1.0))
+        alpha, sigma = (float(v) for v in alpha_sigma(torch.tensor(1.0, dtype=torch.float64)))
+        anchor = ((z1 - sigma * eps) / alpha).clamp(-1, 1)
+        assert torch.allclose(denoiser.cache.expert_anchor, anchor, atol=1e-4)
+        t, expert, planes = torch.tensor([0.3]), model.decoder.low_noise_expert, score_planes(roll)
+        x0 = x0_from_prediction(expert.edm_output(z, t, anchor, planes), z, t, "edm")
+        alpha, sigma = (float(v) for v in alpha_sigma(t.double()))
+        got = (z - sigma * denoiser(z, torch.tensor(0.3))) / alpha
+        assert torch.allclose(got, x0, atol=1e-3)
+        prior = denoiser.cache.frame_prior[:1]
+        assert not torch.allclose(
+            got, x0_from_prediction(expert.edm_output(z, t, prior, planes), z, t, "edm"), atol=1e-3
+        )
+
+
+def test_anchor_and_planes_options_are_validated_and_kept():
+    with pytest.raises(ValueError, match="low_noise_expert_anchor"):
+        FilmDecoder(**MICRO, **ROLL, **dict(EXPERT, low_noise_expert_anchor="mean"))
+    with pytest.raises(ValueError, match="need low_noise_expert_channels"):
+        FilmDecoder(**MICRO, **ROLL, low_noise_expert_planes=True)
+    decoder = FilmDecoder(**MICRO, **ROLL, **ESTIMATE)
+    assert decoder.low_noise_expert.planes == SCORE_PLANES and decoder.low_noise_expert_anchor == "estimate"
+    rebuilt = FilmDecoder(**json.loads(json.dumps(dict(decoder.config))))
+    assert rebuilt.load_state_dict(decoder.state_dict(), strict=True) is not None
+    merged = decoder_with_expert(roll_model().decoder, LowNoiseExpert(4, planes=SCORE_PLANES), 0.5, "estimate")
+    assert merged.config["low_noise_expert_planes"] is True and merged.config["low_noise_expert_anchor"] == "estimate"
+
+
+def test_estimate_pairs_hold_the_networks_first_estimate_and_the_planes():
+    model = roll_model().eval()
+    tokens, context, mask = inputs(1)
+    item = {"tokens": tokens[0], "context": context[0], "context_mask": mask[0], "target": torch.rand(256, 128) - 0.5}
+    pairs = residual_pairs(model, [item, item], windows=2, anchor="estimate", planes=True)
+    assert set(pairs) == {"targets", "anchors", "planes"} and pairs["planes"].shape == (2, 256, 128, SCORE_PLANES)
+    with torch.no_grad():
+        cache = model.batch_cross_cache({k: torch.stack([v, v]) for k, v in item.items()})
+        noise = torch.randn(2, 256, 128, generator=torch.Generator().manual_seed(0))
+        out = model.decoder(None, noise, torch.ones(2), cross_cache=cache)
+    expected = x0_from_prediction(out, noise, torch.ones(2), "edm").clamp(-1, 1)
+    assert torch.allclose(pairs["anchors"], expected, atol=1e-4)
+    assert torch.allclose(residual_pairs(model, [item], windows=1)["anchors"], cache.frame_prior[:1], atol=1e-5)
