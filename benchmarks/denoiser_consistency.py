@@ -10,6 +10,10 @@ For validation windows of a feature cache (true contexts, notes and timbres):
    L1 against the window's truth, its standard deviation and its roughness. A consistent denoiser keeps
    them near the data's at every step count; one that leaks noise gets rougher with every step.
 
+A decoder whose low-noise expert is anchored on the network's estimate (``low_noise_expert_anchor``) gets,
+as in its training, the unguided estimate at t = 1 from one seeded noise draw for the single estimates,
+and, as in the sampler, the chain's own first estimate for the chains.
+
 Usage:
   python benchmarks/denoiser_consistency.py MODEL [MODEL ...] --data CACHE [--windows 16] --name NAME
 MODEL: a model folder or a training run / checkpoint. Writes benchmarks/results/denoiser_consistency_NAME.md.
@@ -21,6 +25,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -31,7 +36,6 @@ from specdiff.data.cache import open_training_datasets  # noqa: E402
 from specdiff.sampling.diffusion import alpha_sigma, q_sample, x0_from_prediction  # noqa: E402
 from specdiff.training.batches import collate_counted  # noqa: E402
 from specdiff.training.export import model_from_path  # noqa: E402
-from specdiff.training.objective import roll_inputs, trim_token_padding  # noqa: E402
 
 TIMES = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.97)
 STEPS = (1, 2, 4, 8, 16)
@@ -48,14 +52,16 @@ class Windows:
     def __init__(self, cache: str, count: int):
         _, valid = open_training_datasets(cache)
         stride = max(1, len(valid) // count)
-        batch = collate_counted([(i * stride, valid[i * stride]) for i in range(min(count, len(valid)))])
-        self.tokens = trim_token_padding(batch["tokens"])
-        self.context, self.mask, self.target = batch["context"], batch["context_mask"], batch["target"]
-        self.extra = {**roll_inputs(batch), "timbre": batch.get("timbre")}
+        self.batch = collate_counted([(i * stride, valid[i * stride]) for i in range(min(count, len(valid)))])
+        self.target = self.batch["target"]
 
-    def estimate(self, model, z: torch.Tensor, t: float) -> torch.Tensor:
+    def cache(self, model) -> Any:
+        """The model's cross-attention cache for these windows (no expert anchor yet)."""
+        return model.batch_cross_cache(self.batch)
+
+    def estimate(self, model, z: torch.Tensor, t: float, cache: Any) -> torch.Tensor:
         times = torch.full((z.shape[0],), float(t))
-        out = model(self.tokens, self.context, self.mask, z, times, **self.extra)
+        out = model.decoder(None, z, times, cross_cache=cache)
         return x0_from_prediction(out, z, times, model.decoder.prediction_type).clamp(-1, 1)
 
     def describe(self, x: torch.Tensor) -> list[str]:
@@ -66,11 +72,14 @@ class Windows:
 
 @torch.no_grad()
 def single_estimates(model, windows: Windows) -> list[str]:
-    rows = []
+    rows, cache = [], windows.cache(model)
+    if estimate_anchored(model):
+        noise = torch.randn(windows.target.shape, generator=torch.Generator().manual_seed(3))
+        cache.expert_anchor = windows.estimate(model, noise, 1.0, cache)
     for t in TIMES:
         noise = torch.randn(windows.target.shape, generator=torch.Generator().manual_seed(1))
         z = q_sample(windows.target, torch.full((windows.target.shape[0],), t), noise)
-        cells = windows.describe(windows.estimate(model, z, t))
+        cells = windows.describe(windows.estimate(model, z, t, cache))
         rows.append(f"| {t} | {cells[0]} | {cells[2]} | {cells[3]} |")
     return rows
 
@@ -80,15 +89,21 @@ def ddim_chains(model, windows: Windows) -> list[str]:
     rows = []
     for steps in STEPS:
         z = torch.randn(windows.target.shape, generator=torch.Generator().manual_seed(2))
-        times = torch.linspace(1.0, 0.0, steps + 1)
+        times, cache = torch.linspace(1.0, 0.0, steps + 1), windows.cache(model)
         for k in range(steps):
-            x0 = windows.estimate(model, z, float(times[k]))
+            x0 = windows.estimate(model, z, float(times[k]), cache)
+            if k == 0 and estimate_anchored(model):
+                cache.expert_anchor = x0
             alpha, sigma = alpha_sigma(times[k])
             eps = (z - alpha * x0) / sigma
             alpha, sigma = alpha_sigma(times[k + 1])
             z = alpha * x0 + sigma * eps
         rows.append(f"| {steps} | " + " | ".join(windows.describe(x0)) + " |")
     return rows
+
+
+def estimate_anchored(model) -> bool:
+    return model.decoder.low_noise_expert is not None and model.decoder.low_noise_expert_anchor == "estimate"
 
 
 def main(argv: list[str] | None = None) -> int:
