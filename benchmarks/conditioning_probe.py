@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 from specdiff.audio.mel import MEL_FMAX, hertz_to_mel  # noqa: E402
 from specdiff.constants import FRAMES_PER_SECOND, N_MELS, SEGMENT_FRAMES, SEGMENT_SECONDS  # noqa: E402
-from specdiff.evaluation.metrics import midi_to_hz  # noqa: E402
+from specdiff.midi.pitch import midi_to_hz  # noqa: E402
 from specdiff.midi.reader import Note  # noqa: E402
 from specdiff.midi.score_roll import ROLL_FEATURES  # noqa: E402
 from specdiff.midi.tokenizer import INPUT_LENGTH, NUM_EMBEDDINGS, SHIFT_ID, STEPS_PER_FRAME, notes_to_segments  # noqa: E402

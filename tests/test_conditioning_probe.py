@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from specdiff.evaluation.metrics import midi_to_hz
+from specdiff.midi.pitch import midi_to_hz
 from specdiff.midi.tokenizer import tokens_to_notes
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -39,6 +39,7 @@ from specdiff.errors import SpecdiffError
 from specdiff.evaluation.transcription import (
     transcribe,
 )
+from specdiff.midi.pitch import midi_to_hz
 
 ONSET_TOLERANCE = 0.05  # seconds (mir_eval's default, the paper's MT3 evaluation uses the same)
 #: (FFT size, hop) pairs of the multi-resolution STFT distance.
@@ -49,10 +50,6 @@ LOG_FLOOR = 1e-5  # magnitude floor before the log, as in the mel front end (ORI
 # ---------------------------------------------------------------------------------------------
 # Note lists and onset F1
 # ---------------------------------------------------------------------------------------------
-
-
-def midi_to_hz(pitch: np.ndarray | Sequence[float]) -> np.ndarray:
-    return 440.0 * 2.0 ** ((np.asarray(pitch, dtype=np.float64) - 69.0) / 12.0)
 
 
 def _as_note_arrays(notes: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -785,7 +785,7 @@ class FilmDecoder(ConfigMixin, nn.Module):
 
     def low_noise_expert_inputs(self, cache: CrossAttentionCache, rows: int) -> tuple[Tensor, Tensor | None]:
         """The anchor and score planes of the first ``rows`` rows of ``cache`` for the low-noise expert (its
-        ``low_noise_expert_anchor``); ValueError when the cache lacks them."""
+        ``low_noise_expert_anchor``); ValueError when the cache lacks the anchor."""
         if self.low_noise_expert_anchor == "estimate":
             if cache.expert_anchor is None:
                 raise ValueError("an estimate-anchored low-noise expert needs the cache's expert_anchor "
@@ -795,9 +795,7 @@ class FilmDecoder(ConfigMixin, nn.Module):
             raise ValueError("the low-noise expert needs the score prior (a cross_cache with a frame_prior)")
         else:
             anchor = cache.frame_prior
-        planes = cache.expert_planes
-        if self.low_noise_expert is not None and self.low_noise_expert.planes and planes is None:
-            raise ValueError("this low-noise expert reads score planes: prepare the cache with the score roll")
+        planes = cache.expert_planes  # None without planes (the expert says so if it reads them)
         return anchor[:rows], None if planes is None else planes[:rows]
 
     def _low_noise_expert_output(self, z: Tensor, noise_time: Tensor, cross_cache: CrossAttentionCache) -> Tensor:

@@ -80,7 +80,8 @@ class LowNoiseExpert(nn.Module):
         inputs = [noisy_residual * c_in, prior, log_snr_plane]
         if self.planes:
             if planes is None or planes.shape[-1] != self.planes:
-                raise ValueError(f"this expert reads {self.planes} score planes ([B, T, C, {self.planes}])")
+                raise ValueError(f"this expert reads {self.planes} score planes ([B, T, C, {self.planes}], "
+                                 "score_planes of the score roll; a decoder's cache holds them)")  # fmt: skip
             inputs += list(planes.to(prior.dtype).unbind(-1))
         h = self.inputs(torch.stack(inputs, 1))
         scale_shift = self.film(time_features(noise_time).to(h.dtype))
@@ -130,8 +131,8 @@ def score_planes(score_roll: Tensor) -> Tensor:
     onsets = roll[..., pitch_feature("onset", 0) : pitch_feature("onset", 0) + 128]
     tonal = (onsets @ _harmonic_bands().to(roll.device)).clamp(max=1.0)
     drums = roll[..., drum_feature("onset", 0) : drum_feature("onset", 0) + 128].amax(-1, keepdim=True)
-    silent = roll[..., SILENT_FEATURE : SILENT_FEATURE + 1] if roll.shape[-1] >= EXTENDED_ROLL_FEATURES else None
-    silent = torch.zeros_like(drums) if silent is None else silent
+    extended = roll.shape[-1] >= EXTENDED_ROLL_FEATURES
+    silent = roll[..., SILENT_FEATURE : SILENT_FEATURE + 1] if extended else torch.zeros_like(drums)
     return torch.stack([tonal, drums.clamp(max=1.0).expand_as(tonal), silent.expand_as(tonal)], -1)
 
 
@@ -141,12 +142,12 @@ def _harmonic_bands() -> Tensor:
     the front end's mel filters, the k-th weighted 1 / k, each row scaled to a peak of 1."""
     from specdiff.audio.mel import N_FREQS, mel_filterbank_on
     from specdiff.constants import SAMPLE_RATE
+    from specdiff.midi.pitch import midi_to_hz
 
     filters = torch.as_tensor(mel_filterbank_on(N_FREQS), dtype=torch.float64)  # [N_FREQS, 128]
     bands = torch.zeros(128, filters.shape[1], dtype=torch.float64)
     nyquist = SAMPLE_RATE / 2
-    for pitch in range(128):
-        fundamental = 440.0 * 2.0 ** ((pitch - 69) / 12)
+    for pitch, fundamental in enumerate(midi_to_hz(range(128))):
         for k in range(1, ONSET_HARMONICS + 1):
             if k * fundamental >= nyquist:
                 break

@@ -30,7 +30,7 @@ from specdiff.errors import SpecdiffError
 from specdiff.models.decoder import FilmDecoder
 from specdiff.models.low_noise_expert import EXPERT_ANCHORS, SCORE_PLANES, LowNoiseExpert, preconditioning, score_planes
 from specdiff.sampling.diffusion import x0_from_prediction
-from specdiff.training.objective import SpectrogramDiffusionModel, roll_inputs, trim_token_padding
+from specdiff.training.objective import SpectrogramDiffusionModel
 from specdiff.training.prior_fit import collated_windows
 
 PAIRS_NAME = "pairs.pt"
@@ -70,12 +70,11 @@ def residual_pairs(model: SpectrogramDiffusionModel, dataset: Any, windows: int,
     indices = range(0, stride * min(windows, len(dataset)), stride)
     found: dict[str, list[torch.Tensor]] = {"targets": [], "anchors": [], "planes": []}
     for number, batch in enumerate(collated_windows(dataset, indices, batch_size)):
-        cache = model.batch_cross_cache(batch)
+        roll = model.batch_roll(batch)
+        cache = model.batch_cross_cache(batch, roll)
         found["targets"].append(batch["target"].float())
         found["anchors"].append(_anchor(model, cache, batch["target"], anchor, seed=number))
         if planes:
-            roll = model.score_roll(trim_token_padding(batch["tokens"]), batch["context"], batch["context_mask"],
-                                    **roll_inputs(batch))  # fmt: skip
             found["planes"].append(score_planes(roll).half())
     return {name: torch.cat(parts) for name, parts in found.items() if parts}
 

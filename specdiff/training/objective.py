@@ -79,12 +79,17 @@ class SpectrogramDiffusionModel(nn.Module):
         original architecture."""
         return decoder_score_roll(self.decoder, tokens, context, context_mask, velocity, carry)
 
-    def batch_cross_cache(self, batch: Mapping[str, Tensor]) -> Any:
-        """The decoder's ``CrossAttentionCache`` for a collated batch: its encodings, its roll (with the batch's
-        roll inputs) and, for a timbre-conditioned decoder, its timbres. Its ``frame_prior`` is the score prior."""
+    def batch_roll(self, batch: Mapping[str, Tensor]) -> Tensor | None:
+        """The frame-aligned roll of a collated batch, with the batch's roll inputs (None: original architecture)."""
         tokens = trim_token_padding(batch["tokens"])
-        encodings = self.encode(tokens, batch["context"], batch["context_mask"])
-        roll = self.score_roll(tokens, batch["context"], batch["context_mask"], **roll_inputs(batch))
+        return self.score_roll(tokens, batch["context"], batch["context_mask"], **roll_inputs(batch))
+
+    def batch_cross_cache(self, batch: Mapping[str, Tensor], roll: Tensor | None = None) -> Any:
+        """The decoder's ``CrossAttentionCache`` for a collated batch: its encodings, its roll (``roll``, or
+        :meth:`batch_roll`) and, for a timbre-conditioned decoder, its timbres. Its ``frame_prior`` is the score
+        prior."""
+        encodings = self.encode(trim_token_padding(batch["tokens"]), batch["context"], batch["context_mask"])
+        roll = self.batch_roll(batch) if roll is None else roll
         timbre = batch.get("timbre") if self.decoder.timbres else None
         return self.decoder.prepare_cross_attention(encodings, roll, timbre)
 
