@@ -454,3 +454,27 @@ def test_band_offsets_measure_the_spectral_balance_per_group_of_bands():
     smooth = np.convolve(reference, np.ones(8) / 8, mode="same").astype(np.float32)
     tilt = band_offsets(smooth, reference)
     assert abs(tilt["band_offset_1"]) < 0.5 and tilt["band_offset_4"] < -2.0
+
+
+def test_song_gain_jitter_moves_context_and_target_together_and_spares_first_segments():
+    import math
+
+    from specdiff.audio.mel import MIN_VALUE, scale_features, scale_to_features
+    from specdiff.training.objective import SONG_GAIN_SALT, draw_context_gains, jitter_song_gain
+
+    log_mel = torch.tensor([[[MIN_VALUE, -2.0, 0.5]]]).repeat(3, 1, 1)  # [3 rows, 1 frame, 3 bins]
+    features = scale_features(log_mel)
+    mask = torch.tensor([[True], [True], [False]])  # the last row: a first segment (no context)
+    batch = {"context": features.clone(), "context_mask": mask, "target": features.clone()}
+    out = jitter_song_gain(batch, torch.tensor([20.0, -20.0, 20.0]))
+    step = math.log(10.0)  # 20 dB of amplitude on the natural-log magnitude mel
+    for key in ("context", "target"):
+        back = scale_to_features(out[key])
+        assert out[key][0, 0, 0] == -1.0 and out[key][1, 0, 0] == -1.0  # silence stays silent
+        assert math.isclose(float(back[0, 0, 1]), -2.0 + step, rel_tol=1e-5)
+        assert math.isclose(float(back[1, 0, 2]), 0.5 - step, rel_tol=1e-5)
+        assert torch.equal(out[key][2], features[2])  # no context: nothing could tell the model the gain
+    assert torch.equal(batch["target"], features)  # the input batch is not modified
+    song = draw_context_gains(range(2000), seed=3, jitter_db=6.0, salt=SONG_GAIN_SALT)
+    context = draw_context_gains(range(2000), seed=3, jitter_db=6.0)
+    assert float(song.abs().max()) <= 6.0 and abs(float(torch.corrcoef(torch.stack([song, context]))[0, 1])) < 0.1

@@ -121,6 +121,12 @@ class TrainConfig:
     # (measured: later segments 2.5-10 dB under the render); the jitter teaches the decoder to take its
     # level from the notes and only continuity from the context. 0 = the original (exact context).
     context_gain_jitter_db: float = 0.0
+    # > 0: each example's context and target are made louder or quieter *together* by a gain drawn from
+    # [-x, x] dB (rows with an empty context keep theirs). Renders are peak-normalised per song, so a
+    # segment's level is not known from its notes alone; this teaches the decoder to take the song's level
+    # from the context, as the original's context encoder is meant to (measured: the bundled model's level
+    # follows a context 2.2 dB louder by 0.2 dB). The opposite of context_gain_jitter_db. 0 = off.
+    song_gain_jitter_db: float = 0.0
     trim_tokens: bool = True  # run the notes encoder only up to the batch's last real token (exact: PAD is masked)
     # optimisation (ORIGINAL.md §4.3)
     optimizer: str = "adafactor"  # or "adamw"

@@ -53,6 +53,7 @@ from specdiff.training.config import TrainConfig
 from specdiff.training.distributed import _all_reduce_sum, init_distributed
 from specdiff.training.log import MetricsLog, save_spectrogram_comparison
 from specdiff.training.objective import (
+    SONG_GAIN_SALT,
     GuidedAttention,
     SpectrogramDiffusionModel,
     diffusion_loss,
@@ -64,6 +65,7 @@ from specdiff.training.objective import (
     example_seed,
     initialise_output,
     jitter_context_gain,
+    jitter_song_gain,
     loss_weights,
     parse_rollout_steps,
 )
@@ -381,6 +383,9 @@ class Trainer:
             if config.context_gain_jitter_db > 0:
                 gains = draw_context_gains(batch["index"], config.seed, config.context_gain_jitter_db)
                 batch = jitter_context_gain(batch, gains)
+            if config.song_gain_jitter_db > 0:
+                gains = draw_context_gains(batch["index"], config.seed, config.song_gain_jitter_db, SONG_GAIN_SALT)
+                batch = jitter_song_gain(batch, gains)
             batch = _to_device(batch, ctx.device)
             last = micro == self.accumulation - 1
             sync = self.ddp_model.no_sync() if ctx.enabled and not last else contextlib.nullcontext()

@@ -205,10 +205,15 @@ def empty_context(batch: dict[str, Tensor], drop: Tensor) -> dict[str, Tensor]:
             "context_mask": batch["context_mask"].bool() & keep[:, None]}  # fmt: skip
 
 
-def draw_context_gains(counters: Sequence[int] | Tensor, seed: int, jitter_db: float) -> Tensor:
+def draw_context_gains(counters: Sequence[int] | Tensor, seed: int, jitter_db: float, salt: int = 0x6A_1E77) -> Tensor:
     """Per example: a gain in dB drawn uniformly from ``[-jitter_db, jitter_db]``
-    (:attr:`TrainConfig.context_gain_jitter_db`); each example draws from its own generator."""
-    return (jitter_db * (2.0 * example_uniforms(counters, seed ^ 0x6A_1E77) - 1.0)).float()
+    (:attr:`TrainConfig.context_gain_jitter_db`; another ``salt`` for :attr:`TrainConfig.song_gain_jitter_db`);
+    each example draws from its own generator."""
+    return (jitter_db * (2.0 * example_uniforms(counters, seed ^ salt) - 1.0)).float()
+
+
+#: Salt of the song-gain draws (:func:`jitter_song_gain`), apart from the context-gain draws.
+SONG_GAIN_SALT = 0x50_6A1E
 
 
 def jitter_context_gain(batch: dict[str, Tensor], gains_db: Tensor) -> dict[str, Tensor]:
@@ -223,6 +228,22 @@ def jitter_context_gain(batch: dict[str, Tensor], gains_db: Tensor) -> dict[str,
     sounding = (context > -1.0 + 1e-3) & batch["context_mask"].bool()[:, :, None]
     shifted = torch.where(sounding, (context + offset).clamp(-1.0, 1.0), context)
     return {**batch, "context": shifted}
+
+
+def jitter_song_gain(batch: dict[str, Tensor], gains_db: Tensor) -> dict[str, Tensor]:
+    """``batch`` with each row's context *and* target made louder or quieter by ``gains_db`` together, as if
+    the whole song had been rendered at another level (:func:`jitter_context_gain` on both; frames at the
+    floor stay silent). Rows without a context (an empty mask: a song's first segment) keep their level:
+    nothing in them could tell the model the gain."""
+    has_context = batch["context_mask"].bool().any(dim=1)
+    gains_db = torch.where(has_context, gains_db.to(batch["context"].dtype), torch.zeros_like(gains_db))
+    shifted = jitter_context_gain(batch, gains_db)
+    target = batch["target"]
+    per_db = (math.log(10.0) / 20.0) * 2.0 / (MAX_VALUE - MIN_VALUE)
+    offset = (gains_db.to(target.dtype) * per_db)[:, None, None]
+    sounding = target > -1.0 + 1e-3
+    shifted["target"] = torch.where(sounding, (target + offset).clamp(-1.0, 1.0), target)
+    return shifted
 
 
 def parse_rollout_steps(text: str) -> list[int]:
