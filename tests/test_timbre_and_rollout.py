@@ -478,3 +478,16 @@ def test_song_gain_jitter_moves_context_and_target_together_and_spares_first_seg
     song = draw_context_gains(range(2000), seed=3, jitter_db=6.0, salt=SONG_GAIN_SALT)
     context = draw_context_gains(range(2000), seed=3, jitter_db=6.0)
     assert float(song.abs().max()) <= 6.0 and abs(float(torch.corrcoef(torch.stack([song, context]))[0, 1])) < 0.1
+
+
+def test_training_samples_are_drawn_in_each_rows_timbre():
+    from specdiff.training.validation import sample_spectrogram
+
+    model = roll_model(timbres=["A", "B"])
+    with torch.no_grad():
+        model.decoder.timbre_prior.weight[1].fill_(0.3)  # timbre B: a louder prior
+    b = batch_of(2)
+    draw = lambda timbres: sample_spectrogram(model, {**b, "timbre": timbres}, 2, torch.Generator().manual_seed(0))  # noqa: E731
+    first, both = draw(torch.tensor([0, 0])), draw(torch.tensor([0, 1]))
+    assert torch.allclose(both[0], first[0], atol=1e-5)
+    assert float((both[1] - first[1]).mean()) > 0.05

@@ -19,8 +19,6 @@ from specdiff.training.objective import (
     SpectrogramDiffusionModel,
     diffusion_loss,
     draw_diffusion_inputs,
-    roll_inputs,
-    trim_token_padding,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -68,7 +66,8 @@ def validation_loss(
 def sample_spectrogram(
     model: SpectrogramDiffusionModel, batch: Mapping[str, Tensor], steps: int, generator: torch.Generator
 ) -> Tensor:
-    """Ancestral DDPM sampling with the original schedule (ORIGINAL.md §4.1), ``steps`` uniform steps, no CFG.
+    """Ancestral DDPM sampling with the original schedule (ORIGINAL.md §4.1), ``steps`` uniform steps, no CFG,
+    each row in its own timbre (``batch["timbre"]``) for a timbre-conditioned decoder.
 
     ``t_i = (i + 1) / steps``, ``s_i = i / steps``; x0 is predicted and clipped to [-1, 1]; the last
     step returns x0. Returns ``[B, T, 128]`` in the scaled range.
@@ -76,10 +75,7 @@ def sample_spectrogram(
     was_training = model.training
     model.eval()
     device = batch["target"].device
-    tokens = trim_token_padding(batch["tokens"])
-    encodings = model.encode(tokens, batch["context"], batch["context_mask"])
-    roll = model.score_roll(tokens, batch["context"], batch["context_mask"], **roll_inputs(batch))
-    cache = model.decoder.prepare_cross_attention(encodings, roll)
+    cache = model.batch_cross_cache(batch)  # with the batch's timbres, for a timbre-conditioned decoder
     z = torch.randn(batch["target"].shape, generator=generator).to(device)
     for i in reversed(range(steps)):
         t = torch.full((z.shape[0],), (i + 1) / steps, device=device)
