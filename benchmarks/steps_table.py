@@ -265,6 +265,8 @@ def main() -> int:
         default=None,
         help="DDIM's last noise time (sampling.json final_noise_time; default: the folder's)",
     )
+    parser.add_argument("--guidance-schedule", choices=("every", "first"), default=None,
+                        help="sampling.json guidance_schedule (default: the folder's)")  # fmt: skip
     parser.add_argument("--prior-alone", action="store_true")
     parser.add_argument("--yardstick", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
@@ -296,6 +298,8 @@ def main() -> int:
                 for key in ("guidance_ceiling", "guidance_lift"):
                     if getattr(args, key) != "keep":
                         folder = with_sampling(folder, tmp, **{key: getattr(args, key)})
+                if args.guidance_schedule is not None:
+                    folder = with_sampling(folder, tmp, guidance_schedule=args.guidance_schedule)
                 for steps in [1] if prior else args.steps:
                     started = time.time()
                     res = evaluate(
@@ -315,6 +319,8 @@ def main() -> int:
                         label += f", ceiling {args.guidance_ceiling}"
                     if args.guidance_lift != "keep":
                         label += f", lift {args.guidance_lift}"
+                    if args.guidance_schedule is not None:
+                        label += f", guidance at {args.guidance_schedule} step"
                     if args.final_noise_time:
                         label += f", final t {args.final_noise_time:g}"
                     results.append({"model": label, "set": set_label, "pieces": len(files), "steps": steps,

@@ -53,6 +53,11 @@ TRAIN_PRESET_NAMES = PRESET_NAMES
 DEFAULT_SCHEDULER = "original"
 DEFAULT_NUM_STEPS = 100
 DEFAULT_GUIDANCE = 2.0
+#: When classifier-free guidance acts (``sampling.json``'s ``guidance_schedule``): at ``"every"`` step (the
+#: original), or at the ``"first"`` step only, its x0 offset (guided minus conditional estimate) then added to the
+#: conditional estimates of the later steps, which run the conditional rows alone
+#: (:class:`specdiff.sampling.sampler.GuidedDenoiser`).
+GUIDANCE_SCHEDULES = ("every", "first")
 DEFAULT_PRECISION = "fp32"
 #: Audio writers pass samples up to this level unchanged and shape louder ones (specdiff.audio.files.soft_limit).
 LIMITER_THRESHOLD = 0.9

@@ -470,6 +470,19 @@ def test_bad_sampling_json_is_a_model_error(pipe, tmp_path, content):
         SpectrogramDiffusionPipeline.from_pretrained(folder)
 
 
+def test_the_guidance_schedule_of_sampling_json_holds_the_first_steps_guidance(segments):
+    from specdiff.pipeline.sampling_settings import SamplingSettings
+
+    def mel(schedule, steps):
+        settings = SamplingSettings("ddim", steps, 2.0, final_noise_time=0.5, guidance_schedule=schedule)
+        pipe = SpectrogramDiffusionPipeline(*build_models("tiny", seed=0, **TINY), sampling=settings)
+        return run(pipe, segments[:1], num_inference_steps=steps).audios
+
+    # One step: only the first step, guided either way; two: the second step is not guided afresh.
+    assert np.allclose(mel("first", 1), mel("every", 1), atol=1e-5)
+    assert not np.allclose(mel("first", 2), mel("every", 2), atol=1e-3)
+
+
 def test_the_guidance_ceiling_of_sampling_json_reaches_every_guided_call(segments):
     from specdiff.audio.mel import MIN_VALUE
     from specdiff.pipeline.sampling_settings import SamplingSettings

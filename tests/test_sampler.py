@@ -434,3 +434,40 @@ def test_final_noise_time_comes_from_the_model_folder(tmp_path):
     assert read_sampling_settings(tmp_path).final_noise_time == 0.8
     with pytest.raises(ValueError):
         SamplingSettings(final_noise_time=-0.1)
+
+
+def test_guidance_held_from_the_first_step_is_that_steps_x0_offset_on_the_conditional_estimate(decoder_and_encodings):
+    dec, encodings = decoder_and_encodings
+    g = torch.Generator().manual_seed(5)
+    z1, z2 = torch.randn(SHAPE, generator=g), torch.randn(SHAPE, generator=g)
+    t1, t2 = torch.tensor(0.9), torch.tensor(0.5)
+    (a1, s1), (a2, s2) = ((float(v) for v in diffusion.alpha_sigma(t)) for t in (0.9, 0.5))
+    held = S.GuidedDenoiser(dec, encodings, guidance_scale=2.5, guidance_lift=0.0, guidance_schedule="first")
+    with torch.no_grad():
+        first = held(z1, t1)
+        every = S.GuidedDenoiser(dec, encodings, guidance_scale=2.5, guidance_lift=0.0)(z1, t1)
+        assert (first - every).abs().max() < 1e-5  # the first step is the usual guided one ...
+        assert not held.guided and held.batch == 1  # ... after it only the conditional rows run
+        second = held(z2, t2)
+        cond1, cond2 = dec(encodings, z1, t1.reshape(1)), dec(encodings, z2, t2.reshape(1))
+    offset = ((z1 - s1 * first) - (z1 - s1 * cond1)) / a1  # guided minus conditional x0 at the first step
+    assert float(offset.abs().max()) > 1e-2 and float(offset.max()) < 1e-4  # lift 0: guidance only lowers
+    x0_second, x0_cond2 = (z2 - s2 * second) / a2, (z2 - s2 * cond2) / a2
+    assert (x0_second - (x0_cond2 + offset)).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="guidance_schedule"):
+        S.GuidedDenoiser(dec, encodings, guidance_scale=2.5, guidance_schedule="last")
+
+
+def test_first_rows_of_a_guided_cache_is_the_conditional_cache(decoder_and_encodings):
+    dec, encodings = decoder_and_encodings
+    # a second row with no valid key at all (as the null condition can be): the cache keeps only row 0's keys
+    conditions = [(torch.cat([e, e * 0.5]), torch.cat([m, torch.zeros_like(m)])) for e, m in encodings]
+    z, t = torch.randn(1, *SHAPE[1:]), torch.tensor([0.4])
+    with torch.no_grad():
+        both = dec.prepare_cross_attention(conditions)
+        assert both.rows is not None and both.rows.tolist() == [0]
+        cut = both.first_rows(1)
+        alone = dec.prepare_cross_attention(encodings)
+        assert torch.allclose(dec(None, z, t, cross_cache=cut), dec(None, z, t, cross_cache=alone), atol=1e-6)
+    with pytest.raises(ValueError, match="first_rows"):
+        alone.first_rows(2)

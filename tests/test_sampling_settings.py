@@ -35,6 +35,7 @@ LIBRARY = {
     "precision": DEFAULT_PRECISION,
     "guidance_ceiling": None,
     "guidance_lift": None,
+    "guidance_schedule": "every",
 }
 #: What the test folder's sampling.json recommends: a value unlike the library's for every key.
 RECOMMENDED = {
@@ -45,6 +46,7 @@ RECOMMENDED = {
     "precision": "bf16",
     "guidance_ceiling": -0.2,
     "guidance_lift": 0.0,
+    "guidance_schedule": "first",
 }
 #: What a caller asks for: unlike both.
 EXPLICIT = {
@@ -55,6 +57,7 @@ EXPLICIT = {
     "precision": "fp16",
     "guidance_ceiling": 0.5,
     "guidance_lift": 0.3,
+    "guidance_schedule": "every",
 }
 
 
@@ -147,3 +150,9 @@ def test_resolving_imports_no_torch():
         "assert 'torch' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+def test_an_unknown_guidance_schedule_is_a_model_error(tmp_path):
+    (tmp_path / SAMPLING_FILE).write_text(json.dumps({"guidance_schedule": "last"}))
+    with pytest.raises(ModelError, match="guidance_schedule"):
+        resolve_sampling(tmp_path)

@@ -135,6 +135,8 @@ def _model_lines(model: Path | None) -> tuple[Path | None, dict[str, str]]:
     ceiling = "" if s.guidance_ceiling is None else f" capped at {s.guidance_ceiling:g} (guidance_ceiling)"
     if s.guidance_lift is not None:
         ceiling += f", lift at most {s.guidance_lift:g} (guidance_lift)"
+    if s.guidance_schedule != "every":
+        ceiling += f", at the {s.guidance_schedule} step only (guidance_schedule)"
     lines["sampling"] = (
         f"{s.scheduler}, {steps}{ends}, guidance {s.guidance_scale:g}{ceiling}, precision {s.precision} where fast"
         f" ({source})"

@@ -225,6 +225,22 @@ class CrossAttentionCache:
             planes,
         )
 
+    def first_rows(self, n: int) -> CrossAttentionCache:
+        """The cache of the batch's first ``n`` rows (the conditional half of a guided batch, whose
+        unconditional half a sampler no longer runs)."""
+        if not 0 < n <= self.batch:
+            raise ValueError(f"first_rows needs 0 < n <= {self.batch}, got {n}")
+        kept = slice(None, n) if self.rows is None else self.rows < n  # keys_values / bias hold the kept rows
+        cut = [None if x is None else x[:n] for x in (self.frame_conditioning, self.frame_prior, self.expert_planes)]
+        return CrossAttentionCache(
+            [(k[kept], v[kept]) for k, v in self.keys_values],
+            self.bias[kept],
+            None if self.rows is None else self.rows[kept],
+            n,
+            *cut,
+            expert_anchor=self.expert_anchor,
+        )
+
     @staticmethod
     def cat(caches: Sequence[CrossAttentionCache]) -> CrossAttentionCache:
         """Concatenate caches along the batch; shorter key sets are padded with masked keys (exact)."""

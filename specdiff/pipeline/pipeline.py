@@ -107,7 +107,8 @@ class SpectrogramDiffusionPipeline:
         check_roll_layout(getattr(decoder, "score_roll_features", 0))
         #: Sampler, steps and guidance the model recommends, used where a call leaves them unset (a
         #: model folder's sampling.json, else the library defaults); saved with the folder. Its
-        #: ``guidance_ceiling`` and ``guidance_lift`` apply to every guided call (no call argument: change them here).
+        #: ``guidance_ceiling``, ``guidance_lift`` and ``guidance_schedule`` apply to every guided call (no call
+        #: argument: change them here).
         self.sampling = sampling if sampling is not None else SamplingSettings()
         self._scheduler = scheduler  # None: the recommendation (see the scheduler property)
         #: diffusers scheduler config used when a diffusers sampler is chosen by name (ORIGINAL.md §3.5).
@@ -389,7 +390,8 @@ class SpectrogramDiffusionPipeline:
                 denoise = samplers.GuidedDenoiser(self.decoder, encodings, chosen.guidance_scale, film_cache,
                                                   score_roll=roll, timbre=self._timbre_indices(len(active)),
                                                   guidance_ceiling=chosen.guidance_ceiling,
-                                                  guidance_lift=chosen.guidance_lift)  # fmt: skip
+                                                  guidance_lift=chosen.guidance_lift,
+                                                  guidance_schedule=chosen.guidance_schedule)  # fmt: skip
                 noise = samplers.randn((len(active), segment_frames, n_dims), generator, device, torch.float32)
                 x = samplers.sample_loop(sampler, denoise, noise, chosen.num_inference_steps, generator, on_step,
                                          on_step_end)  # fmt: skip

@@ -27,6 +27,7 @@ from specdiff.constants import (
     DEFAULT_NUM_STEPS,
     DEFAULT_PRECISION,
     DEFAULT_SCHEDULER,
+    GUIDANCE_SCHEDULES,
     PRECISIONS,
     SCHEDULERS,
 )
@@ -60,6 +61,11 @@ class SamplingSettings:
     #: near silence, so guidance lifted every bin of the opening by ~0.4 nat and its attacks to twice the
     #: render's peak; the segment-wide ``guidance_ceiling`` does not stop a lift under the loudest frame.
     guidance_lift: float | None = None
+    #: When guidance acts (our extension): ``"every"`` step (default, as the original), or the ``"first"``
+    #: step only, whose x0 offset (guided minus conditional) the later steps add to their conditional
+    #: estimate (:meth:`specdiff.sampling.sampler.GuidedDenoiser._hold_guidance`: with guidance at every
+    #: step, more steps raised the Frechet distance; held from the first, they lower it).
+    guidance_schedule: str = "every"
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -75,6 +81,9 @@ class SamplingSettings:
         w = self.guidance_scale
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {w!r}")
+        if self.guidance_schedule not in GUIDANCE_SCHEDULES:
+            raise ValueError(f"unknown guidance_schedule {self.guidance_schedule!r}; choose one of "
+                             f"{', '.join(GUIDANCE_SCHEDULES)}")  # fmt: skip
         for key in ("guidance_ceiling", "guidance_lift"):
             c = getattr(self, key)
             if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c)):
@@ -94,6 +103,7 @@ class SamplingSettings:
         precision: str | None = None,
         guidance_ceiling: float | None = None,
         guidance_lift: float | None = None,
+        guidance_schedule: str | None = None,
     ) -> ResolvedSampling:
         """The settings of one call: each argument that is not None, else this recommendation.
 
@@ -110,6 +120,7 @@ class SamplingSettings:
             "precision": precision,
             "guidance_ceiling": guidance_ceiling,
             "guidance_lift": guidance_lift,
+            "guidance_schedule": guidance_schedule,
         }
         return ResolvedSampling(**{k: getattr(self, k) if v is None else v for k, v in explicit.items()})
 
@@ -126,6 +137,7 @@ class ResolvedSampling:
     precision: str
     guidance_ceiling: float | None  # None: plain guidance
     guidance_lift: float | None = None  # None: no per-frame limit
+    guidance_schedule: str = "every"  # "every" step, or the "first" step's guidance held after
 
 
 def read_sampling_settings(folder: str | Path | None) -> SamplingSettings:
@@ -163,6 +175,7 @@ def resolve_sampling(
     precision: str | None = None,
     guidance_ceiling: float | None = None,
     guidance_lift: float | None = None,
+    guidance_schedule: str | None = None,
 ) -> ResolvedSampling:
     """Explicit value > the model folder's ``sampling.json`` > library default, for every key.
 
@@ -179,6 +192,7 @@ def resolve_sampling(
         precision=precision,
         guidance_ceiling=guidance_ceiling,
         guidance_lift=guidance_lift,
+        guidance_schedule=guidance_schedule,
     )
 
 
