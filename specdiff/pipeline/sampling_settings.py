@@ -63,8 +63,8 @@ class SamplingSettings:
     guidance_lift: float | None = None
     #: When guidance acts (our extension): ``"every"`` step (default, as the original), or the ``"first"``
     #: step only, whose x0 offset (guided minus conditional) the later steps add to their conditional
-    #: estimate (:meth:`specdiff.sampling.sampler.GuidedDenoiser._hold_guidance`: with guidance at every
-    #: step, more steps raised the Frechet distance; held from the first, they lower it).
+    #: estimate (:meth:`specdiff.sampling.sampler.GuidedDenoiser._hold_guidance`; with guidance at every
+    #: step more steps raised the bundled model's Frechet distance on the demo corpus, held much less).
     guidance_schedule: str = "every"
 
     def __post_init__(self) -> None:
