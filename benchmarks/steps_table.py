@@ -95,7 +95,7 @@ def model_folder(model: str, tmp: Path, prior_alone: bool = False) -> Path:
 
     path = Path(model)
     if path.is_file():
-        out = tmp / f"export_{path.stem}"
+        out = tmp / f"export_{run_label(path).replace('/', '_')}"  # two runs' step_N.pt are different models
         if not out.exists():
             export_pipeline(path, out, vocoder=DEFAULT_MODEL_DIR / "vocoder")
         path = out
