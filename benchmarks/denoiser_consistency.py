@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from specdiff.data.cache import open_training_datasets  # noqa: E402
 from specdiff.sampling.diffusion import alpha_sigma, q_sample, x0_from_prediction  # noqa: E402
-from specdiff.training.batches import collate_counted  # noqa: E402
+from specdiff.training.batches import collate_counted, decoder_dataset_options  # noqa: E402
 from specdiff.training.export import model_from_path  # noqa: E402
 
 TIMES = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.97)
@@ -49,8 +49,8 @@ def roughness(x: torch.Tensor) -> tuple[float, float]:
 class Windows:
     """A batch of validation windows and one model's x0 estimate for them."""
 
-    def __init__(self, cache: str, count: int):
-        _, valid = open_training_datasets(cache)
+    def __init__(self, cache: str, count: int, decoder: Any):
+        _, valid = open_training_datasets(cache, **decoder_dataset_options(decoder))  # as the models read it
         stride = max(1, len(valid) // count)
         self.batch = collate_counted([(i * stride, valid[i * stride]) for i in range(min(count, len(valid)))])
         self.target = self.batch["target"]
@@ -116,12 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.time()
-    windows = Windows(args.data, args.windows)
+    models = [model_from_path(path).eval() for path in args.models]
+    options = [decoder_dataset_options(model.decoder) for model in models]
+    if any(o != options[0] for o in options):
+        raise SystemExit("the models read the cache differently (timbres or program codec): compare them apart")
+    windows = Windows(args.data, args.windows, models[0].decoder)
     data = windows.describe(windows.target)
     lines = [f"# Denoiser consistency: {args.windows} validation windows of `{Path(args.data).name}`", "",
              f"Data: std {data[1]}, roughness over frames {data[2]}, over mel bins {data[3]}.", ""]  # fmt: skip
-    for path in args.models:
-        model = model_from_path(path).eval()
+    for path, model in zip(args.models, models):
         lines += [f"## `{Path(path).name}`", "", "One estimate per noise time:", "",
                   "| t | x0 L1 | roughness, frames | roughness, bins |", "|---|---|---|---|"]  # fmt: skip
         lines += single_estimates(model, windows)

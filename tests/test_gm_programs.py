@@ -127,3 +127,13 @@ def test_the_training_data_maps_programs_unless_the_model_reads_gm(tmp_path):
     assert [n.program for n in ChunkDataset(cache).notes(0)] == [88, 16, 5]
     with pytest.raises(SpecdiffError, match="Slakh classes"):
         ChunkDataset(cache, slakh_programs=False)
+
+
+def test_a_cache_is_opened_for_a_trained_decoder_with_its_programs_and_timbres():
+    from specdiff.training.batches import decoder_dataset_options
+
+    gm = build_models("tiny", seed=0, dropout_rate=0.0, **MICRO, **EDM, score_roll_features=PROGRAM_ROLL_FEATURES,
+                      additive_prior=True, gm_programs=True, timbres=["TimGM6mb", "FluidR3_GM"])[2]  # fmt: skip
+    assert decoder_dataset_options(gm) == {"timbres": ["TimGM6mb", "FluidR3_GM"], "slakh_programs": False}
+    original = build_models("tiny", seed=0, dropout_rate=0.0, **MICRO)[2]
+    assert decoder_dataset_options(original) == {"timbres": [], "slakh_programs": True}

@@ -52,6 +52,7 @@ def run_train_expert(args: argparse.Namespace) -> int:
     from specdiff.data.cache import open_training_datasets
     from specdiff.pipeline.folder import is_model_folder
     from specdiff.pipeline.pipeline import SpectrogramDiffusionPipeline
+    from specdiff.training.batches import decoder_dataset_options
     from specdiff.training.low_noise_expert import ExpertTrainSettings, decoder_with_expert, train_low_noise_expert
     from specdiff.training.objective import SpectrogramDiffusionModel
 
@@ -66,7 +67,7 @@ def run_train_expert(args: argparse.Namespace) -> int:
     model = SpectrogramDiffusionModel(pipe.notes_encoder, pipe.continuous_encoder, pipe.decoder).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    train_set, _ = open_training_datasets(args.cache)
+    train_set, _ = open_training_datasets(args.cache, **decoder_dataset_options(pipe.decoder))
     expert = train_low_noise_expert(model, train_set, settings, args.run_dir)
     pipe.decoder = decoder_with_expert(pipe.decoder, expert, args.below, args.anchor)
     out = pipe.save_pretrained(Path(args.out))

@@ -131,6 +131,15 @@ def _model_timbres(config: TrainConfig) -> list[str]:
     return [t for t in timbres.split(",") if t] if isinstance(timbres, str) else list(timbres)
 
 
+def decoder_dataset_options(decoder: Any) -> dict[str, Any]:
+    """How a feature cache must be opened for an existing ``decoder`` (``ChunkDataset`` / ``open_training_datasets``
+    keyword arguments): its timbres, so each window carries its render's timbre index, and its program codec
+    (General MIDI programs for a ``gm_programs`` decoder, else Slakh classes), so the tokens are the ones it reads."""
+    config = decoder.config
+    return {"timbres": list(getattr(decoder, "timbres", []) or []),
+            "slakh_programs": not bool(config.get("gm_programs", False))}  # fmt: skip
+
+
 def open_datasets(config: TrainConfig) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
     """The training and validation sets named by ``config.data`` / ``config.val_data``.
 
