@@ -659,11 +659,11 @@ class GuidedDenoiser:
         if self._expert_only(time):
             return self._expert_eps(sample, time[: sample.shape[0]])
         kwargs: dict[str, Any] = {"cross_cache": self.cache} if self.cache is not None else {}
+        time_value = float(noise_time.reshape(-1)[0])  # the sampler's CPU value: no device sync
         if self._film:
-            key = float(noise_time.reshape(-1)[0])  # the sampler's CPU value: no device sync
-            if key not in self.film_cache:
-                self.film_cache[key] = self.decoder.film_conditioning(time[:1])
-            kwargs["film"] = self.film_cache[key]
+            if time_value not in self.film_cache:
+                self.film_cache[time_value] = self.decoder.film_conditioning(time[:1])
+            kwargs["film"] = self.film_cache[time_value]
         eps = self.decoder(
             encodings_and_masks=self.encodings_and_masks,
             decoder_input_tokens=x.to(self.dtype),
@@ -677,12 +677,12 @@ class GuidedDenoiser:
             if self.guidance_ceiling is None and self.guidance_lift is None:
                 eps = combine_guidance(eps_cond, eps_uncond, self.guidance_scale)
             else:
-                eps = self._capped_guidance(sample, float(noise_time.reshape(-1)[0]), eps_cond, eps_uncond)
+                eps = self._capped_guidance(sample, time_value, eps_cond, eps_uncond)
             if self.guidance_schedule == "first":
-                self._hold_guidance(float(noise_time.reshape(-1)[0]), eps, eps_cond)
+                self._hold_guidance(time_value, eps, eps_cond)
         elif self.guidance_offset is not None:
-            eps = self._held_guidance(float(noise_time.reshape(-1)[0]), eps)
-        self._remember_expert_anchor(sample, noise_time, eps)
+            eps = self._held_guidance(time_value, eps)
+        self._remember_expert_anchor(sample, time_value, eps)
         return eps
 
     def _hold_guidance(self, noise_time: float, eps_guided: Tensor, eps_cond: Tensor) -> None:
@@ -713,7 +713,7 @@ class GuidedDenoiser:
             return eps_cond
         return eps_cond - (alpha / sigma) * self.guidance_offset.to(eps_cond.dtype)
 
-    def _remember_expert_anchor(self, sample: Tensor, noise_time: Tensor, eps: Tensor) -> None:
+    def _remember_expert_anchor(self, sample: Tensor, noise_time: float, eps: Tensor) -> None:
         """Keep the first step's (guided) x0 estimate as the anchor of an "estimate"-anchored low-noise
         expert (``FilmDecoder.low_noise_expert_anchor``): the conditional mean the network learnt, around
         which the expert adds what one estimate cannot (``benchmarks/results/low_noise_expert.md``)."""
@@ -724,7 +724,7 @@ class GuidedDenoiser:
             or self.decoder.low_noise_expert_anchor != "estimate"
         ):
             return
-        alpha, sigma = _alpha_sigma_float(float(noise_time.reshape(-1)[0]))
+        alpha, sigma = _alpha_sigma_float(noise_time)
         self.cache.expert_anchor = ((sample - sigma * eps) / alpha).clamp(-1.0, 1.0)
 
     def _expert_only(self, time: Tensor) -> bool:

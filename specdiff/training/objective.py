@@ -216,18 +216,22 @@ def draw_context_gains(counters: Sequence[int] | Tensor, seed: int, jitter_db: f
 SONG_GAIN_SALT = 0x50_6A1E
 
 
-def jitter_context_gain(batch: dict[str, Tensor], gains_db: Tensor) -> dict[str, Tensor]:
-    """``batch`` with each row's context made louder or quieter by ``gains_db``. The context holds
-    features scaled to [-1, 1] (:func:`specdiff.audio.mel.scale_features`), so a gain of ``g`` dB is an
-    offset of ``g ln(10) / 20`` on the natural-log mel times ``2 / (MAX_VALUE - MIN_VALUE)``. Frames at
-    the floor (-1, silence) and masked frames stay as they are, and values stay in [-1, 1], so the
-    context still looks like a real spectrogram."""
-    context = batch["context"]
+def louder_features(features: Tensor, gains_db: Tensor, where: Tensor) -> Tensor:
+    """``features`` ``[B, T, C]`` (scaled to [-1, 1], :func:`specdiff.audio.mel.scale_features`) made louder or
+    quieter by ``gains_db`` ``[B]`` where ``where`` holds: a gain of ``g`` dB is an offset of ``g ln(10) / 20`` on
+    the natural-log mel times ``2 / (MAX_VALUE - MIN_VALUE)``; values stay in [-1, 1]."""
     per_db = (math.log(10.0) / 20.0) * 2.0 / (MAX_VALUE - MIN_VALUE)
-    offset = (gains_db.to(context.dtype) * per_db)[:, None, None]
+    offset = (gains_db.to(features.dtype) * per_db)[:, None, None]
+    return torch.where(where, (features + offset).clamp(-1.0, 1.0), features)
+
+
+def jitter_context_gain(batch: dict[str, Tensor], gains_db: Tensor) -> dict[str, Tensor]:
+    """``batch`` with each row's context made louder or quieter by ``gains_db`` (:func:`louder_features`).
+    Frames at the floor (-1, silence) and masked frames stay as they are, so the context still looks like
+    a real spectrogram."""
+    context = batch["context"]
     sounding = (context > -1.0 + 1e-3) & batch["context_mask"].bool()[:, :, None]
-    shifted = torch.where(sounding, (context + offset).clamp(-1.0, 1.0), context)
-    return {**batch, "context": shifted}
+    return {**batch, "context": louder_features(context, gains_db, sounding)}
 
 
 def jitter_song_gain(batch: dict[str, Tensor], gains_db: Tensor) -> dict[str, Tensor]:
@@ -239,10 +243,7 @@ def jitter_song_gain(batch: dict[str, Tensor], gains_db: Tensor) -> dict[str, Te
     gains_db = torch.where(has_context, gains_db.to(batch["context"].dtype), torch.zeros_like(gains_db))
     shifted = jitter_context_gain(batch, gains_db)
     target = batch["target"]
-    per_db = (math.log(10.0) / 20.0) * 2.0 / (MAX_VALUE - MIN_VALUE)
-    offset = (gains_db.to(target.dtype) * per_db)[:, None, None]
-    sounding = target > -1.0 + 1e-3
-    shifted["target"] = torch.where(sounding, (target + offset).clamp(-1.0, 1.0), target)
+    shifted["target"] = louder_features(target, gains_db, target > -1.0 + 1e-3)
     return shifted
 
 
